@@ -1,0 +1,85 @@
+// Package clientapi serves the Client-Server API (/_matrix/client/*) apart
+// from the sync-shaped endpoints, which syncapi serves. Handlers decode and
+// check a request, call the userapi or the roomserver, and encode; the
+// components decide. Only setup imports this package.
+package clientapi
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/gorilla/mux"
+	"github.com/sirupsen/logrus"
+
+	"myelin/internal/mxhttp"
+	"myelin/internal/ratelimit"
+	rsapi "myelin/roomserver/api"
+	"myelin/setup/config"
+	uapi "myelin/userapi/api"
+)
+
+// ClientAPI holds what the handlers need.
+type ClientAPI struct {
+	cfg   *config.Config
+	users uapi.API
+	rooms rsapi.API
+	log   *logrus.Entry
+	now   func() time.Time
+
+	limits limiters
+	uia    *uiaSessions
+}
+
+type limiters struct {
+	login, register, send *ratelimit.Limiter
+}
+
+// New makes the client API. rooms may be nil in tests that only exercise
+// accounts.
+func New(cfg *config.Config, users uapi.API, rooms rsapi.API, log *logrus.Entry) *ClientAPI {
+	c := &ClientAPI{
+		cfg:   cfg,
+		users: users,
+		rooms: rooms,
+		log:   log,
+		now:   time.Now,
+		uia:   newUIASessions(),
+	}
+	if rl := cfg.RateLimits; rl.Enabled {
+		c.limits = limiters{
+			login:    ratelimit.New(rl.Login.PerSecond, rl.Login.Burst, nil),
+			register: ratelimit.New(rl.Register.PerSecond, rl.Register.Burst, nil),
+			send:     ratelimit.New(rl.Send.PerSecond, rl.Send.Burst, nil),
+		}
+	}
+	return c
+}
+
+// ClientPrefixes are the path prefixes the versioned endpoints answer on.
+var ClientPrefixes = []string{"/_matrix/client/v3", "/_matrix/client/r0"}
+
+// Routes registers the client API on the server's root router.
+func (c *ClientAPI) Routes(root *mux.Router) {
+	root.Handle("/.well-known/matrix/client", mxhttp.Handler(c.wellKnown)).Methods(http.MethodGet)
+	root.Handle("/_matrix/client/versions", mxhttp.Handler(c.versions)).Methods(http.MethodGet)
+	root.Handle("/_synapse/admin/v1/register", mxhttp.Handler(c.sharedSecretNonce)).Methods(http.MethodGet)
+	root.Handle("/_synapse/admin/v1/register", mxhttp.Handler(c.sharedSecretRegister)).Methods(http.MethodPost)
+	for _, p := range ClientPrefixes {
+		r := root.PathPrefix(p).Subrouter()
+		c.accountRoutes(r)
+		c.roomRoutes(r)
+	}
+}
+
+// authed wraps a handler that needs a logged-in device.
+func (c *ClientAPI) authed(h func(r *http.Request, dev *uapi.Device) (any, error)) mxhttp.Handler {
+	return mxhttp.Authenticated(c.users.DeviceByToken, h)
+}
+
+// allow takes a token from limiter l for key, or answers M_LIMIT_EXCEEDED.
+func allow(l *ratelimit.Limiter, key string) error {
+	if ok, wait := l.Allow(key); !ok {
+		return mxhttp.LimitExceeded(wait.Milliseconds() + 1)
+	}
+	return nil
+}

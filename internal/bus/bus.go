@@ -1,0 +1,169 @@
+// Package bus names Myelin's NATS JetStream streams and subjects and holds
+// the small helpers every component uses to publish and consume them.
+// Streams carry work between components whether they share a process or
+// not; setup decides which NATS server (embedded or external) they use.
+package bus
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/sirupsen/logrus"
+)
+
+// Stream names. Each stream's subjects are its name and, where noted,
+// "<name>.<token>".
+const (
+	// InputRoomEvent carries events for the roomserver to persist, on
+	// InputRoomEvent.<room token> so that each room is processed in order.
+	InputRoomEvent = "InputRoomEvent"
+	// OutputRoomEvent carries every event the roomserver accepted, with its
+	// state delta.
+	OutputRoomEvent = "OutputRoomEvent"
+	// OutputUserData carries per-user changes (account data, ...) that
+	// wake /sync.
+	OutputUserData = "OutputUserData"
+)
+
+// Header keys used on messages.
+const (
+	// HeaderReply names a core NATS subject on which the consumer of an
+	// InputRoomEvent message reports the outcome to the producer.
+	HeaderReply = "Myelin-Reply"
+	// HeaderRequestID matches a reply to its request.
+	HeaderRequestID = "Myelin-Request"
+)
+
+// Bus is a connection to NATS with JetStream.
+type Bus struct {
+	Conn *nats.Conn
+	JS   jetstream.JetStream
+}
+
+// New wraps a NATS connection.
+func New(nc *nats.Conn) (*Bus, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	return &Bus{Conn: nc, JS: js}, nil
+}
+
+// RoomSubject is the InputRoomEvent subject of roomID. Room IDs contain
+// '.', which NATS treats as a token separator, so they are encoded.
+func RoomSubject(roomID string) string {
+	return InputRoomEvent + "." + base64.RawURLEncoding.EncodeToString([]byte(roomID))
+}
+
+// EnsureStreams creates or updates the streams Myelin uses. replicas is 1
+// for the embedded server.
+func (b *Bus) EnsureStreams(ctx context.Context, replicas int) error {
+	if replicas < 1 {
+		replicas = 1
+	}
+	streams := []jetstream.StreamConfig{
+		{
+			Name:     InputRoomEvent,
+			Subjects: []string{InputRoomEvent + ".>"},
+			// Work queue: a message is gone once the roomserver acked it,
+			// and it acks only after the event is committed.
+			Retention: jetstream.WorkQueuePolicy,
+			Storage:   jetstream.FileStorage,
+			// Dedup window for Nats-Msg-Id: a client retrying a
+			// transaction publishes the same ID.
+			Duplicates: 2 * time.Minute,
+		},
+		{
+			Name:      OutputRoomEvent,
+			Subjects:  []string{OutputRoomEvent},
+			Retention: jetstream.LimitsPolicy,
+			Storage:   jetstream.FileStorage,
+			MaxAge:    7 * 24 * time.Hour,
+		},
+		{
+			Name:      OutputUserData,
+			Subjects:  []string{OutputUserData, OutputUserData + ".>"},
+			Retention: jetstream.LimitsPolicy,
+			Storage:   jetstream.FileStorage,
+			MaxAge:    24 * time.Hour,
+		},
+	}
+	for _, s := range streams {
+		s.Replicas = replicas
+		if _, err := b.JS.CreateOrUpdateStream(ctx, s); err != nil {
+			return fmt.Errorf("create stream %s: %w", s.Name, err)
+		}
+	}
+	return nil
+}
+
+// Handler processes one message. Returning nil acks it; an error retries it
+// in place (with backoff) so that stream order is kept. A handler that must
+// never see a message again (it cannot be parsed) logs and returns nil.
+type Handler func(ctx context.Context, msg jetstream.Msg) error
+
+// Consume runs handle on each message of a durable consumer, one at a time in
+// stream order, until ctx ends.
+func (b *Bus) Consume(ctx context.Context, stream string, cfg jetstream.ConsumerConfig, log *logrus.Entry, handle Handler) error {
+	if cfg.AckPolicy == jetstream.AckNonePolicy {
+		cfg.AckPolicy = jetstream.AckExplicitPolicy
+	}
+	cons, err := b.JS.CreateOrUpdateConsumer(ctx, stream, cfg)
+	if err != nil {
+		return fmt.Errorf("create consumer %s on %s: %w", cfg.Durable, stream, err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(256))
+	if err != nil {
+		return fmt.Errorf("consume %s: %w", stream, err)
+	}
+	go func() {
+		<-ctx.Done()
+		it.Stop()
+	}()
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return nil
+			}
+			log.WithError(err).Warn("reading from stream")
+			continue
+		}
+		if !retry(ctx, log, msg, handle) {
+			return nil
+		}
+		if err := msg.Ack(); err != nil && ctx.Err() == nil {
+			log.WithError(err).Warn("ack failed")
+		}
+	}
+}
+
+// retry runs handle until it succeeds or ctx ends (reporting false), telling
+// the server the message is still in progress so it is not redelivered.
+func retry(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, handle Handler) bool {
+	delay := 100 * time.Millisecond
+	for {
+		err := handle(ctx, msg)
+		if err == nil {
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		log.WithError(err).WithField("subject", msg.Subject()).Warn("message processing failed; retrying")
+		_ = msg.InProgress()
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(delay):
+		}
+		if delay *= 2; delay > 30*time.Second {
+			delay = 30 * time.Second
+		}
+	}
+}

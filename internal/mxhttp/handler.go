@@ -1,0 +1,266 @@
+package mxhttp
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"runtime/debug"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/gorilla/mux"
+	"github.com/sirupsen/logrus"
+)
+
+// Handler answers one request: a JSON body for 200, a *Response for another
+// status, an http.Handler to write the response itself, or an error.
+type Handler func(r *http.Request) (any, error)
+
+// Response is a JSON body with a status other than 200.
+type Response struct {
+	Status int
+	Body   any
+}
+
+// ServeHTTP runs h and writes its result or its error. Panics become 500s so
+// that one bad request never takes the process down.
+func (h Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	log := Logger(r.Context())
+	defer func() {
+		if p := recover(); p != nil {
+			if p == http.ErrAbortHandler {
+				panic(p)
+			}
+			log.WithField("panic", p).WithField("stack", string(debug.Stack())).Error("handler panicked")
+			WriteError(w, r, Internal(fmt.Errorf("panic: %v", p)))
+		}
+	}()
+	res, err := h(r)
+	if err != nil {
+		WriteError(w, r, err)
+		return
+	}
+	switch v := res.(type) {
+	case http.Handler:
+		v.ServeHTTP(w, r)
+	case *Response:
+		WriteJSON(w, v.Status, v.Body)
+	default:
+		WriteJSON(w, http.StatusOK, v)
+	}
+}
+
+// WriteError answers with the Matrix form of err, logging internal errors
+// once, here.
+func WriteError(w http.ResponseWriter, r *http.Request, err error) {
+	me := ToError(err)
+	if me.Status >= 500 {
+		Logger(r.Context()).WithError(err).WithField("path", r.URL.Path).Error("request failed")
+	} else if me.Cause != nil {
+		Logger(r.Context()).WithError(me.Cause).WithField("path", r.URL.Path).Debug("request refused")
+	}
+	if me.Code == "M_LIMIT_EXCEEDED" {
+		if ms, ok := me.Extra["retry_after_ms"].(int64); ok {
+			w.Header().Set("Retry-After", fmt.Sprint((ms+999)/1000))
+		}
+	}
+	WriteJSON(w, me.Status, me.Body())
+}
+
+// WriteJSON writes v as a JSON response.
+func WriteJSON(w http.ResponseWriter, status int, v any) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		status = http.StatusInternalServerError
+		buf.Reset()
+		buf.WriteString(`{"errcode":"M_UNKNOWN","error":"Internal server error"}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = w.Write(buf.Bytes())
+}
+
+var errBodyTooLarge = errors.New("request body too large")
+
+// ReadBody reads the whole (already size-limited) request body.
+func ReadBody(r *http.Request) ([]byte, error) {
+	if r.Body == nil {
+		return nil, nil
+	}
+	b, err := io.ReadAll(r.Body)
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) || errors.Is(err, errBodyTooLarge) {
+			return nil, TooLarge()
+		}
+		return nil, BadJSON("could not read request body")
+	}
+	return b, nil
+}
+
+// Validator is implemented by request types that check their own fields
+// after decoding.
+type Validator interface {
+	Validate() error
+}
+
+// ReadJSON decodes the request body into v: M_TOO_LARGE for oversized
+// bodies, M_NOT_JSON for bodies that are not UTF-8 JSON objects,
+// M_BAD_JSON for fields of the wrong type, then v.Validate() if v has one.
+func ReadJSON(r *http.Request, v any) error {
+	b, err := ReadBody(r)
+	if err != nil {
+		return err
+	}
+	return DecodeJSON(b, v)
+}
+
+// DecodeJSON is ReadJSON for a body already read.
+func DecodeJSON(b []byte, v any) error {
+	if !utf8.Valid(b) {
+		return NotJSON("request body is not valid UTF-8")
+	}
+	t := bytes.TrimSpace(b)
+	if len(t) == 0 || !json.Valid(t) {
+		return NotJSON("request body is not valid JSON")
+	}
+	if t[0] != '{' {
+		return BadJSON("request body must be a JSON object")
+	}
+	if err := json.Unmarshal(t, v); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			field := te.Field
+			if field == "" {
+				field = "body"
+			}
+			return BadJSON("%s must be %s", field, jsonKind(te.Type.Kind().String()))
+		}
+		return BadJSON("malformed request body: %v", err)
+	}
+	if val, ok := v.(Validator); ok {
+		return val.Validate()
+	}
+	return nil
+}
+
+func jsonKind(k string) string {
+	switch {
+	case strings.HasPrefix(k, "int"), strings.HasPrefix(k, "uint"), strings.HasPrefix(k, "float"):
+		return "a number"
+	case k == "string":
+		return "a string"
+	case k == "bool":
+		return "a boolean"
+	case k == "slice", k == "array":
+		return "an array"
+	default:
+		return "an object"
+	}
+}
+
+// Var returns the URL-decoded path variable name.
+func Var(r *http.Request, name string) string {
+	return mux.Vars(r)[name]
+}
+
+// LimitBody cuts request bodies off at max bytes while they stream in; a
+// Content-Length above the limit is refused before reading anything.
+func LimitBody(max int64, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > max {
+			WriteError(w, r, TooLarge())
+			return
+		}
+		if r.Body != nil {
+			r.Body = http.MaxBytesReader(w, r.Body, max)
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// CORS lets browser clients (Element Web) call the API from any origin and
+// answers preflight requests for every path.
+func CORS(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Access-Control-Allow-Origin", "*")
+		h.Set("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS")
+		h.Set("Access-Control-Allow-Headers", "Origin, X-Requested-With, Content-Type, Accept, Authorization")
+		if r.Method == http.MethodOptions {
+			w.WriteHeader(http.StatusOK)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// NewRouter returns a router whose unknown paths and methods answer
+// M_UNRECOGNIZED (404 and 405) and whose path variables are decoded.
+func NewRouter() *mux.Router {
+	r := mux.NewRouter()
+	r.UseEncodedPath()
+	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		WriteError(w, req, Unrecognized(http.StatusNotFound))
+	})
+	r.MethodNotAllowedHandler = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		WriteError(w, req, Unrecognized(http.StatusMethodNotAllowed))
+	})
+	r.Use(decodeVars)
+	return r
+}
+
+// decodeVars URL-decodes path variables once so that handlers see room IDs
+// and event IDs as they are ("!a:b", "$x").
+func decodeVars(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		vars := mux.Vars(r)
+		for k, v := range vars {
+			if d, err := url.PathUnescape(v); err == nil {
+				vars[k] = d
+			}
+		}
+		next.ServeHTTP(w, mux.SetURLVars(r, vars))
+	})
+}
+
+// ClientIP is the request's remote address without the port.
+func ClientIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+type logKey struct{}
+
+// WithLogger returns ctx carrying log.
+func WithLogger(ctx context.Context, log *logrus.Entry) context.Context {
+	return context.WithValue(ctx, logKey{}, log)
+}
+
+// Logger returns the request-scoped logger in ctx, or the standard logger.
+func Logger(ctx context.Context) *logrus.Entry {
+	if l, ok := ctx.Value(logKey{}).(*logrus.Entry); ok {
+		return l
+	}
+	return logrus.NewEntry(logrus.StandardLogger())
+}
+
+// WithRequestLogger puts a logger with the request's method and path in
+// every request's context.
+func WithRequestLogger(log *logrus.Entry, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		l := log.WithFields(logrus.Fields{"method": r.Method, "path": r.URL.Path})
+		next.ServeHTTP(w, r.WithContext(WithLogger(r.Context(), l)))
+	})
+}

@@ -1,0 +1,313 @@
+// Package sqldb is the small SQL dialect shim every component's storage is
+// written against: one set of queries for SQLite and PostgreSQL, numbered
+// migrations, transactions, and SQLite's single-writer rule.
+//
+// Queries are written in PostgreSQL style ($1, $2, ...); for SQLite they are
+// rewritten to ?1, ?2, ... which SQLite binds by index, so a parameter may be
+// used twice or out of order in both dialects.
+package sqldb
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/lib/pq"
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+)
+
+// Dialect says which database engine a DB talks to.
+type Dialect int
+
+const (
+	SQLite Dialect = iota
+	Postgres
+)
+
+func (d Dialect) String() string {
+	if d == Postgres {
+		return "postgres"
+	}
+	return "sqlite"
+}
+
+// DB is a database handle shared by the storage of one or more components.
+// For SQLite it holds a single-connection writer pool (SQLite allows one
+// writer at a time; serialising in-process avoids SQLITE_BUSY storms) and a
+// read pool; for PostgreSQL both are the same pool.
+type DB struct {
+	Dialect Dialect
+	writer  *sql.DB
+	reader  *sql.DB
+	// writeLock (SQLite only) admits one writer at a time. The writer pool
+	// has a second connection so that statements can be prepared while a
+	// transaction holds the first.
+	writeLock chan struct{}
+
+	stmts sync.Map // rewritten query -> *sql.Stmt on the matching pool
+}
+
+// Options tune a DB. Zero values mean defaults.
+type Options struct {
+	MaxOpenConns int // PostgreSQL pool size and SQLite reader pool size
+}
+
+// IsPostgresURL reports whether url names a PostgreSQL database.
+func IsPostgresURL(url string) bool {
+	return strings.HasPrefix(url, "postgres://") || strings.HasPrefix(url, "postgresql://")
+}
+
+// Open opens url: a postgres:// DSN, or a file path (optionally file:) for SQLite.
+func Open(ctx context.Context, url string, opts Options) (*DB, error) {
+	if opts.MaxOpenConns <= 0 {
+		opts.MaxOpenConns = 16
+	}
+	if IsPostgresURL(url) {
+		pool, err := sql.Open("postgres", url)
+		if err != nil {
+			return nil, fmt.Errorf("open postgres: %w", err)
+		}
+		pool.SetMaxOpenConns(opts.MaxOpenConns)
+		pool.SetMaxIdleConns(opts.MaxOpenConns)
+		if err := pool.PingContext(ctx); err != nil {
+			pool.Close()
+			return nil, fmt.Errorf("connect to postgres: %w", err)
+		}
+		return &DB{Dialect: Postgres, writer: pool, reader: pool}, nil
+	}
+	path := strings.TrimPrefix(url, "file:")
+	if i := strings.IndexByte(path, '?'); i >= 0 {
+		path = path[:i]
+	}
+	if path == "" {
+		return nil, errors.New("empty sqlite path")
+	}
+	if dir := filepath.Dir(path); dir != "" {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("create database directory: %w", err)
+		}
+	}
+	// WAL lets readers run beside the writer; synchronous=NORMAL in WAL mode
+	// survives a process crash (the WAL is in the OS cache) at a fraction
+	// of FULL's fsync cost.
+	pragmas := "_pragma=busy_timeout(30000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(1)&_pragma=cache_size(-16000)"
+	writer, err := sql.Open("sqlite", "file:"+path+"?"+pragmas+"&_txlock=immediate")
+	if err != nil {
+		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
+	}
+	writer.SetMaxOpenConns(2)
+	writer.SetMaxIdleConns(2)
+	writer.SetConnMaxLifetime(0)
+	if err := writer.PingContext(ctx); err != nil {
+		writer.Close()
+		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
+	}
+	reader, err := sql.Open("sqlite", "file:"+path+"?"+pragmas+"&_pragma=query_only(1)")
+	if err != nil {
+		writer.Close()
+		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
+	}
+	reader.SetMaxOpenConns(opts.MaxOpenConns)
+	reader.SetMaxIdleConns(opts.MaxOpenConns)
+	return &DB{Dialect: SQLite, writer: writer, reader: reader, writeLock: make(chan struct{}, 1)}, nil
+}
+
+// Close closes the pools.
+func (db *DB) Close() error {
+	err := db.writer.Close()
+	if db.reader != db.writer {
+		if rerr := db.reader.Close(); err == nil {
+			err = rerr
+		}
+	}
+	return err
+}
+
+// Rebind rewrites a PostgreSQL-style query for this dialect.
+func (db *DB) Rebind(q string) string {
+	if db.Dialect == Postgres {
+		return q
+	}
+	var b strings.Builder
+	b.Grow(len(q))
+	for i := 0; i < len(q); i++ {
+		c := q[i]
+		if c == '$' && i+1 < len(q) && q[i+1] >= '0' && q[i+1] <= '9' {
+			b.WriteByte('?')
+			continue
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
+}
+
+func (db *DB) prepared(ctx context.Context, pool *sql.DB, q string) (*sql.Stmt, error) {
+	key := q
+	if pool == db.writer && db.writer != db.reader {
+		key = "w\x00" + q
+	}
+	if s, ok := db.stmts.Load(key); ok {
+		return s.(*sql.Stmt), nil
+	}
+	s, err := pool.PrepareContext(ctx, db.Rebind(q))
+	if err != nil {
+		return nil, fmt.Errorf("prepare %q: %w", firstLine(q), err)
+	}
+	if prev, loaded := db.stmts.LoadOrStore(key, s); loaded {
+		s.Close()
+		return prev.(*sql.Stmt), nil
+	}
+	return s, nil
+}
+
+// Query runs a read query on the read pool.
+func (db *DB) Query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	s, err := db.prepared(ctx, db.reader, q)
+	if err != nil {
+		return nil, err
+	}
+	return s.QueryContext(ctx, args...)
+}
+
+// QueryRow runs a read query expected to return at most one row.
+func (db *DB) QueryRow(ctx context.Context, q string, args ...any) *sql.Row {
+	s, err := db.prepared(ctx, db.reader, q)
+	if err != nil {
+		// database/sql offers no way to build a Row carrying an error; run
+		// the query unprepared so the error surfaces from Scan.
+		return db.reader.QueryRowContext(ctx, db.Rebind(q), args...)
+	}
+	return s.QueryRowContext(ctx, args...)
+}
+
+// lockWrite takes the SQLite write lock; it returns the release function.
+func (db *DB) lockWrite(ctx context.Context) (func(), error) {
+	if db.writeLock == nil {
+		return func() {}, nil
+	}
+	select {
+	case db.writeLock <- struct{}{}:
+		return func() { <-db.writeLock }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// Exec runs one write statement outside a transaction.
+func (db *DB) Exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	s, err := db.prepared(ctx, db.writer, q)
+	if err != nil {
+		return nil, err
+	}
+	unlock, err := db.lockWrite(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	return s.ExecContext(ctx, args...)
+}
+
+// Tx is a write transaction. Its methods take PostgreSQL-style queries.
+type Tx struct {
+	db *DB
+	tx *sql.Tx
+}
+
+// Exec runs a statement in the transaction.
+func (t *Tx) Exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	s, err := t.db.prepared(ctx, t.db.writer, q)
+	if err != nil {
+		return nil, err
+	}
+	return t.tx.StmtContext(ctx, s).ExecContext(ctx, args...)
+}
+
+// Query runs a query in the transaction.
+func (t *Tx) Query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	s, err := t.db.prepared(ctx, t.db.writer, q)
+	if err != nil {
+		return nil, err
+	}
+	return t.tx.StmtContext(ctx, s).QueryContext(ctx, args...)
+}
+
+// QueryRow runs a single-row query in the transaction.
+func (t *Tx) QueryRow(ctx context.Context, q string, args ...any) *sql.Row {
+	s, err := t.db.prepared(ctx, t.db.writer, q)
+	if err != nil {
+		return t.tx.QueryRowContext(ctx, t.db.Rebind(q), args...)
+	}
+	return t.tx.StmtContext(ctx, s).QueryRowContext(ctx, args...)
+}
+
+// Dialect returns the dialect of the transaction's database.
+func (t *Tx) Dialect() Dialect { return t.db.Dialect }
+
+// WithTx runs f in a write transaction, committing if f returns nil. For
+// SQLite the single writer connection serialises transactions in-process.
+func (db *DB) WithTx(ctx context.Context, f func(tx *Tx) error) (err error) {
+	unlock, err := db.lockWrite(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	sqlTx, err := db.writer.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin transaction: %w", err)
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			_ = sqlTx.Rollback()
+			panic(p)
+		}
+	}()
+	if err := f(&Tx{db: db, tx: sqlTx}); err != nil {
+		_ = sqlTx.Rollback()
+		return err
+	}
+	if err := sqlTx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+// IsUniqueViolation reports whether err is a unique or primary-key
+// constraint failure in either dialect.
+func IsUniqueViolation(err error) bool {
+	var pqErr *pq.Error
+	if errors.As(err, &pqErr) {
+		return pqErr.Code == "23505"
+	}
+	var sqErr *sqlite.Error
+	if errors.As(err, &sqErr) {
+		c := sqErr.Code()
+		return c == sqlite3.SQLITE_CONSTRAINT_UNIQUE || c == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY
+	}
+	return false
+}
+
+// InList returns "$from, $from+1, ..." with n placeholders, for IN clauses.
+func InList(from, n int) string {
+	var b strings.Builder
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "$%d", from+i)
+	}
+	return b.String()
+}
+
+func firstLine(q string) string {
+	q = strings.TrimSpace(q)
+	if i := strings.IndexByte(q, '\n'); i >= 0 {
+		return q[:i] + "..."
+	}
+	return q
+}

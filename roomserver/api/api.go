@@ -1,0 +1,192 @@
+// Package rsapi is what the roomserver offers the other components: input of
+// events (built and signed by the roomserver from a proto-event, or complete
+// PDUs), queries of room state and membership, and room aliases. It also
+// defines the OutputRoomEvent message that syncapi and federationapi consume.
+package rsapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	gmsl "github.com/matrix-org/gomatrixserverlib"
+)
+
+// Errors the roomserver returns. NotAllowedError carries the auth rule that
+// refused an event.
+var (
+	ErrRoomNotFound  = codedError{"M_NOT_FOUND", "Room not found"}
+	ErrEventNotFound = codedError{"M_NOT_FOUND", "Event not found"}
+	ErrStateNotFound = codedError{"M_NOT_FOUND", "State event not found"}
+	ErrAliasNotFound = codedError{"M_NOT_FOUND", "Room alias not found"}
+	ErrAliasInUse    = codedError{"M_UNKNOWN", "Room alias already exists"}
+	ErrRoomInUse     = codedError{"M_ROOM_IN_USE", "Room alias already taken"}
+)
+
+type codedError struct{ code, msg string }
+
+func (e codedError) Error() string         { return e.msg }
+func (e codedError) MatrixErrCode() string { return e.code }
+
+// NotAllowedError is an event refused by the auth rules or by a roomserver
+// policy.
+type NotAllowedError struct{ Reason string }
+
+func (e *NotAllowedError) Error() string         { return e.Reason }
+func (e *NotAllowedError) MatrixErrCode() string { return "M_FORBIDDEN" }
+
+// BadEventError is an event that cannot be built or parsed (bad content,
+// too large, unsupported room version).
+type BadEventError struct {
+	Code   string // Matrix errcode, e.g. M_BAD_JSON, M_TOO_LARGE
+	Reason string
+}
+
+func (e *BadEventError) Error() string         { return e.Reason }
+func (e *BadEventError) MatrixErrCode() string { return e.Code }
+
+// IsNotAllowed reports whether err is a refusal by the auth rules.
+func IsNotAllowed(err error) bool {
+	var na *NotAllowedError
+	return errors.As(err, &na)
+}
+
+// ProtoEvent is an event for the roomserver to complete: it picks
+// prev_events, auth_events and depth from the room's current state, signs
+// it, and runs the auth rules, all in the room's input order.
+type ProtoEvent struct {
+	Sender   string          `json:"sender"`
+	Type     string          `json:"type"`
+	StateKey *string         `json:"state_key,omitempty"`
+	Content  json.RawMessage `json:"content"`
+	Redacts  string          `json:"redacts,omitempty"`
+}
+
+// TxnID identifies a client's transaction; the event it made is returned
+// again when the same device retries it.
+type TxnID struct {
+	SessionID int64  `json:"session_id"`
+	DeviceID  string `json:"device_id"`
+	TxnID     string `json:"txn_id"`
+}
+
+// InputEvent is one event of an InputRequest: a proto-event to build, or a
+// complete PDU.
+type InputEvent struct {
+	Proto *ProtoEvent     `json:"proto,omitempty"`
+	PDU   json.RawMessage `json:"pdu,omitempty"`
+	Txn   *TxnID          `json:"txn,omitempty"`
+	// DedupState returns the existing event instead of storing a state
+	// event whose sender and content equal the current one's.
+	DedupState bool `json:"dedup_state,omitempty"`
+}
+
+// InputRequest is one message on InputRoomEvent.<room>. Its events are
+// processed in order, atomically: all are stored or none.
+type InputRequest struct {
+	// RoomID is empty for a new room whose first event is a create proto.
+	RoomID string `json:"room_id,omitempty"`
+	// RoomVersion is required for a new room.
+	RoomVersion string       `json:"room_version,omitempty"`
+	Events      []InputEvent `json:"events"`
+	// NewRoomID is the ID for a new room of a version whose room IDs are
+	// not derived from the create event (v1-v11).
+	NewRoomID string `json:"new_room_id,omitempty"`
+}
+
+// InputResponse reports the outcome of an InputRequest.
+type InputResponse struct {
+	RoomID   string   `json:"room_id"`
+	EventIDs []string `json:"event_ids"`
+	// Error, when set, says why nothing was stored; ErrCode is its Matrix
+	// code (M_FORBIDDEN for auth failures).
+	Error   string `json:"error,omitempty"`
+	ErrCode string `json:"errcode,omitempty"`
+	// ErrIndex is the event that failed.
+	ErrIndex int `json:"err_index,omitempty"`
+}
+
+// Err turns a failed response back into a Go error.
+func (r *InputResponse) Err() error {
+	if r.Error == "" {
+		return nil
+	}
+	switch r.ErrCode {
+	case "M_FORBIDDEN":
+		return &NotAllowedError{Reason: r.Error}
+	case "":
+		return fmt.Errorf("roomserver: %s", r.Error)
+	default:
+		return &BadEventError{Code: r.ErrCode, Reason: r.Error}
+	}
+}
+
+// Membership is a user's membership of a room.
+type Membership struct {
+	RoomID     string `json:"room_id"`
+	UserID     string `json:"user_id"`
+	Membership string `json:"membership"` // join, invite, leave, ban, knock
+	EventID    string `json:"event_id"`
+}
+
+// Inputter submits events and waits until the roomserver committed them.
+type Inputter interface {
+	Input(ctx context.Context, req *InputRequest) (*InputResponse, error)
+}
+
+// API is the roomserver component as the other components see it.
+type API interface {
+	Inputter
+
+	// RoomVersion of a known room (ErrRoomNotFound otherwise).
+	RoomVersion(ctx context.Context, roomID string) (gmsl.RoomVersion, error)
+	// CurrentState returns the room's current state, all of it when
+	// tuples is empty.
+	CurrentState(ctx context.Context, roomID string, tuples ...gmsl.StateKeyTuple) ([]gmsl.PDU, error)
+	// StateEvent returns one current state event (ErrStateNotFound).
+	StateEvent(ctx context.Context, roomID, evType, stateKey string) (gmsl.PDU, error)
+	// StateBefore returns the state before eventID (all of it when tuples is empty).
+	StateBefore(ctx context.Context, eventID string, tuples ...gmsl.StateKeyTuple) ([]gmsl.PDU, error)
+	// Events returns the stored events among eventIDs, with redactions
+	// applied. Unknown and rejected events are left out.
+	Events(ctx context.Context, eventIDs []string) ([]gmsl.PDU, error)
+	// Membership returns userID's current membership of roomID, "leave"
+	// with an empty EventID when there is none.
+	Membership(ctx context.Context, roomID, userID string) (*Membership, error)
+	// UserRooms lists the rooms where userID's membership is one of memberships.
+	UserRooms(ctx context.Context, userID string, memberships ...string) ([]string, error)
+	// TxnEvent returns the event a device's transaction made, "" if none.
+	TxnEvent(ctx context.Context, txn TxnID) (string, error)
+
+	// Room aliases.
+	SetAlias(ctx context.Context, alias, roomID, creator string) error
+	ResolveAlias(ctx context.Context, alias string) (string, error)
+	AliasCreator(ctx context.Context, alias string) (string, error)
+	RemoveAlias(ctx context.Context, alias string) error
+	RoomAliases(ctx context.Context, roomID string) ([]string, error)
+}
+
+// OutputEvent is one message on the OutputRoomEvent stream: an event the
+// roomserver accepted, with what it changed in the room's current state, so
+// consumers never recompute state.
+type OutputEvent struct {
+	RoomID      string          `json:"room_id"`
+	RoomVersion string          `json:"room_version"`
+	EventID     string          `json:"event_id"`
+	Event       json.RawMessage `json:"event"`
+	// AddsState lists the state events now current because of this event;
+	// AddsStateJSON holds those other than the event itself.
+	AddsState     []string          `json:"adds_state,omitempty"`
+	AddsStateJSON []json.RawMessage `json:"adds_state_json,omitempty"`
+	// RemovesState lists the event IDs no longer in current state.
+	RemovesState []string `json:"removes_state,omitempty"`
+	// HistoryVisibility in force for this event (from the state before it).
+	HistoryVisibility string `json:"history_visibility,omitempty"`
+	// Txn is set for events a local client sent with a transaction ID.
+	Txn *TxnID `json:"txn,omitempty"`
+	// Redacts, for an applied redaction, is the event it redacted.
+	Redacts string `json:"redacts,omitempty"`
+	// InviteRoomState is the stripped state sent with an invite.
+	InviteRoomState []json.RawMessage `json:"invite_room_state,omitempty"`
+}

@@ -1,0 +1,420 @@
+// Package config is Myelin's one typed configuration: loaded from YAML,
+// defaulted in one place, overridden by environment variables named after
+// each field's path (client_api.listen -> MYELIN_CLIENT_API_LISTEN), and
+// validated with messages that name the field. Only setup and cmd import it;
+// components receive the sections they need.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the whole of a Myelin configuration.
+type Config struct {
+	// ServerName is the domain part of every user and room alias on this server.
+	ServerName string `yaml:"server_name"`
+	// DataDir holds the SQLite database, the embedded NATS store and the keys
+	// unless their own paths say otherwise.
+	DataDir string `yaml:"data_dir"`
+
+	ClientAPI     ClientAPI     `yaml:"client_api"`
+	FederationAPI FederationAPI `yaml:"federation_api"`
+	Database      Database      `yaml:"database"`
+	NATS          NATS          `yaml:"nats"`
+	Registration  Registration  `yaml:"registration"`
+	RateLimits    RateLimits    `yaml:"rate_limits"`
+	Logging       Logging       `yaml:"logging"`
+	Keys          Keys          `yaml:"keys"`
+	Rooms         Rooms         `yaml:"rooms"`
+	Sync          Sync          `yaml:"sync"`
+	Debug         Debug         `yaml:"debug"`
+}
+
+// ClientAPI configures the Client-Server API listener.
+type ClientAPI struct {
+	Listen string `yaml:"listen"`
+	// PublicBaseURL is what /.well-known/matrix/client advertises.
+	PublicBaseURL string `yaml:"public_baseurl"`
+	// MaxRequestBytes caps a request body; larger bodies are cut off with M_TOO_LARGE.
+	MaxRequestBytes int64 `yaml:"max_request_bytes"`
+	// TLSCert and TLSKey, when both set, make the listener serve HTTPS.
+	TLSCert string `yaml:"tls_cert"`
+	TLSKey  string `yaml:"tls_key"`
+}
+
+// FederationAPI configures the Server-Server API listener.
+type FederationAPI struct {
+	// Listen is the federation listener address; empty disables it.
+	Listen  string `yaml:"listen"`
+	TLSCert string `yaml:"tls_cert"`
+	TLSKey  string `yaml:"tls_key"`
+}
+
+// Database names the SQL database all components store their tables in.
+type Database struct {
+	// URL is a file path for SQLite (default <data_dir>/myelin.db) or a
+	// postgres:// DSN.
+	URL          string `yaml:"url"`
+	MaxOpenConns int    `yaml:"max_open_conns"`
+}
+
+// NATS configures the message bus between components.
+type NATS struct {
+	// URL of an external NATS cluster; empty runs an embedded server.
+	URL string `yaml:"url"`
+	// StoreDir is where the embedded server keeps JetStream data
+	// (default <data_dir>/nats).
+	StoreDir string `yaml:"store_dir"`
+}
+
+// Registration says who may create accounts.
+type Registration struct {
+	// Open lets anyone register with m.login.dummy.
+	Open bool `yaml:"open"`
+	// SharedSecret enables Synapse-compatible /_synapse/admin/v1/register.
+	SharedSecret string `yaml:"shared_secret"`
+	// BcryptCost is the bcrypt work factor for password hashes.
+	BcryptCost int `yaml:"bcrypt_cost"`
+}
+
+// RateLimits configures per-user and per-IP token buckets.
+type RateLimits struct {
+	Enabled bool `yaml:"enabled"`
+	// Each bucket refills PerSecond tokens a second up to Burst.
+	Login    Bucket `yaml:"login"`
+	Register Bucket `yaml:"register"`
+	Send     Bucket `yaml:"send"`
+}
+
+// Bucket is one token-bucket limit.
+type Bucket struct {
+	PerSecond float64 `yaml:"per_second"`
+	Burst     int     `yaml:"burst"`
+}
+
+// Logging configures logrus.
+type Logging struct {
+	Level  string `yaml:"level"`  // trace, debug, info, warn, error
+	Format string `yaml:"format"` // text or json
+	// File, when set, receives the log instead of stderr.
+	File string `yaml:"file"`
+}
+
+// Keys locates the server's signing key.
+type Keys struct {
+	// SigningKeyPath is an ed25519 key in Synapse's format
+	// ("ed25519 <id> <base64 seed>"); generated on first start when missing
+	// (default <data_dir>/signing.key).
+	SigningKeyPath string `yaml:"signing_key_path"`
+}
+
+// Rooms configures room defaults.
+type Rooms struct {
+	// DefaultVersion is the room version for /createRoom without one.
+	DefaultVersion string `yaml:"default_version"`
+}
+
+// Sync tunes /sync.
+type Sync struct {
+	// MaxTimeout caps a client's long-poll timeout.
+	MaxTimeout time.Duration `yaml:"max_timeout"`
+}
+
+// Debug holds operator knobs for investigating the server.
+type Debug struct {
+	// PprofListen, when set, serves net/http/pprof on that (loopback) address.
+	PprofListen string `yaml:"pprof_listen"`
+}
+
+// Defaults returns a Config with every field at its default.
+func Defaults() *Config {
+	return &Config{
+		ServerName: "localhost",
+		DataDir:    "./data",
+		ClientAPI: ClientAPI{
+			Listen:          "127.0.0.1:8008",
+			MaxRequestBytes: 10 << 20,
+		},
+		FederationAPI: FederationAPI{Listen: ""},
+		Database:      Database{MaxOpenConns: 16},
+		Registration:  Registration{BcryptCost: 10},
+		RateLimits: RateLimits{
+			Enabled:  true,
+			Login:    Bucket{PerSecond: 0.2, Burst: 5},
+			Register: Bucket{PerSecond: 0.1, Burst: 5},
+			Send:     Bucket{PerSecond: 5, Burst: 20},
+		},
+		Logging: Logging{Level: "info", Format: "text"},
+		Rooms:   Rooms{DefaultVersion: "10"},
+		Sync:    Sync{MaxTimeout: 5 * time.Minute},
+	}
+}
+
+// Load reads path (if non-empty) over the defaults, applies environment
+// overrides from env (os.Environ() form), fills derived paths and validates.
+func Load(path string, env []string) (*Config, error) {
+	c := Defaults()
+	if path != "" {
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("read config: %w", err)
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(raw))
+		dec.KnownFields(true)
+		if err := dec.Decode(c); err != nil && !errors.Is(err, errEOF(err)) {
+			return nil, fmt.Errorf("config %s: %w", path, err)
+		}
+	}
+	if err := applyEnv(c, env); err != nil {
+		return nil, err
+	}
+	c.fillDerived()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// errEOF maps an empty document's io.EOF onto itself so Load accepts an
+// empty file.
+func errEOF(err error) error {
+	if err != nil && err.Error() == "EOF" {
+		return err
+	}
+	return errors.New("not eof")
+}
+
+func (c *Config) fillDerived() {
+	if c.Database.URL == "" {
+		c.Database.URL = filepath.Join(c.DataDir, "myelin.db")
+	}
+	if c.NATS.StoreDir == "" {
+		c.NATS.StoreDir = filepath.Join(c.DataDir, "nats")
+	}
+	if c.Keys.SigningKeyPath == "" {
+		c.Keys.SigningKeyPath = filepath.Join(c.DataDir, "signing.key")
+	}
+	if c.ClientAPI.PublicBaseURL == "" {
+		scheme := "http"
+		if c.ClientAPI.TLSCert != "" {
+			scheme = "https"
+		}
+		c.ClientAPI.PublicBaseURL = scheme + "://" + c.ClientAPI.Listen
+	}
+}
+
+// Errors is every problem Validate found, one per line.
+type Errors []string
+
+func (e Errors) Error() string {
+	return "invalid configuration:\n  " + strings.Join(e, "\n  ")
+}
+
+// Validate checks every field and reports all problems at once.
+func (c *Config) Validate() error {
+	var errs Errors
+	bad := func(field string, value any, problem string) {
+		errs = append(errs, fmt.Sprintf("%s: %v: %s", field, value, problem))
+	}
+	if c.ServerName == "" {
+		bad("server_name", `""`, "must not be empty")
+	} else if strings.ContainsAny(c.ServerName, "/ @#!") {
+		bad("server_name", c.ServerName, "must be a host name with an optional port")
+	}
+	if c.DataDir == "" {
+		bad("data_dir", `""`, "must not be empty")
+	}
+	checkListen := func(field, addr string, required bool) {
+		if addr == "" {
+			if required {
+				bad(field, `""`, "must not be empty")
+			}
+			return
+		}
+		if _, port, err := net.SplitHostPort(addr); err != nil {
+			bad(field, addr, "must be host:port")
+		} else if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+			bad(field, addr, "port must be a number from 0 to 65535")
+		}
+	}
+	checkListen("client_api.listen", c.ClientAPI.Listen, true)
+	checkListen("federation_api.listen", c.FederationAPI.Listen, false)
+	checkListen("debug.pprof_listen", c.Debug.PprofListen, false)
+	if c.ClientAPI.MaxRequestBytes < 1024 {
+		bad("client_api.max_request_bytes", c.ClientAPI.MaxRequestBytes, "must be at least 1024")
+	}
+	if (c.ClientAPI.TLSCert == "") != (c.ClientAPI.TLSKey == "") {
+		bad("client_api.tls_cert", c.ClientAPI.TLSCert, "tls_cert and tls_key must be set together")
+	}
+	if (c.FederationAPI.TLSCert == "") != (c.FederationAPI.TLSKey == "") {
+		bad("federation_api.tls_cert", c.FederationAPI.TLSCert, "tls_cert and tls_key must be set together")
+	}
+	if c.Database.MaxOpenConns < 1 {
+		bad("database.max_open_conns", c.Database.MaxOpenConns, "must be at least 1")
+	}
+	if u := c.Database.URL; strings.Contains(u, "://") && !strings.HasPrefix(u, "postgres://") && !strings.HasPrefix(u, "postgresql://") && !strings.HasPrefix(u, "file:") {
+		bad("database.url", u, "must be a file path (SQLite) or a postgres:// DSN")
+	}
+	if u := c.NATS.URL; u != "" && !strings.HasPrefix(u, "nats://") && !strings.HasPrefix(u, "tls://") {
+		bad("nats.url", u, "must be empty (embedded) or a nats:// URL")
+	}
+	if c.Registration.BcryptCost < 4 || c.Registration.BcryptCost > 31 {
+		bad("registration.bcrypt_cost", c.Registration.BcryptCost, "must be from 4 to 31")
+	}
+	for name, b := range map[string]Bucket{"login": c.RateLimits.Login, "register": c.RateLimits.Register, "send": c.RateLimits.Send} {
+		if b.PerSecond <= 0 {
+			bad("rate_limits."+name+".per_second", b.PerSecond, "must be positive")
+		}
+		if b.Burst < 1 {
+			bad("rate_limits."+name+".burst", b.Burst, "must be at least 1")
+		}
+	}
+	switch c.Logging.Level {
+	case "trace", "debug", "info", "warn", "error":
+	default:
+		bad("logging.level", c.Logging.Level, "must be one of trace, debug, info, warn, error")
+	}
+	switch c.Logging.Format {
+	case "text", "json":
+	default:
+		bad("logging.format", c.Logging.Format, "must be text or json")
+	}
+	if !SupportedRoomVersion(c.Rooms.DefaultVersion) {
+		bad("rooms.default_version", c.Rooms.DefaultVersion, "must be a stable room version from 1 to 12")
+	}
+	if c.Sync.MaxTimeout < time.Second {
+		bad("sync.max_timeout", c.Sync.MaxTimeout, "must be at least 1s")
+	}
+	if len(errs) > 0 {
+		sortStable(errs)
+		return errs
+	}
+	return nil
+}
+
+// SupportedRoomVersion reports whether v is one of the room versions Myelin
+// creates and joins. An explicit list: gomatrixserverlib's "stable" set
+// includes experimental versions.
+func SupportedRoomVersion(v string) bool {
+	n, err := strconv.Atoi(v)
+	return err == nil && n >= 1 && n <= 12 && strconv.Itoa(n) == v
+}
+
+func sortStable(e Errors) {
+	for i := 1; i < len(e); i++ {
+		for j := i; j > 0 && e[j] < e[j-1]; j-- {
+			e[j], e[j-1] = e[j-1], e[j]
+		}
+	}
+}
+
+// EnvName is the environment variable that overrides the field at path.
+func EnvName(path string) string {
+	return "MYELIN_" + strings.ToUpper(strings.ReplaceAll(path, ".", "_"))
+}
+
+// applyEnv sets every field whose MYELIN_* variable is present in env.
+func applyEnv(c *Config, env []string) error {
+	vars := map[string]string{}
+	for _, kv := range env {
+		if k, v, ok := strings.Cut(kv, "="); ok && strings.HasPrefix(k, "MYELIN_") {
+			vars[k] = v
+		}
+	}
+	if len(vars) == 0 {
+		return nil
+	}
+	var errs Errors
+	walkFields(reflect.ValueOf(c).Elem(), "", func(path string, f reflect.Value) {
+		name := EnvName(path)
+		raw, ok := vars[name]
+		if !ok {
+			return
+		}
+		if err := setFromString(f, raw); err != nil {
+			errs = append(errs, fmt.Sprintf("%s (from %s): %q: %v", path, name, raw, err))
+		}
+	})
+	if len(errs) > 0 {
+		return errs
+	}
+	return nil
+}
+
+// Paths lists every settable field path, for documentation and tests.
+func Paths() []string {
+	var out []string
+	walkFields(reflect.ValueOf(Defaults()).Elem(), "", func(path string, _ reflect.Value) {
+		out = append(out, path)
+	})
+	return out
+}
+
+func walkFields(v reflect.Value, prefix string, f func(path string, field reflect.Value)) {
+	t := v.Type()
+	for i := 0; i < t.NumField(); i++ {
+		tag := strings.Split(t.Field(i).Tag.Get("yaml"), ",")[0]
+		if tag == "" || tag == "-" {
+			continue
+		}
+		path := tag
+		if prefix != "" {
+			path = prefix + "." + tag
+		}
+		fv := v.Field(i)
+		if fv.Kind() == reflect.Struct {
+			walkFields(fv, path, f)
+			continue
+		}
+		f(path, fv)
+	}
+}
+
+var durationType = reflect.TypeOf(time.Duration(0))
+
+func setFromString(f reflect.Value, raw string) error {
+	if f.Type() == durationType {
+		d, err := time.ParseDuration(raw)
+		if err != nil {
+			return err
+		}
+		f.SetInt(int64(d))
+		return nil
+	}
+	switch f.Kind() {
+	case reflect.String:
+		f.SetString(raw)
+	case reflect.Bool:
+		b, err := strconv.ParseBool(raw)
+		if err != nil {
+			return errors.New("want true or false")
+		}
+		f.SetBool(b)
+	case reflect.Int, reflect.Int64:
+		n, err := strconv.ParseInt(raw, 10, 64)
+		if err != nil {
+			return errors.New("want an integer")
+		}
+		f.SetInt(n)
+	case reflect.Float64:
+		n, err := strconv.ParseFloat(raw, 64)
+		if err != nil {
+			return errors.New("want a number")
+		}
+		f.SetFloat(n)
+	default:
+		return fmt.Errorf("cannot set a %s from the environment", f.Kind())
+	}
+	return nil
+}

@@ -1,0 +1,133 @@
+// Package uapi is what the userapi component offers the others: accounts,
+// devices and access tokens, profiles, and account data. Callers import only
+// this package; setup hands them an implementation (in process, or later a
+// NATS request/reply client when split apart).
+package uapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+)
+
+// Errors the userapi returns; each knows its Matrix error code.
+var (
+	ErrUserInUse       = codedError{"M_USER_IN_USE", "User ID already taken"}
+	ErrInvalidUsername = codedError{"M_INVALID_USERNAME", "Invalid user ID"}
+	ErrUnknownToken    = codedError{"M_UNKNOWN_TOKEN", "Unknown or expired access token"}
+	ErrBadPassword     = codedError{"M_FORBIDDEN", "Invalid username or password"}
+	ErrUserDeactivated = codedError{"M_USER_DEACTIVATED", "This account has been deactivated"}
+	ErrNotFound        = codedError{"M_NOT_FOUND", "Not found"}
+)
+
+type codedError struct{ code, msg string }
+
+func (e codedError) Error() string         { return e.msg }
+func (e codedError) MatrixErrCode() string { return e.code }
+
+// IsNotFound reports whether err means the thing asked for does not exist.
+func IsNotFound(err error) bool { return errors.Is(err, ErrNotFound) }
+
+// Account is a local user account.
+type Account struct {
+	UserID      string
+	Localpart   string
+	IsAdmin     bool
+	Deactivated bool
+	CreatedTS   int64
+}
+
+// Device is one logged-in session of a user, as resolved from an access
+// token. SessionID is unique across all devices ever made (device IDs can
+// be reused after deletion), so transaction IDs are scoped to it.
+type Device struct {
+	UserID      string `json:"user_id"`
+	DeviceID    string `json:"device_id"`
+	SessionID   int64  `json:"session_id"`
+	DisplayName string `json:"display_name,omitempty"`
+	LastSeenTS  int64  `json:"last_seen_ts,omitempty"`
+	LastSeenIP  string `json:"last_seen_ip,omitempty"`
+	IsAdmin     bool   `json:"is_admin,omitempty"`
+}
+
+// Profile is a user's global profile.
+type Profile struct {
+	DisplayName string `json:"displayname,omitempty"`
+	AvatarURL   string `json:"avatar_url,omitempty"`
+}
+
+// AccountData is one account-data item; RoomID is empty for global data.
+// Pos is its position in the account-data stream.
+type AccountData struct {
+	RoomID  string          `json:"room_id,omitempty"`
+	Type    string          `json:"type"`
+	Content json.RawMessage `json:"content"`
+	Pos     int64           `json:"pos"`
+}
+
+// CreateAccountRequest makes a local account.
+type CreateAccountRequest struct {
+	Localpart string
+	Password  string // empty: no password login
+	IsAdmin   bool
+}
+
+// CreateDeviceRequest logs a user in on a (new or existing) device.
+type CreateDeviceRequest struct {
+	UserID string
+	// DeviceID reuses an existing device (its old tokens are revoked) or
+	// names a new one; empty generates one.
+	DeviceID    string
+	DisplayName string
+	IP          string
+	UserAgent   string
+}
+
+// UserDataUpdate is published on the OutputUserData stream when a user's
+// data changes, so /sync can wake that user.
+type UserDataUpdate struct {
+	UserID string `json:"user_id"`
+	// Stream is the sync stream that moved ("account_data").
+	Stream string `json:"stream"`
+	Pos    int64  `json:"pos"`
+}
+
+// API is the userapi component.
+type API interface {
+	// Accounts.
+	CreateAccount(ctx context.Context, req CreateAccountRequest) (*Account, error)
+	Account(ctx context.Context, userID string) (*Account, error)
+	// CheckPassword returns the account if password is right (ErrBadPassword
+	// otherwise, also for unknown users).
+	CheckPassword(ctx context.Context, userID, password string) (*Account, error)
+	// SetPassword changes the password; when logoutOthers is set, every
+	// device but keepDevice is deleted.
+	SetPassword(ctx context.Context, userID, password string, logoutOthers bool, keepDeviceID string) error
+	// Deactivate disables the account and deletes its devices.
+	Deactivate(ctx context.Context, userID string) error
+
+	// Devices and access tokens.
+	CreateDevice(ctx context.Context, req CreateDeviceRequest) (dev *Device, accessToken string, err error)
+	// DeviceByToken resolves an access token (ErrUnknownToken if invalid).
+	DeviceByToken(ctx context.Context, token string) (*Device, error)
+	Devices(ctx context.Context, userID string) ([]Device, error)
+	Device(ctx context.Context, userID, deviceID string) (*Device, error)
+	SetDeviceName(ctx context.Context, userID, deviceID, name string) error
+	// DeleteDevices deletes the devices (all of the user's if deviceIDs is
+	// nil) and revokes their tokens.
+	DeleteDevices(ctx context.Context, userID string, deviceIDs []string) error
+
+	// Profiles.
+	Profile(ctx context.Context, userID string) (*Profile, error)
+	SetProfile(ctx context.Context, userID string, displayName, avatarURL *string) error
+
+	// Account data.
+	SetAccountData(ctx context.Context, userID, roomID, dataType string, content json.RawMessage) (pos int64, err error)
+	// AccountData returns one item (ErrNotFound if unset).
+	AccountData(ctx context.Context, userID, roomID, dataType string) (json.RawMessage, error)
+	// AccountDataSince returns the user's items changed in (from, to], the
+	// latest version of each.
+	AccountDataSince(ctx context.Context, userID string, from, to int64) ([]AccountData, error)
+	// AccountDataPos is the current head of the account-data stream.
+	AccountDataPos(ctx context.Context) (int64, error)
+}
