@@ -8,6 +8,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"strings"
 )
 
 // Errors the userapi returns; each knows its Matrix error code.
@@ -130,4 +132,39 @@ type API interface {
 	AccountDataSince(ctx context.Context, userID string, from, to int64) ([]AccountData, error)
 	// AccountDataPos is the current head of the account-data stream.
 	AccountDataPos(ctx context.Context) (int64, error)
+}
+
+// ValidLocalpart checks the localpart of a new account on serverName: only
+// a-z, 0-9 and "._=-/+", and the whole user ID at most 255 bytes (spec,
+// appendices, "User Identifiers"; older IDs may use more, new ones may not).
+// It returns an error wrapping ErrInvalidUsername that says what is wrong.
+func ValidLocalpart(localpart, serverName string) error {
+	if localpart == "" {
+		return fmt.Errorf("%w: the user name must not be empty", ErrInvalidUsername)
+	}
+	for i := 0; i < len(localpart); i++ {
+		c := localpart[i]
+		ok := c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || strings.IndexByte("._=-/+", c) >= 0
+		if !ok {
+			return fmt.Errorf("%w: user names may only contain a-z, 0-9 and ._=-/+", ErrInvalidUsername)
+		}
+	}
+	if n := len("@:") + len(localpart) + len(serverName); n > 255 {
+		return fmt.Errorf("%w: the user ID would be %d bytes long, more than 255", ErrInvalidUsername, n)
+	}
+	return nil
+}
+
+type clientIPKey struct{}
+
+// WithClientIP returns ctx carrying the IP address of the client whose
+// request it is; DeviceByToken records it as the device's last-seen IP.
+func WithClientIP(ctx context.Context, ip string) context.Context {
+	return context.WithValue(ctx, clientIPKey{}, ip)
+}
+
+// ClientIP returns the client IP address in ctx, or "".
+func ClientIP(ctx context.Context) string {
+	ip, _ := ctx.Value(clientIPKey{}).(string)
+	return ip
 }
