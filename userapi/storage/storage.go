@@ -1,0 +1,402 @@
+// Package storage keeps the userapi's tables: accounts (with their
+// profiles), devices with the hashes of their access tokens, and account
+// data. One implementation serves SQLite and PostgreSQL through sqldb. Only
+// package userapi imports it.
+package storage
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+
+	"myelin/internal/sqldb"
+	uapi "myelin/userapi/api"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Storage is the userapi's view of the shared database.
+type Storage struct {
+	db *sqldb.DB
+}
+
+// Open applies the userapi's migrations to db.
+func Open(ctx context.Context, db *sqldb.DB) (*Storage, error) {
+	sub, err := fs.Sub(migrations, "migrations")
+	if err != nil {
+		return nil, fmt.Errorf("userapi migrations: %w", err)
+	}
+	if err := sqldb.Migrate(ctx, db, "userapi", sub); err != nil {
+		return nil, err
+	}
+	return &Storage{db: db}, nil
+}
+
+// NewAccount is a row to insert into the accounts table.
+type NewAccount struct {
+	UserID       string
+	Localpart    string
+	PasswordHash string
+	IsAdmin      bool
+	DisplayName  string
+	CreatedTS    int64
+}
+
+// InsertAccount adds an account; uapi.ErrUserInUse if the user ID is taken.
+func (s *Storage) InsertAccount(ctx context.Context, a NewAccount) error {
+	_, err := s.db.Exec(ctx, `INSERT INTO userapi_accounts
+		(user_id, localpart, password_hash, is_admin, created_ts, display_name)
+		VALUES ($1, $2, $3, $4, $5, $6)`,
+		a.UserID, a.Localpart, a.PasswordHash, a.IsAdmin, a.CreatedTS, a.DisplayName)
+	if sqldb.IsUniqueViolation(err) {
+		return uapi.ErrUserInUse
+	}
+	if err != nil {
+		return fmt.Errorf("insert account %s: %w", a.UserID, err)
+	}
+	return nil
+}
+
+// CountAccounts returns the number of accounts, deactivated ones included.
+func (s *Storage) CountAccounts(ctx context.Context) (int64, error) {
+	var n int64
+	if err := s.db.QueryRow(ctx, `SELECT COUNT(*) FROM userapi_accounts`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count accounts: %w", err)
+	}
+	return n, nil
+}
+
+// Account returns an account and its password hash (uapi.ErrNotFound if
+// there is none).
+func (s *Storage) Account(ctx context.Context, userID string) (*uapi.Account, string, error) {
+	a := uapi.Account{UserID: userID}
+	var hash string
+	err := s.db.QueryRow(ctx, `SELECT localpart, password_hash, is_admin, deactivated, created_ts
+		FROM userapi_accounts WHERE user_id = $1`, userID).
+		Scan(&a.Localpart, &hash, &a.IsAdmin, &a.Deactivated, &a.CreatedTS)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, "", uapi.ErrNotFound
+	}
+	if err != nil {
+		return nil, "", fmt.Errorf("select account %s: %w", userID, err)
+	}
+	return &a, hash, nil
+}
+
+// SetPasswordHash replaces an account's password hash and, when
+// logoutOthers is set, deletes every device of the user but keepDeviceID.
+func (s *Storage) SetPasswordHash(ctx context.Context, userID, hash string, logoutOthers bool, keepDeviceID string) error {
+	return s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		res, err := tx.Exec(ctx, `UPDATE userapi_accounts SET password_hash = $2 WHERE user_id = $1`, userID, hash)
+		if err != nil {
+			return fmt.Errorf("update password of %s: %w", userID, err)
+		}
+		if err := mustAffect(res, userID); err != nil {
+			return err
+		}
+		if !logoutOthers {
+			return nil
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM userapi_devices WHERE user_id = $1 AND device_id <> $2`, userID, keepDeviceID); err != nil {
+			return fmt.Errorf("delete other devices of %s: %w", userID, err)
+		}
+		return nil
+	})
+}
+
+// Deactivate marks an account deactivated, clears its profile and deletes
+// its devices.
+func (s *Storage) Deactivate(ctx context.Context, userID string) error {
+	return s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		res, err := tx.Exec(ctx, `UPDATE userapi_accounts
+			SET deactivated = TRUE, display_name = '', avatar_url = '' WHERE user_id = $1`, userID)
+		if err != nil {
+			return fmt.Errorf("deactivate %s: %w", userID, err)
+		}
+		if err := mustAffect(res, userID); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM userapi_devices WHERE user_id = $1`, userID); err != nil {
+			return fmt.Errorf("delete devices of %s: %w", userID, err)
+		}
+		return nil
+	})
+}
+
+// mustAffect turns an update that matched no row into uapi.ErrNotFound.
+func mustAffect(res sql.Result, what string) error {
+	n, err := res.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("rows affected for %s: %w", what, err)
+	}
+	if n == 0 {
+		return uapi.ErrNotFound
+	}
+	return nil
+}
+
+// Profile returns a user's profile (uapi.ErrNotFound for no such account).
+func (s *Storage) Profile(ctx context.Context, userID string) (*uapi.Profile, error) {
+	var p uapi.Profile
+	err := s.db.QueryRow(ctx, `SELECT display_name, avatar_url FROM userapi_accounts WHERE user_id = $1`, userID).
+		Scan(&p.DisplayName, &p.AvatarURL)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, uapi.ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("select profile of %s: %w", userID, err)
+	}
+	return &p, nil
+}
+
+// SetProfile sets the fields that are not nil.
+func (s *Storage) SetProfile(ctx context.Context, userID string, displayName, avatarURL *string) error {
+	// COALESCE keeps a field the caller left out; one statement for every
+	// combination keeps the prepared-statement cache small.
+	res, err := s.db.Exec(ctx, `UPDATE userapi_accounts
+		SET display_name = COALESCE($2, display_name), avatar_url = COALESCE($3, avatar_url)
+		WHERE user_id = $1`, userID, nullString(displayName), nullString(avatarURL))
+	if err != nil {
+		return fmt.Errorf("update profile of %s: %w", userID, err)
+	}
+	return mustAffect(res, userID)
+}
+
+func nullString(s *string) sql.NullString {
+	if s == nil {
+		return sql.NullString{}
+	}
+	return sql.NullString{String: *s, Valid: true}
+}
+
+// NewDevice is a device to create, or to take over when Replace is set.
+type NewDevice struct {
+	UserID      string
+	DeviceID    string
+	DisplayName string
+	TokenHash   string
+	IP          string
+	UserAgent   string
+	TS          int64
+	// Replace gives an existing device of that ID the new token (a login
+	// naming its device_id); otherwise an existing ID is uapi.ErrUserInUse,
+	// so that a generated ID never takes over another device.
+	Replace bool
+}
+
+// InsertDevice creates a device, or replaces its token (see Replace), and
+// returns it.
+func (s *Storage) InsertDevice(ctx context.Context, d NewDevice) (*uapi.Device, error) {
+	// A replaced device keeps its display name, session ID and creation
+	// time: it is the same device, logged in again.
+	q := `INSERT INTO userapi_devices
+		(user_id, device_id, token_hash, display_name, created_ts, last_seen_ts, last_seen_ip, user_agent)
+		VALUES ($1, $2, $3, $4, $5, $5, $6, $7)
+		RETURNING session_id, display_name`
+	if d.Replace {
+		q = `INSERT INTO userapi_devices
+		(user_id, device_id, token_hash, display_name, created_ts, last_seen_ts, last_seen_ip, user_agent)
+		VALUES ($1, $2, $3, $4, $5, $5, $6, $7)
+		ON CONFLICT (user_id, device_id) DO UPDATE SET token_hash = excluded.token_hash,
+			last_seen_ts = excluded.last_seen_ts, last_seen_ip = excluded.last_seen_ip,
+			user_agent = excluded.user_agent
+		RETURNING session_id, display_name`
+	}
+	dev := uapi.Device{UserID: d.UserID, DeviceID: d.DeviceID, LastSeenTS: d.TS, LastSeenIP: d.IP}
+	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		return tx.QueryRow(ctx, q, d.UserID, d.DeviceID, d.TokenHash, d.DisplayName, d.TS, d.IP, d.UserAgent).
+			Scan(&dev.SessionID, &dev.DisplayName)
+	})
+	if sqldb.IsUniqueViolation(err) {
+		return nil, uapi.ErrUserInUse
+	}
+	if err != nil {
+		return nil, fmt.Errorf("insert device %s of %s: %w", d.DeviceID, d.UserID, err)
+	}
+	return &dev, nil
+}
+
+const deviceColumns = `d.user_id, d.device_id, d.session_id, d.display_name, d.last_seen_ts, d.last_seen_ip, a.is_admin`
+
+func scanDevice(sc interface{ Scan(...any) error }) (*uapi.Device, error) {
+	var d uapi.Device
+	err := sc.Scan(&d.UserID, &d.DeviceID, &d.SessionID, &d.DisplayName, &d.LastSeenTS, &d.LastSeenIP, &d.IsAdmin)
+	return &d, err
+}
+
+// DeviceByTokenHash returns the device whose token hashes to hash, if its
+// account is active (uapi.ErrUnknownToken otherwise).
+func (s *Storage) DeviceByTokenHash(ctx context.Context, hash string) (*uapi.Device, error) {
+	d, err := scanDevice(s.db.QueryRow(ctx, `SELECT `+deviceColumns+`
+		FROM userapi_devices d JOIN userapi_accounts a ON a.user_id = d.user_id
+		WHERE d.token_hash = $1 AND NOT a.deactivated`, hash))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, uapi.ErrUnknownToken
+	}
+	if err != nil {
+		return nil, fmt.Errorf("select device by token: %w", err)
+	}
+	return d, nil
+}
+
+// Devices lists a user's devices, ordered by device ID.
+func (s *Storage) Devices(ctx context.Context, userID string) ([]uapi.Device, error) {
+	rows, err := s.db.Query(ctx, `SELECT `+deviceColumns+`
+		FROM userapi_devices d JOIN userapi_accounts a ON a.user_id = d.user_id
+		WHERE d.user_id = $1 ORDER BY d.device_id`, userID)
+	if err != nil {
+		return nil, fmt.Errorf("select devices of %s: %w", userID, err)
+	}
+	defer rows.Close()
+	devs := []uapi.Device{}
+	for rows.Next() {
+		d, err := scanDevice(rows)
+		if err != nil {
+			return nil, fmt.Errorf("scan device of %s: %w", userID, err)
+		}
+		devs = append(devs, *d)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("select devices of %s: %w", userID, err)
+	}
+	return devs, nil
+}
+
+// Device returns one device (uapi.ErrNotFound if there is none).
+func (s *Storage) Device(ctx context.Context, userID, deviceID string) (*uapi.Device, error) {
+	d, err := scanDevice(s.db.QueryRow(ctx, `SELECT `+deviceColumns+`
+		FROM userapi_devices d JOIN userapi_accounts a ON a.user_id = d.user_id
+		WHERE d.user_id = $1 AND d.device_id = $2`, userID, deviceID))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, uapi.ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("select device %s of %s: %w", deviceID, userID, err)
+	}
+	return d, nil
+}
+
+// SetDeviceName renames a device (uapi.ErrNotFound if there is none).
+func (s *Storage) SetDeviceName(ctx context.Context, userID, deviceID, name string) error {
+	res, err := s.db.Exec(ctx, `UPDATE userapi_devices SET display_name = $3 WHERE user_id = $1 AND device_id = $2`,
+		userID, deviceID, name)
+	if err != nil {
+		return fmt.Errorf("rename device %s of %s: %w", deviceID, userID, err)
+	}
+	return mustAffect(res, deviceID)
+}
+
+// DeleteDevices deletes the named devices of a user, or all of them when
+// deviceIDs is nil. Unknown IDs are ignored.
+func (s *Storage) DeleteDevices(ctx context.Context, userID string, deviceIDs []string) error {
+	if deviceIDs == nil {
+		if _, err := s.db.Exec(ctx, `DELETE FROM userapi_devices WHERE user_id = $1`, userID); err != nil {
+			return fmt.Errorf("delete devices of %s: %w", userID, err)
+		}
+		return nil
+	}
+	// One statement per device rather than an IN list: the lists are
+	// short, and a fixed statement is prepared once.
+	return s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		for _, id := range deviceIDs {
+			if _, err := tx.Exec(ctx, `DELETE FROM userapi_devices WHERE user_id = $1 AND device_id = $2`, userID, id); err != nil {
+				return fmt.Errorf("delete device %s of %s: %w", id, userID, err)
+			}
+		}
+		return nil
+	})
+}
+
+// UpdateLastSeen records when and from where a device was last used; an
+// empty ip keeps the previous one.
+func (s *Storage) UpdateLastSeen(ctx context.Context, sessionID, ts int64, ip string) error {
+	_, err := s.db.Exec(ctx, `UPDATE userapi_devices
+		SET last_seen_ts = $2, last_seen_ip = CASE WHEN $3 = '' THEN last_seen_ip ELSE $3 END
+		WHERE session_id = $1`, sessionID, ts, ip)
+	if err != nil {
+		return fmt.Errorf("update last seen of session %d: %w", sessionID, err)
+	}
+	return nil
+}
+
+// SetAccountData stores one account-data item at the next position of the
+// account-data stream and returns that position. Positions are taken from
+// a counter row, which PostgreSQL locks until commit and SQLite's single
+// writer serialises, so they are handed out in commit order.
+func (s *Storage) SetAccountData(ctx context.Context, userID, roomID, dataType string, content json.RawMessage) (int64, error) {
+	var pos int64
+	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		if err := tx.QueryRow(ctx, `UPDATE userapi_stream_positions SET pos = pos + 1
+			WHERE stream = 'account_data' RETURNING pos`).Scan(&pos); err != nil {
+			return fmt.Errorf("next account data position: %w", err)
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO userapi_account_data (user_id, room_id, data_type, content, pos)
+			VALUES ($1, $2, $3, $4, $5)
+			ON CONFLICT (user_id, room_id, data_type) DO UPDATE SET content = excluded.content, pos = excluded.pos`,
+			userID, roomID, dataType, string(content), pos)
+		if err != nil {
+			return fmt.Errorf("upsert account data %s of %s: %w", dataType, userID, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	return pos, nil
+}
+
+// AccountData returns one item's content (uapi.ErrNotFound if unset).
+func (s *Storage) AccountData(ctx context.Context, userID, roomID, dataType string) (json.RawMessage, error) {
+	var content string
+	err := s.db.QueryRow(ctx, `SELECT content FROM userapi_account_data
+		WHERE user_id = $1 AND room_id = $2 AND data_type = $3`, userID, roomID, dataType).Scan(&content)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, uapi.ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("select account data %s of %s: %w", dataType, userID, err)
+	}
+	return json.RawMessage(content), nil
+}
+
+// AccountDataRange returns the user's items whose last change is in
+// (from, to], in position order. Each item is stored once, at its latest
+// position, so an item changed in the range and again after to is not
+// returned; it comes with the range that holds its latest change.
+func (s *Storage) AccountDataRange(ctx context.Context, userID string, from, to int64) ([]uapi.AccountData, error) {
+	rows, err := s.db.Query(ctx, `SELECT room_id, data_type, content, pos FROM userapi_account_data
+		WHERE user_id = $1 AND pos > $2 AND pos <= $3 ORDER BY pos`, userID, from, to)
+	if err != nil {
+		return nil, fmt.Errorf("select account data of %s in (%d, %d]: %w", userID, from, to, err)
+	}
+	defer rows.Close()
+	var out []uapi.AccountData
+	for rows.Next() {
+		var ad uapi.AccountData
+		var content string
+		if err := rows.Scan(&ad.RoomID, &ad.Type, &content, &ad.Pos); err != nil {
+			return nil, fmt.Errorf("scan account data of %s: %w", userID, err)
+		}
+		ad.Content = json.RawMessage(content)
+		out = append(out, ad)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("select account data of %s: %w", userID, err)
+	}
+	return out, nil
+}
+
+// AccountDataPos returns the last position handed out by SetAccountData
+// and committed.
+func (s *Storage) AccountDataPos(ctx context.Context) (int64, error) {
+	var pos int64
+	if err := s.db.QueryRow(ctx, `SELECT pos FROM userapi_stream_positions WHERE stream = 'account_data'`).Scan(&pos); err != nil {
+		return 0, fmt.Errorf("select account data position: %w", err)
+	}
+	return pos, nil
+}
