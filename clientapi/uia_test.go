@@ -1,0 +1,131 @@
+package clientapi
+
+import (
+	"encoding/json"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"myelin/internal/mxhttp"
+)
+
+func TestUIARun(t *testing.T) {
+	s := newUIASessions()
+	password := func(d *authDict) error {
+		if d.Password != "right" {
+			return &stageFailed{code: "M_FORBIDDEN", msg: "Invalid password"}
+		}
+		return nil
+	}
+	// A two-stage flow beside a one-stage one shows progress through
+	// "completed"; Myelin's endpoints offer one stage each today.
+	flows := [][]string{{stageDummy, stagePassword}, {stagePassword, "m.login.other"}}
+	var session string
+	steps := []struct {
+		name          string
+		scope         string
+		auth          string // with SESSION replaced
+		wantDone      bool
+		wantStatus    int // challenge status, 0 for an error
+		wantErrCode   string
+		wantCompleted []string
+	}{
+		{name: "no auth: challenge", auth: ``, wantStatus: 401},
+		{name: "null auth: challenge", auth: `null`, wantStatus: 401},
+		{name: "first stage", auth: `{"type":"m.login.dummy","session":"SESSION"}`, wantStatus: 401, wantCompleted: []string{stageDummy}},
+		{name: "wrong password keeps progress", auth: `{"type":"m.login.password","password":"wrong","session":"SESSION"}`, wantStatus: 401, wantErrCode: "M_FORBIDDEN", wantCompleted: []string{stageDummy}},
+		{name: "other operation", scope: "other", auth: `{"type":"m.login.password","password":"right","session":"SESSION"}`, wantErrCode: "M_FORBIDDEN"},
+		{name: "stage not offered", auth: `{"type":"m.login.terms","session":"SESSION"}`, wantErrCode: "M_UNRECOGNIZED"},
+		{name: "not an object", auth: `[]`, wantErrCode: "M_BAD_JSON"},
+		{name: "flow complete", auth: `{"type":"m.login.password","password":"right","session":"SESSION"}`, wantDone: true},
+		{name: "session gone", auth: `{"type":"m.login.dummy","session":"SESSION"}`, wantErrCode: "M_UNKNOWN"},
+		{name: "no session: one is started", auth: `{"type":"m.login.dummy"}`, wantStatus: 401, wantCompleted: []string{stageDummy}},
+	}
+	for _, st := range steps {
+		scope := st.scope
+		if scope == "" {
+			scope = "test"
+		}
+		auth := []byte(st.auth)
+		if session != "" {
+			auth = []byte(strings.ReplaceAll(st.auth, "SESSION", session))
+		}
+		resp, err := s.run(uiaRequest{scope: scope, flows: flows, auth: json.RawMessage(auth), password: password})
+		switch {
+		case st.wantDone:
+			if resp != nil || err != nil {
+				t.Fatalf("%s: got %+v, %v; want done", st.name, resp, err)
+			}
+		case st.wantStatus == 0:
+			if code := mxhttp.ToError(err).Code; err == nil || code != st.wantErrCode {
+				t.Fatalf("%s: got %+v, %v; want error %s", st.name, resp, err, st.wantErrCode)
+			}
+		default:
+			if err != nil || resp == nil || resp.Status != st.wantStatus {
+				t.Fatalf("%s: got %+v, %v; want status %d", st.name, resp, err, st.wantStatus)
+			}
+			body := resp.Body.(uiaChallenge)
+			if len(body.Flows) != 2 || body.Session == "" || body.ErrCode != st.wantErrCode || len(body.Completed) != len(st.wantCompleted) {
+				t.Fatalf("%s: challenge %+v", st.name, body)
+			}
+			if session == "" {
+				session = body.Session
+			}
+		}
+	}
+}
+
+func TestExpiring(t *testing.T) {
+	now := time.Unix(1000, 0)
+	e := newExpiring[int](time.Minute, 3)
+	e.now = func() time.Time { return now }
+
+	a, _ := e.add(1)
+	if v, ok := e.get(a); !ok || v != 1 {
+		t.Fatalf("get = %v, %v", v, ok)
+	}
+	e.set(a, 2)
+	if v, ok := e.take(a); !ok || v != 2 {
+		t.Fatalf("take = %v, %v", v, ok)
+	}
+	if _, ok := e.take(a); ok {
+		t.Fatal("taken twice")
+	}
+
+	b, _ := e.add(1)
+	now = now.Add(2 * time.Minute)
+	if _, ok := e.get(b); ok {
+		t.Fatal("expired item returned")
+	}
+
+	for i := 0; i < 10; i++ {
+		if _, err := e.add(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(e.items) > 3 {
+		t.Fatalf("%d items, max 3", len(e.items))
+	}
+}
+
+func TestExpiringTakeOnce(t *testing.T) {
+	e := newExpiring[struct{}](time.Minute, 10)
+	id, _ := e.add(struct{}{})
+	var wins atomic.Int32
+	var wg sync.WaitGroup
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, ok := e.take(id); ok {
+				wins.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if wins.Load() != 1 {
+		t.Fatalf("nonce taken %d times", wins.Load())
+	}
+}
