@@ -28,6 +28,8 @@ type ClientAPI struct {
 
 	limits limiters
 	uia    *uiaSessions
+	// nonces are the single-use nonces of shared-secret registration.
+	nonces *expiring[struct{}]
 }
 
 type limiters struct {
@@ -38,12 +40,13 @@ type limiters struct {
 // accounts.
 func New(cfg *config.Config, users uapi.API, rooms rsapi.API, log *logrus.Entry) *ClientAPI {
 	c := &ClientAPI{
-		cfg:   cfg,
-		users: users,
-		rooms: rooms,
-		log:   log,
-		now:   time.Now,
-		uia:   newUIASessions(),
+		cfg:    cfg,
+		users:  users,
+		rooms:  rooms,
+		log:    log,
+		now:    time.Now,
+		uia:    newUIASessions(),
+		nonces: newExpiring[struct{}](nonceTTL, maxNonces),
 	}
 	if rl := cfg.RateLimits; rl.Enabled {
 		c.limits = limiters{
@@ -71,9 +74,13 @@ func (c *ClientAPI) Routes(root *mux.Router) {
 	}
 }
 
-// authed wraps a handler that needs a logged-in device.
+// authed wraps a handler that needs a logged-in device. The client's IP
+// rides in the context so the userapi can record the device's last-seen IP.
 func (c *ClientAPI) authed(h func(r *http.Request, dev *uapi.Device) (any, error)) mxhttp.Handler {
-	return mxhttp.Authenticated(c.users.DeviceByToken, h)
+	inner := mxhttp.Authenticated(c.users.DeviceByToken, h)
+	return func(r *http.Request) (any, error) {
+		return inner(r.WithContext(uapi.WithClientIP(r.Context(), mxhttp.ClientIP(r))))
+	}
 }
 
 // allow takes a token from limiter l for key, or answers M_LIMIT_EXCEEDED.
