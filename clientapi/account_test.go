@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -46,6 +47,7 @@ type acctOptions struct {
 
 func newAcctServer(t *testing.T, dbURL string, opts acctOptions) *acctServer {
 	t.Helper()
+	checkGoroutines(t)
 	ctx := context.Background()
 	cfg := config.Defaults()
 	cfg.ServerName = "test.local"
@@ -95,6 +97,23 @@ func newAcctServer(t *testing.T, dbURL string, opts acctOptions) *acctServer {
 	s.url = srv.URL
 	s.http = srv.Client()
 	return s
+}
+
+// checkGoroutines fails t if, once its cleanups have run, more goroutines
+// are left than when it was called (a server that did not stop them all).
+func checkGoroutines(t *testing.T) {
+	before := runtime.NumGoroutine()
+	t.Cleanup(func() {
+		deadline := time.Now().Add(5 * time.Second)
+		for runtime.NumGoroutine() > before {
+			if time.Now().After(deadline) {
+				buf := make([]byte, 1<<20)
+				t.Errorf("goroutines leaked: %d before, %d after\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
 }
 
 // do sends a request: body is nil (none), a string (sent as is) or a value
