@@ -2,17 +2,513 @@ package clientapi
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
 
 	"github.com/gorilla/mux"
+	gmsl "github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"myelin/internal/clientevent"
+	"myelin/internal/mxhttp"
+	rsapi "myelin/roomserver/api"
+	uapi "myelin/userapi/api"
 )
 
 // roomRoutes registers room creation, sending, state, membership and aliases.
-func (c *ClientAPI) roomRoutes(r *mux.Router) {}
+func (c *ClientAPI) roomRoutes(r *mux.Router) {
+	r.Handle("/createRoom", c.authed(c.createRoom)).Methods(http.MethodPost)
+	r.Handle("/joined_rooms", c.authed(c.joinedRooms)).Methods(http.MethodGet)
+	r.Handle("/rooms/{roomId}/send/{eventType}/{txnId}", c.authed(c.sendMessage)).Methods(http.MethodPut)
+	r.Handle("/rooms/{roomId}/state/{eventType}/{stateKey:.*}", c.authed(c.putState)).Methods(http.MethodPut)
+	r.Handle("/rooms/{roomId}/state/{eventType}", c.authed(c.putState)).Methods(http.MethodPut)
+	r.Handle("/rooms/{roomId}/state/{eventType}/{stateKey:.*}", c.authed(c.getState)).Methods(http.MethodGet)
+	r.Handle("/rooms/{roomId}/state/{eventType}", c.authed(c.getState)).Methods(http.MethodGet)
+	r.Handle("/rooms/{roomId}/state", c.authed(c.getAllState)).Methods(http.MethodGet)
+	r.Handle("/rooms/{roomId}/redact/{eventId}/{txnId}", c.authed(c.redact)).Methods(http.MethodPut)
+	r.Handle("/rooms/{roomId}/join", c.authed(c.joinRoomByID)).Methods(http.MethodPost)
+	r.Handle("/join/{roomIdOrAlias}", c.authed(c.joinRoomByAlias)).Methods(http.MethodPost)
+	r.Handle("/rooms/{roomId}/leave", c.authed(c.leaveRoom)).Methods(http.MethodPost)
+	r.Handle("/rooms/{roomId}/invite", c.authed(c.membershipOf(spec.Invite))).Methods(http.MethodPost)
+	r.Handle("/rooms/{roomId}/kick", c.authed(c.membershipOf(spec.Leave))).Methods(http.MethodPost)
+	r.Handle("/rooms/{roomId}/ban", c.authed(c.membershipOf(spec.Ban))).Methods(http.MethodPost)
+	r.Handle("/rooms/{roomId}/unban", c.authed(c.unban)).Methods(http.MethodPost)
+	r.Handle("/directory/room/{roomAlias}", c.authed(c.putAlias)).Methods(http.MethodPut)
+	r.Handle("/directory/room/{roomAlias}", mxhttp.Handler(c.getAlias)).Methods(http.MethodGet)
+	r.Handle("/directory/room/{roomAlias}", c.authed(c.deleteAlias)).Methods(http.MethodDelete)
+	r.Handle("/rooms/{roomId}/aliases", c.authed(c.roomAliases)).Methods(http.MethodGet)
+	r.Handle("/capabilities", c.authed(c.capabilities)).Methods(http.MethodGet)
+}
+
+// readObject reads a request body that must be a JSON object (an empty
+// body counts as {} where allowEmpty).
+func readObject(r *http.Request, allowEmpty bool) (json.RawMessage, error) {
+	b, err := mxhttp.ReadBody(r)
+	if err != nil {
+		return nil, err
+	}
+	if allowEmpty && len(strings.TrimSpace(string(b))) == 0 {
+		return json.RawMessage("{}"), nil
+	}
+	var obj map[string]json.RawMessage
+	if err := mxhttp.DecodeJSON(b, &obj); err != nil {
+		return nil, err
+	}
+	return json.RawMessage(b), nil
+}
+
+// send submits one proto-event and returns its event ID.
+func (c *ClientAPI) send(ctx context.Context, roomID string, ev rsapi.InputEvent) (string, error) {
+	resp, err := c.rooms.Input(ctx, &rsapi.InputRequest{RoomID: roomID, Events: []rsapi.InputEvent{ev}})
+	if err != nil {
+		return "", roomError(err)
+	}
+	return resp.EventIDs[0], nil
+}
+
+// roomError maps roomserver refusals onto client errors.
+func roomError(err error) error {
+	var bad *rsapi.BadEventError
+	if errors.As(err, &bad) && bad.Code == "M_NOT_FOUND" {
+		return mxhttp.Forbidden("You are not in this room")
+	}
+	return err
+}
+
+func (c *ClientAPI) txn(dev *uapi.Device, txnID string) *rsapi.TxnID {
+	return &rsapi.TxnID{SessionID: dev.SessionID, DeviceID: dev.DeviceID, TxnID: txnID}
+}
+
+// sendWithTxn sends ev unless the device's transaction already made an
+// event, which is returned instead (also across a crash and restart).
+func (c *ClientAPI) sendWithTxn(ctx context.Context, dev *uapi.Device, roomID, txnID string, ev rsapi.InputEvent) (any, error) {
+	ev.Txn = c.txn(dev, txnID)
+	if id, err := c.rooms.TxnEvent(ctx, *ev.Txn); err != nil {
+		return nil, err
+	} else if id != "" {
+		return map[string]string{"event_id": id}, nil
+	}
+	if err := allow(c.limits.send, dev.UserID); err != nil {
+		return nil, err
+	}
+	id, err := c.send(ctx, roomID, ev)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]string{"event_id": id}, nil
+}
+
+func (c *ClientAPI) sendMessage(r *http.Request, dev *uapi.Device) (any, error) {
+	content, err := readObject(r, false)
+	if err != nil {
+		return nil, err
+	}
+	return c.sendWithTxn(r.Context(), dev, mxhttp.Var(r, "roomId"), mxhttp.Var(r, "txnId"), rsapi.InputEvent{
+		Proto: &rsapi.ProtoEvent{Sender: dev.UserID, Type: mxhttp.Var(r, "eventType"), Content: content},
+	})
+}
+
+func (c *ClientAPI) putState(r *http.Request, dev *uapi.Device) (any, error) {
+	ctx := r.Context()
+	roomID, evType, stateKey := mxhttp.Var(r, "roomId"), mxhttp.Var(r, "eventType"), mxhttp.Var(r, "stateKey")
+	content, err := readObject(r, false)
+	if err != nil {
+		return nil, err
+	}
+	if evType == spec.MRoomCanonicalAlias {
+		if err := c.checkCanonicalAlias(ctx, roomID, content); err != nil {
+			return nil, err
+		}
+	}
+	if err := allow(c.limits.send, dev.UserID); err != nil {
+		return nil, err
+	}
+	id, err := c.send(ctx, roomID, rsapi.InputEvent{
+		Proto:      &rsapi.ProtoEvent{Sender: dev.UserID, Type: evType, StateKey: &stateKey, Content: content},
+		DedupState: true,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return map[string]string{"event_id": id}, nil
+}
+
+// checkCanonicalAlias refuses aliases that do not point at the room
+// (spec: m.room.canonical_alias, M_BAD_ALIAS).
+func (c *ClientAPI) checkCanonicalAlias(ctx context.Context, roomID string, content json.RawMessage) error {
+	var ca struct {
+		Alias      *string  `json:"alias"`
+		AltAliases []string `json:"alt_aliases"`
+	}
+	if err := json.Unmarshal(content, &ca); err != nil {
+		return mxhttp.BadJSON("malformed canonical alias content")
+	}
+	aliases := append([]string(nil), ca.AltAliases...)
+	if ca.Alias != nil && *ca.Alias != "" {
+		aliases = append(aliases, *ca.Alias)
+	}
+	for _, a := range aliases {
+		if !validAlias(a) {
+			return mxhttp.InvalidParam("invalid alias %q", a)
+		}
+		if !strings.HasSuffix(a, ":"+c.cfg.ServerName) {
+			continue // remote aliases cannot be checked here
+		}
+		target, err := c.rooms.ResolveAlias(ctx, a)
+		if err != nil || target != roomID {
+			return mxhttp.New("M_BAD_ALIAS", "alias %s does not point to this room", a)
+		}
+	}
+	return nil
+}
+
+func validAlias(a string) bool {
+	local, server, ok := strings.Cut(a, ":")
+	return ok && strings.HasPrefix(local, "#") && len(local) > 1 && server != "" && len(a) <= 255 && !strings.ContainsAny(local, " ")
+}
+
+// canSeeState reports whether the user may read the room's current state:
+// joined, or the room is world-readable. It returns the user's membership.
+func (c *ClientAPI) stateAccess(ctx context.Context, roomID, userID string) (*rsapi.Membership, error) {
+	m, err := c.rooms.Membership(ctx, roomID, userID)
+	if errors.Is(err, rsapi.ErrRoomNotFound) {
+		return nil, mxhttp.Forbidden("You are not in this room")
+	}
+	if err != nil {
+		return nil, err
+	}
+	if m.Membership == spec.Join {
+		return m, nil
+	}
+	if hv, err := c.rooms.StateEvent(ctx, roomID, spec.MRoomHistoryVisibility, ""); err == nil {
+		if v, _ := hv.HistoryVisibility(); v == gmsl.HistoryVisibilityWorldReadable {
+			return m, nil
+		}
+	}
+	if (m.Membership == spec.Leave || m.Membership == spec.Ban) && m.EventID != "" {
+		return m, nil // sees the state as it was when it left
+	}
+	return nil, mxhttp.Forbidden("You are not in this room")
+}
+
+// stateFor returns the state the user may see: current, or at its leave.
+func (c *ClientAPI) stateFor(ctx context.Context, roomID string, m *rsapi.Membership, tuples ...gmsl.StateKeyTuple) ([]gmsl.PDU, error) {
+	if m.Membership == spec.Join || m.EventID == "" {
+		return c.rooms.CurrentState(ctx, roomID, tuples...)
+	}
+	before, err := c.rooms.StateBefore(ctx, m.EventID, tuples...)
+	if err != nil {
+		return nil, err
+	}
+	// The state at the leave includes the leave itself.
+	own, err := c.rooms.Events(ctx, []string{m.EventID})
+	if err != nil {
+		return nil, err
+	}
+	out := before[:0:0]
+	for _, p := range before {
+		if !(p.Type() == spec.MRoomMember && p.StateKeyEquals(m.UserID)) {
+			out = append(out, p)
+		}
+	}
+	for _, p := range own {
+		if len(tuples) == 0 || containsTuple(tuples, p) {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+func containsTuple(ts []gmsl.StateKeyTuple, p gmsl.PDU) bool {
+	for _, t := range ts {
+		if t.EventType == p.Type() && p.StateKeyEquals(t.StateKey) {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *ClientAPI) getState(r *http.Request, dev *uapi.Device) (any, error) {
+	ctx := r.Context()
+	roomID, evType, stateKey := mxhttp.Var(r, "roomId"), mxhttp.Var(r, "eventType"), mxhttp.Var(r, "stateKey")
+	m, err := c.stateAccess(ctx, roomID, dev.UserID)
+	if err != nil {
+		return nil, err
+	}
+	evs, err := c.stateFor(ctx, roomID, m, gmsl.StateKeyTuple{EventType: evType, StateKey: stateKey})
+	if err != nil {
+		return nil, err
+	}
+	if len(evs) == 0 {
+		return nil, mxhttp.NotFound("Event not found")
+	}
+	if r.URL.Query().Get("format") == "event" {
+		ce := clientevent.FromJSON(string(evs[0].JSON()), evs[0].EventID(), roomID)
+		return ce, nil
+	}
+	return json.RawMessage(evs[0].Content()), nil
+}
+
+func (c *ClientAPI) getAllState(r *http.Request, dev *uapi.Device) (any, error) {
+	ctx := r.Context()
+	roomID := mxhttp.Var(r, "roomId")
+	m, err := c.stateAccess(ctx, roomID, dev.UserID)
+	if err != nil {
+		return nil, err
+	}
+	evs, err := c.stateFor(ctx, roomID, m)
+	if err != nil {
+		return nil, err
+	}
+	now := c.now().UnixMilli()
+	out := make([]clientevent.Event, 0, len(evs))
+	for _, p := range evs {
+		ce := clientevent.FromJSON(string(p.JSON()), p.EventID(), roomID)
+		ce.SetAge(now)
+		out = append(out, ce)
+	}
+	return out, nil
+}
+
+func (c *ClientAPI) redact(r *http.Request, dev *uapi.Device) (any, error) {
+	ctx := r.Context()
+	roomID, target := mxhttp.Var(r, "roomId"), mxhttp.Var(r, "eventId")
+	body, err := readObject(r, true)
+	if err != nil {
+		return nil, err
+	}
+	var req struct {
+		Reason *string `json:"reason"`
+	}
+	if err := json.Unmarshal(body, &req); err != nil {
+		return nil, mxhttp.BadJSON("reason must be a string")
+	}
+	content := map[string]any{"redacts": target} // room v11+ keep it in the content
+	if req.Reason != nil {
+		content["reason"] = *req.Reason
+	}
+	raw, _ := json.Marshal(content)
+	return c.sendWithTxn(ctx, dev, roomID, mxhttp.Var(r, "txnId"), rsapi.InputEvent{
+		Proto: &rsapi.ProtoEvent{Sender: dev.UserID, Type: spec.MRoomRedaction, Content: raw, Redacts: target},
+	})
+}
+
+func (c *ClientAPI) joinedRooms(r *http.Request, dev *uapi.Device) (any, error) {
+	rooms, err := c.rooms.UserRooms(r.Context(), dev.UserID, spec.Join)
+	if err != nil {
+		return nil, err
+	}
+	if rooms == nil {
+		rooms = []string{}
+	}
+	return map[string]any{"joined_rooms": rooms}, nil
+}
+
+// memberContent is the content of a member event the server makes for a
+// client, with the user's profile for joins.
+func (c *ClientAPI) memberContent(ctx context.Context, membership, userID, reason string, extra map[string]any) (json.RawMessage, error) {
+	content := map[string]any{"membership": membership}
+	for k, v := range extra {
+		content[k] = v
+	}
+	if reason != "" {
+		content["reason"] = reason
+	}
+	if membership == spec.Join || membership == spec.Invite {
+		if p, err := c.users.Profile(ctx, userID); err == nil {
+			if p.DisplayName != "" {
+				content["displayname"] = p.DisplayName
+			}
+			if p.AvatarURL != "" {
+				content["avatar_url"] = p.AvatarURL
+			}
+		}
+	}
+	return json.Marshal(content)
+}
+
+type joinRequest struct {
+	Reason string `json:"reason"`
+}
+
+func (c *ClientAPI) joinRoomByID(r *http.Request, dev *uapi.Device) (any, error) {
+	return c.join(r, dev, mxhttp.Var(r, "roomId"))
+}
+
+func (c *ClientAPI) joinRoomByAlias(r *http.Request, dev *uapi.Device) (any, error) {
+	target := mxhttp.Var(r, "roomIdOrAlias")
+	if strings.HasPrefix(target, "#") {
+		roomID, err := c.rooms.ResolveAlias(r.Context(), target)
+		if err != nil {
+			if errors.Is(err, rsapi.ErrAliasNotFound) {
+				return nil, mxhttp.NotFound("Room alias %s not found", target)
+			}
+			return nil, err
+		}
+		target = roomID
+	} else if !strings.HasPrefix(target, "!") {
+		return nil, mxhttp.InvalidParam("%s is not a room ID or alias", target)
+	}
+	return c.join(r, dev, target)
+}
+
+func (c *ClientAPI) join(r *http.Request, dev *uapi.Device, roomID string) (any, error) {
+	ctx := r.Context()
+	body, err := readObject(r, true)
+	if err != nil {
+		return nil, err
+	}
+	var req joinRequest
+	if err := mxhttp.DecodeJSON(body, &req); err != nil {
+		return nil, err
+	}
+	if _, err := c.rooms.RoomVersion(ctx, roomID); errors.Is(err, rsapi.ErrRoomNotFound) {
+		return nil, mxhttp.NotFound("No known servers for room %s", roomID)
+	} else if err != nil {
+		return nil, err
+	}
+	content, err := c.memberContent(ctx, spec.Join, dev.UserID, req.Reason, nil)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.send(ctx, roomID, rsapi.InputEvent{
+		Proto:      &rsapi.ProtoEvent{Sender: dev.UserID, Type: spec.MRoomMember, StateKey: &dev.UserID, Content: content},
+		DedupState: true,
+	}); err != nil {
+		return nil, err
+	}
+	return map[string]string{"room_id": roomID}, nil
+}
+
+func (c *ClientAPI) leaveRoom(r *http.Request, dev *uapi.Device) (any, error) {
+	ctx := r.Context()
+	body, err := readObject(r, true)
+	if err != nil {
+		return nil, err
+	}
+	var req joinRequest
+	if err := mxhttp.DecodeJSON(body, &req); err != nil {
+		return nil, err
+	}
+	content, _ := c.memberContent(ctx, spec.Leave, dev.UserID, req.Reason, nil)
+	if _, err := c.send(ctx, mxhttp.Var(r, "roomId"), rsapi.InputEvent{
+		Proto: &rsapi.ProtoEvent{Sender: dev.UserID, Type: spec.MRoomMember, StateKey: &dev.UserID, Content: content},
+	}); err != nil {
+		return nil, err
+	}
+	return struct{}{}, nil
+}
+
+type targetRequest struct {
+	UserID string `json:"user_id"`
+	Reason string `json:"reason"`
+}
+
+func (t *targetRequest) Validate() error {
+	if t.UserID == "" {
+		return mxhttp.MissingParam("user_id is required")
+	}
+	if _, err := spec.NewUserID(t.UserID, true); err != nil {
+		return mxhttp.InvalidParam("user_id is not a valid user ID")
+	}
+	return nil
+}
+
+// membershipOf handles invite, kick and ban: a member event about another user.
+func (c *ClientAPI) membershipOf(membership string) func(r *http.Request, dev *uapi.Device) (any, error) {
+	return func(r *http.Request, dev *uapi.Device) (any, error) {
+		ctx := r.Context()
+		var req targetRequest
+		if err := mxhttp.ReadJSON(r, &req); err != nil {
+			return nil, err
+		}
+		var extra map[string]any
+		profileOf := req.UserID
+		if membership != spec.Invite {
+			profileOf = ""
+		}
+		content, err := c.memberContent(ctx, membership, profileOf, req.Reason, extra)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := c.send(ctx, mxhttp.Var(r, "roomId"), rsapi.InputEvent{
+			Proto: &rsapi.ProtoEvent{Sender: dev.UserID, Type: spec.MRoomMember, StateKey: &req.UserID, Content: content},
+		}); err != nil {
+			return nil, err
+		}
+		return struct{}{}, nil
+	}
+}
+
+func (c *ClientAPI) unban(r *http.Request, dev *uapi.Device) (any, error) {
+	ctx := r.Context()
+	var req targetRequest
+	if err := mxhttp.ReadJSON(r, &req); err != nil {
+		return nil, err
+	}
+	roomID := mxhttp.Var(r, "roomId")
+	m, err := c.rooms.Membership(ctx, roomID, req.UserID)
+	if err != nil {
+		return nil, roomError(err)
+	}
+	if m.Membership != spec.Ban {
+		return nil, mxhttp.Forbidden("%s is not banned", req.UserID)
+	}
+	content, _ := c.memberContent(ctx, spec.Leave, "", req.Reason, nil)
+	if _, err := c.send(ctx, roomID, rsapi.InputEvent{
+		Proto: &rsapi.ProtoEvent{Sender: dev.UserID, Type: spec.MRoomMember, StateKey: &req.UserID, Content: content},
+	}); err != nil {
+		return nil, err
+	}
+	return struct{}{}, nil
+}
 
 // propagateProfile sends a new m.room.member event with userID's current
 // profile into every room the user has joined.
-func (c *ClientAPI) propagateProfile(ctx context.Context, userID string) error { return nil }
+func (c *ClientAPI) propagateProfile(ctx context.Context, userID string) error {
+	if c.rooms == nil {
+		return nil
+	}
+	rooms, err := c.rooms.UserRooms(ctx, userID, spec.Join)
+	if err != nil {
+		return err
+	}
+	var firstErr error
+	for _, roomID := range rooms {
+		content, err := c.memberContent(ctx, spec.Join, userID, "", nil)
+		if err != nil {
+			return err
+		}
+		if _, err := c.send(ctx, roomID, rsapi.InputEvent{
+			Proto:      &rsapi.ProtoEvent{Sender: userID, Type: spec.MRoomMember, StateKey: &userID, Content: content},
+			DedupState: true,
+		}); err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	return firstErr
+}
 
-// leaveAllRooms makes userID leave every room it is joined to or invited to
+// leaveAllRooms makes userID leave every room it is joined or invited to
 // (deactivation).
-func (c *ClientAPI) leaveAllRooms(ctx context.Context, userID string) error { return nil }
+func (c *ClientAPI) leaveAllRooms(ctx context.Context, userID string) error {
+	if c.rooms == nil {
+		return nil
+	}
+	rooms, err := c.rooms.UserRooms(ctx, userID, spec.Join, spec.Invite, spec.Knock)
+	if err != nil {
+		return err
+	}
+	content, _ := json.Marshal(map[string]string{"membership": spec.Leave})
+	var firstErr error
+	for _, roomID := range rooms {
+		if _, err := c.send(ctx, roomID, rsapi.InputEvent{
+			Proto: &rsapi.ProtoEvent{Sender: userID, Type: spec.MRoomMember, StateKey: &userID, Content: content},
+		}); err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	return firstErr
+}

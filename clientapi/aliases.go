@@ -1,0 +1,164 @@
+package clientapi
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"myelin/internal/mxhttp"
+	rsapi "myelin/roomserver/api"
+	uapi "myelin/userapi/api"
+)
+
+// aliasParam returns the alias in the path, checked to be one of ours when
+// local is set.
+func (c *ClientAPI) aliasParam(r *http.Request, local bool) (string, error) {
+	a := mxhttp.Var(r, "roomAlias")
+	if !validAlias(a) {
+		return "", mxhttp.InvalidParam("%q is not a room alias", a)
+	}
+	if local && !strings.HasSuffix(a, ":"+c.cfg.ServerName) {
+		return "", mxhttp.InvalidParam("alias must be on this server (%s)", c.cfg.ServerName)
+	}
+	return a, nil
+}
+
+func (c *ClientAPI) putAlias(r *http.Request, dev *uapi.Device) (any, error) {
+	ctx := r.Context()
+	alias, err := c.aliasParam(r, true)
+	if err != nil {
+		return nil, err
+	}
+	var req struct {
+		RoomID string `json:"room_id"`
+	}
+	if err := mxhttp.ReadJSON(r, &req); err != nil {
+		return nil, err
+	}
+	if !strings.HasPrefix(req.RoomID, "!") {
+		return nil, mxhttp.InvalidParam("room_id is required")
+	}
+	m, err := c.rooms.Membership(ctx, req.RoomID, dev.UserID)
+	if errors.Is(err, rsapi.ErrRoomNotFound) {
+		return nil, mxhttp.NotFound("Room not found")
+	}
+	if err != nil {
+		return nil, err
+	}
+	if m.Membership != spec.Join && !dev.IsAdmin {
+		return nil, mxhttp.Forbidden("You must be in the room to give it an alias")
+	}
+	if err := c.rooms.SetAlias(ctx, alias, req.RoomID, dev.UserID); err != nil {
+		if errors.Is(err, rsapi.ErrAliasInUse) {
+			return nil, mxhttp.New("M_UNKNOWN", "Room alias %s already exists", alias).WithStatus(http.StatusConflict)
+		}
+		return nil, err
+	}
+	return struct{}{}, nil
+}
+
+func (c *ClientAPI) getAlias(r *http.Request) (any, error) {
+	alias, err := c.aliasParam(r, false)
+	if err != nil {
+		return nil, err
+	}
+	roomID, err := c.rooms.ResolveAlias(r.Context(), alias)
+	if errors.Is(err, rsapi.ErrAliasNotFound) {
+		return nil, mxhttp.NotFound("Room alias %s not found", alias)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"room_id": roomID, "servers": []string{c.cfg.ServerName}}, nil
+}
+
+// deleteAlias removes an alias: its creator, an admin, or a user whose
+// power level allows setting m.room.canonical_alias may.
+func (c *ClientAPI) deleteAlias(r *http.Request, dev *uapi.Device) (any, error) {
+	ctx := r.Context()
+	alias, err := c.aliasParam(r, true)
+	if err != nil {
+		return nil, err
+	}
+	roomID, err := c.rooms.ResolveAlias(ctx, alias)
+	if errors.Is(err, rsapi.ErrAliasNotFound) {
+		return nil, mxhttp.NotFound("Room alias %s not found", alias)
+	}
+	if err != nil {
+		return nil, err
+	}
+	creator, err := c.rooms.AliasCreator(ctx, alias)
+	if err != nil {
+		return nil, err
+	}
+	if creator != dev.UserID && !dev.IsAdmin {
+		ok, err := c.hasStatePower(r, roomID, dev.UserID, spec.MRoomCanonicalAlias)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return nil, mxhttp.Forbidden("You may not remove this alias")
+		}
+	}
+	if err := c.rooms.RemoveAlias(ctx, alias); err != nil {
+		if errors.Is(err, rsapi.ErrAliasNotFound) {
+			return nil, mxhttp.NotFound("Room alias %s not found", alias)
+		}
+		return nil, err
+	}
+	return struct{}{}, nil
+}
+
+// hasStatePower reports whether userID may send state of evType in roomID.
+func (c *ClientAPI) hasStatePower(r *http.Request, roomID, userID, evType string) (bool, error) {
+	ev, err := c.rooms.StateEvent(r.Context(), roomID, spec.MRoomPowerLevels, "")
+	if err != nil {
+		return false, nil //nolint:nilerr // no power levels: only the creator, who made the alias
+	}
+	pl, err := ev.PowerLevels()
+	if err != nil {
+		return false, nil //nolint:nilerr // unreadable levels: refuse
+	}
+	return pl.UserLevel(spec.SenderID(userID)) >= pl.EventLevel(evType, true), nil
+}
+
+func (c *ClientAPI) roomAliases(r *http.Request, dev *uapi.Device) (any, error) {
+	ctx := r.Context()
+	roomID := mxhttp.Var(r, "roomId")
+	if _, err := c.stateAccess(ctx, roomID, dev.UserID); err != nil {
+		return nil, err
+	}
+	aliases, err := c.rooms.RoomAliases(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	if aliases == nil {
+		aliases = []string{}
+	}
+	return map[string]any{"aliases": aliases}, nil
+}
+
+// capabilities reports what the server lets this user do.
+func (c *ClientAPI) capabilities(r *http.Request, dev *uapi.Device) (any, error) {
+	available := map[string]string{}
+	for v := 1; v <= 12; v++ {
+		available[strconv.Itoa(v)] = "stable"
+	}
+	caps := map[string]any{
+		"m.change_password": map[string]bool{"enabled": true},
+		"m.room_versions": map[string]any{
+			"default":   c.cfg.Rooms.DefaultVersion,
+			"available": available,
+		},
+		"m.set_displayname": map[string]bool{"enabled": true},
+		"m.set_avatar_url":  map[string]bool{"enabled": true},
+		"m.3pid_changes":    map[string]bool{"enabled": false},
+		"m.get_login_token": map[string]bool{"enabled": false},
+	}
+	raw, _ := json.Marshal(map[string]any{"capabilities": caps})
+	return json.RawMessage(raw), nil
+}

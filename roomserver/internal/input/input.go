@@ -1,0 +1,288 @@
+// Package input is the roomserver's event input: a durable JetStream
+// consumer on InputRoomEvent.> whose messages are handed to one actor per
+// room, so each room's events are processed in order while rooms run in
+// parallel. An actor drains everything queued for its room and commits it
+// in one transaction, then publishes the accepted events on OutputRoomEvent,
+// answers the producers and acks.
+package input
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/sirupsen/logrus"
+
+	"myelin/internal/bus"
+	"myelin/internal/signing"
+	rsapi "myelin/roomserver/api"
+	"myelin/roomserver/storage"
+)
+
+// durable is the name of the roomserver's consumer on InputRoomEvent.
+const durable = "roomserver"
+
+// maxBatch bounds how many queued messages of one room share a transaction.
+const maxBatch = 64
+
+// Inputer consumes InputRoomEvent.
+type Inputer struct {
+	store *storage.Storage
+	bus   *bus.Bus
+	key   *signing.Key
+	log   *logrus.Entry
+	now   func() time.Time
+
+	workers chan struct{} // bounds rooms processed at once
+
+	mu     sync.Mutex
+	actors map[string]*actor // by subject
+	wg     sync.WaitGroup
+}
+
+type actor struct {
+	subject string
+	queue   []jetstream.Msg
+}
+
+// New returns an Inputer; Start runs it.
+func New(store *storage.Storage, b *bus.Bus, key *signing.Key, log *logrus.Entry) *Inputer {
+	return &Inputer{
+		store:   store,
+		bus:     b,
+		key:     key,
+		log:     log,
+		now:     time.Now,
+		workers: make(chan struct{}, max(4, 2*runtime.GOMAXPROCS(0))),
+		actors:  map[string]*actor{},
+	}
+}
+
+// Start creates the consumer and processes messages until ctx ends; Wait
+// waits for in-flight work after that.
+func (in *Inputer) Start(ctx context.Context) error {
+	cons, err := in.bus.JS.CreateOrUpdateConsumer(ctx, bus.InputRoomEvent, jetstream.ConsumerConfig{
+		Durable:       durable,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       2 * time.Minute,
+		MaxAckPending: 20000,
+		MaxDeliver:    -1,
+	})
+	if err != nil {
+		return fmt.Errorf("create input consumer: %w", err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(1024))
+	if err != nil {
+		return fmt.Errorf("consume input: %w", err)
+	}
+	in.wg.Add(2)
+	go func() {
+		defer in.wg.Done()
+		<-ctx.Done()
+		it.Stop()
+	}()
+	go func() {
+		defer in.wg.Done()
+		for {
+			msg, err := it.Next()
+			if err != nil {
+				if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+					return
+				}
+				in.log.WithError(err).Warn("reading input stream")
+				continue
+			}
+			in.dispatch(ctx, msg)
+		}
+	}()
+	go func() {
+		// Forget processed requests once redelivery is no longer possible.
+		t := time.NewTicker(time.Hour)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := in.store.PruneInputLog(ctx, 24*time.Hour); err != nil && ctx.Err() == nil {
+					in.log.WithError(err).Warn("pruning input log")
+				}
+			}
+		}
+	}()
+	return nil
+}
+
+// Wait blocks until the consumer and every actor have stopped.
+func (in *Inputer) Wait() { in.wg.Wait() }
+
+// dispatch queues msg on its room's actor, starting the actor if idle.
+func (in *Inputer) dispatch(ctx context.Context, msg jetstream.Msg) {
+	subj := msg.Subject()
+	in.mu.Lock()
+	a, running := in.actors[subj]
+	if !running {
+		a = &actor{subject: subj}
+		in.actors[subj] = a
+	}
+	a.queue = append(a.queue, msg)
+	in.mu.Unlock()
+	if !running {
+		in.wg.Add(1)
+		go in.run(ctx, a)
+	}
+}
+
+// run processes an actor's queue until it is empty, then retires the actor.
+func (in *Inputer) run(ctx context.Context, a *actor) {
+	defer in.wg.Done()
+	for {
+		in.mu.Lock()
+		n := min(len(a.queue), maxBatch)
+		if n == 0 || ctx.Err() != nil {
+			delete(in.actors, a.subject)
+			in.mu.Unlock()
+			return
+		}
+		batch := a.queue[:n:n]
+		a.queue = a.queue[n:]
+		in.mu.Unlock()
+
+		select {
+		case in.workers <- struct{}{}:
+		case <-ctx.Done():
+			continue
+		}
+		in.processBatch(ctx, batch)
+		<-in.workers
+	}
+}
+
+// result is what processing one message produced.
+type result struct {
+	Response rsapi.InputResponse `json:"response"`
+	Outputs  []rsapi.OutputEvent `json:"outputs,omitempty"`
+}
+
+// processBatch commits a room's queued messages in one transaction,
+// retrying transient failures, then publishes, replies and acks.
+func (in *Inputer) processBatch(ctx context.Context, msgs []jetstream.Msg) {
+	var results []*result
+	delay := 50 * time.Millisecond
+	for {
+		results = make([]*result, len(msgs))
+		err := in.store.Write(ctx, func(w *storage.Writer) error {
+			for i, m := range msgs {
+				r, err := in.processMessage(ctx, w, m)
+				if err != nil {
+					return err
+				}
+				results[i] = r
+			}
+			return nil
+		})
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return // not acked: redelivered after restart
+		}
+		in.log.WithError(err).WithField("subject", msgs[0].Subject()).Warn("input transaction failed; retrying")
+		for _, m := range msgs {
+			_ = m.InProgress()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 10*time.Second)
+	}
+
+	// Publish every output before answering anyone, so that a producer
+	// told "committed" can rely on the output being in the stream.
+	var acks []jetstream.PubAckFuture
+	for _, r := range results {
+		for i := range r.Outputs {
+			data, err := json.Marshal(&r.Outputs[i])
+			if err != nil {
+				in.log.WithError(err).Error("encode output event")
+				continue
+			}
+			f, err := in.bus.JS.PublishMsgAsync(&nats.Msg{
+				Subject: bus.OutputRoomEvent,
+				Data:    data,
+				Header:  nats.Header{jetstream.MsgIDHeader: []string{r.Outputs[i].EventID}},
+			})
+			if err != nil {
+				in.log.WithError(err).Error("publish output event")
+				return // not acked: the redelivery republishes from the input log
+			}
+			acks = append(acks, f)
+		}
+	}
+	for _, f := range acks {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			in.log.WithError(err).Error("output event not stored by JetStream")
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+	for i, m := range msgs {
+		if reply := m.Headers().Get(bus.HeaderReply); reply != "" {
+			data, _ := json.Marshal(&results[i].Response)
+			if err := in.bus.Conn.Publish(reply, data); err != nil {
+				in.log.WithError(err).Warn("replying to input producer")
+			}
+		}
+		if err := m.Ack(); err != nil && ctx.Err() == nil {
+			in.log.WithError(err).Warn("ack input message")
+		}
+	}
+}
+
+// processMessage handles one InputRequest inside the batch transaction. It
+// returns an error only for failures worth retrying (the database);
+// refusals are reported in the response.
+func (in *Inputer) processMessage(ctx context.Context, w *storage.Writer, m jetstream.Msg) (*result, error) {
+	reqID := m.Headers().Get(jetstream.MsgIDHeader)
+	if reqID != "" {
+		prev, err := w.InputLogged(ctx, reqID)
+		if err != nil {
+			return nil, err
+		}
+		if prev != "" {
+			var r result
+			if err := json.Unmarshal([]byte(prev), &r); err == nil {
+				return &r, nil
+			}
+		}
+	}
+	var req rsapi.InputRequest
+	if err := json.Unmarshal(m.Data(), &req); err != nil {
+		return &result{Response: rsapi.InputResponse{Error: "malformed input request", ErrCode: "M_BAD_JSON"}}, nil
+	}
+	r, err := in.processRequest(ctx, w, &req)
+	if err != nil {
+		return nil, err
+	}
+	if reqID != "" && r.Response.Error == "" {
+		enc, err := json.Marshal(r)
+		if err != nil {
+			return nil, fmt.Errorf("encode input result: %w", err)
+		}
+		if err := w.LogInput(ctx, reqID, string(enc)); err != nil {
+			return nil, err
+		}
+	}
+	return r, nil
+}

@@ -1,0 +1,234 @@
+// Package roomserver owns rooms: the event store, state snapshots, forward
+// extremities, memberships and aliases. Events come in on the
+// InputRoomEvent stream (see internal/input); accepted ones go out on
+// OutputRoomEvent with their state delta. Other components use it through
+// rsapi.API; only setup imports this package.
+package roomserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+
+	gmsl "github.com/matrix-org/gomatrixserverlib"
+	"github.com/sirupsen/logrus"
+
+	"myelin/internal/bus"
+	"myelin/internal/signing"
+	"myelin/internal/sqldb"
+	rsapi "myelin/roomserver/api"
+	"myelin/roomserver/internal/input"
+	"myelin/roomserver/storage"
+)
+
+// Roomserver implements rsapi.API in this process.
+type Roomserver struct {
+	*InputClient
+	store   *storage.Storage
+	inputer *input.Inputer
+	log     *logrus.Entry
+}
+
+var _ rsapi.API = (*Roomserver)(nil)
+
+// New opens the roomserver's storage (running migrations).
+func New(ctx context.Context, db *sqldb.DB, b *bus.Bus, key *signing.Key, log *logrus.Entry) (*Roomserver, error) {
+	store, err := storage.Open(ctx, db)
+	if err != nil {
+		return nil, fmt.Errorf("roomserver storage: %w", err)
+	}
+	ic, err := NewInputClient(b)
+	if err != nil {
+		return nil, err
+	}
+	return &Roomserver{
+		InputClient: ic,
+		store:       store,
+		inputer:     input.New(store, b, key, log),
+		log:         log,
+	}, nil
+}
+
+// Start consumes the input stream until ctx ends.
+func (r *Roomserver) Start(ctx context.Context) error {
+	return r.inputer.Start(ctx)
+}
+
+// Wait waits for input processing to stop after ctx ended.
+func (r *Roomserver) Wait() {
+	r.inputer.Wait()
+	_ = r.InputClient.Close()
+}
+
+func mapNotFound(err error, nf error) error {
+	if errors.Is(err, storage.ErrNotFound) {
+		return nf
+	}
+	return err
+}
+
+// RoomVersion implements rsapi.API.
+func (r *Roomserver) RoomVersion(ctx context.Context, roomID string) (gmsl.RoomVersion, error) {
+	room, err := r.store.Room(ctx, roomID)
+	if err != nil {
+		return "", mapNotFound(err, rsapi.ErrRoomNotFound)
+	}
+	return room.Version, nil
+}
+
+// CurrentState implements rsapi.API.
+func (r *Roomserver) CurrentState(ctx context.Context, roomID string, tuples ...gmsl.StateKeyTuple) ([]gmsl.PDU, error) {
+	room, err := r.store.Room(ctx, roomID)
+	if err != nil {
+		return nil, mapNotFound(err, rsapi.ErrRoomNotFound)
+	}
+	return r.stateAt(ctx, room.Snapshot, tuples)
+}
+
+func (r *Roomserver) stateAt(ctx context.Context, snapshot int64, tuples []gmsl.StateKeyTuple) ([]gmsl.PDU, error) {
+	var nids []int64
+	if len(tuples) == 0 {
+		entries, err := r.store.StateEntries(ctx, snapshot)
+		if err != nil {
+			return nil, err
+		}
+		sort.Slice(entries, func(i, j int) bool { return entries[i].Tuple < entries[j].Tuple })
+		for _, e := range entries {
+			nids = append(nids, e.Event)
+		}
+	} else {
+		tn, err := r.store.TupleNIDs(ctx, tuples)
+		if err != nil {
+			return nil, err
+		}
+		ids := make([]int64, 0, len(tn))
+		for _, t := range tuples {
+			if n, ok := tn[t]; ok {
+				ids = append(ids, n)
+			}
+		}
+		found, err := r.store.StateLookup(ctx, snapshot, ids)
+		if err != nil {
+			return nil, err
+		}
+		for _, n := range ids {
+			if e, ok := found[n]; ok {
+				nids = append(nids, e)
+			}
+		}
+	}
+	evs, err := r.store.EventsByNID(ctx, nids)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]gmsl.PDU, len(evs))
+	for i, e := range evs {
+		out[i] = e.PDU
+	}
+	return out, nil
+}
+
+// StateEvent implements rsapi.API.
+func (r *Roomserver) StateEvent(ctx context.Context, roomID, evType, stateKey string) (gmsl.PDU, error) {
+	evs, err := r.CurrentState(ctx, roomID, gmsl.StateKeyTuple{EventType: evType, StateKey: stateKey})
+	if err != nil {
+		return nil, err
+	}
+	if len(evs) == 0 {
+		return nil, rsapi.ErrStateNotFound
+	}
+	return evs[0], nil
+}
+
+// StateBefore implements rsapi.API.
+func (r *Roomserver) StateBefore(ctx context.Context, eventID string, tuples ...gmsl.StateKeyTuple) ([]gmsl.PDU, error) {
+	evs, err := r.store.EventsByID(ctx, []string{eventID})
+	if err != nil {
+		return nil, err
+	}
+	if len(evs) == 0 || evs[0].Rejected {
+		return nil, rsapi.ErrEventNotFound
+	}
+	return r.stateAt(ctx, evs[0].StateBefore, tuples)
+}
+
+// Events implements rsapi.API.
+func (r *Roomserver) Events(ctx context.Context, eventIDs []string) ([]gmsl.PDU, error) {
+	evs, err := r.store.EventsByID(ctx, eventIDs)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]gmsl.PDU, 0, len(evs))
+	for _, e := range evs {
+		if !e.Rejected {
+			out = append(out, e.PDU)
+		}
+	}
+	return out, nil
+}
+
+// Membership implements rsapi.API.
+func (r *Roomserver) Membership(ctx context.Context, roomID, userID string) (*rsapi.Membership, error) {
+	room, err := r.store.Room(ctx, roomID)
+	if err != nil {
+		return nil, mapNotFound(err, rsapi.ErrRoomNotFound)
+	}
+	m, nid, err := r.store.Membership(ctx, room.NID, userID)
+	if err != nil {
+		return nil, err
+	}
+	out := &rsapi.Membership{RoomID: roomID, UserID: userID, Membership: m}
+	if nid != 0 {
+		evs, err := r.store.EventsByNID(ctx, []int64{nid})
+		if err != nil {
+			return nil, err
+		}
+		out.EventID = evs[0].ID
+	}
+	return out, nil
+}
+
+// UserRooms implements rsapi.API.
+func (r *Roomserver) UserRooms(ctx context.Context, userID string, memberships ...string) ([]string, error) {
+	return r.store.UserRooms(ctx, userID, memberships)
+}
+
+// TxnEvent implements rsapi.API.
+func (r *Roomserver) TxnEvent(ctx context.Context, txn rsapi.TxnID) (string, error) {
+	return r.store.TxnEvent(ctx, txn.SessionID, txn.TxnID)
+}
+
+// SetAlias implements rsapi.API.
+func (r *Roomserver) SetAlias(ctx context.Context, alias, roomID, creator string) error {
+	if _, err := r.store.Room(ctx, roomID); err != nil {
+		return mapNotFound(err, rsapi.ErrRoomNotFound)
+	}
+	err := r.store.SetAlias(ctx, alias, roomID, creator)
+	if sqldb.IsUniqueViolation(err) {
+		return rsapi.ErrAliasInUse
+	}
+	return err
+}
+
+// ResolveAlias implements rsapi.API.
+func (r *Roomserver) ResolveAlias(ctx context.Context, alias string) (string, error) {
+	roomID, _, err := r.store.Alias(ctx, alias)
+	return roomID, mapNotFound(err, rsapi.ErrAliasNotFound)
+}
+
+// AliasCreator implements rsapi.API.
+func (r *Roomserver) AliasCreator(ctx context.Context, alias string) (string, error) {
+	_, creator, err := r.store.Alias(ctx, alias)
+	return creator, mapNotFound(err, rsapi.ErrAliasNotFound)
+}
+
+// RemoveAlias implements rsapi.API.
+func (r *Roomserver) RemoveAlias(ctx context.Context, alias string) error {
+	return mapNotFound(r.store.RemoveAlias(ctx, alias), rsapi.ErrAliasNotFound)
+}
+
+// RoomAliases implements rsapi.API.
+func (r *Roomserver) RoomAliases(ctx context.Context, roomID string) ([]string, error) {
+	return r.store.RoomAliases(ctx, roomID)
+}

@@ -1,0 +1,254 @@
+// Package setup wires Myelin's components into a running homeserver: it
+// opens the database, starts (or connects to) NATS, creates the
+// components with what each needs, and serves their HTTP routes. It is
+// used by cmd/myelin and by tests that start a real server in-process.
+package setup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/sirupsen/logrus"
+
+	"myelin/clientapi"
+	"myelin/internal/bus"
+	"myelin/internal/mxhttp"
+	"myelin/internal/signing"
+	"myelin/internal/sqldb"
+	"myelin/roomserver"
+	"myelin/setup/config"
+	"myelin/syncapi"
+	"myelin/userapi"
+)
+
+// Server is one Myelin homeserver with all its components in this process.
+type Server struct {
+	cfg *config.Config
+	log *logrus.Logger
+
+	embedded *bus.Embedded
+	nc       *nats.Conn
+	bus      *bus.Bus
+	db       *sqldb.DB
+	key      *signing.Key
+
+	users  *userapi.UserAPI
+	rooms  *roomserver.Roomserver
+	sync   *syncapi.SyncAPI
+	client *clientapi.ClientAPI
+
+	ctx     context.Context // lifetime of the components
+	cancel  context.CancelFunc
+	servers []*http.Server
+	addrs   map[string]net.Addr
+	wg      sync.WaitGroup
+}
+
+// NewLogger makes the process logger from the logging section.
+func NewLogger(c config.Logging) (*logrus.Logger, io.Closer, error) {
+	l := logrus.New()
+	lvl, err := logrus.ParseLevel(c.Level)
+	if err != nil {
+		return nil, nil, fmt.Errorf("logging.level: %w", err)
+	}
+	l.SetLevel(lvl)
+	if c.Format == "json" {
+		l.SetFormatter(&logrus.JSONFormatter{})
+	} else {
+		l.SetFormatter(&logrus.TextFormatter{FullTimestamp: true})
+	}
+	var closer io.Closer = io.NopCloser(nil)
+	if c.File != "" {
+		f, err := os.OpenFile(c.File, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			return nil, nil, fmt.Errorf("logging.file: %w", err)
+		}
+		l.SetOutput(f)
+		closer = f
+	}
+	return l, closer, nil
+}
+
+// New opens storage and messaging and builds the components; nothing is
+// served until Start.
+func New(ctx context.Context, cfg *config.Config, log *logrus.Logger) (s *Server, err error) {
+	s = &Server{cfg: cfg, log: log, addrs: map[string]net.Addr{}}
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data_dir: %w", err)
+	}
+	if s.key, err = signing.LoadOrGenerate(cfg.Keys.SigningKeyPath, cfg.ServerName); err != nil {
+		return nil, err
+	}
+	if cfg.NATS.URL == "" {
+		if s.embedded, err = bus.StartEmbedded(cfg.NATS.StoreDir); err != nil {
+			return nil, err
+		}
+		if s.nc, err = s.embedded.Connect("myelin"); err != nil {
+			return nil, err
+		}
+	} else if s.nc, err = bus.ConnectURL(cfg.NATS.URL, "myelin"); err != nil {
+		return nil, err
+	}
+	if s.bus, err = bus.New(s.nc); err != nil {
+		return nil, err
+	}
+	if err := s.bus.EnsureStreams(ctx, 1); err != nil {
+		return nil, err
+	}
+	if s.db, err = sqldb.Open(ctx, cfg.Database.URL, sqldb.Options{MaxOpenConns: cfg.Database.MaxOpenConns}); err != nil {
+		return nil, fmt.Errorf("database: %w", err)
+	}
+	entry := func(component string) *logrus.Entry { return log.WithField("component", component) }
+	if s.users, err = userapi.New(ctx, s.db, s.bus, cfg, entry("userapi")); err != nil {
+		return nil, err
+	}
+	if s.rooms, err = roomserver.New(ctx, s.db, s.bus, s.key, entry("roomserver")); err != nil {
+		return nil, err
+	}
+	if s.sync, err = syncapi.New(ctx, cfg, s.db, s.bus, s.users, s.rooms, entry("syncapi")); err != nil {
+		return nil, err
+	}
+	s.client = clientapi.New(cfg, s.users, s.rooms, entry("clientapi"))
+	return s, nil
+}
+
+// Handler is the HTTP handler serving every component's routes.
+func (s *Server) Handler() http.Handler {
+	r := mxhttp.NewRouter()
+	s.client.Routes(r)
+	s.sync.Routes(r)
+	h := mxhttp.LimitBody(s.cfg.ClientAPI.MaxRequestBytes, r)
+	h = mxhttp.CORS(h)
+	return mxhttp.WithRequestLogger(s.log.WithField("component", "http"), h)
+}
+
+// Start starts the components' consumers and the listeners.
+func (s *Server) Start() error {
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	if err := s.rooms.Start(s.ctx); err != nil {
+		return err
+	}
+	if err := s.sync.Start(s.ctx); err != nil {
+		return err
+	}
+	h := s.Handler()
+	listeners := []struct {
+		name, addr, cert, key string
+		handler               http.Handler
+	}{
+		{"client", s.cfg.ClientAPI.Listen, s.cfg.ClientAPI.TLSCert, s.cfg.ClientAPI.TLSKey, h},
+		{"federation", s.cfg.FederationAPI.Listen, s.cfg.FederationAPI.TLSCert, s.cfg.FederationAPI.TLSKey, h},
+		{"pprof", s.cfg.Debug.PprofListen, "", "", pprofHandler()},
+	}
+	for _, l := range listeners {
+		if l.addr == "" {
+			continue
+		}
+		ln, err := net.Listen("tcp", l.addr)
+		if err != nil {
+			return fmt.Errorf("listen on %s (%s): %w", l.addr, l.name, err)
+		}
+		s.addrs[l.name] = ln.Addr()
+		srv := &http.Server{
+			Handler:           l.handler,
+			ReadHeaderTimeout: 30 * time.Second,
+			IdleTimeout:       5 * time.Minute,
+			ErrorLog:          nil,
+		}
+		s.servers = append(s.servers, srv)
+		s.wg.Add(1)
+		go func(l struct {
+			name, addr, cert, key string
+			handler               http.Handler
+		}) {
+			defer s.wg.Done()
+			var err error
+			if l.cert != "" {
+				err = srv.ServeTLS(ln, l.cert, l.key)
+			} else {
+				err = srv.Serve(ln)
+			}
+			if err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.log.WithError(err).WithField("listener", l.name).Error("listener failed")
+			}
+		}(l)
+		s.log.WithFields(logrus.Fields{"listener": l.name, "addr": ln.Addr().String(), "server_name": s.cfg.ServerName}).Info("listening")
+	}
+	return nil
+}
+
+func pprofHandler() http.Handler {
+	m := http.NewServeMux()
+	m.HandleFunc("/debug/pprof/", pprof.Index)
+	m.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	m.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	m.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	m.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return m
+}
+
+// Addr returns the address a listener ("client", "federation", "pprof") is
+// bound to, nil if it is not running.
+func (s *Server) Addr(name string) net.Addr { return s.addrs[name] }
+
+// ClientURL is the base URL of the client listener.
+func (s *Server) ClientURL() string {
+	a := s.Addr("client")
+	if a == nil {
+		return ""
+	}
+	scheme := "http"
+	if s.cfg.ClientAPI.TLSCert != "" {
+		scheme = "https"
+	}
+	return scheme + "://" + strings.Replace(a.String(), "[::]", "127.0.0.1", 1)
+}
+
+// Stop stops accepting requests, lets the ones in flight finish (until ctx
+// ends), stops the consumers, and closes NATS and the database. Events
+// acknowledged to clients are already committed; unacknowledged input is
+// redelivered on the next start.
+func (s *Server) Stop(ctx context.Context) error {
+	var firstErr error
+	for _, srv := range s.servers {
+		if err := srv.Shutdown(ctx); err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	s.wg.Wait()
+	if s.cancel != nil {
+		s.cancel()
+		s.rooms.Wait()
+		s.sync.Wait()
+	}
+	s.close()
+	return firstErr
+}
+
+func (s *Server) close() {
+	if s.nc != nil {
+		_ = s.nc.Drain()
+		s.nc.Close()
+	}
+	if s.embedded != nil {
+		s.embedded.Shutdown()
+	}
+	if s.db != nil {
+		_ = s.db.Close()
+	}
+}

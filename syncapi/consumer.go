@@ -1,0 +1,129 @@
+package syncapi
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"time"
+
+	gmsl "github.com/matrix-org/gomatrixserverlib"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/tidwall/gjson"
+
+	rsapi "myelin/roomserver/api"
+	"myelin/syncapi/storage"
+)
+
+// onRoomEvent appends an accepted event to the sync stream, applies its
+// state delta, and wakes the users it concerns.
+func (s *SyncAPI) onRoomEvent(ctx context.Context, m jetstream.Msg) error {
+	var out rsapi.OutputEvent
+	if err := json.Unmarshal(m.Data(), &out); err != nil {
+		s.log.WithError(err).Warn("dropping malformed output event")
+		return nil
+	}
+	js := string(out.Event)
+	f := gjson.GetMany(js, "type", "sender", "state_key", "depth", "content.membership")
+	ev := &storage.Event{
+		RoomID:  out.RoomID,
+		EventID: out.EventID,
+		Type:    f[0].String(),
+		Sender:  f[1].String(),
+		Depth:   f[3].Int(),
+		HistVis: out.HistoryVisibility,
+		JSON:    js,
+	}
+	if ev.HistVis == "" {
+		ev.HistVis = "shared"
+	}
+	if f[2].Exists() {
+		sk := f[2].String()
+		ev.StateKey = &sk
+	}
+	if out.Txn != nil {
+		ev.SessionID, ev.TxnID = out.Txn.SessionID, out.Txn.TxnID
+	}
+	if len(out.InviteRoomState) > 0 {
+		b, _ := json.Marshal(out.InviteRoomState)
+		ev.InviteState = string(b)
+	}
+	adds := make([]storage.NewState, 0, len(out.AddsState))
+	others := map[string]string{}
+	for _, raw := range out.AddsStateJSON {
+		// The roomserver sends the JSON of added state other than the event
+		// itself; its ID is computed from it.
+		if id := eventIDOf(out.RoomVersion, raw); id != "" {
+			others[id] = string(raw)
+		}
+	}
+	for _, id := range out.AddsState {
+		sjs := js
+		if id != out.EventID {
+			if sjs = others[id]; sjs == "" {
+				s.log.WithField("event_id", id).Warn("output event lacks JSON of added state")
+				continue
+			}
+		}
+		g := gjson.GetMany(sjs, "type", "state_key", "sender", "content.membership")
+		ns := storage.NewState{EventID: id, Type: g[0].String(), StateKey: g[1].String(), Sender: g[2].String(), JSON: sjs}
+		if ns.Type == "m.room.member" {
+			ns.Membership = g[3].String()
+		}
+		adds = append(adds, ns)
+	}
+	inserted, err := s.store.Append(ctx, ev, adds, out.RemovesState)
+	if err != nil {
+		return err
+	}
+	if !inserted {
+		return nil // redelivered: already applied and announced
+	}
+	if out.Redacts != "" {
+		if err := s.applyRedaction(ctx, out.RoomVersion, out.Redacts, ev); err != nil {
+			return err
+		}
+	}
+	for _, a := range adds {
+		if a.Type == "m.room.member" {
+			s.notifier.OnRoomEvent(out.RoomID, ev.Pos, a.StateKey, a.Membership, s.isLocal(a.StateKey))
+		}
+	}
+	s.notifier.OnRoomEvent(out.RoomID, ev.Pos, "", "", false)
+	return nil
+}
+
+func (s *SyncAPI) isLocal(userID string) bool {
+	return strings.HasSuffix(userID, ":"+s.cfg.ServerName)
+}
+
+func eventIDOf(roomVersion string, raw json.RawMessage) string {
+	verImpl, err := gmsl.GetRoomVersion(gmsl.RoomVersion(roomVersion))
+	if err != nil {
+		return ""
+	}
+	pdu, err := verImpl.NewEventFromTrustedJSON(raw, false)
+	if err != nil {
+		return ""
+	}
+	return pdu.EventID()
+}
+
+// applyRedaction replaces the target's JSON with its redacted form and
+// records the redaction in its unsigned data.
+func (s *SyncAPI) applyRedaction(ctx context.Context, roomVersion, targetID string, redaction *storage.Event) error {
+	target, err := s.store.Event(ctx, targetID)
+	if err != nil {
+		return nil //nolint:nilerr // not in the sync stream: nothing to redact here
+	}
+	verImpl, err := gmsl.GetRoomVersion(gmsl.RoomVersion(roomVersion))
+	if err != nil {
+		return nil //nolint:nilerr // unknown version: cannot redact
+	}
+	redacted, err := verImpl.RedactEventJSON([]byte(target.JSON))
+	if err != nil {
+		s.log.WithError(err).WithField("event_id", targetID).Warn("cannot redact event")
+		return nil
+	}
+	because, _ := json.Marshal(formatter{now: time.Now()}.event(redaction))
+	return s.store.Redact(ctx, targetID, string(redacted), string(because))
+}

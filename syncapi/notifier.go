@@ -1,0 +1,149 @@
+package syncapi
+
+import (
+	"context"
+	"sync"
+)
+
+// Notifier wakes waiting /sync requests from memory. It knows which local
+// users are joined to which rooms, and for each user the latest stream
+// positions that concerned them, so a long-poll waits without touching the
+// database and an event wakes exactly the users it concerns.
+type Notifier struct {
+	mu        sync.Mutex
+	current   Token
+	start     Token // positions when the notifier began tracking
+	roomUsers map[string]map[string]struct{}
+	users     map[string]*userStream
+}
+
+type userStream struct {
+	pos  Token         // latest positions that concerned the user
+	wake chan struct{} // closed (and replaced) when pos moves
+}
+
+// NewNotifier starts tracking at current with the given joined users.
+func NewNotifier(current Token, joined map[string][]string) *Notifier {
+	n := &Notifier{
+		current:   current,
+		start:     current,
+		roomUsers: make(map[string]map[string]struct{}, len(joined)),
+		users:     map[string]*userStream{},
+	}
+	for room, users := range joined {
+		set := make(map[string]struct{}, len(users))
+		for _, u := range users {
+			set[u] = struct{}{}
+		}
+		n.roomUsers[room] = set
+	}
+	return n
+}
+
+// Current returns the latest positions.
+func (n *Notifier) Current() Token {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.current
+}
+
+func (n *Notifier) stream(userID string) *userStream {
+	s, ok := n.users[userID]
+	if !ok {
+		s = &userStream{wake: make(chan struct{})}
+		n.users[userID] = s
+	}
+	return s
+}
+
+func (n *Notifier) bump(userID string, f func(*Token)) {
+	s := n.stream(userID)
+	f(&s.pos)
+	close(s.wake)
+	s.wake = make(chan struct{})
+}
+
+// OnRoomEvent records an event at pos in roomID. If it is a membership
+// event, member and membership say whose and what; that user is woken as
+// well as every local user joined to the room.
+func (n *Notifier) OnRoomEvent(roomID string, pos int64, member, membership string, local bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if pos > n.current.PDU {
+		n.current.PDU = pos
+	}
+	set := n.roomUsers[roomID]
+	for u := range set {
+		n.bump(u, func(t *Token) { t.PDU = pos })
+	}
+	if member == "" || !local {
+		return
+	}
+	n.bump(member, func(t *Token) { t.PDU = pos })
+	if membership == "join" {
+		if set == nil {
+			set = map[string]struct{}{}
+			n.roomUsers[roomID] = set
+		}
+		set[member] = struct{}{}
+	} else if set != nil {
+		delete(set, member)
+		if len(set) == 0 {
+			delete(n.roomUsers, roomID)
+		}
+	}
+}
+
+// OnAccountData records an account-data change of userID at pos.
+func (n *Notifier) OnAccountData(userID string, pos int64) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if pos > n.current.AccountData {
+		n.current.AccountData = pos
+	}
+	n.bump(userID, func(t *Token) {
+		if pos > t.AccountData {
+			t.AccountData = pos
+		}
+	})
+}
+
+// Unchanged reports whether the notifier knows that nothing concerning
+// userID happened after since. It cannot know about positions from before
+// it started.
+func (n *Notifier) Unchanged(userID string, since Token) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if since.PDU < n.start.PDU || since.AccountData < n.start.AccountData {
+		return false
+	}
+	s, ok := n.users[userID]
+	return !ok || !s.pos.After(since)
+}
+
+// Wait blocks until something concerning userID happens after since, or
+// ctx ends; it reports whether something happened.
+func (n *Notifier) Wait(ctx context.Context, userID string, since Token) bool {
+	for {
+		n.mu.Lock()
+		s := n.stream(userID)
+		if s.pos.After(since) {
+			n.mu.Unlock()
+			return true
+		}
+		ch := s.wake
+		n.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// Waiting is the number of users tracked (for metrics and tests).
+func (n *Notifier) Waiting() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return len(n.users)
+}

@@ -1,0 +1,480 @@
+package syncapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"myelin/internal/mxhttp"
+	"myelin/syncapi/storage"
+	uapi "myelin/userapi/api"
+)
+
+func (s *SyncAPI) postFilter(r *http.Request, dev *uapi.Device) (any, error) {
+	if mxhttp.Var(r, "userId") != dev.UserID {
+		return nil, mxhttp.Forbidden("cannot create filters for other users")
+	}
+	body, err := mxhttp.ReadBody(r)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := parseFilter(body); err != nil {
+		return nil, err
+	}
+	id, err := s.store.InsertFilter(r.Context(), dev.UserID, string(body))
+	if err != nil {
+		return nil, err
+	}
+	return map[string]string{"filter_id": strconv.FormatInt(id, 10)}, nil
+}
+
+func (s *SyncAPI) getFilter(r *http.Request, dev *uapi.Device) (any, error) {
+	if mxhttp.Var(r, "userId") != dev.UserID {
+		return nil, mxhttp.Forbidden("cannot read filters of other users")
+	}
+	id, err := strconv.ParseInt(mxhttp.Var(r, "filterId"), 10, 64)
+	if err != nil {
+		return nil, mxhttp.NotFound("no such filter")
+	}
+	raw, err := s.store.Filter(r.Context(), dev.UserID, id)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, mxhttp.NotFound("no such filter")
+	}
+	if err != nil {
+		return nil, err
+	}
+	return json.RawMessage(raw), nil
+}
+
+// roomAccess returns the user's visibility helper for a room, refusing
+// users who were never in it unless the room is world-readable.
+func (s *SyncAPI) roomAccess(ctx context.Context, roomID, userID string) (*visibility, error) {
+	vis := &visibility{s: s, roomID: roomID, userID: userID}
+	if err := vis.load(ctx); err != nil {
+		return nil, err
+	}
+	if len(vis.log) > 0 {
+		return vis, nil
+	}
+	hv, err := s.store.StateEvent(ctx, roomID, "m.room.history_visibility", "")
+	if err == nil && gjsonString(hv.JSON, "content.history_visibility") == "world_readable" {
+		return vis, nil
+	}
+	return nil, mxhttp.Forbidden("You aren't a member of the room and weren't previously a member of the room.")
+}
+
+func gjsonString(js, path string) string {
+	var v string
+	_ = json.Unmarshal([]byte(gjsonGet(js, path)), &v)
+	return v
+}
+
+type messagesResponse struct {
+	Start string        `json:"start"`
+	End   string        `json:"end,omitempty"`
+	Chunk []ClientEvent `json:"chunk"`
+	State []ClientEvent `json:"state,omitempty"`
+}
+
+// messages pages through a room's history (GET /rooms/{roomId}/messages).
+func (s *SyncAPI) messages(r *http.Request, dev *uapi.Device) (any, error) {
+	ctx := r.Context()
+	roomID := mxhttp.Var(r, "roomId")
+	q := r.URL.Query()
+	var backwards bool
+	switch q.Get("dir") {
+	case "b":
+		backwards = true
+	case "f", "": // forwards when absent, as Synapse
+	default:
+		return nil, mxhttp.InvalidParam("dir must be 'b' or 'f'")
+	}
+	limit := 10
+	if l := q.Get("limit"); l != "" {
+		n, err := strconv.Atoi(l)
+		if err != nil || n < 0 {
+			return nil, mxhttp.InvalidParam("limit must be a non-negative integer")
+		}
+		limit = min(n, maxLimit)
+	}
+	filter := &RoomEventFilter{}
+	if f := q.Get("filter"); f != "" {
+		if err := mxhttp.DecodeJSON([]byte(f), filter); err != nil {
+			return nil, err
+		}
+		if filter.Limit > 0 && q.Get("limit") == "" {
+			limit = min(filter.Limit, maxLimit)
+		}
+	}
+	vis, err := s.roomAccess(ctx, roomID, dev.UserID)
+	if err != nil {
+		return nil, err
+	}
+	s.catchUp(ctx)
+	current := s.notifier.Current()
+	maxPos := current.PDU
+	from := q.Get("from")
+	point, startTok, err := s.pagePoint(ctx, roomID, from, backwards, current)
+	if err != nil {
+		return nil, err
+	}
+	if strings.HasPrefix(from, "s") {
+		if t, err := ParseToken(from); err == nil {
+			maxPos = min(maxPos, t.PDU)
+			if !backwards {
+				maxPos = current.PDU
+			}
+		}
+	}
+	var stop *TopoToken
+	if to := q.Get("to"); to != "" {
+		if t, err := ParseTopoToken(to); err == nil {
+			stop = &t
+		} else if st, err := ParseToken(to); err == nil {
+			d, p, err := s.store.TopoPosition(ctx, roomID, st.PDU)
+			if err != nil {
+				return nil, err
+			}
+			stop = &TopoToken{Depth: d, Pos: p + 1}
+		} else {
+			return nil, mxhttp.InvalidParam("bad 'to' token")
+		}
+	}
+	f := formatter{sessionID: dev.SessionID, now: s.now(), withRoomID: true}
+	resp := &messagesResponse{Start: startTok, Chunk: []ClientEvent{}}
+	cur := point
+	more := true // whether events may remain past cur
+	var last *storage.Event
+	for round := 0; round < 20 && len(resp.Chunk) < limit && more; round++ {
+		batch, err := s.store.Messages(ctx, roomID, cur.Depth, cur.Pos, backwards, maxPos, limit)
+		if err != nil {
+			return nil, err
+		}
+		consumed := 0
+		for _, e := range batch {
+			if stop != nil && passed(e, *stop, backwards) {
+				more = false
+				break
+			}
+			consumed++
+			last = e
+			if backwards {
+				cur = TopoToken{Depth: e.Depth, Pos: e.Pos}
+			} else {
+				cur = TopoToken{Depth: e.Depth, Pos: e.Pos + 1}
+			}
+			ok, err := vis.canSee(ctx, e)
+			if err != nil {
+				return nil, err
+			}
+			if ok && filter.AllowsEvent(e.Type, e.Sender, contentRaw(e.JSON)) {
+				resp.Chunk = append(resp.Chunk, f.event(e))
+				if len(resp.Chunk) == limit {
+					break
+				}
+			}
+		}
+		if len(batch) < limit && consumed == len(batch) {
+			more = false
+		}
+	}
+	if more && last != nil {
+		resp.End = cur.String()
+	}
+	if filter.LazyLoadMembers {
+		seen := map[string]bool{}
+		for _, ce := range resp.Chunk {
+			if seen[ce.Sender] {
+				continue
+			}
+			seen[ce.Sender] = true
+			if st, err := s.store.StateEvent(ctx, roomID, "m.room.member", ce.Sender); err == nil {
+				resp.State = append(resp.State, f.state(st))
+			}
+		}
+	}
+	return resp, nil
+}
+
+// passed reports whether e lies beyond the 'to' point in the paging direction.
+func passed(e *storage.Event, stop TopoToken, backwards bool) bool {
+	if backwards {
+		return e.Depth < stop.Depth || (e.Depth == stop.Depth && e.Pos < stop.Pos)
+	}
+	return e.Depth > stop.Depth || (e.Depth == stop.Depth && e.Pos >= stop.Pos)
+}
+
+// pagePoint resolves a 'from' token to a point in the room's topological
+// order and the token to report as 'start'.
+func (s *SyncAPI) pagePoint(ctx context.Context, roomID, from string, backwards bool, current Token) (TopoToken, string, error) {
+	switch {
+	case strings.HasPrefix(from, "t"):
+		t, err := ParseTopoToken(from)
+		if err != nil {
+			return TopoToken{}, "", mxhttp.InvalidParam("%v", err)
+		}
+		return t, from, nil
+	case strings.HasPrefix(from, "s"):
+		st, err := ParseToken(from)
+		if err != nil {
+			return TopoToken{}, "", mxhttp.InvalidParam("%v", err)
+		}
+		d, p, err := s.store.TopoPosition(ctx, roomID, st.PDU)
+		if err != nil {
+			return TopoToken{}, "", err
+		}
+		return TopoToken{Depth: d, Pos: p + 1}, from, nil
+	case from == "":
+		if !backwards {
+			return TopoToken{}, TopoToken{}.String(), nil
+		}
+		d, p, err := s.store.TopoPosition(ctx, roomID, current.PDU)
+		if err != nil {
+			return TopoToken{}, "", err
+		}
+		t := TopoToken{Depth: d, Pos: p + 1}
+		return t, t.String(), nil
+	}
+	return TopoToken{}, "", mxhttp.InvalidParam("bad 'from' token")
+}
+
+// event returns one event the user may see (GET /rooms/{roomId}/event/{eventId}).
+func (s *SyncAPI) event(r *http.Request, dev *uapi.Device) (any, error) {
+	ctx := r.Context()
+	roomID, eventID := mxhttp.Var(r, "roomId"), mxhttp.Var(r, "eventId")
+	vis, err := s.roomAccess(ctx, roomID, dev.UserID)
+	if err != nil {
+		return nil, mxhttp.NotFound("Event not found")
+	}
+	s.catchUp(ctx)
+	e, err := s.store.Event(ctx, eventID)
+	if errors.Is(err, storage.ErrNotFound) || (err == nil && e.RoomID != roomID) {
+		return nil, mxhttp.NotFound("Event not found")
+	}
+	if err != nil {
+		return nil, err
+	}
+	if ok, err := vis.canSee(ctx, e); err != nil {
+		return nil, err
+	} else if !ok {
+		return nil, mxhttp.NotFound("Event not found")
+	}
+	return formatter{sessionID: dev.SessionID, now: s.now(), withRoomID: true}.event(e), nil
+}
+
+type contextResponse struct {
+	Start        string        `json:"start"`
+	End          string        `json:"end"`
+	EventsBefore []ClientEvent `json:"events_before"`
+	Event        ClientEvent   `json:"event"`
+	EventsAfter  []ClientEvent `json:"events_after"`
+	State        []ClientEvent `json:"state"`
+}
+
+// context returns an event with the events around it (GET /rooms/{roomId}/context/{eventId}).
+func (s *SyncAPI) context(r *http.Request, dev *uapi.Device) (any, error) {
+	ctx := r.Context()
+	roomID, eventID := mxhttp.Var(r, "roomId"), mxhttp.Var(r, "eventId")
+	limit := 10
+	if l := r.URL.Query().Get("limit"); l != "" {
+		n, err := strconv.Atoi(l)
+		if err != nil || n < 0 {
+			return nil, mxhttp.InvalidParam("limit must be a non-negative integer")
+		}
+		limit = min(n, maxLimit)
+	}
+	filter := &RoomEventFilter{}
+	if fq := r.URL.Query().Get("filter"); fq != "" {
+		if err := mxhttp.DecodeJSON([]byte(fq), filter); err != nil {
+			return nil, err
+		}
+	}
+	vis, err := s.roomAccess(ctx, roomID, dev.UserID)
+	if err != nil {
+		return nil, err
+	}
+	s.catchUp(ctx)
+	e, err := s.store.Event(ctx, eventID)
+	if errors.Is(err, storage.ErrNotFound) || (err == nil && e.RoomID != roomID) {
+		return nil, mxhttp.NotFound("Event not found")
+	}
+	if err != nil {
+		return nil, err
+	}
+	if ok, err := vis.canSee(ctx, e); err != nil || !ok {
+		return nil, mxhttp.NotFound("Event not found")
+	}
+	f := formatter{sessionID: dev.SessionID, now: s.now(), withRoomID: true}
+	maxPos := s.notifier.Current().PDU
+	pick := func(evs []*storage.Event, n int) ([]ClientEvent, error) {
+		out := []ClientEvent{}
+		for _, x := range evs {
+			if len(out) == n {
+				break
+			}
+			ok, err := vis.canSee(ctx, x)
+			if err != nil {
+				return nil, err
+			}
+			if ok && filter.AllowsEvent(x.Type, x.Sender, contentRaw(x.JSON)) {
+				out = append(out, f.event(x))
+			}
+		}
+		return out, nil
+	}
+	nBefore := limit / 2
+	nAfter := limit - nBefore
+	beforeRows, err := s.store.Messages(ctx, roomID, e.Depth, e.Pos, true, maxPos, nBefore*2+1)
+	if err != nil {
+		return nil, err
+	}
+	afterRows, err := s.store.Messages(ctx, roomID, e.Depth, e.Pos+1, false, maxPos, nAfter*2+1)
+	if err != nil {
+		return nil, err
+	}
+	resp := &contextResponse{Event: f.event(e), State: []ClientEvent{}}
+	if resp.EventsBefore, err = pick(beforeRows, nBefore); err != nil {
+		return nil, err
+	}
+	if resp.EventsAfter, err = pick(afterRows, nAfter); err != nil {
+		return nil, err
+	}
+	resp.Start = TopoToken{Depth: e.Depth, Pos: e.Pos}.String()
+	if n := len(resp.EventsBefore); n > 0 {
+		// the oldest returned event is the last of events_before
+		for _, row := range beforeRows {
+			if row.EventID == resp.EventsBefore[n-1].EventID {
+				resp.Start = TopoToken{Depth: row.Depth, Pos: row.Pos}.String()
+			}
+		}
+	}
+	resp.End = TopoToken{Depth: e.Depth, Pos: e.Pos + 1}.String()
+	if n := len(resp.EventsAfter); n > 0 {
+		for _, row := range afterRows {
+			if row.EventID == resp.EventsAfter[n-1].EventID {
+				resp.End = TopoToken{Depth: row.Depth, Pos: row.Pos + 1}.String()
+			}
+		}
+	}
+	state, err := s.store.CurrentState(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	for _, st := range state {
+		if filter.LazyLoadMembers && st.Type == "m.room.member" {
+			continue
+		}
+		resp.State = append(resp.State, f.state(st))
+	}
+	return resp, nil
+}
+
+// members lists a room's member events (GET /rooms/{roomId}/members).
+func (s *SyncAPI) members(r *http.Request, dev *uapi.Device) (any, error) {
+	ctx := r.Context()
+	roomID := mxhttp.Var(r, "roomId")
+	s.catchUp(ctx)
+	own, err := s.store.StateEvent(ctx, roomID, "m.room.member", dev.UserID)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, mxhttp.Forbidden("You aren't a member of the room and weren't previously a member of the room.")
+	}
+	if err != nil {
+		return nil, err
+	}
+	q := r.URL.Query()
+	want, notWant := q.Get("membership"), q.Get("not_membership")
+	f := formatter{sessionID: dev.SessionID, now: s.now(), withRoomID: true}
+	chunk := []ClientEvent{}
+	keep := func(m string) bool {
+		return (want == "" || m == want) && (notWant == "" || m != notWant)
+	}
+	if own.Membership == "join" || own.Membership == "invite" {
+		state, err := s.store.CurrentState(ctx, roomID, "m.room.member")
+		if err != nil {
+			return nil, err
+		}
+		for _, st := range state {
+			if keep(st.Membership) {
+				chunk = append(chunk, f.state(st))
+			}
+		}
+		return map[string]any{"chunk": chunk}, nil
+	}
+	// A user who left sees the members as they were when it left.
+	before, err := s.rooms.StateBefore(ctx, own.EventID)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range before {
+		if p.Type() != "m.room.member" || p.StateKey() == nil || *p.StateKey() == dev.UserID {
+			continue
+		}
+		m, _ := p.Membership()
+		if keep(m) {
+			chunk = append(chunk, f.base(string(p.JSON()), p.EventID(), roomID))
+		}
+	}
+	if keep(own.Membership) {
+		chunk = append(chunk, f.state(own))
+	}
+	return map[string]any{"chunk": chunk}, nil
+}
+
+// joinedMembers maps joined users to their profiles (GET /rooms/{roomId}/joined_members).
+func (s *SyncAPI) joinedMembers(r *http.Request, dev *uapi.Device) (any, error) {
+	ctx := r.Context()
+	roomID := mxhttp.Var(r, "roomId")
+	s.catchUp(ctx)
+	own, err := s.store.StateEvent(ctx, roomID, "m.room.member", dev.UserID)
+	if err != nil || own.Membership != "join" {
+		if err != nil && !errors.Is(err, storage.ErrNotFound) {
+			return nil, err
+		}
+		return nil, mxhttp.Forbidden("You aren't a member of the room.")
+	}
+	state, err := s.store.CurrentState(ctx, roomID, "m.room.member")
+	if err != nil {
+		return nil, err
+	}
+	type profile struct {
+		DisplayName *string `json:"display_name,omitempty"`
+		AvatarURL   *string `json:"avatar_url,omitempty"`
+	}
+	joined := map[string]profile{}
+	for _, st := range state {
+		if st.Membership != "join" {
+			continue
+		}
+		var c struct {
+			DisplayName *string `json:"displayname"`
+			AvatarURL   *string `json:"avatar_url"`
+		}
+		_ = json.Unmarshal(contentRaw(st.JSON), &c)
+		joined[st.StateKey] = profile{DisplayName: c.DisplayName, AvatarURL: c.AvatarURL}
+	}
+	return map[string]any{"joined": joined}, nil
+}
+
+// forget hides a room the user left from its syncs (POST /rooms/{roomId}/forget).
+func (s *SyncAPI) forget(r *http.Request, dev *uapi.Device) (any, error) {
+	ctx := r.Context()
+	roomID := mxhttp.Var(r, "roomId")
+	s.catchUp(ctx)
+	own, err := s.store.StateEvent(ctx, roomID, "m.room.member", dev.UserID)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, mxhttp.NotFound("You are not a member of this room")
+	}
+	if err != nil {
+		return nil, err
+	}
+	if own.Membership == "join" || own.Membership == "invite" || own.Membership == "knock" {
+		return nil, mxhttp.Unknown("You must leave the room before forgetting it")
+	}
+	if err := s.store.Forget(ctx, dev.UserID, roomID); err != nil {
+		return nil, err
+	}
+	return struct{}{}, nil
+}

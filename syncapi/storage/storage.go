@@ -1,0 +1,467 @@
+// Package storage is syncapi's one storage implementation: the sync stream
+// of events, each room's current state, every membership change, filters
+// and forgotten rooms. Only syncapi's consumer writes events, one at a
+// time, so stream positions become visible in order.
+package storage
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"strings"
+
+	"github.com/tidwall/gjson"
+
+	"myelin/internal/sqldb"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// ErrNotFound is returned for unknown events and filters.
+var ErrNotFound = errors.New("not found")
+
+// Storage is the syncapi database.
+type Storage struct {
+	db *sqldb.DB
+}
+
+// Open runs syncapi's migrations on db.
+func Open(ctx context.Context, db *sqldb.DB) (*Storage, error) {
+	sub, err := fs.Sub(migrations, "migrations")
+	if err != nil {
+		return nil, err
+	}
+	if err := sqldb.Migrate(ctx, db, "syncapi", sub); err != nil {
+		return nil, err
+	}
+	return &Storage{db: db}, nil
+}
+
+// Event is one row of the sync stream.
+type Event struct {
+	Pos             int64
+	RoomID          string
+	EventID         string
+	Type            string
+	Sender          string
+	StateKey        *string
+	Depth           int64
+	HistVis         string
+	SessionID       int64
+	TxnID           string
+	PrevEventID     string
+	PrevContent     string
+	PrevSender      string
+	InviteState     string
+	RedactedBecause string
+	JSON            string
+}
+
+// StateEvent is a current-state row.
+type StateEvent struct {
+	RoomID     string
+	Type       string
+	StateKey   string
+	EventID    string
+	Membership string
+	Sender     string
+	Pos        int64
+	JSON       string
+}
+
+// MembershipChange is one entry of a user's membership log.
+type MembershipChange struct {
+	RoomID     string
+	UserID     string
+	Membership string
+	Pos        int64
+}
+
+const eventCols = `pos, room_id, event_id, event_type, sender, state_key, depth, history_visibility, session_id, txn_id,
+	prev_event_id, prev_content, prev_sender, invite_state, redacted_because, event_json`
+
+func scanEvent(sc interface{ Scan(...any) error }) (*Event, error) {
+	e := &Event{}
+	var sk sql.NullString
+	if err := sc.Scan(&e.Pos, &e.RoomID, &e.EventID, &e.Type, &e.Sender, &sk, &e.Depth, &e.HistVis, &e.SessionID, &e.TxnID,
+		&e.PrevEventID, &e.PrevContent, &e.PrevSender, &e.InviteState, &e.RedactedBecause, &e.JSON); err != nil {
+		return nil, err
+	}
+	if sk.Valid {
+		e.StateKey = &sk.String
+	}
+	return e, nil
+}
+
+func collectEvents(rows *sql.Rows, err error) ([]*Event, error) {
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []*Event
+	for rows.Next() {
+		e, err := scanEvent(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// NewState is a state event an output made current.
+type NewState struct {
+	EventID    string
+	Type       string
+	StateKey   string
+	Sender     string
+	Membership string
+	JSON       string
+}
+
+// Append stores ev at the next stream position and applies the state
+// change that came with it. An event already stored is left alone
+// (redelivery) and reported with inserted false.
+func (s *Storage) Append(ctx context.Context, ev *Event, adds []NewState, removes []string) (inserted bool, err error) {
+	err = s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		var existing int64
+		err := tx.QueryRow(ctx, `SELECT pos FROM syncapi_events WHERE event_id = $1`, ev.EventID).Scan(&existing)
+		if err == nil {
+			ev.Pos = existing
+			return nil
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
+		if ev.StateKey != nil {
+			var prevJSON string
+			err := tx.QueryRow(ctx, `SELECT event_id, sender, event_json FROM syncapi_current_state WHERE room_id = $1 AND event_type = $2 AND state_key = $3`,
+				ev.RoomID, ev.Type, *ev.StateKey).Scan(&ev.PrevEventID, &ev.PrevSender, &prevJSON)
+			if err != nil && !errors.Is(err, sql.ErrNoRows) {
+				return err
+			}
+			if prevJSON != "" {
+				ev.PrevContent = contentOf(prevJSON)
+			}
+		}
+		var sk any
+		if ev.StateKey != nil {
+			sk = *ev.StateKey
+		}
+		err = tx.QueryRow(ctx, `INSERT INTO syncapi_events (room_id, event_id, event_type, sender, state_key, depth, history_visibility,
+			session_id, txn_id, prev_event_id, prev_content, prev_sender, invite_state, event_json)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING pos`,
+			ev.RoomID, ev.EventID, ev.Type, ev.Sender, sk, ev.Depth, ev.HistVis, ev.SessionID, ev.TxnID,
+			ev.PrevEventID, ev.PrevContent, ev.PrevSender, ev.InviteState, ev.JSON).Scan(&ev.Pos)
+		if err != nil {
+			return fmt.Errorf("append event %s: %w", ev.EventID, err)
+		}
+		inserted = true
+		if len(removes) > 0 {
+			args := []any{ev.RoomID}
+			for _, r := range removes {
+				args = append(args, r)
+			}
+			if _, err := tx.Exec(ctx, `DELETE FROM syncapi_current_state WHERE room_id = $1 AND event_id IN (`+sqldb.InList(2, len(removes))+`)`, args...); err != nil {
+				return fmt.Errorf("remove state: %w", err)
+			}
+		}
+		for _, a := range adds {
+			if _, err := tx.Exec(ctx, `INSERT INTO syncapi_current_state (room_id, event_type, state_key, event_id, membership, sender, pos, event_json)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+				ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET event_id = excluded.event_id,
+					membership = excluded.membership, sender = excluded.sender, pos = excluded.pos, event_json = excluded.event_json`,
+				ev.RoomID, a.Type, a.StateKey, a.EventID, a.Membership, a.Sender, ev.Pos, a.JSON); err != nil {
+				return fmt.Errorf("set state: %w", err)
+			}
+			if a.Type == "m.room.member" {
+				if _, err := tx.Exec(ctx, `INSERT INTO syncapi_membership_log (room_id, user_id, membership, pos) VALUES ($1, $2, $3, $4)`,
+					ev.RoomID, a.StateKey, a.Membership, ev.Pos); err != nil {
+					return fmt.Errorf("log membership: %w", err)
+				}
+				if a.Membership == "join" || a.Membership == "invite" {
+					if _, err := tx.Exec(ctx, `DELETE FROM syncapi_forgotten WHERE user_id = $1 AND room_id = $2`, a.StateKey, ev.RoomID); err != nil {
+						return err
+					}
+				}
+			}
+		}
+		return nil
+	})
+	return inserted, err
+}
+
+// contentOf extracts the content object of event JSON, "" if unreadable.
+func contentOf(eventJSON string) string {
+	return gjson.Get(eventJSON, "content").Raw
+}
+
+// Redact replaces a stored event's JSON with its redacted form.
+func (s *Storage) Redact(ctx context.Context, eventID, redactedJSON, because string) error {
+	return s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		if _, err := tx.Exec(ctx, `UPDATE syncapi_events SET event_json = $1, redacted_because = $2 WHERE event_id = $3`, redactedJSON, because, eventID); err != nil {
+			return fmt.Errorf("redact %s: %w", eventID, err)
+		}
+		_, err := tx.Exec(ctx, `UPDATE syncapi_current_state SET event_json = $1 WHERE event_id = $2`, redactedJSON, eventID)
+		return err
+	})
+}
+
+// MaxPos is the latest stream position.
+func (s *Storage) MaxPos(ctx context.Context) (int64, error) {
+	var p sql.NullInt64
+	err := s.db.QueryRow(ctx, `SELECT MAX(pos) FROM syncapi_events`).Scan(&p)
+	return p.Int64, err
+}
+
+// Event loads one event by ID.
+func (s *Storage) Event(ctx context.Context, eventID string) (*Event, error) {
+	e, err := scanEvent(s.db.QueryRow(ctx, `SELECT `+eventCols+` FROM syncapi_events WHERE event_id = $1`, eventID))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	return e, err
+}
+
+// EventsByID loads the known events among ids.
+func (s *Storage) EventsByID(ctx context.Context, ids []string) ([]*Event, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	args := make([]any, len(ids))
+	for i, id := range ids {
+		args[i] = id
+	}
+	return collectEvents(s.db.Query(ctx, `SELECT `+eventCols+` FROM syncapi_events WHERE event_id IN (`+sqldb.InList(1, len(ids))+`)`, args...))
+}
+
+// Timeline returns up to limit of the latest events of a room with
+// positions in (from, to], oldest first, and whether older ones in the
+// range were left out.
+func (s *Storage) Timeline(ctx context.Context, roomID string, from, to int64, limit int) ([]*Event, bool, error) {
+	evs, err := collectEvents(s.db.Query(ctx, `SELECT `+eventCols+` FROM syncapi_events
+		WHERE room_id = $1 AND pos > $2 AND pos <= $3 ORDER BY pos DESC LIMIT $4`, roomID, from, to, limit+1))
+	if err != nil {
+		return nil, false, fmt.Errorf("timeline of %s: %w", roomID, err)
+	}
+	limited := len(evs) > limit
+	if limited {
+		evs = evs[:limit]
+	}
+	reverse(evs)
+	return evs, limited, nil
+}
+
+func reverse(evs []*Event) {
+	for i, j := 0, len(evs)-1; i < j; i, j = i+1, j-1 {
+		evs[i], evs[j] = evs[j], evs[i]
+	}
+}
+
+// StateEventsBetween returns the state events of a room with positions in
+// (from, to), oldest first.
+func (s *Storage) StateEventsBetween(ctx context.Context, roomID string, from, to int64) ([]*Event, error) {
+	return collectEvents(s.db.Query(ctx, `SELECT `+eventCols+` FROM syncapi_events
+		WHERE room_id = $1 AND pos > $2 AND pos < $3 AND state_key IS NOT NULL ORDER BY pos`, roomID, from, to))
+}
+
+// Messages pages through a room in topological order (depth, pos) from the
+// point just before event (depth, pos): backwards, the events before it;
+// forwards, the events from it on. At most limit events, in the order of
+// paging; maxPos bounds the stream position.
+func (s *Storage) Messages(ctx context.Context, roomID string, depth, pos int64, backwards bool, maxPos int64, limit int) ([]*Event, error) {
+	if backwards {
+		return collectEvents(s.db.Query(ctx, `SELECT `+eventCols+` FROM syncapi_events
+			WHERE room_id = $1 AND (depth < $2 OR (depth = $2 AND pos < $3)) AND pos <= $4
+			ORDER BY depth DESC, pos DESC LIMIT $5`, roomID, depth, pos, maxPos, limit))
+	}
+	return collectEvents(s.db.Query(ctx, `SELECT `+eventCols+` FROM syncapi_events
+		WHERE room_id = $1 AND (depth > $2 OR (depth = $2 AND pos >= $3)) AND pos <= $4
+		ORDER BY depth ASC, pos ASC LIMIT $5`, roomID, depth, pos, maxPos, limit))
+}
+
+// TopoPosition returns the topological position just after the latest event
+// of a room at or before stream position pos.
+func (s *Storage) TopoPosition(ctx context.Context, roomID string, pos int64) (depth, p int64, err error) {
+	err = s.db.QueryRow(ctx, `SELECT depth, pos FROM syncapi_events WHERE room_id = $1 AND pos <= $2 ORDER BY depth DESC, pos DESC LIMIT 1`, roomID, pos).Scan(&depth, &p)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, 0, nil
+	}
+	return depth, p, err
+}
+
+// RoomsWithEvents returns the rooms among roomIDs with events in (from, to].
+func (s *Storage) RoomsWithEvents(ctx context.Context, from, to int64) (map[string]bool, error) {
+	rows, err := s.db.Query(ctx, `SELECT DISTINCT room_id FROM syncapi_events WHERE pos > $1 AND pos <= $2`, from, to)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]bool{}
+	for rows.Next() {
+		var r string
+		if err := rows.Scan(&r); err != nil {
+			return nil, err
+		}
+		out[r] = true
+	}
+	return out, rows.Err()
+}
+
+func collectState(rows *sql.Rows, err error) ([]*StateEvent, error) {
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []*StateEvent
+	for rows.Next() {
+		e := &StateEvent{}
+		if err := rows.Scan(&e.RoomID, &e.Type, &e.StateKey, &e.EventID, &e.Membership, &e.Sender, &e.Pos, &e.JSON); err != nil {
+			return nil, err
+		}
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+const stateCols = `room_id, event_type, state_key, event_id, membership, sender, pos, event_json`
+
+// CurrentState returns a room's current state; types restricts it when set.
+func (s *Storage) CurrentState(ctx context.Context, roomID string, types ...string) ([]*StateEvent, error) {
+	if len(types) == 0 {
+		return collectState(s.db.Query(ctx, `SELECT `+stateCols+` FROM syncapi_current_state WHERE room_id = $1 ORDER BY event_type, state_key`, roomID))
+	}
+	args := []any{roomID}
+	for _, t := range types {
+		args = append(args, t)
+	}
+	return collectState(s.db.Query(ctx, `SELECT `+stateCols+` FROM syncapi_current_state WHERE room_id = $1 AND event_type IN (`+sqldb.InList(2, len(types))+`) ORDER BY event_type, state_key`, args...))
+}
+
+// StateEvent returns one current state event (ErrNotFound).
+func (s *Storage) StateEvent(ctx context.Context, roomID, evType, stateKey string) (*StateEvent, error) {
+	out, err := collectState(s.db.Query(ctx, `SELECT `+stateCols+` FROM syncapi_current_state WHERE room_id = $1 AND event_type = $2 AND state_key = $3`, roomID, evType, stateKey))
+	if err != nil {
+		return nil, err
+	}
+	if len(out) == 0 {
+		return nil, ErrNotFound
+	}
+	return out[0], nil
+}
+
+// UserMemberships returns the current membership of userID in every room
+// it has one in.
+func (s *Storage) UserMemberships(ctx context.Context, userID string) (map[string]string, error) {
+	rows, err := s.db.Query(ctx, `SELECT room_id, membership FROM syncapi_current_state WHERE state_key = $1 AND event_type = 'm.room.member'`, userID)
+	if err != nil {
+		return nil, fmt.Errorf("memberships of %s: %w", userID, err)
+	}
+	defer rows.Close()
+	out := map[string]string{}
+	for rows.Next() {
+		var r, m string
+		if err := rows.Scan(&r, &m); err != nil {
+			return nil, err
+		}
+		out[r] = m
+	}
+	return out, rows.Err()
+}
+
+// JoinedUsers returns every (room, user) pair with membership join whose
+// user ID ends with suffix (":server" for local users).
+func (s *Storage) JoinedUsers(ctx context.Context, suffix string) (map[string][]string, error) {
+	rows, err := s.db.Query(ctx, `SELECT room_id, state_key FROM syncapi_current_state WHERE event_type = 'm.room.member' AND membership = 'join'`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string][]string{}
+	for rows.Next() {
+		var r, u string
+		if err := rows.Scan(&r, &u); err != nil {
+			return nil, err
+		}
+		if strings.HasSuffix(u, suffix) {
+			out[r] = append(out[r], u)
+		}
+	}
+	return out, rows.Err()
+}
+
+// MembershipChanges returns userID's membership changes with positions in
+// (from, to], oldest first.
+func (s *Storage) MembershipChanges(ctx context.Context, userID string, from, to int64) ([]MembershipChange, error) {
+	rows, err := s.db.Query(ctx, `SELECT room_id, user_id, membership, pos FROM syncapi_membership_log WHERE user_id = $1 AND pos > $2 AND pos <= $3 ORDER BY pos`, userID, from, to)
+	return collectMemberships(rows, err)
+}
+
+// MembershipLog returns every membership change of userID in roomID, oldest first.
+func (s *Storage) MembershipLog(ctx context.Context, roomID, userID string) ([]MembershipChange, error) {
+	rows, err := s.db.Query(ctx, `SELECT room_id, user_id, membership, pos FROM syncapi_membership_log WHERE room_id = $1 AND user_id = $2 ORDER BY pos`, roomID, userID)
+	return collectMemberships(rows, err)
+}
+
+func collectMemberships(rows *sql.Rows, err error) ([]MembershipChange, error) {
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []MembershipChange
+	for rows.Next() {
+		var m MembershipChange
+		if err := rows.Scan(&m.RoomID, &m.UserID, &m.Membership, &m.Pos); err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	return out, rows.Err()
+}
+
+// InsertFilter stores a filter and returns its ID.
+func (s *Storage) InsertFilter(ctx context.Context, userID, filter string) (int64, error) {
+	var id int64
+	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		return tx.QueryRow(ctx, `INSERT INTO syncapi_filters (user_id, filter) VALUES ($1, $2) RETURNING filter_id`, userID, filter).Scan(&id)
+	})
+	return id, err
+}
+
+// Filter loads a user's filter (ErrNotFound).
+func (s *Storage) Filter(ctx context.Context, userID string, id int64) (string, error) {
+	var f string
+	err := s.db.QueryRow(ctx, `SELECT filter FROM syncapi_filters WHERE user_id = $1 AND filter_id = $2`, userID, id).Scan(&f)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", ErrNotFound
+	}
+	return f, err
+}
+
+// Forget hides a left room from the user's syncs until it rejoins.
+func (s *Storage) Forget(ctx context.Context, userID, roomID string) error {
+	_, err := s.db.Exec(ctx, `INSERT INTO syncapi_forgotten (user_id, room_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`, userID, roomID)
+	return err
+}
+
+// Forgotten returns the rooms userID forgot.
+func (s *Storage) Forgotten(ctx context.Context, userID string) (map[string]bool, error) {
+	rows, err := s.db.Query(ctx, `SELECT room_id FROM syncapi_forgotten WHERE user_id = $1`, userID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]bool{}
+	for rows.Next() {
+		var r string
+		if err := rows.Scan(&r); err != nil {
+			return nil, err
+		}
+		out[r] = true
+	}
+	return out, rows.Err()
+}

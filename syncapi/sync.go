@@ -1,0 +1,615 @@
+package syncapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"myelin/internal/mxhttp"
+	"myelin/syncapi/storage"
+	uapi "myelin/userapi/api"
+)
+
+// Response shapes of /sync (spec: GET /_matrix/client/v3/sync).
+
+type syncResponse struct {
+	NextBatch   string      `json:"next_batch"`
+	AccountData eventList   `json:"account_data"`
+	Presence    eventList   `json:"presence"`
+	ToDevice    eventList   `json:"to_device"`
+	DeviceLists deviceLists `json:"device_lists"`
+	OTKCounts   struct{}    `json:"device_one_time_keys_count"`
+	Rooms       syncRooms   `json:"rooms"`
+}
+
+type eventList struct {
+	Events []any `json:"events"`
+}
+
+type deviceLists struct {
+	Changed []string `json:"changed"`
+	Left    []string `json:"left"`
+}
+
+type syncRooms struct {
+	Join   map[string]*joinedRoom  `json:"join"`
+	Invite map[string]*invitedRoom `json:"invite"`
+	Leave  map[string]*leftRoom    `json:"leave"`
+	Knock  map[string]any          `json:"knock"`
+}
+
+type timeline struct {
+	Events    []ClientEvent `json:"events"`
+	Limited   bool          `json:"limited"`
+	PrevBatch string        `json:"prev_batch,omitempty"`
+}
+
+type stateList struct {
+	Events []ClientEvent `json:"events"`
+}
+
+type roomSummary struct {
+	Heroes  []string `json:"m.heroes,omitempty"`
+	Joined  *int     `json:"m.joined_member_count,omitempty"`
+	Invited *int     `json:"m.invited_member_count,omitempty"`
+}
+
+type unreadCounts struct {
+	Highlight    int `json:"highlight_count"`
+	Notification int `json:"notification_count"`
+}
+
+type joinedRoom struct {
+	Summary     roomSummary  `json:"summary"`
+	State       stateList    `json:"state"`
+	Timeline    timeline     `json:"timeline"`
+	Ephemeral   eventList    `json:"ephemeral"`
+	AccountData eventList    `json:"account_data"`
+	Unread      unreadCounts `json:"unread_notifications"`
+}
+
+type invitedRoom struct {
+	InviteState struct {
+		Events []json.RawMessage `json:"events"`
+	} `json:"invite_state"`
+}
+
+type leftRoom struct {
+	State       stateList `json:"state"`
+	Timeline    timeline  `json:"timeline"`
+	AccountData eventList `json:"account_data"`
+}
+
+func newSyncResponse() *syncResponse {
+	return &syncResponse{
+		AccountData: eventList{Events: []any{}},
+		Presence:    eventList{Events: []any{}},
+		ToDevice:    eventList{Events: []any{}},
+		DeviceLists: deviceLists{Changed: []string{}, Left: []string{}},
+		Rooms: syncRooms{
+			Join:   map[string]*joinedRoom{},
+			Invite: map[string]*invitedRoom{},
+			Leave:  map[string]*leftRoom{},
+			Knock:  map[string]any{},
+		},
+	}
+}
+
+func (r *syncResponse) empty() bool {
+	return len(r.AccountData.Events) == 0 && len(r.Rooms.Join) == 0 && len(r.Rooms.Invite) == 0 && len(r.Rooms.Leave) == 0
+}
+
+// syncRequest is one /sync call.
+type syncRequest struct {
+	dev       *uapi.Device
+	filter    *Filter
+	since     *Token
+	fullState bool
+	to        Token
+	fmt       formatter
+}
+
+func (s *SyncAPI) sync(r *http.Request, dev *uapi.Device) (any, error) {
+	ctx := r.Context()
+	q := r.URL.Query()
+	filter, err := s.requestFilter(ctx, dev.UserID, q.Get("filter"))
+	if err != nil {
+		return nil, err
+	}
+	var timeout time.Duration
+	if t := q.Get("timeout"); t != "" {
+		ms, err := strconv.ParseInt(t, 10, 64)
+		if err != nil || ms < 0 {
+			return nil, mxhttp.InvalidParam("timeout must be a non-negative number of milliseconds")
+		}
+		timeout = min(time.Duration(ms)*time.Millisecond, s.cfg.Sync.MaxTimeout)
+	}
+	req := &syncRequest{dev: dev, filter: filter, fullState: q.Get("full_state") == "true"}
+	if sinceStr := q.Get("since"); sinceStr != "" {
+		t, err := ParseToken(sinceStr)
+		if err != nil {
+			return nil, mxhttp.InvalidParam("%v", err)
+		}
+		req.since = &t
+	}
+	longPoll := req.since != nil && timeout > 0 && !req.fullState
+	if !longPoll {
+		s.catchUp(ctx)
+	}
+	// A long-poll with nothing new for this user waits before touching
+	// the database at all.
+	if longPoll && s.notifier.Unchanged(dev.UserID, *req.since) {
+		wctx, cancel := context.WithTimeout(ctx, timeout)
+		s.notifier.Wait(wctx, dev.UserID, *req.since)
+		cancel()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		timeout = 0
+	}
+	resp, err := s.build(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	if longPoll && timeout > 0 && resp.empty() {
+		wctx, cancel := context.WithTimeout(ctx, timeout)
+		woken := s.notifier.Wait(wctx, dev.UserID, *req.since)
+		cancel()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if woken {
+			if resp, err = s.build(ctx, req); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return resp, nil
+}
+
+// requestFilter resolves the filter parameter: a stored filter's ID or
+// inline JSON.
+func (s *SyncAPI) requestFilter(ctx context.Context, userID, param string) (*Filter, error) {
+	if param == "" {
+		return &Filter{}, nil
+	}
+	if strings.HasPrefix(strings.TrimSpace(param), "{") {
+		return parseFilter([]byte(param))
+	}
+	id, err := strconv.ParseInt(param, 10, 64)
+	if err != nil {
+		return nil, mxhttp.InvalidParam("filter must be a filter ID or a JSON filter")
+	}
+	raw, err := s.store.Filter(ctx, userID, id)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, mxhttp.InvalidParam("unknown filter %d", id)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return parseFilter([]byte(raw))
+}
+
+// build computes the response from req.since (nil: initial sync) to the
+// current position.
+func (s *SyncAPI) build(ctx context.Context, req *syncRequest) (*syncResponse, error) {
+	req.to = s.notifier.Current()
+	req.fmt = formatter{sessionID: req.dev.SessionID, now: s.now()}
+	user := req.dev.UserID
+	resp := newSyncResponse()
+	resp.NextBatch = req.to.String()
+
+	memberships, err := s.store.UserMemberships(ctx, user)
+	if err != nil {
+		return nil, err
+	}
+	var since Token
+	if req.since != nil {
+		since = *req.since
+	}
+	// The user's membership changes since the last sync decide which rooms
+	// are new to it, which it left, and which it is invited to.
+	lastChange := map[string]storage.MembershipChange{}
+	firstChange := map[string]storage.MembershipChange{}
+	if req.since != nil && req.to.PDU > since.PDU {
+		changes, err := s.store.MembershipChanges(ctx, user, since.PDU, req.to.PDU)
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range changes {
+			if _, ok := firstChange[c.RoomID]; !ok {
+				firstChange[c.RoomID] = c
+			}
+			lastChange[c.RoomID] = c
+		}
+	}
+	var active map[string]bool
+	if req.since != nil && req.to.PDU > since.PDU {
+		if active, err = s.store.RoomsWithEvents(ctx, since.PDU, req.to.PDU); err != nil {
+			return nil, err
+		}
+	}
+	var forgotten map[string]bool
+	roomIDs := make([]string, 0, len(memberships))
+	for id := range memberships {
+		roomIDs = append(roomIDs, id)
+	}
+	sort.Strings(roomIDs)
+	for _, roomID := range roomIDs {
+		m := memberships[roomID]
+		if !req.filter.Room.AllowsRoom(roomID, nil) {
+			continue
+		}
+		_, changed := lastChange[roomID]
+		switch m {
+		case "join":
+			from := since.PDU
+			full := req.since == nil || req.fullState
+			if changed && req.since != nil {
+				before, err := s.membershipBefore(ctx, roomID, user, firstChange[roomID].Pos)
+				if err != nil {
+					return nil, err
+				}
+				if before != "join" {
+					full = true // newly joined: the whole state
+				}
+			}
+			if !full && !active[roomID] {
+				continue
+			}
+			jr, err := s.joinedRoom(ctx, req, roomID, from, full)
+			if err != nil {
+				return nil, err
+			}
+			resp.Rooms.Join[roomID] = jr
+		case "invite":
+			if req.since != nil && !changed {
+				continue
+			}
+			ir, err := s.invitedRoom(ctx, roomID, user)
+			if err != nil {
+				return nil, err
+			}
+			if ir != nil {
+				resp.Rooms.Invite[roomID] = ir
+			}
+		case "leave", "ban":
+			if req.since == nil && !req.filter.Room.IncludeLeave {
+				continue
+			}
+			if req.since != nil && !changed && !req.fullState {
+				continue
+			}
+			if forgotten == nil {
+				if forgotten, err = s.store.Forgotten(ctx, user); err != nil {
+					return nil, err
+				}
+			}
+			if forgotten[roomID] {
+				continue
+			}
+			if req.since != nil && changed {
+				before, err := s.membershipBefore(ctx, roomID, user, firstChange[roomID].Pos)
+				if err != nil {
+					return nil, err
+				}
+				if before == "leave" || before == "ban" {
+					continue // e.g. an invite rejected and re-sent: nothing to show
+				}
+			}
+			lr, err := s.leftRoom(ctx, req, roomID, since.PDU)
+			if err != nil {
+				return nil, err
+			}
+			if lr != nil {
+				resp.Rooms.Leave[roomID] = lr
+			}
+		}
+	}
+	if err := s.addAccountData(ctx, req, since.AccountData, resp); err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+// membershipBefore returns the user's membership of a room just before pos.
+func (s *SyncAPI) membershipBefore(ctx context.Context, roomID, userID string, pos int64) (string, error) {
+	log, err := s.store.MembershipLog(ctx, roomID, userID)
+	if err != nil {
+		return "", err
+	}
+	m := "leave"
+	for _, c := range log {
+		if c.Pos >= pos {
+			break
+		}
+		m = c.Membership
+	}
+	return m, nil
+}
+
+func (s *SyncAPI) addAccountData(ctx context.Context, req *syncRequest, from int64, resp *syncResponse) error {
+	if req.since != nil && req.to.AccountData <= from {
+		return nil
+	}
+	items, err := s.users.AccountDataSince(ctx, req.dev.UserID, from, req.to.AccountData)
+	if err != nil {
+		return err
+	}
+	for _, it := range items {
+		ev := map[string]any{"type": it.Type, "content": it.Content}
+		if it.RoomID == "" {
+			if req.filter.AccountData.Allows(it.Type, "") {
+				resp.AccountData.Events = append(resp.AccountData.Events, ev)
+			}
+			continue
+		}
+		if !req.filter.Room.AccountData.Allows(it.Type, "") {
+			continue
+		}
+		jr := resp.Rooms.Join[it.RoomID]
+		if jr == nil {
+			// Account data of a joined room with no new events.
+			if m, err := s.store.StateEvent(ctx, it.RoomID, "m.room.member", req.dev.UserID); err != nil || m.Membership != "join" {
+				continue
+			}
+			jr = newJoinedRoom()
+			jr.Timeline.PrevBatch = req.to.String()
+			resp.Rooms.Join[it.RoomID] = jr
+		}
+		jr.AccountData.Events = append(jr.AccountData.Events, ev)
+	}
+	return nil
+}
+
+func newJoinedRoom() *joinedRoom {
+	return &joinedRoom{
+		State:       stateList{Events: []ClientEvent{}},
+		Timeline:    timeline{Events: []ClientEvent{}},
+		Ephemeral:   eventList{Events: []any{}},
+		AccountData: eventList{Events: []any{}},
+	}
+}
+
+// joinedRoom builds one room of rooms.join: the timeline of events after
+// from, and either the whole state at its start (full) or the state that
+// changed between from and its start.
+func (s *SyncAPI) joinedRoom(ctx context.Context, req *syncRequest, roomID string, from int64, full bool) (*joinedRoom, error) {
+	jr := newJoinedRoom()
+	tlFrom := from
+	if req.since == nil {
+		tlFrom = 0
+	}
+	events, limited, err := s.timelineEvents(ctx, req, roomID, tlFrom, req.to.PDU, req.filter.timelineLimit())
+	if err != nil {
+		return nil, err
+	}
+	jr.Timeline.Limited = limited
+	jr.Timeline.PrevBatch = req.to.String()
+	if len(events) > 0 {
+		jr.Timeline.PrevBatch = TopoToken{Depth: events[0].Depth, Pos: events[0].Pos}.String()
+	}
+	inTimeline := make(map[string]bool, len(events))
+	for _, e := range events {
+		inTimeline[e.EventID] = true
+		jr.Timeline.Events = append(jr.Timeline.Events, req.fmt.event(e))
+	}
+	stateFilter := &req.filter.Room.State
+	lazy := stateFilter.LazyLoadMembers
+	wantMember := map[string]bool{}
+	if lazy {
+		wantMember[req.dev.UserID] = full
+		for _, e := range events {
+			wantMember[e.Sender] = true
+		}
+	}
+	keep := func(evType, stateKey, sender string, content json.RawMessage) bool {
+		if evType == "m.room.member" && lazy && !wantMember[stateKey] {
+			return false
+		}
+		return stateFilter.AllowsEvent(evType, sender, content)
+	}
+	membersChanged := full
+	switch {
+	case full:
+		state, err := s.store.CurrentState(ctx, roomID)
+		if err != nil {
+			return nil, err
+		}
+		for _, st := range state {
+			if inTimeline[st.EventID] {
+				continue
+			}
+			ce := req.fmt.state(st)
+			if keep(st.Type, st.StateKey, st.Sender, ce.Content) {
+				jr.State.Events = append(jr.State.Events, ce)
+			}
+		}
+	case limited && len(events) > 0:
+		changes, err := s.store.StateEventsBetween(ctx, roomID, from, events[0].Pos)
+		if err != nil {
+			return nil, err
+		}
+		latest := map[[2]string]*storage.Event{}
+		for _, c := range changes {
+			latest[[2]string{c.Type, *c.StateKey}] = c
+		}
+		for _, c := range changes {
+			if latest[[2]string{c.Type, *c.StateKey}] != c || inTimeline[c.EventID] {
+				continue
+			}
+			ce := req.fmt.event(c)
+			if c.Type == "m.room.member" {
+				membersChanged = true
+			}
+			if keep(c.Type, *c.StateKey, c.Sender, ce.Content) {
+				jr.State.Events = append(jr.State.Events, ce)
+			}
+		}
+		fallthrough
+	default:
+		// With lazy-loading, the senders of the timeline must be known.
+		if lazy {
+			have := map[string]bool{}
+			for _, ce := range jr.State.Events {
+				if ce.Type == "m.room.member" && ce.StateKey != nil {
+					have[*ce.StateKey] = true
+				}
+			}
+			for _, e := range events {
+				if e.Type == "m.room.member" && e.StateKey != nil {
+					have[*e.StateKey] = true
+				}
+			}
+			for u, want := range wantMember {
+				if !want || have[u] {
+					continue
+				}
+				st, err := s.store.StateEvent(ctx, roomID, "m.room.member", u)
+				if err != nil {
+					continue
+				}
+				jr.State.Events = append(jr.State.Events, req.fmt.state(st))
+			}
+		}
+	}
+	for _, e := range events {
+		if e.Type == "m.room.member" {
+			membersChanged = true
+		}
+	}
+	if membersChanged {
+		if err := s.summarise(ctx, roomID, req.dev.UserID, &jr.Summary); err != nil {
+			return nil, err
+		}
+	}
+	return jr, nil
+}
+
+// timelineEvents returns up to limit events of roomID in (from, to] that
+// pass the timeline filter and that the user may see, oldest first, and
+// whether older ones were left out.
+func (s *SyncAPI) timelineEvents(ctx context.Context, req *syncRequest, roomID string, from, to int64, limit int) ([]*storage.Event, bool, error) {
+	tf := &req.filter.Room.Timeline
+	if !req.filter.Room.AllowsRoom(roomID, tf) {
+		return nil, false, nil
+	}
+	vis := &visibility{s: s, roomID: roomID, userID: req.dev.UserID}
+	var out []*storage.Event
+	upper := to
+	for round := 0; round < 10; round++ {
+		batch, more, err := s.store.Timeline(ctx, roomID, from, upper, limit)
+		if err != nil {
+			return nil, false, err
+		}
+		var kept []*storage.Event
+		for _, e := range batch {
+			ok, err := vis.canSee(ctx, e)
+			if err != nil {
+				return nil, false, err
+			}
+			if ok && tf.AllowsEvent(e.Type, e.Sender, contentRaw(e.JSON)) {
+				kept = append(kept, e)
+			}
+		}
+		out = append(kept, out...)
+		if len(out) >= limit {
+			return out[len(out)-limit:], more || len(out) > limit, nil
+		}
+		if !more || len(batch) == 0 {
+			return out, false, nil
+		}
+		upper = batch[0].Pos - 1
+	}
+	return out, true, nil
+}
+
+// invitedRoom builds one room of rooms.invite from the invite event.
+func (s *SyncAPI) invitedRoom(ctx context.Context, roomID, userID string) (*invitedRoom, error) {
+	st, err := s.store.StateEvent(ctx, roomID, "m.room.member", userID)
+	if err != nil {
+		if errors.Is(err, storage.ErrNotFound) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	ev, err := s.store.Event(ctx, st.EventID)
+	if err != nil {
+		if errors.Is(err, storage.ErrNotFound) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	ir := &invitedRoom{}
+	ir.InviteState.Events = inviteState(ev)
+	return ir, nil
+}
+
+// leftRoom builds one room of rooms.leave: the events up to the user's
+// leave that it has not seen.
+func (s *SyncAPI) leftRoom(ctx context.Context, req *syncRequest, roomID string, from int64) (*leftRoom, error) {
+	st, err := s.store.StateEvent(ctx, roomID, "m.room.member", req.dev.UserID)
+	if err != nil {
+		if errors.Is(err, storage.ErrNotFound) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	lr := &leftRoom{
+		State:       stateList{Events: []ClientEvent{}},
+		Timeline:    timeline{Events: []ClientEvent{}},
+		AccountData: eventList{Events: []any{}},
+	}
+	if req.since == nil {
+		from = 0
+	}
+	events, limited, err := s.timelineEvents(ctx, req, roomID, from, st.Pos, req.filter.timelineLimit())
+	if err != nil {
+		return nil, err
+	}
+	lr.Timeline.Limited = limited
+	lr.Timeline.PrevBatch = Token{PDU: st.Pos}.String()
+	if len(events) > 0 {
+		lr.Timeline.PrevBatch = TopoToken{Depth: events[0].Depth, Pos: events[0].Pos}.String()
+	}
+	for _, e := range events {
+		lr.Timeline.Events = append(lr.Timeline.Events, req.fmt.event(e))
+	}
+	return lr, nil
+}
+
+// summarise fills a room's summary: member counts and the heroes a client
+// names an unnamed room after.
+func (s *SyncAPI) summarise(ctx context.Context, roomID, userID string, sum *roomSummary) error {
+	members, err := s.store.CurrentState(ctx, roomID, "m.room.member")
+	if err != nil {
+		return err
+	}
+	joined, invited := 0, 0
+	var heroes []string
+	for _, m := range members {
+		switch m.Membership {
+		case "join":
+			joined++
+		case "invite":
+			invited++
+		default:
+			continue
+		}
+		if m.StateKey != userID && len(heroes) < 5 {
+			heroes = append(heroes, m.StateKey)
+		}
+	}
+	sum.Joined, sum.Invited, sum.Heroes = &joined, &invited, heroes
+	return nil
+}
+
+func contentRaw(js string) json.RawMessage {
+	c := json.RawMessage(gjsonGet(js, "content"))
+	return c
+}

@@ -1,0 +1,200 @@
+// Package syncapi serves the sync-shaped endpoints (/sync, /messages,
+// /context, /event, /members, filters). It keeps its own copy of each
+// room's timeline and current state, built from the roomserver's
+// OutputRoomEvent stream, and wakes long-polling /sync requests from memory
+// (see Notifier). Only setup imports this package.
+package syncapi
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/gorilla/mux"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/sirupsen/logrus"
+
+	"myelin/internal/bus"
+	"myelin/internal/mxhttp"
+	"myelin/internal/sqldb"
+	rsapi "myelin/roomserver/api"
+	"myelin/setup/config"
+	"myelin/syncapi/storage"
+	uapi "myelin/userapi/api"
+)
+
+// SyncAPI is the sync component.
+type SyncAPI struct {
+	cfg      *config.Config
+	store    *storage.Storage
+	bus      *bus.Bus
+	users    uapi.API
+	rooms    rsapi.API
+	notifier *Notifier
+	log      *logrus.Entry
+	now      func() time.Time
+
+	// processed holds the last stream sequence consumed from each stream,
+	// so a request can wait until syncapi has seen everything committed
+	// before it arrived.
+	mu        sync.Mutex
+	processed map[string]uint64
+	progress  chan struct{} // closed and replaced when processed moves
+	wg        sync.WaitGroup
+}
+
+// New opens syncapi's storage and loads the notifier's view of who is in
+// which room.
+func New(ctx context.Context, cfg *config.Config, db *sqldb.DB, b *bus.Bus, users uapi.API, rooms rsapi.API, log *logrus.Entry) (*SyncAPI, error) {
+	store, err := storage.Open(ctx, db)
+	if err != nil {
+		return nil, fmt.Errorf("syncapi storage: %w", err)
+	}
+	pos, err := store.MaxPos(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("sync position: %w", err)
+	}
+	adPos, err := users.AccountDataPos(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("account data position: %w", err)
+	}
+	joined, err := store.JoinedUsers(ctx, ":"+cfg.ServerName)
+	if err != nil {
+		return nil, fmt.Errorf("load joined users: %w", err)
+	}
+	return &SyncAPI{
+		cfg:       cfg,
+		store:     store,
+		bus:       b,
+		users:     users,
+		rooms:     rooms,
+		notifier:  NewNotifier(Token{PDU: pos, AccountData: adPos}, joined),
+		log:       log,
+		now:       time.Now,
+		processed: map[string]uint64{},
+		progress:  make(chan struct{}),
+	}, nil
+}
+
+// Start consumes the output streams until ctx ends.
+func (s *SyncAPI) Start(ctx context.Context) error {
+	for _, c := range []struct {
+		stream string
+		handle bus.Handler
+	}{
+		{bus.OutputRoomEvent, s.onRoomEvent},
+		{bus.OutputUserData, s.onUserData},
+	} {
+		c := c
+		// Create the consumer before returning so that nothing published
+		// after start is missed.
+		cfg := jetstream.ConsumerConfig{
+			Durable:       "syncapi",
+			AckPolicy:     jetstream.AckExplicitPolicy,
+			AckWait:       5 * time.Minute,
+			MaxAckPending: 1000,
+			DeliverPolicy: jetstream.DeliverAllPolicy,
+		}
+		if _, err := s.bus.JS.CreateOrUpdateConsumer(ctx, c.stream, cfg); err != nil {
+			return fmt.Errorf("create %s consumer: %w", c.stream, err)
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			err := s.bus.Consume(ctx, c.stream, cfg, s.log.WithField("stream", c.stream), func(ctx context.Context, m jetstream.Msg) error {
+				if err := c.handle(ctx, m); err != nil {
+					return err
+				}
+				if md, err := m.Metadata(); err == nil {
+					s.markProcessed(c.stream, md.Sequence.Stream)
+				}
+				return nil
+			})
+			if err != nil && ctx.Err() == nil {
+				s.log.WithError(err).Error("consumer stopped")
+			}
+		}()
+	}
+	return nil
+}
+
+// Wait waits for the consumers to stop after ctx ended.
+func (s *SyncAPI) Wait() { s.wg.Wait() }
+
+func (s *SyncAPI) markProcessed(stream string, seq uint64) {
+	s.mu.Lock()
+	if seq > s.processed[stream] {
+		s.processed[stream] = seq
+		close(s.progress)
+		s.progress = make(chan struct{})
+	}
+	s.mu.Unlock()
+}
+
+// catchUp waits (briefly) until syncapi has consumed everything that was in
+// its streams when called, so that a client reads its own writes.
+func (s *SyncAPI) catchUp(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for _, name := range []string{bus.OutputRoomEvent, bus.OutputUserData} {
+		st, err := s.bus.JS.Stream(ctx, name)
+		if err != nil {
+			return
+		}
+		info, err := st.Info(ctx)
+		if err != nil {
+			return
+		}
+		last := info.State.LastSeq
+		for {
+			s.mu.Lock()
+			done := s.processed[name] >= last
+			ch := s.progress
+			s.mu.Unlock()
+			if done {
+				break
+			}
+			select {
+			case <-ch:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+}
+
+// Routes registers the sync endpoints.
+func (s *SyncAPI) Routes(root *mux.Router) {
+	for _, p := range []string{"/_matrix/client/v3", "/_matrix/client/r0"} {
+		r := root.PathPrefix(p).Subrouter()
+		r.Handle("/sync", s.authed(s.sync)).Methods(http.MethodGet)
+		r.Handle("/user/{userId}/filter", s.authed(s.postFilter)).Methods(http.MethodPost)
+		r.Handle("/user/{userId}/filter/{filterId}", s.authed(s.getFilter)).Methods(http.MethodGet)
+		r.Handle("/rooms/{roomId}/messages", s.authed(s.messages)).Methods(http.MethodGet)
+		r.Handle("/rooms/{roomId}/context/{eventId}", s.authed(s.context)).Methods(http.MethodGet)
+		r.Handle("/rooms/{roomId}/event/{eventId}", s.authed(s.event)).Methods(http.MethodGet)
+		r.Handle("/rooms/{roomId}/members", s.authed(s.members)).Methods(http.MethodGet)
+		r.Handle("/rooms/{roomId}/joined_members", s.authed(s.joinedMembers)).Methods(http.MethodGet)
+		r.Handle("/rooms/{roomId}/forget", s.authed(s.forget)).Methods(http.MethodPost)
+	}
+}
+
+func (s *SyncAPI) authed(h func(r *http.Request, dev *uapi.Device) (any, error)) mxhttp.Handler {
+	return mxhttp.Authenticated(s.users.DeviceByToken, h)
+}
+
+// onUserData wakes the user whose data changed.
+func (s *SyncAPI) onUserData(_ context.Context, m jetstream.Msg) error {
+	var u uapi.UserDataUpdate
+	if err := json.Unmarshal(m.Data(), &u); err != nil {
+		s.log.WithError(err).Warn("dropping malformed user data update")
+		return nil
+	}
+	if u.Stream == "account_data" {
+		s.notifier.OnAccountData(u.UserID, u.Pos)
+	}
+	return nil
+}

@@ -1,0 +1,67 @@
+package syncapi
+
+import (
+	"context"
+
+	"github.com/tidwall/gjson"
+
+	"myelin/syncapi/storage"
+)
+
+func gjsonGet(js, path string) string { return gjson.Get(js, path).Raw }
+
+// visibility decides which events of one room a user may see, from the
+// history visibility in force at each event and the user's membership
+// then (spec: "History visibility"). The user's membership log is loaded
+// only when an event predates the user's current join.
+type visibility struct {
+	s      *SyncAPI
+	roomID string
+	userID string
+
+	loaded bool
+	log    []storage.MembershipChange
+}
+
+func (v *visibility) load(ctx context.Context) error {
+	if v.loaded {
+		return nil
+	}
+	log, err := v.s.store.MembershipLog(ctx, v.roomID, v.userID)
+	if err != nil {
+		return err
+	}
+	v.log, v.loaded = log, true
+	return nil
+}
+
+// canSee reports whether the user may see e.
+func (v *visibility) canSee(ctx context.Context, e *storage.Event) (bool, error) {
+	if e.HistVis == "world_readable" {
+		return true, nil
+	}
+	if e.Type == "m.room.member" && e.StateKey != nil && *e.StateKey == v.userID {
+		return true, nil // one's own membership events
+	}
+	if err := v.load(ctx); err != nil {
+		return false, err
+	}
+	at := "leave" // membership just before e
+	joinedLater := false
+	for _, c := range v.log {
+		if c.Pos < e.Pos {
+			at = c.Membership
+		} else if c.Membership == "join" {
+			joinedLater = true
+		}
+	}
+	switch {
+	case at == "join":
+		return true, nil
+	case e.HistVis == "shared":
+		return joinedLater, nil
+	case e.HistVis == "invited":
+		return at == "invite" || (joinedLater && at == "invite"), nil
+	}
+	return false, nil
+}
