@@ -134,6 +134,17 @@ func (s *uiaSessions) run(req uiaRequest) (*mxhttp.Response, error) {
 		}
 	}
 
+	// An auth dict with only a session asks where the session stands
+	// (the spec's fallback flow retries so).
+	if d.Type == "" {
+		if id == "" {
+			var err error
+			if id, err = s.store.add(sess); err != nil {
+				return nil, err
+			}
+		}
+		return challenge(id, sess, nil), nil
+	}
 	offered := false
 	for _, f := range req.flows {
 		offered = offered || slices.Contains(f, d.Type)

@@ -35,6 +35,7 @@ func TestUIARun(t *testing.T) {
 		{name: "no auth: challenge", auth: ``, wantStatus: 401},
 		{name: "null auth: challenge", auth: `null`, wantStatus: 401},
 		{name: "first stage", auth: `{"type":"m.login.dummy","session":"SESSION"}`, wantStatus: 401, wantCompleted: []string{stageDummy}},
+		{name: "session only: where it stands", auth: `{"session":"SESSION"}`, wantStatus: 401, wantCompleted: []string{stageDummy}},
 		{name: "wrong password keeps progress", auth: `{"type":"m.login.password","password":"wrong","session":"SESSION"}`, wantStatus: 401, wantErrCode: "M_FORBIDDEN", wantCompleted: []string{stageDummy}},
 		{name: "other operation", scope: "other", auth: `{"type":"m.login.password","password":"right","session":"SESSION"}`, wantErrCode: "M_FORBIDDEN"},
 		{name: "stage not offered", auth: `{"type":"m.login.terms","session":"SESSION"}`, wantErrCode: "M_UNRECOGNIZED"},
