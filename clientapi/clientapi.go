@@ -77,10 +77,7 @@ func (c *ClientAPI) Routes(root *mux.Router) {
 // authed wraps a handler that needs a logged-in device. The client's IP
 // rides in the context so the userapi can record the device's last-seen IP.
 func (c *ClientAPI) authed(h func(r *http.Request, dev *uapi.Device) (any, error)) mxhttp.Handler {
-	inner := mxhttp.Authenticated(c.users.DeviceByToken, h)
-	return func(r *http.Request) (any, error) {
-		return inner(r.WithContext(uapi.WithClientIP(r.Context(), mxhttp.ClientIP(r))))
-	}
+	return mxhttp.Authenticated(c.users.DeviceByToken, h)
 }
 
 // allow takes a token from limiter l for key, or answers M_LIMIT_EXCEEDED.

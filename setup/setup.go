@@ -29,6 +29,7 @@ import (
 	"myelin/setup/config"
 	"myelin/syncapi"
 	"myelin/userapi"
+	uapi "myelin/userapi/api"
 )
 
 // Server is one Myelin homeserver with all its components in this process.
@@ -134,7 +135,16 @@ func (s *Server) Handler() http.Handler {
 	s.sync.Routes(r)
 	h := mxhttp.LimitBody(s.cfg.ClientAPI.MaxRequestBytes, r)
 	h = mxhttp.CORS(h)
+	h = withClientIP(h)
 	return mxhttp.WithRequestLogger(s.log.WithField("component", "http"), h)
+}
+
+// withClientIP puts the client's address in the request context, where
+// the userapi records it as a device's last-seen IP.
+func withClientIP(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		next.ServeHTTP(w, r.WithContext(uapi.WithClientIP(r.Context(), mxhttp.ClientIP(r))))
+	})
 }
 
 // Start starts the components' consumers and the listeners.
@@ -202,6 +212,9 @@ func pprofHandler() http.Handler {
 	return m
 }
 
+// SyncWaiters is the number of long-polling /sync requests waiting.
+func (s *Server) SyncWaiters() int { return s.sync.SyncWaiters() }
+
 // Addr returns the address a listener ("client", "federation", "pprof") is
 // bound to, nil if it is not running.
 func (s *Server) Addr(name string) net.Addr { return s.addrs[name] }
@@ -242,7 +255,9 @@ func (s *Server) Stop(ctx context.Context) error {
 
 func (s *Server) close() {
 	if s.nc != nil {
-		_ = s.nc.Drain()
+		// Flush so that the naks of unprocessed messages reach the server
+		// (they are redelivered at once on the next start).
+		_ = s.nc.FlushTimeout(5 * time.Second)
 		s.nc.Close()
 	}
 	if s.embedded != nil {

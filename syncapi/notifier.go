@@ -3,6 +3,7 @@ package syncapi
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 )
 
 // Notifier wakes waiting /sync requests from memory. It knows which local
@@ -10,6 +11,8 @@ import (
 // positions that concerned them, so a long-poll waits without touching the
 // database and an event wakes exactly the users it concerns.
 type Notifier struct {
+	waiters atomic.Int64 // requests blocked in Wait
+
 	mu        sync.Mutex
 	current   Token
 	start     Token // positions when the notifier began tracking
@@ -133,17 +136,16 @@ func (n *Notifier) Wait(ctx context.Context, userID string, since Token) bool {
 		}
 		ch := s.wake
 		n.mu.Unlock()
+		n.waiters.Add(1)
 		select {
 		case <-ch:
+			n.waiters.Add(-1)
 		case <-ctx.Done():
+			n.waiters.Add(-1)
 			return false
 		}
 	}
 }
 
-// Waiting is the number of users tracked (for metrics and tests).
-func (n *Notifier) Waiting() int {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return len(n.users)
-}
+// Waiters is the number of requests blocked in Wait.
+func (n *Notifier) Waiters() int { return int(n.waiters.Load()) }

@@ -89,22 +89,23 @@ func (s *SyncAPI) Start(ctx context.Context) error {
 		{bus.OutputUserData, s.onUserData},
 	} {
 		c := c
-		// Create the consumer before returning so that nothing published
+		// Open the consumer before returning so that nothing published
 		// after start is missed.
-		cfg := jetstream.ConsumerConfig{
+		cons, floor, err := s.bus.OpenConsumer(ctx, c.stream, jetstream.ConsumerConfig{
 			Durable:       "syncapi",
 			AckPolicy:     jetstream.AckExplicitPolicy,
-			AckWait:       5 * time.Minute,
+			AckWait:       30 * time.Second,
 			MaxAckPending: 1000,
 			DeliverPolicy: jetstream.DeliverAllPolicy,
+		})
+		if err != nil {
+			return err
 		}
-		if _, err := s.bus.JS.CreateOrUpdateConsumer(ctx, c.stream, cfg); err != nil {
-			return fmt.Errorf("create %s consumer: %w", c.stream, err)
-		}
+		s.markProcessed(c.stream, floor)
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			err := s.bus.Consume(ctx, c.stream, cfg, s.log.WithField("stream", c.stream), func(ctx context.Context, m jetstream.Msg) error {
+			err := bus.Consume(ctx, cons, s.log.WithField("stream", c.stream), func(ctx context.Context, m jetstream.Msg) error {
 				if err := c.handle(ctx, m); err != nil {
 					return err
 				}
@@ -120,6 +121,9 @@ func (s *SyncAPI) Start(ctx context.Context) error {
 	}
 	return nil
 }
+
+// SyncWaiters is the number of /sync requests waiting for something new.
+func (s *SyncAPI) SyncWaiters() int { return s.notifier.Waiters() }
 
 // Wait waits for the consumers to stop after ctx ended.
 func (s *SyncAPI) Wait() { s.wg.Wait() }

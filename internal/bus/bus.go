@@ -102,45 +102,75 @@ func (b *Bus) EnsureStreams(ctx context.Context, replicas int) error {
 	return nil
 }
 
+// OpenConsumer creates or updates a durable consumer that only this process
+// reads, and makes whatever a previous run of it left unacknowledged
+// deliverable again at once (a crash leaves delivered messages pending
+// until their ack wait ends). It returns the consumer's ack floor: the
+// stream sequence below which everything was processed.
+func (b *Bus) OpenConsumer(ctx context.Context, stream string, cfg jetstream.ConsumerConfig) (jetstream.Consumer, uint64, error) {
+	cons, err := b.JS.CreateOrUpdateConsumer(ctx, stream, cfg)
+	if err != nil {
+		return nil, 0, fmt.Errorf("create consumer %s on %s: %w", cfg.Durable, stream, err)
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return nil, 0, fmt.Errorf("consumer %s on %s: %w", cfg.Durable, stream, err)
+	}
+	if info.NumAckPending > 0 {
+		if _, err := b.JS.ResetConsumer(ctx, stream, cfg.Durable); err != nil {
+			return nil, 0, fmt.Errorf("reset consumer %s on %s: %w", cfg.Durable, stream, err)
+		}
+	}
+	return cons, info.AckFloor.Stream, nil
+}
+
 // Handler processes one message. Returning nil acks it; an error retries it
 // in place (with backoff) so that stream order is kept. A handler that must
 // never see a message again (it cannot be parsed) logs and returns nil.
 type Handler func(ctx context.Context, msg jetstream.Msg) error
 
-// Consume runs handle on each message of a durable consumer, one at a time in
+// Consume runs handle on each message of a consumer, one at a time in
 // stream order, until ctx ends.
-func (b *Bus) Consume(ctx context.Context, stream string, cfg jetstream.ConsumerConfig, log *logrus.Entry, handle Handler) error {
-	if cfg.AckPolicy == jetstream.AckNonePolicy {
-		cfg.AckPolicy = jetstream.AckExplicitPolicy
-	}
-	cons, err := b.JS.CreateOrUpdateConsumer(ctx, stream, cfg)
-	if err != nil {
-		return fmt.Errorf("create consumer %s on %s: %w", cfg.Durable, stream, err)
-	}
+func Consume(ctx context.Context, cons jetstream.Consumer, log *logrus.Entry, handle Handler) error {
 	it, err := cons.Messages(jetstream.PullMaxMessages(256))
 	if err != nil {
-		return fmt.Errorf("consume %s: %w", stream, err)
+		return fmt.Errorf("consume: %w", err)
 	}
-	go func() {
-		<-ctx.Done()
-		it.Stop()
-	}()
+	StopOnDone(ctx, it)
 	for {
 		msg, err := it.Next()
 		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
 				return nil
 			}
-			log.WithError(err).Warn("reading from stream")
+			if ctx.Err() == nil {
+				log.WithError(err).Warn("reading from stream")
+			}
+			continue
+		}
+		if ctx.Err() != nil {
+			_ = msg.Nak()
 			continue
 		}
 		if !retry(ctx, log, msg, handle) {
-			return nil
+			_ = msg.Nak()
+			continue
 		}
 		if err := msg.Ack(); err != nil && ctx.Err() == nil {
 			log.WithError(err).Warn("ack failed")
 		}
 	}
+}
+
+// StopOnDone drains it when ctx ends: the messages already buffered are
+// still returned by Next (callers nak them, so that they are redelivered at
+// once to the next consumer rather than after the ack wait), then Next
+// reports ErrMsgIteratorClosed.
+func StopOnDone(ctx context.Context, it jetstream.MessagesContext) {
+	go func() {
+		<-ctx.Done()
+		it.Drain()
+	}()
 }
 
 // retry runs handle until it succeeds or ctx ends (reporting false), telling

@@ -295,22 +295,21 @@ func (s *Storage) Tuples(ctx context.Context, nids []int64) (map[int64]gmsl.Stat
 
 const eventColumns = `event_nid, room_nid, event_id, tuple_nid, state_before_nid, rejected, outlier, redacted_by, event_json`
 
-func scanEvent(sc interface{ Scan(...any) error }, ver func(int64) (gmsl.RoomVersion, error)) (*Event, error) {
+// rawEvent is an events row before its JSON is parsed.
+type rawEvent struct {
+	ev   *Event
+	json string
+}
+
+func scanEvent(sc interface{ Scan(...any) error }) (rawEvent, error) {
 	ev := &Event{}
 	var rejected, outlier int
 	var js string
 	if err := sc.Scan(&ev.NID, &ev.RoomNID, &ev.ID, &ev.Tuple, &ev.StateBefore, &rejected, &outlier, &ev.RedactedBy, &js); err != nil {
-		return nil, err
+		return rawEvent{}, err
 	}
 	ev.Rejected, ev.Outlier = rejected != 0, outlier != 0
-	v, err := ver(ev.RoomNID)
-	if err != nil {
-		return nil, err
-	}
-	if err := ev.parse(v, []byte(js)); err != nil {
-		return nil, err
-	}
-	return ev, nil
+	return rawEvent{ev, js}, nil
 }
 
 func (ev *Event) parse(v gmsl.RoomVersion, js []byte) error {
@@ -364,8 +363,10 @@ func (s *Storage) eventsByNID(ctx context.Context, q querier, nids []int64) ([]*
 	if len(missing) == 0 {
 		return out, nil
 	}
-	loaded := make(map[int64]*Event, len(missing))
-	ver := s.roomVersionByNID(ctx, q)
+	// Rows are read to the end before parsing: parsing needs the room
+	// version, another query, and PostgreSQL cannot interleave queries on
+	// one transaction's connection.
+	var raws []rawEvent
 	for start := 0; start < len(missing); start += 500 {
 		chunk := missing[start:min(start+500, len(missing))]
 		args := make([]any, len(chunk))
@@ -377,18 +378,30 @@ func (s *Storage) eventsByNID(ctx context.Context, q querier, nids []int64) ([]*
 			return nil, fmt.Errorf("load events: %w", err)
 		}
 		for rows.Next() {
-			ev, err := scanEvent(rows, ver)
+			r, err := scanEvent(rows)
 			if err != nil {
 				rows.Close()
 				return nil, err
 			}
-			loaded[ev.NID] = ev
+			raws = append(raws, r)
 		}
 		err = rows.Err()
 		rows.Close()
 		if err != nil {
 			return nil, fmt.Errorf("load events: %w", err)
 		}
+	}
+	ver := s.roomVersionByNID(ctx, q)
+	loaded := make(map[int64]*Event, len(raws))
+	for _, r := range raws {
+		v, err := ver(r.ev.RoomNID)
+		if err != nil {
+			return nil, err
+		}
+		if err := r.ev.parse(v, []byte(r.json)); err != nil {
+			return nil, err
+		}
+		loaded[r.ev.NID] = r.ev
 	}
 	for i, nid := range nids {
 		if out[i] != nil {

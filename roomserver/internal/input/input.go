@@ -67,41 +67,46 @@ func New(store *storage.Storage, b *bus.Bus, key *signing.Key, log *logrus.Entry
 // Start creates the consumer and processes messages until ctx ends; Wait
 // waits for in-flight work after that.
 func (in *Inputer) Start(ctx context.Context) error {
-	cons, err := in.bus.JS.CreateOrUpdateConsumer(ctx, bus.InputRoomEvent, jetstream.ConsumerConfig{
-		Durable:       durable,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       2 * time.Minute,
+	cons, _, err := in.bus.OpenConsumer(ctx, bus.InputRoomEvent, jetstream.ConsumerConfig{
+		Durable:   durable,
+		AckPolicy: jetstream.AckExplicitPolicy,
+		// After a crash, unacked input is redelivered this long after it
+		// was delivered; slow batches call InProgress while retrying.
+		AckWait:       30 * time.Second,
 		MaxAckPending: 20000,
 		MaxDeliver:    -1,
 	})
 	if err != nil {
-		return fmt.Errorf("create input consumer: %w", err)
+		return err
 	}
 	it, err := cons.Messages(jetstream.PullMaxMessages(1024))
 	if err != nil {
 		return fmt.Errorf("consume input: %w", err)
 	}
+	bus.StopOnDone(ctx, it)
 	in.wg.Add(2)
-	go func() {
-		defer in.wg.Done()
-		<-ctx.Done()
-		it.Stop()
-	}()
 	go func() {
 		defer in.wg.Done()
 		for {
 			msg, err := it.Next()
 			if err != nil {
-				if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
 					return
 				}
-				in.log.WithError(err).Warn("reading input stream")
+				if ctx.Err() == nil {
+					in.log.WithError(err).Warn("reading input stream")
+				}
+				continue
+			}
+			if ctx.Err() != nil {
+				_ = msg.Nak() // redelivered at once on the next start
 				continue
 			}
 			in.dispatch(ctx, msg)
 		}
 	}()
 	go func() {
+		defer in.wg.Done()
 		// Forget processed requests once redelivery is no longer possible.
 		t := time.NewTicker(time.Hour)
 		defer t.Stop()
@@ -146,6 +151,9 @@ func (in *Inputer) run(ctx context.Context, a *actor) {
 		in.mu.Lock()
 		n := min(len(a.queue), maxBatch)
 		if n == 0 || ctx.Err() != nil {
+			for _, m := range a.queue {
+				_ = m.Nak() // shutting down: redeliver at once on the next start
+			}
 			delete(in.actors, a.subject)
 			in.mu.Unlock()
 			return
@@ -159,7 +167,11 @@ func (in *Inputer) run(ctx context.Context, a *actor) {
 		case <-ctx.Done():
 			continue
 		}
-		in.processBatch(ctx, batch)
+		if !in.processBatch(ctx, batch) {
+			for _, m := range batch {
+				_ = m.Nak()
+			}
+		}
 		<-in.workers
 	}
 }
@@ -171,8 +183,9 @@ type result struct {
 }
 
 // processBatch commits a room's queued messages in one transaction,
-// retrying transient failures, then publishes, replies and acks.
-func (in *Inputer) processBatch(ctx context.Context, msgs []jetstream.Msg) {
+// retrying transient failures, then publishes, replies and acks. It
+// reports false if it gave up (shutdown) without acking.
+func (in *Inputer) processBatch(ctx context.Context, msgs []jetstream.Msg) bool {
 	var results []*result
 	delay := 50 * time.Millisecond
 	for {
@@ -191,7 +204,7 @@ func (in *Inputer) processBatch(ctx context.Context, msgs []jetstream.Msg) {
 			break
 		}
 		if ctx.Err() != nil {
-			return // not acked: redelivered after restart
+			return false
 		}
 		in.log.WithError(err).WithField("subject", msgs[0].Subject()).Warn("input transaction failed; retrying")
 		for _, m := range msgs {
@@ -199,7 +212,7 @@ func (in *Inputer) processBatch(ctx context.Context, msgs []jetstream.Msg) {
 		}
 		select {
 		case <-ctx.Done():
-			return
+			return false
 		case <-time.After(delay):
 		}
 		delay = min(2*delay, 10*time.Second)
@@ -222,7 +235,7 @@ func (in *Inputer) processBatch(ctx context.Context, msgs []jetstream.Msg) {
 			})
 			if err != nil {
 				in.log.WithError(err).Error("publish output event")
-				return // not acked: the redelivery republishes from the input log
+				return false // the redelivery republishes from the input log
 			}
 			acks = append(acks, f)
 		}
@@ -232,9 +245,9 @@ func (in *Inputer) processBatch(ctx context.Context, msgs []jetstream.Msg) {
 		case <-f.Ok():
 		case err := <-f.Err():
 			in.log.WithError(err).Error("output event not stored by JetStream")
-			return
+			return false
 		case <-ctx.Done():
-			return
+			return false
 		}
 	}
 	for i, m := range msgs {
@@ -248,6 +261,7 @@ func (in *Inputer) processBatch(ctx context.Context, msgs []jetstream.Msg) {
 			in.log.WithError(err).Warn("ack input message")
 		}
 	}
+	return true
 }
 
 // processMessage handles one InputRequest inside the batch transaction. It
