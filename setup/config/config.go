@@ -1,14 +1,15 @@
 // Package config is Myelin's one typed configuration: loaded from YAML,
 // defaulted in one place, overridden by environment variables named after
 // each field's path (client_api.listen -> MYELIN_CLIENT_API_LISTEN), and
-// validated with messages that name the field. Only setup and cmd import it;
-// components receive the sections they need.
+// validated with messages that name the field. setup and cmd load it;
+// components read the sections they need from what setup hands them.
 package config
 
 import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -172,7 +173,7 @@ func Load(path string, env []string) (*Config, error) {
 		}
 		dec := yaml.NewDecoder(bytes.NewReader(raw))
 		dec.KnownFields(true)
-		if err := dec.Decode(c); err != nil && !errors.Is(err, errEOF(err)) {
+		if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) { // io.EOF: an empty file
 			return nil, fmt.Errorf("config %s: %w", path, err)
 		}
 	}
@@ -184,15 +185,6 @@ func Load(path string, env []string) (*Config, error) {
 		return nil, err
 	}
 	return c, nil
-}
-
-// errEOF maps an empty document's io.EOF onto itself so Load accepts an
-// empty file.
-func errEOF(err error) error {
-	if err != nil && err.Error() == "EOF" {
-		return err
-	}
-	return errors.New("not eof")
 }
 
 func (c *Config) fillDerived() {

@@ -1,0 +1,133 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// TestShippedConfigIsDefaults keeps the documented config.yaml at the repo
+// root in step with the code: it names every setting, at its default.
+func TestShippedConfigIsDefaults(t *testing.T) {
+	raw, err := os.ReadFile("../../config.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tree map[string]any
+	if err := yaml.Unmarshal(raw, &tree); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range Paths() {
+		var node any = tree
+		for _, k := range strings.Split(p, ".") {
+			m, ok := node.(map[string]any)
+			if !ok {
+				node = nil
+				break
+			}
+			node = m[k]
+		}
+		if node == nil && !strings.Contains(string(raw), strings.Split(p, ".")[len(strings.Split(p, "."))-1]+":") {
+			t.Errorf("config.yaml does not document %s", p)
+		}
+	}
+	got, err := Load("../../config.yaml", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Defaults()
+	want.fillDerived()
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("config.yaml differs from Defaults():\n got %+v\nwant %+v", got, want)
+	}
+}
+
+func TestEnvOverrides(t *testing.T) {
+	c, err := Load("", []string{
+		"MYELIN_SERVER_NAME=example.org",
+		"MYELIN_DATA_DIR=/tmp/x",
+		"MYELIN_CLIENT_API_LISTEN=0.0.0.0:9000",
+		"MYELIN_FEDERATION_API_LISTEN=0.0.0.0:8448",
+		"MYELIN_DATABASE_URL=postgres://u@h/db",
+		"MYELIN_REGISTRATION_OPEN=true",
+		"MYELIN_REGISTRATION_SHARED_SECRET=s3cret",
+		"MYELIN_RATE_LIMITS_ENABLED=false",
+		"MYELIN_RATE_LIMITS_SEND_PER_SECOND=2.5",
+		"MYELIN_SYNC_MAX_TIMEOUT=30s",
+		"UNRELATED=1",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"server_name", c.ServerName, "example.org"},
+		{"data_dir", c.DataDir, "/tmp/x"},
+		{"client_api.listen", c.ClientAPI.Listen, "0.0.0.0:9000"},
+		{"federation_api.listen", c.FederationAPI.Listen, "0.0.0.0:8448"},
+		{"database.url", c.Database.URL, "postgres://u@h/db"},
+		{"registration.open", c.Registration.Open, true},
+		{"registration.shared_secret", c.Registration.SharedSecret, "s3cret"},
+		{"rate_limits.enabled", c.RateLimits.Enabled, false},
+		{"rate_limits.send.per_second", c.RateLimits.Send.PerSecond, 2.5},
+		{"sync.max_timeout", c.Sync.MaxTimeout, 30 * time.Second},
+		{"derived store dir", c.NATS.StoreDir, filepath.Join("/tmp/x", "nats")},
+	}
+	for _, ch := range checks {
+		if !reflect.DeepEqual(ch.got, ch.want) {
+			t.Errorf("%s = %v, want %v", ch.name, ch.got, ch.want)
+		}
+	}
+}
+
+func TestValidationNamesFields(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+		env  []string
+		want []string // substrings of the error
+	}{
+		{"empty server name", "server_name: ''\n", nil, []string{"server_name"}},
+		{"bad listen", "client_api:\n  listen: nowhere\n", nil, []string{"client_api.listen", "nowhere"}},
+		{"unknown field", "client_api:\n  lisen: x\n", nil, []string{"lisen"}},
+		{"bad level and version together", "logging:\n  level: loud\nrooms:\n  default_version: '99'\n", nil,
+			[]string{"logging.level", "loud", "rooms.default_version", "99"}},
+		{"bad env bool", "", []string{"MYELIN_REGISTRATION_OPEN=maybe"}, []string{"registration.open", "MYELIN_REGISTRATION_OPEN"}},
+		{"bad database url", "database:\n  url: mysql://x\n", nil, []string{"database.url"}},
+		{"tls half set", "client_api:\n  tls_cert: /a.pem\n", nil, []string{"client_api.tls_cert"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "c.yaml")
+			if err := os.WriteFile(path, []byte(tt.yaml), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, err := Load(path, tt.env)
+			if err == nil {
+				t.Fatal("Load succeeded")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestEmptyFileIsDefaults(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "empty.yaml")
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(path, nil); err != nil {
+		t.Fatalf("empty file: %v", err)
+	}
+}
