@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs Myelin's whole test suite: formatting, vet, and every Go test on both
+# SQLite and PostgreSQL (with the race detector).
+#
+# PostgreSQL: set MYELIN_TEST_POSTGRES_URL to a server where the user may
+# create databases, or leave it unset and a throwaway one is started with
+# initdb/pg_ctl (scripts/pg-throwaway.sh) and removed afterwards.
+#
+# Extra arguments go to `go test`, e.g. scripts/test.sh -run TestChat ./setup/
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then
+  echo "not gofmt-formatted:"; echo "$unformatted"; exit 1
+fi
+
+echo "== go vet"
+go vet ./...
+
+pgdir=""
+cleanup() { [ -n "$pgdir" ] && scripts/pg-throwaway.sh stop "$pgdir/pg"; [ -n "$pgdir" ] && rm -rf "$pgdir"; }
+trap cleanup EXIT
+if [ -z "${MYELIN_TEST_POSTGRES_URL:-}" ] && [ "${MYELIN_TEST_SQLITE_ONLY:-}" != 1 ]; then
+  pgdir=$(mktemp -d)
+  MYELIN_TEST_POSTGRES_URL=$(scripts/pg-throwaway.sh start "$pgdir/pg")
+  export MYELIN_TEST_POSTGRES_URL
+  echo "== throwaway PostgreSQL at $MYELIN_TEST_POSTGRES_URL"
+fi
+
+echo "== go test (SQLite and PostgreSQL)"
+if [ $# -eq 0 ]; then set -- ./...; fi
+go test -race -count=1 -timeout 30m "$@"
+echo "== all tests passed"
