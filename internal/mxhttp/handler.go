@@ -209,13 +209,37 @@ func NewRouter() *mux.Router {
 	r := mux.NewRouter()
 	r.UseEncodedPath()
 	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		WriteError(w, req, Unrecognized(http.StatusNotFound))
+		status := http.StatusNotFound
+		if otherMethodMatches(r, req) {
+			status = http.StatusMethodNotAllowed
+		}
+		WriteError(w, req, Unrecognized(status))
 	})
 	r.MethodNotAllowedHandler = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		WriteError(w, req, Unrecognized(http.StatusMethodNotAllowed))
 	})
 	r.Use(decodeVars)
 	return r
+}
+
+// otherMethodMatches reports whether req's path has a route for another
+// method. mux finds this itself only within one subrouter: when two
+// components each register a subrouter for the same prefix
+// (/_matrix/client/v3), a method mismatch in the first is forgotten once
+// the second one's prefix matches, and the request ends up here.
+func otherMethodMatches(root *mux.Router, req *http.Request) bool {
+	for _, m := range [...]string{http.MethodGet, http.MethodPut, http.MethodPost, http.MethodDelete} {
+		if m == req.Method {
+			continue
+		}
+		probe := req.Clone(req.Context())
+		probe.Method = m
+		var match mux.RouteMatch
+		if root.Match(probe, &match) && match.MatchErr == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // decodeVars URL-decodes path variables once so that handlers see room IDs
