@@ -7,14 +7,17 @@ import (
 )
 
 // AccessToken returns the request's access token, from the Authorization
-// header or the deprecated access_token query parameter.
+// header or the deprecated access_token query parameter. A header that is
+// not "Bearer <token>" counts as no token (M_MISSING_TOKEN), as in Synapse:
+// the client did not say which token it meant.
 func AccessToken(r *http.Request) (string, error) {
 	if h := r.Header.Get("Authorization"); h != "" {
 		scheme, tok, ok := strings.Cut(h, " ")
-		if !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" {
+		tok = strings.TrimSpace(tok)
+		if !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" || strings.ContainsAny(tok, " \t") {
 			return "", MissingToken()
 		}
-		return strings.TrimSpace(tok), nil
+		return tok, nil
 	}
 	if tok := r.URL.Query().Get("access_token"); tok != "" {
 		return tok, nil
