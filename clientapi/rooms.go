@@ -393,8 +393,11 @@ func (c *ClientAPI) leaveRoom(r *http.Request, dev *uapi.Device) (any, error) {
 		return nil, err
 	}
 	content, _ := c.memberContent(ctx, spec.Leave, dev.UserID, req.Reason, nil)
+	// Leaving again the same way answers with the first leave, as in
+	// Synapse; any other leave from outside the room is refused.
 	if _, err := c.send(ctx, mxhttp.Var(r, "roomId"), rsapi.InputEvent{
-		Proto: &rsapi.ProtoEvent{Sender: dev.UserID, Type: spec.MRoomMember, StateKey: &dev.UserID, Content: content},
+		Proto:      &rsapi.ProtoEvent{Sender: dev.UserID, Type: spec.MRoomMember, StateKey: &dev.UserID, Content: content},
+		DedupState: true,
 	}); err != nil {
 		return nil, err
 	}

@@ -306,6 +306,9 @@ func (in *Inputer) plan(ctx context.Context, v *view, verImpl gmsl.IRoomVersion,
 	if err := gmsl.Allowed(pdu, auth, UserIDForSender); err != nil {
 		return nil, notAllowed(err)
 	}
+	if err := checkSelfLeave(pdu, auth); err != nil {
+		return nil, err
+	}
 	pe := &plannedEvent{pdu: pdu, depth: proto.Depth}
 	if pe.histVis, err = v.historyVisibility(ctx); err != nil {
 		return nil, err
@@ -326,6 +329,32 @@ func (in *Inputer) plan(ctx context.Context, v *view, verImpl gmsl.IRoomVersion,
 		}
 	}
 	return pe, nil
+}
+
+// checkSelfLeave applies the auth rule gomatrixserverlib relaxes: users
+// may leave only from invite, join or knock (spec: auth rules,
+// m.room.member, leave). gomatrixserverlib also lets a leave follow a leave
+// (or no membership at all), because Synapse once accepted such events
+// over federation; for an event a local user asks for now that would let
+// anyone write member events into any room, even one they never saw.
+func checkSelfLeave(pdu gmsl.PDU, auth *gmsl.AuthEvents) error {
+	if pdu.Type() != spec.MRoomMember || !pdu.StateKeyEquals(string(pdu.SenderID())) {
+		return nil
+	}
+	if m, _ := pdu.Membership(); m != spec.Leave {
+		return nil
+	}
+	old, err := auth.Member(pdu.SenderID())
+	if err != nil {
+		return err
+	}
+	if old != nil {
+		switch m, _ := old.Membership(); m {
+		case spec.Join, spec.Invite, spec.Knock:
+			return nil
+		}
+	}
+	return refuse(0, "M_FORBIDDEN", "%s is not in room %s", pdu.SenderID(), pdu.RoomID())
 }
 
 func notAllowed(err error) error {
