@@ -1,0 +1,330 @@
+package setup_test
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"myelin/internal/sqldb/sqldbtest"
+	"myelin/internal/testserver"
+	"myelin/setup/config"
+)
+
+// badInputMaxBody is the request size limit of the bad-input server: small,
+// so that the oversized rows stay cheap.
+const badInputMaxBody = 64 << 10
+
+// caller says who makes a bad-input request.
+type caller int
+
+const (
+	anon  caller = iota // no access token
+	alice               // owns the rooms of the fixture
+	bob                 // another user: joined the public room only
+)
+
+// badInput is one request a client gets wrong (or may not make) and the
+// error the spec (or, where the spec is silent, Synapse) answers it with.
+type badInput struct {
+	name   string
+	who    caller
+	method string
+	// path may name fixtures: {pub}, {priv}, {alice}, {bob}, {ev}
+	// (alice's message in {pub}).
+	path string
+	body string
+	// authz, when set, is sent as the Authorization header as it is.
+	authz string
+	// chunked sends the body without a Content-Length.
+	chunked bool
+
+	status  int
+	errcode string
+}
+
+// TestBadInput sends one real server every kind of request a client can
+// get wrong and checks each is refused with the right status and errcode,
+// in the standard error shape, and never with a 5xx.
+func TestBadInput(t *testing.T) {
+	// Bodies just over the limit: bigger ones only make the client's
+	// write race the server's early answer.
+	huge := `{"body":"` + strings.Repeat("x", 2*badInputMaxBody) + `"}`
+	badUTF8 := "{\"name\":\"\xff\xfe\"}"
+
+	rows := []badInput{
+		// Bodies that are not JSON (spec: M_NOT_JSON).
+		{name: "register/unterminated", method: "POST", path: "/register", body: `{`, status: 400, errcode: "M_NOT_JSON"},
+		{name: "register/not json", method: "POST", path: "/register", body: `not json`, status: 400, errcode: "M_NOT_JSON"},
+		{name: "register/invalid utf-8", method: "POST", path: "/register", body: badUTF8, status: 400, errcode: "M_NOT_JSON"},
+		{name: "register/empty", method: "POST", path: "/register", body: ``, status: 400, errcode: "M_NOT_JSON"},
+		{name: "login/unterminated", method: "POST", path: "/login", body: `{`, status: 400, errcode: "M_NOT_JSON"},
+		{name: "login/not json", method: "POST", path: "/login", body: `not json`, status: 400, errcode: "M_NOT_JSON"},
+		{name: "login/invalid utf-8", method: "POST", path: "/login", body: badUTF8, status: 400, errcode: "M_NOT_JSON"},
+		{name: "createRoom/unterminated", who: alice, method: "POST", path: "/createRoom", body: `{`, status: 400, errcode: "M_NOT_JSON"},
+		{name: "createRoom/not json", who: alice, method: "POST", path: "/createRoom", body: `not json`, status: 400, errcode: "M_NOT_JSON"},
+		{name: "createRoom/invalid utf-8", who: alice, method: "POST", path: "/createRoom", body: badUTF8, status: 400, errcode: "M_NOT_JSON"},
+		{name: "send/unterminated", who: alice, method: "PUT", path: "/rooms/{pub}/send/m.room.message/nj1", body: `{`, status: 400, errcode: "M_NOT_JSON"},
+		{name: "send/not json", who: alice, method: "PUT", path: "/rooms/{pub}/send/m.room.message/nj2", body: `not json`, status: 400, errcode: "M_NOT_JSON"},
+		{name: "send/invalid utf-8", who: alice, method: "PUT", path: "/rooms/{pub}/send/m.room.message/nj3", body: "{\"body\":\"\xc3\x28\"}", status: 400, errcode: "M_NOT_JSON"},
+		{name: "state/unterminated", who: alice, method: "PUT", path: "/rooms/{pub}/state/m.room.topic/", body: `{`, status: 400, errcode: "M_NOT_JSON"},
+		{name: "state/not json", who: alice, method: "PUT", path: "/rooms/{pub}/state/m.room.topic", body: `not json`, status: 400, errcode: "M_NOT_JSON"},
+		{name: "state/invalid utf-8", who: alice, method: "PUT", path: "/rooms/{pub}/state/m.room.topic/", body: badUTF8, status: 400, errcode: "M_NOT_JSON"},
+		{name: "profile/unterminated", who: alice, method: "PUT", path: "/profile/{alice}/displayname", body: `{`, status: 400, errcode: "M_NOT_JSON"},
+		{name: "profile/not json", who: alice, method: "PUT", path: "/profile/{alice}/avatar_url", body: `not json`, status: 400, errcode: "M_NOT_JSON"},
+		{name: "profile/invalid utf-8", who: alice, method: "PUT", path: "/profile/{alice}/displayname", body: "{\"displayname\":\"\xff\"}", status: 400, errcode: "M_NOT_JSON"},
+		{name: "account data/unterminated", who: alice, method: "PUT", path: "/user/{alice}/account_data/org.example.x", body: `{`, status: 400, errcode: "M_NOT_JSON"},
+		{name: "account data/not json", who: alice, method: "PUT", path: "/user/{alice}/account_data/org.example.x", body: `not json`, status: 400, errcode: "M_NOT_JSON"},
+		{name: "room account data/invalid utf-8", who: alice, method: "PUT", path: "/user/{alice}/rooms/{pub}/account_data/org.example.x", body: badUTF8, status: 400, errcode: "M_NOT_JSON"},
+		{name: "filter/unterminated", who: alice, method: "POST", path: "/user/{alice}/filter", body: `{`, status: 400, errcode: "M_NOT_JSON"},
+		{name: "filter/not json", who: alice, method: "POST", path: "/user/{alice}/filter", body: `not json`, status: 400, errcode: "M_NOT_JSON"},
+		{name: "filter/invalid utf-8", who: alice, method: "POST", path: "/user/{alice}/filter", body: "{\"event_fields\":[\"\xff\"]}", status: 400, errcode: "M_NOT_JSON"},
+		{name: "join/not json", who: bob, method: "POST", path: "/rooms/{pub}/join", body: `not json`, status: 400, errcode: "M_NOT_JSON"},
+		{name: "invite/unterminated", who: alice, method: "POST", path: "/rooms/{priv}/invite", body: `{`, status: 400, errcode: "M_NOT_JSON"},
+		{name: "alias/not json", who: alice, method: "PUT", path: "/directory/room/%23nj:localhost", body: `not json`, status: 400, errcode: "M_NOT_JSON"},
+
+		// JSON of the wrong shape (spec: M_BAD_JSON).
+		{name: "createRoom/name number", who: alice, method: "POST", path: "/createRoom", body: `{"name": 5}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "createRoom/visibility number", who: alice, method: "POST", path: "/createRoom", body: `{"visibility": 3}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "createRoom/visibility unknown", who: alice, method: "POST", path: "/createRoom", body: `{"visibility": "secret"}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "createRoom/invite string", who: alice, method: "POST", path: "/createRoom", body: `{"invite": "notalist"}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "createRoom/array", who: alice, method: "POST", path: "/createRoom", body: `[]`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "createRoom/initial_state object", who: alice, method: "POST", path: "/createRoom", body: `{"initial_state": {}}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "profile/displayname number", who: alice, method: "PUT", path: "/profile/{alice}/displayname", body: `{"displayname": 5}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "profile/array", who: alice, method: "PUT", path: "/profile/{alice}/displayname", body: `["x"]`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "send/array", who: alice, method: "PUT", path: "/rooms/{pub}/send/m.room.message/bj1", body: `[]`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "send/string", who: alice, method: "PUT", path: "/rooms/{pub}/send/m.room.message/bj2", body: `"hello"`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "state/array", who: alice, method: "PUT", path: "/rooms/{pub}/state/m.room.topic/", body: `[]`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "account data/array", who: alice, method: "PUT", path: "/user/{alice}/account_data/org.example.x", body: `[1]`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "filter/limit string", who: alice, method: "POST", path: "/user/{alice}/filter", body: `{"room": {"timeline": {"limit": "ten"}}}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "filter/types string", who: alice, method: "POST", path: "/user/{alice}/filter", body: `{"room": {"state": {"types": "m.room.name"}}}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "register/username number", method: "POST", path: "/register", body: `{"username": 5, "password": "p"}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "login/password number", method: "POST", path: "/login", body: `{"type": "m.login.password", "user": "alice", "password": 5}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "invite/user_id number", who: alice, method: "POST", path: "/rooms/{priv}/invite", body: `{"user_id": 5}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "redact/reason number", who: alice, method: "PUT", path: "/rooms/{pub}/redact/{ev}/bj3", body: `{"reason": 5}`, status: 400, errcode: "M_BAD_JSON"},
+
+		{name: "login/identifier string", method: "POST", path: "/login", body: `{"type": "m.login.password", "identifier": "alice", "password": "x"}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "join/array", who: bob, method: "POST", path: "/rooms/{pub}/join", body: `[]`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "device/display_name number", who: alice, method: "PUT", path: "/devices/NOSUCHDEVICE", body: `{"display_name": 5}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "delete_devices/devices string", who: alice, method: "POST", path: "/delete_devices", body: `{"devices": "x"}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "createRoom/initial_state content string", who: alice, method: "POST", path: "/createRoom", body: `{"initial_state": [{"type": "m.room.topic", "content": "x"}]}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "createRoom/power levels of the wrong shape", who: alice, method: "POST", path: "/createRoom", body: `{"power_level_content_override": {"users": "everyone"}}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "createRoom/creation_content array", who: alice, method: "POST", path: "/createRoom", body: `{"creation_content": []}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "state/membership number", who: bob, method: "PUT", path: "/rooms/{pub}/state/m.room.member/{bob}", body: `{"membership": 5}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "missing/kick user_id", who: alice, method: "POST", path: "/rooms/{pub}/kick", body: `{}`, status: 400, errcode: "M_MISSING_PARAM"},
+		{name: "invalid/invite user_id", who: alice, method: "POST", path: "/rooms/{priv}/invite", body: `{"user_id": "carol"}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "invalid/createRoom invitee", who: alice, method: "POST", path: "/createRoom", body: `{"invite": ["carol"]}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "alias/exists", who: alice, method: "PUT", path: "/directory/room/%23taken:localhost", body: `{"room_id":"{pub}"}`, status: 409, errcode: "M_UNKNOWN"},
+		{name: "alias/room_id missing", who: alice, method: "PUT", path: "/directory/room/%23other:localhost", body: `{}`, status: 400, errcode: "M_INVALID_PARAM"},
+
+		// Bodies over client_api.max_request_bytes (M_TOO_LARGE): refused
+		// from the Content-Length, or cut off while streaming.
+		{name: "too large/send", who: alice, method: "PUT", path: "/rooms/{pub}/send/m.room.message/big1", body: huge, status: 413, errcode: "M_TOO_LARGE"},
+		{name: "too large/anonymous register", method: "POST", path: "/register", body: huge, status: 413, errcode: "M_TOO_LARGE"},
+		{name: "too large/chunked send", who: alice, method: "PUT", path: "/rooms/{pub}/send/m.room.message/big2", body: huge, chunked: true, status: 413, errcode: "M_TOO_LARGE"},
+		{name: "too large/chunked account data", who: alice, method: "PUT", path: "/user/{alice}/account_data/org.example.big", body: huge, chunked: true, status: 413, errcode: "M_TOO_LARGE"},
+		{name: "too large/chunked register", method: "POST", path: "/register", body: huge, chunked: true, status: 413, errcode: "M_TOO_LARGE"},
+
+		// An event over the 64 KiB PDU limit in a body under the request
+		// limit.
+		{name: "too large/event", who: alice, method: "PUT", path: "/rooms/{pub}/send/m.room.message/big3", body: `{"body":"` + strings.Repeat("x", badInputMaxBody-100) + `"}`, status: 413, errcode: "M_TOO_LARGE"},
+		// Synapse answers every PDU size limit (here: a state key over 255
+		// bytes) with 413 M_TOO_LARGE.
+		{name: "too large/state key", who: alice, method: "PUT", path: "/rooms/{pub}/state/org.example.x/" + strings.Repeat("k", 300), body: `{}`, status: 413, errcode: "M_TOO_LARGE"},
+
+		// Unknown endpoints and methods (spec: M_UNRECOGNIZED).
+		{name: "unknown/v3 path", who: alice, method: "GET", path: "/no_such_endpoint", status: 404, errcode: "M_UNRECOGNIZED"},
+		{name: "unknown/anonymous", method: "POST", path: "/rooms/{pub}/no_such_thing", body: `{}`, status: 404, errcode: "M_UNRECOGNIZED"},
+		{name: "unknown/outside client API", method: "GET", path: "//_matrix/nothing/here", status: 404, errcode: "M_UNRECOGNIZED"},
+		{name: "unknown/version prefix", method: "GET", path: "//_matrix/client/v9/login", status: 404, errcode: "M_UNRECOGNIZED"},
+		{name: "method/GET createRoom", who: alice, method: "GET", path: "/createRoom", status: 405, errcode: "M_UNRECOGNIZED"},
+		{name: "method/POST sync", who: alice, method: "POST", path: "/sync", body: `{}`, status: 405, errcode: "M_UNRECOGNIZED"},
+		{name: "method/GET send", who: alice, method: "GET", path: "/rooms/{pub}/send/m.room.message/x", status: 405, errcode: "M_UNRECOGNIZED"},
+		{name: "method/DELETE login", method: "DELETE", path: "/login", status: 405, errcode: "M_UNRECOGNIZED"},
+		{name: "method/PUT versions", method: "PUT", path: "//_matrix/client/versions", body: `{}`, status: 405, errcode: "M_UNRECOGNIZED"},
+
+		// Access tokens (spec: M_MISSING_TOKEN, M_UNKNOWN_TOKEN).
+		{name: "token/missing", method: "GET", path: "/account/whoami", status: 401, errcode: "M_MISSING_TOKEN"},
+		{name: "token/missing on createRoom", method: "POST", path: "/createRoom", body: `{}`, status: 401, errcode: "M_MISSING_TOKEN"},
+		{name: "token/missing on sync", method: "GET", path: "/sync", status: 401, errcode: "M_MISSING_TOKEN"},
+		{name: "token/unknown", method: "GET", path: "/account/whoami", authz: "Bearer not-a-real-token", status: 401, errcode: "M_UNKNOWN_TOKEN"},
+		{name: "token/unknown on send", method: "PUT", path: "/rooms/{pub}/send/m.room.message/t1", body: `{}`, authz: "Bearer syt_bogus", status: 401, errcode: "M_UNKNOWN_TOKEN"},
+		{name: "token/unknown in query", method: "GET", path: "/sync?access_token=bogus", status: 401, errcode: "M_UNKNOWN_TOKEN"},
+		{name: "authorization/basic scheme", method: "GET", path: "/account/whoami", authz: "Basic YWxpY2U6cGFzcw==", status: 401, errcode: "M_MISSING_TOKEN"},
+		{name: "authorization/bearer alone", method: "GET", path: "/account/whoami", authz: "Bearer", status: 401, errcode: "M_MISSING_TOKEN"},
+		{name: "authorization/bearer blank", method: "GET", path: "/account/whoami", authz: "Bearer   ", status: 401, errcode: "M_MISSING_TOKEN"},
+		{name: "authorization/two tokens", method: "GET", path: "/account/whoami", authz: "Bearer abc def", status: 401, errcode: "M_MISSING_TOKEN"},
+		{name: "authorization/raw token", method: "GET", path: "/account/whoami", authz: "abcdef", status: 401, errcode: "M_MISSING_TOKEN"},
+
+		// What the user may not do (spec: M_FORBIDDEN).
+		{name: "forbidden/send to a room not joined", who: bob, method: "PUT", path: "/rooms/{priv}/send/m.room.message/f1", body: `{"msgtype":"m.text","body":"hi"}`, status: 403, errcode: "M_FORBIDDEN"},
+		{name: "forbidden/power levels above own", who: bob, method: "PUT", path: "/rooms/{pub}/state/m.room.power_levels/", body: `{"users":{"{bob}":100}}`, status: 403, errcode: "M_FORBIDDEN"},
+		{name: "forbidden/room name below level", who: bob, method: "PUT", path: "/rooms/{pub}/state/m.room.name", body: `{"name":"mine now"}`, status: 403, errcode: "M_FORBIDDEN"},
+		{name: "forbidden/kick without power", who: bob, method: "POST", path: "/rooms/{pub}/kick", body: `{"user_id":"{alice}"}`, status: 403, errcode: "M_FORBIDDEN"},
+		{name: "forbidden/ban without power", who: bob, method: "POST", path: "/rooms/{pub}/ban", body: `{"user_id":"{alice}"}`, status: 403, errcode: "M_FORBIDDEN"},
+		{name: "forbidden/invite below level", who: bob, method: "POST", path: "/rooms/{pub}/invite", body: `{"user_id":"@carol:localhost"}`, status: 403, errcode: "M_FORBIDDEN"},
+		{name: "forbidden/invite to a room not joined", who: bob, method: "POST", path: "/rooms/{priv}/invite", body: `{"user_id":"@carol:localhost"}`, status: 403, errcode: "M_FORBIDDEN"},
+		{name: "forbidden/state of a private room", who: bob, method: "GET", path: "/rooms/{priv}/state", status: 403, errcode: "M_FORBIDDEN"},
+		{name: "forbidden/state event of a private room", who: bob, method: "GET", path: "/rooms/{priv}/state/m.room.name/", status: 403, errcode: "M_FORBIDDEN"},
+		{name: "forbidden/messages of a private room", who: bob, method: "GET", path: "/rooms/{priv}/messages?dir=b", status: 403, errcode: "M_FORBIDDEN"},
+		{name: "forbidden/members of a private room", who: bob, method: "GET", path: "/rooms/{priv}/members", status: 403, errcode: "M_FORBIDDEN"},
+		{name: "forbidden/joined members of a private room", who: bob, method: "GET", path: "/rooms/{priv}/joined_members", status: 403, errcode: "M_FORBIDDEN"},
+		// Synapse answers 403 "Unknown room" rather than revealing which
+		// rooms exist.
+		{name: "forbidden/send to unknown room", who: bob, method: "PUT", path: "/rooms/!nowhere:localhost/send/m.room.message/nf1", body: `{}`, status: 403, errcode: "M_FORBIDDEN"},
+		{name: "forbidden/join an invite-only room", who: bob, method: "POST", path: "/rooms/{priv}/join", body: `{}`, status: 403, errcode: "M_FORBIDDEN"},
+		{name: "forbidden/another's displayname", who: bob, method: "PUT", path: "/profile/{alice}/displayname", body: `{"displayname":"bob was here"}`, status: 403, errcode: "M_FORBIDDEN"},
+		{name: "forbidden/another's account data", who: bob, method: "PUT", path: "/user/{alice}/account_data/org.example.x", body: `{}`, status: 403, errcode: "M_FORBIDDEN"},
+		{name: "forbidden/read another's account data", who: bob, method: "GET", path: "/user/{alice}/account_data/org.example.x", status: 403, errcode: "M_FORBIDDEN"},
+		{name: "forbidden/another's room account data", who: bob, method: "PUT", path: "/user/{alice}/rooms/{pub}/account_data/org.example.x", body: `{}`, status: 403, errcode: "M_FORBIDDEN"},
+		{name: "forbidden/another's filter", who: bob, method: "POST", path: "/user/{alice}/filter", body: `{}`, status: 403, errcode: "M_FORBIDDEN"},
+		{name: "forbidden/redact another's event", who: bob, method: "PUT", path: "/rooms/{pub}/redact/{ev}/f2", body: `{}`, status: 403, errcode: "M_FORBIDDEN"},
+		{name: "forbidden/alias for a room not joined", who: bob, method: "PUT", path: "/directory/room/%23bobs:localhost", body: `{"room_id":"{priv}"}`, status: 403, errcode: "M_FORBIDDEN"},
+		{name: "forbidden/delete another's alias", who: bob, method: "DELETE", path: "/directory/room/%23taken:localhost", status: 403, errcode: "M_FORBIDDEN"},
+
+		// What does not exist (spec: M_NOT_FOUND).
+		{name: "not found/alias", method: "GET", path: "/directory/room/%23nowhere:localhost", status: 404, errcode: "M_NOT_FOUND"},
+		{name: "not found/join alias", who: bob, method: "POST", path: "/join/%23nowhere:localhost", body: `{}`, status: 404, errcode: "M_NOT_FOUND"},
+		{name: "not found/delete alias", who: alice, method: "DELETE", path: "/directory/room/%23nowhere:localhost", status: 404, errcode: "M_NOT_FOUND"},
+		{name: "not found/state event", who: alice, method: "GET", path: "/rooms/{pub}/state/m.room.nothing/", status: 404, errcode: "M_NOT_FOUND"},
+		{name: "not found/state key", who: alice, method: "GET", path: "/rooms/{pub}/state/m.room.member/@nobody:localhost", status: 404, errcode: "M_NOT_FOUND"},
+		{name: "not found/filter", who: alice, method: "GET", path: "/user/{alice}/filter/987654", status: 404, errcode: "M_NOT_FOUND"},
+		{name: "not found/filter id", who: alice, method: "GET", path: "/user/{alice}/filter/abc", status: 404, errcode: "M_NOT_FOUND"},
+		{name: "not found/event", who: alice, method: "GET", path: "/rooms/{pub}/event/$nothing", status: 404, errcode: "M_NOT_FOUND"},
+		{name: "not found/context", who: alice, method: "GET", path: "/rooms/{pub}/context/$nothing", status: 404, errcode: "M_NOT_FOUND"},
+		{name: "not found/account data", who: alice, method: "GET", path: "/user/{alice}/account_data/org.example.unset", status: 404, errcode: "M_NOT_FOUND"},
+		{name: "not found/profile", method: "GET", path: "/profile/@nobody:localhost", status: 404, errcode: "M_NOT_FOUND"},
+		{name: "not found/device", who: alice, method: "GET", path: "/devices/NOSUCHDEVICE", status: 404, errcode: "M_NOT_FOUND"},
+		{name: "not found/join unknown room", who: bob, method: "POST", path: "/rooms/!nowhere:localhost/join", body: `{}`, status: 404, errcode: "M_NOT_FOUND"},
+
+		// Query parameters (spec: M_INVALID_PARAM, M_NOT_JSON for filters).
+		{name: "params/messages dir", who: alice, method: "GET", path: "/rooms/{pub}/messages?dir=x", status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "params/messages limit", who: alice, method: "GET", path: "/rooms/{pub}/messages?dir=b&limit=abc", status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "params/messages from", who: alice, method: "GET", path: "/rooms/{pub}/messages?dir=b&from=garbage", status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "params/messages filter", who: alice, method: "GET", path: "/rooms/{pub}/messages?dir=b&filter=" + url.QueryEscape("{nope"), status: 400, errcode: "M_NOT_JSON"},
+		{name: "params/context limit", who: alice, method: "GET", path: "/rooms/{pub}/context/{ev}?limit=-1", status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "params/sync timeout", who: alice, method: "GET", path: "/sync?timeout=abc", status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "params/sync since", who: alice, method: "GET", path: "/sync?since=garbage", status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "params/sync filter", who: alice, method: "GET", path: "/sync?filter=notjson", status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "params/sync unknown filter", who: alice, method: "GET", path: "/sync?filter=424242", status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "params/sync inline filter", who: alice, method: "GET", path: "/sync?filter=" + url.QueryEscape("{nope"), status: 400, errcode: "M_NOT_JSON"},
+		{name: "params/sync inline filter shape", who: alice, method: "GET", path: "/sync?filter=" + url.QueryEscape(`{"room":{"timeline":{"limit":"ten"}}}`), status: 400, errcode: "M_BAD_JSON"},
+		{name: "params/register kind", method: "POST", path: "/register?kind=robot", body: `{}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "params/alias", method: "GET", path: "/directory/room/notanalias", status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "params/join target", who: bob, method: "POST", path: "/join/notaroom", body: `{}`, status: 400, errcode: "M_INVALID_PARAM"},
+
+		{name: "params/messages to", who: alice, method: "GET", path: "/rooms/{pub}/messages?dir=b&to=garbage", status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "params/sync negative timeout", who: alice, method: "GET", path: "/sync?timeout=-5", status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "params/state of a non-room", who: alice, method: "GET", path: "/rooms/notaroom/state", status: 403, errcode: "M_FORBIDDEN"},
+		{name: "params/messages of a non-room", who: alice, method: "GET", path: "/rooms/notaroom/messages?dir=b", status: 403, errcode: "M_FORBIDDEN"},
+		{name: "params/send to a non-room", who: alice, method: "PUT", path: "/rooms/notaroom/send/m.room.message/x1", body: `{}`, status: 403, errcode: "M_FORBIDDEN"},
+		{name: "params/members of a non-room", who: alice, method: "GET", path: "/rooms/notaroom/members", status: 403, errcode: "M_FORBIDDEN"},
+		{name: "params/forget a joined room", who: alice, method: "POST", path: "/rooms/{pub}/forget", body: `{}`, status: 400, errcode: "M_UNKNOWN"},
+		{name: "forbidden/leave a room never joined", who: bob, method: "POST", path: "/rooms/{priv}/leave", body: `{}`, status: 403, errcode: "M_FORBIDDEN"},
+		{name: "params/unban someone not banned", who: alice, method: "POST", path: "/rooms/{pub}/unban", body: `{"user_id":"{bob}"}`, status: 403, errcode: "M_FORBIDDEN"},
+		{name: "params/profile of a non-user", method: "GET", path: "/profile/alice", status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "params/account data of a non-room", who: alice, method: "PUT", path: "/user/{alice}/rooms/notaroom/account_data/x", body: `{}`, status: 400, errcode: "M_INVALID_PARAM"},
+
+		// Rooms, aliases and names already taken or not possible.
+		{name: "createRoom/unsupported version", who: alice, method: "POST", path: "/createRoom", body: `{"room_version": "999"}`, status: 400, errcode: "M_UNSUPPORTED_ROOM_VERSION"},
+		{name: "createRoom/alias taken", who: alice, method: "POST", path: "/createRoom", body: `{"room_alias_name": "taken"}`, status: 400, errcode: "M_ROOM_IN_USE"},
+		{name: "register/name taken", method: "POST", path: "/register", body: `{"username": "alice", "password": "pw", "auth": {"type": "m.login.dummy"}}`, status: 400, errcode: "M_USER_IN_USE"},
+		{name: "register/name invalid", method: "POST", path: "/register", body: `{"username": "not valid!", "password": "pw", "auth": {"type": "m.login.dummy"}}`, status: 400, errcode: "M_INVALID_USERNAME"},
+		{name: "register/available taken", method: "GET", path: "/register/available?username=alice", status: 400, errcode: "M_USER_IN_USE"},
+		{name: "login/wrong password", method: "POST", path: "/login", body: `{"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": "wrong"}`, status: 403, errcode: "M_FORBIDDEN"},
+		{name: "login/unknown type", method: "POST", path: "/login", body: `{"type": "m.login.magic"}`, status: 400, errcode: "M_UNKNOWN"},
+	}
+
+	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
+		cfg := testserver.Config(t.TempDir(), dbURL, func(c *config.Config) {
+			c.ClientAPI.MaxRequestBytes = badInputMaxBody
+		})
+		srv := testserver.Start(t, cfg)
+		a := srv.Register(t, "alice")
+		b := srv.Register(t, "bob")
+		pub := a.Do(t, "POST", "/_matrix/client/v3/createRoom", map[string]any{
+			"preset": "public_chat", "room_alias_name": "taken",
+		}).MustOK(t).String("room_id")
+		priv := a.Do(t, "POST", "/_matrix/client/v3/createRoom", map[string]any{
+			"preset": "private_chat", "name": "secret",
+		}).MustOK(t).String("room_id")
+		b.Do(t, "POST", "/_matrix/client/v3/rooms/"+pub+"/join", map[string]any{}).MustOK(t)
+		ev := a.Do(t, "PUT", "/_matrix/client/v3/rooms/"+pub+"/send/m.room.message/fixture", map[string]any{
+			"msgtype": "m.text", "body": "mine",
+		}).MustOK(t).String("event_id")
+
+		fill := strings.NewReplacer(
+			"{pub}", pub, "{priv}", priv, "{ev}", url.PathEscape(ev),
+			"{alice}", "@alice:localhost", "{bob}", "@bob:localhost",
+		)
+		tokens := map[caller]string{anon: "", alice: a.Token, bob: b.Token}
+		hc := &http.Client{Timeout: 30 * time.Second}
+		for _, row := range rows {
+			t.Run(row.name, func(t *testing.T) {
+				path := fill.Replace(row.path)
+				// A leading "//" marks a path outside /_matrix/client/v3.
+				if p, ok := strings.CutPrefix(path, "/"); ok && strings.HasPrefix(p, "/") {
+					path = p
+				} else {
+					path = "/_matrix/client/v3" + path
+				}
+				authz := row.authz
+				if authz == "" && tokens[row.who] != "" {
+					authz = "Bearer " + tokens[row.who]
+				}
+				status, raw := sendBadInput(t, hc, row.method, srv.URL+path, fill.Replace(row.body), authz, row.chunked)
+				if status >= 500 {
+					t.Fatalf("%s %s: server error %d: %.300s", row.method, path, status, raw)
+				}
+				var body map[string]any
+				if err := json.Unmarshal(raw, &body); err != nil {
+					t.Fatalf("%s %s: %d, body is not a JSON object: %v: %.300q", row.method, path, status, err, raw)
+				}
+				errcode, ok1 := body["errcode"].(string)
+				_, ok2 := body["error"].(string)
+				if !ok1 || !ok2 {
+					t.Errorf("%s %s: %d, want errcode and error strings: %.300s", row.method, path, status, raw)
+				}
+				if status != row.status || errcode != row.errcode {
+					t.Errorf("%s %s: got %d %s, want %d %s: %.300s", row.method, path, status, errcode, row.status, row.errcode, raw)
+				}
+			})
+		}
+	})
+}
+
+// sendBadInput sends one request as given and returns the answer's status
+// and body.
+func sendBadInput(t *testing.T, hc *http.Client, method, target, body, authz string, chunked bool) (int, []byte) {
+	t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+		if chunked {
+			rd = io.MultiReader(rd) // hides the length
+		}
+	}
+	req, err := http.NewRequest(method, target, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if chunked {
+		req.ContentLength = -1
+	}
+	if authz != "" {
+		req.Header.Set("Authorization", authz)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, target, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: read body: %v", method, target, err)
+	}
+	return resp.StatusCode, raw
+}
