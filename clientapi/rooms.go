@@ -77,14 +77,11 @@ func roomError(err error) error {
 	return err
 }
 
-func (c *ClientAPI) txn(dev *uapi.Device, txnID string) *rsapi.TxnID {
-	return &rsapi.TxnID{SessionID: dev.SessionID, DeviceID: dev.DeviceID, TxnID: txnID}
-}
-
 // sendWithTxn sends ev unless the device's transaction already made an
 // event, which is returned instead (also across a crash and restart).
-func (c *ClientAPI) sendWithTxn(ctx context.Context, dev *uapi.Device, roomID, txnID string, ev rsapi.InputEvent) (any, error) {
-	ev.Txn = c.txn(dev, txnID)
+// scope names the endpoint within the room.
+func (c *ClientAPI) sendWithTxn(ctx context.Context, dev *uapi.Device, roomID, scope, txnID string, ev rsapi.InputEvent) (any, error) {
+	ev.Txn = &rsapi.TxnID{SessionID: dev.SessionID, DeviceID: dev.DeviceID, TxnID: txnID, Scope: roomID + "/" + scope}
 	if id, err := c.rooms.TxnEvent(ctx, *ev.Txn); err != nil {
 		return nil, err
 	} else if id != "" {
@@ -105,8 +102,9 @@ func (c *ClientAPI) sendMessage(r *http.Request, dev *uapi.Device) (any, error) 
 	if err != nil {
 		return nil, err
 	}
-	return c.sendWithTxn(r.Context(), dev, mxhttp.Var(r, "roomId"), mxhttp.Var(r, "txnId"), rsapi.InputEvent{
-		Proto: &rsapi.ProtoEvent{Sender: dev.UserID, Type: mxhttp.Var(r, "eventType"), Content: content},
+	evType := mxhttp.Var(r, "eventType")
+	return c.sendWithTxn(r.Context(), dev, mxhttp.Var(r, "roomId"), "send/"+evType, mxhttp.Var(r, "txnId"), rsapi.InputEvent{
+		Proto: &rsapi.ProtoEvent{Sender: dev.UserID, Type: evType, Content: content},
 	})
 }
 
@@ -290,7 +288,7 @@ func (c *ClientAPI) redact(r *http.Request, dev *uapi.Device) (any, error) {
 		content["reason"] = *req.Reason
 	}
 	raw, _ := json.Marshal(content)
-	return c.sendWithTxn(ctx, dev, roomID, mxhttp.Var(r, "txnId"), rsapi.InputEvent{
+	return c.sendWithTxn(ctx, dev, roomID, "redact/"+target, mxhttp.Var(r, "txnId"), rsapi.InputEvent{
 		Proto: &rsapi.ProtoEvent{Sender: dev.UserID, Type: spec.MRoomRedaction, Content: raw, Redacts: target},
 	})
 }

@@ -196,7 +196,7 @@ func (r *Roomserver) UserRooms(ctx context.Context, userID string, memberships .
 
 // TxnEvent implements rsapi.API.
 func (r *Roomserver) TxnEvent(ctx context.Context, txn rsapi.TxnID) (string, error) {
-	return r.store.TxnEvent(ctx, txn.SessionID, txn.TxnID)
+	return r.store.TxnEvent(ctx, txn.SessionID, txn.Key())
 }
 
 // SetAlias implements rsapi.API.

@@ -109,11 +109,11 @@ func (s *SyncAPI) messages(r *http.Request, dev *uapi.Device) (any, error) {
 			limit = min(filter.Limit, maxLimit)
 		}
 	}
+	s.catchUp(ctx)
 	vis, err := s.roomAccess(ctx, roomID, dev.UserID)
 	if err != nil {
 		return nil, err
 	}
-	s.catchUp(ctx)
 	current := s.notifier.Current()
 	maxPos := current.PDU
 	from := q.Get("from")
@@ -245,11 +245,11 @@ func (s *SyncAPI) pagePoint(ctx context.Context, roomID, from string, backwards 
 func (s *SyncAPI) event(r *http.Request, dev *uapi.Device) (any, error) {
 	ctx := r.Context()
 	roomID, eventID := mxhttp.Var(r, "roomId"), mxhttp.Var(r, "eventId")
+	s.catchUp(ctx)
 	vis, err := s.roomAccess(ctx, roomID, dev.UserID)
 	if err != nil {
 		return nil, mxhttp.NotFound("Event not found")
 	}
-	s.catchUp(ctx)
 	e, err := s.store.Event(ctx, eventID)
 	if errors.Is(err, storage.ErrNotFound) || (err == nil && e.RoomID != roomID) {
 		return nil, mxhttp.NotFound("Event not found")
@@ -292,11 +292,11 @@ func (s *SyncAPI) context(r *http.Request, dev *uapi.Device) (any, error) {
 			return nil, err
 		}
 	}
+	s.catchUp(ctx)
 	vis, err := s.roomAccess(ctx, roomID, dev.UserID)
 	if err != nil {
 		return nil, err
 	}
-	s.catchUp(ctx)
 	e, err := s.store.Event(ctx, eventID)
 	if errors.Is(err, storage.ErrNotFound) || (err == nil && e.RoomID != roomID) {
 		return nil, mxhttp.NotFound("Event not found")

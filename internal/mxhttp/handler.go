@@ -243,14 +243,18 @@ func otherMethodMatches(root *mux.Router, req *http.Request) bool {
 }
 
 // decodeVars URL-decodes path variables once so that handlers see room IDs
-// and event IDs as they are ("!a:b", "$x").
+// and event IDs as they are ("!a:b", "$x"). Variables that are not valid
+// UTF-8 or contain NUL (which PostgreSQL cannot store) are refused.
 func decodeVars(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		vars := mux.Vars(r)
 		for k, v := range vars {
-			if d, err := url.PathUnescape(v); err == nil {
-				vars[k] = d
+			d, err := url.PathUnescape(v)
+			if err != nil || !utf8.ValidString(d) || strings.IndexByte(d, 0) >= 0 {
+				WriteError(w, r, InvalidParam("invalid %s in path", k))
+				return
 			}
+			vars[k] = d
 		}
 		next.ServeHTTP(w, mux.SetURLVars(r, vars))
 	})

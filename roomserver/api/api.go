@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 
 	gmsl "github.com/matrix-org/gomatrixserverlib"
 )
@@ -64,12 +65,20 @@ type ProtoEvent struct {
 }
 
 // TxnID identifies a client's transaction; the event it made is returned
-// again when the same device retries it.
+// again when the same device retries it. As in Synapse, a transaction is
+// scoped to the request: the same txn ID in another room or on another
+// endpoint is another transaction.
 type TxnID struct {
 	SessionID int64  `json:"session_id"`
 	DeviceID  string `json:"device_id"`
 	TxnID     string `json:"txn_id"`
+	// Scope is the rest of the request path: room and endpoint.
+	Scope string `json:"scope"`
 }
+
+// Key is what the transaction is stored under (length-prefixed, so that
+// no scope and ID pair collides with another).
+func (t TxnID) Key() string { return strconv.Itoa(len(t.Scope)) + ":" + t.Scope + t.TxnID }
 
 // InputEvent is one event of an InputRequest: a proto-event to build, or a
 // complete PDU.

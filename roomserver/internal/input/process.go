@@ -196,7 +196,7 @@ func (in *Inputer) planAndStore(ctx context.Context, w *storage.Writer, req *rsa
 			return nil, refuse(i, "M_BAD_JSON", "event %d has neither proto nor pdu", i)
 		}
 		if ie.Txn != nil {
-			id, err := w.TxnEvent(ctx, ie.Txn.SessionID, ie.Txn.TxnID)
+			id, err := w.TxnEvent(ctx, ie.Txn.SessionID, ie.Txn.Key())
 			if err != nil {
 				return nil, err
 			}
@@ -543,7 +543,7 @@ func (in *Inputer) storeLocal(ctx context.Context, w *storage.Writer, room *stor
 	room.Latest = []int64{ev.NID}
 	room.MaxDepth = max(room.MaxDepth, pe.depth)
 	if pe.txn != nil {
-		if err := w.SetTxn(ctx, pe.txn.SessionID, pe.txn.TxnID, ev.ID); err != nil {
+		if err := w.SetTxn(ctx, pe.txn.SessionID, pe.txn.Key(), ev.ID); err != nil {
 			return nil, err
 		}
 	}
