@@ -9,6 +9,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -178,7 +179,7 @@ func StopOnDone(ctx context.Context, it jetstream.MessagesContext) {
 func retry(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, handle Handler) bool {
 	delay := 100 * time.Millisecond
 	for {
-		err := handle(ctx, msg)
+		err := safely(ctx, log, msg, handle)
 		if err == nil {
 			return true
 		}
@@ -196,4 +197,16 @@ func retry(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, handle Han
 			delay = 30 * time.Second
 		}
 	}
+}
+
+// safely runs handle, turning a panic into a skipped message: a message
+// that crashes its handler would crash it again on every redelivery.
+func safely(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, handle Handler) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			log.WithField("subject", msg.Subject()).WithField("panic", p).WithField("stack", string(debug.Stack())).Error("message handler panicked; skipping the message")
+			err = nil
+		}
+	}()
+	return handle(ctx, msg)
 }

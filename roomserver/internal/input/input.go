@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -41,9 +42,10 @@ type Inputer struct {
 
 	workers chan struct{} // bounds rooms processed at once
 
-	mu     sync.Mutex
-	actors map[string]*actor // by subject
-	wg     sync.WaitGroup
+	mu       sync.Mutex
+	actors   map[string]*actor // by subject
+	poisoned map[string]bool   // requests whose processing panicked
+	wg       sync.WaitGroup
 }
 
 type actor struct {
@@ -54,13 +56,14 @@ type actor struct {
 // New returns an Inputer; Start runs it.
 func New(store *storage.Storage, b *bus.Bus, key *signing.Key, log *logrus.Entry) *Inputer {
 	return &Inputer{
-		store:   store,
-		bus:     b,
-		key:     key,
-		log:     log,
-		now:     time.Now,
-		workers: make(chan struct{}, max(4, 2*runtime.GOMAXPROCS(0))),
-		actors:  map[string]*actor{},
+		store:    store,
+		bus:      b,
+		key:      key,
+		log:      log,
+		now:      time.Now,
+		workers:  make(chan struct{}, max(4, 2*runtime.GOMAXPROCS(0))),
+		actors:   map[string]*actor{},
+		poisoned: map[string]bool{},
 	}
 }
 
@@ -266,8 +269,32 @@ func (in *Inputer) processBatch(ctx context.Context, msgs []jetstream.Msg) bool 
 
 // processMessage handles one InputRequest inside the batch transaction. It
 // returns an error only for failures worth retrying (the database);
-// refusals are reported in the response.
-func (in *Inputer) processMessage(ctx context.Context, w *storage.Writer, m jetstream.Msg) (*result, error) {
+// refusals are reported in the response. A panic (gomatrixserverlib has
+// known ones on odd input) aborts the batch, whose retry then refuses the
+// request that panicked instead of crashing the process.
+func (in *Inputer) processMessage(ctx context.Context, w *storage.Writer, m jetstream.Msg) (res *result, err error) {
+	key := m.Headers().Get(jetstream.MsgIDHeader)
+	if key == "" {
+		key = string(m.Data())
+	}
+	in.mu.Lock()
+	poisoned := in.poisoned[key]
+	in.mu.Unlock()
+	if poisoned {
+		return &result{Response: rsapi.InputResponse{Error: "internal error processing the event", ErrCode: "M_UNKNOWN"}}, nil
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			in.log.WithField("panic", p).WithField("stack", string(debug.Stack())).Error("input processing panicked; the request will be refused")
+			in.mu.Lock()
+			if len(in.poisoned) > 1000 {
+				in.poisoned = map[string]bool{}
+			}
+			in.poisoned[key] = true
+			in.mu.Unlock()
+			res, err = nil, errors.New("input processing panicked")
+		}
+	}()
 	reqID := m.Headers().Get(jetstream.MsgIDHeader)
 	if reqID != "" {
 		prev, err := w.InputLogged(ctx, reqID)
