@@ -2,6 +2,8 @@ package clientapi
 
 import (
 	"net/http"
+
+	"myelin/internal/mxhttp"
 )
 
 // versions lists the spec versions whose endpoints Myelin serves in full.
@@ -15,7 +17,13 @@ func (c *ClientAPI) versions(r *http.Request) (any, error) {
 	}, nil
 }
 
+// wellKnown is GET /.well-known/matrix/client. Without a public base URL
+// there is nothing to advertise: the spec's answer is 404, not an empty
+// base_url, which clients would try to resolve.
 func (c *ClientAPI) wellKnown(r *http.Request) (any, error) {
+	if c.cfg.ClientAPI.PublicBaseURL == "" {
+		return nil, mxhttp.NotFound("No server discovery information available")
+	}
 	return map[string]any{
 		"m.homeserver": map[string]string{"base_url": c.cfg.ClientAPI.PublicBaseURL},
 	}, nil
