@@ -8,6 +8,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/gorilla/mux"
+	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"myelin/internal/mxhttp"
 	uapi "myelin/userapi/api"
@@ -135,8 +136,12 @@ func accountDataTarget(r *http.Request, dev *uapi.Device) (roomID, dataType stri
 		return "", "", mxhttp.Forbidden("You can only access your own account data")
 	}
 	roomID, dataType = mxhttp.Var(r, "roomId"), mxhttp.Var(r, "type")
-	if _, inRoom := mux.Vars(r)["roomId"]; inRoom && !looksLikeID(roomID, '!') {
-		return "", "", mxhttp.InvalidParam("%q is not a room ID", roomID)
+	if _, inRoom := mux.Vars(r)["roomId"]; inRoom {
+		// Not looksLikeID: from room version 12 room IDs have no server
+		// name.
+		if _, err := spec.NewRoomID(roomID); err != nil || len(roomID) > 255 {
+			return "", "", mxhttp.InvalidParam("%q is not a room ID", roomID)
+		}
 	}
 	if len(dataType) > maxAccountDataTypeLen {
 		return "", "", mxhttp.InvalidParam("type is longer than %d bytes", maxAccountDataTypeLen)
