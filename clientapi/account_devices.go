@@ -89,7 +89,8 @@ type deleteDevicesRequest struct {
 	Auth    json.RawMessage `json:"auth"`
 }
 
-// deleteDevice is DELETE /devices/{deviceId}, behind a password.
+// deleteDevice is DELETE /devices/{deviceId}, behind a password. A device
+// that does not exist (any more) is deleted already: 200, as the spec says.
 func (c *ClientAPI) deleteDevice(r *http.Request, dev *uapi.Device) (any, error) {
 	var req deleteDevicesRequest
 	// Older clients send no body at all; that is an empty request.
@@ -102,14 +103,11 @@ func (c *ClientAPI) deleteDevice(r *http.Request, dev *uapi.Device) (any, error)
 			return nil, err
 		}
 	}
-	d, err := c.device(r, dev)
-	if err != nil {
-		return nil, err
-	}
-	if challenge, err := c.passwordUIA(r, dev, "delete device "+d.DeviceID, req.Auth); challenge != nil || err != nil {
+	deviceID := mxhttp.Var(r, "deviceId")
+	if challenge, err := c.passwordUIA(r, dev, "delete device "+deviceID, req.Auth); challenge != nil || err != nil {
 		return challenge, err
 	}
-	if err := c.users.DeleteDevices(r.Context(), dev.UserID, []string{d.DeviceID}); err != nil {
+	if err := c.users.DeleteDevices(r.Context(), dev.UserID, []string{deviceID}); err != nil {
 		return nil, err
 	}
 	return struct{}{}, nil
