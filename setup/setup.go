@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	stdlog "log"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -178,7 +179,9 @@ func (s *Server) Start() error {
 			Handler:           l.handler,
 			ReadHeaderTimeout: 30 * time.Second,
 			IdleTimeout:       5 * time.Minute,
-			ErrorLog:          nil,
+			// Connection-level errors (TLS handshakes cut short, ...) are
+			// the client's business: debug level.
+			ErrorLog: stdlog.New(s.log.WithField("listener", l.name).WriterLevel(logrus.DebugLevel), "", 0),
 		}
 		s.servers = append(s.servers, srv)
 		s.wg.Add(1)
