@@ -1,0 +1,125 @@
+# One Myelin homeserver started for sytest.
+#
+# Each server gets two ports: an HTTPS one that serves the whole API (its
+# server name is localhost:<that port>, as sytest's federation code dials
+# the server name directly) and a plain HTTP one for sytest's client. The
+# configuration is a normal Myelin config file; everything it sets is a
+# documented setting (see config.yaml at the repository root).
+
+use strict;
+use warnings;
+
+package SyTest::Homeserver::Myelin;
+use base qw( SyTest::Homeserver );
+
+use Carp;
+use JSON ();
+use File::Path qw( remove_tree );
+
+use SyTest::SSL qw( ensure_ssl_key create_ssl_cert );
+
+sub _init
+{
+   my $self = shift;
+   my ( $args ) = @_;
+
+   $self->{binary} = delete $args->{binary};
+   defined $self->{binary} or croak "Need a myelin binary";
+
+   $self->SUPER::_init( $args );
+
+   my $idx = $self->{hs_index};
+   $self->{ports} = {
+      https => main::alloc_port( "myelin[$idx].https" ),
+      http  => main::alloc_port( "myelin[$idx].http" ),
+   };
+}
+
+sub server_name
+{
+   my $self = shift;
+   return $self->{bind_host} . ":" . $self->{ports}{https};
+}
+
+sub federation_host
+{
+   my $self = shift;
+   return $self->{bind_host};
+}
+
+sub federation_port
+{
+   my $self = shift;
+   return $self->{ports}{https};
+}
+
+sub public_baseurl
+{
+   my $self = shift;
+   return "http://$self->{bind_host}:$self->{ports}{http}";
+}
+
+sub start
+{
+   my $self = shift;
+
+   my $hs_dir = $self->{hs_dir};
+   my $data_dir = "$hs_dir/data";
+
+   # hs_dir survives between runs that reuse a work directory: start clean.
+   remove_tree( $data_dir );
+   mkdir $data_dir or die "mkdir $data_dir: $!";
+
+   # A TLS certificate for the HTTPS listener, signed by sytest's test CA
+   # (run-tests.pl runs from the sytest tree, where keys/ca.* live).
+   my $cert = "$hs_dir/tls.crt";
+   my $key = "$hs_dir/tls.key";
+   ensure_ssl_key( $key );
+   create_ssl_cert( $cert, $key, $self->{bind_host} ) unless -f $cert;
+
+   my %config = (
+      server_name => $self->server_name,
+      data_dir    => $data_dir,
+      client_api  => {
+         listen         => "$self->{bind_host}:$self->{ports}{http}",
+         public_baseurl => $self->public_baseurl,
+      },
+      federation_api => {
+         listen   => "$self->{bind_host}:$self->{ports}{https}",
+         tls_cert => $cert,
+         tls_key  => $key,
+      },
+      registration => {
+         open          => JSON::true,
+         shared_secret => "reg_secret",
+         # sytest registers hundreds of users; the work factor only costs time here.
+         bcrypt_cost   => 4,
+      },
+      rate_limits => {
+         enabled => JSON::false,
+      },
+      logging => {
+         level => ( $ENV{MYELIN_SYTEST_LOG_LEVEL} // "debug" ),
+         file  => "$hs_dir/myelin.log",
+      },
+   );
+
+   my $config_path = $self->write_yaml_file( "myelin.yaml" => \%config );
+
+   my $output = $self->{output};
+   my $idx = $self->{hs_index};
+   $output->diag( "Starting Myelin server $idx as " . $self->server_name );
+
+   return $self->_start_process_and_await_connectable(
+      command      => [ $self->{binary}, "--config", $config_path ],
+      connect_host => $self->{bind_host},
+      connect_port => $self->{ports}{https},
+      name         => "myelin-$idx",
+   )->else( sub {
+      die "Unable to start myelin: $_[0]\n";
+   })->on_done( sub {
+      $output->diag( "Started Myelin server $idx" );
+   });
+}
+
+1;
