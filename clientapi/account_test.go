@@ -297,7 +297,7 @@ func TestRegisterAndLogin(t *testing.T) {
 					if session == "" {
 						t.Fatalf("no session in %v", got)
 					}
-					exactly(`{"flows":[{"stages":["m.login.dummy"]}],"params":{},"session":"`+session+`"}`)(t, got, nil)
+					exactly(`{"flows":[{"stages":["m.login.dummy"]}],"params":{},"session":"`+session+`","completed":[]}`)(t, got, nil)
 				},
 			},
 			{
@@ -547,6 +547,14 @@ func TestProfileAccountDataDeactivate(t *testing.T) {
 			{name: "room account data: m.fully_read", method: "PUT", path: "/user/@alice:test.local/rooms/!r:test.local/account_data/m.fully_read", token: &tok, body: `{"event_id":"$e"}`, status: 405, errcode: "M_BAD_JSON"},
 			{name: "account data: overwrite", method: "PUT", path: "/user/@alice:test.local/account_data/m.direct", token: &tok, body: `{}`, status: 200},
 
+			{name: "deactivate: wrong password, no session", method: "POST", path: "/account/deactivate", token: &tok, status: 401, errcode: "M_FORBIDDEN", body: map[string]any{
+				"auth": map[string]any{"type": "m.login.password", "identifier": map[string]any{"type": "m.id.user", "user": "@alice:test.local"}, "password": "x"},
+			}, check: func(t *testing.T, got map[string]any, h http.Header) {
+				want(map[string]any{"flows": []any{map[string]any{"stages": []any{"m.login.password"}}}, "params": map[string]any{}, "completed": []any{}, "error": "Invalid password"})(t, got, h)
+				if str(got, "session") == "" {
+					t.Fatalf("no session in %v", got)
+				}
+			}},
 			{name: "deactivate: challenge", method: "POST", path: "/account/deactivate", token: &tok, body: `{}`, status: 401, check: func(t *testing.T, got map[string]any, _ http.Header) {
 				session = str(got, "session")
 			}},

@@ -64,11 +64,13 @@ type uiaFlow struct {
 }
 
 // uiaChallenge is the 401 body that tells the client what to complete.
+// completed is always present, if empty: the spec marks it optional, but
+// clients (and sytest) look for it in every challenge.
 type uiaChallenge struct {
 	Flows     []uiaFlow      `json:"flows"`
 	Params    map[string]any `json:"params"`
 	Session   string         `json:"session"`
-	Completed []string       `json:"completed,omitempty"`
+	Completed []string       `json:"completed"`
 	ErrCode   string         `json:"errcode,omitempty"`
 	Error     string         `json:"error,omitempty"`
 }
@@ -100,6 +102,9 @@ type uiaRequest struct {
 func (s *uiaSessions) run(req uiaRequest) (*mxhttp.Response, error) {
 	challenge := func(id string, sess uiaSession, failure *stageFailed) *mxhttp.Response {
 		body := uiaChallenge{Params: map[string]any{}, Session: id, Completed: sess.completed}
+		if body.Completed == nil {
+			body.Completed = []string{}
+		}
 		for _, f := range req.flows {
 			body.Flows = append(body.Flows, uiaFlow{Stages: f})
 		}

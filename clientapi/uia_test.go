@@ -68,7 +68,7 @@ func TestUIARun(t *testing.T) {
 				t.Fatalf("%s: got %+v, %v; want status %d", st.name, resp, err, st.wantStatus)
 			}
 			body := resp.Body.(uiaChallenge)
-			if len(body.Flows) != 2 || body.Session == "" || body.ErrCode != st.wantErrCode || len(body.Completed) != len(st.wantCompleted) {
+			if len(body.Flows) != 2 || body.Session == "" || body.ErrCode != st.wantErrCode || len(body.Completed) != len(st.wantCompleted) || body.Completed == nil {
 				t.Fatalf("%s: challenge %+v", st.name, body)
 			}
 			if session == "" {
