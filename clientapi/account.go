@@ -4,7 +4,6 @@ import (
 	"crypto/hmac"
 	"crypto/sha1"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"net/http"
 	"strings"
@@ -119,10 +118,9 @@ func usernameError(err error) error {
 
 type registerRequest struct {
 	deviceFields
-	Username     string          `json:"username"`
-	Password     string          `json:"password"`
-	InhibitLogin bool            `json:"inhibit_login"`
-	Auth         json.RawMessage `json:"auth"`
+	Username     string `json:"username"`
+	Password     string `json:"password"`
+	InhibitLogin bool   `json:"inhibit_login"`
 }
 
 func (q *registerRequest) Validate() error {
@@ -144,8 +142,13 @@ func (c *ClientAPI) register(r *http.Request) (any, error) {
 	if !c.cfg.Registration.Open {
 		return nil, mxhttp.Forbidden("Registration is disabled")
 	}
+	body, err := mxhttp.ReadBody(r)
+	if err != nil {
+		return nil, err
+	}
 	var req registerRequest
-	if err := mxhttp.ReadJSON(r, &req); err != nil {
+	att, err := c.uia.open(uiaOp{scope: "register", flows: [][]string{{stageDummy}}}, body, &req)
+	if err != nil {
 		return nil, err
 	}
 	// Synapse lowercases the requested name (sytest checks it does).
@@ -156,12 +159,7 @@ func (c *ClientAPI) register(r *http.Request) (any, error) {
 			return nil, err
 		}
 	}
-	challenge, err := c.uia.run(uiaRequest{
-		scope: "register",
-		flows: [][]string{{stageDummy}},
-		auth:  req.Auth,
-	})
-	if challenge != nil || err != nil {
+	if challenge, err := att.run(); challenge != nil || err != nil {
 		return challenge, err
 	}
 	if req.Password == "" {
@@ -326,21 +324,30 @@ func (c *ClientAPI) passwordStage(r *http.Request, userID string) func(d *authDi
 	}
 }
 
-// passwordUIA runs user-interactive auth with one m.login.password flow for
-// an operation (op) of dev's user.
-func (c *ClientAPI) passwordUIA(r *http.Request, dev *uapi.Device, op string, auth json.RawMessage) (*mxhttp.Response, error) {
-	return c.uia.run(uiaRequest{
+// passwordUIA decodes a request body into v and opens its part in
+// user-interactive auth with one m.login.password flow, for an operation
+// (op) of dev's user.
+func (c *ClientAPI) passwordUIA(r *http.Request, dev *uapi.Device, op string, body []byte, v any) (*uiaAttempt, error) {
+	return c.uia.open(uiaOp{
 		scope:    op + " " + dev.UserID,
 		flows:    [][]string{{stagePassword}},
-		auth:     auth,
 		password: c.passwordStage(r, dev.UserID),
-	})
+	}, body, v)
+}
+
+// passwordAuth is passwordUIA for operations with nothing to check before
+// the user authenticates: it returns (nil, nil) once they have.
+func (c *ClientAPI) passwordAuth(r *http.Request, dev *uapi.Device, op string, body []byte, v any) (*mxhttp.Response, error) {
+	att, err := c.passwordUIA(r, dev, op, body, v)
+	if err != nil {
+		return nil, err
+	}
+	return att.run()
 }
 
 type passwordRequest struct {
-	NewPassword   string          `json:"new_password"`
-	LogoutDevices *bool           `json:"logout_devices"`
-	Auth          json.RawMessage `json:"auth"`
+	NewPassword   string `json:"new_password"`
+	LogoutDevices *bool  `json:"logout_devices"`
 }
 
 func (q *passwordRequest) Validate() error {
@@ -353,11 +360,12 @@ func (q *passwordRequest) Validate() error {
 // changePassword is POST /account/password. Other devices are logged out
 // unless logout_devices is false; the device making the request stays.
 func (c *ClientAPI) changePassword(r *http.Request, dev *uapi.Device) (any, error) {
-	var req passwordRequest
-	if err := mxhttp.ReadJSON(r, &req); err != nil {
+	body, err := mxhttp.ReadBody(r)
+	if err != nil {
 		return nil, err
 	}
-	if challenge, err := c.passwordUIA(r, dev, "password", req.Auth); challenge != nil || err != nil {
+	var req passwordRequest
+	if challenge, err := c.passwordAuth(r, dev, "password", body, &req); challenge != nil || err != nil {
 		return challenge, err
 	}
 	if req.NewPassword == "" {
@@ -370,18 +378,17 @@ func (c *ClientAPI) changePassword(r *http.Request, dev *uapi.Device) (any, erro
 	return struct{}{}, nil
 }
 
-type deactivateRequest struct {
-	Auth json.RawMessage `json:"auth"`
-}
-
 // deactivate is POST /account/deactivate: the user leaves their rooms, then
 // the account is disabled and its devices deleted.
 func (c *ClientAPI) deactivate(r *http.Request, dev *uapi.Device) (any, error) {
-	var req deactivateRequest
-	if err := mxhttp.ReadJSON(r, &req); err != nil {
+	body, err := mxhttp.ReadBody(r)
+	if err != nil {
 		return nil, err
 	}
-	if challenge, err := c.passwordUIA(r, dev, "deactivate", req.Auth); challenge != nil || err != nil {
+	// Only auth is read: erase is not supported, and no third-party IDs
+	// are bound for id_server to name.
+	var req struct{}
+	if challenge, err := c.passwordAuth(r, dev, "deactivate", body, &req); challenge != nil || err != nil {
 		return challenge, err
 	}
 	if err := c.leaveAllRooms(r.Context(), dev.UserID); err != nil {

@@ -2,7 +2,6 @@ package clientapi
 
 import (
 	"bytes"
-	"encoding/json"
 	"net/http"
 
 	"myelin/internal/mxhttp"
@@ -85,26 +84,23 @@ func (c *ClientAPI) updateDevice(r *http.Request, dev *uapi.Device) (any, error)
 }
 
 type deleteDevicesRequest struct {
-	Devices *[]string       `json:"devices"`
-	Auth    json.RawMessage `json:"auth"`
+	Devices *[]string `json:"devices"`
 }
 
 // deleteDevice is DELETE /devices/{deviceId}, behind a password. A device
 // that does not exist (any more) is deleted already: 200, as the spec says.
 func (c *ClientAPI) deleteDevice(r *http.Request, dev *uapi.Device) (any, error) {
-	var req deleteDevicesRequest
-	// Older clients send no body at all; that is an empty request.
 	body, err := mxhttp.ReadBody(r)
 	if err != nil {
 		return nil, err
 	}
-	if len(bytes.TrimSpace(body)) > 0 {
-		if err := mxhttp.DecodeJSON(body, &req); err != nil {
-			return nil, err
-		}
+	// Older clients send no body at all; that is an empty request.
+	if len(bytes.TrimSpace(body)) == 0 {
+		body = []byte(`{}`)
 	}
 	deviceID := mxhttp.Var(r, "deviceId")
-	if challenge, err := c.passwordUIA(r, dev, "delete device "+deviceID, req.Auth); challenge != nil || err != nil {
+	var req struct{}
+	if challenge, err := c.passwordAuth(r, dev, "delete device "+deviceID, body, &req); challenge != nil || err != nil {
 		return challenge, err
 	}
 	if err := c.users.DeleteDevices(r.Context(), dev.UserID, []string{deviceID}); err != nil {
@@ -116,14 +112,19 @@ func (c *ClientAPI) deleteDevice(r *http.Request, dev *uapi.Device) (any, error)
 // deleteDevices is POST /delete_devices, behind a password. Unknown device
 // IDs are ignored.
 func (c *ClientAPI) deleteDevices(r *http.Request, dev *uapi.Device) (any, error) {
+	body, err := mxhttp.ReadBody(r)
+	if err != nil {
+		return nil, err
+	}
 	var req deleteDevicesRequest
-	if err := mxhttp.ReadJSON(r, &req); err != nil {
+	att, err := c.passwordUIA(r, dev, "delete devices", body, &req)
+	if err != nil {
 		return nil, err
 	}
 	if req.Devices == nil {
 		return nil, mxhttp.MissingParam("devices is required")
 	}
-	if challenge, err := c.passwordUIA(r, dev, "delete devices", req.Auth); challenge != nil || err != nil {
+	if challenge, err := att.run(); challenge != nil || err != nil {
 		return challenge, err
 	}
 	if len(*req.Devices) == 0 {

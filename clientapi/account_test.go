@@ -265,7 +265,7 @@ func str(m map[string]any, k string) string { s, _ := m[k].(string); return s }
 func TestRegisterAndLogin(t *testing.T) {
 	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
 		s := newAcctServer(t, dbURL, acctOptions{})
-		var session, aliceTok, aliceOldTok, aliceDev string
+		var session, aliceTok, aliceOldTok, aliceDev, erinTok string
 		dummy := map[string]any{"type": "m.login.dummy"}
 		login := func(user, password string) map[string]any {
 			return map[string]any{"type": "m.login.password", "identifier": map[string]any{"type": "m.id.user", "user": user}, "password": password}
@@ -312,6 +312,36 @@ func TestRegisterAndLogin(t *testing.T) {
 				body: func() any {
 					return map[string]any{"username": "bob2", "password": "pw", "auth": map[string]any{"type": "m.login.dummy", "session": session}}
 				},
+			},
+			{
+				name: "remembered parameters: challenge", method: "POST", path: "/register", status: 401,
+				body: map[string]any{"username": "Erin", "password": "übers3kr1t", "device_id": "ERINDEV", "initial_device_display_name": "Erin's phone"},
+				check: func(t *testing.T, got map[string]any, _ http.Header) {
+					session = str(got, "session")
+				},
+			},
+			{
+				name: "remembered parameters: only auth", method: "POST", path: "/register", status: 200,
+				body: func() any {
+					return map[string]any{"auth": map[string]any{"type": "m.login.dummy", "session": session}}
+				},
+				check: gotToken(&erinTok, "@erin:test.local"),
+			},
+			{name: "remembered parameters: the device", method: "GET", path: "/devices/ERINDEV", token: &erinTok, status: 200, check: want(map[string]any{"display_name": "Erin's phone"})},
+			{name: "remembered parameters: the password", method: "POST", path: "/login", body: login("erin", "übers3kr1t"), status: 200},
+			{
+				name: "remembered inhibit_login: challenge", method: "POST", path: "/register", status: 401,
+				body: map[string]any{"username": "frank", "password": "pw", "inhibit_login": true},
+				check: func(t *testing.T, got map[string]any, _ http.Header) {
+					session = str(got, "session")
+				},
+			},
+			{
+				name: "remembered inhibit_login", method: "POST", path: "/register", status: 200,
+				body: func() any {
+					return map[string]any{"auth": map[string]any{"type": "m.login.dummy", "session": session}}
+				},
+				check: want(map[string]any{"user_id": "@frank:test.local", "access_token": nil, "device_id": nil}),
 			},
 			{
 				name: "dummy stage without a session (sytest)", method: "POST", path: "/register", status: 200,
@@ -469,11 +499,8 @@ func TestDevicesAndPassword(t *testing.T) {
 			{name: "delete again: still behind a password", method: "DELETE", path: "/devices/PHONE", token: &tok, status: 401, check: passwordChallenge},
 			{name: "bulk delete: no list", method: "POST", path: "/delete_devices", token: &tok, body: `{}`, status: 400, errcode: "M_MISSING_PARAM"},
 			{name: "bulk delete: challenge", method: "POST", path: "/delete_devices", token: &tok, body: `{"devices":["WATCH","TV"]}`, status: 401, check: passwordChallenge},
-			{name: "bulk delete", method: "POST", path: "/delete_devices", token: &tok, status: 200, body: func() any {
-				b := auth("secret", &session)().(map[string]any)
-				b["devices"] = []string{"WATCH", "TV", "NOPE"}
-				return b
-			}},
+			// The list is remembered from the challenge, as Synapse does.
+			{name: "bulk delete with only auth", method: "POST", path: "/delete_devices", token: &tok, body: auth("secret", &session), status: 200},
 			{name: "bulk deleted", method: "GET", path: "/devices", token: &tok, status: 200, check: func(t *testing.T, got map[string]any, _ http.Header) {
 				if devs, _ := got["devices"].([]any); len(devs) != 2 {
 					t.Fatalf("devices %v", got)

@@ -1,6 +1,7 @@
 package clientapi
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
@@ -21,6 +22,11 @@ import (
 const (
 	uiaSessionTTL  = 15 * time.Minute
 	maxUIASessions = 10_000
+	// maxUIAParams bounds the parameters a session remembers, so that
+	// sessions anyone may start cannot fill memory (a registration's are
+	// well under 2 KiB). Larger ones are not remembered: the client sends
+	// them with each request, as the spec has it do anyway.
+	maxUIAParams = 8 << 10
 
 	stageDummy    = "m.login.dummy"
 	stagePassword = "m.login.password"
@@ -35,11 +41,16 @@ func newUIASessions() *uiaSessions {
 	return &uiaSessions{store: newExpiring[uiaSession](uiaSessionTTL, maxUIASessions)}
 }
 
-// uiaSession is one session: the operation it was started for, and the
-// stages completed so far.
+// uiaSession is one session: the operation it was started for, the stages
+// completed so far, and the operation's parameters.
 type uiaSession struct {
 	scope     string
 	completed []string
+	// params is the request body without "auth", as last given: a request
+	// of the session that carries nothing but "auth" stands for these.
+	// Synapse does so, and clients (sytest among them) send a
+	// registration's parameters only with its first request.
+	params json.RawMessage
 }
 
 // authDict is the "auth" object of a request. Only the fields of the stages
@@ -83,129 +94,208 @@ type stageFailed struct {
 
 func (e *stageFailed) Error() string { return e.code + ": " + e.msg }
 
-// uiaRequest is one request's part in user-interactive authentication.
-type uiaRequest struct {
+// uiaOp is an operation behind user-interactive authentication.
+type uiaOp struct {
 	// scope names the operation, so a session started for one cannot be
 	// completed by another (another endpoint, another user).
 	scope string
 	flows [][]string
-	// auth is the request's "auth" field, absent or null at the start.
-	auth json.RawMessage
 	// password checks an m.login.password stage; it returns *stageFailed
 	// for wrong credentials, any other error to fail the request.
 	password func(d *authDict) error
 }
 
-// run advances the request's session by the stage in its auth dict. It
+// uiaAttempt is one request's part in a session.
+type uiaAttempt struct {
+	s  *uiaSessions
+	op uiaOp
+	// id is the session's ID, "" while the request names none.
+	id   string
+	sess uiaSession
+	// auth is the request's auth dict; hasAuth is false when it has none
+	// (absent or null), which asks for a challenge.
+	auth    authDict
+	hasAuth bool
+	// params is the request body without "auth", nil if nothing else.
+	params json.RawMessage
+}
+
+// open decodes a request body into v (as mxhttp.DecodeJSON does) and finds
+// the session its auth dict names. When the body has nothing but "auth"
+// and the session remembers parameters, v gets those, as if the client had
+// sent them again.
+func (s *uiaSessions) open(op uiaOp, body []byte, v any) (*uiaAttempt, error) {
+	if err := mxhttp.DecodeJSON(body, v); err != nil {
+		return nil, err
+	}
+	var members map[string]json.RawMessage
+	if err := json.Unmarshal(body, &members); err != nil {
+		return nil, mxhttp.BadJSON("request body must be a JSON object")
+	}
+	a := &uiaAttempt{s: s, op: op, sess: uiaSession{scope: op.scope}}
+	if raw, ok := members["auth"]; ok && string(bytes.TrimSpace(raw)) != "null" {
+		if err := json.Unmarshal(raw, &a.auth); err != nil {
+			return nil, mxhttp.BadJSON("auth must be an object with string fields")
+		}
+		a.hasAuth = true
+	}
+	delete(members, "auth")
+	if len(members) > 0 {
+		params, err := json.Marshal(members)
+		if err != nil {
+			return nil, fmt.Errorf("encode request parameters: %w", err)
+		}
+		a.params = params
+	}
+	if a.auth.Session == "" {
+		return a, nil
+	}
+	sess, ok := s.store.get(a.auth.Session)
+	if !ok {
+		return nil, mxhttp.Unknown("Unknown or expired session %q", a.auth.Session)
+	}
+	if sess.scope != op.scope {
+		return nil, mxhttp.Forbidden("Requested operation has changed during the UI authentication session")
+	}
+	a.id, a.sess = a.auth.Session, sess
+	if a.params == nil && sess.params != nil {
+		// The remembered parameters were valid when first given; decoding
+		// them over v (which holds only what "auth" filled in) checks them
+		// again all the same.
+		if err := mxhttp.DecodeJSON(sess.params, v); err != nil {
+			return nil, err
+		}
+	}
+	return a, nil
+}
+
+// run advances the session by the stage in the request's auth dict. It
 // returns (nil, nil) once a flow is complete; otherwise the challenge to
 // answer with, or an error.
-func (s *uiaSessions) run(req uiaRequest) (*mxhttp.Response, error) {
-	challenge := func(id string, sess uiaSession, failure *stageFailed) *mxhttp.Response {
-		body := uiaChallenge{Params: map[string]any{}, Session: id, Completed: sess.completed}
-		if body.Completed == nil {
-			body.Completed = []string{}
-		}
-		for _, f := range req.flows {
-			body.Flows = append(body.Flows, uiaFlow{Stages: f})
-		}
-		if failure != nil {
-			body.ErrCode, body.Error = failure.code, failure.msg
-		}
-		return &mxhttp.Response{Status: http.StatusUnauthorized, Body: body}
+func (a *uiaAttempt) run() (*mxhttp.Response, error) {
+	if !a.hasAuth {
+		// A request without auth starts a session, even one that names
+		// none: the spec's first request carries no auth at all.
+		return a.challenge(nil)
 	}
-	if len(req.auth) == 0 || string(req.auth) == "null" {
-		sess := uiaSession{scope: req.scope}
-		id, err := s.store.add(sess)
+	if a.auth.Type != "" {
+		if err := a.check(); err != nil {
+			var failed *stageFailed
+			if errors.As(err, &failed) {
+				return a.challenge(failed)
+			}
+			return nil, err
+		}
+	}
+	if !a.complete(a.auth.Type) {
+		// An auth dict with only a session asks where the session stands
+		// (the spec's fallback flow retries so).
+		return a.challenge(nil)
+	}
+	switch {
+	case a.id == "":
+		// The client did the whole flow in one request: no session to
+		// end.
+	default:
+		// A session authorises one operation: of two requests completing
+		// it, only the one that takes it goes on.
+		if _, ok := a.s.store.take(a.id); !ok {
+			return nil, a.expired()
+		}
+	}
+	return nil, nil
+}
+
+// check runs the stage named by the auth dict.
+func (a *uiaAttempt) check() error {
+	offered := false
+	for _, f := range a.op.flows {
+		offered = offered || slices.Contains(f, a.auth.Type)
+	}
+	if !offered {
+		return mxhttp.New("M_UNRECOGNIZED", "Unrecognised auth type %q", a.auth.Type).WithStatus(http.StatusBadRequest)
+	}
+	switch a.auth.Type {
+	case stageDummy:
+		return nil
+	case stagePassword:
+		if a.op.password == nil {
+			return fmt.Errorf("uia scope %s offers %s without a checker", a.op.scope, stagePassword)
+		}
+		return a.op.password(&a.auth)
+	default:
+		return fmt.Errorf("uia scope %s offers %s, which has no checker", a.op.scope, a.auth.Type)
+	}
+}
+
+// complete reports whether the session's completed stages and stage (the
+// one just passed, or "") make up one of the operation's flows.
+func (a *uiaAttempt) complete(stage string) bool {
+	done := addStage(a.sess.completed, stage)
+	for _, f := range a.op.flows {
+		all := true
+		for _, st := range f {
+			all = all && slices.Contains(done, st)
+		}
+		if all {
+			return true
+		}
+	}
+	return false
+}
+
+// addStage returns completed with stage added, never writing to the array
+// of completed (a snapshot of a session may share it).
+func addStage(completed []string, stage string) []string {
+	if stage == "" || slices.Contains(completed, stage) {
+		return completed
+	}
+	return append(slices.Clip(completed), stage)
+}
+
+func (a *uiaAttempt) expired() error {
+	return mxhttp.Unknown("Unknown or expired session %q", a.id)
+}
+
+// challenge records the request's progress (its stage if it passed, its
+// parameters) in its session, starting one if it names none, and returns
+// the 401 that asks for the rest, with failure's reason if a stage failed.
+func (a *uiaAttempt) challenge(failure *stageFailed) (*mxhttp.Response, error) {
+	passed := ""
+	if failure == nil {
+		passed = a.auth.Type
+	}
+	record := func(sess *uiaSession) {
+		sess.completed = addStage(sess.completed, passed)
+		if a.params != nil && len(a.params) <= maxUIAParams {
+			sess.params = a.params
+		}
+	}
+	if a.id == "" {
+		sess := uiaSession{scope: a.op.scope}
+		record(&sess)
+		id, err := a.s.store.add(sess)
 		if err != nil {
 			return nil, err
 		}
-		return challenge(id, sess, nil), nil
+		a.id, a.sess = id, sess
+	} else if err := a.s.store.update(a.id, func(sess *uiaSession) {
+		record(sess)
+		a.sess = *sess
+	}); err != nil {
+		return nil, a.expired()
 	}
-	var d authDict
-	if err := json.Unmarshal(req.auth, &d); err != nil {
-		return nil, mxhttp.BadJSON("auth must be an object with string fields")
+	body := uiaChallenge{Params: map[string]any{}, Session: a.id, Completed: a.sess.completed}
+	if body.Completed == nil {
+		body.Completed = []string{}
 	}
-
-	// A client may send its first stage without a session (sytest's
-	// registration does, with m.login.dummy): start one for it.
-	id, sess := d.Session, uiaSession{scope: req.scope}
-	if id != "" {
-		var ok bool
-		if sess, ok = s.store.get(id); !ok {
-			return nil, mxhttp.Unknown("Unknown or expired session %q", id)
-		}
-		if sess.scope != req.scope {
-			return nil, mxhttp.Forbidden("Requested operation has changed during the UI authentication session")
-		}
+	for _, f := range a.op.flows {
+		body.Flows = append(body.Flows, uiaFlow{Stages: f})
 	}
-
-	// An auth dict with only a session asks where the session stands
-	// (the spec's fallback flow retries so).
-	if d.Type == "" {
-		if id == "" {
-			var err error
-			if id, err = s.store.add(sess); err != nil {
-				return nil, err
-			}
-		}
-		return challenge(id, sess, nil), nil
+	if failure != nil {
+		body.ErrCode, body.Error = failure.code, failure.msg
 	}
-	offered := false
-	for _, f := range req.flows {
-		offered = offered || slices.Contains(f, d.Type)
-	}
-	if !offered {
-		return nil, mxhttp.New("M_UNRECOGNIZED", "Unrecognised auth type %q", d.Type).WithStatus(http.StatusBadRequest)
-	}
-	var err error
-	switch d.Type {
-	case stageDummy:
-	case stagePassword:
-		if req.password == nil {
-			return nil, fmt.Errorf("uia scope %s offers %s without a checker", req.scope, stagePassword)
-		}
-		err = req.password(&d)
-	default:
-		return nil, fmt.Errorf("uia scope %s offers %s, which has no checker", req.scope, d.Type)
-	}
-	var failed *stageFailed
-	if errors.As(err, &failed) {
-		if id == "" {
-			if id, err = s.store.add(sess); err != nil {
-				return nil, err
-			}
-		}
-		return challenge(id, sess, failed), nil
-	}
-	if err != nil {
-		return nil, err
-	}
-
-	if !slices.Contains(sess.completed, d.Type) {
-		sess.completed = append(slices.Clip(sess.completed), d.Type)
-	}
-	for _, f := range req.flows {
-		done := true
-		for _, stage := range f {
-			done = done && slices.Contains(sess.completed, stage)
-		}
-		if done {
-			// A session authorises one operation.
-			if id != "" {
-				s.store.take(id)
-			}
-			return nil, nil
-		}
-	}
-	if id == "" {
-		id, err = s.store.add(sess)
-	} else {
-		s.store.set(id, sess)
-	}
-	if err != nil {
-		return nil, err
-	}
-	return challenge(id, sess, nil), nil
+	return &mxhttp.Response{Status: http.StatusUnauthorized, Body: body}, nil
 }
 
 // expiring is a bounded in-memory map from random IDs to values that
@@ -268,15 +358,23 @@ func (e *expiring[T]) get(id string) (T, bool) {
 	return it.v, true
 }
 
-// set replaces the value under id, keeping its expiry.
-func (e *expiring[T]) set(id string, v T) {
+// update runs f on the value under id, under the map's lock, so that
+// read-modify-write sequences of concurrent requests do not lose each
+// other's changes. It fails if there is no such (unexpired) item.
+func (e *expiring[T]) update(id string, f func(v *T)) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if it, ok := e.items[id]; ok {
-		it.v = v
-		e.items[id] = it
+	it, ok := e.items[id]
+	if !ok || e.now().After(it.expires) {
+		delete(e.items, id)
+		return errExpired
 	}
+	f(&it.v)
+	e.items[id] = it
+	return nil
 }
+
+var errExpired = errors.New("no such item, or expired")
 
 // take removes and returns the value under id if it has not expired; of
 // two concurrent takes of one ID, only one gets it.

@@ -1,7 +1,7 @@
 package clientapi
 
 import (
-	"encoding/json"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,34 +26,45 @@ func TestUIARun(t *testing.T) {
 	steps := []struct {
 		name          string
 		scope         string
-		auth          string // with SESSION replaced
+		body          string // with SESSION replaced
 		wantDone      bool
 		wantStatus    int // challenge status, 0 for an error
 		wantErrCode   string
 		wantCompleted []string
+		wantX         string // the parameter the request stands for
 	}{
-		{name: "no auth: challenge", auth: ``, wantStatus: 401},
-		{name: "null auth: challenge", auth: `null`, wantStatus: 401},
-		{name: "first stage", auth: `{"type":"m.login.dummy","session":"SESSION"}`, wantStatus: 401, wantCompleted: []string{stageDummy}},
-		{name: "session only: where it stands", auth: `{"session":"SESSION"}`, wantStatus: 401, wantCompleted: []string{stageDummy}},
-		{name: "wrong password keeps progress", auth: `{"type":"m.login.password","password":"wrong","session":"SESSION"}`, wantStatus: 401, wantErrCode: "M_FORBIDDEN", wantCompleted: []string{stageDummy}},
-		{name: "other operation", scope: "other", auth: `{"type":"m.login.password","password":"right","session":"SESSION"}`, wantErrCode: "M_FORBIDDEN"},
-		{name: "stage not offered", auth: `{"type":"m.login.terms","session":"SESSION"}`, wantErrCode: "M_UNRECOGNIZED"},
-		{name: "not an object", auth: `[]`, wantErrCode: "M_BAD_JSON"},
-		{name: "flow complete", auth: `{"type":"m.login.password","password":"right","session":"SESSION"}`, wantDone: true},
-		{name: "session gone", auth: `{"type":"m.login.dummy","session":"SESSION"}`, wantErrCode: "M_UNKNOWN"},
-		{name: "no session: one is started", auth: `{"type":"m.login.dummy"}`, wantStatus: 401, wantCompleted: []string{stageDummy}},
+		{name: "no auth: challenge", body: `{"x":"first"}`, wantStatus: 401, wantCompleted: []string{}, wantX: "first"},
+		{name: "null auth: challenge", body: `{"auth":null}`, wantStatus: 401, wantCompleted: []string{}},
+		{name: "first stage", body: `{"auth":{"type":"m.login.dummy","session":"SESSION"}}`, wantStatus: 401, wantCompleted: []string{stageDummy}, wantX: "first"},
+		{name: "session only: where it stands", body: `{"auth":{"session":"SESSION"}}`, wantStatus: 401, wantCompleted: []string{stageDummy}, wantX: "first"},
+		{name: "new parameters replace the old", body: `{"x":"second","auth":{"type":"m.login.password","password":"wrong","session":"SESSION"}}`, wantStatus: 401, wantErrCode: "M_FORBIDDEN", wantCompleted: []string{stageDummy}, wantX: "second"},
+		{name: "other operation", scope: "other", body: `{"auth":{"type":"m.login.password","password":"right","session":"SESSION"}}`, wantErrCode: "M_FORBIDDEN"},
+		{name: "stage not offered", body: `{"auth":{"type":"m.login.terms","session":"SESSION"}}`, wantErrCode: "M_UNRECOGNIZED"},
+		{name: "auth not an object", body: `{"auth":[]}`, wantErrCode: "M_BAD_JSON"},
+		{name: "body not an object", body: `[]`, wantErrCode: "M_BAD_JSON"},
+		{name: "flow complete, with the remembered parameters", body: `{"auth":{"type":"m.login.password","password":"right","session":"SESSION"}}`, wantDone: true, wantX: "second"},
+		{name: "session gone", body: `{"auth":{"type":"m.login.dummy","session":"SESSION"}}`, wantErrCode: "M_UNKNOWN"},
+		{name: "no session: one is started", body: `{"auth":{"type":"m.login.dummy"}}`, wantStatus: 401, wantCompleted: []string{stageDummy}},
 	}
 	for _, st := range steps {
 		scope := st.scope
 		if scope == "" {
 			scope = "test"
 		}
-		auth := []byte(st.auth)
+		body := st.body
 		if session != "" {
-			auth = []byte(strings.ReplaceAll(st.auth, "SESSION", session))
+			body = strings.ReplaceAll(body, "SESSION", session)
 		}
-		resp, err := s.run(uiaRequest{scope: scope, flows: flows, auth: json.RawMessage(auth), password: password})
+		var req struct {
+			X string `json:"x"`
+		}
+		resp, err := func() (*mxhttp.Response, error) {
+			att, err := s.open(uiaOp{scope: scope, flows: flows, password: password}, []byte(body), &req)
+			if err != nil {
+				return nil, err
+			}
+			return att.run()
+		}()
 		switch {
 		case st.wantDone:
 			if resp != nil || err != nil {
@@ -63,17 +74,21 @@ func TestUIARun(t *testing.T) {
 			if code := mxhttp.ToError(err).Code; err == nil || code != st.wantErrCode {
 				t.Fatalf("%s: got %+v, %v; want error %s", st.name, resp, err, st.wantErrCode)
 			}
+			continue
 		default:
 			if err != nil || resp == nil || resp.Status != st.wantStatus {
 				t.Fatalf("%s: got %+v, %v; want status %d", st.name, resp, err, st.wantStatus)
 			}
 			body := resp.Body.(uiaChallenge)
-			if len(body.Flows) != 2 || body.Session == "" || body.ErrCode != st.wantErrCode || len(body.Completed) != len(st.wantCompleted) || body.Completed == nil {
+			if len(body.Flows) != 2 || body.Session == "" || body.ErrCode != st.wantErrCode || !slices.Equal(body.Completed, st.wantCompleted) || body.Completed == nil {
 				t.Fatalf("%s: challenge %+v", st.name, body)
 			}
 			if session == "" {
 				session = body.Session
 			}
+		}
+		if req.X != st.wantX {
+			t.Fatalf("%s: x = %q, want %q", st.name, req.X, st.wantX)
 		}
 	}
 }
@@ -87,7 +102,9 @@ func TestExpiring(t *testing.T) {
 	if v, ok := e.get(a); !ok || v != 1 {
 		t.Fatalf("get = %v, %v", v, ok)
 	}
-	e.set(a, 2)
+	if err := e.update(a, func(v *int) { *v = 2 }); err != nil {
+		t.Fatal(err)
+	}
 	if v, ok := e.take(a); !ok || v != 2 {
 		t.Fatalf("take = %v, %v", v, ok)
 	}
@@ -97,6 +114,9 @@ func TestExpiring(t *testing.T) {
 
 	b, _ := e.add(1)
 	now = now.Add(2 * time.Minute)
+	if err := e.update(b, func(v *int) { *v = 3 }); err == nil {
+		t.Fatal("expired item updated")
+	}
 	if _, ok := e.get(b); ok {
 		t.Fatal("expired item returned")
 	}
