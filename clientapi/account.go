@@ -131,6 +131,13 @@ func (q *registerRequest) Validate() error {
 }
 
 // register is POST /register: open registration with m.login.dummy.
+//
+// Registration is idempotent within its UIA session, as in Synapse: a
+// client that lost the response of the request that made its account
+// repeats it and is logged in to that account again, rather than told the
+// name is taken (or, without a username, given a second account). So until
+// the session expires, its ID logs in to the account it made; it is as
+// secret as the password the client sent with it.
 func (c *ClientAPI) register(r *http.Request) (any, error) {
 	switch kind := r.URL.Query().Get("kind"); kind {
 	case "", "user":
@@ -147,35 +154,68 @@ func (c *ClientAPI) register(r *http.Request) (any, error) {
 		return nil, err
 	}
 	var req registerRequest
-	att, err := c.uia.open(uiaOp{scope: "register", flows: [][]string{{stageDummy}}}, body, &req)
+	att, err := c.uia.open(uiaOp{scope: "register", flows: [][]string{{stageDummy}}, idempotent: true}, body, &req)
 	if err != nil {
 		return nil, err
 	}
 	// Synapse lowercases the requested name (sytest checks it does).
 	localpart := strings.ToLower(req.Username)
-	// A taken or bad name fails before the client does any stage.
-	if localpart != "" {
-		if err := c.checkAvailable(r, localpart); err != nil {
-			return nil, err
-		}
+	// A taken or bad name fails before the client does any stage, unless
+	// this session took it.
+	if err := c.checkRegistration(r, localpart, att.outcome()); err != nil {
+		return nil, err
 	}
 	if challenge, err := att.run(); challenge != nil || err != nil {
 		return challenge, err
 	}
-	if req.Password == "" {
-		return nil, mxhttp.MissingParam("password is required")
-	}
-	if err := allow(c.limits.register, mxhttp.ClientIP(r)); err != nil {
+	unlock, err := att.lock(r.Context())
+	if err != nil {
 		return nil, err
 	}
-	acct, err := c.users.CreateAccount(r.Context(), uapi.CreateAccountRequest{Localpart: localpart, Password: req.Password})
-	if err != nil {
-		return nil, usernameError(err)
+	defer unlock()
+	userID := att.outcome()
+	if userID != "" {
+		if err := c.checkRegistration(r, localpart, userID); err != nil {
+			return nil, err
+		}
+	} else {
+		if req.Password == "" {
+			return nil, mxhttp.MissingParam("password is required")
+		}
+		if err := allow(c.limits.register, mxhttp.ClientIP(r)); err != nil {
+			return nil, err
+		}
+		acct, err := c.users.CreateAccount(r.Context(), uapi.CreateAccountRequest{Localpart: localpart, Password: req.Password})
+		if err != nil {
+			return nil, usernameError(err)
+		}
+		userID = acct.UserID
+		if err := att.succeed(userID); err != nil {
+			return nil, err
+		}
 	}
 	if req.InhibitLogin {
-		return &loginResponse{UserID: acct.UserID, HomeServer: c.cfg.ServerName}, nil
+		return &loginResponse{UserID: userID, HomeServer: c.cfg.ServerName}, nil
 	}
-	return c.logIn(r, acct.UserID, req.deviceFields)
+	return c.logIn(r, userID, req.deviceFields)
+}
+
+// checkRegistration checks the name a registration asks for (localpart, or
+// "" for a number). A session that made its account already (registered is
+// its user ID) may ask only for that account again; otherwise the name must
+// be valid and free.
+func (c *ClientAPI) checkRegistration(r *http.Request, localpart, registered string) error {
+	switch {
+	case registered == "":
+		if localpart == "" {
+			return nil
+		}
+		return c.checkAvailable(r, localpart)
+	case localpart == "" || "@"+localpart+":"+c.cfg.ServerName == registered:
+		return nil
+	default:
+		return mxhttp.Forbidden("This session registered %s, not %s", registered, localpart)
+	}
 }
 
 // checkAvailable answers M_INVALID_USERNAME or M_USER_IN_USE for a

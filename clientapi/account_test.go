@@ -265,7 +265,7 @@ func str(m map[string]any, k string) string { s, _ := m[k].(string); return s }
 func TestRegisterAndLogin(t *testing.T) {
 	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
 		s := newAcctServer(t, dbURL, acctOptions{})
-		var session, aliceTok, aliceOldTok, aliceDev, erinTok string
+		var session, aliceTok, aliceOldTok, aliceDev, erinTok, numericID string
 		dummy := map[string]any{"type": "m.login.dummy"}
 		login := func(user, password string) map[string]any {
 			return map[string]any{"type": "m.login.password", "identifier": map[string]any{"type": "m.id.user", "user": user}, "password": password}
@@ -308,7 +308,19 @@ func TestRegisterAndLogin(t *testing.T) {
 				check: want(map[string]any{"user_id": "@bob:test.local", "device_id": "BOBDEV", "home_server": "test.local"}),
 			},
 			{
-				name: "session used up", method: "POST", path: "/register", status: 400, errcode: "M_UNKNOWN",
+				name: "repeated: the same account", method: "POST", path: "/register", status: 200,
+				body: func() any {
+					return map[string]any{"username": "bob", "password": "pw", "device_id": "BOBDEV", "auth": map[string]any{"type": "m.login.dummy", "session": session}}
+				},
+				check: want(map[string]any{"user_id": "@bob:test.local", "device_id": "BOBDEV"}),
+			},
+			{
+				name: "repeated with only the session", method: "POST", path: "/register", status: 200,
+				body:  func() any { return map[string]any{"auth": map[string]any{"session": session}} },
+				check: want(map[string]any{"user_id": "@bob:test.local", "device_id": "BOBDEV"}),
+			},
+			{
+				name: "another name in a used session", method: "POST", path: "/register", status: 403, errcode: "M_FORBIDDEN",
 				body: func() any {
 					return map[string]any{"username": "bob2", "password": "pw", "auth": map[string]any{"type": "m.login.dummy", "session": session}}
 				},
@@ -342,6 +354,31 @@ func TestRegisterAndLogin(t *testing.T) {
 					return map[string]any{"auth": map[string]any{"type": "m.login.dummy", "session": session}}
 				},
 				check: want(map[string]any{"user_id": "@frank:test.local", "access_token": nil, "device_id": nil}),
+			},
+			{
+				name: "no username, repeated: challenge", method: "POST", path: "/register", status: 401,
+				body: map[string]any{"password": "pw"},
+				check: func(t *testing.T, got map[string]any, _ http.Header) {
+					session = str(got, "session")
+				},
+			},
+			{
+				name: "no username, repeated: first", method: "POST", path: "/register", status: 200,
+				body: func() any {
+					return map[string]any{"password": "pw", "auth": map[string]any{"type": "m.login.dummy", "session": session}}
+				},
+				check: func(t *testing.T, got map[string]any, _ http.Header) {
+					numericID = str(got, "user_id")
+				},
+			},
+			{
+				name: "no username, repeated: the same account", method: "POST", path: "/register", status: 200,
+				body: func() any {
+					return map[string]any{"password": "pw", "auth": map[string]any{"type": "m.login.dummy", "session": session}}
+				},
+				check: func(t *testing.T, got map[string]any, h http.Header) {
+					gotToken(nil, numericID)(t, got, h)
+				},
 			},
 			{
 				name: "dummy stage without a session (sytest)", method: "POST", path: "/register", status: 200,

@@ -2,6 +2,7 @@ package clientapi
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
@@ -51,6 +52,13 @@ type uiaSession struct {
 	// Synapse does so, and clients (sytest among them) send a
 	// registration's parameters only with its first request.
 	params json.RawMessage
+	// The fields below are those of idempotent operations, whose session
+	// outlives the operation: lock (a one-slot semaphore) serialises the
+	// requests that complete it, and outcome is what the operation made
+	// (the user ID of a registration), for a repeated request to answer
+	// with.
+	lock    chan struct{}
+	outcome string
 }
 
 // authDict is the "auth" object of a request. Only the fields of the stages
@@ -103,6 +111,11 @@ type uiaOp struct {
 	// password checks an m.login.password stage; it returns *stageFailed
 	// for wrong credentials, any other error to fail the request.
 	password func(d *authDict) error
+	// idempotent keeps the session once a flow is complete, so that a
+	// client that lost the response can repeat the request and get the same
+	// result (registration; see uiaAttempt.lock). Other sessions authorise
+	// one operation and end with it.
+	idempotent bool
 }
 
 // uiaAttempt is one request's part in a session.
@@ -169,6 +182,17 @@ func (s *uiaSessions) open(op uiaOp, body []byte, v any) (*uiaAttempt, error) {
 	return a, nil
 }
 
+// outcome is what the session's operation made, "" if it has not
+// succeeded (yet). Read it again after lock: another request may have
+// completed the operation in between.
+func (a *uiaAttempt) outcome() string {
+	if a.id == "" {
+		return ""
+	}
+	sess, _ := a.s.store.get(a.id)
+	return sess.outcome
+}
+
 // run advances the session by the stage in the request's auth dict. It
 // returns (nil, nil) once a flow is complete; otherwise the challenge to
 // answer with, or an error.
@@ -196,9 +220,15 @@ func (a *uiaAttempt) run() (*mxhttp.Response, error) {
 	case a.id == "":
 		// The client did the whole flow in one request: no session to
 		// end.
+	case a.op.idempotent:
+		if err := a.s.store.update(a.id, func(sess *uiaSession) {
+			sess.completed = addStage(sess.completed, a.auth.Type)
+		}); err != nil {
+			return nil, a.expired()
+		}
 	default:
-		// A session authorises one operation: of two requests completing
-		// it, only the one that takes it goes on.
+		// Of two requests completing one session, only the one that takes
+		// it goes on.
 		if _, ok := a.s.store.take(a.id); !ok {
 			return nil, a.expired()
 		}
@@ -273,6 +303,9 @@ func (a *uiaAttempt) challenge(failure *stageFailed) (*mxhttp.Response, error) {
 	}
 	if a.id == "" {
 		sess := uiaSession{scope: a.op.scope}
+		if a.op.idempotent {
+			sess.lock = make(chan struct{}, 1)
+		}
 		record(&sess)
 		id, err := a.s.store.add(sess)
 		if err != nil {
@@ -296,6 +329,51 @@ func (a *uiaAttempt) challenge(failure *stageFailed) (*mxhttp.Response, error) {
 		body.ErrCode, body.Error = failure.code, failure.msg
 	}
 	return &mxhttp.Response{Status: http.StatusUnauthorized, Body: body}, nil
+}
+
+// lock serialises the requests that complete one session of an idempotent
+// operation: the first does the operation and records its outcome
+// (succeed), the others wait for it and then find the outcome. Without a
+// session (a flow done in one request) there is nothing to serialise.
+func (a *uiaAttempt) lock(ctx context.Context) (unlock func(), err error) {
+	if a.sess.lock == nil {
+		return func() {}, nil
+	}
+	select {
+	case a.sess.lock <- struct{}{}:
+		return func() { <-a.sess.lock }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// succeed records what the operation made, for a repeated request to find.
+// The remembered parameters lose the password: the operation is done, and
+// keeping a password in memory any longer helps no one.
+func (a *uiaAttempt) succeed(outcome string) error {
+	if a.id == "" {
+		return nil
+	}
+	var members map[string]json.RawMessage
+	params := a.params
+	if params == nil {
+		params = a.sess.params
+	}
+	if len(params) > maxUIAParams {
+		params = nil
+	}
+	if params != nil && json.Unmarshal(params, &members) == nil {
+		delete(members, "password")
+		var err error
+		if params, err = json.Marshal(members); err != nil {
+			return fmt.Errorf("encode request parameters: %w", err)
+		}
+	}
+	// An expired session has nothing left to repeat: not an error.
+	_ = a.s.store.update(a.id, func(sess *uiaSession) {
+		sess.outcome, sess.params = outcome, params
+	})
+	return nil
 }
 
 // expiring is a bounded in-memory map from random IDs to values that

@@ -1,6 +1,7 @@
 package clientapi
 
 import (
+	"context"
 	"slices"
 	"strings"
 	"sync"
@@ -90,6 +91,77 @@ func TestUIARun(t *testing.T) {
 		if req.X != st.wantX {
 			t.Fatalf("%s: x = %q, want %q", st.name, req.X, st.wantX)
 		}
+	}
+}
+
+// TestUIAIdempotent: a session of an idempotent operation outlives its
+// completion, remembers the outcome, and lets one request at a time do the
+// operation.
+func TestUIAIdempotent(t *testing.T) {
+	s := newUIASessions()
+	op := uiaOp{scope: "register", flows: [][]string{{stageDummy}}, idempotent: true}
+	type params struct {
+		Password string `json:"password"`
+		Device   string `json:"device"`
+	}
+	open := func(body string) (*uiaAttempt, params) {
+		t.Helper()
+		var p params
+		att, err := s.open(op, []byte(body), &p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return att, p
+	}
+	att, _ := open(`{"password":"pw","device":"D"}`)
+	resp, err := att.run()
+	if err != nil || resp == nil {
+		t.Fatalf("challenge: %+v, %v", resp, err)
+	}
+	session := resp.Body.(uiaChallenge).Session
+	auth := `{"auth":{"type":"m.login.dummy","session":"` + session + `"}}`
+
+	att, p := open(auth)
+	if p != (params{"pw", "D"}) || att.outcome() != "" {
+		t.Fatalf("params %+v, outcome %q", p, att.outcome())
+	}
+	if resp, err := att.run(); resp != nil || err != nil {
+		t.Fatalf("complete: %+v, %v", resp, err)
+	}
+	unlock, err := att.lock(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A second request completing the session waits for the first.
+	second, _ := open(auth)
+	if resp, err := second.run(); resp != nil || err != nil {
+		t.Fatalf("complete again: %+v, %v", resp, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := second.lock(ctx); err == nil {
+		t.Fatal("second request got the lock while the first held it")
+	}
+	if err := att.succeed("@u:x"); err != nil {
+		t.Fatal(err)
+	}
+	unlock()
+	unlock, err = second.lock(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlock()
+	if got := second.outcome(); got != "@u:x" {
+		t.Fatalf("outcome %q", got)
+	}
+	// Once done, the session keeps the parameters but not the password.
+	if _, p := open(auth); p != (params{Device: "D"}) {
+		t.Fatalf("params after success %+v", p)
+	}
+	// An auth dict with only the session of a complete flow passes too.
+	att, _ = open(`{"auth":{"session":"` + session + `"}}`)
+	if resp, err := att.run(); resp != nil || err != nil || att.outcome() != "@u:x" {
+		t.Fatalf("session only: %+v, %v, %q", resp, err, att.outcome())
 	}
 }
 
