@@ -110,7 +110,51 @@ func (c *ClientAPI) deleteAlias(r *http.Request, dev *uapi.Device) (any, error) 
 		}
 		return nil, err
 	}
+	c.dropCanonicalAlias(r, roomID, dev.UserID, alias)
 	return struct{}{}, nil
+}
+
+// dropCanonicalAlias removes a deleted alias from the room's
+// m.room.canonical_alias event, as Synapse does, so the room does not
+// advertise an alias that no longer resolves. It is best effort: a user
+// without the power to change the event leaves it as it is.
+func (c *ClientAPI) dropCanonicalAlias(r *http.Request, roomID, userID, alias string) {
+	ctx := r.Context()
+	ev, err := c.rooms.StateEvent(ctx, roomID, spec.MRoomCanonicalAlias, "")
+	if err != nil {
+		return
+	}
+	var content map[string]any
+	if json.Unmarshal(ev.Content(), &content) != nil {
+		return
+	}
+	changed := false
+	if a, _ := content["alias"].(string); a == alias {
+		delete(content, "alias")
+		changed = true
+	}
+	if alts, ok := content["alt_aliases"].([]any); ok {
+		kept := make([]any, 0, len(alts))
+		for _, a := range alts {
+			if a != alias {
+				kept = append(kept, a)
+			}
+		}
+		if len(kept) != len(alts) {
+			content["alt_aliases"] = kept
+			changed = true
+		}
+	}
+	if !changed {
+		return
+	}
+	raw, _ := json.Marshal(content)
+	empty := ""
+	if _, err := c.send(ctx, roomID, rsapi.InputEvent{
+		Proto: &rsapi.ProtoEvent{Sender: userID, Type: spec.MRoomCanonicalAlias, StateKey: &empty, Content: raw},
+	}); err != nil {
+		mxhttp.Logger(ctx).WithError(err).Debug("could not drop a deleted alias from the canonical alias event")
+	}
 }
 
 // hasStatePower reports whether userID may send state of evType in roomID.

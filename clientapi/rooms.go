@@ -22,6 +22,7 @@ func (c *ClientAPI) roomRoutes(r *mux.Router) {
 	r.Handle("/createRoom", c.authed(c.createRoom)).Methods(http.MethodPost)
 	r.Handle("/joined_rooms", c.authed(c.joinedRooms)).Methods(http.MethodGet)
 	r.Handle("/rooms/{roomId}/send/{eventType}/{txnId}", c.authed(c.sendMessage)).Methods(http.MethodPut)
+	r.Handle("/rooms/{roomId}/send/{eventType}", c.authed(c.sendMessageNoTxn)).Methods(http.MethodPost)
 	r.Handle("/rooms/{roomId}/state/{eventType}/{stateKey:.*}", c.authed(c.putState)).Methods(http.MethodPut)
 	r.Handle("/rooms/{roomId}/state/{eventType}", c.authed(c.putState)).Methods(http.MethodPut)
 	r.Handle("/rooms/{roomId}/state/{eventType}/{stateKey:.*}", c.authed(c.getState)).Methods(http.MethodGet)
@@ -106,6 +107,25 @@ func (c *ClientAPI) sendMessage(r *http.Request, dev *uapi.Device) (any, error) 
 	return c.sendWithTxn(r.Context(), dev, mxhttp.Var(r, "roomId"), "send/"+evType, mxhttp.Var(r, "txnId"), rsapi.InputEvent{
 		Proto: &rsapi.ProtoEvent{Sender: dev.UserID, Type: evType, Content: content},
 	})
+}
+
+// sendMessageNoTxn is the transaction-less POST form of send that early
+// clients used (and sytest still does): every request makes a new event.
+func (c *ClientAPI) sendMessageNoTxn(r *http.Request, dev *uapi.Device) (any, error) {
+	content, err := readObject(r, false)
+	if err != nil {
+		return nil, err
+	}
+	if err := allow(c.limits.send, dev.UserID); err != nil {
+		return nil, err
+	}
+	id, err := c.send(r.Context(), mxhttp.Var(r, "roomId"), rsapi.InputEvent{
+		Proto: &rsapi.ProtoEvent{Sender: dev.UserID, Type: mxhttp.Var(r, "eventType"), Content: content},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return map[string]string{"event_id": id}, nil
 }
 
 func (c *ClientAPI) putState(r *http.Request, dev *uapi.Device) (any, error) {
@@ -316,10 +336,10 @@ func (c *ClientAPI) memberContent(ctx context.Context, membership, userID, reaso
 	}
 	if membership == spec.Join || membership == spec.Invite {
 		if p, err := c.users.Profile(ctx, userID); err == nil {
-			if p.DisplayName != "" {
+			if _, set := content["displayname"]; !set && p.DisplayName != "" {
 				content["displayname"] = p.DisplayName
 			}
-			if p.AvatarURL != "" {
+			if _, set := content["avatar_url"]; !set && p.AvatarURL != "" {
 				content["avatar_url"] = p.AvatarURL
 			}
 		}
@@ -362,12 +382,19 @@ func (c *ClientAPI) join(r *http.Request, dev *uapi.Device, roomID string) (any,
 	if err := mxhttp.DecodeJSON(body, &req); err != nil {
 		return nil, err
 	}
+	// Other fields of the body become fields of the member event's content,
+	// as Synapse does; third_party_signed is a request parameter.
+	var extra map[string]any
+	_ = json.Unmarshal(body, &extra)
+	delete(extra, "third_party_signed")
+	delete(extra, "reason")
+	delete(extra, "membership")
 	if _, err := c.rooms.RoomVersion(ctx, roomID); errors.Is(err, rsapi.ErrRoomNotFound) {
 		return nil, mxhttp.NotFound("No known servers for room %s", roomID)
 	} else if err != nil {
 		return nil, err
 	}
-	content, err := c.memberContent(ctx, spec.Join, dev.UserID, req.Reason, nil)
+	content, err := c.memberContent(ctx, spec.Join, dev.UserID, req.Reason, extra)
 	if err != nil {
 		return nil, err
 	}
@@ -425,6 +452,21 @@ func (c *ClientAPI) membershipOf(membership string) func(r *http.Request, dev *u
 		if err := mxhttp.ReadJSON(r, &req); err != nil {
 			return nil, err
 		}
+		roomID := mxhttp.Var(r, "roomId")
+		if membership == spec.Leave {
+			// Kicking someone not in the room (or banned: that is an
+			// unban) is refused, as in Synapse, though the auth rules
+			// would allow the event.
+			m, err := c.rooms.Membership(ctx, roomID, req.UserID)
+			if err != nil {
+				return nil, roomError(err)
+			}
+			switch m.Membership {
+			case spec.Join, spec.Invite, spec.Knock:
+			default:
+				return nil, mxhttp.Forbidden("%s is not in the room", req.UserID)
+			}
+		}
 		var extra map[string]any
 		profileOf := req.UserID
 		if membership != spec.Invite {
@@ -434,7 +476,7 @@ func (c *ClientAPI) membershipOf(membership string) func(r *http.Request, dev *u
 		if err != nil {
 			return nil, err
 		}
-		if _, err := c.send(ctx, mxhttp.Var(r, "roomId"), rsapi.InputEvent{
+		if _, err := c.send(ctx, roomID, rsapi.InputEvent{
 			Proto: &rsapi.ProtoEvent{Sender: dev.UserID, Type: spec.MRoomMember, StateKey: &req.UserID, Content: content},
 		}); err != nil {
 			return nil, err

@@ -143,6 +143,20 @@ func (s *clientSpec) check(t *testing.T, method, tmpl, query string, status int,
 	if err != nil {
 		return fmt.Errorf("body is not JSON: %w", err)
 	}
+	// Deliberate deviation: joined_members gives every member both keys,
+	// avatar_url null when unset, as Synapse does and sytest requires
+	// ("joined_members fetches my membership"); the spec has optional
+	// strings. Only that null is forgiven.
+	if method == "GET" && tmpl == clientV3+"/rooms/{roomId}/joined_members" {
+		if m, ok := body.(map[string]any); ok {
+			joined, _ := m["joined"].(map[string]any)
+			for _, member := range joined {
+				if mm, ok := member.(map[string]any); ok && mm["avatar_url"] == nil {
+					delete(mm, "avatar_url")
+				}
+			}
+		}
+	}
 	return sch.Validate(body)
 }
 

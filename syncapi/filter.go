@@ -18,7 +18,7 @@ type Filter struct {
 
 // EventFilter selects events by type and sender.
 type EventFilter struct {
-	Limit      int       `json:"limit,omitempty"`
+	Limit      *int      `json:"limit,omitempty"` // nil: the default; 0 is a real limit
 	Types      *[]string `json:"types,omitempty"`
 	NotTypes   []string  `json:"not_types,omitempty"`
 	Senders    *[]string `json:"senders,omitempty"`
@@ -57,8 +57,8 @@ func (f *Filter) Validate() error {
 	if f.EventFormat != "" && f.EventFormat != "client" && f.EventFormat != "federation" {
 		return mxhttp.BadJSON("event_format must be 'client' or 'federation'")
 	}
-	for _, l := range []int{f.Presence.Limit, f.AccountData.Limit, f.Room.Timeline.Limit, f.Room.State.Limit, f.Room.Ephemeral.Limit, f.Room.AccountData.Limit} {
-		if l < 0 {
+	for _, l := range []*int{f.Presence.Limit, f.AccountData.Limit, f.Room.Timeline.Limit, f.Room.State.Limit, f.Room.Ephemeral.Limit, f.Room.AccountData.Limit} {
+		if l != nil && *l < 0 {
 			return mxhttp.BadJSON("limit must not be negative")
 		}
 	}
@@ -75,11 +75,10 @@ func parseFilter(raw []byte) (*Filter, error) {
 }
 
 func (f *Filter) timelineLimit() int {
-	l := f.Room.Timeline.Limit
-	if l <= 0 {
+	if f.Room.Timeline.Limit == nil {
 		return defaultTimelineLimit
 	}
-	return min(l, maxLimit)
+	return min(*f.Room.Timeline.Limit, maxLimit)
 }
 
 // matchType matches an event type against a pattern where '*' matches any

@@ -105,8 +105,8 @@ func (s *SyncAPI) messages(r *http.Request, dev *uapi.Device) (any, error) {
 		if err := mxhttp.DecodeJSON([]byte(f), filter); err != nil {
 			return nil, err
 		}
-		if filter.Limit > 0 && q.Get("limit") == "" {
-			limit = min(filter.Limit, maxLimit)
+		if filter.Limit != nil && q.Get("limit") == "" {
+			limit = min(*filter.Limit, maxLimit)
 		}
 	}
 	s.catchUp(ctx)
@@ -181,7 +181,9 @@ func (s *SyncAPI) messages(r *http.Request, dev *uapi.Device) (any, error) {
 			more = false
 		}
 	}
-	if more && last != nil {
+	// As Synapse: an end token whenever events were returned, none when
+	// the chunk is empty (nothing further).
+	if len(resp.Chunk) > 0 && last != nil {
 		resp.End = cur.String()
 	}
 	if filter.LazyLoadMembers {
@@ -439,9 +441,11 @@ func (s *SyncAPI) joinedMembers(r *http.Request, dev *uapi.Device) (any, error) 
 	if err != nil {
 		return nil, err
 	}
+	// Both keys are always present, as in Synapse (sytest expects them):
+	// an unset avatar is null.
 	type profile struct {
-		DisplayName *string `json:"display_name,omitempty"`
-		AvatarURL   *string `json:"avatar_url,omitempty"`
+		DisplayName string  `json:"display_name"`
+		AvatarURL   *string `json:"avatar_url"`
 	}
 	joined := map[string]profile{}
 	for _, st := range state {
@@ -449,7 +453,7 @@ func (s *SyncAPI) joinedMembers(r *http.Request, dev *uapi.Device) (any, error) 
 			continue
 		}
 		var c struct {
-			DisplayName *string `json:"displayname"`
+			DisplayName string  `json:"displayname"`
 			AvatarURL   *string `json:"avatar_url"`
 		}
 		_ = json.Unmarshal(contentRaw(st.JSON), &c)

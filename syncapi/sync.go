@@ -250,21 +250,25 @@ func (s *SyncAPI) build(ctx context.Context, req *syncRequest) (*syncResponse, e
 		case "join":
 			from := since.PDU
 			full := req.since == nil || req.fullState
+			newlyJoined := false
 			if changed && req.since != nil {
 				before, err := s.membershipBefore(ctx, roomID, user, firstChange[roomID].Pos)
 				if err != nil {
 					return nil, err
 				}
 				if before != "join" {
-					full = true // newly joined: the whole state
+					full, newlyJoined = true, true // the whole state
 				}
 			}
 			if !full && !active[roomID] {
 				continue
 			}
-			jr, err := s.joinedRoom(ctx, req, roomID, from, full)
+			jr, err := s.joinedRoom(ctx, req, roomID, from, full, newlyJoined)
 			if err != nil {
 				return nil, err
+			}
+			if !full && jr.empty() {
+				continue // everything new was filtered out
 			}
 			resp.Rooms.Join[roomID] = jr
 		case "invite":
@@ -293,6 +297,7 @@ func (s *SyncAPI) build(ctx context.Context, req *syncRequest) (*syncResponse, e
 			if forgotten[roomID] {
 				continue
 			}
+			full := req.since == nil || req.fullState
 			if req.since != nil && changed {
 				before, err := s.membershipBefore(ctx, roomID, user, firstChange[roomID].Pos)
 				if err != nil {
@@ -301,8 +306,11 @@ func (s *SyncAPI) build(ctx context.Context, req *syncRequest) (*syncResponse, e
 				if before == "leave" || before == "ban" {
 					continue // e.g. an invite rejected and re-sent: nothing to show
 				}
+				if before != "join" {
+					full = true // joined (or was invited) and left within the batch
+				}
 			}
-			lr, err := s.leftRoom(ctx, req, roomID, since.PDU)
+			lr, err := s.leftRoom(ctx, req, roomID, since.PDU, full)
 			if err != nil {
 				return nil, err
 			}
@@ -367,6 +375,10 @@ func (s *SyncAPI) addAccountData(ctx context.Context, req *syncRequest, from int
 	return nil
 }
 
+func (jr *joinedRoom) empty() bool {
+	return len(jr.Timeline.Events) == 0 && len(jr.State.Events) == 0 && len(jr.Ephemeral.Events) == 0 && len(jr.AccountData.Events) == 0
+}
+
 func newJoinedRoom() *joinedRoom {
 	return &joinedRoom{
 		State:       stateList{Events: []ClientEvent{}},
@@ -378,22 +390,24 @@ func newJoinedRoom() *joinedRoom {
 
 // joinedRoom builds one room of rooms.join: the timeline of events after
 // from, and either the whole state at its start (full) or the state that
-// changed between from and its start.
-func (s *SyncAPI) joinedRoom(ctx context.Context, req *syncRequest, roomID string, from int64, full bool) (*joinedRoom, error) {
+// changed between from and its start. newlyJoined marks a room the user
+// joined since the last sync.
+func (s *SyncAPI) joinedRoom(ctx context.Context, req *syncRequest, roomID string, from int64, full, newlyJoined bool) (*joinedRoom, error) {
 	jr := newJoinedRoom()
 	tlFrom := from
-	if req.since == nil {
+	if full {
+		// An initial sync, a newly joined room or full_state: the timeline
+		// is the room's latest events, limited if there are older ones.
 		tlFrom = 0
 	}
 	events, limited, err := s.timelineEvents(ctx, req, roomID, tlFrom, req.to.PDU, req.filter.timelineLimit())
 	if err != nil {
 		return nil, err
 	}
-	jr.Timeline.Limited = limited
-	jr.Timeline.PrevBatch = req.to.String()
-	if len(events) > 0 {
-		jr.Timeline.PrevBatch = TopoToken{Depth: events[0].Depth, Pos: events[0].Pos}.String()
-	}
+	// A newly joined room's timeline is always limited: the client has
+	// none of the room's history (Synapse does the same).
+	jr.Timeline.Limited = limited || newlyJoined
+	jr.Timeline.PrevBatch = prevBatch(events, req.to)
 	inTimeline := make(map[string]bool, len(events))
 	for _, e := range events {
 		inTimeline[e.EventID] = true
@@ -401,18 +415,26 @@ func (s *SyncAPI) joinedRoom(ctx context.Context, req *syncRequest, roomID strin
 	}
 	stateFilter := &req.filter.Room.State
 	lazy := stateFilter.LazyLoadMembers
+	var sent *memberSet
+	if lazy {
+		sent = s.lazy.get(req.dev.SessionID, roomID, full)
+	}
+	// The member events a lazy-loading client needs: the timeline's senders
+	// (and, in a full sync, its own).
 	wantMember := map[string]bool{}
 	if lazy {
-		wantMember[req.dev.UserID] = full
+		if full {
+			wantMember[req.dev.UserID] = true
+		}
 		for _, e := range events {
 			wantMember[e.Sender] = true
 		}
 	}
-	keep := func(evType, stateKey, sender string, content json.RawMessage) bool {
-		if evType == "m.room.member" && lazy && !wantMember[stateKey] {
-			return false
+	have := map[string]bool{} // members whose event is in the response
+	for _, e := range events {
+		if e.Type == "m.room.member" && e.StateKey != nil {
+			have[*e.StateKey] = true
 		}
-		return stateFilter.AllowsEvent(evType, sender, content)
 	}
 	membersChanged := full
 	switch {
@@ -425,12 +447,20 @@ func (s *SyncAPI) joinedRoom(ctx context.Context, req *syncRequest, roomID strin
 			if inTimeline[st.EventID] {
 				continue
 			}
+			if st.Type == "m.room.member" && lazy && !wantMember[st.StateKey] {
+				continue
+			}
 			ce := req.fmt.state(st)
-			if keep(st.Type, st.StateKey, st.Sender, ce.Content) {
+			if stateFilter.AllowsEvent(st.Type, st.Sender, ce.Content) {
 				jr.State.Events = append(jr.State.Events, ce)
+				if st.Type == "m.room.member" {
+					have[st.StateKey] = true
+				}
 			}
 		}
-	case limited && len(events) > 0:
+	case jr.Timeline.Limited && len(events) > 0:
+		// A gap: every state change in it, member events included even
+		// when lazy-loading (the client cannot know them otherwise).
 		changes, err := s.store.StateEventsBetween(ctx, roomID, from, events[0].Pos)
 		if err != nil {
 			return nil, err
@@ -447,36 +477,30 @@ func (s *SyncAPI) joinedRoom(ctx context.Context, req *syncRequest, roomID strin
 			if c.Type == "m.room.member" {
 				membersChanged = true
 			}
-			if keep(c.Type, *c.StateKey, c.Sender, ce.Content) {
+			if stateFilter.AllowsEvent(c.Type, c.Sender, ce.Content) {
 				jr.State.Events = append(jr.State.Events, ce)
+				if c.Type == "m.room.member" {
+					have[*c.StateKey] = true
+				}
 			}
 		}
-		fallthrough
-	default:
-		// With lazy-loading, the senders of the timeline must be known.
-		if lazy {
-			have := map[string]bool{}
-			for _, ce := range jr.State.Events {
-				if ce.Type == "m.room.member" && ce.StateKey != nil {
-					have[*ce.StateKey] = true
-				}
+	}
+	if lazy {
+		// Senders of the timeline whose member event the client lacks,
+		// unless this device was sent it already (include_redundant_members
+		// asks for them anyway).
+		for u := range wantMember {
+			if have[u] || (!full && !stateFilter.IncludeRedundantMembers && sent.has(u)) {
+				continue
 			}
-			for _, e := range events {
-				if e.Type == "m.room.member" && e.StateKey != nil {
-					have[*e.StateKey] = true
-				}
+			st, err := s.store.StateEvent(ctx, roomID, "m.room.member", u)
+			if err != nil {
+				continue
 			}
-			for u, want := range wantMember {
-				if !want || have[u] {
-					continue
-				}
-				st, err := s.store.StateEvent(ctx, roomID, "m.room.member", u)
-				if err != nil {
-					continue
-				}
-				jr.State.Events = append(jr.State.Events, req.fmt.state(st))
-			}
+			jr.State.Events = append(jr.State.Events, req.fmt.state(st))
+			have[u] = true
 		}
+		sent.add(have)
 	}
 	for _, e := range events {
 		if e.Type == "m.room.member" {
@@ -491,6 +515,22 @@ func (s *SyncAPI) joinedRoom(ctx context.Context, req *syncRequest, roomID strin
 	return jr, nil
 }
 
+// prevBatch is the token to page back from a timeline. A timeline that
+// starts with the room's create event has nothing before it; its token
+// points just after the create event, so that paging back (which clients
+// and sytest expect to return something) returns the create event again,
+// as Dendrite does.
+func prevBatch(events []*storage.Event, to Token) string {
+	if len(events) == 0 {
+		return to.String()
+	}
+	first := events[0]
+	if first.Type == "m.room.create" && first.StateKey != nil && *first.StateKey == "" {
+		return TopoToken{Depth: first.Depth, Pos: first.Pos + 1}.String()
+	}
+	return TopoToken{Depth: first.Depth, Pos: first.Pos}.String()
+}
+
 // timelineEvents returns up to limit events of roomID in (from, to] that
 // pass the timeline filter and that the user may see, oldest first, and
 // whether older ones were left out.
@@ -499,11 +539,14 @@ func (s *SyncAPI) timelineEvents(ctx context.Context, req *syncRequest, roomID s
 	if !req.filter.Room.AllowsRoom(roomID, tf) {
 		return nil, false, nil
 	}
-	vis := &visibility{s: s, roomID: roomID, userID: req.dev.UserID}
+	vis := &visibility{s: s, roomID: roomID, userID: req.dev.UserID, currentStateVisible: true}
 	var out []*storage.Event
 	upper := to
-	for round := 0; round < 10; round++ {
-		batch, more, err := s.store.Timeline(ctx, roomID, from, upper, limit)
+	// Pages are larger than the limit so that a filter that drops most
+	// events still fills the timeline in a few queries.
+	page := max(limit+1, 100)
+	for round := 0; round < 20; round++ {
+		batch, more, err := s.store.Timeline(ctx, roomID, from, upper, page)
 		if err != nil {
 			return nil, false, err
 		}
@@ -551,8 +594,9 @@ func (s *SyncAPI) invitedRoom(ctx context.Context, roomID, userID string) (*invi
 }
 
 // leftRoom builds one room of rooms.leave: the events up to the user's
-// leave that it has not seen.
-func (s *SyncAPI) leftRoom(ctx context.Context, req *syncRequest, roomID string, from int64) (*leftRoom, error) {
+// leave that it has not seen, and the state at the leave: all of it
+// (full), or what changed in a gap before the timeline.
+func (s *SyncAPI) leftRoom(ctx context.Context, req *syncRequest, roomID string, from int64, full bool) (*leftRoom, error) {
 	st, err := s.store.StateEvent(ctx, roomID, "m.room.member", req.dev.UserID)
 	if err != nil {
 		if errors.Is(err, storage.ErrNotFound) {
@@ -565,7 +609,7 @@ func (s *SyncAPI) leftRoom(ctx context.Context, req *syncRequest, roomID string,
 		Timeline:    timeline{Events: []ClientEvent{}},
 		AccountData: eventList{Events: []any{}},
 	}
-	if req.since == nil {
+	if full {
 		from = 0
 	}
 	events, limited, err := s.timelineEvents(ctx, req, roomID, from, st.Pos, req.filter.timelineLimit())
@@ -573,12 +617,51 @@ func (s *SyncAPI) leftRoom(ctx context.Context, req *syncRequest, roomID string,
 		return nil, err
 	}
 	lr.Timeline.Limited = limited
-	lr.Timeline.PrevBatch = Token{PDU: st.Pos}.String()
-	if len(events) > 0 {
-		lr.Timeline.PrevBatch = TopoToken{Depth: events[0].Depth, Pos: events[0].Pos}.String()
-	}
+	lr.Timeline.PrevBatch = prevBatch(events, Token{PDU: st.Pos})
+	inTimeline := map[string]bool{}
 	for _, e := range events {
+		inTimeline[e.EventID] = true
 		lr.Timeline.Events = append(lr.Timeline.Events, req.fmt.event(e))
+	}
+	stateFilter := &req.filter.Room.State
+	switch {
+	case full:
+		// The state when the user left, from the roomserver: the room's
+		// current state may have moved on since.
+		before, err := s.rooms.StateBefore(ctx, st.EventID)
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range before {
+			if inTimeline[p.EventID()] || p.StateKey() == nil {
+				continue
+			}
+			if stateFilter.LazyLoadMembers && p.Type() == "m.room.member" {
+				continue
+			}
+			ce := req.fmt.base(string(p.JSON()), p.EventID(), roomID)
+			if stateFilter.AllowsEvent(ce.Type, ce.Sender, ce.Content) {
+				lr.State.Events = append(lr.State.Events, ce)
+			}
+		}
+	case limited && len(events) > 0:
+		changes, err := s.store.StateEventsBetween(ctx, roomID, from, events[0].Pos)
+		if err != nil {
+			return nil, err
+		}
+		latest := map[[2]string]*storage.Event{}
+		for _, c := range changes {
+			latest[[2]string{c.Type, *c.StateKey}] = c
+		}
+		for _, c := range changes {
+			if latest[[2]string{c.Type, *c.StateKey}] != c || inTimeline[c.EventID] {
+				continue
+			}
+			ce := req.fmt.event(c)
+			if stateFilter.AllowsEvent(c.Type, c.Sender, ce.Content) {
+				lr.State.Events = append(lr.State.Events, ce)
+			}
+		}
 	}
 	return lr, nil
 }

@@ -34,6 +34,7 @@ type SyncAPI struct {
 	users    uapi.API
 	rooms    rsapi.API
 	notifier *Notifier
+	lazy     *lazyMembers
 	log      *logrus.Entry
 	now      func() time.Time
 
@@ -72,6 +73,7 @@ func New(ctx context.Context, cfg *config.Config, db *sqldb.DB, b *bus.Bus, user
 		users:     users,
 		rooms:     rooms,
 		notifier:  NewNotifier(Token{PDU: pos, AccountData: adPos}, joined),
+		lazy:      newLazyMembers(100000),
 		log:       log,
 		now:       time.Now,
 		processed: map[string]uint64{},

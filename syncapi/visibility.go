@@ -2,6 +2,7 @@ package syncapi
 
 import (
 	"context"
+	"errors"
 
 	"github.com/tidwall/gjson"
 
@@ -18,6 +19,11 @@ type visibility struct {
 	s      *SyncAPI
 	roomID string
 	userID string
+	// currentStateVisible lets the room's current state events through
+	// whatever the history visibility: /sync shows them in the timeline
+	// even when set while the user could not see the room, as Synapse
+	// does, so that clients' state stays right.
+	currentStateVisible bool
 
 	loaded bool
 	log    []storage.MembershipChange
@@ -58,10 +64,20 @@ func (v *visibility) canSee(ctx context.Context, e *storage.Event) (bool, error)
 	switch {
 	case at == "join":
 		return true, nil
-	case e.HistVis == "shared":
-		return joinedLater, nil
-	case e.HistVis == "invited":
-		return at == "invite" || (joinedLater && at == "invite"), nil
+	case e.HistVis == "shared" && joinedLater:
+		return true, nil
+	case e.HistVis == "invited" && at == "invite":
+		return true, nil
+	}
+	if v.currentStateVisible && e.StateKey != nil {
+		st, err := v.s.store.StateEvent(ctx, v.roomID, e.Type, *e.StateKey)
+		if errors.Is(err, storage.ErrNotFound) {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		return st.EventID == e.EventID, nil
 	}
 	return false, nil
 }

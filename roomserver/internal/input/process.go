@@ -383,7 +383,10 @@ func (in *Inputer) planRedaction(ctx context.Context, v *view, pe *plannedEvent)
 		return err
 	}
 	t := evs[0]
-	if t.PDU.RoomID().String() != pe.pdu.RoomID().String() || t.Rejected {
+	if t.PDU.RoomID().String() != pe.pdu.RoomID().String() {
+		return refuse(0, "M_INVALID_PARAM", "event %s is not in this room", target)
+	}
+	if t.Rejected {
 		return nil
 	}
 	if t.PDU.SenderID() != pe.pdu.SenderID() {
