@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	gmsl "github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"myelin/internal/mxhttp"
@@ -159,11 +160,36 @@ func (c *ClientAPI) dropCanonicalAlias(r *http.Request, roomID, userID, alias st
 
 // hasStatePower reports whether userID may send state of evType in roomID.
 func (c *ClientAPI) hasStatePower(r *http.Request, roomID, userID, evType string) (bool, error) {
-	ev, err := c.rooms.StateEvent(r.Context(), roomID, spec.MRoomPowerLevels, "")
+	state, err := c.rooms.CurrentState(r.Context(), roomID,
+		gmsl.StateKeyTuple{EventType: spec.MRoomCreate}, gmsl.StateKeyTuple{EventType: spec.MRoomPowerLevels})
 	if err != nil {
-		return false, nil //nolint:nilerr // no power levels: only the creator, who made the alias
+		return false, err
 	}
-	pl, err := ev.PowerLevels()
+	var create, plEvent gmsl.PDU
+	for _, ev := range state {
+		switch ev.Type() {
+		case spec.MRoomCreate:
+			create = ev
+		case spec.MRoomPowerLevels:
+			plEvent = ev
+		}
+	}
+	if create == nil {
+		return false, nil
+	}
+	// From room v12 the creators have unlimited power.
+	if v, err := gmsl.GetRoomVersion(create.Version()); err == nil && v.PrivilegedCreators() {
+		for _, cr := range gmsl.CreatorsFromCreateEvent(create) {
+			if cr == userID {
+				return true, nil
+			}
+		}
+	}
+	if plEvent == nil {
+		// Without power levels the creator has them all.
+		return string(create.SenderID()) == userID, nil
+	}
+	pl, err := plEvent.PowerLevels()
 	if err != nil {
 		return false, nil //nolint:nilerr // unreadable levels: refuse
 	}

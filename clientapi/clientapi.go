@@ -71,6 +71,7 @@ func (c *ClientAPI) Routes(root *mux.Router) {
 		r := root.PathPrefix(p).Subrouter()
 		c.accountRoutes(r)
 		c.roomRoutes(r)
+		c.directoryRoutes(r)
 	}
 }
 

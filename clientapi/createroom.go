@@ -281,6 +281,11 @@ func (c *ClientAPI) createRoom(r *http.Request, dev *uapi.Device) (any, error) {
 		return nil, err
 	}
 	out := map[string]string{"room_id": resp.RoomID}
+	if req.Visibility == "public" {
+		if err := c.rooms.SetPublished(ctx, resp.RoomID, true); err != nil {
+			return nil, err
+		}
+	}
 	if alias != "" {
 		if err := c.rooms.SetAlias(ctx, alias, resp.RoomID, sender); err != nil {
 			if errors.Is(err, rsapi.ErrAliasInUse) {

@@ -12,7 +12,9 @@ import (
 	"sort"
 
 	gmsl "github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/sirupsen/logrus"
+	"github.com/tidwall/gjson"
 
 	"myelin/internal/bus"
 	"myelin/internal/signing"
@@ -231,4 +233,72 @@ func (r *Roomserver) RemoveAlias(ctx context.Context, alias string) error {
 // RoomAliases implements rsapi.API.
 func (r *Roomserver) RoomAliases(ctx context.Context, roomID string) ([]string, error) {
 	return r.store.RoomAliases(ctx, roomID)
+}
+
+// SetPublished implements rsapi.API.
+func (r *Roomserver) SetPublished(ctx context.Context, roomID string, published bool) error {
+	if _, err := r.store.Room(ctx, roomID); err != nil {
+		return mapNotFound(err, rsapi.ErrRoomNotFound)
+	}
+	return r.store.SetPublished(ctx, roomID, published)
+}
+
+// IsPublished implements rsapi.API.
+func (r *Roomserver) IsPublished(ctx context.Context, roomID string) (bool, error) {
+	return r.store.IsPublished(ctx, roomID)
+}
+
+// summaryTuples is the state a public room summary is made of.
+var summaryTuples = []gmsl.StateKeyTuple{
+	{EventType: spec.MRoomName}, {EventType: spec.MRoomTopic}, {EventType: spec.MRoomCanonicalAlias},
+	{EventType: "m.room.avatar"}, {EventType: spec.MRoomJoinRules}, {EventType: spec.MRoomHistoryVisibility},
+	{EventType: spec.MRoomGuestAccess}, {EventType: spec.MRoomCreate},
+}
+
+// PublicRooms implements rsapi.API.
+func (r *Roomserver) PublicRooms(ctx context.Context) ([]rsapi.PublicRoom, error) {
+	published, err := r.store.PublishedRooms(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]rsapi.PublicRoom, 0, len(published))
+	for roomID, joined := range published {
+		state, err := r.CurrentState(ctx, roomID, summaryTuples...)
+		if errors.Is(err, rsapi.ErrRoomNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		pr := rsapi.PublicRoom{RoomID: roomID, NumJoinedMembers: joined}
+		for _, ev := range state {
+			c := gjson.ParseBytes(ev.Content())
+			switch ev.Type() {
+			case spec.MRoomName:
+				pr.Name = c.Get("name").String()
+			case spec.MRoomTopic:
+				pr.Topic = c.Get("topic").String()
+			case spec.MRoomCanonicalAlias:
+				pr.CanonicalAlias = c.Get("alias").String()
+			case "m.room.avatar":
+				pr.AvatarURL = c.Get("url").String()
+			case spec.MRoomJoinRules:
+				pr.JoinRule = c.Get("join_rule").String()
+			case spec.MRoomHistoryVisibility:
+				pr.WorldReadable = c.Get("history_visibility").String() == "world_readable"
+			case spec.MRoomGuestAccess:
+				pr.GuestCanJoin = c.Get("guest_access").String() == "can_join"
+			case spec.MRoomCreate:
+				pr.RoomType = c.Get("type").String()
+			}
+		}
+		out = append(out, pr)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].NumJoinedMembers != out[j].NumJoinedMembers {
+			return out[i].NumJoinedMembers > out[j].NumJoinedMembers
+		}
+		return out[i].RoomID < out[j].RoomID
+	})
+	return out, nil
 }

@@ -139,6 +139,21 @@ type Membership struct {
 	EventID    string `json:"event_id"`
 }
 
+// PublicRoom is a room as the public room directory shows it
+// (spec: PublishedRoomsChunk).
+type PublicRoom struct {
+	RoomID           string `json:"room_id"`
+	Name             string `json:"name,omitempty"`
+	Topic            string `json:"topic,omitempty"`
+	CanonicalAlias   string `json:"canonical_alias,omitempty"`
+	AvatarURL        string `json:"avatar_url,omitempty"`
+	NumJoinedMembers int    `json:"num_joined_members"`
+	WorldReadable    bool   `json:"world_readable"`
+	GuestCanJoin     bool   `json:"guest_can_join"`
+	JoinRule         string `json:"join_rule,omitempty"`
+	RoomType         string `json:"room_type,omitempty"`
+}
+
 // Inputter submits events and waits until the roomserver committed them.
 type Inputter interface {
 	Input(ctx context.Context, req *InputRequest) (*InputResponse, error)
@@ -167,6 +182,12 @@ type API interface {
 	UserRooms(ctx context.Context, userID string, memberships ...string) ([]string, error)
 	// TxnEvent returns the event a device's transaction made, "" if none.
 	TxnEvent(ctx context.Context, txn TxnID) (string, error)
+
+	// The public room directory.
+	SetPublished(ctx context.Context, roomID string, published bool) error
+	IsPublished(ctx context.Context, roomID string) (bool, error)
+	// PublicRooms summarises every published room, most joined first.
+	PublicRooms(ctx context.Context) ([]PublicRoom, error)
 
 	// Room aliases.
 	SetAlias(ctx context.Context, alias, roomID, creator string) error

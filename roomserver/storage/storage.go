@@ -586,3 +586,48 @@ func (s *Storage) RoomAliases(ctx context.Context, roomID string) ([]string, err
 	}
 	return out, rows.Err()
 }
+
+// SetPublished adds roomID to the public room directory or removes it.
+func (s *Storage) SetPublished(ctx context.Context, roomID string, published bool) error {
+	if published {
+		_, err := s.db.Exec(ctx, `INSERT INTO roomserver_published (room_id) VALUES ($1) ON CONFLICT DO NOTHING`, roomID)
+		return err
+	}
+	_, err := s.db.Exec(ctx, `DELETE FROM roomserver_published WHERE room_id = $1`, roomID)
+	return err
+}
+
+// IsPublished reports whether roomID is in the public room directory.
+func (s *Storage) IsPublished(ctx context.Context, roomID string) (bool, error) {
+	var n int
+	err := s.db.QueryRow(ctx, `SELECT COUNT(*) FROM roomserver_published WHERE room_id = $1`, roomID).Scan(&n)
+	return n > 0, err
+}
+
+// PublishedRooms lists the published rooms with their joined member counts.
+func (s *Storage) PublishedRooms(ctx context.Context) (map[string]int, error) {
+	rows, err := s.db.Query(ctx, `SELECT p.room_id, (SELECT COUNT(*) FROM roomserver_memberships m
+		JOIN roomserver_rooms r ON r.room_nid = m.room_nid WHERE r.room_id = p.room_id AND m.membership = 'join')
+		FROM roomserver_published p`)
+	if err != nil {
+		return nil, fmt.Errorf("published rooms: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]int{}
+	for rows.Next() {
+		var id string
+		var n int
+		if err := rows.Scan(&id, &n); err != nil {
+			return nil, err
+		}
+		out[id] = n
+	}
+	return out, rows.Err()
+}
+
+// JoinedCount is the number of users joined to a room.
+func (s *Storage) JoinedCount(ctx context.Context, roomNID int64) (int, error) {
+	var n int
+	err := s.db.QueryRow(ctx, `SELECT COUNT(*) FROM roomserver_memberships WHERE room_nid = $1 AND membership = 'join'`, roomNID).Scan(&n)
+	return n, err
+}
