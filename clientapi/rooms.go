@@ -41,6 +41,7 @@ func (c *ClientAPI) roomRoutes(r *mux.Router) {
 	r.Handle("/directory/room/{roomAlias}", c.authed(c.deleteAlias)).Methods(http.MethodDelete)
 	r.Handle("/rooms/{roomId}/aliases", c.authed(c.roomAliases)).Methods(http.MethodGet)
 	r.Handle("/capabilities", c.authed(c.capabilities)).Methods(http.MethodGet)
+	r.Handle("/rooms/{roomId}/upgrade", c.authed(c.upgradeRoom)).Methods(http.MethodPost)
 }
 
 // readObject reads a request body that must be a JSON object (an empty
@@ -58,6 +59,20 @@ func readObject(r *http.Request, allowEmpty bool) (json.RawMessage, error) {
 		return nil, err
 	}
 	return json.RawMessage(b), nil
+}
+
+// checkContent refuses event contents the server must not accept whatever
+// the auth rules say.
+func checkContent(roomID, evType string, content json.RawMessage) error {
+	if evType == mRoomTombstone {
+		var t struct {
+			ReplacementRoom string `json:"replacement_room"`
+		}
+		if json.Unmarshal(content, &t) == nil && t.ReplacementRoom == roomID {
+			return mxhttp.BadJSON("a tombstone cannot point to its own room")
+		}
+	}
+	return nil
 }
 
 // send submits one proto-event and returns its event ID.
@@ -104,6 +119,9 @@ func (c *ClientAPI) sendMessage(r *http.Request, dev *uapi.Device) (any, error) 
 		return nil, err
 	}
 	evType := mxhttp.Var(r, "eventType")
+	if err := checkContent(mxhttp.Var(r, "roomId"), evType, content); err != nil {
+		return nil, err
+	}
 	return c.sendWithTxn(r.Context(), dev, mxhttp.Var(r, "roomId"), "send/"+evType, mxhttp.Var(r, "txnId"), rsapi.InputEvent{
 		Proto: &rsapi.ProtoEvent{Sender: dev.UserID, Type: evType, Content: content},
 	})
@@ -114,6 +132,9 @@ func (c *ClientAPI) sendMessage(r *http.Request, dev *uapi.Device) (any, error) 
 func (c *ClientAPI) sendMessageNoTxn(r *http.Request, dev *uapi.Device) (any, error) {
 	content, err := readObject(r, false)
 	if err != nil {
+		return nil, err
+	}
+	if err := checkContent(mxhttp.Var(r, "roomId"), mxhttp.Var(r, "eventType"), content); err != nil {
 		return nil, err
 	}
 	if err := allow(c.limits.send, dev.UserID); err != nil {
@@ -139,6 +160,9 @@ func (c *ClientAPI) putState(r *http.Request, dev *uapi.Device) (any, error) {
 		if err := c.checkCanonicalAlias(ctx, roomID, content); err != nil {
 			return nil, err
 		}
+	}
+	if err := checkContent(roomID, evType, content); err != nil {
+		return nil, err
 	}
 	if err := allow(c.limits.send, dev.UserID); err != nil {
 		return nil, err
