@@ -72,6 +72,7 @@ func (c *ClientAPI) Routes(root *mux.Router) {
 		c.accountRoutes(r)
 		c.roomRoutes(r)
 		c.directoryRoutes(r)
+		c.tagRoutes(r)
 	}
 }
 
