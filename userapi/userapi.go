@@ -107,13 +107,14 @@ func (u *UserAPI) CreateAccount(ctx context.Context, req uapi.CreateAccountReque
 			Localpart:    localpart,
 			PasswordHash: hash,
 			IsAdmin:      req.IsAdmin,
+			IsGuest:      req.IsGuest,
 			DisplayName:  localpart,
 			CreatedTS:    u.now().UnixMilli(),
 		}
 		if err := u.store.InsertAccount(ctx, a); err != nil {
 			return nil, err
 		}
-		return &uapi.Account{UserID: a.UserID, Localpart: localpart, IsAdmin: a.IsAdmin, CreatedTS: a.CreatedTS}, nil
+		return &uapi.Account{UserID: a.UserID, Localpart: localpart, IsAdmin: a.IsAdmin, IsGuest: a.IsGuest, CreatedTS: a.CreatedTS}, nil
 	}
 	if req.Localpart != "" {
 		return insert(req.Localpart)
@@ -205,6 +206,20 @@ func (u *UserAPI) SetPassword(ctx context.Context, userID, password string, logo
 	if logoutOthers {
 		u.tokens.invalidateUser(userID)
 	}
+	return nil
+}
+
+// UpgradeGuest implements uapi.API.
+func (u *UserAPI) UpgradeGuest(ctx context.Context, userID, password string) error {
+	h, err := bcrypt.GenerateFromPassword(bcryptInput(password), u.bcryptCost)
+	if err != nil {
+		return fmt.Errorf("hash password: %w", err)
+	}
+	if err := u.store.UpgradeGuest(ctx, userID, string(h)); err != nil {
+		return err
+	}
+	// Cached devices still say "guest".
+	u.tokens.invalidateUser(userID)
 	return nil
 }
 

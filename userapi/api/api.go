@@ -35,6 +35,7 @@ type Account struct {
 	UserID      string
 	Localpart   string
 	IsAdmin     bool
+	IsGuest     bool
 	Deactivated bool
 	CreatedTS   int64
 }
@@ -50,6 +51,7 @@ type Device struct {
 	LastSeenTS  int64  `json:"last_seen_ts,omitempty"`
 	LastSeenIP  string `json:"last_seen_ip,omitempty"`
 	IsAdmin     bool   `json:"is_admin,omitempty"`
+	IsGuest     bool   `json:"is_guest,omitempty"`
 }
 
 // Profile is a user's global profile.
@@ -72,6 +74,7 @@ type CreateAccountRequest struct {
 	Localpart string
 	Password  string // empty: no password login
 	IsAdmin   bool
+	IsGuest   bool
 }
 
 // CreateDeviceRequest logs a user in on a (new or existing) device.
@@ -105,6 +108,9 @@ type API interface {
 	// SetPassword changes the password; when logoutOthers is set, every
 	// device but keepDevice is deleted.
 	SetPassword(ctx context.Context, userID, password string, logoutOthers bool, keepDeviceID string) error
+	// UpgradeGuest turns a guest account into a full one with a password
+	// (ErrNotFound if it is not a guest).
+	UpgradeGuest(ctx context.Context, userID, password string) error
 	// Deactivate disables the account and deletes its devices.
 	Deactivate(ctx context.Context, userID string) error
 

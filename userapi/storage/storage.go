@@ -43,6 +43,7 @@ type NewAccount struct {
 	Localpart    string
 	PasswordHash string
 	IsAdmin      bool
+	IsGuest      bool
 	DisplayName  string
 	CreatedTS    int64
 }
@@ -50,9 +51,9 @@ type NewAccount struct {
 // InsertAccount adds an account; uapi.ErrUserInUse if the user ID is taken.
 func (s *Storage) InsertAccount(ctx context.Context, a NewAccount) error {
 	_, err := s.db.Exec(ctx, `INSERT INTO userapi_accounts
-		(user_id, localpart, password_hash, is_admin, created_ts, display_name)
-		VALUES ($1, $2, $3, $4, $5, $6)`,
-		a.UserID, a.Localpart, a.PasswordHash, a.IsAdmin, a.CreatedTS, a.DisplayName)
+		(user_id, localpart, password_hash, is_admin, created_ts, display_name, is_guest)
+		VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+		a.UserID, a.Localpart, a.PasswordHash, a.IsAdmin, a.CreatedTS, a.DisplayName, a.IsGuest)
 	if sqldb.IsUniqueViolation(err) {
 		return uapi.ErrUserInUse
 	}
@@ -76,9 +77,9 @@ func (s *Storage) CountAccounts(ctx context.Context) (int64, error) {
 func (s *Storage) Account(ctx context.Context, userID string) (*uapi.Account, string, error) {
 	a := uapi.Account{UserID: userID}
 	var hash string
-	err := s.db.QueryRow(ctx, `SELECT localpart, password_hash, is_admin, deactivated, created_ts
+	err := s.db.QueryRow(ctx, `SELECT localpart, password_hash, is_admin, deactivated, created_ts, is_guest
 		FROM userapi_accounts WHERE user_id = $1`, userID).
-		Scan(&a.Localpart, &hash, &a.IsAdmin, &a.Deactivated, &a.CreatedTS)
+		Scan(&a.Localpart, &hash, &a.IsAdmin, &a.Deactivated, &a.CreatedTS, &a.IsGuest)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, "", uapi.ErrNotFound
 	}
@@ -221,12 +222,21 @@ func (s *Storage) InsertDevice(ctx context.Context, d NewDevice) (*uapi.Device, 
 	return &dev, nil
 }
 
-const deviceColumns = `d.user_id, d.device_id, d.session_id, d.display_name, d.last_seen_ts, d.last_seen_ip, a.is_admin`
+const deviceColumns = `d.user_id, d.device_id, d.session_id, d.display_name, d.last_seen_ts, d.last_seen_ip, a.is_admin, a.is_guest`
 
 func scanDevice(sc interface{ Scan(...any) error }) (*uapi.Device, error) {
 	var d uapi.Device
-	err := sc.Scan(&d.UserID, &d.DeviceID, &d.SessionID, &d.DisplayName, &d.LastSeenTS, &d.LastSeenIP, &d.IsAdmin)
+	err := sc.Scan(&d.UserID, &d.DeviceID, &d.SessionID, &d.DisplayName, &d.LastSeenTS, &d.LastSeenIP, &d.IsAdmin, &d.IsGuest)
 	return &d, err
+}
+
+// UpgradeGuest makes a guest account a full one with a password.
+func (s *Storage) UpgradeGuest(ctx context.Context, userID, hash string) error {
+	res, err := s.db.Exec(ctx, `UPDATE userapi_accounts SET is_guest = FALSE, password_hash = $2 WHERE user_id = $1 AND is_guest`, userID, hash)
+	if err != nil {
+		return fmt.Errorf("upgrade guest %s: %w", userID, err)
+	}
+	return mustAffect(res, userID)
 }
 
 // DeviceByTokenHash returns the device whose token hashes to hash, if its
