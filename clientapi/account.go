@@ -41,9 +41,9 @@ func (c *ClientAPI) accountRoutes(r *mux.Router) {
 	r.Handle("/register/available", mxhttp.Handler(c.registerAvailable)).Methods(get)
 	r.Handle("/login", mxhttp.Handler(c.loginFlows)).Methods(get)
 	r.Handle("/login", mxhttp.Handler(c.login)).Methods(post)
-	r.Handle("/logout", c.authed(c.logout)).Methods(post)
-	r.Handle("/logout/all", c.authed(c.logoutAll)).Methods(post)
-	r.Handle("/account/whoami", c.authed(c.whoami)).Methods(get)
+	r.Handle("/logout", c.authedGuest(c.logout)).Methods(post)
+	r.Handle("/logout/all", c.authedGuest(c.logoutAll)).Methods(post)
+	r.Handle("/account/whoami", c.authedGuest(c.whoami)).Methods(get)
 	r.Handle("/account/password", c.authed(c.changePassword)).Methods(post)
 	r.Handle("/account/deactivate", c.authed(c.deactivate)).Methods(post)
 
@@ -56,13 +56,13 @@ func (c *ClientAPI) accountRoutes(r *mux.Router) {
 	r.Handle("/profile/{userId}", mxhttp.Handler(c.getProfile)).Methods(get)
 	for _, field := range []string{fieldDisplayName, fieldAvatarURL} {
 		r.Handle("/profile/{userId}/"+field, mxhttp.Handler(c.getProfileField(field))).Methods(get)
-		r.Handle("/profile/{userId}/"+field, c.authed(c.setProfileField(field))).Methods(put)
+		r.Handle("/profile/{userId}/"+field, c.authedGuest(c.setProfileField(field))).Methods(put)
 	}
 
-	r.Handle("/user/{userId}/account_data/{type}", c.authed(c.getAccountData)).Methods(get)
-	r.Handle("/user/{userId}/account_data/{type}", c.authed(c.putAccountData)).Methods(put)
-	r.Handle("/user/{userId}/rooms/{roomId}/account_data/{type}", c.authed(c.getAccountData)).Methods(get)
-	r.Handle("/user/{userId}/rooms/{roomId}/account_data/{type}", c.authed(c.putAccountData)).Methods(put)
+	r.Handle("/user/{userId}/account_data/{type}", c.authedGuest(c.getAccountData)).Methods(get)
+	r.Handle("/user/{userId}/account_data/{type}", c.authedGuest(c.putAccountData)).Methods(put)
+	r.Handle("/user/{userId}/rooms/{roomId}/account_data/{type}", c.authedGuest(c.getAccountData)).Methods(get)
+	r.Handle("/user/{userId}/rooms/{roomId}/account_data/{type}", c.authedGuest(c.putAccountData)).Methods(put)
 }
 
 // loginResponse answers /login, /register and shared-secret registration.
@@ -121,6 +121,8 @@ type registerRequest struct {
 	Username     string `json:"username"`
 	Password     string `json:"password"`
 	InhibitLogin bool   `json:"inhibit_login"`
+	// GuestAccessToken upgrades the guest it belongs to into this account.
+	GuestAccessToken string `json:"guest_access_token"`
 }
 
 func (q *registerRequest) Validate() error {
@@ -142,7 +144,7 @@ func (c *ClientAPI) register(r *http.Request) (any, error) {
 	switch kind := r.URL.Query().Get("kind"); kind {
 	case "", "user":
 	case "guest":
-		return nil, mxhttp.New("M_GUEST_ACCESS_FORBIDDEN", "Guest access is not enabled")
+		return c.registerGuest(r)
 	default:
 		return nil, mxhttp.InvalidParam("kind must be user or guest, not %q", kind)
 	}
@@ -160,6 +162,9 @@ func (c *ClientAPI) register(r *http.Request) (any, error) {
 	}
 	// Synapse lowercases the requested name (sytest checks it does).
 	localpart := strings.ToLower(req.Username)
+	if req.GuestAccessToken != "" {
+		return c.upgradeGuest(r, att, localpart, &req)
+	}
 	// A taken or bad name fails before the client does any stage, unless
 	// this session took it.
 	if err := c.checkRegistration(r, localpart, att.outcome()); err != nil {
@@ -334,7 +339,7 @@ func (c *ClientAPI) logoutAll(r *http.Request, dev *uapi.Device) (any, error) {
 }
 
 func (c *ClientAPI) whoami(r *http.Request, dev *uapi.Device) (any, error) {
-	return map[string]any{"user_id": dev.UserID, "device_id": dev.DeviceID, "is_guest": false}, nil
+	return map[string]any{"user_id": dev.UserID, "device_id": dev.DeviceID, "is_guest": dev.IsGuest}, nil
 }
 
 // passwordStage checks an m.login.password stage for requests of userID:

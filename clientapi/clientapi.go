@@ -5,6 +5,7 @@
 package clientapi
 
 import (
+	"context"
 	"net/http"
 	"time"
 
@@ -78,8 +79,21 @@ func (c *ClientAPI) Routes(root *mux.Router) {
 
 // authed wraps a handler that needs a logged-in device. The client's IP
 // rides in the context so the userapi can record the device's last-seen IP.
+//
+// Guests get M_GUEST_ACCESS_FORBIDDEN here; authedGuest admits them.
 func (c *ClientAPI) authed(h func(r *http.Request, dev *uapi.Device) (any, error)) mxhttp.Handler {
-	return mxhttp.Authenticated(c.users.DeviceByToken, h)
+	return mxhttp.Authenticated(c.fullAccount, h)
+}
+
+func (c *ClientAPI) fullAccount(ctx context.Context, token string) (*uapi.Device, error) {
+	dev, err := c.users.DeviceByToken(ctx, token)
+	if err != nil {
+		return nil, err
+	}
+	if dev.IsGuest {
+		return nil, mxhttp.New("M_GUEST_ACCESS_FORBIDDEN", "Guests may not do this").WithStatus(http.StatusForbidden)
+	}
+	return dev, nil
 }
 
 // allow takes a token from limiter l for key, or answers M_LIMIT_EXCEEDED.

@@ -20,18 +20,18 @@ import (
 // roomRoutes registers room creation, sending, state, membership and aliases.
 func (c *ClientAPI) roomRoutes(r *mux.Router) {
 	r.Handle("/createRoom", c.authed(c.createRoom)).Methods(http.MethodPost)
-	r.Handle("/joined_rooms", c.authed(c.joinedRooms)).Methods(http.MethodGet)
-	r.Handle("/rooms/{roomId}/send/{eventType}/{txnId}", c.authed(c.sendMessage)).Methods(http.MethodPut)
-	r.Handle("/rooms/{roomId}/send/{eventType}", c.authed(c.sendMessageNoTxn)).Methods(http.MethodPost)
-	r.Handle("/rooms/{roomId}/state/{eventType}/{stateKey:.*}", c.authed(c.putState)).Methods(http.MethodPut)
-	r.Handle("/rooms/{roomId}/state/{eventType}", c.authed(c.putState)).Methods(http.MethodPut)
-	r.Handle("/rooms/{roomId}/state/{eventType}/{stateKey:.*}", c.authed(c.getState)).Methods(http.MethodGet)
-	r.Handle("/rooms/{roomId}/state/{eventType}", c.authed(c.getState)).Methods(http.MethodGet)
-	r.Handle("/rooms/{roomId}/state", c.authed(c.getAllState)).Methods(http.MethodGet)
+	r.Handle("/joined_rooms", c.authedGuest(c.joinedRooms)).Methods(http.MethodGet)
+	r.Handle("/rooms/{roomId}/send/{eventType}/{txnId}", c.authedGuest(c.sendMessage)).Methods(http.MethodPut)
+	r.Handle("/rooms/{roomId}/send/{eventType}", c.authedGuest(c.sendMessageNoTxn)).Methods(http.MethodPost)
+	r.Handle("/rooms/{roomId}/state/{eventType}/{stateKey:.*}", c.authedGuest(c.putState)).Methods(http.MethodPut)
+	r.Handle("/rooms/{roomId}/state/{eventType}", c.authedGuest(c.putState)).Methods(http.MethodPut)
+	r.Handle("/rooms/{roomId}/state/{eventType}/{stateKey:.*}", c.authedGuest(c.getState)).Methods(http.MethodGet)
+	r.Handle("/rooms/{roomId}/state/{eventType}", c.authedGuest(c.getState)).Methods(http.MethodGet)
+	r.Handle("/rooms/{roomId}/state", c.authedGuest(c.getAllState)).Methods(http.MethodGet)
 	r.Handle("/rooms/{roomId}/redact/{eventId}/{txnId}", c.authed(c.redact)).Methods(http.MethodPut)
-	r.Handle("/rooms/{roomId}/join", c.authed(c.joinRoomByID)).Methods(http.MethodPost)
-	r.Handle("/join/{roomIdOrAlias}", c.authed(c.joinRoomByAlias)).Methods(http.MethodPost)
-	r.Handle("/rooms/{roomId}/leave", c.authed(c.leaveRoom)).Methods(http.MethodPost)
+	r.Handle("/rooms/{roomId}/join", c.authedGuest(c.joinRoomByID)).Methods(http.MethodPost)
+	r.Handle("/join/{roomIdOrAlias}", c.authedGuest(c.joinRoomByAlias)).Methods(http.MethodPost)
+	r.Handle("/rooms/{roomId}/leave", c.authedGuest(c.leaveRoom)).Methods(http.MethodPost)
 	r.Handle("/rooms/{roomId}/invite", c.authed(c.membershipOf(spec.Invite))).Methods(http.MethodPost)
 	r.Handle("/rooms/{roomId}/kick", c.authed(c.membershipOf(spec.Leave))).Methods(http.MethodPost)
 	r.Handle("/rooms/{roomId}/ban", c.authed(c.membershipOf(spec.Ban))).Methods(http.MethodPost)
@@ -40,7 +40,7 @@ func (c *ClientAPI) roomRoutes(r *mux.Router) {
 	r.Handle("/directory/room/{roomAlias}", mxhttp.Handler(c.getAlias)).Methods(http.MethodGet)
 	r.Handle("/directory/room/{roomAlias}", c.authed(c.deleteAlias)).Methods(http.MethodDelete)
 	r.Handle("/rooms/{roomId}/aliases", c.authed(c.roomAliases)).Methods(http.MethodGet)
-	r.Handle("/capabilities", c.authed(c.capabilities)).Methods(http.MethodGet)
+	r.Handle("/capabilities", c.authedGuest(c.capabilities)).Methods(http.MethodGet)
 	r.Handle("/rooms/{roomId}/upgrade", c.authed(c.upgradeRoom)).Methods(http.MethodPost)
 }
 
@@ -173,6 +173,14 @@ func (c *ClientAPI) putState(r *http.Request, dev *uapi.Device) (any, error) {
 	})
 	if err != nil {
 		return nil, err
+	}
+	if evType == spec.MRoomGuestAccess && stateKey == "" {
+		var ga struct {
+			GuestAccess string `json:"guest_access"`
+		}
+		if json.Unmarshal(content, &ga) == nil && ga.GuestAccess != "can_join" {
+			c.kickGuests(ctx, roomID)
+		}
 	}
 	return map[string]string{"event_id": id}, nil
 }
@@ -416,6 +424,9 @@ func (c *ClientAPI) join(r *http.Request, dev *uapi.Device, roomID string) (any,
 	if _, err := c.rooms.RoomVersion(ctx, roomID); errors.Is(err, rsapi.ErrRoomNotFound) {
 		return nil, mxhttp.NotFound("No known servers for room %s", roomID)
 	} else if err != nil {
+		return nil, err
+	}
+	if err := c.guestMayJoin(ctx, dev, roomID); err != nil {
 		return nil, err
 	}
 	content, err := c.memberContent(ctx, spec.Join, dev.UserID, req.Reason, extra)

@@ -87,6 +87,9 @@ type Registration struct {
 	SharedSecret string `yaml:"shared_secret"`
 	// BcryptCost is the bcrypt work factor for password hashes.
 	BcryptCost int `yaml:"bcrypt_cost"`
+	// AllowGuests lets clients register guest accounts (kind=guest), which
+	// may join rooms that allow guests and do little else.
+	AllowGuests bool `yaml:"allow_guests"`
 }
 
 // RateLimits configures per-user and per-IP token buckets.

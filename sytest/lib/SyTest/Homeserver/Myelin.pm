@@ -94,6 +94,7 @@ sub start
          shared_secret => "reg_secret",
          # sytest registers hundreds of users; the work factor only costs time here.
          bcrypt_cost   => 4,
+         allow_guests  => JSON::true,
       },
       rate_limits => {
          enabled => JSON::false,

@@ -1,0 +1,120 @@
+package clientapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"myelin/internal/mxhttp"
+	rsapi "myelin/roomserver/api"
+	uapi "myelin/userapi/api"
+)
+
+// Guest accounts (spec: "Guest Access") are registered without
+// credentials, may join only rooms whose m.room.guest_access is can_join,
+// and use only the endpoints authedGuest marks; everything else answers
+// M_GUEST_ACCESS_FORBIDDEN.
+
+func (c *ClientAPI) registerGuest(r *http.Request) (any, error) {
+	if !c.cfg.Registration.AllowGuests {
+		return nil, mxhttp.New("M_GUEST_ACCESS_FORBIDDEN", "Guest access is not enabled")
+	}
+	var req struct {
+		deviceFields
+	}
+	b, err := mxhttp.ReadBody(r)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > 0 {
+		if err := mxhttp.DecodeJSON(b, &req); err != nil {
+			return nil, err
+		}
+	}
+	if err := allow(c.limits.register, mxhttp.ClientIP(r)); err != nil {
+		return nil, err
+	}
+	acct, err := c.users.CreateAccount(r.Context(), uapi.CreateAccountRequest{IsGuest: true})
+	if err != nil {
+		return nil, err
+	}
+	return c.logIn(r, acct.UserID, req.deviceFields)
+}
+
+// upgradeGuest makes the guest of req.GuestAccessToken a full account with
+// req's password once the UIA stages are done.
+func (c *ClientAPI) upgradeGuest(r *http.Request, att *uiaAttempt, localpart string, req *registerRequest) (any, error) {
+	guest, err := c.users.DeviceByToken(r.Context(), req.GuestAccessToken)
+	if err != nil || !guest.IsGuest {
+		return nil, mxhttp.Forbidden("guest_access_token is not a guest's access token")
+	}
+	if localpart != "" && "@"+localpart+":"+c.cfg.ServerName != guest.UserID {
+		return nil, mxhttp.Forbidden("a guest can only be upgraded to its own user ID")
+	}
+	if req.Password == "" {
+		return nil, mxhttp.MissingParam("password is required")
+	}
+	if challenge, err := att.run(); challenge != nil || err != nil {
+		return challenge, err
+	}
+	if err := c.users.UpgradeGuest(r.Context(), guest.UserID, req.Password); err != nil && !uapi.IsNotFound(err) {
+		return nil, err
+	}
+	if req.InhibitLogin {
+		return &loginResponse{UserID: guest.UserID, HomeServer: c.cfg.ServerName}, nil
+	}
+	return c.logIn(r, guest.UserID, req.deviceFields)
+}
+
+// authedGuest wraps a handler guests may use too; c.authed refuses them.
+func (c *ClientAPI) authedGuest(h func(r *http.Request, dev *uapi.Device) (any, error)) mxhttp.Handler {
+	return mxhttp.Authenticated(c.users.DeviceByToken, h)
+}
+
+// guestMayJoin refuses a guest's join of a room that does not allow guests.
+func (c *ClientAPI) guestMayJoin(ctx context.Context, dev *uapi.Device, roomID string) error {
+	if !dev.IsGuest {
+		return nil
+	}
+	ev, err := c.rooms.StateEvent(ctx, roomID, spec.MRoomGuestAccess, "")
+	if err != nil && !errors.Is(err, rsapi.ErrStateNotFound) {
+		return err
+	}
+	if ev != nil {
+		var ga struct {
+			GuestAccess string `json:"guest_access"`
+		}
+		if json.Unmarshal(ev.Content(), &ga) == nil && ga.GuestAccess == "can_join" {
+			return nil
+		}
+	}
+	return mxhttp.New("M_GUEST_ACCESS_FORBIDDEN", "Guest access is not allowed in this room").WithStatus(http.StatusForbidden)
+}
+
+// kickGuests makes every local guest leave roomID once the room stops
+// allowing guests (Synapse does the same).
+func (c *ClientAPI) kickGuests(ctx context.Context, roomID string) {
+	members, err := c.rooms.CurrentState(ctx, roomID)
+	if err != nil {
+		return
+	}
+	leave, _ := json.Marshal(map[string]string{"membership": spec.Leave})
+	for _, ev := range members {
+		if ev.Type() != spec.MRoomMember || ev.StateKey() == nil || membershipOf(ev) != spec.Join {
+			continue
+		}
+		userID := *ev.StateKey()
+		acct, err := c.users.Account(ctx, userID)
+		if err != nil || !acct.IsGuest {
+			continue
+		}
+		if _, err := c.send(ctx, roomID, rsapi.InputEvent{
+			Proto: &rsapi.ProtoEvent{Sender: userID, Type: spec.MRoomMember, StateKey: &userID, Content: leave},
+		}); err != nil {
+			mxhttp.Logger(ctx).WithError(err).WithField("user_id", userID).Warn("could not remove a guest from a room closed to guests")
+		}
+	}
+}
