@@ -54,7 +54,7 @@ func TestGuests(t *testing.T) {
 
 		// Upgrade: the same user ID, now a full account.
 		other := anon.Do(t, "POST", "/_matrix/client/v3/register?kind=guest", map[string]any{}).MustOK(t)
-		req := map[string]any{"username": guestID[1:len(guestID)-len(":localhost")], "password": "secret-pw",
+		req := map[string]any{"username": guestID[1 : len(guestID)-len(":localhost")], "password": "secret-pw",
 			"guest_access_token": other.String("access_token"), "auth": map[string]string{"type": "m.login.dummy"}}
 		if r := anon.Do(t, "POST", "/_matrix/client/v3/register", req); r.Status != 403 {
 			t.Fatalf("upgrading another guest: %d %s", r.Status, r.Raw)
