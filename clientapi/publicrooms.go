@@ -21,6 +21,7 @@ func (c *ClientAPI) directoryRoutes(r *mux.Router) {
 	r.Handle("/publicRooms", c.authed(c.publicRoomsPost)).Methods(http.MethodPost)
 	r.Handle("/directory/list/room/{roomId}", mxhttp.Handler(c.getRoomVisibility)).Methods(http.MethodGet)
 	r.Handle("/directory/list/room/{roomId}", c.authed(c.setRoomVisibility)).Methods(http.MethodPut)
+	r.Handle("/user_directory/search", c.authed(c.searchUsers)).Methods(http.MethodPost)
 }
 
 type publicRoomsRequest struct {

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 
 	gmsl "github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -301,4 +302,90 @@ func (r *Roomserver) PublicRooms(ctx context.Context) ([]rsapi.PublicRoom, error
 		return out[i].RoomID < out[j].RoomID
 	})
 	return out, nil
+}
+
+// SearchUsers implements rsapi.API. It reads memberships and join rules
+// straight from the rooms' state; a dedicated index can replace it when
+// directories grow large.
+func (r *Roomserver) SearchUsers(ctx context.Context, searcher, term string, limit int) ([]rsapi.DirectoryUser, bool, error) {
+	rooms := map[int64]bool{}
+	shared, err := r.store.SharedRoomNIDs(ctx, searcher)
+	if err != nil {
+		return nil, false, err
+	}
+	for _, n := range shared {
+		rooms[n] = true
+	}
+	all, err := r.store.AllRooms(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	// Rooms anyone can see into: a public join rule or world-readable
+	// history (as Synapse's directory counts them).
+	tuples, err := r.store.TupleNIDs(ctx, []gmsl.StateKeyTuple{{EventType: spec.MRoomJoinRules}, {EventType: spec.MRoomHistoryVisibility}})
+	if err != nil {
+		return nil, false, err
+	}
+	var lookups []int64
+	for _, t := range tuples {
+		lookups = append(lookups, t)
+	}
+	for roomNID, snap := range all {
+		if rooms[roomNID] || snap == 0 || len(lookups) == 0 {
+			continue
+		}
+		found, err := r.store.StateLookup(ctx, snap, lookups)
+		if err != nil {
+			continue
+		}
+		var evNIDs []int64
+		for _, n := range found {
+			evNIDs = append(evNIDs, n)
+		}
+		evs, err := r.store.EventsByNID(ctx, evNIDs)
+		if err != nil {
+			continue
+		}
+		for _, ev := range evs {
+			rule, _ := ev.PDU.JoinRule()
+			hv, _ := ev.PDU.HistoryVisibility()
+			if (ev.PDU.Type() == spec.MRoomJoinRules && rule == spec.Public) ||
+				(ev.PDU.Type() == spec.MRoomHistoryVisibility && hv == gmsl.HistoryVisibilityWorldReadable) {
+				rooms[roomNID] = true
+			}
+		}
+	}
+	nids := make([]int64, 0, len(rooms))
+	for n := range rooms {
+		nids = append(nids, n)
+	}
+	memberNIDs, err := r.store.JoinedMemberEvents(ctx, nids)
+	if err != nil {
+		return nil, false, err
+	}
+	members, err := r.store.EventsByNID(ctx, memberNIDs)
+	if err != nil {
+		return nil, false, err
+	}
+	term = strings.ToLower(term)
+	seen := map[string]bool{}
+	var out []rsapi.DirectoryUser
+	for _, ev := range members {
+		userID := *ev.PDU.StateKey()
+		if seen[userID] {
+			continue
+		}
+		c := gjson.ParseBytes(ev.PDU.Content())
+		u := rsapi.DirectoryUser{UserID: userID, DisplayName: c.Get("displayname").String(), AvatarURL: c.Get("avatar_url").String()}
+		if !strings.Contains(strings.ToLower(u.UserID), term) && !strings.Contains(strings.ToLower(u.DisplayName), term) {
+			continue
+		}
+		seen[userID] = true
+		out = append(out, u)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].UserID < out[j].UserID })
+	if limit > 0 && len(out) > limit {
+		return out[:limit], true, nil
+	}
+	return out, false, nil
 }

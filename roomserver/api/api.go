@@ -154,6 +154,13 @@ type PublicRoom struct {
 	RoomType         string `json:"room_type,omitempty"`
 }
 
+// DirectoryUser is a user directory search result.
+type DirectoryUser struct {
+	UserID      string `json:"user_id"`
+	DisplayName string `json:"display_name,omitempty"`
+	AvatarURL   string `json:"avatar_url,omitempty"`
+}
+
 // Inputter submits events and waits until the roomserver committed them.
 type Inputter interface {
 	Input(ctx context.Context, req *InputRequest) (*InputResponse, error)
@@ -188,6 +195,11 @@ type API interface {
 	IsPublished(ctx context.Context, roomID string) (bool, error)
 	// PublicRooms summarises every published room, most joined first.
 	PublicRooms(ctx context.Context) ([]PublicRoom, error)
+
+	// SearchUsers finds users searcher may see in the user directory
+	// (those sharing a room with it or in a room anyone may join) whose ID
+	// or display name contains term, case-insensitively.
+	SearchUsers(ctx context.Context, searcher, term string, limit int) (results []DirectoryUser, limited bool, err error)
 
 	// Room aliases.
 	SetAlias(ctx context.Context, alias, roomID, creator string) error

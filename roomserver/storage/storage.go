@@ -631,3 +631,70 @@ func (s *Storage) JoinedCount(ctx context.Context, roomNID int64) (int, error) {
 	err := s.db.QueryRow(ctx, `SELECT COUNT(*) FROM roomserver_memberships WHERE room_nid = $1 AND membership = 'join'`, roomNID).Scan(&n)
 	return n, err
 }
+
+// SharedRoomNIDs returns the rooms userID is joined to.
+func (s *Storage) SharedRoomNIDs(ctx context.Context, userID string) ([]int64, error) {
+	rows, err := s.db.Query(ctx, `SELECT room_nid FROM roomserver_memberships WHERE user_id = $1 AND membership = 'join'`, userID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []int64
+	for rows.Next() {
+		var n int64
+		if err := rows.Scan(&n); err != nil {
+			return nil, err
+		}
+		out = append(out, n)
+	}
+	return out, rows.Err()
+}
+
+// AllRooms lists every room's NID and current state snapshot.
+func (s *Storage) AllRooms(ctx context.Context) (map[int64]int64, error) {
+	rows, err := s.db.Query(ctx, `SELECT room_nid, state_snapshot_nid FROM roomserver_rooms`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[int64]int64{}
+	for rows.Next() {
+		var n, snap int64
+		if err := rows.Scan(&n, &snap); err != nil {
+			return nil, err
+		}
+		out[n] = snap
+	}
+	return out, rows.Err()
+}
+
+// JoinedMemberEvents returns the event NIDs of the current join events of
+// the rooms given.
+func (s *Storage) JoinedMemberEvents(ctx context.Context, roomNIDs []int64) ([]int64, error) {
+	var out []int64
+	for start := 0; start < len(roomNIDs); start += 500 {
+		chunk := roomNIDs[start:min(start+500, len(roomNIDs))]
+		args := make([]any, len(chunk))
+		for i, n := range chunk {
+			args[i] = n
+		}
+		rows, err := s.db.Query(ctx, `SELECT event_nid FROM roomserver_memberships WHERE membership = 'join' AND room_nid IN (`+sqldb.InList(1, len(chunk))+`)`, args...)
+		if err != nil {
+			return nil, err
+		}
+		for rows.Next() {
+			var n int64
+			if err := rows.Scan(&n); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			out = append(out, n)
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
