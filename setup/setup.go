@@ -22,6 +22,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"myelin/clientapi"
+	"myelin/federationapi"
 	"myelin/internal/bus"
 	"myelin/internal/mxhttp"
 	"myelin/internal/signing"
@@ -32,6 +33,9 @@ import (
 	"myelin/userapi"
 	uapi "myelin/userapi/api"
 )
+
+// Version is Myelin's version, reported to clients and servers.
+const Version = "0.1.0-dev"
 
 // Server is one Myelin homeserver with all its components in this process.
 type Server struct {
@@ -45,6 +49,7 @@ type Server struct {
 	key      *signing.Key
 
 	users  *userapi.UserAPI
+	fed    *federationapi.FederationAPI
 	rooms  *roomserver.Roomserver
 	sync   *syncapi.SyncAPI
 	client *clientapi.ClientAPI
@@ -126,6 +131,7 @@ func New(ctx context.Context, cfg *config.Config, log *logrus.Logger) (s *Server
 		return nil, err
 	}
 	s.client = clientapi.New(cfg, s.users, s.rooms, entry("clientapi"))
+	s.fed = federationapi.New(s.key, Version)
 	return s, nil
 }
 
@@ -134,6 +140,7 @@ func (s *Server) Handler() http.Handler {
 	r := mxhttp.NewRouter()
 	s.client.Routes(r)
 	s.sync.Routes(r)
+	s.fed.Routes(r)
 	h := mxhttp.LimitBody(s.cfg.ClientAPI.MaxRequestBytes, r)
 	h = mxhttp.CORS(h)
 	h = withClientIP(h)
