@@ -5,17 +5,20 @@
 package federationapi
 
 import (
-	"crypto/ed25519"
-	"encoding/json"
+	"context"
+	"fmt"
 	"net/http"
 	"time"
 
 	"github.com/gorilla/mux"
-	gmsl "github.com/matrix-org/gomatrixserverlib"
-	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/matrix-org/gomatrixserverlib/fclient"
+	"github.com/sirupsen/logrus"
 
+	"myelin/federationapi/storage"
+	"myelin/internal/fedhttp"
 	"myelin/internal/mxhttp"
 	"myelin/internal/signing"
+	"myelin/internal/sqldb"
 )
 
 // keyValidity is how long others may cache our key response; the key is
@@ -24,42 +27,39 @@ const keyValidity = 24 * time.Hour
 
 // FederationAPI serves the federation endpoints.
 type FederationAPI struct {
-	key     *signing.Key
-	version string
-	now     func() time.Time
+	key       *signing.Key
+	version   string
+	store     *storage.Storage
+	keyClient *fclient.Client
+	log       *logrus.Entry
+	now       func() time.Time
 }
 
-// New makes the federation API for the server's signing key.
-func New(key *signing.Key, version string) *FederationAPI {
-	return &FederationAPI{key: key, version: version, now: time.Now}
+// New makes the federation API for the server's signing key; transport
+// carries its outbound requests.
+func New(ctx context.Context, db *sqldb.DB, key *signing.Key, transport *fedhttp.Transport, version string, log *logrus.Entry) (*FederationAPI, error) {
+	store, err := storage.Open(ctx, db)
+	if err != nil {
+		return nil, fmt.Errorf("federationapi storage: %w", err)
+	}
+	return &FederationAPI{
+		key:       key,
+		version:   version,
+		store:     store,
+		keyClient: fclient.NewClient(fclient.WithTransport(transport), fclient.WithUserAgent("Myelin/"+version)),
+		log:       log,
+		now:       time.Now,
+	}, nil
 }
 
 // Routes registers the federation endpoints on the server's root router.
 func (f *FederationAPI) Routes(root *mux.Router) {
 	root.Handle("/_matrix/key/v2/server", mxhttp.Handler(f.serverKeys)).Methods(http.MethodGet)
 	root.Handle("/_matrix/key/v2/server/{keyId}", mxhttp.Handler(f.serverKeys)).Methods(http.MethodGet)
+	root.Handle("/_matrix/key/v2/query", mxhttp.Handler(f.queryKeysPost)).Methods(http.MethodPost)
+	root.Handle("/_matrix/key/v2/query/{serverName}", mxhttp.Handler(f.queryKeysGet)).Methods(http.MethodGet)
+	root.Handle("/_matrix/key/v2/query/{serverName}/{keyId}", mxhttp.Handler(f.queryKeysGet)).Methods(http.MethodGet)
 	root.Handle("/_matrix/federation/v1/version", mxhttp.Handler(f.serverVersion)).Methods(http.MethodGet)
-}
-
-// serverKeys publishes this server's verify keys, signed by itself
-// (GET /_matrix/key/v2/server).
-func (f *FederationAPI) serverKeys(r *http.Request) (any, error) {
-	var k gmsl.ServerKeys
-	k.ServerName = f.key.ServerName
-	k.ValidUntilTS = spec.AsTimestamp(f.now().Add(keyValidity))
-	k.VerifyKeys = map[gmsl.KeyID]gmsl.VerifyKey{
-		f.key.KeyID: {Key: spec.Base64Bytes(f.key.Private.Public().(ed25519.PublicKey))},
-	}
-	k.OldVerifyKeys = map[gmsl.KeyID]gmsl.OldVerifyKey{}
-	raw, err := json.Marshal(k.ServerKeyFields)
-	if err != nil {
-		return nil, err
-	}
-	signed, err := gmsl.SignJSON(string(f.key.ServerName), f.key.KeyID, f.key.Private, raw)
-	if err != nil {
-		return nil, err
-	}
-	return json.RawMessage(signed), nil
 }
 
 func (f *FederationAPI) serverVersion(r *http.Request) (any, error) {

@@ -24,6 +24,7 @@ import (
 	"myelin/clientapi"
 	"myelin/federationapi"
 	"myelin/internal/bus"
+	"myelin/internal/fedhttp"
 	"myelin/internal/mxhttp"
 	"myelin/internal/signing"
 	"myelin/internal/sqldb"
@@ -131,7 +132,13 @@ func New(ctx context.Context, cfg *config.Config, log *logrus.Logger) (s *Server
 		return nil, err
 	}
 	s.client = clientapi.New(cfg, s.users, s.rooms, entry("clientapi"))
-	s.fed = federationapi.New(s.key, Version)
+	fedTransport, err := fedhttp.New(fedhttp.Options{CAFiles: cfg.FederationAPI.TrustedCAFiles})
+	if err != nil {
+		return nil, fmt.Errorf("federation_api.trusted_ca_files: %w", err)
+	}
+	if s.fed, err = federationapi.New(ctx, s.db, s.key, fedTransport, Version, entry("federationapi")); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 

@@ -60,6 +60,9 @@ type FederationAPI struct {
 	Listen  string `yaml:"listen"`
 	TLSCert string `yaml:"tls_cert"`
 	TLSKey  string `yaml:"tls_key"`
+	// TrustedCAFiles are PEM files of certificate authorities trusted, on
+	// top of the system's, when this server connects to others.
+	TrustedCAFiles []string `yaml:"trusted_ca_files"`
 }
 
 // Database names the SQL database all components store their tables in.
@@ -191,6 +194,9 @@ func Load(path string, env []string) (*Config, error) {
 }
 
 func (c *Config) fillDerived() {
+	if len(c.FederationAPI.TrustedCAFiles) == 0 {
+		c.FederationAPI.TrustedCAFiles = nil // "[]" in the file is the default
+	}
 	if c.Database.URL == "" {
 		c.Database.URL = filepath.Join(c.DataDir, "myelin.db")
 	}
@@ -254,6 +260,11 @@ func (c *Config) Validate() error {
 	}
 	if (c.FederationAPI.TLSCert == "") != (c.FederationAPI.TLSKey == "") {
 		bad("federation_api.tls_cert", c.FederationAPI.TLSCert, "tls_cert and tls_key must be set together")
+	}
+	for _, f := range c.FederationAPI.TrustedCAFiles {
+		if _, err := os.Stat(f); err != nil {
+			bad("federation_api.trusted_ca_files", f, "cannot be read")
+		}
 	}
 	if c.Database.MaxOpenConns < 1 {
 		bad("database.max_open_conns", c.Database.MaxOpenConns, "must be at least 1")
@@ -402,6 +413,17 @@ func setFromString(f reflect.Value, raw string) error {
 			return errors.New("want an integer")
 		}
 		f.SetInt(n)
+	case reflect.Slice:
+		if f.Type().Elem().Kind() != reflect.String {
+			return fmt.Errorf("cannot set a %s from the environment", f.Type())
+		}
+		var items []string
+		for _, s := range strings.Split(raw, ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				items = append(items, s)
+			}
+		}
+		f.Set(reflect.ValueOf(items))
 	case reflect.Float64:
 		n, err := strconv.ParseFloat(raw, 64)
 		if err != nil {

@@ -13,6 +13,7 @@ package SyTest::Homeserver::Myelin;
 use base qw( SyTest::Homeserver );
 
 use Carp;
+use Cwd ();
 use JSON ();
 use File::Path qw( remove_tree );
 
@@ -88,6 +89,8 @@ sub start
          listen   => "$self->{bind_host}:$self->{ports}{https}",
          tls_cert => $cert,
          tls_key  => $key,
+         # sytest's fake servers present certificates of its test CA.
+         trusted_ca_files => [ Cwd::abs_path( "keys/ca.crt" ) ],
       },
       registration => {
          open          => JSON::true,
