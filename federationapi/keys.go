@@ -141,13 +141,16 @@ func (f *FederationAPI) queryKeysPost(r *http.Request) (any, error) {
 		if _, _, ok := spec.ParseAndValidateServerName(server); !ok {
 			continue
 		}
-		need := f.now().UnixMilli()
+		// The keys must be valid until the latest time asked for; without
+		// one, until now.
+		var need int64
 		var keyIDs []string
 		for id, c := range ids {
 			keyIDs = append(keyIDs, id)
-			if c.MinimumValidUntilTS > need {
-				need = c.MinimumValidUntilTS
-			}
+			need = max(need, c.MinimumValidUntilTS)
+		}
+		if need == 0 {
+			need = f.now().UnixMilli()
 		}
 		got, err := f.notaryKeys(r.Context(), server, keyIDs, need)
 		if err != nil {
@@ -170,7 +173,7 @@ func (f *FederationAPI) queryKeysGet(r *http.Request) (any, error) {
 		if err != nil {
 			return nil, mxhttp.InvalidParam("minimum_valid_until_ts must be a number")
 		}
-		need = max(need, n)
+		need = n
 	}
 	var keyIDs []string
 	if id := mxhttp.Var(r, "keyId"); id != "" {
