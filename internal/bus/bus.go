@@ -29,6 +29,12 @@ const (
 	// OutputUserData carries per-user changes (account data, ...) that
 	// wake /sync.
 	OutputUserData = "OutputUserData"
+	// OutputTyping carries typing notifications (sapi.TypingUpdate).
+	OutputTyping = "OutputTyping"
+	// OutputReceipt carries read receipts (sapi.ReceiptUpdate).
+	OutputReceipt = "OutputReceipt"
+	// OutputPresence carries presence changes (sapi.PresenceUpdate).
+	OutputPresence = "OutputPresence"
 )
 
 // Header keys used on messages.
@@ -89,6 +95,29 @@ func (b *Bus) EnsureStreams(ctx context.Context, replicas int) error {
 		{
 			Name:      OutputUserData,
 			Subjects:  []string{OutputUserData, OutputUserData + ".>"},
+			Retention: jetstream.LimitsPolicy,
+			Storage:   jetstream.FileStorage,
+			MaxAge:    24 * time.Hour,
+		},
+		{
+			// Typing is only ever current state: an hour-old
+			// notification has long expired.
+			Name:      OutputTyping,
+			Subjects:  []string{OutputTyping},
+			Retention: jetstream.LimitsPolicy,
+			Storage:   jetstream.FileStorage,
+			MaxAge:    time.Hour,
+		},
+		{
+			Name:      OutputReceipt,
+			Subjects:  []string{OutputReceipt},
+			Retention: jetstream.LimitsPolicy,
+			Storage:   jetstream.FileStorage,
+			MaxAge:    24 * time.Hour,
+		},
+		{
+			Name:      OutputPresence,
+			Subjects:  []string{OutputPresence},
 			Retention: jetstream.LimitsPolicy,
 			Storage:   jetstream.FileStorage,
 			MaxAge:    24 * time.Hour,
