@@ -59,11 +59,17 @@ func (n *Notifier) stream(userID string) *userStream {
 	return s
 }
 
-func (n *Notifier) bump(userID string, f func(*Token)) {
+// bump raises userID's positions to those of moved and wakes its waiters.
+func (n *Notifier) bump(userID string, moved Token) {
 	s := n.stream(userID)
-	f(&s.pos)
+	s.pos = s.pos.Max(moved)
 	close(s.wake)
 	s.wake = make(chan struct{})
+}
+
+// advance raises the current positions to those of moved.
+func (n *Notifier) advance(moved Token) {
+	n.current = n.current.Max(moved)
 }
 
 // OnRoomEvent records an event at pos in roomID. If it is a membership
@@ -72,17 +78,16 @@ func (n *Notifier) bump(userID string, f func(*Token)) {
 func (n *Notifier) OnRoomEvent(roomID string, pos int64, member, membership string, local bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if pos > n.current.PDU {
-		n.current.PDU = pos
-	}
+	moved := Token{PDU: pos}
+	n.advance(moved)
 	set := n.roomUsers[roomID]
 	for u := range set {
-		n.bump(u, func(t *Token) { t.PDU = pos })
+		n.bump(u, moved)
 	}
 	if member == "" || !local {
 		return
 	}
-	n.bump(member, func(t *Token) { t.PDU = pos })
+	n.bump(member, moved)
 	if membership == "join" {
 		if set == nil {
 			set = map[string]struct{}{}
@@ -101,14 +106,54 @@ func (n *Notifier) OnRoomEvent(roomID string, pos int64, member, membership stri
 func (n *Notifier) OnAccountData(userID string, pos int64) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if pos > n.current.AccountData {
-		n.current.AccountData = pos
+	moved := Token{AccountData: pos}
+	n.advance(moved)
+	n.bump(userID, moved)
+}
+
+// OnTyping records a change of who is typing in roomID at typing position
+// pos, and wakes the local users joined to it.
+func (n *Notifier) OnTyping(roomID string, pos int64) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	moved := Token{Typing: pos}
+	n.advance(moved)
+	for u := range n.roomUsers[roomID] {
+		n.bump(u, moved)
 	}
-	n.bump(userID, func(t *Token) {
-		if pos > t.AccountData {
-			t.AccountData = pos
+}
+
+// OnReceipt records a receipt of userID in roomID at receipt position pos.
+// A private receipt wakes only its owner; others wake the local users
+// joined to the room.
+func (n *Notifier) OnReceipt(roomID, userID string, private bool, pos int64) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	moved := Token{Receipt: pos}
+	n.advance(moved)
+	if private {
+		n.bump(userID, moved)
+		return
+	}
+	for u := range n.roomUsers[roomID] {
+		n.bump(u, moved)
+	}
+}
+
+// OnPresence records a presence change of userID at presence position pos
+// and wakes userID and the local users joined to rooms, the rooms userID is
+// joined to.
+func (n *Notifier) OnPresence(userID string, rooms []string, pos int64) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	moved := Token{Presence: pos}
+	n.advance(moved)
+	n.bump(userID, moved)
+	for _, r := range rooms {
+		for u := range n.roomUsers[r] {
+			n.bump(u, moved)
 		}
-	})
+	}
 }
 
 // Unchanged reports whether the notifier knows that nothing concerning
@@ -117,8 +162,8 @@ func (n *Notifier) OnAccountData(userID string, pos int64) {
 func (n *Notifier) Unchanged(userID string, since Token) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if since.PDU < n.start.PDU || since.AccountData < n.start.AccountData {
-		return false
+	if n.start.Max(since) != since {
+		return false // since is before the start in some stream
 	}
 	s, ok := n.users[userID]
 	return !ok || !s.pos.After(since)

@@ -7,28 +7,48 @@ import (
 )
 
 // Token is a /sync position: one position per stream. Its text form is
-// "s<pdu>_<account data>"; streams added later append fields, and missing
-// fields parse as 0 so old tokens stay valid.
+// "s<pdu>_<account data>_<typing>_<receipt>_<presence>"; streams added
+// later append fields, and missing fields parse as 0 so old tokens stay
+// valid (a 0 means "everything", as for an initial sync of that stream).
 type Token struct {
 	PDU         int64
 	AccountData int64
+	// Typing is the position of the in-memory typing stream. It is not
+	// stored; it starts from the clock (see newTypingRooms), so it never
+	// goes back across a restart.
+	Typing   int64
+	Receipt  int64
+	Presence int64
 }
 
 func (t Token) String() string {
-	return fmt.Sprintf("s%d_%d", t.PDU, t.AccountData)
+	return fmt.Sprintf("s%d_%d_%d_%d_%d", t.PDU, t.AccountData, t.Typing, t.Receipt, t.Presence)
 }
 
 // After reports whether t is ahead of o in any stream.
 func (t Token) After(o Token) bool {
-	return t.PDU > o.PDU || t.AccountData > o.AccountData
+	return t.PDU > o.PDU || t.AccountData > o.AccountData || t.Typing > o.Typing ||
+		t.Receipt > o.Receipt || t.Presence > o.Presence
 }
 
-// ParseToken reads a sync token.
+// Max returns the later position of t and o in each stream.
+func (t Token) Max(o Token) Token {
+	return Token{
+		PDU:         max(t.PDU, o.PDU),
+		AccountData: max(t.AccountData, o.AccountData),
+		Typing:      max(t.Typing, o.Typing),
+		Receipt:     max(t.Receipt, o.Receipt),
+		Presence:    max(t.Presence, o.Presence),
+	}
+}
+
+// ParseToken reads a sync token. Fields of streams this version does not
+// know are ignored, so a newer token still parses.
 func ParseToken(s string) (Token, error) {
 	if !strings.HasPrefix(s, "s") {
 		return Token{}, fmt.Errorf("sync token %q does not start with 's'", s)
 	}
-	var vals [2]int64
+	var vals [5]int64
 	for i, f := range strings.Split(s[1:], "_") {
 		n, err := strconv.ParseInt(f, 10, 64)
 		if err != nil || n < 0 {
@@ -38,7 +58,7 @@ func ParseToken(s string) (Token, error) {
 			vals[i] = n
 		}
 	}
-	return Token{PDU: vals[0], AccountData: vals[1]}, nil
+	return Token{PDU: vals[0], AccountData: vals[1], Typing: vals[2], Receipt: vals[3], Presence: vals[4]}, nil
 }
 
 // TopoToken is a /messages position: just before or after (depth, pos).
