@@ -1,7 +1,8 @@
 // Package storage is syncapi's one storage implementation: the sync stream
-// of events, each room's current state, every membership change, filters
-// and forgotten rooms. Only syncapi's consumer writes events, one at a
-// time, so stream positions become visible in order.
+// of events, each room's current state, every membership change, filters,
+// forgotten rooms, receipts and presence. Only syncapi's consumers write
+// events, receipts and presence, one at a time each, so stream positions
+// become visible in order.
 package storage
 
 import (
