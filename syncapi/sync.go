@@ -140,36 +140,33 @@ func (s *SyncAPI) sync(r *http.Request, dev *uapi.Device) (any, error) {
 	longPoll := req.since != nil && timeout > 0 && !req.fullState
 	if !longPoll {
 		s.catchUp(ctx)
+		return s.build(ctx, req)
 	}
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 	// A long-poll with nothing new for this user waits before touching
 	// the database at all.
-	if longPoll && s.notifier.Unchanged(dev.UserID, *req.since) {
-		wctx, cancel := context.WithTimeout(ctx, timeout)
+	if s.notifier.Unchanged(dev.UserID, *req.since) {
 		s.notifier.Wait(wctx, dev.UserID, *req.since)
-		cancel()
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		timeout = 0
 	}
-	resp, err := s.build(ctx, req)
-	if err != nil {
-		return nil, err
-	}
-	if longPoll && timeout > 0 && resp.empty() {
-		wctx, cancel := context.WithTimeout(ctx, timeout)
-		woken := s.notifier.Wait(wctx, dev.UserID, *req.since)
-		cancel()
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
+	for {
+		resp, err := s.build(ctx, req)
+		if err != nil {
+			return nil, err
 		}
-		if woken {
-			if resp, err = s.build(ctx, req); err != nil {
-				return nil, err
+		// What woke the request may all be filtered out (presence of a
+		// client that asked for none, ...): then wait on, for what comes
+		// after the positions just read.
+		if !resp.empty() || wctx.Err() != nil || !s.notifier.Wait(wctx, dev.UserID, req.to) {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
 			}
+			return resp, nil
 		}
 	}
-	return resp, nil
 }
 
 // requestFilter resolves the filter parameter: a stored filter's ID or
