@@ -137,6 +137,12 @@ func (f *EventFilter) Allows(evType, sender string) bool {
 	return true
 }
 
+// AllowsType reports whether the filter's types admit evType, whoever
+// sent it (for events without a sender, such as typing and receipts).
+func (f *EventFilter) AllowsType(evType string) bool {
+	return !anyMatch(f.NotTypes, evType) && (f.Types == nil || anyMatch(*f.Types, evType))
+}
+
 // AllowsEvent applies the room-event filter, including contains_url.
 func (f *RoomEventFilter) AllowsEvent(evType, sender string, content json.RawMessage) bool {
 	if !f.Allows(evType, sender) {

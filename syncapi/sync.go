@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"myelin/internal/mxhttp"
+	sapi "myelin/syncapi/api"
 	"myelin/syncapi/storage"
 	uapi "myelin/userapi/api"
 )
@@ -101,7 +102,8 @@ func newSyncResponse() *syncResponse {
 }
 
 func (r *syncResponse) empty() bool {
-	return len(r.AccountData.Events) == 0 && len(r.Rooms.Join) == 0 && len(r.Rooms.Invite) == 0 && len(r.Rooms.Leave) == 0
+	return len(r.AccountData.Events) == 0 && len(r.Presence.Events) == 0 &&
+		len(r.Rooms.Join) == 0 && len(r.Rooms.Invite) == 0 && len(r.Rooms.Leave) == 0
 }
 
 // syncRequest is one /sync call.
@@ -136,6 +138,21 @@ func (s *SyncAPI) sync(r *http.Request, dev *uapi.Device) (any, error) {
 			return nil, mxhttp.InvalidParam("%v", err)
 		}
 		req.since = &t
+	}
+	setPresence := q.Get("set_presence")
+	if setPresence == "" {
+		setPresence = sapi.Online
+	}
+	if !sapi.ValidPresence(setPresence) {
+		return nil, mxhttp.InvalidParam("set_presence must be online, unavailable or offline")
+	}
+	// Before catching up, so that the response already has the change.
+	if err := s.syncPresence(ctx, dev.UserID, setPresence); err != nil {
+		mxhttp.Logger(ctx).WithError(err).Warn("cannot update presence from /sync")
+	}
+	if setPresence != sapi.Offline {
+		done := s.presence.startSync(dev.UserID)
+		defer func() { done(s.now().UnixMilli()) }()
 	}
 	longPoll := req.since != nil && timeout > 0 && !req.fullState
 	if !longPoll {
@@ -231,6 +248,16 @@ func (s *SyncAPI) build(ctx context.Context, req *syncRequest) (*syncResponse, e
 			return nil, err
 		}
 	}
+	// Receipts are read for all joined rooms at once; typing is in memory.
+	var receipts map[string]any
+	if req.since == nil || req.to.Receipt > since.Receipt {
+		rs, err := s.store.ReceiptsFor(ctx, user, receiptReadPrivate, since.Receipt, req.to.Receipt)
+		if err != nil {
+			return nil, err
+		}
+		receipts = receiptEvents(rs)
+	}
+	var newRooms []string // rooms the user joined since the last sync
 	var forgotten map[string]bool
 	roomIDs := make([]string, 0, len(memberships))
 	for id := range memberships {
@@ -257,12 +284,17 @@ func (s *SyncAPI) build(ctx context.Context, req *syncRequest) (*syncResponse, e
 					full, newlyJoined = true, true // the whole state
 				}
 			}
-			if !full && !active[roomID] {
+			eph := s.ephemeral(req, roomID, receipts[roomID], full, since.Typing)
+			if !full && !active[roomID] && len(eph) == 0 {
 				continue
 			}
 			jr, err := s.joinedRoom(ctx, req, roomID, from, full, newlyJoined)
 			if err != nil {
 				return nil, err
+			}
+			jr.Ephemeral.Events = append(jr.Ephemeral.Events, eph...)
+			if newlyJoined {
+				newRooms = append(newRooms, roomID)
 			}
 			if !full && jr.empty() {
 				continue // everything new was filtered out
@@ -319,7 +351,122 @@ func (s *SyncAPI) build(ctx context.Context, req *syncRequest) (*syncResponse, e
 	if err := s.addAccountData(ctx, req, since.AccountData, resp); err != nil {
 		return nil, err
 	}
+	if err := s.addPresence(ctx, req, since, newRooms, resp); err != nil {
+		return nil, err
+	}
 	return resp, nil
+}
+
+// ephemeral returns a joined room's ephemeral events: who is typing, if
+// that changed after typingSince (or, in a full sync, if anyone is), and
+// the room's new receipts.
+func (s *SyncAPI) ephemeral(req *syncRequest, roomID string, receipts any, full bool, typingSince int64) []any {
+	f := &req.filter.Room.Ephemeral
+	if !req.filter.Room.AllowsRoom(roomID, f) || (f.Limit != nil && *f.Limit == 0) {
+		return nil
+	}
+	var out []any
+	if f.AllowsType("m.typing") {
+		users, pos := s.typing.room(roomID)
+		if (req.since != nil && pos > typingSince) || (full && len(users) > 0) {
+			out = append(out, map[string]any{"type": "m.typing", "content": map[string]any{"user_ids": users}})
+		}
+	}
+	if receipts != nil && f.AllowsType("m.receipt") {
+		out = append(out, receipts)
+	}
+	if f.Limit != nil && len(out) > *f.Limit {
+		out = out[:*f.Limit]
+	}
+	return out
+}
+
+// addPresence adds the presence section: the presence changes since the
+// last sync of the user and of users sharing a room with it (an initial
+// sync leaves out who is offline), and, as Synapse does, the presence of
+// users new to the user's rooms and of the members of rooms new to the
+// user, changed or not.
+func (s *SyncAPI) addPresence(ctx context.Context, req *syncRequest, since Token, newRooms []string, resp *syncResponse) error {
+	f := &req.filter.Presence
+	if !f.AllowsType("m.presence") || (f.Limit != nil && *f.Limit == 0) {
+		return nil
+	}
+	user := req.dev.UserID
+	byUser := map[string]*storage.Presence{}
+	var order []string
+	add := func(p *storage.Presence) {
+		if _, ok := byUser[p.UserID]; !ok {
+			order = append(order, p.UserID)
+		}
+		byUser[p.UserID] = p
+	}
+	if req.since == nil || req.to.Presence > since.Presence {
+		changed, err := s.store.PresenceFor(ctx, user, since.Presence, req.to.Presence)
+		if err != nil {
+			return err
+		}
+		for _, p := range changed {
+			if req.since == nil && p.Presence == sapi.Offline {
+				continue
+			}
+			add(p)
+		}
+	}
+	if req.since != nil {
+		extra := map[string]bool{}
+		if req.to.PDU > since.PDU {
+			joined, err := s.store.NewlyJoined(ctx, user, since.PDU, req.to.PDU)
+			if err != nil {
+				return err
+			}
+			for _, u := range joined {
+				extra[u] = true
+			}
+		}
+		for _, roomID := range newRooms {
+			members, err := s.store.CurrentState(ctx, roomID, "m.room.member")
+			if err != nil {
+				return err
+			}
+			for _, m := range members {
+				if m.Membership == "join" {
+					extra[m.StateKey] = true
+				}
+			}
+		}
+		delete(extra, user)
+		var missing []string
+		for u := range extra {
+			if _, ok := byUser[u]; !ok {
+				missing = append(missing, u)
+			}
+		}
+		sort.Strings(missing)
+		known, err := s.store.PresenceOf(ctx, missing)
+		if err != nil {
+			return err
+		}
+		found := make(map[string]*storage.Presence, len(known))
+		for _, p := range known {
+			found[p.UserID] = p
+		}
+		for _, u := range missing {
+			p := found[u]
+			if p == nil {
+				p = &storage.Presence{UserID: u, Presence: sapi.Offline}
+			}
+			add(p)
+		}
+	}
+	for _, u := range order {
+		if f.Allows("m.presence", u) {
+			resp.Presence.Events = append(resp.Presence.Events, s.presenceEvent(byUser[u]))
+		}
+	}
+	if f.Limit != nil && len(resp.Presence.Events) > *f.Limit {
+		resp.Presence.Events = resp.Presence.Events[len(resp.Presence.Events)-*f.Limit:]
+	}
+	return nil
 }
 
 // membershipBefore returns the user's membership of a room just before pos.

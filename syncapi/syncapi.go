@@ -1,8 +1,10 @@
 // Package syncapi serves the sync-shaped endpoints (/sync, /messages,
-// /context, /event, /members, filters). It keeps its own copy of each
-// room's timeline and current state, built from the roomserver's
+// /context, /event, /members, filters) and the per-user streams behind
+// them: typing, receipts and read markers, presence. It keeps its own copy
+// of each room's timeline and current state, built from the roomserver's
 // OutputRoomEvent stream, and wakes long-polling /sync requests from memory
-// (see Notifier). Only setup imports this package.
+// (see Notifier). Only setup imports this package; other components use
+// its api package (sapi).
 package syncapi
 
 import (
@@ -35,6 +37,8 @@ type SyncAPI struct {
 	rooms    rsapi.API
 	notifier *Notifier
 	lazy     *lazyMembers
+	typing   *typingRooms
+	presence *presenceCache
 	log      *logrus.Entry
 	now      func() time.Time
 
@@ -62,18 +66,30 @@ func New(ctx context.Context, cfg *config.Config, db *sqldb.DB, b *bus.Bus, user
 	if err != nil {
 		return nil, fmt.Errorf("account data position: %w", err)
 	}
+	receiptPos, err := store.MaxReceiptPos(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("receipt position: %w", err)
+	}
+	presencePos, err := store.MaxPresencePos(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("presence position: %w", err)
+	}
 	joined, err := store.JoinedUsers(ctx, ":"+cfg.ServerName)
 	if err != nil {
 		return nil, fmt.Errorf("load joined users: %w", err)
 	}
+	typing := newTypingRooms(time.Now)
+	current := Token{PDU: pos, AccountData: adPos, Typing: typing.Pos(), Receipt: receiptPos, Presence: presencePos}
 	return &SyncAPI{
 		cfg:       cfg,
 		store:     store,
 		bus:       b,
 		users:     users,
 		rooms:     rooms,
-		notifier:  NewNotifier(Token{PDU: pos, AccountData: adPos}, joined),
+		notifier:  NewNotifier(current, joined),
 		lazy:      newLazyMembers(100000),
+		typing:    typing,
+		presence:  newPresenceCache(100000),
 		log:       log,
 		now:       time.Now,
 		processed: map[string]uint64{},
@@ -81,19 +97,32 @@ func New(ctx context.Context, cfg *config.Config, db *sqldb.DB, b *bus.Bus, user
 	}, nil
 }
 
-// Start consumes the output streams until ctx ends.
-func (s *SyncAPI) Start(ctx context.Context) error {
-	for _, c := range []struct {
-		stream string
-		handle bus.Handler
-	}{
+// consumedStream is a stream syncapi consumes and its handler.
+type consumedStream struct {
+	name   string
+	handle bus.Handler
+}
+
+// streams are the streams syncapi consumes. A request that reads its own
+// writes waits for all of them (catchUp).
+func (s *SyncAPI) streams() []consumedStream {
+	return []consumedStream{
 		{bus.OutputRoomEvent, s.onRoomEvent},
 		{bus.OutputUserData, s.onUserData},
-	} {
+		{bus.OutputTyping, s.onTyping},
+		{bus.OutputReceipt, s.onReceipt},
+		{bus.OutputPresence, s.onPresence},
+	}
+}
+
+// Start consumes the output streams, expires typing notifications and
+// sets offline the users who stopped syncing, until ctx ends.
+func (s *SyncAPI) Start(ctx context.Context) error {
+	for _, c := range s.streams() {
 		c := c
 		// Open the consumer before returning so that nothing published
 		// after start is missed.
-		cons, floor, err := s.bus.OpenConsumer(ctx, c.stream, jetstream.ConsumerConfig{
+		cons, floor, err := s.bus.OpenConsumer(ctx, c.name, jetstream.ConsumerConfig{
 			Durable:       "syncapi",
 			AckPolicy:     jetstream.AckExplicitPolicy,
 			AckWait:       30 * time.Second,
@@ -103,16 +132,16 @@ func (s *SyncAPI) Start(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		s.markProcessed(c.stream, floor)
+		s.markProcessed(c.name, floor)
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			err := bus.Consume(ctx, cons, s.log.WithField("stream", c.stream), func(ctx context.Context, m jetstream.Msg) error {
+			err := bus.Consume(ctx, cons, s.log.WithField("stream", c.name), func(ctx context.Context, m jetstream.Msg) error {
 				if err := c.handle(ctx, m); err != nil {
 					return err
 				}
 				if md, err := m.Metadata(); err == nil {
-					s.markProcessed(c.stream, md.Sequence.Stream)
+					s.markProcessed(c.name, md.Sequence.Stream)
 				}
 				return nil
 			})
@@ -120,6 +149,28 @@ func (s *SyncAPI) Start(ctx context.Context) error {
 				s.log.WithError(err).Error("consumer stopped")
 			}
 		}()
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.expireTyping(ctx)
+	}()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.expirePresence(ctx)
+	}()
+	return nil
+}
+
+// publish sends a message on one of the streams syncapi consumes.
+func (s *SyncAPI) publish(ctx context.Context, stream string, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode %s message: %w", stream, err)
+	}
+	if _, err := s.bus.JS.Publish(ctx, stream, data); err != nil {
+		return fmt.Errorf("publish on %s: %w", stream, err)
 	}
 	return nil
 }
@@ -145,7 +196,8 @@ func (s *SyncAPI) markProcessed(stream string, seq uint64) {
 func (s *SyncAPI) catchUp(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	for _, name := range []string{bus.OutputRoomEvent, bus.OutputUserData} {
+	for _, c := range s.streams() {
+		name := c.name
 		st, err := s.bus.JS.Stream(ctx, name)
 		if err != nil {
 			return
@@ -185,6 +237,11 @@ func (s *SyncAPI) Routes(root *mux.Router) {
 		r.Handle("/rooms/{roomId}/members", s.authed(s.members)).Methods(http.MethodGet)
 		r.Handle("/rooms/{roomId}/joined_members", s.authed(s.joinedMembers)).Methods(http.MethodGet)
 		r.Handle("/rooms/{roomId}/forget", s.authed(s.forget)).Methods(http.MethodPost)
+		r.Handle("/rooms/{roomId}/typing/{userId}", s.authed(s.putTyping)).Methods(http.MethodPut)
+		r.Handle("/rooms/{roomId}/receipt/{receiptType}/{eventId}", s.authed(s.postReceipt)).Methods(http.MethodPost)
+		r.Handle("/rooms/{roomId}/read_markers", s.authed(s.postReadMarkers)).Methods(http.MethodPost)
+		r.Handle("/presence/{userId}/status", s.authed(s.getPresence)).Methods(http.MethodGet)
+		r.Handle("/presence/{userId}/status", s.authed(s.putPresence)).Methods(http.MethodPut)
 	}
 }
 

@@ -136,6 +136,9 @@ type Rooms struct {
 type Sync struct {
 	// MaxTimeout caps a client's long-poll timeout.
 	MaxTimeout time.Duration `yaml:"max_timeout"`
+	// PresenceTimeout is how long a user stays online (or unavailable)
+	// after its last /sync or presence update.
+	PresenceTimeout time.Duration `yaml:"presence_timeout"`
 }
 
 // Debug holds operator knobs for investigating the server.
@@ -164,7 +167,7 @@ func Defaults() *Config {
 		},
 		Logging: Logging{Level: "info", Format: "text"},
 		Rooms:   Rooms{DefaultVersion: "10"},
-		Sync:    Sync{MaxTimeout: 5 * time.Minute},
+		Sync:    Sync{MaxTimeout: 5 * time.Minute, PresenceTimeout: 30 * time.Second},
 	}
 }
 
@@ -301,6 +304,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Sync.MaxTimeout < time.Second {
 		bad("sync.max_timeout", c.Sync.MaxTimeout, "must be at least 1s")
+	}
+	if c.Sync.PresenceTimeout < time.Second {
+		bad("sync.presence_timeout", c.Sync.PresenceTimeout, "must be at least 1s")
 	}
 	if len(errs) > 0 {
 		sortStable(errs)

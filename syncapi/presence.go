@@ -1,0 +1,347 @@
+package syncapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"myelin/internal/bus"
+	"myelin/internal/cache"
+	"myelin/internal/mxhttp"
+	sapi "myelin/syncapi/api"
+	"myelin/syncapi/storage"
+	uapi "myelin/userapi/api"
+)
+
+// presenceCache keeps the stored presence of recently seen users, so that
+// a /sync need not read the database to learn that its user is already
+// online, and the time each was last active, which moves with every
+// /sync without being a presence change (spec: last_active_ago).
+//
+// Only the presence consumer changes presence; it overwrites cache
+// entries after each write. Readers fill misses with putIfAbsent, so a
+// value they read before a write cannot replace the written one.
+//
+// It also knows which local users keep themselves online by syncing: a
+// user who is not offline and has had no /sync for sync.presence_timeout
+// goes offline (as in Synapse: a client that stopped polling is gone).
+type presenceCache struct {
+	mu     sync.Mutex
+	stored *cache.LRU[string, storage.Presence]
+	active *cache.LRU[string, int64] // user -> last activity, Unix ms
+	// Local users whose presence a client keeps up: requests in flight,
+	// and when the last one ended (Unix ms).
+	syncing  map[string]int
+	lastSeen map[string]int64
+}
+
+func newPresenceCache(size int) *presenceCache {
+	return &presenceCache{
+		stored:   cache.New[string, storage.Presence](size),
+		active:   cache.New[string, int64](size),
+		syncing:  map[string]int{},
+		lastSeen: map[string]int64{},
+	}
+}
+
+// startSync records a /sync of userID that keeps it online; the returned
+// function records its end at the time it is given.
+func (c *presenceCache) startSync(userID string) func(end int64) {
+	c.mu.Lock()
+	c.syncing[userID]++
+	c.mu.Unlock()
+	return func(end int64) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.syncing[userID]--; c.syncing[userID] <= 0 {
+			delete(c.syncing, userID)
+		}
+		c.lastSeen[userID] = max(c.lastSeen[userID], end)
+	}
+}
+
+// seen records that userID showed itself at ts without a /sync (setting
+// its presence), which keeps it online for a while too.
+func (c *presenceCache) seen(userID string, ts int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.lastSeen[userID] = max(c.lastSeen[userID], ts)
+}
+
+// gone returns the users not seen since before cutoff and not syncing,
+// and forgets them.
+func (c *presenceCache) gone(cutoff int64) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for u, ts := range c.lastSeen {
+		if ts < cutoff && c.syncing[u] == 0 {
+			out = append(out, u)
+			delete(c.lastSeen, u)
+		}
+	}
+	return out
+}
+
+func (c *presenceCache) get(userID string) (storage.Presence, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stored.Get(userID)
+}
+
+func (c *presenceCache) put(p storage.Presence) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.stored.Put(p.UserID, p)
+}
+
+func (c *presenceCache) putIfAbsent(p storage.Presence) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.stored.Get(p.UserID); !ok {
+		c.stored.Put(p.UserID, p)
+	}
+}
+
+// touch records activity of userID at ts.
+func (c *presenceCache) touch(userID string, ts int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if old, ok := c.active.Get(userID); !ok || ts > old {
+		c.active.Put(userID, ts)
+	}
+}
+
+// lastActive is the later of p's stored activity and any seen since.
+func (c *presenceCache) lastActive(p *storage.Presence) int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if ts, ok := c.active.Get(p.UserID); ok && ts > p.LastActiveTS {
+		return ts
+	}
+	return p.LastActiveTS
+}
+
+// presenceOf returns a user's presence: offline with Pos 0 if never set.
+func (s *SyncAPI) presenceOf(ctx context.Context, userID string) (storage.Presence, error) {
+	if p, ok := s.presence.get(userID); ok {
+		return p, nil
+	}
+	p, err := s.store.Presence(ctx, userID)
+	if errors.Is(err, storage.ErrNotFound) {
+		p, err = &storage.Presence{UserID: userID, Presence: sapi.Offline}, nil
+	}
+	if err != nil {
+		return storage.Presence{}, err
+	}
+	s.presence.putIfAbsent(*p)
+	return *p, nil
+}
+
+// presenceContent is the content of an m.presence event and the body of
+// GET /presence/{userId}/status.
+type presenceContent struct {
+	Presence        string  `json:"presence"`
+	LastActiveAgo   *int64  `json:"last_active_ago,omitempty"`
+	StatusMsg       *string `json:"status_msg,omitempty"`
+	CurrentlyActive *bool   `json:"currently_active,omitempty"`
+}
+
+func (s *SyncAPI) presenceContent(p *storage.Presence) presenceContent {
+	c := presenceContent{Presence: p.Presence, StatusMsg: p.StatusMsg}
+	if p.Presence == "" {
+		c.Presence = sapi.Offline
+	}
+	if ts := s.presence.lastActive(p); ts > 0 {
+		ago := max(s.now().UnixMilli()-ts, 0)
+		c.LastActiveAgo = &ago
+	}
+	if c.Presence == sapi.Online {
+		active := p.CurrentlyActive
+		c.CurrentlyActive = &active
+	}
+	return c
+}
+
+// presenceEvent is the m.presence event of p (spec: "m.presence").
+func (s *SyncAPI) presenceEvent(p *storage.Presence) map[string]any {
+	return map[string]any{"type": "m.presence", "sender": p.UserID, "content": s.presenceContent(p)}
+}
+
+// getPresence answers a user's presence to itself and to users who share
+// a room with it (GET /presence/{userId}/status).
+func (s *SyncAPI) getPresence(r *http.Request, dev *uapi.Device) (any, error) {
+	ctx := r.Context()
+	userID := mxhttp.Var(r, "userId")
+	s.catchUp(ctx)
+	if userID != dev.UserID {
+		shares, err := s.store.SharesRoom(ctx, dev.UserID, userID)
+		if err != nil {
+			return nil, err
+		}
+		if !shares {
+			return nil, mxhttp.Forbidden("You are not allowed to see their presence")
+		}
+	}
+	p, err := s.presenceOf(ctx, userID)
+	if err != nil {
+		return nil, err
+	}
+	return s.presenceContent(&p), nil
+}
+
+// putPresence sets the user's presence and status message
+// (PUT /presence/{userId}/status).
+func (s *SyncAPI) putPresence(r *http.Request, dev *uapi.Device) (any, error) {
+	ctx := r.Context()
+	if mxhttp.Var(r, "userId") != dev.UserID {
+		return nil, mxhttp.Forbidden("Cannot set the presence of another user")
+	}
+	var body struct {
+		Presence  string  `json:"presence"`
+		StatusMsg *string `json:"status_msg"`
+	}
+	if err := mxhttp.ReadJSON(r, &body); err != nil {
+		return nil, err
+	}
+	if !sapi.ValidPresence(body.Presence) {
+		return nil, mxhttp.InvalidParam("presence must be online, unavailable or offline")
+	}
+	u := sapi.PresenceUpdate{
+		UserID:          dev.UserID,
+		Presence:        body.Presence,
+		StatusMsg:       body.StatusMsg,
+		CurrentlyActive: body.Presence == sapi.Online,
+	}
+	if body.Presence != sapi.Offline {
+		// Setting one's presence is an action (spec: "the activity time
+		// is updated"); going offline is not.
+		u.LastActiveTS = s.now().UnixMilli()
+		s.presence.touch(dev.UserID, u.LastActiveTS)
+		s.presence.seen(dev.UserID, u.LastActiveTS)
+	}
+	if err := s.publish(ctx, bus.OutputPresence, u); err != nil {
+		return nil, err
+	}
+	return struct{}{}, nil
+}
+
+// syncPresence applies a /sync's set_presence (spec: online when absent;
+// offline means "do not mark me online", so it changes nothing). It
+// publishes only a change of state: being online again moves only the
+// activity time, which is no presence event.
+func (s *SyncAPI) syncPresence(ctx context.Context, userID, setPresence string) error {
+	if setPresence == sapi.Offline {
+		return nil
+	}
+	now := s.now().UnixMilli()
+	s.presence.touch(userID, now)
+	cur, err := s.presenceOf(ctx, userID)
+	if err != nil {
+		return err
+	}
+	if cur.Presence == setPresence {
+		return nil
+	}
+	return s.publish(ctx, bus.OutputPresence, sapi.PresenceUpdate{
+		UserID:          userID,
+		Presence:        setPresence,
+		KeepStatus:      true,
+		LastActiveTS:    now,
+		CurrentlyActive: setPresence == sapi.Online,
+	})
+}
+
+// onPresence stores a presence change and wakes the user and everyone
+// who shares a room with it. An update that changes nothing (a repeat, or
+// a redelivery) only moves the activity time.
+func (s *SyncAPI) onPresence(ctx context.Context, m jetstream.Msg) error {
+	var u sapi.PresenceUpdate
+	if err := json.Unmarshal(m.Data(), &u); err != nil || !sapi.ValidPresence(u.Presence) {
+		s.log.WithError(err).Warn("dropping malformed presence update")
+		return nil
+	}
+	cur, err := s.store.Presence(ctx, u.UserID)
+	if errors.Is(err, storage.ErrNotFound) {
+		cur, err = &storage.Presence{UserID: u.UserID, Presence: sapi.Offline}, nil
+	}
+	if err != nil {
+		return err
+	}
+	next := storage.Presence{
+		UserID:          u.UserID,
+		Presence:        u.Presence,
+		StatusMsg:       u.StatusMsg,
+		LastActiveTS:    max(u.LastActiveTS, cur.LastActiveTS),
+		CurrentlyActive: u.CurrentlyActive,
+	}
+	if u.KeepStatus {
+		next.StatusMsg = cur.StatusMsg
+	}
+	if next.Presence == cur.Presence && next.CurrentlyActive == cur.CurrentlyActive && sameString(next.StatusMsg, cur.StatusMsg) {
+		s.presence.put(*cur)
+		s.presence.touch(u.UserID, u.LastActiveTS)
+		return nil
+	}
+	if err := s.store.PutPresence(ctx, &next); err != nil {
+		return err
+	}
+	s.presence.put(next)
+	memberships, err := s.store.UserMemberships(ctx, u.UserID)
+	if err != nil {
+		return err
+	}
+	rooms := make([]string, 0, len(memberships))
+	for roomID, m := range memberships {
+		if m == "join" {
+			rooms = append(rooms, roomID)
+		}
+	}
+	s.notifier.OnPresence(u.UserID, rooms, next.Pos)
+	return nil
+}
+
+func sameString(a, b *string) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return *a == *b
+}
+
+// expirePresence sets offline the local users who stopped syncing, until
+// ctx ends. After a restart, every local user who is not offline gets the
+// timeout to come back.
+func (s *SyncAPI) expirePresence(ctx context.Context) {
+	users, err := s.store.PresentUsers(ctx, ":"+s.cfg.ServerName)
+	if err != nil && ctx.Err() == nil {
+		s.log.WithError(err).Warn("cannot load who is online; they stay so until they next change")
+	}
+	now := s.now().UnixMilli()
+	for _, u := range users {
+		s.presence.seen(u, now)
+	}
+	timeout := s.cfg.Sync.PresenceTimeout
+	tick := time.NewTicker(max(timeout/6, 100*time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		for _, u := range s.presence.gone(s.now().Add(-timeout).UnixMilli()) {
+			p, err := s.presenceOf(ctx, u)
+			if err == nil && p.Presence != sapi.Offline {
+				err = s.publish(ctx, bus.OutputPresence, sapi.PresenceUpdate{UserID: u, Presence: sapi.Offline, KeepStatus: true})
+			}
+			if err != nil && ctx.Err() == nil {
+				s.log.WithError(err).WithField("user_id", u).Warn("cannot set a user who stopped syncing offline")
+			}
+		}
+	}
+}
