@@ -166,6 +166,11 @@ func (s *Sender) post(ctx context.Context, r Request) (rejected bool, err error)
 		return false, fmt.Errorf("%w: %v", errPermanent, err)
 	}
 	req.Header.Set("Content-Type", "application/json")
+	// One connection per push, as Dendrite does: a user's pushes are few
+	// and far between, so a kept-alive connection would mostly sit idle,
+	// and some gateways (sytest's among them) misread a second request on
+	// a reused connection.
+	req.Close = true
 	resp, err := s.client.Do(req)
 	if err != nil {
 		return false, err
