@@ -48,6 +48,9 @@ type Server struct {
 	bus      *bus.Bus
 	db       *sqldb.DB
 	key      *signing.Key
+	// outbound carries requests to other servers: federation, push
+	// gateways (with the operator's trusted CAs).
+	outbound *fedhttp.Transport
 
 	users  *userapi.UserAPI
 	fed    *federationapi.FederationAPI
@@ -136,6 +139,7 @@ func New(ctx context.Context, cfg *config.Config, log *logrus.Logger) (s *Server
 	if err != nil {
 		return nil, fmt.Errorf("federation_api.trusted_ca_files: %w", err)
 	}
+	s.outbound = fedTransport
 	if s.fed, err = federationapi.New(ctx, s.db, s.key, fedTransport, Version, entry("federationapi")); err != nil {
 		return nil, err
 	}
@@ -166,6 +170,9 @@ func withClientIP(next http.Handler) http.Handler {
 func (s *Server) Start() error {
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if err := s.rooms.Start(s.ctx); err != nil {
+		return err
+	}
+	if err := s.users.Start(s.ctx, s.rooms, s.outbound); err != nil {
 		return err
 	}
 	if err := s.sync.Start(s.ctx); err != nil {
@@ -229,6 +236,10 @@ func pprofHandler() http.Handler {
 	return m
 }
 
+// Users is the server's userapi, for tests that check what has no
+// endpoint of its own (notification counts before /sync shows them).
+func (s *Server) Users() uapi.API { return s.users }
+
 // SyncWaiters is the number of long-polling /sync requests waiting.
 func (s *Server) SyncWaiters() int { return s.sync.SyncWaiters() }
 
@@ -264,6 +275,7 @@ func (s *Server) Stop(ctx context.Context) error {
 	if s.cancel != nil {
 		s.cancel()
 		s.rooms.Wait()
+		s.users.Wait()
 		s.sync.Wait()
 	}
 	s.close()

@@ -1,7 +1,9 @@
 // Package userapi is the userapi component: local accounts and their
-// passwords, devices and access tokens, profiles, and account data. It
-// implements uapi.API; only setup (and the create-account command) import
-// this package, everyone else holds a uapi.API.
+// passwords, devices and access tokens, profiles, account data, and push
+// notifications (push rules, pushers, the evaluation of every event for
+// the local users it may notify). It implements uapi.API; only setup (and
+// the create-account command) import this package, everyone else holds a
+// uapi.API.
 package userapi
 
 import (
@@ -26,6 +28,7 @@ import (
 	"myelin/internal/sqldb"
 	"myelin/setup/config"
 	uapi "myelin/userapi/api"
+	"myelin/userapi/internal/pushrules"
 	"myelin/userapi/storage"
 )
 
@@ -60,6 +63,8 @@ type UserAPI struct {
 
 	dummyOnce sync.Once
 	dummyHash []byte
+
+	push *pushState
 }
 
 var _ uapi.API = (*UserAPI)(nil)
@@ -79,6 +84,7 @@ func New(ctx context.Context, db *sqldb.DB, b *bus.Bus, cfg *config.Config, log 
 		log:        log,
 		now:        time.Now,
 		tokens:     newTokenCache(tokenCacheSize, tokenCacheTTL, lastSeenEvery),
+		push:       newPushState(),
 	}, nil
 }
 
@@ -394,6 +400,9 @@ func (u *UserAPI) SetAccountData(ctx context.Context, userID, roomID, dataType s
 	if err != nil {
 		return 0, err
 	}
+	if roomID == "" && dataType == pushRulesType {
+		u.push.forget(userID)
+	}
 	if err := u.announce(ctx, userID, "account_data", pos); err != nil {
 		return pos, err
 	}
@@ -417,18 +426,49 @@ func (u *UserAPI) announce(ctx context.Context, userID, stream string, pos int64
 	return nil
 }
 
-// AccountData returns one item (uapi.ErrNotFound if unset).
+// AccountData returns one item (uapi.ErrNotFound if unset). m.push_rules
+// is always set: it is the user's effective push rules.
 func (u *UserAPI) AccountData(ctx context.Context, userID, roomID, dataType string) (json.RawMessage, error) {
+	if roomID == "" && dataType == pushRulesType {
+		rs, err := u.PushRules(ctx, userID)
+		if err != nil {
+			return nil, err
+		}
+		return pushrules.AccountData(rs), nil
+	}
 	return u.store.AccountData(ctx, userID, roomID, dataType)
 }
 
 // AccountDataSince returns the user's items whose latest change is in
-// (from, to], in position order.
+// (from, to], in position order. m.push_rules is the effective rules, and
+// an initial sync (from 0) always has it, stored or not.
 func (u *UserAPI) AccountDataSince(ctx context.Context, userID string, from, to int64) ([]uapi.AccountData, error) {
-	if to <= from {
-		return nil, nil
+	var items []uapi.AccountData
+	if to > from {
+		var err error
+		if items, err = u.store.AccountDataRange(ctx, userID, from, to); err != nil {
+			return nil, err
+		}
 	}
-	return u.store.AccountDataRange(ctx, userID, from, to)
+	hasRules := false
+	for i := range items {
+		if items[i].RoomID == "" && items[i].Type == pushRulesType {
+			hasRules = true
+			content, err := u.AccountData(ctx, userID, "", pushRulesType)
+			if err != nil {
+				return nil, err
+			}
+			items[i].Content = content
+		}
+	}
+	if from == 0 && !hasRules {
+		content, err := u.AccountData(ctx, userID, "", pushRulesType)
+		if err != nil {
+			return nil, err
+		}
+		items = append([]uapi.AccountData{{Type: pushRulesType, Content: content}}, items...)
+	}
+	return items, nil
 }
 
 // AccountDataPos is the position of the last committed account-data change.

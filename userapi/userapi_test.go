@@ -450,13 +450,15 @@ func TestAccountData(t *testing.T) {
 			from, to int64
 			want     []string // room/type@pos
 		}{
-			{"everything", alice, 0, 5, []string{"!r:test.local/m.tag@2", "/m.direct@4", "/im.vector.x@5"}},
+			// From 0 (an initial sync) the push rules are always there,
+			// stored or not.
+			{"everything", alice, 0, 5, []string{"/m.push_rules@0", "!r:test.local/m.tag@2", "/m.direct@4", "/im.vector.x@5"}},
 			{"after the first write", alice, 1, 5, []string{"!r:test.local/m.tag@2", "/m.direct@4", "/im.vector.x@5"}},
 			{"a middle range", alice, 1, 3, []string{"!r:test.local/m.tag@2"}},
 			{"only the latest version of a type", alice, 3, 4, []string{"/m.direct@4"}},
 			{"nothing new", alice, 5, 5, nil},
 			{"backwards", alice, 5, 2, nil},
-			{"other user", bob, 0, 5, []string{"/m.direct@3"}},
+			{"other user", bob, 0, 5, []string{"/m.push_rules@0", "/m.direct@3"}},
 		}
 		for _, tc := range since {
 			t.Run(tc.name, func(t *testing.T) {

@@ -138,6 +138,9 @@ type API interface {
 	AccountDataSince(ctx context.Context, userID string, from, to int64) ([]AccountData, error)
 	// AccountDataPos is the current head of the account-data stream.
 	AccountDataPos(ctx context.Context) (int64, error)
+
+	// Push rules, pushers and notifications.
+	Push
 }
 
 // ValidLocalpart checks the localpart of a new account on serverName: only

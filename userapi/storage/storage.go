@@ -1,7 +1,8 @@
 // Package storage keeps the userapi's tables: accounts (with their
-// profiles), devices with the hashes of their access tokens, and account
-// data. One implementation serves SQLite and PostgreSQL through sqldb. Only
-// package userapi imports it.
+// profiles), devices with the hashes of their access tokens, account data,
+// and what push notifications need (pushers, notifications, room
+// members). One implementation serves SQLite and PostgreSQL through sqldb.
+// Only package userapi imports it.
 package storage
 
 import (
@@ -106,7 +107,7 @@ func (s *Storage) SetPasswordHash(ctx context.Context, userID, hash string, logo
 		if _, err := tx.Exec(ctx, `DELETE FROM userapi_devices WHERE user_id = $1 AND device_id <> $2`, userID, keepDeviceID); err != nil {
 			return fmt.Errorf("delete other devices of %s: %w", userID, err)
 		}
-		return nil
+		return deleteOrphanPushers(ctx, tx, userID)
 	})
 }
 
@@ -125,7 +126,7 @@ func (s *Storage) Deactivate(ctx context.Context, userID string) error {
 		if _, err := tx.Exec(ctx, `DELETE FROM userapi_devices WHERE user_id = $1`, userID); err != nil {
 			return fmt.Errorf("delete devices of %s: %w", userID, err)
 		}
-		return nil
+		return deleteOrphanPushers(ctx, tx, userID)
 	})
 }
 
@@ -304,21 +305,23 @@ func (s *Storage) SetDeviceName(ctx context.Context, userID, deviceID, name stri
 // DeleteDevices deletes the named devices of a user, or all of them when
 // deviceIDs is nil. Unknown IDs are ignored.
 func (s *Storage) DeleteDevices(ctx context.Context, userID string, deviceIDs []string) error {
-	if deviceIDs == nil {
-		if _, err := s.db.Exec(ctx, `DELETE FROM userapi_devices WHERE user_id = $1`, userID); err != nil {
-			return fmt.Errorf("delete devices of %s: %w", userID, err)
-		}
-		return nil
-	}
-	// One statement per device rather than an IN list: the lists are
-	// short, and a fixed statement is prepared once.
+	// Pushers go with the device that set them (spec: a pusher is deleted
+	// when its access token is logged out).
 	return s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		if deviceIDs == nil {
+			if _, err := tx.Exec(ctx, `DELETE FROM userapi_devices WHERE user_id = $1`, userID); err != nil {
+				return fmt.Errorf("delete devices of %s: %w", userID, err)
+			}
+			return deleteOrphanPushers(ctx, tx, userID)
+		}
+		// One statement per device rather than an IN list: the lists are
+		// short, and a fixed statement is prepared once.
 		for _, id := range deviceIDs {
 			if _, err := tx.Exec(ctx, `DELETE FROM userapi_devices WHERE user_id = $1 AND device_id = $2`, userID, id); err != nil {
 				return fmt.Errorf("delete device %s of %s: %w", id, userID, err)
 			}
 		}
-		return nil
+		return deleteOrphanPushers(ctx, tx, userID)
 	})
 }
 

@@ -1,0 +1,534 @@
+package userapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	gmsl "github.com/matrix-org/gomatrixserverlib"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/tidwall/gjson"
+
+	"myelin/internal/bus"
+	rsapi "myelin/roomserver/api"
+	sapi "myelin/syncapi/api"
+	uapi "myelin/userapi/api"
+	"myelin/userapi/internal/pushgw"
+	"myelin/userapi/internal/pushrules"
+	"myelin/userapi/storage"
+)
+
+// The evaluation of events for notifications: a durable consumer of the
+// OutputRoomEvent stream keeps the userapi's view of room membership and
+// evaluates each event against the rules of the local users it may notify;
+// another, of the OutputReceipt stream, clears what read receipts cover.
+
+const (
+	// notificationRetention is how long read notifications are kept for
+	// GET /notifications.
+	notificationRetention = 30 * 24 * time.Hour
+	pruneEvery            = time.Hour
+)
+
+// Start consumes the OutputRoomEvent stream and sends pushes until ctx
+// ends; rooms answers the state questions push rules and gateways ask,
+// gateways sends the requests to push gateways (nil: Go's default
+// transport).
+func (u *UserAPI) Start(ctx context.Context, rooms Rooms, gateways http.RoundTripper) error {
+	if u.bus == nil {
+		return errors.New("userapi: Start needs a bus")
+	}
+	p := u.push
+	p.rooms = rooms
+	p.sender = pushgw.New(pushgw.Options{OnRejected: u.onRejected, Transport: gateways}, u.log.WithField("part", "push"))
+	p.sender.Start(ctx)
+	// Open the consumer before returning so that nothing published after
+	// start is missed.
+	cons, floor, err := u.bus.OpenConsumer(ctx, bus.OutputRoomEvent, jetstream.ConsumerConfig{
+		Durable:       "userapi",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       30 * time.Second,
+		MaxAckPending: 1000,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return err
+	}
+	p.events.mark(floor)
+	receipts, _, err := u.bus.OpenConsumer(ctx, bus.OutputReceipt, jetstream.ConsumerConfig{
+		Durable:       "userapi",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       30 * time.Second,
+		MaxAckPending: 1000,
+		// Receipts of before the consumer existed cleared nothing that
+		// was recorded since.
+		DeliverPolicy: jetstream.DeliverNewPolicy,
+	})
+	if err != nil {
+		return err
+	}
+	p.wg.Add(3)
+	for _, c := range []struct {
+		stream string
+		cons   jetstream.Consumer
+		handle bus.Handler
+	}{
+		{bus.OutputRoomEvent, cons, func(ctx context.Context, m jetstream.Msg) error {
+			if err := u.onRoomEvent(ctx, m); err != nil {
+				return err
+			}
+			if md, err := m.Metadata(); err == nil {
+				p.events.mark(md.Sequence.Stream)
+			}
+			return nil
+		}},
+		{bus.OutputReceipt, receipts, u.onReceipt},
+	} {
+		go func() {
+			defer p.wg.Done()
+			log := u.log.WithField("stream", c.stream)
+			if err := bus.Consume(ctx, c.cons, log, c.handle); err != nil && ctx.Err() == nil {
+				log.WithError(err).Error("consumer stopped")
+			}
+		}()
+	}
+	go func() {
+		defer p.wg.Done()
+		u.pruneNotifications(ctx)
+	}()
+	return nil
+}
+
+// Wait waits for what Start started to stop after its context ended.
+func (u *UserAPI) Wait() {
+	u.push.wg.Wait()
+	if u.push.sender != nil {
+		u.push.sender.Wait()
+	}
+}
+
+func (u *UserAPI) pruneNotifications(ctx context.Context) {
+	t := time.NewTicker(pruneEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := u.store.PruneNotifications(ctx, u.now().Add(-notificationRetention).UnixMilli()); err != nil && ctx.Err() == nil {
+				u.log.WithError(err).Warn("pruning old notifications")
+			}
+		}
+	}
+}
+
+func (u *UserAPI) onRejected(ctx context.Context, r pushgw.Request) {
+	if err := u.store.DeletePusher(ctx, r.UserID, r.AppID, r.PushKey); err != nil && ctx.Err() == nil {
+		u.log.WithError(err).WithField("user_id", r.UserID).Warn("deleting a rejected pusher")
+	}
+}
+
+// onReceipt clears the notifications a local user's read receipt covers
+// (spec: "Receipts": m.read and m.read.private both clear them).
+func (u *UserAPI) onReceipt(ctx context.Context, m jetstream.Msg) error {
+	var r sapi.ReceiptUpdate
+	if err := json.Unmarshal(m.Data(), &r); err != nil {
+		u.log.WithError(err).Warn("dropping malformed receipt")
+		return nil
+	}
+	if !u.isLocal(r.UserID) || (r.Type != "m.read" && r.Type != "m.read.private") {
+		return nil
+	}
+	// The event read was accepted before the receipt was sent, but this
+	// component may not have evaluated it yet: its notification would be
+	// recorded after the receipt and stay unread. So first catch up with
+	// the events (bounded: a stuck consumer must not stop receipts).
+	u.catchUpEvents(ctx, receiptCatchUp)
+	return u.ClearNotifications(ctx, r.UserID, r.RoomID, r.ThreadID, r.EventID)
+}
+
+// receiptCatchUp bounds how long a receipt waits for events.
+const receiptCatchUp = 10 * time.Second
+
+// catchUpEvents waits, at most max, until every event in the
+// OutputRoomEvent stream when called has been evaluated.
+func (u *UserAPI) catchUpEvents(ctx context.Context, max time.Duration) {
+	ctx, cancel := context.WithTimeout(ctx, max)
+	defer cancel()
+	st, err := u.bus.JS.Stream(ctx, bus.OutputRoomEvent)
+	if err != nil {
+		return
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return
+	}
+	u.push.events.wait(ctx, info.State.LastSeq)
+}
+
+// progress is how far a consumer got in its stream.
+type progress struct {
+	mu    sync.Mutex
+	seq   uint64
+	moved chan struct{} // closed and replaced when seq grows
+}
+
+func newProgress() *progress { return &progress{moved: make(chan struct{})} }
+
+func (p *progress) mark(seq uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if seq > p.seq {
+		p.seq = seq
+		close(p.moved)
+		p.moved = make(chan struct{})
+	}
+}
+
+// wait waits until seq is reached or ctx ends.
+func (p *progress) wait(ctx context.Context, seq uint64) {
+	for {
+		p.mu.Lock()
+		done, moved := p.seq >= seq, p.moved
+		p.mu.Unlock()
+		if done {
+			return
+		}
+		select {
+		case <-moved:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+func (u *UserAPI) isLocal(userID string) bool { return strings.HasSuffix(userID, ":"+u.serverName) }
+
+// onRoomEvent handles one accepted event. A redelivered event changes
+// nothing: membership is set, not counted, and a notification already
+// recorded is neither recorded nor pushed again.
+func (u *UserAPI) onRoomEvent(ctx context.Context, m jetstream.Msg) error {
+	var out rsapi.OutputEvent
+	if err := json.Unmarshal(m.Data(), &out); err != nil {
+		u.log.WithError(err).Warn("dropping malformed output event")
+		return nil
+	}
+	if err := u.trackMembers(ctx, &out); err != nil {
+		return err
+	}
+	return u.notifyMembers(ctx, &out)
+}
+
+// trackMembers applies the event's state delta to the membership table.
+func (u *UserAPI) trackMembers(ctx context.Context, out *rsapi.OutputEvent) error {
+	var added []storage.Member
+	addMember := func(id string, raw []byte) {
+		g := gjson.GetManyBytes(raw, "type", "state_key", "content.membership", "content.displayname")
+		if g[0].String() != "m.room.member" || !g[1].Exists() {
+			return
+		}
+		added = append(added, storage.Member{
+			UserID: g[1].String(), Membership: g[2].String(), DisplayName: g[3].String(),
+			EventID: id, IsLocal: u.isLocal(g[1].String()),
+		})
+	}
+	adds := make(map[string]bool, len(out.AddsState))
+	for _, id := range out.AddsState {
+		adds[id] = true
+	}
+	if adds[out.EventID] {
+		addMember(out.EventID, out.Event)
+	}
+	for _, raw := range out.AddsStateJSON {
+		if gjson.GetBytes(raw, "type").String() != "m.room.member" {
+			continue
+		}
+		if id := eventIDOf(out.RoomVersion, raw); adds[id] {
+			addMember(id, raw)
+		}
+	}
+	return u.store.ApplyMembers(ctx, out.RoomID, out.RemovesState, added)
+}
+
+func eventIDOf(roomVersion string, raw json.RawMessage) string {
+	verImpl, err := gmsl.GetRoomVersion(gmsl.RoomVersion(roomVersion))
+	if err != nil {
+		return ""
+	}
+	pdu, err := verImpl.NewEventFromTrustedJSON(raw, false)
+	if err != nil {
+		return ""
+	}
+	return pdu.EventID()
+}
+
+// pushEvent is an event being evaluated, with what its pushes need,
+// looked up once for all the users it notifies.
+type pushEvent struct {
+	out                            *rsapi.OutputEvent
+	typ, sender, stateKey, content string
+	membership, threadID           string
+	depth                          int64
+	ev                             *pushrules.Event
+
+	looked                  bool
+	senderName, roomName    string
+	roomAlias               string
+	mayNotify               map[string]bool
+	powerLevels, createJSON []byte
+	powerLoaded             bool
+}
+
+// notifyMembers evaluates the event for every local user who may be
+// notified of it: the joined members but the sender, and an invited user.
+func (u *UserAPI) notifyMembers(ctx context.Context, out *rsapi.OutputEvent) error {
+	g := gjson.GetManyBytes(out.Event, "type", "sender", "state_key", "depth", "content",
+		"content.membership", `content.m\.relates_to.rel_type`, `content.m\.relates_to.event_id`)
+	pe := &pushEvent{
+		out: out, typ: g[0].String(), sender: g[1].String(), stateKey: g[2].String(),
+		depth: g[3].Int(), content: g[4].Raw, membership: g[5].String(),
+	}
+	if g[6].String() == "m.thread" {
+		pe.threadID = g[7].String()
+	}
+	members, err := u.store.LocalJoined(ctx, out.RoomID)
+	if err != nil {
+		return err
+	}
+	candidates := members[:0]
+	for _, m := range members {
+		if m.UserID != pe.sender {
+			candidates = append(candidates, m)
+		}
+	}
+	if pe.typ == "m.room.member" && g[2].Exists() && pe.membership == "invite" && u.isLocal(pe.stateKey) && pe.stateKey != pe.sender {
+		invited := true
+		for _, m := range candidates {
+			invited = invited && m.UserID != pe.stateKey
+		}
+		if invited {
+			name := gjson.Get(pe.content, "displayname").String()
+			candidates = append(candidates, storage.Member{UserID: pe.stateKey, DisplayName: name})
+		}
+	}
+	if len(candidates) == 0 {
+		return nil
+	}
+	if pe.ev, err = pushrules.NewEvent(out.RoomID, out.Event); err != nil {
+		u.log.WithError(err).WithField("event_id", out.EventID).Warn("cannot evaluate event for push")
+		return nil
+	}
+	count, err := u.store.JoinedCount(ctx, out.RoomID)
+	if err != nil {
+		return err
+	}
+	for _, m := range candidates {
+		rs, err := u.rulesFor(ctx, m.UserID)
+		if err != nil {
+			return err
+		}
+		rc := pushrules.Context{
+			DisplayName:     m.DisplayName,
+			MemberCount:     count,
+			SenderMayNotify: func(key string) bool { return u.senderMayNotify(ctx, pe, key) },
+		}
+		rule := u.push.eval.Evaluate(rs, pe.ev, &rc)
+		acts := pushrules.Summarise(rule)
+		if !acts.Notify {
+			continue
+		}
+		actions, err := json.Marshal(rule.Actions)
+		if err != nil {
+			return err
+		}
+		inserted, err := u.store.InsertNotification(ctx, storage.NewNotification{
+			UserID: m.UserID, RoomID: out.RoomID, EventID: out.EventID, ThreadID: pe.threadID,
+			Depth: pe.depth, TS: u.now().UnixMilli(), Actions: actions, Highlight: acts.Highlight,
+		})
+		if err != nil {
+			return err
+		}
+		if inserted {
+			u.pushNotification(ctx, m.UserID, pe, acts)
+		}
+	}
+	return nil
+}
+
+// senderMayNotify answers sender_notification_permission from the room's
+// current power levels.
+func (u *UserAPI) senderMayNotify(ctx context.Context, pe *pushEvent, key string) bool {
+	if v, ok := pe.mayNotify[key]; ok {
+		return v
+	}
+	if !pe.powerLoaded {
+		pe.powerLoaded = true
+		if ev, err := u.push.rooms.StateEvent(ctx, pe.out.RoomID, "m.room.power_levels", ""); err == nil {
+			pe.powerLevels = ev.Content()
+		}
+		if ev, err := u.push.rooms.StateEvent(ctx, pe.out.RoomID, "m.room.create", ""); err == nil {
+			pe.createJSON = ev.JSON()
+		}
+	}
+	privileged := false
+	if verImpl, err := gmsl.GetRoomVersion(gmsl.RoomVersion(pe.out.RoomVersion)); err == nil && verImpl.PrivilegedCreators() && pe.createJSON != nil {
+		// From room version 12 the creators outrank every power level.
+		c := gjson.GetManyBytes(pe.createJSON, "sender", "content.additional_creators")
+		privileged = c[0].String() == pe.sender
+		for _, a := range c[1].Array() {
+			privileged = privileged || a.String() == pe.sender
+		}
+	}
+	v := pushrules.NotificationPermitted(pe.powerLevels, pe.sender, key, privileged)
+	if pe.mayNotify == nil {
+		pe.mayNotify = map[string]bool{}
+	}
+	pe.mayNotify[key] = v
+	return v
+}
+
+// lookUp fills in the names a push shows: the sender's display name and
+// the room's name or alias (for an invite to a room this server is not
+// in, from the invite's stripped state).
+func (u *UserAPI) lookUp(ctx context.Context, pe *pushEvent) {
+	if pe.looked {
+		return
+	}
+	pe.looked = true
+	roomID := pe.out.RoomID
+	if name, err := u.store.MemberDisplayName(ctx, roomID, pe.sender); err == nil {
+		pe.senderName = name
+	}
+	if ev, err := u.push.rooms.StateEvent(ctx, roomID, "m.room.name", ""); err == nil {
+		pe.roomName = gjson.GetBytes(ev.Content(), "name").String()
+	}
+	if ev, err := u.push.rooms.StateEvent(ctx, roomID, "m.room.canonical_alias", ""); err == nil {
+		pe.roomAlias = gjson.GetBytes(ev.Content(), "alias").String()
+	}
+	for _, raw := range pe.out.InviteRoomState {
+		g := gjson.GetManyBytes(raw, "type", "content.name", "content.alias")
+		switch {
+		case g[0].String() == "m.room.name" && pe.roomName == "":
+			pe.roomName = g[1].String()
+		case g[0].String() == "m.room.canonical_alias" && pe.roomAlias == "":
+			pe.roomAlias = g[2].String()
+		}
+	}
+}
+
+// gatewayDevice is one entry of a push's devices (spec: Push Gateway API,
+// Device).
+type gatewayDevice struct {
+	AppID     string                     `json:"app_id"`
+	PushKey   string                     `json:"pushkey"`
+	PushKeyTS int64                      `json:"pushkey_ts"`
+	Data      map[string]json.RawMessage `json:"data"`
+	Tweaks    map[string]json.RawMessage `json:"tweaks"`
+}
+
+func deviceOf(p uapi.Pusher, tweaks map[string]json.RawMessage) gatewayDevice {
+	data := map[string]json.RawMessage{}
+	_ = json.Unmarshal(p.Data, &data)
+	delete(data, "url") // the gateway's own address is not its business
+	if tweaks == nil {
+		tweaks = map[string]json.RawMessage{}
+	}
+	return gatewayDevice{AppID: p.AppID, PushKey: p.PushKey, PushKeyTS: p.PushKeyTS / 1000, Data: data, Tweaks: tweaks}
+}
+
+// pushNotification sends a notification to each of the user's pushers.
+// Failures are logged, never returned: a push is best effort, and the
+// notification is recorded whatever happens to it.
+func (u *UserAPI) pushNotification(ctx context.Context, userID string, pe *pushEvent, acts pushrules.Actions) {
+	pushers, err := u.store.Pushers(ctx, userID)
+	if err != nil || len(pushers) == 0 {
+		if err != nil {
+			u.log.WithError(err).WithField("user_id", userID).Warn("loading pushers")
+		}
+		return
+	}
+	badge, err := u.store.UnreadRooms(ctx, userID)
+	if err != nil {
+		u.log.WithError(err).WithField("user_id", userID).Warn("counting unread rooms")
+	}
+	u.lookUp(ctx, pe)
+	prio := "low"
+	if _, ok := acts.Tweaks["sound"]; ok || acts.Highlight || pe.typ == "m.room.encrypted" {
+		prio = "high"
+	}
+	out := pe.out
+	for _, p := range pushers {
+		gw, idOnly, ok := pusherURL(p)
+		if !ok {
+			continue
+		}
+		n := map[string]any{
+			// "id" is the event ID under its old name, which gateways
+			// (and sytest) still read.
+			"id": out.EventID, "event_id": out.EventID, "room_id": out.RoomID, "prio": prio,
+			"counts":  map[string]int64{"unread": badge},
+			"devices": []gatewayDevice{deviceOf(p, acts.Tweaks)},
+		}
+		if !idOnly {
+			n["type"], n["sender"] = pe.typ, pe.sender
+			if pe.content != "" {
+				n["content"] = json.RawMessage(pe.content)
+			}
+			if pe.senderName != "" {
+				n["sender_display_name"] = pe.senderName
+			}
+			if pe.roomName != "" {
+				n["room_name"] = pe.roomName
+			} else if pe.roomAlias != "" {
+				n["room_name"] = pe.roomAlias
+			}
+			if pe.roomAlias != "" {
+				n["room_alias"] = pe.roomAlias
+			}
+			if pe.typ == "m.room.member" {
+				n["membership"] = pe.membership
+				n["user_is_target"] = pe.stateKey == userID
+			}
+		}
+		u.enqueuePush(userID, p, gw, n)
+	}
+}
+
+// pushBadge sends the user's pushers the number of rooms with unread
+// notifications, after some were read.
+func (u *UserAPI) pushBadge(ctx context.Context, userID string) {
+	if u.push.sender == nil {
+		return
+	}
+	pushers, err := u.store.Pushers(ctx, userID)
+	if err != nil || len(pushers) == 0 {
+		return
+	}
+	badge, err := u.store.UnreadRooms(ctx, userID)
+	if err != nil {
+		u.log.WithError(err).WithField("user_id", userID).Warn("counting unread rooms")
+		return
+	}
+	for _, p := range pushers {
+		if gw, _, ok := pusherURL(p); ok {
+			u.enqueuePush(userID, p, gw, map[string]any{
+				"id": "", "type": nil, "sender": "", "prio": "high",
+				"counts":  map[string]int64{"unread": badge},
+				"devices": []gatewayDevice{deviceOf(p, nil)},
+			})
+		}
+	}
+}
+
+func (u *UserAPI) enqueuePush(userID string, p uapi.Pusher, gw string, notification map[string]any) {
+	body, err := json.Marshal(map[string]any{"notification": notification})
+	if err != nil {
+		u.log.WithError(err).Warn("encoding a push")
+		return
+	}
+	u.push.sender.Enqueue(pushgw.Request{URL: gw, Body: body, UserID: userID, AppID: p.AppID, PushKey: p.PushKey})
+}

@@ -1,0 +1,277 @@
+package storage
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"myelin/internal/sqldb"
+	uapi "myelin/userapi/api"
+)
+
+// Pushers, notifications and the room membership push rules need.
+
+const pusherColumns = `pushkey, kind, app_id, app_display_name, device_display_name, profile_tag, lang, data, pushkey_ts`
+
+// Pushers lists a user's pushers, oldest first.
+func (s *Storage) Pushers(ctx context.Context, userID string) ([]uapi.Pusher, error) {
+	rows, err := s.db.Query(ctx, `SELECT `+pusherColumns+` FROM userapi_pushers WHERE user_id = $1 ORDER BY pusher_id`, userID)
+	if err != nil {
+		return nil, fmt.Errorf("select pushers of %s: %w", userID, err)
+	}
+	defer rows.Close()
+	out := []uapi.Pusher{}
+	for rows.Next() {
+		var p uapi.Pusher
+		var data string
+		if err := rows.Scan(&p.PushKey, &p.Kind, &p.AppID, &p.AppDisplayName, &p.DeviceDisplayName, &p.ProfileTag, &p.Lang, &data, &p.PushKeyTS); err != nil {
+			return nil, fmt.Errorf("scan pusher of %s: %w", userID, err)
+		}
+		p.Data = json.RawMessage(data)
+		out = append(out, p)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("select pushers of %s: %w", userID, err)
+	}
+	return out, nil
+}
+
+// UpsertPusher creates or updates the user's pusher of (p.AppID,
+// p.PushKey); unless appendOthers, other users' pushers of that app ID and
+// pushkey are deleted.
+func (s *Storage) UpsertPusher(ctx context.Context, userID string, sessionID int64, p uapi.Pusher, appendOthers bool) error {
+	return s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		if !appendOthers {
+			if _, err := tx.Exec(ctx, `DELETE FROM userapi_pushers WHERE app_id = $1 AND pushkey = $2 AND user_id <> $3`,
+				p.AppID, p.PushKey, userID); err != nil {
+				return fmt.Errorf("delete other users' pushers of %s: %w", p.AppID, err)
+			}
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO userapi_pushers
+			(user_id, session_id, `+pusherColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+			ON CONFLICT (app_id, pushkey, user_id) DO UPDATE SET session_id = excluded.session_id,
+				kind = excluded.kind, app_display_name = excluded.app_display_name,
+				device_display_name = excluded.device_display_name, profile_tag = excluded.profile_tag,
+				lang = excluded.lang, data = excluded.data, pushkey_ts = excluded.pushkey_ts`,
+			userID, sessionID, p.PushKey, p.Kind, p.AppID, p.AppDisplayName, p.DeviceDisplayName, p.ProfileTag, p.Lang, string(p.Data), p.PushKeyTS)
+		if err != nil {
+			return fmt.Errorf("upsert pusher %s of %s: %w", p.AppID, userID, err)
+		}
+		return nil
+	})
+}
+
+// DeletePusher deletes the user's pusher of appID and pushkey, if any.
+func (s *Storage) DeletePusher(ctx context.Context, userID, appID, pushkey string) error {
+	if _, err := s.db.Exec(ctx, `DELETE FROM userapi_pushers WHERE app_id = $1 AND pushkey = $2 AND user_id = $3`,
+		appID, pushkey, userID); err != nil {
+		return fmt.Errorf("delete pusher %s of %s: %w", appID, userID, err)
+	}
+	return nil
+}
+
+// deleteOrphanPushers deletes the user's pushers whose device is gone; it
+// runs in the transactions that delete devices.
+func deleteOrphanPushers(ctx context.Context, tx *sqldb.Tx, userID string) error {
+	if _, err := tx.Exec(ctx, `DELETE FROM userapi_pushers WHERE user_id = $1
+		AND session_id NOT IN (SELECT session_id FROM userapi_devices WHERE user_id = $1)`, userID); err != nil {
+		return fmt.Errorf("delete pushers of deleted devices of %s: %w", userID, err)
+	}
+	return nil
+}
+
+// NewNotification is an event that notified a user.
+type NewNotification struct {
+	UserID, RoomID, EventID, ThreadID string
+	Depth, TS                         int64
+	Actions                           json.RawMessage
+	Highlight                         bool
+}
+
+// InsertNotification records a notification; inserted is false when it
+// was there already (a redelivered event).
+func (s *Storage) InsertNotification(ctx context.Context, n NewNotification) (inserted bool, err error) {
+	res, err := s.db.Exec(ctx, `INSERT INTO userapi_notifications
+		(user_id, room_id, event_id, thread_id, depth, ts, actions, highlight)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (user_id, event_id) DO NOTHING`,
+		n.UserID, n.RoomID, n.EventID, n.ThreadID, n.Depth, n.TS, string(n.Actions), n.Highlight)
+	if err != nil {
+		return false, fmt.Errorf("insert notification of %s for %s: %w", n.EventID, n.UserID, err)
+	}
+	c, err := res.RowsAffected()
+	if err != nil {
+		return false, fmt.Errorf("insert notification of %s for %s: %w", n.EventID, n.UserID, err)
+	}
+	return c > 0, nil
+}
+
+// Notification is a stored notification.
+type Notification struct {
+	ID                int64
+	RoomID, EventID   string
+	TS                int64
+	Actions           json.RawMessage
+	Highlight, IsRead bool
+}
+
+// Notifications returns up to limit of the user's notifications with an
+// ID below before (0: from the newest), newest first.
+func (s *Storage) Notifications(ctx context.Context, userID string, before int64, limit int, onlyHighlight bool) ([]Notification, error) {
+	if before <= 0 {
+		before = 1<<63 - 1
+	}
+	rows, err := s.db.Query(ctx, `SELECT notification_id, room_id, event_id, ts, actions, highlight, is_read
+		FROM userapi_notifications WHERE user_id = $1 AND notification_id < $2 AND (highlight OR NOT $3)
+		ORDER BY notification_id DESC LIMIT $4`, userID, before, onlyHighlight, limit)
+	if err != nil {
+		return nil, fmt.Errorf("select notifications of %s: %w", userID, err)
+	}
+	defer rows.Close()
+	var out []Notification
+	for rows.Next() {
+		var n Notification
+		var actions string
+		if err := rows.Scan(&n.ID, &n.RoomID, &n.EventID, &n.TS, &actions, &n.Highlight, &n.IsRead); err != nil {
+			return nil, fmt.Errorf("scan notification of %s: %w", userID, err)
+		}
+		n.Actions = json.RawMessage(actions)
+		out = append(out, n)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("select notifications of %s: %w", userID, err)
+	}
+	return out, nil
+}
+
+// NotificationCounts counts the user's unread notifications in a room.
+func (s *Storage) NotificationCounts(ctx context.Context, userID, roomID string) (uapi.NotificationCounts, error) {
+	var c uapi.NotificationCounts
+	err := s.db.QueryRow(ctx, `SELECT COUNT(*), COALESCE(SUM(CASE WHEN highlight THEN 1 ELSE 0 END), 0)
+		FROM userapi_notifications WHERE user_id = $1 AND room_id = $2 AND NOT is_read`, userID, roomID).
+		Scan(&c.Notifications, &c.Highlights)
+	if err != nil {
+		return c, fmt.Errorf("count notifications of %s in %s: %w", userID, roomID, err)
+	}
+	return c, nil
+}
+
+// UnreadRooms counts the rooms where the user has unread notifications:
+// the badge a push gateway shows.
+func (s *Storage) UnreadRooms(ctx context.Context, userID string) (int64, error) {
+	var n int64
+	err := s.db.QueryRow(ctx, `SELECT COUNT(DISTINCT room_id) FROM userapi_notifications
+		WHERE user_id = $1 AND NOT is_read`, userID).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("count rooms with notifications of %s: %w", userID, err)
+	}
+	return n, nil
+}
+
+// Thread selectors of MarkRead.
+const (
+	AllThreads = "*" // an unthreaded receipt (thread IDs are event IDs, "$...")
+	MainThread = ""  // the main timeline
+)
+
+// MarkRead marks the user's unread notifications in a room up to depth
+// read, in thread (a thread root, MainThread or AllThreads), and returns
+// how many it marked.
+func (s *Storage) MarkRead(ctx context.Context, userID, roomID, thread string, depth int64) (int64, error) {
+	res, err := s.db.Exec(ctx, `UPDATE userapi_notifications SET is_read = TRUE
+		WHERE user_id = $1 AND room_id = $2 AND NOT is_read AND depth <= $3 AND ($4 OR thread_id = $5)`,
+		userID, roomID, depth, thread == AllThreads, thread)
+	if err != nil {
+		return 0, fmt.Errorf("mark notifications of %s in %s read: %w", userID, roomID, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, fmt.Errorf("mark notifications of %s in %s read: %w", userID, roomID, err)
+	}
+	return n, nil
+}
+
+// PruneNotifications deletes read notifications older than beforeTS.
+func (s *Storage) PruneNotifications(ctx context.Context, beforeTS int64) error {
+	if _, err := s.db.Exec(ctx, `DELETE FROM userapi_notifications WHERE is_read AND ts < $1`, beforeTS); err != nil {
+		return fmt.Errorf("prune notifications: %w", err)
+	}
+	return nil
+}
+
+// Member is a user's membership of a room, as the userapi tracks it.
+type Member struct {
+	UserID, Membership, DisplayName, EventID string
+	IsLocal                                  bool
+}
+
+// ApplyMembers applies a state delta to the membership of a room: the
+// member events in removed leave current state, those in added enter it.
+func (s *Storage) ApplyMembers(ctx context.Context, roomID string, removed []string, added []Member) error {
+	if len(removed) == 0 && len(added) == 0 {
+		return nil
+	}
+	return s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		for _, id := range removed {
+			if _, err := tx.Exec(ctx, `DELETE FROM userapi_room_members WHERE room_id = $1 AND event_id = $2`, roomID, id); err != nil {
+				return fmt.Errorf("remove member event %s of %s: %w", id, roomID, err)
+			}
+		}
+		for _, m := range added {
+			_, err := tx.Exec(ctx, `INSERT INTO userapi_room_members
+				(room_id, user_id, membership, display_name, event_id, is_local) VALUES ($1, $2, $3, $4, $5, $6)
+				ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership,
+					display_name = excluded.display_name, event_id = excluded.event_id`,
+				roomID, m.UserID, m.Membership, m.DisplayName, m.EventID, m.IsLocal)
+			if err != nil {
+				return fmt.Errorf("set member %s of %s: %w", m.UserID, roomID, err)
+			}
+		}
+		return nil
+	})
+}
+
+// LocalJoined lists the local users joined to a room.
+func (s *Storage) LocalJoined(ctx context.Context, roomID string) ([]Member, error) {
+	rows, err := s.db.Query(ctx, `SELECT user_id, display_name, event_id FROM userapi_room_members
+		WHERE room_id = $1 AND is_local AND membership = 'join' ORDER BY user_id`, roomID)
+	if err != nil {
+		return nil, fmt.Errorf("select local members of %s: %w", roomID, err)
+	}
+	defer rows.Close()
+	var out []Member
+	for rows.Next() {
+		m := Member{Membership: "join", IsLocal: true}
+		if err := rows.Scan(&m.UserID, &m.DisplayName, &m.EventID); err != nil {
+			return nil, fmt.Errorf("scan member of %s: %w", roomID, err)
+		}
+		out = append(out, m)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("select local members of %s: %w", roomID, err)
+	}
+	return out, nil
+}
+
+// JoinedCount counts the joined members of a room, local or not.
+func (s *Storage) JoinedCount(ctx context.Context, roomID string) (int, error) {
+	var n int
+	if err := s.db.QueryRow(ctx, `SELECT COUNT(*) FROM userapi_room_members WHERE room_id = $1 AND membership = 'join'`, roomID).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count members of %s: %w", roomID, err)
+	}
+	return n, nil
+}
+
+// MemberDisplayName returns a member's display name in a room ("" if
+// unknown).
+func (s *Storage) MemberDisplayName(ctx context.Context, roomID, userID string) (string, error) {
+	var name string
+	err := s.db.QueryRow(ctx, `SELECT display_name FROM userapi_room_members WHERE room_id = $1 AND user_id = $2`, roomID, userID).Scan(&name)
+	if err != nil && !isNoRows(err) {
+		return "", fmt.Errorf("select display name of %s in %s: %w", userID, roomID, err)
+	}
+	return name, nil
+}
+
+func isNoRows(err error) bool { return errors.Is(err, sql.ErrNoRows) }
