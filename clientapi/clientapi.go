@@ -74,6 +74,7 @@ func (c *ClientAPI) Routes(root *mux.Router) {
 		c.roomRoutes(r)
 		c.directoryRoutes(r)
 		c.tagRoutes(r)
+		c.pushRoutes(r)
 	}
 }
 

@@ -88,6 +88,7 @@ func (c *ClientAPI) upgradeRoom(r *http.Request, dev *uapi.Device) (any, error) 
 		}
 	}
 	c.moveRoomExtras(ctx, dev, oldID, newID, state)
+	c.copyRoomPushRules(ctx, oldID, newID, state)
 	return map[string]string{"replacement_room": newID}, nil
 }
 
