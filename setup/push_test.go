@@ -490,3 +490,35 @@ func TestPushRulesFollowUpgrade(t *testing.T) {
 		}
 	})
 }
+
+// TestUnreadCountsInSync: /sync shows the userapi's counts, and a read
+// receipt clears them.
+func TestUnreadCountsInSync(t *testing.T) {
+	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
+		srv := testserver.Start(t, testserver.Config(t.TempDir(), dbURL))
+		alice, bob := srv.Register(t, "alice"), srv.Register(t, "bob")
+		room := alice.Do(t, "POST", "/_matrix/client/v3/createRoom", map[string]any{"preset": "public_chat"}).MustOK(t).String("room_id")
+		bob.Do(t, "POST", "/_matrix/client/v3/join/"+room, map[string]any{}).MustOK(t)
+		var last string
+		for i, body := range []string{"hello", "alice, look"} {
+			last = bob.Do(t, "PUT", fmt.Sprintf("/_matrix/client/v3/rooms/%s/send/m.room.message/t%d", room, i),
+				map[string]any{"msgtype": "m.text", "body": body}).MustOK(t).String("event_id")
+		}
+		unread := func(want string) func() error {
+			return func() error {
+				r := alice.Do(t, "GET", "/_matrix/client/v3/sync", nil).MustOK(t)
+				rooms, _ := r.Body["rooms"].(map[string]any)
+				join, _ := rooms["join"].(map[string]any)
+				jr, _ := join[room].(map[string]any)
+				got, _ := json.Marshal(jr["unread_notifications"])
+				if string(got) != want {
+					return fmt.Errorf("unread_notifications %s, want %s", got, want)
+				}
+				return nil
+			}
+		}
+		eventually(t, 10*time.Second, unread(`{"highlight_count":1,"notification_count":2}`))
+		alice.Do(t, "POST", "/_matrix/client/v3/rooms/"+room+"/receipt/m.read/"+url.PathEscape(last), map[string]any{}).MustOK(t)
+		eventually(t, 10*time.Second, unread(`{"highlight_count":0,"notification_count":0}`))
+	})
+}

@@ -656,6 +656,13 @@ func (s *SyncAPI) joinedRoom(ctx context.Context, req *syncRequest, roomID strin
 			return nil, err
 		}
 	}
+	// The userapi counts the notifications (its push rules decide what
+	// notifies) and clears them on read receipts.
+	counts, err := s.users.NotificationCounts(ctx, req.dev.UserID, roomID)
+	if err != nil {
+		return nil, err
+	}
+	jr.Unread = unreadCounts{Highlight: int(counts.Highlights), Notification: int(counts.Notifications)}
 	return jr, nil
 }
 
