@@ -162,11 +162,18 @@ func (s *SyncAPI) sync(r *http.Request, dev *uapi.Device) (any, error) {
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	// A long-poll with nothing new for this user waits before touching
-	// the database at all.
+	// the database at all, and if still nothing came when it times out,
+	// answers without touching it either: an idle connection costs no
+	// query, however many there are.
 	if s.notifier.Unchanged(dev.UserID, *req.since) {
 		s.notifier.Wait(wctx, dev.UserID, *req.since)
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
+		}
+		if cur := s.notifier.Current(); s.notifier.Unchanged(dev.UserID, *req.since) {
+			resp := newSyncResponse()
+			resp.NextBatch = cur.Max(*req.since).String()
+			return resp, nil
 		}
 	}
 	for {
@@ -199,6 +206,11 @@ func (s *SyncAPI) requestFilter(ctx context.Context, userID, param string) (*Fil
 	if err != nil {
 		return nil, mxhttp.InvalidParam("filter must be a filter ID or a JSON filter")
 	}
+	// Stored filters never change: most syncs of a client use one.
+	key := userID + "|" + param
+	if f, ok := s.filters.Get(key); ok {
+		return f, nil
+	}
 	raw, err := s.store.Filter(ctx, userID, id)
 	if errors.Is(err, storage.ErrNotFound) {
 		return nil, mxhttp.InvalidParam("unknown filter %d", id)
@@ -206,7 +218,12 @@ func (s *SyncAPI) requestFilter(ctx context.Context, userID, param string) (*Fil
 	if err != nil {
 		return nil, err
 	}
-	return parseFilter([]byte(raw))
+	f, err := parseFilter([]byte(raw))
+	if err != nil {
+		return nil, err
+	}
+	s.filters.Put(key, f)
+	return f, nil
 }
 
 // build computes the response from req.since (nil: initial sync) to the
@@ -583,8 +600,23 @@ func (s *SyncAPI) joinedRoom(ctx context.Context, req *syncRequest, roomID strin
 	membersChanged := full
 	switch {
 	case full:
-		state, err := s.store.CurrentState(ctx, roomID)
-		if err != nil {
+		var state []*storage.StateEvent
+		if lazy {
+			// Only the members the client needs, not every member of a
+			// room that may have thousands.
+			if state, err = s.store.CurrentStateWithoutMembers(ctx, roomID); err != nil {
+				return nil, err
+			}
+			users := make([]string, 0, len(wantMember))
+			for u := range wantMember {
+				users = append(users, u)
+			}
+			members, err := s.store.MemberEvents(ctx, roomID, users)
+			if err != nil {
+				return nil, err
+			}
+			state = append(state, members...)
+		} else if state, err = s.store.CurrentState(ctx, roomID); err != nil {
 			return nil, err
 		}
 		for _, st := range state {
@@ -820,24 +852,9 @@ func (s *SyncAPI) leftRoom(ctx context.Context, req *syncRequest, roomID string,
 // summarise fills a room's summary: member counts and the heroes a client
 // names an unnamed room after.
 func (s *SyncAPI) summarise(ctx context.Context, roomID, userID string, sum *roomSummary) error {
-	members, err := s.store.CurrentState(ctx, roomID, "m.room.member")
+	joined, invited, heroes, err := s.store.MemberSummary(ctx, roomID, userID)
 	if err != nil {
 		return err
-	}
-	joined, invited := 0, 0
-	var heroes []string
-	for _, m := range members {
-		switch m.Membership {
-		case "join":
-			joined++
-		case "invite":
-			invited++
-		default:
-			continue
-		}
-		if m.StateKey != userID && len(heroes) < 5 {
-			heroes = append(heroes, m.StateKey)
-		}
 	}
 	sum.Joined, sum.Invited, sum.Heroes = &joined, &invited, heroes
 	return nil

@@ -20,6 +20,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"myelin/internal/bus"
+	"myelin/internal/cache"
 	"myelin/internal/mxhttp"
 	"myelin/internal/sqldb"
 	rsapi "myelin/roomserver/api"
@@ -37,6 +38,7 @@ type SyncAPI struct {
 	rooms    rsapi.API
 	notifier *Notifier
 	lazy     *lazyMembers
+	filters  *cache.LRU[string, *Filter] // stored filters, by user and ID
 	typing   *typingRooms
 	presence *presenceCache
 	log      *logrus.Entry
@@ -88,6 +90,7 @@ func New(ctx context.Context, cfg *config.Config, db *sqldb.DB, b *bus.Bus, user
 		rooms:     rooms,
 		notifier:  NewNotifier(current, joined),
 		lazy:      newLazyMembers(100000),
+		filters:   cache.New[string, *Filter](100000),
 		typing:    typing,
 		presence:  newPresenceCache(100000),
 		log:       log,

@@ -466,3 +466,73 @@ func (s *Storage) Forgotten(ctx context.Context, userID string) (map[string]bool
 	}
 	return out, rows.Err()
 }
+
+// MemberSummary counts a room's joined and invited members and picks up to
+// five of them other than userID (ordered by user ID) to name it after.
+func (s *Storage) MemberSummary(ctx context.Context, roomID, userID string) (joined, invited int, heroes []string, err error) {
+	rows, err := s.db.Query(ctx, `SELECT membership, COUNT(*) FROM syncapi_current_state
+		WHERE room_id = $1 AND event_type = 'm.room.member' GROUP BY membership`, roomID)
+	if err != nil {
+		return 0, 0, nil, fmt.Errorf("count members of %s: %w", roomID, err)
+	}
+	for rows.Next() {
+		var m string
+		var n int
+		if err := rows.Scan(&m, &n); err != nil {
+			rows.Close()
+			return 0, 0, nil, err
+		}
+		switch m {
+		case "join":
+			joined = n
+		case "invite":
+			invited = n
+		}
+	}
+	err = rows.Err()
+	rows.Close()
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	rows, err = s.db.Query(ctx, `SELECT state_key FROM syncapi_current_state
+		WHERE room_id = $1 AND event_type = 'm.room.member' AND membership IN ('join', 'invite') AND state_key <> $2
+		ORDER BY state_key LIMIT 5`, roomID, userID)
+	if err != nil {
+		return 0, 0, nil, fmt.Errorf("heroes of %s: %w", roomID, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var h string
+		if err := rows.Scan(&h); err != nil {
+			return 0, 0, nil, err
+		}
+		heroes = append(heroes, h)
+	}
+	return joined, invited, heroes, rows.Err()
+}
+
+// CurrentStateWithoutMembers is a room's current state less its member
+// events, for lazy-loading clients that get only the members they need.
+func (s *Storage) CurrentStateWithoutMembers(ctx context.Context, roomID string) ([]*StateEvent, error) {
+	return collectState(s.db.Query(ctx, `SELECT `+stateCols+` FROM syncapi_current_state
+		WHERE room_id = $1 AND event_type <> 'm.room.member' ORDER BY event_type, state_key`, roomID))
+}
+
+// MemberEvents returns the current member events of the given users in a room.
+func (s *Storage) MemberEvents(ctx context.Context, roomID string, userIDs []string) ([]*StateEvent, error) {
+	var out []*StateEvent
+	for start := 0; start < len(userIDs); start += 500 {
+		chunk := userIDs[start:min(start+500, len(userIDs))]
+		args := []any{roomID}
+		for _, u := range chunk {
+			args = append(args, u)
+		}
+		evs, err := collectState(s.db.Query(ctx, `SELECT `+stateCols+` FROM syncapi_current_state
+			WHERE room_id = $1 AND event_type = 'm.room.member' AND state_key IN (`+sqldb.InList(2, len(chunk))+`)`, args...))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, evs...)
+	}
+	return out, nil
+}
