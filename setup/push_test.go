@@ -522,3 +522,53 @@ func TestUnreadCountsInSync(t *testing.T) {
 		eventually(t, 10*time.Second, unread(`{"highlight_count":0,"notification_count":0}`))
 	})
 }
+
+// TestThreadedReceipts: a receipt in a thread clears only that thread's
+// notifications, one on the main timeline only the main timeline's, an
+// unthreaded one everything up to its event.
+func TestThreadedReceipts(t *testing.T) {
+	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
+		srv := testserver.Start(t, testserver.Config(t.TempDir(), dbURL))
+		alice, bob := srv.Register(t, "alice"), srv.Register(t, "bob")
+		room := alice.Do(t, "POST", "/_matrix/client/v3/createRoom", map[string]any{"preset": "public_chat"}).MustOK(t).String("room_id")
+		bob.Do(t, "POST", "/_matrix/client/v3/join/"+room, map[string]any{}).MustOK(t)
+		n := 0
+		send := func(content map[string]any) string {
+			n++
+			return bob.Do(t, "PUT", fmt.Sprintf("/_matrix/client/v3/rooms/%s/send/m.room.message/th%d", room, n), content).MustOK(t).String("event_id")
+		}
+		root := send(map[string]any{"msgtype": "m.text", "body": "root"})
+		reply := send(map[string]any{"msgtype": "m.text", "body": "in the thread",
+			"m.relates_to": map[string]any{"rel_type": "m.thread", "event_id": root}})
+		main := send(map[string]any{"msgtype": "m.text", "body": "main again"})
+		users, ctx := srv.Users(), context.Background()
+		count := func() int64 {
+			c, err := users.NotificationCounts(ctx, "@alice:localhost", room)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return c.Notifications
+		}
+		eventually(t, 10*time.Second, func() error {
+			if c := count(); c != 3 {
+				return fmt.Errorf("%d notifications, want 3", c)
+			}
+			return nil
+		})
+		steps := []struct {
+			thread, upTo string
+			want         int64
+		}{
+			{"main", main, 1}, // the thread reply stays unread
+			{root, reply, 0},
+		}
+		for _, s := range steps {
+			if err := users.ClearNotifications(ctx, "@alice:localhost", room, s.thread, s.upTo); err != nil {
+				t.Fatal(err)
+			}
+			if c := count(); c != s.want {
+				t.Fatalf("after a receipt in thread %q: %d notifications, want %d", s.thread, c, s.want)
+			}
+		}
+	})
+}

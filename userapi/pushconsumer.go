@@ -28,10 +28,12 @@ import (
 // another, of the OutputReceipt stream, clears what read receipts cover.
 
 const (
-	// notificationRetention is how long read notifications are kept for
-	// GET /notifications.
-	notificationRetention = 30 * 24 * time.Hour
-	pruneEvery            = time.Hour
+	// readRetention is how long read notifications are kept for GET
+	// /notifications; unreadRetention bounds what a user who never reads
+	// a room accumulates.
+	readRetention   = 30 * 24 * time.Hour
+	unreadRetention = 365 * 24 * time.Hour
+	pruneEvery      = time.Hour
 )
 
 // Start consumes the OutputRoomEvent stream and sends pushes until ctx
@@ -44,9 +46,7 @@ func (u *UserAPI) Start(ctx context.Context, rooms Rooms, gateways http.RoundTri
 	}
 	p := u.push
 	p.rooms = rooms
-	p.sender = pushgw.New(pushgw.Options{OnRejected: u.onRejected, Transport: gateways}, u.log.WithField("part", "push"))
-	p.sender.Start(ctx)
-	// Open the consumer before returning so that nothing published after
+	// Open the consumers before returning so that nothing published after
 	// start is missed.
 	cons, floor, err := u.bus.OpenConsumer(ctx, bus.OutputRoomEvent, jetstream.ConsumerConfig{
 		Durable:       "userapi",
@@ -71,6 +71,8 @@ func (u *UserAPI) Start(ctx context.Context, rooms Rooms, gateways http.RoundTri
 	if err != nil {
 		return err
 	}
+	p.sender = pushgw.New(pushgw.Options{OnRejected: u.onRejected, Transport: gateways}, u.log.WithField("part", "push"))
+	p.sender.Start(ctx)
 	p.wg.Add(3)
 	for _, c := range []struct {
 		stream string
@@ -119,7 +121,9 @@ func (u *UserAPI) pruneNotifications(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := u.store.PruneNotifications(ctx, u.now().Add(-notificationRetention).UnixMilli()); err != nil && ctx.Err() == nil {
+			now := u.now()
+			err := u.store.PruneNotifications(ctx, now.Add(-readRetention).UnixMilli(), now.Add(-unreadRetention).UnixMilli())
+			if err != nil && ctx.Err() == nil {
 				u.log.WithError(err).Warn("pruning old notifications")
 			}
 		}

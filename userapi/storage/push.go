@@ -192,9 +192,11 @@ func (s *Storage) MarkRead(ctx context.Context, userID, roomID, thread string, d
 	return n, nil
 }
 
-// PruneNotifications deletes read notifications older than beforeTS.
-func (s *Storage) PruneNotifications(ctx context.Context, beforeTS int64) error {
-	if _, err := s.db.Exec(ctx, `DELETE FROM userapi_notifications WHERE is_read AND ts < $1`, beforeTS); err != nil {
+// PruneNotifications deletes read notifications older than readBefore and
+// unread ones older than unreadBefore.
+func (s *Storage) PruneNotifications(ctx context.Context, readBefore, unreadBefore int64) error {
+	if _, err := s.db.Exec(ctx, `DELETE FROM userapi_notifications WHERE ts < $1 AND (is_read OR ts < $2)`,
+		readBefore, unreadBefore); err != nil {
 		return fmt.Errorf("prune notifications: %w", err)
 	}
 	return nil
