@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"net/http"
+	"slices"
 	"time"
 )
 
@@ -44,6 +45,12 @@ type SyncRun struct {
 	Bytes       int     `json:"bytes"`
 	StateEvents int     `json:"state_events"`
 	Timeline    int     `json:"timeline_events"`
+	// Senders counts the timeline's distinct senders, and MembersMissing
+	// those of them whose m.room.member event is neither in the state nor
+	// in the timeline: an initial sync must send them even when members
+	// are lazy-loaded (spec: "Lazy-loading room members").
+	Senders        int `json:"timeline_senders"`
+	MembersMissing int `json:"members_missing"`
 }
 
 // InitialSyncDetails is the initialsync scenario's outcome.
@@ -127,9 +134,11 @@ func runInitialSync(ctx context.Context, e *env, rep *Report, p *initialSyncPara
 			jr := resp.Rooms.Join[room]
 			run.StateEvents = len(jr.State.Events)
 			run.Timeline = len(jr.Timeline.Events)
+			run.Senders, run.MembersMissing = checkMembers(resp, room)
 			prevBatch = jr.Timeline.PrevBatch
 			*mode.runs = append(*mode.runs, run)
-			e.logf("initial sync %d (%s): %.0f ms, %d bytes, %d state events", r+1, mode.name, run.MS, run.Bytes, run.StateEvents)
+			e.logf("initial sync %d (%s): %.0f ms, %d bytes, %d state events, %d timeline senders (%d without member event)",
+				r+1, mode.name, run.MS, run.Bytes, run.StateEvents, run.Senders, run.MembersMissing)
 		}
 	}
 	if p.messages > 0 {
@@ -149,6 +158,11 @@ func runInitialSync(ctx context.Context, e *env, rep *Report, p *initialSyncPara
 	rep.add("initial sync, lazy members, max", lazy.Max, "ms", "lower")
 	rep.add("initial sync, lazy members, size", float64(d.Lazy[0].Bytes)/1024, "KB", "")
 	rep.add("initial sync, lazy members, state events", float64(d.Lazy[0].StateEvents), "", "")
+	missing := 0
+	for _, r := range append(slices.Clone(d.Full), d.Lazy...) {
+		missing += r.MembersMissing
+	}
+	rep.add("initial syncs lacking a sender's member event", float64(missing), "", "lower")
 	if p.messages > 0 {
 		rep.add(fmt.Sprintf("/messages page (limit %d) p50", p.page), d.PageMS.P50, "ms", "lower")
 		rep.add(fmt.Sprintf("/messages page (limit %d) max", p.page), d.PageMS.Max, "ms", "lower")
@@ -156,6 +170,34 @@ func runInitialSync(ctx context.Context, e *env, rep *Report, p *initialSyncPara
 	}
 	rep.add("fill room joins/s", fill.PerSecond, "joins/s", "higher")
 	return nil
+}
+
+// checkMembers counts the distinct senders of room's timeline in resp and
+// how many of them have no m.room.member event in the state or timeline.
+func checkMembers(resp *syncResponse, room string) (senders, missing int) {
+	jr := resp.Rooms.Join[room]
+	have := make(map[string]bool)
+	for _, ev := range jr.State.Events {
+		if ev.Type == "m.room.member" && ev.StateKey != nil {
+			have[*ev.StateKey] = true
+		}
+	}
+	for _, ev := range jr.Timeline.Events {
+		if ev.Type == "m.room.member" && ev.StateKey != nil {
+			have[*ev.StateKey] = true
+		}
+	}
+	seen := make(map[string]bool)
+	for _, ev := range jr.Timeline.Events {
+		if seen[ev.Sender] {
+			continue
+		}
+		seen[ev.Sender] = true
+		if !have[ev.Sender] {
+			missing++
+		}
+	}
+	return len(seen), missing
 }
 
 func syncMS(runs []SyncRun) Summary {

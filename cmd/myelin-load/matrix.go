@@ -206,8 +206,10 @@ type syncResponse struct {
 		Join map[string]struct {
 			Timeline struct {
 				Events []struct {
-					Type    string `json:"type"`
-					Content struct {
+					Type     string  `json:"type"`
+					Sender   string  `json:"sender"`
+					StateKey *string `json:"state_key"`
+					Content  struct {
 						Seq    *int64 `json:"load_seq"`
 						SentUS int64  `json:"load_sent_us"`
 					} `json:"content"`
@@ -217,7 +219,8 @@ type syncResponse struct {
 			} `json:"timeline"`
 			State struct {
 				Events []struct {
-					Type string `json:"type"`
+					Type     string  `json:"type"`
+					StateKey *string `json:"state_key"`
 				} `json:"events"`
 			} `json:"state"`
 		} `json:"join"`
