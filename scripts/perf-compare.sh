@@ -148,6 +148,10 @@ for db in $dbs; do
       fi
       tail -200 "$run/server.log" >"$out/$label/$name.server.log" 2>/dev/null || true
       [ -f "$run/log/dendrite.log" ] && tail -200 "$run/log/dendrite.log" >"$out/$label/$name.dendrite.log"
+      # Warnings, errors and panics in the whole log, counted by message.
+      cat "$run/server.log" "$run/log/dendrite.log" 2>/dev/null |
+        grep -oE 'level=(warning|error|fatal|panic) msg=("[^"]*"|[^ ]*)|^panic: .*|fatal error: .*' |
+        sort | uniq -c | sort -rn >"$out/$label/$name.log-summary" || true
       if [ -n "$pg_dir" ]; then scripts/pg-throwaway.sh stop "$pg_dir"; pg_dir=""; fi
       rm -rf "$run"
     done
