@@ -114,6 +114,7 @@ type syncRequest struct {
 	fullState bool
 	to        Token
 	fmt       formatter
+	joinedAt  map[string]int64 // position of the user's join, by joined room
 }
 
 func (s *SyncAPI) sync(r *http.Request, dev *uapi.Device) (any, error) {
@@ -235,10 +236,11 @@ func (s *SyncAPI) build(ctx context.Context, req *syncRequest) (*syncResponse, e
 	resp := newSyncResponse()
 	resp.NextBatch = req.to.String()
 
-	memberships, err := s.store.UserMemberships(ctx, user)
+	memberships, joinedAt, err := s.store.UserMembershipsAt(ctx, user)
 	if err != nil {
 		return nil, err
 	}
+	req.joinedAt = joinedAt
 	var since Token
 	if req.since != nil {
 		since = *req.since
@@ -722,7 +724,7 @@ func (s *SyncAPI) timelineEvents(ctx context.Context, req *syncRequest, roomID s
 	if !req.filter.Room.AllowsRoom(roomID, tf) {
 		return nil, false, nil
 	}
-	vis := &visibility{s: s, roomID: roomID, userID: req.dev.UserID, currentStateVisible: true}
+	vis := &visibility{s: s, roomID: roomID, userID: req.dev.UserID, currentStateVisible: true, joinedAt: req.joinedAt[roomID]}
 	var out []*storage.Event
 	upper := to
 	// Pages are larger than the limit so that a filter that drops most

@@ -24,6 +24,9 @@ type visibility struct {
 	// even when set while the user could not see the room, as Synapse
 	// does, so that clients' state stays right.
 	currentStateVisible bool
+	// joinedAt, when set, is the position of the user's current join: it
+	// may see everything after it without its membership log being read.
+	joinedAt int64
 
 	loaded bool
 	log    []storage.MembershipChange
@@ -48,6 +51,9 @@ func (v *visibility) canSee(ctx context.Context, e *storage.Event) (bool, error)
 	}
 	if e.Type == "m.room.member" && e.StateKey != nil && *e.StateKey == v.userID {
 		return true, nil // one's own membership events
+	}
+	if v.joinedAt > 0 && e.Pos > v.joinedAt {
+		return true, nil // joined since before the event, and still joined
 	}
 	if err := v.load(ctx); err != nil {
 		return false, err

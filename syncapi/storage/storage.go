@@ -355,6 +355,29 @@ func (s *Storage) StateEvent(ctx context.Context, roomID, evType, stateKey strin
 	return out[0], nil
 }
 
+// UserMembershipsAt is UserMemberships with, for the rooms userID is
+// joined to, the stream position of its current join.
+func (s *Storage) UserMembershipsAt(ctx context.Context, userID string) (map[string]string, map[string]int64, error) {
+	rows, err := s.db.Query(ctx, `SELECT room_id, membership, pos FROM syncapi_current_state WHERE state_key = $1 AND event_type = 'm.room.member'`, userID)
+	if err != nil {
+		return nil, nil, fmt.Errorf("memberships of %s: %w", userID, err)
+	}
+	defer rows.Close()
+	memberships, joinedAt := map[string]string{}, map[string]int64{}
+	for rows.Next() {
+		var r, m string
+		var p int64
+		if err := rows.Scan(&r, &m, &p); err != nil {
+			return nil, nil, err
+		}
+		memberships[r] = m
+		if m == "join" {
+			joinedAt[r] = p
+		}
+	}
+	return memberships, joinedAt, rows.Err()
+}
+
 // UserMemberships returns the current membership of userID in every room
 // it has one in.
 func (s *Storage) UserMemberships(ctx context.Context, userID string) (map[string]string, error) {
