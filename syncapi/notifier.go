@@ -1,44 +1,78 @@
 package syncapi
 
 import (
+	"cmp"
 	"context"
+	"slices"
 	"sync"
 	"sync/atomic"
 )
 
 // Notifier wakes waiting /sync requests from memory. It knows which local
-// users are joined to which rooms, and for each user the latest stream
-// positions that concerned them, so a long-poll waits without touching the
-// database and an event wakes exactly the users it concerns.
+// users are joined to which rooms, the latest stream positions that
+// concerned each room and each user, and who is waiting, so a long-poll
+// waits without touching the database and an event wakes exactly the users
+// it concerns. An event in a room costs in proportion to the room's
+// waiters, not its members: a join storm into a large room stays cheap.
 type Notifier struct {
 	waiters atomic.Int64 // requests blocked in Wait
 
-	mu        sync.Mutex
-	current   Token
-	start     Token // positions when the notifier began tracking
-	roomUsers map[string]map[string]struct{}
-	users     map[string]*userStream
+	mu      sync.Mutex
+	current Token
+	start   Token // positions when the notifier began tracking
+	rooms   map[string]*roomStream
+	users   map[string]*userStream
+
+	// The latest presence changes, oldest first, so that a sync woken by
+	// presence finds what concerns it without a query; every change after
+	// presenceFloor is here.
+	presenceLog   []presenceChange
+	presenceFloor int64
+	presenceCap   int
 }
 
+// presenceChange is a presence change of a user joined to rooms.
+type presenceChange struct {
+	pos    int64
+	userID string
+	rooms  []string
+}
+
+// defaultPresenceLog is how many presence changes the notifier keeps.
+const defaultPresenceLog = 16384
+
+// roomStream is one room with local members.
+type roomStream struct {
+	pos     Token // latest positions of what happened in the room
+	members map[*userStream]struct{}
+	waiting map[*userStream]struct{} // members with a request in Wait
+}
+
+// userStream is one local user.
 type userStream struct {
-	pos  Token         // latest positions that concerned the user
-	wake chan struct{} // closed (and replaced) when pos moves
+	pos   Token // latest positions that concerned the user alone
+	rooms map[*roomStream]struct{}
+	// wake is closed when something concerns the user; nil while nobody
+	// waits, so that moving positions of users not waiting allocates
+	// nothing.
+	wake chan struct{}
 }
 
 // NewNotifier starts tracking at current with the given joined users.
 func NewNotifier(current Token, joined map[string][]string) *Notifier {
 	n := &Notifier{
-		current:   current,
-		start:     current,
-		roomUsers: make(map[string]map[string]struct{}, len(joined)),
-		users:     map[string]*userStream{},
+		current: current,
+		start:   current,
+		rooms:   make(map[string]*roomStream, len(joined)),
+		users:   map[string]*userStream{},
+
+		presenceFloor: current.Presence,
+		presenceCap:   defaultPresenceLog,
 	}
-	for room, users := range joined {
-		set := make(map[string]struct{}, len(users))
+	for roomID, users := range joined {
 		for _, u := range users {
-			set[u] = struct{}{}
+			n.join(roomID, n.user(u))
 		}
-		n.roomUsers[room] = set
 	}
 	return n
 }
@@ -50,21 +84,80 @@ func (n *Notifier) Current() Token {
 	return n.current
 }
 
-func (n *Notifier) stream(userID string) *userStream {
-	s, ok := n.users[userID]
+func (n *Notifier) user(userID string) *userStream {
+	u, ok := n.users[userID]
 	if !ok {
-		s = &userStream{wake: make(chan struct{})}
-		n.users[userID] = s
+		u = &userStream{rooms: map[*roomStream]struct{}{}}
+		n.users[userID] = u
 	}
-	return s
+	return u
 }
 
-// bump raises userID's positions to those of moved and wakes its waiters.
-func (n *Notifier) bump(userID string, moved Token) {
-	s := n.stream(userID)
-	s.pos = s.pos.Max(moved)
-	close(s.wake)
-	s.wake = make(chan struct{})
+func (n *Notifier) join(roomID string, u *userStream) {
+	r, ok := n.rooms[roomID]
+	if !ok {
+		r = &roomStream{members: map[*userStream]struct{}{}, waiting: map[*userStream]struct{}{}}
+		n.rooms[roomID] = r
+	}
+	r.members[u] = struct{}{}
+	u.rooms[r] = struct{}{}
+	if u.wake != nil {
+		r.waiting[u] = struct{}{}
+	}
+}
+
+func (n *Notifier) leave(roomID string, u *userStream) {
+	r, ok := n.rooms[roomID]
+	if !ok {
+		return
+	}
+	delete(r.members, u)
+	delete(r.waiting, u)
+	delete(u.rooms, r)
+	if len(r.members) == 0 {
+		delete(n.rooms, roomID)
+	}
+}
+
+// pos is everything that concerned u: its own positions and its rooms'.
+func (u *userStream) position() Token {
+	p := u.pos
+	for r := range u.rooms {
+		p = p.Max(r.pos)
+	}
+	return p
+}
+
+// wakeUp releases u's waiters.
+func (u *userStream) wakeUp() {
+	if u.wake == nil {
+		return
+	}
+	close(u.wake)
+	u.wake = nil
+	for r := range u.rooms {
+		delete(r.waiting, u)
+	}
+}
+
+// bumpUser raises userID's own positions to those of moved.
+func (n *Notifier) bumpUser(userID string, moved Token) {
+	u := n.user(userID)
+	u.pos = u.pos.Max(moved)
+	u.wakeUp()
+}
+
+// bumpRoom raises roomID's positions to those of moved and wakes its
+// waiting members.
+func (n *Notifier) bumpRoom(roomID string, moved Token) {
+	r, ok := n.rooms[roomID]
+	if !ok {
+		return
+	}
+	r.pos = r.pos.Max(moved)
+	for u := range r.waiting {
+		u.wakeUp() // removes u from r.waiting, which range allows
+	}
 }
 
 // advance raises the current positions to those of moved.
@@ -80,25 +173,15 @@ func (n *Notifier) OnRoomEvent(roomID string, pos int64, member, membership stri
 	defer n.mu.Unlock()
 	moved := Token{PDU: pos}
 	n.advance(moved)
-	set := n.roomUsers[roomID]
-	for u := range set {
-		n.bump(u, moved)
-	}
+	n.bumpRoom(roomID, moved)
 	if member == "" || !local {
 		return
 	}
-	n.bump(member, moved)
+	n.bumpUser(member, moved)
 	if membership == "join" {
-		if set == nil {
-			set = map[string]struct{}{}
-			n.roomUsers[roomID] = set
-		}
-		set[member] = struct{}{}
-	} else if set != nil {
-		delete(set, member)
-		if len(set) == 0 {
-			delete(n.roomUsers, roomID)
-		}
+		n.join(roomID, n.user(member))
+	} else {
+		n.leave(roomID, n.user(member))
 	}
 }
 
@@ -108,7 +191,7 @@ func (n *Notifier) OnAccountData(userID string, pos int64) {
 	defer n.mu.Unlock()
 	moved := Token{AccountData: pos}
 	n.advance(moved)
-	n.bump(userID, moved)
+	n.bumpUser(userID, moved)
 }
 
 // OnTyping records a change of who is typing in roomID at typing position
@@ -118,9 +201,7 @@ func (n *Notifier) OnTyping(roomID string, pos int64) {
 	defer n.mu.Unlock()
 	moved := Token{Typing: pos}
 	n.advance(moved)
-	for u := range n.roomUsers[roomID] {
-		n.bump(u, moved)
-	}
+	n.bumpRoom(roomID, moved)
 }
 
 // OnReceipt records a receipt of userID in roomID at receipt position pos.
@@ -132,12 +213,10 @@ func (n *Notifier) OnReceipt(roomID, userID string, private bool, pos int64) {
 	moved := Token{Receipt: pos}
 	n.advance(moved)
 	if private {
-		n.bump(userID, moved)
+		n.bumpUser(userID, moved)
 		return
 	}
-	for u := range n.roomUsers[roomID] {
-		n.bump(u, moved)
-	}
+	n.bumpRoom(roomID, moved)
 }
 
 // OnPresence records a presence change of userID at presence position pos
@@ -148,12 +227,60 @@ func (n *Notifier) OnPresence(userID string, rooms []string, pos int64) {
 	defer n.mu.Unlock()
 	moved := Token{Presence: pos}
 	n.advance(moved)
-	n.bump(userID, moved)
+	n.bumpUser(userID, moved)
 	for _, r := range rooms {
-		for u := range n.roomUsers[r] {
-			n.bump(u, moved)
+		n.bumpRoom(r, moved)
+	}
+	if len(n.presenceLog) >= n.presenceCap {
+		drop := len(n.presenceLog) / 2
+		n.presenceFloor = n.presenceLog[drop-1].pos
+		n.presenceLog = append(n.presenceLog[:0:0], n.presenceLog[drop:]...)
+	}
+	c := presenceChange{pos: pos, userID: userID, rooms: rooms}
+	// Changes come in order from one consumer; keep the log sorted anyway.
+	i := len(n.presenceLog)
+	for i > 0 && n.presenceLog[i-1].pos > pos {
+		i--
+	}
+	n.presenceLog = slices.Insert(n.presenceLog, i, c)
+}
+
+// PresenceChanges returns the users whose presence changed in (from, to]
+// and who are userID or share a room with it. It reports false when the
+// changes of that range are no longer (or not yet) all in memory.
+func (n *Notifier) PresenceChanges(userID string, from, to int64) ([]string, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if from < n.presenceFloor {
+		return nil, false
+	}
+	u := n.users[userID]
+	i, _ := slices.BinarySearchFunc(n.presenceLog, from+1, func(c presenceChange, pos int64) int { return cmp.Compare(c.pos, pos) })
+	var out []string
+	seen := map[string]bool{}
+	for _, c := range n.presenceLog[i:] {
+		if c.pos > to {
+			break
+		}
+		if seen[c.userID] || !(c.userID == userID || u != nil && u.sharesRoom(n, c.rooms)) {
+			continue
+		}
+		seen[c.userID] = true
+		out = append(out, c.userID)
+	}
+	return out, true
+}
+
+// sharesRoom reports whether u is joined to one of roomIDs.
+func (u *userStream) sharesRoom(n *Notifier, roomIDs []string) bool {
+	for _, id := range roomIDs {
+		if r, ok := n.rooms[id]; ok {
+			if _, in := u.rooms[r]; in {
+				return true
+			}
 		}
 	}
+	return false
 }
 
 // Unchanged reports whether the notifier knows that nothing concerning
@@ -165,8 +292,24 @@ func (n *Notifier) Unchanged(userID string, since Token) bool {
 	if n.start.Max(since) != since {
 		return false // since is before the start in some stream
 	}
-	s, ok := n.users[userID]
-	return !ok || !s.pos.After(since)
+	u, ok := n.users[userID]
+	return !ok || !u.position().After(since)
+}
+
+// Concerning returns the latest positions that concerned userID. It
+// reports false when since is from before the notifier started, whose
+// positions it cannot know.
+func (n *Notifier) Concerning(userID string, since Token) (Token, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.start.Max(since) != since {
+		return Token{}, false
+	}
+	u, ok := n.users[userID]
+	if !ok {
+		return Token{}, true
+	}
+	return u.position(), true
 }
 
 // Wait blocks until something concerning userID happens after since, or
@@ -174,12 +317,18 @@ func (n *Notifier) Unchanged(userID string, since Token) bool {
 func (n *Notifier) Wait(ctx context.Context, userID string, since Token) bool {
 	for {
 		n.mu.Lock()
-		s := n.stream(userID)
-		if s.pos.After(since) {
+		u := n.user(userID)
+		if u.position().After(since) {
 			n.mu.Unlock()
 			return true
 		}
-		ch := s.wake
+		if u.wake == nil {
+			u.wake = make(chan struct{})
+			for r := range u.rooms {
+				r.waiting[u] = struct{}{}
+			}
+		}
+		ch := u.wake
 		n.mu.Unlock()
 		n.waiters.Add(1)
 		select {

@@ -115,7 +115,25 @@ type syncRequest struct {
 	to        Token
 	fmt       formatter
 	joinedAt  map[string]int64 // position of the user's join, by joined room
+	// withRoomID puts room_id into events (the flat /events stream).
+	withRoomID bool
+	// concern, when the notifier knows it, is the latest positions that
+	// concerned the user: a stream that has not moved past since for it
+	// has nothing to read.
+	concern *Token
 }
+
+// quiet reports whether the stream pos picks has nothing for the user
+// after since, as far as the notifier knows.
+func (req *syncRequest) quiet(pos func(Token) int64) bool {
+	return req.since != nil && !req.fullState && req.concern != nil && pos(*req.concern) <= pos(*req.since)
+}
+
+func pduPos(t Token) int64         { return t.PDU }
+func typingPos(t Token) int64      { return t.Typing }
+func receiptPos(t Token) int64     { return t.Receipt }
+func presencePos(t Token) int64    { return t.Presence }
+func accountDataPos(t Token) int64 { return t.AccountData }
 
 func (s *SyncAPI) sync(r *http.Request, dev *uapi.Device) (any, error) {
 	ctx := r.Context()
@@ -155,8 +173,16 @@ func (s *SyncAPI) sync(r *http.Request, dev *uapi.Device) (any, error) {
 		done := s.presence.startSync(dev.UserID)
 		defer func() { done(s.now().UnixMilli()) }()
 	}
-	longPoll := req.since != nil && timeout > 0 && !req.fullState
-	if !longPoll {
+	return s.longPoll(ctx, req, timeout, (*syncResponse).empty)
+}
+
+// longPoll builds the response to req. With a since token and a timeout it
+// first waits, from memory, until something concerns the user, and while
+// what it builds is empty (what woke it may all be filtered out), until
+// the timeout.
+func (s *SyncAPI) longPoll(ctx context.Context, req *syncRequest, timeout time.Duration, empty func(*syncResponse) bool) (*syncResponse, error) {
+	userID := req.dev.UserID
+	if req.since == nil || timeout <= 0 || req.fullState {
 		s.catchUp(ctx)
 		return s.build(ctx, req)
 	}
@@ -166,12 +192,12 @@ func (s *SyncAPI) sync(r *http.Request, dev *uapi.Device) (any, error) {
 	// the database at all, and if still nothing came when it times out,
 	// answers without touching it either: an idle connection costs no
 	// query, however many there are.
-	if s.notifier.Unchanged(dev.UserID, *req.since) {
-		s.notifier.Wait(wctx, dev.UserID, *req.since)
+	if s.notifier.Unchanged(userID, *req.since) {
+		s.notifier.Wait(wctx, userID, *req.since)
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		if cur := s.notifier.Current(); s.notifier.Unchanged(dev.UserID, *req.since) {
+		if cur := s.notifier.Current(); s.notifier.Unchanged(userID, *req.since) {
 			resp := newSyncResponse()
 			resp.NextBatch = cur.Max(*req.since).String()
 			return resp, nil
@@ -182,10 +208,7 @@ func (s *SyncAPI) sync(r *http.Request, dev *uapi.Device) (any, error) {
 		if err != nil {
 			return nil, err
 		}
-		// What woke the request may all be filtered out (presence of a
-		// client that asked for none, ...): then wait on, for what comes
-		// after the positions just read.
-		if !resp.empty() || wctx.Err() != nil || !s.notifier.Wait(wctx, dev.UserID, req.to) {
+		if !empty(resp) || wctx.Err() != nil || !s.notifier.Wait(wctx, userID, req.to) {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
@@ -231,16 +254,25 @@ func (s *SyncAPI) requestFilter(ctx context.Context, userID, param string) (*Fil
 // current position.
 func (s *SyncAPI) build(ctx context.Context, req *syncRequest) (*syncResponse, error) {
 	req.to = s.notifier.Current()
-	req.fmt = formatter{sessionID: req.dev.SessionID, now: s.now()}
+	req.fmt = formatter{sessionID: req.dev.SessionID, now: s.now(), withRoomID: req.withRoomID}
 	user := req.dev.UserID
 	resp := newSyncResponse()
 	resp.NextBatch = req.to.String()
-
-	memberships, joinedAt, err := s.store.UserMembershipsAt(ctx, user)
-	if err != nil {
-		return nil, err
+	if req.since != nil {
+		// Read after req.to, so that it covers everything up to req.to.
+		if c, ok := s.notifier.Concerning(user, *req.since); ok {
+			req.concern = &c
+		}
 	}
-	req.joinedAt = joinedAt
+
+	// A sync woken by, say, presence alone reads nothing of the rooms.
+	var memberships map[string]string
+	var err error
+	if !req.quiet(pduPos) || !req.quiet(typingPos) || !req.quiet(receiptPos) {
+		if memberships, req.joinedAt, err = s.store.UserMembershipsAt(ctx, user); err != nil {
+			return nil, err
+		}
+	}
 	var since Token
 	if req.since != nil {
 		since = *req.since
@@ -249,7 +281,7 @@ func (s *SyncAPI) build(ctx context.Context, req *syncRequest) (*syncResponse, e
 	// are new to it, which it left, and which it is invited to.
 	lastChange := map[string]storage.MembershipChange{}
 	firstChange := map[string]storage.MembershipChange{}
-	if req.since != nil && req.to.PDU > since.PDU {
+	if req.since != nil && req.to.PDU > since.PDU && !req.quiet(pduPos) {
 		changes, err := s.store.MembershipChanges(ctx, user, since.PDU, req.to.PDU)
 		if err != nil {
 			return nil, err
@@ -262,14 +294,14 @@ func (s *SyncAPI) build(ctx context.Context, req *syncRequest) (*syncResponse, e
 		}
 	}
 	var active map[string]bool
-	if req.since != nil && req.to.PDU > since.PDU {
+	if req.since != nil && req.to.PDU > since.PDU && !req.quiet(pduPos) {
 		if active, err = s.store.RoomsWithEvents(ctx, since.PDU, req.to.PDU); err != nil {
 			return nil, err
 		}
 	}
 	// Receipts are read for all joined rooms at once; typing is in memory.
 	var receipts map[string]any
-	if req.since == nil || req.to.Receipt > since.Receipt {
+	if req.since == nil || (req.to.Receipt > since.Receipt && !req.quiet(receiptPos)) {
 		rs, err := s.store.ReceiptsFor(ctx, user, receiptReadPrivate, since.Receipt, req.to.Receipt)
 		if err != nil {
 			return nil, err
@@ -400,6 +432,31 @@ func (s *SyncAPI) ephemeral(req *syncRequest, roomID string, receipts any, full 
 	return out
 }
 
+// presenceChanges returns the presence changes in (from, req.to] of the
+// user and of users sharing a room with it: from the notifier's memory
+// when it still holds them (the presence itself mostly from the cache),
+// else from the database.
+func (s *SyncAPI) presenceChanges(ctx context.Context, req *syncRequest, from int64) ([]*storage.Presence, error) {
+	user := req.dev.UserID
+	if req.since == nil {
+		return s.store.PresenceFor(ctx, user, from, req.to.Presence)
+	}
+	users, ok := s.notifier.PresenceChanges(user, from, req.to.Presence)
+	if !ok {
+		return s.store.PresenceFor(ctx, user, from, req.to.Presence)
+	}
+	out := make([]*storage.Presence, 0, len(users))
+	for _, u := range users {
+		p, err := s.presenceOf(ctx, u)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, &p)
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Pos < out[j].Pos })
+	return out, nil
+}
+
 // addPresence adds the presence section: the presence changes since the
 // last sync of the user and of users sharing a room with it (an initial
 // sync leaves out who is offline), and, as Synapse does, the presence of
@@ -419,8 +476,8 @@ func (s *SyncAPI) addPresence(ctx context.Context, req *syncRequest, since Token
 		}
 		byUser[p.UserID] = p
 	}
-	if req.since == nil || req.to.Presence > since.Presence {
-		changed, err := s.store.PresenceFor(ctx, user, since.Presence, req.to.Presence)
+	if req.since == nil || (req.to.Presence > since.Presence && !req.quiet(presencePos)) {
+		changed, err := s.presenceChanges(ctx, req, since.Presence)
 		if err != nil {
 			return err
 		}
@@ -433,7 +490,7 @@ func (s *SyncAPI) addPresence(ctx context.Context, req *syncRequest, since Token
 	}
 	if req.since != nil {
 		extra := map[string]bool{}
-		if req.to.PDU > since.PDU {
+		if req.to.PDU > since.PDU && !req.quiet(pduPos) {
 			joined, err := s.store.NewlyJoined(ctx, user, since.PDU, req.to.PDU)
 			if err != nil {
 				return err
@@ -505,7 +562,7 @@ func (s *SyncAPI) membershipBefore(ctx context.Context, roomID, userID string, p
 }
 
 func (s *SyncAPI) addAccountData(ctx context.Context, req *syncRequest, from int64, resp *syncResponse) error {
-	if req.since != nil && req.to.AccountData <= from {
+	if req.since != nil && (req.to.AccountData <= from || req.quiet(accountDataPos)) {
 		return nil
 	}
 	items, err := s.users.AccountDataSince(ctx, req.dev.UserID, from, req.to.AccountData)

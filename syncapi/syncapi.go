@@ -232,6 +232,7 @@ func (s *SyncAPI) Routes(root *mux.Router) {
 	for _, p := range []string{"/_matrix/client/v3", "/_matrix/client/r0"} {
 		r := root.PathPrefix(p).Subrouter()
 		r.Handle("/sync", s.authed(s.sync)).Methods(http.MethodGet)
+		r.Handle("/events", s.authed(s.eventStream)).Methods(http.MethodGet)
 		r.Handle("/user/{userId}/filter", s.authed(s.postFilter)).Methods(http.MethodPost)
 		r.Handle("/user/{userId}/filter/{filterId}", s.authed(s.getFilter)).Methods(http.MethodGet)
 		r.Handle("/rooms/{roomId}/messages", s.authed(s.messages)).Methods(http.MethodGet)

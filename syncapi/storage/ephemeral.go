@@ -163,17 +163,31 @@ func (s *Storage) PutPresence(ctx context.Context, p *Presence) error {
 // PresenceFor returns the presence changes with positions in (from, to]
 // of userID and of the users joined to a room it is joined to.
 func (s *Storage) PresenceFor(ctx context.Context, userID string, from, to int64) ([]*Presence, error) {
-	out, err := collectPresence(s.db.Query(ctx, `SELECT `+presenceCols+` FROM syncapi_presence p
-		WHERE p.pos > $2 AND p.pos <= $3 AND (p.user_id = $1 OR p.user_id IN (
+	// A short range (an incremental sync) is read row by row, each checked
+	// for a shared room; a long one (an initial sync) through the list of
+	// everyone sharing a room with the user.
+	shared := `p.user_id IN (
 			SELECT b.state_key FROM syncapi_current_state a
 			JOIN syncapi_current_state b ON b.room_id = a.room_id AND b.event_type = 'm.room.member' AND b.membership = 'join'
-			WHERE a.event_type = 'm.room.member' AND a.state_key = $1 AND a.membership = 'join'))
+			WHERE a.event_type = 'm.room.member' AND a.state_key = $1 AND a.membership = 'join')`
+	if to-from <= presenceRangeByRow {
+		shared = `EXISTS (
+			SELECT 1 FROM syncapi_current_state a
+			JOIN syncapi_current_state b ON b.room_id = a.room_id AND b.event_type = 'm.room.member' AND b.membership = 'join' AND b.state_key = p.user_id
+			WHERE a.event_type = 'm.room.member' AND a.state_key = $1 AND a.membership = 'join')`
+	}
+	out, err := collectPresence(s.db.Query(ctx, `SELECT `+presenceCols+` FROM syncapi_presence p
+		WHERE p.pos > $2 AND p.pos <= $3 AND (p.user_id = $1 OR `+shared+`)
 		ORDER BY p.pos`, userID, from, to))
 	if err != nil {
 		return nil, fmt.Errorf("presence for %s: %w", userID, err)
 	}
 	return out, nil
 }
+
+// presenceRangeByRow is the longest presence range PresenceFor reads row
+// by row.
+const presenceRangeByRow = 2000
 
 // PresenceOf returns the known presence of the given users.
 func (s *Storage) PresenceOf(ctx context.Context, userIDs []string) ([]*Presence, error) {

@@ -1,0 +1,125 @@
+package syncapi
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+)
+
+func TestNotifier(t *testing.T) {
+	const room, other = "!r:x", "!o:x"
+	tests := []struct {
+		name  string
+		event func(n *Notifier)
+		woken map[string]bool // user -> must be woken (false: must not)
+	}{
+		{"message wakes members", func(n *Notifier) { n.OnRoomEvent(room, 10, "", "", false) },
+			map[string]bool{"@a:x": true, "@b:x": true, "@c:x": false}},
+		{"event elsewhere wakes nobody here", func(n *Notifier) { n.OnRoomEvent(other, 10, "", "", false) },
+			map[string]bool{"@a:x": false, "@b:x": true, "@c:x": true}},
+		{"invite wakes the invitee", func(n *Notifier) { n.OnRoomEvent(room, 10, "@c:x", "invite", true) },
+			map[string]bool{"@a:x": true, "@c:x": true}},
+		{"typing", func(n *Notifier) { n.OnTyping(room, 3) },
+			map[string]bool{"@a:x": true, "@c:x": false}},
+		{"private receipt wakes its owner only", func(n *Notifier) { n.OnReceipt(room, "@a:x", true, 4) },
+			map[string]bool{"@a:x": true, "@b:x": false}},
+		{"public receipt", func(n *Notifier) { n.OnReceipt(room, "@a:x", false, 4) },
+			map[string]bool{"@a:x": true, "@b:x": true, "@c:x": false}},
+		{"account data", func(n *Notifier) { n.OnAccountData("@b:x", 7) },
+			map[string]bool{"@a:x": false, "@b:x": true}},
+		{"presence wakes who shares a room", func(n *Notifier) { n.OnPresence("@c:x", []string{other}, 2) },
+			map[string]bool{"@a:x": false, "@b:x": true, "@c:x": true}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			n := NewNotifier(Token{PDU: 5}, map[string][]string{room: {"@a:x", "@b:x"}, other: {"@b:x", "@c:x"}})
+			since := n.Current()
+			results := map[string]chan bool{}
+			for u := range tc.woken {
+				ch := make(chan bool, 1)
+				results[u] = ch
+				go func(u string) {
+					ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+					defer cancel()
+					ch <- n.Wait(ctx, u, since)
+				}(u)
+			}
+			for n.Waiters() < len(tc.woken) {
+				time.Sleep(time.Millisecond)
+			}
+			tc.event(n)
+			for u, want := range tc.woken {
+				if got := <-results[u]; got != want {
+					t.Errorf("%s woken = %v, want %v", u, got, want)
+				}
+				if got := !n.Unchanged(u, since); got != want {
+					t.Errorf("%s changed = %v, want %v", u, got, want)
+				}
+			}
+		})
+	}
+}
+
+// TestNotifierMembership: a user who joins hears the room from then on, and
+// one who leaves stops hearing it.
+func TestNotifierMembership(t *testing.T) {
+	const room = "!r:x"
+	n := NewNotifier(Token{}, map[string][]string{room: {"@a:x"}})
+	n.OnRoomEvent(room, 1, "@b:x", "join", true)
+	at := n.Current()
+	n.OnRoomEvent(room, 2, "", "", false)
+	if n.Unchanged("@b:x", at) {
+		t.Fatal("joined user not told of a later message")
+	}
+	n.OnRoomEvent(room, 3, "@b:x", "leave", true)
+	at = n.Current()
+	n.OnRoomEvent(room, 4, "", "", false)
+	if !n.Unchanged("@b:x", at) {
+		t.Fatal("user who left told of a later message")
+	}
+	if n.Unchanged("@a:x", at) {
+		t.Fatal("member not told")
+	}
+	// Positions from before the notifier started are unknown to it.
+	n2 := NewNotifier(Token{PDU: 10}, nil)
+	if n2.Unchanged("@a:x", Token{PDU: 3}) {
+		t.Fatal("a since before the start counted as unchanged")
+	}
+}
+
+// TestNotifierPresenceChanges: the presence changes a user is told of come
+// from memory while the log holds the range, and only those of users it
+// shares a room with.
+func TestNotifierPresenceChanges(t *testing.T) {
+	n := NewNotifier(Token{Presence: 10}, map[string][]string{"!r:x": {"@a:x", "@b:x"}, "!o:x": {"@c:x"}})
+	n.presenceCap = 4
+	n.OnPresence("@b:x", []string{"!r:x"}, 11)
+	n.OnPresence("@c:x", []string{"!o:x"}, 12)
+	n.OnPresence("@remote:y", []string{"!r:x"}, 13)
+	n.OnPresence("@a:x", []string{"!r:x"}, 14)
+	tests := []struct {
+		from, to int64
+		want     []string
+		ok       bool
+	}{
+		{10, 14, []string{"@b:x", "@remote:y", "@a:x"}, true},
+		{11, 13, []string{"@remote:y"}, true},
+		{14, 14, nil, true},
+		{5, 14, nil, false}, // before the notifier started
+	}
+	for _, tc := range tests {
+		got, ok := n.PresenceChanges("@a:x", tc.from, tc.to)
+		if ok != tc.ok || !slices.Equal(got, tc.want) {
+			t.Errorf("(%d, %d]: %v %v, want %v %v", tc.from, tc.to, got, ok, tc.want, tc.ok)
+		}
+	}
+	// A fifth change overflows the log of four: the oldest half goes.
+	n.OnPresence("@b:x", []string{"!r:x"}, 15)
+	if _, ok := n.PresenceChanges("@a:x", 10, 15); ok {
+		t.Error("a range partly dropped from the log answered from memory")
+	}
+	if got, ok := n.PresenceChanges("@a:x", 12, 15); !ok || !slices.Equal(got, []string{"@remote:y", "@a:x", "@b:x"}) {
+		t.Errorf("after trimming: %v %v", got, ok)
+	}
+}
