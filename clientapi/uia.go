@@ -385,6 +385,10 @@ type expiring[T any] struct {
 
 	mu    sync.Mutex
 	items map[string]expiringItem[T]
+	// order holds the IDs in the order they were added, which, with one
+	// TTL for all, is the order they expire in; IDs already taken stay
+	// until they reach the front.
+	order []string
 }
 
 type expiringItem[T any] struct {
@@ -396,8 +400,9 @@ func newExpiring[T any](ttl time.Duration, max int) *expiring[T] {
 	return &expiring[T]{ttl: ttl, max: max, now: time.Now, items: map[string]expiringItem[T]{}}
 }
 
-// add stores v under a new random ID. When full, expired items are
-// dropped, and if that is not enough an arbitrary one.
+// add stores v under a new random ID. Expired items are dropped, and when
+// still full, the oldest: never one just started, so that a burst of
+// registrations cannot push out each other's sessions mid-flow.
 func (e *expiring[T]) add(v T) (string, error) {
 	id, err := randomID()
 	if err != nil {
@@ -406,20 +411,28 @@ func (e *expiring[T]) add(v T) (string, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	now := e.now()
-	if len(e.items) >= e.max {
-		for k, it := range e.items {
-			if now.After(it.expires) {
-				delete(e.items, k)
+	for len(e.order) > 0 {
+		front := e.order[0]
+		it, ok := e.items[front]
+		if ok && !now.After(it.expires) && len(e.items) < e.max {
+			break
+		}
+		delete(e.items, front)
+		e.order[0] = ""
+		e.order = e.order[1:]
+	}
+	// IDs taken early pile up behind a long-lived front: compact them away.
+	if len(e.order) > 2*e.max+16 {
+		live := make([]string, 0, len(e.items)+1)
+		for _, k := range e.order {
+			if _, ok := e.items[k]; ok {
+				live = append(live, k)
 			}
 		}
-		for k := range e.items {
-			if len(e.items) < e.max {
-				break
-			}
-			delete(e.items, k)
-		}
+		e.order = live
 	}
 	e.items[id] = expiringItem[T]{v: v, expires: now.Add(e.ttl)}
+	e.order = append(e.order, id)
 	return id, nil
 }
 

@@ -203,6 +203,28 @@ func TestExpiring(t *testing.T) {
 	}
 }
 
+// TestExpiringEvictsOldest: a burst of adds beyond the cap pushes out the
+// oldest items, never the ones just added, and taken IDs do not pile up.
+func TestExpiringEvictsOldest(t *testing.T) {
+	e := newExpiring[int](time.Minute, 100)
+	var ids []string
+	for i := 0; i < 1000; i++ {
+		id, _ := e.add(i)
+		ids = append(ids, id)
+		if i%2 == 1 {
+			e.take(ids[i-1]) // half are completed and taken at once
+		}
+	}
+	for i := 990; i < 1000; i += 2 {
+		if _, ok := e.get(ids[i+1]); !ok {
+			t.Fatalf("item %d of the last ten evicted", i+1)
+		}
+	}
+	if len(e.items) > 100 || len(e.order) > 2*100+16 {
+		t.Fatalf("%d items, %d ids in order", len(e.items), len(e.order))
+	}
+}
+
 func TestExpiringTakeOnce(t *testing.T) {
 	e := newExpiring[struct{}](time.Minute, 10)
 	id, _ := e.add(struct{}{})
