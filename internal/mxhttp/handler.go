@@ -60,7 +60,11 @@ func (h Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // once, here.
 func WriteError(w http.ResponseWriter, r *http.Request, err error) {
 	me := ToError(err)
-	if me.Status >= 500 {
+	if me.Status >= 500 && r.Context().Err() != nil && errors.Is(err, r.Context().Err()) {
+		// The client went away (a long-poll it gave up on): nobody to
+		// answer, and nothing wrong here.
+		Logger(r.Context()).WithError(err).WithField("path", r.URL.Path).Debug("request abandoned by the client")
+	} else if me.Status >= 500 {
 		Logger(r.Context()).WithError(err).WithField("path", r.URL.Path).Error("request failed")
 	} else if me.Cause != nil {
 		Logger(r.Context()).WithError(me.Cause).WithField("path", r.URL.Path).Debug("request refused")
