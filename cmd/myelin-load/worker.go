@@ -80,27 +80,22 @@ func runWorker(stdin io.Reader, stdout io.Writer) error {
 
 	w := newPoller(job)
 	start := time.Now()
-	initial := w.initialSyncs(ctx)
-	ready := workerReady{Ready: true, Seconds: time.Since(start).Seconds(), InitialMS: initial}
-	for _, c := range w.clients {
-		if c.since != "" {
-			ready.InitialOK++
-		} else {
-			ready.InitialFailed++
-		}
-	}
+	// Each client long-polls as soon as its initial sync is done, as a real
+	// client does: one that waited for all the others would look idle to
+	// the server (and go offline) on a large run.
 	pollCtx, stopPolls := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	for _, c := range w.clients {
-		if c.since == "" {
-			continue
-		}
+	initial := w.initialSyncs(ctx, func(c *pollClient) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			w.poll(pollCtx, c)
 		}()
-	}
+	})
+	// One duration per client that synced (their since tokens now belong
+	// to their polling goroutines).
+	ready := workerReady{Ready: true, Seconds: time.Since(start).Seconds(), InitialMS: initial,
+		InitialOK: len(initial), InitialFailed: len(w.clients) - len(initial)}
 	out := json.NewEncoder(stdout)
 	if err := out.Encode(ready); err != nil {
 		stopPolls()
@@ -150,9 +145,9 @@ func newPoller(job workerJob) *poller {
 	return w
 }
 
-// initialSyncs gives every client its first since token and returns the
-// initial syncs' durations in ms.
-func (w *poller) initialSyncs(ctx context.Context) []float64 {
+// initialSyncs gives every client its first since token, calls synced with
+// each client that got one, and returns the initial syncs' durations in ms.
+func (w *poller) initialSyncs(ctx context.Context, synced func(*pollClient)) []float64 {
 	var mu sync.Mutex
 	var durs []float64
 	parallel(ctx, len(w.clients), w.job.Conc, func(ctx context.Context, i int) error {
@@ -165,6 +160,7 @@ func (w *poller) initialSyncs(ctx context.Context) []float64 {
 				mu.Lock()
 				durs = append(durs, ms(time.Since(t0)))
 				mu.Unlock()
+				synced(pc)
 				return nil
 			}
 			w.errs.Add("initial sync", err)
