@@ -65,6 +65,7 @@ sub start
    my $self = shift;
 
    my $hs_dir = $self->{hs_dir};
+   my $idx = $self->{hs_index};
    my $data_dir = "$hs_dir/data";
 
    # hs_dir survives between runs that reuse a work directory: start clean.
@@ -108,10 +109,22 @@ sub start
       },
    );
 
+   # With MYELIN_SYTEST_POSTGRES_URL (sytest/run sets it for SYTEST_DB=postgres)
+   # each server gets a fresh database of its own on that PostgreSQL.
+   if( my $admin_url = $ENV{MYELIN_SYTEST_POSTGRES_URL} ) {
+      my $db = "myelin_sytest_$idx";
+      for my $sql ( "DROP DATABASE IF EXISTS $db WITH (FORCE)", "CREATE DATABASE $db" ) {
+         system( "psql", "-q", "-v", "ON_ERROR_STOP=1", "-d", $admin_url, "-c", $sql ) == 0
+            or die "psql: $sql failed\n";
+      }
+      ( my $url = $admin_url ) =~ s{^(postgres(?:ql)?://[^/]*)/[^?]*}{$1/$db}
+         or die "MYELIN_SYTEST_POSTGRES_URL is not a postgres:// URL\n";
+      $config{database} = { url => $url };
+   }
+
    my $config_path = $self->write_yaml_file( "myelin.yaml" => \%config );
 
    my $output = $self->{output};
-   my $idx = $self->{hs_index};
    $output->diag( "Starting Myelin server $idx as " . $self->server_name );
 
    return $self->_start_process_and_await_connectable(
