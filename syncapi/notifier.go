@@ -39,7 +39,7 @@ type presenceChange struct {
 }
 
 // defaultPresenceLog is how many presence changes the notifier keeps.
-const defaultPresenceLog = 16384
+const defaultPresenceLog = 65536
 
 // roomStream is one room with local members.
 type roomStream struct {
