@@ -102,6 +102,11 @@ func (u *UserAPI) Start(ctx context.Context, rooms Rooms, gateways http.RoundTri
 		defer p.wg.Done()
 		u.pruneNotifications(ctx)
 	}()
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		u.writeLastSeen(ctx)
+	}()
 	return nil
 }
 

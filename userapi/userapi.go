@@ -65,6 +65,8 @@ type UserAPI struct {
 	dummyHash []byte
 
 	push *pushState
+
+	lastSeen lastSeenBatch
 }
 
 var _ uapi.API = (*UserAPI)(nil)
@@ -332,22 +334,20 @@ func (u *UserAPI) DeviceByToken(ctx context.Context, token string) (*uapi.Device
 		dev, seen = u.tokens.put(hash, *loaded, gen, now, ip)
 	}
 	if seen {
-		// Losing one last-seen update is harmless; failing the request
-		// for it is not.
-		if err := u.store.UpdateLastSeen(ctx, dev.SessionID, dev.LastSeenTS, ip); err != nil && ctx.Err() == nil {
-			u.log.WithError(err).WithField("user_id", dev.UserID).Warn("recording device last seen")
-		}
+		u.lastSeen.add(dev.SessionID, dev.LastSeenTS, ip)
 	}
 	return &dev, nil
 }
 
 // Devices lists a user's devices.
 func (u *UserAPI) Devices(ctx context.Context, userID string) ([]uapi.Device, error) {
+	u.flushLastSeen(ctx)
 	return u.store.Devices(ctx, userID)
 }
 
 // Device returns one device of a user (uapi.ErrNotFound if there is none).
 func (u *UserAPI) Device(ctx context.Context, userID, deviceID string) (*uapi.Device, error) {
+	u.flushLastSeen(ctx)
 	return u.store.Device(ctx, userID, deviceID)
 }
 

@@ -325,16 +325,25 @@ func (s *Storage) DeleteDevices(ctx context.Context, userID string, deviceIDs []
 	})
 }
 
-// UpdateLastSeen records when and from where a device was last used; an
-// empty ip keeps the previous one.
-func (s *Storage) UpdateLastSeen(ctx context.Context, sessionID, ts int64, ip string) error {
-	_, err := s.db.Exec(ctx, `UPDATE userapi_devices
-		SET last_seen_ts = $2, last_seen_ip = CASE WHEN $3 = '' THEN last_seen_ip ELSE $3 END
-		WHERE session_id = $1`, sessionID, ts, ip)
-	if err != nil {
-		return fmt.Errorf("update last seen of session %d: %w", sessionID, err)
-	}
-	return nil
+// LastSeen is when and from where a device was last used.
+type LastSeen struct {
+	TS int64
+	IP string // "" keeps the previous one
+}
+
+// UpdateLastSeen records the last use of devices, by session, in one
+// transaction.
+func (s *Storage) UpdateLastSeen(ctx context.Context, seen map[int64]LastSeen) error {
+	return s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		for session, ls := range seen {
+			if _, err := tx.Exec(ctx, `UPDATE userapi_devices
+				SET last_seen_ts = $2, last_seen_ip = CASE WHEN $3 = '' THEN last_seen_ip ELSE $3 END
+				WHERE session_id = $1`, session, ls.TS, ls.IP); err != nil {
+				return fmt.Errorf("update last seen of session %d: %w", session, err)
+			}
+		}
+		return nil
+	})
 }
 
 // SetAccountData stores one account-data item at the next position of the
