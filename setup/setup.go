@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -185,7 +186,12 @@ func (s *Server) Start() error {
 	}{
 		{"client", s.cfg.ClientAPI.Listen, s.cfg.ClientAPI.TLSCert, s.cfg.ClientAPI.TLSKey, h},
 		{"federation", s.cfg.FederationAPI.Listen, s.cfg.FederationAPI.TLSCert, s.cfg.FederationAPI.TLSKey, h},
-		{"pprof", s.cfg.Debug.PprofListen, "", "", pprofHandler()},
+	}
+	if s.cfg.Debug.PprofListen != "" {
+		listeners = append(listeners, struct {
+			name, addr, cert, key string
+			handler               http.Handler
+		}{"pprof", s.cfg.Debug.PprofListen, "", "", pprofHandler()})
 	}
 	for _, l := range listeners {
 		if l.addr == "" {
@@ -226,7 +232,12 @@ func (s *Server) Start() error {
 	return nil
 }
 
+// pprofHandler serves Go's profiles. It also turns on mutex and blocking
+// profiling, which cost a little on every contended lock: only when an
+// admin asked for the debug listener.
 func pprofHandler() http.Handler {
+	runtime.SetMutexProfileFraction(100)
+	runtime.SetBlockProfileRate(int(time.Millisecond))
 	m := http.NewServeMux()
 	m.HandleFunc("/debug/pprof/", pprof.Index)
 	m.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
