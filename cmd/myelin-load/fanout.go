@@ -19,6 +19,8 @@ type fanoutParams struct {
 	rate            float64
 	duration, grace time.Duration
 	poll, settle    time.Duration
+	quietMax        time.Duration
+	quietCores      float64
 	filter          string
 	inflight        int
 }
@@ -32,6 +34,8 @@ func fanoutFlags(fs *flag.FlagSet) func(context.Context, *env, *Report) error {
 	fs.DurationVar(&p.grace, "grace", 10*time.Second, "how long after the last send receivers may still see events")
 	fs.DurationVar(&p.poll, "poll-timeout", 30*time.Second, "the /sync timeout parameter of each long-poll")
 	fs.DurationVar(&p.settle, "settle", 2*time.Second, "pause between all receivers polling and the first send")
+	fs.DurationVar(&p.quietMax, "quiet-max", 2*time.Minute, "with -pid: longest wait, after all receivers poll, for the server to quiet down (0: none)")
+	fs.Float64Var(&p.quietCores, "quiet-cores", 0.5, "with -pid: the server is quiet when it used less CPU than this (cores) for 3 s")
 	fs.StringVar(&p.filter, "filter", defaultSyncFilter, "the /sync filter (JSON or a filter ID)")
 	fs.IntVar(&p.inflight, "max-inflight", 64, "sends in flight at most; beyond that the send rate falls behind")
 	return func(ctx context.Context, e *env, rep *Report) error {
@@ -43,6 +47,7 @@ func fanoutFlags(fs *flag.FlagSet) func(context.Context, *env, *Report) error {
 			checkDuration("-grace", p.grace, 0, time.Hour),
 			checkDuration("-poll-timeout", p.poll, time.Second, 10*time.Minute),
 			checkDuration("-settle", p.settle, 0, time.Hour),
+			checkDuration("-quiet-max", p.quietMax, 0, time.Hour),
 		); err != nil {
 			return err
 		}
@@ -56,6 +61,7 @@ func fanoutFlags(fs *flag.FlagSet) func(context.Context, *env, *Report) error {
 // FanoutDetails is the fanout scenario's outcome.
 type FanoutDetails struct {
 	Setup       []Phase `json:"setup"`
+	QuietS      float64 `json:"quiet_s"` // wait after all polled, for the server's CPU to settle
 	Rooms       int     `json:"rooms"`
 	Receivers   int     `json:"receivers"`
 	Polling     int     `json:"polling"` // receivers whose initial sync worked
@@ -124,6 +130,10 @@ func runFanout(ctx context.Context, e *env, rep *Report, p *fanoutParams) error 
 	d.InitialSync = summarize(ready.InitialMS)
 	e.logf("%d receivers polling (%d initial syncs failed), initial sync %v", ready.InitialOK, ready.InitialFailed, d.InitialSync)
 	sleepCtx(ctx, p.settle)
+	// Clients coming online make the server tell their rooms' members (a
+	// presence storm of M x room size wake-ups on a server with presence);
+	// deliveries are measured in the steady state after it.
+	d.QuietS = e.waitQuiet(ctx, p.quietCores, p.quietMax)
 
 	e.logf("sending %g events/s into %d rooms for %v", p.rate, nRooms, p.duration)
 	start := e.mark()
@@ -170,6 +180,7 @@ func runFanout(ctx context.Context, e *env, rep *Report, p *fanoutParams) error 
 	rep.addLatency("send latency", d.SendLatency)
 	rep.add("send errors", float64(d.SendFailed), "", "lower")
 	rep.add("receivers polling", float64(d.Polling), "", "higher")
+	rep.add("wait for the server to quiet", d.QuietS, "s", "")
 	rep.add("initial sync p50", d.InitialSync.P50, "ms", "lower")
 	rep.add("sync responses", float64(d.Polls), "", "")
 	return nil
@@ -260,4 +271,27 @@ func (e *env) sendAtRate(ctx context.Context, p *fanoutParams, senders []*Client
 	}
 	wg.Wait()
 	return sent, latencies
+}
+
+// waitQuiet waits until the server used less than cores of CPU over the
+// last 3 s, at most maxWait, and returns the seconds waited. Without a pid
+// to sample it does not wait.
+func (e *env) waitQuiet(ctx context.Context, cores float64, maxWait time.Duration) float64 {
+	if e.server == nil || maxWait <= 0 {
+		return 0
+	}
+	start := time.Now()
+	for ctx.Err() == nil {
+		now := e.server.Mark()
+		if u := e.server.Window(now.Add(-3*time.Second), now); now.Sub(start) >= 3*time.Second && u.Samples >= 2 && u.AvgCores < cores {
+			e.logf("server quiet (%.2f cores) after %.0fs", u.AvgCores, now.Sub(start).Seconds())
+			return now.Sub(start).Seconds()
+		}
+		if now.Sub(start) >= maxWait {
+			e.logf("server still busy after %v; sending anyway", maxWait)
+			return now.Sub(start).Seconds()
+		}
+		sleepCtx(ctx, time.Second)
+	}
+	return time.Since(start).Seconds()
 }
