@@ -217,6 +217,10 @@ func (s *SyncAPI) longPoll(ctx context.Context, req *syncRequest, timeout time.D
 	}
 }
 
+// maxCachedInlineFilter bounds the inline filters kept parsed, so that
+// the cache holds many small ones rather than a few huge ones.
+const maxCachedInlineFilter = 2048
+
 // requestFilter resolves the filter parameter: a stored filter's ID or
 // inline JSON.
 func (s *SyncAPI) requestFilter(ctx context.Context, userID, param string) (*Filter, error) {
@@ -224,7 +228,21 @@ func (s *SyncAPI) requestFilter(ctx context.Context, userID, param string) (*Fil
 		return &Filter{}, nil
 	}
 	if strings.HasPrefix(strings.TrimSpace(param), "{") {
-		return parseFilter([]byte(param))
+		// A client sends the same inline filter with every long-poll:
+		// parse it once, and let its waiting requests share it.
+		if len(param) > maxCachedInlineFilter {
+			return parseFilter([]byte(param))
+		}
+		key := "json|" + param
+		if f, ok := s.filters.Get(key); ok {
+			return f, nil
+		}
+		f, err := parseFilter([]byte(param))
+		if err != nil {
+			return nil, err
+		}
+		s.filters.Put(key, f)
+		return f, nil
 	}
 	id, err := strconv.ParseInt(param, 10, 64)
 	if err != nil {

@@ -38,7 +38,7 @@ type SyncAPI struct {
 	rooms    rsapi.API
 	notifier *Notifier
 	lazy     *lazyMembers
-	filters  *cache.LRU[string, *Filter] // stored filters, by user and ID
+	filters  *cache.LRU[string, *Filter] // stored filters by user and ID; inline ones by their JSON
 	typing   *typingRooms
 	presence *presenceCache
 	log      *logrus.Entry
