@@ -20,7 +20,11 @@ echo "== go vet"
 go vet ./...
 
 pgdir=""
-cleanup() { [ -n "$pgdir" ] && scripts/pg-throwaway.sh stop "$pgdir/pg"; [ -n "$pgdir" ] && rm -rf "$pgdir"; }
+# Returns 0 when there is nothing to clean up, so that the script's status
+# stays that of the tests.
+cleanup() {
+  if [ -n "$pgdir" ]; then scripts/pg-throwaway.sh stop "$pgdir/pg"; rm -rf "$pgdir"; fi
+}
 trap cleanup EXIT
 if [ -z "${MYELIN_TEST_POSTGRES_URL:-}" ] && [ "${MYELIN_TEST_SQLITE_ONLY:-}" != 1 ]; then
   pgdir=$(mktemp -d)
