@@ -52,7 +52,7 @@ func (s *SyncAPI) onRoomEvent(ctx context.Context, m jetstream.Msg) error {
 	for _, raw := range out.AddsStateJSON {
 		// The roomserver sends the JSON of added state other than the event
 		// itself; its ID is computed from it.
-		if id := eventIDOf(out.RoomVersion, raw); id != "" {
+		if id := out.StateEventID(raw); id != "" {
 			others[id] = string(raw)
 		}
 	}
@@ -94,18 +94,6 @@ func (s *SyncAPI) onRoomEvent(ctx context.Context, m jetstream.Msg) error {
 
 func (s *SyncAPI) isLocal(userID string) bool {
 	return strings.HasSuffix(userID, ":"+s.cfg.ServerName)
-}
-
-func eventIDOf(roomVersion string, raw json.RawMessage) string {
-	verImpl, err := gmsl.GetRoomVersion(gmsl.RoomVersion(roomVersion))
-	if err != nil {
-		return ""
-	}
-	pdu, err := verImpl.NewEventFromTrustedJSON(raw, false)
-	if err != nil {
-		return ""
-	}
-	return pdu.EventID()
 }
 
 // applyRedaction replaces the target's JSON with its redacted form and

@@ -125,13 +125,7 @@ func (s *SyncAPI) Start(ctx context.Context) error {
 		c := c
 		// Open the consumer before returning so that nothing published
 		// after start is missed.
-		cons, floor, err := s.bus.OpenConsumer(ctx, c.name, jetstream.ConsumerConfig{
-			Durable:       "syncapi",
-			AckPolicy:     jetstream.AckExplicitPolicy,
-			AckWait:       30 * time.Second,
-			MaxAckPending: 1000,
-			DeliverPolicy: jetstream.DeliverAllPolicy,
-		})
+		cons, floor, err := s.bus.OpenConsumer(ctx, c.name, bus.OutputConsumer("syncapi", jetstream.DeliverAllPolicy))
 		if err != nil {
 			return err
 		}

@@ -48,26 +48,14 @@ func (u *UserAPI) Start(ctx context.Context, rooms Rooms, gateways http.RoundTri
 	p.rooms = rooms
 	// Open the consumers before returning so that nothing published after
 	// start is missed.
-	cons, floor, err := u.bus.OpenConsumer(ctx, bus.OutputRoomEvent, jetstream.ConsumerConfig{
-		Durable:       "userapi",
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       30 * time.Second,
-		MaxAckPending: 1000,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-	})
+	cons, floor, err := u.bus.OpenConsumer(ctx, bus.OutputRoomEvent, bus.OutputConsumer("userapi", jetstream.DeliverAllPolicy))
 	if err != nil {
 		return err
 	}
 	p.events.mark(floor)
-	receipts, _, err := u.bus.OpenConsumer(ctx, bus.OutputReceipt, jetstream.ConsumerConfig{
-		Durable:       "userapi",
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       30 * time.Second,
-		MaxAckPending: 1000,
-		// Receipts of before the consumer existed cleared nothing that
-		// was recorded since.
-		DeliverPolicy: jetstream.DeliverNewPolicy,
-	})
+	// Receipts of before the consumer existed cleared nothing that was
+	// recorded since.
+	receipts, _, err := u.bus.OpenConsumer(ctx, bus.OutputReceipt, bus.OutputConsumer("userapi", jetstream.DeliverNewPolicy))
 	if err != nil {
 		return err
 	}
@@ -256,23 +244,11 @@ func (u *UserAPI) trackMembers(ctx context.Context, out *rsapi.OutputEvent) erro
 		if gjson.GetBytes(raw, "type").String() != "m.room.member" {
 			continue
 		}
-		if id := eventIDOf(out.RoomVersion, raw); adds[id] {
+		if id := out.StateEventID(raw); adds[id] {
 			addMember(id, raw)
 		}
 	}
 	return u.store.ApplyMembers(ctx, out.RoomID, out.RemovesState, added)
-}
-
-func eventIDOf(roomVersion string, raw json.RawMessage) string {
-	verImpl, err := gmsl.GetRoomVersion(gmsl.RoomVersion(roomVersion))
-	if err != nil {
-		return ""
-	}
-	pdu, err := verImpl.NewEventFromTrustedJSON(raw, false)
-	if err != nil {
-		return ""
-	}
-	return pdu.EventID()
 }
 
 // pushEvent is an event being evaluated, with what its pushes need,

@@ -132,6 +132,19 @@ func (b *Bus) EnsureStreams(ctx context.Context, replicas int) error {
 	return nil
 }
 
+// OutputConsumer is the configuration of a component's durable consumer of
+// an output stream: explicit acks, redelivery after 30 s, at most 1,000
+// messages in flight, starting where deliver says.
+func OutputConsumer(durable string, deliver jetstream.DeliverPolicy) jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       durable,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       30 * time.Second,
+		MaxAckPending: 1000,
+		DeliverPolicy: deliver,
+	}
+}
+
 // OpenConsumer creates or updates a durable consumer that only this process
 // reads, and makes whatever a previous run of it left unacknowledged
 // deliverable again at once (a crash leaves delivered messages pending

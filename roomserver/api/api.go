@@ -232,3 +232,17 @@ type OutputEvent struct {
 	// InviteRoomState is the stripped state sent with an invite.
 	InviteRoomState []json.RawMessage `json:"invite_room_state,omitempty"`
 }
+
+// StateEventID returns the ID of raw, one of AddsStateJSON, or "" if it
+// cannot be read in the room's version.
+func (o *OutputEvent) StateEventID(raw json.RawMessage) string {
+	verImpl, err := gmsl.GetRoomVersion(gmsl.RoomVersion(o.RoomVersion))
+	if err != nil {
+		return ""
+	}
+	pdu, err := verImpl.NewEventFromTrustedJSON(raw, false)
+	if err != nil {
+		return ""
+	}
+	return pdu.EventID()
+}
