@@ -4,9 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"maps"
 	"net/http"
-	"sort"
-	"strconv"
+	"slices"
 	"time"
 
 	"myelin/internal/mxhttp"
@@ -31,15 +31,10 @@ type eventStreamResponse struct {
 func (s *SyncAPI) eventStream(r *http.Request, dev *uapi.Device) (any, error) {
 	ctx := r.Context()
 	q := r.URL.Query()
-	timeout := 30 * time.Second
-	if t := q.Get("timeout"); t != "" {
-		ms, err := strconv.ParseInt(t, 10, 64)
-		if err != nil || ms < 0 {
-			return nil, mxhttp.InvalidParam("timeout must be a non-negative number of milliseconds")
-		}
-		timeout = time.Duration(ms) * time.Millisecond
+	timeout, err := s.timeoutParam(q, 30*time.Second)
+	if err != nil {
+		return nil, err
 	}
-	timeout = min(timeout, s.cfg.Sync.MaxTimeout)
 	limit := eventStreamTimeline
 	filter := &Filter{}
 	filter.Room.Timeline.Limit = &limit
@@ -83,7 +78,7 @@ func (s *SyncAPI) eventStream(r *http.Request, dev *uapi.Device) (any, error) {
 // events, and presence.
 func (s *SyncAPI) flatten(ctx context.Context, req *syncRequest, resp *syncResponse) ([]any, error) {
 	chunk := []any{}
-	for _, roomID := range sortedKeys(resp.Rooms.Join) {
+	for _, roomID := range slices.Sorted(maps.Keys(resp.Rooms.Join)) {
 		jr := resp.Rooms.Join[roomID]
 		for _, ev := range jr.Timeline.Events {
 			chunk = append(chunk, ev)
@@ -96,12 +91,12 @@ func (s *SyncAPI) flatten(ctx context.Context, req *syncRequest, resp *syncRespo
 			chunk = append(chunk, e)
 		}
 	}
-	for _, roomID := range sortedKeys(resp.Rooms.Leave) {
+	for _, roomID := range slices.Sorted(maps.Keys(resp.Rooms.Leave)) {
 		for _, ev := range resp.Rooms.Leave[roomID].Timeline.Events {
 			chunk = append(chunk, ev)
 		}
 	}
-	for _, roomID := range sortedKeys(resp.Rooms.Invite) {
+	for _, roomID := range slices.Sorted(maps.Keys(resp.Rooms.Invite)) {
 		st, err := s.store.StateEvent(ctx, roomID, "m.room.member", req.dev.UserID)
 		if errors.Is(err, storage.ErrNotFound) {
 			continue
@@ -133,13 +128,4 @@ func withRoomID(ev any, roomID string) (map[string]any, error) {
 	}
 	m["room_id"] = roomID
 	return m, nil
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

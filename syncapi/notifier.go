@@ -287,13 +287,8 @@ func (u *userStream) sharesRoom(n *Notifier, roomIDs []string) bool {
 // userID happened after since. It cannot know about positions from before
 // it started.
 func (n *Notifier) Unchanged(userID string, since Token) bool {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.start.Max(since) != since {
-		return false // since is before the start in some stream
-	}
-	u, ok := n.users[userID]
-	return !ok || !u.position().After(since)
+	c, known := n.Concerning(userID, since)
+	return known && !c.After(since)
 }
 
 // Concerning returns the latest positions that concerned userID. It

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"net/url"
 	"sort"
 	"strconv"
 	"strings"
@@ -142,13 +143,9 @@ func (s *SyncAPI) sync(r *http.Request, dev *uapi.Device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	var timeout time.Duration
-	if t := q.Get("timeout"); t != "" {
-		ms, err := strconv.ParseInt(t, 10, 64)
-		if err != nil || ms < 0 {
-			return nil, mxhttp.InvalidParam("timeout must be a non-negative number of milliseconds")
-		}
-		timeout = min(time.Duration(ms)*time.Millisecond, s.cfg.Sync.MaxTimeout)
+	timeout, err := s.timeoutParam(q, 0)
+	if err != nil {
+		return nil, err
 	}
 	req := &syncRequest{dev: dev, filter: filter, fullState: q.Get("full_state") == "true"}
 	if sinceStr := q.Get("since"); sinceStr != "" {
@@ -217,6 +214,20 @@ func (s *SyncAPI) longPoll(ctx context.Context, req *syncRequest, timeout time.D
 	}
 }
 
+// timeoutParam reads a long-poll's timeout parameter (milliseconds; def
+// when absent), capped at the configured maximum.
+func (s *SyncAPI) timeoutParam(q url.Values, def time.Duration) (time.Duration, error) {
+	timeout := def
+	if t := q.Get("timeout"); t != "" {
+		ms, err := strconv.ParseInt(t, 10, 64)
+		if err != nil || ms < 0 {
+			return 0, mxhttp.InvalidParam("timeout must be a non-negative number of milliseconds")
+		}
+		timeout = time.Duration(ms) * time.Millisecond
+	}
+	return min(timeout, s.cfg.Sync.MaxTimeout), nil
+}
+
 // maxCachedInlineFilter bounds the inline filters kept parsed, so that
 // the cache holds many small ones rather than a few huge ones.
 const maxCachedInlineFilter = 2048
@@ -233,30 +244,29 @@ func (s *SyncAPI) requestFilter(ctx context.Context, userID, param string) (*Fil
 		if len(param) > maxCachedInlineFilter {
 			return parseFilter([]byte(param))
 		}
-		key := "json|" + param
-		if f, ok := s.filters.Get(key); ok {
-			return f, nil
-		}
-		f, err := parseFilter([]byte(param))
-		if err != nil {
-			return nil, err
-		}
-		s.filters.Put(key, f)
-		return f, nil
+		return s.cachedFilter("json|"+param, func() (string, error) { return param, nil })
 	}
 	id, err := strconv.ParseInt(param, 10, 64)
 	if err != nil {
 		return nil, mxhttp.InvalidParam("filter must be a filter ID or a JSON filter")
 	}
 	// Stored filters never change: most syncs of a client use one.
-	key := userID + "|" + param
+	return s.cachedFilter(userID+"|"+param, func() (string, error) {
+		raw, err := s.store.Filter(ctx, userID, id)
+		if errors.Is(err, storage.ErrNotFound) {
+			return "", mxhttp.InvalidParam("unknown filter %d", id)
+		}
+		return raw, err
+	})
+}
+
+// cachedFilter returns the parsed filter cached under key, parsing what
+// load returns on a miss. Cached filters are shared, so never modified.
+func (s *SyncAPI) cachedFilter(key string, load func() (string, error)) (*Filter, error) {
 	if f, ok := s.filters.Get(key); ok {
 		return f, nil
 	}
-	raw, err := s.store.Filter(ctx, userID, id)
-	if errors.Is(err, storage.ErrNotFound) {
-		return nil, mxhttp.InvalidParam("unknown filter %d", id)
-	}
+	raw, err := load()
 	if err != nil {
 		return nil, err
 	}
