@@ -92,7 +92,7 @@ func newAcctServer(t *testing.T, dbURL string, opts acctOptions) *acctServer {
 	}
 	router := mxhttp.NewRouter()
 	clientapi.New(cfg, s.users, nil, log).Routes(router)
-	srv := httptest.NewServer(mxhttp.WithRequestLogger(log, mxhttp.CORS(mxhttp.LimitBody(cfg.ClientAPI.MaxRequestBytes, router))))
+	srv := httptest.NewServer(mxhttp.Serve(log, cfg.ClientAPI.MaxRequestBytes, nil, router))
 	t.Cleanup(srv.Close)
 	s.url = srv.URL
 	s.http = srv.Client()

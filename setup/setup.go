@@ -150,21 +150,18 @@ func New(ctx context.Context, cfg *config.Config, log *logrus.Logger) (s *Server
 // Handler is the HTTP handler serving every component's routes.
 func (s *Server) Handler() http.Handler {
 	r := mxhttp.NewRouter()
-	s.client.Routes(r)
+	// The router tries routes in order, and every client always has a
+	// /sync in flight: the sync routes go first.
 	s.sync.Routes(r)
+	s.client.Routes(r)
 	s.fed.Routes(r)
-	h := mxhttp.LimitBody(s.cfg.ClientAPI.MaxRequestBytes, r)
-	h = mxhttp.CORS(h)
-	h = withClientIP(h)
-	return mxhttp.WithRequestLogger(s.log.WithField("component", "http"), h)
+	return mxhttp.Serve(s.log.WithField("component", "http"), s.cfg.ClientAPI.MaxRequestBytes, withClientIP, r)
 }
 
 // withClientIP puts the client's address in the request context, where
 // the userapi records it as a device's last-seen IP.
-func withClientIP(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		next.ServeHTTP(w, r.WithContext(uapi.WithClientIP(r.Context(), mxhttp.ClientIP(r))))
-	})
+func withClientIP(ctx context.Context, r *http.Request) context.Context {
+	return uapi.WithClientIP(ctx, mxhttp.ClientIP(r))
 }
 
 // Start starts the components' consumers and the listeners.

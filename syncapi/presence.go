@@ -49,20 +49,23 @@ func newPresenceCache(size int) *presenceCache {
 	}
 }
 
-// startSync records a /sync of userID that keeps it online; the returned
-// function records its end at the time it is given.
-func (c *presenceCache) startSync(userID string) func(end int64) {
+// startSync records a /sync of userID that keeps it online, until
+// endSync.
+func (c *presenceCache) startSync(userID string) {
 	c.mu.Lock()
 	c.syncing[userID]++
 	c.mu.Unlock()
-	return func(end int64) {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		if c.syncing[userID]--; c.syncing[userID] <= 0 {
-			delete(c.syncing, userID)
-		}
-		c.lastSeen[userID] = max(c.lastSeen[userID], end)
+}
+
+// endSync records the end of a /sync that startSync recorded.
+func (c *presenceCache) endSync(userID string, now func() time.Time) {
+	end := now().UnixMilli()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.syncing[userID]--; c.syncing[userID] <= 0 {
+		delete(c.syncing, userID)
 	}
+	c.lastSeen[userID] = max(c.lastSeen[userID], end)
 }
 
 // seen records that userID showed itself at ts without a /sync (setting

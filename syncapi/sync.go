@@ -27,7 +27,25 @@ type syncResponse struct {
 	DeviceLists deviceLists `json:"device_lists"`
 	OTKCounts   struct{}    `json:"device_one_time_keys_count"`
 	Rooms       syncRooms   `json:"rooms"`
+	// unchanged marks the answer to a long-poll that nothing concerned:
+	// empty but for next_batch.
+	unchanged bool
 }
+
+// unchangedJSON is the encoded unchanged answer split around its
+// next_batch (tokens need no escaping). It answers most long-polls of an
+// idle server, which need not encode the same thing each time.
+var unchangedJSON = func() [2]string {
+	const mark = "s0_0_0_0_0"
+	r := newSyncResponse()
+	r.NextBatch = mark
+	b, err := json.Marshal(r)
+	if err != nil {
+		panic(err)
+	}
+	before, after, _ := strings.Cut(string(b), `"`+mark+`"`)
+	return [2]string{before + `"`, `"` + after}
+}()
 
 type eventList struct {
 	Events []any `json:"events"`
@@ -137,21 +155,46 @@ func presencePos(t Token) int64    { return t.Presence }
 func accountDataPos(t Token) int64 { return t.AccountData }
 
 func (s *SyncAPI) sync(r *http.Request, dev *uapi.Device) (any, error) {
+	// The frames of a waiting /sync stay on its goroutine's stack for the
+	// whole wait, thousands of times over, and a stack shrinks only while
+	// it is under a quarter full: the request is read in syncParams, and
+	// what waits here and in longPoll keeps few locals.
+	req, timeout, keepsOnline, err := s.syncParams(r, dev)
+	if err != nil {
+		return nil, err
+	}
+	if keepsOnline {
+		s.presence.startSync(dev.UserID)
+		defer s.presence.endSync(dev.UserID, s.now)
+	}
+	resp, err := s.longPoll(r.Context(), req, timeout, (*syncResponse).empty)
+	if err != nil {
+		return nil, err
+	}
+	if resp.unchanged {
+		return mxhttp.RawJSON(unchangedJSON[0] + resp.NextBatch + unchangedJSON[1]), nil
+	}
+	return resp, nil
+}
+
+// syncParams reads a /sync request and applies its set_presence; it
+// reports whether the request keeps its user online.
+func (s *SyncAPI) syncParams(r *http.Request, dev *uapi.Device) (*syncRequest, time.Duration, bool, error) {
 	ctx := r.Context()
 	q := r.URL.Query()
 	filter, err := s.requestFilter(ctx, dev.UserID, q.Get("filter"))
 	if err != nil {
-		return nil, err
+		return nil, 0, false, err
 	}
 	timeout, err := s.timeoutParam(q, 0)
 	if err != nil {
-		return nil, err
+		return nil, 0, false, err
 	}
 	req := &syncRequest{dev: dev, filter: filter, fullState: q.Get("full_state") == "true"}
 	if sinceStr := q.Get("since"); sinceStr != "" {
 		t, err := ParseToken(sinceStr)
 		if err != nil {
-			return nil, mxhttp.InvalidParam("%v", err)
+			return nil, 0, false, mxhttp.InvalidParam("%v", err)
 		}
 		req.since = &t
 	}
@@ -160,17 +203,13 @@ func (s *SyncAPI) sync(r *http.Request, dev *uapi.Device) (any, error) {
 		setPresence = sapi.Online
 	}
 	if !sapi.ValidPresence(setPresence) {
-		return nil, mxhttp.InvalidParam("set_presence must be online, unavailable or offline")
+		return nil, 0, false, mxhttp.InvalidParam("set_presence must be online, unavailable or offline")
 	}
 	// Before catching up, so that the response already has the change.
 	if err := s.syncPresence(ctx, dev.UserID, setPresence); err != nil {
 		mxhttp.Logger(ctx).WithError(err).Warn("cannot update presence from /sync")
 	}
-	if setPresence != sapi.Offline {
-		done := s.presence.startSync(dev.UserID)
-		defer func() { done(s.now().UnixMilli()) }()
-	}
-	return s.longPoll(ctx, req, timeout, (*syncResponse).empty)
+	return req, timeout, setPresence != sapi.Offline, nil
 }
 
 // longPoll builds the response to req. With a since token and a timeout it
@@ -178,34 +217,46 @@ func (s *SyncAPI) sync(r *http.Request, dev *uapi.Device) (any, error) {
 // what it builds is empty (what woke it may all be filtered out), until
 // the timeout.
 func (s *SyncAPI) longPoll(ctx context.Context, req *syncRequest, timeout time.Duration, empty func(*syncResponse) bool) (*syncResponse, error) {
-	userID := req.dev.UserID
 	if req.since == nil || timeout <= 0 || req.fullState {
 		s.catchUp(ctx)
 		return s.build(ctx, req)
 	}
-	wctx, cancel := context.WithTimeout(ctx, timeout)
+	wctx, cancel := s.timeouts.withTimeout(ctx, timeout)
 	defer cancel()
 	// A long-poll with nothing new for this user waits before touching
 	// the database at all, and if still nothing came when it times out,
 	// answers without touching it either: an idle connection costs no
 	// query, however many there are.
+	userID := req.dev.UserID
 	if s.notifier.Unchanged(userID, *req.since) {
 		s.notifier.Wait(wctx, userID, *req.since)
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		if cur := s.notifier.Current(); s.notifier.Unchanged(userID, *req.since) {
-			resp := newSyncResponse()
-			resp.NextBatch = cur.Max(*req.since).String()
-			return resp, nil
+		if s.notifier.Unchanged(userID, *req.since) {
+			return s.unchanged(req), nil
 		}
 	}
+	return s.buildUntil(ctx, wctx, req, empty)
+}
+
+// unchanged is the answer to a long-poll that nothing concerned.
+func (s *SyncAPI) unchanged(req *syncRequest) *syncResponse {
+	resp := newSyncResponse()
+	resp.NextBatch = s.notifier.Current().Max(*req.since).String()
+	resp.unchanged = true
+	return resp
+}
+
+// buildUntil builds the response to req until it is not empty or wctx
+// ends, waiting for something new between tries.
+func (s *SyncAPI) buildUntil(ctx, wctx context.Context, req *syncRequest, empty func(*syncResponse) bool) (*syncResponse, error) {
 	for {
 		resp, err := s.build(ctx, req)
 		if err != nil {
 			return nil, err
 		}
-		if !empty(resp) || wctx.Err() != nil || !s.notifier.Wait(wctx, userID, req.to) {
+		if !empty(resp) || wctx.Err() != nil || !s.notifier.Wait(wctx, req.dev.UserID, req.to) {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}

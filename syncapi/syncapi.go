@@ -41,6 +41,7 @@ type SyncAPI struct {
 	filters  *cache.LRU[string, *Filter] // stored filters by user and ID; inline ones by their JSON
 	typing   *typingRooms
 	presence *presenceCache
+	timeouts *deadlines
 	log      *logrus.Entry
 	now      func() time.Time
 
@@ -93,12 +94,16 @@ func New(ctx context.Context, cfg *config.Config, db *sqldb.DB, b *bus.Bus, user
 		filters:   cache.New[string, *Filter](100000),
 		typing:    typing,
 		presence:  newPresenceCache(100000),
+		timeouts:  newDeadlines(timeoutTick),
 		log:       log,
 		now:       time.Now,
 		processed: map[string]uint64{},
 		progress:  make(chan struct{}),
 	}, nil
 }
+
+// timeoutTick is what long-poll timeouts are rounded down to (deadlines).
+const timeoutTick = 250 * time.Millisecond
 
 // consumedStream is a stream syncapi consumes and its handler.
 type consumedStream struct {

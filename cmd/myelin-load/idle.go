@@ -45,8 +45,10 @@ type IdleDetails struct {
 	ConnectS     float64 `json:"connect_seconds"` // until every client polled
 	InitialSync  Summary `json:"initial_sync"`
 	Before       *Usage  `json:"before,omitempty"` // the quiet baseline
-	Polls        int64   `json:"polls"`
+	Polls        int64   `json:"polls"`            // answers during the hold, not the connect phase
+	PollRate     float64 `json:"polls_per_second"`
 	RSSPerConnKB float64 `json:"rss_per_conn_kb"`
+	CPUPerPollUS float64 `json:"cpu_per_poll_us,omitempty"`
 }
 
 func runIdle(ctx context.Context, e *env, rep *Report, p *idleParams) error {
@@ -107,9 +109,19 @@ func runIdle(ctx context.Context, e *env, rep *Report, p *idleParams) error {
 	h1 := e.mark()
 	e.measure(rep, h0, h1)
 	results, err := ws.stop(ctx)
+	// Whole seconds inside the hold: answers during the connect phase come
+	// early (others coming online wake their rooms) and are not idle.
+	from, to := h0.Unix()+1, h1.Unix()
 	for _, r := range results {
 		e.errs.Merge(r.Errors, r.Samples)
-		d.Polls += r.Polls
+		for sec, n := range r.PollsAt {
+			if sec >= from && sec < to {
+				d.Polls += n
+			}
+		}
+	}
+	if to > from {
+		d.PollRate = float64(d.Polls) / float64(to-from)
 	}
 	if err != nil {
 		return err
@@ -125,6 +137,12 @@ func runIdle(ctx context.Context, e *env, rep *Report, p *idleParams) error {
 		rep.add("CPU before (baseline)", d.Before.AvgCores, "cores", "lower")
 		rep.add("CPU while idle", rep.Server.AvgCores, "cores", "lower")
 	}
-	rep.add("sync responses while idle", float64(d.Polls), "", "")
+	rep.add("sync responses/s while idle", d.PollRate, "/s", "")
+	if rep.Server != nil && d.PollRate > 0 {
+		// What an answered long-poll costs, everything else the server
+		// does while idle included.
+		d.CPUPerPollUS = rep.Server.AvgCores / d.PollRate * 1e6
+		rep.add("server CPU per response", d.CPUPerPollUS, "us", "lower")
+	}
 	return nil
 }

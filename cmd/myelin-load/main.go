@@ -61,6 +61,7 @@ var scenarios = []scenario{
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: myelin-load SCENARIO [flags]   (myelin-load SCENARIO -h lists the flags)")
 	fmt.Fprintln(w, "       myelin-load table DIR_A DIR_B [DIR_C DIR_D ...]")
+	fmt.Fprintln(w, "       myelin-load floor [-listen ADDR]   a do-nothing server: the idle scenario's floor")
 	fmt.Fprintln(w, "scenarios:")
 	for _, s := range scenarios {
 		fmt.Fprintf(w, "  %-12s %s\n", s.name, s.about)
@@ -77,6 +78,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		// Internal: a child process holding long-polling clients.
 		if err := runWorker(os.Stdin, stdout); err != nil {
 			fmt.Fprintln(stderr, "myelin-load worker:", err)
+			return 1
+		}
+		return 0
+	case "floor":
+		if err := runFloor(args[1:], stdout, stderr); err != nil {
+			fmt.Fprintln(stderr, "myelin-load floor:", err)
 			return 1
 		}
 		return 0

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -50,9 +51,12 @@ type workerReady struct {
 }
 
 type workerResult struct {
-	Polls   int64          `json:"polls"` // /sync answers after the initial one
-	Errors  map[string]int `json:"errors"`
-	Samples []string       `json:"samples"`
+	Polls int64 `json:"polls"` // /sync answers after the initial one
+	// PollsAt counts those answers by the Unix second they arrived in, so
+	// that a scenario can count the ones inside its measuring window.
+	PollsAt map[int64]int64 `json:"polls_at"`
+	Errors  map[string]int  `json:"errors"`
+	Samples []string        `json:"samples"`
 	// Seen[i] lists the load_seq of every event client i received, repeats
 	// included; Latencies holds the delivery latency (ms) of each first
 	// sighting.
@@ -117,6 +121,8 @@ type poller struct {
 	errs    *Tally
 	polls   atomic.Int64
 	limited atomic.Int64
+	mu      sync.Mutex
+	pollsAt map[int64]int64
 }
 
 type pollClient struct {
@@ -129,7 +135,7 @@ type pollClient struct {
 }
 
 func newPoller(job workerJob) *poller {
-	w := &poller{job: job, errs: newTally()}
+	w := &poller{job: job, errs: newTally(), pollsAt: map[int64]int64{}}
 	for _, wc := range job.Clients {
 		var src net.IP
 		if wc.Src != "" {
@@ -187,6 +193,9 @@ func (w *poller) poll(ctx context.Context, pc *pollClient) {
 		}
 		now := time.Now().UnixMicro()
 		w.polls.Add(1)
+		w.mu.Lock()
+		w.pollsAt[now/1e6]++
+		w.mu.Unlock()
 		for _, room := range resp.Rooms.Join {
 			if room.Timeline.Limited {
 				w.limited.Add(1)
@@ -210,7 +219,9 @@ func (w *poller) poll(ctx context.Context, pc *pollClient) {
 }
 
 func (w *poller) result() workerResult {
-	r := workerResult{Polls: w.polls.Load(), Limited: w.limited.Load()}
+	w.mu.Lock()
+	r := workerResult{Polls: w.polls.Load(), Limited: w.limited.Load(), PollsAt: maps.Clone(w.pollsAt)}
+	w.mu.Unlock()
 	r.Errors, r.Samples = w.errs.Snapshot()
 	r.Seen = make([][]int64, len(w.clients))
 	for i, pc := range w.clients {

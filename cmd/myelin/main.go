@@ -17,6 +17,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -78,6 +79,7 @@ func serve(cfg *config.Config, stderr io.Writer) int {
 		return 2
 	}
 	defer closer.Close()
+	tuneGC(cfg.Memory, os.Getenv)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	srv, err := setup.New(ctx, cfg, log)
@@ -183,4 +185,15 @@ func createAccount(cfg *config.Config, args []string, stdin io.Reader, stdout, s
 	}
 	fmt.Fprintf(stdout, "created %s %s\n", kind, acc.UserID)
 	return 0
+}
+
+// tuneGC applies the memory settings, except those the GOGC and
+// GOMEMLIMIT variables already set: an admin's environment wins.
+func tuneGC(m config.Memory, getenv func(string) string) {
+	if getenv("GOGC") == "" {
+		debug.SetGCPercent(m.GCPercent)
+	}
+	if m.LimitMB > 0 && getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(m.LimitMB << 20)
+	}
 }

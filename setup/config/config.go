@@ -39,6 +39,7 @@ type Config struct {
 	Keys          Keys          `yaml:"keys"`
 	Rooms         Rooms         `yaml:"rooms"`
 	Sync          Sync          `yaml:"sync"`
+	Memory        Memory        `yaml:"memory"`
 	Debug         Debug         `yaml:"debug"`
 }
 
@@ -142,6 +143,19 @@ type Sync struct {
 }
 
 // Debug holds operator knobs for investigating the server.
+// Memory tunes the Go garbage collector.
+type Memory struct {
+	// GCPercent is how far the heap may grow past what is live (and the
+	// goroutine stacks) before a collection, in percent: Go's GOGC, which
+	// wins when it is set. Go's default is 100; a server of mostly idle
+	// connections keeps a third less memory at 50 for a little more CPU.
+	GCPercent int `yaml:"gc_percent"`
+	// LimitMB is a soft cap on the process's memory in MiB (Go's
+	// GOMEMLIMIT, which wins when set): the collector works harder as the
+	// process nears it. 0 sets none.
+	LimitMB int64 `yaml:"limit_mb"`
+}
+
 type Debug struct {
 	// PprofListen, when set, serves net/http/pprof on that (loopback) address.
 	PprofListen string `yaml:"pprof_listen"`
@@ -168,6 +182,7 @@ func Defaults() *Config {
 		Logging: Logging{Level: "info", Format: "text"},
 		Rooms:   Rooms{DefaultVersion: "10"},
 		Sync:    Sync{MaxTimeout: 5 * time.Minute, PresenceTimeout: 30 * time.Second},
+		Memory:  Memory{GCPercent: 50},
 	}
 }
 
@@ -307,6 +322,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Sync.PresenceTimeout < time.Second {
 		bad("sync.presence_timeout", c.Sync.PresenceTimeout, "must be at least 1s")
+	}
+	if c.Memory.GCPercent < 10 || c.Memory.GCPercent > 1000 {
+		bad("memory.gc_percent", c.Memory.GCPercent, "must be from 10 to 1000")
+	}
+	if c.Memory.LimitMB < 0 {
+		bad("memory.limit_mb", c.Memory.LimitMB, "must not be negative")
 	}
 	if len(errs) > 0 {
 		sortStable(errs)
