@@ -164,6 +164,12 @@ func withClientIP(ctx context.Context, r *http.Request) context.Context {
 	return uapi.WithClientIP(ctx, mxhttp.ClientIP(r))
 }
 
+// listener is one address the server serves on.
+type listener struct {
+	name, addr, cert, key string
+	handler               http.Handler
+}
+
 // Start starts the components' consumers and the listeners.
 func (s *Server) Start() error {
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -177,18 +183,12 @@ func (s *Server) Start() error {
 		return err
 	}
 	h := s.Handler()
-	listeners := []struct {
-		name, addr, cert, key string
-		handler               http.Handler
-	}{
+	listeners := []listener{
 		{"client", s.cfg.ClientAPI.Listen, s.cfg.ClientAPI.TLSCert, s.cfg.ClientAPI.TLSKey, h},
 		{"federation", s.cfg.FederationAPI.Listen, s.cfg.FederationAPI.TLSCert, s.cfg.FederationAPI.TLSKey, h},
 	}
 	if s.cfg.Debug.PprofListen != "" {
-		listeners = append(listeners, struct {
-			name, addr, cert, key string
-			handler               http.Handler
-		}{"pprof", s.cfg.Debug.PprofListen, "", "", pprofHandler()})
+		listeners = append(listeners, listener{"pprof", s.cfg.Debug.PprofListen, "", "", pprofHandler()})
 	}
 	for _, l := range listeners {
 		if l.addr == "" {
@@ -209,10 +209,7 @@ func (s *Server) Start() error {
 		}
 		s.servers = append(s.servers, srv)
 		s.wg.Add(1)
-		go func(l struct {
-			name, addr, cert, key string
-			handler               http.Handler
-		}) {
+		go func() {
 			defer s.wg.Done()
 			var err error
 			if l.cert != "" {
@@ -223,7 +220,7 @@ func (s *Server) Start() error {
 			if err != nil && !errors.Is(err, http.ErrServerClosed) {
 				s.log.WithError(err).WithField("listener", l.name).Error("listener failed")
 			}
-		}(l)
+		}()
 		s.log.WithFields(logrus.Fields{"listener": l.name, "addr": ln.Addr().String(), "server_name": s.cfg.ServerName}).Info("listening")
 	}
 	return nil

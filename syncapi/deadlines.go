@@ -34,7 +34,7 @@ func newDeadlines(tick time.Duration) *deadlines {
 // withTimeout returns a context that ends when ctx does or when the
 // timeout, rounded down to a tick, has passed.
 func (d *deadlines) withTimeout(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
-	if d.tick <= 0 || timeout < minTicks*d.tick {
+	if timeout < minTicks*d.tick {
 		return context.WithTimeout(ctx, timeout)
 	}
 	c, cancel := context.WithCancel(ctx)

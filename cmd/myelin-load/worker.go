@@ -119,10 +119,9 @@ type poller struct {
 	job     workerJob
 	clients []*pollClient
 	errs    *Tally
-	polls   atomic.Int64
 	limited atomic.Int64
 	mu      sync.Mutex
-	pollsAt map[int64]int64
+	pollsAt map[int64]int64 // answers by Unix second
 }
 
 type pollClient struct {
@@ -192,7 +191,6 @@ func (w *poller) poll(ctx context.Context, pc *pollClient) {
 			continue
 		}
 		now := time.Now().UnixMicro()
-		w.polls.Add(1)
 		w.mu.Lock()
 		w.pollsAt[now/1e6]++
 		w.mu.Unlock()
@@ -220,8 +218,11 @@ func (w *poller) poll(ctx context.Context, pc *pollClient) {
 
 func (w *poller) result() workerResult {
 	w.mu.Lock()
-	r := workerResult{Polls: w.polls.Load(), Limited: w.limited.Load(), PollsAt: maps.Clone(w.pollsAt)}
+	r := workerResult{Limited: w.limited.Load(), PollsAt: maps.Clone(w.pollsAt)}
 	w.mu.Unlock()
+	for _, n := range r.PollsAt {
+		r.Polls += n
+	}
 	r.Errors, r.Samples = w.errs.Snapshot()
 	r.Seen = make([][]int64, len(w.clients))
 	for i, pc := range w.clients {

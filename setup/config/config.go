@@ -142,7 +142,6 @@ type Sync struct {
 	PresenceTimeout time.Duration `yaml:"presence_timeout"`
 }
 
-// Debug holds operator knobs for investigating the server.
 // Memory tunes the Go garbage collector.
 type Memory struct {
 	// GCPercent is how far the heap may grow past what is live (and the
@@ -156,6 +155,7 @@ type Memory struct {
 	LimitMB int64 `yaml:"limit_mb"`
 }
 
+// Debug holds operator knobs for investigating the server.
 type Debug struct {
 	// PprofListen, when set, serves net/http/pprof on that (loopback) address.
 	PprofListen string `yaml:"pprof_listen"`
