@@ -7,6 +7,7 @@ import (
 	"crypto/sha1"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -22,6 +23,7 @@ import (
 	"myelin/clientapi"
 	"myelin/internal/bus"
 	"myelin/internal/mxhttp"
+	"myelin/internal/poll"
 	"myelin/internal/sqldb"
 	"myelin/internal/sqldb/sqldbtest"
 	"myelin/setup/config"
@@ -104,14 +106,15 @@ func newAcctServer(t *testing.T, dbURL string, opts acctOptions) *acctServer {
 func checkGoroutines(t *testing.T) {
 	before := runtime.NumGoroutine()
 	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for runtime.NumGoroutine() > before {
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				t.Errorf("goroutines leaked: %d before, %d after\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
-				return
+		err := poll.Wait(5*time.Second, func() error {
+			if n := runtime.NumGoroutine(); n > before {
+				return fmt.Errorf("%d goroutines, %d before", n, before)
 			}
-			time.Sleep(20 * time.Millisecond)
+			return nil
+		})
+		if err != nil {
+			buf := make([]byte, 1<<20)
+			t.Errorf("goroutines leaked: %v\n%s", err, buf[:runtime.Stack(buf, true)])
 		}
 	})
 }

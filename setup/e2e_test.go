@@ -14,6 +14,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"myelin/internal/poll"
 	"myelin/internal/sqldb/sqldbtest"
 	"myelin/internal/testserver"
 )
@@ -335,13 +336,12 @@ func TestLongPollWakesThousand(t *testing.T) {
 				results <- result{i, u.Do(t, "GET", "/_matrix/client/v3/sync?timeout=60000&set_presence=offline&since="+since, nil)}
 			}(i, u)
 		}
-		deadline := time.Now().Add(60 * time.Second)
-		for srv.SyncWaiters() < clients {
-			if time.Now().After(deadline) {
-				t.Fatalf("only %d of %d requests are waiting", srv.SyncWaiters(), clients)
+		poll.Until(t, 60*time.Second, func() error {
+			if n := srv.SyncWaiters(); n < clients {
+				return fmt.Errorf("only %d of %d requests are waiting", n, clients)
 			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			return nil
+		})
 		eventID := owner.Do(t, "PUT", "/_matrix/client/v3/rooms/"+room+"/send/m.room.message/wake", map[string]any{"msgtype": "m.text", "body": "wake up"}).MustOK(t).String("event_id")
 		for n := 0; n < clients; n++ {
 			select {

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"myelin/internal/poll"
 	"myelin/internal/sqldb/sqldbtest"
 	"myelin/internal/testserver"
 )
@@ -65,11 +66,12 @@ func TestEventStream(t *testing.T) {
 		}
 
 		// A long-poll waits for the next event.
+		before := srv.SyncWaiters()
 		done := make(chan *testserver.Response, 1)
 		go func() {
 			done <- bob.Do(t, "GET", "/_matrix/client/r0/events?timeout=10000&room_id="+url.QueryEscape(room)+"&from="+url.QueryEscape(token), nil)
 		}()
-		time.Sleep(200 * time.Millisecond)
+		poll.True(t, 10*time.Second, "the /events long-poll to wait", func() bool { return srv.SyncWaiters() > before })
 		alice.Do(t, "PUT", "/_matrix/client/v3/rooms/"+room+"/send/m.room.message/t2", map[string]any{"msgtype": "m.text", "body": "again"}).MustOK(t)
 		r := (<-done).MustOK(t)
 		var got []struct {

@@ -13,27 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"myelin/internal/poll"
 	"myelin/internal/sqldb/sqldbtest"
 	"myelin/internal/testserver"
 	uapi "myelin/userapi/api"
 )
-
-// eventually polls f until it returns nil, failing the test with its last
-// error after timeout.
-func eventually(t *testing.T, timeout time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 const pushRulesPath = "/_matrix/client/v3/pushrules/"
 
@@ -337,7 +321,7 @@ func TestPushNotifications(t *testing.T) {
 		bob.Do(t, "POST", "/_matrix/client/v3/rooms/"+room+"/invite", map[string]any{"user_id": "@alice:localhost"}).MustOK(t)
 
 		var invite map[string]any
-		eventually(t, 10*time.Second, func() error {
+		poll.Until(t, 10*time.Second, func() error {
 			invite = gw.find(func(n map[string]any) bool { return n["type"] == "m.room.member" })
 			if invite == nil {
 				return fmt.Errorf("no invite pushed")
@@ -355,7 +339,7 @@ func TestPushNotifications(t *testing.T) {
 		msg := send(bob, "who wants cake")
 
 		var pushed map[string]any
-		eventually(t, 10*time.Second, func() error {
+		poll.Until(t, 10*time.Second, func() error {
 			pushed = gw.find(func(n map[string]any) bool { return n["event_id"] == msg })
 			if pushed == nil {
 				return fmt.Errorf("message not pushed")
@@ -381,7 +365,7 @@ func TestPushNotifications(t *testing.T) {
 		ctx := context.Background()
 		send(alice, "me too")
 		hl := send(bob, "alice, here is yours")
-		eventually(t, 10*time.Second, func() error {
+		poll.Until(t, 10*time.Second, func() error {
 			c, err := users.NotificationCounts(ctx, "@alice:localhost", room)
 			if err != nil || c != (uapi.NotificationCounts{Notifications: 3, Highlights: 1}) {
 				return fmt.Errorf("counts %+v, %v", c, err)
@@ -426,7 +410,7 @@ func TestPushNotifications(t *testing.T) {
 		if c, _ := users.NotificationCounts(ctx, "@alice:localhost", room); c != (uapi.NotificationCounts{}) {
 			t.Fatalf("counts after reading all: %+v", c)
 		}
-		eventually(t, 10*time.Second, func() error {
+		poll.Until(t, 10*time.Second, func() error {
 			if gw.find(func(n map[string]any) bool {
 				c, _ := n["counts"].(map[string]any)
 				return n["id"] == "" && c["unread"] == float64(0)
@@ -449,7 +433,7 @@ func TestPushNotifications(t *testing.T) {
 		gw.reject["alice-phone"] = true
 		gw.mu.Unlock()
 		mention := send(bob, "but alice does")
-		eventually(t, 10*time.Second, func() error {
+		poll.Until(t, 10*time.Second, func() error {
 			if gw.find(func(n map[string]any) bool { return n["event_id"] == mention }) == nil {
 				return fmt.Errorf("mention in a muted room not pushed")
 			}
@@ -517,9 +501,9 @@ func TestUnreadCountsInSync(t *testing.T) {
 				return nil
 			}
 		}
-		eventually(t, 10*time.Second, unread(`{"highlight_count":1,"notification_count":2}`))
+		poll.Until(t, 10*time.Second, unread(`{"highlight_count":1,"notification_count":2}`))
 		alice.Do(t, "POST", "/_matrix/client/v3/rooms/"+room+"/receipt/m.read/"+url.PathEscape(last), map[string]any{}).MustOK(t)
-		eventually(t, 10*time.Second, unread(`{"highlight_count":0,"notification_count":0}`))
+		poll.Until(t, 10*time.Second, unread(`{"highlight_count":0,"notification_count":0}`))
 	})
 }
 
@@ -549,7 +533,7 @@ func TestThreadedReceipts(t *testing.T) {
 			}
 			return c.Notifications
 		}
-		eventually(t, 10*time.Second, func() error {
+		poll.Until(t, 10*time.Second, func() error {
 			if c := count(); c != 3 {
 				return fmt.Errorf("%d notifications, want 3", c)
 			}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"myelin/internal/poll"
 	"myelin/internal/sqldb/sqldbtest"
 	"myelin/internal/testserver"
 	"myelin/setup/config"
@@ -92,18 +93,6 @@ func typingUsers(t *testing.T, r *testserver.Response, roomID string) ([]any, bo
 	return users, true
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // longPoll starts a /sync long-poll of c and returns its response channel
 // once the server reports it waiting.
 func longPoll(t *testing.T, srv *testserver.Server, c *testserver.Client, since string) <-chan *testserver.Response {
@@ -114,7 +103,7 @@ func longPoll(t *testing.T, srv *testserver.Server, c *testserver.Client, since 
 		q := url.Values{"set_presence": {"offline"}, "timeout": {"20000"}, "since": {since}}
 		ch <- c.Do(t, "GET", v3+"/sync?"+q.Encode(), nil)
 	}()
-	waitFor(t, "the long-poll to wait", 10*time.Second, func() bool { return srv.SyncWaiters() > before })
+	poll.True(t, 10*time.Second, "the long-poll to wait", func() bool { return srv.SyncWaiters() > before })
 	return ch
 }
 
@@ -543,7 +532,7 @@ func TestPresenceTimeout(t *testing.T) {
 		polling := make(chan *testserver.Response, 1)
 		go func() { polling <- carol.Do(t, "GET", v3+"/sync?timeout=4000&since="+since, nil) }()
 
-		waitFor(t, "bob to go offline", 10*time.Second, func() bool {
+		poll.True(t, 10*time.Second, "bob to go offline", func() bool {
 			resp := r.alice.Do(t, "GET", v3+"/sync?timeout=1000&since="+since, nil).MustOK(t)
 			since = resp.String("next_batch")
 			p := presenceOf(t, resp, "@bob:localhost")

@@ -74,24 +74,29 @@ func Start(t testing.TB, cfg *config.Config) *Server {
 	log.SetOutput(testWriter{t})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	serverStarted()
 	srv, err := setup.New(ctx, cfg, log)
 	if err != nil {
+		serverStopped(t)
 		t.Fatalf("start server: %v", err)
 	}
+	s := &Server{Server: srv, Config: cfg, t: t}
+	t.Cleanup(s.Stop)
 	if err := srv.Start(); err != nil {
 		t.Fatalf("start server: %v", err)
 	}
-	s := &Server{Server: srv, Config: cfg, URL: srv.ClientURL(), t: t}
-	t.Cleanup(s.Stop)
+	s.URL = srv.ClientURL()
 	return s
 }
 
-// Stop stops the server gracefully; later calls do nothing.
+// Stop stops the server gracefully and, when no other test server runs,
+// checks that it left no goroutine behind; later calls do nothing.
 func (s *Server) Stop() {
 	s.stop.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		_ = s.Server.Stop(ctx)
+		serverStopped(s.t)
 	})
 }
 

@@ -11,24 +11,14 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"myelin/internal/poll"
 )
 
 func quiet() *logrus.Entry {
 	l := logrus.New()
 	l.SetOutput(io.Discard)
 	return logrus.NewEntry(l)
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 func TestDeliver(t *testing.T) {
@@ -73,7 +63,7 @@ func TestDeliver(t *testing.T) {
 			// once the first is finished, retries included.
 			s.Enqueue(Request{URL: gw.URL, Body: []byte(`{}`), PushKey: "key"})
 			s.Enqueue(Request{URL: "http://invalid.invalid\x7f/"})
-			waitFor(t, "the first request to finish", func() bool { return len(s.queue) == 0 })
+			poll.True(t, 5*time.Second, "the first request to finish", func() bool { return len(s.queue) == 0 })
 			if got := attempts.Load(); got != tt.wantAttempts {
 				t.Errorf("attempts %d, want %d", got, tt.wantAttempts)
 			}
@@ -116,7 +106,7 @@ func TestTimeoutAndFullQueue(t *testing.T) {
 		t.Fatalf("dropped %d, want at least 7", s.Dropped())
 	}
 	// The hanging gateway is cut off by the timeout and the queue drains.
-	waitFor(t, "timeouts", func() bool {
+	poll.True(t, 5*time.Second, "timeouts", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return int64(calls) == 10-s.Dropped() && len(s.queue) == 0
