@@ -144,9 +144,23 @@ func Internal(cause error) *Error {
 	return &Error{Status: http.StatusInternalServerError, Code: "M_UNKNOWN", Message: "Internal server error", Cause: cause}
 }
 
+// Unavailable is implemented by errors of any component that mean the
+// server's own infrastructure (its database, its bus) is down or full for
+// now: the request was fine and may succeed when retried.
+type Unavailable interface {
+	error
+	Unavailable() bool
+}
+
+// ServiceUnavailable answers a request the server cannot serve for now
+// with 503, which clients retry; the cause is logged, never sent.
+func ServiceUnavailable(cause error) *Error {
+	return &Error{Status: http.StatusServiceUnavailable, Code: "M_UNKNOWN", Message: "The server cannot handle this request right now; try again later", Cause: cause}
+}
+
 // ToError turns any error into the Matrix error to answer with: an *Error as
-// is, a Coded error with its code and message, anything else as a 500 that
-// hides the internal text.
+// is, a Coded error with its code and message, an Unavailable one as a
+// 503, anything else as a 500 that hides the internal text.
 func ToError(err error) *Error {
 	var me *Error
 	if errors.As(err, &me) {
@@ -155,6 +169,10 @@ func ToError(err error) *Error {
 	var coded Coded
 	if errors.As(err, &coded) {
 		return &Error{Status: StatusFor(coded.MatrixErrCode()), Code: coded.MatrixErrCode(), Message: coded.Error(), Cause: err}
+	}
+	var un Unavailable
+	if errors.As(err, &un) && un.Unavailable() {
+		return ServiceUnavailable(err)
 	}
 	if errors.Is(err, errBodyTooLarge) {
 		return TooLarge()

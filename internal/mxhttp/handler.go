@@ -73,6 +73,10 @@ func WriteError(w http.ResponseWriter, r *http.Request, err error) {
 		// The client went away (a long-poll it gave up on): nobody to
 		// answer, and nothing wrong here.
 		Logger(r.Context()).WithError(err).WithField("path", r.URL.Path).Debug("request abandoned by the client")
+	} else if me.Status == http.StatusServiceUnavailable {
+		// An outage (database or bus down) fails every request alike; its
+		// cause is reported once where it is noticed.
+		Logger(r.Context()).WithError(err).WithField("path", r.URL.Path).Warn("request failed: service unavailable")
 	} else if me.Status >= 500 {
 		Logger(r.Context()).WithError(err).WithField("path", r.URL.Path).Error("request failed")
 	} else if me.Cause != nil {
