@@ -7,16 +7,23 @@ package setup_test
 // of Myelin. The load and the checks are in load_test.go.
 
 import (
+	"bytes"
 	"database/sql"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"myelin/internal/poll"
+	"myelin/internal/sqldb/sqldbtest"
 	"myelin/internal/testserver"
 )
 
@@ -242,5 +249,161 @@ func requireIntegrity(t *testing.T, path string) {
 	}
 	if res != "ok" {
 		t.Fatalf("integrity check: %s", res)
+	}
+}
+
+// TestKillDuringSends kills the server process (SIGKILL: no shutdown of
+// any kind) while senders send, and starts it again on the same data: no
+// acknowledged event is lost or doubled, and every send that was in
+// flight, retried with its transaction ID, gets the event it made if it
+// made one.
+func TestKillDuringSends(t *testing.T) {
+	bin := buildMyelin(t)
+	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
+		env := []string{
+			"MYELIN_SERVER_NAME=localhost",
+			"MYELIN_DATA_DIR=" + t.TempDir(),
+			"MYELIN_DATABASE_URL=" + dbURL,
+			"MYELIN_CLIENT_API_LISTEN=127.0.0.1:0",
+			"MYELIN_REGISTRATION_OPEN=true",
+			"MYELIN_REGISTRATION_BCRYPT_COST=4",
+			"MYELIN_RATE_LIMITS_ENABLED=false",
+			"MYELIN_LOGGING_FORMAT=json",
+			"MYELIN_LOGGING_LEVEL=info",
+		}
+		p := startMyelin(t, bin, env)
+		room := newLoadRoom(t, p.url, 4)
+		load := startLoad(t, p.url, room, loadOptions{})
+		load.waitAcked(t, 40, 30*time.Second)
+		p.kill(t)
+		before := load.acked()
+		p = startMyelin(t, bin, env)
+		load.setBase(p.url)
+		load.waitAcked(t, before+40, 40*time.Second)
+		load.check(t)
+		load.requireFailures(t, "transport")
+		p.stop(t)
+	})
+}
+
+// buildMyelin builds cmd/myelin into a temporary directory, with the race
+// detector when the tests have it.
+func buildMyelin(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "myelin")
+	args := []string{"build", "-o", bin}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "-race" && s.Value == "true" {
+				args = append(args, "-race")
+			}
+		}
+	}
+	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	if _, err := os.Stat(gobin); err != nil {
+		gobin = "go"
+	}
+	c := exec.Command(gobin, append(args, "./cmd/myelin")...)
+	c.Dir = ".."
+	if out, err := c.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/myelin: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// myelinProcess is cmd/myelin running as a child process.
+type myelinProcess struct {
+	cmd  *exec.Cmd
+	url  string
+	done chan struct{} // closed when the process has exited
+	log  *childLog
+}
+
+// startMyelin runs bin with env and waits until it serves.
+func startMyelin(t *testing.T, bin string, env []string) *myelinProcess {
+	t.Helper()
+	p := &myelinProcess{cmd: exec.Command(bin), done: make(chan struct{}), log: &childLog{t: t, ready: make(chan string, 1)}}
+	p.cmd.Dir = t.TempDir() // no config.yaml there: the environment is the configuration
+	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		_ = p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	})
+	select {
+	case p.url = <-p.log.ready:
+	case <-p.done:
+		t.Fatalf("myelin exited before serving: %v", p.cmd.ProcessState)
+	case <-time.After(60 * time.Second):
+		t.Fatal("myelin did not serve within 60 s")
+	}
+	return p
+}
+
+// kill sends SIGKILL and waits for the process to be gone.
+func (p *myelinProcess) kill(t *testing.T) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-p.done
+	t.Logf("myelin killed (pid %d)", p.cmd.Process.Pid)
+}
+
+// stop asks the process to stop (SIGTERM) and fails t unless it exits
+// cleanly within 30 s.
+func (p *myelinProcess) stop(t *testing.T) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.done:
+		if !p.cmd.ProcessState.Success() {
+			t.Errorf("myelin stopped with %v", p.cmd.ProcessState)
+		}
+	case <-time.After(30 * time.Second):
+		t.Error("myelin did not stop within 30 s of SIGTERM")
+	}
+}
+
+// childLog passes a child's output to the test log, line by line, and
+// picks out its client URL and any data race the race detector reports.
+type childLog struct {
+	t     *testing.T
+	ready chan string
+	mu    sync.Mutex
+	buf   []byte
+}
+
+func (l *childLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.buf = append(l.buf, p...)
+	for {
+		i := bytes.IndexByte(l.buf, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		line := string(l.buf[:i])
+		l.buf = l.buf[i+1:]
+		l.t.Log("myelin: " + line)
+		if strings.Contains(line, "WARNING: DATA RACE") {
+			l.t.Error("the race detector found a data race in myelin (see its log)")
+		}
+		var rec struct {
+			Msg       string `json:"msg"`
+			ClientURL string `json:"client_url"`
+		}
+		if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "Myelin is running" {
+			l.ready <- rec.ClientURL
+		}
 	}
 }

@@ -110,8 +110,9 @@ type send struct {
 	txn, body string
 	start     int64 // load sequence number of its first attempt
 	attempts  int
-	eventID   string // acknowledged event ID; "" if never acknowledged
-	acked     int64  // load sequence number of its acknowledgement
+	eventID   string    // acknowledged event ID; "" if never acknowledged
+	acked     int64     // load sequence number of its acknowledgement
+	failed    time.Time // when its first failed attempt ended
 }
 
 // failure is one attempt that did not get a 200.
@@ -206,6 +207,9 @@ func (l *sendLoad) run(ctx context.Context, s *sender) {
 			}
 			s.mu.Lock()
 			s.failures = append(s.failures, *f)
+			if sd.failed.IsZero() {
+				sd.failed = f.at.Add(f.took)
+			}
 			s.mu.Unlock()
 			// A client's retry backoff, as Matrix SDKs have: it paces
 			// the retries, it waits for nothing in particular.
@@ -339,6 +343,7 @@ func (l *sendLoad) report(t *testing.T) {
 // timelineEvent is a message as /messages returns it.
 type timelineEvent struct {
 	ID, Sender, Body string
+	TS               int64 // origin_server_ts
 }
 
 // roomMessages pages the room's whole timeline forwards as c and returns
@@ -358,6 +363,7 @@ func roomMessages(t *testing.T, c *testserver.Client, roomID string) []timelineE
 				EventID string `json:"event_id"`
 				Type    string `json:"type"`
 				Sender  string `json:"sender"`
+				TS      int64  `json:"origin_server_ts"`
 				Content struct {
 					Body string `json:"body"`
 				} `json:"content"`
@@ -369,7 +375,7 @@ func roomMessages(t *testing.T, c *testserver.Client, roomID string) []timelineE
 		}
 		for _, e := range resp.Chunk {
 			if e.Type == "m.room.message" {
-				out = append(out, timelineEvent{ID: e.EventID, Sender: e.Sender, Body: e.Content.Body})
+				out = append(out, timelineEvent{ID: e.EventID, Sender: e.Sender, Body: e.Content.Body, TS: e.TS})
 			}
 		}
 		if resp.End == "" || len(resp.Chunk) == 0 {
@@ -487,11 +493,20 @@ func (l *sendLoad) check(t *testing.T) {
 		}
 	}
 	// Retries: every transaction ID returns the event the room holds.
+	retried, storedAnyway := 0, 0
 	for _, s := range l.senders {
 		for _, sd := range s.sends {
 			want := ""
 			if i, ok := byBody[sd.body]; ok {
 				want = timeline[i].ID
+				if !sd.failed.IsZero() {
+					retried++
+					// Made by the attempt that failed (the server went
+					// away before answering), and returned to the retry.
+					if timeline[i].TS <= sd.failed.UnixMilli() {
+						storedAnyway++
+					}
+				}
 			}
 			if want == "" {
 				continue
@@ -507,5 +522,7 @@ func (l *sendLoad) check(t *testing.T) {
 	if !strings.Contains(string(r.Raw), l.room.ID) {
 		t.Errorf("/sync does not show the room %s", l.room.ID)
 	}
-	t.Logf("check: %d acknowledged sends, all in the timeline of %d messages, in order, once each", len(all), len(timeline))
+	t.Logf("check: %d acknowledged sends, all in the timeline of %d messages, in order, once each; "+
+		"%d sends were retried after a failure, %d of them had been stored by the attempt that failed",
+		len(all), len(timeline), retried, storedAnyway)
 }
