@@ -16,7 +16,9 @@ import (
 
 // badInputMaxBody is the request size limit of the bad-input server: small,
 // so that the oversized rows stay cheap.
-const badInputMaxBody = 64 << 10
+// It is over the 64 KiB event limit, so that a body can carry a 70 KB
+// string to the event size check.
+const badInputMaxBody = 128 << 10
 
 // caller says who makes a bad-input request.
 type caller int
@@ -61,6 +63,7 @@ func TestBadInput(t *testing.T) {
 	longEvent := "$" + long
 	longUser := "@" + long + ":localhost"
 	t300 := strings.Repeat("t", 300)
+	big := strings.Repeat("x", 70<<10) // over the 64 KiB event limit on its own
 	unknownEvent := "$" + strings.Repeat("A", 43)
 
 	rows := []badInput{
@@ -142,6 +145,8 @@ func TestBadInput(t *testing.T) {
 		{name: "too large/event", who: asAlice, method: "PUT", path: "/rooms/{pub}/send/m.room.message/big3", body: `{"body":"` + strings.Repeat("x", badInputMaxBody-100) + `"}`, status: 413, errcode: "M_TOO_LARGE"},
 		// Content that passes clientapi's early check (its size plus the
 		// least an event adds, 256 bytes, is under 64 KiB) but not the
+		// roomserver's, once the event is built.
+		{name: "too large/event once built", who: asAlice, method: "PUT", path: "/rooms/{pub}/send/m.room.message/big4", body: `{"body":"` + strings.Repeat("x", 65536-256-len("@alice:localhost")-len("m.room.message")-len(`{"body":""}`)) + `"}`, status: 413, errcode: "M_TOO_LARGE"},
 		// Synapse answers every PDU size limit (here: a state key over 255
 		// bytes) with 413 M_TOO_LARGE.
 		{name: "too large/state key", who: asAlice, method: "PUT", path: "/rooms/{pub}/state/org.example.x/" + strings.Repeat("k", 300), body: `{}`, status: 413, errcode: "M_TOO_LARGE"},
@@ -284,19 +289,33 @@ func TestBadInput(t *testing.T) {
 		// Hostile bodies (issue 10): NUL, which PostgreSQL text cannot
 		// hold; strings that make an event too large; IDs of the wrong
 		// shape; fields of the wrong type or missing.
+		{name: "hostile body/ban reason too large", who: asAlice, method: "POST", path: "/rooms/{pub}/ban", body: `{"user_id":"@carol:localhost","reason":"` + big + `"}`, status: 413, errcode: "M_TOO_LARGE"},
+		{name: "hostile body/ban overlong user", who: asAlice, method: "POST", path: "/rooms/{pub}/ban", body: `{"user_id":"` + longUser + `"}`, status: 400, errcode: "M_INVALID_PARAM"},
 		{name: "hostile body/kick reason NUL", who: asAlice, method: "POST", path: "/rooms/{pub}/kick", body: `{"user_id":"{bob}","reason":"a\u0000b"}`, status: 400, errcode: "M_BAD_JSON"},
 		{name: "hostile body/invite user NUL", who: asAlice, method: "POST", path: "/rooms/{priv}/invite", body: `{"user_id":"@a\u0000:localhost"}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/invite reason too large", who: asAlice, method: "POST", path: "/rooms/{priv}/invite", body: `{"user_id":"@carol:localhost","reason":"` + big + `"}`, status: 413, errcode: "M_TOO_LARGE"},
 		{name: "hostile body/unban user number", who: asAlice, method: "POST", path: "/rooms/{pub}/unban", body: `{"user_id":5}`, status: 400, errcode: "M_BAD_JSON"},
 		{name: "hostile body/leave reason NUL", who: asBob, method: "POST", path: "/rooms/{pub}/leave", body: `{"reason":"a\u0000"}`, status: 400, errcode: "M_BAD_JSON"},
 		{name: "hostile body/leave reason number", who: asBob, method: "POST", path: "/rooms/{pub}/leave", body: `{"reason":5}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/join reason too large", who: asBob, method: "POST", path: "/rooms/{pub}/join", body: `{"reason":"` + big + `"}`, status: 413, errcode: "M_TOO_LARGE"},
+		{name: "hostile body/join third_party_signed string", who: asBob, method: "POST", path: "/rooms/{pub}/join", body: `{"third_party_signed":"x"}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/join alias third_party_signed array", who: asBob, method: "POST", path: "/join/{pub}", body: `{"third_party_signed":[]}`, status: 400, errcode: "M_BAD_JSON"},
 		{name: "hostile body/redact reason NUL", who: asAlice, method: "PUT", path: "/rooms/{pub}/redact/{ev}/hb1", body: `{"reason":"\u0000"}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/redact reason too large", who: asAlice, method: "PUT", path: "/rooms/{pub}/redact/{ev}/hb2", body: `{"reason":"` + big + `"}`, status: 413, errcode: "M_TOO_LARGE"},
 		{name: "hostile body/send NUL", who: asAlice, method: "PUT", path: "/rooms/{pub}/send/m.room.message/hb3", body: `{"msgtype":"m.text","body":"a\u0000b"}`, status: 400, errcode: "M_BAD_JSON"},
 		{name: "hostile body/send NUL key", who: asAlice, method: "PUT", path: "/rooms/{pub}/send/m.room.message/hb4", body: `{"a\u0000":1}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/send too large", who: asAlice, method: "PUT", path: "/rooms/{pub}/send/m.room.message/hb5", body: `{"msgtype":"m.text","body":"` + big + `"}`, status: 413, errcode: "M_TOO_LARGE"},
+		{name: "hostile body/send no txn too large", who: asAlice, method: "POST", path: "/rooms/{pub}/send/m.room.message", body: `{"body":"` + big + `"}`, status: 413, errcode: "M_TOO_LARGE"},
 		{name: "hostile body/state NUL", who: asAlice, method: "PUT", path: "/rooms/{pub}/state/m.room.topic/", body: `{"topic":"\u0000"}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/state too large", who: asAlice, method: "PUT", path: "/rooms/{pub}/state/m.room.topic/", body: `{"topic":"` + big + `"}`, status: 413, errcode: "M_TOO_LARGE"},
 		{name: "hostile body/typing string", who: asAlice, method: "PUT", path: "/rooms/{pub}/typing/{alice}", body: `{"typing":"yes"}`, status: 400, errcode: "M_BAD_JSON"},
 		{name: "hostile body/typing timeout string", who: asAlice, method: "PUT", path: "/rooms/{pub}/typing/{alice}", body: `{"typing":true,"timeout":"soon"}`, status: 400, errcode: "M_BAD_JSON"},
 		{name: "hostile body/typing missing", who: asAlice, method: "PUT", path: "/rooms/{pub}/typing/{alice}", body: `{}`, status: 400, errcode: "M_BAD_JSON"},
 		{name: "hostile body/receipt thread_id NUL", who: asAlice, method: "POST", path: "/rooms/{pub}/receipt/m.read/{ev}", body: `{"thread_id":"a\u0000"}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/receipt thread_id number", who: asAlice, method: "POST", path: "/rooms/{pub}/receipt/m.read/{ev}", body: `{"thread_id":5}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/receipt thread_id too long", who: asAlice, method: "POST", path: "/rooms/{pub}/receipt/m.read/{ev}", body: `{"thread_id":"` + big + `"}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile body/receipt thread_id not an event", who: asAlice, method: "POST", path: "/rooms/{pub}/receipt/m.read/{ev}", body: `{"thread_id":"nothread"}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile body/read markers not an event", who: asAlice, method: "POST", path: "/rooms/{pub}/read_markers", body: `{"m.read":"` + longEvent + `"}`, status: 400, errcode: "M_INVALID_PARAM"},
 		{name: "hostile body/account data NUL", who: asAlice, method: "PUT", path: "/user/{alice}/account_data/org.example.x", body: `{"a":"\u0000"}`, status: 400, errcode: "M_BAD_JSON"},
 		{name: "hostile body/room account data NUL", who: asAlice, method: "PUT", path: "/user/{alice}/rooms/{pub}/account_data/org.example.x", body: `{"a":"\u0000"}`, status: 400, errcode: "M_BAD_JSON"},
 		{name: "hostile body/tag NUL", who: asAlice, method: "PUT", path: "/user/{alice}/rooms/{pub}/tags/u.x", body: `{"order":0.5,"x":"\u0000"}`, status: 400, errcode: "M_BAD_JSON"},
@@ -304,11 +323,24 @@ func TestBadInput(t *testing.T) {
 		{name: "hostile body/displayname NUL", who: asAlice, method: "PUT", path: "/profile/{alice}/displayname", body: `{"displayname":"a\u0000b"}`, status: 400, errcode: "M_BAD_JSON"},
 		{name: "hostile body/device name NUL", who: asAlice, method: "PUT", path: "/devices/NOSUCHDEVICE", body: `{"display_name":"\u0000"}`, status: 400, errcode: "M_BAD_JSON"},
 		{name: "hostile body/presence status NUL", who: asAlice, method: "PUT", path: "/presence/{alice}/status", body: `{"presence":"online","status_msg":"\u0000"}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/user search without term", who: asAlice, method: "POST", path: "/user_directory/search", body: `{}`, status: 400, errcode: "M_MISSING_PARAM"},
+		{name: "hostile body/user search term number", who: asAlice, method: "POST", path: "/user_directory/search", body: `{"search_term":5}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/createRoom invite_3pid string", who: asAlice, method: "POST", path: "/createRoom", body: `{"invite_3pid":"x"}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/createRoom invite_3pid entry", who: asAlice, method: "POST", path: "/createRoom", body: `{"invite_3pid":[5]}`, status: 400, errcode: "M_BAD_JSON"},
 		{name: "hostile body/createRoom alias NUL", who: asAlice, method: "POST", path: "/createRoom", body: `{"room_alias_name":"a\u0000"}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/createRoom alias overlong", who: asAlice, method: "POST", path: "/createRoom", body: `{"room_alias_name":"` + t300 + `"}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile body/createRoom invitee overlong", who: asAlice, method: "POST", path: "/createRoom", body: `{"invite":["` + longUser + `"]}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile body/createRoom name too large", who: asAlice, method: "POST", path: "/createRoom", body: `{"name":"` + big + `"}`, status: 413, errcode: "M_TOO_LARGE"},
+		{name: "hostile body/createRoom state key overlong", who: asAlice, method: "POST", path: "/createRoom", body: `{"initial_state":[{"type":"org.example.x","state_key":"` + t300 + `","content":{}}]}`, status: 413, errcode: "M_TOO_LARGE"},
+		{name: "hostile body/alias room_id malformed", who: asAlice, method: "PUT", path: "/directory/room/%23hostile:localhost", body: `{"room_id":"!` + long + `:localhost"}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile body/filter room not a room", who: asAlice, method: "POST", path: "/user/{alice}/filter", body: `{"room":{"timeline":{"rooms":["not_a_room_id"]}}}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile body/filter sender not a user", who: asAlice, method: "POST", path: "/user/{alice}/filter", body: `{"room":{"timeline":{"senders":["not_a_sender_id"]}}}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile body/filter rooms not a room", who: asAlice, method: "POST", path: "/user/{alice}/filter", body: `{"room":{"not_rooms":["` + longRoom + `"]}}`, status: 400, errcode: "M_INVALID_PARAM"},
 		// GET /events answers at once, rather than long-polling through
 		// a request it cannot have understood.
 		{name: "hostile body/events junk body", who: asAlice, method: "GET", path: "/events", body: `junk`, status: 400, errcode: "M_NOT_JSON"},
 		{name: "hostile body/events array body", who: asAlice, method: "GET", path: "/events", body: `[1]`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile query/events room_id not a room", who: asAlice, method: "GET", path: "/events?room_id=5", status: 400, errcode: "M_INVALID_PARAM"},
 		{name: "hostile body/delete tag junk body", who: asAlice, method: "DELETE", path: "/user/{alice}/rooms/{pub}/tags/u.x", body: `junk`, status: 400, errcode: "M_NOT_JSON"},
 
 		// Rooms, aliases and names already taken or not possible.
