@@ -1,8 +1,11 @@
 package setup_test
 
 import (
+	"bufio"
 	"encoding/json"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -450,4 +453,41 @@ func sendBadInput(t *testing.T, hc *http.Client, method, target, body, authz str
 		t.Fatalf("%s %s: read body: %v", method, target, err)
 	}
 	return resp.StatusCode, raw
+}
+
+// TestMalformedRequestLine sends what Go's HTTP server refuses before any
+// handler runs (a percent-escape that is not one, as in issue 10) and
+// checks the answer is still a Matrix error, and the server serves on.
+func TestMalformedRequestLine(t *testing.T) {
+	srv := testserver.Start(t, testserver.Config(t.TempDir(), sqldbtest.URL(t, "sqlite")))
+	a := srv.Register(t, "alice")
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	for _, target := range []string{
+		"/_matrix/client/v3/rooms/%ZZ/state",
+		"/_matrix/client/v3/rooms/!a:localhost/send/m.room.message/%Z",
+		"/_matrix/client/v3/sync%",
+	} {
+		t.Run(target, func(t *testing.T) {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+			fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer %s\r\n\r\n", target, a.Token)
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var body map[string]any
+			if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+				t.Fatalf("%d, not JSON: %v", resp.StatusCode, err)
+			}
+			if resp.StatusCode != 400 || body["errcode"] != "M_UNRECOGNIZED" {
+				t.Fatalf("got %d %v, want 400 M_UNRECOGNIZED", resp.StatusCode, body)
+			}
+		})
+	}
+	a.Do(t, "GET", "/_matrix/client/v3/account/whoami", nil).MustOK(t)
 }

@@ -206,6 +206,11 @@ func (s *Server) Start() error {
 			return fmt.Errorf("listen on %s (%s): %w", l.addr, l.name, err)
 		}
 		s.addrs[l.name] = ln.Addr()
+		if l.cert == "" && l.name != "pprof" {
+			// Requests net/http cannot parse get a Matrix error too;
+			// under TLS this would cost HTTP/2 (see the function).
+			ln = mxhttp.PlainErrorListener(ln)
+		}
 		srv := &http.Server{
 			Handler:           l.handler,
 			ReadHeaderTimeout: 30 * time.Second,
