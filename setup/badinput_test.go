@@ -280,6 +280,8 @@ func TestBadInput(t *testing.T) {
 		{name: "hostile path/tag overlong room", who: asAlice, method: "PUT", path: "/user/{alice}/rooms/" + longRoom + "/tags/u.x", body: `{}`, status: 400, errcode: "M_INVALID_PARAM"},
 		{name: "hostile path/get tags of a non-room", who: asAlice, method: "GET", path: "/user/{alice}/rooms/notaroom/tags", status: 400, errcode: "M_INVALID_PARAM"},
 		{name: "hostile path/delete tag of a non-room", who: asAlice, method: "DELETE", path: "/user/{alice}/rooms/notaroom/tags/u.x", status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile path/push rule overlong", who: asAlice, method: "PUT", path: "/pushrules/global/override/" + t300, body: `{"actions":[]}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile path/push rule NUL", who: asAlice, method: "PUT", path: "/pushrules/global/override/a%00b", body: `{"actions":[]}`, status: 400, errcode: "M_INVALID_PARAM"},
 		{name: "hostile path/dot dot room", who: asAlice, method: "POST", path: "/rooms/../leave", body: `{}`, status: 400, errcode: "M_INVALID_PARAM"},
 		{name: "hostile path/escaped dot dot room", who: asAlice, method: "POST", path: "/rooms/..%2F..%2Fx/leave", body: `{}`, status: 400, errcode: "M_INVALID_PARAM"},
 		{name: "hostile path/NUL in room", who: asAlice, method: "POST", path: "/rooms/%21a%00:localhost/leave", body: `{}`, status: 400, errcode: "M_INVALID_PARAM"},
