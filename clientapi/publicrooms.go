@@ -11,6 +11,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"myelin/internal/mxhttp"
+	"myelin/internal/mxid"
 	rsapi "myelin/roomserver/api"
 	uapi "myelin/userapi/api"
 )
@@ -68,6 +69,11 @@ func (c *ClientAPI) publicRoomsPost(r *http.Request, _ *uapi.Device) (any, error
 
 // publicRooms pages through the directory. Tokens are offsets ("o<n>").
 func (c *ClientAPI) publicRooms(r *http.Request, server string, req *publicRoomsRequest) (any, error) {
+	if server != "" {
+		if err := mxhttp.CheckParam("server", server, mxid.ServerName); err != nil {
+			return nil, err
+		}
+	}
 	if server != "" && server != c.cfg.ServerName {
 		return nil, mxhttp.New("M_UNKNOWN", "cannot list the rooms of %s: this server does not federate yet", server).WithStatus(http.StatusBadGateway)
 	}

@@ -390,8 +390,34 @@ func (c *ClientAPI) memberContent(ctx context.Context, membership, userID, reaso
 type joinRequest struct {
 	Reason string `json:"reason"`
 	// ThirdPartySigned is only checked for shape: Myelin does not
-	// implement third-party invites.
-	ThirdPartySigned *map[string]json.RawMessage `json:"third_party_signed"`
+	// implement third-party invites, so a join carrying one succeeds or
+	// fails on the room's own rules.
+	ThirdPartySigned *thirdPartySigned `json:"third_party_signed"`
+}
+
+// thirdPartySigned is a join's proof of a third-party invite (spec: "POST
+// /join", third_party_signed): every field is required.
+type thirdPartySigned struct {
+	Sender     *string                      `json:"sender"`
+	MXID       *string                      `json:"mxid"`
+	Token      *string                      `json:"token"`
+	Signatures map[string]map[string]string `json:"signatures"`
+}
+
+// Validate implements mxhttp.Validator.
+func (j *joinRequest) Validate() error {
+	t := j.ThirdPartySigned
+	if t == nil {
+		return nil
+	}
+	switch {
+	case t.Sender == nil, t.MXID == nil, t.Token == nil, t.Signatures == nil:
+		return mxhttp.BadJSON("third_party_signed needs sender, mxid, token and signatures")
+	}
+	if err := mxhttp.CheckParam("third_party_signed.sender", *t.Sender, mxid.UserID); err != nil {
+		return err
+	}
+	return mxhttp.CheckParam("third_party_signed.mxid", *t.MXID, mxid.UserID)
 }
 
 func (c *ClientAPI) joinRoomByID(r *http.Request, dev *uapi.Device) (any, error) {

@@ -10,6 +10,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"myelin/internal/mxhttp"
+	"myelin/internal/mxid"
 	rsapi "myelin/roomserver/api"
 	"myelin/setup/config"
 	uapi "myelin/userapi/api"
@@ -33,9 +34,17 @@ func (c *ClientAPI) upgradeRoom(r *http.Request, dev *uapi.Device) (any, error) 
 	oldID := mxhttp.Var(r, "roomId")
 	var req struct {
 		NewVersion string `json:"new_version"`
+		// From room version 12 the upgrader may name more creators, who
+		// share its unlimited power in the new room.
+		AdditionalCreators []string `json:"additional_creators"`
 	}
 	if err := mxhttp.ReadJSON(r, &req); err != nil {
 		return nil, err
+	}
+	for _, u := range req.AdditionalCreators {
+		if err := mxhttp.CheckParam("additional_creators", u, mxid.UserID); err != nil {
+			return nil, err
+		}
 	}
 	if !config.SupportedRoomVersion(req.NewVersion) {
 		return nil, mxhttp.New("M_UNSUPPORTED_ROOM_VERSION", "room version %q is not supported", req.NewVersion)
@@ -78,7 +87,7 @@ func (c *ClientAPI) upgradeRoom(r *http.Request, dev *uapi.Device) (any, error) 
 			return nil, err
 		}
 	}
-	newID, err = c.createReplacement(ctx, dev.UserID, oldID, newID, tombstoneID, verImpl, state)
+	newID, err = c.createReplacement(ctx, dev.UserID, oldID, newID, tombstoneID, verImpl, state, req.AdditionalCreators)
 	if err != nil {
 		return nil, err
 	}
@@ -106,7 +115,7 @@ func (c *ClientAPI) sendTombstone(ctx context.Context, sender, oldID, newID stri
 // createReplacement creates the new room in one atomic batch and returns
 // its ID.
 func (c *ClientAPI) createReplacement(ctx context.Context, sender, oldID, newID, tombstoneID string, verImpl gmsl.IRoomVersion,
-	state map[gmsl.StateKeyTuple]gmsl.PDU) (string, error) {
+	state map[gmsl.StateKeyTuple]gmsl.PDU, extraCreators []string) (string, error) {
 	stateEv := func(evType, key string, content any) rsapi.InputEvent {
 		raw, _ := json.Marshal(content)
 		k := key
@@ -130,6 +139,12 @@ func (c *ClientAPI) createReplacement(ctx context.Context, sender, oldID, newID,
 	create["room_version"] = string(verImpl.Version())
 	if verImpl.CreatorInCreateEvent() {
 		create["creator"] = sender
+	}
+	if !verImpl.PrivilegedCreators() {
+		extraCreators = nil // only version 12's create event has them
+	}
+	if len(extraCreators) > 0 {
+		create["additional_creators"] = extraCreators
 	}
 	events := []rsapi.InputEvent{stateEv(spec.MRoomCreate, "", create)}
 	join, err := c.memberContent(ctx, spec.Join, sender, "", nil)
@@ -156,6 +171,9 @@ func (c *ClientAPI) createReplacement(ctx context.Context, sender, oldID, newID,
 	restore := false
 	if verImpl.PrivilegedCreators() {
 		delete(users, sender)
+		for _, u := range extraCreators {
+			delete(users, u)
+		}
 		pl["users"] = users
 		events = append(events, stateEv(spec.MRoomPowerLevels, "", pl))
 	} else {

@@ -305,6 +305,8 @@ func TestBadInput(t *testing.T) {
 		{name: "hostile body/join reason too large", who: asBob, method: "POST", path: "/rooms/{pub}/join", body: `{"reason":"` + big + `"}`, status: 413, errcode: "M_TOO_LARGE"},
 		{name: "hostile body/join third_party_signed string", who: asBob, method: "POST", path: "/rooms/{pub}/join", body: `{"third_party_signed":"x"}`, status: 400, errcode: "M_BAD_JSON"},
 		{name: "hostile body/join alias third_party_signed array", who: asBob, method: "POST", path: "/join/{pub}", body: `{"third_party_signed":[]}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/join third_party_signed without token", who: asBob, method: "POST", path: "/rooms/{pub}/join", body: `{"third_party_signed":{"sender":"@a:b","mxid":"@c:d","signatures":{}}}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/join third_party_signed bad mxid", who: asBob, method: "POST", path: "/rooms/{pub}/join", body: `{"third_party_signed":{"sender":"@a:b","mxid":"c","token":"t","signatures":{}}}`, status: 400, errcode: "M_INVALID_PARAM"},
 		{name: "hostile body/redact reason NUL", who: asAlice, method: "PUT", path: "/rooms/{pub}/redact/{ev}/hb1", body: `{"reason":"\u0000"}`, status: 400, errcode: "M_BAD_JSON"},
 		{name: "hostile body/redact reason too large", who: asAlice, method: "PUT", path: "/rooms/{pub}/redact/{ev}/hb2", body: `{"reason":"` + big + `"}`, status: 413, errcode: "M_TOO_LARGE"},
 		{name: "hostile body/send NUL", who: asAlice, method: "PUT", path: "/rooms/{pub}/send/m.room.message/hb3", body: `{"msgtype":"m.text","body":"a\u0000b"}`, status: 400, errcode: "M_BAD_JSON"},

@@ -62,5 +62,31 @@ func TestRoomUpgrade(t *testing.T) {
 		if r := bob.Do(t, "POST", "/_matrix/client/v3/rooms/"+room+"/upgrade", map[string]any{"new_version": "10"}); r.Status != 403 {
 			t.Fatalf("upgrade without power: %d %s", r.Status, r.Raw)
 		}
+
+		// Into v12 with bob as an additional creator: named in the create
+		// event, not listed in the power levels, and as powerful as alice.
+		for _, bad := range []struct {
+			creators any
+			errcode  string
+		}{{"@bob:localhost", "M_BAD_JSON"}, {[]any{"bob"}, "M_INVALID_PARAM"}, {[]any{7}, "M_BAD_JSON"}} {
+			r := alice.Do(t, "POST", "/_matrix/client/v3/rooms/"+room+"/upgrade", map[string]any{"new_version": "12", "additional_creators": bad.creators})
+			if r.Status != 400 || r.String("errcode") != bad.errcode {
+				t.Fatalf("additional_creators %v: %d %s, want 400 %s", bad.creators, r.Status, r.Raw, bad.errcode)
+			}
+		}
+		bobID := bob.Do(t, "GET", "/_matrix/client/v3/account/whoami", nil).MustOK(t).String("user_id")
+		v12 := alice.Do(t, "POST", "/_matrix/client/v3/rooms/"+room+"/upgrade", map[string]any{
+			"new_version": "12", "additional_creators": []string{bobID},
+		}).MustOK(t).String("replacement_room")
+		create := alice.Do(t, "GET", "/_matrix/client/v3/rooms/"+url.PathEscape(v12)+"/state/m.room.create", nil).MustOK(t)
+		if extra, _ := create.Body["additional_creators"].([]any); len(extra) != 1 || extra[0] != bobID {
+			t.Fatalf("create event of the upgraded room: %s", create.Raw)
+		}
+		pl := alice.Do(t, "GET", "/_matrix/client/v3/rooms/"+url.PathEscape(v12)+"/state/m.room.power_levels", nil).MustOK(t)
+		if users, _ := pl.Body["users"].(map[string]any); users[bobID] != nil {
+			t.Fatalf("an additional creator is listed in the power levels: %s", pl.Raw)
+		}
+		bob.Do(t, "POST", "/_matrix/client/v3/join/"+url.PathEscape(v12), map[string]any{}).MustOK(t)
+		bob.Do(t, "PUT", "/_matrix/client/v3/rooms/"+url.PathEscape(v12)+"/state/m.room.name/", map[string]any{"name": "by bob"}).MustOK(t)
 	})
 }

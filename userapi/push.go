@@ -243,10 +243,11 @@ func (u *UserAPI) SetPusher(ctx context.Context, userID string, sessionID int64,
 		return uapi.Invalidf("unsupported pusher kind %q: only http pushers are supported", p.Kind)
 	}
 	var data struct {
-		URL *string `json:"url"`
+		URL    *string `json:"url"`
+		Format *string `json:"format"` // spec: only "event_id_only" is defined
 	}
 	if err := json.Unmarshal(p.Data, &data); err != nil {
-		return uapi.Invalidf("data must be an object whose url is a string")
+		return uapi.Invalidf("data must be an object whose url and format are strings")
 	}
 	if data.URL == nil {
 		return uapi.Invalidf("http pushers need data.url")
