@@ -6,7 +6,8 @@ package bus
 
 import (
 	"context"
-	"encoding/base64"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"runtime/debug"
@@ -21,7 +22,8 @@ import (
 // "<name>.<token>".
 const (
 	// InputRoomEvent carries events for the roomserver to persist, on
-	// InputRoomEvent.<room token> so that each room is processed in order.
+	// InputRoomEvent.<room token> (RoomSubject) so that each room is
+	// processed in order.
 	InputRoomEvent = "InputRoomEvent"
 	// OutputRoomEvent carries every event the roomserver accepted, with its
 	// state delta.
@@ -61,10 +63,19 @@ func New(nc *nats.Conn) (*Bus, error) {
 	return &Bus{Conn: nc, JS: js}, nil
 }
 
-// RoomSubject is the InputRoomEvent subject of roomID. Room IDs contain
-// '.', which NATS treats as a token separator, so they are encoded.
+// roomTokenLen is the length in hex digits of a room's subject token: 128
+// bits of SHA-256, so that two rooms sharing a subject (and so an input
+// queue) is not a concern.
+const roomTokenLen = 32
+
+// RoomSubject is the InputRoomEvent subject of roomID: a fixed-length
+// digest, so that every room keeps one subject (and its order) whatever
+// its ID holds or however long it is. (The ID itself, even encoded, made
+// a 5,000-character room ID a subject longer than the server's control
+// line: issue 10.)
 func RoomSubject(roomID string) string {
-	return InputRoomEvent + "." + base64.RawURLEncoding.EncodeToString([]byte(roomID))
+	sum := sha256.Sum256([]byte(roomID))
+	return InputRoomEvent + "." + hex.EncodeToString(sum[:roomTokenLen/2])
 }
 
 // EnsureStreams creates or updates the streams Myelin uses. replicas is 1
