@@ -146,6 +146,7 @@ func (s *Server) Handler() http.Handler {
 	s.sync.Routes(r)
 	s.client.Routes(r)
 	s.fed.Routes(r)
+	r.Handle("/health", mxhttp.Handler(s.health)).Methods(http.MethodGet)
 	return mxhttp.Serve(s.log.WithField("component", "http"), s.cfg.ClientAPI.MaxRequestBytes, withClientIP, r)
 }
 
