@@ -41,7 +41,7 @@ func (b *Bus) OpenConsumer(ctx context.Context, stream string, cfg jetstream.Con
 		}
 		return nil, err
 	}
-	if c.floor, err = c.open(ctx, s); err != nil {
+	if c.floor, err = c.open(ctx, s, true); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -51,13 +51,22 @@ func (b *Bus) OpenConsumer(ctx context.Context, stream string, cfg jetstream.Con
 // processed when the consumer was opened.
 func (c *Consumer) AckFloor() uint64 { return c.floor }
 
-// open (re)creates the consumer on s, resets it if it has messages
-// delivered but unacknowledged (they died with a previous process or
-// connection) and returns its ack floor.
-func (c *Consumer) open(ctx context.Context, s *session) (uint64, error) {
-	cons, err := s.js.CreateOrUpdateConsumer(ctx, c.stream, c.cfg)
+// open creates or updates the consumer on s (update: its configuration
+// may have changed since the last run; a reopen only looks it up, and
+// creates it if it is gone), resets it if it has messages delivered but
+// unacknowledged (they died with a previous process or connection) and
+// returns its ack floor.
+func (c *Consumer) open(ctx context.Context, s *session, update bool) (uint64, error) {
+	var cons jetstream.Consumer
+	var err error
+	if !update {
+		cons, err = s.js.Consumer(ctx, c.stream, c.cfg.Durable)
+	}
+	if update || errors.Is(err, jetstream.ErrConsumerNotFound) {
+		cons, err = s.js.CreateOrUpdateConsumer(ctx, c.stream, c.cfg)
+	}
 	if err != nil {
-		return 0, fmt.Errorf("create consumer %s on %s: %w", c.cfg.Durable, c.stream, err)
+		return 0, fmt.Errorf("open consumer %s on %s: %w", c.cfg.Durable, c.stream, err)
 	}
 	info, err := cons.Info(ctx)
 	if err != nil {
@@ -98,7 +107,7 @@ func (c *Consumer) Messages(ctx context.Context, batch int, deliver func(jetstre
 				}
 				continue // ctx ended
 			}
-			if _, err := c.open(ctx, s); err != nil {
+			if _, err := c.open(ctx, s, false); err != nil {
 				if ctx.Err() == nil && !s.nc.IsClosed() {
 					c.log.WithError(err).Warn("reopening consumer failed; retrying")
 				}

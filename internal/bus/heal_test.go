@@ -37,6 +37,8 @@ func (w testWriter) Write(p []byte) (int, error) {
 type fault struct {
 	name  string
 	apply func(t *testing.T, b *Bus)
+	// sameConn: the fault leaves the connection as it is.
+	sameConn bool
 }
 
 // protocolError makes the server answer -ERR on the bus's connection, as
@@ -48,14 +50,20 @@ func protocolError(t *testing.T, b *Bus) {
 }
 
 var embeddedFaults = []fault{
-	{"connection closed", func(t *testing.T, b *Bus) { b.Conn().Close() }},
-	{"protocol error", protocolError},
-	{"server stopped", func(t *testing.T, b *Bus) { b.EmbeddedServer().Shutdown() }},
+	// The consumer's iterator ends; it must be reopened, not spun on.
+	{name: "consumer deleted", sameConn: true, apply: func(t *testing.T, b *Bus) {
+		if err := b.JetStream().DeleteConsumer(context.Background(), OutputTyping, "test"); err != nil {
+			t.Fatal(err)
+		}
+	}},
+	{"connection closed", func(t *testing.T, b *Bus) { b.Conn().Close() }, false},
+	{"protocol error", protocolError, false},
+	{"server stopped", func(t *testing.T, b *Bus) { b.EmbeddedServer().Shutdown() }, false},
 	{"JetStream disabled", func(t *testing.T, b *Bus) {
 		if err := b.EmbeddedServer().DisableJetStream(); err != nil {
 			t.Fatal(err)
 		}
-	}},
+	}, false},
 }
 
 // TestHealsEmbedded: after each fault, with nothing done by the test, a
@@ -83,8 +91,8 @@ func TestHealsExternal(t *testing.T) {
 	}
 	defer b.Close()
 	checkHeals(t, b, []fault{
-		{"protocol error", protocolError},
-		{"server restarted", func(t *testing.T, b *Bus) {
+		{name: "protocol error", apply: protocolError},
+		{name: "server restarted", apply: func(t *testing.T, b *Bus) {
 			srv.Shutdown()
 			srv.WaitForShutdown()
 			poll.Until(t, 10*time.Second, func() error {
@@ -141,7 +149,7 @@ func checkHeals(t *testing.T, b *Bus, faults []fault) {
 	}
 	defer sub.Unsubscribe()
 
-	for i, f := range append([]fault{{"none", func(*testing.T, *Bus) {}}}, faults...) {
+	for i, f := range append([]fault{{"none", func(*testing.T, *Bus) {}, true}}, faults...) {
 		t.Run(f.name, func(t *testing.T) {
 			before, renewed := b.Conn(), b.Renewed()
 			f.apply(t, b)
@@ -149,7 +157,7 @@ func checkHeals(t *testing.T, b *Bus, faults []fault) {
 			if err := b.Publish(ctx, NewMsg(OutputTyping, []byte(msg), msg)); err != nil {
 				t.Fatalf("publish after the fault: %v", err)
 			}
-			if f.name != "none" {
+			if !f.sameConn {
 				select {
 				case <-renewed:
 				default:
