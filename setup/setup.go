@@ -104,11 +104,12 @@ func New(ctx context.Context, cfg *config.Config, log *logrus.Logger) (s *Server
 		return nil, err
 	}
 	s.bus, err = bus.Open(ctx, bus.Options{
-		URL:      cfg.NATS.URL,
-		StoreDir: cfg.NATS.StoreDir,
-		Name:     "myelin",
-		Replicas: 1,
-		Log:      log.WithField("component", "bus"),
+		URL:          cfg.NATS.URL,
+		StoreDir:     cfg.NATS.StoreDir,
+		Name:         "myelin",
+		Replicas:     1,
+		PublishRetry: cfg.NATS.PublishRetry,
+		Log:          log.WithField("component", "bus"),
 	})
 	if err != nil {
 		return nil, err

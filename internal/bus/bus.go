@@ -35,9 +35,10 @@
 //     again when Renewed fires (the roomserver answers a repeated input
 //     request from its input log);
 //   - Publish and PublishAll retry connection-level failures until a new
-//     connection is up, for at most publishPatience, and then return an
-//     error whose Unavailable method reports true (the HTTP edge answers
-//     503, which clients retry).
+//     connection is up, for at most Options.PublishRetry (10 s unless
+//     nats.publish_retry says otherwise), and then return an error whose
+//     Unavailable method reports true (the HTTP edge answers 503, which
+//     clients retry).
 //
 // Nothing acknowledged is lost: messages are acked only after they are
 // processed, and every consumer is idempotent (messages carry the IDs that
@@ -180,7 +181,7 @@ func containsByte(s string, b byte) bool {
 }
 
 // UnavailableError reports that the bus could not do something for now:
-// no connection came back within publishPatience, or JetStream is down or
+// no connection came back within Options.PublishRetry, or JetStream is down or
 // out of resources. The request that needed it was fine and may succeed
 // when retried.
 type UnavailableError struct {

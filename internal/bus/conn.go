@@ -25,7 +25,10 @@ type Options struct {
 	Name string
 	// Replicas of each stream (1 for the embedded server).
 	Replicas int
-	Log      *logrus.Entry
+	// PublishRetry is how long a publish retries while the connection
+	// heals before it returns an UnavailableError (0: 10 s).
+	PublishRetry time.Duration
+	Log          *logrus.Entry
 }
 
 const (
@@ -52,8 +55,7 @@ type Bus struct {
 	log  *logrus.Entry
 	now  func() time.Time
 
-	cur      atomic.Pointer[session] // nil while there is no connection
-	patience time.Duration           // publishPatience, shorter in tests
+	cur atomic.Pointer[session] // nil while there is no connection
 
 	mu      sync.Mutex
 	renewed chan struct{} // closed, and replaced, when a connection comes up
@@ -87,15 +89,17 @@ func Open(ctx context.Context, opts Options) (*Bus, error) {
 	if opts.Name == "" {
 		opts.Name = "myelin"
 	}
+	if opts.PublishRetry <= 0 {
+		opts.PublishRetry = defaultPublishRetry
+	}
 	b := &Bus{
-		opts:     opts,
-		log:      opts.Log,
-		now:      time.Now,
-		patience: publishPatience,
-		renewed:  make(chan struct{}),
-		subs:     map[*Subscription]bool{},
-		kick:     make(chan struct{}, 1),
-		done:     make(chan struct{}),
+		opts:    opts,
+		log:     opts.Log,
+		now:     time.Now,
+		renewed: make(chan struct{}),
+		subs:    map[*Subscription]bool{},
+		kick:    make(chan struct{}, 1),
+		done:    make(chan struct{}),
 	}
 	if err := b.connect(ctx); err != nil {
 		b.stopServer()

@@ -32,7 +32,7 @@ type Consumer struct {
 // until their ack wait ends). Consuming starts with Messages or Consume.
 func (b *Bus) OpenConsumer(ctx context.Context, stream string, cfg jetstream.ConsumerConfig) (*Consumer, error) {
 	c := &Consumer{b: b, stream: stream, cfg: cfg, log: b.log.WithFields(logrus.Fields{"stream": stream, "consumer": cfg.Durable})}
-	wctx, cancel := context.WithTimeout(ctx, b.patience)
+	wctx, cancel := context.WithTimeout(ctx, b.opts.PublishRetry)
 	defer cancel()
 	s, err := b.session(wctx)
 	if err != nil {

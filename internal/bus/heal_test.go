@@ -233,16 +233,15 @@ func TestRefusesBadSubjects(t *testing.T) {
 }
 
 // TestPublishUnavailable: with no server to heal to, a publish fails
-// within its patience with an error the HTTP edge answers 503.
+// within its PublishRetry with an error the HTTP edge answers 503.
 func TestPublishUnavailable(t *testing.T) {
 	store := t.TempDir()
 	srv := runServer(t, store, -1)
-	b, err := Open(context.Background(), Options{URL: srv.ClientURL(), Log: testLog(t)})
+	b, err := Open(context.Background(), Options{URL: srv.ClientURL(), PublishRetry: time.Second, Log: testLog(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	b.patience = time.Second
 	srv.Shutdown()
 	srv.WaitForShutdown()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -253,7 +252,7 @@ func TestPublishUnavailable(t *testing.T) {
 		t.Fatalf("publish without a server: %v, want an Unavailable error", err)
 	}
 	if ctx.Err() != nil {
-		t.Fatal("the publish waited for its context, not its patience")
+		t.Fatal("the publish waited for its context, not its PublishRetry")
 	}
 	if err := b.Health(context.Background()); err == nil {
 		t.Fatal("healthy without a server")

@@ -11,16 +11,16 @@ import (
 )
 
 const (
-	// publishPatience bounds how long a publish waits for the bus to
-	// heal before it answers UnavailableError.
-	publishPatience = 10 * time.Second
+	// defaultPublishRetry bounds how long a publish waits for the bus to
+	// heal before it answers UnavailableError (Options.PublishRetry).
+	defaultPublishRetry = 10 * time.Second
 	// attemptTimeout bounds the wait for the acks of one PublishAll.
 	attemptTimeout = 5 * time.Second
 )
 
 // Publish stores msg in the stream of its subject and returns once
 // JetStream has acknowledged it. Connection-level failures are retried,
-// on a new connection when one comes up, for at most publishPatience;
+// on a new connection when one comes up, for at most Options.PublishRetry;
 // then the error is an UnavailableError. msg should carry a Nats-Msg-Id
 // (NewMsg) if a second copy would matter: a retry after a lost ack
 // publishes it again.
@@ -82,8 +82,8 @@ func (b *Bus) PublishAll(ctx context.Context, msgs []*nats.Msg) error {
 }
 
 // retry runs do on the current connection until it succeeds, fails for a
-// reason a new connection would not change, ctx ends, or publishPatience
-// has passed since the first failure.
+// reason a new connection would not change, ctx ends, or
+// Options.PublishRetry has passed since the first failure.
 func (b *Bus) retry(ctx context.Context, subject string, do func(context.Context, *session) error) error {
 	var deadline time.Time
 	var last error = errNotConnected
@@ -105,7 +105,7 @@ func (b *Bus) retry(ctx context.Context, subject string, do func(context.Context
 		}
 		now := time.Now()
 		if deadline.IsZero() {
-			deadline = now.Add(b.patience)
+			deadline = now.Add(b.opts.PublishRetry)
 		}
 		if !now.Before(deadline) {
 			return &UnavailableError{Op: "publish on " + subject, Err: last}
