@@ -27,17 +27,23 @@ import (
 // send load, several ways, and the server must recover by itself with
 // every acknowledged event in the room, in order, once.
 
-// busFault breaks the bus of a running server.
+// busFault breaks the bus of a server while senders send.
 type busFault struct {
 	name  string
-	apply func(t *testing.T, srv *testserver.Server)
+	apply func(t *testing.T, r *busRun)
+}
+
+// busRun is a server under a send load.
+type busRun struct {
+	srv     *testserver.Server
+	senders []*busSender
 }
 
 // overlongSubject provokes a protocol error on the bus's connection: the
 // server answers -ERR to a subject longer than its control line, which
 // closes the connection for good (what issue 10's room ID did).
-func overlongSubject(t *testing.T, srv *testserver.Server) {
-	nc := srv.Bus().Conn()
+func overlongSubject(t *testing.T, r *busRun) {
+	nc := r.srv.Bus().Conn()
 	_ = nc.Publish("InputRoomEvent."+strings.Repeat("a", 5000), nil)
 	poll.True(t, 10*time.Second, "the connection to close", nc.IsClosed)
 }
@@ -48,12 +54,12 @@ func TestBusFaultsEmbedded(t *testing.T) {
 	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
 		srv := testserver.Start(t, testserver.Config(t.TempDir(), dbURL))
 		runBusFaults(t, srv, []busFault{
-			{"connection closed", func(t *testing.T, srv *testserver.Server) { srv.Bus().Conn().Close() }},
+			{"connection closed", func(t *testing.T, r *busRun) { r.srv.Bus().Conn().Close() }},
 			{"protocol error", overlongSubject},
-			{"server stopped", func(t *testing.T, srv *testserver.Server) { srv.Bus().EmbeddedServer().Shutdown() }},
+			{"server stopped", func(t *testing.T, r *busRun) { r.srv.Bus().EmbeddedServer().Shutdown() }},
 			// What nats-server does when its store runs out of disk.
-			{"JetStream disabled", func(t *testing.T, srv *testserver.Server) {
-				if err := srv.Bus().EmbeddedServer().DisableJetStream(); err != nil {
+			{"JetStream disabled", func(t *testing.T, r *busRun) {
+				if err := r.srv.Bus().EmbeddedServer().DisableJetStream(); err != nil {
 					t.Fatal(err)
 				}
 			}},
@@ -71,6 +77,8 @@ func TestBusFaultsExternal(t *testing.T) {
 		port := ns.Addr().(*net.TCPAddr).Port
 		srv := testserver.Start(t, testserver.Config(t.TempDir(), dbURL, func(c *config.Config) {
 			c.NATS.URL = fmt.Sprintf("nats://127.0.0.1:%d", port)
+			// Sends answer 503 soon after the bus goes down.
+			c.NATS.PublishRetry = time.Second
 		}))
 		// Registered after the test server's, so run before it: the test
 		// server checks that no goroutine of NATS outlives it.
@@ -80,14 +88,21 @@ func TestBusFaultsExternal(t *testing.T) {
 		})
 		runBusFaults(t, srv, []busFault{
 			{"protocol error", overlongSubject},
-			{"nats-server restarted", func(t *testing.T, srv *testserver.Server) {
+			// Down long enough for sends to fail, and be retried by
+			// their clients with the same transaction IDs.
+			{"nats-server restarted", func(t *testing.T, r *busRun) {
 				ns.Shutdown()
 				ns.WaitForShutdown()
 				poll.Until(t, 30*time.Second, func() error {
-					if status, _ := health(srv.URL); status != http.StatusServiceUnavailable {
+					if status, _ := health(r.srv.URL); status != http.StatusServiceUnavailable {
 						return fmt.Errorf("/health answers %d with the bus down", status)
 					}
-					return nil
+					for _, s := range r.senders {
+						if s.failedWith(http.StatusServiceUnavailable) > 0 {
+							return nil
+						}
+					}
+					return errors.New("no send has failed yet")
 				})
 				ns = startNATS(t, store, port)
 			}},
@@ -196,8 +211,9 @@ func runBusFaults(t *testing.T, srv *testserver.Server, faults []busFault) {
 		})
 	}
 	progress("before the faults", 3)
+	run := &busRun{srv: srv, senders: senders}
 	for _, f := range faults {
-		f.apply(t, srv)
+		f.apply(t, run)
 		poll.Until(t, 30*time.Second, func() error {
 			if status, body := health(srv.URL); status != http.StatusOK {
 				return fmt.Errorf("after %s, /health answers %d %s", f.name, status, body)
@@ -339,6 +355,12 @@ func (s *busSender) count() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.acked)
+}
+
+func (s *busSender) failedWith(status int) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.failures[status]
 }
 
 func (s *busSender) failed() error {
