@@ -98,6 +98,7 @@ func (c *Consumer) Messages(ctx context.Context, batch int, deliver func(jetstre
 		case <-t.C:
 		}
 	}
+	failing := false // logged once until the consumer works again
 	for ctx.Err() == nil {
 		if c.cons == nil {
 			s, err := c.b.session(ctx)
@@ -108,7 +109,19 @@ func (c *Consumer) Messages(ctx context.Context, batch int, deliver func(jetstre
 				continue // ctx ended
 			}
 			if _, err := c.open(ctx, s, false); err != nil {
-				if ctx.Err() == nil && !s.nc.IsClosed() {
+				if s.nc.IsClosed() {
+					// Lost before the bus noticed: wait for the next.
+					renewed := c.b.Renewed()
+					if c.b.cur.Load() == s {
+						select {
+						case <-renewed:
+						case <-ctx.Done():
+						}
+					}
+					continue
+				}
+				if ctx.Err() == nil && !failing {
+					failing = true
 					c.log.WithError(err).Warn("reopening consumer failed; retrying")
 				}
 				pause()
@@ -118,13 +131,23 @@ func (c *Consumer) Messages(ctx context.Context, batch int, deliver func(jetstre
 		start := time.Now()
 		n, err := c.iterate(ctx, batch, deliver)
 		c.cons = nil
+		if n > 0 {
+			failing = false
+		}
 		if ctx.Err() != nil {
 			return
 		}
-		if err != nil && !c.sess.nc.IsClosed() {
+		if c.sess.nc.IsClosed() {
+			// The connection went (the bus logs it); the next one is
+			// awaited above.
+			continue
+		}
+		// Ended on a live connection (the consumer was deleted, ...).
+		if err != nil && !failing {
+			failing = true
 			c.log.WithError(err).Warn("reading from stream; reopening the consumer")
 		}
-		// A consumer that keeps failing at once waits longer each time.
+		// One that keeps ending at once waits longer each time.
 		if n > 0 || time.Since(start) > stableAfter {
 			delay = minBackoff
 		} else {
