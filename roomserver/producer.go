@@ -119,7 +119,7 @@ func (c *InputClient) Input(ctx context.Context, req *rsapi.InputRequest) (*rsap
 		}
 		return nil
 	}
-	renewed := c.bus.Renewed()
+	lost := c.bus.Lost()
 	if err := publish(0); err != nil {
 		return nil, err
 	}
@@ -132,11 +132,16 @@ func (c *InputClient) Input(ctx context.Context, req *rsapi.InputRequest) (*rsap
 				return resp, err
 			}
 			return resp, nil
-		case <-renewed:
-			// The bus has a new connection: a reply sent while it had
-			// none is lost. Ask again; a request already processed is
-			// answered from the roomserver's input log.
-			renewed = c.bus.Renewed()
+		case <-lost:
+			// The reply would come on the connection the bus just lost.
+			// Wait (briefly) for the next one and ask again there; a
+			// request already processed is answered from the
+			// roomserver's input log. If none comes, the error says
+			// the bus is unavailable: the client retries later.
+			if err := c.bus.Await(ctx); err != nil {
+				return nil, fmt.Errorf("wait for the roomserver: %w", err)
+			}
+			lost = c.bus.Lost()
 			if err := publish(attempt); err != nil {
 				return nil, err
 			}

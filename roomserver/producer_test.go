@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/sirupsen/logrus"
 
@@ -86,5 +87,61 @@ func TestInputAsksAgain(t *testing.T) {
 	}
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		t.Fatal("timed out")
+	}
+}
+
+// TestInputFailsWhenBusStaysDown: a request waiting for its reply when the
+// NATS server goes away, and stays away, fails with an error the HTTP edge
+// answers 503 once the bus has waited its publish retry, not after the
+// 60 s input timeout.
+func TestInputFailsWhenBusStaysDown(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), inputTimeout/2)
+	defer cancel()
+	ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoSigs: true, NoLog: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Start()
+	defer ns.Shutdown()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server not ready")
+	}
+	l := logrus.New()
+	l.SetLevel(logrus.ErrorLevel)
+	b, err := bus.Open(ctx, bus.Options{URL: ns.ClientURL(), PublishRetry: 500 * time.Millisecond, Log: logrus.NewEntry(l)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ic, err := NewInputClient(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ic.Close()
+	// A stand-in roomserver that takes the request and, instead of
+	// answering, stops the NATS server.
+	cons, err := b.OpenConsumer(ctx, bus.InputRoomEvent, jetstream.ConsumerConfig{Durable: "test", AckPolicy: jetstream.AckExplicitPolicy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cctx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		cons.Consume(cctx, logrus.NewEntry(l), func(context.Context, jetstream.Msg) error {
+			go ns.Shutdown()
+			return nil
+		})
+	}()
+	defer func() { stop(); wg.Wait() }()
+
+	_, err = ic.Input(ctx, &rsapi.InputRequest{RoomID: "!room:test"})
+	var un interface{ Unavailable() bool }
+	if !errors.As(err, &un) || !un.Unavailable() {
+		t.Fatalf("input with the bus gone: %v, want an Unavailable error", err)
+	}
+	if ctx.Err() != nil {
+		t.Fatal("input waited for its context")
 	}
 }

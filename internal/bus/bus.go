@@ -31,9 +31,10 @@
 //     consumer on the new connection and resets it, so that what the old
 //     connection delivered but never acked comes again at once;
 //   - a Subscription is re-made before the new connection is announced;
-//     whoever waits for a reply that may have been lost meanwhile asks
-//     again when Renewed fires (the roomserver answers a repeated input
-//     request from its input log);
+//     whoever waits for a reply on it watches Lost, and when the
+//     connection goes, Awaits the next one (for a bounded time) and asks
+//     again there (the roomserver answers a repeated input request from
+//     its input log), or gives up with an UnavailableError;
 //   - Publish and PublishAll retry connection-level failures until a new
 //     connection is up, for at most Options.PublishRetry (10 s unless
 //     nats.publish_retry says otherwise), and then return an error whose

@@ -163,11 +163,54 @@ func (b *Bus) Renewed() <-chan struct{} {
 	return b.renewed
 }
 
+// Lost returns a channel that is closed when the connection in use now is
+// lost (at once if there is none). A core message (a reply) expected on
+// it will not come: whoever waits for one calls Await, then asks again.
+func (b *Bus) Lost() <-chan struct{} {
+	if s := b.cur.Load(); s != nil {
+		return s.closed
+	}
+	return closedChan
+}
+
+// closedChan is a channel that is always closed.
+var closedChan = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
+
+// Await waits until there is a connection, with every Subscription made
+// on it, for at most Options.PublishRetry; then it returns an
+// UnavailableError.
+func (b *Bus) Await(ctx context.Context) error {
+	_, err := b.await(ctx, "wait for a connection")
+	return err
+}
+
+// await is session bounded by Options.PublishRetry.
+func (b *Bus) await(ctx context.Context, op string) (*session, error) {
+	wctx, cancel := context.WithTimeout(ctx, b.opts.PublishRetry)
+	defer cancel()
+	s, err := b.session(wctx)
+	if err != nil && ctx.Err() == nil && !errors.Is(err, ErrClosed) {
+		b.mu.Lock()
+		last := b.outage.last
+		b.mu.Unlock()
+		if last == nil {
+			last = errNotConnected
+		}
+		return nil, &UnavailableError{Op: op, Err: last}
+	}
+	return s, err
+}
+
 // session returns the current connection, waiting for one until ctx ends
-// or the bus closes.
+// or the bus closes. A connection lost but not yet replaced does not
+// count.
 func (b *Bus) session(ctx context.Context) (*session, error) {
 	for {
-		if s := b.cur.Load(); s != nil {
+		if s := b.cur.Load(); s != nil && !s.nc.IsClosed() {
 			return s, nil
 		}
 		b.mu.Lock()
@@ -176,7 +219,7 @@ func (b *Bus) session(ctx context.Context) (*session, error) {
 		if closed {
 			return nil, ErrClosed
 		}
-		if s := b.cur.Load(); s != nil {
+		if s := b.cur.Load(); s != nil && !s.nc.IsClosed() {
 			return s, nil
 		}
 		select {

@@ -32,13 +32,8 @@ type Consumer struct {
 // until their ack wait ends). Consuming starts with Messages or Consume.
 func (b *Bus) OpenConsumer(ctx context.Context, stream string, cfg jetstream.ConsumerConfig) (*Consumer, error) {
 	c := &Consumer{b: b, stream: stream, cfg: cfg, log: b.log.WithFields(logrus.Fields{"stream": stream, "consumer": cfg.Durable})}
-	wctx, cancel := context.WithTimeout(ctx, b.opts.PublishRetry)
-	defer cancel()
-	s, err := b.session(wctx)
+	s, err := b.await(ctx, "open consumer "+cfg.Durable+" on "+stream)
 	if err != nil {
-		if ctx.Err() == nil && !errors.Is(err, ErrClosed) {
-			err = &UnavailableError{Op: "open consumer " + cfg.Durable + " on " + stream, Err: errNotConnected}
-		}
 		return nil, err
 	}
 	if c.floor, err = c.open(ctx, s, true); err != nil {
