@@ -1,7 +1,6 @@
 package clientapi
 
 import (
-	"bytes"
 	"encoding/json"
 	"net/http"
 	"strings"
@@ -182,7 +181,7 @@ func (c *ClientAPI) putAccountData(r *http.Request, dev *uapi.Device) (any, erro
 	if err := mxhttp.DecodeJSON(body, &obj); err != nil {
 		return nil, err
 	}
-	if _, err := c.users.SetAccountData(r.Context(), dev.UserID, roomID, dataType, bytes.TrimSpace(body)); err != nil {
+	if _, err := c.users.SetAccountData(r.Context(), dev.UserID, roomID, dataType, mxhttp.TrimJSONSpace(body)); err != nil {
 		return nil, err
 	}
 	return struct{}{}, nil

@@ -1,7 +1,6 @@
 package clientapi
 
 import (
-	"bytes"
 	"net/http"
 
 	"myelin/internal/mxhttp"
@@ -95,7 +94,7 @@ func (c *ClientAPI) deleteDevice(r *http.Request, dev *uapi.Device) (any, error)
 		return nil, err
 	}
 	// Older clients send no body at all; that is an empty request.
-	if len(bytes.TrimSpace(body)) == 0 {
+	if len(mxhttp.TrimJSONSpace(body)) == 0 {
 		body = []byte(`{}`)
 	}
 	deviceID := mxhttp.Var(r, "deviceId")

@@ -11,17 +11,15 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"myelin/internal/mxhttp"
+	"myelin/internal/mxid"
 	rsapi "myelin/roomserver/api"
 	uapi "myelin/userapi/api"
 )
 
-// aliasParam returns the alias in the path, checked to be one of ours when
-// local is set.
+// aliasParam returns the alias in the path (whose grammar the HTTP edge
+// checked), checked to be one of ours when local is set.
 func (c *ClientAPI) aliasParam(r *http.Request, local bool) (string, error) {
 	a := mxhttp.Var(r, "roomAlias")
-	if !validAlias(a) {
-		return "", mxhttp.InvalidParam("%q is not a room alias", a)
-	}
 	if local && !strings.HasSuffix(a, ":"+c.cfg.ServerName) {
 		return "", mxhttp.InvalidParam("alias must be on this server (%s)", c.cfg.ServerName)
 	}
@@ -34,14 +32,20 @@ func (c *ClientAPI) putAlias(r *http.Request, dev *uapi.Device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	if !validAlias(alias) {
+		return nil, mxhttp.InvalidParam("an alias needs a local part without whitespace")
+	}
 	var req struct {
 		RoomID string `json:"room_id"`
 	}
 	if err := mxhttp.ReadJSON(r, &req); err != nil {
 		return nil, err
 	}
-	if !strings.HasPrefix(req.RoomID, "!") {
+	if req.RoomID == "" {
 		return nil, mxhttp.InvalidParam("room_id is required")
+	}
+	if err := mxhttp.CheckParam("room_id", req.RoomID, mxid.RoomID); err != nil {
+		return nil, err
 	}
 	m, err := c.rooms.Membership(ctx, req.RoomID, dev.UserID)
 	if errors.Is(err, rsapi.ErrRoomNotFound) {

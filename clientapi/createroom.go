@@ -12,23 +12,35 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"myelin/internal/mxhttp"
+	"myelin/internal/mxid"
 	rsapi "myelin/roomserver/api"
 	"myelin/setup/config"
 	uapi "myelin/userapi/api"
 )
 
 type createRoomRequest struct {
-	Visibility                string            `json:"visibility"`
-	RoomAliasName             string            `json:"room_alias_name"`
-	Name                      *string           `json:"name"`
-	Topic                     *string           `json:"topic"`
-	Invite                    []string          `json:"invite"`
-	RoomVersion               string            `json:"room_version"`
-	CreationContent           json.RawMessage   `json:"creation_content"`
-	InitialState              []initialStateEvt `json:"initial_state"`
-	Preset                    string            `json:"preset"`
-	IsDirect                  bool              `json:"is_direct"`
-	PowerLevelContentOverride json.RawMessage   `json:"power_level_content_override"`
+	Visibility    string   `json:"visibility"`
+	RoomAliasName string   `json:"room_alias_name"`
+	Name          *string  `json:"name"`
+	Topic         *string  `json:"topic"`
+	Invite        []string `json:"invite"`
+	// Invite3PID is checked for shape only: Myelin has no identity
+	// server to invite through, and ignores it.
+	Invite3PID                []thirdPartyInvite `json:"invite_3pid"`
+	RoomVersion               string             `json:"room_version"`
+	CreationContent           json.RawMessage    `json:"creation_content"`
+	InitialState              []initialStateEvt  `json:"initial_state"`
+	Preset                    string             `json:"preset"`
+	IsDirect                  bool               `json:"is_direct"`
+	PowerLevelContentOverride json.RawMessage    `json:"power_level_content_override"`
+}
+
+// thirdPartyInvite is an entry of invite_3pid (spec: POST /createRoom).
+type thirdPartyInvite struct {
+	IDServer      string `json:"id_server"`
+	IDAccessToken string `json:"id_access_token"`
+	Medium        string `json:"medium"`
+	Address       string `json:"address"`
 }
 
 type initialStateEvt struct {
@@ -52,8 +64,13 @@ func (req *createRoomRequest) Validate() error {
 		return mxhttp.New("M_INVALID_PARAM", "room_alias_name must be the local part of an alias")
 	}
 	for _, u := range req.Invite {
-		if _, err := spec.NewUserID(u, true); err != nil {
-			return mxhttp.InvalidParam("invite: %q is not a user ID", u)
+		if err := mxhttp.CheckParam("invite", u, mxid.UserID); err != nil {
+			return err
+		}
+	}
+	for _, inv := range req.Invite3PID {
+		if inv.IDServer == "" || inv.Medium == "" || inv.Address == "" {
+			return mxhttp.BadJSON("invite_3pid entries need id_server, medium and address")
 		}
 	}
 	for _, obj := range []json.RawMessage{req.CreationContent, req.PowerLevelContentOverride} {
@@ -266,6 +283,18 @@ func (c *ClientAPI) createRoom(r *http.Request, dev *uapi.Device) (any, error) {
 		events = append(events, rsapi.InputEvent{Proto: &rsapi.ProtoEvent{Sender: sender, Type: spec.MRoomMember, StateKey: &invitee, Content: content}})
 	}
 
+	// Refused here rather than after the bus carried them to the
+	// roomserver: events too large, or too many bytes for one message.
+	total := 0
+	for _, ev := range events {
+		if err := checkEvent(ev.Proto); err != nil {
+			return nil, err
+		}
+		total += len(ev.Proto.Content)
+	}
+	if total > maxInputBytes {
+		return nil, mxhttp.New("M_TOO_LARGE", "the room's initial events come to more than %d bytes", maxInputBytes)
+	}
 	in := &rsapi.InputRequest{RoomVersion: version, Events: events}
 	if !verImpl.DomainlessRoomIDs() {
 		in.NewRoomID = "!" + randomString(18) + ":" + c.cfg.ServerName
@@ -273,6 +302,9 @@ func (c *ClientAPI) createRoom(r *http.Request, dev *uapi.Device) (any, error) {
 	resp, err := c.rooms.Input(ctx, in)
 	if err != nil {
 		var bad *rsapi.BadEventError
+		if errors.As(err, &bad) && bad.Code == "M_TOO_LARGE" {
+			return nil, mxhttp.New("M_TOO_LARGE", "cannot create room: %v", err)
+		}
 		if rsapi.IsNotAllowed(err) || errors.As(err, &bad) {
 			// A refused initial event means the request was bad (e.g. an
 			// override the auth rules reject).

@@ -14,6 +14,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"myelin/internal/mxhttp"
+	"myelin/internal/mxid"
 	uapi "myelin/userapi/api"
 )
 
@@ -51,7 +52,12 @@ func pushRulePath(r *http.Request) ([]string, error) {
 	for j, s := range segs {
 		d, err := url.PathUnescape(s)
 		if err != nil {
-			return nil, mxhttp.InvalidParam("malformed path segment %q", s)
+			return nil, mxhttp.InvalidParam("malformed path segment %.50q", s)
+		}
+		// What the edge's table does for routed variables: rule IDs are
+		// stored in the user's m.push_rules.
+		if err := mxid.Opaque(d, mxid.MaxLen); err != nil {
+			return nil, mxhttp.InvalidParam("push rule path segment: %v", err)
 		}
 		segs[j] = d
 	}

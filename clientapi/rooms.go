@@ -13,6 +13,7 @@ import (
 
 	"myelin/internal/clientevent"
 	"myelin/internal/mxhttp"
+	"myelin/internal/mxid"
 	rsapi "myelin/roomserver/api"
 	uapi "myelin/userapi/api"
 )
@@ -51,7 +52,7 @@ func readObject(r *http.Request, allowEmpty bool) (json.RawMessage, error) {
 	if err != nil {
 		return nil, err
 	}
-	if allowEmpty && len(strings.TrimSpace(string(b))) == 0 {
+	if allowEmpty && len(mxhttp.TrimJSONSpace(b)) == 0 {
 		return json.RawMessage("{}"), nil
 	}
 	var obj map[string]json.RawMessage
@@ -77,6 +78,11 @@ func checkContent(roomID, evType string, content json.RawMessage) error {
 
 // send submits one proto-event and returns its event ID.
 func (c *ClientAPI) send(ctx context.Context, roomID string, ev rsapi.InputEvent) (string, error) {
+	if ev.Proto != nil {
+		if err := checkEvent(ev.Proto); err != nil {
+			return "", err
+		}
+	}
 	resp, err := c.rooms.Input(ctx, &rsapi.InputRequest{RoomID: roomID, Events: []rsapi.InputEvent{ev}})
 	if err != nil {
 		return "", roomError(err)
@@ -214,9 +220,11 @@ func (c *ClientAPI) checkCanonicalAlias(ctx context.Context, roomID string, cont
 	return nil
 }
 
+// validAlias reports whether a is an alias by the spec's grammar with a
+// localpart Myelin would create (not empty, no whitespace), as Synapse
+// checks canonical aliases.
 func validAlias(a string) bool {
-	local, server, ok := strings.Cut(a, ":")
-	return ok && strings.HasPrefix(local, "#") && len(local) > 1 && server != "" && len(a) <= 255 && !strings.ContainsAny(local, " ")
+	return mxid.RoomAlias(a) == nil && len(a) > 1 && a[1] != ':' && !strings.ContainsAny(a, " \t\n\r")
 }
 
 // canSeeState reports whether the user may read the room's current state:
@@ -381,6 +389,9 @@ func (c *ClientAPI) memberContent(ctx context.Context, membership, userID, reaso
 
 type joinRequest struct {
 	Reason string `json:"reason"`
+	// ThirdPartySigned is only checked for shape: Myelin does not
+	// implement third-party invites.
+	ThirdPartySigned *map[string]json.RawMessage `json:"third_party_signed"`
 }
 
 func (c *ClientAPI) joinRoomByID(r *http.Request, dev *uapi.Device) (any, error) {
@@ -473,10 +484,7 @@ func (t *targetRequest) Validate() error {
 	if t.UserID == "" {
 		return mxhttp.MissingParam("user_id is required")
 	}
-	if _, err := spec.NewUserID(t.UserID, true); err != nil {
-		return mxhttp.InvalidParam("user_id is not a valid user ID")
-	}
-	return nil
+	return mxhttp.CheckParam("user_id", t.UserID, mxid.UserID)
 }
 
 // membershipOf handles invite, kick and ban: a member event about another user.

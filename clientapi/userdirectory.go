@@ -9,11 +9,14 @@ import (
 )
 
 type userSearchRequest struct {
-	SearchTerm string `json:"search_term"`
-	Limit      int    `json:"limit"`
+	SearchTerm *string `json:"search_term"`
+	Limit      int     `json:"limit"`
 }
 
 func (q *userSearchRequest) Validate() error {
+	if q.SearchTerm == nil {
+		return mxhttp.MissingParam("search_term is required")
+	}
 	if q.Limit < 0 {
 		return mxhttp.InvalidParam("limit must not be negative")
 	}
@@ -30,7 +33,7 @@ func (c *ClientAPI) searchUsers(r *http.Request, dev *uapi.Device) (any, error) 
 	if req.Limit == 0 {
 		req.Limit = 10
 	}
-	results, limited, err := c.rooms.SearchUsers(r.Context(), dev.UserID, req.SearchTerm, min(req.Limit, 1000))
+	results, limited, err := c.rooms.SearchUsers(r.Context(), dev.UserID, *req.SearchTerm, min(req.Limit, 1000))
 	if err != nil {
 		return nil, err
 	}

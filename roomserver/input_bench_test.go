@@ -19,8 +19,8 @@ import (
 )
 
 // startRoomserver runs a roomserver on a fresh database of dialect with an
-// embedded NATS, until the benchmark ends.
-func startRoomserver(b *testing.B, dialect string) *roomserver.Roomserver {
+// embedded NATS, until the test or benchmark ends.
+func startRoomserver(b testing.TB, dialect string) *roomserver.Roomserver {
 	b.Helper()
 	ctx := context.Background()
 	dir := b.TempDir()
@@ -57,7 +57,7 @@ func proto(sender, evType string, stateKey *string, content any) rsapi.InputEven
 	return rsapi.InputEvent{Proto: &rsapi.ProtoEvent{Sender: sender, Type: evType, StateKey: stateKey, Content: raw}}
 }
 
-func createRoom(b *testing.B, rs *roomserver.Roomserver, n int) string {
+func createRoom(b testing.TB, rs *roomserver.Roomserver, n int) string {
 	b.Helper()
 	creator := "@creator:bench.test"
 	empty := ""

@@ -1,8 +1,11 @@
 package setup_test
 
 import (
+	"bufio"
 	"encoding/json"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -16,7 +19,9 @@ import (
 
 // badInputMaxBody is the request size limit of the bad-input server: small,
 // so that the oversized rows stay cheap.
-const badInputMaxBody = 64 << 10
+// It is over the 64 KiB event limit, so that a body can carry a 70 KB
+// string to the event size check.
+const badInputMaxBody = 128 << 10
 
 // caller says who makes a bad-input request.
 type caller int
@@ -34,7 +39,8 @@ type badInput struct {
 	who    caller
 	method string
 	// path may name fixtures: {pub}, {priv}, {alice}, {bob}, {ev}
-	// (alice's message in {pub}).
+	// (alice's message in {pub}). A path is sent as it is, unescaped
+	// dots included.
 	path string
 	body string
 	// authz, when set, is sent as the Authorization header as it is.
@@ -54,6 +60,14 @@ func TestBadInput(t *testing.T) {
 	// write race the server's early answer.
 	huge := `{"body":"` + strings.Repeat("x", 2*badInputMaxBody) + `"}`
 	badUTF8 := "{\"name\":\"\xff\xfe\"}"
+	// Hostile IDs and strings (issue 10).
+	long := strings.Repeat("a", 5000)
+	longRoom := "!" + long + ":localhost"
+	longEvent := "$" + long
+	longUser := "@" + long + ":localhost"
+	t300 := strings.Repeat("t", 300)
+	big := strings.Repeat("x", 70<<10) // over the 64 KiB event limit on its own
+	unknownEvent := "$" + strings.Repeat("A", 43)
 
 	rows := []badInput{
 		// Bodies that are not JSON (spec: M_NOT_JSON).
@@ -69,6 +83,7 @@ func TestBadInput(t *testing.T) {
 		{name: "createRoom/invalid utf-8", who: asAlice, method: "POST", path: "/createRoom", body: badUTF8, status: 400, errcode: "M_NOT_JSON"},
 		{name: "send/unterminated", who: asAlice, method: "PUT", path: "/rooms/{pub}/send/m.room.message/nj1", body: `{`, status: 400, errcode: "M_NOT_JSON"},
 		{name: "send/not json", who: asAlice, method: "PUT", path: "/rooms/{pub}/send/m.room.message/nj2", body: `not json`, status: 400, errcode: "M_NOT_JSON"},
+		{name: "send/form feed after the object", who: asAlice, method: "PUT", path: "/rooms/{pub}/send/m.room.message/nj4", body: "{}\f", status: 400, errcode: "M_NOT_JSON"},
 		{name: "send/invalid utf-8", who: asAlice, method: "PUT", path: "/rooms/{pub}/send/m.room.message/nj3", body: "{\"body\":\"\xc3\x28\"}", status: 400, errcode: "M_NOT_JSON"},
 		{name: "state/unterminated", who: asAlice, method: "PUT", path: "/rooms/{pub}/state/m.room.topic/", body: `{`, status: 400, errcode: "M_NOT_JSON"},
 		{name: "state/not json", who: asAlice, method: "PUT", path: "/rooms/{pub}/state/m.room.topic", body: `not json`, status: 400, errcode: "M_NOT_JSON"},
@@ -131,6 +146,10 @@ func TestBadInput(t *testing.T) {
 		// An event over the 64 KiB PDU limit in a body under the request
 		// limit.
 		{name: "too large/event", who: asAlice, method: "PUT", path: "/rooms/{pub}/send/m.room.message/big3", body: `{"body":"` + strings.Repeat("x", badInputMaxBody-100) + `"}`, status: 413, errcode: "M_TOO_LARGE"},
+		// Content that passes clientapi's early check (its size plus the
+		// least an event adds, 256 bytes, is under 64 KiB) but not the
+		// roomserver's, once the event is built.
+		{name: "too large/event once built", who: asAlice, method: "PUT", path: "/rooms/{pub}/send/m.room.message/big4", body: `{"body":"` + strings.Repeat("x", 65536-256-len("@alice:localhost")-len("m.room.message")-len(`{"body":""}`)) + `"}`, status: 413, errcode: "M_TOO_LARGE"},
 		// Synapse answers every PDU size limit (here: a state key over 255
 		// bytes) with 413 M_TOO_LARGE.
 		{name: "too large/state key", who: asAlice, method: "PUT", path: "/rooms/{pub}/state/org.example.x/" + strings.Repeat("k", 300), body: `{}`, status: 413, errcode: "M_TOO_LARGE"},
@@ -193,8 +212,8 @@ func TestBadInput(t *testing.T) {
 		{name: "not found/state key", who: asAlice, method: "GET", path: "/rooms/{pub}/state/m.room.member/@nobody:localhost", status: 404, errcode: "M_NOT_FOUND"},
 		{name: "not found/filter", who: asAlice, method: "GET", path: "/user/{alice}/filter/987654", status: 404, errcode: "M_NOT_FOUND"},
 		{name: "not found/filter id", who: asAlice, method: "GET", path: "/user/{alice}/filter/abc", status: 404, errcode: "M_NOT_FOUND"},
-		{name: "not found/event", who: asAlice, method: "GET", path: "/rooms/{pub}/event/$nothing", status: 404, errcode: "M_NOT_FOUND"},
-		{name: "not found/context", who: asAlice, method: "GET", path: "/rooms/{pub}/context/$nothing", status: 404, errcode: "M_NOT_FOUND"},
+		{name: "not found/event", who: asAlice, method: "GET", path: "/rooms/{pub}/event/" + unknownEvent, status: 404, errcode: "M_NOT_FOUND"},
+		{name: "not found/context", who: asAlice, method: "GET", path: "/rooms/{pub}/context/" + unknownEvent, status: 404, errcode: "M_NOT_FOUND"},
 		{name: "not found/account data", who: asAlice, method: "GET", path: "/user/{alice}/account_data/org.example.unset", status: 404, errcode: "M_NOT_FOUND"},
 		{name: "not found/profile", method: "GET", path: "/profile/@nobody:localhost", status: 404, errcode: "M_NOT_FOUND"},
 		{name: "not found/device", who: asAlice, method: "GET", path: "/devices/NOSUCHDEVICE", status: 404, errcode: "M_NOT_FOUND"},
@@ -218,15 +237,116 @@ func TestBadInput(t *testing.T) {
 
 		{name: "params/messages to", who: asAlice, method: "GET", path: "/rooms/{pub}/messages?dir=b&to=garbage", status: 400, errcode: "M_INVALID_PARAM"},
 		{name: "params/sync negative timeout", who: asAlice, method: "GET", path: "/sync?timeout=-5", status: 400, errcode: "M_INVALID_PARAM"},
-		{name: "params/state of a non-room", who: asAlice, method: "GET", path: "/rooms/notaroom/state", status: 403, errcode: "M_FORBIDDEN"},
-		{name: "params/messages of a non-room", who: asAlice, method: "GET", path: "/rooms/notaroom/messages?dir=b", status: 403, errcode: "M_FORBIDDEN"},
-		{name: "params/send to a non-room", who: asAlice, method: "PUT", path: "/rooms/notaroom/send/m.room.message/x1", body: `{}`, status: 403, errcode: "M_FORBIDDEN"},
-		{name: "params/members of a non-room", who: asAlice, method: "GET", path: "/rooms/notaroom/members", status: 403, errcode: "M_FORBIDDEN"},
+		// Synapse answers these 403 (it does not parse the room ID); the
+		// spec's M_INVALID_PARAM says what is wrong, and no component
+		// sees an ID of the wrong shape.
+		{name: "params/state of a non-room", who: asAlice, method: "GET", path: "/rooms/notaroom/state", status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "params/messages of a non-room", who: asAlice, method: "GET", path: "/rooms/notaroom/messages?dir=b", status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "params/send to a non-room", who: asAlice, method: "PUT", path: "/rooms/notaroom/send/m.room.message/x1", body: `{}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "params/members of a non-room", who: asAlice, method: "GET", path: "/rooms/notaroom/members", status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "params/event ID of no room version", who: asAlice, method: "GET", path: "/rooms/{pub}/event/$nothing", status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "params/context of a non-event", who: asAlice, method: "GET", path: "/rooms/{pub}/context/nothing", status: 400, errcode: "M_INVALID_PARAM"},
 		{name: "params/forget a joined room", who: asAlice, method: "POST", path: "/rooms/{pub}/forget", body: `{}`, status: 400, errcode: "M_UNKNOWN"},
 		{name: "forbidden/leave a room never joined", who: asBob, method: "POST", path: "/rooms/{priv}/leave", body: `{}`, status: 403, errcode: "M_FORBIDDEN"},
 		{name: "params/unban someone not banned", who: asAlice, method: "POST", path: "/rooms/{pub}/unban", body: `{"user_id":"{bob}"}`, status: 403, errcode: "M_FORBIDDEN"},
 		{name: "params/profile of a non-user", method: "GET", path: "/profile/alice", status: 400, errcode: "M_INVALID_PARAM"},
 		{name: "params/account data of a non-room", who: asAlice, method: "PUT", path: "/user/{alice}/rooms/notaroom/account_data/x", body: `{}`, status: 400, errcode: "M_INVALID_PARAM"},
+
+		// Hostile path parameters (issue 10): every ID is parsed at the
+		// edge with the spec's grammar and its 255-byte limit, before any
+		// component (or the bus) sees it.
+		{name: "hostile path/leave overlong room", who: asAlice, method: "POST", path: "/rooms/" + longRoom + "/leave", body: `{}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile path/join overlong room", who: asBob, method: "POST", path: "/rooms/" + longRoom + "/join", body: `{}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile path/join overlong alias", who: asBob, method: "POST", path: "/join/%23" + long + ":localhost", body: `{}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile path/ban overlong room", who: asAlice, method: "POST", path: "/rooms/" + longRoom + "/ban", body: `{"user_id":"{bob}"}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile path/invite overlong room", who: asAlice, method: "POST", path: "/rooms/" + longRoom + "/invite", body: `{"user_id":"{bob}"}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile path/send overlong room", who: asAlice, method: "PUT", path: "/rooms/" + longRoom + "/send/m.room.message/h1", body: `{"body":"x"}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile path/send overlong txn", who: asAlice, method: "PUT", path: "/rooms/{pub}/send/m.room.message/" + t300, body: `{"body":"x"}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile path/send overlong event type", who: asAlice, method: "PUT", path: "/rooms/{pub}/send/" + t300 + "/h2", body: `{"body":"x"}`, status: 413, errcode: "M_TOO_LARGE"},
+		{name: "hostile path/send NUL in event type", who: asAlice, method: "PUT", path: "/rooms/{pub}/send/m.x%00y/h3", body: `{}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile path/state overlong room", who: asAlice, method: "PUT", path: "/rooms/" + longRoom + "/state/m.room.topic/", body: `{"topic":"x"}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile path/state overlong event type", who: asAlice, method: "PUT", path: "/rooms/{pub}/state/" + t300 + "/", body: `{}`, status: 413, errcode: "M_TOO_LARGE"},
+		{name: "hostile path/get state overlong room", who: asAlice, method: "GET", path: "/rooms/" + longRoom + "/state", status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile path/redact overlong event", who: asAlice, method: "PUT", path: "/rooms/{pub}/redact/" + longEvent + "/h4", body: `{}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile path/redact non-event", who: asAlice, method: "PUT", path: "/rooms/{pub}/redact/notanevent/h5", body: `{}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile path/typing overlong room", who: asAlice, method: "PUT", path: "/rooms/" + longRoom + "/typing/{alice}", body: `{"typing":true}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile path/typing non-user", who: asAlice, method: "PUT", path: "/rooms/{pub}/typing/alice", body: `{"typing":true}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile path/receipt overlong event", who: asAlice, method: "POST", path: "/rooms/{pub}/receipt/m.read/" + longEvent, body: `{}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile path/receipt overlong room", who: asAlice, method: "POST", path: "/rooms/" + longRoom + "/receipt/m.read/{ev}", body: `{}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile path/account data overlong user", who: asAlice, method: "PUT", path: "/user/" + longUser + "/account_data/org.example.x", body: `{}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile path/account data overlong type", who: asAlice, method: "PUT", path: "/user/{alice}/account_data/" + t300, body: `{}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile path/room account data overlong room", who: asAlice, method: "PUT", path: "/user/{alice}/rooms/" + longRoom + "/account_data/org.example.x", body: `{}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile path/tag overlong", who: asAlice, method: "PUT", path: "/user/{alice}/rooms/{pub}/tags/" + t300, body: `{}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile path/tag overlong room", who: asAlice, method: "PUT", path: "/user/{alice}/rooms/" + longRoom + "/tags/u.x", body: `{}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile path/get tags of a non-room", who: asAlice, method: "GET", path: "/user/{alice}/rooms/notaroom/tags", status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile path/delete tag of a non-room", who: asAlice, method: "DELETE", path: "/user/{alice}/rooms/notaroom/tags/u.x", status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile path/push rule overlong", who: asAlice, method: "PUT", path: "/pushrules/global/override/" + t300, body: `{"actions":[]}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile path/push rule NUL", who: asAlice, method: "PUT", path: "/pushrules/global/override/a%00b", body: `{"actions":[]}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile path/dot dot room", who: asAlice, method: "POST", path: "/rooms/../leave", body: `{}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile path/escaped dot dot room", who: asAlice, method: "POST", path: "/rooms/..%2F..%2Fx/leave", body: `{}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile path/NUL in room", who: asAlice, method: "POST", path: "/rooms/%21a%00:localhost/leave", body: `{}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile path/not UTF-8 room", who: asAlice, method: "POST", path: "/rooms/%21a%FF:localhost/leave", body: `{}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile path/unknown event", who: asAlice, method: "GET", path: "/rooms/{pub}/event/" + unknownEvent, status: 404, errcode: "M_NOT_FOUND"},
+		{name: "hostile query/NUL in room_id", who: asAlice, method: "GET", path: "/events?timeout=0&room_id=%21a%00:localhost", status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile query/not UTF-8", who: asAlice, method: "GET", path: "/rooms/{pub}/members?membership=%FF", status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile query/bad escape", who: asAlice, method: "GET", path: "/rooms/{pub}/members?membership=%ZZ", status: 400, errcode: "M_INVALID_PARAM"},
+
+		// Hostile bodies (issue 10): NUL, which PostgreSQL text cannot
+		// hold; strings that make an event too large; IDs of the wrong
+		// shape; fields of the wrong type or missing.
+		{name: "hostile body/ban reason too large", who: asAlice, method: "POST", path: "/rooms/{pub}/ban", body: `{"user_id":"@carol:localhost","reason":"` + big + `"}`, status: 413, errcode: "M_TOO_LARGE"},
+		{name: "hostile body/ban overlong user", who: asAlice, method: "POST", path: "/rooms/{pub}/ban", body: `{"user_id":"` + longUser + `"}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile body/kick reason NUL", who: asAlice, method: "POST", path: "/rooms/{pub}/kick", body: `{"user_id":"{bob}","reason":"a\u0000b"}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/invite user NUL", who: asAlice, method: "POST", path: "/rooms/{priv}/invite", body: `{"user_id":"@a\u0000:localhost"}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/invite reason too large", who: asAlice, method: "POST", path: "/rooms/{priv}/invite", body: `{"user_id":"@carol:localhost","reason":"` + big + `"}`, status: 413, errcode: "M_TOO_LARGE"},
+		{name: "hostile body/unban user number", who: asAlice, method: "POST", path: "/rooms/{pub}/unban", body: `{"user_id":5}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/leave reason NUL", who: asBob, method: "POST", path: "/rooms/{pub}/leave", body: `{"reason":"a\u0000"}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/leave reason number", who: asBob, method: "POST", path: "/rooms/{pub}/leave", body: `{"reason":5}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/join reason too large", who: asBob, method: "POST", path: "/rooms/{pub}/join", body: `{"reason":"` + big + `"}`, status: 413, errcode: "M_TOO_LARGE"},
+		{name: "hostile body/join third_party_signed string", who: asBob, method: "POST", path: "/rooms/{pub}/join", body: `{"third_party_signed":"x"}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/join alias third_party_signed array", who: asBob, method: "POST", path: "/join/{pub}", body: `{"third_party_signed":[]}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/redact reason NUL", who: asAlice, method: "PUT", path: "/rooms/{pub}/redact/{ev}/hb1", body: `{"reason":"\u0000"}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/redact reason too large", who: asAlice, method: "PUT", path: "/rooms/{pub}/redact/{ev}/hb2", body: `{"reason":"` + big + `"}`, status: 413, errcode: "M_TOO_LARGE"},
+		{name: "hostile body/send NUL", who: asAlice, method: "PUT", path: "/rooms/{pub}/send/m.room.message/hb3", body: `{"msgtype":"m.text","body":"a\u0000b"}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/send NUL key", who: asAlice, method: "PUT", path: "/rooms/{pub}/send/m.room.message/hb4", body: `{"a\u0000":1}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/send too large", who: asAlice, method: "PUT", path: "/rooms/{pub}/send/m.room.message/hb5", body: `{"msgtype":"m.text","body":"` + big + `"}`, status: 413, errcode: "M_TOO_LARGE"},
+		{name: "hostile body/send no txn too large", who: asAlice, method: "POST", path: "/rooms/{pub}/send/m.room.message", body: `{"body":"` + big + `"}`, status: 413, errcode: "M_TOO_LARGE"},
+		{name: "hostile body/state NUL", who: asAlice, method: "PUT", path: "/rooms/{pub}/state/m.room.topic/", body: `{"topic":"\u0000"}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/state too large", who: asAlice, method: "PUT", path: "/rooms/{pub}/state/m.room.topic/", body: `{"topic":"` + big + `"}`, status: 413, errcode: "M_TOO_LARGE"},
+		{name: "hostile body/typing string", who: asAlice, method: "PUT", path: "/rooms/{pub}/typing/{alice}", body: `{"typing":"yes"}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/typing timeout string", who: asAlice, method: "PUT", path: "/rooms/{pub}/typing/{alice}", body: `{"typing":true,"timeout":"soon"}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/typing missing", who: asAlice, method: "PUT", path: "/rooms/{pub}/typing/{alice}", body: `{}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/receipt thread_id NUL", who: asAlice, method: "POST", path: "/rooms/{pub}/receipt/m.read/{ev}", body: `{"thread_id":"a\u0000"}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/receipt thread_id number", who: asAlice, method: "POST", path: "/rooms/{pub}/receipt/m.read/{ev}", body: `{"thread_id":5}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/receipt thread_id too long", who: asAlice, method: "POST", path: "/rooms/{pub}/receipt/m.read/{ev}", body: `{"thread_id":"` + big + `"}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile body/receipt thread_id not an event", who: asAlice, method: "POST", path: "/rooms/{pub}/receipt/m.read/{ev}", body: `{"thread_id":"nothread"}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile body/read markers not an event", who: asAlice, method: "POST", path: "/rooms/{pub}/read_markers", body: `{"m.read":"` + longEvent + `"}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile body/account data NUL", who: asAlice, method: "PUT", path: "/user/{alice}/account_data/org.example.x", body: `{"a":"\u0000"}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/room account data NUL", who: asAlice, method: "PUT", path: "/user/{alice}/rooms/{pub}/account_data/org.example.x", body: `{"a":"\u0000"}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/tag NUL", who: asAlice, method: "PUT", path: "/user/{alice}/rooms/{pub}/tags/u.x", body: `{"order":0.5,"x":"\u0000"}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/tag order string", who: asAlice, method: "PUT", path: "/user/{alice}/rooms/{pub}/tags/u.x", body: `{"order":"first"}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/displayname NUL", who: asAlice, method: "PUT", path: "/profile/{alice}/displayname", body: `{"displayname":"a\u0000b"}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/device name NUL", who: asAlice, method: "PUT", path: "/devices/NOSUCHDEVICE", body: `{"display_name":"\u0000"}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/presence status NUL", who: asAlice, method: "PUT", path: "/presence/{alice}/status", body: `{"presence":"online","status_msg":"\u0000"}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/user search without term", who: asAlice, method: "POST", path: "/user_directory/search", body: `{}`, status: 400, errcode: "M_MISSING_PARAM"},
+		{name: "hostile body/user search term number", who: asAlice, method: "POST", path: "/user_directory/search", body: `{"search_term":5}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/createRoom invite_3pid string", who: asAlice, method: "POST", path: "/createRoom", body: `{"invite_3pid":"x"}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/createRoom invite_3pid entry", who: asAlice, method: "POST", path: "/createRoom", body: `{"invite_3pid":[5]}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/createRoom alias NUL", who: asAlice, method: "POST", path: "/createRoom", body: `{"room_alias_name":"a\u0000"}`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile body/createRoom alias overlong", who: asAlice, method: "POST", path: "/createRoom", body: `{"room_alias_name":"` + t300 + `"}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile body/createRoom invitee overlong", who: asAlice, method: "POST", path: "/createRoom", body: `{"invite":["` + longUser + `"]}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile body/createRoom name too large", who: asAlice, method: "POST", path: "/createRoom", body: `{"name":"` + big + `"}`, status: 413, errcode: "M_TOO_LARGE"},
+		{name: "hostile body/createRoom state key overlong", who: asAlice, method: "POST", path: "/createRoom", body: `{"initial_state":[{"type":"org.example.x","state_key":"` + t300 + `","content":{}}]}`, status: 413, errcode: "M_TOO_LARGE"},
+		{name: "hostile body/alias room_id malformed", who: asAlice, method: "PUT", path: "/directory/room/%23hostile:localhost", body: `{"room_id":"!` + long + `:localhost"}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile body/filter room not a room", who: asAlice, method: "POST", path: "/user/{alice}/filter", body: `{"room":{"timeline":{"rooms":["not_a_room_id"]}}}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile body/filter sender not a user", who: asAlice, method: "POST", path: "/user/{alice}/filter", body: `{"room":{"timeline":{"senders":["not_a_sender_id"]}}}`, status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile body/filter rooms not a room", who: asAlice, method: "POST", path: "/user/{alice}/filter", body: `{"room":{"not_rooms":["` + longRoom + `"]}}`, status: 400, errcode: "M_INVALID_PARAM"},
+		// GET /events answers at once, rather than long-polling through
+		// a request it cannot have understood.
+		{name: "hostile body/events junk body", who: asAlice, method: "GET", path: "/events", body: `junk`, status: 400, errcode: "M_NOT_JSON"},
+		{name: "hostile body/events array body", who: asAlice, method: "GET", path: "/events", body: `[1]`, status: 400, errcode: "M_BAD_JSON"},
+		{name: "hostile query/events room_id not a room", who: asAlice, method: "GET", path: "/events?room_id=5", status: 400, errcode: "M_INVALID_PARAM"},
+		{name: "hostile body/delete tag junk body", who: asAlice, method: "DELETE", path: "/user/{alice}/rooms/{pub}/tags/u.x", body: `junk`, status: 400, errcode: "M_NOT_JSON"},
 
 		// Rooms, aliases and names already taken or not possible.
 		{name: "createRoom/unsupported version", who: asAlice, method: "POST", path: "/createRoom", body: `{"room_version": "999"}`, status: 400, errcode: "M_UNSUPPORTED_ROOM_VERSION"},
@@ -277,22 +397,30 @@ func TestBadInput(t *testing.T) {
 				}
 				status, raw := sendBadInput(t, hc, row.method, srv.URL+path, fill.Replace(row.body), authz, row.chunked)
 				if status >= 500 {
-					t.Fatalf("%s %s: server error %d: %.300s", row.method, path, status, raw)
+					t.Fatalf("%s %.200s: server error %d: %.300s", row.method, path, status, raw)
 				}
 				var body map[string]any
 				if err := json.Unmarshal(raw, &body); err != nil {
-					t.Fatalf("%s %s: %d, body is not a JSON object: %v: %.300q", row.method, path, status, err, raw)
+					t.Fatalf("%s %.200s: %d, body is not a JSON object: %v: %.300q", row.method, path, status, err, raw)
 				}
 				errcode, ok1 := body["errcode"].(string)
 				_, ok2 := body["error"].(string)
 				if !ok1 || !ok2 {
-					t.Errorf("%s %s: %d, want errcode and error strings: %.300s", row.method, path, status, raw)
+					t.Errorf("%s %.200s: %d, want errcode and error strings: %.300s", row.method, path, status, raw)
 				}
 				if status != row.status || errcode != row.errcode {
-					t.Errorf("%s %s: got %d %s, want %d %s: %.300s", row.method, path, status, errcode, row.status, row.errcode, raw)
+					t.Errorf("%s %.200s: got %d %s, want %d %s: %.300s", row.method, path, status, errcode, row.status, row.errcode, raw)
 				}
 			})
 		}
+		// Issue 10: one hostile request (a 5,000-byte room ID) used to
+		// break the server's bus, failing every later write.
+		t.Run("still serves a send and a sync", func(t *testing.T) {
+			a.Do(t, "PUT", "/_matrix/client/v3/rooms/"+pub+"/send/m.room.message/after", map[string]any{
+				"msgtype": "m.text", "body": "still here",
+			}).MustOK(t)
+			a.Do(t, "GET", "/_matrix/client/v3/sync?timeout=0", nil).MustOK(t)
+		})
 	})
 }
 
@@ -327,4 +455,41 @@ func sendBadInput(t *testing.T, hc *http.Client, method, target, body, authz str
 		t.Fatalf("%s %s: read body: %v", method, target, err)
 	}
 	return resp.StatusCode, raw
+}
+
+// TestMalformedRequestLine sends what Go's HTTP server refuses before any
+// handler runs (a percent-escape that is not one, as in issue 10) and
+// checks the answer is still a Matrix error, and the server serves on.
+func TestMalformedRequestLine(t *testing.T) {
+	srv := testserver.Start(t, testserver.Config(t.TempDir(), sqldbtest.URL(t, "sqlite")))
+	a := srv.Register(t, "alice")
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	for _, target := range []string{
+		"/_matrix/client/v3/rooms/%ZZ/state",
+		"/_matrix/client/v3/rooms/!a:localhost/send/m.room.message/%Z",
+		"/_matrix/client/v3/sync%",
+	} {
+		t.Run(target, func(t *testing.T) {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+			fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer %s\r\n\r\n", target, a.Token)
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var body map[string]any
+			if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+				t.Fatalf("%d, not JSON: %v", resp.StatusCode, err)
+			}
+			if resp.StatusCode != 400 || body["errcode"] != "M_UNRECOGNIZED" {
+				t.Fatalf("got %d %v, want 400 M_UNRECOGNIZED", resp.StatusCode, body)
+			}
+		})
+	}
+	a.Do(t, "GET", "/_matrix/client/v3/account/whoami", nil).MustOK(t)
 }

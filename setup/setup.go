@@ -139,8 +139,9 @@ func New(ctx context.Context, cfg *config.Config, log *logrus.Logger) (s *Server
 	return s, nil
 }
 
-// Handler is the HTTP handler serving every component's routes.
-func (s *Server) Handler() http.Handler {
+// Handler is the HTTP handler serving every component's routes. It fails
+// if a route has a path variable the HTTP edge does not know how to check.
+func (s *Server) Handler() (http.Handler, error) {
 	r := mxhttp.NewRouter()
 	// The router tries routes in order, and every client always has a
 	// /sync in flight: the sync routes go first.
@@ -148,7 +149,10 @@ func (s *Server) Handler() http.Handler {
 	s.client.Routes(r)
 	s.fed.Routes(r)
 	r.Handle("/health", mxhttp.Handler(s.health)).Methods(http.MethodGet)
-	return mxhttp.Serve(s.log.WithField("component", "http"), s.cfg.ClientAPI.MaxRequestBytes, withClientIP, r)
+	if err := mxhttp.CheckRouteVars(r); err != nil {
+		return nil, err
+	}
+	return mxhttp.Serve(s.log.WithField("component", "http"), s.cfg.ClientAPI.MaxRequestBytes, withClientIP, r), nil
 }
 
 // withClientIP puts the client's address in the request context, where
@@ -165,6 +169,10 @@ type listener struct {
 
 // Start starts the components' consumers and the listeners.
 func (s *Server) Start() error {
+	h, err := s.Handler()
+	if err != nil {
+		return err
+	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if err := s.rooms.Start(s.ctx); err != nil {
 		return err
@@ -175,7 +183,6 @@ func (s *Server) Start() error {
 	if err := s.sync.Start(s.ctx); err != nil {
 		return err
 	}
-	h := s.Handler()
 	listeners := []listener{
 		{"client", s.cfg.ClientAPI.Listen, s.cfg.ClientAPI.TLSCert, s.cfg.ClientAPI.TLSKey, h},
 		{"federation", s.cfg.FederationAPI.Listen, s.cfg.FederationAPI.TLSCert, s.cfg.FederationAPI.TLSKey, h},
@@ -192,6 +199,11 @@ func (s *Server) Start() error {
 			return fmt.Errorf("listen on %s (%s): %w", l.addr, l.name, err)
 		}
 		s.addrs[l.name] = ln.Addr()
+		if l.cert == "" && l.name != "pprof" {
+			// Requests net/http cannot parse get a Matrix error too;
+			// under TLS this would cost HTTP/2 (see the function).
+			ln = mxhttp.PlainErrorListener(ln)
+		}
 		srv := &http.Server{
 			Handler:           l.handler,
 			ReadHeaderTimeout: 30 * time.Second,

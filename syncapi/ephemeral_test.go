@@ -3,6 +3,7 @@ package syncapi_test
 import (
 	"fmt"
 	"net/url"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -262,7 +263,8 @@ func TestReceipts(t *testing.T) {
 		}{
 			{"unknown type", "not.m.read", map[string]any{}, 400, "M_INVALID_PARAM"},
 			{"empty thread", "m.read", map[string]any{"thread_id": ""}, 400, "M_INVALID_PARAM"},
-			{"thread not a string", "m.read", map[string]any{"thread_id": 5}, 400, "M_INVALID_PARAM"},
+			{"thread not a string", "m.read", map[string]any{"thread_id": 5}, 400, "M_BAD_JSON"},
+			{"thread not an event", "m.read", map[string]any{"thread_id": "thread"}, 400, "M_INVALID_PARAM"},
 			{"thread on the read marker", "m.fully_read", map[string]any{"thread_id": "main"}, 400, "M_INVALID_PARAM"},
 			{"not JSON", "m.read", "{", 400, "M_NOT_JSON"},
 		} {
@@ -366,10 +368,13 @@ func TestReadMarkers(t *testing.T) {
 
 		other := r.bob.Do(t, "POST", v3+"/createRoom", map[string]any{}).MustOK(t).String("room_id")
 		elsewhere := r.bob.Do(t, "PUT", v3+"/rooms/"+url.PathEscape(other)+"/send/m.room.message/x", map[string]any{"msgtype": "m.text", "body": "x"}).MustOK(t).String("event_id")
-		for _, id := range []string{"$unknown", elsewhere} {
+		for _, id := range []string{"$" + strings.Repeat("U", 43), elsewhere} {
 			if resp := r.alice.Do(t, "POST", r.path("/read_markers"), map[string]any{"m.fully_read": id}); resp.Status != 404 {
 				t.Errorf("read marker at %s: %d %s, want 404", id, resp.Status, resp.Raw)
 			}
+		}
+		if resp := r.alice.Do(t, "POST", r.path("/read_markers"), map[string]any{"m.fully_read": "$unknown"}); resp.Status != 400 || resp.String("errcode") != "M_INVALID_PARAM" {
+			t.Errorf("read marker at a malformed event ID: %d %s, want 400 M_INVALID_PARAM", resp.Status, resp.Raw)
 		}
 		if resp := r.alice.Do(t, "POST", r.path("/read_markers"), map[string]any{"m.fully_read": 5}); resp.Status != 400 {
 			t.Errorf("read marker not a string: %d %s, want 400", resp.Status, resp.Raw)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"myelin/internal/mxhttp"
+	"myelin/internal/mxid"
 	"myelin/syncapi/storage"
 	uapi "myelin/userapi/api"
 )
@@ -39,6 +40,9 @@ func (s *SyncAPI) eventStream(r *http.Request, dev *uapi.Device) (any, error) {
 	filter := &Filter{}
 	filter.Room.Timeline.Limit = &limit
 	if roomID := q.Get("room_id"); roomID != "" {
+		if err := mxhttp.CheckParam("room_id", roomID, mxid.RoomID); err != nil {
+			return nil, err
+		}
 		filter.Room.Rooms = &[]string{roomID}
 	}
 	var from Token

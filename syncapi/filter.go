@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"myelin/internal/mxhttp"
+	"myelin/internal/mxid"
 )
 
 // Filter is a client's sync filter (spec: "Filtering").
@@ -57,9 +58,52 @@ func (f *Filter) Validate() error {
 	if f.EventFormat != "" && f.EventFormat != "client" && f.EventFormat != "federation" {
 		return mxhttp.BadJSON("event_format must be 'client' or 'federation'")
 	}
-	for _, l := range []*int{f.Presence.Limit, f.AccountData.Limit, f.Room.Timeline.Limit, f.Room.State.Limit, f.Room.Ephemeral.Limit, f.Room.AccountData.Limit} {
-		if l != nil && *l < 0 {
-			return mxhttp.BadJSON("limit must not be negative")
+	for _, ef := range []*EventFilter{&f.Presence, &f.AccountData} {
+		if err := ef.validate(); err != nil {
+			return err
+		}
+	}
+	if err := checkIDs("rooms", f.Room.Rooms, f.Room.NotRooms, mxid.RoomID); err != nil {
+		return err
+	}
+	for _, rf := range []*RoomEventFilter{&f.Room.Timeline, &f.Room.State, &f.Room.Ephemeral, &f.Room.AccountData} {
+		if err := rf.Validate(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Validate implements mxhttp.Validator (a filter of /messages and
+// /context is one of these).
+func (f *RoomEventFilter) Validate() error {
+	if err := f.EventFilter.validate(); err != nil {
+		return err
+	}
+	return checkIDs("rooms", f.Rooms, f.NotRooms, mxid.RoomID)
+}
+
+// validate checks the limit and that senders are user IDs (spec:
+// "Filtering"), as Synapse's filter schema does.
+func (f *EventFilter) validate() error {
+	if f.Limit != nil && *f.Limit < 0 {
+		return mxhttp.BadJSON("limit must not be negative")
+	}
+	return checkIDs("senders", f.Senders, f.NotSenders, mxid.UserID)
+}
+
+// checkIDs checks the IDs of a filter's list and its not_ list.
+func checkIDs(name string, list *[]string, notList []string, check func(string) error) error {
+	if list != nil {
+		for _, id := range *list {
+			if err := mxhttp.CheckParam(name, id, check); err != nil {
+				return err
+			}
+		}
+	}
+	for _, id := range notList {
+		if err := mxhttp.CheckParam("not_"+name, id, check); err != nil {
+			return err
 		}
 	}
 	return nil

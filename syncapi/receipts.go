@@ -10,6 +10,7 @@ import (
 
 	"myelin/internal/bus"
 	"myelin/internal/mxhttp"
+	"myelin/internal/mxid"
 	sapi "myelin/syncapi/api"
 	"myelin/syncapi/storage"
 	uapi "myelin/userapi/api"
@@ -20,6 +21,7 @@ const (
 	receiptRead        = "m.read"
 	receiptReadPrivate = "m.read.private"
 	fullyRead          = "m.fully_read"
+	threadMain         = "main"
 )
 
 // requireJoined refuses users not joined to roomID. It first catches up
@@ -56,11 +58,17 @@ func (s *SyncAPI) postReceipt(r *http.Request, dev *uapi.Device) (any, error) {
 	}
 	var threadID string
 	if raw, ok := fields["thread_id"]; ok {
-		if json.Unmarshal(raw, &threadID) != nil || threadID == "" {
-			return nil, mxhttp.InvalidParam("thread_id must be a non-empty string")
+		if json.Unmarshal(raw, &threadID) != nil {
+			return nil, mxhttp.BadJSON("thread_id must be a string")
 		}
 		if typ == fullyRead {
 			return nil, mxhttp.InvalidParam("thread_id is not allowed for m.fully_read")
+		}
+		// spec: "main", or the ID of the thread's root event.
+		if threadID != threadMain {
+			if err := mxhttp.CheckParam("thread_id", threadID, mxid.EventID); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if err := s.requireJoined(ctx, roomID, dev.UserID); err != nil {
@@ -92,6 +100,13 @@ func (s *SyncAPI) postReadMarkers(r *http.Request, dev *uapi.Device) (any, error
 	var body readMarkersRequest
 	if err := mxhttp.ReadJSON(r, &body); err != nil {
 		return nil, err
+	}
+	for name, id := range map[string]string{fullyRead: body.FullyRead, receiptRead: body.Read, receiptReadPrivate: body.ReadPrivate} {
+		if id != "" {
+			if err := mxhttp.CheckParam(name, id, mxid.EventID); err != nil {
+				return nil, err
+			}
+		}
 	}
 	if err := s.requireJoined(ctx, roomID, dev.UserID); err != nil {
 		return nil, err

@@ -51,7 +51,11 @@ type SyncAPI struct {
 	mu        sync.Mutex
 	processed map[string]uint64
 	progress  chan struct{} // closed and replaced when processed moves
-	wg        sync.WaitGroup
+	// stalled holds the streams whose current message failed (the
+	// database is down or full): waiting for them would only delay reads
+	// that can be answered from what is stored.
+	stalled map[string]bool
+	wg      sync.WaitGroup
 }
 
 // New opens syncapi's storage and loads the notifier's view of who is in
@@ -98,6 +102,7 @@ func New(ctx context.Context, cfg *config.Config, db *sqldb.DB, b *bus.Bus, user
 		log:       log,
 		now:       time.Now,
 		processed: map[string]uint64{},
+		stalled:   map[string]bool{},
 		progress:  make(chan struct{}),
 	}, nil
 }
@@ -140,8 +145,10 @@ func (s *SyncAPI) Start(ctx context.Context) error {
 			defer s.wg.Done()
 			cons.Consume(ctx, s.log.WithField("stream", c.name), func(ctx context.Context, m jetstream.Msg) error {
 				if err := c.handle(ctx, m); err != nil {
+					s.setStalled(c.name, true)
 					return err
 				}
+				s.setStalled(c.name, false)
 				if md, err := m.Metadata(); err == nil {
 					s.markProcessed(c.name, md.Sequence.Stream)
 				}
@@ -189,8 +196,21 @@ func (s *SyncAPI) markProcessed(stream string, seq uint64) {
 	s.mu.Unlock()
 }
 
+func (s *SyncAPI) setStalled(stream string, stalled bool) {
+	s.mu.Lock()
+	if stalled && !s.stalled[stream] {
+		s.stalled[stream] = true
+		close(s.progress) // wake the waiters of catchUp
+		s.progress = make(chan struct{})
+	} else if !stalled {
+		delete(s.stalled, stream)
+	}
+	s.mu.Unlock()
+}
+
 // catchUp waits (briefly) until syncapi has consumed everything that was in
-// its streams when called, so that a client reads its own writes.
+// its streams when called, so that a client reads its own writes. It does
+// not wait for a stream that is stalled on a failing message.
 func (s *SyncAPI) catchUp(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -202,7 +222,7 @@ func (s *SyncAPI) catchUp(ctx context.Context) {
 		}
 		for {
 			s.mu.Lock()
-			done := s.processed[name] >= last
+			done := s.processed[name] >= last || s.stalled[name]
 			ch := s.progress
 			s.mu.Unlock()
 			if done {

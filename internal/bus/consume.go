@@ -227,8 +227,11 @@ func retry(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, handle Han
 			return false
 		case <-t.C:
 		}
-		if delay *= 2; delay > 30*time.Second {
-			delay = 30 * time.Second
+		// A failing message holds its whole stream, so the delay is also
+		// how late the stream resumes once the cause (a database restart,
+		// a full disk) is gone: keep it short.
+		if delay *= 2; delay > 5*time.Second {
+			delay = 5 * time.Second
 		}
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"runtime/debug"
 	"strings"
 	"unicode/utf8"
@@ -43,7 +42,7 @@ func (h Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			WriteError(w, r, Internal(fmt.Errorf("panic: %v", p)))
 		}
 	}()
-	if err := decodeVars(mux.Vars(r)); err != nil {
+	if err := checkRequest(r); err != nil {
 		WriteError(w, r, err)
 		return
 	}
@@ -63,6 +62,27 @@ func (h Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		WriteJSON(w, http.StatusOK, v)
 	}
+}
+
+// checkRequest checks what every request carries before its handler
+// runs: the path variables (decoded in place), the query string, and the
+// body of a GET or DELETE. It returns before the handler is called, so
+// that a waiting long-poll's stack is no deeper for it.
+func checkRequest(r *http.Request) error {
+	if vars := mux.Vars(r); len(vars) > 0 {
+		if err := decodeVars(vars); err != nil {
+			return err
+		}
+	}
+	if r.URL.RawQuery != "" {
+		if err := checkQuery(r.URL.RawQuery); err != nil {
+			return err
+		}
+	}
+	if r.ContentLength != 0 && (r.Method == http.MethodGet || r.Method == http.MethodDelete) {
+		return checkBodyless(r)
+	}
+	return nil
 }
 
 // WriteError answers with the Matrix form of err, logging internal errors
@@ -148,12 +168,19 @@ func DecodeJSON(b []byte, v any) error {
 	if !utf8.Valid(b) {
 		return NotJSON("request body is not valid UTF-8")
 	}
-	t := bytes.TrimSpace(b)
+	t := TrimJSONSpace(b)
 	if len(t) == 0 || !json.Valid(t) {
 		return NotJSON("request body is not valid JSON")
 	}
 	if t[0] != '{' {
 		return BadJSON("request body must be a JSON object")
+	}
+	if hasEscapedNUL(t) {
+		// Valid JSON, but PostgreSQL cannot store NUL in a text column,
+		// and strings of a body end up in many (display names, thread
+		// IDs, state keys of initial_state, ...). One scan here keeps
+		// them all out.
+		return BadJSON("strings must not contain NUL (\\u0000)")
 	}
 	if err := json.Unmarshal(t, v); err != nil {
 		var te *json.UnmarshalTypeError
@@ -170,6 +197,27 @@ func DecodeJSON(b []byte, v any) error {
 		return val.Validate()
 	}
 	return nil
+}
+
+// TrimJSONSpace trims what JSON counts as whitespace (RFC 8259: space, tab,
+// line feed, carriage return) from b; bytes.TrimSpace would also trim form
+// feeds and Unicode spaces, which make the JSON around them invalid.
+func TrimJSONSpace(b []byte) []byte { return bytes.Trim(b, " \t\n\r") }
+
+// hasEscapedNUL reports whether valid JSON b has a string holding U+0000,
+// which JSON can only write as the escape \u0000 (a raw NUL is not valid
+// JSON). An escaped backslash followed by "u0000" is not one.
+func hasEscapedNUL(b []byte) bool {
+	for {
+		i := bytes.IndexByte(b, '\\')
+		if i < 0 || i+1 >= len(b) {
+			return false
+		}
+		if b[i+1] == 'u' && len(b) >= i+6 && string(b[i+2:i+6]) == "0000" {
+			return true
+		}
+		b = b[i+2:] // past the escaped character
+	}
 }
 
 func jsonKind(k string) string {
@@ -241,6 +289,10 @@ func Serve(log *logrus.Entry, maxBody int64, scope func(context.Context, *http.R
 func NewRouter() *mux.Router {
 	r := mux.NewRouter()
 	r.UseEncodedPath()
+	// No redirect to a cleaned path: "/rooms/../leave" is a request for a
+	// room ID "..", refused as such with a Matrix error (as Synapse does)
+	// rather than a 301 to another endpoint.
+	r.SkipClean(true)
 	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		status := http.StatusNotFound
 		if otherMethodMatches(r, req) {
@@ -272,21 +324,6 @@ func otherMethodMatches(root *mux.Router, req *http.Request) bool {
 		}
 	}
 	return false
-}
-
-// decodeVars URL-decodes path variables in place, once, so that handlers
-// see room IDs and event IDs as they are ("!a:b", "$x"). Variables that
-// are not valid UTF-8 or contain NUL (which PostgreSQL cannot store) are
-// refused.
-func decodeVars(vars map[string]string) error {
-	for k, v := range vars {
-		d, err := url.PathUnescape(v)
-		if err != nil || !utf8.ValidString(d) || strings.IndexByte(d, 0) >= 0 {
-			return InvalidParam("invalid %s in path", k)
-		}
-		vars[k] = d
-	}
-	return nil
 }
 
 // ClientIP is the request's remote address without the port.

@@ -158,7 +158,7 @@ func (db *DB) prepared(ctx context.Context, pool *sql.DB, q string) (*sql.Stmt, 
 	}
 	s, err := pool.PrepareContext(ctx, db.Rebind(q))
 	if err != nil {
-		return nil, fmt.Errorf("prepare %q: %w", firstLine(q), err)
+		return nil, fmt.Errorf("prepare %q: %w", firstLine(q), mark(err))
 	}
 	if prev, loaded := db.stmts.LoadOrStore(key, s); loaded {
 		s.Close()
@@ -173,18 +173,32 @@ func (db *DB) Query(ctx context.Context, q string, args ...any) (*sql.Rows, erro
 	if err != nil {
 		return nil, err
 	}
-	return s.QueryContext(ctx, args...)
+	rows, err := s.QueryContext(ctx, args...)
+	return rows, mark(err)
+}
+
+// Row is the result of QueryRow. As with sql.Row, its error surfaces from
+// Scan; an outage of the database is marked as one (IsUnavailable).
+type Row struct {
+	row *sql.Row
+	err error
+}
+
+// Scan copies the row's columns into dest (sql.ErrNoRows if there is none).
+func (r *Row) Scan(dest ...any) error {
+	if r.err != nil {
+		return r.err
+	}
+	return mark(r.row.Scan(dest...))
 }
 
 // QueryRow runs a read query expected to return at most one row.
-func (db *DB) QueryRow(ctx context.Context, q string, args ...any) *sql.Row {
+func (db *DB) QueryRow(ctx context.Context, q string, args ...any) *Row {
 	s, err := db.prepared(ctx, db.reader, q)
 	if err != nil {
-		// database/sql offers no way to build a Row carrying an error; run
-		// the query unprepared so the error surfaces from Scan.
-		return db.reader.QueryRowContext(ctx, db.Rebind(q), args...)
+		return &Row{err: err}
 	}
-	return s.QueryRowContext(ctx, args...)
+	return &Row{row: s.QueryRowContext(ctx, args...)}
 }
 
 // lockWrite takes the SQLite write lock; it returns the release function.
@@ -211,7 +225,8 @@ func (db *DB) Exec(ctx context.Context, q string, args ...any) (sql.Result, erro
 		return nil, err
 	}
 	defer unlock()
-	return s.ExecContext(ctx, args...)
+	res, err := s.ExecContext(ctx, args...)
+	return res, mark(err)
 }
 
 // Tx is a write transaction. Its methods take PostgreSQL-style queries.
@@ -226,7 +241,8 @@ func (t *Tx) Exec(ctx context.Context, q string, args ...any) (sql.Result, error
 	if err != nil {
 		return nil, err
 	}
-	return t.tx.StmtContext(ctx, s).ExecContext(ctx, args...)
+	res, err := t.tx.StmtContext(ctx, s).ExecContext(ctx, args...)
+	return res, mark(err)
 }
 
 // Query runs a query in the transaction.
@@ -235,16 +251,17 @@ func (t *Tx) Query(ctx context.Context, q string, args ...any) (*sql.Rows, error
 	if err != nil {
 		return nil, err
 	}
-	return t.tx.StmtContext(ctx, s).QueryContext(ctx, args...)
+	rows, err := t.tx.StmtContext(ctx, s).QueryContext(ctx, args...)
+	return rows, mark(err)
 }
 
 // QueryRow runs a single-row query in the transaction.
-func (t *Tx) QueryRow(ctx context.Context, q string, args ...any) *sql.Row {
+func (t *Tx) QueryRow(ctx context.Context, q string, args ...any) *Row {
 	s, err := t.db.prepared(ctx, t.db.writer, q)
 	if err != nil {
-		return t.tx.QueryRowContext(ctx, t.db.Rebind(q), args...)
+		return &Row{err: err}
 	}
-	return t.tx.StmtContext(ctx, s).QueryRowContext(ctx, args...)
+	return &Row{row: t.tx.StmtContext(ctx, s).QueryRowContext(ctx, args...)}
 }
 
 // Dialect returns the dialect of the transaction's database.
@@ -252,6 +269,7 @@ func (t *Tx) Dialect() Dialect { return t.db.Dialect }
 
 // WithTx runs f in a write transaction, committing if f returns nil. For
 // SQLite the single writer connection serialises transactions in-process.
+// An error means nothing was stored, unless it wraps ErrOutcomeUnknown.
 func (db *DB) WithTx(ctx context.Context, f func(tx *Tx) error) (err error) {
 	unlock, err := db.lockWrite(ctx)
 	if err != nil {
@@ -260,7 +278,7 @@ func (db *DB) WithTx(ctx context.Context, f func(tx *Tx) error) (err error) {
 	defer unlock()
 	sqlTx, err := db.writer.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("begin transaction: %w", err)
+		return fmt.Errorf("begin transaction: %w", mark(err))
 	}
 	defer func() {
 		if p := recover(); p != nil {
@@ -273,7 +291,10 @@ func (db *DB) WithTx(ctx context.Context, f func(tx *Tx) error) (err error) {
 		return err
 	}
 	if err := sqlTx.Commit(); err != nil {
-		return fmt.Errorf("commit: %w", err)
+		if commitOutcomeUnknown(db.Dialect, err) {
+			return fmt.Errorf("commit: %w: %w", ErrOutcomeUnknown, mark(err))
+		}
+		return fmt.Errorf("commit: %w", mark(err))
 	}
 	return nil
 }

@@ -47,6 +47,14 @@ type BadEventError struct {
 func (e *BadEventError) Error() string         { return e.Reason }
 func (e *BadEventError) MatrixErrCode() string { return e.Code }
 
+// UnavailableError is a request the roomserver could not store for now
+// (its database is down or full): nothing was stored, and the same
+// request may succeed when retried. It implements mxhttp.Unavailable.
+type UnavailableError struct{ Reason string }
+
+func (e *UnavailableError) Error() string     { return "roomserver unavailable: " + e.Reason }
+func (e *UnavailableError) Unavailable() bool { return true }
+
 // IsNotAllowed reports whether err is a refusal by the auth rules.
 func IsNotAllowed(err error) bool {
 	var na *NotAllowedError
@@ -114,12 +122,19 @@ type InputResponse struct {
 	ErrCode string `json:"errcode,omitempty"`
 	// ErrIndex is the event that failed.
 	ErrIndex int `json:"err_index,omitempty"`
+	// Unavailable says that nothing was stored because the roomserver
+	// cannot store anything right now, and never will from this request:
+	// the producer may send it again.
+	Unavailable bool `json:"unavailable,omitempty"`
 }
 
 // Err turns a failed response back into a Go error.
 func (r *InputResponse) Err() error {
 	if r.Error == "" {
 		return nil
+	}
+	if r.Unavailable {
+		return &UnavailableError{Reason: r.Error}
 	}
 	switch r.ErrCode {
 	case "M_FORBIDDEN":

@@ -117,7 +117,7 @@ func splitNIDs(s string) ([]int64, error) {
 
 // querier is what reads need: the database, or a transaction.
 type querier interface {
-	QueryRow(ctx context.Context, q string, args ...any) *sql.Row
+	QueryRow(ctx context.Context, q string, args ...any) *sqldb.Row
 	Query(ctx context.Context, q string, args ...any) (*sql.Rows, error)
 }
 

@@ -174,6 +174,7 @@ type result struct {
 // reports false if it gave up (shutdown) without acking.
 func (in *Inputer) processBatch(ctx context.Context, msgs []jetstream.Msg) bool {
 	var results []*result
+	var down outage
 	delay := 50 * time.Millisecond
 	for {
 		results = make([]*result, len(msgs))
@@ -192,6 +193,9 @@ func (in *Inputer) processBatch(ctx context.Context, msgs []jetstream.Msg) bool 
 		}
 		if ctx.Err() != nil {
 			return false
+		}
+		if down.answered(ctx, in, msgs, err) {
+			return true
 		}
 		in.log.WithError(err).WithField("subject", msgs[0].Subject()).Warn("input transaction failed; retrying")
 		for _, m := range msgs {

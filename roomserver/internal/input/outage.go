@@ -1,0 +1,69 @@
+package input
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"myelin/internal/bus"
+	"myelin/internal/sqldb"
+	rsapi "myelin/roomserver/api"
+)
+
+// outage decides, for one batch whose transaction failed, between
+// retrying it (as for any failure) and answering its producers at once
+// that the database cannot store anything right now. Retrying while the
+// database is down or its disk is full would hold every producer of the
+// room until its own timeout, and a client cannot tell that from a hang.
+type outage struct {
+	// mayBeStored is set once a commit of this batch failed with an
+	// unknown outcome: from then on the batch is only ever retried, so
+	// that its retry finds the request in the input log and publishes what
+	// was stored, and no producer is told "not stored" about it.
+	mayBeStored bool
+}
+
+// answered reports whether it took the batch out of the retry loop: err
+// is an outage and nothing of the batch can have been stored, so each
+// message is acked and its producer told to retry. A message answered so
+// is never stored afterwards (it is gone from the stream before the
+// answer is sent); a client retrying with its transaction ID gets a new
+// event, once.
+func (o *outage) answered(ctx context.Context, in *Inputer, msgs []jetstream.Msg, err error) bool {
+	if !o.answerNow(err) {
+		return false
+	}
+	in.log.WithError(err).WithField("subject", msgs[0].Subject()).Debug("database unavailable: input answered with a retryable error")
+	reply, _ := json.Marshal(&rsapi.InputResponse{Error: err.Error(), Unavailable: true})
+	for _, m := range msgs {
+		// Wait for the server to confirm the ack: a message that may still
+		// be redelivered must not be answered "not stored". If it cannot
+		// be confirmed, the message is redelivered instead; its producer
+		// hears nothing and times out, which promises nothing.
+		if err := m.DoubleAck(ctx); err != nil {
+			if ctx.Err() == nil {
+				in.log.WithError(err).Warn("ack input message")
+			}
+			_ = m.Nak()
+			continue
+		}
+		if to := m.Headers().Get(bus.HeaderReply); to != "" {
+			if err := in.bus.Send(to, reply); err != nil {
+				// The producer asks again when the bus is back.
+				in.log.WithError(err).Debug("replying to input producer")
+			}
+		}
+	}
+	return true
+}
+
+// answerNow reports whether the batch's latest failure, err, is to be
+// answered rather than retried.
+func (o *outage) answerNow(err error) bool {
+	if errors.Is(err, sqldb.ErrOutcomeUnknown) {
+		o.mayBeStored = true
+	}
+	return !o.mayBeStored && sqldb.IsUnavailable(err)
+}
