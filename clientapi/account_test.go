@@ -72,22 +72,10 @@ func newAcctServer(t *testing.T, dbURL string, opts acctOptions) *acctServer {
 	t.Cleanup(func() { db.Close() })
 	s := &acctServer{}
 	if opts.withBus {
-		ns, err := bus.StartEmbedded(t.TempDir())
-		if err != nil {
+		if s.bus, err = bus.Open(ctx, bus.Options{StoreDir: t.TempDir(), Name: "test"}); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(ns.Shutdown)
-		nc, err := ns.Connect("test")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nc.Close)
-		if s.bus, err = bus.New(nc); err != nil {
-			t.Fatal(err)
-		}
-		if err := s.bus.EnsureStreams(ctx, 1); err != nil {
-			t.Fatal(err)
-		}
+		t.Cleanup(s.bus.Close)
 	}
 	if s.users, err = userapi.New(ctx, db, s.bus, cfg, log); err != nil {
 		t.Fatal(err)
@@ -641,7 +629,7 @@ func TestProfileAccountDataDeactivate(t *testing.T) {
 		t.Run("account data changes are published", func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			stream, err := s.bus.JS.Stream(ctx, bus.OutputUserData)
+			stream, err := s.bus.JetStream().Stream(ctx, bus.OutputUserData)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -652,7 +640,7 @@ func TestProfileAccountDataDeactivate(t *testing.T) {
 			if info.State.Msgs != 3 {
 				t.Fatalf("%d messages published, want 3 (one per change)", info.State.Msgs)
 			}
-			cons, err := s.bus.JS.OrderedConsumer(ctx, bus.OutputUserData, jetstream.OrderedConsumerConfig{})
+			cons, err := s.bus.JetStream().OrderedConsumer(ctx, bus.OutputUserData, jetstream.OrderedConsumerConfig{})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -24,23 +24,11 @@ func startRoomserver(b testing.TB, dialect string) *roomserver.Roomserver {
 	b.Helper()
 	ctx := context.Background()
 	dir := b.TempDir()
-	nats, err := bus.StartEmbedded(filepath.Join(dir, "nats"))
+	bs, err := bus.Open(ctx, bus.Options{StoreDir: filepath.Join(dir, "nats"), Name: "bench"})
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(nats.Shutdown)
-	nc, err := nats.Connect("bench")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(nc.Close)
-	bs, err := bus.New(nc)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := bs.EnsureStreams(ctx, 1); err != nil {
-		b.Fatal(err)
-	}
+	b.Cleanup(bs.Close)
 	db, err := sqldb.Open(ctx, sqldbtest.URL(b, dialect), sqldb.Options{})
 	if err != nil {
 		b.Fatal(err)

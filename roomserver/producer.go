@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -24,7 +25,7 @@ import (
 type InputClient struct {
 	bus    *bus.Bus
 	prefix string
-	sub    *nats.Subscription
+	sub    *bus.Subscription
 
 	mu      sync.Mutex
 	waiting map[string]chan *rsapi.InputResponse
@@ -37,8 +38,8 @@ const inputTimeout = 60 * time.Second
 
 // NewInputClient subscribes to this process's reply subjects.
 func NewInputClient(b *bus.Bus) (*InputClient, error) {
-	c := &InputClient{bus: b, prefix: b.Conn.NewRespInbox(), waiting: map[string]chan *rsapi.InputResponse{}}
-	sub, err := b.Conn.Subscribe(c.prefix+".*", c.onReply)
+	c := &InputClient{bus: b, prefix: bus.NewInbox(), waiting: map[string]chan *rsapi.InputResponse{}}
+	sub, err := b.Subscribe(c.prefix+".*", c.onReply)
 	if err != nil {
 		return nil, fmt.Errorf("subscribe to input replies: %w", err)
 	}
@@ -95,28 +96,59 @@ func (c *InputClient) Input(ctx context.Context, req *rsapi.InputRequest) (*rsap
 		delete(c.waiting, id)
 		c.mu.Unlock()
 	}()
-	msg := &nats.Msg{
-		Subject: bus.RoomSubject(key),
-		Data:    data,
-		Header: nats.Header{
-			jetstream.MsgIDHeader: []string{id},
-			bus.HeaderReply:       []string{c.prefix + "." + id},
-		},
+	subject, reply := bus.RoomSubject(key), c.prefix+"."+id
+	publish := func(attempt int) error {
+		// Each copy has its own message ID, or JetStream's deduplication
+		// would drop it; the request ID, under which the roomserver logs
+		// the outcome, stays the same.
+		msgID := id
+		if attempt > 0 {
+			msgID = id + "." + strconv.Itoa(attempt)
+		}
+		msg := &nats.Msg{
+			Subject: subject,
+			Data:    data,
+			Header: nats.Header{
+				jetstream.MsgIDHeader: []string{msgID},
+				bus.HeaderRequestID:   []string{id},
+				bus.HeaderReply:       []string{reply},
+			},
+		}
+		if err := c.bus.Publish(ctx, msg); err != nil {
+			return fmt.Errorf("publish input request: %w", err)
+		}
+		return nil
 	}
-	if _, err := c.bus.JS.PublishMsg(ctx, msg); err != nil {
-		return nil, fmt.Errorf("publish input request: %w", err)
+	lost := c.bus.Lost()
+	if err := publish(0); err != nil {
+		return nil, err
 	}
 	t := time.NewTimer(inputTimeout)
 	defer t.Stop()
-	select {
-	case resp := <-ch:
-		if err := resp.Err(); err != nil {
-			return resp, err
+	for attempt := 1; ; attempt++ {
+		select {
+		case resp := <-ch:
+			if err := resp.Err(); err != nil {
+				return resp, err
+			}
+			return resp, nil
+		case <-lost:
+			// The reply would come on the connection the bus just lost.
+			// Wait (briefly) for the next one and ask again there; a
+			// request already processed is answered from the
+			// roomserver's input log. If none comes, the error says
+			// the bus is unavailable: the client retries later.
+			if err := c.bus.Await(ctx); err != nil {
+				return nil, fmt.Errorf("wait for the roomserver: %w", err)
+			}
+			lost = c.bus.Lost()
+			if err := publish(attempt); err != nil {
+				return nil, err
+			}
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-t.C:
+			return nil, errors.New("timed out waiting for the roomserver")
 		}
-		return resp, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-t.C:
-		return nil, errors.New("timed out waiting for the roomserver")
 	}
 }

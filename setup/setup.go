@@ -19,7 +19,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/sirupsen/logrus"
 
 	"myelin/clientapi"
@@ -44,11 +43,9 @@ type Server struct {
 	cfg *config.Config
 	log *logrus.Logger
 
-	embedded *bus.Embedded
-	nc       *nats.Conn
-	bus      *bus.Bus
-	db       *sqldb.DB
-	key      *signing.Key
+	bus *bus.Bus
+	db  *sqldb.DB
+	key *signing.Key
 	// outbound carries requests to other servers: federation, push
 	// gateways (with the operator's trusted CAs).
 	outbound *fedhttp.Transport
@@ -106,20 +103,15 @@ func New(ctx context.Context, cfg *config.Config, log *logrus.Logger) (s *Server
 	if s.key, err = signing.LoadOrGenerate(cfg.Keys.SigningKeyPath, cfg.ServerName); err != nil {
 		return nil, err
 	}
-	if cfg.NATS.URL == "" {
-		if s.embedded, err = bus.StartEmbedded(cfg.NATS.StoreDir); err != nil {
-			return nil, err
-		}
-		if s.nc, err = s.embedded.Connect("myelin"); err != nil {
-			return nil, err
-		}
-	} else if s.nc, err = bus.ConnectURL(cfg.NATS.URL, "myelin"); err != nil {
-		return nil, err
-	}
-	if s.bus, err = bus.New(s.nc); err != nil {
-		return nil, err
-	}
-	if err := s.bus.EnsureStreams(ctx, 1); err != nil {
+	s.bus, err = bus.Open(ctx, bus.Options{
+		URL:          cfg.NATS.URL,
+		StoreDir:     cfg.NATS.StoreDir,
+		Name:         "myelin",
+		Replicas:     1,
+		PublishRetry: cfg.NATS.PublishRetry,
+		Log:          log.WithField("component", "bus"),
+	})
+	if err != nil {
 		return nil, err
 	}
 	if s.db, err = sqldb.Open(ctx, cfg.Database.URL, sqldb.Options{MaxOpenConns: cfg.Database.MaxOpenConns}); err != nil {
@@ -156,6 +148,7 @@ func (s *Server) Handler() (http.Handler, error) {
 	s.sync.Routes(r)
 	s.client.Routes(r)
 	s.fed.Routes(r)
+	r.Handle("/health", mxhttp.Handler(s.health)).Methods(http.MethodGet)
 	if err := mxhttp.CheckRouteVars(r); err != nil {
 		return nil, err
 	}
@@ -253,6 +246,10 @@ func pprofHandler() http.Handler {
 	return m
 }
 
+// Bus is the server's message bus, for fault tests that break its
+// connection.
+func (s *Server) Bus() *bus.Bus { return s.bus }
+
 // Users is the server's userapi, for tests that check what has no
 // endpoint of its own (notification counts before /sync shows them).
 func (s *Server) Users() uapi.API { return s.users }
@@ -300,14 +297,10 @@ func (s *Server) Stop(ctx context.Context) error {
 }
 
 func (s *Server) close() {
-	if s.nc != nil {
-		// Flush so that the naks of unprocessed messages reach the server
-		// (they are redelivered at once on the next start).
-		_ = s.nc.FlushTimeout(5 * time.Second)
-		s.nc.Close()
-	}
-	if s.embedded != nil {
-		s.embedded.Shutdown()
+	if s.bus != nil {
+		// Flushes, so that the naks of unprocessed messages reach the
+		// server (they are redelivered at once on the next start).
+		s.bus.Close()
 	}
 	if s.db != nil {
 		_ = s.db.Close()

@@ -48,14 +48,14 @@ func (u *UserAPI) Start(ctx context.Context, rooms Rooms, gateways http.RoundTri
 	p.rooms = rooms
 	// Open the consumers before returning so that nothing published after
 	// start is missed.
-	cons, floor, err := u.bus.OpenConsumer(ctx, bus.OutputRoomEvent, bus.OutputConsumer("userapi", jetstream.DeliverAllPolicy))
+	events, err := u.bus.OpenConsumer(ctx, bus.OutputRoomEvent, bus.OutputConsumer("userapi", jetstream.DeliverAllPolicy))
 	if err != nil {
 		return err
 	}
-	p.events.mark(floor)
+	p.events.mark(events.AckFloor())
 	// Receipts of before the consumer existed cleared nothing that was
 	// recorded since.
-	receipts, _, err := u.bus.OpenConsumer(ctx, bus.OutputReceipt, bus.OutputConsumer("userapi", jetstream.DeliverNewPolicy))
+	receipts, err := u.bus.OpenConsumer(ctx, bus.OutputReceipt, bus.OutputConsumer("userapi", jetstream.DeliverNewPolicy))
 	if err != nil {
 		return err
 	}
@@ -64,10 +64,10 @@ func (u *UserAPI) Start(ctx context.Context, rooms Rooms, gateways http.RoundTri
 	p.wg.Add(3)
 	for _, c := range []struct {
 		stream string
-		cons   jetstream.Consumer
+		cons   *bus.Consumer
 		handle bus.Handler
 	}{
-		{bus.OutputRoomEvent, cons, func(ctx context.Context, m jetstream.Msg) error {
+		{bus.OutputRoomEvent, events, func(ctx context.Context, m jetstream.Msg) error {
 			if err := u.onRoomEvent(ctx, m); err != nil {
 				return err
 			}
@@ -80,10 +80,7 @@ func (u *UserAPI) Start(ctx context.Context, rooms Rooms, gateways http.RoundTri
 	} {
 		go func() {
 			defer p.wg.Done()
-			log := u.log.WithField("stream", c.stream)
-			if err := bus.Consume(ctx, c.cons, log, c.handle); err != nil && ctx.Err() == nil {
-				log.WithError(err).Error("consumer stopped")
-			}
+			c.cons.Consume(ctx, u.log.WithField("stream", c.stream), c.handle)
 		}()
 	}
 	go func() {
@@ -156,15 +153,11 @@ const receiptCatchUp = 10 * time.Second
 func (u *UserAPI) catchUpEvents(ctx context.Context, max time.Duration) {
 	ctx, cancel := context.WithTimeout(ctx, max)
 	defer cancel()
-	st, err := u.bus.JS.Stream(ctx, bus.OutputRoomEvent)
+	last, err := u.bus.LastSeq(ctx, bus.OutputRoomEvent)
 	if err != nil {
 		return
 	}
-	info, err := st.Info(ctx)
-	if err != nil {
-		return
-	}
-	u.push.events.wait(ctx, info.State.LastSeq)
+	u.push.events.wait(ctx, last)
 }
 
 // progress is how far a consumer got in its stream.

@@ -20,7 +20,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/crypto/bcrypt"
 
@@ -420,7 +419,7 @@ func (u *UserAPI) announce(ctx context.Context, userID, stream string, pos int64
 		return fmt.Errorf("encode user data update: %w", err)
 	}
 	msgID := stream + ":" + strconv.FormatInt(pos, 10)
-	if _, err := u.bus.JS.Publish(ctx, bus.OutputUserData, data, jetstream.WithMsgID(msgID)); err != nil {
+	if err := u.bus.Publish(ctx, bus.NewMsg(bus.OutputUserData, data, msgID)); err != nil {
 		return fmt.Errorf("publish %s position %d of %s: %w", stream, pos, userID, err)
 	}
 	return nil

@@ -513,23 +513,11 @@ func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 func TestAccountDataAnnounced(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	ns, err := bus.StartEmbedded(t.TempDir())
+	b, err := bus.Open(ctx, bus.Options{StoreDir: t.TempDir(), Name: "test"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ns.Shutdown()
-	nc, err := ns.Connect("test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	b, err := bus.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.EnsureStreams(ctx, 1); err != nil {
-		t.Fatal(err)
-	}
+	defer b.Close()
 	u := newTestAPI(t, sqldbtest.URL(t, "sqlite"), b)
 	for _, typ := range []string{"m.direct", "m.ignored_user_list"} {
 		if _, err := u.SetAccountData(ctx, "@alice:test.local", "", typ, json.RawMessage(`{}`)); err != nil {
@@ -537,7 +525,7 @@ func TestAccountDataAnnounced(t *testing.T) {
 		}
 	}
 
-	cons, err := b.JS.OrderedConsumer(ctx, bus.OutputUserData, jetstream.OrderedConsumerConfig{})
+	cons, err := b.JetStream().OrderedConsumer(ctx, bus.OutputUserData, jetstream.OrderedConsumerConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}

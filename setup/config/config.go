@@ -81,6 +81,9 @@ type NATS struct {
 	// StoreDir is where the embedded server keeps JetStream data
 	// (default <data_dir>/nats).
 	StoreDir string `yaml:"store_dir"`
+	// PublishRetry is how long a write waits for a lost connection to
+	// NATS to heal before it answers 503.
+	PublishRetry time.Duration `yaml:"publish_retry"`
 }
 
 // Registration says who may create accounts.
@@ -172,6 +175,7 @@ func Defaults() *Config {
 		},
 		FederationAPI: FederationAPI{Listen: ""},
 		Database:      Database{MaxOpenConns: 16},
+		NATS:          NATS{PublishRetry: 10 * time.Second},
 		Registration:  Registration{BcryptCost: 10},
 		RateLimits: RateLimits{
 			Enabled:  true,
@@ -292,6 +296,9 @@ func (c *Config) Validate() error {
 	}
 	if u := c.NATS.URL; u != "" && !strings.HasPrefix(u, "nats://") && !strings.HasPrefix(u, "tls://") {
 		bad("nats.url", u, "must be empty (embedded) or a nats:// URL")
+	}
+	if c.NATS.PublishRetry < 100*time.Millisecond || c.NATS.PublishRetry > 5*time.Minute {
+		bad("nats.publish_retry", c.NATS.PublishRetry, "must be from 100ms to 5m")
 	}
 	if c.Registration.BcryptCost < 4 || c.Registration.BcryptCost > 31 {
 		bad("registration.bcrypt_cost", c.Registration.BcryptCost, "must be from 4 to 31")

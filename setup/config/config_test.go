@@ -102,6 +102,7 @@ func TestValidationNamesFields(t *testing.T) {
 		{"bad env bool", "", []string{"MYELIN_REGISTRATION_OPEN=maybe"}, []string{"registration.open", "MYELIN_REGISTRATION_OPEN"}},
 		{"bad database url", "database:\n  url: mysql://x\n", nil, []string{"database.url"}},
 		{"tls half set", "client_api:\n  tls_cert: /a.pem\n", nil, []string{"client_api.tls_cert"}},
+		{"no publish retry", "nats:\n  publish_retry: 0s\n", nil, []string{"nats.publish_retry", "0s"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

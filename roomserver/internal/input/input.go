@@ -70,7 +70,7 @@ func New(store *storage.Storage, b *bus.Bus, key *signing.Key, log *logrus.Entry
 // Start creates the consumer and processes messages until ctx ends; Wait
 // waits for in-flight work after that.
 func (in *Inputer) Start(ctx context.Context) error {
-	cons, _, err := in.bus.OpenConsumer(ctx, bus.InputRoomEvent, jetstream.ConsumerConfig{
+	cons, err := in.bus.OpenConsumer(ctx, bus.InputRoomEvent, jetstream.ConsumerConfig{
 		Durable:   durable,
 		AckPolicy: jetstream.AckExplicitPolicy,
 		// After a crash, unacked input is redelivered this long after it
@@ -82,31 +82,15 @@ func (in *Inputer) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(1024))
-	if err != nil {
-		return fmt.Errorf("consume input: %w", err)
-	}
-	bus.StopOnDone(ctx, it)
 	in.wg.Add(2)
 	go func() {
 		defer in.wg.Done()
-		for {
-			msg, err := it.Next()
-			if err != nil {
-				if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-					return
-				}
-				if ctx.Err() == nil {
-					in.log.WithError(err).Warn("reading input stream")
-				}
-				continue
-			}
-			if ctx.Err() != nil {
-				_ = msg.Nak() // redelivered at once on the next start
-				continue
-			}
-			in.dispatch(ctx, msg)
-		}
+		// Across a loss of the bus connection, messages delivered on the
+		// old one may still be in the actors' queues or transactions
+		// when the reopened consumer delivers them again: the copy queues
+		// behind them on the same actor and is answered from the input
+		// log.
+		cons.Messages(ctx, 1024, func(msg jetstream.Msg) { in.dispatch(ctx, msg) })
 	}()
 	go func() {
 		defer in.wg.Done()
@@ -227,7 +211,7 @@ func (in *Inputer) processBatch(ctx context.Context, msgs []jetstream.Msg) bool 
 
 	// Publish every output before answering anyone, so that a producer
 	// told "committed" can rely on the output being in the stream.
-	var acks []jetstream.PubAckFuture
+	var outs []*nats.Msg
 	for _, r := range results {
 		for i := range r.Outputs {
 			data, err := json.Marshal(&r.Outputs[i])
@@ -235,37 +219,33 @@ func (in *Inputer) processBatch(ctx context.Context, msgs []jetstream.Msg) bool 
 				in.log.WithError(err).Error("encode output event")
 				continue
 			}
-			f, err := in.bus.JS.PublishMsgAsync(&nats.Msg{
-				Subject: bus.OutputRoomEvent,
-				Data:    data,
-				Header:  nats.Header{jetstream.MsgIDHeader: []string{r.Outputs[i].EventID}},
-			})
-			if err != nil {
-				in.log.WithError(err).Error("publish output event")
-				return false // the redelivery republishes from the input log
-			}
-			acks = append(acks, f)
+			outs = append(outs, bus.NewMsg(bus.OutputRoomEvent, data, r.Outputs[i].EventID))
 		}
 	}
-	for _, f := range acks {
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			in.log.WithError(err).Error("output event not stored by JetStream")
-			return false
-		case <-ctx.Done():
-			return false
+	if err := in.bus.PublishAll(ctx, outs); err != nil {
+		var down *bus.UnavailableError
+		switch {
+		case ctx.Err() != nil:
+		case errors.As(err, &down):
+			// The bus logs its own outage.
+			in.log.WithError(err).Debug("output events not stored: the bus is down")
+		default:
+			in.log.WithError(err).Error("output events not stored by JetStream")
 		}
+		return false // the redelivery republishes from the input log
 	}
 	for i, m := range msgs {
 		if reply := m.Headers().Get(bus.HeaderReply); reply != "" {
 			data, _ := json.Marshal(&results[i].Response)
-			if err := in.bus.Conn.Publish(reply, data); err != nil {
-				in.log.WithError(err).Warn("replying to input producer")
+			if err := in.bus.Send(reply, data); err != nil {
+				// The producer asks again when the bus is back.
+				in.log.WithError(err).Debug("replying to input producer")
 			}
 		}
 		if err := m.Ack(); err != nil && ctx.Err() == nil {
-			in.log.WithError(err).Warn("ack input message")
+			// Lost with the connection: the message comes again on the
+			// next one and is answered from the input log.
+			in.log.WithError(err).Debug("ack input message")
 		}
 	}
 	return true
@@ -277,7 +257,8 @@ func (in *Inputer) processBatch(ctx context.Context, msgs []jetstream.Msg) bool 
 // known ones on odd input) aborts the batch, whose retry then refuses the
 // request that panicked instead of crashing the process.
 func (in *Inputer) processMessage(ctx context.Context, w *storage.Writer, m jetstream.Msg) (res *result, err error) {
-	key := m.Headers().Get(jetstream.MsgIDHeader)
+	reqID := requestID(m)
+	key := reqID
 	if key == "" {
 		key = string(m.Data())
 	}
@@ -299,7 +280,6 @@ func (in *Inputer) processMessage(ctx context.Context, w *storage.Writer, m jets
 			res, err = nil, errors.New("input processing panicked")
 		}
 	}()
-	reqID := m.Headers().Get(jetstream.MsgIDHeader)
 	if reqID != "" {
 		prev, err := w.InputLogged(ctx, reqID)
 		if err != nil {
@@ -330,4 +310,15 @@ func (in *Inputer) processMessage(ctx context.Context, w *storage.Writer, m jets
 		}
 	}
 	return r, nil
+}
+
+// requestID is the ID under which a request's outcome is logged: the same
+// for every copy of the request its producer publishes (bus.HeaderRequestID),
+// or the message ID for messages published before that header existed.
+func requestID(m jetstream.Msg) string {
+	h := m.Headers()
+	if id := h.Get(bus.HeaderRequestID); id != "" {
+		return id
+	}
+	return h.Get(jetstream.MsgIDHeader)
 }

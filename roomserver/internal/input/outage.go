@@ -50,8 +50,9 @@ func (o *outage) answered(ctx context.Context, in *Inputer, msgs []jetstream.Msg
 			continue
 		}
 		if to := m.Headers().Get(bus.HeaderReply); to != "" {
-			if err := in.bus.Conn.Publish(to, reply); err != nil {
-				in.log.WithError(err).Warn("replying to input producer")
+			if err := in.bus.Send(to, reply); err != nil {
+				// The producer asks again when the bus is back.
+				in.log.WithError(err).Debug("replying to input producer")
 			}
 		}
 	}
