@@ -135,12 +135,32 @@ func (pg *throwawayPostgres) restart(t *testing.T, mode string) {
 // TestSQLiteDiskFull fills the disk under SQLite while senders send: sends
 // are answered with a prompt 503 (not held for the roomserver's timeout,
 // not a 500), /sync and reads keep working, the database stays sound, and
-// once space is freed the same server takes sends again. The database is
-// alone on a small tmpfs; the NATS store stays on the normal disk.
+// once space is freed the same server takes sends again. Twice: with the
+// database alone on a small tmpfs, and with the whole data directory
+// there, as an admin has it, so that the bus's JetStream store fills too
+// (nats-server then turns JetStream off, and the bus must bring it back).
 func TestSQLiteDiskFull(t *testing.T) {
-	dir := mountTmpfs(t, 32<<20)
+	for _, tc := range []struct {
+		name   string
+		busToo bool
+	}{
+		{"database", false},
+		{"database and bus", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := mountTmpfs(t, 64<<20)
+			dataDir := t.TempDir()
+			if tc.busToo {
+				dataDir = filepath.Join(dir, "data")
+			}
+			diskFull(t, dir, dataDir)
+		})
+	}
+}
+
+func diskFull(t *testing.T, dir, dataDir string) {
 	dbPath := filepath.Join(dir, "myelin.db")
-	srv := testserver.Start(t, testserver.Config(t.TempDir(), dbPath))
+	srv := testserver.Start(t, testserver.Config(dataDir, dbPath))
 	room := newLoadRoom(t, srv.URL, 4)
 	load := startLoad(t, srv.URL, room, loadOptions{})
 	load.waitAcked(t, 40, 30*time.Second)

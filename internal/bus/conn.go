@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -338,13 +339,7 @@ func (b *Bus) probe(ctx context.Context, s *session) error {
 		b.mu.Lock()
 		srv := b.server
 		b.mu.Unlock()
-		switch {
-		case srv == nil || !srv.Running():
-			return errors.New("the embedded NATS server stopped")
-		case !srv.JetStreamEnabled():
-			return errors.New("JetStream is disabled on the embedded NATS server (out of disk space?)")
-		}
-		return nil
+		return embeddedHealth(srv)
 	}
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
@@ -435,7 +430,7 @@ func (b *Bus) embedded() (*natsserver.Server, error) {
 	b.mu.Lock()
 	srv := b.server
 	b.mu.Unlock()
-	if srv != nil && srv.Running() && srv.JetStreamEnabled() {
+	if embeddedHealth(srv) == nil {
 		return srv, nil
 	}
 	if srv != nil {
@@ -452,6 +447,25 @@ func (b *Bus) embedded() (*natsserver.Server, error) {
 	return srv, nil
 }
 
+// embeddedHealth reports what is wrong with the embedded server, nil if
+// nothing is. Beyond a stopped server and JetStream turned off, it asks
+// the server's own health check, which sees a stream that hit a write
+// error: nats-server then stops storing that stream's messages (and
+// answers no publish on it) until it is restarted, which is what a full
+// disk does to it (it turns JetStream off only for some errors).
+func embeddedHealth(srv *natsserver.Server) error {
+	switch {
+	case srv == nil || !srv.Running():
+		return errors.New("the embedded NATS server stopped")
+	case !srv.JetStreamEnabled():
+		return errors.New("JetStream is disabled on the embedded NATS server (out of disk space?)")
+	}
+	if h := srv.Healthz(nil); h.StatusCode != http.StatusOK {
+		return fmt.Errorf("the embedded NATS server is unhealthy (out of disk space?): %s", h.Error)
+	}
+	return nil
+}
+
 // startEmbedded starts a NATS server that keeps JetStream data in storeDir
 // and listens on no port.
 func startEmbedded(storeDir string, log *logrus.Entry) (*natsserver.Server, error) {
@@ -463,6 +477,12 @@ func startEmbedded(storeDir string, log *logrus.Entry) (*natsserver.Server, erro
 		NoSigs:             true,
 		MaxPayload:         8 << 20,
 		JetStreamMaxMemory: 256 << 20,
+		// Left at 0, the limit would be 75% of the disk space free when
+		// the server starts: a server restarted on a full disk (to clear
+		// a write error) would refuse every message for good once space
+		// is freed. The disk itself is the limit; running out of it is
+		// healed like any other loss.
+		JetStreamMaxStore: 1 << 50,
 		// A crashed process must not lose acknowledged input: flush the
 		// JetStream file store often (the OS cache survives a process crash
 		// anyway; this bounds what a machine crash can lose).

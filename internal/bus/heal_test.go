@@ -257,4 +257,14 @@ func TestPublishUnavailable(t *testing.T) {
 	if err := b.Health(context.Background()); err == nil {
 		t.Fatal("healthy without a server")
 	}
+	// Once the outage has lasted longer than PublishRetry, a publish is
+	// answered at once instead of waiting it out again: with a context
+	// shorter than PublishRetry it still fails as Unavailable.
+	poll.True(t, 10*time.Second, "the outage to outlast PublishRetry", func() bool { return b.downLongerThan(time.Second) })
+	short, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	err = b.Publish(short, NewMsg(OutputTyping, []byte("x"), "y"))
+	if !errors.As(err, &un) || !un.Unavailable() {
+		t.Fatalf("publish in a long outage: %v, want an Unavailable error at once", err)
+	}
 }

@@ -89,7 +89,13 @@ func (b *Bus) retry(ctx context.Context, subject string, do func(context.Context
 	var last error = errNotConnected
 	wait := 20 * time.Millisecond
 	for {
-		if s := b.cur.Load(); s != nil {
+		s := b.cur.Load()
+		if s == nil && b.downLongerThan(b.opts.PublishRetry) {
+			// An outage that has already outlasted the wait: answer at
+			// once rather than hold every request for the full wait.
+			return &UnavailableError{Op: "publish on " + subject, Err: last}
+		}
+		if s != nil {
 			err := do(ctx, s)
 			if err == nil {
 				return nil
@@ -129,6 +135,15 @@ func (b *Bus) retry(ctx context.Context, subject string, do func(context.Context
 		t.Stop()
 		wait = min(2*wait, time.Second)
 	}
+}
+
+// downLongerThan reports whether the bus has been without a connection
+// for longer than d.
+func (b *Bus) downLongerThan(d time.Duration) bool {
+	b.mu.Lock()
+	since := b.outage.since
+	b.mu.Unlock()
+	return !since.IsZero() && b.now().Sub(since) > d
 }
 
 // retryable reports whether a publish that failed with err may succeed
