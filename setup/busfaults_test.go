@@ -12,8 +12,7 @@ import (
 	"testing"
 	"time"
 
-	natsserver "github.com/nats-io/nats-server/v2/server"
-
+	"myelin/internal/bus/bustest"
 	"myelin/internal/poll"
 	"myelin/internal/sqldb/sqldbtest"
 	"myelin/internal/testserver"
@@ -70,7 +69,7 @@ func TestBusFaultsEmbedded(t *testing.T) {
 func TestBusFaultsExternal(t *testing.T) {
 	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
 		store := t.TempDir()
-		ns := startNATS(t, store, -1)
+		ns := bustest.RunServer(t, store, -1)
 		port := ns.Addr().(*net.TCPAddr).Port
 		srv := testserver.Start(t, testserver.Config(t.TempDir(), dbURL, func(c *config.Config) {
 			c.NATS.URL = fmt.Sprintf("nats://127.0.0.1:%d", port)
@@ -99,7 +98,7 @@ func TestBusFaultsExternal(t *testing.T) {
 					}
 					return nil
 				})
-				ns = startNATS(t, store, port)
+				ns = bustest.RunServer(t, store, port)
 			}},
 		})
 	})
@@ -124,24 +123,6 @@ func TestOverlongRoomIDThenSend(t *testing.T) {
 			t.Fatalf("/health: %d %s", status, body)
 		}
 	})
-}
-
-// startNATS runs a NATS server with JetStream on a loopback port (-1: a
-// free one), storing in storeDir.
-func startNATS(t *testing.T, storeDir string, port int) *natsserver.Server {
-	t.Helper()
-	ns, err := natsserver.NewServer(&natsserver.Options{
-		Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: storeDir, NoSigs: true, NoLog: true,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		ns.Shutdown()
-		t.Fatal("nats server not ready")
-	}
-	return ns
 }
 
 // health returns the status and body of GET /health.

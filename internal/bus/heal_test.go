@@ -10,11 +10,11 @@ import (
 	"testing"
 	"time"
 
-	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/sirupsen/logrus"
 
+	"myelin/internal/bus/bustest"
 	"myelin/internal/poll"
 )
 
@@ -82,7 +82,7 @@ func TestHealsEmbedded(t *testing.T) {
 // and store, and the bus follows.
 func TestHealsExternal(t *testing.T) {
 	store := t.TempDir()
-	srv := runServer(t, store, -1)
+	srv := bustest.RunServer(t, store, -1)
 	port := srv.Addr().(*net.TCPAddr).Port
 	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
 	b, err := Open(context.Background(), Options{URL: fmt.Sprintf("nats://127.0.0.1:%d", port), Log: testLog(t)})
@@ -101,26 +101,9 @@ func TestHealsExternal(t *testing.T) {
 				}
 				return nil
 			})
-			srv = runServer(t, store, port)
+			srv = bustest.RunServer(t, store, port)
 		}},
 	})
-}
-
-// runServer starts a NATS server with JetStream on a loopback port (-1:
-// any free one).
-func runServer(t *testing.T, storeDir string, port int) *natsserver.Server {
-	t.Helper()
-	ns, err := natsserver.NewServer(&natsserver.Options{
-		Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: storeDir, NoSigs: true, NoLog: true,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats server not ready")
-	}
-	return ns
 }
 
 func checkHeals(t *testing.T, b *Bus, faults []fault) {
@@ -236,7 +219,7 @@ func TestRefusesBadSubjects(t *testing.T) {
 // within its PublishRetry with an error the HTTP edge answers 503.
 func TestPublishUnavailable(t *testing.T) {
 	store := t.TempDir()
-	srv := runServer(t, store, -1)
+	srv := bustest.RunServer(t, store, -1)
 	b, err := Open(context.Background(), Options{URL: srv.ClientURL(), PublishRetry: time.Second, Log: testLog(t)})
 	if err != nil {
 		t.Fatal(err)
