@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -148,7 +147,16 @@ func (c *InputClient) Input(ctx context.Context, req *rsapi.InputRequest) (*rsap
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-t.C:
-			return nil, errors.New("timed out waiting for the roomserver")
+			return nil, errSlow{}
 		}
 	}
 }
+
+// errSlow is the roomserver not answering within inputTimeout (its
+// database slow or failing). The request is durable and may still be
+// stored: a client retrying with its transaction ID then gets that event,
+// so it is told to retry (503), not that the server failed (500).
+type errSlow struct{}
+
+func (errSlow) Error() string     { return "timed out waiting for the roomserver" }
+func (errSlow) Unavailable() bool { return true }
