@@ -8,11 +8,11 @@ import (
 	"testing"
 	"time"
 
-	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/sirupsen/logrus"
 
 	"myelin/internal/bus"
+	"myelin/internal/bus/bustest"
 	rsapi "myelin/roomserver/api"
 )
 
@@ -24,25 +24,10 @@ import (
 func TestInputAsksAgain(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	l := logrus.New()
-	l.SetLevel(logrus.WarnLevel)
-	b, err := bus.Open(ctx, bus.Options{StoreDir: t.TempDir(), Log: logrus.NewEntry(l)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	ic, err := NewInputClient(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ic.Close()
-
 	// A stand-in roomserver: it takes the first request, acks it, and
 	// loses the connection before answering; it answers the rest.
-	cons, err := b.OpenConsumer(ctx, bus.InputRoomEvent, jetstream.ConsumerConfig{Durable: "test", AckPolicy: jetstream.AckExplicitPolicy})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := newInputHarness(ctx, t, bus.Options{StoreDir: t.TempDir()})
+	b, ic, cons := h.bus, h.ic, h.cons
 	type request struct{ msgID, reqID string }
 	var mu sync.Mutex
 	var seen []request
@@ -51,7 +36,7 @@ func TestInputAsksAgain(t *testing.T) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		cons.Consume(cctx, logrus.NewEntry(l), func(ctx context.Context, m jetstream.Msg) error {
+		cons.Consume(cctx, h.log, func(ctx context.Context, m jetstream.Msg) error {
 			h := m.Headers()
 			mu.Lock()
 			seen = append(seen, request{h.Get(jetstream.MsgIDHeader), h.Get(bus.HeaderRequestID)})
@@ -97,46 +82,25 @@ func TestInputAsksAgain(t *testing.T) {
 func TestInputFailsWhenBusStaysDown(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), inputTimeout/2)
 	defer cancel()
-	ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoSigs: true, NoLog: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns.Start()
+	ns := bustest.RunServer(t, t.TempDir(), -1)
 	defer ns.Shutdown()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats server not ready")
-	}
-	l := logrus.New()
-	l.SetLevel(logrus.ErrorLevel)
-	b, err := bus.Open(ctx, bus.Options{URL: ns.ClientURL(), PublishRetry: 500 * time.Millisecond, Log: logrus.NewEntry(l)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	ic, err := NewInputClient(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ic.Close()
 	// A stand-in roomserver that takes the request and, instead of
 	// answering, stops the NATS server.
-	cons, err := b.OpenConsumer(ctx, bus.InputRoomEvent, jetstream.ConsumerConfig{Durable: "test", AckPolicy: jetstream.AckExplicitPolicy})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := newInputHarness(ctx, t, bus.Options{URL: ns.ClientURL(), PublishRetry: 500 * time.Millisecond})
+	ic, cons := h.ic, h.cons
 	cctx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		cons.Consume(cctx, logrus.NewEntry(l), func(context.Context, jetstream.Msg) error {
+		cons.Consume(cctx, h.log, func(context.Context, jetstream.Msg) error {
 			go ns.Shutdown()
 			return nil
 		})
 	}()
 	defer func() { stop(); wg.Wait() }()
 
-	_, err = ic.Input(ctx, &rsapi.InputRequest{RoomID: "!room:test"})
+	_, err := ic.Input(ctx, &rsapi.InputRequest{RoomID: "!room:test"})
 	var un interface{ Unavailable() bool }
 	if !errors.As(err, &un) || !un.Unavailable() {
 		t.Fatalf("input with the bus gone: %v, want an Unavailable error", err)
@@ -144,4 +108,35 @@ func TestInputFailsWhenBusStaysDown(t *testing.T) {
 	if ctx.Err() != nil {
 		t.Fatal("input waited for its context")
 	}
+}
+
+// inputHarness is a bus, an InputClient on it, and the consumer of a
+// stand-in roomserver.
+type inputHarness struct {
+	bus  *bus.Bus
+	ic   *InputClient
+	cons *bus.Consumer
+	log  *logrus.Entry
+}
+
+// newInputHarness opens an inputHarness on opts; it is closed when t ends.
+func newInputHarness(ctx context.Context, t *testing.T, opts bus.Options) *inputHarness {
+	t.Helper()
+	l := logrus.New()
+	l.SetLevel(logrus.ErrorLevel)
+	h := &inputHarness{log: logrus.NewEntry(l)}
+	opts.Log = h.log
+	var err error
+	if h.bus, err = bus.Open(ctx, opts); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.bus.Close)
+	if h.ic, err = NewInputClient(h.bus); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = h.ic.Close() })
+	if h.cons, err = h.bus.OpenConsumer(ctx, bus.InputRoomEvent, jetstream.ConsumerConfig{Durable: "test", AckPolicy: jetstream.AckExplicitPolicy}); err != nil {
+		t.Fatal(err)
+	}
+	return h
 }
