@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 )
 
 type codedErr struct{ code string }
@@ -41,5 +42,28 @@ func TestToError(t *testing.T) {
 				t.Fatalf("a %d answer carries the internal text %q", got.Status, got.Message)
 			}
 		})
+	}
+}
+
+func TestOutageLog(t *testing.T) {
+	var o outageLog
+	t0 := time.Unix(1000, 0)
+	steps := []struct {
+		at          time.Duration
+		log         bool
+		wantSkipped int
+	}{
+		{0, true, 0},
+		{100 * time.Millisecond, false, 0},
+		{900 * time.Millisecond, false, 0},
+		{time.Second, true, 2},
+		{1500 * time.Millisecond, false, 0},
+		{5 * time.Second, true, 1},
+	}
+	for _, s := range steps {
+		log, skipped := o.allow(t0.Add(s.at))
+		if log != s.log || skipped != s.wantSkipped {
+			t.Fatalf("at %v: allow = %v, %d; want %v, %d", s.at, log, skipped, s.log, s.wantSkipped)
+		}
 	}
 }

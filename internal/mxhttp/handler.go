@@ -11,6 +11,8 @@ import (
 	"net/http"
 	"runtime/debug"
 	"strings"
+	"sync"
+	"time"
 	"unicode/utf8"
 
 	"github.com/gorilla/mux"
@@ -94,9 +96,13 @@ func WriteError(w http.ResponseWriter, r *http.Request, err error) {
 		// answer, and nothing wrong here.
 		Logger(r.Context()).WithError(err).WithField("path", r.URL.Path).Debug("request abandoned by the client")
 	} else if me.Status == http.StatusServiceUnavailable {
-		// An outage (database or bus down) fails every request alike; its
-		// cause is reported once where it is noticed.
-		Logger(r.Context()).WithError(err).WithField("path", r.URL.Path).Warn("request failed: service unavailable")
+		// An outage (database or bus down) fails every request alike: one
+		// line a second says so, with how many were not logged.
+		if rl, ok := r.Context().Value(logKey{}).(*requestLog); !ok || rl.outages == nil {
+			Logger(r.Context()).WithError(err).Warn("request failed: service unavailable")
+		} else if log, skipped := rl.outages.allow(time.Now()); log {
+			Logger(r.Context()).WithError(err).WithField("not_logged", skipped).Warn("request failed: service unavailable")
+		}
 	} else if me.Status >= 500 {
 		Logger(r.Context()).WithError(err).WithField("path", r.URL.Path).Error("request failed")
 	} else if me.Cause != nil {
@@ -258,6 +264,7 @@ var (
 // there are thousands of those: a shallow stack at the wait lets the
 // runtime shrink each to half.
 func Serve(log *logrus.Entry, maxBody int64, scope func(context.Context, *http.Request) context.Context, next http.Handler) http.Handler {
+	outages := &outageLog{}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
 		// Shared, never-modified values: three allocations fewer per request.
@@ -268,7 +275,7 @@ func Serve(log *logrus.Entry, maxBody int64, scope func(context.Context, *http.R
 			w.WriteHeader(http.StatusOK)
 			return
 		}
-		ctx := context.WithValue(r.Context(), logKey{}, &requestLog{base: log, method: r.Method, path: r.URL.Path})
+		ctx := context.WithValue(r.Context(), logKey{}, &requestLog{base: log, method: r.Method, path: r.URL.Path, outages: outages})
 		if scope != nil {
 			ctx = scope(ctx, r)
 		}
@@ -337,11 +344,34 @@ func ClientIP(r *http.Request) string {
 
 type logKey struct{}
 
+// outageLog lets one line a second through for the 503s of an outage
+// and counts the others, which the next line reports.
+type outageLog struct {
+	mu      sync.Mutex
+	last    time.Time
+	skipped int
+}
+
+// allow reports whether a 503 at now is logged, and how many were not
+// since the last one that was.
+func (o *outageLog) allow(now time.Time) (bool, int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if now.Sub(o.last) < time.Second {
+		o.skipped++
+		return false, 0
+	}
+	skipped := o.skipped
+	o.last, o.skipped = now, 0
+	return true, skipped
+}
+
 // requestLog is a request's logger, made only when something is logged:
 // most requests log nothing.
 type requestLog struct {
 	base         *logrus.Entry
 	method, path string
+	outages      *outageLog // the server's, shared by its requests
 }
 
 // Logger returns the request-scoped logger in ctx, or the standard logger.
