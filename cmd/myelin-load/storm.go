@@ -72,10 +72,14 @@ type StormDetails struct {
 	LatencyIn Summary       `json:"delivery_latency_in_windows"`
 	// ByOffset breaks LatencyIn down by when, in its window, the event
 	// was sent: where the herd hurts.
-	ByOffset       []offsetLatency `json:"delivery_latency_by_offset"`
-	LatencyOut     Summary         `json:"delivery_latency_outside"`
-	SendLatencyIn  Summary         `json:"send_latency_in_windows"`
-	SendLatencyOut Summary         `json:"send_latency_outside"`
+	ByOffset []offsetLatency `json:"delivery_latency_by_offset"`
+	// ByPeriod is the delivery latency of the events sent in each poll
+	// timeout after the restart, inside windows or not: whether the run
+	// drifts.
+	ByPeriod       []Summary `json:"delivery_latency_by_period"`
+	LatencyOut     Summary   `json:"delivery_latency_outside"`
+	SendLatencyIn  Summary   `json:"send_latency_in_windows"`
+	SendLatencyOut Summary   `json:"send_latency_outside"`
 	// Empty answers (timed-out long-polls) from the restart to the end.
 	Timeouts int64 `json:"timeouts"`
 	// TimeoutPeak is the most empty answers within one 250 ms, and when
@@ -148,6 +152,23 @@ func runStorm(ctx context.Context, e *env, rep *Report, p *stormParams) error {
 		latencies = append(latencies, r.Latencies...)
 		i, o := w.split(sent, r.FirstSeq, r.Latencies, ks, offsetBin, bins)
 		in, out = append(in, i...), append(out, o...)
+	}
+	var periods [][]float64
+	for _, r := range results {
+		for i, seq := range r.FirstSeq {
+			if seq < 0 || seq >= int64(len(sent)) || i >= len(r.Latencies) {
+				continue
+			}
+			k := int(sent[seq].at.Sub(restart) / p.poll)
+			for len(periods) <= k {
+				periods = append(periods, nil)
+			}
+			periods[k] = append(periods[k], r.Latencies[i])
+		}
+	}
+	for k, l := range periods {
+		d.ByPeriod = append(d.ByPeriod, summarize(l))
+		e.logf("sent %v to %v after the restart: delivery %v", time.Duration(k)*p.poll, time.Duration(k+1)*p.poll, d.ByPeriod[k])
 	}
 	for b, l := range bins {
 		from := -w.before + time.Duration(b)*offsetBin
