@@ -27,7 +27,10 @@ func stormFlags(fs *flag.FlagSet) func(context.Context, *env, *Report) error {
 	// Sent at random instants, the events meet the herd's timeouts at
 	// every phase, not at the same point of each window.
 	p := &stormParams{fanoutParams: fanoutParams{jitter: true}}
-	p.register(fs, 2000, 1, 90*time.Second, 5*time.Second)
+	// Ten windows: at 1 event/s, a window of 4 s holds four events and
+	// the half second after the herd's timeouts one in eight of them, so
+	// three windows often see none there.
+	p.register(fs, 2000, 1, 300*time.Second, 5*time.Second)
 	fs.Lookup("settle").Usage = "pause between the restart and the first send"
 	fs.IntVar(&p.activeRooms, "active-rooms", 1, "rooms that get the events; the others stay quiet, so their clients only time out")
 	fs.DurationVar(&p.before, "window-before", 3*time.Second, "a timeout window starts this long before restart + k x poll timeout (a server may end a poll early, never late)")
