@@ -11,13 +11,16 @@
 #
 #   send            16 senders over 4 rooms for 60 s
 #   fanout:M        M /sync clients in rooms of 100, 5 events/s for 60 s
+#   storm:M         M /sync clients in rooms of 100 restarted in step, 1 event/s into
+#                   one room for PERF_STORM_DURATION (default 300s: ten timeout windows)
 #   idle:C          C idle /sync long-polls (in rooms of 100) held for 60 s
 #   join:U          U users joining one room
 #   initialsync:N   initial /sync in an N-member room; /messages over 1,000 events
 #
 # Environment: DB_PID (PostgreSQL postmaster: its tree's CPU is sampled),
 # MYELIN_LOAD (a built myelin-load; default: built into OUTDIR),
-# PERF_DURATION (send and fanout, default 60s), PERF_HOLD (idle, default 60s),
+# PERF_DURATION (send and fanout, default 60s), PERF_STORM_DURATION (storm, default
+# 300s), PERF_HOLD (idle, default 60s),
 # PERF_IDLE_ROOM_SIZE (idle clients' room size, default 100; 0: no rooms),
 # PERF_DEADLINE (per run, default 60m),
 # PERF_FLAGS (extra flags for every run, e.g. "-reg shared-secret").
@@ -56,6 +59,7 @@ for item in "${items[@]}"; do
   case $scen in
   send)        args=(-senders 16 -rooms 4 -duration "$dur") ;;
   fanout)      args=(-users "${size:-1000}" -room-size 100 -rate 5 -duration "$dur" -grace 10s) ;;
+  storm)       args=(-users "${size:-2000}" -room-size 100 -rate 1 -duration "${PERF_STORM_DURATION:-300s}") ;;
   idle)        args=(-conns "${size:-5000}" -room-size "$idle_rooms" -hold "$hold") ;;
   join)        args=(-users "${size:-1000}" -concurrency 8 -slice 500) ;;
   initialsync) args=(-members "${size:-10000}" -reps 3 -messages 1000 -page 50) ;;

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"sync"
 	"time"
@@ -23,39 +24,54 @@ type fanoutParams struct {
 	quietCores      float64
 	filter          string
 	inflight        int
+	// jitter sends each event at a random instant of its slot rather than
+	// at its start, so that the sends meet every phase of whatever the
+	// server does periodically.
+	jitter bool
 }
 
 func fanoutFlags(fs *flag.FlagSet) func(context.Context, *env, *Report) error {
 	p := &fanoutParams{}
-	fs.IntVar(&p.users, "users", 1000, "receivers long-polling /sync (M)")
+	p.register(fs, 1000, 5, 60*time.Second, 2*time.Second)
+	return func(ctx context.Context, e *env, rep *Report) error {
+		if err := p.validate(); err != nil {
+			return err
+		}
+		return runFanout(ctx, e, rep, p)
+	}
+}
+
+// register adds the flags of fanout (which storm shares) with the given
+// defaults.
+func (p *fanoutParams) register(fs *flag.FlagSet, users int, rate float64, duration, settle time.Duration) {
+	fs.IntVar(&p.users, "users", users, "receivers long-polling /sync (M)")
 	fs.IntVar(&p.roomSize, "room-size", 100, "receivers per room")
-	fs.Float64Var(&p.rate, "rate", 5, "events sent per second, over all rooms (E)")
-	fs.DurationVar(&p.duration, "duration", 60*time.Second, "how long to send (D)")
+	fs.Float64Var(&p.rate, "rate", rate, "events sent per second, over all rooms (E)")
+	fs.DurationVar(&p.duration, "duration", duration, "how long to send (D)")
 	fs.DurationVar(&p.grace, "grace", 10*time.Second, "how long after the last send receivers may still see events")
 	fs.DurationVar(&p.poll, "poll-timeout", 30*time.Second, "the /sync timeout parameter of each long-poll")
-	fs.DurationVar(&p.settle, "settle", 2*time.Second, "pause between all receivers polling and the first send")
+	fs.DurationVar(&p.settle, "settle", settle, "pause between all receivers polling and the first send")
 	fs.DurationVar(&p.quietMax, "quiet-max", 2*time.Minute, "with -pid: longest wait, after all receivers poll, for the server to quiet down (0: none)")
 	fs.Float64Var(&p.quietCores, "quiet-cores", 0.5, "with -pid: the server is quiet when it used less CPU than this (cores) for 3 s")
 	fs.StringVar(&p.filter, "filter", defaultSyncFilter, "the /sync filter (JSON or a filter ID)")
 	fs.IntVar(&p.inflight, "max-inflight", 64, "sends in flight at most; beyond that the send rate falls behind")
-	return func(ctx context.Context, e *env, rep *Report) error {
-		if err := errors.Join(
-			checkRange("-users", p.users, 1, 50000),
-			checkRange("-room-size", p.roomSize, 1, 50000),
-			checkRange("-max-inflight", p.inflight, 1, 10000),
-			checkDuration("-duration", p.duration, time.Second, 24*time.Hour),
-			checkDuration("-grace", p.grace, 0, time.Hour),
-			checkDuration("-poll-timeout", p.poll, time.Second, 10*time.Minute),
-			checkDuration("-settle", p.settle, 0, time.Hour),
-			checkDuration("-quiet-max", p.quietMax, 0, time.Hour),
-		); err != nil {
-			return err
-		}
-		if p.rate <= 0 || p.rate > 10000 {
-			return fmt.Errorf("-rate %v: must be in (0, 10000]", p.rate)
-		}
-		return runFanout(ctx, e, rep, p)
+}
+
+func (p *fanoutParams) validate() error {
+	err := errors.Join(
+		checkRange("-users", p.users, 1, 50000),
+		checkRange("-room-size", p.roomSize, 1, 50000),
+		checkRange("-max-inflight", p.inflight, 1, 10000),
+		checkDuration("-duration", p.duration, time.Second, 24*time.Hour),
+		checkDuration("-grace", p.grace, 0, time.Hour),
+		checkDuration("-poll-timeout", p.poll, time.Second, 10*time.Minute),
+		checkDuration("-settle", p.settle, 0, time.Hour),
+		checkDuration("-quiet-max", p.quietMax, 0, time.Hour),
+	)
+	if p.rate <= 0 || p.rate > 10000 {
+		err = errors.Join(err, fmt.Errorf("-rate %v: must be in (0, 10000]", p.rate))
 	}
+	return err
 }
 
 // FanoutDetails is the fanout scenario's outcome.
@@ -86,58 +102,90 @@ type FanoutDetails struct {
 }
 
 type sentEvent struct {
-	room  int
-	acked bool
+	room   int
+	at     time.Time // when the send request started
+	acked  bool
+	sendMS float64 // the send request's latency, once acked
 }
 
-func runFanout(ctx context.Context, e *env, rep *Report, p *fanoutParams) error {
-	rep.Name = fmt.Sprintf("fanout M=%d E=%g/s", p.users, p.rate)
+// fanoutSetup is what fanout and storm build before measuring: a sender
+// per room, the receivers, their rooms, and the receivers joined.
+type fanoutSetup struct {
+	senders, receivers []*Client
+	rooms              []string
+}
+
+// roomOf is the room receiver i is in.
+func (s *fanoutSetup) roomOf(i int) int { return i % len(s.rooms) }
+
+// setUpFanout registers the senders and receivers, creates the rooms and joins
+// the receivers to them, recording each step in d.
+func (e *env) setUpFanout(ctx context.Context, p *fanoutParams, d *FanoutDetails) (*fanoutSetup, error) {
 	nRooms := (p.users + p.roomSize - 1) / p.roomSize
-	d := &FanoutDetails{Rooms: nRooms, Receivers: p.users}
-	rep.Details = d
+	d.Rooms, d.Receivers = nRooms, p.users
+	s := &fanoutSetup{}
+	var ph Phase
+	var err error
+	s.senders, ph, err = e.registerUsers(ctx, "fsender", nRooms)
+	d.Setup = append(d.Setup, ph)
+	if err != nil {
+		return nil, err
+	}
+	s.receivers, ph, err = e.registerUsers(ctx, "recv", p.users)
+	d.Setup = append(d.Setup, ph)
+	if err != nil {
+		return nil, err
+	}
+	if s.rooms, err = e.createRooms(ctx, s.senders); err != nil {
+		return nil, err
+	}
+	ph, err = e.joinAll(ctx, "join receivers", s.receivers, s.rooms, s.roomOf, e.opts.concurrency)
+	d.Setup = append(d.Setup, ph)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
 
-	senders, ph, err := e.registerUsers(ctx, "fsender", nRooms)
-	d.Setup = append(d.Setup, ph)
+// startPolling starts the receivers' long-polls in worker processes and
+// waits until all poll.
+func (e *env) startPolling(ctx context.Context, p *fanoutParams, s *fanoutSetup, d *FanoutDetails, restart bool) (*workers, error) {
+	ws, err := e.startWorkers(ctx, s.receivers, p.filter, p.poll, restart)
 	if err != nil {
-		return err
-	}
-	receivers, ph, err := e.registerUsers(ctx, "recv", p.users)
-	d.Setup = append(d.Setup, ph)
-	if err != nil {
-		return err
-	}
-	rooms, err := e.createRooms(ctx, senders)
-	if err != nil {
-		return err
-	}
-	roomOf := func(i int) int { return i % nRooms }
-	ph, err = e.joinAll(ctx, "join receivers", receivers, rooms, roomOf, e.opts.concurrency)
-	d.Setup = append(d.Setup, ph)
-	if err != nil {
-		return err
-	}
-
-	ws, err := e.startWorkers(ctx, receivers, p.filter, p.poll)
-	if err != nil {
-		return err
+		return nil, err
 	}
 	ready, err := ws.waitReady(ctx)
 	if err != nil {
 		ws.kill()
-		return err
+		return nil, err
 	}
 	d.Polling = ready.InitialOK
 	d.InitialSync = summarize(ready.InitialMS)
 	e.logf("%d receivers polling (%d initial syncs failed), initial sync %v", ready.InitialOK, ready.InitialFailed, d.InitialSync)
+	return ws, nil
+}
+
+func runFanout(ctx context.Context, e *env, rep *Report, p *fanoutParams) error {
+	rep.Name = fmt.Sprintf("fanout M=%d E=%g/s", p.users, p.rate)
+	d := &FanoutDetails{}
+	rep.Details = d
+	s, err := e.setUpFanout(ctx, p, d)
+	if err != nil {
+		return err
+	}
+	ws, err := e.startPolling(ctx, p, s, d, false)
+	if err != nil {
+		return err
+	}
 	sleepCtx(ctx, p.settle)
 	// Clients coming online make the server tell their rooms' members (a
 	// presence storm of M x room size wake-ups on a server with presence);
 	// deliveries are measured in the steady state after it.
 	d.QuietS = e.waitQuiet(ctx, p.quietCores, p.quietMax)
 
-	e.logf("sending %g events/s into %d rooms for %v", p.rate, nRooms, p.duration)
+	e.logf("sending %g events/s into %d rooms for %v", p.rate, len(s.rooms), p.duration)
 	start := e.mark()
-	sent, sendLat := e.sendAtRate(ctx, p, senders, rooms)
+	sent := e.sendAtRate(ctx, p, s.senders, s.rooms)
 	e.logf("sent %d events; waiting %v for deliveries", len(sent), p.grace)
 	sleepCtx(ctx, p.grace)
 	end := e.mark()
@@ -146,32 +194,47 @@ func runFanout(ctx context.Context, e *env, rep *Report, p *fanoutParams) error 
 	if err != nil {
 		return err
 	}
+	d.collect(e, sent, s, results, p.duration)
+	var latencies []float64
+	for _, r := range results {
+		latencies = append(latencies, r.Latencies...)
+	}
+	d.Latency = summarize(latencies)
 
+	rep.addLatency("delivery latency", d.Latency)
+	d.report(rep)
+	return nil
+}
+
+// collect tallies the sends and what the workers saw, but for the
+// delivery latencies, which fanout and storm summarise differently.
+func (d *FanoutDetails) collect(e *env, sent []sentEvent, s *fanoutSetup, results []workerResult, duration time.Duration) {
 	d.Attempted = int64(len(sent))
-	for _, s := range sent {
-		if s.acked {
+	var sendLat []float64
+	for _, ev := range sent {
+		if ev.acked {
 			d.Acked++
+			sendLat = append(sendLat, ev.sendMS)
 		} else {
 			d.SendFailed++
 		}
 	}
-	d.SendRate = float64(d.Acked) / p.duration.Seconds()
+	d.SendRate = float64(d.Acked) / duration.Seconds()
 	d.SendLatency = summarize(sendLat)
-	var latencies []float64
 	procs := len(results)
 	for w, r := range results {
 		e.errs.Merge(r.Errors, r.Samples)
 		d.Polls += r.Polls
 		d.Limited += r.Limited
-		latencies = append(latencies, r.Latencies...)
 		for k, seen := range r.Seen {
 			recv := w + k*procs // clients were dealt out round-robin
-			d.account(sent, roomOf(recv), receivers[recv].UserID, seen)
+			d.account(sent, s.roomOf(recv), s.receivers[recv].UserID, seen)
 		}
 	}
-	d.Latency = summarize(latencies)
+}
 
-	rep.addLatency("delivery latency", d.Latency)
+// report adds the metrics fanout and storm share, after their latencies.
+func (d *FanoutDetails) report(rep *Report) {
 	rep.add("deliveries expected", float64(d.Expected), "", "")
 	rep.add("missing deliveries", float64(d.Missing), "", "lower")
 	rep.add("duplicate deliveries", float64(d.Duplicates), "", "lower")
@@ -183,7 +246,6 @@ func runFanout(ctx context.Context, e *env, rep *Report, p *fanoutParams) error 
 	rep.add("wait for the server to quiet", d.QuietS, "s", "")
 	rep.add("initial sync p50", d.InitialSync.P50, "ms", "lower")
 	rep.add("sync responses", float64(d.Polls), "", "")
-	return nil
 }
 
 // account compares what one receiver in room saw with what was sent.
@@ -219,16 +281,16 @@ func (d *FanoutDetails) account(sent []sentEvent, room int, user string, seen []
 	}
 }
 
-// sendAtRate sends events on a fixed schedule, event k at start + k/rate,
-// room k mod rooms, until the duration is over. It returns every event
-// indexed by its sequence number, and the acknowledged sends' latencies.
-func (e *env) sendAtRate(ctx context.Context, p *fanoutParams, senders []*Client, rooms []string) ([]sentEvent, []float64) {
+// sendAtRate sends events on a fixed schedule, event k at start + k/rate
+// (with p.jitter, at a random instant of [k/rate, (k+1)/rate)), room k mod
+// rooms, until the duration is over. It returns every event
+// indexed by its sequence number, with its send latency once acknowledged.
+func (e *env) sendAtRate(ctx context.Context, p *fanoutParams, senders []*Client, rooms []string) []sentEvent {
 	var (
-		mu        sync.Mutex
-		sent      []sentEvent
-		latencies []float64
-		wg        sync.WaitGroup
-		sem       = make(chan struct{}, p.inflight)
+		mu   sync.Mutex
+		sent []sentEvent
+		wg   sync.WaitGroup
+		sem  = make(chan struct{}, p.inflight)
 	)
 	// The senders share a pool of connections, as a bridge or bot might.
 	hc := &http.Client{Transport: newTransport(nil, p.inflight)}
@@ -237,6 +299,9 @@ func (e *env) sendAtRate(ctx context.Context, p *fanoutParams, senders []*Client
 	end := start.Add(p.duration)
 	for seq := 0; ; seq++ {
 		at := start.Add(time.Duration(seq) * interval)
+		if p.jitter {
+			at = at.Add(rand.N(interval))
+		}
 		if !at.Before(end) || sleepCtx(ctx, time.Until(at)) != nil {
 			break
 		}
@@ -251,7 +316,7 @@ func (e *env) sendAtRate(ctx context.Context, p *fanoutParams, senders []*Client
 		c := senders[room].withHTTP(hc)
 		now := time.Now()
 		mu.Lock()
-		sent = append(sent, sentEvent{room: room})
+		sent = append(sent, sentEvent{room: room, at: now})
 		mu.Unlock()
 		wg.Add(1)
 		go func() {
@@ -265,12 +330,12 @@ func (e *env) sendAtRate(ctx context.Context, p *fanoutParams, senders []*Client
 			}
 			mu.Lock()
 			sent[seq].acked = true
-			latencies = append(latencies, ms(time.Since(now)))
+			sent[seq].sendMS = ms(time.Since(now))
 			mu.Unlock()
 		}()
 	}
 	wg.Wait()
-	return sent, latencies
+	return sent
 }
 
 // waitQuiet waits until the server used less than cores of CPU over the

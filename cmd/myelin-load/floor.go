@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"strconv"
@@ -15,8 +16,8 @@ import (
 // The floor server is a stand-in homeserver that does only what the idle
 // scenario needs and nothing else: registration hands out a token, an
 // initial /sync answers at once, and a long-poll waits for its timeout
-// (rounded down to a quarter second, as Myelin's are) and answers an
-// empty next_batch. Running the idle scenario against it
+// (less a random tenth and rounded down to a quarter second, as Myelin's
+// are) and answers an empty next_batch. Running the idle scenario against it
 // measures what Go's HTTP server, the runtime and the kernel cost on this
 // machine for the same connections and polls, below which no Go
 // homeserver can go.
@@ -60,9 +61,14 @@ func floorHandler() http.Handler {
 		q := r.URL.Query()
 		if q.Get("since") != "" {
 			ms, _ := strconv.ParseInt(q.Get("timeout"), 10, 64)
-			// Rounded down to a quarter second, as Myelin does, so that
-			// timeouts fire in batches.
-			deadline := time.Now().Add(time.Duration(ms) * time.Millisecond).Truncate(250 * time.Millisecond)
+			// As Myelin does: less a random part of a tenth, so that a
+			// herd does not stay in step, and rounded down to a quarter
+			// second, so that timeouts fire in batches.
+			timeout := time.Duration(max(ms, 0)) * time.Millisecond
+			if spread := timeout / 10; spread > 0 {
+				timeout -= rand.N(spread)
+			}
+			deadline := time.Now().Add(timeout).Truncate(250 * time.Millisecond)
 			ctx, cancel := context.WithDeadline(r.Context(), deadline)
 			<-ctx.Done()
 			cancel()

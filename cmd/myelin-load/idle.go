@@ -90,7 +90,7 @@ func runIdle(ctx context.Context, e *env, rep *Report, p *idleParams) error {
 	}
 
 	t0 := time.Now()
-	ws, err := e.startWorkers(ctx, users, p.filter, p.poll)
+	ws, err := e.startWorkers(ctx, users, p.filter, p.poll, false)
 	if err != nil {
 		return err
 	}

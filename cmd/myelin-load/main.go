@@ -4,6 +4,7 @@
 //
 //	myelin-load send        [flags]   S senders over R rooms: events/s, send latency
 //	myelin-load fanout      [flags]   M long-polling /sync clients, E events/s: delivery latency, loss
+//	myelin-load storm       [flags]   M long-polls restarted in step, E events/s: delivery latency while their timeouts fall
 //	myelin-load idle        [flags]   C idle /sync long-polls: server RSS per connection, idle CPU
 //	myelin-load join        [flags]   U users joining one room: joins/s per slice of the room's growth
 //	myelin-load initialsync [flags]   initial /sync in an N-member room, /messages back-pagination
@@ -53,6 +54,7 @@ type scenario struct {
 var scenarios = []scenario{
 	{"send", "S concurrent senders over R rooms: events/s and send latency", sendFlags},
 	{"fanout", "M long-polling /sync clients in rooms of ~100, E events/s: delivery latency, missing, duplicates", fanoutFlags},
+	{"storm", "M long-polls restarted in step, E events/s into a few rooms: delivery latency in and out of the timeout windows", stormFlags},
 	{"idle", "C idle long-polling /sync connections held for T: RSS per connection, idle CPU", idleFlags},
 	{"join", "U users joining one room: joins/s overall and per slice", joinFlags},
 	{"initialsync", "initial /sync in an N-member room with and without lazy loading; /messages pagination", initialSyncFlags},

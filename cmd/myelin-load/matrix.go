@@ -202,7 +202,10 @@ type loadContent struct {
 // syncResponse holds the parts of a /sync answer the tool reads.
 type syncResponse struct {
 	NextBatch string `json:"next_batch"`
-	Rooms     struct {
+	Presence  struct {
+		Events []json.RawMessage `json:"events"`
+	} `json:"presence"`
+	Rooms struct {
 		Join map[string]struct {
 			Timeline struct {
 				Events []struct {
@@ -225,6 +228,12 @@ type syncResponse struct {
 			} `json:"state"`
 		} `json:"join"`
 	} `json:"rooms"`
+}
+
+// empty reports whether the answer holds nothing the tool counts as news
+// (rooms or presence): the answer to a long-poll that timed out.
+func (r *syncResponse) empty() bool {
+	return len(r.Rooms.Join) == 0 && len(r.Presence.Events) == 0
 }
 
 // Sync calls /sync. since empty is an initial sync; timeout is the

@@ -24,16 +24,26 @@ import (
 // `myelin-load worker`, writes a workerJob as JSON to its stdin, and reads
 // from its stdout one workerReady line once every client has done its
 // initial sync and is long-polling, then (after the coordinator closes
-// stdin) one workerResult line.
+// stdin) one workerResult line. In between, the coordinator may write
+// workerControl lines.
 
 // workerJob is what one worker process is asked to do.
 type workerJob struct {
-	BaseURL string         `json:"base_url"`
-	Filter  string         `json:"filter"`
-	PollMS  int64          `json:"poll_ms"`
-	Conc    int            `json:"initial_concurrency"`
-	Until   time.Time      `json:"until"` // hard stop, from -deadline
+	BaseURL string    `json:"base_url"`
+	Filter  string    `json:"filter"`
+	PollMS  int64     `json:"poll_ms"`
+	Conc    int       `json:"initial_concurrency"`
+	Until   time.Time `json:"until"` // hard stop, from -deadline
+	// Restart says a workerControl with a restart time will come: the
+	// polls in flight then are dropped and every client polls again at
+	// once, as when a server restarts and its clients reconnect together.
+	Restart bool           `json:"restart,omitempty"`
 	Clients []workerClient `json:"clients"`
+}
+
+// workerControl is a message to a running worker.
+type workerControl struct {
+	RestartAt time.Time `json:"restart_at"`
 }
 
 type workerClient struct {
@@ -62,8 +72,16 @@ type workerResult struct {
 	// sighting.
 	Seen      [][]int64 `json:"seen"`
 	Latencies []float64 `json:"latencies_ms"`
-	Limited   int64     `json:"limited"` // timelines answered with limited=true
+	FirstSeq  []int64   `json:"first_seq"` // the load_seq of each of Latencies
+	Limited   int64     `json:"limited"`   // timelines answered with limited=true
+	// EmptyAt counts the answers holding nothing (timed-out long-polls)
+	// by the emptyBucket they arrived in (Unix time / emptyBucket).
+	EmptyAt map[int64]int64 `json:"empty_at"`
 }
+
+// emptyBucket is the resolution at which workers count empty answers:
+// fine enough to see a herd of timeouts on one 250 ms tick.
+const emptyBucket = 50 * time.Millisecond
 
 // runWorker is the worker process's main.
 func runWorker(stdin io.Reader, stdout io.Writer) error {
@@ -74,15 +92,24 @@ func runWorker(stdin io.Reader, stdout io.Writer) error {
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), job.Until)
 	defer cancel()
+	w := newPoller(job)
 	// The coordinator closes stdin to stop the worker (and stdin reaches
 	// EOF if the coordinator dies).
 	stopped := make(chan struct{})
 	go func() {
-		io.Copy(io.Discard, io.MultiReader(dec.Buffered(), stdin))
-		close(stopped)
+		defer close(stopped)
+		for {
+			var m workerControl
+			if err := dec.Decode(&m); err != nil {
+				io.Copy(io.Discard, io.MultiReader(dec.Buffered(), stdin))
+				return
+			}
+			if !m.RestartAt.IsZero() {
+				time.AfterFunc(time.Until(m.RestartAt), w.restart)
+			}
+		}
 	}()
 
-	w := newPoller(job)
 	start := time.Now()
 	// Each client long-polls as soon as its initial sync is done, as a real
 	// client does: one that waited for all the others would look idle to
@@ -122,6 +149,10 @@ type poller struct {
 	limited atomic.Int64
 	mu      sync.Mutex
 	pollsAt map[int64]int64 // answers by Unix second
+	emptyAt map[int64]int64 // empty answers by emptyBucket
+	// restarted ends when the coordinator's restart time comes (restart).
+	restarted context.Context
+	restart   context.CancelFunc
 }
 
 type pollClient struct {
@@ -131,10 +162,13 @@ type pollClient struct {
 	seen      []int64
 	first     map[int64]bool
 	latencies []float64
+	firstSeq  []int64
+	restarted bool // the client's poll in flight at the restart was dropped
 }
 
 func newPoller(job workerJob) *poller {
-	w := &poller{job: job, errs: newTally(), pollsAt: map[int64]int64{}}
+	w := &poller{job: job, errs: newTally(), pollsAt: map[int64]int64{}, emptyAt: map[int64]int64{}}
+	w.restarted, w.restart = context.WithCancel(context.Background())
 	for _, wc := range job.Clients {
 		var src net.IP
 		if wc.Src != "" {
@@ -180,10 +214,18 @@ func (w *poller) initialSyncs(ctx context.Context, synced func(*pollClient)) []f
 func (w *poller) poll(ctx context.Context, pc *pollClient) {
 	timeout := time.Duration(w.job.PollMS) * time.Millisecond
 	for ctx.Err() == nil {
-		resp, _, err := pc.c.Sync(ctx, pc.since, w.job.Filter, timeout)
+		rctx, stop := w.dropAtRestart(ctx, pc)
+		resp, _, err := pc.c.Sync(rctx, pc.since, w.job.Filter, timeout)
+		stop()
 		if err != nil {
 			if ctx.Err() != nil {
 				return
+			}
+			if rctx.Err() != nil {
+				// Dropped by the restart: reconnect at once, as a client
+				// whose server came back does, with the same token.
+				pc.restarted = true
+				continue
 			}
 			w.errs.Add("sync", err)
 			// Back off as a client would, then retry from the same token.
@@ -193,6 +235,9 @@ func (w *poller) poll(ctx context.Context, pc *pollClient) {
 		now := time.Now().UnixMicro()
 		w.mu.Lock()
 		w.pollsAt[now/1e6]++
+		if resp.empty() {
+			w.emptyAt[now/emptyBucket.Microseconds()]++
+		}
 		w.mu.Unlock()
 		for _, room := range resp.Rooms.Join {
 			if room.Timeline.Limited {
@@ -207,6 +252,7 @@ func (w *poller) poll(ctx context.Context, pc *pollClient) {
 				if !pc.first[*seq] {
 					pc.first[*seq] = true
 					pc.latencies = append(pc.latencies, float64(now-ev.Content.SentUS)/1e3)
+					pc.firstSeq = append(pc.firstSeq, *seq)
 				}
 			}
 		}
@@ -216,9 +262,25 @@ func (w *poller) poll(ctx context.Context, pc *pollClient) {
 	}
 }
 
+// dropAtRestart returns the context for pc's next request: one that ends
+// at the restart, if the job has one and pc has not been through it yet.
+func (w *poller) dropAtRestart(ctx context.Context, pc *pollClient) (context.Context, func()) {
+	if !w.job.Restart || pc.restarted {
+		return ctx, func() {}
+	}
+	if w.restarted.Err() != nil {
+		// The restart came between two polls: nothing to drop.
+		pc.restarted = true
+		return ctx, func() {}
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(w.restarted, cancel)
+	return rctx, func() { stop(); cancel() }
+}
+
 func (w *poller) result() workerResult {
 	w.mu.Lock()
-	r := workerResult{Limited: w.limited.Load(), PollsAt: maps.Clone(w.pollsAt)}
+	r := workerResult{Limited: w.limited.Load(), PollsAt: maps.Clone(w.pollsAt), EmptyAt: maps.Clone(w.emptyAt)}
 	w.mu.Unlock()
 	for _, n := range r.PollsAt {
 		r.Polls += n
@@ -228,6 +290,7 @@ func (w *poller) result() workerResult {
 	for i, pc := range w.clients {
 		r.Seen[i] = pc.seen
 		r.Latencies = append(r.Latencies, pc.latencies...)
+		r.FirstSeq = append(r.FirstSeq, pc.firstSeq...)
 	}
 	return r
 }
@@ -262,7 +325,8 @@ func procsFor(n, requested int) (int, error) {
 }
 
 // startWorkers splits clients over procs worker processes and starts them.
-func (e *env) startWorkers(ctx context.Context, clients []*Client, filter string, poll time.Duration) (*workers, error) {
+// With restart, the workers wait for a restart time (workers.restartAt).
+func (e *env) startWorkers(ctx context.Context, clients []*Client, filter string, poll time.Duration, restart bool) (*workers, error) {
 	procs, err := procsFor(len(clients), e.opts.procs)
 	if err != nil {
 		return nil, err
@@ -277,7 +341,7 @@ func (e *env) startWorkers(ctx context.Context, clients []*Client, filter string
 	}
 	ws := &workers{}
 	for p := range procs {
-		job := workerJob{BaseURL: e.base, Filter: filter, PollMS: poll.Milliseconds(), Conc: e.opts.concurrency, Until: until}
+		job := workerJob{BaseURL: e.base, Filter: filter, PollMS: poll.Milliseconds(), Conc: e.opts.concurrency, Until: until, Restart: restart}
 		for i := p; i < len(clients); i += procs {
 			wc := workerClient{UserID: clients[i].UserID, Token: clients[i].Token}
 			if ip := sourceIP(i, e.opts.srcIPs); ip != nil {
@@ -364,6 +428,17 @@ func (ws *workers) stop(ctx context.Context) ([]workerResult, error) {
 		wp.cmd.Wait()
 	}
 	return results, errors.Join(errs...)
+}
+
+// restartAt tells every worker to drop its clients' polls at t and have
+// them poll again at once.
+func (ws *workers) restartAt(t time.Time) error {
+	for _, wp := range ws.procs {
+		if err := json.NewEncoder(wp.stdin).Encode(workerControl{RestartAt: t}); err != nil {
+			return fmt.Errorf("worker %d: send restart: %w", wp.cmd.Process.Pid, err)
+		}
+	}
+	return nil
 }
 
 // kill ends every worker without waiting for results.
