@@ -114,6 +114,24 @@ func (r *Roomserver) RoomVersion(ctx context.Context, roomID string) (gmsl.RoomV
 	return room.Version, nil
 }
 
+// LatestEvents returns the room's forward extremities and the greatest
+// depth of its events: what a new event of the room would follow.
+func (r *Roomserver) LatestEvents(ctx context.Context, roomID string) ([]string, int64, error) {
+	room, err := r.store.Room(ctx, roomID)
+	if err != nil {
+		return nil, 0, mapNotFound(err, rsapi.ErrRoomNotFound)
+	}
+	evs, err := r.store.EventsByNID(ctx, room.Latest)
+	if err != nil {
+		return nil, 0, fmt.Errorf("latest events of %s: %w", roomID, err)
+	}
+	ids := make([]string, len(evs))
+	for i, e := range evs {
+		ids[i] = e.ID
+	}
+	return ids, room.MaxDepth, nil
+}
+
 // CurrentState implements rsapi.API.
 func (r *Roomserver) CurrentState(ctx context.Context, roomID string, tuples ...gmsl.StateKeyTuple) ([]gmsl.PDU, error) {
 	room, err := r.store.Room(ctx, roomID)

@@ -1,6 +1,10 @@
 package rsapi
 
-import "context"
+import (
+	"context"
+
+	gmsl "github.com/matrix-org/gomatrixserverlib"
+)
 
 // Performer is the roomserver's membership and room operations: it
 // decides what a join, leave, invite, knock, kick, ban, unban or upgrade
@@ -21,6 +25,11 @@ type Performer interface {
 	PerformMembership(ctx context.Context, req *MembershipRequest) error
 	// PerformUpgrade replaces a room with a new one of another version.
 	PerformUpgrade(ctx context.Context, req *UpgradeRequest) (*UpgradeResponse, error)
+	// BuildEventTemplate completes a member event another server's user
+	// asks this server to prepare (make_join, make_leave, make_knock)
+	// from the room's current state, and returns it built and signed
+	// here with the state it was authorised against. Nothing is stored.
+	BuildEventTemplate(ctx context.Context, proto *gmsl.ProtoEvent) (gmsl.PDU, []gmsl.PDU, error)
 }
 
 // PerformError is a perform request refused, with the Matrix error code

@@ -36,6 +36,9 @@ import (
 type Rooms interface {
 	rsapi.Inputter
 	RoomVersion(ctx context.Context, roomID string) (gmsl.RoomVersion, error)
+	// LatestEvents returns the room's forward extremities and the
+	// greatest depth of its events.
+	LatestEvents(ctx context.Context, roomID string) (eventIDs []string, depth int64, err error)
 	CurrentState(ctx context.Context, roomID string, tuples ...gmsl.StateKeyTuple) ([]gmsl.PDU, error)
 	Membership(ctx context.Context, roomID, userID string) (*rsapi.Membership, error)
 	RoomAliases(ctx context.Context, roomID string) ([]string, error)
