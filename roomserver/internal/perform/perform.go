@@ -15,11 +15,9 @@ package perform
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/big"
 	"time"
 
 	gmsl "github.com/matrix-org/gomatrixserverlib"
@@ -218,14 +216,3 @@ func (p *Performer) servers(roomID string, given []string) []spec.ServerName {
 // maxEventBytes is the spec's limit on a whole event (client-server API,
 // "Size limits").
 const maxEventBytes = 65536
-
-const roomIDChars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-
-func randomString(n int) string {
-	b := make([]byte, n)
-	for i := range b {
-		k, _ := rand.Int(rand.Reader, big.NewInt(int64(len(roomIDChars))))
-		b[i] = roomIDChars[k.Int64()]
-	}
-	return string(b)
-}

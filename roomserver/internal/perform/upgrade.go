@@ -9,6 +9,7 @@ import (
 	gmsl "github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
+	"myelin/internal/mxid"
 	rsapi "myelin/roomserver/api"
 	"myelin/setup/config"
 )
@@ -60,7 +61,7 @@ func (p *Performer) PerformUpgrade(ctx context.Context, req *rsapi.UpgradeReques
 	// event, so its create event is made first.
 	var newID, tombstoneID string
 	if !verImpl.DomainlessRoomIDs() {
-		newID = "!" + randomString(18) + ":" + string(p.key.ServerName)
+		newID = mxid.NewRoomID(string(p.key.ServerName))
 		if tombstoneID, err = p.sendTombstone(ctx, sender, oldID, newID); err != nil {
 			return nil, err
 		}
