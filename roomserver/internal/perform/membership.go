@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 
+	gmsl "github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	rsapi "myelin/roomserver/api"
+	"myelin/roomserver/internal/input"
 )
 
 // PerformLeave implements rsapi.Performer: a leave of a room known here,
@@ -78,12 +80,11 @@ func (p *Performer) leaveVia(ctx context.Context, server spec.ServerName, req *r
 }
 
 // PerformInvite implements rsapi.Performer. The invite carries the
-// invitee's profile when this server knows it.
-//
-// An invitee on another server gets the invite from the federationapi,
-// which sends it on from the output stream; asking its server to sign the
-// invite first (Federation.Invite) needs the input to hand back an event
-// before storing it, which it does not yet.
+// invitee's profile when this server knows it. An invitee on another
+// server must have its server sign the invite before it enters the room
+// (spec: server-server API, "Inviting to a room"); with no Federation the
+// invite is stored at once, and the invitee's server hears of it only
+// from the output stream, as before federation.
 func (p *Performer) PerformInvite(ctx context.Context, req *rsapi.InviteRequest) error {
 	var extra map[string]any
 	if req.IsDirect {
@@ -93,8 +94,69 @@ func (p *Performer) PerformInvite(ctx context.Context, req *rsapi.InviteRequest)
 	if err != nil {
 		return err
 	}
+	if invitee, err := spec.NewUserID(req.Invitee, true); err == nil && p.fed != nil && invitee.Domain() != p.key.ServerName {
+		return p.inviteRemote(ctx, req, invitee.Domain(), content)
+	}
 	_, err = p.sendMember(ctx, req.RoomID, req.Sender, req.Invitee, content, false)
 	return err
+}
+
+// inviteStrippedTypes are the state events an invite shows the invitee
+// (spec: "stripped state"), as the input adds them to local invites.
+var inviteStrippedTypes = []string{
+	spec.MRoomCreate, spec.MRoomJoinRules, spec.MRoomCanonicalAlias, "m.room.avatar",
+	spec.MRoomName, spec.MRoomEncryption, spec.MRoomTopic,
+}
+
+// inviteRemote builds the invite on the room's current state, checks it
+// against the auth rules, has the invitee's server sign it, and inputs
+// the signed event. Should the room move on meanwhile, the invite is a
+// fork the input resolves like any federated event.
+func (p *Performer) inviteRemote(ctx context.Context, req *rsapi.InviteRequest, server spec.ServerName, content json.RawMessage) error {
+	invitee := req.Invitee
+	proto := &gmsl.ProtoEvent{SenderID: req.Sender, RoomID: req.RoomID, Type: spec.MRoomMember, StateKey: &invitee, Content: spec.RawJSON(content)}
+	ev, state, err := p.BuildEventTemplate(ctx, proto)
+	if errors.Is(err, rsapi.ErrRoomNotFound) {
+		return forbidden("You are not in this room")
+	}
+	if err != nil {
+		return err
+	}
+	auth, err := gmsl.NewAuthEvents(state)
+	if err != nil {
+		return fmt.Errorf("auth state of %s: %w", req.RoomID, err)
+	}
+	if err := gmsl.Allowed(ev, auth, input.UserIDForSender); err != nil {
+		var na *gmsl.NotAllowed
+		if errors.As(err, &na) {
+			return forbidden("%s", na.Message)
+		}
+		return forbidden("%v", err)
+	}
+	tuples := make([]gmsl.StateKeyTuple, 0, len(inviteStrippedTypes)+1)
+	for _, t := range inviteStrippedTypes {
+		tuples = append(tuples, gmsl.StateKeyTuple{EventType: t})
+	}
+	tuples = append(tuples, gmsl.StateKeyTuple{EventType: spec.MRoomMember, StateKey: req.Sender})
+	current, err := p.rooms.CurrentState(ctx, req.RoomID, tuples...)
+	if err != nil {
+		return fmt.Errorf("stripped state of %s: %w", req.RoomID, err)
+	}
+	stripped := make([]gmsl.InviteStrippedState, len(current))
+	for i, s := range current {
+		stripped[i] = gmsl.NewInviteStrippedState(s)
+	}
+	signed, err := p.fed.Invite(ctx, server, ev, stripped)
+	if err != nil {
+		return remoteError("invite to", req.RoomID, []error{fmt.Errorf("invite via %s: %w", server, err)})
+	}
+	if signed == nil || signed.EventID() != ev.EventID() {
+		return &unreachableError{fmt.Errorf("invite via %s: the server answered with another event", server)}
+	}
+	if _, err := p.rooms.Input(ctx, &rsapi.InputRequest{RoomID: req.RoomID, Events: []rsapi.InputEvent{{PDU: json.RawMessage(signed.JSON())}}}); err != nil {
+		return inputError(err)
+	}
+	return nil
 }
 
 // PerformMembership implements rsapi.Performer: kick, ban and unban.

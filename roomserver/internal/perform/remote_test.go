@@ -2,6 +2,7 @@ package perform_test
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -35,6 +36,7 @@ func (e codedErr) MatrixErrCode() string { return e.code }
 // table: what the performer asks, and of whom, is recorded.
 type testFederation struct {
 	servers map[spec.ServerName]remoteServer
+	key     ed25519.PrivateKey // what the servers sign with
 
 	mu    sync.Mutex
 	calls []string   // "make_join server", "send_join server", ...
@@ -113,9 +115,15 @@ func (f *testFederation) SendKnock(_ context.Context, s spec.ServerName, ev gmsl
 	return fclient.RespSendKnock{}, err
 }
 
-func (f *testFederation) Invite(_ context.Context, s spec.ServerName, ev gmsl.PDU, _ []gmsl.InviteStrippedState) (gmsl.PDU, error) {
-	_, err := f.record("invite", s, ev)
-	return ev, err
+func (f *testFederation) Invite(_ context.Context, s spec.ServerName, ev gmsl.PDU, stripped []gmsl.InviteStrippedState) (gmsl.PDU, error) {
+	if _, err := f.record("invite", s, ev); err != nil {
+		return nil, err
+	}
+	if len(stripped) == 0 {
+		return nil, codedErr{"M_BAD_JSON"} // the invitee's server must see the room
+	}
+	// The invitee's server signs the invite as itself.
+	return ev.Sign(string(s), "ed25519:remote", f.key), nil
 }
 
 // TestPerformRemote checks the path of a membership change in a room this
@@ -287,5 +295,92 @@ func checkSent(t *testing.T, ev gmsl.PDU, roomID, membership string) {
 	}
 	if err := json.Unmarshal(ev.JSON(), &sigs); err != nil || len(sigs.Signatures[server]) != 1 {
 		t.Errorf("sent event is not signed by %s: %s", server, ev.JSON())
+	}
+}
+
+// TestPerformInviteRemote invites users of other servers to a room of this
+// one: the invitee's server signs the invite before it enters the room,
+// and a refusal, by the auth rules here or by that server, leaves the
+// room as it was.
+func TestPerformInviteRemote(t *testing.T) {
+	_, key, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice, bob, zed := user("alice"), user("bob"), "@zed:remote.test"
+	cases := []struct {
+		name      string
+		servers   map[spec.ServerName]remoteServer
+		sender    string
+		invitee   string
+		room      string // default: the test's room
+		wantCode  string
+		wantCalls []string
+		want      string // the invitee's membership after
+	}{
+		{name: "the invitee's server signs", servers: map[spec.ServerName]remoteServer{"remote.test": {}},
+			sender: alice, invitee: zed, wantCalls: []string{"invite remote.test"}, want: spec.Invite},
+		{name: "the invitee's server refuses", servers: map[spec.ServerName]remoteServer{"remote.test": {refuse: "M_FORBIDDEN"}},
+			sender: alice, invitee: zed, wantCode: "M_FORBIDDEN", wantCalls: []string{"invite remote.test"}, want: spec.Leave},
+		{name: "the invitee's server is down", servers: map[spec.ServerName]remoteServer{"remote.test": {down: true}},
+			sender: alice, invitee: zed, wantCode: "unavailable", wantCalls: []string{"invite remote.test"}, want: spec.Leave},
+		{name: "the sender may not invite", servers: map[spec.ServerName]remoteServer{"remote.test": {}},
+			sender: bob, invitee: zed, wantCode: "M_FORBIDDEN", want: spec.Leave},
+		{name: "a room not known here", servers: map[spec.ServerName]remoteServer{"remote.test": {}},
+			sender: alice, invitee: zed, room: "!nowhere:" + server, wantCode: "M_FORBIDDEN"},
+		{name: "a local invitee asks no one", servers: map[spec.ServerName]remoteServer{},
+			sender: alice, invitee: user("carol"), want: spec.Invite},
+	}
+	for _, d := range sqldbtest.Dialects {
+		t.Run(d, func(t *testing.T) {
+			for _, c := range cases {
+				t.Run(c.name, func(t *testing.T) {
+					fed := &testFederation{servers: c.servers, key: key}
+					rs := startRoomserver(t, d, roomserver.WithFederation(fed))
+					ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+					defer cancel()
+					room := createRoom(t, rs, "room", "10", "public",
+						stateProto(alice, spec.MRoomPowerLevels, "", map[string]any{"users": map[string]int{alice: 100}, "invite": 50}),
+						stateProto(alice, spec.MRoomName, "", map[string]any{"name": "a room"}))
+					if _, err := rs.PerformJoin(ctx, &rsapi.JoinRequest{RoomID: room, UserID: bob}); err != nil {
+						t.Fatal(err)
+					}
+					if c.room != "" {
+						room = c.room
+					}
+					err := rs.PerformInvite(ctx, &rsapi.InviteRequest{RoomID: room, Sender: c.sender, Invitee: c.invitee})
+					if got := errCode(err); got != c.wantCode {
+						t.Fatalf("error %v (code %q), want %q", err, got, c.wantCode)
+					}
+					fed.mu.Lock()
+					calls := strings.Join(fed.calls, ", ")
+					fed.mu.Unlock()
+					if calls != strings.Join(c.wantCalls, ", ") {
+						t.Fatalf("calls %q, want %q", calls, c.wantCalls)
+					}
+					if c.want == "" {
+						return
+					}
+					m, err := rs.Membership(ctx, room, c.invitee)
+					if err != nil || m.Membership != c.want {
+						t.Fatalf("membership of %s: %+v %v, want %s", c.invitee, m, err, c.want)
+					}
+					if c.want != spec.Invite || c.invitee != zed {
+						return
+					}
+					evs, err := rs.Events(ctx, []string{m.EventID})
+					if err != nil || len(evs) != 1 {
+						t.Fatalf("the invite %s: %v", m.EventID, err)
+					}
+					var sigs struct {
+						Signatures map[string]map[string]string `json:"signatures"`
+					}
+					_ = json.Unmarshal(evs[0].JSON(), &sigs)
+					if len(sigs.Signatures[server]) != 1 || len(sigs.Signatures["remote.test"]) != 1 {
+						t.Fatalf("the stored invite is not signed by both servers: %s", evs[0].JSON())
+					}
+				})
+			}
+		})
 	}
 }
