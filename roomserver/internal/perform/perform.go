@@ -6,9 +6,12 @@
 //
 // Rooms this server is in and rooms it is not go through one path: when
 // the room is unknown here the operation asks other servers through
-// Federation, which the federationapi implements. With no Federation (or
-// no server to ask) a join or knock of an unknown room is refused with
-// M_NOT_FOUND, as before federation.
+// Federation, which the federationapi implements (make/send join, leave
+// and knock), and an invitee of another server signs its invite first.
+// With no Federation (or no server to ask) a join or knock of an unknown
+// room is refused with M_NOT_FOUND, as before federation. The other way
+// round, BuildEventTemplate prepares the member event another server's
+// user asks for (make_join, make_leave, make_knock).
 //
 // Only the roomserver package imports it.
 package perform
