@@ -52,6 +52,7 @@ func TestKnock(t *testing.T) {
 			{"a reason that is not a string", knock, "", map[string]any{"reason": 7}, 400, "M_BAD_JSON"},
 			{"a body that is not an object", knock, "", "[]", 400, "M_BAD_JSON"},
 		}
+		since := bob.Do(t, "GET", "/_matrix/client/v3/sync", nil).MustOK(t).String("next_batch")
 		for _, c := range cases {
 			t.Run(c.name, func(t *testing.T) {
 				r := bob.Do(t, "POST", "/_matrix/client/v3/knock/"+url.PathEscape(c.target)+c.query, c.body)
@@ -69,33 +70,10 @@ func TestKnock(t *testing.T) {
 			t.Fatalf("bob's member event after knocking: %s", member.Raw)
 		}
 		// The knocker's /sync lists the room under rooms.knock, with the
-		// stripped state and the knock.
-		sync := bob.Do(t, "GET", "/_matrix/client/v3/sync", nil).MustOK(t)
-		var body struct {
-			Rooms struct {
-				Knock map[string]struct {
-					KnockState struct {
-						Events []struct {
-							Type     string         `json:"type"`
-							StateKey string         `json:"state_key"`
-							Content  map[string]any `json:"content"`
-						} `json:"events"`
-					} `json:"knock_state"`
-				} `json:"knock"`
-			} `json:"rooms"`
-		}
-		if err := json.Unmarshal(sync.Raw, &body); err != nil {
-			t.Fatal(err)
-		}
-		seen := map[string]bool{}
-		for _, ev := range body.Rooms.Knock[knock].KnockState.Events {
-			seen[ev.Type] = true
-			if ev.Type == "m.room.member" && (ev.StateKey != bobID || ev.Content["membership"] != "knock") {
-				t.Errorf("knock_state member event %+v", ev)
-			}
-		}
-		if !seen["m.room.join_rules"] || !seen["m.room.member"] || len(body.Rooms.Knock) != 2 {
-			t.Fatalf("rooms.knock of bob's sync: %s", sync.Raw)
+		// stripped state and the knock: an initial sync, and one since
+		// before the knocks.
+		for _, path := range []string{"/_matrix/client/v3/sync", "/_matrix/client/v3/sync?since=" + url.QueryEscape(since)} {
+			checkKnockSync(t, bob.Do(t, "GET", path, nil).MustOK(t), knock, bobID)
 		}
 		if r := alice.Do(t, "POST", "/_matrix/client/v3/knock/"+url.PathEscape(knock), map[string]any{}); r.Status != 403 {
 			t.Fatalf("a member knocks: %d %s, want 403", r.Status, r.Raw)
@@ -105,4 +83,36 @@ func TestKnock(t *testing.T) {
 		// A knock withdrawn is a leave.
 		bob.Do(t, "POST", "/_matrix/client/v3/rooms/"+url.PathEscape(byAlias)+"/leave", map[string]any{}).MustOK(t)
 	})
+}
+
+// checkKnockSync checks that a /sync response lists two knocked rooms,
+// room among them with its join rules and the knock of userID.
+func checkKnockSync(t *testing.T, sync *testserver.Response, room, userID string) {
+	t.Helper()
+	var body struct {
+		Rooms struct {
+			Knock map[string]struct {
+				KnockState struct {
+					Events []struct {
+						Type     string         `json:"type"`
+						StateKey string         `json:"state_key"`
+						Content  map[string]any `json:"content"`
+					} `json:"events"`
+				} `json:"knock_state"`
+			} `json:"knock"`
+		} `json:"rooms"`
+	}
+	if err := json.Unmarshal(sync.Raw, &body); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, ev := range body.Rooms.Knock[room].KnockState.Events {
+		seen[ev.Type] = true
+		if ev.Type == "m.room.member" && (ev.StateKey != userID || ev.Content["membership"] != "knock") {
+			t.Errorf("knock_state member event %+v", ev)
+		}
+	}
+	if !seen["m.room.join_rules"] || !seen["m.room.member"] || len(body.Rooms.Knock) != 2 {
+		t.Fatalf("rooms.knock of the knocker's sync: %s", sync.Raw)
+	}
 }
