@@ -1,10 +1,8 @@
 package clientapi
 
 import (
-	"crypto/rand"
 	"encoding/json"
 	"errors"
-	"math/big"
 	"net/http"
 	"strings"
 
@@ -104,17 +102,6 @@ var presets = map[string]presetConfig{
 	"private_chat":         {joinRules: "invite", historyVis: "shared", guestAccess: "can_join", inviteLevel: 0},
 	"trusted_private_chat": {joinRules: "invite", historyVis: "shared", guestAccess: "can_join", inviteesAdmin: true, inviteLevel: 0},
 	"public_chat":          {joinRules: "public", historyVis: "shared", guestAccess: "forbidden", inviteLevel: 50},
-}
-
-const roomIDChars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-
-func randomString(n int) string {
-	b := make([]byte, n)
-	for i := range b {
-		k, _ := rand.Int(rand.Reader, big.NewInt(int64(len(roomIDChars))))
-		b[i] = roomIDChars[k.Int64()]
-	}
-	return string(b)
 }
 
 func (c *ClientAPI) createRoom(r *http.Request, dev *uapi.Device) (any, error) {
@@ -297,7 +284,7 @@ func (c *ClientAPI) createRoom(r *http.Request, dev *uapi.Device) (any, error) {
 	}
 	in := &rsapi.InputRequest{RoomVersion: version, Events: events}
 	if !verImpl.DomainlessRoomIDs() {
-		in.NewRoomID = "!" + randomString(18) + ":" + c.cfg.ServerName
+		in.NewRoomID = mxid.NewRoomID(c.cfg.ServerName)
 	}
 	resp, err := c.rooms.Input(ctx, in)
 	if err != nil {

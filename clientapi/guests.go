@@ -2,8 +2,6 @@ package clientapi
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"net/http"
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -74,26 +72,6 @@ func (c *ClientAPI) authedGuest(h func(r *http.Request, dev *uapi.Device) (any, 
 	return mxhttp.Authenticated(c.users.DeviceByToken, h)
 }
 
-// guestMayJoin refuses a guest's join of a room that does not allow guests.
-func (c *ClientAPI) guestMayJoin(ctx context.Context, dev *uapi.Device, roomID string) error {
-	if !dev.IsGuest {
-		return nil
-	}
-	ev, err := c.rooms.StateEvent(ctx, roomID, spec.MRoomGuestAccess, "")
-	if err != nil && !errors.Is(err, rsapi.ErrStateNotFound) {
-		return err
-	}
-	if ev != nil {
-		var ga struct {
-			GuestAccess string `json:"guest_access"`
-		}
-		if json.Unmarshal(ev.Content(), &ga) == nil && ga.GuestAccess == "can_join" {
-			return nil
-		}
-	}
-	return mxhttp.New("M_GUEST_ACCESS_FORBIDDEN", "Guest access is not allowed in this room").WithStatus(http.StatusForbidden)
-}
-
 // kickGuests makes every local guest leave roomID once the room stops
 // allowing guests (Synapse does the same).
 func (c *ClientAPI) kickGuests(ctx context.Context, roomID string) {
@@ -101,7 +79,6 @@ func (c *ClientAPI) kickGuests(ctx context.Context, roomID string) {
 	if err != nil {
 		return
 	}
-	leave, _ := json.Marshal(map[string]string{"membership": spec.Leave})
 	for _, ev := range members {
 		if ev.Type() != spec.MRoomMember || ev.StateKey() == nil || membershipOf(ev) != spec.Join {
 			continue
@@ -111,9 +88,7 @@ func (c *ClientAPI) kickGuests(ctx context.Context, roomID string) {
 		if err != nil || !acct.IsGuest {
 			continue
 		}
-		if _, err := c.send(ctx, roomID, rsapi.InputEvent{
-			Proto: &rsapi.ProtoEvent{Sender: userID, Type: spec.MRoomMember, StateKey: &userID, Content: leave},
-		}); err != nil {
+		if err := c.rooms.PerformLeave(ctx, &rsapi.LeaveRequest{RoomID: roomID, UserID: userID}); err != nil {
 			mxhttp.Logger(ctx).WithError(err).WithField("user_id", userID).Warn("could not remove a guest from a room closed to guests")
 		}
 	}

@@ -33,10 +33,11 @@ func (c *ClientAPI) roomRoutes(r *mux.Router) {
 	r.Handle("/rooms/{roomId}/join", c.authedGuest(c.joinRoomByID)).Methods(http.MethodPost)
 	r.Handle("/join/{roomIdOrAlias}", c.authedGuest(c.joinRoomByAlias)).Methods(http.MethodPost)
 	r.Handle("/rooms/{roomId}/leave", c.authedGuest(c.leaveRoom)).Methods(http.MethodPost)
-	r.Handle("/rooms/{roomId}/invite", c.authed(c.membershipOf(spec.Invite))).Methods(http.MethodPost)
-	r.Handle("/rooms/{roomId}/kick", c.authed(c.membershipOf(spec.Leave))).Methods(http.MethodPost)
-	r.Handle("/rooms/{roomId}/ban", c.authed(c.membershipOf(spec.Ban))).Methods(http.MethodPost)
-	r.Handle("/rooms/{roomId}/unban", c.authed(c.unban)).Methods(http.MethodPost)
+	r.Handle("/knock/{roomIdOrAlias}", c.authed(c.knock)).Methods(http.MethodPost)
+	r.Handle("/rooms/{roomId}/invite", c.authed(c.invite)).Methods(http.MethodPost)
+	r.Handle("/rooms/{roomId}/kick", c.authed(c.membershipChange(rsapi.Kick))).Methods(http.MethodPost)
+	r.Handle("/rooms/{roomId}/ban", c.authed(c.membershipChange(rsapi.Ban))).Methods(http.MethodPost)
+	r.Handle("/rooms/{roomId}/unban", c.authed(c.membershipChange(rsapi.Unban))).Methods(http.MethodPost)
 	r.Handle("/directory/room/{roomAlias}", c.authed(c.putAlias)).Methods(http.MethodPut)
 	r.Handle("/directory/room/{roomAlias}", mxhttp.Handler(c.getAlias)).Methods(http.MethodGet)
 	r.Handle("/directory/room/{roomAlias}", c.authed(c.deleteAlias)).Methods(http.MethodDelete)
@@ -421,27 +422,49 @@ func (j *joinRequest) Validate() error {
 }
 
 func (c *ClientAPI) joinRoomByID(r *http.Request, dev *uapi.Device) (any, error) {
-	return c.join(r, dev, mxhttp.Var(r, "roomId"))
+	return c.join(r, dev, mxhttp.Var(r, "roomId"), nil)
 }
 
 func (c *ClientAPI) joinRoomByAlias(r *http.Request, dev *uapi.Device) (any, error) {
-	target := mxhttp.Var(r, "roomIdOrAlias")
-	if strings.HasPrefix(target, "#") {
-		roomID, err := c.rooms.ResolveAlias(r.Context(), target)
-		if err != nil {
-			if errors.Is(err, rsapi.ErrAliasNotFound) {
-				return nil, mxhttp.NotFound("Room alias %s not found", target)
-			}
-			return nil, err
-		}
-		target = roomID
-	} else if !strings.HasPrefix(target, "!") {
-		return nil, mxhttp.InvalidParam("%s is not a room ID or alias", target)
+	roomID, servers, err := c.resolveRoom(r)
+	if err != nil {
+		return nil, err
 	}
-	return c.join(r, dev, target)
+	return c.join(r, dev, roomID, servers)
 }
 
-func (c *ClientAPI) join(r *http.Request, dev *uapi.Device, roomID string) (any, error) {
+// resolveRoom reads the roomIdOrAlias of the path, resolving an alias, and
+// the servers the client says may be in the room (the via and the older
+// server_name query parameters; an alias's own server). A server name
+// that is not one is left out, as when via was not read at all.
+func (c *ClientAPI) resolveRoom(r *http.Request) (roomID string, servers []string, err error) {
+	target := mxhttp.Var(r, "roomIdOrAlias")
+	q := r.URL.Query()
+	for _, s := range append(q["via"], q["server_name"]...) {
+		if mxid.ServerName(s) == nil {
+			servers = append(servers, s)
+		}
+	}
+	switch {
+	case strings.HasPrefix(target, "#"):
+		roomID, err = c.rooms.ResolveAlias(r.Context(), target)
+		if err != nil {
+			if errors.Is(err, rsapi.ErrAliasNotFound) {
+				return "", nil, mxhttp.NotFound("Room alias %s not found", target)
+			}
+			return "", nil, err
+		}
+		if i := strings.IndexByte(target, ':'); i > 0 {
+			servers = append(servers, target[i+1:])
+		}
+		return roomID, servers, nil
+	case strings.HasPrefix(target, "!"):
+		return target, servers, nil
+	}
+	return "", nil, mxhttp.InvalidParam("%s is not a room ID or alias", target)
+}
+
+func (c *ClientAPI) join(r *http.Request, dev *uapi.Device, roomID string, servers []string) (any, error) {
 	ctx := r.Context()
 	body, err := readObject(r, true)
 	if err != nil {
@@ -458,29 +481,45 @@ func (c *ClientAPI) join(r *http.Request, dev *uapi.Device, roomID string) (any,
 	delete(extra, "third_party_signed")
 	delete(extra, "reason")
 	delete(extra, "membership")
-	if _, err := c.rooms.RoomVersion(ctx, roomID); errors.Is(err, rsapi.ErrRoomNotFound) {
-		return nil, mxhttp.NotFound("No known servers for room %s", roomID)
-	} else if err != nil {
-		return nil, err
-	}
-	if err := c.guestMayJoin(ctx, dev, roomID); err != nil {
-		return nil, err
-	}
-	content, err := c.memberContent(ctx, spec.Join, dev.UserID, req.Reason, extra)
+	resp, err := c.rooms.PerformJoin(ctx, &rsapi.JoinRequest{
+		RoomID: roomID, UserID: dev.UserID, ServerNames: servers, Reason: req.Reason, Content: extra, IsGuest: dev.IsGuest,
+	})
 	if err != nil {
 		return nil, err
 	}
-	if _, err := c.send(ctx, roomID, rsapi.InputEvent{
-		Proto:      &rsapi.ProtoEvent{Sender: dev.UserID, Type: spec.MRoomMember, StateKey: &dev.UserID, Content: content},
-		DedupState: true,
-	}); err != nil {
+	return map[string]string{"room_id": resp.RoomID}, nil
+}
+
+// knock asks to join a room whose join rule is knock
+// (POST /knock/{roomIdOrAlias}; room versions 7 and later).
+func (c *ClientAPI) knock(r *http.Request, dev *uapi.Device) (any, error) {
+	body, err := readObject(r, true)
+	if err != nil {
 		return nil, err
 	}
-	return map[string]string{"room_id": roomID}, nil
+	var req struct {
+		Reason string `json:"reason"`
+	}
+	if err := mxhttp.DecodeJSON(body, &req); err != nil {
+		return nil, err
+	}
+	roomID, servers, err := c.resolveRoom(r)
+	if err != nil {
+		return nil, err
+	}
+	if err := allow(c.limits.send, dev.UserID); err != nil {
+		return nil, err
+	}
+	resp, err := c.rooms.PerformKnock(r.Context(), &rsapi.KnockRequest{
+		RoomID: roomID, UserID: dev.UserID, ServerNames: servers, Reason: req.Reason,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return map[string]string{"room_id": resp.RoomID}, nil
 }
 
 func (c *ClientAPI) leaveRoom(r *http.Request, dev *uapi.Device) (any, error) {
-	ctx := r.Context()
 	body, err := readObject(r, true)
 	if err != nil {
 		return nil, err
@@ -489,12 +528,8 @@ func (c *ClientAPI) leaveRoom(r *http.Request, dev *uapi.Device) (any, error) {
 	if err := mxhttp.DecodeJSON(body, &req); err != nil {
 		return nil, err
 	}
-	content, _ := c.memberContent(ctx, spec.Leave, dev.UserID, req.Reason, nil)
-	// Leaving again the same way answers with the first leave, as in
-	// Synapse; any other leave from outside the room is refused.
-	if _, err := c.send(ctx, mxhttp.Var(r, "roomId"), rsapi.InputEvent{
-		Proto:      &rsapi.ProtoEvent{Sender: dev.UserID, Type: spec.MRoomMember, StateKey: &dev.UserID, Content: content},
-		DedupState: true,
+	if err := c.rooms.PerformLeave(r.Context(), &rsapi.LeaveRequest{
+		RoomID: mxhttp.Var(r, "roomId"), UserID: dev.UserID, Reason: req.Reason,
 	}); err != nil {
 		return nil, err
 	}
@@ -513,40 +548,28 @@ func (t *targetRequest) Validate() error {
 	return mxhttp.CheckParam("user_id", t.UserID, mxid.UserID)
 }
 
-// membershipOf handles invite, kick and ban: a member event about another user.
-func (c *ClientAPI) membershipOf(membership string) func(r *http.Request, dev *uapi.Device) (any, error) {
+func (c *ClientAPI) invite(r *http.Request, dev *uapi.Device) (any, error) {
+	var req targetRequest
+	if err := mxhttp.ReadJSON(r, &req); err != nil {
+		return nil, err
+	}
+	if err := c.rooms.PerformInvite(r.Context(), &rsapi.InviteRequest{
+		RoomID: mxhttp.Var(r, "roomId"), Sender: dev.UserID, Invitee: req.UserID, Reason: req.Reason,
+	}); err != nil {
+		return nil, err
+	}
+	return struct{}{}, nil
+}
+
+// membershipChange handles kick, ban and unban: rsapi.Kick, Ban or Unban.
+func (c *ClientAPI) membershipChange(change string) func(r *http.Request, dev *uapi.Device) (any, error) {
 	return func(r *http.Request, dev *uapi.Device) (any, error) {
-		ctx := r.Context()
 		var req targetRequest
 		if err := mxhttp.ReadJSON(r, &req); err != nil {
 			return nil, err
 		}
-		roomID := mxhttp.Var(r, "roomId")
-		if membership == spec.Leave {
-			// Kicking someone not in the room (or banned: that is an
-			// unban) is refused, as in Synapse, though the auth rules
-			// would allow the event.
-			m, err := c.rooms.Membership(ctx, roomID, req.UserID)
-			if err != nil {
-				return nil, roomError(err)
-			}
-			switch m.Membership {
-			case spec.Join, spec.Invite, spec.Knock:
-			default:
-				return nil, mxhttp.Forbidden("%s is not in the room", req.UserID)
-			}
-		}
-		var extra map[string]any
-		profileOf := req.UserID
-		if membership != spec.Invite {
-			profileOf = ""
-		}
-		content, err := c.memberContent(ctx, membership, profileOf, req.Reason, extra)
-		if err != nil {
-			return nil, err
-		}
-		if _, err := c.send(ctx, roomID, rsapi.InputEvent{
-			Proto: &rsapi.ProtoEvent{Sender: dev.UserID, Type: spec.MRoomMember, StateKey: &req.UserID, Content: content},
+		if err := c.rooms.PerformMembership(r.Context(), &rsapi.MembershipRequest{
+			RoomID: mxhttp.Var(r, "roomId"), Sender: dev.UserID, Target: req.UserID, Change: change, Reason: req.Reason,
 		}); err != nil {
 			return nil, err
 		}
@@ -554,31 +577,9 @@ func (c *ClientAPI) membershipOf(membership string) func(r *http.Request, dev *u
 	}
 }
 
-func (c *ClientAPI) unban(r *http.Request, dev *uapi.Device) (any, error) {
-	ctx := r.Context()
-	var req targetRequest
-	if err := mxhttp.ReadJSON(r, &req); err != nil {
-		return nil, err
-	}
-	roomID := mxhttp.Var(r, "roomId")
-	m, err := c.rooms.Membership(ctx, roomID, req.UserID)
-	if err != nil {
-		return nil, roomError(err)
-	}
-	if m.Membership != spec.Ban {
-		return nil, mxhttp.Forbidden("%s is not banned", req.UserID)
-	}
-	content, _ := c.memberContent(ctx, spec.Leave, "", req.Reason, nil)
-	if _, err := c.send(ctx, roomID, rsapi.InputEvent{
-		Proto: &rsapi.ProtoEvent{Sender: dev.UserID, Type: spec.MRoomMember, StateKey: &req.UserID, Content: content},
-	}); err != nil {
-		return nil, err
-	}
-	return struct{}{}, nil
-}
-
 // propagateProfile sends a new m.room.member event with userID's current
-// profile into every room the user has joined.
+// profile into every room the user has joined: a join again, which the
+// roomserver builds with the profile.
 func (c *ClientAPI) propagateProfile(ctx context.Context, userID string) error {
 	if c.rooms == nil {
 		return nil
@@ -589,14 +590,7 @@ func (c *ClientAPI) propagateProfile(ctx context.Context, userID string) error {
 	}
 	var firstErr error
 	for _, roomID := range rooms {
-		content, err := c.memberContent(ctx, spec.Join, userID, "", nil)
-		if err != nil {
-			return err
-		}
-		if _, err := c.send(ctx, roomID, rsapi.InputEvent{
-			Proto:      &rsapi.ProtoEvent{Sender: userID, Type: spec.MRoomMember, StateKey: &userID, Content: content},
-			DedupState: true,
-		}); err != nil && firstErr == nil {
+		if _, err := c.rooms.PerformJoin(ctx, &rsapi.JoinRequest{RoomID: roomID, UserID: userID}); err != nil && firstErr == nil {
 			firstErr = err
 		}
 	}
@@ -613,12 +607,9 @@ func (c *ClientAPI) leaveAllRooms(ctx context.Context, userID string) error {
 	if err != nil {
 		return err
 	}
-	content, _ := json.Marshal(map[string]string{"membership": spec.Leave})
 	var firstErr error
 	for _, roomID := range rooms {
-		if _, err := c.send(ctx, roomID, rsapi.InputEvent{
-			Proto: &rsapi.ProtoEvent{Sender: userID, Type: spec.MRoomMember, StateKey: &userID, Content: content},
-		}); err != nil && firstErr == nil {
+		if err := c.rooms.PerformLeave(ctx, &rsapi.LeaveRequest{RoomID: roomID, UserID: userID}); err != nil && firstErr == nil {
 			firstErr = err
 		}
 	}

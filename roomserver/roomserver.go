@@ -22,12 +22,16 @@ import (
 	"myelin/internal/sqldb"
 	rsapi "myelin/roomserver/api"
 	"myelin/roomserver/internal/input"
+	"myelin/roomserver/internal/perform"
 	"myelin/roomserver/storage"
 )
 
 // Roomserver implements rsapi.API in this process.
 type Roomserver struct {
 	*InputClient
+	// Performer runs joins, leaves, invites, knocks, kicks, bans and
+	// upgrades through the InputClient, as any other producer would.
+	*perform.Performer
 	store   *storage.Storage
 	inputer *input.Inputer
 	log     *logrus.Entry
@@ -35,8 +39,36 @@ type Roomserver struct {
 
 var _ rsapi.API = (*Roomserver)(nil)
 
+// Federation is what the roomserver asks of other servers for rooms it is
+// not in (make/send join, leave and knock, invites): the federationapi
+// implements it.
+type Federation = perform.Federation
+
+// Option adds to what New wires.
+type Option func(*options)
+
+type options struct {
+	fed     Federation
+	profile perform.ProfileFunc
+}
+
+// WithFederation lets joins, knocks and leaves of rooms this server is not
+// in go through other servers. Without it they are refused as rooms with
+// no known servers.
+func WithFederation(f Federation) Option { return func(o *options) { o.fed = f } }
+
+// WithProfiles gives the display name and avatar that the member events of
+// a user's joins and invites carry.
+func WithProfiles(f func(ctx context.Context, userID string) (displayName, avatarURL string, err error)) Option {
+	return func(o *options) { o.profile = f }
+}
+
 // New opens the roomserver's storage (running migrations).
-func New(ctx context.Context, db *sqldb.DB, b *bus.Bus, key *signing.Key, log *logrus.Entry) (*Roomserver, error) {
+func New(ctx context.Context, db *sqldb.DB, b *bus.Bus, key *signing.Key, log *logrus.Entry, opts ...Option) (*Roomserver, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	store, err := storage.Open(ctx, db)
 	if err != nil {
 		return nil, fmt.Errorf("roomserver storage: %w", err)
@@ -45,12 +77,14 @@ func New(ctx context.Context, db *sqldb.DB, b *bus.Bus, key *signing.Key, log *l
 	if err != nil {
 		return nil, err
 	}
-	return &Roomserver{
+	r := &Roomserver{
 		InputClient: ic,
 		store:       store,
 		inputer:     input.New(store, b, key, log),
 		log:         log,
-	}, nil
+	}
+	r.Performer = perform.New(r, key, o.fed, o.profile, log)
+	return r, nil
 }
 
 // Start consumes the input stream until ctx ends.
@@ -78,6 +112,24 @@ func (r *Roomserver) RoomVersion(ctx context.Context, roomID string) (gmsl.RoomV
 		return "", mapNotFound(err, rsapi.ErrRoomNotFound)
 	}
 	return room.Version, nil
+}
+
+// LatestEvents returns the room's forward extremities and the greatest
+// depth of its events: what a new event of the room would follow.
+func (r *Roomserver) LatestEvents(ctx context.Context, roomID string) ([]string, int64, error) {
+	room, err := r.store.Room(ctx, roomID)
+	if err != nil {
+		return nil, 0, mapNotFound(err, rsapi.ErrRoomNotFound)
+	}
+	evs, err := r.store.EventsByNID(ctx, room.Latest)
+	if err != nil {
+		return nil, 0, fmt.Errorf("latest events of %s: %w", roomID, err)
+	}
+	ids := make([]string, len(evs))
+	for i, e := range evs {
+		ids[i] = e.ID
+	}
+	return ids, room.MaxDepth, nil
 }
 
 // CurrentState implements rsapi.API.

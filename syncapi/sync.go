@@ -122,7 +122,7 @@ func newSyncResponse() *syncResponse {
 
 func (r *syncResponse) empty() bool {
 	return len(r.AccountData.Events) == 0 && len(r.Presence.Events) == 0 &&
-		len(r.Rooms.Join) == 0 && len(r.Rooms.Invite) == 0 && len(r.Rooms.Leave) == 0
+		len(r.Rooms.Join) == 0 && len(r.Rooms.Invite) == 0 && len(r.Rooms.Leave) == 0 && len(r.Rooms.Knock) == 0
 }
 
 // syncRequest is one /sync call.
@@ -440,6 +440,19 @@ func (s *SyncAPI) build(ctx context.Context, req *syncRequest) (*syncResponse, e
 			}
 			if ir != nil {
 				resp.Rooms.Invite[roomID] = ir
+			}
+		case "knock":
+			// A room knocked on shows the stripped state it was knocked
+			// with and the knock (spec: rooms.knock of /sync).
+			if req.since != nil && !changed {
+				continue
+			}
+			ir, err := s.invitedRoom(ctx, roomID, user)
+			if err != nil {
+				return nil, err
+			}
+			if ir != nil {
+				resp.Rooms.Knock[roomID] = map[string]any{"knock_state": map[string]any{"events": ir.InviteState.Events}}
 			}
 		case "leave", "ban":
 			if req.since == nil && !req.filter.Room.IncludeLeave {

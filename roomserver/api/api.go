@@ -1,6 +1,8 @@
 // Package rsapi is what the roomserver offers the other components: input of
 // events (built and signed by the roomserver from a proto-event, or complete
-// PDUs), queries of room state and membership, and room aliases. It also
+// PDUs), membership and room operations (join, leave, invite, knock, kick,
+// ban, unban, upgrade), queries of room state and membership, and room
+// aliases. It also
 // defines the OutputRoomEvent message that syncapi and federationapi consume.
 package rsapi
 
@@ -110,6 +112,15 @@ type InputRequest struct {
 	// NewRoomID is the ID for a new room of a version whose room IDs are
 	// not derived from the create event (v1-v11).
 	NewRoomID string `json:"new_room_id,omitempty"`
+	// State and AuthChain come with the join event of a room this server
+	// joined through another (send_join): the state before the event and
+	// its auth chain, as the resident server sent them. StrippedState
+	// comes with a knock on such a room (send_knock). The input does not
+	// store them yet: until its fetch step does (issue 11) it refuses an
+	// event of a room it does not know, as it always has.
+	State         []json.RawMessage `json:"state,omitempty"`
+	AuthChain     []json.RawMessage `json:"auth_chain,omitempty"`
+	StrippedState []json.RawMessage `json:"stripped_state,omitempty"`
 }
 
 // InputResponse reports the outcome of an InputRequest.
@@ -184,6 +195,7 @@ type Inputter interface {
 // API is the roomserver component as the other components see it.
 type API interface {
 	Inputter
+	Performer
 
 	// RoomVersion of a known room (ErrRoomNotFound otherwise).
 	RoomVersion(ctx context.Context, roomID string) (gmsl.RoomVersion, error)

@@ -1,0 +1,123 @@
+package rsapi
+
+import (
+	"context"
+
+	gmsl "github.com/matrix-org/gomatrixserverlib"
+)
+
+// Performer is the roomserver's membership and room operations: it
+// decides what a join, leave, invite, knock, kick, ban, unban or upgrade
+// does (whether the room is known here, whom to ask when it is not, which
+// events to make) so that clientapi and federationapi only check their
+// own input and call it. Each method returns a *PerformError (or another
+// coded error) when the request is refused.
+type Performer interface {
+	// PerformJoin joins a user to a room, here or through another server.
+	PerformJoin(ctx context.Context, req *JoinRequest) (*JoinResponse, error)
+	// PerformLeave makes a user leave a room, or reject an invite or a knock.
+	PerformLeave(ctx context.Context, req *LeaveRequest) error
+	// PerformInvite invites a user to a room.
+	PerformInvite(ctx context.Context, req *InviteRequest) error
+	// PerformKnock asks to join a room whose join rule is knock.
+	PerformKnock(ctx context.Context, req *KnockRequest) (*JoinResponse, error)
+	// PerformMembership changes another user's membership: kick, ban or unban.
+	PerformMembership(ctx context.Context, req *MembershipRequest) error
+	// PerformUpgrade replaces a room with a new one of another version.
+	PerformUpgrade(ctx context.Context, req *UpgradeRequest) (*UpgradeResponse, error)
+	// BuildEventTemplate completes a member event another server's user
+	// asks this server to prepare (make_join, make_leave, make_knock)
+	// from the room's current state, and returns it built and signed
+	// here with the state it was authorised against. Nothing is stored.
+	BuildEventTemplate(ctx context.Context, proto *gmsl.ProtoEvent) (gmsl.PDU, []gmsl.PDU, error)
+}
+
+// PerformError is a perform request refused, with the Matrix error code
+// that says why (M_FORBIDDEN, M_NOT_FOUND, M_GUEST_ACCESS_FORBIDDEN, ...).
+type PerformError struct {
+	Code   string
+	Reason string
+}
+
+func (e *PerformError) Error() string         { return e.Reason }
+func (e *PerformError) MatrixErrCode() string { return e.Code }
+
+// JoinRequest asks for UserID to join RoomID.
+type JoinRequest struct {
+	RoomID string `json:"room_id"`
+	UserID string `json:"user_id"`
+	// ServerNames are servers that may be in the room (the client's via,
+	// the alias's server), asked when this server is not in it.
+	ServerNames []string `json:"server_names,omitempty"`
+	Reason      string   `json:"reason,omitempty"`
+	// Content holds more fields of the member event's content (the
+	// request body's other fields, as Synapse keeps them).
+	Content map[string]any `json:"content,omitempty"`
+	// IsGuest says the user is a guest, who may join only rooms that
+	// allow guests (spec: "Guest Access").
+	IsGuest bool `json:"is_guest,omitempty"`
+}
+
+// JoinResponse is the room joined (or knocked on) and the member event.
+type JoinResponse struct {
+	RoomID  string `json:"room_id"`
+	EventID string `json:"event_id"`
+}
+
+// LeaveRequest asks for UserID to leave RoomID.
+type LeaveRequest struct {
+	RoomID string `json:"room_id"`
+	UserID string `json:"user_id"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// InviteRequest asks for Sender to invite Invitee to RoomID.
+type InviteRequest struct {
+	RoomID  string `json:"room_id"`
+	Sender  string `json:"sender"`
+	Invitee string `json:"invitee"`
+	Reason  string `json:"reason,omitempty"`
+	// IsDirect marks the invite as a direct chat's.
+	IsDirect bool `json:"is_direct,omitempty"`
+}
+
+// KnockRequest asks for UserID to knock on RoomID.
+type KnockRequest struct {
+	RoomID      string   `json:"room_id"`
+	UserID      string   `json:"user_id"`
+	ServerNames []string `json:"server_names,omitempty"`
+	Reason      string   `json:"reason,omitempty"`
+}
+
+// Membership changes PerformMembership makes.
+const (
+	Kick  = "kick"
+	Ban   = "ban"
+	Unban = "unban"
+)
+
+// MembershipRequest asks for Sender to kick, ban or unban Target.
+type MembershipRequest struct {
+	RoomID string `json:"room_id"`
+	Sender string `json:"sender"`
+	Target string `json:"target"`
+	// Change is Kick, Ban or Unban.
+	Change string `json:"change"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// UpgradeRequest asks for Sender to replace RoomID with a room of
+// NewVersion.
+type UpgradeRequest struct {
+	RoomID     string `json:"room_id"`
+	Sender     string `json:"sender"`
+	NewVersion string `json:"new_version"`
+	// AdditionalCreators share the sender's unlimited power in a new
+	// room of version 12 or later; ignored for older versions.
+	AdditionalCreators []string `json:"additional_creators,omitempty"`
+}
+
+// UpgradeResponse names the new room.
+type UpgradeResponse struct {
+	NewRoomID string `json:"replacement_room"`
+}

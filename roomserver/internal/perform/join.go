@@ -1,0 +1,289 @@
+package perform
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	gmsl "github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	rsapi "myelin/roomserver/api"
+	"myelin/setup/config"
+)
+
+// PerformJoin implements rsapi.Performer. A room known here is joined by a
+// member event built on its current state; any other room through a
+// server in it (make_join, then send_join).
+func (p *Performer) PerformJoin(ctx context.Context, req *rsapi.JoinRequest) (*rsapi.JoinResponse, error) {
+	known, err := p.roomKnown(ctx, req.RoomID)
+	if err != nil {
+		return nil, fmt.Errorf("join %s: %w", req.RoomID, err)
+	}
+	if !known {
+		return p.joinRemote(ctx, req)
+	}
+	if req.IsGuest {
+		if err := p.guestMayJoin(ctx, req.RoomID); err != nil {
+			return nil, err
+		}
+	}
+	content, err := p.memberContent(ctx, spec.Join, req.UserID, req.Reason, req.Content)
+	if err != nil {
+		return nil, err
+	}
+	// A repeated join with the same profile answers with the current
+	// event rather than making another.
+	id, err := p.sendMember(ctx, req.RoomID, req.UserID, req.UserID, content, true)
+	if err != nil {
+		return nil, err
+	}
+	return &rsapi.JoinResponse{RoomID: req.RoomID, EventID: id}, nil
+}
+
+// guestMayJoin refuses a guest's join of a room whose m.room.guest_access
+// is not can_join (spec: "Guest Access").
+func (p *Performer) guestMayJoin(ctx context.Context, roomID string) error {
+	evs, err := p.rooms.CurrentState(ctx, roomID, gmsl.StateKeyTuple{EventType: spec.MRoomGuestAccess})
+	if err != nil {
+		return fmt.Errorf("guest access of %s: %w", roomID, err)
+	}
+	for _, ev := range evs {
+		var ga struct {
+			GuestAccess string `json:"guest_access"`
+		}
+		if json.Unmarshal(ev.Content(), &ga) == nil && ga.GuestAccess == "can_join" {
+			return nil
+		}
+	}
+	return refuse("M_GUEST_ACCESS_FORBIDDEN", "Guest access is not allowed in this room")
+}
+
+// PerformKnock implements rsapi.Performer (spec: client-server API,
+// "Knocking on rooms"; room versions 7 and later). Whether the room lets
+// the user knock (its join rule, the user's membership, the room version)
+// is the auth rules' to say.
+func (p *Performer) PerformKnock(ctx context.Context, req *rsapi.KnockRequest) (*rsapi.JoinResponse, error) {
+	known, err := p.roomKnown(ctx, req.RoomID)
+	if err != nil {
+		return nil, fmt.Errorf("knock on %s: %w", req.RoomID, err)
+	}
+	content, err := p.memberContent(ctx, spec.Knock, req.UserID, req.Reason, nil)
+	if err != nil {
+		return nil, err
+	}
+	if !known {
+		return p.knockRemote(ctx, req, content)
+	}
+	id, err := p.sendMember(ctx, req.RoomID, req.UserID, req.UserID, content, true)
+	if err != nil {
+		return nil, err
+	}
+	return &rsapi.JoinResponse{RoomID: req.RoomID, EventID: id}, nil
+}
+
+// noServers is the answer for a room this server is not in and cannot ask
+// anyone about.
+func noServers(roomID string) error {
+	return refuse("M_NOT_FOUND", "No known servers for room %s", roomID)
+}
+
+// joinRemote joins a room this server is not in through the first of its
+// servers that answers (spec: server-server API, "Joining Rooms").
+func (p *Performer) joinRemote(ctx context.Context, req *rsapi.JoinRequest) (*rsapi.JoinResponse, error) {
+	servers := p.servers(req.RoomID, req.ServerNames)
+	if p.fed == nil || len(servers) == 0 {
+		return nil, noServers(req.RoomID)
+	}
+	// Whether the room lets guests in is only known once joined; Synapse
+	// and Dendrite do not let guests join over federation either.
+	if req.IsGuest {
+		return nil, refuse("M_GUEST_ACCESS_FORBIDDEN", "Guests may not join rooms on other servers")
+	}
+	content, err := p.memberContent(ctx, spec.Join, req.UserID, req.Reason, req.Content)
+	if err != nil {
+		return nil, err
+	}
+	var errs []error
+	for _, s := range servers {
+		id, err := p.joinVia(ctx, s, req, content)
+		if err == nil {
+			return &rsapi.JoinResponse{RoomID: req.RoomID, EventID: id}, nil
+		}
+		var stored *storeError
+		if errors.As(err, &stored) {
+			return nil, stored.err // the remote has the join: asking another would join twice
+		}
+		p.log.WithError(err).WithField("room_id", req.RoomID).WithField("server", s).Debug("remote join failed")
+		errs = append(errs, err)
+	}
+	return nil, remoteError("join", req.RoomID, errs)
+}
+
+// joinVia is one attempt of joinRemote: make_join from server, the join
+// event built from its template and signed here, send_join, and the event
+// stored with the room state server answered.
+func (p *Performer) joinVia(ctx context.Context, server spec.ServerName, req *rsapi.JoinRequest, content json.RawMessage) (string, error) {
+	mj, err := p.fed.MakeJoin(ctx, server, req.RoomID, req.UserID)
+	if err != nil {
+		return "", fmt.Errorf("make_join via %s: %w", server, err)
+	}
+	ev, verImpl, err := p.fromTemplate(mj.JoinEvent, mj.RoomVersion, req.RoomID, req.UserID, spec.Join, content)
+	if err != nil {
+		return "", fmt.Errorf("make_join via %s: %w", server, err)
+	}
+	sj, err := p.fed.SendJoin(ctx, server, ev)
+	if err != nil {
+		return "", fmt.Errorf("send_join via %s: %w", server, err)
+	}
+	// For a restricted join the resident server signs the event too
+	// (MSC3083) and returns it: the same event, with one more signature.
+	if len(sj.Event) > 0 {
+		if signed, err := verImpl.NewEventFromUntrustedJSON(sj.Event); err == nil && signed.EventID() == ev.EventID() {
+			ev = signed
+		}
+	}
+	resp, err := p.rooms.Input(ctx, &rsapi.InputRequest{
+		RoomID:      req.RoomID,
+		RoomVersion: string(verImpl.Version()),
+		Events:      []rsapi.InputEvent{{PDU: json.RawMessage(ev.JSON())}},
+		State:       rawEvents(sj.StateEvents),
+		AuthChain:   rawEvents(sj.AuthEvents),
+	})
+	if err != nil {
+		return "", &storeError{fmt.Errorf("store the join of %s via %s: %w", req.RoomID, server, err)}
+	}
+	return resp.EventIDs[0], nil
+}
+
+// knockRemote knocks on a room this server is not in (spec: server-server
+// API, "Knocking upon a room").
+func (p *Performer) knockRemote(ctx context.Context, req *rsapi.KnockRequest, content json.RawMessage) (*rsapi.JoinResponse, error) {
+	servers := p.servers(req.RoomID, req.ServerNames)
+	if p.fed == nil || len(servers) == 0 {
+		return nil, noServers(req.RoomID)
+	}
+	var errs []error
+	for _, s := range servers {
+		id, err := p.knockVia(ctx, s, req, content)
+		if err == nil {
+			return &rsapi.JoinResponse{RoomID: req.RoomID, EventID: id}, nil
+		}
+		var stored *storeError
+		if errors.As(err, &stored) {
+			return nil, stored.err
+		}
+		p.log.WithError(err).WithField("room_id", req.RoomID).WithField("server", s).Debug("remote knock failed")
+		errs = append(errs, err)
+	}
+	return nil, remoteError("knock on", req.RoomID, errs)
+}
+
+func (p *Performer) knockVia(ctx context.Context, server spec.ServerName, req *rsapi.KnockRequest, content json.RawMessage) (string, error) {
+	mk, err := p.fed.MakeKnock(ctx, server, req.RoomID, req.UserID, knockVersions())
+	if err != nil {
+		return "", fmt.Errorf("make_knock via %s: %w", server, err)
+	}
+	ev, verImpl, err := p.fromTemplate(mk.KnockEvent, mk.RoomVersion, req.RoomID, req.UserID, spec.Knock, content)
+	if err != nil {
+		return "", fmt.Errorf("make_knock via %s: %w", server, err)
+	}
+	sk, err := p.fed.SendKnock(ctx, server, ev)
+	if err != nil {
+		return "", fmt.Errorf("send_knock via %s: %w", server, err)
+	}
+	stripped := make([]json.RawMessage, 0, len(sk.KnockRoomState))
+	for _, s := range sk.KnockRoomState {
+		if b, err := json.Marshal(s); err == nil {
+			stripped = append(stripped, b)
+		}
+	}
+	// The knock is all this server has of the room: an outlier with the
+	// stripped state the room sent, which the knocker's /sync shows.
+	resp, err := p.rooms.Input(ctx, &rsapi.InputRequest{
+		RoomID:        req.RoomID,
+		RoomVersion:   string(verImpl.Version()),
+		Events:        []rsapi.InputEvent{{PDU: json.RawMessage(ev.JSON())}},
+		StrippedState: stripped,
+	})
+	if err != nil {
+		return "", &storeError{fmt.Errorf("store the knock on %s via %s: %w", req.RoomID, server, err)}
+	}
+	return resp.EventIDs[0], nil
+}
+
+// knockVersions are the room versions this server may knock in: those it
+// supports from 7, the first with knocking.
+func knockVersions() []gmsl.RoomVersion {
+	var out []gmsl.RoomVersion
+	for v := 7; v <= 12; v++ {
+		if s := fmt.Sprint(v); config.SupportedRoomVersion(s) {
+			out = append(out, gmsl.RoomVersion(s))
+		}
+	}
+	return out
+}
+
+// storeError is a remote membership change the remote server accepted and
+// this server could not store: trying another server would repeat it.
+type storeError struct{ err error }
+
+func (e *storeError) Error() string { return e.err.Error() }
+func (e *storeError) Unwrap() error { return e.err }
+
+// remoteError is the answer when no server let the user in: the last
+// server's refusal if it gave a Matrix error, else that none could be
+// reached, which may change (a 503 for the client, as Synapse answers a
+// 502: the request was fine).
+func remoteError(op, roomID string, errs []error) error {
+	last := errs[len(errs)-1]
+	var coded interface{ MatrixErrCode() string }
+	if errors.As(last, &coded) {
+		return last
+	}
+	return &unreachableError{fmt.Errorf("%s %s: no server in the room answered: %w", op, roomID, errors.Join(errs...))}
+}
+
+// unreachableError is a remote operation no server answered.
+type unreachableError struct{ err error }
+
+func (e *unreachableError) Error() string     { return e.err.Error() }
+func (e *unreachableError) Unwrap() error     { return e.err }
+func (e *unreachableError) Unavailable() bool { return true }
+
+// fromTemplate builds and signs the member event a resident server's
+// make_join, make_leave or make_knock proposed, after checking the
+// template is the one asked for: a member event of userID about itself in
+// roomID, in a room version this server supports.
+func (p *Performer) fromTemplate(proto gmsl.ProtoEvent, version gmsl.RoomVersion, roomID, userID, membership string, content json.RawMessage) (gmsl.PDU, gmsl.IRoomVersion, error) {
+	if !config.SupportedRoomVersion(string(version)) {
+		return nil, nil, refuse("M_INCOMPATIBLE_ROOM_VERSION", "room version %q is not supported", version)
+	}
+	verImpl, err := gmsl.GetRoomVersion(version)
+	if err != nil {
+		return nil, nil, refuse("M_INCOMPATIBLE_ROOM_VERSION", "room version %q is not supported", version)
+	}
+	switch {
+	case proto.Type != spec.MRoomMember,
+		proto.StateKey == nil || *proto.StateKey != userID,
+		proto.SenderID != userID,
+		proto.RoomID != roomID:
+		return nil, nil, fmt.Errorf("the %s template is not a member event of %s in %s", membership, userID, roomID)
+	}
+	proto.Content = spec.RawJSON(content)
+	b := verImpl.NewEventBuilderFromProtoEvent(&proto)
+	ev, err := b.Build(p.now(), p.key.ServerName, p.key.KeyID, p.key.Private)
+	if err != nil {
+		return nil, nil, fmt.Errorf("build the %s event: %w", membership, err)
+	}
+	return ev, verImpl, nil
+}
+
+func rawEvents(evs gmsl.EventJSONs) []json.RawMessage {
+	out := make([]json.RawMessage, len(evs))
+	for i, e := range evs {
+		out[i] = json.RawMessage(e)
+	}
+	return out
+}

@@ -1,0 +1,198 @@
+package perform
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	gmsl "github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	rsapi "myelin/roomserver/api"
+	"myelin/roomserver/internal/input"
+)
+
+// PerformLeave implements rsapi.Performer: a leave of a room known here,
+// or, for a room this server is not in (a remote invite or knock
+// rejected), through a server in it (make_leave, send_leave).
+func (p *Performer) PerformLeave(ctx context.Context, req *rsapi.LeaveRequest) error {
+	known, err := p.roomKnown(ctx, req.RoomID)
+	if err != nil {
+		return fmt.Errorf("leave %s: %w", req.RoomID, err)
+	}
+	content, err := p.memberContent(ctx, spec.Leave, "", req.Reason, nil)
+	if err != nil {
+		return err
+	}
+	if !known {
+		return p.leaveRemote(ctx, req, content)
+	}
+	// Leaving again the same way answers with the first leave, as in
+	// Synapse; any other leave from outside the room is refused by the
+	// input.
+	_, err = p.sendMember(ctx, req.RoomID, req.UserID, req.UserID, content, true)
+	return err
+}
+
+// leaveRemote leaves a room this server is not in through its server
+// (spec: server-server API, "Leaving Rooms (Rejecting Invites)").
+func (p *Performer) leaveRemote(ctx context.Context, req *rsapi.LeaveRequest, content json.RawMessage) error {
+	servers := p.servers(req.RoomID, nil)
+	if p.fed == nil || len(servers) == 0 {
+		return forbidden("You are not in this room")
+	}
+	var errs []error
+	for _, s := range servers {
+		err := p.leaveVia(ctx, s, req, content)
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, err)
+	}
+	return remoteError("leave", req.RoomID, errs)
+}
+
+func (p *Performer) leaveVia(ctx context.Context, server spec.ServerName, req *rsapi.LeaveRequest, content json.RawMessage) error {
+	ml, err := p.fed.MakeLeave(ctx, server, req.RoomID, req.UserID)
+	if err != nil {
+		return fmt.Errorf("make_leave via %s: %w", server, err)
+	}
+	ev, verImpl, err := p.fromTemplate(ml.LeaveEvent, ml.RoomVersion, req.RoomID, req.UserID, spec.Leave, content)
+	if err != nil {
+		return fmt.Errorf("make_leave via %s: %w", server, err)
+	}
+	if err := p.fed.SendLeave(ctx, server, ev); err != nil {
+		return fmt.Errorf("send_leave via %s: %w", server, err)
+	}
+	// The leave is stored where the room is known here (an outlier
+	// invite's room, once the input keeps those); a room this server has
+	// nothing of has nothing to update.
+	_, err = p.rooms.Input(ctx, &rsapi.InputRequest{
+		RoomID: req.RoomID, RoomVersion: string(verImpl.Version()),
+		Events: []rsapi.InputEvent{{PDU: json.RawMessage(ev.JSON())}},
+	})
+	var bad *rsapi.BadEventError
+	if err != nil && !(errors.As(err, &bad) && bad.Code == "M_NOT_FOUND") {
+		p.log.WithError(err).WithField("room_id", req.RoomID).Warn("left a remote room but could not store the leave")
+	}
+	return nil
+}
+
+// PerformInvite implements rsapi.Performer. The invite carries the
+// invitee's profile when this server knows it. An invitee on another
+// server must have its server sign the invite before it enters the room
+// (spec: server-server API, "Inviting to a room"); with no Federation the
+// invite is stored at once, and the invitee's server hears of it only
+// from the output stream, as before federation.
+func (p *Performer) PerformInvite(ctx context.Context, req *rsapi.InviteRequest) error {
+	var extra map[string]any
+	if req.IsDirect {
+		extra = map[string]any{"is_direct": true}
+	}
+	content, err := p.memberContent(ctx, spec.Invite, req.Invitee, req.Reason, extra)
+	if err != nil {
+		return err
+	}
+	if invitee, err := spec.NewUserID(req.Invitee, true); err == nil && p.fed != nil && invitee.Domain() != p.key.ServerName {
+		return p.inviteRemote(ctx, req, invitee.Domain(), content)
+	}
+	_, err = p.sendMember(ctx, req.RoomID, req.Sender, req.Invitee, content, false)
+	return err
+}
+
+// inviteStrippedTypes are the state events an invite shows the invitee
+// (spec: "stripped state"), as the input adds them to local invites.
+var inviteStrippedTypes = []string{
+	spec.MRoomCreate, spec.MRoomJoinRules, spec.MRoomCanonicalAlias, "m.room.avatar",
+	spec.MRoomName, spec.MRoomEncryption, spec.MRoomTopic,
+}
+
+// inviteRemote builds the invite on the room's current state, checks it
+// against the auth rules, has the invitee's server sign it, and inputs
+// the signed event. Should the room move on meanwhile, the invite is a
+// fork the input resolves like any federated event.
+func (p *Performer) inviteRemote(ctx context.Context, req *rsapi.InviteRequest, server spec.ServerName, content json.RawMessage) error {
+	invitee := req.Invitee
+	proto := &gmsl.ProtoEvent{SenderID: req.Sender, RoomID: req.RoomID, Type: spec.MRoomMember, StateKey: &invitee, Content: spec.RawJSON(content)}
+	ev, state, err := p.BuildEventTemplate(ctx, proto)
+	if errors.Is(err, rsapi.ErrRoomNotFound) {
+		return forbidden("You are not in this room")
+	}
+	if err != nil {
+		return err
+	}
+	auth, err := gmsl.NewAuthEvents(state)
+	if err != nil {
+		return fmt.Errorf("auth state of %s: %w", req.RoomID, err)
+	}
+	if err := gmsl.Allowed(ev, auth, input.UserIDForSender); err != nil {
+		var na *gmsl.NotAllowed
+		if errors.As(err, &na) {
+			return forbidden("%s", na.Message)
+		}
+		return forbidden("%v", err)
+	}
+	tuples := make([]gmsl.StateKeyTuple, 0, len(inviteStrippedTypes)+1)
+	for _, t := range inviteStrippedTypes {
+		tuples = append(tuples, gmsl.StateKeyTuple{EventType: t})
+	}
+	tuples = append(tuples, gmsl.StateKeyTuple{EventType: spec.MRoomMember, StateKey: req.Sender})
+	current, err := p.rooms.CurrentState(ctx, req.RoomID, tuples...)
+	if err != nil {
+		return fmt.Errorf("stripped state of %s: %w", req.RoomID, err)
+	}
+	stripped := make([]gmsl.InviteStrippedState, len(current))
+	for i, s := range current {
+		stripped[i] = gmsl.NewInviteStrippedState(s)
+	}
+	signed, err := p.fed.Invite(ctx, server, ev, stripped)
+	if err != nil {
+		return remoteError("invite to", req.RoomID, []error{fmt.Errorf("invite via %s: %w", server, err)})
+	}
+	if signed == nil || signed.EventID() != ev.EventID() {
+		return &unreachableError{fmt.Errorf("invite via %s: the server answered with another event", server)}
+	}
+	if _, err := p.rooms.Input(ctx, &rsapi.InputRequest{RoomID: req.RoomID, Events: []rsapi.InputEvent{{PDU: json.RawMessage(signed.JSON())}}}); err != nil {
+		return inputError(err)
+	}
+	return nil
+}
+
+// PerformMembership implements rsapi.Performer: kick, ban and unban.
+func (p *Performer) PerformMembership(ctx context.Context, req *rsapi.MembershipRequest) error {
+	membership := spec.Leave
+	switch req.Change {
+	case rsapi.Kick:
+		// Kicking someone not in the room (or banned: that is an unban)
+		// is refused, as in Synapse, though the auth rules would allow
+		// the event.
+		m, err := p.rooms.Membership(ctx, req.RoomID, req.Target)
+		if err != nil {
+			return err
+		}
+		switch m.Membership {
+		case spec.Join, spec.Invite, spec.Knock:
+		default:
+			return forbidden("%s is not in the room", req.Target)
+		}
+	case rsapi.Ban:
+		membership = spec.Ban
+	case rsapi.Unban:
+		m, err := p.rooms.Membership(ctx, req.RoomID, req.Target)
+		if err != nil {
+			return err
+		}
+		if m.Membership != spec.Ban {
+			return forbidden("%s is not banned", req.Target)
+		}
+	default:
+		return refuse("M_INVALID_PARAM", "unknown membership change %q", req.Change)
+	}
+	content, err := p.memberContent(ctx, membership, "", req.Reason, nil)
+	if err != nil {
+		return err
+	}
+	_, err = p.sendMember(ctx, req.RoomID, req.Sender, req.Target, content, false)
+	return err
+}
