@@ -56,6 +56,9 @@ type Server struct {
 	sync   *syncapi.SyncAPI
 	client *clientapi.ClientAPI
 
+	// resolver, when set, replaces DNS for outbound federation (tests).
+	resolver *fedhttp.Resolver
+
 	ctx     context.Context // lifetime of the components
 	cancel  context.CancelFunc
 	servers []*http.Server
@@ -88,10 +91,22 @@ func NewLogger(c config.Logging) (*logrus.Logger, io.Closer, error) {
 	return l, closer, nil
 }
 
+// Option adjusts what New builds beyond the configuration.
+type Option func(*Server)
+
+// WithResolver makes outbound federation look names up with r instead of
+// DNS: tests map server names to loopback addresses with it.
+func WithResolver(r *fedhttp.Resolver) Option {
+	return func(s *Server) { s.resolver = r }
+}
+
 // New opens storage and messaging and builds the components; nothing is
 // served until Start.
-func New(ctx context.Context, cfg *config.Config, log *logrus.Logger) (s *Server, err error) {
+func New(ctx context.Context, cfg *config.Config, log *logrus.Logger, opts ...Option) (s *Server, err error) {
 	s = &Server{cfg: cfg, log: log, addrs: map[string]net.Addr{}}
+	for _, o := range opts {
+		o(s)
+	}
 	defer func() {
 		if err != nil {
 			s.close()
@@ -128,7 +143,11 @@ func New(ctx context.Context, cfg *config.Config, log *logrus.Logger) (s *Server
 		return nil, err
 	}
 	s.client = clientapi.New(cfg, s.users, s.rooms, entry("clientapi"))
-	fedTransport, err := fedhttp.New(fedhttp.Options{CAFiles: cfg.FederationAPI.TrustedCAFiles})
+	fedTransport, err := fedhttp.New(fedhttp.Options{
+		CAFiles:      cfg.FederationAPI.TrustedCAFiles,
+		AllowPrivate: cfg.FederationAPI.AllowPrivateAddresses,
+		Resolver:     s.resolver,
+	})
 	if err != nil {
 		return nil, fmt.Errorf("federation_api.trusted_ca_files: %w", err)
 	}
@@ -297,6 +316,9 @@ func (s *Server) Stop(ctx context.Context) error {
 }
 
 func (s *Server) close() {
+	if s.outbound != nil {
+		s.outbound.CloseIdleConnections()
+	}
 	if s.bus != nil {
 		// Flushes, so that the naks of unprocessed messages reach the
 		// server (they are redelivered at once on the next start).
