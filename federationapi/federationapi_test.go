@@ -47,7 +47,7 @@ func newAPI(t *testing.T, dialect, name string, caFiles ...string) *FederationAP
 	log := logrus.New()
 	log.SetOutput(os.Stderr)
 	log.SetLevel(logrus.WarnLevel)
-	f, err := New(ctx, db, key, tr, "test", log.WithField("component", "federationapi"))
+	f, err := New(ctx, db, Options{Key: key, Transport: tr, Version: "test", Log: log.WithField("component", "federationapi")})
 	if err != nil {
 		t.Fatal(err)
 	}
