@@ -13,6 +13,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -300,5 +302,57 @@ func TestNotaryFallback(t *testing.T) {
 	}})
 	if err != nil || res[0].Error == nil {
 		t.Fatalf("verified without a notary and without the origin: %v %v", err, res)
+	}
+}
+
+// TestKeyFetchBurst: a burst of requests from a server not seen before
+// makes one fetch of its keys, and every request of the burst is served.
+func TestKeyFetchBurst(t *testing.T) {
+	p := newFedPair(t, "sqlite", nil)
+	var fetches atomic.Int32
+	keysHandler := p.originSrv.Config.Handler
+	p.originSrv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/_matrix/key/v2/server" {
+			fetches.Add(1)
+			time.Sleep(50 * time.Millisecond) // a slow origin: the burst arrives while it answers
+		}
+		keysHandler.ServeHTTP(w, r)
+	})
+	uri := "/_matrix/federation/v1/query/profile?user_id=" + url.QueryEscape("@bob:recv.test")
+	var reqs []*http.Request
+	for range 10 {
+		fr := fclient.NewFederationRequest("GET", p.originName, "recv.test", uri)
+		if err := fr.Sign(p.originName, p.origin.key.KeyID, p.origin.key.Private); err != nil {
+			t.Fatal(err)
+		}
+		req, err := fr.HTTPRequest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.URL, _ = url.Parse(p.recvURL + uri)
+		reqs = append(reqs, req)
+	}
+	codes := make([]int, len(reqs))
+	var wg sync.WaitGroup
+	for i, req := range reqs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := p.client.Do(req)
+			if err != nil {
+				return
+			}
+			codes[i] = resp.StatusCode
+			resp.Body.Close()
+		}()
+	}
+	wg.Wait()
+	for i, c := range codes {
+		if c != 200 {
+			t.Errorf("request %d of the burst: %d", i, c)
+		}
+	}
+	if n := fetches.Load(); n != 1 {
+		t.Errorf("the origin's keys were fetched %d times, want 1", n)
 	}
 }

@@ -33,9 +33,9 @@ type keyRing struct {
 	f    *FederationAPI
 	ring *gmsl.KeyRing
 
-	mu          sync.Mutex
-	cache       map[gmsl.PublicKeyLookupRequest]cachedKey
-	lastFetched map[spec.ServerName]time.Time
+	mu      sync.Mutex
+	cache   map[gmsl.PublicKeyLookupRequest]cachedKey
+	fetches map[spec.ServerName]*keyFetch
 }
 
 type cachedKey struct {
@@ -44,7 +44,7 @@ type cachedKey struct {
 }
 
 func newKeyRing(f *FederationAPI, notaries []spec.ServerName) *keyRing {
-	k := &keyRing{f: f, cache: map[gmsl.PublicKeyLookupRequest]cachedKey{}, lastFetched: map[spec.ServerName]time.Time{}}
+	k := &keyRing{f: f, cache: map[gmsl.PublicKeyLookupRequest]cachedKey{}, fetches: map[spec.ServerName]*keyFetch{}}
 	fetchers := []gmsl.KeyFetcher{directFetcher{k}}
 	for _, n := range notaries {
 		fetchers = append(fetchers, notaryFetcher{k: k, notary: n})
@@ -128,20 +128,37 @@ func keyFromResponse(response string, keyID gmsl.KeyID) (gmsl.PublicKeyLookupRes
 	return gmsl.PublicKeyLookupResult{}, false
 }
 
-// mayFetch reports whether server's keys may be fetched now, and if so
-// records that they are.
-func (k *keyRing) mayFetch(server spec.ServerName) bool {
+// keyFetch is one fetch of a server's keys from the server itself.
+type keyFetch struct {
+	done chan struct{} // closed when the fetch ends
+	at   time.Time
+}
+
+// fetchOnce fetches server's keys from the server unless that was done in
+// the last keyRefetchInterval. A fetch under way is waited for, not
+// repeated: a burst of requests from a server not seen before makes one
+// fetch, and none of them is refused for want of a key on its way.
+func (k *keyRing) fetchOnce(ctx context.Context, server spec.ServerName) {
 	now := k.f.now()
 	k.mu.Lock()
-	defer k.mu.Unlock()
-	if last, ok := k.lastFetched[server]; ok && now.Sub(last) < keyRefetchInterval {
-		return false
+	if f, ok := k.fetches[server]; ok && now.Sub(f.at) < keyRefetchInterval {
+		k.mu.Unlock()
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+		}
+		return
 	}
-	if len(k.lastFetched) >= maxCachedKeys {
-		clear(k.lastFetched)
+	if len(k.fetches) >= maxCachedKeys {
+		clear(k.fetches) // a fetch in flight may then be repeated, no more
 	}
-	k.lastFetched[server] = now
-	return true
+	f := &keyFetch{done: make(chan struct{}), at: now}
+	k.fetches[server] = f
+	k.mu.Unlock()
+	defer close(f.done)
+	if err := k.f.fetchKeys(ctx, server); err != nil {
+		k.f.log.WithError(err).WithField("origin", server).Debug("could not fetch keys from the origin")
+	}
 }
 
 // keyDatabase is the KeyRing's view of the store.
@@ -167,7 +184,7 @@ func (d directFetcher) FetcherName() string { return "origin" }
 func (d directFetcher) FetchKeys(ctx context.Context, reqs map[gmsl.PublicKeyLookupRequest]spec.Timestamp) (map[gmsl.PublicKeyLookupRequest]gmsl.PublicKeyLookupResult, error) {
 	servers := map[spec.ServerName]bool{}
 	for req := range reqs {
-		if req.ServerName != d.k.f.key.ServerName && d.k.mayFetch(req.ServerName) {
+		if req.ServerName != d.k.f.key.ServerName {
 			servers[req.ServerName] = true
 		}
 	}
@@ -179,9 +196,7 @@ func (d directFetcher) FetchKeys(ctx context.Context, reqs map[gmsl.PublicKeyLoo
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			if err := d.k.f.fetchKeys(ctx, server); err != nil {
-				d.k.f.log.WithError(err).WithField("origin", server).Debug("could not fetch keys from the origin")
-			}
+			d.k.fetchOnce(ctx, server)
 		}()
 	}
 	wg.Wait()

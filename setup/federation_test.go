@@ -121,6 +121,7 @@ func TestFederationTwoServers(t *testing.T) {
 		hs1 := fed.start(t, "hs1.test", "127.0.0.2", dbURL)
 		hs2 := fed.start(t, "hs2.test", "127.0.0.3", sqldbtest.URL(t, dialectOf(dbURL)), func(c *config.Config) {
 			c.FederationAPI.MaxRequestBytes = 65536
+			c.FederationAPI.WellKnownServer = "fed.hs2.test:8443"
 		})
 		alice := hs1.Register(t, "alice")
 		bob := hs2.Register(t, "bob")
@@ -198,11 +199,18 @@ func TestFederationTwoServers(t *testing.T) {
 				{hc, hs2.FederationURL() + "/_matrix/federation/v1/version", 200},
 				{hc, hs2.FederationURL() + "/_matrix/key/v2/server", 200},
 				{hc, hs2.FederationURL() + "/health", 200},
+				{plain, hs2.URL + "/.well-known/matrix/server", 200},
+				{hc, hs2.FederationURL() + "/.well-known/matrix/server", 200},
+				{plain, hs1.URL + "/.well-known/matrix/server", 404},
 			}
 			for _, c := range checks {
 				req, _ := http.NewRequest("GET", c.url, nil)
-				if code, body := fedDo(t, c.client, req); code != c.wantCode {
+				code, body := fedDo(t, c.client, req)
+				if code != c.wantCode {
 					t.Errorf("GET %s: %d %v, want %d", c.url, code, body, c.wantCode)
+				}
+				if strings.HasSuffix(c.url, "/matrix/server") && code == 200 && body["m.server"] != "fed.hs2.test:8443" {
+					t.Errorf("GET %s: %v", c.url, body)
 				}
 			}
 		})
