@@ -114,9 +114,11 @@ func (f *FederationAPI) notaryKeys(ctx context.Context, server spec.ServerName, 
 		}
 	}
 	if !fresh {
-		if err := f.fetchKeys(ctx, server); err != nil {
-			f.log.WithError(err).Debug("notary: origin did not answer with usable keys")
-		} else if stored, err = f.store.Keys(ctx, string(server), keyIDs); err != nil {
+		// Through the key ring's fetch: at most one fetch of a server's
+		// keys every 30 s, however many ask for them, and never two at
+		// once.
+		f.keys.fetchOnce(ctx, server)
+		if stored, err = f.store.Keys(ctx, string(server), keyIDs); err != nil {
 			return nil, err
 		}
 	}
