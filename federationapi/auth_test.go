@@ -356,3 +356,104 @@ func TestKeyFetchBurst(t *testing.T) {
 		t.Errorf("the origin's keys were fetched %d times, want 1", n)
 	}
 }
+
+// TestExpiredKeyRefetched: a stored key whose valid_until_ts has passed
+// is not used as it is: the origin is asked again, and without a fresh
+// answer the request is refused.
+func TestExpiredKeyRefetched(t *testing.T) {
+	tests := []struct {
+		name      string
+		originUp  bool
+		wantCode  int
+		wantFetch int32
+	}{
+		{"origin answers with fresh keys", true, 200, 1},
+		{"origin gone", false, 401, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := newFedPair(t, "sqlite", nil)
+			// What the receiver has stored expired an hour ago.
+			p.origin.now = func() time.Time { return time.Now().Add(-25 * time.Hour) }
+			raw, err := p.origin.ownKeys()
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.origin.now = time.Now
+			var keys gmsl.ServerKeys
+			if err := json.Unmarshal(raw, &keys); err != nil {
+				t.Fatal(err)
+			}
+			if err := p.recv.storeKeys(context.Background(), p.originName, keys); err != nil {
+				t.Fatal(err)
+			}
+			var fetches atomic.Int32
+			keysHandler := p.originSrv.Config.Handler
+			p.originSrv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/_matrix/key/v2/server" {
+					fetches.Add(1)
+				}
+				keysHandler.ServeHTTP(w, r)
+			})
+			if !tt.originUp {
+				p.originSrv.Close()
+			}
+			code, body := p.send(t, signedReq{
+				method: "GET", uri: "/_matrix/federation/v1/query/profile?user_id=" + url.QueryEscape("@bob:recv.test"),
+				origin: p.originName, dest: "recv.test", keyID: p.origin.key.KeyID, priv: p.origin.key.Private,
+			}, nil)
+			if code != tt.wantCode {
+				t.Fatalf("got %d %v, want %d", code, body, tt.wantCode)
+			}
+			if n := fetches.Load(); n != tt.wantFetch {
+				t.Errorf("origin asked %d times, want %d", n, tt.wantFetch)
+			}
+		})
+	}
+}
+
+// TestNotaryMustSign: keys a notary relays without its own signature are
+// not used.
+func TestNotaryMustSign(t *testing.T) {
+	p := newFedPair(t, "sqlite", nil)
+	raw, err := p.origin.ownKeys()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A notary serving its own keys, but relaying the origin's response
+	// without signing it.
+	notarySrv := serve(newAPI(t, "sqlite", "placeholder"), true)
+	defer notarySrv.Close()
+	notaryName := spec.ServerName(strings.TrimPrefix(notarySrv.URL, "https://"))
+	notary := newAPI(t, "sqlite", string(notaryName))
+	own := handler(notary)
+	notarySrv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/_matrix/key/v2/query" {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write([]byte(`{"server_keys":[` + string(raw) + `]}`))
+			return
+		}
+		own.ServeHTTP(w, r)
+	})
+	p.originSrv.Close()
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: notarySrv.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	recv := newAPI(t, "sqlite", "recv2.test", caFile)
+	recv.keys = newKeyRing(recv, []spec.ServerName{notaryName})
+	msg, err := gmsl.SignJSON(string(p.originName), p.origin.key.KeyID, p.origin.key.Private, []byte(`{"hello":"world"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := recv.keys.ring.VerifyJSONs(context.Background(), []gmsl.VerifyJSONRequest{{
+		ServerName: p.originName, AtTS: spec.AsTimestamp(time.Now()), Message: msg,
+		ValidityCheckingFunc: gmsl.StrictValiditySignatureCheck,
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res[0].Error == nil {
+		t.Fatal("keys relayed without the notary's signature were used")
+	}
+}
