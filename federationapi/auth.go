@@ -12,6 +12,7 @@ import (
 
 	"github.com/matrix-org/gomatrixserverlib/fclient"
 	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/matrix-org/util"
 
 	"myelin/internal/mxhttp"
 	"myelin/internal/ratelimit"
@@ -118,7 +119,10 @@ func (f *FederationAPI) verify(r *http.Request) (spec.ServerName, error) {
 		return "", unauthorized("X-Matrix origin is this server")
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
-	fr, resp := fclient.VerifyHTTPRequest(r, f.now(), f.key.ServerName, nil, f.keys.ring)
+	// gomatrixserverlib logs each refusal at info level to the logger in
+	// the context (the global one without): give it ours, warnings only.
+	vr := r.WithContext(util.ContextWithLogger(r.Context(), f.libLog))
+	fr, resp := fclient.VerifyHTTPRequest(vr, f.now(), f.key.ServerName, nil, f.keys.ring)
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	if fr == nil {
 		if resp.Code >= 500 {

@@ -65,7 +65,10 @@ type FederationAPI struct {
 	limit     *ratelimit.Limiter
 	profiles  Profiles
 	log       *logrus.Entry
-	now       func() time.Time
+	// libLog is the logger gomatrixserverlib gets for a request: ours,
+	// but warnings and errors only (it logs every refused request).
+	libLog *logrus.Entry
+	now    func() time.Time
 }
 
 // New makes the federation API for the server's signing key.
@@ -87,10 +90,17 @@ func New(ctx context.Context, db *sqldb.DB, opts Options) (*FederationAPI, error
 		limit:    opts.Limit,
 		profiles: opts.Profiles,
 		log:      opts.Log,
+		libLog:   quieter(opts.Log, logrus.WarnLevel),
 		now:      time.Now,
 	}
 	f.keys = newKeyRing(f, opts.KeyServers)
 	return f, nil
+}
+
+// quieter is log at a higher level: the same output, format and fields.
+func quieter(log *logrus.Entry, level logrus.Level) *logrus.Entry {
+	l := &logrus.Logger{Out: log.Logger.Out, Formatter: log.Logger.Formatter, Hooks: make(logrus.LevelHooks), Level: level}
+	return logrus.NewEntry(l).WithFields(log.Data)
 }
 
 // Client is the federation client: requests it sends are signed with this
