@@ -83,6 +83,7 @@ type Transport struct {
 
 	mu         sync.Mutex
 	resolved   map[spec.ServerName]resolution
+	resolving  map[spec.ServerName]chan struct{} // closed when done
 	wellKnowns map[string]wellKnown
 	transports map[string]*http.Transport // by TLS server name
 	plain      *http.Transport
@@ -127,6 +128,7 @@ func New(opts Options) (*Transport, error) {
 		wellKnownPort: opts.WellKnownPort,
 		now:           opts.Now,
 		resolved:      map[spec.ServerName]resolution{},
+		resolving:     map[spec.ServerName]chan struct{}{},
 		wellKnowns:    map[string]wellKnown{},
 		transports:    map[string]*http.Transport{},
 	}

@@ -64,18 +64,42 @@ type wellKnown struct {
 // second .well-known; then SRV records (_matrix-fed._tcp, then the legacy
 // _matrix._tcp); then port 8448. Results are cached until ResolveTTL or
 // the .well-known answer's own expiry, whichever comes first.
+//
+// Requests for a name being resolved wait for that resolution rather than
+// start their own: a queue waking up for a server makes one .well-known
+// fetch, not one per request.
 func (t *Transport) Resolve(ctx context.Context, name spec.ServerName) ([]Target, error) {
-	now := t.now()
-	t.mu.Lock()
-	r, ok := t.resolved[name]
-	t.mu.Unlock()
-	if ok && now.Before(r.expires) {
-		return r.targets, nil
-	}
 	host, port, valid := spec.ParseAndValidateServerName(name)
 	if !valid {
 		return nil, fmt.Errorf("resolve %q: not a valid server name", name)
 	}
+	for {
+		t.mu.Lock()
+		if r, ok := t.resolved[name]; ok && t.now().Before(r.expires) {
+			t.mu.Unlock()
+			return r.targets, nil
+		}
+		wait, busy := t.resolving[name]
+		if !busy {
+			done := make(chan struct{})
+			t.resolving[name] = done
+			t.mu.Unlock()
+			defer func() {
+				t.mu.Lock()
+				delete(t.resolving, name)
+				t.mu.Unlock()
+				close(done)
+			}()
+			break
+		}
+		t.mu.Unlock()
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("resolve %s: %w", name, ctx.Err())
+		}
+	}
+	now := t.now()
 	expires := now.Add(t.ttl)
 	var targets []Target
 	if ip, isIP := parseIP(host); isIP {

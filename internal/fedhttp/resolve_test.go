@@ -13,11 +13,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
+	"myelin/internal/poll"
 	"myelin/internal/testca"
 )
 
@@ -30,6 +32,7 @@ type fakeNet struct {
 	hosts     map[string][]netip.Addr
 	wellKnown map[string]wellKnownAnswer // by host
 	fetches   map[string]int             // .well-known fetches by host
+	gate      chan struct{}              // when set, answers wait for it to close
 }
 
 type wellKnownAnswer struct {
@@ -77,7 +80,11 @@ func (f *fakeNet) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	f.fetches[host]++
 	a, ok := f.wellKnown[host]
+	gate := f.gate
 	f.mu.Unlock()
+	if gate != nil {
+		<-gate
+	}
 	if !ok || r.URL.Path != "/.well-known/matrix/server" {
 		http.NotFound(w, r)
 		return
@@ -369,5 +376,41 @@ func TestPrivateAddresses(t *testing.T) {
 		if !isPublic(netip.MustParseAddr(a)) {
 			t.Errorf("%s counted as private", a)
 		}
+	}
+}
+
+// TestResolveOnce: requests for a name being resolved wait for that
+// resolution: ten at once make one .well-known fetch.
+func TestResolveOnce(t *testing.T) {
+	f, tr := newFakeNet(t, nil)
+	gate := make(chan struct{})
+	f.set(func(f *fakeNet) {
+		f.wellKnown["a.test"] = wellKnownAnswer{body: `{"m.server":"b.test:1"}`}
+		f.gate = gate
+	})
+	var started atomic.Int32
+	results := make(chan string, 10)
+	for range 10 {
+		go func() {
+			started.Add(1)
+			got, err := tr.Resolve(context.Background(), "a.test")
+			if err != nil {
+				results <- err.Error()
+				return
+			}
+			results <- got[0].Addr
+		}()
+	}
+	poll.True(t, 10*time.Second, "the burst to start and one fetch to arrive", func() bool {
+		return started.Load() == 10 && f.fetchCount("a.test") >= 1
+	})
+	close(gate)
+	for range 10 {
+		if got := <-results; got != "b.test:1" {
+			t.Errorf("resolved to %s", got)
+		}
+	}
+	if n := f.fetchCount("a.test"); n != 1 {
+		t.Errorf("%d .well-known fetches, want 1", n)
 	}
 }
