@@ -457,3 +457,33 @@ func TestNotaryMustSign(t *testing.T) {
 		t.Fatal("keys relayed without the notary's signature were used")
 	}
 }
+
+// TestNotaryAsksAgain: each notary query asking for keys valid longer
+// than what is stored makes the notary ask the origin again (sytest's
+// notary tests wait for those requests), not only once in a while.
+func TestNotaryAsksAgain(t *testing.T) {
+	p := newFedPair(t, "sqlite", nil)
+	var fetches atomic.Int32
+	keysHandler := p.originSrv.Config.Handler
+	p.originSrv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/_matrix/key/v2/server" {
+			fetches.Add(1)
+		}
+		keysHandler.ServeHTTP(w, r)
+	})
+	far := time.Now().Add(30 * 24 * time.Hour).UnixMilli()
+	body := `{"server_keys":{"` + string(p.originName) + `":{"` + string(p.origin.key.KeyID) + `":{"minimum_valid_until_ts":` + itoa(far) + `}}}}`
+	for i := 1; i <= 3; i++ {
+		resp, err := p.client.Post(p.recvURL+"/_matrix/key/v2/query", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("query %d: %d", i, resp.StatusCode)
+		}
+		if n := fetches.Load(); n != int32(i) {
+			t.Fatalf("after query %d the origin was asked %d times", i, n)
+		}
+	}
+}

@@ -135,13 +135,13 @@ type keyFetch struct {
 }
 
 // fetchOnce fetches server's keys from the server unless that was done in
-// the last keyRefetchInterval. A fetch under way is waited for, not
-// repeated: a burst of requests from a server not seen before makes one
-// fetch, and none of them is refused for want of a key on its way.
-func (k *keyRing) fetchOnce(ctx context.Context, server spec.ServerName) {
+// the last minInterval. A fetch under way is waited for, not repeated: a
+// burst of requests from a server not seen before makes one fetch, and
+// none of them is refused for want of a key on its way.
+func (k *keyRing) fetchOnce(ctx context.Context, server spec.ServerName, minInterval time.Duration) {
 	now := k.f.now()
 	k.mu.Lock()
-	if f, ok := k.fetches[server]; ok && now.Sub(f.at) < keyRefetchInterval {
+	if f, ok := k.fetches[server]; ok && (!closed(f.done) || now.Sub(f.at) < minInterval) {
 		k.mu.Unlock()
 		select {
 		case <-f.done:
@@ -158,6 +158,15 @@ func (k *keyRing) fetchOnce(ctx context.Context, server spec.ServerName) {
 	defer close(f.done)
 	if err := k.f.fetchKeys(ctx, server); err != nil {
 		k.f.log.WithError(err).WithField("origin", server).Debug("could not fetch keys from the origin")
+	}
+}
+
+func closed(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -196,7 +205,7 @@ func (d directFetcher) FetchKeys(ctx context.Context, reqs map[gmsl.PublicKeyLoo
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			d.k.fetchOnce(ctx, server)
+			d.k.fetchOnce(ctx, server, keyRefetchInterval)
 		}()
 	}
 	wg.Wait()
