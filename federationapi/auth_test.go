@@ -59,7 +59,7 @@ type fedPair struct {
 	client     *http.Client
 }
 
-func newFedPair(t *testing.T, dialect string, limit *ratelimit.Limiter) *fedPair {
+func newFedPair(t testing.TB, dialect string, limit *ratelimit.Limiter) *fedPair {
 	t.Helper()
 	originSrv := serve(newAPI(t, dialect, "placeholder"), true)
 	t.Cleanup(originSrv.Close)

@@ -28,7 +28,7 @@ import (
 
 // newAPI makes a FederationAPI named name on a fresh database of dialect,
 // whose outbound transport trusts the given certificate files.
-func newAPI(t *testing.T, dialect, name string, caFiles ...string) *FederationAPI {
+func newAPI(t testing.TB, dialect, name string, caFiles ...string) *FederationAPI {
 	t.Helper()
 	ctx := context.Background()
 	db, err := sqldb.Open(ctx, sqldbtest.URL(t, dialect), sqldb.Options{})
