@@ -6,11 +6,15 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
+	"os"
+	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -243,4 +247,89 @@ func fedDo(t *testing.T, hc *http.Client, req *http.Request) (int, map[string]an
 	var body map[string]any
 	_ = json.Unmarshal(raw, &body)
 	return resp.StatusCode, body
+}
+
+// TestFederationHostileInput walks every operation of the Server-Server
+// API spec on the federation listener with hostile path variables,
+// junk or forged authorization and junk bodies: every answer must be a
+// Matrix error or a success, never a 5xx, and never a success for an
+// endpoint that needs authentication.
+func TestFederationHostileInput(t *testing.T) {
+	raw, err := os.ReadFile("../../shared/spec/openapi-server-server-v1.19.json")
+	if os.IsNotExist(err) {
+		if os.Getenv("MYELIN_REQUIRE_SPEC") == "1" {
+			t.Fatal("server-server spec not found, and MYELIN_REQUIRE_SPEC=1")
+		}
+		t.Skip("server-server spec not found")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Paths map[string]map[string]json.RawMessage `json:"paths"`
+	}
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		t.Fatal(err)
+	}
+	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
+		fed := newFedNet(t)
+		hs := fed.start(t, "hs1.test", "127.0.0.2", dbURL)
+		hc := fed.httpClient("hs1.test")
+		vars := regexp.MustCompile(`\{\w+\}`)
+		values := []string{"..", strings.Repeat("x", 300), "%00", "%ZZ", "@u:hs1.test", "!r:hs1.test", "$e"}
+		auths := []string{"", "Bearer junk", `X-Matrix origin="hs2.test",key="ed25519:a",sig="junk"`, `X-Matrix origin=`}
+		bodies := []string{"", "{", `{"a":"\u0000"}`, `[]`, `{"pdus":"x"}`}
+		var failures []string
+		requests := 0
+		for path, ops := range doc.Paths {
+			if strings.HasPrefix(path, "/.well-known") {
+				continue
+			}
+			for method := range ops {
+				method = strings.ToUpper(method)
+				for i, v := range values {
+					p := vars.ReplaceAllString(path, v)
+					auth := auths[i%len(auths)]
+					body := bodies[i%len(bodies)]
+					if method == "GET" {
+						body = ""
+					}
+					req, err := http.NewRequest(method, hs.FederationURL()+p, strings.NewReader(body))
+					if err != nil {
+						continue // a value net/http will not send
+					}
+					if body != "" {
+						req.Header.Set("Content-Type", "application/json")
+					}
+					if auth != "" {
+						req.Header.Set("Authorization", auth)
+					}
+					requests++
+					code, resp := fedDo(t, hc, req)
+					errcode, _ := resp["errcode"].(string)
+					open := strings.HasPrefix(path, "/_matrix/key/") || strings.HasSuffix(path, "/version")
+					switch {
+					case code >= 500:
+						failures = append(failures, fmt.Sprintf("%s %s: %d %v", method, p, code, resp))
+					case code >= 400 && errcode == "":
+						failures = append(failures, fmt.Sprintf("%s %s: %d without an errcode", method, p, code))
+					case open:
+					case code == 401 && errcode == "M_UNAUTHORIZED",
+						code == 404 && errcode == "M_UNRECOGNIZED", code == 405,
+						code == 400 && (errcode == "M_INVALID_PARAM" || errcode == "M_NOT_JSON"):
+						// refused before any handler ran: unknown endpoint,
+						// a bad path variable, a body that is not JSON, or
+						// the authentication
+					default:
+						failures = append(failures, fmt.Sprintf("%s %s (authorization %q): %d %v: the handler ran", method, p, auth, code, resp))
+					}
+				}
+			}
+		}
+		t.Logf("%d hostile requests", requests)
+		if len(failures) > 0 {
+			sort.Strings(failures)
+			t.Errorf("%d answered wrongly:\n%s", len(failures), strings.Join(failures, "\n"))
+		}
+	})
 }
