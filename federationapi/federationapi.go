@@ -1,7 +1,10 @@
 // Package federationapi serves the Server-Server API (/_matrix/federation/*
-// and /_matrix/key/*). For now it publishes this server's signing keys and
-// its version; inbound and outbound federation of events builds on it.
-// Only setup imports this package.
+// and /_matrix/key/*) on the federation listener and makes this server's
+// requests to others. It publishes this server's signing keys, acts as a
+// notary, verifies the X-Matrix signature of every authenticated inbound
+// request (keys from its own store, fetched from the origin or from the
+// configured notaries), and signs outbound requests. Inbound and outbound
+// federation of events builds on it. Only setup imports this package.
 package federationapi
 
 import (
@@ -11,19 +14,45 @@ import (
 	"time"
 
 	"github.com/gorilla/mux"
+	gmsl "github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/fclient"
+	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/sirupsen/logrus"
 
 	"myelin/federationapi/storage"
 	"myelin/internal/fedhttp"
-	"myelin/internal/mxhttp"
+	"myelin/internal/ratelimit"
 	"myelin/internal/signing"
 	"myelin/internal/sqldb"
+	uapi "myelin/userapi/api"
 )
 
 // keyValidity is how long others may cache our key response; the key is
 // refetched after it (spec: valid_until_ts, at most 7 days for room v5+).
 const keyValidity = 24 * time.Hour
+
+// requestTimeout bounds one outbound federation request.
+const requestTimeout = 30 * time.Second
+
+// Profiles is what the federation API reads of the userapi.
+type Profiles interface {
+	Profile(ctx context.Context, userID string) (*uapi.Profile, error)
+}
+
+// Options are what the federation API needs besides its database.
+type Options struct {
+	Key *signing.Key
+	// Transport carries outbound requests (server discovery, TLS).
+	Transport *fedhttp.Transport
+	Version   string
+	// KeyServers are the notaries asked for keys an origin does not give.
+	KeyServers []spec.ServerName
+	// Limit bounds each origin's requests (each IP's on the endpoints
+	// without authentication); nil allows everything.
+	Limit    *ratelimit.Limiter
+	Profiles Profiles
+	Log      *logrus.Entry
+}
 
 // FederationAPI serves the federation endpoints.
 type FederationAPI struct {
@@ -31,35 +60,68 @@ type FederationAPI struct {
 	version   string
 	store     *storage.Storage
 	keyClient *fclient.Client
+	client    fclient.FederationClient
+	keys      *keyRing
+	limit     *ratelimit.Limiter
+	profiles  Profiles
 	log       *logrus.Entry
-	now       func() time.Time
+	// libLog is the logger gomatrixserverlib gets for a request: ours,
+	// but warnings and errors only (it logs every refused request).
+	libLog *logrus.Entry
+	now    func() time.Time
 }
 
-// New makes the federation API for the server's signing key; transport
-// carries its outbound requests.
-func New(ctx context.Context, db *sqldb.DB, key *signing.Key, transport *fedhttp.Transport, version string, log *logrus.Entry) (*FederationAPI, error) {
+// New makes the federation API for the server's signing key.
+func New(ctx context.Context, db *sqldb.DB, opts Options) (*FederationAPI, error) {
 	store, err := storage.Open(ctx, db)
 	if err != nil {
 		return nil, fmt.Errorf("federationapi storage: %w", err)
 	}
-	return &FederationAPI{
-		key:       key,
-		version:   version,
+	ua := fclient.WithUserAgent("Myelin/" + opts.Version)
+	f := &FederationAPI{
+		key:       opts.Key,
+		version:   opts.Version,
 		store:     store,
-		keyClient: fclient.NewClient(fclient.WithTransport(transport), fclient.WithUserAgent("Myelin/"+version)),
-		log:       log,
-		now:       time.Now,
-	}, nil
+		keyClient: fclient.NewClient(fclient.WithTransport(opts.Transport), fclient.WithTimeout(requestTimeout), ua),
+		client: fclient.NewFederationClient(
+			[]*fclient.SigningIdentity{{ServerName: opts.Key.ServerName, KeyID: opts.Key.KeyID, PrivateKey: opts.Key.Private}},
+			fclient.WithTransport(opts.Transport), fclient.WithTimeout(requestTimeout), ua,
+		),
+		limit:    opts.Limit,
+		profiles: opts.Profiles,
+		log:      opts.Log,
+		libLog:   quieter(opts.Log, logrus.WarnLevel),
+		now:      time.Now,
+	}
+	f.keys = newKeyRing(f, opts.KeyServers)
+	return f, nil
 }
 
-// Routes registers the federation endpoints on the server's root router.
+// quieter is log at a higher level: the same output, format and fields.
+func quieter(log *logrus.Entry, level logrus.Level) *logrus.Entry {
+	l := &logrus.Logger{Out: log.Logger.Out, Formatter: log.Logger.Formatter, Hooks: make(logrus.LevelHooks), Level: level}
+	return logrus.NewEntry(l).WithFields(log.Data)
+}
+
+// Client is the federation client: requests it sends are signed with this
+// server's key (X-Matrix) and go through the server's transport.
+func (f *FederationAPI) Client() fclient.FederationClient { return f.client }
+
+// KeyRing verifies JSON signed by other servers (events, requests), with
+// their keys from the store or fetched.
+func (f *FederationAPI) KeyRing() gmsl.JSONVerifier { return f.keys.ring }
+
+// Routes registers the federation endpoints on the federation listener's
+// router.
 func (f *FederationAPI) Routes(root *mux.Router) {
-	root.Handle("/_matrix/key/v2/server", mxhttp.Handler(f.serverKeys)).Methods(http.MethodGet)
-	root.Handle("/_matrix/key/v2/server/{keyId}", mxhttp.Handler(f.serverKeys)).Methods(http.MethodGet)
-	root.Handle("/_matrix/key/v2/query", mxhttp.Handler(f.queryKeysPost)).Methods(http.MethodPost)
-	root.Handle("/_matrix/key/v2/query/{serverName}", mxhttp.Handler(f.queryKeysGet)).Methods(http.MethodGet)
-	root.Handle("/_matrix/key/v2/query/{serverName}/{keyId}", mxhttp.Handler(f.queryKeysGet)).Methods(http.MethodGet)
-	root.Handle("/_matrix/federation/v1/version", mxhttp.Handler(f.serverVersion)).Methods(http.MethodGet)
+	root.Handle("/_matrix/key/v2/server", f.open(f.serverKeys)).Methods(http.MethodGet)
+	root.Handle("/_matrix/key/v2/server/{keyId}", f.open(f.serverKeys)).Methods(http.MethodGet)
+	root.Handle("/_matrix/key/v2/query", f.open(f.queryKeysPost)).Methods(http.MethodPost)
+	root.Handle("/_matrix/key/v2/query/{serverName}", f.open(f.queryKeysGet)).Methods(http.MethodGet)
+	root.Handle("/_matrix/key/v2/query/{serverName}/{keyId}", f.open(f.queryKeysGet)).Methods(http.MethodGet)
+	v1 := root.PathPrefix("/_matrix/federation/v1").Subrouter()
+	v1.Handle("/version", f.open(f.serverVersion)).Methods(http.MethodGet)
+	v1.Handle("/query/profile", f.authed(f.queryProfile)).Methods(http.MethodGet)
 }
 
 func (f *FederationAPI) serverVersion(r *http.Request) (any, error) {

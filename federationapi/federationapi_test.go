@@ -5,8 +5,10 @@ import (
 	"crypto/ed25519"
 	"encoding/json"
 	"encoding/pem"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -26,7 +28,7 @@ import (
 
 // newAPI makes a FederationAPI named name on a fresh database of dialect,
 // whose outbound transport trusts the given certificate files.
-func newAPI(t *testing.T, dialect, name string, caFiles ...string) *FederationAPI {
+func newAPI(t testing.TB, dialect, name string, caFiles ...string) *FederationAPI {
 	t.Helper()
 	ctx := context.Background()
 	db, err := sqldb.Open(ctx, sqldbtest.URL(t, dialect), sqldb.Options{})
@@ -38,18 +40,31 @@ func newAPI(t *testing.T, dialect, name string, caFiles ...string) *FederationAP
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr, err := fedhttp.New(fedhttp.Options{CAFiles: caFiles, Timeout: 5 * time.Second})
+	tr, err := fedhttp.New(fedhttp.Options{CAFiles: caFiles, Timeout: 5 * time.Second, AllowPrivate: true, Resolver: noDNS()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	log := logrus.New()
 	log.SetOutput(os.Stderr)
 	log.SetLevel(logrus.WarnLevel)
-	f, err := New(ctx, db, key, tr, "test", log.WithField("component", "federationapi"))
+	f, err := New(ctx, db, Options{Key: key, Transport: tr, Version: "test", Log: log.WithField("component", "federationapi")})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return f
+}
+
+// noDNS resolves no name: the tests' servers are named by their
+// addresses, and a name that would need DNS must not reach the network.
+func noDNS() *fedhttp.Resolver {
+	return &fedhttp.Resolver{
+		LookupSRV: func(context.Context, string, string, string) ([]*net.SRV, error) {
+			return nil, &net.DNSError{Err: "no DNS in tests", IsNotFound: true}
+		},
+		LookupHost: func(_ context.Context, host string) ([]netip.Addr, error) {
+			return nil, &net.DNSError{Err: "no DNS in tests", Name: host, IsNotFound: true}
+		},
+	}
 }
 
 func handler(f *FederationAPI) http.Handler {

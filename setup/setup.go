@@ -19,6 +19,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gorilla/mux"
+	"github.com/matrix-org/gomatrixserverlib/fclient"
+	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/sirupsen/logrus"
 
 	"myelin/clientapi"
@@ -26,6 +29,7 @@ import (
 	"myelin/internal/bus"
 	"myelin/internal/fedhttp"
 	"myelin/internal/mxhttp"
+	"myelin/internal/ratelimit"
 	"myelin/internal/signing"
 	"myelin/internal/sqldb"
 	"myelin/roomserver"
@@ -55,6 +59,9 @@ type Server struct {
 	rooms  *roomserver.Roomserver
 	sync   *syncapi.SyncAPI
 	client *clientapi.ClientAPI
+
+	// resolver, when set, replaces DNS for outbound federation (tests).
+	resolver *fedhttp.Resolver
 
 	ctx     context.Context // lifetime of the components
 	cancel  context.CancelFunc
@@ -88,10 +95,22 @@ func NewLogger(c config.Logging) (*logrus.Logger, io.Closer, error) {
 	return l, closer, nil
 }
 
+// Option adjusts what New builds beyond the configuration.
+type Option func(*Server)
+
+// WithResolver makes outbound federation look names up with r instead of
+// DNS: tests map server names to loopback addresses with it.
+func WithResolver(r *fedhttp.Resolver) Option {
+	return func(s *Server) { s.resolver = r }
+}
+
 // New opens storage and messaging and builds the components; nothing is
 // served until Start.
-func New(ctx context.Context, cfg *config.Config, log *logrus.Logger) (s *Server, err error) {
+func New(ctx context.Context, cfg *config.Config, log *logrus.Logger, opts ...Option) (s *Server, err error) {
 	s = &Server{cfg: cfg, log: log, addrs: map[string]net.Addr{}}
+	for _, o := range opts {
+		o(s)
+	}
 	defer func() {
 		if err != nil {
 			s.close()
@@ -136,31 +155,76 @@ func New(ctx context.Context, cfg *config.Config, log *logrus.Logger) (s *Server
 		return nil, err
 	}
 	s.client = clientapi.New(cfg, s.users, s.rooms, entry("clientapi"))
-	fedTransport, err := fedhttp.New(fedhttp.Options{CAFiles: cfg.FederationAPI.TrustedCAFiles})
+	fedTransport, err := fedhttp.New(fedhttp.Options{
+		CAFiles:      cfg.FederationAPI.TrustedCAFiles,
+		AllowPrivate: cfg.FederationAPI.AllowPrivateAddresses,
+		Resolver:     s.resolver,
+	})
 	if err != nil {
 		return nil, fmt.Errorf("federation_api.trusted_ca_files: %w", err)
 	}
 	s.outbound = fedTransport
-	if s.fed, err = federationapi.New(ctx, s.db, s.key, fedTransport, Version, entry("federationapi")); err != nil {
+	var fedLimit *ratelimit.Limiter
+	if rl := cfg.RateLimits; rl.Enabled {
+		fedLimit = ratelimit.New(rl.Federation.PerSecond, rl.Federation.Burst, nil)
+	}
+	keyServers := make([]spec.ServerName, 0, len(cfg.FederationAPI.KeyServers))
+	for _, k := range cfg.FederationAPI.KeyServers {
+		keyServers = append(keyServers, spec.ServerName(k))
+	}
+	s.fed, err = federationapi.New(ctx, s.db, federationapi.Options{
+		Key:        s.key,
+		Transport:  fedTransport,
+		Version:    Version,
+		KeyServers: keyServers,
+		Limit:      fedLimit,
+		Profiles:   s.users,
+		Log:        entry("federationapi"),
+	})
+	if err != nil {
 		return nil, err
 	}
 	return s, nil
 }
 
-// Handler is the HTTP handler serving every component's routes. It fails
-// if a route has a path variable the HTTP edge does not know how to check.
-func (s *Server) Handler() (http.Handler, error) {
+// ClientHandler serves the client listener: the Client-Server API,
+// /.well-known/matrix/client, /health. It fails if a route has a path
+// variable the HTTP edge does not know how to check.
+func (s *Server) ClientHandler() (http.Handler, error) {
 	r := mxhttp.NewRouter()
 	// The router tries routes in order, and every client always has a
 	// /sync in flight: the sync routes go first.
 	s.sync.Routes(r)
 	s.client.Routes(r)
-	s.fed.Routes(r)
-	r.Handle("/health", mxhttp.Handler(s.health)).Methods(http.MethodGet)
+	s.commonRoutes(r)
 	if err := mxhttp.CheckRouteVars(r); err != nil {
 		return nil, err
 	}
-	return mxhttp.Serve(s.log.WithField("component", "http"), s.cfg.ClientAPI.MaxRequestBytes, withClientIP, r), nil
+	return mxhttp.Serve(s.log.WithField("component", "http").WithField("listener", "client"), s.cfg.ClientAPI.MaxRequestBytes, withClientIP, r), nil
+}
+
+// FederationHandler serves the federation listener: the Server-Server
+// API (/_matrix/federation/*, /_matrix/key/*) and /health, with the
+// federation body limit; its rate limits are per origin server.
+func (s *Server) FederationHandler() (http.Handler, error) {
+	r := mxhttp.NewRouter()
+	s.fed.Routes(r)
+	s.commonRoutes(r)
+	if err := mxhttp.CheckRouteVars(r); err != nil {
+		return nil, err
+	}
+	return mxhttp.Serve(s.log.WithField("component", "http").WithField("listener", "federation"), s.cfg.FederationAPI.MaxRequestBytes, nil, r), nil
+}
+
+// commonRoutes are served on both listeners: /health, and the
+// .well-known delegation of federation when one is configured (it is
+// fetched from port 443 of the server name, which may be either).
+func (s *Server) commonRoutes(r *mux.Router) {
+	r.Handle("/health", mxhttp.Handler(s.health)).Methods(http.MethodGet)
+	if wk := s.cfg.FederationAPI.WellKnownServer; wk != "" {
+		body := map[string]string{"m.server": wk}
+		r.Handle("/.well-known/matrix/server", mxhttp.Handler(func(*http.Request) (any, error) { return body, nil })).Methods(http.MethodGet)
+	}
 }
 
 // withClientIP puts the client's address in the request context, where
@@ -177,7 +241,11 @@ type listener struct {
 
 // Start starts the components' consumers and the listeners.
 func (s *Server) Start() error {
-	h, err := s.Handler()
+	clientHandler, err := s.ClientHandler()
+	if err != nil {
+		return err
+	}
+	fedHandler, err := s.FederationHandler()
 	if err != nil {
 		return err
 	}
@@ -192,8 +260,8 @@ func (s *Server) Start() error {
 		return err
 	}
 	listeners := []listener{
-		{"client", s.cfg.ClientAPI.Listen, s.cfg.ClientAPI.TLSCert, s.cfg.ClientAPI.TLSKey, h},
-		{"federation", s.cfg.FederationAPI.Listen, s.cfg.FederationAPI.TLSCert, s.cfg.FederationAPI.TLSKey, h},
+		{"client", s.cfg.ClientAPI.Listen, s.cfg.ClientAPI.TLSCert, s.cfg.ClientAPI.TLSKey, clientHandler},
+		{"federation", s.cfg.FederationAPI.Listen, s.cfg.FederationAPI.TLSCert, s.cfg.FederationAPI.TLSKey, fedHandler},
 	}
 	if s.cfg.Debug.PprofListen != "" {
 		listeners = append(listeners, listener{"pprof", s.cfg.Debug.PprofListen, "", "", pprofHandler()})
@@ -271,16 +339,30 @@ func (s *Server) Addr(name string) net.Addr { return s.addrs[name] }
 
 // ClientURL is the base URL of the client listener.
 func (s *Server) ClientURL() string {
-	a := s.Addr("client")
+	return s.listenerURL("client", s.cfg.ClientAPI.TLSCert != "")
+}
+
+// FederationURL is the base URL of the federation listener, "" when it
+// is off.
+func (s *Server) FederationURL() string {
+	return s.listenerURL("federation", s.cfg.FederationAPI.TLSCert != "")
+}
+
+func (s *Server) listenerURL(name string, tls bool) string {
+	a := s.Addr(name)
 	if a == nil {
 		return ""
 	}
 	scheme := "http"
-	if s.cfg.ClientAPI.TLSCert != "" {
+	if tls {
 		scheme = "https"
 	}
 	return scheme + "://" + strings.Replace(a.String(), "[::]", "127.0.0.1", 1)
 }
+
+// FederationClient sends requests to other servers, signed with this
+// server's key.
+func (s *Server) FederationClient() fclient.FederationClient { return s.fed.Client() }
 
 // Stop stops accepting requests, lets the ones in flight finish (until ctx
 // ends), stops the consumers, and closes NATS and the database. Events
@@ -305,6 +387,9 @@ func (s *Server) Stop(ctx context.Context) error {
 }
 
 func (s *Server) close() {
+	if s.outbound != nil {
+		s.outbound.CloseIdleConnections()
+	}
 	if s.bus != nil {
 		// Flushes, so that the naks of unprocessed messages reach the
 		// server (they are redelivered at once on the next start).

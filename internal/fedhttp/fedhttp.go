@@ -1,10 +1,12 @@
 // Package fedhttp is Myelin's outbound HTTPS for federation: an
 // http.RoundTripper for the matrix:// URLs gomatrixserverlib's clients build,
-// which resolves server names (spec: "Resolving server names"; results
-// cached for a while, unlike gomatrixserverlib's own never-expiring cache)
-// and connects with TLS verified against the system roots plus any CA
-// certificates the operator configured. Plain https:// requests (push
-// gateways, application services) use the same TLS settings.
+// which resolves server names itself (spec: "Resolving server names", with
+// caches that expire, unlike gomatrixserverlib's), refuses to connect to
+// private and loopback addresses unless told otherwise, and verifies TLS
+// against the system roots plus any CA certificates the operator
+// configured. Plain https:// requests (push gateways, application
+// services) use the same TLS settings but neither the resolution nor the
+// address guard. Only setup and the federationapi import it.
 package fedhttp
 
 import (
@@ -15,11 +17,11 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"sync"
 	"time"
 
-	"github.com/matrix-org/gomatrixserverlib/fclient"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 )
 
@@ -29,27 +31,62 @@ type Options struct {
 	CAFiles []string
 	// Timeout bounds connecting and waiting for response headers.
 	Timeout time.Duration
-	// ResolveTTL is how long a server name's resolution is reused.
+	// ResolveTTL is how long a server name's resolution (its SRV records
+	// and the addresses they name) is reused; a .well-known answer is kept
+	// as long as its own cache headers say, but never beyond this.
 	ResolveTTL time.Duration
+	// AllowPrivate lets federation requests reach loopback, private,
+	// link-local and other non-public addresses (test networks).
+	AllowPrivate bool
+	// Resolver looks names up; nil uses the system's DNS.
+	Resolver *Resolver
+	// WellKnownPort is the port .well-known/matrix/server is fetched from:
+	// 443 (the spec's) unless a test sets another.
+	WellKnownPort int
+	// Now is the clock of the caches; nil is time.Now.
+	Now func() time.Time
+}
+
+// Resolver is how names are looked up. Tests give a fake one (no network).
+type Resolver struct {
+	// LookupSRV returns the SRV records of _service._proto.name, in the
+	// order to try them.
+	LookupSRV func(ctx context.Context, service, proto, name string) ([]*net.SRV, error)
+	// LookupHost returns the addresses of host.
+	LookupHost func(ctx context.Context, host string) ([]netip.Addr, error)
+}
+
+// SystemResolver is the Resolver of the system's DNS.
+func SystemResolver() *Resolver {
+	r := net.DefaultResolver
+	return &Resolver{
+		LookupSRV: func(ctx context.Context, service, proto, name string) ([]*net.SRV, error) {
+			_, srvs, err := r.LookupSRV(ctx, service, proto, name)
+			return srvs, err
+		},
+		LookupHost: func(ctx context.Context, host string) ([]netip.Addr, error) {
+			return r.LookupNetIP(ctx, "ip", host)
+		},
+	}
 }
 
 // Transport resolves and dials Matrix servers.
 type Transport struct {
-	roots   *x509.CertPool
-	timeout time.Duration
-	ttl     time.Duration
-	resolve func(context.Context, spec.ServerName) ([]fclient.ResolutionResult, error)
-	now     func() time.Time
+	roots         *x509.CertPool
+	timeout       time.Duration
+	ttl           time.Duration
+	allowPrivate  bool
+	dns           *Resolver
+	wellKnownPort int
+	now           func() time.Time
+	wellKnownHTTP *http.Client
 
 	mu         sync.Mutex
 	resolved   map[spec.ServerName]resolution
+	resolving  map[spec.ServerName]chan struct{} // closed when done
+	wellKnowns map[string]wellKnown
 	transports map[string]*http.Transport // by TLS server name
 	plain      *http.Transport
-}
-
-type resolution struct {
-	results []fclient.ResolutionResult
-	expires time.Time
 }
 
 // New makes a Transport.
@@ -73,23 +110,46 @@ func New(opts Options) (*Transport, error) {
 	if opts.ResolveTTL <= 0 {
 		opts.ResolveTTL = 10 * time.Minute
 	}
-	t := &Transport{
-		roots:      roots,
-		timeout:    opts.Timeout,
-		ttl:        opts.ResolveTTL,
-		resolve:    fclient.ResolveServer,
-		now:        time.Now,
-		resolved:   map[spec.ServerName]resolution{},
-		transports: map[string]*http.Transport{},
+	if opts.Resolver == nil {
+		opts.Resolver = SystemResolver()
 	}
-	t.plain = t.newTransport("")
+	if opts.WellKnownPort <= 0 {
+		opts.WellKnownPort = 443
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	t := &Transport{
+		roots:         roots,
+		timeout:       opts.Timeout,
+		ttl:           opts.ResolveTTL,
+		allowPrivate:  opts.AllowPrivate,
+		dns:           opts.Resolver,
+		wellKnownPort: opts.WellKnownPort,
+		now:           opts.Now,
+		resolved:      map[spec.ServerName]resolution{},
+		resolving:     map[spec.ServerName]chan struct{}{},
+		wellKnowns:    map[string]wellKnown{},
+		transports:    map[string]*http.Transport{},
+	}
+	d := &net.Dialer{Timeout: t.timeout, KeepAlive: 30 * time.Second}
+	t.plain = t.newTransport("", d.DialContext)
+	t.wellKnownHTTP = &http.Client{
+		Transport: t.newTransport("", t.dialGuarded),
+		Timeout:   wellKnownTimeout,
+		CheckRedirect: func(req *http.Request, via []*http.Request) error {
+			if len(via) >= maxWellKnownRedirects {
+				return errors.New("too many redirects")
+			}
+			return nil
+		},
+	}
 	return t, nil
 }
 
-func (t *Transport) newTransport(tlsServerName string) *http.Transport {
-	d := &net.Dialer{Timeout: t.timeout, KeepAlive: 30 * time.Second}
+func (t *Transport) newTransport(tlsServerName string, dial func(context.Context, string, string) (net.Conn, error)) *http.Transport {
 	return &http.Transport{
-		DialContext:           d.DialContext,
+		DialContext:           dial,
 		TLSClientConfig:       &tls.Config{ServerName: tlsServerName, RootCAs: t.roots, MinVersion: tls.VersionTLS12},
 		TLSHandshakeTimeout:   t.timeout,
 		ResponseHeaderTimeout: 2 * t.timeout,
@@ -105,41 +165,87 @@ func (t *Transport) HTTPClient() *http.Client {
 	return &http.Client{Transport: t.plain, Timeout: 2 * t.timeout}
 }
 
-func (t *Transport) resolutions(ctx context.Context, name spec.ServerName) ([]fclient.ResolutionResult, error) {
-	t.mu.Lock()
-	r, ok := t.resolved[name]
-	t.mu.Unlock()
-	if ok && t.now().Before(r.expires) {
-		return r.results, nil
-	}
-	results, err := t.resolve(ctx, name)
-	if err != nil {
-		return nil, fmt.Errorf("resolve %s: %w", name, err)
-	}
-	if len(results) == 0 {
-		return nil, fmt.Errorf("resolve %s: no address", name)
-	}
-	t.mu.Lock()
-	t.resolved[name] = resolution{results: results, expires: t.now().Add(t.ttl)}
-	t.mu.Unlock()
-	return results, nil
-}
-
-func (t *Transport) forget(name spec.ServerName) {
-	t.mu.Lock()
-	delete(t.resolved, name)
-	t.mu.Unlock()
-}
-
 func (t *Transport) tlsTransport(serverName string) *http.Transport {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	tr, ok := t.transports[serverName]
 	if !ok {
-		tr = t.newTransport(serverName)
+		tr = t.newTransport(serverName, t.dialGuarded)
 		t.transports[serverName] = tr
 	}
 	return tr
+}
+
+// ErrPrivateAddress is returned for a federation connection to an
+// address that is not public while private addresses are not allowed.
+var ErrPrivateAddress = errors.New("refusing to connect to a private address (federation_api.allow_private_addresses is false)")
+
+// dialGuarded dials addr ("host:port"), looking the host up through the
+// transport's resolver and refusing addresses that are not public unless
+// they are allowed. The check is on the address dialled, so a name that
+// resolves to a private address (DNS rebinding) is refused too.
+func (t *Transport) dialGuarded(ctx context.Context, network, addr string) (net.Conn, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	var addrs []netip.Addr
+	if ip, err := netip.ParseAddr(host); err == nil {
+		addrs = []netip.Addr{ip}
+	} else if addrs, err = t.dns.LookupHost(ctx, host); err != nil {
+		return nil, fmt.Errorf("look up %s: %w", host, err)
+	}
+	d := &net.Dialer{Timeout: t.timeout, KeepAlive: 30 * time.Second}
+	var lastErr error
+	for _, a := range addrs {
+		if !t.allowPrivate && !isPublic(a) {
+			lastErr = fmt.Errorf("%s (%s): %w", host, a, ErrPrivateAddress)
+			continue
+		}
+		conn, err := d.DialContext(ctx, network, net.JoinHostPort(a.Unmap().String(), port))
+		if err == nil {
+			return conn, nil
+		}
+		lastErr = err
+	}
+	if lastErr == nil {
+		lastErr = fmt.Errorf("%s has no address", host)
+	}
+	return nil, lastErr
+}
+
+// notPublic are the ranges, beyond those netip classifies, that no server
+// on the public internet has: "this network", carrier-grade NAT, IETF
+// protocol assignments, benchmarking, reserved (RFC 6890), NAT64 and
+// documentation prefixes.
+var notPublic = []netip.Prefix{
+	netip.MustParsePrefix("0.0.0.0/8"),
+	netip.MustParsePrefix("100.64.0.0/10"),
+	netip.MustParsePrefix("192.0.0.0/24"),
+	netip.MustParsePrefix("192.0.2.0/24"),
+	netip.MustParsePrefix("198.18.0.0/15"),
+	netip.MustParsePrefix("198.51.100.0/24"),
+	netip.MustParsePrefix("203.0.113.0/24"),
+	netip.MustParsePrefix("240.0.0.0/4"),
+	netip.MustParsePrefix("64:ff9b::/96"),
+	netip.MustParsePrefix("64:ff9b:1::/48"),
+	netip.MustParsePrefix("2001:db8::/32"),
+}
+
+// isPublic reports whether a is an address a server on the internet may
+// have.
+func isPublic(a netip.Addr) bool {
+	a = a.Unmap()
+	if !a.IsValid() || a.IsLoopback() || a.IsPrivate() || a.IsUnspecified() || a.IsLinkLocalUnicast() ||
+		a.IsLinkLocalMulticast() || a.IsInterfaceLocalMulticast() || a.IsMulticast() {
+		return false
+	}
+	for _, p := range notPublic {
+		if p.Contains(a) {
+			return false
+		}
+	}
+	return true
 }
 
 // RoundTrip sends matrix:// requests to the resolved server and anything
@@ -149,14 +255,14 @@ func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 		return t.plain.RoundTrip(r)
 	}
 	name := spec.ServerName(r.URL.Host)
-	results, err := t.resolutions(r.Context(), name)
+	targets, err := t.Resolve(r.Context(), name)
 	if err != nil {
 		return nil, err
 	}
 	var lastErr error
-	for i, res := range results {
+	for i, target := range targets {
 		req := r.Clone(r.Context())
-		if i > 0 && r.Body != nil {
+		if i > 0 && r.Body != nil && r.Body != http.NoBody {
 			if r.GetBody == nil {
 				break // the body cannot be sent twice
 			}
@@ -165,20 +271,35 @@ func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 			}
 		}
 		u := *r.URL
-		u.Scheme, u.Host = "https", res.Destination
+		u.Scheme, u.Host = "https", target.Addr
 		req.URL = &u
-		req.Host = string(res.Host)
-		resp, err := t.tlsTransport(res.TLSServerName).RoundTrip(req)
+		req.Host = target.Host
+		resp, err := t.tlsTransport(target.TLSName).RoundTrip(req)
 		if err == nil {
 			return resp, nil
 		}
 		lastErr = err
+		if r.Context().Err() != nil {
+			break
+		}
 	}
 	// Every address failed: resolve afresh next time (delegation may have
 	// changed).
-	t.forget(name)
+	t.Forget(name)
 	if lastErr == nil {
 		lastErr = errors.New("no address could be tried")
 	}
 	return nil, fmt.Errorf("send to %s: %w", name, lastErr)
+}
+
+// CloseIdleConnections closes the kept-alive connections to other
+// servers, as a server stopping does.
+func (t *Transport) CloseIdleConnections() {
+	t.plain.CloseIdleConnections()
+	t.wellKnownHTTP.CloseIdleConnections()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, tr := range t.transports {
+		tr.CloseIdleConnections()
+	}
 }

@@ -53,6 +53,10 @@ var pathVars = map[string]pathVar{
 	"type":          {check: opaque}, // account data type
 	"deviceId":      {check: opaque},
 	"keyId":         {check: opaque},
+	// Server-Server API: roomId, eventId, userId, serverName, txnId and
+	// keyId above, and these.
+	"mediaId":   {check: opaque},
+	"queryType": {check: opaque},
 }
 
 // decodeVars URL-decodes path variables in place, once, so that handlers

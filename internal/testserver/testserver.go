@@ -52,8 +52,9 @@ func Config(dataDir, dbURL string, opts ...Options) *config.Config {
 	return cfg
 }
 
-// Start runs a server with cfg until the test ends.
-func Start(t testing.TB, cfg *config.Config) *Server {
+// Start runs a server with cfg until the test ends; opts adjust what
+// the configuration cannot say (a fake DNS for federation tests).
+func Start(t testing.TB, cfg *config.Config, opts ...setup.Option) *Server {
 	t.Helper()
 	cfg.NATS.StoreDir = ""
 	cfg.Keys.SigningKeyPath = ""
@@ -75,7 +76,7 @@ func Start(t testing.TB, cfg *config.Config) *Server {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	serverStarted()
-	srv, err := setup.New(ctx, cfg, log)
+	srv, err := setup.New(ctx, cfg, log, opts...)
 	if err != nil {
 		serverStopped(t)
 		t.Fatalf("start server: %v", err)

@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/matrix-org/gomatrixserverlib/spec"
 	"gopkg.in/yaml.v3"
 )
 
@@ -55,15 +56,32 @@ type ClientAPI struct {
 	TLSKey  string `yaml:"tls_key"`
 }
 
-// FederationAPI configures the Server-Server API listener.
+// FederationAPI configures the Server-Server API listener and this
+// server's requests to others.
 type FederationAPI struct {
 	// Listen is the federation listener address; empty disables it.
 	Listen  string `yaml:"listen"`
 	TLSCert string `yaml:"tls_cert"`
 	TLSKey  string `yaml:"tls_key"`
+	// MaxRequestBytes caps a request body on the federation listener
+	// (a /send of 50 PDUs and 100 EDUs must fit); larger bodies are cut
+	// off with M_TOO_LARGE.
+	MaxRequestBytes int64 `yaml:"max_request_bytes"`
 	// TrustedCAFiles are PEM files of certificate authorities trusted, on
 	// top of the system's, when this server connects to others.
 	TrustedCAFiles []string `yaml:"trusted_ca_files"`
+	// KeyServers are notaries (server names) asked for another server's
+	// keys when that server does not give them itself; empty asks none.
+	KeyServers []string `yaml:"key_servers"`
+	// AllowPrivateAddresses lets this server connect to loopback and
+	// private addresses when it contacts other servers; off, a server
+	// name resolving to one is refused (so that a remote cannot make us
+	// reach our own network). Test networks turn it on.
+	AllowPrivateAddresses bool `yaml:"allow_private_addresses"`
+	// WellKnownServer, when set, is served as the m.server of
+	// /.well-known/matrix/server (on both listeners), delegating
+	// federation for server_name to that host[:port].
+	WellKnownServer string `yaml:"well_known_server"`
 }
 
 // Database names the SQL database all components store their tables in.
@@ -106,6 +124,10 @@ type RateLimits struct {
 	Login    Bucket `yaml:"login"`
 	Register Bucket `yaml:"register"`
 	Send     Bucket `yaml:"send"`
+	// Federation limits the requests of each other server (by its
+	// authenticated name; by IP for the key and version endpoints) on the
+	// federation listener.
+	Federation Bucket `yaml:"federation"`
 }
 
 // Bucket is one token-bucket limit.
@@ -173,15 +195,16 @@ func Defaults() *Config {
 			Listen:          "127.0.0.1:8008",
 			MaxRequestBytes: 10 << 20,
 		},
-		FederationAPI: FederationAPI{Listen: ""},
+		FederationAPI: FederationAPI{Listen: "", MaxRequestBytes: 16 << 20},
 		Database:      Database{MaxOpenConns: 16},
 		NATS:          NATS{PublishRetry: 10 * time.Second},
 		Registration:  Registration{BcryptCost: 10},
 		RateLimits: RateLimits{
-			Enabled:  true,
-			Login:    Bucket{PerSecond: 0.2, Burst: 5},
-			Register: Bucket{PerSecond: 0.1, Burst: 5},
-			Send:     Bucket{PerSecond: 5, Burst: 20},
+			Enabled:    true,
+			Login:      Bucket{PerSecond: 0.2, Burst: 5},
+			Register:   Bucket{PerSecond: 0.1, Burst: 5},
+			Send:       Bucket{PerSecond: 5, Burst: 20},
+			Federation: Bucket{PerSecond: 50, Burst: 200},
 		},
 		Logging: Logging{Level: "info", Format: "text"},
 		Rooms:   Rooms{DefaultVersion: "10"},
@@ -218,6 +241,9 @@ func Load(path string, env []string) (*Config, error) {
 func (c *Config) fillDerived() {
 	if len(c.FederationAPI.TrustedCAFiles) == 0 {
 		c.FederationAPI.TrustedCAFiles = nil // "[]" in the file is the default
+	}
+	if len(c.FederationAPI.KeyServers) == 0 {
+		c.FederationAPI.KeyServers = nil
 	}
 	if c.Database.URL == "" {
 		c.Database.URL = filepath.Join(c.DataDir, "myelin.db")
@@ -283,6 +309,19 @@ func (c *Config) Validate() error {
 	if (c.FederationAPI.TLSCert == "") != (c.FederationAPI.TLSKey == "") {
 		bad("federation_api.tls_cert", c.FederationAPI.TLSCert, "tls_cert and tls_key must be set together")
 	}
+	if c.FederationAPI.MaxRequestBytes < 65536 {
+		bad("federation_api.max_request_bytes", c.FederationAPI.MaxRequestBytes, "must be at least 65536 (one PDU)")
+	}
+	for _, k := range c.FederationAPI.KeyServers {
+		if !validServerName(k) {
+			bad("federation_api.key_servers", k, "must be a server name (host with an optional port)")
+		} else if k == c.ServerName {
+			bad("federation_api.key_servers", k, "must not be this server")
+		}
+	}
+	if w := c.FederationAPI.WellKnownServer; w != "" && !validServerName(w) {
+		bad("federation_api.well_known_server", w, "must be a host with an optional port")
+	}
 	for _, f := range c.FederationAPI.TrustedCAFiles {
 		if _, err := os.Stat(f); err != nil {
 			bad("federation_api.trusted_ca_files", f, "cannot be read")
@@ -303,7 +342,7 @@ func (c *Config) Validate() error {
 	if c.Registration.BcryptCost < 4 || c.Registration.BcryptCost > 31 {
 		bad("registration.bcrypt_cost", c.Registration.BcryptCost, "must be from 4 to 31")
 	}
-	for name, b := range map[string]Bucket{"login": c.RateLimits.Login, "register": c.RateLimits.Register, "send": c.RateLimits.Send} {
+	for name, b := range map[string]Bucket{"login": c.RateLimits.Login, "register": c.RateLimits.Register, "send": c.RateLimits.Send, "federation": c.RateLimits.Federation} {
 		if b.PerSecond <= 0 {
 			bad("rate_limits."+name+".per_second", b.PerSecond, "must be positive")
 		}
@@ -349,6 +388,13 @@ func (c *Config) Validate() error {
 func SupportedRoomVersion(v string) bool {
 	n, err := strconv.Atoi(v)
 	return err == nil && n >= 1 && n <= 12 && strconv.Itoa(n) == v
+}
+
+// validServerName reports whether s is a server name as the spec's
+// grammar has it: a DNS name or an IP literal, with an optional port.
+func validServerName(s string) bool {
+	_, _, ok := spec.ParseAndValidateServerName(spec.ServerName(s))
+	return ok
 }
 
 func sortStable(e Errors) {

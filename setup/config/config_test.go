@@ -59,6 +59,11 @@ func TestEnvOverrides(t *testing.T) {
 		"MYELIN_RATE_LIMITS_ENABLED=false",
 		"MYELIN_RATE_LIMITS_SEND_PER_SECOND=2.5",
 		"MYELIN_SYNC_MAX_TIMEOUT=30s",
+		"MYELIN_FEDERATION_API_MAX_REQUEST_BYTES=1048576",
+		"MYELIN_FEDERATION_API_KEY_SERVERS=matrix.org, notary.example:8448",
+		"MYELIN_FEDERATION_API_ALLOW_PRIVATE_ADDRESSES=true",
+		"MYELIN_FEDERATION_API_WELL_KNOWN_SERVER=fed.example.org:443",
+		"MYELIN_RATE_LIMITS_FEDERATION_BURST=7",
 		"UNRELATED=1",
 	})
 	if err != nil {
@@ -78,6 +83,11 @@ func TestEnvOverrides(t *testing.T) {
 		{"rate_limits.enabled", c.RateLimits.Enabled, false},
 		{"rate_limits.send.per_second", c.RateLimits.Send.PerSecond, 2.5},
 		{"sync.max_timeout", c.Sync.MaxTimeout, 30 * time.Second},
+		{"federation_api.max_request_bytes", c.FederationAPI.MaxRequestBytes, int64(1 << 20)},
+		{"federation_api.key_servers", c.FederationAPI.KeyServers, []string{"matrix.org", "notary.example:8448"}},
+		{"federation_api.allow_private_addresses", c.FederationAPI.AllowPrivateAddresses, true},
+		{"federation_api.well_known_server", c.FederationAPI.WellKnownServer, "fed.example.org:443"},
+		{"rate_limits.federation.burst", c.RateLimits.Federation.Burst, 7},
 		{"derived store dir", c.NATS.StoreDir, filepath.Join("/tmp/x", "nats")},
 	}
 	for _, ch := range checks {
@@ -103,6 +113,12 @@ func TestValidationNamesFields(t *testing.T) {
 		{"bad database url", "database:\n  url: mysql://x\n", nil, []string{"database.url"}},
 		{"tls half set", "client_api:\n  tls_cert: /a.pem\n", nil, []string{"client_api.tls_cert"}},
 		{"no publish retry", "nats:\n  publish_retry: 0s\n", nil, []string{"nats.publish_retry", "0s"}},
+		{"federation body limit too small", "", []string{"MYELIN_FEDERATION_API_MAX_REQUEST_BYTES=100"}, []string{"federation_api.max_request_bytes", "100"}},
+		{"bad key server", "federation_api:\n  key_servers: [matrix.org, 'bad name']\n", nil, []string{"federation_api.key_servers", "bad name"}},
+		{"key server is this server", "server_name: hs.example\nfederation_api:\n  key_servers: [hs.example]\n", nil, []string{"federation_api.key_servers", "this server"}},
+		{"bad private addresses env", "", []string{"MYELIN_FEDERATION_API_ALLOW_PRIVATE_ADDRESSES=sometimes"}, []string{"federation_api.allow_private_addresses"}},
+		{"bad well-known server", "federation_api:\n  well_known_server: 'https://x'\n", nil, []string{"federation_api.well_known_server"}},
+		{"no federation rate", "rate_limits:\n  federation:\n    per_second: 0\n", nil, []string{"rate_limits.federation.per_second"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,8 +1,9 @@
 # One Myelin homeserver started for sytest.
 #
-# Each server gets two ports: an HTTPS one that serves the whole API (its
-# server name is localhost:<that port>, as sytest's federation code dials
-# the server name directly) and a plain HTTP one for sytest's client. The
+# Each server gets two ports: an HTTPS one for the federation listener
+# (its server name is localhost:<that port>, as sytest's federation code
+# dials the server name directly) and a plain HTTP one for the client
+# listener, which sytest's client uses. The
 # configuration is a normal Myelin config file; everything it sets is a
 # documented setting (see config.yaml at the repository root).
 
@@ -92,6 +93,8 @@ sub start
          tls_key  => $key,
          # sytest's fake servers present certificates of its test CA.
          trusted_ca_files => [ Cwd::abs_path( "keys/ca.crt" ) ],
+         # sytest's fake servers listen on loopback.
+         allow_private_addresses => JSON::true,
       },
       registration => {
          open          => JSON::true,
