@@ -184,17 +184,11 @@ func runFanout(ctx context.Context, e *env, rep *Report, p *fanoutParams) error 
 	d.QuietS = e.waitQuiet(ctx, p.quietCores, p.quietMax)
 
 	e.logf("sending %g events/s into %d rooms for %v", p.rate, len(s.rooms), p.duration)
-	start := e.mark()
-	sent := e.sendAtRate(ctx, p, s.senders, s.rooms)
-	e.logf("sent %d events; waiting %v for deliveries", len(sent), p.grace)
-	sleepCtx(ctx, p.grace)
-	end := e.mark()
-	e.measure(rep, start, end)
-	results, err := ws.stop(ctx)
+	run, err := e.sendAndCollect(ctx, rep, p, ws, s, d, s.senders, s.rooms)
 	if err != nil {
 		return err
 	}
-	d.collect(e, sent, s, results, p.duration)
+	results := run.results
 	var latencies []float64
 	for _, r := range results {
 		latencies = append(latencies, r.Latencies...)
@@ -208,6 +202,31 @@ func runFanout(ctx context.Context, e *env, rep *Report, p *fanoutParams) error 
 
 // collect tallies the sends and what the workers saw, but for the
 // delivery latencies, which fanout and storm summarise differently.
+// fanoutRun is the measured part of a fanout-shaped run.
+type fanoutRun struct {
+	start, end time.Time
+	sent       []sentEvent
+	results    []workerResult
+}
+
+// sendAndCollect sends into rooms at the scenario's rate, waits the grace
+// period for deliveries, measures the server over that span, stops the
+// receivers and accounts their deliveries in d.
+func (e *env) sendAndCollect(ctx context.Context, rep *Report, p *fanoutParams, ws *workers, s *fanoutSetup, d *FanoutDetails, senders []*Client, rooms []string) (*fanoutRun, error) {
+	run := &fanoutRun{start: e.mark()}
+	run.sent = e.sendAtRate(ctx, p, senders, rooms)
+	e.logf("sent %d events; waiting %v for deliveries", len(run.sent), p.grace)
+	sleepCtx(ctx, p.grace)
+	run.end = e.mark()
+	e.measure(rep, run.start, run.end)
+	var err error
+	if run.results, err = ws.stop(ctx); err != nil {
+		return nil, err
+	}
+	d.collect(e, run.sent, s, run.results, p.duration)
+	return run, nil
+}
+
 func (d *FanoutDetails) collect(e *env, sent []sentEvent, s *fanoutSetup, results []workerResult, duration time.Duration) {
 	d.Attempted = int64(len(sent))
 	var sendLat []float64

@@ -133,17 +133,11 @@ func runStorm(ctx context.Context, e *env, rep *Report, p *stormParams) error {
 	e.logf("every long-poll restarts at %s; sending %g events/s into %d of %d rooms from %v later, for %v",
 		restart.Format("15:04:05.0"), p.rate, p.activeRooms, len(s.rooms), p.settle, p.duration)
 	sleepCtx(ctx, time.Until(restart.Add(p.settle)))
-	start := e.mark()
-	sent := e.sendAtRate(ctx, &p.fanoutParams, s.senders[:p.activeRooms], s.rooms[:p.activeRooms])
-	e.logf("sent %d events; waiting %v for deliveries", len(sent), p.grace)
-	sleepCtx(ctx, p.grace)
-	end := e.mark()
-	e.measure(rep, start, end)
-	results, err := ws.stop(ctx)
+	run, err := e.sendAndCollect(ctx, rep, &p.fanoutParams, ws, s, &d.FanoutDetails, s.senders[:p.activeRooms], s.rooms[:p.activeRooms])
 	if err != nil {
 		return err
 	}
-	d.collect(e, sent, s, results, p.duration)
+	start, end, sent, results := run.start, run.end, run.sent, run.results
 
 	w := stormWindows{start: restart, period: p.poll, before: p.before, after: p.after}
 	sendFrom, sendTo := start.Sub(restart), start.Sub(restart)+p.duration
