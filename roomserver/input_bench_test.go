@@ -22,6 +22,14 @@ import (
 // embedded NATS, until the test or benchmark ends.
 func startRoomserver(b testing.TB, dialect string) *roomserver.Roomserver {
 	b.Helper()
+	rs, _ := startRoomserverWith(b, dialect, roomserver.Options{})
+	return rs
+}
+
+// startRoomserverWith is startRoomserver with options; it also returns the
+// database.
+func startRoomserverWith(b testing.TB, dialect string, opts roomserver.Options) (*roomserver.Roomserver, *sqldb.DB) {
+	b.Helper()
 	ctx := context.Background()
 	dir := b.TempDir()
 	bs, err := bus.Open(ctx, bus.Options{StoreDir: filepath.Join(dir, "nats"), Name: "bench"})
@@ -40,7 +48,7 @@ func startRoomserver(b testing.TB, dialect string) *roomserver.Roomserver {
 	}
 	log := logrus.New()
 	log.SetLevel(logrus.ErrorLevel)
-	rs, err := roomserver.New(ctx, db, bs, key, log.WithField("component", "roomserver"))
+	rs, err := roomserver.New(ctx, db, bs, key, log.WithField("component", "roomserver"), opts)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -49,7 +57,7 @@ func startRoomserver(b testing.TB, dialect string) *roomserver.Roomserver {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { cancel(); rs.Wait() })
-	return rs
+	return rs, db
 }
 
 func proto(sender, evType string, stateKey *string, content any) rsapi.InputEvent {

@@ -35,8 +35,20 @@ type Roomserver struct {
 
 var _ rsapi.API = (*Roomserver)(nil)
 
+// InputConfig tunes event input (see input.Config), named here for the
+// packages that wire the roomserver.
+type InputConfig = input.Config
+
+// Options are the roomserver's optional parts; the zero value is a
+// roomserver of local rooms only.
+type Options struct {
+	// Input tunes event input; its Fetcher (the federationapi's) gets
+	// what federated events need from other servers.
+	Input InputConfig
+}
+
 // New opens the roomserver's storage (running migrations).
-func New(ctx context.Context, db *sqldb.DB, b *bus.Bus, key *signing.Key, log *logrus.Entry) (*Roomserver, error) {
+func New(ctx context.Context, db *sqldb.DB, b *bus.Bus, key *signing.Key, log *logrus.Entry, opts Options) (*Roomserver, error) {
 	store, err := storage.Open(ctx, db)
 	if err != nil {
 		return nil, fmt.Errorf("roomserver storage: %w", err)
@@ -48,7 +60,7 @@ func New(ctx context.Context, db *sqldb.DB, b *bus.Bus, key *signing.Key, log *l
 	return &Roomserver{
 		InputClient: ic,
 		store:       store,
-		inputer:     input.New(store, b, key, log),
+		inputer:     input.New(store, b, key, log, opts.Input),
 		log:         log,
 	}, nil
 }

@@ -121,7 +121,7 @@ func New(ctx context.Context, cfg *config.Config, log *logrus.Logger) (s *Server
 	if s.users, err = userapi.New(ctx, s.db, s.bus, cfg, entry("userapi")); err != nil {
 		return nil, err
 	}
-	if s.rooms, err = roomserver.New(ctx, s.db, s.bus, s.key, entry("roomserver")); err != nil {
+	if s.rooms, err = roomserver.New(ctx, s.db, s.bus, s.key, entry("roomserver"), roomserver.Options{}); err != nil {
 		return nil, err
 	}
 	if s.sync, err = syncapi.New(ctx, cfg, s.db, s.bus, s.users, s.rooms, entry("syncapi")); err != nil {

@@ -12,6 +12,7 @@ import (
 	"strconv"
 
 	gmsl "github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
 )
 
 // Errors the roomserver returns. NotAllowedError carries the auth rule that
@@ -110,6 +111,9 @@ type InputRequest struct {
 	// NewRoomID is the ID for a new room of a version whose room IDs are
 	// not derived from the create event (v1-v11).
 	NewRoomID string `json:"new_room_id,omitempty"`
+	// Origin, for PDUs, is the server that sent them: the first asked for
+	// what they need and this server lacks (see Fetcher).
+	Origin spec.ServerName `json:"origin,omitempty"`
 }
 
 // InputResponse reports the outcome of an InputRequest.
@@ -144,6 +148,31 @@ func (r *InputResponse) Err() error {
 	default:
 		return &BadEventError{Code: r.ErrCode, Reason: r.Error}
 	}
+}
+
+// FetchScope says which room a Fetcher fetches for and whom it asks.
+type FetchScope struct {
+	RoomID      string
+	RoomVersion gmsl.RoomVersion
+	// Servers to ask, in order: the origin of the event first, then the
+	// senders' servers.
+	Servers []spec.ServerName
+}
+
+// Fetcher gets from other servers what the input of a federated event
+// needs and this server has not stored. The federationapi implements it
+// over the Server-Server API. Every call is bounded by ctx (the roomserver
+// gives each fetch a deadline) and returns events parsed in the room's
+// version (NewEventFromUntrustedJSON) whose signatures it has checked; the
+// roomserver checks the rest (room, hashes, auth rules).
+type Fetcher interface {
+	// MissingEvents returns at most limit events of the room between
+	// earliest (events this server has) and latest (events it wants to
+	// store), walking prev_events back from latest, as
+	// POST /_matrix/federation/v1/get_missing_events does. Order is free.
+	MissingEvents(ctx context.Context, scope FetchScope, earliest, latest []string, limit int) ([]gmsl.PDU, error)
+	// AuthChain returns the auth chain of eventID (GET /event_auth).
+	AuthChain(ctx context.Context, scope FetchScope, eventID string) ([]gmsl.PDU, error)
 }
 
 // Membership is a user's membership of a room.
