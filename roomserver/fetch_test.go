@@ -36,6 +36,7 @@ type remote struct {
 	roomID string
 	user   string
 	events map[string]gmsl.PDU
+	before map[string][]gmsl.PDU           // the state before each event
 	base   []gmsl.PDU                      // create, join, power levels, join rules
 	state  map[gmsl.StateKeyTuple]gmsl.PDU // the state after base
 }
@@ -49,7 +50,7 @@ func newRemote(t testing.TB, n int) *remote {
 	r := &remote{
 		t: t, ver: gmsl.MustGetRoomVersion(gmsl.RoomVersionV10), priv: priv,
 		roomID: fmt.Sprintf("!fed%d:%s", n, remoteName), user: "@alice:" + remoteName,
-		events: map[string]gmsl.PDU{}, state: map[gmsl.StateKeyTuple]gmsl.PDU{},
+		events: map[string]gmsl.PDU{}, before: map[string][]gmsl.PDU{}, state: map[gmsl.StateKeyTuple]gmsl.PDU{},
 	}
 	empty := ""
 	var prev []gmsl.PDU
@@ -104,6 +105,7 @@ func (r *remote) build(typ string, sk *string, content any, state map[gmsl.State
 		r.t.Fatal(err)
 	}
 	r.events[ev.EventID()] = ev
+	r.before[ev.EventID()] = pdus
 	return ev
 }
 
@@ -198,6 +200,43 @@ func (f *testFetcher) AuthChain(ctx context.Context, scope rsapi.FetchScope, eve
 		todo = append(todo, r.events[id].AuthEventIDs()...)
 	}
 	return out, nil
+}
+
+// Event serves one event.
+func (f *testFetcher) Event(ctx context.Context, scope rsapi.FetchScope, eventID string) (gmsl.PDU, error) {
+	if err := f.wait(ctx); err != nil {
+		return nil, err
+	}
+	r := f.remotes[scope.RoomID]
+	if r == nil || r.events[eventID] == nil {
+		return nil, errors.New("unknown event")
+	}
+	return r.events[eventID], nil
+}
+
+// StateBefore serves the state the remote built eventID on, with its
+// auth chain.
+func (f *testFetcher) StateBefore(ctx context.Context, scope rsapi.FetchScope, eventID string) ([]gmsl.PDU, []gmsl.PDU, error) {
+	r := f.remotes[scope.RoomID]
+	if r == nil || r.events[eventID] == nil {
+		return nil, nil, errors.New("unknown event")
+	}
+	state := r.before[eventID]
+	var chain []gmsl.PDU
+	seen := map[string]bool{}
+	for _, p := range state {
+		c, err := f.AuthChain(ctx, scope, p.EventID())
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, e := range c {
+			if !seen[e.EventID()] {
+				seen[e.EventID()] = true
+				chain = append(chain, e)
+			}
+		}
+	}
+	return state, chain, nil
 }
 
 // TestInputFetchesMissingPrevEvents: an event whose prev events this
@@ -528,5 +567,47 @@ func TestInputFetchesMissingAuthEvents(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestInputFetchesStateAcrossAGap: when walking back from an event does
+// not reach what this server has (the gap is longer than MaxMissing), the
+// state at the first missing prev event is fetched, and the room's state
+// follows it: here a topic set inside the gap becomes current.
+func TestInputFetchesStateAcrossAGap(t *testing.T) {
+	for _, d := range sqldbtest.Dialects {
+		t.Run(d, func(t *testing.T) {
+			ctx := context.Background()
+			r := newRemote(t, 0)
+			f := &testFetcher{remotes: map[string]*remote{r.roomID: r}}
+			rs, _ := startRoomserverWith(t, d, roomserver.Options{Input: roomserver.InputConfig{Fetcher: f, MaxMissing: 2}})
+			if err := r.input(ctx, rs, r.base...); err != nil {
+				t.Fatalf("room from the remote: %v", err)
+			}
+			empty := ""
+			m1 := r.message("one", r.base[len(r.base)-1])
+			topic := r.build(spec.MRoomTopic, &empty, map[string]any{"topic": "set in the gap"}, r.state, m1)
+			r.state[gmsl.StateKeyTuple{EventType: spec.MRoomTopic}] = topic
+			m2 := r.message("two", topic)
+			m3 := r.message("three", m2)
+			m4 := r.message("four", m3)
+			if err := r.input(ctx, rs, m4); err != nil {
+				t.Fatalf("event beyond a long gap: %v", err)
+			}
+			evs, err := rs.Events(ctx, []string{m2.EventID(), m3.EventID(), m4.EventID()})
+			if err != nil || len(evs) != 3 {
+				t.Fatalf("stored %d of the 3 events after the gap (%v)", len(evs), err)
+			}
+			if evs, _ := rs.Events(ctx, []string{m1.EventID()}); len(evs) != 0 {
+				t.Fatal("an event beyond the walk was stored")
+			}
+			got, err := rs.StateEvent(ctx, r.roomID, spec.MRoomTopic, "")
+			if err != nil {
+				t.Fatalf("topic after the gap: %v", err)
+			}
+			if got.EventID() != topic.EventID() {
+				t.Fatalf("current topic %s, want %s", got.EventID(), topic.EventID())
+			}
+		})
 	}
 }

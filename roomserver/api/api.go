@@ -173,6 +173,12 @@ type Fetcher interface {
 	MissingEvents(ctx context.Context, scope FetchScope, earliest, latest []string, limit int) ([]gmsl.PDU, error)
 	// AuthChain returns the auth chain of eventID (GET /event_auth).
 	AuthChain(ctx context.Context, scope FetchScope, eventID string) ([]gmsl.PDU, error)
+	// Event returns one event (GET /event).
+	Event(ctx context.Context, scope FetchScope, eventID string) (gmsl.PDU, error)
+	// StateBefore returns the state before eventID and its auth chain, as
+	// GET /_matrix/federation/v1/state does: used when prev events cannot
+	// be walked back to events this server has.
+	StateBefore(ctx context.Context, scope FetchScope, eventID string) (state, authChain []gmsl.PDU, err error)
 }
 
 // Membership is a user's membership of a room.

@@ -2,6 +2,7 @@ package input
 
 import (
 	"context"
+	"fmt"
 	"sort"
 	"time"
 
@@ -16,30 +17,40 @@ import (
 // maxAuthFetched bounds the auth events one request may fetch.
 const maxAuthFetched = 500
 
+// maxGaps bounds the prev events one request may fetch the state of, and
+// maxStateFetched the events it may fetch so.
+const (
+	maxGaps         = 4
+	maxStateFetched = 20000
+)
+
 // fetch is the fetch step of a request of complete events: it finds the
 // prev events and auth events they need and this server has not stored,
 // and gets them through the Fetcher, bounded in count (MaxMissing,
 // maxAuthFetched) and time (FetchTimeout). It returns the auth events to
 // store as outliers, and the missing prev events in an order where each
-// comes after its own prev events. It refuses the request, storing
-// nothing, when a prev event is still missing, as it does with no Fetcher.
+// comes after its own prev events. A prev event the walk back cannot reach
+// is fetched with the state before it (both stored as outliers); the
+// state after it is returned in prevStates, by its ID, for prepare. It
+// refuses the request, storing nothing, when a prev event is still
+// missing, as it does with no Fetcher.
 //
 // While it waits on a remote, the room's actor holds none of the write
 // slots other rooms need, keeps the messages waiting on it from being
 // redelivered (InProgress), and is marked fetching, so that dispatch
 // bounds what queues behind it.
-func (in *Inputer) fetch(ctx context.Context, a *actor, req *rsapi.InputRequest, room *storage.Room, pdus []gmsl.PDU, waiting []jetstream.Msg) (outliers, fetched []gmsl.PDU, err error) {
+func (in *Inputer) fetch(ctx context.Context, a *actor, req *rsapi.InputRequest, room *storage.Room, pdus []gmsl.PDU, waiting []jetstream.Msg) (outliers, fetched []gmsl.PDU, prevStates map[string]stateRef, err error) {
 	stored, err := in.store.EventNIDs(ctx, refsOf(pdus))
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	idx := missingPrev(pdus, stored)
 	needAuth := in.cfg.Fetcher != nil && room != nil && len(missingAuth(pdus, stored)) > 0
 	if idx < 0 && !needAuth {
-		return nil, nil, nil
+		return nil, nil, nil, nil
 	}
 	if in.cfg.Fetcher == nil || room == nil {
-		return nil, nil, refuse(idx, "M_UNKNOWN", "event %s has prev events this server does not have", pdus[idx].EventID())
+		return nil, nil, nil, refuse(idx, "M_UNKNOWN", "event %s has prev events this server does not have", pdus[idx].EventID())
 	}
 
 	in.beginFetch(a)
@@ -58,7 +69,7 @@ func (in *Inputer) fetch(ctx context.Context, a *actor, req *rsapi.InputRequest,
 	if idx >= 0 && fctx.Err() == nil {
 		latestEvs, err := in.store.EventsByNID(ctx, room.Latest)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		earliest := make([]string, len(latestEvs))
 		for i, e := range latestEvs {
@@ -76,20 +87,41 @@ func (in *Inputer) fetch(ctx context.Context, a *actor, req *rsapi.InputRequest,
 		fetched = ordered(fetched, gmsl.PDU.PrevEventIDs)
 	}
 	if ctx.Err() != nil {
-		return nil, nil, ctx.Err() // shutting down: the message is redelivered
+		return nil, nil, nil, ctx.Err() // shutting down: the message is redelivered
 	}
 	// What the fetched events refer to.
 	more, err := in.store.EventNIDs(ctx, refsOf(fetched))
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	for id, nid := range more {
 		stored[id] = nid
 	}
 	all := append(append([]gmsl.PDU(nil), fetched...), pdus...)
-	if i := missingPrev(all, stored); i >= 0 {
+	// Gaps the walk could not close: the state before each missing prev
+	// event, and the event itself.
+	if gaps := missingPrevIDs(all, stored); len(gaps) > 0 && len(gaps) <= maxGaps && fctx.Err() == nil {
+		prevStates = map[string]stateRef{}
+		for _, id := range gaps {
+			st, evs, err := in.fetchStateAfter(fctx, scope, room.ID, id)
+			if err != nil {
+				log.WithError(err).WithField("event_id", id).Debug("fetching state at a gap")
+				continue
+			}
+			got := fresh(evs, room.ID, stored, all, outliers, maxStateFetched-len(outliers))
+			for _, o := range got {
+				stored[o.EventID()] = 0 // known from here on; stored before the events
+			}
+			outliers = append(outliers, got...)
+			prevStates[id] = st
+		}
+		if ctx.Err() != nil {
+			return nil, nil, nil, ctx.Err()
+		}
+	}
+	if i := missingPrevFilled(all, stored, prevStates); i >= 0 {
 		i = max(0, i-len(fetched))
-		return nil, nil, refuse(i, "M_UNKNOWN", "prev events of event %s are missing and could not be fetched", pdus[i].EventID())
+		return nil, nil, nil, refuse(i, "M_UNKNOWN", "prev events of event %s are missing and could not be fetched", pdus[i].EventID())
 	}
 
 	// Auth events: fetched whole chains, stored as outliers first.
@@ -112,10 +144,82 @@ func (in *Inputer) fetch(ctx context.Context, a *actor, req *rsapi.InputRequest,
 		outliers = append(outliers, got...)
 	}
 	if ctx.Err() != nil {
-		return nil, nil, ctx.Err()
+		return nil, nil, nil, ctx.Err()
 	}
 	// Events still lacking auth events are stored rejected, as before.
-	return ordered(outliers, gmsl.PDU.AuthEventIDs), fetched, nil
+	return ordered(outliers, gmsl.PDU.AuthEventIDs), fetched, prevStates, nil
+}
+
+// fetchStateAfter fetches a prev event this server cannot reach by walking
+// back, and the state before it; it returns the state after it and every
+// event to store as an outlier (the event, the state, their auth chain).
+func (in *Inputer) fetchStateAfter(ctx context.Context, scope rsapi.FetchScope, roomID, eventID string) (stateRef, []gmsl.PDU, error) {
+	ev, err := in.cfg.Fetcher.Event(ctx, scope, eventID)
+	if err != nil {
+		return stateRef{}, nil, err
+	}
+	if ev == nil || ev.EventID() != eventID || ev.RoomID().String() != roomID {
+		return stateRef{}, nil, fmt.Errorf("remote sent another event for %s", eventID)
+	}
+	state, chain, err := in.cfg.Fetcher.StateBefore(ctx, scope, eventID)
+	if err != nil {
+		return stateRef{}, nil, err
+	}
+	if len(state)+len(chain) > maxStateFetched {
+		return stateRef{}, nil, fmt.Errorf("state at %s has more than %d events", eventID, maxStateFetched)
+	}
+	// One event per tuple, of this room: a remote may send anything.
+	byTuple := map[gmsl.StateKeyTuple]gmsl.PDU{}
+	for _, p := range state {
+		if p != nil && p.StateKey() != nil && p.RoomID().String() == roomID {
+			byTuple[tupleOf(p)] = p
+		}
+	}
+	if ev.StateKey() != nil {
+		byTuple[tupleOf(ev)] = ev
+	}
+	st := stateRef{adds: make([]gmsl.PDU, 0, len(byTuple))}
+	for _, p := range byTuple {
+		st.adds = append(st.adds, p)
+	}
+	all := append(append(append([]gmsl.PDU(nil), chain...), state...), ev)
+	return st, all, nil
+}
+
+// missingPrevIDs lists the prev events of evs neither stored nor in evs.
+func missingPrevIDs(evs []gmsl.PDU, stored map[string]int64) []string {
+	among := make(map[string]bool, len(evs))
+	for _, e := range evs {
+		among[e.EventID()] = true
+	}
+	var out []string
+	seen := map[string]bool{}
+	for _, e := range evs {
+		for _, p := range e.PrevEventIDs() {
+			if _, ok := stored[p]; !ok && !among[p] && !seen[p] {
+				seen[p] = true
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
+
+// missingPrevFilled is missingPrev where a prev event whose state was
+// fetched counts as present.
+func missingPrevFilled(evs []gmsl.PDU, stored map[string]int64, prevStates map[string]stateRef) int {
+	seen := map[string]bool{}
+	for i, e := range evs {
+		for _, p := range e.PrevEventIDs() {
+			_, isStored := stored[p]
+			_, filled := prevStates[p]
+			if !isStored && !filled && !seen[p] {
+				return i
+			}
+		}
+		seen[e.EventID()] = true
+	}
+	return -1
 }
 
 // refsOf lists the prev and auth events evs refer to, once each.

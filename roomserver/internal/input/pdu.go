@@ -113,7 +113,7 @@ func (in *Inputer) inputPDUs(ctx context.Context, a *actor, reqID string, req *r
 	}
 
 	// Step 1: fetch what the events need and this server lacks.
-	outliers, fetched, err := in.fetch(ctx, a, req, room, pdus, waiting)
+	outliers, fetched, prevStates, err := in.fetch(ctx, a, req, room, pdus, waiting)
 	if err != nil {
 		return refused(err)
 	}
@@ -125,7 +125,7 @@ func (in *Inputer) inputPDUs(ctx context.Context, a *actor, reqID string, req *r
 	// Step 2, event by event: prepare, then store.
 	all := append(fetched, pdus...)
 	for i, pdu := range all {
-		o, err := in.inputPDU(ctx, reqID, verImpl, pdu, down)
+		o, err := in.inputPDU(ctx, reqID, verImpl, pdu, prevStates, down)
 		if err != nil {
 			var ref *refusal
 			if errors.As(err, &ref) {
@@ -149,7 +149,7 @@ func (in *Inputer) inputPDUs(ctx context.Context, a *actor, reqID string, req *r
 // store (one short transaction writing what prepare found). Its output is
 // logged under reqID/eventID in that transaction, so a redelivered request
 // publishes it again.
-func (in *Inputer) inputPDU(ctx context.Context, reqID string, verImpl gmsl.IRoomVersion, pdu gmsl.PDU, down *outage) (*rsapi.OutputEvent, error) {
+func (in *Inputer) inputPDU(ctx context.Context, reqID string, verImpl gmsl.IRoomVersion, pdu gmsl.PDU, prevStates map[string]stateRef, down *outage) (*rsapi.OutputEvent, error) {
 	logKey := ""
 	if reqID != "" {
 		logKey = reqID + "/" + pdu.EventID()
@@ -165,7 +165,7 @@ func (in *Inputer) inputPDU(ctx context.Context, reqID string, verImpl gmsl.IRoo
 		}
 	}
 	for attempt := 0; ; attempt++ {
-		p, err := in.prepare(ctx, verImpl, pdu)
+		p, err := in.prepare(ctx, verImpl, pdu, prevStates)
 		if err != nil || p.known {
 			return nil, err
 		}
@@ -306,7 +306,9 @@ type prepared struct {
 // room's new current state (resolving forward extremities when the event
 // does not replace them all). It writes nothing and holds no transaction,
 // so on SQLite the process's one writer is free while it resolves state.
-func (in *Inputer) prepare(ctx context.Context, verImpl gmsl.IRoomVersion, pdu gmsl.PDU) (*prepared, error) {
+// prevStates holds the states after prev events fetched across a gap
+// (stored as outliers), by ID.
+func (in *Inputer) prepare(ctx context.Context, verImpl gmsl.IRoomVersion, pdu gmsl.PDU, prevStates map[string]stateRef) (*prepared, error) {
 	s := in.store
 	p := &prepared{pdu: pdu, verImpl: verImpl}
 	known, err := s.EventNIDs(ctx, []string{pdu.EventID()})
@@ -330,11 +332,20 @@ func (in *Inputer) prepare(ctx context.Context, verImpl gmsl.IRoomVersion, pdu g
 	}
 
 	// The state before the event: the state after its prev events.
-	prevNIDs, err := s.EventNIDs(ctx, pdu.PrevEventIDs())
+	states := make([]stateRef, 0, len(pdu.PrevEventIDs()))
+	lookup := make([]string, 0, len(pdu.PrevEventIDs()))
+	for _, id := range pdu.PrevEventIDs() {
+		if st, ok := prevStates[id]; ok {
+			states = append(states, st)
+		} else {
+			lookup = append(lookup, id)
+		}
+	}
+	prevNIDs, err := s.EventNIDs(ctx, lookup)
 	if err != nil {
 		return nil, err
 	}
-	if len(prevNIDs) != len(pdu.PrevEventIDs()) {
+	if len(prevNIDs) != len(lookup) {
 		return nil, refuse(0, "M_UNKNOWN", "event %s has prev events this server does not have", pdu.EventID())
 	}
 	prevs, err := s.EventsByNID(ctx, nidList(prevNIDs))
@@ -342,7 +353,6 @@ func (in *Inputer) prepare(ctx context.Context, verImpl gmsl.IRoomVersion, pdu g
 		return nil, err
 	}
 	p.prevs = make(map[int64]bool, len(prevs))
-	states := make([]stateRef, 0, len(prevs))
 	for _, e := range prevs {
 		if e.Outlier {
 			return nil, refuse(0, "M_UNKNOWN", "state at prev event %s is unknown", e.ID)
