@@ -611,3 +611,35 @@ func TestInputFetchesStateAcrossAGap(t *testing.T) {
 		})
 	}
 }
+
+// TestFetchTimesOut: a remote that never answers costs a request its
+// FetchTimeout, then the event is refused (nothing stored) and the room
+// takes input again.
+func TestFetchTimesOut(t *testing.T) {
+	for _, d := range sqldbtest.Dialects {
+		t.Run(d, func(t *testing.T) {
+			ctx := context.Background()
+			r := newRemote(t, 0)
+			f := &testFetcher{remotes: map[string]*remote{r.roomID: r}, block: make(chan struct{})} // never closed
+			rs, _ := startRoomserverWith(t, d, roomserver.Options{Input: roomserver.InputConfig{Fetcher: f, FetchTimeout: 200 * time.Millisecond}})
+			if err := r.input(ctx, rs, r.base...); err != nil {
+				t.Fatalf("room from the remote: %v", err)
+			}
+			gap := r.message("missing", r.base[len(r.base)-1])
+			ev := r.message("after the gap", gap)
+			err := r.input(ctx, rs, ev)
+			var bad *rsapi.BadEventError
+			if !errors.As(err, &bad) || bad.Code != "M_UNKNOWN" {
+				t.Fatalf("event whose fetch timed out: %v, want M_UNKNOWN", err)
+			}
+			if evs, _ := rs.Events(ctx, []string{ev.EventID()}); len(evs) != 0 {
+				t.Fatal("the refused event was stored")
+			}
+			if _, err := rs.Input(ctx, &rsapi.InputRequest{RoomID: r.roomID, Events: []rsapi.InputEvent{
+				proto(r.user, "m.room.message", nil, map[string]any{"body": "still here"}),
+			}}); err != nil {
+				t.Fatalf("send after the timeout: %v", err)
+			}
+		})
+	}
+}
