@@ -39,16 +39,19 @@ func (in *Inputer) processPDURequest(ctx context.Context, a *actor, m jetstream.
 	default:
 		var down outage
 		answered, ok := in.untilStored(ctx, []jetstream.Msg{m}, &down, func() (err error) {
+			out := &result{Response: rsapi.InputResponse{RoomID: req.RoomID}}
+			res = out
 			defer func() {
 				// gomatrixserverlib has known panics on odd input: refuse
-				// the request instead of crashing.
+				// the request instead of crashing, and still publish what
+				// was stored before.
 				if p := recover(); p != nil {
 					in.poison(key, p)
-					res, err = poisonedResult(), nil
+					out.Response.Error, out.Response.ErrCode = poisonedResult().Response.Error, poisonedResult().Response.ErrCode
+					err = nil
 				}
 			}()
-			res, err = in.inputPDUs(ctx, a, requestID(m), &req, waiting, &down)
-			return err
+			return in.inputPDUs(ctx, a, requestID(m), &req, waiting, &down, out)
 		})
 		if !ok || answered {
 			return ok
@@ -57,7 +60,8 @@ func (in *Inputer) processPDURequest(ctx context.Context, a *actor, m jetstream.
 	return in.publishAndAnswer(ctx, []jetstream.Msg{m}, []*result{res})
 }
 
-// inputPDUs runs the checks on receipt of a PDU for each event of req. It
+// inputPDUs runs the checks on receipt of a PDU for each event of req,
+// reporting in out (refusals too; an error is a failure to retry). It
 // fetches what they need first (fetch.go), then takes each event through
 // prepare (reads, outside any transaction) and store (one short
 // transaction). Unlike proto-events, PDUs are stored one by one: each
@@ -67,15 +71,14 @@ func (in *Inputer) processPDURequest(ctx context.Context, a *actor, m jetstream.
 // the state before it is stored as rejected; one that fails against the
 // current state is soft-failed: stored, but neither current nor sent to
 // clients.
-func (in *Inputer) inputPDUs(ctx context.Context, a *actor, reqID string, req *rsapi.InputRequest, waiting []jetstream.Msg, down *outage) (*result, error) {
-	out := &result{Response: rsapi.InputResponse{RoomID: req.RoomID}}
-	refused := func(err error) (*result, error) {
+func (in *Inputer) inputPDUs(ctx context.Context, a *actor, reqID string, req *rsapi.InputRequest, waiting []jetstream.Msg, down *outage, out *result) error {
+	refused := func(err error) error {
 		var ref *refusal
 		if !errors.As(err, &ref) {
-			return nil, err
+			return err
 		}
 		out.Response.Error, out.Response.ErrCode, out.Response.ErrIndex = ref.msg, ref.code, ref.index
-		return out, nil
+		return nil
 	}
 	var room *storage.Room
 	if req.RoomID != "" {
@@ -83,7 +86,7 @@ func (in *Inputer) inputPDUs(ctx context.Context, a *actor, reqID string, req *r
 		if err == nil {
 			room = r
 		} else if !errors.Is(err, storage.ErrNotFound) {
-			return nil, err
+			return err
 		}
 	}
 	version := req.RoomVersion
@@ -119,7 +122,7 @@ func (in *Inputer) inputPDUs(ctx context.Context, a *actor, reqID string, req *r
 	}
 	if len(outliers) > 0 {
 		if err := in.inputOutliers(ctx, outliers, down); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	// Step 2, event by event: prepare, then store.
@@ -141,7 +144,7 @@ func (in *Inputer) inputPDUs(ctx context.Context, a *actor, reqID string, req *r
 			out.Outputs = append(out.Outputs, *o)
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // inputPDU takes one complete event through prepare (reads, outside any
