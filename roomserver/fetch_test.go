@@ -608,6 +608,25 @@ func TestInputFetchesStateAcrossAGap(t *testing.T) {
 			if got.EventID() != topic.EventID() {
 				t.Fatalf("current topic %s, want %s", got.EventID(), topic.EventID())
 			}
+
+			// The topic is known only as an outlier: an event built on
+			// it gets the state after it fetched ...
+			onTopic := r.message("on the topic", topic)
+			if err := r.input(ctx, rs, onTopic); err != nil {
+				t.Fatalf("event after an outlier: %v", err)
+			}
+			// ... and the topic itself, sent with what it needs, takes
+			// its place in the room.
+			if err := r.input(ctx, rs, topic); err != nil {
+				t.Fatalf("the outlier itself: %v", err)
+			}
+			if evs, _ := rs.Events(ctx, []string{m1.EventID()}); len(evs) != 1 {
+				t.Fatal("the outlier's prev event was not fetched")
+			}
+			// An outlier has no state before it; the event taken in has.
+			if before, err := rs.StateBefore(ctx, topic.EventID()); err != nil || len(before) == 0 {
+				t.Fatalf("state before the former outlier: %d events (%v)", len(before), err)
+			}
 		})
 	}
 }

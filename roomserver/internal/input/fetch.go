@@ -45,8 +45,16 @@ func (in *Inputer) fetch(ctx context.Context, a *actor, req *rsapi.InputRequest,
 		return nil, nil, nil, err
 	}
 	idx := missingPrev(pdus, stored)
-	needAuth := in.cfg.Fetcher != nil && room != nil && len(missingAuth(pdus, stored)) > 0
-	if idx < 0 && !needAuth {
+	needAuth, needState := false, false
+	if in.cfg.Fetcher != nil && room != nil {
+		needAuth = len(missingAuth(pdus, stored)) > 0
+		outlierPrevs, err := in.outliersAmong(ctx, pdus, stored)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		needState = len(outlierPrevs) > 0
+	}
+	if idx < 0 && !needAuth && !needState {
 		return nil, nil, nil, nil
 	}
 	if in.cfg.Fetcher == nil || room == nil {
@@ -99,8 +107,14 @@ func (in *Inputer) fetch(ctx context.Context, a *actor, req *rsapi.InputRequest,
 	}
 	all := append(append([]gmsl.PDU(nil), fetched...), pdus...)
 	// Gaps the walk could not close: the state before each missing prev
-	// event, and the event itself.
-	if gaps := missingPrevIDs(all, stored); len(gaps) > 0 && len(gaps) <= maxGaps && fctx.Err() == nil {
+	// event (or one known only as an outlier), and the event itself.
+	gaps := missingPrevIDs(all, stored)
+	outlierPrevs, err := in.outliersAmong(ctx, all, stored)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	gaps = append(gaps, outlierPrevs...)
+	if len(gaps) > 0 && len(gaps) <= maxGaps && fctx.Err() == nil {
 		prevStates = map[string]stateRef{}
 		for _, id := range gaps {
 			st, evs, err := in.fetchStateAfter(fctx, scope, room.ID, id)
@@ -184,6 +198,32 @@ func (in *Inputer) fetchStateAfter(ctx context.Context, scope rsapi.FetchScope, 
 	}
 	all := append(append(append([]gmsl.PDU(nil), chain...), state...), ev)
 	return st, all, nil
+}
+
+// outliersAmong lists the prev events of evs stored only as outliers
+// (known without the state after them).
+func (in *Inputer) outliersAmong(ctx context.Context, evs []gmsl.PDU, stored map[string]int64) ([]string, error) {
+	var nids []int64
+	seen := map[int64]bool{}
+	for _, e := range evs {
+		for _, p := range e.PrevEventIDs() {
+			if nid, ok := stored[p]; ok && nid != 0 && !seen[nid] {
+				seen[nid] = true
+				nids = append(nids, nid)
+			}
+		}
+	}
+	loaded, err := in.store.EventsByNID(ctx, nids)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range loaded {
+		if e.Outlier {
+			out = append(out, e.ID)
+		}
+	}
+	return out, nil
 }
 
 // missingPrevIDs lists the prev events of evs neither stored nor in evs.

@@ -291,7 +291,8 @@ type prepared struct {
 	// room is the room's row as prepare read it; nil for the create event
 	// of a room this server does not have.
 	room       *storage.Room
-	known      bool // already stored: nothing to do
+	known      bool  // already stored: nothing to do
+	outlier    int64 // NID of the event when stored as an outlier: taken in now
 	prevs      map[int64]bool
 	before     stateRef
 	rejected   bool
@@ -318,9 +319,18 @@ func (in *Inputer) prepare(ctx context.Context, verImpl gmsl.IRoomVersion, pdu g
 	if err != nil {
 		return nil, err
 	}
-	if _, ok := known[pdu.EventID()]; ok {
-		p.known = true // input is idempotent
-		return p, nil
+	if nid, ok := known[pdu.EventID()]; ok {
+		evs, err := s.EventsByNID(ctx, []int64{nid})
+		if err != nil {
+			return nil, err
+		}
+		if !evs[0].Outlier {
+			p.known = true // input is idempotent
+			return p, nil
+		}
+		// Known without its state (an auth event, or the state at a
+		// gap): it comes now with its prev events, so it takes its place.
+		p.outlier = nid
 	}
 	room, err := s.Room(ctx, pdu.RoomID().String())
 	switch {
@@ -452,7 +462,12 @@ func (in *Inputer) storePrepared(ctx context.Context, w *storage.Writer, p *prep
 		}
 	}
 	depth := pdu.Depth()
-	if stored, err := w.StoreEvent(ctx, ev, depth); err != nil || !stored {
+	if p.outlier != 0 {
+		ev.NID = p.outlier
+		if err := w.SetStateBefore(ctx, ev); err != nil {
+			return nil, err
+		}
+	} else if stored, err := w.StoreEvent(ctx, ev, depth); err != nil || !stored {
 		return nil, err
 	}
 	if p.rejected || p.softFailed {
