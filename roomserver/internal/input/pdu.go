@@ -216,7 +216,11 @@ func (in *Inputer) inputOutliers(ctx context.Context, pdus []gmsl.PDU, down *out
 				return err
 			}
 			ev := &storage.Event{RoomNID: room.NID, ID: pdu.EventID(), Outlier: true, PDU: pdu}
-			ev.Rejected = checkAuthEvents(ctx, w, pdu) != nil
+			reason, err := checkAuthEvents(ctx, w, pdu)
+			if err != nil {
+				return err
+			}
+			ev.Rejected = reason != nil
 			if sk := pdu.StateKey(); sk != nil {
 				if ev.Tuple, err = w.Tuple(ctx, gmsl.StateKeyTuple{EventType: pdu.Type(), StateKey: *sk}); err != nil {
 					return err
@@ -378,15 +382,22 @@ func (in *Inputer) prepare(ctx context.Context, verImpl gmsl.IRoomVersion, pdu g
 	}
 
 	v := p.before.view(s)
-	if err := checkAuthEvents(ctx, s, pdu); err != nil {
-		p.rejected = true
-	} else if err := allowedAt(ctx, v, pdu); err != nil {
-		p.rejected = true
+	reason, err := checkAuthEvents(ctx, s, pdu)
+	if err != nil {
+		return nil, err
 	}
-	if !p.rejected && room != nil && !sameNIDs(room.Latest, p.prevs) {
-		if err := allowedAt(ctx, &view{w: s, snapshot: room.Snapshot}, pdu); err != nil {
-			p.softFailed = true
+	if reason == nil {
+		if reason, err = allowedAt(ctx, v, pdu); err != nil {
+			return nil, err
 		}
+	}
+	p.rejected = reason != nil
+	if !p.rejected && room != nil && !sameNIDs(room.Latest, p.prevs) {
+		// Soft fail: allowed by its own history, not by the room's now.
+		if reason, err = allowedAt(ctx, &view{w: s, snapshot: room.Snapshot}, pdu); err != nil {
+			return nil, err
+		}
+		p.softFailed = reason != nil
 	}
 	if p.rejected || p.softFailed {
 		return p, nil
@@ -575,19 +586,21 @@ func stateAfter(ctx context.Context, w *storage.Writer, roomNID int64, ev *stora
 }
 
 // checkAuthEvents checks an event against its own auth_events: all known,
-// none rejected, no duplicates, only those the auth rules ask for.
-func checkAuthEvents(ctx context.Context, rd reader, pdu gmsl.PDU) error {
+// none rejected, no duplicates, only those the auth rules ask for. It
+// returns why the event fails them, or err when it could not check (the
+// database failed: not a reason to reject the event for good).
+func checkAuthEvents(ctx context.Context, rd reader, pdu gmsl.PDU) (reason, err error) {
 	ids := pdu.AuthEventIDs()
 	nids, err := rd.EventNIDs(ctx, ids)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if len(nids) != len(ids) {
-		return errors.New("unknown auth events")
+		return errors.New("unknown auth events"), nil
 	}
 	evs, err := rd.EventsByNID(ctx, nidList(nids))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	want := map[gmsl.StateKeyTuple]bool{}
 	for _, t := range gmsl.StateNeededForAuth([]gmsl.PDU{pdu}).Tuples() {
@@ -598,28 +611,38 @@ func checkAuthEvents(ctx context.Context, rd reader, pdu gmsl.PDU) error {
 	for _, e := range evs {
 		sk := e.PDU.StateKey()
 		if e.Rejected || sk == nil {
-			return fmt.Errorf("bad auth event %s", e.ID)
+			return fmt.Errorf("bad auth event %s", e.ID), nil
 		}
 		t := gmsl.StateKeyTuple{EventType: e.PDU.Type(), StateKey: *sk}
 		if seen[t] || !want[t] {
-			return fmt.Errorf("unexpected auth event %s", e.ID)
+			return fmt.Errorf("unexpected auth event %s", e.ID), nil
 		}
 		seen[t] = true
 		pdus = append(pdus, e.PDU)
 	}
 	auth, err := gmsl.NewAuthEvents(pdus)
 	if err != nil {
-		return err
+		return err, nil
 	}
-	return gmsl.Allowed(pdu, auth, UserIDForSender)
+	return gmsl.Allowed(pdu, auth, UserIDForSender), nil
 }
 
-func allowedAt(ctx context.Context, v *view, pdu gmsl.PDU) error {
-	auth, err := v.authEvents(ctx, gmsl.StateNeededForAuth([]gmsl.PDU{pdu}))
+// allowedAt checks an event against the state v; like checkAuthEvents it
+// tells a failed check (reason) from one it could not make (err).
+func allowedAt(ctx context.Context, v *view, pdu gmsl.PDU) (reason, err error) {
+	m, err := v.get(ctx, gmsl.StateNeededForAuth([]gmsl.PDU{pdu}).Tuples())
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return gmsl.Allowed(pdu, auth, UserIDForSender)
+	pdus := make([]gmsl.PDU, 0, len(m))
+	for _, p := range m {
+		pdus = append(pdus, p)
+	}
+	auth, err := gmsl.NewAuthEvents(pdus)
+	if err != nil {
+		return err, nil
+	}
+	return gmsl.Allowed(pdu, auth, UserIDForSender), nil
 }
 
 // applyStateChange makes newCurrent the room's current state, recording the
