@@ -1,7 +1,9 @@
 // Package rsapi is what the roomserver offers the other components: input of
 // events (built and signed by the roomserver from a proto-event, or complete
 // PDUs), queries of room state and membership, and room aliases. It also
-// defines the OutputRoomEvent message that syncapi and federationapi consume.
+// defines the OutputRoomEvent message that syncapi and federationapi consume,
+// and the Fetcher through which the roomserver's input asks other servers
+// for what federated events lack (the federationapi implements it).
 package rsapi
 
 import (
