@@ -662,3 +662,63 @@ func TestFetchTimesOut(t *testing.T) {
 		})
 	}
 }
+
+// TestSlowRoomsBudget: past the budget of messages held by rooms waiting
+// on remotes, another room that needs a fetch is answered busy (its
+// producer may retry), not left to take the ack budget every room shares.
+func TestSlowRoomsBudget(t *testing.T) {
+	for _, d := range sqldbtest.Dialects {
+		t.Run(d, func(t *testing.T) {
+			ctx := context.Background()
+			f := &testFetcher{remotes: map[string]*remote{}, block: make(chan struct{})}
+			var wg sync.WaitGroup
+			defer wg.Wait()
+			var once sync.Once
+			release := func() { once.Do(func() { close(f.block) }) }
+			defer release() // before wg.Wait: the first send waits on it
+			rs, _ := startRoomserverWith(t, d, roomserver.Options{Input: roomserver.InputConfig{
+				Fetcher: f, FetchTimeout: time.Minute, SlowBudget: 1,
+			}})
+			var gaps []gmsl.PDU
+			var rooms []*remote
+			for i := range 2 {
+				r := newRemote(t, i)
+				f.remotes[r.roomID] = r
+				if err := r.input(ctx, rs, r.base...); err != nil {
+					t.Fatalf("room from the remote: %v", err)
+				}
+				gap := r.message("missing", r.base[len(r.base)-1])
+				gaps = append(gaps, r.message("after the gap", gap))
+				rooms = append(rooms, r)
+			}
+			var firstErr error
+			var firstDone atomic.Bool
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				firstErr = rooms[0].input(ctx, rs, gaps[0])
+				firstDone.Store(true)
+			}()
+			poll.True(t, 30*time.Second, "the first room fetching", func() bool { return f.calls.Load() >= 1 })
+
+			err := rooms[1].input(ctx, rs, gaps[1])
+			var un *rsapi.UnavailableError
+			if !errors.As(err, &un) {
+				t.Fatalf("a second room needing a fetch past the budget: %v, want unavailable", err)
+			}
+			if firstDone.Load() {
+				t.Fatal("the first room finished while its remote hung")
+			}
+			release()
+			poll.True(t, 30*time.Second, "the first room done", firstDone.Load)
+			wg.Wait()
+			if firstErr != nil {
+				t.Fatalf("first room: %v", firstErr)
+			}
+			// With the budget free again, the second room's retry works.
+			if err := rooms[1].input(ctx, rs, gaps[1]); err != nil {
+				t.Fatalf("retry of the second room: %v", err)
+			}
+		})
+	}
+}

@@ -61,8 +61,15 @@ func (in *Inputer) fetch(ctx context.Context, a *actor, req *rsapi.InputRequest,
 		return nil, nil, nil, refuse(idx, "M_UNKNOWN", "event %s has prev events this server does not have", pdus[idx].EventID())
 	}
 
-	in.beginFetch(a)
-	defer in.endFetch(a)
+	held := 1 + len(waiting) // this message and the rest of its batch
+	if !in.beginFetch(a, held) {
+		// Past the slow rooms' budget: a remote that hangs for many rooms
+		// at once must not take the whole ack budget either.
+		ref := refuse(max(idx, 0), "M_UNKNOWN", "too many rooms fetching missing events; try again later")
+		ref.busy = true
+		return nil, nil, nil, ref
+	}
+	defer in.endFetch(a, held)
 	defer in.keepAlive(ctx, a, waiting)()
 	fctx, cancel := context.WithTimeout(ctx, in.cfg.FetchTimeout)
 	defer cancel()
@@ -429,20 +436,25 @@ func serversOf(origin spec.ServerName, evs []gmsl.PDU) []spec.ServerName {
 	return out
 }
 
-// beginFetch marks a's room as fetching: what queues on it from now counts
-// against the slow rooms' budget (see dispatch).
-func (in *Inputer) beginFetch(a *actor) {
+// beginFetch marks a's room as fetching, unless the slow rooms' budget is
+// spent: the held messages, its queue and what queues on it from now count
+// against the budget (see dispatch) until endFetch.
+func (in *Inputer) beginFetch(a *actor, held int) bool {
 	in.mu.Lock()
 	defer in.mu.Unlock()
+	if in.slowQueued >= in.cfg.SlowBudget {
+		return false
+	}
 	a.fetching = true
-	in.slowQueued += len(a.queue)
+	in.slowQueued += held + len(a.queue)
+	return true
 }
 
-func (in *Inputer) endFetch(a *actor) {
+func (in *Inputer) endFetch(a *actor, held int) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	a.fetching = false
-	in.slowQueued -= len(a.queue)
+	in.slowQueued -= held + len(a.queue)
 }
 
 // keepAlive tells JetStream, until the returned function is called, that

@@ -78,6 +78,7 @@ func (in *Inputer) inputPDUs(ctx context.Context, a *actor, reqID string, req *r
 			return err
 		}
 		out.Response.Error, out.Response.ErrCode, out.Response.ErrIndex = ref.msg, ref.code, ref.index
+		out.Response.Unavailable = ref.busy
 		return nil
 	}
 	var room *storage.Room

@@ -20,6 +20,9 @@ type refusal struct {
 	code  string
 	msg   string
 	index int
+	// busy: nothing was stored and the producer may send the request
+	// again (InputResponse.Unavailable).
+	busy bool
 }
 
 func (r *refusal) Error() string { return r.msg }
