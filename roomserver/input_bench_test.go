@@ -4,52 +4,29 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"path/filepath"
 	"sync/atomic"
 	"testing"
 
-	"github.com/sirupsen/logrus"
-
-	"myelin/internal/bus"
-	"myelin/internal/signing"
 	"myelin/internal/sqldb"
 	"myelin/internal/sqldb/sqldbtest"
 	"myelin/roomserver"
 	rsapi "myelin/roomserver/api"
+	"myelin/roomserver/roomservertest"
 )
 
 // startRoomserver runs a roomserver on a fresh database of dialect with an
 // embedded NATS, until the test or benchmark ends.
 func startRoomserver(b testing.TB, dialect string) *roomserver.Roomserver {
 	b.Helper()
-	ctx := context.Background()
-	dir := b.TempDir()
-	bs, err := bus.Open(ctx, bus.Options{StoreDir: filepath.Join(dir, "nats"), Name: "bench"})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(bs.Close)
-	db, err := sqldb.Open(ctx, sqldbtest.URL(b, dialect), sqldb.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { db.Close() })
-	key, err := signing.LoadOrGenerate(filepath.Join(dir, "key"), "bench.test")
-	if err != nil {
-		b.Fatal(err)
-	}
-	log := logrus.New()
-	log.SetLevel(logrus.ErrorLevel)
-	rs, err := roomserver.New(ctx, db, bs, key, log.WithField("component", "roomserver"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	rctx, cancel := context.WithCancel(ctx)
-	if err := rs.Start(rctx); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { cancel(); rs.Wait() })
+	rs, _ := startRoomserverWith(b, dialect, roomserver.InputConfig{})
 	return rs
+}
+
+// startRoomserverWith is startRoomserver with input tuned by in; it also
+// returns the database.
+func startRoomserverWith(b testing.TB, dialect string, in roomserver.InputConfig) (*roomserver.Roomserver, *sqldb.DB) {
+	b.Helper()
+	return roomservertest.Start(b, dialect, "bench.test", roomserver.WithInput(in))
 }
 
 func proto(sender, evType string, stateKey *string, content any) rsapi.InputEvent {

@@ -50,7 +50,17 @@ type Option func(*options)
 type options struct {
 	fed     Federation
 	profile perform.ProfileFunc
+	input   InputConfig
 }
+
+// InputConfig tunes event input (see input.Config), named here for the
+// packages that wire the roomserver.
+type InputConfig = input.Config
+
+// WithInput tunes event input; its Fetcher (the federationapi's) gets what
+// federated events need from other servers. Without it the input takes
+// local events and complete PDUs only.
+func WithInput(c InputConfig) Option { return func(o *options) { o.input = c } }
 
 // WithFederation lets joins, knocks and leaves of rooms this server is not
 // in go through other servers. Without it they are refused as rooms with
@@ -80,7 +90,7 @@ func New(ctx context.Context, db *sqldb.DB, b *bus.Bus, key *signing.Key, log *l
 	r := &Roomserver{
 		InputClient: ic,
 		store:       store,
-		inputer:     input.New(store, b, key, log),
+		inputer:     input.New(store, b, key, log, o.input),
 		log:         log,
 	}
 	r.Performer = perform.New(r, key, o.fed, o.profile, log)

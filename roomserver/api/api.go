@@ -2,8 +2,10 @@
 // events (built and signed by the roomserver from a proto-event, or complete
 // PDUs), membership and room operations (join, leave, invite, knock, kick,
 // ban, unban, upgrade), queries of room state and membership, and room
-// aliases. It also
-// defines the OutputRoomEvent message that syncapi and federationapi consume.
+// aliases. It also defines the OutputRoomEvent message that syncapi and
+// federationapi consume, and the Fetcher through which the roomserver's
+// input asks other servers for what federated events lack (the
+// federationapi implements it).
 package rsapi
 
 import (
@@ -14,6 +16,7 @@ import (
 	"strconv"
 
 	gmsl "github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
 )
 
 // Errors the roomserver returns. NotAllowedError carries the auth rule that
@@ -116,11 +119,14 @@ type InputRequest struct {
 	// joined through another (send_join): the state before the event and
 	// its auth chain, as the resident server sent them. StrippedState
 	// comes with a knock on such a room (send_knock). The input does not
-	// store them yet: until its fetch step does (issue 11) it refuses an
-	// event of a room it does not know, as it always has.
+	// store them yet: it refuses an event of a room it does not know, as
+	// it always has (issue 11: the fetch step will take them in).
 	State         []json.RawMessage `json:"state,omitempty"`
 	AuthChain     []json.RawMessage `json:"auth_chain,omitempty"`
 	StrippedState []json.RawMessage `json:"stripped_state,omitempty"`
+	// Origin, for PDUs, is the server that sent them: the first asked for
+	// what they need and this server lacks (see Fetcher).
+	Origin spec.ServerName `json:"origin,omitempty"`
 }
 
 // InputResponse reports the outcome of an InputRequest.
@@ -155,6 +161,37 @@ func (r *InputResponse) Err() error {
 	default:
 		return &BadEventError{Code: r.ErrCode, Reason: r.Error}
 	}
+}
+
+// FetchScope says which room a Fetcher fetches for and whom it asks.
+type FetchScope struct {
+	RoomID      string
+	RoomVersion gmsl.RoomVersion
+	// Servers to ask, in order: the origin of the event first, then the
+	// senders' servers.
+	Servers []spec.ServerName
+}
+
+// Fetcher gets from other servers what the input of a federated event
+// needs and this server has not stored. The federationapi implements it
+// over the Server-Server API. Every call is bounded by ctx (the roomserver
+// gives each fetch a deadline) and returns events parsed in the room's
+// version (NewEventFromUntrustedJSON) whose signatures it has checked; the
+// roomserver checks the rest (room, hashes, auth rules).
+type Fetcher interface {
+	// MissingEvents returns at most limit events of the room between
+	// earliest (events this server has) and latest (events it wants to
+	// store), walking prev_events back from latest, as
+	// POST /_matrix/federation/v1/get_missing_events does. Order is free.
+	MissingEvents(ctx context.Context, scope FetchScope, earliest, latest []string, limit int) ([]gmsl.PDU, error)
+	// AuthChain returns the auth chain of eventID (GET /event_auth).
+	AuthChain(ctx context.Context, scope FetchScope, eventID string) ([]gmsl.PDU, error)
+	// Event returns one event (GET /event).
+	Event(ctx context.Context, scope FetchScope, eventID string) (gmsl.PDU, error)
+	// StateBefore returns the state before eventID and its auth chain, as
+	// GET /_matrix/federation/v1/state does: used when prev events cannot
+	// be walked back to events this server has.
+	StateBefore(ctx context.Context, scope FetchScope, eventID string) (state, authChain []gmsl.PDU, err error)
 }
 
 // Membership is a user's membership of a room.

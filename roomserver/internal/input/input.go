@@ -1,9 +1,12 @@
 // Package input is the roomserver's event input: a durable JetStream
 // consumer on InputRoomEvent.> whose messages are handed to one actor per
 // room, so each room's events are processed in order while rooms run in
-// parallel. An actor drains everything queued for its room and commits it
-// in one transaction, then publishes the accepted events on OutputRoomEvent,
-// answers the producers and acks.
+// parallel. An actor drains everything queued for its room and commits
+// its proto-events (local events it builds) in one transaction, then
+// publishes the accepted events on OutputRoomEvent, answers the producers
+// and acks. Complete events (federation) go in two steps: fetch and
+// prepare outside any transaction and any write slot (missing events,
+// state resolution), then store in one short transaction (pdu.go).
 package input
 
 import (
@@ -19,6 +22,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/sirupsen/logrus"
+	"github.com/tidwall/gjson"
 
 	"myelin/internal/bus"
 	"myelin/internal/signing"
@@ -32,6 +36,55 @@ const durable = "roomserver"
 // maxBatch bounds how many queued messages of one room share a transaction.
 const maxBatch = 64
 
+// ackWait is how long JetStream waits for an ack before redelivering; work
+// that may take longer (a retried batch, a fetch) calls InProgress.
+const ackWait = 30 * time.Second
+
+// maxAckPending is the consumer's ack budget: messages delivered and not
+// acked, across all rooms. When it is spent, nothing more is delivered.
+const maxAckPending = 20000
+
+// Config tunes an Inputer; zero values take the defaults.
+type Config struct {
+	// Fetcher gets what federated events need and this server lacks. With
+	// none, an event whose prev events are missing is refused.
+	Fetcher rsapi.Fetcher
+	// FetchTimeout bounds one request's fetch step (default 30 s).
+	FetchTimeout time.Duration
+	// MaxMissing bounds the events fetched to fill one gap (default 20).
+	MaxMissing int
+	// FetchSlots bounds the rooms fetching at once (default 16).
+	FetchSlots int
+	// MaxFetchingQueue bounds the messages queued on one room while it
+	// fetches (default 100), SlowBudget those queued on all fetching
+	// rooms (default a quarter of the ack budget); what exceeds them is
+	// answered busy, so slow rooms never spend the ack budget of the rest.
+	MaxFetchingQueue int
+	SlowBudget       int
+	// OnResolve, when set, is called during each state resolution of a
+	// federated event. Tests use it to show that resolution runs outside
+	// any write transaction.
+	OnResolve func()
+}
+
+func (c *Config) defaults() {
+	if c.FetchTimeout <= 0 {
+		c.FetchTimeout = 30 * time.Second
+	}
+	if c.MaxMissing <= 0 {
+		c.MaxMissing = 20
+	}
+	if c.FetchSlots <= 0 {
+		c.FetchSlots = 16
+	}
+	if c.MaxFetchingQueue <= 0 {
+		c.MaxFetchingQueue = 100
+	}
+	if c.SlowBudget <= 0 {
+		c.SlowBudget = maxAckPending / 4
+	}
+}
+
 // Inputer consumes InputRoomEvent.
 type Inputer struct {
 	store *storage.Storage
@@ -39,29 +92,36 @@ type Inputer struct {
 	key   *signing.Key
 	log   *logrus.Entry
 	now   func() time.Time
+	cfg   Config
 
-	workers chan struct{} // bounds rooms processed at once
+	workers chan struct{} // bounds the write transactions of input at once
+	fetches chan struct{} // bounds the rooms fetching at once
 
-	mu       sync.Mutex
-	actors   map[string]*actor // by subject
-	poisoned map[string]bool   // requests whose processing panicked
-	wg       sync.WaitGroup
+	mu         sync.Mutex
+	actors     map[string]*actor // by subject
+	poisoned   map[string]bool   // requests whose processing panicked
+	slowQueued int               // messages queued on fetching rooms
+	wg         sync.WaitGroup
 }
 
 type actor struct {
-	subject string
-	queue   []jetstream.Msg
+	subject  string
+	queue    []jetstream.Msg
+	fetching bool // its queue counts in slowQueued
 }
 
 // New returns an Inputer; Start runs it.
-func New(store *storage.Storage, b *bus.Bus, key *signing.Key, log *logrus.Entry) *Inputer {
+func New(store *storage.Storage, b *bus.Bus, key *signing.Key, log *logrus.Entry, cfg Config) *Inputer {
+	cfg.defaults()
 	return &Inputer{
 		store:    store,
 		bus:      b,
 		key:      key,
 		log:      log,
 		now:      time.Now,
+		cfg:      cfg,
 		workers:  make(chan struct{}, max(4, 2*runtime.GOMAXPROCS(0))),
+		fetches:  make(chan struct{}, cfg.FetchSlots),
 		actors:   map[string]*actor{},
 		poisoned: map[string]bool{},
 	}
@@ -75,8 +135,8 @@ func (in *Inputer) Start(ctx context.Context) error {
 		AckPolicy: jetstream.AckExplicitPolicy,
 		// After a crash, unacked input is redelivered this long after it
 		// was delivered; slow batches call InProgress while retrying.
-		AckWait:       30 * time.Second,
-		MaxAckPending: 20000,
+		AckWait:       ackWait,
+		MaxAckPending: maxAckPending,
 		MaxDeliver:    -1,
 	})
 	if err != nil {
@@ -123,7 +183,18 @@ func (in *Inputer) dispatch(ctx context.Context, msg jetstream.Msg) {
 		a = &actor{subject: subj}
 		in.actors[subj] = a
 	}
+	if a.fetching && (len(a.queue) >= in.cfg.MaxFetchingQueue || in.slowQueued >= in.cfg.SlowBudget) {
+		in.mu.Unlock()
+		// A room waiting on a slow (or hostile) remote must not take the
+		// ack budget every room shares: past its share, input to it is
+		// answered busy, and its producer may try again later.
+		in.answerUnavailable(ctx, []jetstream.Msg{msg}, "room busy fetching missing events; try again later")
+		return
+	}
 	a.queue = append(a.queue, msg)
+	if a.fetching {
+		in.slowQueued++
+	}
 	in.mu.Unlock()
 	if !running {
 		in.wg.Add(1)
@@ -148,18 +219,44 @@ func (in *Inputer) run(ctx context.Context, a *actor) {
 		batch := a.queue[:n:n]
 		a.queue = a.queue[n:]
 		in.mu.Unlock()
+		in.processBatch(ctx, a, batch)
+	}
+}
 
-		select {
-		case in.workers <- struct{}{}:
-		case <-ctx.Done():
-			continue
-		}
-		if !in.processBatch(ctx, batch) {
-			for _, m := range batch {
-				_ = m.Nak()
+// isPDURequest reports whether a message carries complete events (which
+// take the fetch and prepare path) rather than proto-events, by its first
+// event as planAndStore decides, without decoding the whole request.
+func isPDURequest(m jetstream.Msg) bool {
+	return gjson.GetBytes(m.Data(), "events.0.pdu").Exists()
+}
+
+// processBatch processes a room's batch in order: a run of proto-event
+// requests shares one write transaction; a PDU request is fetched and
+// prepared first, outside any transaction and holding no write slot,
+// then stored. What is not processed (shutdown) is nakked.
+func (in *Inputer) processBatch(ctx context.Context, a *actor, msgs []jetstream.Msg) {
+	for len(msgs) > 0 {
+		n := 1
+		pdus := isPDURequest(msgs[0])
+		if !pdus {
+			for n < len(msgs) && !isPDURequest(msgs[n]) {
+				n++
 			}
 		}
-		<-in.workers
+		run, rest := msgs[:n], msgs[n:]
+		var ok bool
+		if pdus {
+			ok = in.processPDURequest(ctx, a, run[0], rest)
+		} else {
+			ok = in.commitProtos(ctx, run)
+		}
+		if !ok {
+			for _, m := range msgs {
+				_ = m.Nak()
+			}
+			return
+		}
+		msgs = rest
 	}
 }
 
@@ -169,16 +266,27 @@ type result struct {
 	Outputs  []rsapi.OutputEvent `json:"outputs,omitempty"`
 }
 
-// processBatch commits a room's queued messages in one transaction,
-// retrying transient failures, then publishes, replies and acks. It
-// reports false if it gave up (shutdown) without acking.
-func (in *Inputer) processBatch(ctx context.Context, msgs []jetstream.Msg) bool {
+// write runs f in one write transaction, holding one of the input's write
+// slots for as long as it runs.
+func (in *Inputer) write(ctx context.Context, f func(w *storage.Writer) error) error {
+	select {
+	case in.workers <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-in.workers }()
+	return in.store.Write(ctx, f)
+}
+
+// commitProtos commits a run of proto-event requests in one transaction,
+// then publishes, replies and acks. It reports false if it gave up
+// (shutdown) without acking.
+func (in *Inputer) commitProtos(ctx context.Context, msgs []jetstream.Msg) bool {
 	var results []*result
 	var down outage
-	delay := 50 * time.Millisecond
-	for {
+	answered, ok := in.untilStored(ctx, msgs, &down, func() error {
 		results = make([]*result, len(msgs))
-		err := in.store.Write(ctx, func(w *storage.Writer) error {
+		return in.write(ctx, func(w *storage.Writer) error {
 			for i, m := range msgs {
 				r, err := in.processMessage(ctx, w, m)
 				if err != nil {
@@ -188,14 +296,29 @@ func (in *Inputer) processBatch(ctx context.Context, msgs []jetstream.Msg) bool 
 			}
 			return nil
 		})
+	})
+	if !ok || answered {
+		return ok
+	}
+	return in.publishAndAnswer(ctx, msgs, results)
+}
+
+// untilStored runs attempt until it succeeds, retrying transient failures
+// with a growing delay and telling JetStream the messages are in
+// progress. It reports answered when an outage of the database answered
+// the messages instead, and ok false when ctx ended first.
+func (in *Inputer) untilStored(ctx context.Context, msgs []jetstream.Msg, down *outage, attempt func() error) (answered, ok bool) {
+	delay := 50 * time.Millisecond
+	for {
+		err := attempt()
 		if err == nil {
-			break
+			return false, true
 		}
 		if ctx.Err() != nil {
-			return false
+			return false, false
 		}
 		if down.answered(ctx, in, msgs, err) {
-			return true
+			return true, true
 		}
 		in.log.WithError(err).WithField("subject", msgs[0].Subject()).Warn("input transaction failed; retrying")
 		for _, m := range msgs {
@@ -203,12 +326,17 @@ func (in *Inputer) processBatch(ctx context.Context, msgs []jetstream.Msg) bool 
 		}
 		select {
 		case <-ctx.Done():
-			return false
+			return false, false
 		case <-time.After(delay):
 		}
 		delay = min(2*delay, 10*time.Second)
 	}
+}
 
+// publishAndAnswer publishes the outputs of processed messages, then
+// replies to their producers and acks them. It reports false, acking
+// nothing, if the outputs could not be published.
+func (in *Inputer) publishAndAnswer(ctx context.Context, msgs []jetstream.Msg, results []*result) bool {
 	// Publish every output before answering anyone, so that a producer
 	// told "committed" can rely on the output being in the stream.
 	var outs []*nats.Msg
@@ -251,32 +379,63 @@ func (in *Inputer) processBatch(ctx context.Context, msgs []jetstream.Msg) bool 
 	return true
 }
 
+// answerUnavailable acks msgs and tells their producers that nothing was
+// stored and nothing will be from these messages: they may send again.
+func (in *Inputer) answerUnavailable(ctx context.Context, msgs []jetstream.Msg, reason string) {
+	reply, _ := json.Marshal(&rsapi.InputResponse{Error: reason, Unavailable: true})
+	for _, m := range msgs {
+		// Wait for the server to confirm the ack: a message that may still
+		// be redelivered must not be answered "not stored". If it cannot
+		// be confirmed, the message is redelivered instead; its producer
+		// hears nothing and times out, which promises nothing.
+		if err := m.DoubleAck(ctx); err != nil {
+			if ctx.Err() == nil {
+				in.log.WithError(err).Warn("ack input message")
+			}
+			_ = m.Nak()
+			continue
+		}
+		if to := m.Headers().Get(bus.HeaderReply); to != "" {
+			if err := in.bus.Send(to, reply); err != nil {
+				// The producer asks again when the bus is back.
+				in.log.WithError(err).Debug("replying to input producer")
+			}
+		}
+	}
+}
+
+// isPoisoned reports whether processing the request under key panicked.
+func (in *Inputer) isPoisoned(key string) bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.poisoned[key]
+}
+
+// poison records that processing the request under key panicked (p), so
+// that its retry refuses it instead of crashing again.
+func (in *Inputer) poison(key string, p any) {
+	in.log.WithField("panic", p).WithField("stack", string(debug.Stack())).Error("input processing panicked; the request will be refused")
+	in.mu.Lock()
+	if len(in.poisoned) > 1000 {
+		in.poisoned = map[string]bool{}
+	}
+	in.poisoned[key] = true
+	in.mu.Unlock()
+}
+
 // processMessage handles one InputRequest inside the batch transaction. It
 // returns an error only for failures worth retrying (the database);
 // refusals are reported in the response. A panic (gomatrixserverlib has
 // known ones on odd input) aborts the batch, whose retry then refuses the
 // request that panicked instead of crashing the process.
 func (in *Inputer) processMessage(ctx context.Context, w *storage.Writer, m jetstream.Msg) (res *result, err error) {
-	reqID := requestID(m)
-	key := reqID
-	if key == "" {
-		key = string(m.Data())
-	}
-	in.mu.Lock()
-	poisoned := in.poisoned[key]
-	in.mu.Unlock()
-	if poisoned {
-		return &result{Response: rsapi.InputResponse{Error: "internal error processing the event", ErrCode: "M_UNKNOWN"}}, nil
+	reqID, key := requestID(m), requestKey(m)
+	if in.isPoisoned(key) {
+		return poisonedResult(), nil
 	}
 	defer func() {
 		if p := recover(); p != nil {
-			in.log.WithField("panic", p).WithField("stack", string(debug.Stack())).Error("input processing panicked; the request will be refused")
-			in.mu.Lock()
-			if len(in.poisoned) > 1000 {
-				in.poisoned = map[string]bool{}
-			}
-			in.poisoned[key] = true
-			in.mu.Unlock()
+			in.poison(key, p)
 			res, err = nil, errors.New("input processing panicked")
 		}
 	}()
@@ -310,6 +469,19 @@ func (in *Inputer) processMessage(ctx context.Context, w *storage.Writer, m jets
 		}
 	}
 	return r, nil
+}
+
+func poisonedResult() *result {
+	return &result{Response: rsapi.InputResponse{Error: "internal error processing the event", ErrCode: "M_UNKNOWN"}}
+}
+
+// requestKey is the key of a request for the poisoned set: its request ID,
+// or its body when it has none.
+func requestKey(m jetstream.Msg) string {
+	if id := requestID(m); id != "" {
+		return id
+	}
+	return string(m.Data())
 }
 
 // requestID is the ID under which a request's outcome is logged: the same

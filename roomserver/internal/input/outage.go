@@ -2,14 +2,11 @@ package input
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"myelin/internal/bus"
 	"myelin/internal/sqldb"
-	rsapi "myelin/roomserver/api"
 )
 
 // outage decides, for one batch whose transaction failed, between
@@ -36,26 +33,7 @@ func (o *outage) answered(ctx context.Context, in *Inputer, msgs []jetstream.Msg
 		return false
 	}
 	in.log.WithError(err).WithField("subject", msgs[0].Subject()).Debug("database unavailable: input answered with a retryable error")
-	reply, _ := json.Marshal(&rsapi.InputResponse{Error: err.Error(), Unavailable: true})
-	for _, m := range msgs {
-		// Wait for the server to confirm the ack: a message that may still
-		// be redelivered must not be answered "not stored". If it cannot
-		// be confirmed, the message is redelivered instead; its producer
-		// hears nothing and times out, which promises nothing.
-		if err := m.DoubleAck(ctx); err != nil {
-			if ctx.Err() == nil {
-				in.log.WithError(err).Warn("ack input message")
-			}
-			_ = m.Nak()
-			continue
-		}
-		if to := m.Headers().Get(bus.HeaderReply); to != "" {
-			if err := in.bus.Send(to, reply); err != nil {
-				// The producer asks again when the bus is back.
-				in.log.WithError(err).Debug("replying to input producer")
-			}
-		}
-	}
+	in.answerUnavailable(ctx, msgs, err.Error())
 	return true
 }
 

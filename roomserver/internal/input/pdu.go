@@ -9,6 +9,7 @@ import (
 
 	gmsl "github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"myelin/internal/sqldb"
 	rsapi "myelin/roomserver/api"
@@ -17,169 +18,554 @@ import (
 
 func isUnique(err error) bool { return sqldb.IsUniqueViolation(err) }
 
-// storePDUs accepts complete events (from federation, whose signatures the
-// federation API has checked, or built elsewhere): the checks on receipt of
-// a PDU. An event that fails the auth rules against its auth events or the
-// state before it is stored as rejected; one that fails against the current
-// state is soft-failed: stored, but neither current nor sent to clients.
-func (in *Inputer) storePDUs(ctx context.Context, w *storage.Writer, room *storage.Room, verImpl gmsl.IRoomVersion, req *rsapi.InputRequest) (*result, error) {
-	out := &result{Response: rsapi.InputResponse{RoomID: req.RoomID}}
+// errStale is a store step that found the room changed since its event was
+// prepared; the event is prepared again. Only the room's own actor writes
+// its events, so this is a safety net, not a path taken.
+var errStale = errors.New("room changed since the event was prepared")
+
+// processPDURequest handles one request of complete events (from
+// federation, whose signatures the federation API has checked, or built
+// elsewhere), then publishes, replies and acks. It reports false if it
+// gave up (shutdown) without acking.
+func (in *Inputer) processPDURequest(ctx context.Context, a *actor, m jetstream.Msg, waiting []jetstream.Msg) bool {
+	key := requestKey(m)
+	var res *result
+	var req rsapi.InputRequest
+	switch {
+	case in.isPoisoned(key):
+		res = poisonedResult()
+	case json.Unmarshal(m.Data(), &req) != nil:
+		res = &result{Response: rsapi.InputResponse{Error: "malformed input request", ErrCode: "M_BAD_JSON"}}
+	default:
+		var down outage
+		answered, ok := in.untilStored(ctx, []jetstream.Msg{m}, &down, func() (err error) {
+			out := &result{Response: rsapi.InputResponse{RoomID: req.RoomID}}
+			res = out
+			defer func() {
+				// gomatrixserverlib has known panics on odd input: refuse
+				// the request instead of crashing, and still publish what
+				// was stored before.
+				if p := recover(); p != nil {
+					in.poison(key, p)
+					out.Response.Error, out.Response.ErrCode = poisonedResult().Response.Error, poisonedResult().Response.ErrCode
+					err = nil
+				}
+			}()
+			return in.inputPDUs(ctx, a, requestID(m), &req, waiting, &down, out)
+		})
+		if !ok || answered {
+			return ok
+		}
+	}
+	return in.publishAndAnswer(ctx, []jetstream.Msg{m}, []*result{res})
+}
+
+// inputPDUs runs the checks on receipt of a PDU for each event of req,
+// reporting in out (refusals too; an error is a failure to retry). It
+// fetches what they need first (fetch.go), then takes each event through
+// prepare (reads, outside any transaction) and store (one short
+// transaction). Unlike proto-events, PDUs are stored one by one: each
+// stands alone, as each PDU of a federation transaction does; a refusal
+// found before anything is stored (bad JSON, missing prev events) stores
+// nothing. An event that fails the auth rules against its auth events or
+// the state before it is stored as rejected; one that fails against the
+// current state is soft-failed: stored, but neither current nor sent to
+// clients.
+func (in *Inputer) inputPDUs(ctx context.Context, a *actor, reqID string, req *rsapi.InputRequest, waiting []jetstream.Msg, down *outage, out *result) error {
+	refused := func(err error) error {
+		var ref *refusal
+		if !errors.As(err, &ref) {
+			return err
+		}
+		out.Response.Error, out.Response.ErrCode, out.Response.ErrIndex = ref.msg, ref.code, ref.index
+		out.Response.Unavailable = ref.busy
+		return nil
+	}
+	var room *storage.Room
+	if req.RoomID != "" {
+		r, err := in.store.Room(ctx, req.RoomID)
+		if err == nil {
+			room = r
+		} else if !errors.Is(err, storage.ErrNotFound) {
+			return err
+		}
+	}
+	version := req.RoomVersion
+	if room != nil {
+		version = string(room.Version)
+	}
+	verImpl, err := gmsl.GetRoomVersion(gmsl.RoomVersion(version))
+	if err != nil {
+		return refused(refuse(0, "M_UNSUPPORTED_ROOM_VERSION", "unsupported room version %q", version))
+	}
+	if len(req.Events) == 0 {
+		return refused(refuse(0, "M_BAD_JSON", "no events"))
+	}
+	pdus := make([]gmsl.PDU, len(req.Events))
 	for i, ie := range req.Events {
 		if ie.PDU == nil {
-			return nil, refuse(i, "M_BAD_JSON", "event %d is not a PDU", i)
+			return refused(refuse(i, "M_BAD_JSON", "event %d is not a PDU", i))
 		}
 		pdu, err := verImpl.NewEventFromUntrustedJSON(ie.PDU)
 		if err != nil {
-			return nil, refuse(i, "M_BAD_JSON", "bad event: %v", err)
+			return refused(refuse(i, "M_BAD_JSON", "bad event: %v", err))
 		}
 		if req.RoomID != "" && pdu.RoomID().String() != req.RoomID {
-			return nil, refuse(i, "M_BAD_JSON", "event %s is not in room %s", pdu.EventID(), req.RoomID)
+			return refused(refuse(i, "M_BAD_JSON", "event %s is not in room %s", pdu.EventID(), req.RoomID))
 		}
-		o, r, err := in.storePDU(ctx, w, room, verImpl, pdu)
+		pdus[i] = pdu
+	}
+
+	// Step 1: fetch what the events need and this server lacks.
+	outliers, fetched, prevStates, err := in.fetch(ctx, a, req, room, pdus, waiting)
+	if err != nil {
+		return refused(err)
+	}
+	if len(outliers) > 0 {
+		if err := in.inputOutliers(ctx, outliers, down); err != nil {
+			return err
+		}
+	}
+	// Step 2, event by event: prepare, then store.
+	all := append(fetched, pdus...)
+	for i, pdu := range all {
+		o, err := in.inputPDU(ctx, reqID, verImpl, pdu, prevStates, down)
 		if err != nil {
 			var ref *refusal
 			if errors.As(err, &ref) {
-				ref.index = i
+				ref.index = max(0, i-len(fetched))
 			}
-			return nil, err
+			return refused(err)
 		}
-		room = r
-		out.Response.RoomID = room.ID
-		out.Response.EventIDs = append(out.Response.EventIDs, pdu.EventID())
+		if i >= len(fetched) {
+			out.Response.RoomID = pdu.RoomID().String()
+			out.Response.EventIDs = append(out.Response.EventIDs, pdu.EventID())
+		}
 		if o != nil {
 			out.Outputs = append(out.Outputs, *o)
 		}
 	}
-	if room != nil {
-		if err := w.UpdateRoom(ctx, room); err != nil {
-			return nil, err
-		}
-	}
-	return out, nil
+	return nil
 }
 
-func (in *Inputer) storePDU(ctx context.Context, w *storage.Writer, room *storage.Room, verImpl gmsl.IRoomVersion, pdu gmsl.PDU) (*rsapi.OutputEvent, *storage.Room, error) {
-	known, err := w.EventNIDs(ctx, []string{pdu.EventID()})
+// inputPDU takes one complete event through prepare (reads, outside any
+// transaction: the state before it, auth, state resolution of forks) and
+// store (one short transaction writing what prepare found). Its output is
+// logged under reqID/eventID in that transaction, so a redelivered request
+// publishes it again.
+func (in *Inputer) inputPDU(ctx context.Context, reqID string, verImpl gmsl.IRoomVersion, pdu gmsl.PDU, prevStates map[string]stateRef, down *outage) (*rsapi.OutputEvent, error) {
+	logKey := ""
+	if reqID != "" {
+		logKey = reqID + "/" + pdu.EventID()
+		logged, err := in.store.InputResponse(ctx, logKey)
+		if err != nil {
+			return nil, err
+		}
+		if logged != "" {
+			var o *rsapi.OutputEvent
+			if err := json.Unmarshal([]byte(logged), &o); err == nil {
+				return o, nil
+			}
+		}
+	}
+	for attempt := 0; ; attempt++ {
+		p, err := in.prepare(ctx, verImpl, pdu, prevStates)
+		if err != nil || p.known {
+			return nil, err
+		}
+		var o *rsapi.OutputEvent
+		err = in.write(ctx, func(w *storage.Writer) error {
+			var err error
+			if o, err = in.storePrepared(ctx, w, p); err != nil {
+				return err
+			}
+			if logKey == "" {
+				return nil
+			}
+			enc, err := json.Marshal(o)
+			if err != nil {
+				return fmt.Errorf("encode output of %s: %w", pdu.EventID(), err)
+			}
+			return w.LogInput(ctx, logKey, string(enc))
+		})
+		if errors.Is(err, errStale) && attempt < 3 {
+			continue
+		}
+		if err == nil {
+			down.mayBeStored = true
+		}
+		return o, err
+	}
+}
+
+// inputOutliers stores fetched auth events as outliers, in one
+// transaction: events known without the state before them, each checked
+// against its own auth events only (they come ordered so that those are
+// stored first).
+func (in *Inputer) inputOutliers(ctx context.Context, pdus []gmsl.PDU, down *outage) error {
+	err := in.write(ctx, func(w *storage.Writer) error {
+		for _, pdu := range pdus {
+			known, err := w.EventNIDs(ctx, []string{pdu.EventID()})
+			if err != nil {
+				return err
+			}
+			if _, ok := known[pdu.EventID()]; ok {
+				continue
+			}
+			room, err := w.Room(ctx, pdu.RoomID().String())
+			if err != nil {
+				return err
+			}
+			ev := &storage.Event{RoomNID: room.NID, ID: pdu.EventID(), Outlier: true, PDU: pdu}
+			reason, err := checkAuthEvents(ctx, w, pdu)
+			if err != nil {
+				return err
+			}
+			ev.Rejected = reason != nil
+			if sk := pdu.StateKey(); sk != nil {
+				if ev.Tuple, err = w.Tuple(ctx, gmsl.StateKeyTuple{EventType: pdu.Type(), StateKey: *sk}); err != nil {
+					return err
+				}
+			}
+			if _, err := w.StoreEvent(ctx, ev, pdu.Depth()); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		down.mayBeStored = true
+	}
+	return err
+}
+
+// stateRef is a room state that prepare names without writing it: a stored
+// snapshot with state events layered on it in order (for the result of a
+// state resolution, no snapshot and the whole state). The store step
+// writes it as a snapshot.
+type stateRef struct {
+	base int64
+	adds []gmsl.PDU
+}
+
+func tupleOf(p gmsl.PDU) gmsl.StateKeyTuple {
+	return gmsl.StateKeyTuple{EventType: p.Type(), StateKey: *p.StateKey()}
+}
+
+func (r stateRef) same(o stateRef) bool {
+	if r.base != o.base || len(r.adds) != len(o.adds) {
+		return false
+	}
+	for i := range r.adds {
+		if r.adds[i].EventID() != o.adds[i].EventID() {
+			return false
+		}
+	}
+	return true
+}
+
+// with is the state after ev, r being the state before it and ev accepted.
+func (r stateRef) with(ev gmsl.PDU) stateRef {
+	if ev.StateKey() == nil {
+		return r
+	}
+	return stateRef{base: r.base, adds: append(append([]gmsl.PDU(nil), r.adds...), ev)}
+}
+
+func (r stateRef) view(rd reader) *view {
+	v := &view{w: rd, snapshot: r.base, overlay: make(map[gmsl.StateKeyTuple]gmsl.PDU, len(r.adds))}
+	for _, p := range r.adds {
+		v.overlay[tupleOf(p)] = p
+	}
+	return v
+}
+
+// after is the state after a stored event.
+func after(ev *storage.Event) stateRef {
+	r := stateRef{base: ev.StateBefore}
+	if ev.Tuple != 0 && !ev.Rejected {
+		r.adds = []gmsl.PDU{ev.PDU}
+	}
+	return r
+}
+
+// prepared is what the prepare step found out about one event.
+type prepared struct {
+	pdu     gmsl.PDU
+	verImpl gmsl.IRoomVersion
+	// room is the room's row as prepare read it; nil for the create event
+	// of a room this server does not have.
+	room       *storage.Room
+	known      bool  // already stored: nothing to do
+	outlier    int64 // NID of the event when stored as an outlier: taken in now
+	prevs      map[int64]bool
+	before     stateRef
+	rejected   bool
+	softFailed bool
+	keep       []int64 // forward extremities the event does not replace
+	// current is the room's new current state when forward extremities
+	// were resolved; nil when it is the state after the event.
+	current *stateRef
+	histVis string
+}
+
+// prepare is the read-only step of a complete event: the state before it
+// (resolving its prev events' states when they differ), the auth checks
+// against its auth events, that state and the current state, and the
+// room's new current state (resolving forward extremities when the event
+// does not replace them all). It writes nothing and holds no transaction,
+// so on SQLite the process's one writer is free while it resolves state.
+// prevStates holds the states after prev events fetched across a gap
+// (stored as outliers), by ID.
+func (in *Inputer) prepare(ctx context.Context, verImpl gmsl.IRoomVersion, pdu gmsl.PDU, prevStates map[string]stateRef) (*prepared, error) {
+	s := in.store
+	p := &prepared{pdu: pdu, verImpl: verImpl}
+	known, err := s.EventNIDs(ctx, []string{pdu.EventID()})
 	if err != nil {
-		return nil, room, err
+		return nil, err
 	}
-	if _, ok := known[pdu.EventID()]; ok {
-		return nil, room, nil // already stored: input is idempotent
+	if nid, ok := known[pdu.EventID()]; ok {
+		evs, err := s.EventsByNID(ctx, []int64{nid})
+		if err != nil {
+			return nil, err
+		}
+		if !evs[0].Outlier {
+			p.known = true // input is idempotent
+			return p, nil
+		}
+		// Known without its state (an auth event, or the state at a
+		// gap): it comes now with its prev events, so it takes its place.
+		p.outlier = nid
 	}
-	if room == nil {
+	room, err := s.Room(ctx, pdu.RoomID().String())
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
 		if pdu.Type() != spec.MRoomCreate || !pdu.StateKeyEquals("") {
-			return nil, nil, refuse(0, "M_NOT_FOUND", "unknown room %s", pdu.RoomID().String())
+			return nil, refuse(0, "M_NOT_FOUND", "unknown room %s", pdu.RoomID().String())
 		}
-		if room, err = w.CreateRoom(ctx, pdu.RoomID().String(), verImpl.Version()); err != nil {
-			return nil, nil, err
-		}
+	case err != nil:
+		return nil, err
+	default:
+		p.room = room
 	}
 
 	// The state before the event: the state after its prev events.
-	prevNIDs, err := w.EventNIDs(ctx, pdu.PrevEventIDs())
-	if err != nil {
-		return nil, room, err
-	}
-	if len(prevNIDs) != len(pdu.PrevEventIDs()) {
-		return nil, room, refuse(0, "M_UNKNOWN", "event %s has prev events this server does not have", pdu.EventID())
-	}
-	prevs, err := w.EventsByNID(ctx, nidList(prevNIDs))
-	if err != nil {
-		return nil, room, err
-	}
-	var before int64
-	if len(prevs) > 0 {
-		afters := make([]int64, 0, len(prevs))
-		for _, p := range prevs {
-			if p.Outlier {
-				return nil, room, refuse(0, "M_UNKNOWN", "state at prev event %s is unknown", p.ID)
-			}
-			a, err := stateAfter(ctx, w, room.NID, p)
-			if err != nil {
-				return nil, room, err
-			}
-			afters = append(afters, a)
+	states := make([]stateRef, 0, len(pdu.PrevEventIDs()))
+	lookup := make([]string, 0, len(pdu.PrevEventIDs()))
+	for _, id := range pdu.PrevEventIDs() {
+		if st, ok := prevStates[id]; ok {
+			states = append(states, st)
+		} else {
+			lookup = append(lookup, id)
 		}
-		if before, err = in.resolve(ctx, w, room, verImpl, afters); err != nil {
-			return nil, room, err
+	}
+	prevNIDs, err := s.EventNIDs(ctx, lookup)
+	if err != nil {
+		return nil, err
+	}
+	if len(prevNIDs) != len(lookup) {
+		return nil, refuse(0, "M_UNKNOWN", "event %s has prev events this server does not have", pdu.EventID())
+	}
+	prevs, err := s.EventsByNID(ctx, nidList(prevNIDs))
+	if err != nil {
+		return nil, err
+	}
+	p.prevs = make(map[int64]bool, len(prevs))
+	for _, e := range prevs {
+		if e.Outlier {
+			return nil, refuse(0, "M_UNKNOWN", "state at prev event %s is unknown", e.ID)
 		}
+		p.prevs[e.NID] = true
+		states = append(states, after(e))
+	}
+	if p.before, err = in.resolveStates(ctx, verImpl, pdu.RoomID().String(), states); err != nil {
+		return nil, err
 	}
 
-	ev := &storage.Event{RoomNID: room.NID, ID: pdu.EventID(), StateBefore: before, PDU: pdu}
-	v := &view{w: w, snapshot: before}
-	if err := checkAuthEvents(ctx, w, pdu); err != nil {
-		ev.Rejected = true
-	} else if err := allowedAt(ctx, v, pdu); err != nil {
-		ev.Rejected = true
+	v := p.before.view(s)
+	reason, err := checkAuthEvents(ctx, s, pdu)
+	if err != nil {
+		return nil, err
 	}
-	softFailed := false
-	if !ev.Rejected && room.Snapshot != before {
-		if err := allowedAt(ctx, &view{w: w, snapshot: room.Snapshot}, pdu); err != nil {
-			softFailed = true
+	if reason == nil {
+		if reason, err = allowedAt(ctx, v, pdu); err != nil {
+			return nil, err
 		}
 	}
+	p.rejected = reason != nil
+	if !p.rejected && room != nil && !sameNIDs(room.Latest, p.prevs) {
+		// Soft fail: allowed by its own history, not by the room's now.
+		if reason, err = allowedAt(ctx, &view{w: s, snapshot: room.Snapshot}, pdu); err != nil {
+			return nil, err
+		}
+		p.softFailed = reason != nil
+	}
+	if p.rejected || p.softFailed {
+		return p, nil
+	}
+	if p.histVis, err = v.historyVisibility(ctx); err != nil {
+		return nil, err
+	}
+	if room == nil {
+		return p, nil
+	}
+	for _, l := range room.Latest {
+		if !p.prevs[l] {
+			p.keep = append(p.keep, l)
+		}
+	}
+	if len(p.keep) > 0 {
+		kept, err := s.EventsByNID(ctx, p.keep)
+		if err != nil {
+			return nil, err
+		}
+		states := []stateRef{p.before.with(pdu)}
+		for _, e := range kept {
+			states = append(states, after(e))
+		}
+		cur, err := in.resolveStates(ctx, verImpl, room.ID, states)
+		if err != nil {
+			return nil, err
+		}
+		p.current = &cur
+	}
+	return p, nil
+}
+
+// sameNIDs reports whether list holds exactly the NIDs of set.
+func sameNIDs(list []int64, set map[int64]bool) bool {
+	if len(list) != len(set) {
+		return false
+	}
+	for _, n := range list {
+		if !set[n] {
+			return false
+		}
+	}
+	return true
+}
+
+// storePrepared is the store step of a complete event: in the caller's
+// transaction it writes what prepare found, and resolves nothing.
+func (in *Inputer) storePrepared(ctx context.Context, w *storage.Writer, p *prepared) (*rsapi.OutputEvent, error) {
+	pdu := p.pdu
+	room, err := w.Room(ctx, pdu.RoomID().String())
+	if errors.Is(err, storage.ErrNotFound) {
+		room = nil
+	} else if err != nil {
+		return nil, err
+	}
+	if !sameRoom(room, p.room) {
+		return nil, errStale
+	}
+	if room == nil {
+		if room, err = w.CreateRoom(ctx, pdu.RoomID().String(), p.verImpl.Version()); err != nil {
+			return nil, err
+		}
+	}
+	before, err := snapshotOf(ctx, w, room.NID, p.before)
+	if err != nil {
+		return nil, err
+	}
+	ev := &storage.Event{RoomNID: room.NID, ID: pdu.EventID(), StateBefore: before, Rejected: p.rejected, PDU: pdu}
 	if sk := pdu.StateKey(); sk != nil {
 		if ev.Tuple, err = w.Tuple(ctx, gmsl.StateKeyTuple{EventType: pdu.Type(), StateKey: *sk}); err != nil {
-			return nil, room, err
+			return nil, err
 		}
 	}
 	depth := pdu.Depth()
-	if _, err := w.StoreEvent(ctx, ev, depth); err != nil {
-		return nil, room, err
+	if p.outlier != 0 {
+		ev.NID = p.outlier
+		if err := w.SetStateBefore(ctx, ev); err != nil {
+			return nil, err
+		}
+	} else if stored, err := w.StoreEvent(ctx, ev, depth); err != nil || !stored {
+		return nil, err
 	}
-	if ev.Rejected || softFailed {
+	if p.rejected || p.softFailed {
 		in.log.WithField("event_id", ev.ID).WithField("rejected", ev.Rejected).Info("event not accepted into the room's state")
-		return nil, room, nil
+		return nil, nil
 	}
-
-	histVis, err := v.historyVisibility(ctx)
+	var newCurrent int64
+	if p.current != nil {
+		newCurrent, err = snapshotOf(ctx, w, room.NID, *p.current)
+	} else {
+		newCurrent, err = stateAfter(ctx, w, room.NID, ev)
+	}
 	if err != nil {
-		return nil, room, err
-	}
-	// New forward extremities: the old ones this event does not point at, plus it.
-	latest := []int64{ev.NID}
-	for _, l := range room.Latest {
-		if _, isPrev := prevNIDsSet(prevNIDs)[l]; !isPrev {
-			latest = append(latest, l)
-		}
-	}
-	afterEv, err := stateAfter(ctx, w, room.NID, ev)
-	if err != nil {
-		return nil, room, err
-	}
-	newCurrent := afterEv
-	if len(latest) > 1 {
-		latestEvs, err := w.EventsByNID(ctx, latest)
-		if err != nil {
-			return nil, room, err
-		}
-		afters := make([]int64, len(latestEvs))
-		for i, l := range latestEvs {
-			if afters[i], err = stateAfter(ctx, w, room.NID, l); err != nil {
-				return nil, room, err
-			}
-		}
-		if newCurrent, err = in.resolve(ctx, w, room, verImpl, afters); err != nil {
-			return nil, room, err
-		}
+		return nil, err
 	}
 	out := &rsapi.OutputEvent{
 		RoomID: room.ID, RoomVersion: string(room.Version), EventID: ev.ID,
-		Event: json.RawMessage(pdu.JSON()), HistoryVisibility: histVis,
+		Event: json.RawMessage(pdu.JSON()), HistoryVisibility: p.histVis,
 	}
 	if err := in.applyStateChange(ctx, w, room, newCurrent, ev, out); err != nil {
-		return nil, room, err
+		return nil, err
 	}
-	room.Latest = latest
+	room.Latest = append([]int64{ev.NID}, p.keep...)
 	room.MaxDepth = max(room.MaxDepth, depth)
 	if pdu.Type() == spec.MRoomMember {
 		if m, _ := pdu.Membership(); m == spec.Invite || m == spec.Knock {
 			if out.InviteRoomState, err = (&view{w: w, snapshot: room.Snapshot}).strippedState(ctx, pdu); err != nil {
-				return nil, room, err
+				return nil, err
 			}
 		}
 	}
-	return out, room, nil
+	if err := w.UpdateRoom(ctx, room); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func sameRoom(a, b *storage.Room) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	if a.NID != b.NID || a.Snapshot != b.Snapshot || len(a.Latest) != len(b.Latest) {
+		return false
+	}
+	for i := range a.Latest {
+		if a.Latest[i] != b.Latest[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// snapshotOf writes a state prepare named as a snapshot (its base when
+// nothing is layered on it).
+func snapshotOf(ctx context.Context, w *storage.Writer, roomNID int64, r stateRef) (int64, error) {
+	if len(r.adds) == 0 {
+		return r.base, nil
+	}
+	ids := make([]string, len(r.adds))
+	for i, p := range r.adds {
+		ids[i] = p.EventID()
+	}
+	nids, err := w.EventNIDs(ctx, ids)
+	if err != nil {
+		return 0, err
+	}
+	// Later events replace earlier ones of the same tuple.
+	at := make(map[int64]int, len(r.adds))
+	entries := make([]storage.Entry, 0, len(r.adds))
+	for _, p := range r.adds {
+		nid, ok := nids[p.EventID()]
+		if !ok {
+			return 0, fmt.Errorf("state event %s is not stored", p.EventID())
+		}
+		t, err := w.Tuple(ctx, tupleOf(p))
+		if err != nil {
+			return 0, err
+		}
+		if i, ok := at[t]; ok {
+			entries[i].Event = nid
+			continue
+		}
+		at[t] = len(entries)
+		entries = append(entries, storage.Entry{Tuple: t, Event: nid})
+	}
+	return w.NewSnapshot(ctx, roomNID, r.base, entries)
 }
 
 func nidList(m map[string]int64) []int64 {
@@ -189,14 +575,6 @@ func nidList(m map[string]int64) []int64 {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
 	return out
-}
-
-func prevNIDsSet(m map[string]int64) map[int64]struct{} {
-	s := make(map[int64]struct{}, len(m))
-	for _, n := range m {
-		s[n] = struct{}{}
-	}
-	return s
 }
 
 // stateAfter is the snapshot after ev: the state before it, plus ev itself
@@ -209,19 +587,21 @@ func stateAfter(ctx context.Context, w *storage.Writer, roomNID int64, ev *stora
 }
 
 // checkAuthEvents checks an event against its own auth_events: all known,
-// none rejected, no duplicates, only those the auth rules ask for.
-func checkAuthEvents(ctx context.Context, w *storage.Writer, pdu gmsl.PDU) error {
+// none rejected, no duplicates, only those the auth rules ask for. It
+// returns why the event fails them, or err when it could not check (the
+// database failed: not a reason to reject the event for good).
+func checkAuthEvents(ctx context.Context, rd reader, pdu gmsl.PDU) (reason, err error) {
 	ids := pdu.AuthEventIDs()
-	nids, err := w.EventNIDs(ctx, ids)
+	nids, err := rd.EventNIDs(ctx, ids)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if len(nids) != len(ids) {
-		return errors.New("unknown auth events")
+		return errors.New("unknown auth events"), nil
 	}
-	evs, err := w.EventsByNID(ctx, nidList(nids))
+	evs, err := rd.EventsByNID(ctx, nidList(nids))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	want := map[gmsl.StateKeyTuple]bool{}
 	for _, t := range gmsl.StateNeededForAuth([]gmsl.PDU{pdu}).Tuples() {
@@ -232,28 +612,38 @@ func checkAuthEvents(ctx context.Context, w *storage.Writer, pdu gmsl.PDU) error
 	for _, e := range evs {
 		sk := e.PDU.StateKey()
 		if e.Rejected || sk == nil {
-			return fmt.Errorf("bad auth event %s", e.ID)
+			return fmt.Errorf("bad auth event %s", e.ID), nil
 		}
 		t := gmsl.StateKeyTuple{EventType: e.PDU.Type(), StateKey: *sk}
 		if seen[t] || !want[t] {
-			return fmt.Errorf("unexpected auth event %s", e.ID)
+			return fmt.Errorf("unexpected auth event %s", e.ID), nil
 		}
 		seen[t] = true
 		pdus = append(pdus, e.PDU)
 	}
 	auth, err := gmsl.NewAuthEvents(pdus)
 	if err != nil {
-		return err
+		return err, nil
 	}
-	return gmsl.Allowed(pdu, auth, UserIDForSender)
+	return gmsl.Allowed(pdu, auth, UserIDForSender), nil
 }
 
-func allowedAt(ctx context.Context, v *view, pdu gmsl.PDU) error {
-	auth, err := v.authEvents(ctx, gmsl.StateNeededForAuth([]gmsl.PDU{pdu}))
+// allowedAt checks an event against the state v; like checkAuthEvents it
+// tells a failed check (reason) from one it could not make (err).
+func allowedAt(ctx context.Context, v *view, pdu gmsl.PDU) (reason, err error) {
+	m, err := v.get(ctx, gmsl.StateNeededForAuth([]gmsl.PDU{pdu}).Tuples())
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return gmsl.Allowed(pdu, auth, UserIDForSender)
+	pdus := make([]gmsl.PDU, 0, len(m))
+	for _, p := range m {
+		pdus = append(pdus, p)
+	}
+	auth, err := gmsl.NewAuthEvents(pdus)
+	if err != nil {
+		return err, nil
+	}
+	return gmsl.Allowed(pdu, auth, UserIDForSender), nil
 }
 
 // applyStateChange makes newCurrent the room's current state, recording the
@@ -329,82 +719,114 @@ func (in *Inputer) applyStateChange(ctx context.Context, w *storage.Writer, room
 	return nil
 }
 
-// resolve returns a snapshot of the resolution of the given states: the
-// state itself when they agree, else the room version's state resolution.
-func (in *Inputer) resolve(ctx context.Context, w *storage.Writer, room *storage.Room, verImpl gmsl.IRoomVersion, snaps []int64) (int64, error) {
-	uniq := snaps[:0:0]
-	seen := map[int64]bool{}
-	for _, s := range snaps {
-		if !seen[s] {
-			seen[s] = true
-			uniq = append(uniq, s)
+// resolveStates returns the resolution of the given states: the state
+// itself when they agree, else the room version's state resolution. It
+// only reads (through the storage, never a transaction).
+func (in *Inputer) resolveStates(ctx context.Context, verImpl gmsl.IRoomVersion, roomID string, states []stateRef) (stateRef, error) {
+	if len(states) == 0 {
+		return stateRef{}, nil
+	}
+	agree := true
+	for _, st := range states[1:] {
+		agree = agree && st.same(states[0])
+	}
+	if agree {
+		return states[0], nil
+	}
+	rejected := map[string]bool{}
+	full := make([]map[gmsl.StateKeyTuple]gmsl.PDU, len(states))
+	for i, st := range states {
+		var err error
+		if full[i], err = in.materialize(ctx, st, rejected); err != nil {
+			return stateRef{}, err
 		}
 	}
-	if len(uniq) == 1 {
-		return uniq[0], nil
+	if sameStates(full) {
+		return states[0], nil
 	}
-	sets := make([]map[int64]int64, len(uniq))
-	all := map[int64]bool{}
-	for i, s := range uniq {
-		es, err := w.StateEntries(ctx, s)
-		if err != nil {
-			return 0, err
-		}
-		sets[i] = make(map[int64]int64, len(es))
-		for _, e := range es {
-			sets[i][e.Tuple] = e.Event
-			all[e.Event] = true
-		}
+	if in.cfg.OnResolve != nil {
+		in.cfg.OnResolve()
 	}
-	evNIDs := make([]int64, 0, len(all))
-	for n := range all {
-		evNIDs = append(evNIDs, n)
-	}
-	evs, err := w.EventsByNID(ctx, evNIDs)
-	if err != nil {
-		return 0, err
-	}
-	byID := map[string]*storage.Event{}
-	pdus := make([]gmsl.PDU, 0, len(evs))
-	for _, e := range evs {
-		byID[e.ID] = e
-		pdus = append(pdus, e.PDU)
-	}
-	chain, err := authChain(ctx, w, evs, byID)
-	if err != nil {
-		return 0, err
-	}
-	resolved, err := safeResolve(verImpl.Version(), pdus, chain, func(id string) bool {
-		e, ok := byID[id]
-		return ok && e.Rejected
-	})
-	if err != nil {
-		return 0, fmt.Errorf("state resolution in %s: %w", room.ID, err)
-	}
-	entries := make([]storage.Entry, 0, len(resolved))
-	for _, p := range resolved {
-		e, ok := byID[p.EventID()]
-		if !ok || p.StateKey() == nil {
-			continue
-		}
-		t := e.Tuple
-		if t == 0 {
-			if t, err = w.Tuple(ctx, gmsl.StateKeyTuple{EventType: p.Type(), StateKey: *p.StateKey()}); err != nil {
-				return 0, err
+	var events []gmsl.PDU
+	seen := map[string]bool{}
+	for _, m := range full {
+		for _, p := range m {
+			if !seen[p.EventID()] {
+				seen[p.EventID()] = true
+				events = append(events, p)
 			}
 		}
-		entries = append(entries, storage.Entry{Tuple: t, Event: e.NID})
 	}
-	return w.NewSnapshotFromEntries(ctx, room.NID, entries)
+	chain, err := authChain(ctx, in.store, events, rejected)
+	if err != nil {
+		return stateRef{}, err
+	}
+	resolved, err := safeResolve(verImpl.Version(), events, chain, func(id string) bool { return rejected[id] })
+	if err != nil {
+		return stateRef{}, fmt.Errorf("state resolution in %s: %w", roomID, err)
+	}
+	out := stateRef{adds: make([]gmsl.PDU, 0, len(resolved))}
+	for _, p := range resolved {
+		if p.StateKey() != nil {
+			out.adds = append(out.adds, p)
+		}
+	}
+	return out, nil
 }
 
-// authChain loads the full auth chains of evs (adding them to byID).
-func authChain(ctx context.Context, w *storage.Writer, evs []*storage.Event, byID map[string]*storage.Event) ([]gmsl.PDU, error) {
+// materialize loads a whole state, noting its rejected events.
+func (in *Inputer) materialize(ctx context.Context, st stateRef, rejected map[string]bool) (map[gmsl.StateKeyTuple]gmsl.PDU, error) {
+	m := map[gmsl.StateKeyTuple]gmsl.PDU{}
+	if st.base != 0 {
+		entries, err := in.store.StateEntries(ctx, st.base)
+		if err != nil {
+			return nil, err
+		}
+		nids := make([]int64, len(entries))
+		for i, e := range entries {
+			nids[i] = e.Event
+		}
+		evs, err := in.store.EventsByNID(ctx, nids)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range evs {
+			if e.PDU.StateKey() == nil {
+				continue
+			}
+			if e.Rejected {
+				rejected[e.ID] = true
+			}
+			m[tupleOf(e.PDU)] = e.PDU
+		}
+	}
+	for _, p := range st.adds {
+		m[tupleOf(p)] = p
+	}
+	return m, nil
+}
+
+func sameStates(states []map[gmsl.StateKeyTuple]gmsl.PDU) bool {
+	for _, s := range states[1:] {
+		if len(s) != len(states[0]) {
+			return false
+		}
+		for t, p := range s {
+			if q, ok := states[0][t]; !ok || q.EventID() != p.EventID() {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// authChain loads the stored auth chains of evs, noting rejected events.
+func authChain(ctx context.Context, rd reader, evs []gmsl.PDU, rejected map[string]bool) ([]gmsl.PDU, error) {
 	var chain []gmsl.PDU
 	inChain := map[string]bool{}
 	todo := map[string]bool{}
 	for _, e := range evs {
-		for _, a := range e.PDU.AuthEventIDs() {
+		for _, a := range e.AuthEventIDs() {
 			todo[a] = true
 		}
 	}
@@ -419,11 +841,11 @@ func authChain(ctx context.Context, w *storage.Writer, evs []*storage.Event, byI
 		if len(ids) == 0 {
 			break
 		}
-		nids, err := w.EventNIDs(ctx, ids)
+		nids, err := rd.EventNIDs(ctx, ids)
 		if err != nil {
 			return nil, err
 		}
-		loaded, err := w.EventsByNID(ctx, nidList(nids))
+		loaded, err := rd.EventsByNID(ctx, nidList(nids))
 		if err != nil {
 			return nil, err
 		}
@@ -432,7 +854,9 @@ func authChain(ctx context.Context, w *storage.Writer, evs []*storage.Event, byI
 				continue
 			}
 			inChain[e.ID] = true
-			byID[e.ID] = e
+			if e.Rejected {
+				rejected[e.ID] = true
+			}
 			chain = append(chain, e.PDU)
 			for _, a := range e.PDU.AuthEventIDs() {
 				if !inChain[a] {

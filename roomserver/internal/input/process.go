@@ -20,6 +20,9 @@ type refusal struct {
 	code  string
 	msg   string
 	index int
+	// busy: nothing was stored and the producer may send the request
+	// again (InputResponse.Unavailable).
+	busy bool
 }
 
 func (r *refusal) Error() string { return r.msg }
@@ -41,10 +44,26 @@ func UserIDForSender(_ spec.RoomID, s spec.SenderID) (*spec.UserID, error) {
 	return u, nil
 }
 
+// reader is what views and the checks of events read: the storage itself
+// (the prepare step, outside any transaction) or a write transaction.
+type reader interface {
+	TupleNIDs(ctx context.Context, tuples []gmsl.StateKeyTuple) (map[gmsl.StateKeyTuple]int64, error)
+	StateLookup(ctx context.Context, snapshotNID int64, tuples []int64) (map[int64]int64, error)
+	StateEntries(ctx context.Context, snapshotNID int64) ([]storage.Entry, error)
+	EventsByNID(ctx context.Context, nids []int64) ([]*storage.Event, error)
+	EventNIDs(ctx context.Context, ids []string) (map[string]int64, error)
+}
+
+var (
+	_ reader = (*storage.Storage)(nil)
+	_ reader = (*storage.Writer)(nil)
+)
+
 // view is a room's state as planning sees it: a stored snapshot plus the
-// state events planned earlier in the same request.
+// state events planned earlier in the same request (or, for a federated
+// event, the state events layered on the snapshot by prepare).
 type view struct {
-	w        *storage.Writer
+	w        reader
 	snapshot int64
 	overlay  map[gmsl.StateKeyTuple]gmsl.PDU
 }
@@ -166,9 +185,10 @@ func (in *Inputer) planAndStore(ctx context.Context, w *storage.Writer, req *rsa
 		return nil, refuse(0, "M_UNSUPPORTED_ROOM_VERSION", "unsupported room version %q", version)
 	}
 
-	// Full PDUs (federation, or events built elsewhere) take their own path.
+	// Full PDUs (federation, or events built elsewhere) take their own
+	// path (processPDURequest), chosen before any transaction began.
 	if req.Events[0].PDU != nil {
-		return in.storePDUs(ctx, w, room, verImpl, req)
+		return nil, refuse(0, "M_BAD_JSON", "complete events and proto-events in one request")
 	}
 
 	v := &view{w: w, overlay: map[gmsl.StateKeyTuple]gmsl.PDU{}}

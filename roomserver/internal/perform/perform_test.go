@@ -5,21 +5,17 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	gmsl "github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
-	"github.com/sirupsen/logrus"
 
-	"myelin/internal/bus"
-	"myelin/internal/signing"
-	"myelin/internal/sqldb"
 	"myelin/internal/sqldb/sqldbtest"
 	"myelin/roomserver"
 	rsapi "myelin/roomserver/api"
+	"myelin/roomserver/roomservertest"
 )
 
 const server = "perform.test"
@@ -28,33 +24,7 @@ const server = "perform.test"
 // of dialect) until the test ends.
 func startRoomserver(t *testing.T, dialect string, opts ...roomserver.Option) *roomserver.Roomserver {
 	t.Helper()
-	ctx := context.Background()
-	dir := t.TempDir()
-	bs, err := bus.Open(ctx, bus.Options{StoreDir: filepath.Join(dir, "nats"), Name: "perform"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(bs.Close)
-	db, err := sqldb.Open(ctx, sqldbtest.URL(t, dialect), sqldb.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	key, err := signing.LoadOrGenerate(filepath.Join(dir, "key"), server)
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := logrus.New()
-	log.SetLevel(logrus.ErrorLevel)
-	rs, err := roomserver.New(ctx, db, bs, key, log.WithField("component", "roomserver"), opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rctx, cancel := context.WithCancel(ctx)
-	if err := rs.Start(rctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cancel(); rs.Wait() })
+	rs, _ := roomservertest.Start(t, dialect, server, opts...)
 	return rs
 }
 
