@@ -84,21 +84,24 @@ func (s *Storage) RecordEvent(ctx context.Context, ev RoomEvent) (dests []string
 			KindPDU, ev.EventID, ev.RoomID, ev.JSON).Scan(&nid); err != nil {
 			return fmt.Errorf("store queued event: %w", err)
 		}
+		var dropped []int64
 		for _, d := range dests {
 			// A dead server gets only the latest event of each room: it
 			// fetches the rest with /get_missing_events when it is back,
 			// and its queue stays one entry per room however long it is
 			// away.
-			if _, err := tx.Exec(ctx, `DELETE FROM federationapi_queue WHERE destination = $1 AND room_id = $2 AND kind = $3
-				AND EXISTS (SELECT 1 FROM federationapi_destinations WHERE server_name = $1 AND blacklisted)`, d, ev.RoomID, KindPDU); err != nil {
+			nids, err := deleteReturning(ctx, tx, `DELETE FROM federationapi_queue WHERE destination = $1 AND room_id = $2 AND kind = $3
+				AND EXISTS (SELECT 1 FROM federationapi_destinations WHERE server_name = $1 AND blacklisted) RETURNING json_nid`, d, ev.RoomID, KindPDU)
+			if err != nil {
 				return fmt.Errorf("compact queue of %s: %w", d, err)
 			}
+			dropped = append(dropped, nids...)
 			if _, err := tx.Exec(ctx, `INSERT INTO federationapi_queue (destination, json_nid, kind, room_id) VALUES ($1, $2, $3, $4)`,
 				d, nid, KindPDU, ev.RoomID); err != nil {
 				return fmt.Errorf("queue event for %s: %w", d, err)
 			}
 		}
-		return collectJSON(ctx, tx)
+		return collectJSON(ctx, tx, dropped)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("record event %s: %w", ev.EventID, err)
@@ -248,13 +251,14 @@ func loadTxn(ctx context.Context, tx *sqldb.Tx, dest, id string) (*Transaction, 
 // records dest as reachable.
 func (s *Storage) TransactionSent(ctx context.Context, dest, id string) error {
 	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
-		if _, err := tx.Exec(ctx, `DELETE FROM federationapi_queue WHERE destination = $1 AND txn_id = $2`, dest, id); err != nil {
+		sent, err := deleteReturning(ctx, tx, `DELETE FROM federationapi_queue WHERE destination = $1 AND txn_id = $2 RETURNING json_nid`, dest, id)
+		if err != nil {
 			return err
 		}
 		if _, err := tx.Exec(ctx, `DELETE FROM federationapi_destinations WHERE server_name = $1`, dest); err != nil {
 			return err
 		}
-		return collectJSON(ctx, tx)
+		return collectJSON(ctx, tx, sent)
 	})
 	if err != nil {
 		return fmt.Errorf("transaction %s sent to %s: %w", id, dest, err)
@@ -262,14 +266,46 @@ func (s *Storage) TransactionSent(ctx context.Context, dest, id string) error {
 	return nil
 }
 
-// collectJSON deletes what no queue refers to any more.
-func collectJSON(ctx context.Context, tx *sqldb.Tx) error {
-	_, err := tx.Exec(ctx, `DELETE FROM federationapi_queue_json WHERE NOT EXISTS
-		(SELECT 1 FROM federationapi_queue q WHERE q.json_nid = federationapi_queue_json.json_nid)`)
-	if err != nil {
-		return fmt.Errorf("collect queued JSON: %w", err)
+// collectJSON deletes the JSON among nids that no queue refers to any
+// more; all such JSON when nids is nil (a rare, whole-table pass).
+func collectJSON(ctx context.Context, tx *sqldb.Tx, nids []int64) error {
+	const unused = `NOT EXISTS (SELECT 1 FROM federationapi_queue q WHERE q.json_nid = federationapi_queue_json.json_nid)`
+	if nids == nil {
+		if _, err := tx.Exec(ctx, `DELETE FROM federationapi_queue_json WHERE `+unused); err != nil {
+			return fmt.Errorf("collect queued JSON: %w", err)
+		}
+		return nil
+	}
+	seen := map[int64]bool{}
+	for _, nid := range nids {
+		if seen[nid] {
+			continue
+		}
+		seen[nid] = true
+		if _, err := tx.Exec(ctx, `DELETE FROM federationapi_queue_json WHERE json_nid = $1 AND `+unused, nid); err != nil {
+			return fmt.Errorf("collect queued JSON: %w", err)
+		}
 	}
 	return nil
+}
+
+// deleteReturning runs a DELETE ... RETURNING json_nid and returns the
+// JSON the deleted entries referred to.
+func deleteReturning(ctx context.Context, tx *sqldb.Tx, q string, args ...any) ([]int64, error) {
+	rows, err := tx.Query(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []int64{}
+	for rows.Next() {
+		var nid int64
+		if err := rows.Scan(&nid); err != nil {
+			return nil, err
+		}
+		out = append(out, nid)
+	}
+	return out, rows.Err()
 }
 
 // Destination is what is known of a server this server failed to reach.
@@ -327,7 +363,7 @@ func (s *Storage) CatchUp(ctx context.Context, dest string, dropEDUs bool) error
 				return err
 			}
 		}
-		return collectJSON(ctx, tx)
+		return collectJSON(ctx, tx, nil)
 	})
 	if err != nil {
 		return fmt.Errorf("catch up %s: %w", dest, err)

@@ -128,13 +128,14 @@ func (r *remote) deliveredPDUs() []string {
 type env struct {
 	t      *testing.T
 	dbURL  string
+	db     *sqldb.DB
 	store  *storage.Storage
 	q      *Queues
 	stop   context.CancelFunc
 	sender Sender
 }
 
-func openStore(t *testing.T, dbURL string) *storage.Storage {
+func openStore(t *testing.T, dbURL string) (*sqldb.DB, *storage.Storage) {
 	t.Helper()
 	db, err := sqldb.Open(context.Background(), dbURL, sqldb.Options{})
 	if err != nil {
@@ -145,7 +146,7 @@ func openStore(t *testing.T, dbURL string) *storage.Storage {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return st
+	return db, st
 }
 
 // client is a federation client signing as origin, trusting r's
@@ -172,7 +173,8 @@ func client(t *testing.T, r *remote) Sender {
 }
 
 func newEnv(t *testing.T, dbURL string, r *remote) *env {
-	return &env{t: t, dbURL: dbURL, store: openStore(t, dbURL), sender: client(t, r)}
+	db, st := openStore(t, dbURL)
+	return &env{t: t, dbURL: dbURL, db: db, store: st, sender: client(t, r)}
 }
 
 // start starts queues on the env's database (a restart makes new ones).
@@ -229,6 +231,11 @@ func (e *env) queueEmpty(dest spec.ServerName) {
 		p, d, err := e.store.QueueLength(context.Background(), string(dest))
 		if err != nil || p+d > 0 {
 			return fmt.Errorf("queue of %s: %d PDUs, %d EDUs (%v)", dest, p, d, err)
+		}
+		// Every test has one destination: nothing it queued is left.
+		var n int
+		if err := e.db.QueryRow(context.Background(), `SELECT COUNT(*) FROM federationapi_queue_json`).Scan(&n); err != nil || n > 0 {
+			return fmt.Errorf("%d queued JSON left (%v)", n, err)
 		}
 		return nil
 	})
