@@ -227,6 +227,8 @@ func (q *Queues) run(ctx context.Context, w *worker) {
 			}
 			log.WithError(err).Warn("outbound queue failed; retrying")
 			wait, delay = delay, min(2*delay, time.Minute)
+		} else {
+			delay = time.Second
 		}
 		if more && wait == 0 {
 			continue
