@@ -51,7 +51,7 @@ type remote struct {
 	accepted []received // the requests answered 200
 }
 
-func newRemote(t *testing.T) *remote {
+func newRemote(t testing.TB) *remote {
 	t.Helper()
 	r := &remote{}
 	r.srv = httptest.NewTLSServer(http.HandlerFunc(r.serve))
@@ -126,7 +126,7 @@ func (r *remote) deliveredPDUs() []string {
 
 // env is a sending server: its database and queues.
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	dbURL  string
 	db     *sqldb.DB
 	store  *storage.Storage
@@ -135,7 +135,7 @@ type env struct {
 	sender Sender
 }
 
-func openStore(t *testing.T, dbURL string) (*sqldb.DB, *storage.Storage) {
+func openStore(t testing.TB, dbURL string) (*sqldb.DB, *storage.Storage) {
 	t.Helper()
 	db, err := sqldb.Open(context.Background(), dbURL, sqldb.Options{})
 	if err != nil {
@@ -151,10 +151,10 @@ func openStore(t *testing.T, dbURL string) (*sqldb.DB, *storage.Storage) {
 
 // client is a federation client signing as origin, trusting r's
 // certificate, resolving no name through DNS (r is named by its address).
-func client(t *testing.T, r *remote) Sender { return clientFor(t, r) }
+func client(t testing.TB, r *remote) Sender { return clientFor(t, r) }
 
 // clientFor is client trusting the certificates of all of rs.
-func clientFor(t *testing.T, rs ...*remote) Sender {
+func clientFor(t testing.TB, rs ...*remote) Sender {
 	t.Helper()
 	var cas []string
 	for _, r := range rs {
@@ -179,7 +179,7 @@ func clientFor(t *testing.T, rs ...*remote) Sender {
 		fclient.WithTransport(tr), fclient.WithTimeout(5*time.Second))
 }
 
-func newEnv(t *testing.T, dbURL string, r *remote) *env {
+func newEnv(t testing.TB, dbURL string, r *remote) *env {
 	db, st := openStore(t, dbURL)
 	return &env{t: t, dbURL: dbURL, db: db, store: st, sender: client(t, r)}
 }
@@ -550,4 +550,26 @@ func TestDestinationsIndependent(t *testing.T) {
 			t.Fatalf("%d queued for the failing destination, want 60", p)
 		}
 	})
+}
+
+// BenchmarkSend measures queueing an event (the consumer's write) and
+// sending it to a remote over TLS, in transactions of 50.
+func BenchmarkSend(b *testing.B) {
+	for _, dialect := range sqldbtest.Dialects {
+		b.Run(dialect, func(b *testing.B) {
+			r := newRemote(b)
+			e := newEnv(b, sqldbtest.URL(b, dialect), r)
+			e.start(Options{})
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				e.event("!room:origin.test", fmt.Sprintf("$e%d", i), r.name)
+			}
+			e.queueEmpty(r.name)
+			b.StopTimer()
+			if got := len(r.deliveredPDUs()); got != b.N {
+				b.Fatalf("delivered %d of %d", got, b.N)
+			}
+		})
+	}
 }
