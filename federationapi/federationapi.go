@@ -19,6 +19,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/sirupsen/logrus"
 
+	"myelin/federationapi/internal/queue"
 	"myelin/federationapi/storage"
 	"myelin/internal/fedhttp"
 	"myelin/internal/ratelimit"
@@ -52,6 +53,9 @@ type Options struct {
 	Limit    *ratelimit.Limiter
 	Profiles Profiles
 	Log      *logrus.Entry
+	// Sender sends the outbound queues' transactions; nil: the federation
+	// client.
+	Sender queue.Sender
 }
 
 // FederationAPI serves the federation endpoints.
@@ -69,6 +73,7 @@ type FederationAPI struct {
 	// but warnings and errors only (it logs every refused request).
 	libLog *logrus.Entry
 	now    func() time.Time
+	out    outbound
 }
 
 // New makes the federation API for the server's signing key.
@@ -94,6 +99,11 @@ func New(ctx context.Context, db *sqldb.DB, opts Options) (*FederationAPI, error
 		now:      time.Now,
 	}
 	f.keys = newKeyRing(f, opts.KeyServers)
+	sender := opts.Sender
+	if sender == nil {
+		sender = f.client
+	}
+	f.out.queues = queue.New(queue.Options{Origin: opts.Key.ServerName, Sender: sender, Store: store, Log: opts.Log.WithField("part", "outbound")})
 	return f, nil
 }
 

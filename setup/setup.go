@@ -259,6 +259,13 @@ func (s *Server) Start() error {
 	if err := s.sync.Start(s.ctx); err != nil {
 		return err
 	}
+	if s.cfg.FederationAPI.Listen != "" {
+		// Only a server others can reach sends to them: without the
+		// federation listener no remote server can be in a room.
+		if err := s.fed.StartOutbound(s.ctx, s.bus); err != nil {
+			return err
+		}
+	}
 	listeners := []listener{
 		{"client", s.cfg.ClientAPI.Listen, s.cfg.ClientAPI.TLSCert, s.cfg.ClientAPI.TLSKey, clientHandler},
 		{"federation", s.cfg.FederationAPI.Listen, s.cfg.FederationAPI.TLSCert, s.cfg.FederationAPI.TLSKey, fedHandler},
@@ -381,6 +388,7 @@ func (s *Server) Stop(ctx context.Context) error {
 		s.rooms.Wait()
 		s.users.Wait()
 		s.sync.Wait()
+		s.fed.Wait()
 	}
 	s.close()
 	return firstErr
