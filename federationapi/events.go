@@ -175,12 +175,11 @@ func (f *FederationAPI) roomVersion(ctx context.Context, roomID string) (gmsl.Ro
 }
 
 // authChain walks the auth events of from, breadth first, and returns
-// every event reached (from itself excluded), at most maxAuthChain.
+// every event reached, at most maxAuthChain: the events of from too when
+// another reaches them (the create event is in the auth chain of the
+// state it is part of).
 func (f *FederationAPI) authChain(ctx context.Context, from []gmsl.PDU) ([]gmsl.PDU, error) {
-	seen := make(map[string]bool, len(from))
-	for _, ev := range from {
-		seen[ev.EventID()] = true
-	}
+	seen := map[string]bool{}
 	var chain []gmsl.PDU
 	var next []string
 	queue := func(evs []gmsl.PDU) {
@@ -194,7 +193,6 @@ func (f *FederationAPI) authChain(ctx context.Context, from []gmsl.PDU) ([]gmsl.
 		}
 	}
 	queue(from)
-	inChain := map[string]bool{}
 	for len(next) > 0 {
 		ids := next
 		next = nil
@@ -202,35 +200,13 @@ func (f *FederationAPI) authChain(ctx context.Context, from []gmsl.PDU) ([]gmsl.
 		if err != nil {
 			return nil, err
 		}
-		for _, ev := range evs {
-			inChain[ev.EventID()] = true
-		}
 		chain = append(chain, evs...)
 		if len(chain) > maxAuthChain {
 			return nil, fmt.Errorf("auth chain longer than %d events", maxAuthChain)
 		}
 		queue(evs)
 	}
-	// A state event is also in the auth chain of another: keep it there
-	// too, as the spec's auth chain is every auth event reachable.
-	for _, ev := range from {
-		if seen[ev.EventID()] && !inChain[ev.EventID()] && reachable(chain, ev.EventID()) {
-			chain = append(chain, ev)
-		}
-	}
 	return chain, nil
-}
-
-// reachable reports whether id is an auth event of one of evs.
-func reachable(evs []gmsl.PDU, id string) bool {
-	for _, ev := range evs {
-		for _, a := range ev.AuthEventIDs() {
-			if a == id {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 func pdusJSON(evs []gmsl.PDU) []json.RawMessage {
