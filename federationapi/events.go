@@ -83,20 +83,24 @@ func (f *FederationAPI) visible(ctx context.Context, origin spec.ServerName, ev 
 			return true, nil
 		}
 	}
-	state, err := f.rooms.StateBefore(ctx, ev.EventID())
+	// The history visibility alone first: a world_readable room needs
+	// no look at its members.
+	hv, err := f.rooms.StateBefore(ctx, ev.EventID(), gmsl.StateKeyTuple{EventType: spec.MRoomHistoryVisibility, StateKey: ""})
 	if err != nil {
-		return false, fmt.Errorf("state before %s: %w", ev.EventID(), err)
+		return false, fmt.Errorf("history visibility before %s: %w", ev.EventID(), err)
 	}
 	visibility := gmsl.HistoryVisibilityShared
-	for _, s := range state {
-		if s.Type() == spec.MRoomHistoryVisibility && s.StateKeyEquals("") {
-			if v, err := s.HistoryVisibility(); err == nil {
-				visibility = v
-			}
+	for _, s := range hv {
+		if v, err := s.HistoryVisibility(); err == nil {
+			visibility = v
 		}
 	}
 	if visibility == gmsl.HistoryVisibilityWorldReadable {
 		return true, nil
+	}
+	state, err := f.rooms.StateBefore(ctx, ev.EventID())
+	if err != nil {
+		return false, fmt.Errorf("state before %s: %w", ev.EventID(), err)
 	}
 	if hasMember(state, origin, spec.Join) || (visibility == gmsl.HistoryVisibilityInvited && hasMember(state, origin, spec.Invite)) {
 		return true, nil

@@ -243,6 +243,37 @@ func TestFederationServeEvents(t *testing.T) {
 			}
 		})
 
+		// hs2 has a member invited to rooms of each visibility: the
+		// events after the invite are visible to hs2 where invited
+		// members may see them, and only there.
+		t.Run("visibility", func(t *testing.T) {
+			tests := []struct {
+				visibility    string
+				before, after int
+			}{
+				{"world_readable", 200, 200},
+				{"shared", 403, 403},
+				{"invited", 403, 200},
+				{"joined", 403, 403},
+			}
+			for _, tt := range tests {
+				t.Run(tt.visibility, func(t *testing.T) {
+					room := makeFedRoom(t, alice, tt.visibility, 1)
+					alice.Do(t, "POST", "/_matrix/client/v3/rooms/"+esc(room.id)+"/invite", map[string]string{"user_id": "@bob:hs2.test"}).MustOK(t)
+					after := alice.Do(t, "PUT", "/_matrix/client/v3/rooms/"+esc(room.id)+"/send/m.room.message/after",
+						map[string]string{"msgtype": "m.text", "body": "after"}).MustOK(t).String("event_id")
+					for _, c := range []struct {
+						id   string
+						want int
+					}{{room.msgs[0], tt.before}, {after, tt.after}} {
+						if code, raw := asHS2.do(t, "GET", v1+"/event/"+esc(c.id), nil); code != c.want {
+							t.Errorf("event %s: %d %s, want %d", c.id, code, raw, c.want)
+						}
+					}
+				})
+			}
+		})
+
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		scope := rsapi.FetchScope{RoomID: open.id, RoomVersion: gmsl.RoomVersion(open.version), Servers: []spec.ServerName{"hs1.test"}}
