@@ -23,7 +23,7 @@ type Rooms interface {
 	RoomVersion(ctx context.Context, roomID string) (gmsl.RoomVersion, error)
 	Events(ctx context.Context, eventIDs []string) ([]gmsl.PDU, error)
 	StateBefore(ctx context.Context, eventID string, tuples ...gmsl.StateKeyTuple) ([]gmsl.PDU, error)
-	CurrentState(ctx context.Context, roomID string, tuples ...gmsl.StateKeyTuple) ([]gmsl.PDU, error)
+	ServerJoined(ctx context.Context, roomID string, server spec.ServerName) (bool, error)
 }
 
 // Bounds of what one request may make the server read and answer.
@@ -108,11 +108,11 @@ func (f *FederationAPI) visible(ctx context.Context, origin spec.ServerName, ev 
 	if visibility != gmsl.HistoryVisibilityShared {
 		return false, nil
 	}
-	current, err := f.rooms.CurrentState(ctx, ev.RoomID().String())
+	joined, err := f.rooms.ServerJoined(ctx, ev.RoomID().String(), origin)
 	if err != nil {
-		return false, fmt.Errorf("current state of %s: %w", ev.RoomID().String(), err)
+		return false, fmt.Errorf("is %s in %s: %w", origin, ev.RoomID().String(), err)
 	}
-	return hasMember(current, origin, spec.Join), nil
+	return joined, nil
 }
 
 // visibleFilter keeps the events origin may see.
