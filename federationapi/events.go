@@ -207,7 +207,8 @@ func (f *FederationAPI) authChain(ctx context.Context, from []gmsl.PDU) ([]gmsl.
 		}
 		chain = append(chain, evs...)
 		if len(chain) > maxAuthChain {
-			return nil, fmt.Errorf("auth chain longer than %d events", maxAuthChain)
+			// Not a fault of ours (a 500) but more than we answer.
+			return nil, mxhttp.New("M_TOO_LARGE", "Auth chain longer than %d events", maxAuthChain)
 		}
 		queue(evs)
 	}
@@ -283,6 +284,10 @@ func (f *FederationAPI) stateAt(r *http.Request) (state, chain []gmsl.PDU, err e
 	}
 	if err != nil {
 		return nil, nil, err
+	}
+	// What our own Fetcher would refuse we do not send either.
+	if len(state) > maxFetchedState {
+		return nil, nil, mxhttp.New("M_TOO_LARGE", "State of more than %d events", maxFetchedState)
 	}
 	chain, err = f.authChain(ctx, state)
 	if err != nil {
