@@ -52,7 +52,9 @@ type Options struct {
 	// without authentication); nil allows everything.
 	Limit    *ratelimit.Limiter
 	Profiles Profiles
-	Log      *logrus.Entry
+	// Rooms serves events and state to other servers.
+	Rooms Rooms
+	Log   *logrus.Entry
 	// Sender sends the outbound queues' transactions; nil: the federation
 	// client.
 	Sender queue.Sender
@@ -68,6 +70,7 @@ type FederationAPI struct {
 	keys      *keyRing
 	limit     *ratelimit.Limiter
 	profiles  Profiles
+	rooms     Rooms
 	log       *logrus.Entry
 	// libLog is the logger gomatrixserverlib gets for a request: ours,
 	// but warnings and errors only (it logs every refused request).
@@ -94,6 +97,7 @@ func New(ctx context.Context, db *sqldb.DB, opts Options) (*FederationAPI, error
 		),
 		limit:    opts.Limit,
 		profiles: opts.Profiles,
+		rooms:    opts.Rooms,
 		log:      opts.Log,
 		libLog:   quieter(opts.Log, logrus.WarnLevel),
 		now:      time.Now,
@@ -132,6 +136,12 @@ func (f *FederationAPI) Routes(root *mux.Router) {
 	v1 := root.PathPrefix("/_matrix/federation/v1").Subrouter()
 	v1.Handle("/version", f.open(f.serverVersion)).Methods(http.MethodGet)
 	v1.Handle("/query/profile", f.authed(f.queryProfile)).Methods(http.MethodGet)
+	v1.Handle("/event/{eventId}", f.authed(f.getEvent)).Methods(http.MethodGet)
+	v1.Handle("/state/{roomId}", f.authed(f.getState)).Methods(http.MethodGet)
+	v1.Handle("/state_ids/{roomId}", f.authed(f.getStateIDs)).Methods(http.MethodGet)
+	v1.Handle("/event_auth/{roomId}/{eventId}", f.authed(f.getEventAuth)).Methods(http.MethodGet)
+	v1.Handle("/get_missing_events/{roomId}", f.authed(f.getMissingEvents)).Methods(http.MethodPost)
+	v1.Handle("/backfill/{roomId}", f.authed(f.backfill)).Methods(http.MethodGet)
 }
 
 func (f *FederationAPI) serverVersion(r *http.Request) (any, error) {

@@ -3,7 +3,6 @@ package federationapi
 import (
 	"context"
 	"encoding/json"
-	"strings"
 	"sync"
 
 	gmsl "github.com/matrix-org/gomatrixserverlib"
@@ -14,6 +13,7 @@ import (
 	"myelin/federationapi/internal/queue"
 	"myelin/federationapi/storage"
 	"myelin/internal/bus"
+	"myelin/internal/mxid"
 	rsapi "myelin/roomserver/api"
 )
 
@@ -105,18 +105,18 @@ func (f *FederationAPI) onRoomEvent(ctx context.Context, m jetstream.Msg) error 
 		if g[0].String() != spec.MRoomMember || g[2].String() != spec.Join {
 			continue
 		}
-		if host, ok := serverOf(g[1].String()); ok {
+		if host, ok := mxid.Server(g[1].String()); ok {
 			ev.Joins = append(ev.Joins, storage.Join{EventID: id, Server: host})
 		}
 	}
 	g := gjson.GetMany(js, "sender", "type", "state_key", "content.membership")
-	sender, ok := serverOf(g[0].String())
+	sender, ok := mxid.Server(g[0].String())
 	ev.Send = ok && sender == self
 	// A member event also goes to its member's server, which the state
 	// after a leave, kick or ban no longer names. An invite goes through
 	// /invite instead.
 	if ev.Send && g[1].String() == spec.MRoomMember && g[3].String() != spec.Invite {
-		if host, ok := serverOf(g[2].String()); ok {
+		if host, ok := mxid.Server(g[2].String()); ok {
 			ev.Extra = []string{host}
 		}
 	}
@@ -126,13 +126,4 @@ func (f *FederationAPI) onRoomEvent(ctx context.Context, m jetstream.Msg) error 
 	}
 	f.out.queues.Queued(dests)
 	return nil
-}
-
-// serverOf returns the server name of a user ID.
-func serverOf(userID string) (string, bool) {
-	i := strings.IndexByte(userID, ':')
-	if !strings.HasPrefix(userID, "@") || i < 0 || i == len(userID)-1 {
-		return "", false
-	}
-	return userID[i+1:], true
 }

@@ -33,6 +33,7 @@ import (
 	"myelin/internal/signing"
 	"myelin/internal/sqldb"
 	"myelin/roomserver"
+	rsapi "myelin/roomserver/api"
 	"myelin/setup/config"
 	"myelin/syncapi"
 	"myelin/userapi"
@@ -148,7 +149,12 @@ func New(ctx context.Context, cfg *config.Config, log *logrus.Logger, opts ...Op
 		}
 		return p.DisplayName, p.AvatarURL, nil
 	})
-	if s.rooms, err = roomserver.New(ctx, s.db, s.bus, s.key, entry("roomserver"), profiles); err != nil {
+	// The roomserver is built before the federationapi that fetches for
+	// it: it gets the Fetcher through a wrapper filled in below, before
+	// anything runs.
+	fetcher := &lateFetcher{}
+	input := roomserver.WithInput(roomserver.InputConfig{Fetcher: fetcher})
+	if s.rooms, err = roomserver.New(ctx, s.db, s.bus, s.key, entry("roomserver"), profiles, input); err != nil {
 		return nil, err
 	}
 	if s.sync, err = syncapi.New(ctx, cfg, s.db, s.bus, s.users, s.rooms, entry("syncapi")); err != nil {
@@ -179,11 +185,13 @@ func New(ctx context.Context, cfg *config.Config, log *logrus.Logger, opts ...Op
 		KeyServers: keyServers,
 		Limit:      fedLimit,
 		Profiles:   s.users,
+		Rooms:      s.rooms,
 		Log:        entry("federationapi"),
 	})
 	if err != nil {
 		return nil, err
 	}
+	fetcher.Fetcher = s.fed.Fetcher()
 	return s, nil
 }
 
@@ -370,6 +378,14 @@ func (s *Server) listenerURL(name string, tls bool) string {
 // FederationClient sends requests to other servers, signed with this
 // server's key.
 func (s *Server) FederationClient() fclient.FederationClient { return s.fed.Client() }
+
+// Fetcher gets what the roomserver's input of federated events lacks from
+// other servers, checked (tests call it directly).
+func (s *Server) Fetcher() rsapi.Fetcher { return s.fed.Fetcher() }
+
+// lateFetcher is the Fetcher the roomserver holds: set once, after the
+// federationapi is built and before the roomserver starts.
+type lateFetcher struct{ rsapi.Fetcher }
 
 // Stop stops accepting requests, lets the ones in flight finish (until ctx
 // ends), stops the consumers, and closes NATS and the database. Events
