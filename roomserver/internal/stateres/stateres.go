@@ -59,6 +59,8 @@ type Params struct {
 	UserIDForSender spec.UserIDForSender
 	// MaxEvents bounds the events touched; 0 means DefaultMaxEvents.
 	MaxEvents int
+
+	gmslCompat bool // tests only: see resolver.gmslCompat
 }
 
 // Resolve returns the resolved state of p.StateSets, as every server in the

@@ -22,6 +22,10 @@ type resolver struct {
 	ver        gmsl.IRoomVersion
 	rejected   map[string]bool
 	powerCache map[string]int64
+	// gmslCompat, set only by tests, reproduces three deviations of
+	// gomatrixserverlib's v2 from the spec, so that a cross-check can show
+	// they are the only differences (see crosscheck_test.go).
+	gmslCompat bool
 }
 
 func (r *resolver) isRejected(id string) bool {
@@ -38,7 +42,7 @@ func (r *resolver) isRejected(id string) bool {
 // holds the conflicted state subgraph, and the power events are replayed on
 // an empty state instead of the unconflicted state.
 func resolveV2(g *graph, p Params, ver gmsl.IRoomVersion, unconflicted StateSet, conflicted map[string]gmsl.PDU, v21 bool) (StateSet, error) {
-	r := &resolver{g: g, p: p, ver: ver, rejected: map[string]bool{}, powerCache: map[string]int64{}}
+	r := &resolver{g: g, p: p, ver: ver, rejected: map[string]bool{}, powerCache: map[string]int64{}, gmslCompat: p.gmslCompat}
 
 	full, err := r.fullConflictedSet(unconflicted, conflicted, v21)
 	if err != nil {
@@ -61,6 +65,9 @@ func resolveV2(g *graph, p Params, ver gmsl.IRoomVersion, unconflicted StateSet,
 		id := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
 		for _, a := range g.events[id].AuthEventIDs() {
+			if r.gmslCompat && conflicted[a] == nil {
+				continue // gmsl follows the conflicted state set only
+			}
 			if full[a] && !power[a] {
 				power[a] = true
 				stack = append(stack, a)
@@ -309,7 +316,53 @@ func (r *resolver) powerOrder(set map[string]bool) ([]string, error) {
 	if len(out) != len(set) {
 		return nil, fmt.Errorf("%w: cycle in auth events", ErrMalformed)
 	}
+	if r.gmslCompat {
+		return r.gmslPowerOrder(set, key), nil
+	}
 	return out, nil
+}
+
+// gmslPowerOrder is gomatrixserverlib's order: Kahn's algorithm from the
+// events nothing in set cites, taking the largest key each time and
+// putting it first. It is a topological order, but not the smallest one
+// the spec asks for.
+func (r *resolver) gmslPowerOrder(set map[string]bool, key func(string) sortKey) []string {
+	cited := map[string]int{}
+	for id := range set {
+		seen := map[string]bool{}
+		for _, a := range r.g.events[id].AuthEventIDs() {
+			if set[a] && !seen[a] {
+				seen[a] = true
+				cited[a]++
+			}
+		}
+	}
+	var ready []sortKey
+	for id := range set {
+		if cited[id] == 0 {
+			ready = append(ready, key(id))
+		}
+	}
+	out := make([]string, len(set))
+	n := len(set)
+	for len(ready) > 0 {
+		sort.Slice(ready, func(i, j int) bool { return ready[i].less(ready[j]) })
+		k := ready[len(ready)-1]
+		ready = ready[:len(ready)-1]
+		n--
+		out[n] = k.id
+		seen := map[string]bool{}
+		for _, a := range r.g.events[k.id].AuthEventIDs() {
+			if set[a] && !seen[a] {
+				seen[a] = true
+				cited[a]--
+				if cited[a] == 0 {
+					ready = append(ready, key(a))
+				}
+			}
+		}
+	}
+	return out
 }
 
 // senderPower is the sender's power level by the event's own auth events:
@@ -465,6 +518,11 @@ func (r *resolver) authCheckAndApply(state StateSet, ids []string) {
 			if se := state[t]; se != nil && !r.isRejected(se.EventID()) {
 				_ = prov.AddEvent(se)
 			} else if ae := own[t]; ae != nil {
+				if r.gmslCompat {
+					// gmsl adds the event under test instead of its
+					// auth event (guide, pitfall 3f).
+					ae = ev
+				}
 				_ = prov.AddEvent(ae)
 			}
 		}
