@@ -131,11 +131,17 @@ func senderIsUserID(_ spec.RoomID, s spec.SenderID) (*spec.UserID, error) {
 // checkSets refuses events under the wrong key, of another version or room.
 func checkSets(ver gmsl.RoomVersion, sets []StateSet) error {
 	var roomID string
+	// The sets of a big room share most events: check each once.
+	checked := map[gmsl.PDU]gmsl.StateKeyTuple{}
 	for i, set := range sets {
 		for k, ev := range set {
 			if ev == nil {
 				return fmt.Errorf("%w: state set %d: nil event at %v", ErrMalformed, i, k)
 			}
+			if ck, ok := checked[ev]; ok && ck == k {
+				continue
+			}
+			checked[ev] = k
 			if ev.Version() != ver {
 				return fmt.Errorf("%w: event %s is of room version %s, not %s", ErrMalformed, ev.EventID(), ev.Version(), ver)
 			}
@@ -208,7 +214,9 @@ func loadGraph(ctx context.Context, p Params) (*graph, error) {
 	var roomID string
 	for _, s := range p.StateSets {
 		for _, ev := range s {
-			roomID = ev.RoomID().String()
+			if roomID == "" {
+				roomID = ev.RoomID().String() // checkSets saw they agree
+			}
 			if _, ok := g.events[ev.EventID()]; !ok {
 				delete(want, ev.EventID())
 				add(ev)
