@@ -394,3 +394,47 @@ func TestResolveV1(t *testing.T) {
 		t.Fatalf("got %v", desc)
 	}
 }
+
+// TestResolveRejectedAndPartial checks that a rejected event never enters
+// the state, and that state sets without the create event (its auth
+// chain comes from the loader) resolve; gomatrixserverlib's deprecated v2
+// answers nothing then (guide, pitfall 3a).
+func TestResolveRejectedAndPartial(t *testing.T) {
+	for _, ver := range []gmsl.RoomVersion{gmsl.RoomVersionV11, gmsl.RoomVersionV12} {
+		t.Run("v"+string(ver), func(t *testing.T) {
+			r := newTestRoom(t, ver)
+			s := r.initial(nil)
+			t1, _ := r.send("T1", s, alice, spec.MRoomTopic, "", topic("1"))
+			t2, _ := r.send("T2", s, alice, spec.MRoomTopic, "", topic("2"))
+			k := gmsl.StateKeyTuple{EventType: spec.MRoomTopic}
+			sets := []StateSet{{k: t1}, {k: t2}}
+			cases := []struct {
+				name     string
+				rejected string
+				want     string
+			}{
+				{"newest topic wins", "", "T2"},
+				{"rejected newest topic", t2.EventID(), "T1"},
+				{"both rejected", "both", ""},
+			}
+			for _, c := range cases {
+				t.Run(c.name, func(t *testing.T) {
+					got, err := Resolve(context.Background(), Params{Version: ver, StateSets: sets, Load: r.load,
+						IsRejected: func(id string) bool {
+							return id == c.rejected || c.rejected == "both" && (id == t1.EventID() || id == t2.EventID())
+						}})
+					if err != nil {
+						t.Fatal(err)
+					}
+					name := ""
+					if ev := got[k]; ev != nil {
+						name = r.nameOf(ev)
+					}
+					if name != c.want || len(got) > 1 {
+						t.Fatalf("got %v, want topic %q alone", r.describe(got), c.want)
+					}
+				})
+			}
+		})
+	}
+}
