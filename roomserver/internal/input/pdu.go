@@ -13,6 +13,7 @@ import (
 
 	"myelin/internal/sqldb"
 	rsapi "myelin/roomserver/api"
+	"myelin/roomserver/internal/stateres"
 	"myelin/roomserver/storage"
 )
 
@@ -747,22 +748,22 @@ func (in *Inputer) resolveStates(ctx context.Context, verImpl gmsl.IRoomVersion,
 	if in.cfg.OnResolve != nil {
 		in.cfg.OnResolve()
 	}
-	var events []gmsl.PDU
-	seen := map[string]bool{}
-	for _, m := range full {
-		for _, p := range m {
-			if !seen[p.EventID()] {
-				seen[p.EventID()] = true
-				events = append(events, p)
-			}
-		}
+	sets := make([]stateres.StateSet, len(full))
+	for i, m := range full {
+		sets[i] = m
 	}
-	chain, err := authChain(ctx, in.store, events, rejected)
-	if err != nil {
-		return stateRef{}, err
-	}
-	resolved, err := safeResolve(verImpl.Version(), events, chain, func(id string) bool { return rejected[id] })
-	if err != nil {
+	resolved, err := stateres.Resolve(ctx, stateres.Params{
+		Version:    verImpl.Version(),
+		StateSets:  sets,
+		Load:       in.loadAuthEvents(rejected),
+		IsRejected: func(id string) bool { return rejected[id] },
+	})
+	switch {
+	case errors.Is(err, stateres.ErrMalformed), errors.Is(err, stateres.ErrMissingAuthEvent), errors.Is(err, stateres.ErrTooLarge):
+		// The same input fails the same way every time: refuse the event
+		// rather than retry it for ever.
+		return stateRef{}, refuse(0, "M_UNKNOWN", "the state at an event in %s cannot be resolved: %v", roomID, err)
+	case err != nil:
 		return stateRef{}, fmt.Errorf("state resolution in %s: %w", roomID, err)
 	}
 	out := stateRef{adds: make([]gmsl.PDU, 0, len(resolved))}
@@ -820,65 +821,26 @@ func sameStates(states []map[gmsl.StateKeyTuple]gmsl.PDU) bool {
 	return true
 }
 
-// authChain loads the stored auth chains of evs, noting rejected events.
-func authChain(ctx context.Context, rd reader, evs []gmsl.PDU, rejected map[string]bool) ([]gmsl.PDU, error) {
-	var chain []gmsl.PDU
-	inChain := map[string]bool{}
-	todo := map[string]bool{}
-	for _, e := range evs {
-		for _, a := range e.AuthEventIDs() {
-			todo[a] = true
-		}
-	}
-	for len(todo) > 0 {
-		ids := make([]string, 0, len(todo))
-		for id := range todo {
-			if !inChain[id] {
-				ids = append(ids, id)
-			}
-		}
-		todo = map[string]bool{}
-		if len(ids) == 0 {
-			break
-		}
-		nids, err := rd.EventNIDs(ctx, ids)
+// loadAuthEvents loads the events of an auth chain for state resolution
+// from the store, noting the rejected ones. An event the store lacks is
+// left out: stateres then refuses with ErrMissingAuthEvent.
+func (in *Inputer) loadAuthEvents(rejected map[string]bool) stateres.EventLoader {
+	return func(ctx context.Context, ids []string) ([]gmsl.PDU, error) {
+		nids, err := in.store.EventNIDs(ctx, ids)
 		if err != nil {
 			return nil, err
 		}
-		loaded, err := rd.EventsByNID(ctx, nidList(nids))
+		loaded, err := in.store.EventsByNID(ctx, nidList(nids))
 		if err != nil {
 			return nil, err
 		}
-		for _, e := range loaded {
-			if inChain[e.ID] {
-				continue
-			}
-			inChain[e.ID] = true
+		pdus := make([]gmsl.PDU, len(loaded))
+		for i, e := range loaded {
 			if e.Rejected {
 				rejected[e.ID] = true
 			}
-			chain = append(chain, e.PDU)
-			for _, a := range e.PDU.AuthEventIDs() {
-				if !inChain[a] {
-					todo[a] = true
-				}
-			}
+			pdus[i] = e.PDU
 		}
+		return pdus, nil
 	}
-	return chain, nil
-}
-
-// safeResolve runs gomatrixserverlib's state resolution, turning its panics
-// (known for some inputs) into errors.
-func safeResolve(ver gmsl.RoomVersion, events, authEvents []gmsl.PDU, isRejected func(string) bool) (res []gmsl.PDU, err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			err = fmt.Errorf("state resolution panicked: %v", p)
-		}
-	}()
-	res, err = gmsl.ResolveConflicts(ver, events, authEvents, UserIDForSender, isRejected)
-	if err == nil && res == nil {
-		err = errors.New("state resolution returned no state")
-	}
-	return res, err
 }
