@@ -283,23 +283,14 @@ func TestNotaryFallback(t *testing.T) {
 	p.originSrv.Close()
 	recv := newAPI(t, "sqlite", "recv2.test", caFile)
 	recv.keys = newKeyRing(recv, []spec.ServerName{notaryName})
-	msg, err := gmsl.SignJSON(string(p.originName), p.origin.key.KeyID, p.origin.key.Private, []byte(`{"hello":"world"}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := recv.keys.ring.VerifyJSONs(context.Background(), []gmsl.VerifyJSONRequest{{
-		ServerName: p.originName, AtTS: spec.AsTimestamp(time.Now()), Message: msg,
-		ValidityCheckingFunc: gmsl.StrictValiditySignatureCheck,
-	}})
+	msg := p.signedByOrigin(t)
+	res, err := verifyOriginJSON(recv, p, msg)
 	if err != nil || res[0].Error != nil {
 		t.Fatalf("verify through the notary: %v %v", err, res)
 	}
 	// Without the notary, the same check fails: the origin is unreachable.
 	alone := newAPI(t, "sqlite", "recv3.test", caFile)
-	res, err = alone.keys.ring.VerifyJSONs(context.Background(), []gmsl.VerifyJSONRequest{{
-		ServerName: p.originName, AtTS: spec.AsTimestamp(time.Now()), Message: msg,
-		ValidityCheckingFunc: gmsl.StrictValiditySignatureCheck,
-	}})
+	res, err = verifyOriginJSON(alone, p, msg)
 	if err != nil || res[0].Error == nil {
 		t.Fatalf("verified without a notary and without the origin: %v %v", err, res)
 	}
@@ -442,14 +433,8 @@ func TestNotaryMustSign(t *testing.T) {
 	}
 	recv := newAPI(t, "sqlite", "recv2.test", caFile)
 	recv.keys = newKeyRing(recv, []spec.ServerName{notaryName})
-	msg, err := gmsl.SignJSON(string(p.originName), p.origin.key.KeyID, p.origin.key.Private, []byte(`{"hello":"world"}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := recv.keys.ring.VerifyJSONs(context.Background(), []gmsl.VerifyJSONRequest{{
-		ServerName: p.originName, AtTS: spec.AsTimestamp(time.Now()), Message: msg,
-		ValidityCheckingFunc: gmsl.StrictValiditySignatureCheck,
-	}})
+	msg := p.signedByOrigin(t)
+	res, err := verifyOriginJSON(recv, p, msg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -486,4 +471,22 @@ func TestNotaryAsksAgain(t *testing.T) {
 			t.Fatalf("after query %d the origin was asked %d times", i, n)
 		}
 	}
+}
+
+// signedByOrigin is a small JSON object signed with the origin's key.
+func (p *fedPair) signedByOrigin(t testing.TB) []byte {
+	t.Helper()
+	msg, err := gmsl.SignJSON(string(p.originName), p.origin.key.KeyID, p.origin.key.Private, []byte(`{"hello":"world"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return msg
+}
+
+// verifyOriginJSON checks msg's origin signature with f's key ring.
+func verifyOriginJSON(f *FederationAPI, p *fedPair, msg []byte) ([]gmsl.VerifyJSONResult, error) {
+	return f.keys.ring.VerifyJSONs(context.Background(), []gmsl.VerifyJSONRequest{{
+		ServerName: p.originName, AtTS: spec.AsTimestamp(time.Now()), Message: msg,
+		ValidityCheckingFunc: gmsl.StrictValiditySignatureCheck,
+	}})
 }
