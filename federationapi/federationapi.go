@@ -64,6 +64,7 @@ type FederationAPI struct {
 	keys      *keyRing
 	limit     *ratelimit.Limiter
 	profiles  Profiles
+	rs        Rooms
 	log       *logrus.Entry
 	// libLog is the logger gomatrixserverlib gets for a request: ours,
 	// but warnings and errors only (it logs every refused request).
@@ -103,6 +104,11 @@ func quieter(log *logrus.Entry, level logrus.Level) *logrus.Entry {
 	return logrus.NewEntry(l).WithFields(log.Data)
 }
 
+// ServeRooms gives the federation API the roomserver, made after it (the
+// roomserver asks other servers through Remote); until then the
+// membership endpoints answer M_NOT_FOUND. Call it before serving.
+func (f *FederationAPI) ServeRooms(rs Rooms) { f.rs = rs }
+
 // Client is the federation client: requests it sends are signed with this
 // server's key (X-Matrix) and go through the server's transport.
 func (f *FederationAPI) Client() fclient.FederationClient { return f.client }
@@ -122,6 +128,7 @@ func (f *FederationAPI) Routes(root *mux.Router) {
 	v1 := root.PathPrefix("/_matrix/federation/v1").Subrouter()
 	v1.Handle("/version", f.open(f.serverVersion)).Methods(http.MethodGet)
 	v1.Handle("/query/profile", f.authed(f.queryProfile)).Methods(http.MethodGet)
+	f.membershipRoutes(v1, root.PathPrefix("/_matrix/federation/v2").Subrouter())
 }
 
 func (f *FederationAPI) serverVersion(r *http.Request) (any, error) {

@@ -148,13 +148,6 @@ func New(ctx context.Context, cfg *config.Config, log *logrus.Logger, opts ...Op
 		}
 		return p.DisplayName, p.AvatarURL, nil
 	})
-	if s.rooms, err = roomserver.New(ctx, s.db, s.bus, s.key, entry("roomserver"), profiles); err != nil {
-		return nil, err
-	}
-	if s.sync, err = syncapi.New(ctx, cfg, s.db, s.bus, s.users, s.rooms, entry("syncapi")); err != nil {
-		return nil, err
-	}
-	s.client = clientapi.New(cfg, s.users, s.rooms, entry("clientapi"))
 	fedTransport, err := fedhttp.New(fedhttp.Options{
 		CAFiles:      cfg.FederationAPI.TrustedCAFiles,
 		AllowPrivate: cfg.FederationAPI.AllowPrivateAddresses,
@@ -184,6 +177,18 @@ func New(ctx context.Context, cfg *config.Config, log *logrus.Logger, opts ...Op
 	if err != nil {
 		return nil, err
 	}
+	if s.rooms, err = roomserver.New(ctx, s.db, s.bus, s.key, entry("roomserver"), profiles,
+		roomserver.WithFederation(s.fed.Remote()),
+		roomserver.WithInput(roomserver.InputConfig{KeyRing: s.fed.KeyRing()})); err != nil {
+		return nil, err
+	}
+	// Made after the federationapi, since the roomserver asks other
+	// servers through it.
+	s.fed.ServeRooms(s.rooms)
+	if s.sync, err = syncapi.New(ctx, cfg, s.db, s.bus, s.users, s.rooms, entry("syncapi")); err != nil {
+		return nil, err
+	}
+	s.client = clientapi.New(cfg, s.users, s.rooms, entry("clientapi"))
 	return s, nil
 }
 

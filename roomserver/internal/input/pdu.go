@@ -116,8 +116,15 @@ func (in *Inputer) inputPDUs(ctx context.Context, a *actor, reqID string, req *r
 		pdus[i] = pdu
 	}
 
-	// Step 1: fetch what the events need and this server lacks.
-	outliers, fetched, prevStates, err := in.fetch(ctx, a, req, room, pdus, waiting)
+	// Step 1: fetch what the events need and this server lacks; for a
+	// join through another server, take in the room state it sent.
+	var outliers, fetched []gmsl.PDU
+	var prevStates map[string]stateRef
+	if (room == nil || len(room.Latest) == 0) && len(req.State) > 0 {
+		prevStates, err = in.takeInJoin(ctx, verImpl, req, pdus, down)
+	} else {
+		outliers, fetched, prevStates, err = in.fetch(ctx, a, req, room, pdus, waiting)
+	}
 	if err != nil {
 		return refused(err)
 	}
