@@ -3,6 +3,7 @@ package input
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	gmsl "github.com/matrix-org/gomatrixserverlib"
@@ -125,7 +126,7 @@ func (in *Inputer) takeInJoin(ctx context.Context, verImpl gmsl.IRoomVersion, re
 	var snapshot int64
 	err = in.write(ctx, func(w *storage.Writer) error {
 		room, err := w.Room(ctx, roomID)
-		if err == storage.ErrNotFound {
+		if errors.Is(err, storage.ErrNotFound) {
 			room, err = w.CreateRoom(ctx, roomID, verImpl.Version())
 		}
 		if err != nil {
@@ -193,4 +194,82 @@ func authAgainstOwn(ev gmsl.PDU, byID map[string]gmsl.PDU, rejected map[string]b
 		return err
 	}
 	return gmsl.Allowed(ev, auth, UserIDForSender)
+}
+
+// isOutOfRoomMember reports whether pdus is one member event this server
+// may hold of a room it is not in: an invite of one of its users (signed
+// by both servers), or its own user's leave or knock through another
+// server (a rejected invite, a knock).
+func isOutOfRoomMember(pdus []gmsl.PDU) bool {
+	if len(pdus) != 1 || pdus[0].Type() != spec.MRoomMember || pdus[0].StateKey() == nil {
+		return false
+	}
+	m, err := pdus[0].Membership()
+	return err == nil && (m == spec.Invite || m == spec.Leave || m == spec.Knock)
+}
+
+// takeInOutOfRoomMember stores a member event of a room this server has
+// no state of as an outlier, records the membership, and returns its
+// output: the invitee's (or knocker's) /sync shows the room with the
+// stripped state that came with it, and a leave ends that. Its signatures
+// are checked with the KeyRing; the auth rules cannot be run without the
+// room's state, which the resident server ran.
+func (in *Inputer) takeInOutOfRoomMember(ctx context.Context, verImpl gmsl.IRoomVersion, req *rsapi.InputRequest, pdu gmsl.PDU, down *outage) (*rsapi.OutputEvent, error) {
+	if in.cfg.KeyRing == nil {
+		return nil, refuse(0, "M_NOT_FOUND", "unknown room %s", pdu.RoomID().String())
+	}
+	if err := gmsl.VerifyEventSignatures(ctx, pdu, in.cfg.KeyRing, UserIDForSender); err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, refuse(0, "M_FORBIDDEN", "bad signatures on %s: %v", pdu.EventID(), err)
+	}
+	membership, _ := pdu.Membership()
+	roomID, target := pdu.RoomID().String(), *pdu.StateKey()
+	out := &rsapi.OutputEvent{
+		RoomID: roomID, RoomVersion: string(verImpl.Version()), EventID: pdu.EventID(),
+		Event: json.RawMessage(pdu.JSON()), AddsState: []string{pdu.EventID()},
+	}
+	if membership != spec.Leave {
+		out.InviteRoomState = req.StrippedState
+	}
+	stored := false
+	err := in.write(ctx, func(w *storage.Writer) error {
+		room, err := w.Room(ctx, roomID)
+		if errors.Is(err, storage.ErrNotFound) {
+			room, err = w.CreateRoom(ctx, roomID, verImpl.Version())
+		}
+		if err != nil {
+			return fmt.Errorf("room %s: %w", roomID, err)
+		}
+		_, prevNID, err := in.store.Membership(ctx, room.NID, target)
+		if err != nil {
+			return err
+		}
+		ev := &storage.Event{RoomNID: room.NID, ID: pdu.EventID(), Outlier: true, PDU: pdu}
+		if ev.Tuple, err = w.Tuple(ctx, tupleOf(pdu)); err != nil {
+			return err
+		}
+		if stored, err = w.StoreEvent(ctx, ev, pdu.Depth()); err != nil || !stored {
+			return err
+		}
+		if prevNID != 0 {
+			prev, err := w.EventsByNID(ctx, []int64{prevNID})
+			if err != nil {
+				return err
+			}
+			for _, p := range prev {
+				out.RemovesState = append(out.RemovesState, p.ID)
+			}
+		}
+		return w.SetMembership(ctx, room.NID, target, membership, ev.NID)
+	})
+	if err != nil {
+		return nil, err
+	}
+	down.mayBeStored = true
+	if !stored {
+		return nil, nil // a repeat: already stored and announced
+	}
+	return out, nil
 }

@@ -120,7 +120,19 @@ func (in *Inputer) inputPDUs(ctx context.Context, a *actor, reqID string, req *r
 	// join through another server, take in the room state it sent.
 	var outliers, fetched []gmsl.PDU
 	var prevStates map[string]stateRef
-	if (room == nil || len(room.Latest) == 0) && len(req.State) > 0 {
+	stateless := room == nil || len(room.Latest) == 0
+	if stateless && len(req.State) == 0 && isOutOfRoomMember(pdus) {
+		o, err := in.takeInOutOfRoomMember(ctx, verImpl, req, pdus[0], down)
+		if err != nil {
+			return refused(err)
+		}
+		out.Response.RoomID, out.Response.EventIDs = pdus[0].RoomID().String(), []string{pdus[0].EventID()}
+		if o != nil {
+			out.Outputs = append(out.Outputs, *o)
+		}
+		return nil
+	}
+	if stateless && len(req.State) > 0 {
 		prevStates, err = in.takeInJoin(ctx, verImpl, req, pdus, down)
 	} else {
 		outliers, fetched, prevStates, err = in.fetch(ctx, a, req, room, pdus, waiting)
