@@ -53,8 +53,9 @@ func TestFederationJoins(t *testing.T) {
 		hsB := fed.start(t, "hsb.test", "127.0.0.5", sqldbtest.URL(t, dialectOf(dbURL)))
 		alice := hsA.Register(t, "alice")
 		bob := hsB.Register(t, "bob")
-		carol := hsB.Register(t, "carol")
 		dave := hsB.Register(t, "dave")
+		erin := hsB.Register(t, "erin")
+		frank := hsB.Register(t, "frank")
 
 		pub := alice.Do(t, "POST", "/_matrix/client/v3/createRoom", map[string]any{
 			"preset": "public_chat", "name": "Public", "room_alias_name": "pub",
@@ -98,25 +99,44 @@ func TestFederationJoins(t *testing.T) {
 			})
 		})
 
-		t.Run("join by alias", func(t *testing.T) {
-			// The alias's server is asked (via): resolving a remote alias
-			// needs /query/directory, so the client gives the room ID the
-			// alias names and its server, as a client that resolved it would.
-			r := carol.Do(t, "POST", "/_matrix/client/v3/join/"+url.PathEscape(pub)+"?via=hsa.test", map[string]any{})
-			r.MustOK(t)
+		t.Run("invite, accept and reject", func(t *testing.T) {
+			// hsb is not in the private room: the invites reach it only
+			// through /invite, and the answers go back through
+			// make_join/send_join and make_leave/send_leave.
+			for _, u := range []string{"@erin:hsb.test", "@frank:hsb.test"} {
+				alice.Do(t, "POST", "/_matrix/client/v3/rooms/"+url.PathEscape(private)+"/invite", map[string]string{"user_id": u}).MustOK(t)
+			}
+			for _, c := range []*testserver.Client{erin, frank} {
+				poll.Until(t, 10*time.Second, func() error {
+					raw, ok := fullSyncRooms(t, c)["invite"][private]
+					if !ok || !strings.Contains(string(raw), `"m.room.join_rules"`) {
+						return fmt.Errorf("no invite with its room state in /sync: %s", raw)
+					}
+					return nil
+				})
+			}
+			// Frank rejects first: once erin is in, hsb is in the room, and
+			// its users' leaves travel as any event of the room (the
+			// outbound queue), not through make_leave.
+			frank.Do(t, "POST", "/_matrix/client/v3/rooms/"+url.PathEscape(private)+"/leave", map[string]any{}).MustOK(t)
+			erin.Do(t, "POST", "/_matrix/client/v3/join/"+url.PathEscape(private), map[string]any{}).MustOK(t)
 			poll.Until(t, 10*time.Second, func() error {
-				if !joinedMembers(t, alice, pub)["@carol:hsb.test"] {
-					return fmt.Errorf("alice does not see carol joined")
+				if !joinedMembers(t, alice, private)["@erin:hsb.test"] {
+					return fmt.Errorf("alice does not see erin joined")
+				}
+				r := alice.Do(t, "GET", "/_matrix/client/v3/rooms/"+url.PathEscape(private)+"/state/m.room.member/@frank:hsb.test", nil)
+				if r.String("membership") != "leave" {
+					return fmt.Errorf("frank's membership on hsa: %s", r.Raw)
 				}
 				return nil
 			})
-		})
-
-		t.Run("leave", func(t *testing.T) {
-			bob.Do(t, "POST", "/_matrix/client/v3/rooms/"+url.PathEscape(pub)+"/leave", map[string]any{}).MustOK(t)
 			poll.Until(t, 10*time.Second, func() error {
-				if joinedMembers(t, alice, pub)["@bob:hsb.test"] {
-					return fmt.Errorf("alice still sees bob joined")
+				rooms := fullSyncRooms(t, frank)
+				if _, ok := rooms["invite"][private]; ok {
+					return fmt.Errorf("frank still sees the invite")
+				}
+				if _, ok := fullSyncRooms(t, erin)["join"][private]; !ok {
+					return fmt.Errorf("erin's sync does not list the room as joined")
 				}
 				return nil
 			})
