@@ -1,14 +1,21 @@
 package setup_test
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/url"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/matrix-org/gomatrix"
+	gmsl "github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/fclient"
+
 	"myelin/internal/poll"
+	"myelin/internal/signing"
 	"myelin/internal/sqldb/sqldbtest"
 	"myelin/internal/testserver"
 )
@@ -158,6 +165,150 @@ func TestFederationJoins(t *testing.T) {
 				r := tt.who.Do(t, "POST", "/_matrix/client/v3/join/"+url.PathEscape(tt.roomID)+"?server_name=hsa.test", map[string]any{})
 				if r.Status != tt.wantCode || r.String("errcode") != tt.wantErr {
 					t.Fatalf("got %d %s, want %d %s", r.Status, r.Raw, tt.wantCode, tt.wantErr)
+				}
+			})
+		}
+	})
+}
+
+// TestFederationJoinsRefused: what another server sends to the membership
+// endpoints is checked as the spec says: a user of another server than
+// the origin, an event changed after it was signed or claiming another
+// sender, an invite of a user who is not of the receiving server, an
+// unsupported room version. Each is refused with its Matrix error.
+func TestFederationJoinsRefused(t *testing.T) {
+	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
+		fed := newFedNet(t)
+		hsA := fed.start(t, "hsa.test", "127.0.0.6", dbURL)
+		hsB := fed.start(t, "hsb.test", "127.0.0.7", sqldbtest.URL(t, dialectOf(dbURL)))
+		alice := hsA.Register(t, "alice")
+		hsB.Register(t, "gina")
+		room := alice.Do(t, "POST", "/_matrix/client/v3/createRoom", map[string]any{"preset": "public_chat"}).MustOK(t).String("room_id")
+		keyA, err := signing.LoadOrGenerate(hsA.Config.Keys.SigningKeyPath, "hsa.test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		keyB, err := signing.LoadOrGenerate(hsB.Config.Keys.SigningKeyPath, "hsb.test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		fromB := hsB.FederationClient()
+
+		mj, err := fromB.MakeJoin(ctx, "hsb.test", "hsa.test", room, "@gina:hsb.test")
+		if err != nil {
+			t.Fatalf("make_join: %v", err)
+		}
+		verImpl, err := gmsl.GetRoomVersion(mj.RoomVersion)
+		if err != nil {
+			t.Fatal(err)
+		}
+		build := func(t *testing.T, proto gmsl.ProtoEvent, key *signing.Key) gmsl.PDU {
+			t.Helper()
+			ev, err := verImpl.NewEventBuilderFromProtoEvent(&proto).Build(time.Now(), key.ServerName, key.KeyID, key.Private)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return ev
+		}
+		// changed: the join with its content altered after signing.
+		good := build(t, mj.JoinEvent, keyB)
+		changedJSON := strings.Replace(string(good.JSON()), `"membership":"join"`, `"membership":"join","displayname":"Mallory"`, 1)
+		changed, err := verImpl.NewEventFromTrustedJSON([]byte(changedJSON), false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// otherSender: a join of a user of hsc, sent by hsb.
+		other := mj.JoinEvent
+		zed := "@zed:hsc.test"
+		other.SenderID, other.StateKey = zed, &zed
+		otherSender := build(t, other, keyB)
+
+		code := func(err error) (int, string) {
+			var he gomatrix.HTTPError
+			if !errors.As(err, &he) {
+				return 0, fmt.Sprint(err)
+			}
+			var body struct {
+				Code string `json:"errcode"`
+			}
+			_ = json.Unmarshal(he.Contents, &body)
+			return he.Code, body.Code
+		}
+		joins := []struct {
+			name     string
+			ev       gmsl.PDU
+			wantCode int
+			wantErr  string
+		}{
+			{"an event changed after signing", changed, 400, "M_BAD_JSON"},
+			{"a sender of another server than the origin", otherSender, 403, "M_FORBIDDEN"},
+		}
+		for _, tt := range joins {
+			t.Run("send_join refuses "+tt.name, func(t *testing.T) {
+				_, err := fromB.SendJoin(ctx, "hsb.test", "hsa.test", tt.ev)
+				if c, e := code(err); c != tt.wantCode || e != tt.wantErr {
+					t.Fatalf("got %d %s, want %d %s", c, e, tt.wantCode, tt.wantErr)
+				}
+			})
+		}
+		t.Run("make_join refuses a user of another server than the origin", func(t *testing.T) {
+			_, err := fromB.MakeJoin(ctx, "hsb.test", "hsa.test", room, "@zed:hsc.test")
+			if c, e := code(err); c != 403 || e != "M_FORBIDDEN" {
+				t.Fatalf("got %d %s, want 403 M_FORBIDDEN", c, e)
+			}
+		})
+		t.Run("make_join refuses a server without the room's version", func(t *testing.T) {
+			fr := fclient.NewFederationRequest("GET", "hsb.test", "hsa.test",
+				"/_matrix/federation/v1/make_join/"+url.PathEscape(room)+"/"+url.PathEscape("@gina:hsb.test")+"?ver=1")
+			if err := fr.Sign("hsb.test", keyB.KeyID, keyB.Private); err != nil {
+				t.Fatal(err)
+			}
+			req, err := fr.HTTPRequest()
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.URL, _ = url.Parse(hsA.FederationURL() + req.URL.RequestURI())
+			c, body := fedDo(t, fed.httpClient("hsa.test"), req)
+			if c != 400 || body["errcode"] != "M_INCOMPATIBLE_ROOM_VERSION" || body["room_version"] != string(mj.RoomVersion) {
+				t.Fatalf("got %d %v", c, body)
+			}
+		})
+		t.Run("the changed and forged joins were not stored", func(t *testing.T) {
+			for _, u := range []string{"@gina:hsb.test", zed} {
+				r := alice.Do(t, "GET", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/state/m.room.member/"+u, nil)
+				if r.Status != 404 {
+					t.Errorf("%s: %s", u, r.Raw)
+				}
+			}
+		})
+
+		invites := []struct {
+			name     string
+			invitee  string
+			sender   string
+			wantCode int
+			wantErr  string
+		}{
+			{"an invitee of another server", "@alice:hsa.test", "@alice:hsa.test", 403, "M_FORBIDDEN"},
+			{"a sender of another server than the origin", "@gina:hsb.test", "@zed:hsc.test", 403, "M_FORBIDDEN"},
+		}
+		for _, tt := range invites {
+			t.Run("invite refuses "+tt.name, func(t *testing.T) {
+				invitee := tt.invitee
+				ev := build(t, gmsl.ProtoEvent{
+					SenderID: tt.sender, RoomID: room, Type: "m.room.member", StateKey: &invitee,
+					Content: []byte(`{"membership":"invite"}`), PrevEvents: mj.JoinEvent.PrevEvents,
+					AuthEvents: mj.JoinEvent.AuthEvents, Depth: mj.JoinEvent.Depth,
+				}, keyA)
+				req, err := fclient.NewInviteV2Request(ev, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				_, err = hsA.FederationClient().SendInviteV2(ctx, "hsa.test", "hsb.test", req)
+				if c, e := code(err); c != tt.wantCode || e != tt.wantErr {
+					t.Fatalf("got %d %s, want %d %s", c, e, tt.wantCode, tt.wantErr)
 				}
 			})
 		}
