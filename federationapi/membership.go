@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 
 	"github.com/gorilla/mux"
 	gmsl "github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"myelin/internal/mxhttp"
+	"myelin/internal/mxid"
 	rsapi "myelin/roomserver/api"
 	"myelin/setup/config"
 )
@@ -25,6 +27,7 @@ type Rooms interface {
 	Events(ctx context.Context, eventIDs []string) ([]gmsl.PDU, error)
 	Membership(ctx context.Context, roomID, userID string) (*rsapi.Membership, error)
 	BuildEventTemplate(ctx context.Context, proto *gmsl.ProtoEvent) (gmsl.PDU, []gmsl.PDU, error)
+	ResolveAlias(ctx context.Context, alias string) (string, error)
 }
 
 // maxAuthChain bounds the auth chain a send_join answer walks.
@@ -41,6 +44,34 @@ func (f *FederationAPI) membershipRoutes(v1, v2 *mux.Router) {
 	v1.Handle("/make_knock/{roomId}/{userId}", f.authed(f.makeKnock)).Methods(http.MethodGet)
 	v1.Handle("/send_knock/{roomId}/{eventId}", f.authed(f.sendKnock)).Methods(http.MethodPut)
 	v2.Handle("/invite/{roomId}/{eventId}", f.authed(f.invite)).Methods(http.MethodPut)
+	v1.Handle("/query/directory", f.authed(f.queryDirectory)).Methods(http.MethodGet)
+}
+
+// queryDirectory is GET /_matrix/federation/v1/query/directory: which
+// room an alias of this server names, and servers that may be in it.
+func (f *FederationAPI) queryDirectory(r *http.Request) (any, error) {
+	alias := r.URL.Query().Get("room_alias")
+	if alias == "" {
+		return nil, mxhttp.MissingParam("room_alias is required")
+	}
+	if err := mxhttp.CheckParam("room_alias", alias, mxid.RoomAlias); err != nil {
+		return nil, err
+	}
+	rs, err := f.rooms()
+	if err != nil {
+		return nil, err
+	}
+	if _, server, _ := strings.Cut(alias, ":"); spec.ServerName(server) != f.key.ServerName {
+		return nil, mxhttp.NotFound("Room alias %s is not of this server", alias)
+	}
+	roomID, err := rs.ResolveAlias(r.Context(), alias)
+	if errors.Is(err, rsapi.ErrAliasNotFound) {
+		return nil, mxhttp.NotFound("Room alias %s not found", alias)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"room_id": roomID, "servers": []spec.ServerName{f.key.ServerName}}, nil
 }
 
 // userIDForSender maps a sender to its user ID; never (nil, nil), which

@@ -127,3 +127,16 @@ func (r *Remote) Invite(ctx context.Context, server spec.ServerName, ev gmsl.PDU
 	}
 	return signed, nil
 }
+
+// QueryRoomAlias asks server which room its alias names (GET
+// /_matrix/federation/v1/query/directory).
+func (r *Remote) QueryRoomAlias(ctx context.Context, server spec.ServerName, alias string) (string, error) {
+	res, err := r.f.client.LookupRoomAlias(ctx, r.origin(), server, alias)
+	if err != nil {
+		return "", wrapRemote(server, err)
+	}
+	if _, err := spec.NewRoomID(res.RoomID); err != nil {
+		return "", fmt.Errorf("%s answered a bad room ID for %s", server, alias)
+	}
+	return res.RoomID, nil
+}

@@ -60,6 +60,7 @@ func TestFederationJoins(t *testing.T) {
 		hsB := fed.start(t, "hsb.test", "127.0.0.5", sqldbtest.URL(t, dialectOf(dbURL)))
 		alice := hsA.Register(t, "alice")
 		bob := hsB.Register(t, "bob")
+		carol := hsB.Register(t, "carol")
 		dave := hsB.Register(t, "dave")
 		erin := hsB.Register(t, "erin")
 		frank := hsB.Register(t, "frank")
@@ -104,6 +105,28 @@ func TestFederationJoins(t *testing.T) {
 				}
 				return nil
 			})
+		})
+
+		t.Run("join by alias", func(t *testing.T) {
+			// hsb asks the alias's server which room it names
+			// (/query/directory), then joins through that server.
+			byAlias := alice.Do(t, "POST", "/_matrix/client/v3/createRoom", map[string]any{
+				"preset": "public_chat", "room_alias_name": "lobby",
+			}).MustOK(t).String("room_id")
+			r := carol.Do(t, "POST", "/_matrix/client/v3/join/"+url.PathEscape("#lobby:hsa.test"), map[string]any{}).MustOK(t)
+			if r.String("room_id") != byAlias {
+				t.Fatalf("joined %s, want %s", r.String("room_id"), byAlias)
+			}
+			poll.Until(t, 10*time.Second, func() error {
+				if !joinedMembers(t, alice, byAlias)["@carol:hsb.test"] {
+					return fmt.Errorf("alice does not see carol joined")
+				}
+				return nil
+			})
+			r = carol.Do(t, "POST", "/_matrix/client/v3/join/"+url.PathEscape("#nosuchalias:hsa.test"), map[string]any{})
+			if r.Status != 404 || r.String("errcode") != "M_NOT_FOUND" {
+				t.Fatalf("unknown remote alias: %d %s", r.Status, r.Raw)
+			}
 		})
 
 		t.Run("invite, accept and reject", func(t *testing.T) {
