@@ -64,6 +64,7 @@ func TestFederationJoins(t *testing.T) {
 		dave := hsB.Register(t, "dave")
 		erin := hsB.Register(t, "erin")
 		frank := hsB.Register(t, "frank")
+		gus := hsB.Register(t, "gus")
 
 		pub := alice.Do(t, "POST", "/_matrix/client/v3/createRoom", map[string]any{
 			"preset": "public_chat", "name": "Public", "room_alias_name": "pub",
@@ -167,6 +168,25 @@ func TestFederationJoins(t *testing.T) {
 				}
 				if _, ok := fullSyncRooms(t, erin)["join"][private]; !ok {
 					return fmt.Errorf("erin's sync does not list the room as joined")
+				}
+				return nil
+			})
+		})
+
+		t.Run("knock", func(t *testing.T) {
+			knockRoom := alice.Do(t, "POST", "/_matrix/client/v3/createRoom", map[string]any{
+				"preset": "private_chat", "room_version": "10", "name": "Knock here",
+				"initial_state": []map[string]any{{"type": "m.room.join_rules", "state_key": "", "content": map[string]string{"join_rule": "knock"}}},
+			}).MustOK(t).String("room_id")
+			gus.Do(t, "POST", "/_matrix/client/v3/knock/"+url.PathEscape(knockRoom)+"?via=hsa.test", map[string]any{}).MustOK(t)
+			poll.Until(t, 10*time.Second, func() error {
+				r := alice.Do(t, "GET", "/_matrix/client/v3/rooms/"+url.PathEscape(knockRoom)+"/state/m.room.member/@gus:hsb.test", nil)
+				if r.String("membership") != "knock" {
+					return fmt.Errorf("gus's membership on hsa: %s", r.Raw)
+				}
+				raw, ok := fullSyncRooms(t, gus)["knock"][knockRoom]
+				if !ok || !strings.Contains(string(raw), "Knock here") {
+					return fmt.Errorf("gus's sync does not show the knock with the room's state: %s", raw)
 				}
 				return nil
 			})
