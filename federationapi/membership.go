@@ -446,10 +446,27 @@ func (f *FederationAPI) invite(r *http.Request) (any, error) {
 		RoomID:        roomID,
 		RoomVersion:   string(verImpl.Version()),
 		Events:        []rsapi.InputEvent{{PDU: json.RawMessage(ev.JSON())}},
-		StrippedState: req.InviteRoomState,
+		StrippedState: strippedOnly(req.InviteRoomState),
 		Origin:        Origin(ctx),
 	}); err != nil {
 		return nil, err
 	}
 	return map[string]any{"event": json.RawMessage(ev.JSON())}, nil
+}
+
+// strippedOnly keeps the entries of an invite_room_state that are stripped
+// state events (type, state_key, sender, content), re-encoded with those
+// fields alone: the invitee's client sees them as they are.
+func strippedOnly(raws []json.RawMessage) []json.RawMessage {
+	out := make([]json.RawMessage, 0, len(raws))
+	for _, raw := range raws {
+		var s gmsl.InviteStrippedState
+		if json.Unmarshal(raw, &s) != nil || s.Type() == "" || s.StateKey() == nil {
+			continue
+		}
+		if b, err := json.Marshal(s); err == nil {
+			out = append(out, b)
+		}
+	}
+	return out
 }
