@@ -50,6 +50,11 @@ func (f *FederationAPI) authed(h mxhttp.Handler) mxhttp.Handler {
 		if err := allow(f.limit, "origin "+string(origin)); err != nil {
 			return nil, err
 		}
+		// A server that reached us is up: if our sends to it were
+		// failing, or given up, they resume at once.
+		if err := f.MarkAlive(r.Context(), origin); err != nil {
+			f.log.WithError(err).WithField("origin", origin).Warn("cannot resume the queue of a server that reached us")
+		}
 		return h(r.WithContext(withOrigin(r.Context(), origin)))
 	}
 }

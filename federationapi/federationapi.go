@@ -19,6 +19,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/sirupsen/logrus"
 
+	"myelin/federationapi/internal/queue"
 	"myelin/federationapi/storage"
 	"myelin/internal/fedhttp"
 	"myelin/internal/ratelimit"
@@ -51,7 +52,12 @@ type Options struct {
 	// without authentication); nil allows everything.
 	Limit    *ratelimit.Limiter
 	Profiles Profiles
-	Log      *logrus.Entry
+	// Rooms serves events and state to other servers.
+	Rooms Rooms
+	Log   *logrus.Entry
+	// Sender sends the outbound queues' transactions; nil: the federation
+	// client.
+	Sender queue.Sender
 }
 
 // FederationAPI serves the federation endpoints.
@@ -64,12 +70,15 @@ type FederationAPI struct {
 	keys      *keyRing
 	limit     *ratelimit.Limiter
 	profiles  Profiles
-	rs        Rooms
+	rooms     Rooms
+	// rs serves the membership dances (ServeRooms); nil until then.
+	rs MemberRooms
 	log       *logrus.Entry
 	// libLog is the logger gomatrixserverlib gets for a request: ours,
 	// but warnings and errors only (it logs every refused request).
 	libLog *logrus.Entry
 	now    func() time.Time
+	out    outbound
 }
 
 // New makes the federation API for the server's signing key.
@@ -90,11 +99,17 @@ func New(ctx context.Context, db *sqldb.DB, opts Options) (*FederationAPI, error
 		),
 		limit:    opts.Limit,
 		profiles: opts.Profiles,
+		rooms:    opts.Rooms,
 		log:      opts.Log,
 		libLog:   quieter(opts.Log, logrus.WarnLevel),
 		now:      time.Now,
 	}
 	f.keys = newKeyRing(f, opts.KeyServers)
+	sender := opts.Sender
+	if sender == nil {
+		sender = f.client
+	}
+	f.out.queues = queue.New(queue.Options{Origin: opts.Key.ServerName, Sender: sender, Store: store, Log: opts.Log.WithField("part", "outbound")})
 	return f, nil
 }
 
@@ -105,9 +120,10 @@ func quieter(log *logrus.Entry, level logrus.Level) *logrus.Entry {
 }
 
 // ServeRooms gives the federation API the roomserver, made after it (the
-// roomserver asks other servers through Remote); until then the
-// membership endpoints answer M_NOT_FOUND. Call it before serving.
-func (f *FederationAPI) ServeRooms(rs Rooms) { f.rs = rs }
+// roomserver asks other servers through Remote and Fetcher): it serves
+// events, state and the membership dances from it. Call it before
+// serving; Options.Rooms does the same for the read endpoints alone.
+func (f *FederationAPI) ServeRooms(rs MemberRooms) { f.rooms, f.rs = rs, rs }
 
 // Client is the federation client: requests it sends are signed with this
 // server's key (X-Matrix) and go through the server's transport.
@@ -128,6 +144,12 @@ func (f *FederationAPI) Routes(root *mux.Router) {
 	v1 := root.PathPrefix("/_matrix/federation/v1").Subrouter()
 	v1.Handle("/version", f.open(f.serverVersion)).Methods(http.MethodGet)
 	v1.Handle("/query/profile", f.authed(f.queryProfile)).Methods(http.MethodGet)
+	v1.Handle("/event/{eventId}", f.authed(f.getEvent)).Methods(http.MethodGet)
+	v1.Handle("/state/{roomId}", f.authed(f.getState)).Methods(http.MethodGet)
+	v1.Handle("/state_ids/{roomId}", f.authed(f.getStateIDs)).Methods(http.MethodGet)
+	v1.Handle("/event_auth/{roomId}/{eventId}", f.authed(f.getEventAuth)).Methods(http.MethodGet)
+	v1.Handle("/get_missing_events/{roomId}", f.authed(f.getMissingEvents)).Methods(http.MethodPost)
+	v1.Handle("/backfill/{roomId}", f.authed(f.backfill)).Methods(http.MethodGet)
 	f.membershipRoutes(v1, root.PathPrefix("/_matrix/federation/v2").Subrouter())
 }
 

@@ -18,20 +18,16 @@ import (
 	"myelin/setup/config"
 )
 
-// Rooms is what the membership endpoints ask of the roomserver.
-type Rooms interface {
+// MemberRooms is what the membership endpoints ask of the roomserver,
+// besides what Rooms serves other servers.
+type MemberRooms interface {
+	Rooms
 	rsapi.Inputter
-	RoomVersion(ctx context.Context, roomID string) (gmsl.RoomVersion, error)
 	CurrentState(ctx context.Context, roomID string, tuples ...gmsl.StateKeyTuple) ([]gmsl.PDU, error)
-	StateBefore(ctx context.Context, eventID string, tuples ...gmsl.StateKeyTuple) ([]gmsl.PDU, error)
-	Events(ctx context.Context, eventIDs []string) ([]gmsl.PDU, error)
 	Membership(ctx context.Context, roomID, userID string) (*rsapi.Membership, error)
 	BuildEventTemplate(ctx context.Context, proto *gmsl.ProtoEvent) (gmsl.PDU, []gmsl.PDU, error)
 	ResolveAlias(ctx context.Context, alias string) (string, error)
 }
-
-// maxAuthChain bounds the auth chain a send_join answer walks.
-const maxAuthChain = 100000
 
 // membershipRoutes registers the membership dances a resident server
 // serves (spec: "Joining Rooms", "Leaving Rooms", "Knocking upon a room",
@@ -57,7 +53,7 @@ func (f *FederationAPI) queryDirectory(r *http.Request) (any, error) {
 	if err := mxhttp.CheckParam("room_alias", alias, mxid.RoomAlias); err != nil {
 		return nil, err
 	}
-	rs, err := f.rooms()
+	rs, err := f.memberRooms()
 	if err != nil {
 		return nil, err
 	}
@@ -74,15 +70,6 @@ func (f *FederationAPI) queryDirectory(r *http.Request) (any, error) {
 	return map[string]any{"room_id": roomID, "servers": []spec.ServerName{f.key.ServerName}}, nil
 }
 
-// userIDForSender maps a sender to its user ID; never (nil, nil), which
-// gomatrixserverlib would take as "skip the sender's signature".
-func userIDForSender(_ spec.RoomID, s spec.SenderID) (*spec.UserID, error) {
-	if s == "" {
-		return nil, errors.New("empty sender")
-	}
-	return spec.NewUserID(string(s), true)
-}
-
 // domainOf is the server part of a user ID ("" if it is not one).
 func domainOf(userID string) spec.ServerName {
 	u, err := spec.NewUserID(userID, true)
@@ -92,16 +79,16 @@ func domainOf(userID string) spec.ServerName {
 	return u.Domain()
 }
 
-func (f *FederationAPI) rooms() (Rooms, error) {
+func (f *FederationAPI) memberRooms() (MemberRooms, error) {
 	if f.rs == nil {
 		return nil, mxhttp.NotFound("This server serves no rooms")
 	}
 	return f.rs, nil
 }
 
-// roomVersion is the version of a room this server is in (M_NOT_FOUND).
-func (f *FederationAPI) roomVersion(ctx context.Context, roomID string) (gmsl.IRoomVersion, error) {
-	rs, err := f.rooms()
+// memberRoomVersion is the version of a room this server is in (M_NOT_FOUND).
+func (f *FederationAPI) memberRoomVersion(ctx context.Context, roomID string) (gmsl.IRoomVersion, error) {
+	rs, err := f.memberRooms()
 	if err != nil {
 		return nil, err
 	}
@@ -140,7 +127,7 @@ func (f *FederationAPI) makeMember(r *http.Request, membership, field string) (a
 	if domainOf(userID) != Origin(ctx) {
 		return nil, mxhttp.Forbidden("The user %s is not of the requesting server", userID)
 	}
-	verImpl, err := f.roomVersion(ctx, roomID)
+	verImpl, err := f.memberRoomVersion(ctx, roomID)
 	if err != nil {
 		return nil, err
 	}
@@ -230,7 +217,7 @@ func (f *FederationAPI) sendKnock(r *http.Request) (any, error) {
 func (f *FederationAPI) receiveMember(r *http.Request, membership string) (gmsl.PDU, gmsl.IRoomVersion, error) {
 	ctx := r.Context()
 	roomID, eventID := mxhttp.Var(r, "roomId"), mxhttp.Var(r, "eventId")
-	verImpl, err := f.roomVersion(ctx, roomID)
+	verImpl, err := f.memberRoomVersion(ctx, roomID)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -306,38 +293,6 @@ func (f *FederationAPI) stateAndChain(ctx context.Context, eventID string) (stat
 	}
 	chain, err = f.authChain(ctx, append(append([]gmsl.PDU(nil), state...), evs...))
 	return state, chain, err
-}
-
-// authChain walks the auth events of evs back to the create event.
-func (f *FederationAPI) authChain(ctx context.Context, evs []gmsl.PDU) ([]gmsl.PDU, error) {
-	seen := map[string]bool{}
-	var todo []string
-	for _, e := range evs {
-		for _, a := range e.AuthEventIDs() {
-			if !seen[a] {
-				seen[a] = true
-				todo = append(todo, a)
-			}
-		}
-	}
-	var chain []gmsl.PDU
-	for len(todo) > 0 && len(chain) < maxAuthChain {
-		got, err := f.rs.Events(ctx, todo)
-		if err != nil {
-			return nil, fmt.Errorf("auth chain: %w", err)
-		}
-		todo = todo[:0]
-		for _, e := range got {
-			chain = append(chain, e)
-			for _, a := range e.AuthEventIDs() {
-				if !seen[a] {
-					seen[a] = true
-					todo = append(todo, a)
-				}
-			}
-		}
-	}
-	return chain, nil
 }
 
 func rawJSONs(evs []gmsl.PDU) []json.RawMessage {
@@ -423,7 +378,7 @@ func (f *FederationAPI) invite(r *http.Request) (any, error) {
 	if domainOf(string(ev.SenderID())) != Origin(ctx) {
 		return nil, mxhttp.Forbidden("The event's sender is not of the requesting server")
 	}
-	rs, err := f.rooms()
+	rs, err := f.memberRooms()
 	if err != nil {
 		return nil, err
 	}

@@ -266,6 +266,15 @@ func (r *Roomserver) Membership(ctx context.Context, roomID, userID string) (*rs
 	return out, nil
 }
 
+// ServerJoined implements rsapi.API.
+func (r *Roomserver) ServerJoined(ctx context.Context, roomID string, server spec.ServerName) (bool, error) {
+	room, err := r.store.Room(ctx, roomID)
+	if err != nil {
+		return false, mapNotFound(err, rsapi.ErrRoomNotFound)
+	}
+	return r.store.ServerJoined(ctx, room.NID, string(server))
+}
+
 // UserRooms implements rsapi.API.
 func (r *Roomserver) UserRooms(ctx context.Context, userID string, memberships ...string) ([]string, error) {
 	return r.store.UserRooms(ctx, userID, memberships)

@@ -33,6 +33,7 @@ import (
 	"myelin/internal/signing"
 	"myelin/internal/sqldb"
 	"myelin/roomserver"
+	rsapi "myelin/roomserver/api"
 	"myelin/setup/config"
 	"myelin/syncapi"
 	"myelin/userapi"
@@ -179,11 +180,12 @@ func New(ctx context.Context, cfg *config.Config, log *logrus.Logger, opts ...Op
 	}
 	if s.rooms, err = roomserver.New(ctx, s.db, s.bus, s.key, entry("roomserver"), profiles,
 		roomserver.WithFederation(s.fed.Remote()),
-		roomserver.WithInput(roomserver.InputConfig{KeyRing: s.fed.KeyRing()})); err != nil {
+		roomserver.WithInput(roomserver.InputConfig{Fetcher: s.fed.Fetcher(), KeyRing: s.fed.KeyRing()})); err != nil {
 		return nil, err
 	}
 	// Made after the federationapi, since the roomserver asks other
-	// servers through it.
+	// servers through it (Remote, Fetcher); the federationapi serves its
+	// rooms from here on.
 	s.fed.ServeRooms(s.rooms)
 	if s.sync, err = syncapi.New(ctx, cfg, s.db, s.bus, s.users, s.rooms, entry("syncapi")); err != nil {
 		return nil, err
@@ -263,6 +265,13 @@ func (s *Server) Start() error {
 	}
 	if err := s.sync.Start(s.ctx); err != nil {
 		return err
+	}
+	if s.cfg.FederationAPI.Listen != "" {
+		// Only a server others can reach sends to them: without the
+		// federation listener no remote server can be in a room.
+		if err := s.fed.StartOutbound(s.ctx, s.bus); err != nil {
+			return err
+		}
 	}
 	listeners := []listener{
 		{"client", s.cfg.ClientAPI.Listen, s.cfg.ClientAPI.TLSCert, s.cfg.ClientAPI.TLSKey, clientHandler},
@@ -369,6 +378,10 @@ func (s *Server) listenerURL(name string, tls bool) string {
 // server's key.
 func (s *Server) FederationClient() fclient.FederationClient { return s.fed.Client() }
 
+// Fetcher gets what the roomserver's input of federated events lacks from
+// other servers, checked (tests call it directly).
+func (s *Server) Fetcher() rsapi.Fetcher { return s.fed.Fetcher() }
+
 // Stop stops accepting requests, lets the ones in flight finish (until ctx
 // ends), stops the consumers, and closes NATS and the database. Events
 // acknowledged to clients are already committed; unacknowledged input is
@@ -386,6 +399,7 @@ func (s *Server) Stop(ctx context.Context) error {
 		s.rooms.Wait()
 		s.users.Wait()
 		s.sync.Wait()
+		s.fed.Wait()
 	}
 	s.close()
 	return firstErr

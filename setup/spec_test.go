@@ -31,6 +31,7 @@ const specURL = "https://spec.matrix.org/v1.19/client-server-api/openapi.json"
 
 // clientSpec checks response bodies against the schemas of the spec.
 type clientSpec struct {
+	url   string // the document's base URI
 	paths map[string]any
 	c     *jsonschema.Compiler
 
@@ -42,6 +43,12 @@ type clientSpec struct {
 // test is skipped, unless MYELIN_REQUIRE_SPEC=1 (CI sets it when the spec
 // is beside the checkout) makes that a failure.
 func readSpec(t *testing.T) (doc any, paths map[string]any) {
+	t.Helper()
+	return readSpecFile(t, specFile)
+}
+
+// readSpecFile is readSpec for the spec document in file.
+func readSpecFile(t *testing.T, specFile string) (doc any, paths map[string]any) {
 	t.Helper()
 	raw, err := os.ReadFile(specFile)
 	if os.IsNotExist(err) {
@@ -68,7 +75,14 @@ func readSpec(t *testing.T) (doc any, paths map[string]any) {
 // loadClientSpec reads the spec and prepares its schemas.
 func loadClientSpec(t *testing.T) *clientSpec {
 	t.Helper()
-	doc, paths := readSpec(t)
+	return loadSpec(t, specFile, specURL)
+}
+
+// loadSpec reads the spec document in file, with base URI specURL, and
+// prepares its schemas (the Server-Server API's too).
+func loadSpec(t *testing.T, file, specURL string) *clientSpec {
+	t.Helper()
+	doc, paths := readSpecFile(t, file)
 	c := jsonschema.NewCompiler()
 	// OpenAPI 3.1 schemas are JSON Schema 2020-12.
 	c.DefaultDraft(jsonschema.Draft2020)
@@ -79,7 +93,7 @@ func loadClientSpec(t *testing.T) *clientSpec {
 	if err := c.AddResource(specURL, doc); err != nil {
 		t.Fatal(err)
 	}
-	return &clientSpec{paths: paths, c: c, schemas: map[string]*jsonschema.Schema{}}
+	return &clientSpec{url: specURL, paths: paths, c: c, schemas: map[string]*jsonschema.Schema{}}
 }
 
 // schema returns the schema of the JSON response to method on the spec
@@ -107,7 +121,7 @@ func (s *clientSpec) schema(t *testing.T, method, tmpl string, status int, sub .
 	if sch := s.schemas[ptr]; sch != nil {
 		return sch
 	}
-	sch, err := s.c.Compile(specURL + ptr)
+	sch, err := s.c.Compile(s.url + ptr)
 	if err != nil {
 		t.Fatalf("compile the schema of %s %s %d: %v", method, tmpl, status, err)
 	}

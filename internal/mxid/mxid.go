@@ -246,3 +246,14 @@ func isAlnum(c byte) bool {
 func isHex(c byte) bool {
 	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
 }
+
+// Server returns the server name of a user ID, room alias or room ID
+// with one: what follows the first colon after the sigil. It reports
+// false when there is none; it does not check the ID's grammar.
+func Server(id string) (string, bool) {
+	i := strings.IndexByte(id, ':')
+	if len(id) < 2 || i < 1 || i == len(id)-1 {
+		return "", false
+	}
+	return id[i+1:], true
+}

@@ -319,3 +319,25 @@ func longPort(s string) bool {
 	}
 	return true
 }
+
+func TestServer(t *testing.T) {
+	tests := []struct {
+		id, want string
+		ok       bool
+	}{
+		{"@alice:example.org", "example.org", true},
+		{"@alice:example.org:8448", "example.org:8448", true},
+		{"#room:[::1]:8448", "[::1]:8448", true},
+		{"!opaque:hs.test", "hs.test", true},
+		{"!roomv12hashnoserver", "", false},
+		{"@alice:", "", false},
+		{":example.org", "", false},
+		{"", "", false},
+	}
+	for _, tt := range tests {
+		got, ok := Server(tt.id)
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("Server(%q) = %q, %v; want %q, %v", tt.id, got, ok, tt.want, tt.ok)
+		}
+	}
+}

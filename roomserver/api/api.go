@@ -249,6 +249,9 @@ type API interface {
 	// Membership returns userID's current membership of roomID, "leave"
 	// with an empty EventID when there is none.
 	Membership(ctx context.Context, roomID, userID string) (*Membership, error)
+	// ServerJoined reports whether a user of server is joined to roomID
+	// now (ErrRoomNotFound for an unknown room).
+	ServerJoined(ctx context.Context, roomID string, server spec.ServerName) (bool, error)
 	// UserRooms lists the rooms where userID's membership is one of memberships.
 	UserRooms(ctx context.Context, userID string, memberships ...string) ([]string, error)
 	// TxnEvent returns the event a device's transaction made, "" if none.

@@ -698,3 +698,25 @@ func (s *Storage) JoinedMemberEvents(ctx context.Context, roomNIDs []int64) ([]i
 	}
 	return out, nil
 }
+
+// ServerJoined reports whether a user of server is joined to the room.
+func (s *Storage) ServerJoined(ctx context.Context, roomNID int64, server string) (bool, error) {
+	// LIKE narrows the scan to the server's users; the exact test is in
+	// Go, as SQLite's LIKE ignores ASCII case.
+	esc := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(server)
+	rows, err := s.db.Query(ctx, `SELECT user_id FROM roomserver_memberships WHERE room_nid = $1 AND membership = 'join' AND user_id LIKE $2 ESCAPE '\'`, roomNID, "%:"+esc)
+	if err != nil {
+		return false, fmt.Errorf("joined users of %s: %w", server, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var userID string
+		if err := rows.Scan(&userID); err != nil {
+			return false, err
+		}
+		if _, domain, ok := strings.Cut(userID, ":"); ok && domain == server {
+			return true, nil
+		}
+	}
+	return false, rows.Err()
+}

@@ -1,0 +1,129 @@
+package federationapi
+
+import (
+	"context"
+	"encoding/json"
+	"sync"
+
+	gmsl "github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/tidwall/gjson"
+
+	"myelin/federationapi/internal/queue"
+	"myelin/federationapi/storage"
+	"myelin/internal/bus"
+	"myelin/internal/mxid"
+	rsapi "myelin/roomserver/api"
+)
+
+// outbound is the sending side: the queues and the consumer feeding them.
+type outbound struct {
+	queues *queue.Queues
+	wg     sync.WaitGroup
+}
+
+// StartOutbound consumes the OutputRoomEvent stream, keeping each room's
+// joined hosts and queueing the events that originate here for them, and
+// sends the queues, until ctx ends. Setup calls it when the federation
+// listener is on; without it nothing is sent.
+func (f *FederationAPI) StartOutbound(ctx context.Context, b *bus.Bus) error {
+	if err := f.out.queues.Start(ctx); err != nil {
+		return err
+	}
+	cons, err := b.OpenConsumer(ctx, bus.OutputRoomEvent, bus.OutputConsumer("federationapi", jetstream.DeliverAllPolicy))
+	if err != nil {
+		return err
+	}
+	f.out.wg.Add(1)
+	go func() {
+		defer f.out.wg.Done()
+		cons.Consume(ctx, f.log.WithField("stream", bus.OutputRoomEvent), f.onRoomEvent)
+	}()
+	return nil
+}
+
+// Wait waits for what StartOutbound started to stop after its context
+// ended.
+func (f *FederationAPI) Wait() {
+	f.out.wg.Wait()
+	f.out.queues.Wait()
+}
+
+// MarkAlive says that server just reached us: if we had failed to reach
+// it, or given up, its queue is sent again at once. Inbound requests call
+// it; it is a map lookup when server is not failing.
+func (f *FederationAPI) MarkAlive(ctx context.Context, server spec.ServerName) error {
+	return f.out.queues.MarkAlive(ctx, server)
+}
+
+// SendEDU queues edu for destinations (typing, receipts, presence and
+// device lists use it). A destination given up on does not get it.
+func (f *FederationAPI) SendEDU(ctx context.Context, edu gmsl.EDU, destinations []spec.ServerName) error {
+	return f.out.queues.SendEDU(ctx, edu, destinations)
+}
+
+// JoinedHosts lists the servers with a joined member in roomID, as the
+// federationapi last saw its state.
+func (f *FederationAPI) JoinedHosts(ctx context.Context, roomID string) ([]spec.ServerName, error) {
+	hs, err := f.store.JoinedHosts(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]spec.ServerName, len(hs))
+	for i, h := range hs {
+		out[i] = spec.ServerName(h)
+	}
+	return out, nil
+}
+
+// onRoomEvent applies an accepted event's membership changes to the
+// room's joined hosts and, when the event was made here, queues it for
+// the servers in the room after it. Events from other servers are not
+// sent on: their origin sends them.
+func (f *FederationAPI) onRoomEvent(ctx context.Context, m jetstream.Msg) error {
+	var out rsapi.OutputEvent
+	if err := json.Unmarshal(m.Data(), &out); err != nil {
+		f.log.WithError(err).Warn("dropping malformed output event")
+		return nil
+	}
+	self := string(f.key.ServerName)
+	js := string(out.Event)
+	ev := storage.RoomEvent{RoomID: out.RoomID, EventID: out.EventID, JSON: js, Removed: out.RemovesState, Self: self}
+	others := map[string]string{}
+	for _, raw := range out.AddsStateJSON {
+		if id := out.StateEventID(raw); id != "" {
+			others[id] = string(raw)
+		}
+	}
+	for _, id := range out.AddsState {
+		sjs := js
+		if id != out.EventID {
+			sjs = others[id]
+		}
+		g := gjson.GetMany(sjs, "type", "state_key", "content.membership")
+		if g[0].String() != spec.MRoomMember || g[2].String() != spec.Join {
+			continue
+		}
+		if host, ok := mxid.Server(g[1].String()); ok {
+			ev.Joins = append(ev.Joins, storage.Join{EventID: id, Server: host})
+		}
+	}
+	g := gjson.GetMany(js, "sender", "type", "state_key", "content.membership")
+	sender, ok := mxid.Server(g[0].String())
+	ev.Send = ok && sender == self
+	// A member event also goes to its member's server, which the state
+	// after a leave, kick or ban no longer names. An invite goes through
+	// /invite instead.
+	if ev.Send && g[1].String() == spec.MRoomMember && g[3].String() != spec.Invite {
+		if host, ok := mxid.Server(g[2].String()); ok {
+			ev.Extra = []string{host}
+		}
+	}
+	dests, err := f.store.RecordEvent(ctx, ev)
+	if err != nil {
+		return err
+	}
+	f.out.queues.Queued(dests)
+	return nil
+}
