@@ -72,8 +72,8 @@ type FederationAPI struct {
 	profiles  Profiles
 	rooms     Rooms
 	// rs serves the membership dances (ServeRooms); nil until then.
-	rs MemberRooms
-	log       *logrus.Entry
+	rs  MemberRooms
+	log *logrus.Entry
 	// libLog is the logger gomatrixserverlib gets for a request: ours,
 	// but warnings and errors only (it logs every refused request).
 	libLog *logrus.Entry
