@@ -71,7 +71,9 @@ type FederationAPI struct {
 	limit     *ratelimit.Limiter
 	profiles  Profiles
 	rooms     Rooms
-	log       *logrus.Entry
+	// rs serves the membership dances (ServeRooms); nil until then.
+	rs  MemberRooms
+	log *logrus.Entry
 	// libLog is the logger gomatrixserverlib gets for a request: ours,
 	// but warnings and errors only (it logs every refused request).
 	libLog *logrus.Entry
@@ -117,6 +119,12 @@ func quieter(log *logrus.Entry, level logrus.Level) *logrus.Entry {
 	return logrus.NewEntry(l).WithFields(log.Data)
 }
 
+// ServeRooms gives the federation API the roomserver, made after it (the
+// roomserver asks other servers through Remote and Fetcher): it serves
+// events, state and the membership dances from it. Call it before
+// serving; Options.Rooms does the same for the read endpoints alone.
+func (f *FederationAPI) ServeRooms(rs MemberRooms) { f.rooms, f.rs = rs, rs }
+
 // Client is the federation client: requests it sends are signed with this
 // server's key (X-Matrix) and go through the server's transport.
 func (f *FederationAPI) Client() fclient.FederationClient { return f.client }
@@ -142,6 +150,7 @@ func (f *FederationAPI) Routes(root *mux.Router) {
 	v1.Handle("/event_auth/{roomId}/{eventId}", f.authed(f.getEventAuth)).Methods(http.MethodGet)
 	v1.Handle("/get_missing_events/{roomId}", f.authed(f.getMissingEvents)).Methods(http.MethodPost)
 	v1.Handle("/backfill/{roomId}", f.authed(f.backfill)).Methods(http.MethodGet)
+	f.membershipRoutes(v1, root.PathPrefix("/_matrix/federation/v2").Subrouter())
 }
 
 func (f *FederationAPI) serverVersion(r *http.Request) (any, error) {

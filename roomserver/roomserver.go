@@ -35,6 +35,9 @@ type Roomserver struct {
 	store   *storage.Storage
 	inputer *input.Inputer
 	log     *logrus.Entry
+	// aliases asks an alias's own server about it (nil: local only).
+	aliases    AliasResolver
+	serverName spec.ServerName
 }
 
 var _ rsapi.API = (*Roomserver)(nil)
@@ -43,6 +46,13 @@ var _ rsapi.API = (*Roomserver)(nil)
 // not in (make/send join, leave and knock, invites): the federationapi
 // implements it.
 type Federation = perform.Federation
+
+// AliasResolver asks another server which room one of its aliases names
+// (spec: GET /_matrix/federation/v1/query/directory). The Federation given
+// to WithFederation may implement it.
+type AliasResolver interface {
+	QueryRoomAlias(ctx context.Context, server spec.ServerName, alias string) (roomID string, err error)
+}
 
 // Option adds to what New wires.
 type Option func(*options)
@@ -92,7 +102,9 @@ func New(ctx context.Context, db *sqldb.DB, b *bus.Bus, key *signing.Key, log *l
 		store:       store,
 		inputer:     input.New(store, b, key, log, o.input),
 		log:         log,
+		serverName:  key.ServerName,
 	}
+	r.aliases, _ = o.fed.(AliasResolver)
 	r.Performer = perform.New(r, key, o.fed, o.profile, log)
 	return r, nil
 }
@@ -286,9 +298,25 @@ func (r *Roomserver) SetAlias(ctx context.Context, alias, roomID, creator string
 }
 
 // ResolveAlias implements rsapi.API.
+// An alias of another server is asked of that server.
 func (r *Roomserver) ResolveAlias(ctx context.Context, alias string) (string, error) {
 	roomID, _, err := r.store.Alias(ctx, alias)
-	return roomID, mapNotFound(err, rsapi.ErrAliasNotFound)
+	if !errors.Is(err, storage.ErrNotFound) || r.aliases == nil {
+		return roomID, mapNotFound(err, rsapi.ErrAliasNotFound)
+	}
+	_, server, ok := strings.Cut(alias, ":")
+	if !ok || spec.ServerName(server) == r.serverName {
+		return "", rsapi.ErrAliasNotFound
+	}
+	roomID, err = r.aliases.QueryRoomAlias(ctx, spec.ServerName(server), alias)
+	if err != nil {
+		var coded interface{ MatrixErrCode() string }
+		if errors.As(err, &coded) && coded.MatrixErrCode() == "M_NOT_FOUND" {
+			return "", rsapi.ErrAliasNotFound
+		}
+		return "", fmt.Errorf("resolve %s through %s: %w", alias, server, err)
+	}
+	return roomID, nil
 }
 
 // AliasCreator implements rsapi.API.

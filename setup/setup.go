@@ -149,18 +149,6 @@ func New(ctx context.Context, cfg *config.Config, log *logrus.Logger, opts ...Op
 		}
 		return p.DisplayName, p.AvatarURL, nil
 	})
-	// The roomserver is built before the federationapi that fetches for
-	// it: it gets the Fetcher through a wrapper filled in below, before
-	// anything runs.
-	fetcher := &lateFetcher{}
-	input := roomserver.WithInput(roomserver.InputConfig{Fetcher: fetcher})
-	if s.rooms, err = roomserver.New(ctx, s.db, s.bus, s.key, entry("roomserver"), profiles, input); err != nil {
-		return nil, err
-	}
-	if s.sync, err = syncapi.New(ctx, cfg, s.db, s.bus, s.users, s.rooms, entry("syncapi")); err != nil {
-		return nil, err
-	}
-	s.client = clientapi.New(cfg, s.users, s.rooms, entry("clientapi"))
 	fedTransport, err := fedhttp.New(fedhttp.Options{
 		CAFiles:      cfg.FederationAPI.TrustedCAFiles,
 		AllowPrivate: cfg.FederationAPI.AllowPrivateAddresses,
@@ -185,13 +173,24 @@ func New(ctx context.Context, cfg *config.Config, log *logrus.Logger, opts ...Op
 		KeyServers: keyServers,
 		Limit:      fedLimit,
 		Profiles:   s.users,
-		Rooms:      s.rooms,
 		Log:        entry("federationapi"),
 	})
 	if err != nil {
 		return nil, err
 	}
-	fetcher.Fetcher = s.fed.Fetcher()
+	if s.rooms, err = roomserver.New(ctx, s.db, s.bus, s.key, entry("roomserver"), profiles,
+		roomserver.WithFederation(s.fed.Remote()),
+		roomserver.WithInput(roomserver.InputConfig{Fetcher: s.fed.Fetcher(), KeyRing: s.fed.KeyRing()})); err != nil {
+		return nil, err
+	}
+	// Made after the federationapi, since the roomserver asks other
+	// servers through it (Remote, Fetcher); the federationapi serves its
+	// rooms from here on.
+	s.fed.ServeRooms(s.rooms)
+	if s.sync, err = syncapi.New(ctx, cfg, s.db, s.bus, s.users, s.rooms, entry("syncapi")); err != nil {
+		return nil, err
+	}
+	s.client = clientapi.New(cfg, s.users, s.rooms, entry("clientapi"))
 	return s, nil
 }
 
@@ -382,10 +381,6 @@ func (s *Server) FederationClient() fclient.FederationClient { return s.fed.Clie
 // Fetcher gets what the roomserver's input of federated events lacks from
 // other servers, checked (tests call it directly).
 func (s *Server) Fetcher() rsapi.Fetcher { return s.fed.Fetcher() }
-
-// lateFetcher is the Fetcher the roomserver holds: set once, after the
-// federationapi is built and before the roomserver starts.
-type lateFetcher struct{ rsapi.Fetcher }
 
 // Stop stops accepting requests, lets the ones in flight finish (until ctx
 // ends), stops the consumers, and closes NATS and the database. Events

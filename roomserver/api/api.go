@@ -117,10 +117,10 @@ type InputRequest struct {
 	NewRoomID string `json:"new_room_id,omitempty"`
 	// State and AuthChain come with the join event of a room this server
 	// joined through another (send_join): the state before the event and
-	// its auth chain, as the resident server sent them. StrippedState
-	// comes with a knock on such a room (send_knock). The input does not
-	// store them yet: it refuses an event of a room it does not know, as
-	// it always has (issue 11: the fetch step will take them in).
+	// its auth chain, as the resident server sent them: the input checks
+	// them and stores them as the room's state before the join.
+	// StrippedState comes with an invite to, or a knock on, a room this
+	// server is not in: the invitee's (knocker's) /sync shows it.
 	State         []json.RawMessage `json:"state,omitempty"`
 	AuthChain     []json.RawMessage `json:"auth_chain,omitempty"`
 	StrippedState []json.RawMessage `json:"stripped_state,omitempty"`

@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	gmsl "github.com/matrix-org/gomatrixserverlib"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/sirupsen/logrus"
@@ -49,6 +50,10 @@ type Config struct {
 	// Fetcher gets what federated events need and this server lacks. With
 	// none, an event whose prev events are missing is refused.
 	Fetcher rsapi.Fetcher
+	// KeyRing checks the signatures of the room state a join through
+	// another server brings (InputRequest.State); with none, such a join
+	// is refused.
+	KeyRing gmsl.JSONVerifier
 	// FetchTimeout bounds one request's fetch step (default 30 s).
 	FetchTimeout time.Duration
 	// MaxMissing bounds the events fetched to fill one gap (default 20).

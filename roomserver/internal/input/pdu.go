@@ -117,8 +117,27 @@ func (in *Inputer) inputPDUs(ctx context.Context, a *actor, reqID string, req *r
 		pdus[i] = pdu
 	}
 
-	// Step 1: fetch what the events need and this server lacks.
-	outliers, fetched, prevStates, err := in.fetch(ctx, a, req, room, pdus, waiting)
+	// Step 1: fetch what the events need and this server lacks; for a
+	// join through another server, take in the room state it sent.
+	var outliers, fetched []gmsl.PDU
+	var prevStates map[string]stateRef
+	stateless := room == nil || len(room.Latest) == 0
+	if stateless && len(req.State) == 0 && isOutOfRoomMember(pdus) {
+		o, err := in.takeInOutOfRoomMember(ctx, verImpl, req, pdus[0], down)
+		if err != nil {
+			return refused(err)
+		}
+		out.Response.RoomID, out.Response.EventIDs = pdus[0].RoomID().String(), []string{pdus[0].EventID()}
+		if o != nil {
+			out.Outputs = append(out.Outputs, *o)
+		}
+		return nil
+	}
+	if stateless && len(req.State) > 0 {
+		prevStates, err = in.takeInJoin(ctx, verImpl, req, pdus, down)
+	} else {
+		outliers, fetched, prevStates, err = in.fetch(ctx, a, req, room, pdus, waiting)
+	}
 	if err != nil {
 		return refused(err)
 	}

@@ -173,13 +173,16 @@ func inputError(err error) error {
 	return err
 }
 
-// roomKnown reports whether this server has the room.
+// roomKnown reports whether this server has the room's state. A room it
+// holds only an invite, a knock or a leave of (events of a room it is not
+// in, kept as outliers) is not known: what its users do there goes
+// through another server.
 func (p *Performer) roomKnown(ctx context.Context, roomID string) (bool, error) {
-	_, err := p.rooms.RoomVersion(ctx, roomID)
+	latest, _, err := p.rooms.LatestEvents(ctx, roomID)
 	if errors.Is(err, rsapi.ErrRoomNotFound) {
 		return false, nil
 	}
-	return err == nil, err
+	return err == nil && len(latest) > 0, err
 }
 
 // servers lists the servers to ask about a room this server is not in:

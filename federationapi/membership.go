@@ -1,0 +1,427 @@
+package federationapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/gorilla/mux"
+	gmsl "github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"myelin/internal/mxhttp"
+	"myelin/internal/mxid"
+	rsapi "myelin/roomserver/api"
+	"myelin/setup/config"
+)
+
+// MemberRooms is what the membership endpoints ask of the roomserver,
+// besides what Rooms serves other servers.
+type MemberRooms interface {
+	Rooms
+	rsapi.Inputter
+	CurrentState(ctx context.Context, roomID string, tuples ...gmsl.StateKeyTuple) ([]gmsl.PDU, error)
+	Membership(ctx context.Context, roomID, userID string) (*rsapi.Membership, error)
+	BuildEventTemplate(ctx context.Context, proto *gmsl.ProtoEvent) (gmsl.PDU, []gmsl.PDU, error)
+	ResolveAlias(ctx context.Context, alias string) (string, error)
+}
+
+// membershipRoutes registers the membership dances a resident server
+// serves (spec: "Joining Rooms", "Leaving Rooms", "Knocking upon a room",
+// "Inviting to a room").
+func (f *FederationAPI) membershipRoutes(v1, v2 *mux.Router) {
+	v1.Handle("/make_join/{roomId}/{userId}", f.authed(f.makeJoin)).Methods(http.MethodGet)
+	v2.Handle("/send_join/{roomId}/{eventId}", f.authed(f.sendJoin)).Methods(http.MethodPut)
+	v1.Handle("/make_leave/{roomId}/{userId}", f.authed(f.makeLeave)).Methods(http.MethodGet)
+	v2.Handle("/send_leave/{roomId}/{eventId}", f.authed(f.sendLeave)).Methods(http.MethodPut)
+	v1.Handle("/make_knock/{roomId}/{userId}", f.authed(f.makeKnock)).Methods(http.MethodGet)
+	v1.Handle("/send_knock/{roomId}/{eventId}", f.authed(f.sendKnock)).Methods(http.MethodPut)
+	v2.Handle("/invite/{roomId}/{eventId}", f.authed(f.invite)).Methods(http.MethodPut)
+	v1.Handle("/query/directory", f.authed(f.queryDirectory)).Methods(http.MethodGet)
+}
+
+// queryDirectory is GET /_matrix/federation/v1/query/directory: which
+// room an alias of this server names, and servers that may be in it.
+func (f *FederationAPI) queryDirectory(r *http.Request) (any, error) {
+	alias := r.URL.Query().Get("room_alias")
+	if alias == "" {
+		return nil, mxhttp.MissingParam("room_alias is required")
+	}
+	if err := mxhttp.CheckParam("room_alias", alias, mxid.RoomAlias); err != nil {
+		return nil, err
+	}
+	rs, err := f.memberRooms()
+	if err != nil {
+		return nil, err
+	}
+	if _, server, _ := strings.Cut(alias, ":"); spec.ServerName(server) != f.key.ServerName {
+		return nil, mxhttp.NotFound("Room alias %s is not of this server", alias)
+	}
+	roomID, err := rs.ResolveAlias(r.Context(), alias)
+	if errors.Is(err, rsapi.ErrAliasNotFound) {
+		return nil, mxhttp.NotFound("Room alias %s not found", alias)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"room_id": roomID, "servers": []spec.ServerName{f.key.ServerName}}, nil
+}
+
+// domainOf is the server part of a user ID ("" if it is not one).
+func domainOf(userID string) spec.ServerName {
+	u, err := spec.NewUserID(userID, true)
+	if err != nil {
+		return ""
+	}
+	return u.Domain()
+}
+
+func (f *FederationAPI) memberRooms() (MemberRooms, error) {
+	if f.rs == nil {
+		return nil, mxhttp.NotFound("This server serves no rooms")
+	}
+	return f.rs, nil
+}
+
+// memberRoomVersion is the version of a room this server is in (M_NOT_FOUND).
+func (f *FederationAPI) memberRoomVersion(ctx context.Context, roomID string) (gmsl.IRoomVersion, error) {
+	rs, err := f.memberRooms()
+	if err != nil {
+		return nil, err
+	}
+	v, err := rs.RoomVersion(ctx, roomID)
+	if errors.Is(err, rsapi.ErrRoomNotFound) {
+		return nil, mxhttp.NotFound("Unknown room %s", roomID)
+	}
+	if err != nil {
+		return nil, err
+	}
+	verImpl, err := gmsl.GetRoomVersion(v)
+	if err != nil {
+		return nil, fmt.Errorf("room %s: %w", roomID, err)
+	}
+	return verImpl, nil
+}
+
+func (f *FederationAPI) makeJoin(r *http.Request) (any, error) {
+	return f.makeMember(r, spec.Join, "event")
+}
+
+func (f *FederationAPI) makeLeave(r *http.Request) (any, error) {
+	return f.makeMember(r, spec.Leave, "event")
+}
+
+func (f *FederationAPI) makeKnock(r *http.Request) (any, error) {
+	return f.makeMember(r, spec.Knock, "event")
+}
+
+// makeMember answers make_join, make_leave and make_knock: a member event
+// of the user about itself, built on the room's current state and checked
+// against the auth rules, for the user's server to sign.
+func (f *FederationAPI) makeMember(r *http.Request, membership, field string) (any, error) {
+	ctx := r.Context()
+	roomID, userID := mxhttp.Var(r, "roomId"), mxhttp.Var(r, "userId")
+	if domainOf(userID) != Origin(ctx) {
+		return nil, mxhttp.Forbidden("The user %s is not of the requesting server", userID)
+	}
+	verImpl, err := f.memberRoomVersion(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	if membership != spec.Leave {
+		// The joining (knocking) server must support the room's version
+		// (spec: ver, the versions it supports; v1 when none is given).
+		vers := r.URL.Query()["ver"]
+		if len(vers) == 0 {
+			vers = []string{"1"}
+		}
+		ok := false
+		for _, v := range vers {
+			ok = ok || v == string(verImpl.Version())
+		}
+		if !ok {
+			return nil, mxhttp.New("M_INCOMPATIBLE_ROOM_VERSION", "Your server does not support room version %s", verImpl.Version()).
+				With("room_version", string(verImpl.Version()))
+		}
+	}
+	content, _ := json.Marshal(map[string]string{"membership": membership})
+	proto := &gmsl.ProtoEvent{SenderID: userID, RoomID: roomID, Type: spec.MRoomMember, StateKey: &userID, Content: content}
+	ev, state, err := f.rs.BuildEventTemplate(ctx, proto)
+	if errors.Is(err, rsapi.ErrRoomNotFound) {
+		return nil, mxhttp.NotFound("Unknown room %s", roomID)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if reason := allowed(ev, state); reason != nil {
+		return nil, mxhttp.Forbidden("You may not %s this room: %v", membership, reason)
+	}
+	return map[string]any{field: proto, "room_version": string(verImpl.Version())}, nil
+}
+
+// allowed runs the auth rules on ev against state; nil when they allow it.
+func allowed(ev gmsl.PDU, state []gmsl.PDU) error {
+	auth, err := gmsl.NewAuthEvents(state)
+	if err != nil {
+		return err
+	}
+	return gmsl.Allowed(ev, auth, userIDForSender)
+}
+
+func (f *FederationAPI) sendJoin(r *http.Request) (any, error) {
+	ev, verImpl, err := f.receiveMember(r, spec.Join)
+	if err != nil {
+		return nil, err
+	}
+	ctx := r.Context()
+	state, chain, err := f.stateAndChain(ctx, ev.EventID())
+	if err != nil {
+		return nil, err
+	}
+	_ = verImpl
+	return map[string]any{
+		"origin":          f.key.ServerName,
+		"state":           rawJSONs(state),
+		"auth_chain":      rawJSONs(chain),
+		"members_omitted": false,
+	}, nil
+}
+
+func (f *FederationAPI) sendLeave(r *http.Request) (any, error) {
+	if _, _, err := f.receiveMember(r, spec.Leave); err != nil {
+		return nil, err
+	}
+	return struct{}{}, nil
+}
+
+func (f *FederationAPI) sendKnock(r *http.Request) (any, error) {
+	ev, _, err := f.receiveMember(r, spec.Knock)
+	if err != nil {
+		return nil, err
+	}
+	state, err := f.rs.StateBefore(r.Context(), ev.EventID(), strippedTuples()...)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"knock_room_state": stripped(state)}, nil
+}
+
+// receiveMember takes in the member event a send_join, send_leave or
+// send_knock carries: checked against the path and the origin, its
+// signatures verified, allowed by the room's current state, and input as
+// a PDU. gomatrixserverlib's HandleSendJoin runs no auth rules, and there
+// is no such helper for leave and knock: all three are checked here alike.
+func (f *FederationAPI) receiveMember(r *http.Request, membership string) (gmsl.PDU, gmsl.IRoomVersion, error) {
+	ctx := r.Context()
+	roomID, eventID := mxhttp.Var(r, "roomId"), mxhttp.Var(r, "eventId")
+	verImpl, err := f.memberRoomVersion(ctx, roomID)
+	if err != nil {
+		return nil, nil, err
+	}
+	body, err := mxhttp.ReadBody(r)
+	if err != nil {
+		return nil, nil, err
+	}
+	ev, err := verImpl.NewEventFromUntrustedJSON(body)
+	if err != nil {
+		return nil, nil, mxhttp.BadJSON("Bad event: %v", err)
+	}
+	if ev.Redacted() {
+		// gomatrixserverlib redacts an event whose content hash is wrong.
+		return nil, nil, mxhttp.BadJSON("The event's content hash does not match")
+	}
+	switch {
+	case ev.EventID() != eventID:
+		return nil, nil, mxhttp.BadJSON("The event ID is %s, not %s", ev.EventID(), eventID)
+	case ev.RoomID().String() != roomID:
+		return nil, nil, mxhttp.BadJSON("The event is not in room %s", roomID)
+	case ev.Type() != spec.MRoomMember || ev.StateKey() == nil:
+		return nil, nil, mxhttp.BadJSON("The event is not a member event")
+	case *ev.StateKey() != string(ev.SenderID()):
+		return nil, nil, mxhttp.BadJSON("The event's state_key is not its sender")
+	}
+	if m, err := ev.Membership(); err != nil || m != membership {
+		return nil, nil, mxhttp.BadJSON("The event's membership is not %s", membership)
+	}
+	if domainOf(string(ev.SenderID())) != Origin(ctx) {
+		return nil, nil, mxhttp.Forbidden("The event's sender is not of the requesting server")
+	}
+	if err := gmsl.VerifyEventSignatures(ctx, ev, f.keys.ring, userIDForSender); err != nil {
+		return nil, nil, mxhttp.Forbidden("The event's signatures are not valid: %v", err)
+	}
+	// Already the user's membership: answer as if it were new (a retry).
+	if m, err := f.rs.Membership(ctx, roomID, string(ev.SenderID())); err == nil && m.EventID == ev.EventID() {
+		return ev, verImpl, nil
+	}
+	state, err := f.rs.CurrentState(ctx, roomID, gmsl.StateNeededForAuth([]gmsl.PDU{ev}).Tuples()...)
+	if err != nil {
+		return nil, nil, err
+	}
+	if reason := allowed(ev, state); reason != nil {
+		return nil, nil, mxhttp.Forbidden("The room does not allow this event: %v", reason)
+	}
+	if _, err := f.rs.Input(ctx, &rsapi.InputRequest{
+		RoomID: roomID,
+		Events: []rsapi.InputEvent{{PDU: json.RawMessage(ev.JSON())}},
+		Origin: Origin(ctx),
+	}); err != nil {
+		return nil, nil, err
+	}
+	// The input stores an event that fails the auth rules as rejected,
+	// with no error: what counts is whether it took effect.
+	if m, err := f.rs.Membership(ctx, roomID, string(ev.SenderID())); err != nil {
+		return nil, nil, err
+	} else if m.EventID != ev.EventID() {
+		return nil, nil, mxhttp.Forbidden("The event was not accepted into the room")
+	}
+	return ev, verImpl, nil
+}
+
+// stateAndChain is the room state before eventID and the auth chain of
+// that state and of the event, as send_join answers them.
+func (f *FederationAPI) stateAndChain(ctx context.Context, eventID string) (state, chain []gmsl.PDU, err error) {
+	state, err = f.rs.StateBefore(ctx, eventID)
+	if err != nil {
+		return nil, nil, fmt.Errorf("state before %s: %w", eventID, err)
+	}
+	evs, err := f.rs.Events(ctx, []string{eventID})
+	if err != nil {
+		return nil, nil, err
+	}
+	chain, err = f.authChain(ctx, append(append([]gmsl.PDU(nil), state...), evs...))
+	return state, chain, err
+}
+
+func rawJSONs(evs []gmsl.PDU) []json.RawMessage {
+	out := make([]json.RawMessage, len(evs))
+	for i, e := range evs {
+		out[i] = json.RawMessage(e.JSON())
+	}
+	return out
+}
+
+// strippedTuples are the state events an invite or a knock shows (spec:
+// "stripped state").
+func strippedTuples() []gmsl.StateKeyTuple {
+	var out []gmsl.StateKeyTuple
+	for _, t := range []string{spec.MRoomCreate, spec.MRoomJoinRules, spec.MRoomCanonicalAlias, "m.room.avatar", spec.MRoomName, spec.MRoomEncryption, spec.MRoomTopic} {
+		out = append(out, gmsl.StateKeyTuple{EventType: t})
+	}
+	return out
+}
+
+func stripped(evs []gmsl.PDU) []gmsl.InviteStrippedState {
+	out := make([]gmsl.InviteStrippedState, 0, len(evs))
+	for _, e := range evs {
+		out = append(out, gmsl.NewInviteStrippedState(e))
+	}
+	return out
+}
+
+// inviteRequest is the body of PUT /v2/invite.
+type inviteRequest struct {
+	Event           json.RawMessage   `json:"event"`
+	RoomVersion     string            `json:"room_version"`
+	InviteRoomState []json.RawMessage `json:"invite_room_state"`
+}
+
+// invite is PUT /_matrix/federation/v2/invite: another server's user
+// invites one of ours. gomatrixserverlib's HandleInvite checks neither that
+// the invitee is ours nor the event's shape, so this does, signs the
+// event, and inputs it with its stripped state so the invitee sees it.
+func (f *FederationAPI) invite(r *http.Request) (any, error) {
+	ctx := r.Context()
+	roomID, eventID := mxhttp.Var(r, "roomId"), mxhttp.Var(r, "eventId")
+	var req inviteRequest
+	if err := mxhttp.ReadJSON(r, &req); err != nil {
+		return nil, err
+	}
+	if len(req.Event) == 0 {
+		return nil, mxhttp.BadJSON("event is required")
+	}
+	if req.RoomVersion == "" {
+		req.RoomVersion = "1"
+	}
+	if !config.SupportedRoomVersion(req.RoomVersion) {
+		return nil, mxhttp.New("M_INCOMPATIBLE_ROOM_VERSION", "Room version %s is not supported", req.RoomVersion).
+			With("room_version", req.RoomVersion)
+	}
+	verImpl, err := gmsl.GetRoomVersion(gmsl.RoomVersion(req.RoomVersion))
+	if err != nil {
+		return nil, mxhttp.New("M_INCOMPATIBLE_ROOM_VERSION", "Room version %s is not supported", req.RoomVersion).
+			With("room_version", req.RoomVersion)
+	}
+	ev, err := verImpl.NewEventFromUntrustedJSON(req.Event)
+	if err != nil {
+		return nil, mxhttp.BadJSON("Bad event: %v", err)
+	}
+	if ev.Redacted() {
+		return nil, mxhttp.BadJSON("The event's content hash does not match")
+	}
+	switch {
+	case ev.EventID() != eventID:
+		return nil, mxhttp.BadJSON("The event ID is %s, not %s", ev.EventID(), eventID)
+	case ev.RoomID().String() != roomID:
+		return nil, mxhttp.BadJSON("The event is not in room %s", roomID)
+	case ev.Type() != spec.MRoomMember || ev.StateKey() == nil:
+		return nil, mxhttp.BadJSON("The event is not a member event")
+	}
+	if m, err := ev.Membership(); err != nil || m != spec.Invite {
+		return nil, mxhttp.BadJSON("The event's membership is not invite")
+	}
+	if domainOf(*ev.StateKey()) != f.key.ServerName {
+		return nil, mxhttp.Forbidden("The invited user is not of this server")
+	}
+	if domainOf(string(ev.SenderID())) != Origin(ctx) {
+		return nil, mxhttp.Forbidden("The event's sender is not of the requesting server")
+	}
+	rs, err := f.memberRooms()
+	if err != nil {
+		return nil, err
+	}
+	if m, err := rs.Membership(ctx, roomID, *ev.StateKey()); err == nil && m.Membership == spec.Join {
+		return nil, mxhttp.Forbidden("The user is already in the room")
+	}
+	// Sign as this server; Sign rewrites the event and, for v12, returns
+	// it re-typed: re-parse the signed JSON (gmsl guide, pitfall 11).
+	signed := ev.Sign(string(f.key.ServerName), f.key.KeyID, f.key.Private)
+	ev, err = verImpl.NewEventFromTrustedJSON(signed.JSON(), false)
+	if err != nil {
+		return nil, fmt.Errorf("re-parse the signed invite: %w", err)
+	}
+	// Checked once signed: an invite must carry the invitee's server's
+	// signature as well as the sender's.
+	if err := gmsl.VerifyEventSignatures(ctx, ev, f.keys.ring, userIDForSender); err != nil {
+		return nil, mxhttp.Forbidden("The event's signatures are not valid: %v", err)
+	}
+	if _, err := rs.Input(ctx, &rsapi.InputRequest{
+		RoomID:        roomID,
+		RoomVersion:   string(verImpl.Version()),
+		Events:        []rsapi.InputEvent{{PDU: json.RawMessage(ev.JSON())}},
+		StrippedState: strippedOnly(req.InviteRoomState),
+		Origin:        Origin(ctx),
+	}); err != nil {
+		return nil, err
+	}
+	return map[string]any{"event": json.RawMessage(ev.JSON())}, nil
+}
+
+// strippedOnly keeps the entries of an invite_room_state that are stripped
+// state events (type, state_key, sender, content), re-encoded with those
+// fields alone: the invitee's client sees them as they are.
+func strippedOnly(raws []json.RawMessage) []json.RawMessage {
+	out := make([]json.RawMessage, 0, len(raws))
+	for _, raw := range raws {
+		var s gmsl.InviteStrippedState
+		if json.Unmarshal(raw, &s) != nil || s.Type() == "" || s.StateKey() == nil {
+			continue
+		}
+		if b, err := json.Marshal(s); err == nil {
+			out = append(out, b)
+		}
+	}
+	return out
+}
