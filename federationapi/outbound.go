@@ -90,17 +90,8 @@ func (f *FederationAPI) onRoomEvent(ctx context.Context, m jetstream.Msg) error 
 	self := string(f.key.ServerName)
 	js := string(out.Event)
 	ev := storage.RoomEvent{RoomID: out.RoomID, EventID: out.EventID, JSON: js, Removed: out.RemovesState, Self: self}
-	others := map[string]string{}
-	for _, raw := range out.AddsStateJSON {
-		if id := out.StateEventID(raw); id != "" {
-			others[id] = string(raw)
-		}
-	}
-	for _, id := range out.AddsState {
-		sjs := js
-		if id != out.EventID {
-			sjs = others[id]
-		}
+	for i, sjs := range out.AddedStateJSON() {
+		id := out.AddsState[i]
 		g := gjson.GetMany(sjs, "type", "state_key", "content.membership")
 		if g[0].String() != spec.MRoomMember || g[2].String() != spec.Join {
 			continue

@@ -48,21 +48,11 @@ func (s *SyncAPI) onRoomEvent(ctx context.Context, m jetstream.Msg) error {
 		ev.InviteState = string(b)
 	}
 	adds := make([]storage.NewState, 0, len(out.AddsState))
-	others := map[string]string{}
-	for _, raw := range out.AddsStateJSON {
-		// The roomserver sends the JSON of added state other than the event
-		// itself; its ID is computed from it.
-		if id := out.StateEventID(raw); id != "" {
-			others[id] = string(raw)
-		}
-	}
-	for _, id := range out.AddsState {
-		sjs := js
-		if id != out.EventID {
-			if sjs = others[id]; sjs == "" {
-				s.log.WithField("event_id", id).Warn("output event lacks JSON of added state")
-				continue
-			}
+	for i, sjs := range out.AddedStateJSON() {
+		id := out.AddsState[i]
+		if sjs == "" {
+			s.log.WithField("event_id", id).Warn("output event lacks JSON of added state")
+			continue
 		}
 		g := gjson.GetMany(sjs, "type", "state_key", "sender", "content.membership")
 		ns := storage.NewState{EventID: id, Type: g[0].String(), StateKey: g[1].String(), Sender: g[2].String(), JSON: sjs}

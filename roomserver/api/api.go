@@ -300,6 +300,28 @@ type OutputEvent struct {
 	InviteRoomState []json.RawMessage `json:"invite_room_state,omitempty"`
 }
 
+// AddedStateJSON returns the JSON of each event of AddsState, in its
+// order: the event's own, or the one of AddsStateJSON with that ID (the
+// roomserver leaves the event itself out of AddsStateJSON); "" where the
+// output lacks it.
+func (o *OutputEvent) AddedStateJSON() []string {
+	byID := make(map[string]string, len(o.AddsStateJSON))
+	for _, raw := range o.AddsStateJSON {
+		if id := o.StateEventID(raw); id != "" {
+			byID[id] = string(raw)
+		}
+	}
+	out := make([]string, len(o.AddsState))
+	for i, id := range o.AddsState {
+		if id == o.EventID {
+			out[i] = string(o.Event)
+		} else {
+			out[i] = byID[id]
+		}
+	}
+	return out
+}
+
 // StateEventID returns the ID of raw, one of AddsStateJSON, or "" if it
 // cannot be read in the room's version.
 func (o *OutputEvent) StateEventID(raw json.RawMessage) string {
