@@ -430,7 +430,10 @@ func (s *SyncAPI) build(ctx context.Context, req *syncRequest) (*syncResponse, e
 				continue // everything new was filtered out
 			}
 			resp.Rooms.Join[roomID] = jr
-		case "invite":
+		case "invite", "knock":
+			// Both show the stripped state the member event carries; a
+			// room knocked on shows it as knock_state (spec: rooms.knock
+			// of /sync).
 			if req.since != nil && !changed {
 				continue
 			}
@@ -438,20 +441,11 @@ func (s *SyncAPI) build(ctx context.Context, req *syncRequest) (*syncResponse, e
 			if err != nil {
 				return nil, err
 			}
-			if ir != nil {
+			switch {
+			case ir == nil:
+			case m == "invite":
 				resp.Rooms.Invite[roomID] = ir
-			}
-		case "knock":
-			// A room knocked on shows the stripped state it was knocked
-			// with and the knock (spec: rooms.knock of /sync).
-			if req.since != nil && !changed {
-				continue
-			}
-			ir, err := s.invitedRoom(ctx, roomID, user)
-			if err != nil {
-				return nil, err
-			}
-			if ir != nil {
+			default:
 				resp.Rooms.Knock[roomID] = map[string]any{"knock_state": map[string]any{"events": ir.InviteState.Events}}
 			}
 		case "leave", "ban":
