@@ -123,6 +123,15 @@ func (r *remote) input(ctx context.Context, rs *roomserver.Roomserver, evs ...gm
 	return err
 }
 
+// sendLocal sends a message into the remote's room as a local event of
+// the roomserver, as clientapi does once the room is here.
+func (r *remote) sendLocal(ctx context.Context, rs *roomserver.Roomserver, body string) error {
+	_, err := rs.Input(ctx, &rsapi.InputRequest{RoomID: r.roomID, Events: []rsapi.InputEvent{
+		proto(r.user, "m.room.message", nil, map[string]any{"body": body}),
+	}})
+	return err
+}
+
 // testFetcher serves the events of remotes, as the federationapi will
 // serve those of real servers. While block is open, calls wait for it.
 type testFetcher struct {
@@ -298,9 +307,7 @@ func TestInputFetchesMissingPrevEvents(t *testing.T) {
 					t.Fatalf("stored out of order: %v", nids)
 				}
 				// The room moved on: a local event follows the fetched ones.
-				if _, err := rs.Input(ctx, &rsapi.InputRequest{RoomID: r.roomID, Events: []rsapi.InputEvent{
-					proto(r.user, "m.room.message", nil, map[string]any{"body": "after"}),
-				}}); err != nil {
+				if err := r.sendLocal(ctx, rs, "after"); err != nil {
 					t.Fatalf("event after the gap: %v", err)
 				}
 			})
@@ -495,9 +502,7 @@ func TestFetchingRoomQueueIsBounded(t *testing.T) {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					_, err := rs.Input(ctx, &rsapi.InputRequest{RoomID: r.roomID, Events: []rsapi.InputEvent{
-						proto(r.user, "m.room.message", nil, map[string]any{"body": "behind the fetch"}),
-					}})
+					err := r.sendLocal(ctx, rs, "behind the fetch")
 					var un *rsapi.UnavailableError
 					if errors.As(err, &un) {
 						busy.Add(1)
@@ -654,9 +659,7 @@ func TestFetchTimesOut(t *testing.T) {
 			if evs, _ := rs.Events(ctx, []string{ev.EventID()}); len(evs) != 0 {
 				t.Fatal("the refused event was stored")
 			}
-			if _, err := rs.Input(ctx, &rsapi.InputRequest{RoomID: r.roomID, Events: []rsapi.InputEvent{
-				proto(r.user, "m.room.message", nil, map[string]any{"body": "still here"}),
-			}}); err != nil {
+			if err := r.sendLocal(ctx, rs, "still here"); err != nil {
 				t.Fatalf("send after the timeout: %v", err)
 			}
 		})
