@@ -300,15 +300,8 @@ func TestNotaryFallback(t *testing.T) {
 // makes one fetch of its keys, and every request of the burst is served.
 func TestKeyFetchBurst(t *testing.T) {
 	p := newFedPair(t, "sqlite", nil)
-	var fetches atomic.Int32
-	keysHandler := p.originSrv.Config.Handler
-	p.originSrv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/_matrix/key/v2/server" {
-			fetches.Add(1)
-			time.Sleep(50 * time.Millisecond) // a slow origin: the burst arrives while it answers
-		}
-		keysHandler.ServeHTTP(w, r)
-	})
+	// A slow origin: the burst arrives while it answers.
+	fetches := p.countKeyFetches(50 * time.Millisecond)
 	uri := "/_matrix/federation/v1/query/profile?user_id=" + url.QueryEscape("@bob:recv.test")
 	var reqs []*http.Request
 	for range 10 {
@@ -378,14 +371,7 @@ func TestExpiredKeyRefetched(t *testing.T) {
 			if err := p.recv.storeKeys(context.Background(), p.originName, keys); err != nil {
 				t.Fatal(err)
 			}
-			var fetches atomic.Int32
-			keysHandler := p.originSrv.Config.Handler
-			p.originSrv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				if r.URL.Path == "/_matrix/key/v2/server" {
-					fetches.Add(1)
-				}
-				keysHandler.ServeHTTP(w, r)
-			})
+			fetches := p.countKeyFetches(0)
 			if !tt.originUp {
 				p.originSrv.Close()
 			}
@@ -448,14 +434,7 @@ func TestNotaryMustSign(t *testing.T) {
 // notary tests wait for those requests), not only once in a while.
 func TestNotaryAsksAgain(t *testing.T) {
 	p := newFedPair(t, "sqlite", nil)
-	var fetches atomic.Int32
-	keysHandler := p.originSrv.Config.Handler
-	p.originSrv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/_matrix/key/v2/server" {
-			fetches.Add(1)
-		}
-		keysHandler.ServeHTTP(w, r)
-	})
+	fetches := p.countKeyFetches(0)
 	far := time.Now().Add(30 * 24 * time.Hour).UnixMilli()
 	body := `{"server_keys":{"` + string(p.originName) + `":{"` + string(p.origin.key.KeyID) + `":{"minimum_valid_until_ts":` + itoa(far) + `}}}}`
 	for i := 1; i <= 3; i++ {
@@ -489,4 +468,19 @@ func verifyOriginJSON(f *FederationAPI, p *fedPair, msg []byte) ([]gmsl.VerifyJS
 		ServerName: p.originName, AtTS: spec.AsTimestamp(time.Now()), Message: msg,
 		ValidityCheckingFunc: gmsl.StrictValiditySignatureCheck,
 	}})
+}
+
+// countKeyFetches counts the requests for the origin's keys from now on,
+// each answered after delay.
+func (p *fedPair) countKeyFetches(delay time.Duration) *atomic.Int32 {
+	var fetches atomic.Int32
+	keysHandler := p.originSrv.Config.Handler
+	p.originSrv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/_matrix/key/v2/server" {
+			fetches.Add(1)
+			time.Sleep(delay)
+		}
+		keysHandler.ServeHTTP(w, r)
+	})
+	return &fetches
 }
