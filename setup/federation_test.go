@@ -83,6 +83,23 @@ func (n *fedNet) start(t *testing.T, name, ip, dbURL string, opts ...testserver.
 		c.FederationAPI.AllowPrivateAddresses = true
 	}}, opts...)
 	srv := testserver.Start(t, testserver.Config(t.TempDir(), dbURL, all...), setup.WithResolver(n.resolver()))
+	n.publish(t, name, ip, srv)
+	return srv
+}
+
+// restart stops srv and starts it again on the same data directory and
+// database, published under its name at its new port.
+func (n *fedNet) restart(t *testing.T, name, ip string, srv *testserver.Server) *testserver.Server {
+	t.Helper()
+	srv.Stop()
+	srv = testserver.Start(t, srv.Config, setup.WithResolver(n.resolver()))
+	n.publish(t, name, ip, srv)
+	return srv
+}
+
+// publish puts srv's federation listener in the DNS under name.
+func (n *fedNet) publish(t *testing.T, name, ip string, srv *testserver.Server) {
+	t.Helper()
 	_, port, err := net.SplitHostPort(srv.Addr("federation").String())
 	if err != nil {
 		t.Fatal(err)
@@ -92,7 +109,6 @@ func (n *fedNet) start(t *testing.T, name, ip, dbURL string, opts ...testserver.
 	n.hosts[name] = netip.MustParseAddr(ip)
 	n.srv["_matrix-fed._tcp."+name] = []*net.SRV{{Target: name + ".", Port: uint16(p)}}
 	n.mu.Unlock()
-	return srv
 }
 
 // httpClient talks to a federation listener as if to server name, over

@@ -529,3 +529,136 @@ func TestFederationSendChecks(t *testing.T) {
 		})
 	})
 }
+
+// stateIDs is the event IDs of roomID's current state as c sees it, sorted.
+func stateIDs(t *testing.T, c *testserver.Client, roomID string) []string {
+	t.Helper()
+	r := c.Do(t, "GET", "/_matrix/client/v3/rooms/"+url.PathEscape(roomID)+"/state", nil).MustOK(t)
+	var state []struct {
+		ID string `json:"event_id"`
+	}
+	if err := json.Unmarshal(r.Raw, &state); err != nil {
+		t.Fatal(err)
+	}
+	out := make([]string, len(state))
+	for i, e := range state {
+		out[i] = e.ID
+	}
+	slices.Sort(out)
+	return out
+}
+
+// sorted is a sorted copy of s.
+func sorted(s []string) []string {
+	out := slices.Clone(s)
+	slices.Sort(out)
+	return out
+}
+
+// TestFederationSendThree: a room on three servers, where each server's
+// user sends, one after the other and then all at once: every server ends
+// with the same messages and the same state. A server stopped while the
+// others go on catches up when it is back, losing no event (the others'
+// queues send again when it reaches them, and what lies between is
+// fetched with /get_missing_events).
+func TestFederationSendThree(t *testing.T) {
+	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
+		fed := newFedNet(t)
+		hsA := fed.start(t, "hsa.test", "127.0.0.14", dbURL)
+		hsB := fed.start(t, "hsb.test", "127.0.0.15", sqldbtest.URL(t, dialectOf(dbURL)))
+		hsC := fed.start(t, "hsc.test", "127.0.0.16", sqldbtest.URL(t, dialectOf(dbURL)))
+		alice := hsA.Register(t, "alice")
+		bob := hsB.Register(t, "bob")
+		carol := hsC.Register(t, "carol")
+		all := []*testserver.Client{alice, bob, carol}
+		room := alice.Do(t, "POST", "/_matrix/client/v3/createRoom", map[string]any{"preset": "public_chat"}).MustOK(t).String("room_id")
+		for _, c := range []*testserver.Client{bob, carol} {
+			c.Do(t, "POST", "/_matrix/client/v3/join/"+url.PathEscape(room)+"?server_name=hsa.test", map[string]any{}).MustOK(t)
+		}
+		for i, c := range all {
+			poll.Until(t, 20*time.Second, func() error {
+				if m := joinedMembers(t, c, room); len(m) != 3 {
+					return fmt.Errorf("client %d sees members %v", i, m)
+				}
+				return nil
+			})
+		}
+
+		var want []string
+		t.Run("one after the other", func(t *testing.T) {
+			for round := range 2 {
+				for i, c := range all {
+					want = append(want, fmt.Sprintf("turn %d of %d", round, i))
+					say(t, c, room, want[len(want)-1])
+					waitTimeline(t, room, want, all...)
+				}
+			}
+		})
+
+		// sameEverywhere waits until every client sees the messages of
+		// want, in any order, and the same state.
+		sameEverywhere := func(t *testing.T, want []string, cs ...*testserver.Client) {
+			t.Helper()
+			for i, c := range cs {
+				poll.Until(t, 30*time.Second, func() error {
+					if got := sorted(timeline(t, c, room)); !slices.Equal(got, sorted(want)) {
+						return fmt.Errorf("client %d sees %q, want %q", i, got, sorted(want))
+					}
+					return nil
+				})
+			}
+			poll.Until(t, 30*time.Second, func() error {
+				first := stateIDs(t, cs[0], room)
+				for i, c := range cs[1:] {
+					if got := stateIDs(t, c, room); !slices.Equal(got, first) {
+						return fmt.Errorf("client %d sees state %q, client 0 %q", i+1, got, first)
+					}
+				}
+				return nil
+			})
+		}
+
+		t.Run("all at once", func(t *testing.T) {
+			var wg sync.WaitGroup
+			var mu sync.Mutex
+			for i, c := range all {
+				wg.Go(func() {
+					for n := range 3 {
+						body := fmt.Sprintf("burst %d of %d", n, i)
+						say(t, c, room, body)
+						mu.Lock()
+						want = append(want, body)
+						mu.Unlock()
+					}
+				})
+			}
+			wg.Wait()
+			sameEverywhere(t, want, all...)
+			// A state change after the forks: resolved alike everywhere.
+			alice.Do(t, "PUT", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/state/m.room.topic/", map[string]string{"topic": "after the burst"}).MustOK(t)
+			sameEverywhere(t, want, all...)
+		})
+
+		t.Run("a server down for a while catches up", func(t *testing.T) {
+			hsB.Stop()
+			for n := range 3 {
+				for _, c := range []*testserver.Client{alice, carol} {
+					body := fmt.Sprintf("while hsb is down %d", n)
+					if c == carol {
+						body += " (carol)"
+					}
+					say(t, c, room, body)
+					want = append(want, body)
+				}
+			}
+			sameEverywhere(t, want, alice, carol)
+			hsB = fed.restart(t, "hsb.test", "127.0.0.15", hsB)
+			bob.Base = hsB.URL
+			// Bob speaking reaches the others, which then know hsb is
+			// back and send it what it missed.
+			say(t, bob, room, "bob is back")
+			want = append(want, "bob is back")
+			sameEverywhere(t, want, all...)
+		})
+	})
+}
