@@ -45,7 +45,7 @@ type fedNet struct {
 	srv   map[string][]*net.SRV
 }
 
-func newFedNet(t *testing.T) *fedNet {
+func newFedNet(t testing.TB) *fedNet {
 	return &fedNet{ca: testca.New(t), hosts: map[string]netip.Addr{}, srv: map[string][]*net.SRV{}}
 }
 
@@ -72,7 +72,7 @@ func (n *fedNet) resolver() *fedhttp.Resolver {
 
 // start runs a server named name with its federation listener on ip (a
 // loopback address of its own), over TLS, and publishes it in the DNS.
-func (n *fedNet) start(t *testing.T, name, ip, dbURL string, opts ...testserver.Options) *testserver.Server {
+func (n *fedNet) start(t testing.TB, name, ip, dbURL string, opts ...testserver.Options) *testserver.Server {
 	t.Helper()
 	cert, key := n.ca.Issue(name)
 	all := append([]testserver.Options{func(c *config.Config) {
@@ -89,7 +89,7 @@ func (n *fedNet) start(t *testing.T, name, ip, dbURL string, opts ...testserver.
 
 // restart stops srv and starts it again on the same data directory and
 // database, published under its name at its new port.
-func (n *fedNet) restart(t *testing.T, name, ip string, srv *testserver.Server) *testserver.Server {
+func (n *fedNet) restart(t testing.TB, name, ip string, srv *testserver.Server) *testserver.Server {
 	t.Helper()
 	srv.Stop()
 	srv = testserver.Start(t, srv.Config, setup.WithResolver(n.resolver()))
@@ -98,7 +98,7 @@ func (n *fedNet) restart(t *testing.T, name, ip string, srv *testserver.Server) 
 }
 
 // publish puts srv's federation listener in the DNS under name.
-func (n *fedNet) publish(t *testing.T, name, ip string, srv *testserver.Server) {
+func (n *fedNet) publish(t testing.TB, name, ip string, srv *testserver.Server) {
 	t.Helper()
 	_, port, err := net.SplitHostPort(srv.Addr("federation").String())
 	if err != nil {

@@ -23,7 +23,7 @@ import (
 )
 
 // say sends a text message to roomID as c and returns its event ID.
-func say(t *testing.T, c *testserver.Client, roomID, body string) string {
+func say(t testing.TB, c *testserver.Client, roomID, body string) string {
 	t.Helper()
 	txn := strconv.FormatInt(time.Now().UnixNano(), 36)
 	return c.Do(t, "PUT", "/_matrix/client/v3/rooms/"+url.PathEscape(roomID)+"/send/m.room.message/"+txn,
@@ -192,7 +192,7 @@ type sendFixture struct {
 	txnSeen int
 }
 
-func newSendFixture(t *testing.T, fed *fedNet, hsA, hsB *testserver.Server, alice *testserver.Client, room string) *sendFixture {
+func newSendFixture(t testing.TB, fed *fedNet, hsA, hsB *testserver.Server, alice *testserver.Client, room string) *sendFixture {
 	t.Helper()
 	key, err := signing.LoadOrGenerate(hsB.Config.Keys.SigningKeyPath, "hsb.test")
 	if err != nil {
@@ -225,7 +225,7 @@ func newSendFixture(t *testing.T, fed *fedNet, hsA, hsB *testserver.Server, alic
 }
 
 // refresh takes the room's latest event on hsa as the next prev event.
-func (fx *sendFixture) refresh(t *testing.T) {
+func (fx *sendFixture) refresh(t testing.TB) {
 	t.Helper()
 	r := fx.viewer.Do(t, "GET", "/_matrix/client/v3/rooms/"+url.PathEscape(fx.room)+"/messages?dir=b&limit=1", nil).MustOK(t)
 	var body struct {
@@ -252,7 +252,7 @@ func (fx *sendFixture) refresh(t *testing.T) {
 
 // msg builds a message of bob (or of sender) signed with priv (hsb's key
 // when nil), on the latest event.
-func (fx *sendFixture) msg(t *testing.T, body, sender string, priv ed25519.PrivateKey) gmsl.PDU {
+func (fx *sendFixture) msg(t testing.TB, body, sender string, priv ed25519.PrivateKey) gmsl.PDU {
 	t.Helper()
 	if sender == "" {
 		sender = "@bob:hsb.test"
@@ -271,7 +271,7 @@ func (fx *sendFixture) msg(t *testing.T, body, sender string, priv ed25519.Priva
 }
 
 // send sends a transaction of pdus (and edus) as hsb.
-func (fx *sendFixture) send(t *testing.T, txnID string, pdus []json.RawMessage, edus []any) (int, []byte) {
+func (fx *sendFixture) send(t testing.TB, txnID string, pdus []json.RawMessage, edus []any) (int, []byte) {
 	t.Helper()
 	if pdus == nil {
 		pdus = []json.RawMessage{}
@@ -284,7 +284,7 @@ func (fx *sendFixture) send(t *testing.T, txnID string, pdus []json.RawMessage, 
 }
 
 // stored is the event as hsa serves it to alice (nil when it has none).
-func (fx *sendFixture) stored(t *testing.T, eventID string) map[string]any {
+func (fx *sendFixture) stored(t testing.TB, eventID string) map[string]any {
 	t.Helper()
 	r := fx.viewer.Do(t, "GET", "/_matrix/client/v3/rooms/"+url.PathEscape(fx.room)+"/event/"+url.PathEscape(eventID), nil)
 	if r.Status != 200 {
@@ -661,4 +661,40 @@ func TestFederationSendThree(t *testing.T) {
 			sameEverywhere(t, want, all...)
 		})
 	})
+}
+
+// BenchmarkFederationSend measures the intake of /send: transactions of 50
+// messages of a joined user of hsb, each on the one before, into a room
+// of hsa, over TLS on loopback. Building and signing the events is not
+// timed; each transaction is answered once hsa stored its PDUs.
+func BenchmarkFederationSend(b *testing.B) {
+	for i, dialect := range []string{"sqlite", "postgres"} {
+		b.Run(dialect, func(b *testing.B) {
+			fed := newFedNet(b)
+			hsA := fed.start(b, "hsa.test", "127.0.0."+strconv.Itoa(17+2*i), sqldbtest.URL(b, dialect))
+			hsB := fed.start(b, "hsb.test", "127.0.0."+strconv.Itoa(18+2*i), sqldbtest.URL(b, dialect))
+			alice := hsA.Register(b, "alice")
+			bob := hsB.Register(b, "bob")
+			room := alice.Do(b, "POST", "/_matrix/client/v3/createRoom", map[string]any{"preset": "public_chat"}).MustOK(b).String("room_id")
+			bob.Do(b, "POST", "/_matrix/client/v3/join/"+url.PathEscape(room)+"?server_name=hsa.test", map[string]any{}).MustOK(b)
+			fx := newSendFixture(b, fed, hsA, hsB, alice, room)
+			const perTxn = 50
+			b.ReportAllocs()
+			b.ResetTimer()
+			for n := range b.N {
+				b.StopTimer()
+				evs := make([]gmsl.PDU, perTxn)
+				for j := range evs {
+					evs[j] = fx.msg(b, fmt.Sprintf("bench %d.%d", n, j), "", nil)
+					fx.prev, fx.depth = evs[j].EventID(), evs[j].Depth()
+				}
+				b.StartTimer()
+				code, raw := fx.send(b, "bench-"+strconv.Itoa(n), raws(evs...), nil)
+				if code != 200 || strings.Contains(string(raw), `"error"`) {
+					b.Fatalf("%d %s", code, raw)
+				}
+			}
+			b.ReportMetric(float64(b.N*perTxn)/b.Elapsed().Seconds(), "pdus/s")
+		})
+	}
 }
