@@ -220,6 +220,12 @@ func (f *FederationAPI) processTxn(ctx context.Context, origin spec.ServerName, 
 		})
 	}
 	wg.Wait()
+	if errors.Is(failed, context.Canceled) || errors.Is(failed, context.DeadlineExceeded) {
+		// The origin gave up waiting (a room fetching what it lacks can
+		// take long): it sends the transaction again, and what was
+		// stored by then is taken in as a no-op.
+		return nil, mxhttp.ServiceUnavailable(failed)
+	}
 	if failed != nil {
 		return nil, failed
 	}
