@@ -135,7 +135,13 @@ func TestSendInput(t *testing.T) {
 			})
 
 			t.Run("one refused, the others in", func(t *testing.T) {
-				evs := []gmsl.PDU{msg("one"), msg("two"), msg("three")}
+				// Siblings, none built on another.
+				var evs []gmsl.PDU
+				base := prev
+				for _, b := range []string{"one", "two", "three"} {
+					prev = base
+					evs = append(evs, msg(b))
+				}
 				rooms.refuse[evs[1].EventID()] = true
 				before := len(rooms.inputs())
 				code, body := send("refused", evs...)
@@ -147,6 +153,22 @@ func TestSendInput(t *testing.T) {
 				got := fmt.Sprint(rooms.inputs()[before:])
 				want := fmt.Sprint([][]string{eventIDs(evs), {evs[0].EventID()}, {evs[1].EventID()}, {evs[2].EventID()}})
 				if got != want {
+					t.Fatalf("inputs %s, want %s", got, want)
+				}
+			})
+
+			t.Run("built on a refused one: refused without input", func(t *testing.T) {
+				bad := msg("bad")
+				child := msg("child of bad")
+				rooms.refuse[bad.EventID()] = true
+				before := len(rooms.inputs())
+				code, body := send("chain", bad, child)
+				r := results(body)
+				if code != 200 || r[bad.EventID()] == "" || r[child.EventID()] == "" {
+					t.Fatalf("%d %v", code, body)
+				}
+				got := fmt.Sprint(rooms.inputs()[before:])
+				if want := fmt.Sprint([][]string{{bad.EventID(), child.EventID()}, {bad.EventID()}}); got != want {
 					t.Fatalf("inputs %s, want %s", got, want)
 				}
 			})
