@@ -302,7 +302,7 @@ func (f *FederationAPI) receiveRoomPDUs(ctx context.Context, origin spec.ServerN
 			// The content hash does not match: the spec says to go on
 			// with the redacted event, which is what gomatrixserverlib
 			// parsed it into (its signatures cover the redacted form).
-			f.log.WithField("origin", origin).WithField("event_id", evs[i].EventID()).Info("content hash mismatch: taking the event in redacted")
+			f.log.WithField("origin", origin).WithField("event_id", evs[i].EventID()).Debug("content hash mismatch: taking the event in redacted")
 		}
 		ok = append(ok, evs[i])
 	}

@@ -725,3 +725,26 @@ func TestSlowRoomsBudget(t *testing.T) {
 		})
 	}
 }
+
+// TestInputDuplicatePrevEvents: an event naming the same prev event twice
+// is taken in as if named once.
+func TestInputDuplicatePrevEvents(t *testing.T) {
+	for _, d := range sqldbtest.Dialects {
+		t.Run(d, func(t *testing.T) {
+			ctx := context.Background()
+			r := newRemote(t, 0)
+			rs, _ := startRoomserverWith(t, d, roomserver.InputConfig{})
+			if err := r.input(ctx, rs, r.base...); err != nil {
+				t.Fatalf("room from the remote: %v", err)
+			}
+			last := r.base[len(r.base)-1]
+			dup := r.message("twice", last, last)
+			if err := r.input(ctx, rs, dup); err != nil {
+				t.Fatalf("event with a prev event named twice: %v", err)
+			}
+			if evs, err := rs.Events(ctx, []string{dup.EventID()}); err != nil || len(evs) != 1 {
+				t.Fatalf("stored %d (%v)", len(evs), err)
+			}
+		})
+	}
+}

@@ -372,7 +372,14 @@ func (in *Inputer) prepare(ctx context.Context, verImpl gmsl.IRoomVersion, pdu g
 	// The state before the event: the state after its prev events.
 	states := make([]stateRef, 0, len(pdu.PrevEventIDs()))
 	lookup := make([]string, 0, len(pdu.PrevEventIDs()))
+	seen := make(map[string]bool, len(pdu.PrevEventIDs()))
 	for _, id := range pdu.PrevEventIDs() {
+		// An event may name a prev event twice (sytest's do): once is
+		// enough, and the count below compares distinct IDs.
+		if seen[id] {
+			continue
+		}
+		seen[id] = true
 		if st, ok := prevStates[id]; ok {
 			states = append(states, st)
 		} else {
