@@ -22,6 +22,7 @@ import (
 	"myelin/federationapi/internal/queue"
 	"myelin/federationapi/storage"
 	"myelin/internal/fedhttp"
+	"myelin/internal/fedpolicy"
 	"myelin/internal/ratelimit"
 	"myelin/internal/signing"
 	"myelin/internal/sqldb"
@@ -58,6 +59,9 @@ type Options struct {
 	// Sender sends the outbound queues' transactions; nil: the federation
 	// client.
 	Sender queue.Sender
+	// Policy is the operator's allow and deny lists of servers: one not
+	// allowed is refused inbound and sent nothing. Nil allows all.
+	Policy *fedpolicy.Policy
 }
 
 // FederationAPI serves the federation endpoints.
@@ -79,6 +83,8 @@ type FederationAPI struct {
 	libLog *logrus.Entry
 	now    func() time.Time
 	out    outbound
+	policy *fedpolicy.Policy
+	acls   aclCache
 }
 
 // New makes the federation API for the server's signing key.
@@ -103,6 +109,7 @@ func New(ctx context.Context, db *sqldb.DB, opts Options) (*FederationAPI, error
 		log:      opts.Log,
 		libLog:   quieter(opts.Log, logrus.WarnLevel),
 		now:      time.Now,
+		policy:   opts.Policy,
 	}
 	f.keys = newKeyRing(f, opts.KeyServers)
 	sender := opts.Sender
@@ -145,11 +152,13 @@ func (f *FederationAPI) Routes(root *mux.Router) {
 	v1.Handle("/version", f.open(f.serverVersion)).Methods(http.MethodGet)
 	v1.Handle("/query/profile", f.authed(f.queryProfile)).Methods(http.MethodGet)
 	v1.Handle("/event/{eventId}", f.authed(f.getEvent)).Methods(http.MethodGet)
-	v1.Handle("/state/{roomId}", f.authed(f.getState)).Methods(http.MethodGet)
-	v1.Handle("/state_ids/{roomId}", f.authed(f.getStateIDs)).Methods(http.MethodGet)
-	v1.Handle("/event_auth/{roomId}/{eventId}", f.authed(f.getEventAuth)).Methods(http.MethodGet)
-	v1.Handle("/get_missing_events/{roomId}", f.authed(f.getMissingEvents)).Methods(http.MethodPost)
-	v1.Handle("/backfill/{roomId}", f.authed(f.backfill)).Methods(http.MethodGet)
+	// Endpoints of one room answer only servers its ACL allows; /event
+	// checks the ACL of its event's room.
+	v1.Handle("/state/{roomId}", f.authed(f.roomACL(f.getState))).Methods(http.MethodGet)
+	v1.Handle("/state_ids/{roomId}", f.authed(f.roomACL(f.getStateIDs))).Methods(http.MethodGet)
+	v1.Handle("/event_auth/{roomId}/{eventId}", f.authed(f.roomACL(f.getEventAuth))).Methods(http.MethodGet)
+	v1.Handle("/get_missing_events/{roomId}", f.authed(f.roomACL(f.getMissingEvents))).Methods(http.MethodPost)
+	v1.Handle("/backfill/{roomId}", f.authed(f.roomACL(f.backfill))).Methods(http.MethodGet)
 	f.membershipRoutes(v1, root.PathPrefix("/_matrix/federation/v2").Subrouter())
 }
 
