@@ -53,6 +53,8 @@ type Options struct {
 	// without authentication); nil allows everything.
 	Limit    *ratelimit.Limiter
 	Profiles Profiles
+	// OpenID resolves the OpenID tokens of this server's users.
+	OpenID OpenIDTokens
 	// Rooms serves events and state to other servers.
 	Rooms Rooms
 	Log   *logrus.Entry
@@ -74,6 +76,7 @@ type FederationAPI struct {
 	keys      *keyRing
 	limit     *ratelimit.Limiter
 	profiles  Profiles
+	openID    OpenIDTokens
 	rooms     Rooms
 	// rs serves the membership dances (ServeRooms); nil until then.
 	rs  MemberRooms
@@ -105,6 +108,7 @@ func New(ctx context.Context, db *sqldb.DB, opts Options) (*FederationAPI, error
 		),
 		limit:    opts.Limit,
 		profiles: opts.Profiles,
+		openID:   opts.OpenID,
 		rooms:    opts.Rooms,
 		log:      opts.Log,
 		libLog:   quieter(opts.Log, logrus.WarnLevel),
@@ -151,6 +155,7 @@ func (f *FederationAPI) Routes(root *mux.Router) {
 	v1 := root.PathPrefix("/_matrix/federation/v1").Subrouter()
 	v1.Handle("/version", f.open(f.serverVersion)).Methods(http.MethodGet)
 	v1.Handle("/query/profile", f.authed(f.queryProfile)).Methods(http.MethodGet)
+	v1.Handle("/openid/userinfo", f.open(f.openIDUserInfo)).Methods(http.MethodGet)
 	v1.Handle("/event/{eventId}", f.authed(f.getEvent)).Methods(http.MethodGet)
 	// Endpoints of one room answer only servers its ACL allows; /event
 	// checks the ACL of its event's room.

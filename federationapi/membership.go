@@ -26,6 +26,9 @@ type MemberRooms interface {
 	Membership(ctx context.Context, roomID, userID string) (*rsapi.Membership, error)
 	BuildEventTemplate(ctx context.Context, proto *gmsl.ProtoEvent) (gmsl.PDU, []gmsl.PDU, error)
 	ResolveAlias(ctx context.Context, alias string) (string, error)
+	PublicRooms(ctx context.Context, q rsapi.PublicRoomsQuery) (*rsapi.PublicRoomsPage, error)
+	RoomSummary(ctx context.Context, roomID string) (*rsapi.RoomSummary, error)
+	EventNearTime(ctx context.Context, roomID string, ts int64, backward bool) (*rsapi.TimeEvent, error)
 }
 
 // membershipRoutes registers the membership dances a resident server
@@ -40,6 +43,10 @@ func (f *FederationAPI) membershipRoutes(v1, v2 *mux.Router) {
 	v1.Handle("/send_knock/{roomId}/{eventId}", f.authed(f.roomACL(f.sendKnock))).Methods(http.MethodPut)
 	v2.Handle("/invite/{roomId}/{eventId}", f.authed(f.roomACL(f.invite))).Methods(http.MethodPut)
 	v1.Handle("/query/directory", f.authed(f.queryDirectory)).Methods(http.MethodGet)
+	v1.Handle("/publicRooms", f.authed(f.publicRoomsGet)).Methods(http.MethodGet)
+	v1.Handle("/publicRooms", f.authed(f.publicRoomsPost)).Methods(http.MethodPost)
+	v1.Handle("/hierarchy/{roomId}", f.authed(f.roomACL(f.hierarchy))).Methods(http.MethodGet)
+	v1.Handle("/timestamp_to_event/{roomId}", f.authed(f.roomACL(f.timestampToEvent))).Methods(http.MethodGet)
 }
 
 // queryDirectory is GET /_matrix/federation/v1/query/directory: which

@@ -179,6 +179,7 @@ func New(ctx context.Context, cfg *config.Config, log *logrus.Logger, opts ...Op
 		KeyServers: keyServers,
 		Limit:      fedLimit,
 		Profiles:   s.users,
+		OpenID:     s.users,
 		Log:        entry("federationapi"),
 		Policy:     fedPolicy,
 	})
@@ -197,7 +198,7 @@ func New(ctx context.Context, cfg *config.Config, log *logrus.Logger, opts ...Op
 	if s.sync, err = syncapi.New(ctx, cfg, s.db, s.bus, s.users, s.rooms, entry("syncapi")); err != nil {
 		return nil, err
 	}
-	s.client = clientapi.New(cfg, s.users, s.rooms, entry("clientapi"))
+	s.client = clientapi.New(cfg, s.users, s.rooms, entry("clientapi"), clientapi.WithFederation(s.fed.Remote()))
 	return s, nil
 }
 
