@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
-	"strconv"
 
 	"github.com/gorilla/mux"
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -26,17 +25,11 @@ func (c *ClientAPI) directoryRoutes(r *mux.Router) {
 }
 
 func (c *ClientAPI) publicRoomsGet(r *http.Request) (any, error) {
-	q := r.URL.Query()
-	req := rsapi.PublicRoomsQuery{Since: q.Get("since"), ThirdPartyInstanceID: q.Get("third_party_instance_id")}
-	if l := q.Get("limit"); l != "" {
-		n, err := strconv.Atoi(l)
-		if err != nil || n < 0 {
-			return nil, mxhttp.InvalidParam("limit must be a non-negative integer")
-		}
-		req.Limit = n
+	req, err := rsapi.PublicRoomsQueryOf(r.URL.Query())
+	if err != nil {
+		return nil, err
 	}
-	req.IncludeAllNetworks = q.Get("include_all_networks") == "true"
-	return c.publicRooms(r, q.Get("server"), &req)
+	return c.publicRooms(r, r.URL.Query().Get("server"), &req)
 }
 
 func (c *ClientAPI) publicRoomsPost(r *http.Request, _ *uapi.Device) (any, error) {

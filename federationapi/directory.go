@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"strconv"
 
 	"github.com/matrix-org/gomatrixserverlib/fclient"
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -16,21 +15,9 @@ import (
 // publicRoomsGet is GET /_matrix/federation/v1/publicRooms: this server's
 // public room directory, paged as the client API pages it.
 func (f *FederationAPI) publicRoomsGet(r *http.Request) (any, error) {
-	q := r.URL.Query()
-	req := rsapi.PublicRoomsQuery{Since: q.Get("since"), ThirdPartyInstanceID: q.Get("third_party_instance_id")}
-	if l := q.Get("limit"); l != "" {
-		n, err := strconv.Atoi(l)
-		if err != nil || n < 0 {
-			return nil, mxhttp.InvalidParam("limit must be a non-negative integer")
-		}
-		req.Limit = n
-	}
-	if v := q.Get("include_all_networks"); v != "" {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			return nil, mxhttp.InvalidParam("include_all_networks must be true or false")
-		}
-		req.IncludeAllNetworks = b
+	req, err := rsapi.PublicRoomsQueryOf(r.URL.Query())
+	if err != nil {
+		return nil, err
 	}
 	return f.publicRooms(r.Context(), req)
 }

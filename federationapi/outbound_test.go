@@ -88,17 +88,7 @@ func TestOutboundConsumer(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		remote := newRecorder(t)
 		f := newAPI(t, dialect, "origin.test", remote.ca)
-		l := logrus.New()
-		l.SetLevel(logrus.ErrorLevel)
-		b, err := bus.Open(ctx, bus.Options{StoreDir: t.TempDir(), Name: "test", Replicas: 1, Log: logrus.NewEntry(l)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(b.Close)
-		if err := f.StartOutbound(ctx, b); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { cancel(); f.Wait() })
+		b := startOutbound(t, ctx, cancel, f)
 
 		room := "!r:origin.test"
 		alice, bob := "@alice:origin.test", "@bob:"+remote.name
@@ -161,6 +151,24 @@ func TestOutboundConsumer(t *testing.T) {
 }
 
 func ptr(s string) *string { return &s }
+
+// startOutbound starts f's outbound side on a bus of its own, stopped
+// (cancel) and waited for when the test ends.
+func startOutbound(t *testing.T, ctx context.Context, cancel context.CancelFunc, f *FederationAPI) *bus.Bus {
+	t.Helper()
+	l := logrus.New()
+	l.SetLevel(logrus.ErrorLevel)
+	b, err := bus.Open(ctx, bus.Options{StoreDir: t.TempDir(), Name: "test", Replicas: 1, Log: logrus.NewEntry(l)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	if err := f.StartOutbound(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); f.Wait() })
+	return b
+}
 
 // TestInboundWakesQueue: a request signed by a server we had given up on
 // sends its queue at once; a request that fails authentication does not.
@@ -247,17 +255,7 @@ func TestOutboundDenied(t *testing.T) {
 		// denied.test resolves nowhere: were anything queued for it, it
 		// would stay queued, failing.
 		f.policy = fedpolicy.New(nil, []string{"*.test"})
-		l := logrus.New()
-		l.SetLevel(logrus.ErrorLevel)
-		b, err := bus.Open(ctx, bus.Options{StoreDir: t.TempDir(), Name: "test", Replicas: 1, Log: logrus.NewEntry(l)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(b.Close)
-		if err := f.StartOutbound(ctx, b); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { cancel(); f.Wait() })
+		b := startOutbound(t, ctx, cancel, f)
 
 		room := "!r:origin.test"
 		alice, bob, eve := "@alice:origin.test", "@bob:"+remote.name, "@eve:denied.test"

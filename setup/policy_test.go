@@ -25,10 +25,18 @@ import (
 func startWatcher(t *testing.T, n *fedNet, name, ip string) *atomic.Int64 {
 	t.Helper()
 	var hits atomic.Int64
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	n.serveFake(t, name, ip, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		hits.Add(1)
 		http.NotFound(w, r)
 	}))
+	return &hits
+}
+
+// serveFake serves h over TLS as server name, on ip, and publishes it in
+// the DNS: a federation peer that is not a Myelin.
+func (n *fedNet) serveFake(t *testing.T, name, ip string, h http.Handler) {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(h)
 	l, err := net.Listen("tcp", ip+":0")
 	if err != nil {
 		t.Fatal(err)
@@ -41,7 +49,6 @@ func startWatcher(t *testing.T, n *fedNet, name, ip string) *atomic.Int64 {
 	n.hosts[name] = netip.MustParseAddr(ip)
 	n.srv["_matrix-fed._tcp."+name] = []*net.SRV{{Target: name + ".", Port: uint16(l.Addr().(*net.TCPAddr).Port)}}
 	n.mu.Unlock()
-	return &hits
 }
 
 // errcodeOf is the Matrix error code of an answer.

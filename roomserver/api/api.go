@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"strconv"
 
 	gmsl "github.com/matrix-org/gomatrixserverlib"
@@ -228,6 +229,28 @@ type PublicRoomsQuery struct {
 	// services' networks; this server bridges none.
 	IncludeAllNetworks   bool   `json:"include_all_networks,omitempty"`
 	ThirdPartyInstanceID string `json:"third_party_instance_id,omitempty"`
+}
+
+// PublicRoomsQueryOf reads the query parameters of GET /publicRooms
+// (client and federation): limit, since, include_all_networks,
+// third_party_instance_id. A bad value is M_INVALID_PARAM.
+func PublicRoomsQueryOf(q url.Values) (PublicRoomsQuery, error) {
+	req := PublicRoomsQuery{Since: q.Get("since"), ThirdPartyInstanceID: q.Get("third_party_instance_id")}
+	if l := q.Get("limit"); l != "" {
+		n, err := strconv.Atoi(l)
+		if err != nil || n < 0 {
+			return req, codedError{"M_INVALID_PARAM", "limit must be a non-negative integer"}
+		}
+		req.Limit = n
+	}
+	if v := q.Get("include_all_networks"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return req, codedError{"M_INVALID_PARAM", "include_all_networks must be true or false"}
+		}
+		req.IncludeAllNetworks = b
+	}
+	return req, nil
 }
 
 // PublicRoomsFilter narrows the directory: a search in names, topics and
