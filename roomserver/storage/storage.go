@@ -281,14 +281,19 @@ func (s *Storage) TupleNIDsOfType(ctx context.Context, eventType string) ([]int6
 	if err != nil {
 		return nil, fmt.Errorf("state keys of %s: %w", eventType, err)
 	}
+	return column[int64](rows)
+}
+
+// column reads the one column of rows, and closes them.
+func column[T any](rows *sql.Rows) ([]T, error) {
 	defer rows.Close()
-	var out []int64
+	var out []T
 	for rows.Next() {
-		var n int64
-		if err := rows.Scan(&n); err != nil {
+		var v T
+		if err := rows.Scan(&v); err != nil {
 			return nil, err
 		}
-		out = append(out, n)
+		out = append(out, v)
 	}
 	return out, rows.Err()
 }
@@ -680,16 +685,7 @@ func (s *Storage) SharedRoomNIDs(ctx context.Context, userID string) ([]int64, e
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	var out []int64
-	for rows.Next() {
-		var n int64
-		if err := rows.Scan(&n); err != nil {
-			return nil, err
-		}
-		out = append(out, n)
-	}
-	return out, rows.Err()
+	return column[int64](rows)
 }
 
 // AllRooms lists every room's NID and current state snapshot.
