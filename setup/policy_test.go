@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	gmsl "github.com/matrix-org/gomatrixserverlib"
+
 	"myelin/internal/poll"
 	"myelin/internal/signing"
 	"myelin/internal/sqldb/sqldbtest"
@@ -145,6 +147,42 @@ func TestFederationPolicy(t *testing.T) {
 				}
 			}
 			bob.Do(t, "POST", "/_matrix/client/v3/join/"+esc(room.id)+"?server_name=hsa.test", map[string]any{}).MustOK(t)
+		})
+
+		// /send: hsb's PDUs in the room are refused one by one while
+		// the ACL denies hsb (bob joined above).
+		t.Run("send", func(t *testing.T) {
+			fx := newSendFixture(t, fed, hsA, hsB, alice, room.id)
+			result := func(txnID string, ev gmsl.PDU) (refused bool) {
+				t.Helper()
+				code, raw := fx.send(t, txnID, raws(ev), nil)
+				var resp struct {
+					PDUs map[string]struct {
+						Error *string `json:"error"`
+					} `json:"pdus"`
+				}
+				if err := json.Unmarshal(raw, &resp); code != 200 || err != nil {
+					t.Fatalf("send: %d %s", code, raw)
+				}
+				res, ok := resp.PDUs[ev.EventID()]
+				if !ok {
+					t.Fatalf("no result for %s: %s", ev.EventID(), raw)
+				}
+				return res.Error != nil
+			}
+			setACL(map[string]any{"allow": []string{"*"}, "deny": []string{"hsb.test"}})
+			waitFor(403)
+			denied := fx.msg(t, "while denied", "", nil)
+			if !result("acl-denied", denied) || fx.stored(t, denied.EventID()) != nil {
+				t.Errorf("a PDU of a server the ACL denies was taken in")
+			}
+			setACL(map[string]any{"allow": []string{"*"}})
+			waitFor(200)
+			fx.refresh(t)
+			allowed := fx.msg(t, "allowed again", "", nil)
+			if result("acl-allowed", allowed) || fx.stored(t, allowed.EventID()) == nil {
+				t.Errorf("a PDU of a server the ACL allows was refused")
+			}
 		})
 
 		t.Run("denied server", func(t *testing.T) {
