@@ -9,6 +9,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/fclient"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
+	"myelin/internal/fedpolicy"
 	rsapi "myelin/roomserver/api"
 )
 
@@ -25,11 +26,13 @@ type Fetcher struct {
 	self   spec.ServerName
 	client fclient.FederationClient
 	keys   gmsl.JSONVerifier
+	// policy leaves out the servers the operator denies.
+	policy *fedpolicy.Policy
 }
 
 // Fetcher returns the federation API's rsapi.Fetcher.
 func (f *FederationAPI) Fetcher() *Fetcher {
-	return &Fetcher{self: f.key.ServerName, client: f.client, keys: f.keys.ring}
+	return &Fetcher{self: f.key.ServerName, client: f.client, keys: f.keys.ring, policy: f.policy}
 }
 
 var _ rsapi.Fetcher = (*Fetcher)(nil)
@@ -42,7 +45,7 @@ var errRefused = errors.New("refused")
 func (x *Fetcher) ask(ctx context.Context, scope rsapi.FetchScope, what string, try func(spec.ServerName) error) error {
 	err := fmt.Errorf("%s: no server to ask", what)
 	for _, s := range scope.Servers {
-		if s == x.self || s == "" {
+		if s == x.self || s == "" || !x.policy.Allowed(s) {
 			continue
 		}
 		if ctx.Err() != nil {

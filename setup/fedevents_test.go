@@ -2,14 +2,10 @@ package setup_test
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
-	"net/http/httptest"
-	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
@@ -436,10 +432,10 @@ func (e *evilServer) set(pdus []json.RawMessage) {
 	e.pdus = pdus
 }
 
-func startEvil(t *testing.T, n *fedNet, name, ip string) *evilServer {
+func startEvil(t *testing.T, fed *fedNet, name, ip string) *evilServer {
 	t.Helper()
 	e := &evilServer{}
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	fed.serveFake(t, name, ip, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		e.mu.Lock()
 		pdus := e.pdus
 		e.mu.Unlock()
@@ -461,17 +457,5 @@ func startEvil(t *testing.T, n *fedNet, name, ip string) *evilServer {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(body)
 	}))
-	l, err := net.Listen("tcp", ip+":0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.Listener = l
-	srv.TLS = &tls.Config{Certificates: []tls.Certificate{n.ca.TLS(name)}}
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
-	n.mu.Lock()
-	n.hosts[name] = netip.MustParseAddr(ip)
-	n.srv["_matrix-fed._tcp."+name] = []*net.SRV{{Target: name + ".", Port: uint16(l.Addr().(*net.TCPAddr).Port)}}
-	n.mu.Unlock()
 	return e
 }
