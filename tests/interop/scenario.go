@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -116,17 +117,25 @@ func roomSteps(p scenarioParams, owner, guest *side, need string) []step {
 	joined := prefix + guest.label + " user joins over federation"
 	return []step{
 		{name: created, need: need, run: func(ctx context.Context) error {
+			version, err := owner.roomVersion(ctx, p.RoomVersion)
+			if err != nil {
+				return err
+			}
+			// The guest may change the name: a state change from the
+			// other server needs power. The override replaces the whole
+			// users map, so it names the owner too, except where creators
+			// hold infinite power and must not be listed (room version 12,
+			// MSC4289).
+			users := map[id.UserID]int{guest.cli.UserID: 50}
+			if !privilegedCreators(version) {
+				users[owner.cli.UserID] = 100
+			}
 			req := &mautrix.ReqCreateRoom{
-				Preset: "public_chat",
-				Name:   "interop " + owner.label,
-				Topic:  "before the join",
-				// The guest may change the name: a state change from the
-				// other server needs power.
-				PowerLevelOverride: &event.PowerLevelsEventContent{Users: map[id.UserID]int{
-					owner.cli.UserID: 100,
-					guest.cli.UserID: 50,
-				}},
-				RoomVersion: id.RoomVersion(p.RoomVersion),
+				Preset:             "public_chat",
+				Name:               "interop " + owner.label,
+				Topic:              "before the join",
+				PowerLevelOverride: &event.PowerLevelsEventContent{Users: users},
+				RoomVersion:        id.RoomVersion(version),
 			}
 			resp, err := owner.cli.CreateRoom(ctx, req)
 			if err != nil {
@@ -210,6 +219,29 @@ func (s *side) register(ctx context.Context, localpart string) error {
 	}
 	s.cli = cli
 	return nil
+}
+
+// roomVersion is the version a room made on s will have: want, or s's
+// default when want is empty.
+func (s *side) roomVersion(ctx context.Context, want string) (string, error) {
+	if want != "" {
+		return want, nil
+	}
+	caps, err := s.cli.Capabilities(ctx)
+	if err != nil {
+		return "", fmt.Errorf("capabilities of %s: %w", s.label, err)
+	}
+	if caps.RoomVersions == nil || caps.RoomVersions.Default == "" {
+		return "", fmt.Errorf("%s's capabilities name no default room version", s.label)
+	}
+	return caps.RoomVersions.Default, nil
+}
+
+// privilegedCreators reports whether a room version gives its creators
+// power above any power level (MSC4289): every version but 1 to 11.
+func privilegedCreators(version string) bool {
+	n, err := strconv.Atoi(version)
+	return err != nil || n < 1 || n > 11
 }
 
 // waitJoined waits until s lists every one of users as joined to the room.
