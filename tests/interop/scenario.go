@@ -71,6 +71,8 @@ func runScenario(ctx context.Context, p scenarioParams, out io.Writer) results {
 	}}
 	steps = append(steps, roomSteps(p, myelin, dendrite, "register a user on each server")...)
 	steps = append(steps, roomSteps(p, dendrite, myelin, "register a user on each server")...)
+	steps = append(steps, inviteSteps(p, myelin, dendrite, "register a user on each server")...)
+	steps = append(steps, inviteSteps(p, dendrite, myelin, "register a user on each server")...)
 	steps = append(steps, step{
 		name: "encrypted exchange across servers",
 		skip: "E2EE across servers has not landed in Myelin yet (issue 11); add device keys, /keys/claim and an m.room.encrypted round trip here",
@@ -200,6 +202,57 @@ func roomSteps(p scenarioParams, owner, guest *side, need string) []step {
 				}
 				return nil
 			})
+		}},
+	}
+}
+
+// inviteSteps: owner invites guest into a private room, which guest's
+// server shows with the room's stripped state, and guest accepts (a join
+// with no server named: the invite says where the room is).
+func inviteSteps(p scenarioParams, owner, guest *side, need string) []step {
+	var roomID id.RoomID
+	name := "private " + owner.label + " " + randomHex(4)
+	prefix := owner.label + " private room: "
+	invited := prefix + owner.label + " user invites the " + guest.label + " user"
+	return []step{
+		{name: invited, need: need, run: func(ctx context.Context) error {
+			resp, err := owner.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Name: name, RoomVersion: id.RoomVersion(p.RoomVersion)})
+			if err != nil {
+				return fmt.Errorf("createRoom on %s: %w", owner.label, err)
+			}
+			roomID = resp.RoomID
+			if _, err := owner.cli.InviteUser(ctx, roomID, &mautrix.ReqInviteUser{UserID: guest.cli.UserID}); err != nil {
+				return fmt.Errorf("invite %s on %s: %w", guest.cli.UserID, owner.label, err)
+			}
+			return poll.Wait(p.Wait, func() error {
+				sync, err := guest.cli.SyncRequest(ctx, 0, "", "", false, "")
+				if err != nil {
+					return fmt.Errorf("/sync on %s: %w", guest.label, err)
+				}
+				inv, ok := sync.Rooms.Invite[roomID]
+				if !ok {
+					return fmt.Errorf("%s's /sync lists no invite to %s for %s", guest.label, roomID, guest.cli.UserID)
+				}
+				for _, ev := range inv.State.Events {
+					if ev.Type == event.StateRoomName {
+						if got, _ := ev.Content.Raw["name"].(string); got == name {
+							return nil
+						}
+					}
+				}
+				return fmt.Errorf("%s's invite to %s lacks the room name %q in its stripped state (%d events)", guest.label, roomID, name, len(inv.State.Events))
+			})
+		}},
+		{name: prefix + guest.label + " user accepts the invite", need: invited, run: func(ctx context.Context) error {
+			if _, err := guest.cli.JoinRoomByID(ctx, roomID); err != nil {
+				return fmt.Errorf("%s joins %s on %s: %w", guest.cli.UserID, roomID, guest.label, err)
+			}
+			for _, s := range []*side{owner, guest} {
+				if err := s.waitJoined(ctx, p.Wait, roomID, owner.cli.UserID, guest.cli.UserID); err != nil {
+					return err
+				}
+			}
+			return message(ctx, p.Wait, guest, owner, roomID)
 		}},
 	}
 }
