@@ -58,6 +58,8 @@ cleanup() {
 	done
 }
 trap cleanup EXIT
+# A signal ends the script through exit, so the EXIT trap stops the servers.
+trap 'exit 130' INT TERM
 
 # Both run in their own directory so that neither reads a config.yaml or
 # data left in the current one.
@@ -108,7 +110,7 @@ status=0
 	-room-version "${INTEROP_ROOM_VERSION:-}" -wait "${INTEROP_WAIT:-30s}" || status=$?
 say "logs: $run/myelin.log $run/dendrite.log"
 if [[ ${INTEROP_KEEP:-0} == 1 ]]; then
-	say "INTEROP_KEEP=1: servers left running until you press Enter"
-	read -r _
+	say "INTEROP_KEEP=1: servers left running until this script is interrupted (pid $$)"
+	wait "${pids[@]}" || true
 fi
 exit $status
