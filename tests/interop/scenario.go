@@ -208,53 +208,85 @@ func roomSteps(p scenarioParams, owner, guest *side, need string) []step {
 
 // inviteSteps: owner invites guest into a private room, which guest's
 // server shows with the room's stripped state, and guest accepts (a join
-// with no server named: the invite says where the room is).
+// with no server named: the invite says where the room is); then a second
+// invite, which guest rejects (a leave through the owner's server).
 func inviteSteps(p scenarioParams, owner, guest *side, need string) []step {
-	var roomID id.RoomID
-	name := "private " + owner.label + " " + randomHex(4)
+	var accepted, rejected id.RoomID
 	prefix := owner.label + " private room: "
 	invited := prefix + owner.label + " user invites the " + guest.label + " user"
+	invitedAgain := prefix + owner.label + " user invites the " + guest.label + " user again"
 	return []step{
-		{name: invited, need: need, run: func(ctx context.Context) error {
-			resp, err := owner.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Name: name, RoomVersion: id.RoomVersion(p.RoomVersion)})
-			if err != nil {
-				return fmt.Errorf("createRoom on %s: %w", owner.label, err)
+		{name: invited, need: need, run: func(ctx context.Context) (err error) {
+			accepted, err = invite(ctx, p, owner, guest)
+			return err
+		}},
+		{name: prefix + guest.label + " user accepts the invite", need: invited, run: func(ctx context.Context) error {
+			if _, err := guest.cli.JoinRoomByID(ctx, accepted); err != nil {
+				return fmt.Errorf("%s joins %s on %s: %w", guest.cli.UserID, accepted, guest.label, err)
 			}
-			roomID = resp.RoomID
-			if _, err := owner.cli.InviteUser(ctx, roomID, &mautrix.ReqInviteUser{UserID: guest.cli.UserID}); err != nil {
-				return fmt.Errorf("invite %s on %s: %w", guest.cli.UserID, owner.label, err)
+			for _, s := range []*side{owner, guest} {
+				if err := s.waitJoined(ctx, p.Wait, accepted, owner.cli.UserID, guest.cli.UserID); err != nil {
+					return err
+				}
+			}
+			return message(ctx, p.Wait, guest, owner, accepted)
+		}},
+		{name: invitedAgain, need: need, run: func(ctx context.Context) (err error) {
+			rejected, err = invite(ctx, p, owner, guest)
+			return err
+		}},
+		{name: prefix + guest.label + " user rejects the invite", need: invitedAgain, run: func(ctx context.Context) error {
+			if _, err := guest.cli.LeaveRoom(ctx, rejected); err != nil {
+				return fmt.Errorf("%s rejects the invite to %s on %s: %w", guest.cli.UserID, rejected, guest.label, err)
+			}
+			if err := owner.waitMembership(ctx, p.Wait, rejected, guest.cli.UserID, event.MembershipLeave); err != nil {
+				return err
 			}
 			return poll.Wait(p.Wait, func() error {
 				sync, err := guest.cli.SyncRequest(ctx, 0, "", "", false, "")
 				if err != nil {
 					return fmt.Errorf("/sync on %s: %w", guest.label, err)
 				}
-				inv, ok := sync.Rooms.Invite[roomID]
-				if !ok {
-					return fmt.Errorf("%s's /sync lists no invite to %s for %s", guest.label, roomID, guest.cli.UserID)
+				if _, ok := sync.Rooms.Invite[rejected]; ok {
+					return fmt.Errorf("%s's /sync still lists the rejected invite to %s", guest.label, rejected)
 				}
-				for _, ev := range inv.State.Events {
-					if ev.Type == event.StateRoomName {
-						if got, _ := ev.Content.Raw["name"].(string); got == name {
-							return nil
-						}
-					}
-				}
-				return fmt.Errorf("%s's invite to %s lacks the room name %q in its stripped state (%d events)", guest.label, roomID, name, len(inv.State.Events))
+				return nil
 			})
 		}},
-		{name: prefix + guest.label + " user accepts the invite", need: invited, run: func(ctx context.Context) error {
-			if _, err := guest.cli.JoinRoomByID(ctx, roomID); err != nil {
-				return fmt.Errorf("%s joins %s on %s: %w", guest.cli.UserID, roomID, guest.label, err)
-			}
-			for _, s := range []*side{owner, guest} {
-				if err := s.waitJoined(ctx, p.Wait, roomID, owner.cli.UserID, guest.cli.UserID); err != nil {
-					return err
+	}
+}
+
+// invite makes a private room on owner's server and invites guest, then
+// waits for guest's /sync to list the invite with the room's name in its
+// stripped state.
+func invite(ctx context.Context, p scenarioParams, owner, guest *side) (id.RoomID, error) {
+	name := "private " + owner.label + " " + randomHex(4)
+	resp, err := owner.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Name: name, RoomVersion: id.RoomVersion(p.RoomVersion)})
+	if err != nil {
+		return "", fmt.Errorf("createRoom on %s: %w", owner.label, err)
+	}
+	roomID := resp.RoomID
+	if _, err := owner.cli.InviteUser(ctx, roomID, &mautrix.ReqInviteUser{UserID: guest.cli.UserID}); err != nil {
+		return "", fmt.Errorf("invite %s on %s: %w", guest.cli.UserID, owner.label, err)
+	}
+	return roomID, poll.Wait(p.Wait, func() error {
+		sync, err := guest.cli.SyncRequest(ctx, 0, "", "", false, "")
+		if err != nil {
+			return fmt.Errorf("/sync on %s: %w", guest.label, err)
+		}
+		inv, ok := sync.Rooms.Invite[roomID]
+		if !ok {
+			return fmt.Errorf("%s's /sync lists no invite to %s for %s", guest.label, roomID, guest.cli.UserID)
+		}
+		for _, ev := range inv.State.Events {
+			if ev.Type == event.StateRoomName {
+				if got, _ := ev.Content.Raw["name"].(string); got == name {
+					return nil
 				}
 			}
-			return message(ctx, p.Wait, guest, owner, roomID)
-		}},
-	}
+		}
+		return fmt.Errorf("%s's invite to %s lacks the room name %q in its stripped state (%d events)", guest.label, roomID, name, len(inv.State.Events))
+	})
 }
 
 func (s *side) register(ctx context.Context, localpart string) error {
