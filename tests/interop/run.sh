@@ -38,7 +38,7 @@ if [[ ! -x $dendrite_bin || ${INTEROP_REBUILD_DENDRITE:-0} == 1 ]]; then
 	(cd "$src" && nice -n 10 go build -o "$dendrite_bin" ./cmd/dendrite) || die "Dendrite did not build"
 fi
 say "building Myelin and the scenario"
-(cd "$repo" && go build -o "$work/bin/myelin" ./cmd/myelin && go build -o "$work/bin/interop" ./tests/interop) ||
+(cd "$repo" && go build -o "$work/bin/myelin" ./cmd/myelin && go build -tags goolm -o "$work/bin/interop" ./tests/interop) ||
 	die "Myelin did not build"
 
 run=$work/run

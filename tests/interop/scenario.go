@@ -34,6 +34,7 @@ type side struct {
 	name  string // server name
 	url   string
 	cli   *mautrix.Client
+	e2e   *encryption // set by the encrypted steps
 }
 
 // room is what the steps of one room learn as they go.
@@ -73,10 +74,7 @@ func runScenario(ctx context.Context, p scenarioParams, out io.Writer) results {
 	steps = append(steps, roomSteps(p, dendrite, myelin, "register a user on each server")...)
 	steps = append(steps, inviteSteps(p, myelin, dendrite, "register a user on each server")...)
 	steps = append(steps, inviteSteps(p, dendrite, myelin, "register a user on each server")...)
-	steps = append(steps, step{
-		name: "encrypted exchange across servers",
-		skip: "E2EE across servers has not landed in Myelin yet (issue 11); add device keys, /keys/claim and an m.room.encrypted round trip here",
-	})
+	steps = append(steps, encryptedSteps(p, myelin, dendrite, "register a user on each server")...)
 
 	var res results
 	passed := map[string]bool{}
