@@ -44,24 +44,15 @@ func encryptedSteps(p scenarioParams, owner, guest *side, need string) []step {
 			return nil
 		}},
 		{name: joined, need: keys, run: func(ctx context.Context) error {
-			resp, err := owner.cli.CreateRoom(ctx, &mautrix.ReqCreateRoom{
-				Preset: "public_chat", Name: "interop encrypted", RoomVersion: id.RoomVersion(p.RoomVersion),
-				InitialState: []*event.Event{{
-					Type:    event.StateEncryption,
-					Content: event.Content{Parsed: &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1}},
-				}},
-			})
+			var err error
+			roomID, err = sharedRoom(ctx, p, owner, guest, []*event.Event{{
+				Type:    event.StateEncryption,
+				Content: event.Content{Parsed: &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1}},
+			}})
 			if err != nil {
-				return fmt.Errorf("createRoom on %s: %w", owner.label, err)
-			}
-			roomID = resp.RoomID
-			if _, err := guest.cli.JoinRoom(ctx, roomID.String(), &mautrix.ReqJoinRoom{Via: []string{owner.name}}); err != nil {
-				return fmt.Errorf("%s joins %s: %w", guest.label, roomID, err)
+				return err
 			}
 			for _, s := range []*side{owner, guest} {
-				if err := s.waitJoined(ctx, p.Wait, roomID, owner.cli.UserID, guest.cli.UserID); err != nil {
-					return err
-				}
 				// The state store tells the Olm machine the room is
 				// encrypted, as a client's sync would.
 				if err := s.e2e.state.SetEncryptionEvent(ctx, roomID, &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1}); err != nil {

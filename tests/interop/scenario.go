@@ -74,6 +74,7 @@ func runScenario(ctx context.Context, p scenarioParams, out io.Writer) results {
 	steps = append(steps, roomSteps(p, dendrite, myelin, "register a user on each server")...)
 	steps = append(steps, inviteSteps(p, myelin, dendrite, "register a user on each server")...)
 	steps = append(steps, inviteSteps(p, dendrite, myelin, "register a user on each server")...)
+	steps = append(steps, ephemeralSteps(p, myelin, dendrite, "register a user on each server")...)
 	steps = append(steps, encryptedSteps(p, myelin, dendrite, "register a user on each server")...)
 
 	var res results
