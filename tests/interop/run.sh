@@ -95,13 +95,15 @@ myelin_pid=$!
 pids+=($!)
 dendrite_pid=$!
 
-for s in "myelin $myelin_url $myelin_pid" "dendrite $dendrite_url $dendrite_pid"; do
-	set -- $s
+# up NAME URL PID waits for a server we started to answer.
+up() {
 	"$work/bin/interop" wait -url "$2" -timeout 90s || die "$1 did not start; see $run/$1.log"
 	# Something else answering on the address would pass the wait: the
 	# server we started must still be running.
 	kill -0 "$3" 2>/dev/null || die "$1 exited (address in use?); see $run/$1.log"
-done
+}
+up myelin "$myelin_url" "$myelin_pid"
+up dendrite "$dendrite_url" "$dendrite_pid"
 say "myelin $myelin_name ($myelin_url), dendrite $dendrite_name ($dendrite_url); logs in $run"
 
 status=0

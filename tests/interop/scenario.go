@@ -59,8 +59,9 @@ func runScenario(ctx context.Context, p scenarioParams, out io.Writer) results {
 	myelin := &side{label: "myelin", name: p.MyelinName, url: p.MyelinURL}
 	dendrite := &side{label: "dendrite", name: p.DendriteName, url: p.DendriteURL}
 	nonce := randomHex(4)
+	const registered = "register a user on each server"
 	steps := []step{{
-		name: "register a user on each server",
+		name: registered,
 		run: func(ctx context.Context) error {
 			for _, s := range []*side{myelin, dendrite} {
 				if err := s.register(ctx, s.label+"-"+nonce); err != nil {
@@ -70,12 +71,12 @@ func runScenario(ctx context.Context, p scenarioParams, out io.Writer) results {
 			return nil
 		},
 	}}
-	steps = append(steps, roomSteps(p, myelin, dendrite, "register a user on each server")...)
-	steps = append(steps, roomSteps(p, dendrite, myelin, "register a user on each server")...)
-	steps = append(steps, inviteSteps(p, myelin, dendrite, "register a user on each server")...)
-	steps = append(steps, inviteSteps(p, dendrite, myelin, "register a user on each server")...)
-	steps = append(steps, ephemeralSteps(p, myelin, dendrite, "register a user on each server")...)
-	steps = append(steps, encryptedSteps(p, myelin, dendrite, "register a user on each server")...)
+	steps = append(steps, roomSteps(p, myelin, dendrite, registered)...)
+	steps = append(steps, roomSteps(p, dendrite, myelin, registered)...)
+	steps = append(steps, inviteSteps(p, myelin, dendrite, registered)...)
+	steps = append(steps, inviteSteps(p, dendrite, myelin, registered)...)
+	steps = append(steps, ephemeralSteps(p, myelin, dendrite, registered)...)
+	steps = append(steps, encryptedSteps(p, myelin, dendrite, registered)...)
 
 	var res results
 	passed := map[string]bool{}
@@ -91,7 +92,9 @@ func runScenario(ctx context.Context, p scenarioParams, out io.Writer) results {
 			continue
 		}
 		start := time.Now()
-		sctx, cancel := context.WithTimeout(ctx, p.Wait+30*time.Second)
+		// A step waits at most three times (for each side, then for
+		// what follows), each within p.Wait.
+		sctx, cancel := context.WithTimeout(ctx, 3*p.Wait+30*time.Second)
 		err := s.run(sctx)
 		cancel()
 		took := time.Since(start).Round(10 * time.Millisecond)
