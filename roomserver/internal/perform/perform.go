@@ -42,6 +42,7 @@ type Rooms interface {
 	LatestEvents(ctx context.Context, roomID string) (eventIDs []string, depth int64, err error)
 	CurrentState(ctx context.Context, roomID string, tuples ...gmsl.StateKeyTuple) ([]gmsl.PDU, error)
 	Membership(ctx context.Context, roomID, userID string) (*rsapi.Membership, error)
+	Events(ctx context.Context, eventIDs []string) ([]gmsl.PDU, error)
 	RoomAliases(ctx context.Context, roomID string) ([]string, error)
 	AliasCreator(ctx context.Context, alias string) (string, error)
 	RemoveAlias(ctx context.Context, alias string) error
@@ -217,6 +218,35 @@ func (p *Performer) servers(roomID string, given []string) []spec.ServerName {
 		}
 	}
 	return out
+}
+
+// inviterServer is the server of whoever invited userID to roomID, when
+// this server holds that invite and the room is not known here: the
+// inviter's server is in the room, and a room version 12 room ID names no
+// server to ask instead (spec: server-server API, "Joining Rooms").
+func (p *Performer) inviterServer(ctx context.Context, roomID, userID string) ([]string, error) {
+	m, err := p.rooms.Membership(ctx, roomID, userID)
+	if errors.Is(err, rsapi.ErrRoomNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("membership of %s in %s: %w", userID, roomID, err)
+	}
+	if m.Membership != spec.Invite || m.EventID == "" {
+		return nil, nil
+	}
+	evs, err := p.rooms.Events(ctx, []string{m.EventID})
+	if err != nil {
+		return nil, fmt.Errorf("invite %s: %w", m.EventID, err)
+	}
+	if len(evs) != 1 {
+		return nil, nil
+	}
+	sender, err := spec.NewUserID(string(evs[0].SenderID()), true)
+	if err != nil {
+		return nil, nil // a pseudo-ID sender names no server
+	}
+	return []string{string(sender.Domain())}, nil
 }
 
 // maxEventBytes is the spec's limit on a whole event (client-server API,
