@@ -725,3 +725,29 @@ func TestSlowRoomsBudget(t *testing.T) {
 		})
 	}
 }
+
+// Backfill serves the events of from and those before them, walking
+// prev_events back, as /backfill does.
+func (f *testFetcher) Backfill(ctx context.Context, scope rsapi.FetchScope, from []string, limit int) ([]gmsl.PDU, spec.ServerName, error) {
+	if err := f.wait(ctx); err != nil {
+		return nil, "", err
+	}
+	r := f.remotes[scope.RoomID]
+	if r == nil {
+		return nil, "", errors.New("unknown room")
+	}
+	seen := map[string]bool{}
+	var out []gmsl.PDU
+	todo := append([]string(nil), from...)
+	for len(todo) > 0 && len(out) < limit {
+		id := todo[0]
+		todo = todo[1:]
+		if seen[id] || r.events[id] == nil {
+			continue
+		}
+		seen[id] = true
+		out = append(out, r.events[id])
+		todo = append(todo, r.events[id].PrevEventIDs()...)
+	}
+	return out, remoteName, nil
+}
