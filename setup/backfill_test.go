@@ -56,6 +56,22 @@ func messagesPage(t *testing.T, c *testserver.Client, roomID, from string, limit
 	return p
 }
 
+// pageBack pages /messages backwards from 'from' until the end and
+// returns the labels read, whether the create event came, and the pages.
+func pageBack(t *testing.T, c *testserver.Client, roomID, from string, limit int) (labels []string, create bool, pages int) {
+	t.Helper()
+	for ; pages < 40; pages++ {
+		p := messagesPage(t, c, roomID, from, limit)
+		labels = append(labels, p.labels...)
+		create = create || p.create
+		if p.end == "" || p.n == 0 {
+			break
+		}
+		from = p.end
+	}
+	return labels, create, pages
+}
+
 // TestFederationBackfill: a user of hsb joins a room of hsa that already
 // has history; paging /messages backwards on hsb fetches that history
 // from hsa (GET /backfill), batch after batch and page after page, in
@@ -103,20 +119,28 @@ func TestFederationBackfill(t *testing.T) {
 				slices.Reverse(want) // /messages backwards: newest first
 
 				bob.Do(t, "POST", "/_matrix/client/v3/join/"+url.PathEscape(roomID)+"?server_name=hsa.test", map[string]any{}).MustOK(t)
-				since := bob.Do(t, "GET", "/_matrix/client/v3/sync?timeout=0", nil).MustOK(t).String("next_batch")
-
-				var got []string
-				sawCreate := false
-				pages, from := 0, ""
-				for ; pages < 40; pages++ {
-					p := messagesPage(t, bob, roomID, from, 7)
-					got = append(got, p.labels...)
-					sawCreate = sawCreate || p.create
-					if p.end == "" || p.n == 0 {
-						break
-					}
-					from = p.end
+				// As a client does: page back from the timeline's start in
+				// bob's first sync, which holds only his join.
+				r := bob.Do(t, "GET", "/_matrix/client/v3/sync?timeout=0", nil).MustOK(t)
+				var first struct {
+					NextBatch string `json:"next_batch"`
+					Rooms     struct {
+						Join map[string]struct {
+							Timeline struct {
+								PrevBatch string `json:"prev_batch"`
+							} `json:"timeline"`
+						} `json:"join"`
+					} `json:"rooms"`
 				}
+				if err := json.Unmarshal(r.Raw, &first); err != nil {
+					t.Fatal(err)
+				}
+				since, from := first.NextBatch, first.Rooms.Join[roomID].Timeline.PrevBatch
+				if from == "" {
+					t.Fatalf("no prev_batch for the room in bob's sync: %s", r.Raw)
+				}
+
+				got, sawCreate, pages := pageBack(t, bob, roomID, from, 7)
 				if tc.wantHistory {
 					if !sawCreate {
 						t.Fatalf("paging back never reached the create event (%d pages, got %v)", pages, got)
@@ -131,9 +155,14 @@ func TestFederationBackfill(t *testing.T) {
 					t.Fatalf("history visibility joined: hsb shows %v from before the join", got)
 				}
 
+				// Read again, all of it is here now, once.
+				if again, _, _ := pageBack(t, bob, roomID, from, 7); !slices.Equal(again, got) {
+					t.Fatalf("history read again:\n got %v\nwant %v", again, got)
+				}
+
 				// History is not news: no sync since the join shows it,
 				// and the room's current state is still the latest.
-				r := bob.Do(t, "GET", "/_matrix/client/v3/sync?timeout=0&since="+url.QueryEscape(since), nil).MustOK(t)
+				r = bob.Do(t, "GET", "/_matrix/client/v3/sync?timeout=0&since="+url.QueryEscape(since), nil).MustOK(t)
 				if strings.Contains(string(r.Raw), "msg ") || strings.Contains(string(r.Raw), "topic ") {
 					t.Fatalf("an incremental sync shows backfilled events: %s", r.Raw)
 				}
