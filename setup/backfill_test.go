@@ -7,7 +7,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"myelin/internal/poll"
 	"myelin/internal/sqldb/sqldbtest"
 	"myelin/internal/testserver"
 )
@@ -170,6 +172,16 @@ func TestFederationBackfill(t *testing.T) {
 				if want := fmt.Sprintf("topic %d", (n-1)/5*5); topic != want {
 					t.Fatalf("topic on hsb after backfill: %q, want %q", topic, want)
 				}
+				// The room goes on after its history: a new message reaches
+				// hsb (/send) and is the newest there.
+				alice.Do(t, "PUT", "/_matrix/client/v3/rooms/"+url.PathEscape(roomID)+"/send/m.room.message/after",
+					map[string]string{"msgtype": "m.text", "body": "msg after"}).MustOK(t)
+				poll.Until(t, 10*time.Second, func() error {
+					if p := messagesPage(t, bob, roomID, "", 1); len(p.labels) != 1 || p.labels[0] != "msg after" {
+						return fmt.Errorf("newest on hsb: %v", p.labels)
+					}
+					return nil
+				})
 			})
 		}
 	})
