@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	gmsl "github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
+	"myelin/internal/poll"
 	"myelin/internal/sqldb/sqldbtest"
 	"myelin/roomserver"
 	rsapi "myelin/roomserver/api"
@@ -203,5 +205,65 @@ func TestPerformBackfill(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestPerformBackfillOnePerRoom: while a backfill of a room waits on a
+// remote, another caller for the same room waits for it (until its own
+// context ends) instead of asking the remote again; the first caller
+// finishes its backfill.
+func TestPerformBackfillOnePerRoom(t *testing.T) {
+	for _, d := range sqldbtest.Dialects {
+		t.Run(d, func(t *testing.T) {
+			ctx := context.Background()
+			r := newRemote(t, 0)
+			keys := keysOf{remoteName: r.priv.Public().(ed25519.PublicKey)}
+			f := &testFetcher{remotes: map[string]*remote{r.roomID: r}, block: make(chan struct{})}
+			rs, _ := startRoomserverWith(t, d, roomserver.InputConfig{Fetcher: f, KeyRing: keys})
+			last := r.base[len(r.base)-1]
+			for k := 0; k < 5; k++ {
+				last = r.message(fmt.Sprintf("msg %d", k), last)
+			}
+			joinRemote(t, ctx, rs, r, keys, last)
+
+			type answer struct {
+				res *rsapi.BackfillResponse
+				err error
+			}
+			first := make(chan answer, 1)
+			go func() {
+				res, err := rs.PerformBackfill(ctx, &rsapi.BackfillRequest{RoomID: r.roomID, Limit: 100})
+				first <- answer{res, err}
+			}()
+			poll.Until(t, 5*time.Second, func() error {
+				if f.backfills.Load() == 0 {
+					return errors.New("the first backfill has not asked the remote yet")
+				}
+				return nil
+			})
+			sctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+			defer cancel()
+			second := make(chan answer, 1)
+			go func() {
+				res, err := rs.PerformBackfill(sctx, &rsapi.BackfillRequest{RoomID: r.roomID, Limit: 100})
+				second <- answer{res, err}
+			}()
+			select {
+			case a := <-second:
+				if !errors.Is(a.err, context.DeadlineExceeded) {
+					t.Fatalf("second caller: %+v %v, want it to wait until its deadline", a.res, a.err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the second caller did not return at its deadline: it is backfilling itself")
+			}
+			if n := f.backfills.Load(); n != 1 {
+				t.Fatalf("%d backfill requests to the remote, want 1", n)
+			}
+			close(f.block)
+			a := <-first
+			if a.err != nil || a.res.Stored != len(r.base)+5 || !a.res.Complete {
+				t.Fatalf("first caller: %+v %v", a.res, a.err)
+			}
+		})
 	}
 }

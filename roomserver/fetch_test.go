@@ -141,9 +141,10 @@ func (r *remote) sendLocal(ctx context.Context, rs *roomserver.Roomserver, body 
 // testFetcher serves the events of remotes, as the federationapi will
 // serve those of real servers. While block is open, calls wait for it.
 type testFetcher struct {
-	remotes map[string]*remote
-	block   chan struct{}
-	calls   atomic.Int32
+	remotes   map[string]*remote
+	block     chan struct{}
+	calls     atomic.Int32
+	backfills atomic.Int32
 }
 
 func (f *testFetcher) wait(ctx context.Context) error {
@@ -735,6 +736,7 @@ func TestSlowRoomsBudget(t *testing.T) {
 // Backfill serves the events of from and those before them, walking
 // prev_events back, as /backfill does.
 func (f *testFetcher) Backfill(ctx context.Context, scope rsapi.FetchScope, from []string, limit int) ([]gmsl.PDU, spec.ServerName, error) {
+	f.backfills.Add(1)
 	if err := f.wait(ctx); err != nil {
 		return nil, "", err
 	}

@@ -86,7 +86,11 @@ func (p *Performer) PerformBackfill(ctx context.Context, req *rsapi.BackfillRequ
 		p.bf.mu.Unlock()
 		close(run.done)
 	}()
-	run.res, run.err = p.backfill(ctx, req)
+	// Others may wait for this run: a first caller that goes away (a
+	// client closing its /messages) must not cut it short for them.
+	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*backfillTimeout)
+	defer cancel()
+	run.res, run.err = p.backfill(bctx, req)
 	if run.err == nil && run.res.Complete {
 		p.bf.complete.Put(req.RoomID, true)
 	}
