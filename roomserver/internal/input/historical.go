@@ -153,8 +153,9 @@ func (in *Inputer) fetchHistorical(ctx context.Context, a *actor, req *rsapi.Inp
 		outliers = append(outliers, got...)
 		prevStates[id] = st
 	}
+	authFetched := 0
 	for _, i := range missingAuth(pdus, stored) {
-		if fctx.Err() != nil || len(outliers) >= maxAuthFetched+maxStateFetched {
+		if fctx.Err() != nil || authFetched >= maxAuthFetched {
 			break
 		}
 		if !lacksAuth(pdus[i], stored, pdus) {
@@ -165,10 +166,11 @@ func (in *Inputer) fetchHistorical(ctx context.Context, a *actor, req *rsapi.Inp
 			log.WithError(err).Debug("fetching the auth chain of a backfilled event")
 			continue
 		}
-		got := fresh(chain, room.ID, stored, pdus, outliers, maxAuthFetched)
+		got := fresh(chain, room.ID, stored, pdus, outliers, maxAuthFetched-authFetched)
 		for _, o := range got {
 			stored[o.EventID()] = 0
 		}
+		authFetched += len(got)
 		outliers = append(outliers, got...)
 	}
 	if ctx.Err() != nil {
