@@ -148,7 +148,7 @@ func (s *SyncAPI) messages(r *http.Request, dev *uapi.Device) (any, error) {
 	resp := &messagesResponse{Start: startTok, Chunk: []ClientEvent{}}
 	cur := point
 	more := true     // whether events may remain past cur
-	stopped := false // whether paging reached 'to'
+	stopped := false // whether paging reached 'to' or the create event
 	var last *storage.Event
 	for round, backfills := 0, 0; round < 20 && len(resp.Chunk) < limit; round++ {
 		if !more {
@@ -172,6 +172,9 @@ func (s *SyncAPI) messages(r *http.Request, dev *uapi.Device) (any, error) {
 			}
 			consumed++
 			last = e
+			if e.Type == "m.room.create" && e.StateKey != nil && *e.StateKey == "" {
+				stopped = true // the room's first event: nothing older to backfill
+			}
 			if backwards {
 				cur = TopoToken{Depth: e.Depth, Pos: e.Pos}
 			} else {
