@@ -175,6 +175,24 @@ func (x *Fetcher) StateBefore(ctx context.Context, scope rsapi.FetchScope, event
 	return state, authChain, err
 }
 
+// StateIDsBefore implements rsapi.Fetcher (GET /state_ids). Only IDs:
+// the events are checked when they are fetched.
+func (x *Fetcher) StateIDsBefore(ctx context.Context, scope rsapi.FetchScope, eventID string) ([]string, error) {
+	var out []string
+	err := x.ask(ctx, scope, "state IDs before "+eventID, func(s spec.ServerName) error {
+		res, err := x.client.LookupStateIDs(ctx, x.self, s, scope.RoomID, eventID)
+		if err != nil {
+			return err
+		}
+		if len(res.StateEventIDs) > maxFetchedState {
+			return fmt.Errorf("%w: %d state events, more than %d", errRefused, len(res.StateEventIDs), maxFetchedState)
+		}
+		out = res.StateEventIDs
+		return nil
+	})
+	return out, err
+}
+
 // errNoEvents is an answer with no event, which says nothing: the server
 // may lack the history, or not let this one see it.
 var errNoEvents = errors.New("no events")

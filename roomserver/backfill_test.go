@@ -71,8 +71,9 @@ func TestPerformBackfill(t *testing.T) {
 		local     bool // the room was created here
 		batch     int
 		wantCalls int // backfills until nothing more comes
+		wantGaps  int // states fetched at a batch's oldest end
 	}{
-		{name: "linear history in batches", served: true, batch: 10, wantCalls: 4},
+		{name: "linear history in batches", served: true, batch: 10, wantCalls: 4, wantGaps: 3},
 		{name: "one batch", served: true, batch: 100, wantCalls: 1},
 		{name: "nothing served", batch: 10, wantCalls: 1},
 		{name: "room created here", local: true, batch: 10, wantCalls: 1},
@@ -151,6 +152,11 @@ func TestPerformBackfill(t *testing.T) {
 				}
 				if calls != tt.wantCalls {
 					t.Fatalf("%d backfills until nothing more came, want %d", calls, tt.wantCalls)
+				}
+				// The state at each gap is asked for by IDs: this server
+				// has most of it, and fetches the rest one by one.
+				if n, full := f.stateIDs.Load(), f.states.Load(); n != int32(tt.wantGaps) || full != 0 {
+					t.Fatalf("%d states fetched by IDs and %d whole, want %d and none", n, full, tt.wantGaps)
 				}
 				fetches := f.calls.Load()
 				// Asking again asks no one: the room is complete, or its

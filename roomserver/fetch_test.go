@@ -145,6 +145,8 @@ type testFetcher struct {
 	block     chan struct{}
 	calls     atomic.Int32
 	backfills atomic.Int32
+	stateIDs  atomic.Int32
+	states    atomic.Int32 // full states (StateBefore)
 }
 
 func (f *testFetcher) wait(ctx context.Context) error {
@@ -233,6 +235,7 @@ func (f *testFetcher) Event(ctx context.Context, scope rsapi.FetchScope, eventID
 // StateBefore serves the state the remote built eventID on, with its
 // auth chain.
 func (f *testFetcher) StateBefore(ctx context.Context, scope rsapi.FetchScope, eventID string) ([]gmsl.PDU, []gmsl.PDU, error) {
+	f.states.Add(1)
 	r := f.remotes[scope.RoomID]
 	if r == nil || r.events[eventID] == nil {
 		return nil, nil, errors.New("unknown event")
@@ -731,6 +734,23 @@ func TestSlowRoomsBudget(t *testing.T) {
 			}
 		})
 	}
+}
+
+// StateIDsBefore serves the IDs of the state the remote built eventID on.
+func (f *testFetcher) StateIDsBefore(ctx context.Context, scope rsapi.FetchScope, eventID string) ([]string, error) {
+	f.stateIDs.Add(1)
+	if err := f.wait(ctx); err != nil {
+		return nil, err
+	}
+	r := f.remotes[scope.RoomID]
+	if r == nil || r.events[eventID] == nil {
+		return nil, errors.New("unknown event")
+	}
+	var ids []string
+	for _, p := range r.before[eventID] {
+		ids = append(ids, p.EventID())
+	}
+	return ids, nil
 }
 
 // Backfill serves the events of from and those before them, walking

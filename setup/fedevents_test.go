@@ -296,6 +296,10 @@ func TestFederationServeEvents(t *testing.T) {
 			if err != nil || !slices.Contains(pduIDs(state), open.create) || len(chain) == 0 {
 				t.Fatalf("StateBefore: %v %v %v", pduIDs(state), pduIDs(chain), err)
 			}
+			ids, err := fetcher.StateIDsBefore(ctx, scope, open.msgs[2])
+			if err != nil || !slices.Contains(ids, open.create) || len(ids) != len(state) {
+				t.Fatalf("StateIDsBefore: %v %v", ids, err)
+			}
 			back, by, err := fetcher.Backfill(ctx, scope, open.msgs[3:], 3)
 			if err != nil || by != "hs1.test" || !sameIDs(back, open.msgs[1:4]) {
 				t.Fatalf("Backfill: %v from %q, %v", pduIDs(back), by, err)

@@ -198,6 +198,10 @@ type Fetcher interface {
 	// GET /_matrix/federation/v1/state does: used when prev events cannot
 	// be walked back to events this server has.
 	StateBefore(ctx context.Context, scope FetchScope, eventID string) (state, authChain []gmsl.PDU, err error)
+	// StateIDsBefore returns the IDs of the state before eventID, as GET
+	// /_matrix/federation/v1/state_ids does: what this server has of it
+	// need not be fetched again.
+	StateIDsBefore(ctx context.Context, scope FetchScope, eventID string) ([]string, error)
 	// Backfill returns at most limit events of the room from the events
 	// named by from back, as GET /_matrix/federation/v1/backfill does
 	// (the events of from among them), and the server that answered.

@@ -141,7 +141,7 @@ func (in *Inputer) fetchHistorical(ctx context.Context, a *actor, req *rsapi.Inp
 		if i >= maxHistoricalGaps || fctx.Err() != nil {
 			break
 		}
-		st, evs, err := in.fetchStateAfter(fctx, scope, room.ID, id)
+		st, evs, err := in.historicalStateAfter(fctx, scope, room.ID, id)
 		if err != nil {
 			log.WithError(err).WithField("event_id", id).Debug("fetching the state at a backfilled gap")
 			continue
@@ -177,6 +177,100 @@ func (in *Inputer) fetchHistorical(ctx context.Context, a *actor, req *rsapi.Inp
 		return nil, nil, nil, ctx.Err() // shutting down: the message is redelivered
 	}
 	return ordered(outliers, gmsl.PDU.AuthEventIDs), prevStates, placed, nil
+}
+
+// maxStateByID is the most events of a state fetched one by one (GET
+// /event) at a backfilled gap; with more missing, the whole state is
+// fetched (GET /state).
+const maxStateByID = 50
+
+// historicalStateAfter is fetchStateAfter for a gap of backfilled events.
+// Going back through a room's history this server has most of the state
+// at each gap already (the state at its join, the batches before), so it
+// asks for the state's IDs (GET /state_ids) and fetches only the events it
+// lacks, one by one, as Synapse does; with many missing, or one whose
+// auth events it lacks, it fetches the whole state (GET /state) instead,
+// as at a live gap. A room of 10,000 members thus costs a list of IDs per
+// batch, not 10,000 events to check again.
+func (in *Inputer) historicalStateAfter(ctx context.Context, scope rsapi.FetchScope, roomID, eventID string) (stateRef, []gmsl.PDU, error) {
+	ids, err := in.cfg.Fetcher.StateIDsBefore(ctx, scope, eventID)
+	if err != nil {
+		return in.fetchStateAfter(ctx, scope, roomID, eventID)
+	}
+	ev, err := in.cfg.Fetcher.Event(ctx, scope, eventID)
+	if err != nil {
+		return stateRef{}, nil, err
+	}
+	if ev == nil || ev.EventID() != eventID || ev.RoomID().String() != roomID {
+		return stateRef{}, nil, fmt.Errorf("remote sent another event for %s", eventID)
+	}
+	known, err := in.store.EventsByID(ctx, ids)
+	if err != nil {
+		return stateRef{}, nil, err
+	}
+	have := make(map[string]gmsl.PDU, len(known))
+	for _, e := range known {
+		have[e.ID] = e.PDU
+	}
+	var missing []string
+	for _, id := range ids {
+		if have[id] == nil {
+			missing = append(missing, id)
+		}
+	}
+	if len(missing) > maxStateByID {
+		return in.fetchStateAfter(ctx, scope, roomID, eventID)
+	}
+	fetched := make([]gmsl.PDU, 0, len(missing)+1)
+	for _, id := range missing {
+		p, err := in.cfg.Fetcher.Event(ctx, scope, id)
+		if err != nil || p.EventID() != id {
+			return in.fetchStateAfter(ctx, scope, roomID, eventID)
+		}
+		fetched = append(fetched, p)
+		have[id] = p
+	}
+	// What is fetched is stored as outliers, checked against their own
+	// auth events: those must be here.
+	var auth []string
+	for _, p := range append(fetched, ev) {
+		for _, a := range p.AuthEventIDs() {
+			if have[a] == nil {
+				auth = append(auth, a)
+			}
+		}
+	}
+	if len(auth) > 0 {
+		stored, err := in.store.EventNIDs(ctx, auth)
+		if err != nil {
+			return stateRef{}, nil, err
+		}
+		if len(stored) < len(dedup(auth)) {
+			return in.fetchStateAfter(ctx, scope, roomID, eventID)
+		}
+	}
+	byTuple := map[gmsl.StateKeyTuple]gmsl.PDU{}
+	for _, id := range ids {
+		if p := have[id]; p != nil && p.StateKey() != nil && p.RoomID().String() == roomID {
+			byTuple[tupleOf(p)] = p
+		}
+	}
+	if ev.StateKey() != nil {
+		byTuple[tupleOf(ev)] = ev
+	}
+	st := stateRef{adds: make([]gmsl.PDU, 0, len(byTuple))}
+	for _, p := range byTuple {
+		st.adds = append(st.adds, p)
+	}
+	return st, append(fetched, ev), nil
+}
+
+func dedup(ids []string) map[string]bool {
+	out := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		out[id] = true
+	}
+	return out
 }
 
 // inputHistoricalPDU is inputPDU for one backfilled event: prepare
