@@ -3,7 +3,6 @@ package roomserver_test
 import (
 	"context"
 	"crypto/ed25519"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,35 +23,8 @@ import (
 // join; it returns the join.
 func joinRemote(t *testing.T, ctx context.Context, rs *roomserver.Roomserver, r *remote, keys keysOf, last gmsl.PDU) gmsl.PDU {
 	t.Helper()
-	bob := "@bob:joiner.test"
-	_, bobKey, _ := ed25519.GenerateKey(rand.Reader)
-	keys["joiner.test"] = bobKey.Public().(ed25519.PublicKey)
-	var state, chain []json.RawMessage
-	pdus := make([]gmsl.PDU, 0, len(r.state))
-	for _, ev := range r.state {
-		state = append(state, json.RawMessage(ev.JSON()))
-		pdus = append(pdus, ev)
-	}
-	for _, ev := range r.base {
-		chain = append(chain, json.RawMessage(ev.JSON()))
-	}
-	b := r.ver.NewEventBuilderFromProtoEvent(&gmsl.ProtoEvent{
-		SenderID: bob, RoomID: r.roomID, Type: spec.MRoomMember, StateKey: &bob,
-		PrevEvents: []string{last.EventID()}, Depth: last.Depth() + 1, Content: []byte(`{"membership":"join"}`),
-	})
-	auth, _ := gmsl.NewAuthEvents(pdus)
-	if err := b.AddAuthEvents(auth); err != nil {
-		t.Fatal(err)
-	}
-	join, err := b.Build(time.Now(), "joiner.test", "ed25519:test", bobKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := rs.Input(ctx, &rsapi.InputRequest{
-		RoomID: r.roomID, RoomVersion: string(r.ver.Version()), Origin: remoteName,
-		Events: []rsapi.InputEvent{{PDU: json.RawMessage(join.JSON())}},
-		State:  state, AuthChain: chain,
-	}); err != nil {
+	join, req := buildJoin(t, r, keys, last)
+	if _, err := rs.Input(ctx, req); err != nil {
 		t.Fatalf("join: %v", err)
 	}
 	return join

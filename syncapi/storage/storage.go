@@ -129,13 +129,7 @@ type NewState struct {
 // (redelivery) and reported with inserted false.
 func (s *Storage) Append(ctx context.Context, ev *Event, adds []NewState, removes []string) (inserted bool, err error) {
 	err = s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
-		var existing int64
-		err := tx.QueryRow(ctx, `SELECT pos FROM syncapi_events WHERE event_id = $1`, ev.EventID).Scan(&existing)
-		if err == nil {
-			ev.Pos = existing
-			return nil
-		}
-		if !errors.Is(err, sql.ErrNoRows) {
+		if stored, err := storedPos(ctx, tx, ev); err != nil || stored {
 			return err
 		}
 		if ev.StateKey != nil {
@@ -196,6 +190,16 @@ func (s *Storage) Append(ctx context.Context, ev *Event, adds []NewState, remove
 	return inserted, err
 }
 
+// storedPos sets ev.Pos to the position of the event already stored
+// with its ID, if any (a redelivery), and reports whether there was one.
+func storedPos(ctx context.Context, tx *sqldb.Tx, ev *Event) (bool, error) {
+	err := tx.QueryRow(ctx, `SELECT pos FROM syncapi_events WHERE event_id = $1`, ev.EventID).Scan(&ev.Pos)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
 // AppendHistorical stores a backfilled event, older than the room's
 // timeline here, at the next negative stream position (as Synapse numbers
 // backfilled events): below every position a /sync token can hold, so no
@@ -204,13 +208,7 @@ func (s *Storage) Append(ctx context.Context, ev *Event, adds []NewState, remove
 // stored is left alone and reported with inserted false.
 func (s *Storage) AppendHistorical(ctx context.Context, ev *Event) (inserted bool, err error) {
 	err = s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
-		var existing int64
-		err := tx.QueryRow(ctx, `SELECT pos FROM syncapi_events WHERE event_id = $1`, ev.EventID).Scan(&existing)
-		if err == nil {
-			ev.Pos = existing
-			return nil
-		}
-		if !errors.Is(err, sql.ErrNoRows) {
+		if stored, err := storedPos(ctx, tx, ev); err != nil || stored {
 			return err
 		}
 		// Only syncapi's one consumer of room events appends, so the

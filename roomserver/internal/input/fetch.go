@@ -66,23 +66,11 @@ func (in *Inputer) fetch(ctx context.Context, a *actor, req *rsapi.InputRequest,
 		return nil, nil, nil, refuse(idx, "M_UNKNOWN", "event %s has prev events this server does not have", pdus[idx].EventID())
 	}
 
-	held := 1 + len(waiting) // this message and the rest of its batch
-	if !in.beginFetch(a, held) {
-		// Past the slow rooms' budget: a remote that hangs for many rooms
-		// at once must not take the whole ack budget either.
-		ref := refuse(max(idx, 0), "M_UNKNOWN", "too many rooms fetching missing events; try again later")
-		ref.busy = true
-		return nil, nil, nil, ref
+	fctx, done, err := in.startFetch(ctx, a, waiting, max(idx, 0))
+	if err != nil {
+		return nil, nil, nil, err
 	}
-	defer in.endFetch(a, held)
-	defer in.keepAlive(ctx, a, waiting)()
-	fctx, cancel := context.WithTimeout(ctx, in.cfg.FetchTimeout)
-	defer cancel()
-	select {
-	case in.fetches <- struct{}{}:
-		defer func() { <-in.fetches }()
-	case <-fctx.Done():
-	}
+	defer done()
 	scope := rsapi.FetchScope{RoomID: room.ID, RoomVersion: room.Version, Servers: serversOf(req.Origin, pdus)}
 	log := in.log.WithField("room_id", room.ID)
 
@@ -174,6 +162,37 @@ func (in *Inputer) fetch(ctx context.Context, a *actor, req *rsapi.InputRequest,
 	}
 	// Events still lacking auth events are stored rejected, as before.
 	return ordered(outliers, gmsl.PDU.AuthEventIDs), fetched, prevStates, nil
+}
+
+// startFetch begins the fetch step of the request at the head of a's
+// batch (waiting, the rest of it): the room is marked fetching, its
+// messages are kept from redelivery, and a fetch slot is taken, within
+// FetchTimeout (fctx); done ends all that. Past the slow rooms' budget the
+// request is refused as busy (event idx), since a remote that hangs for
+// many rooms at once must not take the whole ack budget either.
+func (in *Inputer) startFetch(ctx context.Context, a *actor, waiting []jetstream.Msg, idx int) (fctx context.Context, done func(), err error) {
+	held := 1 + len(waiting) // this message and the rest of its batch
+	if !in.beginFetch(a, held) {
+		ref := refuse(idx, "M_UNKNOWN", "too many rooms fetching missing events; try again later")
+		ref.busy = true
+		return nil, nil, ref
+	}
+	stopKeepAlive := in.keepAlive(ctx, a, waiting)
+	fctx, cancel := context.WithTimeout(ctx, in.cfg.FetchTimeout)
+	slot := false
+	select {
+	case in.fetches <- struct{}{}:
+		slot = true
+	case <-fctx.Done():
+	}
+	return fctx, func() {
+		if slot {
+			<-in.fetches
+		}
+		cancel()
+		stopKeepAlive()
+		in.endFetch(a, held)
+	}, nil
 }
 
 // fetchStateAfter fetches a prev event this server cannot reach by walking

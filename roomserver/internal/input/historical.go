@@ -58,7 +58,7 @@ func (in *Inputer) inputHistorical(ctx context.Context, a *actor, reqID string, 
 			log.WithField("event_id", pdu.EventID()).Debug("backfilled event left out: the state after its prev events is unknown")
 			continue
 		}
-		o, err := in.inputHistoricalPDU(ctx, reqID, verImpl, pdu, prevStates, down)
+		o, err := in.inputPDUAs(ctx, reqID, verImpl, pdu, prevStates, down, true)
 		var ref *refusal
 		if errors.As(err, &ref) {
 			log.WithField("event_id", pdu.EventID()).WithError(err).Debug("backfilled event left out")
@@ -118,21 +118,11 @@ func (in *Inputer) fetchHistorical(ctx context.Context, a *actor, req *rsapi.Inp
 		return nil, nil, placed, nil
 	}
 
-	held := 1 + len(waiting)
-	if !in.beginFetch(a, held) {
-		ref := refuse(0, "M_UNKNOWN", "too many rooms fetching missing events; try again later")
-		ref.busy = true
-		return nil, nil, nil, ref
+	fctx, done, err := in.startFetch(ctx, a, waiting, 0)
+	if err != nil {
+		return nil, nil, nil, err
 	}
-	defer in.endFetch(a, held)
-	defer in.keepAlive(ctx, a, waiting)()
-	fctx, cancel := context.WithTimeout(ctx, in.cfg.FetchTimeout)
-	defer cancel()
-	select {
-	case in.fetches <- struct{}{}:
-		defer func() { <-in.fetches }()
-	case <-fctx.Done():
-	}
+	defer done()
 	scope := rsapi.FetchScope{RoomID: room.ID, RoomVersion: room.Version, Servers: serversOf(req.Origin, pdus)}
 	log := in.log.WithField("room_id", room.ID)
 
@@ -271,48 +261,6 @@ func dedup(ids []string) map[string]bool {
 		out[id] = true
 	}
 	return out
-}
-
-// inputHistoricalPDU is inputPDU for one backfilled event: prepare
-// (historical), then store it with the state before it, and log its output
-// under reqID/eventID.
-func (in *Inputer) inputHistoricalPDU(ctx context.Context, reqID string, verImpl gmsl.IRoomVersion, pdu gmsl.PDU, prevStates map[string]stateRef, down *outage) (*rsapi.OutputEvent, error) {
-	logKey := reqID + "/" + pdu.EventID()
-	if reqID != "" {
-		logged, err := in.store.InputResponse(ctx, logKey)
-		if err != nil {
-			return nil, err
-		}
-		if logged != "" {
-			var o *rsapi.OutputEvent
-			if err := json.Unmarshal([]byte(logged), &o); err == nil {
-				return o, nil
-			}
-		}
-	}
-	p, err := in.prepareAs(ctx, verImpl, pdu, prevStates, true)
-	if err != nil || p.known {
-		return nil, err
-	}
-	var o *rsapi.OutputEvent
-	err = in.write(ctx, func(w *storage.Writer) error {
-		var err error
-		if o, err = storeHistorical(ctx, w, p); err != nil {
-			return err
-		}
-		if reqID == "" {
-			return nil
-		}
-		enc, err := json.Marshal(o)
-		if err != nil {
-			return fmt.Errorf("encode output of %s: %w", pdu.EventID(), err)
-		}
-		return w.LogInput(ctx, logKey, string(enc))
-	})
-	if err == nil {
-		down.mayBeStored = true
-	}
-	return o, err
 }
 
 // storeHistorical writes a backfilled event with the state before it:

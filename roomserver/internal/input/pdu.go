@@ -177,6 +177,12 @@ func (in *Inputer) inputPDUs(ctx context.Context, a *actor, reqID string, req *r
 // logged under reqID/eventID in that transaction, so a redelivered request
 // publishes it again.
 func (in *Inputer) inputPDU(ctx context.Context, reqID string, verImpl gmsl.IRoomVersion, pdu gmsl.PDU, prevStates map[string]stateRef, down *outage) (*rsapi.OutputEvent, error) {
+	return in.inputPDUAs(ctx, reqID, verImpl, pdu, prevStates, down, false)
+}
+
+// inputPDUAs is inputPDU; a historical (backfilled) event is prepared
+// and stored as history (historical.go).
+func (in *Inputer) inputPDUAs(ctx context.Context, reqID string, verImpl gmsl.IRoomVersion, pdu gmsl.PDU, prevStates map[string]stateRef, down *outage, historical bool) (*rsapi.OutputEvent, error) {
 	logKey := ""
 	if reqID != "" {
 		logKey = reqID + "/" + pdu.EventID()
@@ -192,14 +198,19 @@ func (in *Inputer) inputPDU(ctx context.Context, reqID string, verImpl gmsl.IRoo
 		}
 	}
 	for attempt := 0; ; attempt++ {
-		p, err := in.prepare(ctx, verImpl, pdu, prevStates)
+		p, err := in.prepareAs(ctx, verImpl, pdu, prevStates, historical)
 		if err != nil || p.known {
 			return nil, err
 		}
 		var o *rsapi.OutputEvent
 		err = in.write(ctx, func(w *storage.Writer) error {
 			var err error
-			if o, err = in.storePrepared(ctx, w, p); err != nil {
+			if historical {
+				o, err = storeHistorical(ctx, w, p)
+			} else {
+				o, err = in.storePrepared(ctx, w, p)
+			}
+			if err != nil {
 				return err
 			}
 			if logKey == "" {
