@@ -122,11 +122,7 @@ func (in *Inputer) fetch(ctx context.Context, a *actor, req *rsapi.InputRequest,
 				log.WithError(err).WithField("event_id", id).Debug("fetching state at a gap")
 				continue
 			}
-			got := fresh(evs, room.ID, stored, all, outliers, maxStateFetched-len(outliers))
-			for _, o := range got {
-				stored[o.EventID()] = 0 // known from here on; stored before the events
-			}
-			outliers = append(outliers, got...)
+			outliers = addFetched(outliers, evs, room.ID, stored, all, maxStateFetched-len(outliers))
 			prevStates[id] = st
 		}
 		if ctx.Err() != nil {
@@ -139,24 +135,7 @@ func (in *Inputer) fetch(ctx context.Context, a *actor, req *rsapi.InputRequest,
 	}
 
 	// Auth events: fetched whole chains, stored as outliers first.
-	for _, i := range missingAuth(all, stored) {
-		if fctx.Err() != nil || len(outliers) >= maxAuthFetched {
-			break
-		}
-		if !lacksAuth(all[i], stored, all) {
-			continue // an earlier chain brought them
-		}
-		chain, err := in.cfg.Fetcher.AuthChain(fctx, scope, all[i].EventID())
-		if err != nil {
-			log.WithError(err).Debug("fetching auth chain")
-			continue
-		}
-		got := fresh(chain, room.ID, stored, all, outliers, maxAuthFetched-len(outliers))
-		for _, o := range got {
-			stored[o.EventID()] = 0 // known from here on; stored before the events
-		}
-		outliers = append(outliers, got...)
-	}
+	outliers = in.fetchAuthChains(fctx, scope, all, stored, outliers, maxAuthFetched-len(outliers))
 	if ctx.Err() != nil {
 		return nil, nil, nil, ctx.Err()
 	}
@@ -193,6 +172,39 @@ func (in *Inputer) startFetch(ctx context.Context, a *actor, waiting []jetstream
 		stopKeepAlive()
 		in.endFetch(a, held)
 	}, nil
+}
+
+// fetchAuthChains fetches the auth chains of the events of evs whose auth
+// events are neither stored nor among evs, and returns outliers with what
+// came that is new, at most budget more events.
+func (in *Inputer) fetchAuthChains(ctx context.Context, scope rsapi.FetchScope, evs []gmsl.PDU, stored map[string]int64, outliers []gmsl.PDU, budget int) []gmsl.PDU {
+	limit := len(outliers) + budget
+	for _, i := range missingAuth(evs, stored) {
+		if ctx.Err() != nil || len(outliers) >= limit {
+			break
+		}
+		if !lacksAuth(evs[i], stored, evs) {
+			continue // an earlier chain brought them
+		}
+		chain, err := in.cfg.Fetcher.AuthChain(ctx, scope, evs[i].EventID())
+		if err != nil {
+			in.log.WithField("room_id", scope.RoomID).WithError(err).Debug("fetching auth chain")
+			continue
+		}
+		outliers = addFetched(outliers, chain, scope.RoomID, stored, evs, limit-len(outliers))
+	}
+	return outliers
+}
+
+// addFetched appends to outliers the fetched events that are new (see
+// fresh), at most limit, and marks them known in stored: they are stored
+// before the events that need them.
+func addFetched(outliers, got []gmsl.PDU, roomID string, stored map[string]int64, have []gmsl.PDU, limit int) []gmsl.PDU {
+	got = fresh(got, roomID, stored, have, outliers, limit)
+	for _, o := range got {
+		stored[o.EventID()] = 0
+	}
+	return append(outliers, got...)
 }
 
 // fetchStateAfter fetches a prev event this server cannot reach by walking

@@ -136,33 +136,10 @@ func (in *Inputer) fetchHistorical(ctx context.Context, a *actor, req *rsapi.Inp
 			log.WithError(err).WithField("event_id", id).Debug("fetching the state at a backfilled gap")
 			continue
 		}
-		got := fresh(evs, room.ID, stored, pdus, outliers, maxStateFetched-len(outliers))
-		for _, o := range got {
-			stored[o.EventID()] = 0 // known from here on; stored before the events
-		}
-		outliers = append(outliers, got...)
+		outliers = addFetched(outliers, evs, room.ID, stored, pdus, maxStateFetched-len(outliers))
 		prevStates[id] = st
 	}
-	authFetched := 0
-	for _, i := range missingAuth(pdus, stored) {
-		if fctx.Err() != nil || authFetched >= maxAuthFetched {
-			break
-		}
-		if !lacksAuth(pdus[i], stored, pdus) {
-			continue
-		}
-		chain, err := in.cfg.Fetcher.AuthChain(fctx, scope, pdus[i].EventID())
-		if err != nil {
-			log.WithError(err).Debug("fetching the auth chain of a backfilled event")
-			continue
-		}
-		got := fresh(chain, room.ID, stored, pdus, outliers, maxAuthFetched-authFetched)
-		for _, o := range got {
-			stored[o.EventID()] = 0
-		}
-		authFetched += len(got)
-		outliers = append(outliers, got...)
-	}
+	outliers = in.fetchAuthChains(fctx, scope, pdus, stored, outliers, maxAuthFetched)
 	if ctx.Err() != nil {
 		return nil, nil, nil, ctx.Err() // shutting down: the message is redelivered
 	}
