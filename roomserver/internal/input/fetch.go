@@ -211,12 +211,9 @@ func addFetched(outliers, got []gmsl.PDU, roomID string, stored map[string]int64
 // back, and the state before it; it returns the state after it and every
 // event to store as an outlier (the event, the state, their auth chain).
 func (in *Inputer) fetchStateAfter(ctx context.Context, scope rsapi.FetchScope, roomID, eventID string) (stateRef, []gmsl.PDU, error) {
-	ev, err := in.cfg.Fetcher.Event(ctx, scope, eventID)
+	ev, err := in.fetchEvent(ctx, scope, roomID, eventID)
 	if err != nil {
 		return stateRef{}, nil, err
-	}
-	if ev == nil || ev.EventID() != eventID || ev.RoomID().String() != roomID {
-		return stateRef{}, nil, fmt.Errorf("remote sent another event for %s", eventID)
 	}
 	state, chain, err := in.cfg.Fetcher.StateBefore(ctx, scope, eventID)
 	if err != nil {
@@ -225,9 +222,28 @@ func (in *Inputer) fetchStateAfter(ctx context.Context, scope rsapi.FetchScope, 
 	if len(state)+len(chain) > maxStateFetched {
 		return stateRef{}, nil, fmt.Errorf("state at %s has more than %d events", eventID, maxStateFetched)
 	}
-	// One event per tuple, of this room: a remote may send anything.
+	all := append(append(append([]gmsl.PDU(nil), chain...), state...), ev)
+	return stateAfterOf(roomID, state, ev), all, nil
+}
+
+// fetchEvent fetches one event of roomID.
+func (in *Inputer) fetchEvent(ctx context.Context, scope rsapi.FetchScope, roomID, eventID string) (gmsl.PDU, error) {
+	ev, err := in.cfg.Fetcher.Event(ctx, scope, eventID)
+	if err != nil {
+		return nil, err
+	}
+	if ev == nil || ev.EventID() != eventID || ev.RoomID().String() != roomID {
+		return nil, fmt.Errorf("remote sent another event for %s", eventID)
+	}
+	return ev, nil
+}
+
+// stateAfterOf is the state after ev given the state before it, as a
+// remote sent it: one event per tuple, of this room (a remote may send
+// anything).
+func stateAfterOf(roomID string, before []gmsl.PDU, ev gmsl.PDU) stateRef {
 	byTuple := map[gmsl.StateKeyTuple]gmsl.PDU{}
-	for _, p := range state {
+	for _, p := range before {
 		if p != nil && p.StateKey() != nil && p.RoomID().String() == roomID {
 			byTuple[tupleOf(p)] = p
 		}
@@ -239,8 +255,7 @@ func (in *Inputer) fetchStateAfter(ctx context.Context, scope rsapi.FetchScope, 
 	for _, p := range byTuple {
 		st.adds = append(st.adds, p)
 	}
-	all := append(append(append([]gmsl.PDU(nil), chain...), state...), ev)
-	return st, all, nil
+	return st
 }
 
 // outliersAmong lists the prev events of evs stored only as outliers

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 
 	gmsl "github.com/matrix-org/gomatrixserverlib"
 	"github.com/nats-io/nats.go/jetstream"
@@ -164,12 +163,9 @@ func (in *Inputer) historicalStateAfter(ctx context.Context, scope rsapi.FetchSc
 	if err != nil {
 		return in.fetchStateAfter(ctx, scope, roomID, eventID)
 	}
-	ev, err := in.cfg.Fetcher.Event(ctx, scope, eventID)
+	ev, err := in.fetchEvent(ctx, scope, roomID, eventID)
 	if err != nil {
 		return stateRef{}, nil, err
-	}
-	if ev == nil || ev.EventID() != eventID || ev.RoomID().String() != roomID {
-		return stateRef{}, nil, fmt.Errorf("remote sent another event for %s", eventID)
 	}
 	known, err := in.store.EventsByID(ctx, ids)
 	if err != nil {
@@ -216,20 +212,11 @@ func (in *Inputer) historicalStateAfter(ctx context.Context, scope rsapi.FetchSc
 			return in.fetchStateAfter(ctx, scope, roomID, eventID)
 		}
 	}
-	byTuple := map[gmsl.StateKeyTuple]gmsl.PDU{}
+	before := make([]gmsl.PDU, 0, len(ids))
 	for _, id := range ids {
-		if p := have[id]; p != nil && p.StateKey() != nil && p.RoomID().String() == roomID {
-			byTuple[tupleOf(p)] = p
-		}
+		before = append(before, have[id])
 	}
-	if ev.StateKey() != nil {
-		byTuple[tupleOf(ev)] = ev
-	}
-	st := stateRef{adds: make([]gmsl.PDU, 0, len(byTuple))}
-	for _, p := range byTuple {
-		st.adds = append(st.adds, p)
-	}
-	return st, append(fetched, ev), nil
+	return stateAfterOf(roomID, before, ev), append(fetched, ev), nil
 }
 
 func dedup(ids []string) map[string]bool {
