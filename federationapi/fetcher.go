@@ -177,3 +177,55 @@ func (x *Fetcher) StateBefore(ctx context.Context, scope rsapi.FetchScope, event
 	})
 	return state, authChain, err
 }
+
+// StateIDsBefore implements rsapi.Fetcher (GET /state_ids). Only IDs:
+// the events are checked when they are fetched.
+func (x *Fetcher) StateIDsBefore(ctx context.Context, scope rsapi.FetchScope, eventID string) ([]string, error) {
+	var out []string
+	err := x.ask(ctx, scope, "state IDs before "+eventID, func(s spec.ServerName) error {
+		res, err := x.client.LookupStateIDs(ctx, x.self, s, scope.RoomID, eventID)
+		if err != nil {
+			return err
+		}
+		if len(res.StateEventIDs) > maxFetchedState {
+			return fmt.Errorf("%w: %d state events, more than %d", errRefused, len(res.StateEventIDs), maxFetchedState)
+		}
+		out = res.StateEventIDs
+		return nil
+	})
+	return out, err
+}
+
+// errNoEvents is an answer with no event, which says nothing: the server
+// may lack the history, or not let this one see it.
+var errNoEvents = errors.New("no events")
+
+// Backfill implements rsapi.Fetcher (GET /backfill). An empty answer is
+// no answer: the next server is asked.
+func (x *Fetcher) Backfill(ctx context.Context, scope rsapi.FetchScope, from []string, limit int) ([]gmsl.PDU, spec.ServerName, error) {
+	var out []gmsl.PDU
+	var by spec.ServerName
+	err := x.ask(ctx, scope, "backfill", func(s spec.ServerName) error {
+		txn, err := x.client.Backfill(ctx, x.self, s, scope.RoomID, limit, from)
+		if err != nil {
+			return err
+		}
+		raws := make([]spec.RawJSON, len(txn.PDUs))
+		for i, p := range txn.PDUs {
+			raws[i] = spec.RawJSON(p)
+		}
+		evs, err := x.check(ctx, scope, raws, limit)
+		if err != nil {
+			return err
+		}
+		if len(evs) == 0 {
+			return errNoEvents
+		}
+		out, by = evs, s
+		return nil
+	})
+	if errors.Is(err, errNoEvents) {
+		return nil, "", nil
+	}
+	return out, by, err
+}

@@ -101,6 +101,9 @@ func (f *FederationAPI) onRoomEvent(ctx context.Context, m jetstream.Msg) error 
 		f.log.WithError(err).Warn("dropping malformed output event")
 		return nil
 	}
+	if out.Historical {
+		return nil // backfilled history: no state change, nothing to send
+	}
 	self := string(f.key.ServerName)
 	js := string(out.Event)
 	ev := storage.RoomEvent{RoomID: out.RoomID, EventID: out.EventID, JSON: js, Removed: out.RemovesState, Self: self, Skip: f.denied}

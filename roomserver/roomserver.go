@@ -108,7 +108,7 @@ func New(ctx context.Context, db *sqldb.DB, b *bus.Bus, key *signing.Key, log *l
 		serverName:  key.ServerName,
 	}
 	r.aliases, _ = o.fed.(AliasResolver)
-	r.Performer = perform.New(r, key, o.fed, o.profile, log)
+	r.Performer = perform.New(r, key, o.fed, o.input.Fetcher, o.profile, log)
 	return r, nil
 }
 
@@ -633,4 +633,76 @@ func (r *Roomserver) SearchUsers(ctx context.Context, searcher, term string, lim
 		return out[:limit], true, nil
 	}
 	return out, false, nil
+}
+
+// earliestScan is how many of a room's oldest events BackfillPoint looks at.
+const earliestScan = 50
+
+// BackfillPoint returns where a backfill of roomID starts: from, the prev
+// events of its oldest events here that this server lacks or holds only
+// as outliers (its backward extremities), and earliest, the events that
+// refer to them. complete says there is nothing to backfill: the room's
+// create event is in its timeline here (a room created here, or whose
+// history was backfilled to its start), or the room is not known here.
+func (r *Roomserver) BackfillPoint(ctx context.Context, roomID string) (from, earliest []string, complete bool, err error) {
+	room, err := r.store.Room(ctx, roomID)
+	if errors.Is(err, storage.ErrNotFound) || (err == nil && len(room.Latest) == 0) {
+		return nil, nil, true, nil
+	}
+	if err != nil {
+		return nil, nil, false, err
+	}
+	create, err := r.stateAt(ctx, room.Snapshot, []gmsl.StateKeyTuple{{EventType: spec.MRoomCreate}})
+	if err != nil {
+		return nil, nil, false, fmt.Errorf("create event of %s: %w", roomID, err)
+	}
+	if len(create) > 0 {
+		evs, err := r.store.EventsByID(ctx, []string{create[0].EventID()})
+		if err != nil {
+			return nil, nil, false, err
+		}
+		if len(evs) == 1 && !evs[0].Outlier {
+			return nil, nil, true, nil
+		}
+	}
+	oldest, err := r.store.EarliestEvents(ctx, room.NID, earliestScan)
+	if err != nil {
+		return nil, nil, false, err
+	}
+	var prevs []string
+	seen := map[string]bool{}
+	for _, e := range oldest {
+		for _, p := range e.PDU.PrevEventIDs() {
+			if !seen[p] {
+				seen[p] = true
+				prevs = append(prevs, p)
+			}
+		}
+	}
+	known, err := r.store.EventsByID(ctx, prevs)
+	if err != nil {
+		return nil, nil, false, err
+	}
+	have := map[string]bool{}
+	for _, e := range known {
+		if !e.Outlier {
+			have[e.ID] = true
+		}
+	}
+	missing := map[string]bool{}
+	for _, p := range prevs {
+		if !have[p] {
+			missing[p] = true
+			from = append(from, p)
+		}
+	}
+	for _, e := range oldest {
+		for _, p := range e.PDU.PrevEventIDs() {
+			if missing[p] {
+				earliest = append(earliest, e.ID)
+				break
+			}
+		}
+	}
+	return from, earliest, false, nil
 }

@@ -129,6 +129,12 @@ type InputRequest struct {
 	// Origin, for PDUs, is the server that sent them: the first asked for
 	// what they need and this server lacks (see Fetcher).
 	Origin spec.ServerName `json:"origin,omitempty"`
+	// Historical marks PDUs older than what the room has (backfill, from
+	// Origin): each is stored with the state before it, but changes
+	// neither the current state nor the forward extremities, and its
+	// output is marked Historical. One that cannot be placed (a prev event
+	// this server cannot get the state after) is left out, not refused.
+	Historical bool `json:"historical,omitempty"`
 }
 
 // InputResponse reports the outcome of an InputRequest.
@@ -194,6 +200,16 @@ type Fetcher interface {
 	// GET /_matrix/federation/v1/state does: used when prev events cannot
 	// be walked back to events this server has.
 	StateBefore(ctx context.Context, scope FetchScope, eventID string) (state, authChain []gmsl.PDU, err error)
+	// StateIDsBefore returns the IDs of the state before eventID, as GET
+	// /_matrix/federation/v1/state_ids does: what this server has of it
+	// need not be fetched again.
+	StateIDsBefore(ctx context.Context, scope FetchScope, eventID string) ([]string, error)
+	// Backfill returns at most limit events of the room from the events
+	// named by from back, as GET /_matrix/federation/v1/backfill does
+	// (the events of from among them), and the server that answered.
+	// Order is free; an answer with no event is no answer, and the next
+	// server is asked.
+	Backfill(ctx context.Context, scope FetchScope, from []string, limit int) ([]gmsl.PDU, spec.ServerName, error)
 }
 
 // Membership is a user's membership of a room.
@@ -385,6 +401,10 @@ type OutputEvent struct {
 	Redacts string `json:"redacts,omitempty"`
 	// InviteRoomState is the stripped state sent with an invite.
 	InviteRoomState []json.RawMessage `json:"invite_room_state,omitempty"`
+	// Historical marks an event older than what the room had (backfill):
+	// it belongs before the room's timeline, changes no state (AddsState
+	// and RemovesState are empty) and is nothing new to notify or send.
+	Historical bool `json:"historical,omitempty"`
 }
 
 // AddedStateJSON returns the JSON of each event of AddsState, in its

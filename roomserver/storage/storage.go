@@ -758,3 +758,29 @@ func (s *Storage) ServerJoined(ctx context.Context, roomNID int64, server string
 	}
 	return false, rows.Err()
 }
+
+// EarliestEvents returns up to limit of the events of a room with the
+// lowest depth among those stored with their state (not outliers): where
+// the room's timeline here starts.
+func (s *Storage) EarliestEvents(ctx context.Context, roomNID int64, limit int) ([]*Event, error) {
+	rows, err := s.db.Query(ctx, `SELECT event_nid FROM roomserver_events WHERE room_nid = $1 AND outlier = 0
+		ORDER BY depth ASC, event_nid ASC LIMIT $2`, roomNID, limit)
+	if err != nil {
+		return nil, fmt.Errorf("earliest events of room %d: %w", roomNID, err)
+	}
+	var nids []int64
+	for rows.Next() {
+		var n int64
+		if err := rows.Scan(&n); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		nids = append(nids, n)
+	}
+	err = rows.Err()
+	rows.Close()
+	if err != nil {
+		return nil, err
+	}
+	return s.EventsByNID(ctx, nids)
+}

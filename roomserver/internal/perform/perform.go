@@ -1,5 +1,6 @@
 // Package perform is the roomserver's membership and room operations:
-// join, leave, invite, knock, kick, ban, unban and upgrade. It decides what
+// join, leave, invite, knock, kick, ban, unban and upgrade, and the
+// backfill of a room's history from other servers. It decides what
 // each does (is the room known here, may the user, which events to make)
 // and submits the events through the roomserver's input, so clientapi and
 // federationapi only check their own input and call rsapi.Performer.
@@ -49,6 +50,11 @@ type Rooms interface {
 	SetAlias(ctx context.Context, alias, roomID, creator string) error
 	IsPublished(ctx context.Context, roomID string) (bool, error)
 	SetPublished(ctx context.Context, roomID string, published bool) error
+	StateBefore(ctx context.Context, eventID string, tuples ...gmsl.StateKeyTuple) ([]gmsl.PDU, error)
+	// BackfillPoint returns the room's backward extremities (the prev
+	// events of its oldest events here that it lacks), those oldest
+	// events, and whether its history is complete here.
+	BackfillPoint(ctx context.Context, roomID string) (from, earliest []string, complete bool, err error)
 }
 
 // Federation is what perform asks of other servers for rooms this server
@@ -79,18 +85,20 @@ type Performer struct {
 	rooms   Rooms
 	key     *signing.Key
 	fed     Federation
+	fetcher rsapi.Fetcher
 	profile ProfileFunc
 	log     *logrus.Entry
 	now     func() time.Time
+	bf      *backfills
 }
 
 var _ rsapi.Performer = (*Performer)(nil)
 
-// New makes a Performer submitting to rooms and signing as key. fed and
-// profile may be nil: then only rooms known here can be joined, and
-// member events carry no profile.
-func New(rooms Rooms, key *signing.Key, fed Federation, profile ProfileFunc, log *logrus.Entry) *Performer {
-	return &Performer{rooms: rooms, key: key, fed: fed, profile: profile, log: log, now: time.Now}
+// New makes a Performer submitting to rooms and signing as key. fed,
+// fetcher and profile may be nil: then only rooms known here can be
+// joined, no history is backfilled, and member events carry no profile.
+func New(rooms Rooms, key *signing.Key, fed Federation, fetcher rsapi.Fetcher, profile ProfileFunc, log *logrus.Entry) *Performer {
+	return &Performer{rooms: rooms, key: key, fed: fed, fetcher: fetcher, profile: profile, log: log, now: time.Now, bf: newBackfills()}
 }
 
 func refuse(code, format string, args ...any) error {
