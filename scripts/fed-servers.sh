@@ -15,6 +15,7 @@
 # DIR/servers.tsv lists each server: server name, client URL, PID.
 #
 # Environment: MYELIN_BIN (a built myelin; default: built into DIR/bin),
+# FED_PPROF=1 (each server serves pprof on port 6060 of its address),
 # FED_DB_URL_PREFIX (a PostgreSQL URL prefix; server i uses database
 # myelin_fed_I, which must exist), and any MYELIN_* variable, passed on to
 # every server.
@@ -79,7 +80,8 @@ for i in $(seq 1 "$n"); do
     openssl x509 -req -in "$sd/tls.csr" -CA "$ca/ca.pem" -CAkey "$ca/ca.key" -CAcreateserial \
       -days 30 -extfile <(printf 'subjectAltName=IP:%s\n' "$ip") -out "$sd/tls.pem" 2>/dev/null
   fi
-  db=""
+  db="" pprof=""
+  [ "${FED_PPROF:-}" = 1 ] && pprof=$ip:6060
   [ -n "${FED_DB_URL_PREFIX:-}" ] && db="${FED_DB_URL_PREFIX}myelin_fed_$i?sslmode=disable"
   (
     cd "$sd"
@@ -90,7 +92,7 @@ for i in $(seq 1 "$n"); do
       MYELIN_FEDERATION_API_TRUSTED_CA_FILES="$ca/ca.pem" \
       MYELIN_FEDERATION_API_ALLOW_PRIVATE_ADDRESSES=true \
       MYELIN_REGISTRATION_OPEN=true MYELIN_REGISTRATION_BCRYPT_COST=4 MYELIN_RATE_LIMITS_ENABLED=false \
-      MYELIN_DATABASE_URL="$db" \
+      MYELIN_DATABASE_URL="$db" MYELIN_DEBUG_PPROF_LISTEN="$pprof" \
       "$myelin" --config /dev/null >"$sd/myelin.log" 2>&1 &
     echo $! > "$sd/pid"
   )

@@ -24,7 +24,9 @@ func New[K comparable, V any](size int) *LRU[K, V] {
 	if size < 1 {
 		size = 1
 	}
-	return &LRU[K, V]{size: size, ll: list.New(), items: make(map[K]*list.Element, size)}
+	// The map grows as entries come: a cache sized for a large server
+	// costs a small one (or one of ten on a test machine) nothing up front.
+	return &LRU[K, V]{size: size, ll: list.New(), items: make(map[K]*list.Element, min(size, 64))}
 }
 
 // Get returns the value for k and marks it recently used.
