@@ -364,6 +364,7 @@ func (f *FederationAPI) inputRoomPDUs(ctx context.Context, origin spec.ServerNam
 		}
 		if refused != nil {
 			refusedIDs[ev.EventID()] = true
+			f.log.WithError(refused).WithField("origin", origin).WithField("event_id", ev.EventID()).Debug("PDU refused by the roomserver")
 		}
 		put(ev.EventID(), refused)
 	}
