@@ -22,6 +22,7 @@ import (
 	"myelin/federationapi/internal/queue"
 	"myelin/federationapi/storage"
 	"myelin/internal/fedhttp"
+	"myelin/internal/fedpolicy"
 	"myelin/internal/ratelimit"
 	"myelin/internal/signing"
 	"myelin/internal/sqldb"
@@ -52,12 +53,17 @@ type Options struct {
 	// without authentication); nil allows everything.
 	Limit    *ratelimit.Limiter
 	Profiles Profiles
+	// OpenID resolves the OpenID tokens of this server's users.
+	OpenID OpenIDTokens
 	// Rooms serves events and state to other servers.
 	Rooms Rooms
 	Log   *logrus.Entry
 	// Sender sends the outbound queues' transactions; nil: the federation
 	// client.
 	Sender queue.Sender
+	// Policy is the operator's allow and deny lists of servers: one not
+	// allowed is refused inbound and sent nothing. Nil allows all.
+	Policy *fedpolicy.Policy
 }
 
 // FederationAPI serves the federation endpoints.
@@ -70,6 +76,7 @@ type FederationAPI struct {
 	keys      *keyRing
 	limit     *ratelimit.Limiter
 	profiles  Profiles
+	openID    OpenIDTokens
 	rooms     Rooms
 	// rs serves the membership dances (ServeRooms); nil until then.
 	rs  MemberRooms
@@ -79,6 +86,8 @@ type FederationAPI struct {
 	libLog *logrus.Entry
 	now    func() time.Time
 	out    outbound
+	policy *fedpolicy.Policy
+	acls   aclCache
 	// in is the state of inbound transactions (/send).
 	in inbound
 	// edus are the handlers of inbound EDUs by edu_type (edu.go), filled
@@ -104,10 +113,12 @@ func New(ctx context.Context, db *sqldb.DB, opts Options) (*FederationAPI, error
 		),
 		limit:    opts.Limit,
 		profiles: opts.Profiles,
+		openID:   opts.OpenID,
 		rooms:    opts.Rooms,
 		log:      opts.Log,
 		libLog:   quieter(opts.Log, logrus.WarnLevel),
 		now:      time.Now,
+		policy:   opts.Policy,
 	}
 	f.keys = newKeyRing(f, opts.KeyServers)
 	f.edus = map[string]eduHandler{}
@@ -151,12 +162,15 @@ func (f *FederationAPI) Routes(root *mux.Router) {
 	v1 := root.PathPrefix("/_matrix/federation/v1").Subrouter()
 	v1.Handle("/version", f.open(f.serverVersion)).Methods(http.MethodGet)
 	v1.Handle("/query/profile", f.authed(f.queryProfile)).Methods(http.MethodGet)
+	v1.Handle("/openid/userinfo", f.open(f.openIDUserInfo)).Methods(http.MethodGet)
 	v1.Handle("/event/{eventId}", f.authed(f.getEvent)).Methods(http.MethodGet)
-	v1.Handle("/state/{roomId}", f.authed(f.getState)).Methods(http.MethodGet)
-	v1.Handle("/state_ids/{roomId}", f.authed(f.getStateIDs)).Methods(http.MethodGet)
-	v1.Handle("/event_auth/{roomId}/{eventId}", f.authed(f.getEventAuth)).Methods(http.MethodGet)
-	v1.Handle("/get_missing_events/{roomId}", f.authed(f.getMissingEvents)).Methods(http.MethodPost)
-	v1.Handle("/backfill/{roomId}", f.authed(f.backfill)).Methods(http.MethodGet)
+	// Endpoints of one room answer only servers its ACL allows; /event
+	// checks the ACL of its event's room.
+	v1.Handle("/state/{roomId}", f.authed(f.roomACL(f.getState))).Methods(http.MethodGet)
+	v1.Handle("/state_ids/{roomId}", f.authed(f.roomACL(f.getStateIDs))).Methods(http.MethodGet)
+	v1.Handle("/event_auth/{roomId}/{eventId}", f.authed(f.roomACL(f.getEventAuth))).Methods(http.MethodGet)
+	v1.Handle("/get_missing_events/{roomId}", f.authed(f.roomACL(f.getMissingEvents))).Methods(http.MethodPost)
+	v1.Handle("/backfill/{roomId}", f.authed(f.roomACL(f.backfill))).Methods(http.MethodGet)
 	v1.Handle("/send/{txnId}", f.authed(f.send)).Methods(http.MethodPut)
 	f.membershipRoutes(v1, root.PathPrefix("/_matrix/federation/v2").Subrouter())
 }

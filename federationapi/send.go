@@ -310,9 +310,16 @@ func (f *FederationAPI) receiveRoomPDUs(ctx context.Context, origin spec.ServerN
 }
 
 // pduPolicy is where what the server allows of origin in the event's room
-// is checked before the event is input: server ACLs (m.room.server_acl)
-// go here. An error refuses the PDU alone.
+// is checked before the event is input: the room's server ACL
+// (m.room.server_acl) must allow origin. An error refuses the PDU alone.
 func (f *FederationAPI) pduPolicy(ctx context.Context, origin spec.ServerName, ev gmsl.PDU) error {
+	ok, err := f.aclAllows(ctx, ev.RoomID().String(), origin)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("server %s is denied by the server ACL of %s", origin, ev.RoomID().String())
+	}
 	return nil
 }
 
