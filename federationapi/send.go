@@ -286,8 +286,14 @@ func (f *FederationAPI) receiveRoomPDUs(ctx context.Context, origin spec.ServerN
 			put(ev.EventID(), fmt.Errorf("the event is not of room %s", roomID))
 			continue
 		}
-		if err := f.pduPolicy(ctx, origin, ev); err != nil {
-			put(ev.EventID(), err)
+		refusal, err := f.pduPolicy(ctx, origin, ev)
+		if err != nil {
+			// The policy could not be read (the database): retry the
+			// transaction rather than refuse the PDU for good.
+			return err
+		}
+		if refusal != nil {
+			put(ev.EventID(), refusal)
 			continue
 		}
 		evs = append(evs, ev)
@@ -311,16 +317,17 @@ func (f *FederationAPI) receiveRoomPDUs(ctx context.Context, origin spec.ServerN
 
 // pduPolicy is where what the server allows of origin in the event's room
 // is checked before the event is input: the room's server ACL
-// (m.room.server_acl) must allow origin. An error refuses the PDU alone.
-func (f *FederationAPI) pduPolicy(ctx context.Context, origin spec.ServerName, ev gmsl.PDU) error {
+// (m.room.server_acl) must allow origin. A refusal refuses the PDU alone;
+// an error (the ACL cannot be read now) fails the transaction.
+func (f *FederationAPI) pduPolicy(ctx context.Context, origin spec.ServerName, ev gmsl.PDU) (refusal, err error) {
 	ok, err := f.aclAllows(ctx, ev.RoomID().String(), origin)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if !ok {
-		return fmt.Errorf("server %s is denied by the server ACL of %s", origin, ev.RoomID().String())
+		return fmt.Errorf("server %s is denied by the server ACL of %s", origin, ev.RoomID().String()), nil
 	}
-	return nil
+	return nil, nil
 }
 
 // inputRoomPDUs inputs one room's checked PDUs, in order. They go in one
@@ -371,6 +378,7 @@ func (f *FederationAPI) inputRoomPDUs(ctx context.Context, origin spec.ServerNam
 		}
 		if refused != nil {
 			refusedIDs[ev.EventID()] = true
+			f.log.WithError(refused).WithField("origin", origin).WithField("event_id", ev.EventID()).Debug("PDU refused by the roomserver")
 		}
 		put(ev.EventID(), refused)
 	}

@@ -596,18 +596,20 @@ func TestFederationSendThree(t *testing.T) {
 		})
 
 		// sameEverywhere waits until every client sees the messages of
-		// want, in any order, and the same state.
+		// want, in any order, and the same state. A transaction that
+		// failed is sent again after a backoff doubling from 2 s: on a
+		// loaded machine, allow for a few.
 		sameEverywhere := func(t *testing.T, want []string, cs ...*testserver.Client) {
 			t.Helper()
 			for i, c := range cs {
-				poll.Until(t, 30*time.Second, func() error {
+				poll.Until(t, 60*time.Second, func() error {
 					if got := sorted(timeline(t, c, room)); !slices.Equal(got, sorted(want)) {
 						return fmt.Errorf("client %d sees %q, want %q", i, got, sorted(want))
 					}
 					return nil
 				})
 			}
-			poll.Until(t, 30*time.Second, func() error {
+			poll.Until(t, 60*time.Second, func() error {
 				first := stateIDs(t, cs[0], room)
 				for i, c := range cs[1:] {
 					if got := stateIDs(t, c, room); !slices.Equal(got, first) {
