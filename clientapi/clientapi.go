@@ -75,6 +75,7 @@ func (c *ClientAPI) Routes(root *mux.Router) {
 		c.directoryRoutes(r)
 		c.tagRoutes(r)
 		c.pushRoutes(r)
+		c.keyRoutes(r)
 	}
 }
 

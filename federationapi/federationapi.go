@@ -52,6 +52,8 @@ type Options struct {
 	// without authentication); nil allows everything.
 	Limit    *ratelimit.Limiter
 	Profiles Profiles
+	// UserKeys serves local users' devices and keys to other servers.
+	UserKeys UserKeys
 	// Rooms serves events and state to other servers.
 	Rooms Rooms
 	Log   *logrus.Entry
@@ -70,6 +72,7 @@ type FederationAPI struct {
 	keys      *keyRing
 	limit     *ratelimit.Limiter
 	profiles  Profiles
+	userKeys  UserKeys
 	rooms     Rooms
 	// rs serves the membership dances (ServeRooms); nil until then.
 	rs  MemberRooms
@@ -99,6 +102,7 @@ func New(ctx context.Context, db *sqldb.DB, opts Options) (*FederationAPI, error
 		),
 		limit:    opts.Limit,
 		profiles: opts.Profiles,
+		userKeys: opts.UserKeys,
 		rooms:    opts.Rooms,
 		log:      opts.Log,
 		libLog:   quieter(opts.Log, logrus.WarnLevel),
@@ -150,6 +154,7 @@ func (f *FederationAPI) Routes(root *mux.Router) {
 	v1.Handle("/event_auth/{roomId}/{eventId}", f.authed(f.getEventAuth)).Methods(http.MethodGet)
 	v1.Handle("/get_missing_events/{roomId}", f.authed(f.getMissingEvents)).Methods(http.MethodPost)
 	v1.Handle("/backfill/{roomId}", f.authed(f.backfill)).Methods(http.MethodGet)
+	f.userKeyRoutes(v1)
 	f.membershipRoutes(v1, root.PathPrefix("/_matrix/federation/v2").Subrouter())
 }
 

@@ -121,7 +121,7 @@ func newSyncResponse() *syncResponse {
 }
 
 func (r *syncResponse) empty() bool {
-	return len(r.AccountData.Events) == 0 && len(r.Presence.Events) == 0 &&
+	return len(r.AccountData.Events) == 0 && len(r.Presence.Events) == 0 && len(r.DeviceLists.Changed) == 0 &&
 		len(r.Rooms.Join) == 0 && len(r.Rooms.Invite) == 0 && len(r.Rooms.Leave) == 0 && len(r.Rooms.Knock) == 0
 }
 
@@ -153,6 +153,7 @@ func typingPos(t Token) int64      { return t.Typing }
 func receiptPos(t Token) int64     { return t.Receipt }
 func presencePos(t Token) int64    { return t.Presence }
 func accountDataPos(t Token) int64 { return t.AccountData }
+func deviceListsPos(t Token) int64 { return t.DeviceLists }
 
 func (s *SyncAPI) sync(r *http.Request, dev *uapi.Device) (any, error) {
 	// The frames of a waiting /sync stay on its goroutine's stack for the
@@ -489,6 +490,9 @@ func (s *SyncAPI) build(ctx context.Context, req *syncRequest) (*syncResponse, e
 		return nil, err
 	}
 	if err := s.addPresence(ctx, req, since, newRooms, resp); err != nil {
+		return nil, err
+	}
+	if err := s.addDeviceLists(ctx, req, since, resp); err != nil {
 		return nil, err
 	}
 	return resp, nil

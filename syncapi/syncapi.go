@@ -81,12 +81,16 @@ func New(ctx context.Context, cfg *config.Config, db *sqldb.DB, b *bus.Bus, user
 	if err != nil {
 		return nil, fmt.Errorf("presence position: %w", err)
 	}
+	dlPos, err := users.DeviceListsPos(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("device list position: %w", err)
+	}
 	joined, err := store.JoinedUsers(ctx, ":"+cfg.ServerName)
 	if err != nil {
 		return nil, fmt.Errorf("load joined users: %w", err)
 	}
 	typing := newTypingRooms(time.Now)
-	current := Token{PDU: pos, AccountData: adPos, Typing: typing.Pos(), Receipt: receiptPos, Presence: presencePos}
+	current := Token{PDU: pos, AccountData: adPos, Typing: typing.Pos(), Receipt: receiptPos, Presence: presencePos, DeviceLists: dlPos}
 	return &SyncAPI{
 		cfg:       cfg,
 		store:     store,
@@ -263,15 +267,30 @@ func (s *SyncAPI) authed(h func(r *http.Request, dev *uapi.Device) (any, error))
 	return mxhttp.Authenticated(s.users.DeviceByToken, h)
 }
 
-// onUserData wakes the user whose data changed.
-func (s *SyncAPI) onUserData(_ context.Context, m jetstream.Msg) error {
+// onUserData wakes the user whose data changed; for a device list, the
+// users sharing a room with its owner.
+func (s *SyncAPI) onUserData(ctx context.Context, m jetstream.Msg) error {
 	var u uapi.UserDataUpdate
 	if err := json.Unmarshal(m.Data(), &u); err != nil {
 		s.log.WithError(err).Warn("dropping malformed user data update")
 		return nil
 	}
-	if u.Stream == "account_data" {
+	switch u.Stream {
+	case "account_data":
 		s.notifier.OnAccountData(u.UserID, u.Pos)
+	case "device_lists":
+		// Everyone sharing a room with the user hears of it.
+		memberships, err := s.store.UserMemberships(ctx, u.UserID)
+		if err != nil {
+			return err
+		}
+		rooms := make([]string, 0, len(memberships))
+		for roomID, m := range memberships {
+			if m == "join" {
+				rooms = append(rooms, roomID)
+			}
+		}
+		s.notifier.OnDeviceList(u.UserID, rooms, u.Pos)
 	}
 	return nil
 }

@@ -65,6 +65,9 @@ type UserAPI struct {
 
 	push *pushState
 
+	// remote asks other servers for their users' keys (SetRemoteKeys).
+	remote uapi.RemoteKeys
+
 	lastSeen lastSeenBatch
 }
 
@@ -237,7 +240,7 @@ func (u *UserAPI) Deactivate(ctx context.Context, userID string) error {
 		return err
 	}
 	u.tokens.invalidateUser(userID)
-	return nil
+	return u.deleteDeviceKeys(ctx, userID, nil)
 }
 
 // CreateDevice logs a user in: a new device with a fresh access token, or
@@ -370,7 +373,7 @@ func (u *UserAPI) DeleteDevices(ctx context.Context, userID string, deviceIDs []
 	} else {
 		u.tokens.invalidateDevices(userID, deviceIDs...)
 	}
-	return nil
+	return u.deleteDeviceKeys(ctx, userID, deviceIDs)
 }
 
 // Profile returns a local user's profile (uapi.ErrNotFound if there is no

@@ -267,3 +267,25 @@ func (s *Storage) NewlyJoined(ctx context.Context, userID string, from, to int64
 	}
 	return out, rows.Err()
 }
+
+// NewlyLeft returns the users who left (or were kicked or banned from),
+// with positions in (from, to], a room userID is joined to now.
+func (s *Storage) NewlyLeft(ctx context.Context, userID string, from, to int64) ([]string, error) {
+	rows, err := s.db.Query(ctx, `SELECT DISTINCT l.user_id FROM syncapi_membership_log l
+		JOIN syncapi_current_state m ON m.room_id = l.room_id AND m.event_type = 'm.room.member' AND m.state_key = $1 AND m.membership = 'join'
+		WHERE l.pos > $2 AND l.pos <= $3 AND l.membership IN ('leave', 'ban')`,
+		userID, from, to)
+	if err != nil {
+		return nil, fmt.Errorf("users who left rooms of %s: %w", userID, err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var u string
+		if err := rows.Scan(&u); err != nil {
+			return nil, err
+		}
+		out = append(out, u)
+	}
+	return out, rows.Err()
+}

@@ -1,0 +1,65 @@
+package syncapi
+
+import "context"
+
+// addDeviceLists fills device_lists of an incremental sync (spec,
+// "Tracking the device list for a user"): changed holds the users sharing
+// a room with the syncing user (and the user itself) whose device lists
+// changed, local or remote, and those who joined one of its rooms since
+// (their devices are new to it); left holds those who left one of its
+// rooms and share none with it any more.
+func (s *SyncAPI) addDeviceLists(ctx context.Context, req *syncRequest, since Token, resp *syncResponse) error {
+	if req.since == nil {
+		return nil
+	}
+	user := req.dev.UserID
+	changed := map[string]bool{}
+	if req.to.DeviceLists > since.DeviceLists && !req.quiet(deviceListsPos) {
+		ids, err := s.users.DeviceListChanges(ctx, since.DeviceLists, req.to.DeviceLists)
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
+			ok := id == user
+			if !ok {
+				if ok, err = s.store.SharesRoom(ctx, user, id); err != nil {
+					return err
+				}
+			}
+			if ok {
+				changed[id] = true
+			}
+		}
+	}
+	if req.to.PDU > since.PDU && !req.quiet(pduPos) {
+		joined, err := s.store.NewlyJoined(ctx, user, since.PDU, req.to.PDU)
+		if err != nil {
+			return err
+		}
+		for _, id := range joined {
+			if id != user {
+				changed[id] = true
+			}
+		}
+		left, err := s.store.NewlyLeft(ctx, user, since.PDU, req.to.PDU)
+		if err != nil {
+			return err
+		}
+		for _, id := range left {
+			if id == user || changed[id] {
+				continue
+			}
+			shares, err := s.store.SharesRoom(ctx, user, id)
+			if err != nil {
+				return err
+			}
+			if !shares {
+				resp.DeviceLists.Left = append(resp.DeviceLists.Left, id)
+			}
+		}
+	}
+	for id := range changed {
+		resp.DeviceLists.Changed = append(resp.DeviceLists.Changed, id)
+	}
+	return nil
+}

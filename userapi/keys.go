@@ -1,0 +1,440 @@
+package userapi
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/tidwall/sjson"
+
+	"myelin/internal/mxid"
+	uapi "myelin/userapi/api"
+	"myelin/userapi/storage"
+)
+
+const (
+	// defaultKeysTimeout bounds the federation requests of a /keys/query
+	// or /keys/claim that gives no timeout (the spec's default, 10 s).
+	defaultKeysTimeout = 10 * time.Second
+	// maxKeysTimeout caps what a client may ask for.
+	maxKeysTimeout = 30 * time.Second
+	// keysFanOut bounds the servers asked at once for one request.
+	keysFanOut = 8
+)
+
+// SetRemoteKeys gives the userapi its way to other servers' keys (the
+// federationapi, made after the userapi). Without it, users of other
+// servers are listed in failures.
+func (u *UserAPI) SetRemoteKeys(r uapi.RemoteKeys) { u.remote = r }
+
+// UploadKeys stores a device's keys; a change of its device keys moves the
+// user's device list on, which is announced.
+func (u *UserAPI) UploadKeys(ctx context.Context, req uapi.UploadKeysRequest) (map[string]int, error) {
+	var keys []storage.OneTimeKey
+	add := func(m map[string]json.RawMessage, fallback bool) {
+		for id, k := range m {
+			alg, _, _ := strings.Cut(id, ":")
+			keys = append(keys, storage.OneTimeKey{KeyID: id, Algorithm: alg, JSON: string(k), Fallback: fallback})
+		}
+	}
+	add(req.OneTimeKeys, false)
+	add(req.FallbackKeys, true)
+	pos, err := u.store.UploadKeys(ctx, req.UserID, req.DeviceID, string(req.DeviceKeys), keys)
+	if err != nil {
+		return nil, err
+	}
+	if pos > 0 {
+		if err := u.deviceListChanged(ctx, req.UserID, req.DeviceID, pos, false); err != nil {
+			return nil, err
+		}
+	}
+	return u.store.OneTimeKeyCounts(ctx, req.UserID, req.DeviceID)
+}
+
+// OneTimeKeyCounts counts a device's unclaimed one-time keys.
+func (u *UserAPI) OneTimeKeyCounts(ctx context.Context, userID, deviceID string) (map[string]int, error) {
+	return u.store.OneTimeKeyCounts(ctx, userID, deviceID)
+}
+
+// deleteDeviceKeys deletes the keys of deleted devices (all the user's
+// when deviceIDs is nil); their users' device lists move on.
+func (u *UserAPI) deleteDeviceKeys(ctx context.Context, userID string, deviceIDs []string) error {
+	pos, err := u.store.DeleteDeviceKeys(ctx, userID, deviceIDs)
+	if err != nil || pos == 0 {
+		return err
+	}
+	dev := ""
+	if len(deviceIDs) == 1 {
+		dev = deviceIDs[0]
+	}
+	return u.deviceListChanged(ctx, userID, dev, pos, true)
+}
+
+// deviceListChanged tells /sync (and, through it, the users sharing a
+// room) that userID's device list moved to pos.
+func (u *UserAPI) deviceListChanged(ctx context.Context, userID, deviceID string, pos int64, deleted bool) error {
+	return u.announce(ctx, userID, "device_lists", pos)
+}
+
+// withDisplayName adds unsigned.device_display_name to a device keys
+// object, as /keys/query shows it (not covered by the signatures).
+func withDisplayName(keys, name string) json.RawMessage {
+	if name == "" {
+		return json.RawMessage(keys)
+	}
+	out, err := sjson.Set(keys, "unsigned.device_display_name", name)
+	if err != nil {
+		return json.RawMessage(keys)
+	}
+	return json.RawMessage(out)
+}
+
+// keysOf fills resp with the keys of devs, keeping only the devices named
+// in want (all when want is empty).
+func keysOf(resp *uapi.QueryKeysResponse, userID string, devs []storage.DeviceKeys, want []string) {
+	m := resp.DeviceKeys[userID]
+	if m == nil {
+		m = map[string]json.RawMessage{}
+		resp.DeviceKeys[userID] = m
+	}
+	for _, d := range devs {
+		if d.KeyJSON == "" || len(want) > 0 && !contains(want, d.DeviceID) {
+			continue
+		}
+		m[d.DeviceID] = withDisplayName(d.KeyJSON, d.DisplayName)
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func keysTimeout(t time.Duration) time.Duration {
+	if t <= 0 {
+		return defaultKeysTimeout
+	}
+	return min(t, maxKeysTimeout)
+}
+
+// byServer groups user IDs of other servers by server; local ones (and
+// IDs without a server) are returned apart.
+func (u *UserAPI) byServer(users []string) (local []string, remote map[string][]string) {
+	remote = map[string][]string{}
+	for _, id := range users {
+		srv, ok := mxid.Server(id)
+		if !ok || srv == u.serverName {
+			local = append(local, id)
+			continue
+		}
+		remote[srv] = append(remote[srv], id)
+	}
+	return local, remote
+}
+
+// failure is how a server that did not answer shows in failures.
+func failure(err error) map[string]any {
+	return map[string]any{"status": 503, "message": err.Error()}
+}
+
+// fanOut runs f for each server, at most keysFanOut at once, and waits.
+func fanOut(ctx context.Context, servers []string, f func(ctx context.Context, server string)) {
+	sem := make(chan struct{}, keysFanOut)
+	var wg sync.WaitGroup
+	for _, srv := range servers {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			// f still runs, and fails at once: its server is listed.
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() {
+				select {
+				case <-sem:
+				default:
+				}
+			}()
+			f(ctx, srv)
+		}()
+	}
+	wg.Wait()
+}
+
+func keysOfMap(m map[string][]string) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+// QueryKeys answers /keys/query.
+func (u *UserAPI) QueryKeys(ctx context.Context, req uapi.QueryKeysRequest) (*uapi.QueryKeysResponse, error) {
+	resp := &uapi.QueryKeysResponse{DeviceKeys: map[string]map[string]json.RawMessage{}, Failures: map[string]any{}}
+	local, remote := u.byServer(keysOfMap(req.DeviceKeys))
+	for _, id := range local {
+		devs, err := u.store.LocalDeviceKeys(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		keysOf(resp, id, devs, req.DeviceKeys[id])
+	}
+	if req.LocalOnly || len(remote) == 0 {
+		return resp, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, keysTimeout(req.Timeout))
+	defer cancel()
+	var mu sync.Mutex
+	fanOut(ctx, keysOfMap(remote), func(ctx context.Context, srv string) {
+		part, err := u.queryServer(ctx, srv, remote[srv], req.DeviceKeys)
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			u.log.WithError(err).WithField("server", srv).Debug("keys query failed")
+			resp.Failures[srv] = failure(err)
+			return
+		}
+		for uid, devs := range part.DeviceKeys {
+			resp.DeviceKeys[uid] = devs
+		}
+		for uid, k := range part.MasterKeys {
+			if resp.MasterKeys == nil {
+				resp.MasterKeys = map[string]json.RawMessage{}
+			}
+			resp.MasterKeys[uid] = k
+		}
+		for uid, k := range part.SelfSigningKeys {
+			if resp.SelfSigningKeys == nil {
+				resp.SelfSigningKeys = map[string]json.RawMessage{}
+			}
+			resp.SelfSigningKeys[uid] = k
+		}
+	})
+	return resp, nil
+}
+
+// queryServer answers for the users of one other server: from the cached
+// device list of a user sharing a room with a local user (fetched with
+// /user/devices when not cached, or stale after a missed update), else
+// with /user/keys/query.
+func (u *UserAPI) queryServer(ctx context.Context, srv string, users []string, want map[string][]string) (*uapi.QueryKeysResponse, error) {
+	resp := &uapi.QueryKeysResponse{DeviceKeys: map[string]map[string]json.RawMessage{}}
+	ask := map[string][]string{}
+	for _, id := range users {
+		devs, ok, err := u.cachedDevices(ctx, srv, id)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			ask[id] = want[id]
+			if ask[id] == nil {
+				ask[id] = []string{}
+			}
+			continue
+		}
+		keysOf(resp, id, devs, want[id])
+	}
+	if len(ask) == 0 {
+		return resp, nil
+	}
+	if u.remote == nil {
+		return nil, fmt.Errorf("no federation")
+	}
+	got, err := u.remote.QueryKeys(ctx, srv, ask)
+	if err != nil {
+		return nil, err
+	}
+	// Only what was asked of this server, for its own users, is kept.
+	for id := range ask {
+		if devs, ok := got.DeviceKeys[id]; ok {
+			resp.DeviceKeys[id] = devs
+		}
+		if k, ok := got.MasterKeys[id]; ok {
+			if resp.MasterKeys == nil {
+				resp.MasterKeys = map[string]json.RawMessage{}
+			}
+			resp.MasterKeys[id] = k
+		}
+		if k, ok := got.SelfSigningKeys[id]; ok {
+			if resp.SelfSigningKeys == nil {
+				resp.SelfSigningKeys = map[string]json.RawMessage{}
+			}
+			resp.SelfSigningKeys[id] = k
+		}
+	}
+	return resp, nil
+}
+
+// cachedDevices returns the device list of a remote user from the cache,
+// fetching it first when it is missing or stale and the user shares a
+// room with a local user. ok is false for a user not tracked.
+func (u *UserAPI) cachedDevices(ctx context.Context, srv, userID string) ([]storage.DeviceKeys, bool, error) {
+	_, stale, found, devs, err := u.store.RemoteDeviceList(ctx, userID)
+	if err != nil {
+		return nil, false, err
+	}
+	if found && !stale {
+		return devs, true, nil
+	}
+	shares, err := u.store.SharesRoomWithLocal(ctx, userID)
+	if err != nil || !shares || u.remote == nil {
+		return nil, false, err
+	}
+	devs, err = u.resync(ctx, srv, userID)
+	if err != nil {
+		return nil, false, err
+	}
+	return devs, true, nil
+}
+
+// resync fetches a remote user's whole device list from its server and
+// stores it.
+func (u *UserAPI) resync(ctx context.Context, srv, userID string) ([]storage.DeviceKeys, error) {
+	ud, err := u.remote.UserDevices(ctx, srv, userID)
+	if err != nil {
+		return nil, fmt.Errorf("fetch devices of %s: %w", userID, err)
+	}
+	if ud.UserID != userID {
+		return nil, fmt.Errorf("%s answered the devices of %q for %s", srv, ud.UserID, userID)
+	}
+	devs := make([]storage.DeviceKeys, 0, len(ud.Devices))
+	for _, d := range ud.Devices {
+		if d.DeviceID == "" {
+			continue
+		}
+		k := ""
+		if len(d.Keys) > 0 && string(d.Keys) != "null" {
+			k = string(d.Keys)
+		}
+		devs = append(devs, storage.DeviceKeys{UserID: userID, DeviceID: d.DeviceID, DisplayName: d.DisplayName, KeyJSON: k})
+	}
+	pos, err := u.store.ReplaceRemoteDeviceList(ctx, userID, ud.StreamID, devs)
+	if err != nil {
+		return nil, err
+	}
+	if err := u.announce(ctx, userID, "device_lists", pos); err != nil {
+		return nil, err
+	}
+	return devs, nil
+}
+
+// ClaimKeys answers /keys/claim.
+func (u *UserAPI) ClaimKeys(ctx context.Context, req uapi.ClaimKeysRequest) (*uapi.ClaimKeysResponse, error) {
+	resp := &uapi.ClaimKeysResponse{OneTimeKeys: map[string]map[string]map[string]json.RawMessage{}, Failures: map[string]any{}}
+	users := make([]string, 0, len(req.OneTimeKeys))
+	for id := range req.OneTimeKeys {
+		users = append(users, id)
+	}
+	local, remote := u.byServer(users)
+	for _, id := range local {
+		for dev, alg := range req.OneTimeKeys[id] {
+			keyID, key, ok, err := u.store.ClaimKey(ctx, id, dev, alg)
+			if err != nil {
+				return nil, err
+			}
+			if !ok {
+				continue
+			}
+			if resp.OneTimeKeys[id] == nil {
+				resp.OneTimeKeys[id] = map[string]map[string]json.RawMessage{}
+			}
+			resp.OneTimeKeys[id][dev] = map[string]json.RawMessage{keyID: json.RawMessage(key)}
+		}
+	}
+	if req.LocalOnly || len(remote) == 0 {
+		return resp, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, keysTimeout(req.Timeout))
+	defer cancel()
+	var mu sync.Mutex
+	fanOut(ctx, keysOfMap(remote), func(ctx context.Context, srv string) {
+		ask := map[string]map[string]string{}
+		for _, id := range remote[srv] {
+			ask[id] = req.OneTimeKeys[id]
+		}
+		var got *uapi.ClaimKeysResponse
+		err := fmt.Errorf("no federation")
+		if u.remote != nil {
+			got, err = u.remote.ClaimKeys(ctx, srv, ask)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			resp.Failures[srv] = failure(err)
+			return
+		}
+		for id := range ask {
+			if keys, ok := got.OneTimeKeys[id]; ok {
+				resp.OneTimeKeys[id] = keys
+			}
+		}
+	})
+	return resp, nil
+}
+
+// UserDevices is a local user's device list for /user/devices.
+func (u *UserAPI) UserDevices(ctx context.Context, userID string) (*uapi.UserDevices, error) {
+	if srv, ok := mxid.Server(userID); !ok || srv != u.serverName {
+		return nil, uapi.ErrNotFound
+	}
+	devs, err := u.store.LocalDeviceKeys(ctx, userID)
+	if err != nil {
+		return nil, err
+	}
+	pos, err := u.store.DeviceListPos(ctx, userID)
+	if err != nil {
+		return nil, err
+	}
+	out := &uapi.UserDevices{UserID: userID, StreamID: pos, Devices: make([]uapi.UserDevice, 0, len(devs))}
+	for _, d := range devs {
+		ud := uapi.UserDevice{DeviceID: d.DeviceID, DisplayName: d.DisplayName}
+		if d.KeyJSON != "" {
+			ud.Keys = json.RawMessage(d.KeyJSON)
+		}
+		out.Devices = append(out.Devices, ud)
+	}
+	return out, nil
+}
+
+// DeviceListUpdate applies an m.device_list_update EDU. An update of a
+// user of another server than its origin is ignored, as is one of a user
+// whose list is not tracked (it is fetched whole when needed). One that
+// does not follow the last update applied marks the list stale: the next
+// query fetches it again (spec, "Device management").
+func (u *UserAPI) DeviceListUpdate(ctx context.Context, origin string, upd uapi.DeviceListUpdate) error {
+	if srv, ok := mxid.Server(upd.UserID); !ok || srv != origin || srv == u.serverName || upd.DeviceID == "" {
+		return nil
+	}
+	keys := ""
+	if len(upd.Keys) > 0 && string(upd.Keys) != "null" {
+		keys = string(upd.Keys)
+	}
+	outcome, pos, err := u.store.ApplyRemoteDeviceUpdate(ctx, storage.DeviceUpdate{
+		UserID: upd.UserID, DeviceID: upd.DeviceID, DisplayName: upd.DisplayName,
+		StreamID: upd.StreamID, PrevIDs: upd.PrevID, Deleted: upd.Deleted, KeyJSON: keys,
+	})
+	if err != nil || outcome == storage.UpdateIgnored {
+		return err
+	}
+	return u.announce(ctx, upd.UserID, "device_lists", pos)
+}
+
+// DeviceListChanges lists the users whose device lists changed in
+// (from, to].
+func (u *UserAPI) DeviceListChanges(ctx context.Context, from, to int64) ([]string, error) {
+	return u.store.DeviceListChanges(ctx, from, to)
+}
+
+// DeviceListsPos is the head of the device-list stream.
+func (u *UserAPI) DeviceListsPos(ctx context.Context) (int64, error) {
+	return u.store.DeviceListsPos(ctx)
+}
