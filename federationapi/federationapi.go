@@ -21,6 +21,7 @@ import (
 
 	"myelin/federationapi/internal/queue"
 	"myelin/federationapi/storage"
+	"myelin/internal/bus"
 	"myelin/internal/fedhttp"
 	"myelin/internal/ratelimit"
 	"myelin/internal/signing"
@@ -54,6 +55,8 @@ type Options struct {
 	Profiles Profiles
 	// UserKeys serves local users' devices and keys to other servers.
 	UserKeys UserKeys
+	// Bus takes the EDUs of other servers to the local streams.
+	Bus *bus.Bus
 	// Rooms serves events and state to other servers.
 	Rooms Rooms
 	Log   *logrus.Entry
@@ -73,6 +76,7 @@ type FederationAPI struct {
 	limit     *ratelimit.Limiter
 	profiles  Profiles
 	userKeys  UserKeys
+	bus       *bus.Bus
 	rooms     Rooms
 	// rs serves the membership dances (ServeRooms); nil until then.
 	rs  MemberRooms
@@ -103,6 +107,7 @@ func New(ctx context.Context, db *sqldb.DB, opts Options) (*FederationAPI, error
 		limit:    opts.Limit,
 		profiles: opts.Profiles,
 		userKeys: opts.UserKeys,
+		bus:      opts.Bus,
 		rooms:    opts.Rooms,
 		log:      opts.Log,
 		libLog:   quieter(opts.Log, logrus.WarnLevel),

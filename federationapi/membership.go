@@ -27,6 +27,9 @@ type MemberRooms interface {
 	Membership(ctx context.Context, roomID, userID string) (*rsapi.Membership, error)
 	BuildEventTemplate(ctx context.Context, proto *gmsl.ProtoEvent) (gmsl.PDU, []gmsl.PDU, error)
 	ResolveAlias(ctx context.Context, alias string) (string, error)
+	// UserRooms finds the rooms of a local user, whose servers hear of its
+	// presence and device list changes.
+	UserRooms(ctx context.Context, userID string, memberships ...string) ([]string, error)
 }
 
 // membershipRoutes registers the membership dances a resident server

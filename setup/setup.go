@@ -174,6 +174,7 @@ func New(ctx context.Context, cfg *config.Config, log *logrus.Logger, opts ...Op
 		Limit:      fedLimit,
 		Profiles:   s.users,
 		UserKeys:   s.users,
+		Bus:        s.bus,
 		Log:        entry("federationapi"),
 	})
 	if err != nil {

@@ -4,12 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/tidwall/sjson"
 
+	"myelin/internal/bus"
 	"myelin/internal/mxid"
 	uapi "myelin/userapi/api"
 	"myelin/userapi/storage"
@@ -42,12 +44,16 @@ func (u *UserAPI) UploadKeys(ctx context.Context, req uapi.UploadKeysRequest) (m
 	}
 	add(req.OneTimeKeys, false)
 	add(req.FallbackKeys, true)
-	pos, err := u.store.UploadKeys(ctx, req.UserID, req.DeviceID, string(req.DeviceKeys), keys)
+	change, err := u.store.UploadKeys(ctx, req.UserID, req.DeviceID, string(req.DeviceKeys), keys)
 	if err != nil {
 		return nil, err
 	}
-	if pos > 0 {
-		if err := u.deviceListChanged(ctx, req.UserID, req.DeviceID, pos, false); err != nil {
+	if change != nil {
+		upd := uapi.DeviceListUpdate{Keys: req.DeviceKeys}
+		if d, err := u.store.Device(ctx, req.UserID, req.DeviceID); err == nil {
+			upd.DisplayName = d.DisplayName
+		}
+		if err := u.deviceListChanged(ctx, *change, upd); err != nil {
 			return nil, err
 		}
 	}
@@ -62,21 +68,41 @@ func (u *UserAPI) OneTimeKeyCounts(ctx context.Context, userID, deviceID string)
 // deleteDeviceKeys deletes the keys of deleted devices (all the user's
 // when deviceIDs is nil); their users' device lists move on.
 func (u *UserAPI) deleteDeviceKeys(ctx context.Context, userID string, deviceIDs []string) error {
-	pos, err := u.store.DeleteDeviceKeys(ctx, userID, deviceIDs)
-	if err != nil || pos == 0 {
+	changes, err := u.store.DeleteDeviceKeys(ctx, userID, deviceIDs)
+	if err != nil {
 		return err
 	}
-	dev := ""
-	if len(deviceIDs) == 1 {
-		dev = deviceIDs[0]
+	for _, c := range changes {
+		if err := u.deviceListChanged(ctx, c, uapi.DeviceListUpdate{Deleted: true}); err != nil {
+			return err
+		}
 	}
-	return u.deviceListChanged(ctx, userID, dev, pos, true)
+	return nil
 }
 
 // deviceListChanged tells /sync (and, through it, the users sharing a
-// room) that userID's device list moved to pos.
-func (u *UserAPI) deviceListChanged(ctx context.Context, userID, deviceID string, pos int64, deleted bool) error {
-	return u.announce(ctx, userID, "device_lists", pos)
+// room) that a local user's device list moved, and the federationapi,
+// which sends upd (completed here) to the servers sharing a room.
+func (u *UserAPI) deviceListChanged(ctx context.Context, c storage.DeviceListChange, upd uapi.DeviceListUpdate) error {
+	if err := u.announce(ctx, c.UserID, "device_lists", c.Pos); err != nil {
+		return err
+	}
+	if u.bus == nil {
+		return nil
+	}
+	upd.UserID, upd.DeviceID, upd.StreamID = c.UserID, c.DeviceID, c.Pos
+	if c.Prev > 0 {
+		upd.PrevID = []int64{c.Prev}
+	}
+	data, err := json.Marshal(upd)
+	if err != nil {
+		return fmt.Errorf("encode device list update: %w", err)
+	}
+	msgID := "dl:" + strconv.FormatInt(c.Pos, 10)
+	if err := u.bus.Publish(ctx, bus.NewMsg(bus.OutputDeviceListUpdate, data, msgID)); err != nil {
+		return fmt.Errorf("publish device list update %d of %s: %w", c.Pos, c.UserID, err)
+	}
+	return nil
 }
 
 // withDisplayName adds unsigned.device_display_name to a device keys

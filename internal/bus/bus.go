@@ -85,6 +85,9 @@ const (
 	OutputReceipt = "OutputReceipt"
 	// OutputPresence carries presence changes (sapi.PresenceUpdate).
 	OutputPresence = "OutputPresence"
+	// OutputDeviceListUpdate carries the device list changes of local
+	// users (uapi.DeviceListUpdate), for the federationapi to send.
+	OutputDeviceListUpdate = "OutputDeviceListUpdate"
 )
 
 // Header keys used on messages.
@@ -250,6 +253,15 @@ func streams() []jetstream.StreamConfig {
 		{
 			Name:      OutputPresence,
 			Subjects:  []string{OutputPresence},
+			Retention: jetstream.LimitsPolicy,
+			Storage:   jetstream.FileStorage,
+			MaxAge:    24 * time.Hour,
+		},
+		{
+			// A remote server that missed an update resyncs the whole
+			// list when the next one shows the gap.
+			Name:      OutputDeviceListUpdate,
+			Subjects:  []string{OutputDeviceListUpdate},
 			Retention: jetstream.LimitsPolicy,
 			Storage:   jetstream.FileStorage,
 			MaxAge:    24 * time.Hour,

@@ -32,11 +32,11 @@ type DeviceKeys struct {
 // stored keeps its first key (the spec forbids changing one); a fallback
 // key replaces the device's fallback key of its algorithm. When the device
 // keys changed, the user's device list moves to the next position of the
-// device-list stream, which UploadKeys returns (0 when they did not).
-func (s *Storage) UploadKeys(ctx context.Context, userID, deviceID, deviceKeys string, keys []OneTimeKey) (int64, error) {
-	var pos int64
+// device-list stream, which UploadKeys returns (nil when they did not).
+func (s *Storage) UploadKeys(ctx context.Context, userID, deviceID, deviceKeys string, keys []OneTimeKey) (*DeviceListChange, error) {
+	var change *DeviceListChange
 	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
-		pos = 0
+		change = nil
 		if deviceKeys != "" {
 			var old string
 			err := tx.QueryRow(ctx, `SELECT key_json FROM userapi_device_keys WHERE user_id = $1 AND device_id = $2`,
@@ -50,9 +50,12 @@ func (s *Storage) UploadKeys(ctx context.Context, userID, deviceID, deviceKeys s
 					userID, deviceID, deviceKeys); err != nil {
 					return fmt.Errorf("upsert device keys of %s %s: %w", userID, deviceID, err)
 				}
-				if pos, err = bumpDeviceList(ctx, tx, userID); err != nil {
+				c, err := bumpDeviceList(ctx, tx, userID)
+				if err != nil {
 					return err
 				}
+				c.DeviceID = deviceID
+				change = &c
 			}
 		}
 		for _, k := range keys {
@@ -72,23 +75,38 @@ func (s *Storage) UploadKeys(ctx context.Context, userID, deviceID, deviceKeys s
 		}
 		return nil
 	})
-	return pos, err
+	return change, err
 }
 
 // bumpDeviceList moves userID's device list to the next position of the
 // device-list stream. The counter row is locked until commit (PostgreSQL)
 // or written by the one writer (SQLite), so positions commit in order.
-func bumpDeviceList(ctx context.Context, tx *sqldb.Tx, userID string) (int64, error) {
+func bumpDeviceList(ctx context.Context, tx *sqldb.Tx, userID string) (DeviceListChange, error) {
+	c := DeviceListChange{UserID: userID}
+	err := tx.QueryRow(ctx, `SELECT pos FROM userapi_device_list_changes WHERE user_id = $1`, userID).Scan(&c.Prev)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return c, fmt.Errorf("select device list position of %s: %w", userID, err)
+	}
 	var pos int64
 	if err := tx.QueryRow(ctx, `UPDATE userapi_stream_positions SET pos = pos + 1
 		WHERE stream = 'device_lists' RETURNING pos`).Scan(&pos); err != nil {
-		return 0, fmt.Errorf("next device list position: %w", err)
+		return c, fmt.Errorf("next device list position: %w", err)
 	}
 	if _, err := tx.Exec(ctx, `INSERT INTO userapi_device_list_changes (user_id, pos) VALUES ($1, $2)
 		ON CONFLICT (user_id) DO UPDATE SET pos = excluded.pos`, userID, pos); err != nil {
-		return 0, fmt.Errorf("record device list change of %s: %w", userID, err)
+		return c, fmt.Errorf("record device list change of %s: %w", userID, err)
 	}
-	return pos, nil
+	c.Pos = pos
+	return c, nil
+}
+
+// DeviceListChange is one move of a user's device list: from position
+// Prev (0: none before) to Pos, for device DeviceID.
+type DeviceListChange struct {
+	UserID   string
+	DeviceID string
+	Prev     int64
+	Pos      int64
 }
 
 // OneTimeKeyCounts counts a device's unclaimed one-time keys by algorithm.
@@ -165,13 +183,12 @@ func (s *Storage) ClaimKey(ctx context.Context, userID, deviceID, algorithm stri
 }
 
 // DeleteDeviceKeys deletes the keys of the given devices of a local user
-// (all of them when deviceIDs is nil) and, when it deleted any device's
-// keys, moves the user's device list on; it returns the new position (0
-// when nothing changed).
-func (s *Storage) DeleteDeviceKeys(ctx context.Context, userID string, deviceIDs []string) (int64, error) {
-	var pos int64
+// (all of them when deviceIDs is nil); the user's device list moves on
+// once for each device that had keys, in DeviceListChanges returned.
+func (s *Storage) DeleteDeviceKeys(ctx context.Context, userID string, deviceIDs []string) ([]DeviceListChange, error) {
+	var changes []DeviceListChange
 	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
-		pos = 0
+		changes = nil
 		where, args := `user_id = $1`, []any{userID}
 		if deviceIDs != nil {
 			if len(deviceIDs) == 0 {
@@ -182,20 +199,40 @@ func (s *Storage) DeleteDeviceKeys(ctx context.Context, userID string, deviceIDs
 				args = append(args, d)
 			}
 		}
+		rows, err := tx.Query(ctx, `SELECT device_id FROM userapi_device_keys WHERE `+where+` ORDER BY device_id`, args...)
+		if err != nil {
+			return fmt.Errorf("select device keys of %s: %w", userID, err)
+		}
+		var had []string
+		for rows.Next() {
+			var d string
+			if err := rows.Scan(&d); err != nil {
+				rows.Close()
+				return fmt.Errorf("scan device of %s: %w", userID, err)
+			}
+			had = append(had, d)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("select device keys of %s: %w", userID, err)
+		}
 		if _, err := tx.Exec(ctx, `DELETE FROM userapi_one_time_keys WHERE `+where, args...); err != nil {
 			return fmt.Errorf("delete one-time keys of %s: %w", userID, err)
 		}
-		res, err := tx.Exec(ctx, `DELETE FROM userapi_device_keys WHERE `+where, args...)
-		if err != nil {
+		if _, err := tx.Exec(ctx, `DELETE FROM userapi_device_keys WHERE `+where, args...); err != nil {
 			return fmt.Errorf("delete device keys of %s: %w", userID, err)
 		}
-		if n, err := res.RowsAffected(); err != nil || n == 0 {
-			return err
+		for _, d := range had {
+			c, err := bumpDeviceList(ctx, tx, userID)
+			if err != nil {
+				return err
+			}
+			c.DeviceID = d
+			changes = append(changes, c)
 		}
-		pos, err = bumpDeviceList(ctx, tx, userID)
-		return err
+		return nil
 	})
-	return pos, err
+	return changes, err
 }
 
 // DeviceListPos is the position of userID's last device list change (0:
@@ -318,8 +355,8 @@ func (s *Storage) ReplaceRemoteDeviceList(ctx context.Context, userID string, st
 			ON CONFLICT (user_id) DO UPDATE SET stream_id = excluded.stream_id, stale = FALSE`, userID, streamID); err != nil {
 			return fmt.Errorf("upsert device list of %s: %w", userID, err)
 		}
-		var err error
-		pos, err = bumpDeviceList(ctx, tx, userID)
+		c, err := bumpDeviceList(ctx, tx, userID)
+		pos = c.Pos
 		return err
 	})
 	return pos, err
@@ -393,7 +430,8 @@ func (s *Storage) ApplyRemoteDeviceUpdate(ctx context.Context, u DeviceUpdate) (
 			}
 			outcome = UpdateApplied
 		}
-		pos, err = bumpDeviceList(ctx, tx, u.UserID)
+		c, err := bumpDeviceList(ctx, tx, u.UserID)
+		pos = c.Pos
 		return err
 	})
 	return outcome, pos, err
