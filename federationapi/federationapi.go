@@ -86,6 +86,11 @@ type FederationAPI struct {
 	libLog *logrus.Entry
 	now    func() time.Time
 	out    outbound
+	// in is the state of inbound transactions (/send).
+	in inbound
+	// edus are the handlers of inbound EDUs by edu_type (edu.go), filled
+	// in New and only read after.
+	edus map[string]eduHandler
 }
 
 // New makes the federation API for the server's signing key.
@@ -114,6 +119,8 @@ func New(ctx context.Context, db *sqldb.DB, opts Options) (*FederationAPI, error
 		now:      time.Now,
 	}
 	f.keys = newKeyRing(f, opts.KeyServers)
+	f.edus = map[string]eduHandler{}
+	f.registerEDUs()
 	sender := opts.Sender
 	if sender == nil {
 		sender = f.client
@@ -159,6 +166,7 @@ func (f *FederationAPI) Routes(root *mux.Router) {
 	v1.Handle("/event_auth/{roomId}/{eventId}", f.authed(f.getEventAuth)).Methods(http.MethodGet)
 	v1.Handle("/get_missing_events/{roomId}", f.authed(f.getMissingEvents)).Methods(http.MethodPost)
 	v1.Handle("/backfill/{roomId}", f.authed(f.backfill)).Methods(http.MethodGet)
+	v1.Handle("/send/{txnId}", f.authed(f.send)).Methods(http.MethodPut)
 	f.userKeyRoutes(v1)
 	f.membershipRoutes(v1, root.PathPrefix("/_matrix/federation/v2").Subrouter())
 }

@@ -45,7 +45,7 @@ type fedNet struct {
 	srv   map[string][]*net.SRV
 }
 
-func newFedNet(t *testing.T) *fedNet {
+func newFedNet(t testing.TB) *fedNet {
 	return &fedNet{ca: testca.New(t), hosts: map[string]netip.Addr{}, srv: map[string][]*net.SRV{}}
 }
 
@@ -72,7 +72,7 @@ func (n *fedNet) resolver() *fedhttp.Resolver {
 
 // start runs a server named name with its federation listener on ip (a
 // loopback address of its own), over TLS, and publishes it in the DNS.
-func (n *fedNet) start(t *testing.T, name, ip, dbURL string, opts ...testserver.Options) *testserver.Server {
+func (n *fedNet) start(t testing.TB, name, ip, dbURL string, opts ...testserver.Options) *testserver.Server {
 	t.Helper()
 	cert, key := n.ca.Issue(name)
 	all := append([]testserver.Options{func(c *config.Config) {
@@ -83,6 +83,23 @@ func (n *fedNet) start(t *testing.T, name, ip, dbURL string, opts ...testserver.
 		c.FederationAPI.AllowPrivateAddresses = true
 	}}, opts...)
 	srv := testserver.Start(t, testserver.Config(t.TempDir(), dbURL, all...), setup.WithResolver(n.resolver()))
+	n.publish(t, name, ip, srv)
+	return srv
+}
+
+// restart stops srv and starts it again on the same data directory and
+// database, published under its name at its new port.
+func (n *fedNet) restart(t testing.TB, name, ip string, srv *testserver.Server) *testserver.Server {
+	t.Helper()
+	srv.Stop()
+	srv = testserver.Start(t, srv.Config, setup.WithResolver(n.resolver()))
+	n.publish(t, name, ip, srv)
+	return srv
+}
+
+// publish puts srv's federation listener in the DNS under name.
+func (n *fedNet) publish(t testing.TB, name, ip string, srv *testserver.Server) {
+	t.Helper()
 	_, port, err := net.SplitHostPort(srv.Addr("federation").String())
 	if err != nil {
 		t.Fatal(err)
@@ -92,7 +109,6 @@ func (n *fedNet) start(t *testing.T, name, ip, dbURL string, opts ...testserver.
 	n.hosts[name] = netip.MustParseAddr(ip)
 	n.srv["_matrix-fed._tcp."+name] = []*net.SRV{{Target: name + ".", Port: uint16(p)}}
 	n.mu.Unlock()
-	return srv
 }
 
 // httpClient talks to a federation listener as if to server name, over

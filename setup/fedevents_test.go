@@ -71,7 +71,7 @@ type fedCaller struct {
 	client *http.Client
 }
 
-func (c *fedCaller) do(t *testing.T, method, uri string, body any) (int, []byte) {
+func (c *fedCaller) do(t testing.TB, method, uri string, body any) (int, []byte) {
 	t.Helper()
 	fr := fclient.NewFederationRequest(method, c.key.ServerName, c.dest, uri)
 	if body != nil {

@@ -21,7 +21,7 @@ import (
 )
 
 // joinedMembers lists a room's joined members as c sees them.
-func joinedMembers(t *testing.T, c *testserver.Client, roomID string) map[string]bool {
+func joinedMembers(t testing.TB, c *testserver.Client, roomID string) map[string]bool {
 	t.Helper()
 	r := c.Do(t, "GET", "/_matrix/client/v3/rooms/"+url.PathEscape(roomID)+"/joined_members", nil)
 	var body struct {

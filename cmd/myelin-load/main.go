@@ -7,6 +7,7 @@
 //	myelin-load storm       [flags]   M long-polls restarted in step, E events/s: delivery latency while their timeouts fall
 //	myelin-load idle        [flags]   C idle /sync long-polls: server RSS per connection, idle CPU
 //	myelin-load join        [flags]   U users joining one room: joins/s per slice of the room's growth
+//	myelin-load federation  [flags]   M long-polls on other servers, E events/s sent here: delivery across federation
 //	myelin-load initialsync [flags]   initial /sync in an N-member room, /messages back-pagination
 //	myelin-load table DIR_A DIR_B [DIR_C DIR_D ...]   side-by-side markdown from -json results
 //
@@ -57,6 +58,7 @@ var scenarios = []scenario{
 	{"storm", "M long-polls restarted in step, E events/s into a few rooms: delivery latency in and out of the timeout windows", stormFlags},
 	{"idle", "C idle long-polling /sync connections held for T: RSS per connection, idle CPU", idleFlags},
 	{"join", "U users joining one room: joins/s overall and per slice", joinFlags},
+	{"federation", "M long-polling /sync clients on other servers (-remote), E events/s sent on this one: delivery latency across federation, memory of all servers", federationFlags},
 	{"initialsync", "initial /sync in an N-member room with and without lazy loading; /messages pagination", initialSyncFlags},
 }
 

