@@ -223,7 +223,7 @@ func TestFederationKeys(t *testing.T) {
 				{"query of a bad user ID", "POST", "/_matrix/federation/v1/user/keys/query", map[string]any{"device_keys": map[string]any{"x": []string{}}}, 400, "M_INVALID_PARAM"},
 				{"claim with devices not an object", "POST", "/_matrix/federation/v1/user/keys/claim", map[string]any{"one_time_keys": map[string]any{aliceID: 1}}, 400, "M_BAD_JSON"},
 			} {
-				t.Run(tc.name, func(t *testing.T) {
+				t.Run("federation "+tc.name, func(t *testing.T) {
 					status, raw := asB.do(t, tc.method, tc.uri, tc.body)
 					var body struct {
 						Code string `json:"errcode"`
