@@ -20,6 +20,7 @@ func (f *FederationAPI) registerEDUs() {
 	f.handleEDU(eduReceipt, f.onReceiptEDU)
 	f.handleEDU(eduPresence, f.onPresenceEDU)
 	f.handleEDU(eduDeviceListUpd, f.onDeviceListUpdateEDU)
+	f.handleEDU(eduDirectToDevice, f.onDirectToDeviceEDU)
 }
 
 // handleEDU makes h the handler of the EDUs of type eduType.

@@ -44,6 +44,7 @@ func (f *FederationAPI) startEDUs(ctx context.Context, b *bus.Bus) error {
 		{bus.OutputReceipt, f.sendReceipt},
 		{bus.OutputPresence, f.sendPresence},
 		{bus.OutputDeviceListUpdate, f.sendDeviceListUpdate},
+		{bus.OutputSendToDevice, f.sendToDevice},
 	} {
 		cons, err := b.OpenConsumer(ctx, c.stream, bus.OutputConsumer("federationapi", jetstream.DeliverNewPolicy))
 		if err != nil {
@@ -205,6 +206,34 @@ func (f *FederationAPI) sendDeviceListUpdate(ctx context.Context, m jetstream.Ms
 	return f.sendEDU(ctx, eduDeviceListUpd, u, dests)
 }
 
+// sendToDevice sends a local user's send-to-device messages for devices
+// of other servers to each server, as one m.direct_to_device holding its
+// users' messages.
+func (f *FederationAPI) sendToDevice(ctx context.Context, m jetstream.Msg) error {
+	var u sapi.SendToDevice
+	if err := json.Unmarshal(m.Data(), &u); err != nil || !f.isLocal(u.Sender) {
+		return nil
+	}
+	byServer := map[spec.ServerName]map[string]map[string]json.RawMessage{}
+	for userID, devs := range u.Messages {
+		srv, ok := mxid.Server(userID)
+		if !ok || srv == string(f.key.ServerName) {
+			continue
+		}
+		if byServer[spec.ServerName(srv)] == nil {
+			byServer[spec.ServerName(srv)] = map[string]map[string]json.RawMessage{}
+		}
+		byServer[spec.ServerName(srv)][userID] = devs
+	}
+	for srv, msgs := range byServer {
+		c := sapi.SendToDevice{Sender: u.Sender, Type: u.Type, MessageID: u.MessageID, Messages: msgs}
+		if err := f.sendEDU(ctx, eduDirectToDevice, c, []spec.ServerName{srv}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Inbound EDUs. Each handler takes the content of one EDU of a /send
 // transaction from origin; what is malformed, of a user of another server
 // than origin, or of a room origin is not in is dropped (an EDU has no
@@ -322,4 +351,27 @@ func (f *FederationAPI) onDeviceListUpdateEDU(ctx context.Context, origin spec.S
 		return nil
 	}
 	return f.userKeys.DeviceListUpdate(ctx, string(origin), u)
+}
+
+// onDirectToDeviceEDU passes the send-to-device messages of a user of
+// origin for local devices to syncapi.
+func (f *FederationAPI) onDirectToDeviceEDU(ctx context.Context, origin spec.ServerName, content json.RawMessage) error {
+	var c sapi.SendToDevice
+	if json.Unmarshal(content, &c) != nil || !ofOrigin(c.Sender, origin) || c.Type == "" || c.MessageID == "" {
+		return nil
+	}
+	if mxid.Opaque(c.Type, mxid.MaxLen) != nil || mxid.Opaque(c.MessageID, mxid.MaxLen) != nil {
+		return nil
+	}
+	local := map[string]map[string]json.RawMessage{}
+	for userID, devs := range c.Messages {
+		if f.isLocal(userID) && mxid.UserID(userID) == nil {
+			local[userID] = devs
+		}
+	}
+	if len(local) == 0 {
+		return nil
+	}
+	c.Messages = local
+	return f.publish(ctx, bus.OutputSendToDevice, c)
 }

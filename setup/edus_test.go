@@ -165,6 +165,23 @@ func TestFederationEDUs(t *testing.T) {
 			})
 		})
 
+		t.Run("to-device", func(t *testing.T) {
+			_, bobDev := whoami(t, bob)
+			next := fullSync(t, bob).Get("next_batch").String()
+			alice.Do(t, "PUT", "/_matrix/client/v3/sendToDevice/m.room_key_request/td1", map[string]any{
+				"messages": map[string]any{bobID: map[string]any{bobDev: map[string]string{"body": "secret"}}},
+			}).MustOK(t)
+			poll.Until(t, 10*time.Second, func() error {
+				r := bob.Do(t, "GET", "/_matrix/client/v3/sync?timeout=1000&since="+url.QueryEscape(next), nil).MustOK(t)
+				evs := gjson.GetBytes(r.Raw, "to_device.events").Array()
+				if len(evs) != 1 || evs[0].Get("sender").String() != aliceID || evs[0].Get("type").String() != "m.room_key_request" ||
+					evs[0].Get("content.body").String() != "secret" {
+					return fmt.Errorf("bob's to-device messages: %s", gjson.GetBytes(r.Raw, "to_device").Raw)
+				}
+				return nil
+			})
+		})
+
 		keyA, err := signing.LoadOrGenerate(hsA.Config.Keys.SigningKeyPath, "ea.test")
 		if err != nil {
 			t.Fatal(err)
@@ -206,6 +223,14 @@ func TestFederationEDUs(t *testing.T) {
 					"@mallory:ec.test": map[string]any{"event_ids": []string{"$forged"}, "data": map[string]any{"ts": 1}},
 					aliceID:            map[string]any{"event_ids": []string{readEv}, "data": map[string]any{"ts": 2}},
 				}}}},
+				map[string]any{"edu_type": "m.direct_to_device", "content": map[string]any{
+					"sender": "@mallory:ec.test", "type": "m.test", "message_id": "m1",
+					"messages": map[string]any{bobID: map[string]any{"*": map[string]string{"from": "mallory"}}},
+				}},
+				map[string]any{"edu_type": "m.direct_to_device", "content": map[string]any{
+					"sender": aliceID, "type": "m.test", "message_id": "a1",
+					"messages": map[string]any{bobID: map[string]any{"*": map[string]string{"from": "alice"}}},
+				}},
 				typing(room, aliceID),
 			)
 			// Presence first, before a sync of bob sets him online again.
@@ -233,8 +258,14 @@ func TestFederationEDUs(t *testing.T) {
 				if rc := ephemeralOf(s, room, "m.receipt"); !rc.Get("content." + gjson.Escape(readEv) + ".m\\.read." + gjson.Escape(aliceID)).Exists() {
 					return fmt.Errorf("receipts: %s", rc.Raw)
 				}
+				if !slices.Contains(stringsOf(s.Get("to_device.events.#.content.from")), "alice") {
+					return fmt.Errorf("to-device: %s", s.Get("to_device").Raw)
+				}
 				return nil
 			})
+			if slices.Contains(stringsOf(s.Get("to_device.events.#.content.from")), "mallory") {
+				t.Errorf("a to-device message of ec.test's user sent by ea.test was taken: %s", s.Get("to_device").Raw)
+			}
 			if got := stringsOf(ephemeralOf(s, room, "m.typing").Get("content.user_ids")); fmt.Sprint(got) != fmt.Sprint([]string{aliceID}) {
 				t.Errorf("typing in the room: %v", got)
 			}

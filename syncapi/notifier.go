@@ -245,6 +245,16 @@ func (n *Notifier) OnPresence(userID string, rooms []string, pos int64) {
 	n.presenceLog = slices.Insert(n.presenceLog, i, c)
 }
 
+// OnToDevice records a send-to-device message for a device of userID at
+// to-device position pos.
+func (n *Notifier) OnToDevice(userID string, pos int64) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	moved := Token{ToDevice: pos}
+	n.advance(moved)
+	n.bumpUser(userID, moved)
+}
+
 // OnDeviceList records a change of userID's device list at device-list
 // position pos and wakes userID and the local users joined to rooms, the
 // rooms userID is joined to.

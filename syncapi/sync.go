@@ -25,8 +25,10 @@ type syncResponse struct {
 	Presence    eventList   `json:"presence"`
 	ToDevice    eventList   `json:"to_device"`
 	DeviceLists deviceLists `json:"device_lists"`
-	OTKCounts   struct{}    `json:"device_one_time_keys_count"`
-	Rooms       syncRooms   `json:"rooms"`
+	// OTKCounts is left out of an unchanged answer: clients keep their
+	// count.
+	OTKCounts map[string]int `json:"device_one_time_keys_count,omitempty"`
+	Rooms     syncRooms      `json:"rooms"`
 	// unchanged marks the answer to a long-poll that nothing concerned:
 	// empty but for next_batch.
 	unchanged bool
@@ -122,6 +124,7 @@ func newSyncResponse() *syncResponse {
 
 func (r *syncResponse) empty() bool {
 	return len(r.AccountData.Events) == 0 && len(r.Presence.Events) == 0 && len(r.DeviceLists.Changed) == 0 &&
+		len(r.DeviceLists.Left) == 0 && len(r.ToDevice.Events) == 0 &&
 		len(r.Rooms.Join) == 0 && len(r.Rooms.Invite) == 0 && len(r.Rooms.Leave) == 0 && len(r.Rooms.Knock) == 0
 }
 
@@ -494,6 +497,15 @@ func (s *SyncAPI) build(ctx context.Context, req *syncRequest) (*syncResponse, e
 	}
 	if err := s.addDeviceLists(ctx, req, since, resp); err != nil {
 		return nil, err
+	}
+	if err := s.addToDevice(ctx, req, since, resp); err != nil {
+		return nil, err
+	}
+	if resp.OTKCounts, err = s.users.OneTimeKeyCounts(ctx, user, req.dev.DeviceID); err != nil {
+		return nil, err
+	}
+	if _, ok := resp.OTKCounts["signed_curve25519"]; !ok {
+		resp.OTKCounts["signed_curve25519"] = 0
 	}
 	return resp, nil
 }

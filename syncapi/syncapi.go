@@ -85,12 +85,16 @@ func New(ctx context.Context, cfg *config.Config, db *sqldb.DB, b *bus.Bus, user
 	if err != nil {
 		return nil, fmt.Errorf("device list position: %w", err)
 	}
+	tdPos, err := store.MaxToDevicePos(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("to-device position: %w", err)
+	}
 	joined, err := store.JoinedUsers(ctx, ":"+cfg.ServerName)
 	if err != nil {
 		return nil, fmt.Errorf("load joined users: %w", err)
 	}
 	typing := newTypingRooms(time.Now)
-	current := Token{PDU: pos, AccountData: adPos, Typing: typing.Pos(), Receipt: receiptPos, Presence: presencePos, DeviceLists: dlPos}
+	current := Token{PDU: pos, AccountData: adPos, Typing: typing.Pos(), Receipt: receiptPos, Presence: presencePos, DeviceLists: dlPos, ToDevice: tdPos}
 	return &SyncAPI{
 		cfg:       cfg,
 		store:     store,
@@ -129,6 +133,7 @@ func (s *SyncAPI) streams() []consumedStream {
 		{bus.OutputTyping, s.onTyping},
 		{bus.OutputReceipt, s.onReceipt},
 		{bus.OutputPresence, s.onPresence},
+		{bus.OutputSendToDevice, s.onSendToDevice},
 	}
 }
 
@@ -256,6 +261,7 @@ func (s *SyncAPI) Routes(root *mux.Router) {
 		r.Handle("/rooms/{roomId}/joined_members", s.authed(s.joinedMembers)).Methods(http.MethodGet)
 		r.Handle("/rooms/{roomId}/forget", s.authed(s.forget)).Methods(http.MethodPost)
 		r.Handle("/rooms/{roomId}/typing/{userId}", s.authed(s.putTyping)).Methods(http.MethodPut)
+		r.Handle("/sendToDevice/{eventType}/{txnId}", s.authed(s.sendToDevice)).Methods(http.MethodPut)
 		r.Handle("/rooms/{roomId}/receipt/{receiptType}/{eventId}", s.authed(s.postReceipt)).Methods(http.MethodPost)
 		r.Handle("/rooms/{roomId}/read_markers", s.authed(s.postReadMarkers)).Methods(http.MethodPost)
 		r.Handle("/presence/{userId}/status", s.authed(s.getPresence)).Methods(http.MethodGet)

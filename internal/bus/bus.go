@@ -88,6 +88,9 @@ const (
 	// OutputDeviceListUpdate carries the device list changes of local
 	// users (uapi.DeviceListUpdate), for the federationapi to send.
 	OutputDeviceListUpdate = "OutputDeviceListUpdate"
+	// OutputSendToDevice carries send-to-device messages
+	// (sapi.SendToDevice), local and from other servers.
+	OutputSendToDevice = "OutputSendToDevice"
 )
 
 // Header keys used on messages.
@@ -265,6 +268,16 @@ func streams() []jetstream.StreamConfig {
 			Retention: jetstream.LimitsPolicy,
 			Storage:   jetstream.FileStorage,
 			MaxAge:    24 * time.Hour,
+		},
+		{
+			Name:      OutputSendToDevice,
+			Subjects:  []string{OutputSendToDevice},
+			Retention: jetstream.LimitsPolicy,
+			Storage:   jetstream.FileStorage,
+			MaxAge:    24 * time.Hour,
+			// A client retrying PUT /sendToDevice with its transaction ID
+			// publishes with the same message ID, dropped in this window.
+			Duplicates: 2 * time.Minute,
 		},
 	}
 }
