@@ -300,20 +300,31 @@ func (u *UserAPI) queryServer(ctx context.Context, srv string, users []string, w
 	return resp, nil
 }
 
-// cachedDevices returns the device list of a remote user from the cache,
-// fetching it first when it is missing or stale and the user shares a
-// room with a local user. ok is false for a user not tracked.
+// cachedDevices returns the device list of a remote user who shares a
+// room with a local user from the cache, fetching it first when it is
+// missing or stale. ok is false for a user who shares no room: its server
+// no longer tells us of changes, so a copy kept is marked stale, to be
+// fetched again should a room be shared again.
 func (u *UserAPI) cachedDevices(ctx context.Context, srv, userID string) ([]storage.DeviceKeys, bool, error) {
+	shares, err := u.store.SharesRoomWithLocal(ctx, userID)
+	if err != nil {
+		return nil, false, err
+	}
 	_, stale, found, devs, err := u.store.RemoteDeviceList(ctx, userID)
 	if err != nil {
+		return nil, false, err
+	}
+	if !shares {
+		if found && !stale {
+			err = u.store.MarkDeviceListStale(ctx, userID)
+		}
 		return nil, false, err
 	}
 	if found && !stale {
 		return devs, true, nil
 	}
-	shares, err := u.store.SharesRoomWithLocal(ctx, userID)
-	if err != nil || !shares || u.remote == nil {
-		return nil, false, err
+	if u.remote == nil {
+		return nil, false, nil
 	}
 	devs, err = u.resync(ctx, srv, userID)
 	if err != nil {

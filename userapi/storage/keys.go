@@ -362,6 +362,15 @@ func (s *Storage) ReplaceRemoteDeviceList(ctx context.Context, userID string, st
 	return pos, err
 }
 
+// MarkDeviceListStale marks a remote user's cached device list stale: it
+// is fetched again before it is used.
+func (s *Storage) MarkDeviceListStale(ctx context.Context, userID string) error {
+	if _, err := s.db.Exec(ctx, `UPDATE userapi_remote_device_lists SET stale = TRUE WHERE user_id = $1`, userID); err != nil {
+		return fmt.Errorf("mark device list of %s stale: %w", userID, err)
+	}
+	return nil
+}
+
 // DeviceUpdate is one m.device_list_update of a remote user.
 type DeviceUpdate struct {
 	UserID      string
