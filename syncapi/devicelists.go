@@ -7,7 +7,7 @@ import "context"
 // a room with the syncing user (and the user itself) whose device lists
 // changed, local or remote, and those who joined one of its rooms since
 // (their devices are new to it); left holds those who left one of its
-// rooms and share none with it any more.
+// rooms, or were in a room it left, and share none with it any more.
 func (s *SyncAPI) addDeviceLists(ctx context.Context, req *syncRequest, since Token, resp *syncResponse) error {
 	if req.since == nil {
 		return nil
@@ -45,7 +45,27 @@ func (s *SyncAPI) addDeviceLists(ctx context.Context, req *syncRequest, since To
 		if err != nil {
 			return err
 		}
+		// The members of the rooms the user itself left count too.
+		own, err := s.store.MembershipChanges(ctx, user, since.PDU, req.to.PDU)
+		if err != nil {
+			return err
+		}
+		for _, c := range own {
+			if c.Membership != "leave" && c.Membership != "ban" {
+				continue
+			}
+			members, err := s.store.JoinedMembers(ctx, c.RoomID)
+			if err != nil {
+				return err
+			}
+			left = append(left, members...)
+		}
+		seen := map[string]bool{}
 		for _, id := range left {
+			if seen[id] {
+				continue
+			}
+			seen[id] = true
 			if id == user || changed[id] {
 				continue
 			}

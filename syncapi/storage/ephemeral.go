@@ -289,3 +289,22 @@ func (s *Storage) NewlyLeft(ctx context.Context, userID string, from, to int64) 
 	}
 	return out, rows.Err()
 }
+
+// JoinedMembers lists the users joined to roomID now.
+func (s *Storage) JoinedMembers(ctx context.Context, roomID string) ([]string, error) {
+	rows, err := s.db.Query(ctx, `SELECT state_key FROM syncapi_current_state
+		WHERE room_id = $1 AND event_type = 'm.room.member' AND membership = 'join'`, roomID)
+	if err != nil {
+		return nil, fmt.Errorf("joined members of %s: %w", roomID, err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var u string
+		if err := rows.Scan(&u); err != nil {
+			return nil, err
+		}
+		out = append(out, u)
+	}
+	return out, rows.Err()
+}
