@@ -220,6 +220,12 @@ func (f *FederationAPI) processTxn(ctx context.Context, origin spec.ServerName, 
 		})
 	}
 	wg.Wait()
+	if errors.Is(failed, context.Canceled) || errors.Is(failed, context.DeadlineExceeded) {
+		// The origin gave up waiting (a room fetching what it lacks can
+		// take long): it sends the transaction again, and what was
+		// stored by then is taken in as a no-op.
+		return nil, mxhttp.ServiceUnavailable(failed)
+	}
 	if failed != nil {
 		return nil, failed
 	}
@@ -342,14 +348,36 @@ func (f *FederationAPI) inputRoomPDUs(ctx context.Context, origin spec.ServerNam
 			return nil
 		}
 	}
+	// An event built on a refused one of the same transaction would be
+	// refused too, after its own fetch of what it lacks (up to the
+	// roomserver's fetch timeout): it is answered at once instead.
+	refusedIDs := map[string]bool{}
 	for _, ev := range evs {
+		if prev := refusedPrev(ev, refusedIDs); prev != "" {
+			refusedIDs[ev.EventID()] = true
+			put(ev.EventID(), fmt.Errorf("its prev event %s was refused", prev))
+			continue
+		}
 		refused, err := input([]gmsl.PDU{ev})
 		if err != nil {
 			return fmt.Errorf("input %s: %w", ev.EventID(), err)
 		}
+		if refused != nil {
+			refusedIDs[ev.EventID()] = true
+		}
 		put(ev.EventID(), refused)
 	}
 	return nil
+}
+
+// refusedPrev is a prev event of ev among refused, "" if none is.
+func refusedPrev(ev gmsl.PDU, refused map[string]bool) string {
+	for _, id := range ev.PrevEventIDs() {
+		if refused[id] {
+			return id
+		}
+	}
+	return ""
 }
 
 // guessEventID is the ID of an event that cannot be parsed in its room's
