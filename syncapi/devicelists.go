@@ -1,6 +1,12 @@
 package syncapi
 
-import "context"
+import (
+	"context"
+	"net/http"
+
+	"myelin/internal/mxhttp"
+	uapi "myelin/userapi/api"
+)
 
 // addDeviceLists fills device_lists of an incremental sync (spec,
 // "Tracking the device list for a user"): changed holds the users sharing
@@ -37,9 +43,15 @@ func (s *SyncAPI) addDeviceLists(ctx context.Context, req *syncRequest, since To
 			return err
 		}
 		for _, id := range joined {
-			if id != user {
-				changed[id] = true
+			if id == user || changed[id] {
+				continue
 			}
+			// One who joined and left again since is only left.
+			shares, err := s.store.SharesRoom(ctx, user, id)
+			if err != nil {
+				return err
+			}
+			changed[id] = shares
 		}
 		left, err := s.store.NewlyLeft(ctx, user, since.PDU, req.to.PDU)
 		if err != nil {
@@ -78,8 +90,30 @@ func (s *SyncAPI) addDeviceLists(ctx context.Context, req *syncRequest, since To
 			}
 		}
 	}
-	for id := range changed {
-		resp.DeviceLists.Changed = append(resp.DeviceLists.Changed, id)
+	for id, ok := range changed {
+		if ok {
+			resp.DeviceLists.Changed = append(resp.DeviceLists.Changed, id)
+		}
 	}
 	return nil
+}
+
+// keysChanges is GET /keys/changes: the users whose device lists changed,
+// or who left, between two sync tokens, as /sync would list them.
+func (s *SyncAPI) keysChanges(r *http.Request, dev *uapi.Device) (any, error) {
+	q := r.URL.Query()
+	from, err := ParseToken(q.Get("from"))
+	if err != nil {
+		return nil, mxhttp.InvalidParam("from is not a sync token")
+	}
+	to, err := ParseToken(q.Get("to"))
+	if err != nil {
+		return nil, mxhttp.InvalidParam("to is not a sync token")
+	}
+	req := &syncRequest{dev: dev, since: &from, to: to}
+	resp := newSyncResponse()
+	if err := s.addDeviceLists(r.Context(), req, from, resp); err != nil {
+		return nil, err
+	}
+	return resp.DeviceLists, nil
 }

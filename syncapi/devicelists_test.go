@@ -65,6 +65,7 @@ func TestDeviceLists(t *testing.T) {
 			})
 		}
 		bobID, _ := id(bob)
+		first := since
 		t.Run("a user joins", func(t *testing.T) {
 			expect(t, func() { join(t, carol) }, []string{carolID}, nil)
 		})
@@ -78,6 +79,20 @@ func TestDeviceLists(t *testing.T) {
 		})
 		t.Run("a user leaves", func(t *testing.T) {
 			expect(t, func() { leave(t, carol) }, nil, []string{carolID})
+		})
+		// /keys/changes answers the same for a range of tokens.
+		t.Run("keys changes", func(t *testing.T) {
+			r := alice.Do(t, "GET", v3+"/keys/changes?from="+url.QueryEscape(first)+"&to="+url.QueryEscape(since), nil).MustOK(t)
+			var dl deviceLists
+			_ = json.Unmarshal(r.Raw, &dl)
+			if fmt.Sprint(dl.Changed) != "[]" || fmt.Sprint(dl.Left) != fmt.Sprint([]string{carolID}) {
+				t.Fatalf("keys changes over the whole range: %s", r.Raw)
+			}
+			for _, q := range []string{"from=x&to=" + url.QueryEscape(since), "from=" + url.QueryEscape(first), ""} {
+				if r := alice.Do(t, "GET", v3+"/keys/changes?"+q, nil); r.Status != 400 || r.String("errcode") != "M_INVALID_PARAM" {
+					t.Errorf("keys changes ?%s: %d %s", q, r.Status, r.Raw)
+				}
+			}
 		})
 		t.Run("the user itself leaves", func(t *testing.T) {
 			expect(t, func() { leave(t, alice) }, nil, []string{bobID})

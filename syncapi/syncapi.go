@@ -262,6 +262,7 @@ func (s *SyncAPI) Routes(root *mux.Router) {
 		r.Handle("/rooms/{roomId}/forget", s.authed(s.forget)).Methods(http.MethodPost)
 		r.Handle("/rooms/{roomId}/typing/{userId}", s.authed(s.putTyping)).Methods(http.MethodPut)
 		r.Handle("/sendToDevice/{eventType}/{txnId}", s.authed(s.sendToDevice)).Methods(http.MethodPut)
+		r.Handle("/keys/changes", s.authed(s.keysChanges)).Methods(http.MethodGet)
 		r.Handle("/rooms/{roomId}/receipt/{receiptType}/{eventId}", s.authed(s.postReceipt)).Methods(http.MethodPost)
 		r.Handle("/rooms/{roomId}/read_markers", s.authed(s.postReadMarkers)).Methods(http.MethodPost)
 		r.Handle("/presence/{userId}/status", s.authed(s.getPresence)).Methods(http.MethodGet)
