@@ -163,6 +163,15 @@ func TestFederationEDUs(t *testing.T) {
 				}
 				return nil
 			})
+			// A new name is part of the device's list entry too.
+			alice2.Do(t, "PUT", "/_matrix/client/v3/devices/"+dev2, map[string]string{"display_name": "Alice's laptop"}).MustOK(t)
+			poll.Until(t, 10*time.Second, func() error {
+				keys, _ := queryKeys(t, bob, aliceID)
+				if name := gjson.GetBytes(keys[aliceID][dev2], "unsigned.device_display_name").String(); name != "Alice's laptop" {
+					return fmt.Errorf("alice's renamed device on eb.test: %s", keys[aliceID][dev2])
+				}
+				return nil
+			})
 		})
 
 		t.Run("to-device", func(t *testing.T) {

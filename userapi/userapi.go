@@ -359,7 +359,11 @@ func (u *UserAPI) SetDeviceName(ctx context.Context, userID, deviceID, name stri
 		return err
 	}
 	u.tokens.invalidateDevices(userID, deviceID)
-	return nil
+	change, keys, err := u.store.DeviceRenamed(ctx, userID, deviceID)
+	if err != nil || change == nil {
+		return err
+	}
+	return u.deviceListChanged(ctx, *change, uapi.DeviceListUpdate{DisplayName: name, Keys: json.RawMessage(keys)})
 }
 
 // DeleteDevices deletes devices (all of the user's if deviceIDs is nil) and

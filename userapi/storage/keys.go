@@ -235,6 +235,33 @@ func (s *Storage) DeleteDeviceKeys(ctx context.Context, userID string, deviceIDs
 	return changes, err
 }
 
+// DeviceRenamed moves a local user's device list on when the renamed
+// device has keys (its name is part of what others see of it); it returns
+// the change and the device's keys, nil when it has none.
+func (s *Storage) DeviceRenamed(ctx context.Context, userID, deviceID string) (*DeviceListChange, string, error) {
+	var change *DeviceListChange
+	var keys string
+	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		change = nil
+		err := tx.QueryRow(ctx, `SELECT key_json FROM userapi_device_keys WHERE user_id = $1 AND device_id = $2`,
+			userID, deviceID).Scan(&keys)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("select device keys of %s %s: %w", userID, deviceID, err)
+		}
+		c, err := bumpDeviceList(ctx, tx, userID)
+		if err != nil {
+			return err
+		}
+		c.DeviceID = deviceID
+		change = &c
+		return nil
+	})
+	return change, keys, err
+}
+
 // DeviceListPos is the position of userID's last device list change (0:
 // none).
 func (s *Storage) DeviceListPos(ctx context.Context, userID string) (int64, error) {
