@@ -19,6 +19,7 @@ func (c *ClientAPI) keyRoutes(r *mux.Router) {
 	r.Handle("/keys/upload", c.authedGuest(c.uploadKeys)).Methods(http.MethodPost)
 	r.Handle("/keys/query", c.authedGuest(c.queryKeys)).Methods(http.MethodPost)
 	r.Handle("/keys/claim", c.authedGuest(c.claimKeys)).Methods(http.MethodPost)
+	r.Handle("/keys/device_signing/upload", c.authed(c.uploadCrossSigningKeys)).Methods(http.MethodPost)
 }
 
 type uploadKeysRequest struct {
@@ -112,7 +113,7 @@ func (c *ClientAPI) queryKeys(r *http.Request, dev *uapi.Device) (any, error) {
 		return nil, err
 	}
 	return c.users.QueryKeys(r.Context(), uapi.QueryKeysRequest{
-		DeviceKeys: req.DeviceKeys, Timeout: time.Duration(req.Timeout) * time.Millisecond,
+		DeviceKeys: req.DeviceKeys, Requester: dev.UserID, Timeout: time.Duration(req.Timeout) * time.Millisecond,
 	})
 }
 
@@ -147,4 +148,73 @@ func (c *ClientAPI) claimKeys(r *http.Request, dev *uapi.Device) (any, error) {
 	return c.users.ClaimKeys(r.Context(), uapi.ClaimKeysRequest{
 		OneTimeKeys: req.OneTimeKeys, Timeout: time.Duration(req.Timeout) * time.Millisecond,
 	})
+}
+
+type crossSigningRequest struct {
+	MasterKey      json.RawMessage `json:"master_key"`
+	SelfSigningKey json.RawMessage `json:"self_signing_key"`
+	UserSigningKey json.RawMessage `json:"user_signing_key"`
+}
+
+// crossSigningKeys checks the keys of a device_signing/upload: each one
+// given must be an object of the caller, for its usage, with one key.
+func crossSigningKeys(q *crossSigningRequest, userID string) (map[string]json.RawMessage, error) {
+	out := map[string]json.RawMessage{}
+	for typ, k := range map[string]json.RawMessage{"master": q.MasterKey, "self_signing": q.SelfSigningKey, "user_signing": q.UserSigningKey} {
+		t := mxhttp.TrimJSONSpace(k)
+		if len(t) == 0 || string(t) == "null" {
+			continue
+		}
+		g := gjson.ParseBytes(t)
+		if !g.IsObject() {
+			return nil, mxhttp.BadJSON("the %s key must be an object", typ)
+		}
+		if g.Get("user_id").String() != userID {
+			return nil, mxhttp.InvalidParam("the %s key must be of the calling user", typ)
+		}
+		usage := false
+		for _, u := range g.Get("usage").Array() {
+			usage = usage || u.String() == typ
+		}
+		if !usage {
+			return nil, mxhttp.InvalidParam("the %s key must have usage %q", typ, typ)
+		}
+		if keys := g.Get("keys"); !keys.IsObject() || len(keys.Map()) != 1 {
+			return nil, mxhttp.InvalidParam("the %s key must hold exactly one key", typ)
+		}
+		var compact bytes.Buffer
+		if err := json.Compact(&compact, t); err != nil {
+			return nil, mxhttp.BadJSON("the %s key: %v", typ, err)
+		}
+		out[typ] = compact.Bytes()
+	}
+	if len(out) == 0 {
+		return nil, mxhttp.MissingParam("no cross-signing key given")
+	}
+	return out, nil
+}
+
+// uploadCrossSigningKeys is POST /keys/device_signing/upload, behind the
+// user's password (spec: user-interactive authentication).
+func (c *ClientAPI) uploadCrossSigningKeys(r *http.Request, dev *uapi.Device) (any, error) {
+	body, err := mxhttp.ReadBody(r)
+	if err != nil {
+		return nil, err
+	}
+	var req crossSigningRequest
+	att, err := c.passwordUIA(r, dev, "upload cross-signing keys", body, &req)
+	if err != nil {
+		return nil, err
+	}
+	keys, err := crossSigningKeys(&req, dev.UserID)
+	if err != nil {
+		return nil, err
+	}
+	if challenge, err := att.run(); challenge != nil || err != nil {
+		return challenge, err
+	}
+	if err := c.users.UploadCrossSigningKeys(r.Context(), dev.UserID, keys); err != nil {
+		return nil, err
+	}
+	return struct{}{}, nil
 }

@@ -21,6 +21,7 @@ func (f *FederationAPI) registerEDUs() {
 	f.handleEDU(eduPresence, f.onPresenceEDU)
 	f.handleEDU(eduDeviceListUpd, f.onDeviceListUpdateEDU)
 	f.handleEDU(eduDirectToDevice, f.onDirectToDeviceEDU)
+	f.handleEDU(eduSigningKeyUpd, f.onSigningKeyUpdateEDU)
 }
 
 // handleEDU makes h the handler of the EDUs of type eduType.

@@ -10,6 +10,7 @@ import (
 	gmsl "github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/tidwall/gjson"
 
 	"myelin/internal/bus"
 	"myelin/internal/mxid"
@@ -24,6 +25,7 @@ const (
 	eduPresence       = "m.presence"
 	eduDeviceListUpd  = "m.device_list_update"
 	eduDirectToDevice = "m.direct_to_device"
+	eduSigningKeyUpd  = "m.signing_key_update"
 )
 
 // remoteTypingTimeout is how long a remote user shows as typing after
@@ -45,6 +47,7 @@ func (f *FederationAPI) startEDUs(ctx context.Context, b *bus.Bus) error {
 		{bus.OutputPresence, f.sendPresence},
 		{bus.OutputDeviceListUpdate, f.sendDeviceListUpdate},
 		{bus.OutputSendToDevice, f.sendToDevice},
+		{bus.OutputSigningKeyUpdate, f.sendSigningKeyUpdate},
 	} {
 		cons, err := b.OpenConsumer(ctx, c.stream, bus.OutputConsumer("federationapi", jetstream.DeliverNewPolicy))
 		if err != nil {
@@ -204,6 +207,20 @@ func (f *FederationAPI) sendDeviceListUpdate(ctx context.Context, m jetstream.Ms
 		return err
 	}
 	return f.sendEDU(ctx, eduDeviceListUpd, u, dests)
+}
+
+// sendSigningKeyUpdate sends a local user's new cross-signing keys to the
+// servers sharing a room with the user.
+func (f *FederationAPI) sendSigningKeyUpdate(ctx context.Context, m jetstream.Msg) error {
+	var u uapi.SigningKeyUpdate
+	if err := json.Unmarshal(m.Data(), &u); err != nil || !f.isLocal(u.UserID) {
+		return nil
+	}
+	dests, err := f.hostsOfUser(ctx, u.UserID)
+	if err != nil {
+		return err
+	}
+	return f.sendEDU(ctx, eduSigningKeyUpd, u, dests)
 }
 
 // sendToDevice sends a local user's send-to-device messages for devices
@@ -374,4 +391,19 @@ func (f *FederationAPI) onDirectToDeviceEDU(ctx context.Context, origin spec.Ser
 	}
 	c.Messages = local
 	return f.publish(ctx, bus.OutputSendToDevice, c)
+}
+
+// onSigningKeyUpdateEDU applies a remote user's new cross-signing keys to
+// the userapi's copy.
+func (f *FederationAPI) onSigningKeyUpdateEDU(ctx context.Context, origin spec.ServerName, content json.RawMessage) error {
+	var u uapi.SigningKeyUpdate
+	if json.Unmarshal(content, &u) != nil || !ofOrigin(u.UserID, origin) || f.userKeys == nil {
+		return nil
+	}
+	for _, k := range []json.RawMessage{u.MasterKey, u.SelfSigningKey} {
+		if len(k) > 0 && string(k) != "null" && !gjson.ParseBytes(k).IsObject() {
+			return nil
+		}
+	}
+	return f.userKeys.SigningKeyUpdate(ctx, string(origin), u)
 }

@@ -22,6 +22,7 @@ type UserKeys interface {
 	QueryKeys(ctx context.Context, req uapi.QueryKeysRequest) (*uapi.QueryKeysResponse, error)
 	ClaimKeys(ctx context.Context, req uapi.ClaimKeysRequest) (*uapi.ClaimKeysResponse, error)
 	DeviceListUpdate(ctx context.Context, origin string, update uapi.DeviceListUpdate) error
+	SigningKeyUpdate(ctx context.Context, origin string, update uapi.SigningKeyUpdate) error
 }
 
 func (f *FederationAPI) userKeyRoutes(v1 *mux.Router) {

@@ -159,7 +159,7 @@ func TestFederationEDUs(t *testing.T) {
 					return fmt.Errorf("bob's device lists: %+v", dl)
 				}
 				if keys, _ := queryKeys(t, bob, aliceID); curveKey(t, keys[aliceID][dev2], dev2) != "curve-2" {
-					return fmt.Errorf("alice's new device not known on eb.test: %v", keys[aliceID])
+					return fmt.Errorf("alice's new device not known on eb.test: %v", jsonOf(keys[aliceID]))
 				}
 				return nil
 			})
@@ -169,6 +169,63 @@ func TestFederationEDUs(t *testing.T) {
 				keys, _ := queryKeys(t, bob, aliceID)
 				if name := gjson.GetBytes(keys[aliceID][dev2], "unsigned.device_display_name").String(); name != "Alice's laptop" {
 					return fmt.Errorf("alice's renamed device on eb.test: %s", keys[aliceID][dev2])
+				}
+				return nil
+			})
+		})
+
+		t.Run("cross-signing keys", func(t *testing.T) {
+			csKey := func(usage, name string) map[string]any {
+				return map[string]any{"user_id": aliceID, "usage": []string{usage}, "keys": map[string]string{"ed25519:" + name: name}}
+			}
+			body := map[string]any{
+				"master_key":       csKey("master", "MASTER"),
+				"self_signing_key": csKey("self_signing", "SELF"),
+				"user_signing_key": csKey("user_signing", "USER"),
+			}
+			// Bad keys are refused before the password is asked for.
+			for _, tc := range []struct {
+				name string
+				key  map[string]any
+				code string
+			}{
+				{"of another user", map[string]any{"user_id": bobID, "usage": []string{"master"}, "keys": map[string]string{"ed25519:X": "X"}}, "M_INVALID_PARAM"},
+				{"of another usage", csKey("self_signing", "X"), "M_INVALID_PARAM"},
+				{"with two keys", map[string]any{"user_id": aliceID, "usage": []string{"master"}, "keys": map[string]string{"ed25519:X": "X", "ed25519:Y": "Y"}}, "M_INVALID_PARAM"},
+			} {
+				r := alice.Do(t, "POST", "/_matrix/client/v3/keys/device_signing/upload", map[string]any{"master_key": tc.key})
+				if r.Status != 400 || r.String("errcode") != tc.code {
+					t.Errorf("a master key %s: %d %s", tc.name, r.Status, r.Raw)
+				}
+			}
+			challenge := alice.Do(t, "POST", "/_matrix/client/v3/keys/device_signing/upload", body)
+			if challenge.Status != 401 || challenge.String("session") == "" {
+				t.Fatalf("upload without auth: %d %s", challenge.Status, challenge.Raw)
+			}
+			body["auth"] = map[string]any{
+				"type": "m.login.password", "identifier": map[string]string{"type": "m.id.user", "user": "alice"},
+				"password": "password-alice", "session": challenge.String("session"),
+			}
+			alice.Do(t, "POST", "/_matrix/client/v3/keys/device_signing/upload", body).MustOK(t)
+			query := func(c *testserver.Client) gjson.Result {
+				r := c.Do(t, "POST", "/_matrix/client/v3/keys/query", map[string]any{"device_keys": map[string]any{aliceID: []string{}}}).MustOK(t)
+				return gjson.ParseBytes(r.Raw)
+			}
+			own := query(alice)
+			if !own.Get("master_keys."+gjson.Escape(aliceID)+".keys.ed25519:MASTER").Exists() ||
+				!own.Get("user_signing_keys."+gjson.Escape(aliceID)).Exists() {
+				t.Fatalf("alice's own keys: %s", own.Raw)
+			}
+			// Bob's server hears of them (m.signing_key_update) and answers
+			// from its copy; alice's user-signing key is hers alone.
+			poll.Until(t, 10*time.Second, func() error {
+				q := query(bob)
+				if !q.Get("master_keys."+gjson.Escape(aliceID)+".keys.ed25519:MASTER").Exists() ||
+					!q.Get("self_signing_keys."+gjson.Escape(aliceID)+".keys.ed25519:SELF").Exists() {
+					return fmt.Errorf("alice's keys on eb.test: %s", q.Raw)
+				}
+				if q.Get("user_signing_keys").Exists() {
+					return fmt.Errorf("bob sees alice's user-signing key: %s", q.Raw)
 				}
 				return nil
 			})
@@ -300,12 +357,19 @@ func TestFederationEDUs(t *testing.T) {
 					"keys": deviceKeys(aliceID, dev, dev),
 				}}
 			}
+			// What eb.test holds may be behind ea.test's stream (a
+			// cross-signing upload moves it without an update): a first
+			// gap makes eb.test fetch the list, at last.
+			send(t, update("GAP0", last+50, last+40))
+			if keys, _ := queryKeys(t, bob, aliceID); keys[aliceID]["GAP0"] != nil || keys[aliceID][aliceDev] == nil {
+				t.Fatalf("after a first gap: %v", jsonOf(keys[aliceID]))
+			}
 			// An update that follows the last one is applied as it is:
 			// eb.test answers with a device ea.test does not have.
 			send(t, update("EXTRA", last+100, last))
 			poll.Until(t, 10*time.Second, func() error {
 				if keys, _ := queryKeys(t, bob, aliceID); curveKey(t, keys[aliceID]["EXTRA"], "EXTRA") != "curve-EXTRA" {
-					return fmt.Errorf("the update was not applied: %v", keys[aliceID])
+					return fmt.Errorf("the update was not applied: %v", jsonOf(keys[aliceID]))
 				}
 				return nil
 			})
@@ -315,13 +379,13 @@ func TestFederationEDUs(t *testing.T) {
 			poll.Until(t, 10*time.Second, func() error {
 				keys, _ := queryKeys(t, bob, aliceID)
 				if _, ok := keys[aliceID]["EXTRA"]; ok {
-					return fmt.Errorf("not resynced: %v", keys[aliceID])
+					return fmt.Errorf("not resynced: %v", jsonOf(keys[aliceID]))
 				}
 				if _, ok := keys[aliceID]["GAP"]; ok {
-					return fmt.Errorf("the update after the gap was applied: %v", keys[aliceID])
+					return fmt.Errorf("the update after the gap was applied: %v", jsonOf(keys[aliceID]))
 				}
 				if curveKey(t, keys[aliceID][aliceDev], aliceDev) != "curve-1" {
-					return fmt.Errorf("alice's keys after the resync: %v", keys[aliceID])
+					return fmt.Errorf("alice's keys after the resync: %v", jsonOf(keys[aliceID]))
 				}
 				return nil
 			})

@@ -77,6 +77,12 @@ func syncDeviceLists(t *testing.T, c *testserver.Client, since string) (string, 
 	return body.Next, body.DeviceLists
 }
 
+// jsonOf is v in JSON, for messages (json.RawMessage prints as bytes).
+func jsonOf(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
 // curveKey is the curve25519 key of a device keys object.
 func curveKey(t *testing.T, raw json.RawMessage, deviceID string) string {
 	t.Helper()
@@ -123,7 +129,7 @@ func TestFederationKeys(t *testing.T) {
 				t.Run(tc.name, func(t *testing.T) {
 					keys, failures := queryKeys(t, tc.c, aliceID)
 					if len(failures) != 0 {
-						t.Fatalf("failures: %v", failures)
+						t.Fatalf("failures: %s", jsonOf(failures))
 					}
 					raw := keys[aliceID][aliceDev]
 					if curveKey(t, raw, aliceDev) != "curve-1" {
@@ -279,7 +285,7 @@ func TestFederationKeys(t *testing.T) {
 			hsA.Stop()
 			keys, failures := queryKeys(t, bob, aliceID)
 			if len(failures) != 0 || curveKey(t, keys[aliceID][aliceDev], aliceDev) != "curve-1" {
-				t.Fatalf("with ka.test down: keys %v, failures %v", keys, failures)
+				t.Fatalf("with ka.test down: keys %s, failures %s", jsonOf(keys), jsonOf(failures))
 			}
 		})
 	})

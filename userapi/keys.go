@@ -213,6 +213,9 @@ func (u *UserAPI) QueryKeys(ctx context.Context, req uapi.QueryKeysRequest) (*ua
 			return nil, err
 		}
 		keysOf(resp, id, devs, req.DeviceKeys[id])
+		if err := u.crossSigningOf(ctx, resp, id, id == req.Requester); err != nil {
+			return nil, err
+		}
 	}
 	if req.LocalOnly || len(remote) == 0 {
 		return resp, nil
@@ -268,6 +271,9 @@ func (u *UserAPI) queryServer(ctx context.Context, srv string, users []string, w
 			continue
 		}
 		keysOf(resp, id, devs, want[id])
+		if err := u.crossSigningOf(ctx, resp, id, false); err != nil {
+			return nil, err
+		}
 	}
 	if len(ask) == 0 {
 		return resp, nil
@@ -354,7 +360,13 @@ func (u *UserAPI) resync(ctx context.Context, srv, userID string) ([]storage.Dev
 		}
 		devs = append(devs, storage.DeviceKeys{UserID: userID, DeviceID: d.DeviceID, DisplayName: d.DisplayName, KeyJSON: k})
 	}
-	pos, err := u.store.ReplaceRemoteDeviceList(ctx, userID, ud.StreamID, devs)
+	cross := map[string]string{}
+	for typ, k := range map[string]json.RawMessage{"master": ud.MasterKey, "self_signing": ud.SelfSigningKey} {
+		if len(k) > 0 && string(k) != "null" {
+			cross[typ] = string(k)
+		}
+	}
+	pos, err := u.store.ReplaceRemoteDeviceList(ctx, userID, ud.StreamID, devs, cross)
 	if err != nil {
 		return nil, err
 	}
@@ -432,6 +444,16 @@ func (u *UserAPI) UserDevices(ctx context.Context, userID string) (*uapi.UserDev
 		return nil, err
 	}
 	out := &uapi.UserDevices{UserID: userID, StreamID: pos, Devices: make([]uapi.UserDevice, 0, len(devs))}
+	cross, err := u.store.CrossSigningKeys(ctx, userID)
+	if err != nil {
+		return nil, err
+	}
+	if k, ok := cross["master"]; ok {
+		out.MasterKey = json.RawMessage(k)
+	}
+	if k, ok := cross["self_signing"]; ok {
+		out.SelfSigningKey = json.RawMessage(k)
+	}
 	for _, d := range devs {
 		ud := uapi.UserDevice{DeviceID: d.DeviceID, DisplayName: d.DisplayName}
 		if d.KeyJSON != "" {
@@ -474,4 +496,86 @@ func (u *UserAPI) DeviceListChanges(ctx context.Context, from, to int64) ([]stri
 // DeviceListsPos is the head of the device-list stream.
 func (u *UserAPI) DeviceListsPos(ctx context.Context) (int64, error) {
 	return u.store.DeviceListsPos(ctx)
+}
+
+// crossSigningOf adds userID's stored cross-signing keys to resp: the
+// user-signing key only when withUserSigning (the user asking for its own).
+func (u *UserAPI) crossSigningOf(ctx context.Context, resp *uapi.QueryKeysResponse, userID string, withUserSigning bool) error {
+	cross, err := u.store.CrossSigningKeys(ctx, userID)
+	if err != nil {
+		return err
+	}
+	add := func(m *map[string]json.RawMessage, typ string) {
+		k, ok := cross[typ]
+		if !ok {
+			return
+		}
+		if *m == nil {
+			*m = map[string]json.RawMessage{}
+		}
+		(*m)[userID] = json.RawMessage(k)
+	}
+	add(&resp.MasterKeys, "master")
+	add(&resp.SelfSigningKeys, "self_signing")
+	if withUserSigning {
+		add(&resp.UserSigningKeys, "user_signing")
+	}
+	return nil
+}
+
+// UploadCrossSigningKeys stores a local user's cross-signing keys; users
+// sharing a room hear of it through the device-list stream, and other
+// servers through an m.signing_key_update (for the master and
+// self-signing keys: the user-signing key is the user's own business).
+func (u *UserAPI) UploadCrossSigningKeys(ctx context.Context, userID string, keys map[string]json.RawMessage) error {
+	stored := make(map[string]string, len(keys))
+	for typ, k := range keys {
+		stored[typ] = string(k)
+	}
+	c, err := u.store.StoreCrossSigningKeys(ctx, userID, stored)
+	if err != nil {
+		return err
+	}
+	if err := u.announce(ctx, userID, "device_lists", c.Pos); err != nil {
+		return err
+	}
+	upd := uapi.SigningKeyUpdate{UserID: userID, MasterKey: keys["master"], SelfSigningKey: keys["self_signing"]}
+	if u.bus == nil || (upd.MasterKey == nil && upd.SelfSigningKey == nil) {
+		return nil
+	}
+	data, err := json.Marshal(upd)
+	if err != nil {
+		return fmt.Errorf("encode signing key update: %w", err)
+	}
+	if err := u.bus.Publish(ctx, bus.NewMsg(bus.OutputSigningKeyUpdate, data, "sk:"+strconv.FormatInt(c.Pos, 10))); err != nil {
+		return fmt.Errorf("publish signing key update of %s: %w", userID, err)
+	}
+	return nil
+}
+
+// SigningKeyUpdate applies an m.signing_key_update EDU to the copy of a
+// tracked remote user's keys; one of a user not tracked, or of another
+// server than origin, is dropped.
+func (u *UserAPI) SigningKeyUpdate(ctx context.Context, origin string, upd uapi.SigningKeyUpdate) error {
+	if srv, ok := mxid.Server(upd.UserID); !ok || srv != origin || srv == u.serverName {
+		return nil
+	}
+	tracked, err := u.store.IsTracked(ctx, upd.UserID)
+	if err != nil || !tracked {
+		return err
+	}
+	keys := map[string]string{}
+	for typ, k := range map[string]json.RawMessage{"master": upd.MasterKey, "self_signing": upd.SelfSigningKey} {
+		if len(k) > 0 && string(k) != "null" {
+			keys[typ] = string(k)
+		}
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	c, err := u.store.StoreCrossSigningKeys(ctx, upd.UserID, keys)
+	if err != nil {
+		return err
+	}
+	return u.announce(ctx, upd.UserID, "device_lists", c.Pos)
 }

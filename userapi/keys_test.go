@@ -23,7 +23,7 @@ func TestRemoteDeviceListUpdates(t *testing.T) {
 		ctx := context.Background()
 		u := newTestAPI(t, dbURL, nil)
 		const alice = "@alice:remote.test"
-		if _, err := u.store.ReplaceRemoteDeviceList(ctx, alice, 10, []storage.DeviceKeys{{UserID: alice, DeviceID: "A", KeyJSON: `{"k":"A"}`}}); err != nil {
+		if _, err := u.store.ReplaceRemoteDeviceList(ctx, alice, 10, []storage.DeviceKeys{{UserID: alice, DeviceID: "A", KeyJSON: `{"k":"A"}`}}, nil); err != nil {
 			t.Fatal(err)
 		}
 		upd := func(dev string, stream int64, prev []int64, deleted bool) uapi.DeviceListUpdate {

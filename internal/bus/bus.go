@@ -88,6 +88,9 @@ const (
 	// OutputDeviceListUpdate carries the device list changes of local
 	// users (uapi.DeviceListUpdate), for the federationapi to send.
 	OutputDeviceListUpdate = "OutputDeviceListUpdate"
+	// OutputSigningKeyUpdate carries the cross-signing key changes of
+	// local users (uapi.SigningKeyUpdate), for the federationapi to send.
+	OutputSigningKeyUpdate = "OutputSigningKeyUpdate"
 	// OutputSendToDevice carries send-to-device messages
 	// (sapi.SendToDevice), local and from other servers.
 	OutputSendToDevice = "OutputSendToDevice"
@@ -265,6 +268,13 @@ func streams() []jetstream.StreamConfig {
 			// list when the next one shows the gap.
 			Name:      OutputDeviceListUpdate,
 			Subjects:  []string{OutputDeviceListUpdate},
+			Retention: jetstream.LimitsPolicy,
+			Storage:   jetstream.FileStorage,
+			MaxAge:    24 * time.Hour,
+		},
+		{
+			Name:      OutputSigningKeyUpdate,
+			Subjects:  []string{OutputSigningKeyUpdate},
 			Retention: jetstream.LimitsPolicy,
 			Storage:   jetstream.FileStorage,
 			MaxAge:    24 * time.Hour,

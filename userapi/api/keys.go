@@ -33,6 +33,11 @@ type Keys interface {
 	UserDevices(ctx context.Context, userID string) (*UserDevices, error)
 	// DeviceListUpdate applies an m.device_list_update EDU from origin.
 	DeviceListUpdate(ctx context.Context, origin string, update DeviceListUpdate) error
+	// UploadCrossSigningKeys stores a local user's cross-signing keys by
+	// type (master, self_signing, user_signing), checked by the caller.
+	UploadCrossSigningKeys(ctx context.Context, userID string, keys map[string]json.RawMessage) error
+	// SigningKeyUpdate applies an m.signing_key_update EDU from origin.
+	SigningKeyUpdate(ctx context.Context, origin string, update SigningKeyUpdate) error
 	// DeviceListChanges lists the users whose device lists changed in
 	// (from, to]; DeviceListsPos is the head of that stream.
 	DeviceListChanges(ctx context.Context, from, to int64) ([]string, error)
@@ -64,7 +69,10 @@ type UploadKeysRequest struct {
 // (none: all the user's devices).
 type QueryKeysRequest struct {
 	DeviceKeys map[string][]string
-	Timeout    time.Duration
+	// Requester is the local user asking, who alone sees its own
+	// user-signing key; empty for another server.
+	Requester string
+	Timeout   time.Duration
 	// LocalOnly answers for this server's users alone (a request from
 	// another server).
 	LocalOnly bool
@@ -75,6 +83,7 @@ type QueryKeysResponse struct {
 	DeviceKeys      map[string]map[string]json.RawMessage `json:"device_keys"`
 	MasterKeys      map[string]json.RawMessage            `json:"master_keys,omitempty"`
 	SelfSigningKeys map[string]json.RawMessage            `json:"self_signing_keys,omitempty"`
+	UserSigningKeys map[string]json.RawMessage            `json:"user_signing_keys,omitempty"`
 	Failures        map[string]any                        `json:"failures,omitempty"`
 }
 
@@ -155,4 +164,13 @@ func CheckKeysQuery[T any](users map[string]T, devices func(T) []string) error {
 		return fmt.Errorf("at most %d devices may be asked for at once", maxKeysQueryDevices)
 	}
 	return nil
+}
+
+// SigningKeyUpdate is the content of an m.signing_key_update EDU; the
+// userapi publishes one on the OutputSigningKeyUpdate stream when a local
+// user uploads a master or self-signing key.
+type SigningKeyUpdate struct {
+	UserID         string          `json:"user_id"`
+	MasterKey      json.RawMessage `json:"master_key,omitempty"`
+	SelfSigningKey json.RawMessage `json:"self_signing_key,omitempty"`
 }

@@ -362,12 +362,19 @@ func (s *Storage) RemoteDeviceList(ctx context.Context, userID string) (streamID
 	return streamID, stale, true, devs, err
 }
 
-// ReplaceRemoteDeviceList stores a remote user's whole device list, as
-// /user/devices answered it, and marks it fresh. It returns the device-list
+// ReplaceRemoteDeviceList stores a remote user's whole device list and
+// cross-signing keys by type, as /user/devices answered them, and marks
+// the list fresh. It returns the device-list
 // position the change took.
-func (s *Storage) ReplaceRemoteDeviceList(ctx context.Context, userID string, streamID int64, devs []DeviceKeys) (int64, error) {
+func (s *Storage) ReplaceRemoteDeviceList(ctx context.Context, userID string, streamID int64, devs []DeviceKeys, cross map[string]string) (int64, error) {
 	var pos int64
 	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		for typ, k := range cross {
+			if _, err := tx.Exec(ctx, `INSERT INTO userapi_cross_signing_keys (user_id, key_type, key_json) VALUES ($1, $2, $3)
+				ON CONFLICT (user_id, key_type) DO UPDATE SET key_json = excluded.key_json`, userID, typ, k); err != nil {
+				return fmt.Errorf("store %s key of %s: %w", typ, userID, err)
+			}
+		}
 		if _, err := tx.Exec(ctx, `DELETE FROM userapi_remote_devices WHERE user_id = $1`, userID); err != nil {
 			return fmt.Errorf("delete devices of %s: %w", userID, err)
 		}
@@ -471,4 +478,54 @@ func (s *Storage) ApplyRemoteDeviceUpdate(ctx context.Context, u DeviceUpdate) (
 		return err
 	})
 	return outcome, pos, err
+}
+
+// StoreCrossSigningKeys stores a user's cross-signing keys by type
+// (master, self_signing, user_signing), replacing those of the same type,
+// and moves the user's device list on (others re-read the user's keys).
+func (s *Storage) StoreCrossSigningKeys(ctx context.Context, userID string, keys map[string]string) (DeviceListChange, error) {
+	var c DeviceListChange
+	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		for typ, k := range keys {
+			if _, err := tx.Exec(ctx, `INSERT INTO userapi_cross_signing_keys (user_id, key_type, key_json) VALUES ($1, $2, $3)
+				ON CONFLICT (user_id, key_type) DO UPDATE SET key_json = excluded.key_json`, userID, typ, k); err != nil {
+				return fmt.Errorf("store %s key of %s: %w", typ, userID, err)
+			}
+		}
+		var err error
+		c, err = bumpDeviceList(ctx, tx, userID)
+		return err
+	})
+	return c, err
+}
+
+// CrossSigningKeys returns a user's cross-signing keys by type.
+func (s *Storage) CrossSigningKeys(ctx context.Context, userID string) (map[string]string, error) {
+	rows, err := s.db.Query(ctx, `SELECT key_type, key_json FROM userapi_cross_signing_keys WHERE user_id = $1`, userID)
+	if err != nil {
+		return nil, fmt.Errorf("select cross-signing keys of %s: %w", userID, err)
+	}
+	defer rows.Close()
+	out := map[string]string{}
+	for rows.Next() {
+		var typ, k string
+		if err := rows.Scan(&typ, &k); err != nil {
+			return nil, fmt.Errorf("scan cross-signing key of %s: %w", userID, err)
+		}
+		out[typ] = k
+	}
+	return out, rows.Err()
+}
+
+// IsTracked reports whether a remote user's device list is cached.
+func (s *Storage) IsTracked(ctx context.Context, userID string) (bool, error) {
+	var one int
+	err := s.db.QueryRow(ctx, `SELECT 1 FROM userapi_remote_device_lists WHERE user_id = $1`, userID).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("select device list of %s: %w", userID, err)
+	}
+	return true, nil
 }
