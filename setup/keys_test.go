@@ -3,8 +3,11 @@ package setup_test
 import (
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/netip"
 	"net/url"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -75,6 +78,45 @@ func syncDeviceLists(t *testing.T, c *testserver.Client, since string) (string, 
 		t.Fatal(err)
 	}
 	return body.Next, body.DeviceLists
+}
+
+// hangingServer publishes name in fed's DNS at a listener on ip that
+// accepts connections and never answers.
+func hangingServer(t *testing.T, fed *fedNet, name, ip string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", ip+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	port := ln.Addr().(*net.TCPAddr).Port
+	fed.mu.Lock()
+	fed.hosts[name] = netip.MustParseAddr(ip)
+	fed.srv["_matrix-fed._tcp."+name] = []*net.SRV{{Target: name + ".", Port: uint16(port)}}
+	fed.mu.Unlock()
 }
 
 // jsonOf is v in JSON, for messages (json.RawMessage prints as bytes).
@@ -158,6 +200,27 @@ func TestFederationKeys(t *testing.T) {
 			_ = json.Unmarshal(r.Raw, &body)
 			if len(body.DeviceKeys[aliceID]) != 0 || body.Failures["nowhere.test"] == nil {
 				t.Fatalf("query of an unknown device and server: %s", r.Raw)
+			}
+		})
+
+		t.Run("a server that does not answer", func(t *testing.T) {
+			// slow.test takes connections and never answers: the query
+			// ends with the request's timeout, the server in failures.
+			hangingServer(t, fed, "slow.test", "127.0.0.24")
+			start := time.Now()
+			r := bob.Do(t, "POST", "/_matrix/client/v3/keys/query", map[string]any{
+				"device_keys": map[string][]string{aliceID: {}, "@x:slow.test": {}}, "timeout": 1000,
+			}).MustOK(t)
+			if took := time.Since(start); took > 5*time.Second {
+				t.Errorf("the query took %v with a timeout of 1 s", took)
+			}
+			var body struct {
+				DeviceKeys map[string]map[string]json.RawMessage `json:"device_keys"`
+				Failures   map[string]json.RawMessage            `json:"failures"`
+			}
+			_ = json.Unmarshal(r.Raw, &body)
+			if body.Failures["slow.test"] == nil || curveKey(t, body.DeviceKeys[aliceID][aliceDev], aliceDev) != "curve-1" {
+				t.Fatalf("query with a server that does not answer: %s", r.Raw)
 			}
 		})
 

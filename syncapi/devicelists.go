@@ -3,6 +3,7 @@ package syncapi
 import (
 	"context"
 	"net/http"
+	"slices"
 
 	"myelin/internal/mxhttp"
 	uapi "myelin/userapi/api"
@@ -38,11 +39,11 @@ func (s *SyncAPI) addDeviceLists(ctx context.Context, req *syncRequest, since To
 		}
 	}
 	if req.to.PDU > since.PDU && !req.quiet(pduPos) {
-		joined, err := s.store.NewlyJoined(ctx, user, since.PDU, req.to.PDU)
+		mc, err := s.membersChanged(ctx, req, since)
 		if err != nil {
 			return err
 		}
-		for _, id := range joined {
+		for _, id := range mc.joined {
 			if id == user || changed[id] {
 				continue
 			}
@@ -53,14 +54,13 @@ func (s *SyncAPI) addDeviceLists(ctx context.Context, req *syncRequest, since To
 			}
 			changed[id] = shares
 		}
-		left, err := s.store.NewlyLeft(ctx, user, since.PDU, req.to.PDU)
-		if err != nil {
-			return err
-		}
+		left := slices.Clone(mc.left)
 		// The members of the rooms the user itself left count too.
-		own, err := s.store.MembershipChanges(ctx, user, since.PDU, req.to.PDU)
-		if err != nil {
-			return err
+		own := req.ownChanges
+		if req.ownChanges == nil {
+			if own, err = s.store.MembershipChanges(ctx, user, since.PDU, req.to.PDU); err != nil {
+				return err
+			}
 		}
 		for _, c := range own {
 			if c.Membership != "leave" && c.Membership != "ban" {
@@ -116,4 +116,23 @@ func (s *SyncAPI) keysChanges(r *http.Request, dev *uapi.Device) (any, error) {
 		return nil, err
 	}
 	return resp.DeviceLists, nil
+}
+
+// membersChange is who joined and left the user's rooms in a sync's range.
+type membersChange struct {
+	joined, left []string
+}
+
+// membersChanged reads, once per sync, who joined and left the user's
+// rooms between since and req.to.
+func (s *SyncAPI) membersChanged(ctx context.Context, req *syncRequest, since Token) (*membersChange, error) {
+	if req.members != nil {
+		return req.members, nil
+	}
+	joined, left, err := s.store.MembersChanged(ctx, req.dev.UserID, since.PDU, req.to.PDU)
+	if err != nil {
+		return nil, err
+	}
+	req.members = &membersChange{joined: joined, left: left}
+	return req.members, nil
 }

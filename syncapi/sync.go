@@ -137,6 +137,11 @@ type syncRequest struct {
 	to        Token
 	fmt       formatter
 	joinedAt  map[string]int64 // position of the user's join, by joined room
+	// members is who joined and left the user's rooms since the token,
+	// read once for presence and device lists (membersChanged).
+	members *membersChange
+	// ownChanges is the user's own membership changes in the range.
+	ownChanges []storage.MembershipChange
 	// withRoomID puts room_id into events (the flat /events stream).
 	withRoomID bool
 	// concern, when the notifier knows it, is the latest positions that
@@ -369,6 +374,7 @@ func (s *SyncAPI) build(ctx context.Context, req *syncRequest) (*syncResponse, e
 		if err != nil {
 			return nil, err
 		}
+		req.ownChanges = append([]storage.MembershipChange{}, changes...) // non-nil: read
 		for _, c := range changes {
 			if _, ok := firstChange[c.RoomID]; !ok {
 				firstChange[c.RoomID] = c
@@ -501,11 +507,17 @@ func (s *SyncAPI) build(ctx context.Context, req *syncRequest) (*syncResponse, e
 	if err := s.addToDevice(ctx, req, since, resp); err != nil {
 		return nil, err
 	}
-	if resp.OTKCounts, err = s.users.OneTimeKeyCounts(ctx, user, req.dev.DeviceID); err != nil {
-		return nil, err
-	}
-	if _, ok := resp.OTKCounts["signed_curve25519"]; !ok {
-		resp.OTKCounts["signed_curve25519"] = 0
+	// One-time keys are counted when they may have been claimed: a claim
+	// comes before the to-device message that uses the key. Not counting
+	// them in every sync spares a woken long-poll a query; an absent count
+	// is an unchanged one to clients.
+	if req.since == nil || len(resp.ToDevice.Events) > 0 {
+		if resp.OTKCounts, err = s.users.OneTimeKeyCounts(ctx, user, req.dev.DeviceID); err != nil {
+			return nil, err
+		}
+		if _, ok := resp.OTKCounts["signed_curve25519"]; !ok {
+			resp.OTKCounts["signed_curve25519"] = 0
+		}
 	}
 	return resp, nil
 }
@@ -593,11 +605,11 @@ func (s *SyncAPI) addPresence(ctx context.Context, req *syncRequest, since Token
 	if req.since != nil {
 		extra := map[string]bool{}
 		if req.to.PDU > since.PDU && !req.quiet(pduPos) {
-			joined, err := s.store.NewlyJoined(ctx, user, since.PDU, req.to.PDU)
+			mc, err := s.membersChanged(ctx, req, since)
 			if err != nil {
 				return err
 			}
-			for _, u := range joined {
+			for _, u := range mc.joined {
 				extra[u] = true
 			}
 		}

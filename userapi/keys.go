@@ -170,28 +170,24 @@ func failure(err error) map[string]any {
 	return map[string]any{"status": 503, "message": err.Error()}
 }
 
-// fanOut runs f for each server, at most keysFanOut at once, and waits.
+// fanOut runs f for each server on at most keysFanOut workers, and waits
+// for them. Once ctx ends, what is left fails at once (and is listed).
 func fanOut(ctx context.Context, servers []string, f func(ctx context.Context, server string)) {
-	sem := make(chan struct{}, keysFanOut)
+	work := make(chan string)
 	var wg sync.WaitGroup
-	for _, srv := range servers {
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			// f still runs, and fails at once: its server is listed.
-		}
+	for range min(keysFanOut, len(servers)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer func() {
-				select {
-				case <-sem:
-				default:
-				}
-			}()
-			f(ctx, srv)
+			for srv := range work {
+				f(ctx, srv)
+			}
 		}()
 	}
+	for _, srv := range servers {
+		work <- srv
+	}
+	close(work)
 	wg.Wait()
 }
 
