@@ -112,9 +112,32 @@ func (c *ClientAPI) queryKeys(r *http.Request, dev *uapi.Device) (any, error) {
 	if err := mxhttp.ReadJSON(r, &req); err != nil {
 		return nil, err
 	}
-	return c.users.QueryKeys(r.Context(), uapi.QueryKeysRequest{
+	resp, err := c.users.QueryKeys(r.Context(), uapi.QueryKeysRequest{
 		DeviceKeys: req.DeviceKeys, Requester: dev.UserID, Timeout: time.Duration(req.Timeout) * time.Millisecond,
 	})
+	if err != nil {
+		return nil, err
+	}
+	return queryKeysResponse{resp, withFailures(resp.Failures)}, nil
+}
+
+// The client API's answers always list failures, if empty (clients and
+// sytest look for the field); the federation API's never do.
+type queryKeysResponse struct {
+	*uapi.QueryKeysResponse
+	Failures map[string]any `json:"failures"`
+}
+
+type claimKeysResponse struct {
+	*uapi.ClaimKeysResponse
+	Failures map[string]any `json:"failures"`
+}
+
+func withFailures(f map[string]any) map[string]any {
+	if f == nil {
+		return map[string]any{}
+	}
+	return f
 }
 
 type claimKeysRequest struct {
@@ -145,9 +168,13 @@ func (c *ClientAPI) claimKeys(r *http.Request, dev *uapi.Device) (any, error) {
 	if err := mxhttp.ReadJSON(r, &req); err != nil {
 		return nil, err
 	}
-	return c.users.ClaimKeys(r.Context(), uapi.ClaimKeysRequest{
+	resp, err := c.users.ClaimKeys(r.Context(), uapi.ClaimKeysRequest{
 		OneTimeKeys: req.OneTimeKeys, Timeout: time.Duration(req.Timeout) * time.Millisecond,
 	})
+	if err != nil {
+		return nil, err
+	}
+	return claimKeysResponse{resp, withFailures(resp.Failures)}, nil
 }
 
 type crossSigningRequest struct {

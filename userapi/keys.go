@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tidwall/gjson"
 	"github.com/tidwall/sjson"
 
 	"myelin/internal/bus"
@@ -25,6 +26,9 @@ const (
 	maxKeysTimeout = 30 * time.Second
 	// keysFanOut bounds the servers asked at once for one request.
 	keysFanOut = 8
+	// resyncTimeout bounds the fetch of a device list that an update
+	// showed missing or stale, made while the origin's transaction waits.
+	resyncTimeout = 10 * time.Second
 )
 
 // SetRemoteKeys gives the userapi its way to other servers' keys (the
@@ -65,8 +69,24 @@ func (u *UserAPI) OneTimeKeyCounts(ctx context.Context, userID, deviceID string)
 	return u.store.OneTimeKeyCounts(ctx, userID, deviceID)
 }
 
-// deleteDeviceKeys deletes the keys of deleted devices (all the user's
-// when deviceIDs is nil); their users' device lists move on.
+// devicesOf lists the IDs of userID's devices among deviceIDs (all when
+// nil), to know which a deletion removes.
+func (u *UserAPI) devicesOf(ctx context.Context, userID string, deviceIDs []string) ([]string, error) {
+	devs, err := u.store.Devices(ctx, userID)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, d := range devs {
+		if deviceIDs == nil || contains(deviceIDs, d.DeviceID) {
+			out = append(out, d.DeviceID)
+		}
+	}
+	return out, nil
+}
+
+// deleteDeviceKeys deletes the keys of deleted devices; each deletion is
+// a device list change.
 func (u *UserAPI) deleteDeviceKeys(ctx context.Context, userID string, deviceIDs []string) error {
 	changes, err := u.store.DeleteDeviceKeys(ctx, userID, deviceIDs)
 	if err != nil {
@@ -80,6 +100,16 @@ func (u *UserAPI) deleteDeviceKeys(ctx context.Context, userID string, deviceIDs
 	return nil
 }
 
+// deviceAdded makes a new device a device list change (it has no keys
+// yet, but it is listed: spec, "Tracking the device list for a user").
+func (u *UserAPI) deviceAdded(ctx context.Context, dev *uapi.Device) error {
+	c, err := u.store.DeviceAdded(ctx, dev.UserID, dev.DeviceID)
+	if err != nil {
+		return err
+	}
+	return u.deviceListChanged(ctx, c, uapi.DeviceListUpdate{DisplayName: dev.DisplayName})
+}
+
 // deviceListChanged tells /sync (and, through it, the users sharing a
 // room) that a local user's device list moved, and the federationapi,
 // which sends upd (completed here) to the servers sharing a room.
@@ -91,6 +121,7 @@ func (u *UserAPI) deviceListChanged(ctx context.Context, c storage.DeviceListCha
 		return nil
 	}
 	upd.UserID, upd.DeviceID, upd.StreamID = c.UserID, c.DeviceID, c.Pos
+	upd.PrevID = []int64{} // the first update has none, but the field is there
 	if c.Prev > 0 {
 		upd.PrevID = []int64{c.Prev}
 	}
@@ -109,7 +140,15 @@ func (u *UserAPI) deviceListChanged(ctx context.Context, c storage.DeviceListCha
 // object, as /keys/query shows it (not covered by the signatures).
 func withDisplayName(keys, name string) json.RawMessage {
 	if name == "" {
-		return json.RawMessage(keys)
+		// Clients (and sytest) expect an unsigned object in any case.
+		if gjson.Get(keys, "unsigned").Exists() {
+			return json.RawMessage(keys)
+		}
+		out, err := sjson.SetRaw(keys, "unsigned", "{}")
+		if err != nil {
+			return json.RawMessage(keys)
+		}
+		return json.RawMessage(out)
 	}
 	out, err := sjson.Set(keys, "unsigned.device_display_name", name)
 	if err != nil {
@@ -477,10 +516,38 @@ func (u *UserAPI) DeviceListUpdate(ctx context.Context, origin string, upd uapi.
 		UserID: upd.UserID, DeviceID: upd.DeviceID, DisplayName: upd.DisplayName,
 		StreamID: upd.StreamID, PrevIDs: upd.PrevID, Deleted: upd.Deleted, KeyJSON: keys,
 	})
-	if err != nil || outcome == storage.UpdateIgnored {
+	if err != nil {
 		return err
 	}
-	return u.announce(ctx, upd.UserID, "device_lists", pos)
+	switch outcome {
+	case storage.UpdateApplied:
+		return u.announce(ctx, upd.UserID, "device_lists", pos)
+	case storage.UpdateGap:
+		if err := u.announce(ctx, upd.UserID, "device_lists", pos); err != nil {
+			return err
+		}
+	case storage.UpdateNotTracked:
+		// Not tracked: only a user sharing a room with a local user is
+		// worth fetching.
+		shares, err := u.store.SharesRoomWithLocal(ctx, upd.UserID)
+		if err != nil || !shares {
+			return err
+		}
+	default:
+		return nil
+	}
+	// Fetch the whole list now, from the origin, which just spoke, so
+	// that local users asking next find it current; if that fails, the
+	// list stays stale (or untracked) and the next query fetches it.
+	if u.remote == nil {
+		return nil
+	}
+	rctx, cancel := context.WithTimeout(ctx, resyncTimeout)
+	defer cancel()
+	if _, err := u.resync(rctx, origin, upd.UserID); err != nil {
+		u.log.WithError(err).WithField("user_id", upd.UserID).Debug("device list resync failed")
+	}
+	return nil
 }
 
 // DeviceListChanges lists the users whose device lists changed in

@@ -84,7 +84,8 @@ type QueryKeysResponse struct {
 	MasterKeys      map[string]json.RawMessage            `json:"master_keys,omitempty"`
 	SelfSigningKeys map[string]json.RawMessage            `json:"self_signing_keys,omitempty"`
 	UserSigningKeys map[string]json.RawMessage            `json:"user_signing_keys,omitempty"`
-	Failures        map[string]any                        `json:"failures,omitempty"`
+	// Failures is always there for a client, never for another server.
+	Failures map[string]any `json:"failures,omitempty"`
 }
 
 // ClaimKeysRequest asks for one key of an algorithm per device: user ID
@@ -127,7 +128,7 @@ type DeviceListUpdate struct {
 	DeviceID    string          `json:"device_id"`
 	DisplayName string          `json:"device_display_name,omitempty"`
 	StreamID    int64           `json:"stream_id"`
-	PrevID      []int64         `json:"prev_id,omitempty"`
+	PrevID      []int64         `json:"prev_id"`
 	Deleted     bool            `json:"deleted,omitempty"`
 	Keys        json.RawMessage `json:"keys,omitempty"`
 }

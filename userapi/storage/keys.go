@@ -182,47 +182,20 @@ func (s *Storage) ClaimKey(ctx context.Context, userID, deviceID, algorithm stri
 	return keyID, keyJSON, ok, err
 }
 
-// DeleteDeviceKeys deletes the keys of the given devices of a local user
-// (all of them when deviceIDs is nil); the user's device list moves on
-// once for each device that had keys, in DeviceListChanges returned.
+// DeleteDeviceKeys deletes the keys of deleted devices of a local user
+// and moves the user's device list on once for each, in the
+// DeviceListChanges returned.
 func (s *Storage) DeleteDeviceKeys(ctx context.Context, userID string, deviceIDs []string) ([]DeviceListChange, error) {
 	var changes []DeviceListChange
 	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
 		changes = nil
-		where, args := `user_id = $1`, []any{userID}
-		if deviceIDs != nil {
-			if len(deviceIDs) == 0 {
-				return nil
+		for _, d := range deviceIDs {
+			if _, err := tx.Exec(ctx, `DELETE FROM userapi_one_time_keys WHERE user_id = $1 AND device_id = $2`, userID, d); err != nil {
+				return fmt.Errorf("delete one-time keys of %s %s: %w", userID, d, err)
 			}
-			where += ` AND device_id IN (` + sqldb.InList(2, len(deviceIDs)) + `)`
-			for _, d := range deviceIDs {
-				args = append(args, d)
+			if _, err := tx.Exec(ctx, `DELETE FROM userapi_device_keys WHERE user_id = $1 AND device_id = $2`, userID, d); err != nil {
+				return fmt.Errorf("delete device keys of %s %s: %w", userID, d, err)
 			}
-		}
-		rows, err := tx.Query(ctx, `SELECT device_id FROM userapi_device_keys WHERE `+where+` ORDER BY device_id`, args...)
-		if err != nil {
-			return fmt.Errorf("select device keys of %s: %w", userID, err)
-		}
-		var had []string
-		for rows.Next() {
-			var d string
-			if err := rows.Scan(&d); err != nil {
-				rows.Close()
-				return fmt.Errorf("scan device of %s: %w", userID, err)
-			}
-			had = append(had, d)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("select device keys of %s: %w", userID, err)
-		}
-		if _, err := tx.Exec(ctx, `DELETE FROM userapi_one_time_keys WHERE `+where, args...); err != nil {
-			return fmt.Errorf("delete one-time keys of %s: %w", userID, err)
-		}
-		if _, err := tx.Exec(ctx, `DELETE FROM userapi_device_keys WHERE `+where, args...); err != nil {
-			return fmt.Errorf("delete device keys of %s: %w", userID, err)
-		}
-		for _, d := range had {
 			c, err := bumpDeviceList(ctx, tx, userID)
 			if err != nil {
 				return err
@@ -233,6 +206,18 @@ func (s *Storage) DeleteDeviceKeys(ctx context.Context, userID string, deviceIDs
 		return nil
 	})
 	return changes, err
+}
+
+// DeviceAdded moves a local user's device list on for a new device.
+func (s *Storage) DeviceAdded(ctx context.Context, userID, deviceID string) (DeviceListChange, error) {
+	var c DeviceListChange
+	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		var err error
+		c, err = bumpDeviceList(ctx, tx, userID)
+		c.DeviceID = deviceID
+		return err
+	})
+	return c, err
 }
 
 // DeviceRenamed moves a local user's device list on when the renamed
@@ -418,9 +403,10 @@ type DeviceUpdate struct {
 
 // Update outcomes of ApplyRemoteDeviceUpdate.
 const (
-	UpdateIgnored = iota // not tracked, or not newer than what is stored
-	UpdateApplied        // stored
-	UpdateGap            // a previous update was missed: the list is now stale
+	UpdateIgnored    = iota // not newer than what is stored
+	UpdateApplied           // stored
+	UpdateGap               // a previous update was missed: the list is now stale
+	UpdateNotTracked        // the user's list is not cached
 )
 
 // ApplyRemoteDeviceUpdate applies an update to a tracked remote user's
@@ -436,7 +422,8 @@ func (s *Storage) ApplyRemoteDeviceUpdate(ctx context.Context, u DeviceUpdate) (
 		err := tx.QueryRow(ctx, `SELECT stream_id, stale FROM userapi_remote_device_lists WHERE user_id = $1`, u.UserID).
 			Scan(&last, &stale)
 		if errors.Is(err, sql.ErrNoRows) {
-			return nil // not tracked: fetched whole when first needed
+			outcome = UpdateNotTracked // fetched whole when needed
+			return nil
 		}
 		if err != nil {
 			return fmt.Errorf("select device list of %s: %w", u.UserID, err)
