@@ -222,7 +222,8 @@ func crossSigningKeys(q *crossSigningRequest, userID string) (map[string]json.Ra
 }
 
 // uploadCrossSigningKeys is POST /keys/device_signing/upload, behind the
-// user's password (spec: user-interactive authentication).
+// user's password once the user has a master key (spec: user-interactive
+// authentication).
 func (c *ClientAPI) uploadCrossSigningKeys(r *http.Request, dev *uapi.Device) (any, error) {
 	body, err := mxhttp.ReadBody(r)
 	if err != nil {
@@ -237,8 +238,16 @@ func (c *ClientAPI) uploadCrossSigningKeys(r *http.Request, dev *uapi.Device) (a
 	if err != nil {
 		return nil, err
 	}
-	if challenge, err := att.run(); challenge != nil || err != nil {
-		return challenge, err
+	// The first master key needs no password (spec: UIA "except when the
+	// user does not have an existing master cross-signing key").
+	own, err := c.users.QueryKeys(r.Context(), uapi.QueryKeysRequest{DeviceKeys: map[string][]string{dev.UserID: {}}, LocalOnly: true})
+	if err != nil {
+		return nil, err
+	}
+	if _, hasMaster := own.MasterKeys[dev.UserID]; hasMaster {
+		if challenge, err := att.run(); challenge != nil || err != nil {
+			return challenge, err
+		}
 	}
 	if err := c.users.UploadCrossSigningKeys(r.Context(), dev.UserID, keys); err != nil {
 		return nil, err

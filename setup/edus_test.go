@@ -198,9 +198,12 @@ func TestFederationEDUs(t *testing.T) {
 					t.Errorf("a master key %s: %d %s", tc.name, r.Status, r.Raw)
 				}
 			}
+			// The first keys need no password; replacing them does.
+			first := map[string]any{"master_key": csKey("master", "FIRST")}
+			alice.Do(t, "POST", "/_matrix/client/v3/keys/device_signing/upload", first).MustOK(t)
 			challenge := alice.Do(t, "POST", "/_matrix/client/v3/keys/device_signing/upload", body)
 			if challenge.Status != 401 || challenge.String("session") == "" {
-				t.Fatalf("upload without auth: %d %s", challenge.Status, challenge.Raw)
+				t.Fatalf("replacing without auth: %d %s", challenge.Status, challenge.Raw)
 			}
 			body["auth"] = map[string]any{
 				"type": "m.login.password", "identifier": map[string]string{"type": "m.id.user", "user": "alice"},

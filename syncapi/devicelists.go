@@ -55,7 +55,8 @@ func (s *SyncAPI) addDeviceLists(ctx context.Context, req *syncRequest, since To
 			changed[id] = shares
 		}
 		left := slices.Clone(mc.left)
-		// The members of the rooms the user itself left count too.
+		// The members of the rooms the user itself joined or left count
+		// too: their devices are new to it, or none of its business.
 		own := req.ownChanges
 		if req.ownChanges == nil {
 			if own, err = s.store.MembershipChanges(ctx, user, since.PDU, req.to.PDU); err != nil {
@@ -63,14 +64,29 @@ func (s *SyncAPI) addDeviceLists(ctx context.Context, req *syncRequest, since To
 			}
 		}
 		for _, c := range own {
-			if c.Membership != "leave" && c.Membership != "ban" {
+			joined := c.Membership == "join"
+			if !joined && c.Membership != "leave" && c.Membership != "ban" {
 				continue
 			}
 			members, err := s.store.JoinedMembers(ctx, c.RoomID)
 			if err != nil {
 				return err
 			}
-			left = append(left, members...)
+			if !joined {
+				left = append(left, members...)
+				continue
+			}
+			for _, id := range members {
+				if id != user && !changed[id] {
+					// Still joined here, so sharing a room (unless the
+					// user left again since, which the loop below sees).
+					shares, err := s.store.SharesRoom(ctx, user, id)
+					if err != nil {
+						return err
+					}
+					changed[id] = shares
+				}
+			}
 		}
 		seen := map[string]bool{}
 		for _, id := range left {

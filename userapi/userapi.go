@@ -382,7 +382,11 @@ func (u *UserAPI) SetDeviceName(ctx context.Context, userID, deviceID, name stri
 	if err != nil || change == nil {
 		return err
 	}
-	return u.deviceListChanged(ctx, *change, uapi.DeviceListUpdate{DisplayName: name, Keys: json.RawMessage(keys)})
+	upd := uapi.DeviceListUpdate{DisplayName: name}
+	if keys != "" {
+		upd.Keys = json.RawMessage(keys)
+	}
+	return u.deviceListChanged(ctx, *change, upd)
 }
 
 // DeleteDevices deletes devices (all of the user's if deviceIDs is nil) and

@@ -220,20 +220,18 @@ func (s *Storage) DeviceAdded(ctx context.Context, userID, deviceID string) (Dev
 	return c, err
 }
 
-// DeviceRenamed moves a local user's device list on when the renamed
-// device has keys (its name is part of what others see of it); it returns
-// the change and the device's keys, nil when it has none.
+// DeviceRenamed moves a local user's device list on for a renamed device
+// (its name is part of what others see of it); it returns the change and
+// the device's keys ("" when it has none).
 func (s *Storage) DeviceRenamed(ctx context.Context, userID, deviceID string) (*DeviceListChange, string, error) {
 	var change *DeviceListChange
 	var keys string
 	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
 		change = nil
+		keys = ""
 		err := tx.QueryRow(ctx, `SELECT key_json FROM userapi_device_keys WHERE user_id = $1 AND device_id = $2`,
 			userID, deviceID).Scan(&keys)
-		if errors.Is(err, sql.ErrNoRows) {
-			return nil
-		}
-		if err != nil {
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
 			return fmt.Errorf("select device keys of %s %s: %w", userID, deviceID, err)
 		}
 		c, err := bumpDeviceList(ctx, tx, userID)
