@@ -244,7 +244,11 @@ func (c *ClientAPI) uploadCrossSigningKeys(r *http.Request, dev *uapi.Device) (a
 	if err != nil {
 		return nil, err
 	}
-	if _, hasMaster := own.MasterKeys[dev.UserID]; hasMaster {
+	_, hasMaster := own.MasterKeys[dev.UserID]
+	if _, newMaster := keys["master"]; !hasMaster && !newMaster {
+		return nil, mxhttp.MissingParam("a master key is needed before the other cross-signing keys")
+	}
+	if hasMaster {
 		if challenge, err := att.run(); challenge != nil || err != nil {
 			return challenge, err
 		}

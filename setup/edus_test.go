@@ -198,6 +198,9 @@ func TestFederationEDUs(t *testing.T) {
 					t.Errorf("a master key %s: %d %s", tc.name, r.Status, r.Raw)
 				}
 			}
+			if r := alice.Do(t, "POST", "/_matrix/client/v3/keys/device_signing/upload", map[string]any{"self_signing_key": csKey("self_signing", "X")}); r.Status != 400 || r.String("errcode") != "M_MISSING_PARAM" {
+				t.Errorf("a self-signing key without a master key: %d %s", r.Status, r.Raw)
+			}
 			// The first keys need no password; replacing them does.
 			first := map[string]any{"master_key": csKey("master", "FIRST")}
 			alice.Do(t, "POST", "/_matrix/client/v3/keys/device_signing/upload", first).MustOK(t)
