@@ -6,10 +6,12 @@ package clientapi
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"time"
 
 	"github.com/gorilla/mux"
+	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/sirupsen/logrus"
 
 	"myelin/internal/mxhttp"
@@ -24,8 +26,11 @@ type ClientAPI struct {
 	cfg   *config.Config
 	users uapi.API
 	rooms rsapi.API
-	log   *logrus.Entry
-	now   func() time.Time
+	// fed asks other servers what a client asks of them; nil when the
+	// server does not federate.
+	fed Federation
+	log *logrus.Entry
+	now func() time.Time
 
 	limits limiters
 	uia    *uiaSessions
@@ -37,9 +42,23 @@ type limiters struct {
 	login, register, send *ratelimit.Limiter
 }
 
+// Federation is what the client API asks other servers, for a client
+// reading their directory, their rooms' hierarchy or their timelines.
+type Federation interface {
+	PublicRooms(ctx context.Context, server spec.ServerName, q rsapi.PublicRoomsQuery) (*rsapi.PublicRoomsPage, error)
+	TimestampToEvent(ctx context.Context, roomID string, ts int64, backward bool) (*rsapi.TimeEvent, error)
+	Hierarchy(ctx context.Context, server spec.ServerName, roomID string, suggestedOnly bool) (*rsapi.Hierarchy, error)
+}
+
+// Option configures a ClientAPI.
+type Option func(*ClientAPI)
+
+// WithFederation lets the client API ask other servers.
+func WithFederation(fed Federation) Option { return func(c *ClientAPI) { c.fed = fed } }
+
 // New makes the client API. rooms may be nil in tests that only exercise
 // accounts.
-func New(cfg *config.Config, users uapi.API, rooms rsapi.API, log *logrus.Entry) *ClientAPI {
+func New(cfg *config.Config, users uapi.API, rooms rsapi.API, log *logrus.Entry, opts ...Option) *ClientAPI {
 	c := &ClientAPI{
 		cfg:    cfg,
 		users:  users,
@@ -48,6 +67,9 @@ func New(cfg *config.Config, users uapi.API, rooms rsapi.API, log *logrus.Entry)
 		now:    time.Now,
 		uia:    newUIASessions(),
 		nonces: newExpiring[struct{}](nonceTTL, maxNonces),
+	}
+	for _, o := range opts {
+		o(c)
 	}
 	if rl := cfg.RateLimits; rl.Enabled {
 		c.limits = limiters{
@@ -80,6 +102,7 @@ func (c *ClientAPI) Routes(root *mux.Router) {
 		c.pushRoutes(r)
 		c.keyRoutes(r)
 	}
+	c.v1Routes(root.PathPrefix("/_matrix/client/v1").Subrouter())
 }
 
 // authed wraps a handler that needs a logged-in device. The client's IP
@@ -107,4 +130,22 @@ func allow(l *ratelimit.Limiter, key string) error {
 		return mxhttp.LimitExceeded(wait.Milliseconds() + 1)
 	}
 	return nil
+}
+
+// remoteFailed is the answer when another server did not give what a
+// client asked of it: its own refusal when it gave one with a Matrix
+// code, else 502 (the spec's status for a server that could not be
+// reached), never a 500.
+func remoteFailed(server spec.ServerName, err error) error {
+	var coded mxhttp.Coded
+	if errors.As(err, &coded) {
+		return err
+	}
+	var un mxhttp.Unavailable
+	if errors.As(err, &un) && un.Unavailable() {
+		return err
+	}
+	e := mxhttp.Unknown("Cannot reach %s", server).WithStatus(http.StatusBadGateway)
+	e.Cause = err
+	return e
 }

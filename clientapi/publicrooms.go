@@ -4,8 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
-	"strconv"
-	"strings"
 
 	"github.com/gorilla/mux"
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -23,41 +21,19 @@ func (c *ClientAPI) directoryRoutes(r *mux.Router) {
 	r.Handle("/directory/list/room/{roomId}", mxhttp.Handler(c.getRoomVisibility)).Methods(http.MethodGet)
 	r.Handle("/directory/list/room/{roomId}", c.authed(c.setRoomVisibility)).Methods(http.MethodPut)
 	r.Handle("/user_directory/search", c.authed(c.searchUsers)).Methods(http.MethodPost)
-}
-
-type publicRoomsRequest struct {
-	Limit  int    `json:"limit"`
-	Since  string `json:"since"`
-	Filter struct {
-		GenericSearchTerm string    `json:"generic_search_term"`
-		RoomTypes         []*string `json:"room_types"`
-	} `json:"filter"`
-	IncludeAllNetworks   bool   `json:"include_all_networks"`
-	ThirdPartyInstanceID string `json:"third_party_instance_id"`
-}
-
-type publicRoomsResponse struct {
-	Chunk     []rsapi.PublicRoom `json:"chunk"`
-	NextBatch string             `json:"next_batch,omitempty"`
-	PrevBatch string             `json:"prev_batch,omitempty"`
-	Total     int                `json:"total_room_count_estimate"`
+	r.Handle("/user/{userId}/openid/request_token", c.authed(c.requestOpenIDToken)).Methods(http.MethodPost)
 }
 
 func (c *ClientAPI) publicRoomsGet(r *http.Request) (any, error) {
-	q := r.URL.Query()
-	req := publicRoomsRequest{Since: q.Get("since")}
-	if l := q.Get("limit"); l != "" {
-		n, err := strconv.Atoi(l)
-		if err != nil || n < 0 {
-			return nil, mxhttp.InvalidParam("limit must be a non-negative integer")
-		}
-		req.Limit = n
+	req, err := rsapi.PublicRoomsQueryOf(r.URL.Query())
+	if err != nil {
+		return nil, err
 	}
-	return c.publicRooms(r, q.Get("server"), &req)
+	return c.publicRooms(r, r.URL.Query().Get("server"), &req)
 }
 
 func (c *ClientAPI) publicRoomsPost(r *http.Request, _ *uapi.Device) (any, error) {
-	var req publicRoomsRequest
+	var req rsapi.PublicRoomsQuery
 	if err := mxhttp.ReadJSON(r, &req); err != nil {
 		return nil, err
 	}
@@ -67,62 +43,28 @@ func (c *ClientAPI) publicRoomsPost(r *http.Request, _ *uapi.Device) (any, error
 	return c.publicRooms(r, r.URL.Query().Get("server"), &req)
 }
 
-// publicRooms pages through the directory. Tokens are offsets ("o<n>").
-func (c *ClientAPI) publicRooms(r *http.Request, server string, req *publicRoomsRequest) (any, error) {
+// publicRooms answers a page of this server's directory, or of the
+// directory of server, asked over federation.
+func (c *ClientAPI) publicRooms(r *http.Request, server string, req *rsapi.PublicRoomsQuery) (any, error) {
+	if req.IncludeAllNetworks && req.ThirdPartyInstanceID != "" {
+		return nil, mxhttp.InvalidParam("third_party_instance_id cannot be used with include_all_networks")
+	}
 	if server != "" {
 		if err := mxhttp.CheckParam("server", server, mxid.ServerName); err != nil {
 			return nil, err
 		}
 	}
 	if server != "" && server != c.cfg.ServerName {
-		return nil, mxhttp.New("M_UNKNOWN", "cannot list the rooms of %s: this server does not federate yet", server).WithStatus(http.StatusBadGateway)
-	}
-	rooms, err := c.rooms.PublicRooms(r.Context())
-	if err != nil {
-		return nil, err
-	}
-	term := strings.ToLower(req.Filter.GenericSearchTerm)
-	matched := rooms[:0:0]
-	for _, pr := range rooms {
-		if term != "" && !strings.Contains(strings.ToLower(pr.Name+"\x00"+pr.Topic+"\x00"+pr.CanonicalAlias), term) {
-			continue
+		if c.fed == nil {
+			return nil, mxhttp.New("M_UNKNOWN", "cannot list the rooms of %s: this server does not federate", server).WithStatus(http.StatusBadGateway)
 		}
-		if req.Filter.RoomTypes != nil && !roomTypeWanted(req.Filter.RoomTypes, pr.RoomType) {
-			continue
+		page, err := c.fed.PublicRooms(r.Context(), spec.ServerName(server), *req)
+		if err != nil {
+			return nil, remoteFailed(spec.ServerName(server), err)
 		}
-		matched = append(matched, pr)
+		return page, nil
 	}
-	offset := 0
-	if req.Since != "" {
-		n, err := strconv.Atoi(strings.TrimPrefix(req.Since, "o"))
-		if err != nil || n < 0 || !strings.HasPrefix(req.Since, "o") {
-			return nil, mxhttp.InvalidParam("bad since token")
-		}
-		offset = min(n, len(matched))
-	}
-	end := len(matched)
-	if req.Limit > 0 {
-		end = min(offset+req.Limit, len(matched))
-	}
-	resp := &publicRoomsResponse{Chunk: matched[offset:end], Total: len(matched)}
-	if end < len(matched) {
-		resp.NextBatch = "o" + strconv.Itoa(end)
-	}
-	if offset > 0 {
-		resp.PrevBatch = "o" + strconv.Itoa(max(offset-max(req.Limit, 0), 0))
-	}
-	return resp, nil
-}
-
-// roomTypeWanted matches a room's type against a filter's room_types, where
-// null stands for rooms without a type.
-func roomTypeWanted(types []*string, roomType string) bool {
-	for _, t := range types {
-		if (t == nil && roomType == "") || (t != nil && *t == roomType) {
-			return true
-		}
-	}
-	return false
+	return c.rooms.PublicRooms(r.Context(), *req)
 }
 
 func (c *ClientAPI) getRoomVisibility(r *http.Request) (any, error) {

@@ -123,6 +123,11 @@ func (f *FederationAPI) verify(r *http.Request) (spec.ServerName, error) {
 	if origin == f.key.ServerName {
 		return "", unauthorized("X-Matrix origin is this server")
 	}
+	// Before the signature: checking it could fetch the keys of a server
+	// we must not contact.
+	if !f.policy.Allowed(origin) {
+		return "", mxhttp.Forbidden("Federation with %s is denied by this server", origin)
+	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	// gomatrixserverlib logs each refusal at info level to the logger in
 	// the context (the global one without): give it ours, warnings only.

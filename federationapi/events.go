@@ -21,6 +21,7 @@ import (
 // events to other servers.
 type Rooms interface {
 	RoomVersion(ctx context.Context, roomID string) (gmsl.RoomVersion, error)
+	CurrentState(ctx context.Context, roomID string, tuples ...gmsl.StateKeyTuple) ([]gmsl.PDU, error)
 	Events(ctx context.Context, eventIDs []string) ([]gmsl.PDU, error)
 	StateBefore(ctx context.Context, eventID string, tuples ...gmsl.StateKeyTuple) ([]gmsl.PDU, error)
 	ServerJoined(ctx context.Context, roomID string, server spec.ServerName) (bool, error)
@@ -244,6 +245,9 @@ func (f *FederationAPI) getEvent(r *http.Request) (any, error) {
 	ctx := r.Context()
 	ev, err := f.event(ctx, "", mxhttp.Var(r, "eventId"))
 	if err != nil {
+		return nil, err
+	}
+	if err := f.checkACL(ctx, ev.RoomID().String()); err != nil {
 		return nil, err
 	}
 	if err := f.mayRead(ctx, Origin(ctx), ev); err != nil {

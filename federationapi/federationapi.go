@@ -23,6 +23,7 @@ import (
 	"myelin/federationapi/storage"
 	"myelin/internal/bus"
 	"myelin/internal/fedhttp"
+	"myelin/internal/fedpolicy"
 	"myelin/internal/ratelimit"
 	"myelin/internal/signing"
 	"myelin/internal/sqldb"
@@ -57,12 +58,17 @@ type Options struct {
 	UserKeys UserKeys
 	// Bus takes the EDUs of other servers to the local streams.
 	Bus *bus.Bus
+	// OpenID resolves the OpenID tokens of this server's users.
+	OpenID OpenIDTokens
 	// Rooms serves events and state to other servers.
 	Rooms Rooms
 	Log   *logrus.Entry
 	// Sender sends the outbound queues' transactions; nil: the federation
 	// client.
 	Sender queue.Sender
+	// Policy is the operator's allow and deny lists of servers: one not
+	// allowed is refused inbound and sent nothing. Nil allows all.
+	Policy *fedpolicy.Policy
 }
 
 // FederationAPI serves the federation endpoints.
@@ -77,6 +83,7 @@ type FederationAPI struct {
 	profiles  Profiles
 	userKeys  UserKeys
 	bus       *bus.Bus
+	openID    OpenIDTokens
 	rooms     Rooms
 	// rs serves the membership dances (ServeRooms); nil until then.
 	rs  MemberRooms
@@ -86,6 +93,8 @@ type FederationAPI struct {
 	libLog *logrus.Entry
 	now    func() time.Time
 	out    outbound
+	policy *fedpolicy.Policy
+	acls   aclCache
 	// in is the state of inbound transactions (/send).
 	in inbound
 	// edus are the handlers of inbound EDUs by edu_type (edu.go), filled
@@ -113,10 +122,12 @@ func New(ctx context.Context, db *sqldb.DB, opts Options) (*FederationAPI, error
 		profiles: opts.Profiles,
 		userKeys: opts.UserKeys,
 		bus:      opts.Bus,
+		openID:   opts.OpenID,
 		rooms:    opts.Rooms,
 		log:      opts.Log,
 		libLog:   quieter(opts.Log, logrus.WarnLevel),
 		now:      time.Now,
+		policy:   opts.Policy,
 	}
 	f.keys = newKeyRing(f, opts.KeyServers)
 	f.edus = map[string]eduHandler{}
@@ -160,12 +171,15 @@ func (f *FederationAPI) Routes(root *mux.Router) {
 	v1 := root.PathPrefix("/_matrix/federation/v1").Subrouter()
 	v1.Handle("/version", f.open(f.serverVersion)).Methods(http.MethodGet)
 	v1.Handle("/query/profile", f.authed(f.queryProfile)).Methods(http.MethodGet)
+	v1.Handle("/openid/userinfo", f.open(f.openIDUserInfo)).Methods(http.MethodGet)
 	v1.Handle("/event/{eventId}", f.authed(f.getEvent)).Methods(http.MethodGet)
-	v1.Handle("/state/{roomId}", f.authed(f.getState)).Methods(http.MethodGet)
-	v1.Handle("/state_ids/{roomId}", f.authed(f.getStateIDs)).Methods(http.MethodGet)
-	v1.Handle("/event_auth/{roomId}/{eventId}", f.authed(f.getEventAuth)).Methods(http.MethodGet)
-	v1.Handle("/get_missing_events/{roomId}", f.authed(f.getMissingEvents)).Methods(http.MethodPost)
-	v1.Handle("/backfill/{roomId}", f.authed(f.backfill)).Methods(http.MethodGet)
+	// Endpoints of one room answer only servers its ACL allows; /event
+	// checks the ACL of its event's room.
+	v1.Handle("/state/{roomId}", f.authed(f.roomACL(f.getState))).Methods(http.MethodGet)
+	v1.Handle("/state_ids/{roomId}", f.authed(f.roomACL(f.getStateIDs))).Methods(http.MethodGet)
+	v1.Handle("/event_auth/{roomId}/{eventId}", f.authed(f.roomACL(f.getEventAuth))).Methods(http.MethodGet)
+	v1.Handle("/get_missing_events/{roomId}", f.authed(f.roomACL(f.getMissingEvents))).Methods(http.MethodPost)
+	v1.Handle("/backfill/{roomId}", f.authed(f.roomACL(f.backfill))).Methods(http.MethodGet)
 	v1.Handle("/send/{txnId}", f.authed(f.send)).Methods(http.MethodPut)
 	f.userKeyRoutes(v1)
 	f.membershipRoutes(v1, root.PathPrefix("/_matrix/federation/v2").Subrouter())

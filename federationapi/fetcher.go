@@ -9,6 +9,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/fclient"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
+	"myelin/internal/fedpolicy"
 	rsapi "myelin/roomserver/api"
 )
 
@@ -25,11 +26,13 @@ type Fetcher struct {
 	self   spec.ServerName
 	client fclient.FederationClient
 	keys   gmsl.JSONVerifier
+	// policy leaves out the servers the operator denies.
+	policy *fedpolicy.Policy
 }
 
 // Fetcher returns the federation API's rsapi.Fetcher.
 func (f *FederationAPI) Fetcher() *Fetcher {
-	return &Fetcher{self: f.key.ServerName, client: f.client, keys: f.keys.ring}
+	return &Fetcher{self: f.key.ServerName, client: f.client, keys: f.keys.ring, policy: f.policy}
 }
 
 var _ rsapi.Fetcher = (*Fetcher)(nil)
@@ -42,7 +45,7 @@ var errRefused = errors.New("refused")
 func (x *Fetcher) ask(ctx context.Context, scope rsapi.FetchScope, what string, try func(spec.ServerName) error) error {
 	err := fmt.Errorf("%s: no server to ask", what)
 	for _, s := range scope.Servers {
-		if s == x.self || s == "" {
+		if s == x.self || s == "" || !x.policy.Allowed(s) {
 			continue
 		}
 		if ctx.Err() != nil {
@@ -173,4 +176,56 @@ func (x *Fetcher) StateBefore(ctx context.Context, scope rsapi.FetchScope, event
 		return err
 	})
 	return state, authChain, err
+}
+
+// StateIDsBefore implements rsapi.Fetcher (GET /state_ids). Only IDs:
+// the events are checked when they are fetched.
+func (x *Fetcher) StateIDsBefore(ctx context.Context, scope rsapi.FetchScope, eventID string) ([]string, error) {
+	var out []string
+	err := x.ask(ctx, scope, "state IDs before "+eventID, func(s spec.ServerName) error {
+		res, err := x.client.LookupStateIDs(ctx, x.self, s, scope.RoomID, eventID)
+		if err != nil {
+			return err
+		}
+		if len(res.StateEventIDs) > maxFetchedState {
+			return fmt.Errorf("%w: %d state events, more than %d", errRefused, len(res.StateEventIDs), maxFetchedState)
+		}
+		out = res.StateEventIDs
+		return nil
+	})
+	return out, err
+}
+
+// errNoEvents is an answer with no event, which says nothing: the server
+// may lack the history, or not let this one see it.
+var errNoEvents = errors.New("no events")
+
+// Backfill implements rsapi.Fetcher (GET /backfill). An empty answer is
+// no answer: the next server is asked.
+func (x *Fetcher) Backfill(ctx context.Context, scope rsapi.FetchScope, from []string, limit int) ([]gmsl.PDU, spec.ServerName, error) {
+	var out []gmsl.PDU
+	var by spec.ServerName
+	err := x.ask(ctx, scope, "backfill", func(s spec.ServerName) error {
+		txn, err := x.client.Backfill(ctx, x.self, s, scope.RoomID, limit, from)
+		if err != nil {
+			return err
+		}
+		raws := make([]spec.RawJSON, len(txn.PDUs))
+		for i, p := range txn.PDUs {
+			raws[i] = spec.RawJSON(p)
+		}
+		evs, err := x.check(ctx, scope, raws, limit)
+		if err != nil {
+			return err
+		}
+		if len(evs) == 0 {
+			return errNoEvents
+		}
+		out, by = evs, s
+		return nil
+	})
+	if errors.Is(err, errNoEvents) {
+		return nil, "", nil
+	}
+	return out, by, err
 }

@@ -193,7 +193,9 @@ func (d directFetcher) FetcherName() string { return "origin" }
 func (d directFetcher) FetchKeys(ctx context.Context, reqs map[gmsl.PublicKeyLookupRequest]spec.Timestamp) (map[gmsl.PublicKeyLookupRequest]gmsl.PublicKeyLookupResult, error) {
 	servers := map[spec.ServerName]bool{}
 	for req := range reqs {
-		if req.ServerName != d.k.f.key.ServerName {
+		// A denied server is not asked: its keys may still come from a
+		// notary, for its events in the state of rooms we join.
+		if req.ServerName != d.k.f.key.ServerName && d.k.f.policy.Allowed(req.ServerName) {
 			servers[req.ServerName] = true
 		}
 	}

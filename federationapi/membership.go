@@ -23,27 +23,33 @@ import (
 type MemberRooms interface {
 	Rooms
 	rsapi.Inputter
-	CurrentState(ctx context.Context, roomID string, tuples ...gmsl.StateKeyTuple) ([]gmsl.PDU, error)
 	Membership(ctx context.Context, roomID, userID string) (*rsapi.Membership, error)
 	BuildEventTemplate(ctx context.Context, proto *gmsl.ProtoEvent) (gmsl.PDU, []gmsl.PDU, error)
 	ResolveAlias(ctx context.Context, alias string) (string, error)
 	// UserRooms finds the rooms of a local user, whose servers hear of its
 	// presence and device list changes.
 	UserRooms(ctx context.Context, userID string, memberships ...string) ([]string, error)
+	PublicRooms(ctx context.Context, q rsapi.PublicRoomsQuery) (*rsapi.PublicRoomsPage, error)
+	RoomSummary(ctx context.Context, roomID string) (*rsapi.RoomSummary, error)
+	EventNearTime(ctx context.Context, roomID string, ts int64, backward bool) (*rsapi.TimeEvent, error)
 }
 
 // membershipRoutes registers the membership dances a resident server
 // serves (spec: "Joining Rooms", "Leaving Rooms", "Knocking upon a room",
 // "Inviting to a room").
 func (f *FederationAPI) membershipRoutes(v1, v2 *mux.Router) {
-	v1.Handle("/make_join/{roomId}/{userId}", f.authed(f.makeJoin)).Methods(http.MethodGet)
-	v2.Handle("/send_join/{roomId}/{eventId}", f.authed(f.sendJoin)).Methods(http.MethodPut)
-	v1.Handle("/make_leave/{roomId}/{userId}", f.authed(f.makeLeave)).Methods(http.MethodGet)
-	v2.Handle("/send_leave/{roomId}/{eventId}", f.authed(f.sendLeave)).Methods(http.MethodPut)
-	v1.Handle("/make_knock/{roomId}/{userId}", f.authed(f.makeKnock)).Methods(http.MethodGet)
-	v1.Handle("/send_knock/{roomId}/{eventId}", f.authed(f.sendKnock)).Methods(http.MethodPut)
-	v2.Handle("/invite/{roomId}/{eventId}", f.authed(f.invite)).Methods(http.MethodPut)
+	v1.Handle("/make_join/{roomId}/{userId}", f.authed(f.roomACL(f.makeJoin))).Methods(http.MethodGet)
+	v2.Handle("/send_join/{roomId}/{eventId}", f.authed(f.roomACL(f.sendJoin))).Methods(http.MethodPut)
+	v1.Handle("/make_leave/{roomId}/{userId}", f.authed(f.roomACL(f.makeLeave))).Methods(http.MethodGet)
+	v2.Handle("/send_leave/{roomId}/{eventId}", f.authed(f.roomACL(f.sendLeave))).Methods(http.MethodPut)
+	v1.Handle("/make_knock/{roomId}/{userId}", f.authed(f.roomACL(f.makeKnock))).Methods(http.MethodGet)
+	v1.Handle("/send_knock/{roomId}/{eventId}", f.authed(f.roomACL(f.sendKnock))).Methods(http.MethodPut)
+	v2.Handle("/invite/{roomId}/{eventId}", f.authed(f.roomACL(f.invite))).Methods(http.MethodPut)
 	v1.Handle("/query/directory", f.authed(f.queryDirectory)).Methods(http.MethodGet)
+	v1.Handle("/publicRooms", f.authed(f.publicRoomsGet)).Methods(http.MethodGet)
+	v1.Handle("/publicRooms", f.authed(f.publicRoomsPost)).Methods(http.MethodPost)
+	v1.Handle("/hierarchy/{roomId}", f.authed(f.roomACL(f.hierarchy))).Methods(http.MethodGet)
+	v1.Handle("/timestamp_to_event/{roomId}", f.authed(f.roomACL(f.timestampToEvent))).Methods(http.MethodGet)
 }
 
 // queryDirectory is GET /_matrix/federation/v1/query/directory: which

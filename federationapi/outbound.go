@@ -60,7 +60,21 @@ func (f *FederationAPI) MarkAlive(ctx context.Context, server spec.ServerName) e
 // SendEDU queues edu for destinations (typing, receipts, presence and
 // device lists use it). A destination given up on does not get it.
 func (f *FederationAPI) SendEDU(ctx context.Context, edu gmsl.EDU, destinations []spec.ServerName) error {
+	if f.policy != nil {
+		allowed := make([]spec.ServerName, 0, len(destinations))
+		for _, d := range destinations {
+			if f.policy.Allowed(d) {
+				allowed = append(allowed, d)
+			}
+		}
+		destinations = allowed
+	}
 	return f.out.queues.SendEDU(ctx, edu, destinations)
+}
+
+// denied reports whether the operator's policy forbids sending to server.
+func (f *FederationAPI) denied(server string) bool {
+	return !f.policy.Allowed(spec.ServerName(server))
 }
 
 // JoinedHosts lists the servers with a joined member in roomID, as the
@@ -87,12 +101,22 @@ func (f *FederationAPI) onRoomEvent(ctx context.Context, m jetstream.Msg) error 
 		f.log.WithError(err).Warn("dropping malformed output event")
 		return nil
 	}
+	if out.Historical {
+		return nil // backfilled history: no state change, nothing to send
+	}
 	self := string(f.key.ServerName)
 	js := string(out.Event)
-	ev := storage.RoomEvent{RoomID: out.RoomID, EventID: out.EventID, JSON: js, Removed: out.RemovesState, Self: self}
+	ev := storage.RoomEvent{RoomID: out.RoomID, EventID: out.EventID, JSON: js, Removed: out.RemovesState, Self: self, Skip: f.denied}
+	if out.Redacts != "" {
+		// The redacted event may be the room's ACL: read it again.
+		f.invalidateACL(out.RoomID)
+	}
 	for i, sjs := range out.AddedStateJSON() {
 		id := out.AddsState[i]
 		g := gjson.GetMany(sjs, "type", "state_key", "content.membership")
+		if g[0].String() == mRoomServerACL && g[1].String() == "" {
+			f.invalidateACL(out.RoomID)
+		}
 		if g[0].String() != spec.MRoomMember || g[2].String() != spec.Join {
 			continue
 		}

@@ -17,10 +17,13 @@ import (
 	"testing"
 	"time"
 
+	gmsl "github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/sirupsen/logrus"
 
 	"myelin/federationapi/storage"
 	"myelin/internal/bus"
+	"myelin/internal/fedpolicy"
 	"myelin/internal/poll"
 	"myelin/internal/sqldb/sqldbtest"
 	rsapi "myelin/roomserver/api"
@@ -85,17 +88,7 @@ func TestOutboundConsumer(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		remote := newRecorder(t)
 		f := newAPI(t, dialect, "origin.test", remote.ca)
-		l := logrus.New()
-		l.SetLevel(logrus.ErrorLevel)
-		b, err := bus.Open(ctx, bus.Options{StoreDir: t.TempDir(), Name: "test", Replicas: 1, Log: logrus.NewEntry(l)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(b.Close)
-		if err := f.StartOutbound(ctx, b); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { cancel(); f.Wait() })
+		b := startOutbound(t, ctx, cancel, f)
 
 		room := "!r:origin.test"
 		alice, bob := "@alice:origin.test", "@bob:"+remote.name
@@ -158,6 +151,24 @@ func TestOutboundConsumer(t *testing.T) {
 }
 
 func ptr(s string) *string { return &s }
+
+// startOutbound starts f's outbound side on a bus of its own, stopped
+// (cancel) and waited for when the test ends.
+func startOutbound(t *testing.T, ctx context.Context, cancel context.CancelFunc, f *FederationAPI) *bus.Bus {
+	t.Helper()
+	l := logrus.New()
+	l.SetLevel(logrus.ErrorLevel)
+	b, err := bus.Open(ctx, bus.Options{StoreDir: t.TempDir(), Name: "test", Replicas: 1, Log: logrus.NewEntry(l)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	if err := f.StartOutbound(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); f.Wait() })
+	return b
+}
 
 // TestInboundWakesQueue: a request signed by a server we had given up on
 // sends its queue at once; a request that fails authentication does not.
@@ -226,5 +237,62 @@ func TestInboundWakesQueue(t *testing.T) {
 			defer mu.Unlock()
 			return len(got) == 1 && got[0] == "$e"
 		})
+	})
+}
+
+// TestOutboundDenied: an event of a room with members of a server the
+// operator denies is queued for the other servers only, and neither an
+// EDU.
+func TestOutboundDenied(t *testing.T) {
+	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
+		dialect := "sqlite"
+		if strings.HasPrefix(dbURL, "postgres") {
+			dialect = "postgres"
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		remote := newRecorder(t)
+		f := newAPI(t, dialect, "origin.test", remote.ca)
+		// denied.test resolves nowhere: were anything queued for it, it
+		// would stay queued, failing.
+		f.policy = fedpolicy.New(nil, []string{"*.test"})
+		b := startOutbound(t, ctx, cancel, f)
+
+		room := "!r:origin.test"
+		alice, bob, eve := "@alice:origin.test", "@bob:"+remote.name, "@eve:denied.test"
+		publish := func(id, sender, evType string, stateKey *string, content map[string]any) {
+			ev := map[string]any{"event_id": id, "room_id": room, "sender": sender, "type": evType, "content": content}
+			out := rsapi.OutputEvent{RoomID: room, RoomVersion: "10", EventID: id}
+			if stateKey != nil {
+				ev["state_key"] = *stateKey
+				out.AddsState = []string{id}
+			}
+			out.Event, _ = json.Marshal(ev)
+			data, _ := json.Marshal(out)
+			if err := b.Publish(ctx, bus.NewMsg(bus.OutputRoomEvent, data, id)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		join := map[string]any{"membership": "join"}
+		publish("$create", alice, "m.room.create", ptr(""), map[string]any{})
+		publish("$alice", alice, "m.room.member", &alice, join)
+		publish("$bob", bob, "m.room.member", &bob, join)
+		publish("$eve", eve, "m.room.member", &eve, join)
+		publish("$hello", alice, "m.room.message", nil, map[string]any{"body": "hi"})
+		poll.Until(t, 10*time.Second, func() error {
+			if got := remote.received(); len(got) != 1 || got[0] != "$hello" {
+				return fmt.Errorf("the remote got %v", got)
+			}
+			return nil
+		})
+		hosts, err := f.JoinedHosts(ctx, room)
+		if err != nil || len(hosts) != 3 {
+			t.Fatalf("joined hosts %v %v: the denied server's members still count", hosts, err)
+		}
+		if err := f.SendEDU(ctx, gmsl.EDU{Type: "m.typing", Content: []byte(`{}`)}, []spec.ServerName{"denied.test"}); err != nil {
+			t.Fatal(err)
+		}
+		if p, e, err := f.store.QueueLength(ctx, "denied.test"); err != nil || p+e > 0 {
+			t.Fatalf("queued for the denied server: %d PDUs, %d EDUs (%v)", p, e, err)
+		}
 	})
 }

@@ -1,6 +1,8 @@
 package federationapi
 
 import (
+	"context"
+	"errors"
 	"net/http"
 	"strings"
 
@@ -50,4 +52,31 @@ func (f *FederationAPI) queryProfile(r *http.Request) (any, error) {
 		return nil, mxhttp.NotFound("Profile field not found")
 	}
 	return map[string]string{field: v}, nil
+}
+
+// OpenIDTokens resolves the OpenID tokens this server's users handed out.
+type OpenIDTokens interface {
+	OpenIDUser(ctx context.Context, token string) (string, error)
+}
+
+// openIDUserInfo is GET /_matrix/federation/v1/openid/userinfo: whose an
+// OpenID token is. The token is the only credential (no X-Matrix: the
+// caller may be any service), so it is rate-limited by IP; an unknown or
+// expired token is 401 M_UNKNOWN_TOKEN.
+func (f *FederationAPI) openIDUserInfo(r *http.Request) (any, error) {
+	token := r.URL.Query().Get("access_token")
+	if token == "" {
+		return nil, mxhttp.MissingToken()
+	}
+	if f.openID == nil {
+		return nil, mxhttp.UnknownToken(false)
+	}
+	userID, err := f.openID.OpenIDUser(r.Context(), token)
+	if err != nil {
+		if errors.Is(err, uapi.ErrUnknownToken) {
+			return nil, mxhttp.New("M_UNKNOWN_TOKEN", "Unknown or expired OpenID token")
+		}
+		return nil, err
+	}
+	return map[string]string{"sub": userID}, nil
 }

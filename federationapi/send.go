@@ -302,7 +302,7 @@ func (f *FederationAPI) receiveRoomPDUs(ctx context.Context, origin spec.ServerN
 			// The content hash does not match: the spec says to go on
 			// with the redacted event, which is what gomatrixserverlib
 			// parsed it into (its signatures cover the redacted form).
-			f.log.WithField("origin", origin).WithField("event_id", evs[i].EventID()).Info("content hash mismatch: taking the event in redacted")
+			f.log.WithField("origin", origin).WithField("event_id", evs[i].EventID()).Debug("content hash mismatch: taking the event in redacted")
 		}
 		ok = append(ok, evs[i])
 	}
@@ -310,9 +310,16 @@ func (f *FederationAPI) receiveRoomPDUs(ctx context.Context, origin spec.ServerN
 }
 
 // pduPolicy is where what the server allows of origin in the event's room
-// is checked before the event is input: server ACLs (m.room.server_acl)
-// go here. An error refuses the PDU alone.
+// is checked before the event is input: the room's server ACL
+// (m.room.server_acl) must allow origin. An error refuses the PDU alone.
 func (f *FederationAPI) pduPolicy(ctx context.Context, origin spec.ServerName, ev gmsl.PDU) error {
+	ok, err := f.aclAllows(ctx, ev.RoomID().String(), origin)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("server %s is denied by the server ACL of %s", origin, ev.RoomID().String())
+	}
 	return nil
 }
 

@@ -28,6 +28,12 @@ type inputRooms struct {
 	batches [][]string // the event IDs of each input request
 }
 
+// CurrentState answers the state the policy reads (pduPolicy): the room
+// has no server ACL.
+func (r *inputRooms) CurrentState(context.Context, string, ...gmsl.StateKeyTuple) ([]gmsl.PDU, error) {
+	return nil, nil
+}
+
 func (r *inputRooms) RoomVersion(_ context.Context, roomID string) (gmsl.RoomVersion, error) {
 	if roomID != r.room {
 		return "", rsapi.ErrRoomNotFound

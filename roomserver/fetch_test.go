@@ -72,8 +72,14 @@ func newRemote(t testing.TB, n int) *remote {
 	return r
 }
 
-// build signs an event after prevs, authorised by state.
+// build signs an event of r.user after prevs, authorised by state.
 func (r *remote) build(typ string, sk *string, content any, state map[gmsl.StateKeyTuple]gmsl.PDU, prevs ...gmsl.PDU) gmsl.PDU {
+	r.t.Helper()
+	return r.buildAs(r.user, typ, sk, content, state, prevs...)
+}
+
+// buildAs is build for another sender of the remote's server.
+func (r *remote) buildAs(sender, typ string, sk *string, content any, state map[gmsl.StateKeyTuple]gmsl.PDU, prevs ...gmsl.PDU) gmsl.PDU {
 	r.t.Helper()
 	var depth int64
 	prevIDs := []string{}
@@ -86,7 +92,7 @@ func (r *remote) build(typ string, sk *string, content any, state map[gmsl.State
 		r.t.Fatal(err)
 	}
 	b := r.ver.NewEventBuilderFromProtoEvent(&gmsl.ProtoEvent{
-		SenderID: r.user, RoomID: r.roomID, Type: typ, StateKey: sk,
+		SenderID: sender, RoomID: r.roomID, Type: typ, StateKey: sk,
 		PrevEvents: prevIDs, Depth: depth + 1, Content: raw,
 	})
 	pdus := make([]gmsl.PDU, 0, len(state))
@@ -135,9 +141,12 @@ func (r *remote) sendLocal(ctx context.Context, rs *roomserver.Roomserver, body 
 // testFetcher serves the events of remotes, as the federationapi will
 // serve those of real servers. While block is open, calls wait for it.
 type testFetcher struct {
-	remotes map[string]*remote
-	block   chan struct{}
-	calls   atomic.Int32
+	remotes   map[string]*remote
+	block     chan struct{}
+	calls     atomic.Int32
+	backfills atomic.Int32
+	stateIDs  atomic.Int32
+	states    atomic.Int32 // full states (StateBefore)
 }
 
 func (f *testFetcher) wait(ctx context.Context) error {
@@ -226,6 +235,7 @@ func (f *testFetcher) Event(ctx context.Context, scope rsapi.FetchScope, eventID
 // StateBefore serves the state the remote built eventID on, with its
 // auth chain.
 func (f *testFetcher) StateBefore(ctx context.Context, scope rsapi.FetchScope, eventID string) ([]gmsl.PDU, []gmsl.PDU, error) {
+	f.states.Add(1)
 	r := f.remotes[scope.RoomID]
 	if r == nil || r.events[eventID] == nil {
 		return nil, nil, errors.New("unknown event")
@@ -724,4 +734,71 @@ func TestSlowRoomsBudget(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestInputDuplicatePrevEvents: an event naming the same prev event twice
+// is taken in as if named once.
+func TestInputDuplicatePrevEvents(t *testing.T) {
+	for _, d := range sqldbtest.Dialects {
+		t.Run(d, func(t *testing.T) {
+			ctx := context.Background()
+			r := newRemote(t, 0)
+			rs, _ := startRoomserverWith(t, d, roomserver.InputConfig{})
+			if err := r.input(ctx, rs, r.base...); err != nil {
+				t.Fatalf("room from the remote: %v", err)
+			}
+			last := r.base[len(r.base)-1]
+			dup := r.message("twice", last, last)
+			if err := r.input(ctx, rs, dup); err != nil {
+				t.Fatalf("event with a prev event named twice: %v", err)
+			}
+			if evs, err := rs.Events(ctx, []string{dup.EventID()}); err != nil || len(evs) != 1 {
+				t.Fatalf("stored %d (%v)", len(evs), err)
+			}
+		})
+	}
+}
+
+// StateIDsBefore serves the IDs of the state the remote built eventID on.
+func (f *testFetcher) StateIDsBefore(ctx context.Context, scope rsapi.FetchScope, eventID string) ([]string, error) {
+	f.stateIDs.Add(1)
+	if err := f.wait(ctx); err != nil {
+		return nil, err
+	}
+	r := f.remotes[scope.RoomID]
+	if r == nil || r.events[eventID] == nil {
+		return nil, errors.New("unknown event")
+	}
+	var ids []string
+	for _, p := range r.before[eventID] {
+		ids = append(ids, p.EventID())
+	}
+	return ids, nil
+}
+
+// Backfill serves the events of from and those before them, walking
+// prev_events back, as /backfill does.
+func (f *testFetcher) Backfill(ctx context.Context, scope rsapi.FetchScope, from []string, limit int) ([]gmsl.PDU, spec.ServerName, error) {
+	f.backfills.Add(1)
+	if err := f.wait(ctx); err != nil {
+		return nil, "", err
+	}
+	r := f.remotes[scope.RoomID]
+	if r == nil {
+		return nil, "", nil // nothing to give, as a server that never was in the room
+	}
+	seen := map[string]bool{}
+	var out []gmsl.PDU
+	todo := append([]string(nil), from...)
+	for len(todo) > 0 && len(out) < limit {
+		id := todo[0]
+		todo = todo[1:]
+		if seen[id] || r.events[id] == nil {
+			continue
+		}
+		seen[id] = true
+		out = append(out, r.events[id])
+		todo = append(todo, r.events[id].PrevEventIDs()...)
+	}
+	return out, remoteName, nil
 }

@@ -76,41 +76,17 @@ func TestInputTakesInAJoinedRoom(t *testing.T) {
 				}
 				rs, _ := startRoomserverWith(t, d, in)
 
-				// The join of bob, a user of the joining server (which
-				// signs it with its own key, known to the KeyRing too).
-				bob := "@bob:joiner.test"
-				_, bobKey, _ := ed25519.GenerateKey(rand.Reader)
-				keys["joiner.test"] = bobKey.Public().(ed25519.PublicKey)
-				var state, chain []json.RawMessage
+				// The join of bob, a user of the joining server, after the
+				// last event of the state.
 				var last gmsl.PDU
-				pdus := make([]gmsl.PDU, 0, len(r.state))
 				for _, ev := range r.state {
-					state = append(state, json.RawMessage(ev.JSON()))
-					pdus = append(pdus, ev)
 					if last == nil || ev.Depth() > last.Depth() {
 						last = ev
 					}
 				}
-				for _, ev := range r.base {
-					chain = append(chain, json.RawMessage(ev.JSON()))
-				}
-				b := r.ver.NewEventBuilderFromProtoEvent(&gmsl.ProtoEvent{
-					SenderID: bob, RoomID: r.roomID, Type: spec.MRoomMember, StateKey: &bob,
-					PrevEvents: []string{last.EventID()}, Depth: last.Depth() + 1, Content: []byte(`{"membership":"join"}`),
-				})
-				auth, _ := gmsl.NewAuthEvents(pdus)
-				if err := b.AddAuthEvents(auth); err != nil {
-					t.Fatal(err)
-				}
-				join, err := b.Build(time.Now(), "joiner.test", "ed25519:test", bobKey)
-				if err != nil {
-					t.Fatal(err)
-				}
-				_, err = rs.Input(ctx, &rsapi.InputRequest{
-					RoomID: r.roomID, RoomVersion: string(r.ver.Version()), Origin: remoteName,
-					Events: []rsapi.InputEvent{{PDU: json.RawMessage(join.JSON())}},
-					State:  state, AuthChain: chain,
-				})
+				join, req := buildJoin(t, r, keys, last)
+				bob := *join.StateKey()
+				_, err := rs.Input(ctx, req)
 				if tt.wantErr != "" {
 					var bad *rsapi.BadEventError
 					var na *rsapi.NotAllowedError
@@ -143,5 +119,42 @@ func TestInputTakesInAJoinedRoom(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// buildJoin builds the join of bob, a user of the joining server (which
+// signs it with its own key, added to keys), to r's room after last, and
+// the input request of a join through r: the event with r's state and
+// auth chain, as send_join answers them.
+func buildJoin(t *testing.T, r *remote, keys keysOf, last gmsl.PDU) (gmsl.PDU, *rsapi.InputRequest) {
+	t.Helper()
+	bob := "@bob:joiner.test"
+	_, bobKey, _ := ed25519.GenerateKey(rand.Reader)
+	keys["joiner.test"] = bobKey.Public().(ed25519.PublicKey)
+	var state, chain []json.RawMessage
+	pdus := make([]gmsl.PDU, 0, len(r.state))
+	for _, ev := range r.state {
+		state = append(state, json.RawMessage(ev.JSON()))
+		pdus = append(pdus, ev)
+	}
+	for _, ev := range r.base {
+		chain = append(chain, json.RawMessage(ev.JSON()))
+	}
+	b := r.ver.NewEventBuilderFromProtoEvent(&gmsl.ProtoEvent{
+		SenderID: bob, RoomID: r.roomID, Type: spec.MRoomMember, StateKey: &bob,
+		PrevEvents: []string{last.EventID()}, Depth: last.Depth() + 1, Content: []byte(`{"membership":"join"}`),
+	})
+	auth, _ := gmsl.NewAuthEvents(pdus)
+	if err := b.AddAuthEvents(auth); err != nil {
+		t.Fatal(err)
+	}
+	join, err := b.Build(time.Now(), "joiner.test", "ed25519:test", bobKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return join, &rsapi.InputRequest{
+		RoomID: r.roomID, RoomVersion: string(r.ver.Version()), Origin: remoteName,
+		Events: []rsapi.InputEvent{{PDU: json.RawMessage(join.JSON())}},
+		State:  state, AuthChain: chain,
 	}
 }

@@ -7,9 +7,12 @@ package roomserver
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 
 	gmsl "github.com/matrix-org/gomatrixserverlib"
@@ -105,7 +108,7 @@ func New(ctx context.Context, db *sqldb.DB, b *bus.Bus, key *signing.Key, log *l
 		serverName:  key.ServerName,
 	}
 	r.aliases, _ = o.fed.(AliasResolver)
-	r.Performer = perform.New(r, key, o.fed, o.profile, log)
+	r.Performer = perform.New(r, key, o.fed, o.input.Fetcher, o.profile, log)
 	return r, nil
 }
 
@@ -355,8 +358,171 @@ var summaryTuples = []gmsl.StateKeyTuple{
 	{EventType: spec.MRoomGuestAccess}, {EventType: spec.MRoomCreate},
 }
 
-// PublicRooms implements rsapi.API.
-func (r *Roomserver) PublicRooms(ctx context.Context) ([]rsapi.PublicRoom, error) {
+// EventNearTime implements rsapi.API.
+func (r *Roomserver) EventNearTime(ctx context.Context, roomID string, ts int64, backward bool) (*rsapi.TimeEvent, error) {
+	room, err := r.store.Room(ctx, roomID)
+	if err != nil {
+		return nil, mapNotFound(err, rsapi.ErrRoomNotFound)
+	}
+	id, ots, err := r.store.EventNearTime(ctx, room.NID, ts, backward)
+	if err != nil {
+		return nil, mapNotFound(err, rsapi.ErrEventNotFound)
+	}
+	return &rsapi.TimeEvent{EventID: id, OriginServerTS: ots}, nil
+}
+
+// PublicRooms implements rsapi.API: the published rooms matching q's
+// filter, paged by offset tokens ("o<n>").
+func (r *Roomserver) PublicRooms(ctx context.Context, q rsapi.PublicRoomsQuery) (*rsapi.PublicRoomsPage, error) {
+	rooms, err := r.publishedRooms(ctx)
+	if err != nil {
+		return nil, err
+	}
+	// No application service bridges a network here: a named network
+	// has no rooms.
+	if q.ThirdPartyInstanceID != "" {
+		rooms = nil
+	}
+	term := strings.ToLower(q.Filter.GenericSearchTerm)
+	matched := rooms[:0:0]
+	for _, pr := range rooms {
+		if term != "" && !strings.Contains(strings.ToLower(pr.Name+"\x00"+pr.Topic+"\x00"+pr.CanonicalAlias), term) {
+			continue
+		}
+		if q.Filter.RoomTypes != nil && !roomTypeWanted(q.Filter.RoomTypes, pr.RoomType) {
+			continue
+		}
+		matched = append(matched, pr)
+	}
+	offset := 0
+	if q.Since != "" {
+		n, err := strconv.Atoi(strings.TrimPrefix(q.Since, "o"))
+		if err != nil || n < 0 || !strings.HasPrefix(q.Since, "o") {
+			return nil, rsapi.ErrBadSince
+		}
+		offset = min(n, len(matched))
+	}
+	end := len(matched)
+	if q.Limit > 0 {
+		end = min(offset+q.Limit, len(matched))
+	}
+	page := &rsapi.PublicRoomsPage{Chunk: matched[offset:end], Total: len(matched)}
+	if end < len(matched) {
+		page.NextBatch = "o" + strconv.Itoa(end)
+	}
+	if offset > 0 {
+		page.PrevBatch = "o" + strconv.Itoa(max(offset-max(q.Limit, 0), 0))
+	}
+	return page, nil
+}
+
+// roomTypeWanted matches a room's type against a filter's room_types, where
+// null stands for rooms without a type.
+func roomTypeWanted(types []*string, roomType string) bool {
+	for _, t := range types {
+		if (t == nil && roomType == "") || (t != nil && *t == roomType) {
+			return true
+		}
+	}
+	return false
+}
+
+// summarise fills pr from the room's state among summaryTuples.
+func summarise(pr *rsapi.PublicRoom, state []gmsl.PDU) {
+	for _, ev := range state {
+		c := gjson.ParseBytes(ev.Content())
+		switch ev.Type() {
+		case spec.MRoomName:
+			pr.Name = c.Get("name").String()
+		case spec.MRoomTopic:
+			pr.Topic = c.Get("topic").String()
+		case spec.MRoomCanonicalAlias:
+			pr.CanonicalAlias = c.Get("alias").String()
+		case "m.room.avatar":
+			pr.AvatarURL = c.Get("url").String()
+		case spec.MRoomJoinRules:
+			pr.JoinRule = c.Get("join_rule").String()
+		case spec.MRoomHistoryVisibility:
+			pr.WorldReadable = c.Get("history_visibility").String() == "world_readable"
+		case spec.MRoomGuestAccess:
+			pr.GuestCanJoin = c.Get("guest_access").String() == "can_join"
+		case spec.MRoomCreate:
+			pr.RoomType = c.Get("type").String()
+		}
+	}
+}
+
+// RoomSummary implements rsapi.API: the room's summary as the space
+// hierarchy shows it, with its m.space.child events that name servers
+// (spec: an m.space.child without via is not a child).
+func (r *Roomserver) RoomSummary(ctx context.Context, roomID string) (*rsapi.RoomSummary, error) {
+	room, err := r.store.Room(ctx, roomID)
+	if err != nil {
+		return nil, mapNotFound(err, rsapi.ErrRoomNotFound)
+	}
+	state, err := r.stateAt(ctx, room.Snapshot, append(slices.Clip(summaryTuples), gmsl.StateKeyTuple{EventType: spec.MRoomEncryption}))
+	if err != nil {
+		return nil, err
+	}
+	joined, err := r.store.JoinedCount(ctx, room.NID)
+	if err != nil {
+		return nil, err
+	}
+	sum := &rsapi.RoomSummary{PublicRoom: rsapi.PublicRoom{RoomID: roomID, NumJoinedMembers: joined}, RoomVersion: string(room.Version), ChildrenState: []json.RawMessage{}}
+	summarise(&sum.PublicRoom, state)
+	for _, ev := range state {
+		c := gjson.ParseBytes(ev.Content())
+		switch ev.Type() {
+		case spec.MRoomEncryption:
+			sum.Encryption = c.Get("algorithm").String()
+		case spec.MRoomJoinRules:
+			// Restricted rooms: the rooms whose members may join (MSC3083).
+			for _, a := range c.Get("allow").Array() {
+				if a.Get("type").String() == "m.room_membership" && a.Get("room_id").Type == gjson.String {
+					sum.AllowedRoomIDs = append(sum.AllowedRoomIDs, a.Get("room_id").Str)
+				}
+			}
+		}
+	}
+	tuples, err := r.store.TupleNIDsOfType(ctx, spaceChild)
+	if err != nil {
+		return nil, err
+	}
+	found, err := r.store.StateLookup(ctx, room.Snapshot, tuples)
+	if err != nil {
+		return nil, err
+	}
+	nids := make([]int64, 0, len(found))
+	for _, n := range found {
+		nids = append(nids, n)
+	}
+	children, err := r.store.EventsByNID(ctx, nids)
+	if err != nil {
+		return nil, err
+	}
+	sort.Slice(children, func(i, j int) bool { return *children[i].PDU.StateKey() < *children[j].PDU.StateKey() })
+	for _, ch := range children {
+		ev := ch.PDU
+		if len(gjson.GetBytes(ev.Content(), "via").Array()) == 0 {
+			continue
+		}
+		raw, err := json.Marshal(map[string]any{
+			"type": ev.Type(), "state_key": *ev.StateKey(), "content": json.RawMessage(ev.Content()),
+			"sender": string(ev.SenderID()), "origin_server_ts": int64(ev.OriginServerTS()),
+		})
+		if err != nil {
+			return nil, err
+		}
+		sum.ChildrenState = append(sum.ChildrenState, raw)
+	}
+	return sum, nil
+}
+
+// spaceChild is the state event type naming a space's children.
+const spaceChild = "m.space.child"
+
+// publishedRooms summarises every published room, most joined first.
+func (r *Roomserver) publishedRooms(ctx context.Context) ([]rsapi.PublicRoom, error) {
 	published, err := r.store.PublishedRooms(ctx)
 	if err != nil {
 		return nil, err
@@ -371,27 +537,7 @@ func (r *Roomserver) PublicRooms(ctx context.Context) ([]rsapi.PublicRoom, error
 			return nil, err
 		}
 		pr := rsapi.PublicRoom{RoomID: roomID, NumJoinedMembers: joined}
-		for _, ev := range state {
-			c := gjson.ParseBytes(ev.Content())
-			switch ev.Type() {
-			case spec.MRoomName:
-				pr.Name = c.Get("name").String()
-			case spec.MRoomTopic:
-				pr.Topic = c.Get("topic").String()
-			case spec.MRoomCanonicalAlias:
-				pr.CanonicalAlias = c.Get("alias").String()
-			case "m.room.avatar":
-				pr.AvatarURL = c.Get("url").String()
-			case spec.MRoomJoinRules:
-				pr.JoinRule = c.Get("join_rule").String()
-			case spec.MRoomHistoryVisibility:
-				pr.WorldReadable = c.Get("history_visibility").String() == "world_readable"
-			case spec.MRoomGuestAccess:
-				pr.GuestCanJoin = c.Get("guest_access").String() == "can_join"
-			case spec.MRoomCreate:
-				pr.RoomType = c.Get("type").String()
-			}
-		}
+		summarise(&pr, state)
 		out = append(out, pr)
 	}
 	sort.Slice(out, func(i, j int) bool {
@@ -487,4 +633,76 @@ func (r *Roomserver) SearchUsers(ctx context.Context, searcher, term string, lim
 		return out[:limit], true, nil
 	}
 	return out, false, nil
+}
+
+// earliestScan is how many of a room's oldest events BackfillPoint looks at.
+const earliestScan = 50
+
+// BackfillPoint returns where a backfill of roomID starts: from, the prev
+// events of its oldest events here that this server lacks or holds only
+// as outliers (its backward extremities), and earliest, the events that
+// refer to them. complete says there is nothing to backfill: the room's
+// create event is in its timeline here (a room created here, or whose
+// history was backfilled to its start), or the room is not known here.
+func (r *Roomserver) BackfillPoint(ctx context.Context, roomID string) (from, earliest []string, complete bool, err error) {
+	room, err := r.store.Room(ctx, roomID)
+	if errors.Is(err, storage.ErrNotFound) || (err == nil && len(room.Latest) == 0) {
+		return nil, nil, true, nil
+	}
+	if err != nil {
+		return nil, nil, false, err
+	}
+	create, err := r.stateAt(ctx, room.Snapshot, []gmsl.StateKeyTuple{{EventType: spec.MRoomCreate}})
+	if err != nil {
+		return nil, nil, false, fmt.Errorf("create event of %s: %w", roomID, err)
+	}
+	if len(create) > 0 {
+		evs, err := r.store.EventsByID(ctx, []string{create[0].EventID()})
+		if err != nil {
+			return nil, nil, false, err
+		}
+		if len(evs) == 1 && !evs[0].Outlier {
+			return nil, nil, true, nil
+		}
+	}
+	oldest, err := r.store.EarliestEvents(ctx, room.NID, earliestScan)
+	if err != nil {
+		return nil, nil, false, err
+	}
+	var prevs []string
+	seen := map[string]bool{}
+	for _, e := range oldest {
+		for _, p := range e.PDU.PrevEventIDs() {
+			if !seen[p] {
+				seen[p] = true
+				prevs = append(prevs, p)
+			}
+		}
+	}
+	known, err := r.store.EventsByID(ctx, prevs)
+	if err != nil {
+		return nil, nil, false, err
+	}
+	have := map[string]bool{}
+	for _, e := range known {
+		if !e.Outlier {
+			have[e.ID] = true
+		}
+	}
+	missing := map[string]bool{}
+	for _, p := range prevs {
+		if !have[p] {
+			missing[p] = true
+			from = append(from, p)
+		}
+	}
+	for _, e := range oldest {
+		for _, p := range e.PDU.PrevEventIDs() {
+			if missing[p] {
+				earliest = append(earliest, e.ID)
+				break
+			}
+		}
+	}
+	return from, earliest, false, nil
 }

@@ -2,14 +2,10 @@ package setup_test
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
-	"net/http/httptest"
-	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
@@ -296,6 +292,14 @@ func TestFederationServeEvents(t *testing.T) {
 			if err != nil || !slices.Contains(pduIDs(state), open.create) || len(chain) == 0 {
 				t.Fatalf("StateBefore: %v %v %v", pduIDs(state), pduIDs(chain), err)
 			}
+			ids, err := fetcher.StateIDsBefore(ctx, scope, open.msgs[2])
+			if err != nil || !slices.Contains(ids, open.create) || len(ids) != len(state) {
+				t.Fatalf("StateIDsBefore: %v %v", ids, err)
+			}
+			back, by, err := fetcher.Backfill(ctx, scope, open.msgs[3:], 3)
+			if err != nil || by != "hs1.test" || !sameIDs(back, open.msgs[1:4]) {
+				t.Fatalf("Backfill: %v from %q, %v", pduIDs(back), by, err)
+			}
 			closedScope := rsapi.FetchScope{RoomID: closed.id, RoomVersion: gmsl.RoomVersion(closed.version), Servers: []spec.ServerName{"hs1.test"}}
 			if ev, err := fetcher.Event(ctx, closedScope, closed.msgs[0]); err == nil {
 				t.Fatalf("Event of a room hs2 may not see: %v", ev.EventID())
@@ -378,6 +382,14 @@ func TestFederationServeEvents(t *testing.T) {
 				_, _, err := fetcher.StateBefore(ctx, evilScope, m[1])
 				return err
 			}},
+			{"backfill with a changed event", []json.RawMessage{originals[m[2]], edit(m[1], otherContent)}, func() error {
+				_, _, err := fetcher.Backfill(ctx, evilScope, m[2:3], 10)
+				return err
+			}},
+			{"more backfilled events than asked", []json.RawMessage{originals[m[2]], originals[m[1]]}, func() error {
+				_, _, err := fetcher.Backfill(ctx, evilScope, m[2:3], 1)
+				return err
+			}},
 		}
 		for _, tt := range tests {
 			t.Run("evil/"+tt.name, func(t *testing.T) {
@@ -395,6 +407,17 @@ func TestFederationServeEvents(t *testing.T) {
 				}
 			})
 		}
+		t.Run("backfill: evil has nothing or lies, then hs1", func(t *testing.T) {
+			s := evilScope
+			s.Servers = []spec.ServerName{"evil.test", "hs1.test"}
+			for _, pdus := range [][]json.RawMessage{{}, {edit(m[1], forgedSig)}} {
+				evil.set(pdus)
+				back, by, err := fetcher.Backfill(ctx, s, m[1:2], 10)
+				if err != nil || by != "hs1.test" || !slices.Contains(pduIDs(back), m[1]) {
+					t.Fatalf("%v from %q, %v", pduIDs(back), by, err)
+				}
+			}
+		})
 		t.Run("evil first, then hs1", func(t *testing.T) {
 			evil.set([]json.RawMessage{edit(m[1], otherContent)})
 			s := evilScope
@@ -436,17 +459,17 @@ func (e *evilServer) set(pdus []json.RawMessage) {
 	e.pdus = pdus
 }
 
-func startEvil(t *testing.T, n *fedNet, name, ip string) *evilServer {
+func startEvil(t *testing.T, fed *fedNet, name, ip string) *evilServer {
 	t.Helper()
 	e := &evilServer{}
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	fed.serveFake(t, name, ip, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		e.mu.Lock()
 		pdus := e.pdus
 		e.mu.Unlock()
 		var body any
 		p := r.URL.Path
 		switch {
-		case strings.HasPrefix(p, "/_matrix/federation/v1/event/"):
+		case strings.HasPrefix(p, "/_matrix/federation/v1/event/"), strings.HasPrefix(p, "/_matrix/federation/v1/backfill/"):
 			body = map[string]any{"origin": name, "origin_server_ts": 1, "pdus": pdus}
 		case strings.HasPrefix(p, "/_matrix/federation/v1/get_missing_events/"):
 			body = map[string]any{"events": pdus}
@@ -461,17 +484,5 @@ func startEvil(t *testing.T, n *fedNet, name, ip string) *evilServer {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(body)
 	}))
-	l, err := net.Listen("tcp", ip+":0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.Listener = l
-	srv.TLS = &tls.Config{Certificates: []tls.Certificate{n.ca.TLS(name)}}
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
-	n.mu.Lock()
-	n.hosts[name] = netip.MustParseAddr(ip)
-	n.srv["_matrix-fed._tcp."+name] = []*net.SRV{{Target: name + ".", Port: uint16(l.Addr().(*net.TCPAddr).Port)}}
-	n.mu.Unlock()
 	return e
 }

@@ -48,6 +48,50 @@ func fullSyncRooms(t *testing.T, c *testserver.Client) map[string]map[string]jso
 	return body.Rooms
 }
 
+// inviteAcceptReject has inviter invite two users of another server into
+// room, which that server is not in: the invites reach it only through
+// /invite, and the answers go back through make_join/send_join and
+// make_leave/send_leave. One accepts by room ID alone, one rejects.
+func inviteAcceptReject(t *testing.T, inviter *testserver.Client, room string, acceptor *testserver.Client, acceptorID string, rejector *testserver.Client, rejectorID string) {
+	t.Helper()
+	for _, u := range []string{acceptorID, rejectorID} {
+		inviter.Do(t, "POST", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/invite", map[string]string{"user_id": u}).MustOK(t)
+	}
+	for _, c := range []*testserver.Client{acceptor, rejector} {
+		poll.Until(t, 10*time.Second, func() error {
+			raw, ok := fullSyncRooms(t, c)["invite"][room]
+			if !ok || !strings.Contains(string(raw), `"m.room.join_rules"`) {
+				return fmt.Errorf("no invite with its room state in /sync: %s", raw)
+			}
+			return nil
+		})
+	}
+	// The rejection comes first: once the acceptor is in, its server is
+	// in the room, and its users' leaves travel as any event of the room
+	// (the outbound queue), not through make_leave.
+	rejector.Do(t, "POST", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/leave", map[string]any{}).MustOK(t)
+	acceptor.Do(t, "POST", "/_matrix/client/v3/join/"+url.PathEscape(room), map[string]any{}).MustOK(t)
+	poll.Until(t, 10*time.Second, func() error {
+		if !joinedMembers(t, inviter, room)[acceptorID] {
+			return fmt.Errorf("the inviter does not see %s joined", acceptorID)
+		}
+		r := inviter.Do(t, "GET", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/state/m.room.member/"+rejectorID, nil)
+		if r.String("membership") != "leave" {
+			return fmt.Errorf("%s's membership on the inviter's server: %s", rejectorID, r.Raw)
+		}
+		return nil
+	})
+	poll.Until(t, 10*time.Second, func() error {
+		if _, ok := fullSyncRooms(t, rejector)["invite"][room]; ok {
+			return fmt.Errorf("%s still sees the invite", rejectorID)
+		}
+		if _, ok := fullSyncRooms(t, acceptor)["join"][room]; !ok {
+			return fmt.Errorf("%s's sync does not list the room as joined", acceptorID)
+		}
+		return nil
+	})
+}
+
 // TestFederationJoins: users of one Myelin server join, leave and are
 // refused rooms of another, over signed requests (make_join, send_join,
 // make_leave, send_leave): the resident server sees them, and the joining
@@ -131,46 +175,16 @@ func TestFederationJoins(t *testing.T) {
 		})
 
 		t.Run("invite, accept and reject", func(t *testing.T) {
-			// hsb is not in the private room: the invites reach it only
-			// through /invite, and the answers go back through
-			// make_join/send_join and make_leave/send_leave.
-			for _, u := range []string{"@erin:hsb.test", "@frank:hsb.test"} {
-				alice.Do(t, "POST", "/_matrix/client/v3/rooms/"+url.PathEscape(private)+"/invite", map[string]string{"user_id": u}).MustOK(t)
-			}
-			for _, c := range []*testserver.Client{erin, frank} {
-				poll.Until(t, 10*time.Second, func() error {
-					raw, ok := fullSyncRooms(t, c)["invite"][private]
-					if !ok || !strings.Contains(string(raw), `"m.room.join_rules"`) {
-						return fmt.Errorf("no invite with its room state in /sync: %s", raw)
-					}
-					return nil
-				})
-			}
-			// Frank rejects first: once erin is in, hsb is in the room, and
-			// its users' leaves travel as any event of the room (the
-			// outbound queue), not through make_leave.
-			frank.Do(t, "POST", "/_matrix/client/v3/rooms/"+url.PathEscape(private)+"/leave", map[string]any{}).MustOK(t)
-			erin.Do(t, "POST", "/_matrix/client/v3/join/"+url.PathEscape(private), map[string]any{}).MustOK(t)
-			poll.Until(t, 10*time.Second, func() error {
-				if !joinedMembers(t, alice, private)["@erin:hsb.test"] {
-					return fmt.Errorf("alice does not see erin joined")
-				}
-				r := alice.Do(t, "GET", "/_matrix/client/v3/rooms/"+url.PathEscape(private)+"/state/m.room.member/@frank:hsb.test", nil)
-				if r.String("membership") != "leave" {
-					return fmt.Errorf("frank's membership on hsa: %s", r.Raw)
-				}
-				return nil
-			})
-			poll.Until(t, 10*time.Second, func() error {
-				rooms := fullSyncRooms(t, frank)
-				if _, ok := rooms["invite"][private]; ok {
-					return fmt.Errorf("frank still sees the invite")
-				}
-				if _, ok := fullSyncRooms(t, erin)["join"][private]; !ok {
-					return fmt.Errorf("erin's sync does not list the room as joined")
-				}
-				return nil
-			})
+			inviteAcceptReject(t, alice, private, erin, "@erin:hsb.test", frank, "@frank:hsb.test")
+		})
+
+		t.Run("invite, accept and reject in a room version 12 room", func(t *testing.T) {
+			// The room ID names no server: hsb must reach the room through
+			// the inviter's server.
+			v12 := alice.Do(t, "POST", "/_matrix/client/v3/createRoom", map[string]any{
+				"preset": "private_chat", "room_version": "12",
+			}).MustOK(t).String("room_id")
+			inviteAcceptReject(t, alice, v12, erin, "@erin:hsb.test", frank, "@frank:hsb.test")
 		})
 
 		t.Run("knock", func(t *testing.T) {

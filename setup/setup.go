@@ -28,6 +28,7 @@ import (
 	"myelin/federationapi"
 	"myelin/internal/bus"
 	"myelin/internal/fedhttp"
+	"myelin/internal/fedpolicy"
 	"myelin/internal/mxhttp"
 	"myelin/internal/ratelimit"
 	"myelin/internal/signing"
@@ -149,10 +150,15 @@ func New(ctx context.Context, cfg *config.Config, log *logrus.Logger, opts ...Op
 		}
 		return p.DisplayName, p.AvatarURL, nil
 	})
+	// One policy for both directions: the transport refuses every
+	// request to a denied server, the federationapi refuses its requests
+	// and queues nothing for it.
+	fedPolicy := fedpolicy.New(cfg.FederationAPI.AllowedServers, cfg.FederationAPI.DeniedServers)
 	fedTransport, err := fedhttp.New(fedhttp.Options{
 		CAFiles:      cfg.FederationAPI.TrustedCAFiles,
 		AllowPrivate: cfg.FederationAPI.AllowPrivateAddresses,
 		Resolver:     s.resolver,
+		Policy:       fedPolicy,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("federation_api.trusted_ca_files: %w", err)
@@ -175,7 +181,9 @@ func New(ctx context.Context, cfg *config.Config, log *logrus.Logger, opts ...Op
 		Profiles:   s.users,
 		UserKeys:   s.users,
 		Bus:        s.bus,
+		OpenID:     s.users,
 		Log:        entry("federationapi"),
+		Policy:     fedPolicy,
 	})
 	if err != nil {
 		return nil, err
@@ -195,7 +203,7 @@ func New(ctx context.Context, cfg *config.Config, log *logrus.Logger, opts ...Op
 	if s.sync, err = syncapi.New(ctx, cfg, s.db, s.bus, s.users, s.rooms, entry("syncapi")); err != nil {
 		return nil, err
 	}
-	s.client = clientapi.New(cfg, s.users, s.rooms, entry("clientapi"))
+	s.client = clientapi.New(cfg, s.users, s.rooms, entry("clientapi"), clientapi.WithFederation(s.fed.Remote()))
 	return s, nil
 }
 

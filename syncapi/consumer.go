@@ -43,6 +43,12 @@ func (s *SyncAPI) onRoomEvent(ctx context.Context, m jetstream.Msg) error {
 	if out.Txn != nil {
 		ev.SessionID, ev.TxnID = out.Txn.SessionID, out.Txn.TxnID
 	}
+	if out.Historical {
+		// Backfilled history: before the room's timeline here, so nothing
+		// to wake anyone for; /messages finds it.
+		_, err := s.store.AppendHistorical(ctx, ev)
+		return err
+	}
 	if len(out.InviteRoomState) > 0 {
 		b, _ := json.Marshal(out.InviteRoomState)
 		ev.InviteState = string(b)

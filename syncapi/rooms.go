@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"myelin/internal/mxhttp"
+	rsapi "myelin/roomserver/api"
 	"myelin/syncapi/storage"
 	uapi "myelin/userapi/api"
 )
@@ -146,9 +147,19 @@ func (s *SyncAPI) messages(r *http.Request, dev *uapi.Device) (any, error) {
 	f := formatter{sessionID: dev.SessionID, now: s.now(), withRoomID: true}
 	resp := &messagesResponse{Start: startTok, Chunk: []ClientEvent{}}
 	cur := point
-	more := true // whether events may remain past cur
+	more := true     // whether events may remain past cur
+	stopped := false // whether paging reached 'to' or the create event
 	var last *storage.Event
-	for round := 0; round < 20 && len(resp.Chunk) < limit && more; round++ {
+	for round, backfills := 0, 0; round < 20 && len(resp.Chunk) < limit; round++ {
+		if !more {
+			// The start of the room's timeline here: older history may
+			// be on the room's other servers.
+			if !backwards || stopped || backfills >= maxBackfills || !s.backfill(ctx, roomID, limit) {
+				break
+			}
+			backfills++
+			more = true
+		}
 		batch, err := s.store.Messages(ctx, roomID, cur.Depth, cur.Pos, backwards, maxPos, limit)
 		if err != nil {
 			return nil, err
@@ -156,11 +167,14 @@ func (s *SyncAPI) messages(r *http.Request, dev *uapi.Device) (any, error) {
 		consumed := 0
 		for _, e := range batch {
 			if stop != nil && passed(e, *stop, backwards) {
-				more = false
+				more, stopped = false, true
 				break
 			}
 			consumed++
 			last = e
+			if e.Type == "m.room.create" && e.StateKey != nil && *e.StateKey == "" {
+				stopped = true // the room's first event: nothing older to backfill
+			}
 			if backwards {
 				cur = TopoToken{Depth: e.Depth, Pos: e.Pos}
 			} else {
@@ -207,6 +221,25 @@ func passed(e *storage.Event, stop TopoToken, backwards bool) bool {
 		return e.Depth < stop.Depth || (e.Depth == stop.Depth && e.Pos < stop.Pos)
 	}
 	return e.Depth > stop.Depth || (e.Depth == stop.Depth && e.Pos >= stop.Pos)
+}
+
+// maxBackfills bounds the backfills one /messages request asks for.
+const maxBackfills = 3
+
+// backfill asks the roomserver for history of roomID older than what is
+// here and waits until this syncapi has it; it reports whether any came.
+// A failure is logged and the page answered with what is here.
+func (s *SyncAPI) backfill(ctx context.Context, roomID string, limit int) bool {
+	res, err := s.rooms.PerformBackfill(ctx, &rsapi.BackfillRequest{RoomID: roomID, Limit: min(max(2*limit, 50), 100)})
+	if err != nil {
+		s.log.WithError(err).WithField("room_id", roomID).Warn("backfill failed")
+		return false
+	}
+	if res.Stored == 0 {
+		return false
+	}
+	s.catchUp(ctx)
+	return true
 }
 
 // pagePoint resolves a 'from' token to a point in the room's topological

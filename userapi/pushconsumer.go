@@ -207,6 +207,9 @@ func (u *UserAPI) onRoomEvent(ctx context.Context, m jetstream.Msg) error {
 		u.log.WithError(err).Warn("dropping malformed output event")
 		return nil
 	}
+	if out.Historical {
+		return nil // backfilled history: no member changes, nothing to notify
+	}
 	if err := u.trackMembers(ctx, &out); err != nil {
 		return err
 	}

@@ -29,6 +29,9 @@ type RoomEvent struct {
 	Send  bool
 	Self  string
 	Extra []string
+	// Skip, when set, leaves out the destinations it is true of (servers
+	// the operator's policy denies).
+	Skip func(server string) bool
 }
 
 // Join is a join event in a room's current state.
@@ -74,7 +77,9 @@ func (s *Storage) RecordEvent(ctx context.Context, ev RoomEvent) (dests []string
 		for _, h := range append(hosts, ev.Extra...) {
 			if !seen[h] {
 				seen[h] = true
-				dests = append(dests, h)
+				if ev.Skip == nil || !ev.Skip(h) {
+					dests = append(dests, h)
+				}
 			}
 		}
 		if len(dests) == 0 {

@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"myelin/internal/fedpolicy"
 )
 
 // Options configure a Transport.
@@ -45,7 +47,15 @@ type Options struct {
 	WellKnownPort int
 	// Now is the clock of the caches; nil is time.Now.
 	Now func() time.Time
+	// Policy is the operator's allow and deny lists: a matrix:// request
+	// to a server it does not allow fails with ErrDenied before anything
+	// is resolved or dialled. Nil allows every server.
+	Policy *fedpolicy.Policy
 }
+
+// ErrDenied is the error of a request to a server the operator's
+// federation policy denies.
+var ErrDenied = errors.New("server denied by the federation policy")
 
 // Resolver is how names are looked up. Tests give a fake one (no network).
 type Resolver struct {
@@ -79,6 +89,7 @@ type Transport struct {
 	dns           *Resolver
 	wellKnownPort int
 	now           func() time.Time
+	policy        *fedpolicy.Policy
 	wellKnownHTTP *http.Client
 
 	mu         sync.Mutex
@@ -127,6 +138,7 @@ func New(opts Options) (*Transport, error) {
 		dns:           opts.Resolver,
 		wellKnownPort: opts.WellKnownPort,
 		now:           opts.Now,
+		policy:        opts.Policy,
 		resolved:      map[spec.ServerName]resolution{},
 		resolving:     map[spec.ServerName]chan struct{}{},
 		wellKnowns:    map[string]wellKnown{},
@@ -255,6 +267,9 @@ func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 		return t.plain.RoundTrip(r)
 	}
 	name := spec.ServerName(r.URL.Host)
+	if !t.policy.Allowed(name) {
+		return nil, fmt.Errorf("send to %s: %w", name, ErrDenied)
+	}
 	targets, err := t.Resolve(r.Context(), name)
 	if err != nil {
 		return nil, err

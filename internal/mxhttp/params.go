@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"sort"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 
@@ -195,4 +196,22 @@ func checkBodyless(r *http.Request) error {
 		return nil
 	}
 	return DecodeJSON(b, &struct{}{})
+}
+
+// TimeQuery reads the ts and dir query parameters of /timestamp_to_event
+// (client and federation): the time in milliseconds, and whether to look
+// backward from it.
+func TimeQuery(q url.Values) (ts int64, backward bool, err error) {
+	tsStr, dir := q.Get("ts"), q.Get("dir")
+	if tsStr == "" || dir == "" {
+		return 0, false, MissingParam("ts and dir are required")
+	}
+	ts, perr := strconv.ParseInt(tsStr, 10, 64)
+	if perr != nil || ts < 0 {
+		return 0, false, InvalidParam("ts must be a timestamp in milliseconds")
+	}
+	if dir != "f" && dir != "b" {
+		return 0, false, InvalidParam("dir must be f or b")
+	}
+	return ts, dir == "b", nil
 }

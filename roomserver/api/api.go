@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"strconv"
 
 	gmsl "github.com/matrix-org/gomatrixserverlib"
@@ -28,6 +29,7 @@ var (
 	ErrAliasNotFound = codedError{"M_NOT_FOUND", "Room alias not found"}
 	ErrAliasInUse    = codedError{"M_UNKNOWN", "Room alias already exists"}
 	ErrRoomInUse     = codedError{"M_ROOM_IN_USE", "Room alias already taken"}
+	ErrBadSince      = codedError{"M_INVALID_PARAM", "Bad pagination token"}
 )
 
 type codedError struct{ code, msg string }
@@ -127,6 +129,12 @@ type InputRequest struct {
 	// Origin, for PDUs, is the server that sent them: the first asked for
 	// what they need and this server lacks (see Fetcher).
 	Origin spec.ServerName `json:"origin,omitempty"`
+	// Historical marks PDUs older than what the room has (backfill, from
+	// Origin): each is stored with the state before it, but changes
+	// neither the current state nor the forward extremities, and its
+	// output is marked Historical. One that cannot be placed (a prev event
+	// this server cannot get the state after) is left out, not refused.
+	Historical bool `json:"historical,omitempty"`
 }
 
 // InputResponse reports the outcome of an InputRequest.
@@ -192,6 +200,16 @@ type Fetcher interface {
 	// GET /_matrix/federation/v1/state does: used when prev events cannot
 	// be walked back to events this server has.
 	StateBefore(ctx context.Context, scope FetchScope, eventID string) (state, authChain []gmsl.PDU, err error)
+	// StateIDsBefore returns the IDs of the state before eventID, as GET
+	// /_matrix/federation/v1/state_ids does: what this server has of it
+	// need not be fetched again.
+	StateIDsBefore(ctx context.Context, scope FetchScope, eventID string) ([]string, error)
+	// Backfill returns at most limit events of the room from the events
+	// named by from back, as GET /_matrix/federation/v1/backfill does
+	// (the events of from among them), and the server that answered.
+	// Order is free; an answer with no event is no answer, and the next
+	// server is asked.
+	Backfill(ctx context.Context, scope FetchScope, from []string, limit int) ([]gmsl.PDU, spec.ServerName, error)
 }
 
 // Membership is a user's membership of a room.
@@ -215,6 +233,83 @@ type PublicRoom struct {
 	GuestCanJoin     bool   `json:"guest_can_join"`
 	JoinRule         string `json:"join_rule,omitempty"`
 	RoomType         string `json:"room_type,omitempty"`
+}
+
+// PublicRoomsQuery asks for one page of the public room directory, as a
+// client or another server asks it (spec: POST /publicRooms).
+type PublicRoomsQuery struct {
+	Limit  int               `json:"limit,omitempty"`
+	Since  string            `json:"since,omitempty"`
+	Filter PublicRoomsFilter `json:"filter"`
+	// IncludeAllNetworks and ThirdPartyInstanceID choose application
+	// services' networks; this server bridges none.
+	IncludeAllNetworks   bool   `json:"include_all_networks,omitempty"`
+	ThirdPartyInstanceID string `json:"third_party_instance_id,omitempty"`
+}
+
+// PublicRoomsQueryOf reads the query parameters of GET /publicRooms
+// (client and federation): limit, since, include_all_networks,
+// third_party_instance_id. A bad value is M_INVALID_PARAM.
+func PublicRoomsQueryOf(q url.Values) (PublicRoomsQuery, error) {
+	req := PublicRoomsQuery{Since: q.Get("since"), ThirdPartyInstanceID: q.Get("third_party_instance_id")}
+	if l := q.Get("limit"); l != "" {
+		n, err := strconv.Atoi(l)
+		if err != nil || n < 0 {
+			return req, codedError{"M_INVALID_PARAM", "limit must be a non-negative integer"}
+		}
+		req.Limit = n
+	}
+	if v := q.Get("include_all_networks"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return req, codedError{"M_INVALID_PARAM", "include_all_networks must be true or false"}
+		}
+		req.IncludeAllNetworks = b
+	}
+	return req, nil
+}
+
+// PublicRoomsFilter narrows the directory: a search in names, topics and
+// aliases, and room types (a nil entry: rooms without a type).
+type PublicRoomsFilter struct {
+	GenericSearchTerm string    `json:"generic_search_term,omitempty"`
+	RoomTypes         []*string `json:"room_types,omitempty"`
+}
+
+// PublicRoomsPage is one page of the directory (spec: the answer of
+// /publicRooms, client and federation alike).
+type PublicRoomsPage struct {
+	Chunk     []PublicRoom `json:"chunk"`
+	NextBatch string       `json:"next_batch,omitempty"`
+	PrevBatch string       `json:"prev_batch,omitempty"`
+	Total     int          `json:"total_room_count_estimate"`
+}
+
+// RoomSummary is a room as the space hierarchy shows it (spec:
+// SpaceHierarchyParentRoom and SpaceHierarchyChildRoomsChunk).
+type RoomSummary struct {
+	PublicRoom
+	RoomVersion    string   `json:"room_version,omitempty"`
+	Encryption     string   `json:"encryption,omitempty"`
+	AllowedRoomIDs []string `json:"allowed_room_ids,omitempty"`
+	// ChildrenState are the room's m.space.child events naming servers,
+	// stripped, with their origin_server_ts.
+	ChildrenState []json.RawMessage `json:"children_state"`
+}
+
+// Hierarchy is a space and its children as one server knows them (spec:
+// the answer of GET /_matrix/federation/v1/hierarchy).
+type Hierarchy struct {
+	Room         RoomSummary   `json:"room"`
+	Children     []RoomSummary `json:"children"`
+	Inaccessible []string      `json:"inaccessible_children"`
+}
+
+// TimeEvent is an event found by its time (spec: the answer of
+// /timestamp_to_event, client and federation alike).
+type TimeEvent struct {
+	EventID        string `json:"event_id"`
+	OriginServerTS int64  `json:"origin_server_ts"`
 }
 
 // DirectoryUser is a user directory search result.
@@ -254,14 +349,22 @@ type API interface {
 	ServerJoined(ctx context.Context, roomID string, server spec.ServerName) (bool, error)
 	// UserRooms lists the rooms where userID's membership is one of memberships.
 	UserRooms(ctx context.Context, userID string, memberships ...string) ([]string, error)
+	// EventNearTime returns the room's event sent nearest to ts (a Unix
+	// time in milliseconds) at or after it, or at or before it when
+	// backward (ErrRoomNotFound, ErrEventNotFound when none).
+	EventNearTime(ctx context.Context, roomID string, ts int64, backward bool) (*TimeEvent, error)
 	// TxnEvent returns the event a device's transaction made, "" if none.
 	TxnEvent(ctx context.Context, txn TxnID) (string, error)
 
 	// The public room directory.
 	SetPublished(ctx context.Context, roomID string, published bool) error
 	IsPublished(ctx context.Context, roomID string) (bool, error)
-	// PublicRooms summarises every published room, most joined first.
-	PublicRooms(ctx context.Context) ([]PublicRoom, error)
+	// RoomSummary summarises a room for the space hierarchy
+	// (ErrRoomNotFound).
+	RoomSummary(ctx context.Context, roomID string) (*RoomSummary, error)
+	// PublicRooms answers one page of the published rooms, most joined
+	// first (ErrBadSince for a token it did not give).
+	PublicRooms(ctx context.Context, q PublicRoomsQuery) (*PublicRoomsPage, error)
 
 	// SearchUsers finds users searcher may see in the user directory
 	// (those sharing a room with it or in a room anyone may join) whose ID
@@ -298,6 +401,10 @@ type OutputEvent struct {
 	Redacts string `json:"redacts,omitempty"`
 	// InviteRoomState is the stripped state sent with an invite.
 	InviteRoomState []json.RawMessage `json:"invite_room_state,omitempty"`
+	// Historical marks an event older than what the room had (backfill):
+	// it belongs before the room's timeline, changes no state (AddsState
+	// and RemovesState are empty) and is nothing new to notify or send.
+	Historical bool `json:"historical,omitempty"`
 }
 
 // AddedStateJSON returns the JSON of each event of AddsState, in its

@@ -25,6 +25,12 @@ type Performer interface {
 	PerformMembership(ctx context.Context, req *MembershipRequest) error
 	// PerformUpgrade replaces a room with a new one of another version.
 	PerformUpgrade(ctx context.Context, req *UpgradeRequest) (*UpgradeResponse, error)
+	// PerformBackfill gets history of a room older than what this server
+	// has from the room's other servers and stores it as historical
+	// events (syncapi's /messages calls it when it reaches the start of
+	// what it has). One runs at a time per room; a call while one runs
+	// waits for it and stores nothing more.
+	PerformBackfill(ctx context.Context, req *BackfillRequest) (*BackfillResponse, error)
 	// BuildEventTemplate completes a member event another server's user
 	// asks this server to prepare (make_join, make_leave, make_knock)
 	// from the room's current state, and returns it built and signed
@@ -120,4 +126,21 @@ type UpgradeRequest struct {
 // UpgradeResponse names the new room.
 type UpgradeResponse struct {
 	NewRoomID string `json:"replacement_room"`
+}
+
+// BackfillRequest asks for up to Limit events of RoomID older than the
+// oldest this server has.
+type BackfillRequest struct {
+	RoomID string `json:"room_id"`
+	Limit  int    `json:"limit"`
+}
+
+// BackfillResponse says what a backfill stored.
+type BackfillResponse struct {
+	// Stored counts the events stored (outputs published: a reader of
+	// OutputRoomEvent that has caught up has them).
+	Stored int `json:"stored"`
+	// Complete says there is nothing older to get: the room's create
+	// event is in its timeline here (or the room is unknown).
+	Complete bool `json:"complete"`
 }

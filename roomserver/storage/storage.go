@@ -274,6 +274,30 @@ func (s *Storage) tupleNIDs(ctx context.Context, q querier, tuples []gmsl.StateK
 	return out, nil
 }
 
+// TupleNIDsOfType lists the tuple NIDs of every state key known for
+// eventType, in any room.
+func (s *Storage) TupleNIDsOfType(ctx context.Context, eventType string) ([]int64, error) {
+	rows, err := s.db.Query(ctx, `SELECT tuple_nid FROM roomserver_state_keys WHERE event_type = $1`, eventType)
+	if err != nil {
+		return nil, fmt.Errorf("state keys of %s: %w", eventType, err)
+	}
+	return column[int64](rows)
+}
+
+// column reads the one column of rows, and closes them.
+func column[T any](rows *sql.Rows) ([]T, error) {
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		var v T
+		if err := rows.Scan(&v); err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
 // Tuples returns the (type, state key) of tuple NIDs.
 func (s *Storage) Tuples(ctx context.Context, nids []int64) (map[int64]gmsl.StateKeyTuple, error) {
 	out := make(map[int64]gmsl.StateKeyTuple, len(nids))
@@ -625,6 +649,29 @@ func (s *Storage) PublishedRooms(ctx context.Context) (map[string]int, error) {
 	return out, rows.Err()
 }
 
+// EventNearTime returns the event of roomNID whose origin_server_ts is the
+// nearest to ts at or after it (or at or before it, backward), among the
+// events in the room's timeline (not rejected, not outliers); ErrNotFound
+// when there is none. Equal timestamps go by storage order.
+func (s *Storage) EventNearTime(ctx context.Context, roomNID, ts int64, backward bool) (eventID string, originTS int64, err error) {
+	q := `SELECT event_id, origin_server_ts FROM roomserver_events
+		WHERE room_nid = $1 AND origin_server_ts >= $2 AND rejected = 0 AND outlier = 0
+		ORDER BY origin_server_ts, event_nid LIMIT 1`
+	if backward {
+		q = `SELECT event_id, origin_server_ts FROM roomserver_events
+		WHERE room_nid = $1 AND origin_server_ts <= $2 AND rejected = 0 AND outlier = 0
+		ORDER BY origin_server_ts DESC, event_nid DESC LIMIT 1`
+	}
+	err = s.db.QueryRow(ctx, q, roomNID, ts).Scan(&eventID, &originTS)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", 0, ErrNotFound
+	}
+	if err != nil {
+		return "", 0, fmt.Errorf("event of room %d near %d: %w", roomNID, ts, err)
+	}
+	return eventID, originTS, nil
+}
+
 // JoinedCount is the number of users joined to a room.
 func (s *Storage) JoinedCount(ctx context.Context, roomNID int64) (int, error) {
 	var n int
@@ -638,16 +685,7 @@ func (s *Storage) SharedRoomNIDs(ctx context.Context, userID string) ([]int64, e
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	var out []int64
-	for rows.Next() {
-		var n int64
-		if err := rows.Scan(&n); err != nil {
-			return nil, err
-		}
-		out = append(out, n)
-	}
-	return out, rows.Err()
+	return column[int64](rows)
 }
 
 // AllRooms lists every room's NID and current state snapshot.
@@ -719,4 +757,30 @@ func (s *Storage) ServerJoined(ctx context.Context, roomNID int64, server string
 		}
 	}
 	return false, rows.Err()
+}
+
+// EarliestEvents returns up to limit of the events of a room with the
+// lowest depth among those stored with their state (not outliers): where
+// the room's timeline here starts.
+func (s *Storage) EarliestEvents(ctx context.Context, roomNID int64, limit int) ([]*Event, error) {
+	rows, err := s.db.Query(ctx, `SELECT event_nid FROM roomserver_events WHERE room_nid = $1 AND outlier = 0
+		ORDER BY depth ASC, event_nid ASC LIMIT $2`, roomNID, limit)
+	if err != nil {
+		return nil, fmt.Errorf("earliest events of room %d: %w", roomNID, err)
+	}
+	var nids []int64
+	for rows.Next() {
+		var n int64
+		if err := rows.Scan(&n); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		nids = append(nids, n)
+	}
+	err = rows.Err()
+	rows.Close()
+	if err != nil {
+		return nil, err
+	}
+	return s.EventsByNID(ctx, nids)
 }

@@ -298,10 +298,10 @@ func (w *Writer) StoreEvent(ctx context.Context, ev *Event, depth int64) (bool, 
 		return false, nil
 	}
 	err = w.tx.QueryRow(ctx, `INSERT INTO roomserver_events
-		(room_nid, event_id, event_type, tuple_nid, sender, depth, state_before_nid, rejected, outlier, received_ts, event_json)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING event_nid`,
+		(room_nid, event_id, event_type, tuple_nid, sender, depth, state_before_nid, rejected, outlier, received_ts, event_json, origin_server_ts)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING event_nid`,
 		ev.RoomNID, ev.ID, ev.PDU.Type(), ev.Tuple, string(ev.PDU.SenderID()), depth, ev.StateBefore,
-		boolInt(ev.Rejected), boolInt(ev.Outlier), time.Now().UnixMilli(), string(ev.PDU.JSON())).Scan(&ev.NID)
+		boolInt(ev.Rejected), boolInt(ev.Outlier), time.Now().UnixMilli(), string(ev.PDU.JSON()), int64(ev.PDU.OriginServerTS())).Scan(&ev.NID)
 	if err != nil {
 		return false, fmt.Errorf("store event %s: %w", ev.ID, err)
 	}

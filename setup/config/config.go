@@ -82,6 +82,13 @@ type FederationAPI struct {
 	// /.well-known/matrix/server (on both listeners), delegating
 	// federation for server_name to that host[:port].
 	WellKnownServer string `yaml:"well_known_server"`
+	// AllowedServers, when not empty, are the only servers this server
+	// federates with; DeniedServers are never federated with. Both are
+	// globs ('*', '?') over server names without their port, matched
+	// case-insensitively. A server not allowed is refused inbound (403)
+	// and sent nothing; its events in other servers' state are kept.
+	AllowedServers []string `yaml:"allowed_servers"`
+	DeniedServers  []string `yaml:"denied_servers"`
 }
 
 // Database names the SQL database all components store their tables in.
@@ -245,6 +252,12 @@ func (c *Config) fillDerived() {
 	if len(c.FederationAPI.KeyServers) == 0 {
 		c.FederationAPI.KeyServers = nil
 	}
+	if len(c.FederationAPI.AllowedServers) == 0 {
+		c.FederationAPI.AllowedServers = nil
+	}
+	if len(c.FederationAPI.DeniedServers) == 0 {
+		c.FederationAPI.DeniedServers = nil
+	}
 	if c.Database.URL == "" {
 		c.Database.URL = filepath.Join(c.DataDir, "myelin.db")
 	}
@@ -319,6 +332,15 @@ func (c *Config) Validate() error {
 			bad("federation_api.key_servers", k, "must not be this server")
 		}
 	}
+	checkGlobs := func(field string, globs []string) {
+		for _, g := range globs {
+			if g == "" || strings.ContainsAny(g, " /@#!:") {
+				bad(field, fmt.Sprintf("%q", g), "must be a server name glob ('*' and '?' allowed, no port)")
+			}
+		}
+	}
+	checkGlobs("federation_api.allowed_servers", c.FederationAPI.AllowedServers)
+	checkGlobs("federation_api.denied_servers", c.FederationAPI.DeniedServers)
 	if w := c.FederationAPI.WellKnownServer; w != "" && !validServerName(w) {
 		bad("federation_api.well_known_server", w, "must be a host with an optional port")
 	}

@@ -63,6 +63,8 @@ func TestEnvOverrides(t *testing.T) {
 		"MYELIN_FEDERATION_API_KEY_SERVERS=matrix.org, notary.example:8448",
 		"MYELIN_FEDERATION_API_ALLOW_PRIVATE_ADDRESSES=true",
 		"MYELIN_FEDERATION_API_WELL_KNOWN_SERVER=fed.example.org:443",
+		"MYELIN_FEDERATION_API_ALLOWED_SERVERS=*.example.org, matrix.org",
+		"MYELIN_FEDERATION_API_DENIED_SERVERS=evil.example.org",
 		"MYELIN_RATE_LIMITS_FEDERATION_BURST=7",
 		"UNRELATED=1",
 	})
@@ -87,6 +89,8 @@ func TestEnvOverrides(t *testing.T) {
 		{"federation_api.key_servers", c.FederationAPI.KeyServers, []string{"matrix.org", "notary.example:8448"}},
 		{"federation_api.allow_private_addresses", c.FederationAPI.AllowPrivateAddresses, true},
 		{"federation_api.well_known_server", c.FederationAPI.WellKnownServer, "fed.example.org:443"},
+		{"federation_api.allowed_servers", c.FederationAPI.AllowedServers, []string{"*.example.org", "matrix.org"}},
+		{"federation_api.denied_servers", c.FederationAPI.DeniedServers, []string{"evil.example.org"}},
 		{"rate_limits.federation.burst", c.RateLimits.Federation.Burst, 7},
 		{"derived store dir", c.NATS.StoreDir, filepath.Join("/tmp/x", "nats")},
 	}
@@ -118,6 +122,8 @@ func TestValidationNamesFields(t *testing.T) {
 		{"key server is this server", "server_name: hs.example\nfederation_api:\n  key_servers: [hs.example]\n", nil, []string{"federation_api.key_servers", "this server"}},
 		{"bad private addresses env", "", []string{"MYELIN_FEDERATION_API_ALLOW_PRIVATE_ADDRESSES=sometimes"}, []string{"federation_api.allow_private_addresses"}},
 		{"bad well-known server", "federation_api:\n  well_known_server: 'https://x'\n", nil, []string{"federation_api.well_known_server"}},
+		{"denied server with a port", "federation_api:\n  denied_servers: ['evil.example:8448']\n", nil, []string{"federation_api.denied_servers", "evil.example:8448"}},
+		{"allowed server with a space", "", []string{"MYELIN_FEDERATION_API_ALLOWED_SERVERS=a.example,b example"}, []string{"federation_api.allowed_servers", "b example"}},
 		{"no federation rate", "rate_limits:\n  federation:\n    per_second: 0\n", nil, []string{"rate_limits.federation.per_second"}},
 	}
 	for _, tt := range tests {

@@ -129,13 +129,7 @@ type NewState struct {
 // (redelivery) and reported with inserted false.
 func (s *Storage) Append(ctx context.Context, ev *Event, adds []NewState, removes []string) (inserted bool, err error) {
 	err = s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
-		var existing int64
-		err := tx.QueryRow(ctx, `SELECT pos FROM syncapi_events WHERE event_id = $1`, ev.EventID).Scan(&existing)
-		if err == nil {
-			ev.Pos = existing
-			return nil
-		}
-		if !errors.Is(err, sql.ErrNoRows) {
+		if stored, err := storedPos(ctx, tx, ev); err != nil || stored {
 			return err
 		}
 		if ev.StateKey != nil {
@@ -191,6 +185,50 @@ func (s *Storage) Append(ctx context.Context, ev *Event, adds []NewState, remove
 				}
 			}
 		}
+		return nil
+	})
+	return inserted, err
+}
+
+// storedPos sets ev.Pos to the position of the event already stored
+// with its ID, if any (a redelivery), and reports whether there was one.
+func storedPos(ctx context.Context, tx *sqldb.Tx, ev *Event) (bool, error) {
+	err := tx.QueryRow(ctx, `SELECT pos FROM syncapi_events WHERE event_id = $1`, ev.EventID).Scan(&ev.Pos)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// AppendHistorical stores a backfilled event, older than the room's
+// timeline here, at the next negative stream position (as Synapse numbers
+// backfilled events): below every position a /sync token can hold, so no
+// sync reports it as new, while /messages orders it by depth with the
+// rest. It changes no current state and no membership. An event already
+// stored is left alone and reported with inserted false.
+func (s *Storage) AppendHistorical(ctx context.Context, ev *Event) (inserted bool, err error) {
+	err = s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		if stored, err := storedPos(ctx, tx, ev); err != nil || stored {
+			return err
+		}
+		// Only syncapi's one consumer of room events appends, so the
+		// lowest position cannot move under this transaction.
+		var lowest sql.NullInt64
+		if err := tx.QueryRow(ctx, `SELECT MIN(pos) FROM syncapi_events`).Scan(&lowest); err != nil {
+			return fmt.Errorf("lowest stream position: %w", err)
+		}
+		ev.Pos = min(lowest.Int64, 0) - 1
+		var sk any
+		if ev.StateKey != nil {
+			sk = *ev.StateKey
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO syncapi_events (pos, room_id, event_id, event_type, sender, state_key, depth, history_visibility, event_json)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
+			ev.Pos, ev.RoomID, ev.EventID, ev.Type, ev.Sender, sk, ev.Depth, ev.HistVis, ev.JSON)
+		if err != nil {
+			return fmt.Errorf("append historical event %s: %w", ev.EventID, err)
+		}
+		inserted = true
 		return nil
 	})
 	return inserted, err

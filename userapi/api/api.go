@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // Errors the userapi returns; each knows its Matrix error code.
@@ -127,6 +128,12 @@ type API interface {
 
 	// Profiles.
 	Profile(ctx context.Context, userID string) (*Profile, error)
+
+	// CreateOpenIDToken gives userID a token other services check with
+	// this server (OpenIDUser) to learn who the user is.
+	CreateOpenIDToken(ctx context.Context, userID string) (*OpenIDToken, error)
+	// OpenIDUser is the user of an unexpired OpenID token (ErrUnknownToken).
+	OpenIDUser(ctx context.Context, token string) (string, error)
 	SetProfile(ctx context.Context, userID string, displayName, avatarURL *string) error
 
 	// Account data.
@@ -179,4 +186,11 @@ func WithClientIP(ctx context.Context, ip string) context.Context {
 func ClientIP(ctx context.Context) string {
 	ip, _ := ctx.Value(clientIPKey{}).(string)
 	return ip
+}
+
+// OpenIDToken is a token a user gives another service to prove who they
+// are (spec: "OpenID").
+type OpenIDToken struct {
+	Token     string
+	ExpiresIn time.Duration
 }

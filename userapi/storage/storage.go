@@ -422,3 +422,34 @@ func (s *Storage) AccountDataPos(ctx context.Context) (int64, error) {
 	}
 	return pos, nil
 }
+
+// InsertOpenIDToken stores an OpenID token's hash for userID until
+// expiresTS, and drops the tokens expired by now, so the table holds only
+// live tokens.
+func (s *Storage) InsertOpenIDToken(ctx context.Context, hash, userID string, expiresTS, now int64) error {
+	return s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		if _, err := tx.Exec(ctx, `DELETE FROM userapi_openid_tokens WHERE expires_ts <= $1`, now); err != nil {
+			return fmt.Errorf("drop expired openid tokens: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO userapi_openid_tokens (token_hash, user_id, expires_ts) VALUES ($1, $2, $3)`, hash, userID, expiresTS); err != nil {
+			return fmt.Errorf("store openid token: %w", err)
+		}
+		return nil
+	})
+}
+
+// OpenIDUser returns the user of the OpenID token hashing to hash, if it
+// has not expired by now and the account is active (uapi.ErrUnknownToken
+// otherwise).
+func (s *Storage) OpenIDUser(ctx context.Context, hash string, now int64) (string, error) {
+	var userID string
+	err := s.db.QueryRow(ctx, `SELECT o.user_id FROM userapi_openid_tokens o JOIN userapi_accounts a ON a.user_id = o.user_id
+		WHERE o.token_hash = $1 AND o.expires_ts > $2 AND NOT a.deactivated`, hash, now).Scan(&userID)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", uapi.ErrUnknownToken
+	}
+	if err != nil {
+		return "", fmt.Errorf("select openid token: %w", err)
+	}
+	return userID, nil
+}

@@ -66,23 +66,11 @@ func (in *Inputer) fetch(ctx context.Context, a *actor, req *rsapi.InputRequest,
 		return nil, nil, nil, refuse(idx, "M_UNKNOWN", "event %s has prev events this server does not have", pdus[idx].EventID())
 	}
 
-	held := 1 + len(waiting) // this message and the rest of its batch
-	if !in.beginFetch(a, held) {
-		// Past the slow rooms' budget: a remote that hangs for many rooms
-		// at once must not take the whole ack budget either.
-		ref := refuse(max(idx, 0), "M_UNKNOWN", "too many rooms fetching missing events; try again later")
-		ref.busy = true
-		return nil, nil, nil, ref
+	fctx, done, err := in.startFetch(ctx, a, waiting, max(idx, 0))
+	if err != nil {
+		return nil, nil, nil, err
 	}
-	defer in.endFetch(a, held)
-	defer in.keepAlive(ctx, a, waiting)()
-	fctx, cancel := context.WithTimeout(ctx, in.cfg.FetchTimeout)
-	defer cancel()
-	select {
-	case in.fetches <- struct{}{}:
-		defer func() { <-in.fetches }()
-	case <-fctx.Done():
-	}
+	defer done()
 	scope := rsapi.FetchScope{RoomID: room.ID, RoomVersion: room.Version, Servers: serversOf(req.Origin, pdus)}
 	log := in.log.WithField("room_id", room.ID)
 
@@ -134,11 +122,7 @@ func (in *Inputer) fetch(ctx context.Context, a *actor, req *rsapi.InputRequest,
 				log.WithError(err).WithField("event_id", id).Debug("fetching state at a gap")
 				continue
 			}
-			got := fresh(evs, room.ID, stored, all, outliers, maxStateFetched-len(outliers))
-			for _, o := range got {
-				stored[o.EventID()] = 0 // known from here on; stored before the events
-			}
-			outliers = append(outliers, got...)
+			outliers = addFetched(outliers, evs, room.ID, stored, all, maxStateFetched-len(outliers))
 			prevStates[id] = st
 		}
 		if ctx.Err() != nil {
@@ -151,24 +135,7 @@ func (in *Inputer) fetch(ctx context.Context, a *actor, req *rsapi.InputRequest,
 	}
 
 	// Auth events: fetched whole chains, stored as outliers first.
-	for _, i := range missingAuth(all, stored) {
-		if fctx.Err() != nil || len(outliers) >= maxAuthFetched {
-			break
-		}
-		if !lacksAuth(all[i], stored, all) {
-			continue // an earlier chain brought them
-		}
-		chain, err := in.cfg.Fetcher.AuthChain(fctx, scope, all[i].EventID())
-		if err != nil {
-			log.WithError(err).Debug("fetching auth chain")
-			continue
-		}
-		got := fresh(chain, room.ID, stored, all, outliers, maxAuthFetched-len(outliers))
-		for _, o := range got {
-			stored[o.EventID()] = 0 // known from here on; stored before the events
-		}
-		outliers = append(outliers, got...)
-	}
+	outliers = in.fetchAuthChains(fctx, scope, all, stored, outliers, maxAuthFetched-len(outliers))
 	if ctx.Err() != nil {
 		return nil, nil, nil, ctx.Err()
 	}
@@ -176,16 +143,77 @@ func (in *Inputer) fetch(ctx context.Context, a *actor, req *rsapi.InputRequest,
 	return ordered(outliers, gmsl.PDU.AuthEventIDs), fetched, prevStates, nil
 }
 
+// startFetch begins the fetch step of the request at the head of a's
+// batch (waiting, the rest of it): the room is marked fetching, its
+// messages are kept from redelivery, and a fetch slot is taken, within
+// FetchTimeout (fctx); done ends all that. Past the slow rooms' budget the
+// request is refused as busy (event idx), since a remote that hangs for
+// many rooms at once must not take the whole ack budget either.
+func (in *Inputer) startFetch(ctx context.Context, a *actor, waiting []jetstream.Msg, idx int) (fctx context.Context, done func(), err error) {
+	held := 1 + len(waiting) // this message and the rest of its batch
+	if !in.beginFetch(a, held) {
+		ref := refuse(idx, "M_UNKNOWN", "too many rooms fetching missing events; try again later")
+		ref.busy = true
+		return nil, nil, ref
+	}
+	stopKeepAlive := in.keepAlive(ctx, a, waiting)
+	fctx, cancel := context.WithTimeout(ctx, in.cfg.FetchTimeout)
+	slot := false
+	select {
+	case in.fetches <- struct{}{}:
+		slot = true
+	case <-fctx.Done():
+	}
+	return fctx, func() {
+		if slot {
+			<-in.fetches
+		}
+		cancel()
+		stopKeepAlive()
+		in.endFetch(a, held)
+	}, nil
+}
+
+// fetchAuthChains fetches the auth chains of the events of evs whose auth
+// events are neither stored nor among evs, and returns outliers with what
+// came that is new, at most budget more events.
+func (in *Inputer) fetchAuthChains(ctx context.Context, scope rsapi.FetchScope, evs []gmsl.PDU, stored map[string]int64, outliers []gmsl.PDU, budget int) []gmsl.PDU {
+	limit := len(outliers) + budget
+	for _, i := range missingAuth(evs, stored) {
+		if ctx.Err() != nil || len(outliers) >= limit {
+			break
+		}
+		if !lacksAuth(evs[i], stored, evs) {
+			continue // an earlier chain brought them
+		}
+		chain, err := in.cfg.Fetcher.AuthChain(ctx, scope, evs[i].EventID())
+		if err != nil {
+			in.log.WithField("room_id", scope.RoomID).WithError(err).Debug("fetching auth chain")
+			continue
+		}
+		outliers = addFetched(outliers, chain, scope.RoomID, stored, evs, limit-len(outliers))
+	}
+	return outliers
+}
+
+// addFetched appends to outliers the fetched events that are new (see
+// fresh), at most limit, and marks them known in stored: they are stored
+// before the events that need them.
+func addFetched(outliers, got []gmsl.PDU, roomID string, stored map[string]int64, have []gmsl.PDU, limit int) []gmsl.PDU {
+	got = fresh(got, roomID, stored, have, outliers, limit)
+	for _, o := range got {
+		stored[o.EventID()] = 0
+	}
+	return append(outliers, got...)
+}
+
 // fetchStateAfter fetches a prev event this server cannot reach by walking
 // back, and the state before it; it returns the state after it and every
 // event to store as an outlier (the event, the state, their auth chain).
 func (in *Inputer) fetchStateAfter(ctx context.Context, scope rsapi.FetchScope, roomID, eventID string) (stateRef, []gmsl.PDU, error) {
-	ev, err := in.cfg.Fetcher.Event(ctx, scope, eventID)
+	ev, err := in.fetchEvent(ctx, scope, roomID, eventID)
 	if err != nil {
 		return stateRef{}, nil, err
-	}
-	if ev == nil || ev.EventID() != eventID || ev.RoomID().String() != roomID {
-		return stateRef{}, nil, fmt.Errorf("remote sent another event for %s", eventID)
 	}
 	state, chain, err := in.cfg.Fetcher.StateBefore(ctx, scope, eventID)
 	if err != nil {
@@ -194,9 +222,28 @@ func (in *Inputer) fetchStateAfter(ctx context.Context, scope rsapi.FetchScope, 
 	if len(state)+len(chain) > maxStateFetched {
 		return stateRef{}, nil, fmt.Errorf("state at %s has more than %d events", eventID, maxStateFetched)
 	}
-	// One event per tuple, of this room: a remote may send anything.
+	all := append(append(append([]gmsl.PDU(nil), chain...), state...), ev)
+	return stateAfterOf(roomID, state, ev), all, nil
+}
+
+// fetchEvent fetches one event of roomID.
+func (in *Inputer) fetchEvent(ctx context.Context, scope rsapi.FetchScope, roomID, eventID string) (gmsl.PDU, error) {
+	ev, err := in.cfg.Fetcher.Event(ctx, scope, eventID)
+	if err != nil {
+		return nil, err
+	}
+	if ev == nil || ev.EventID() != eventID || ev.RoomID().String() != roomID {
+		return nil, fmt.Errorf("remote sent another event for %s", eventID)
+	}
+	return ev, nil
+}
+
+// stateAfterOf is the state after ev given the state before it, as a
+// remote sent it: one event per tuple, of this room (a remote may send
+// anything).
+func stateAfterOf(roomID string, before []gmsl.PDU, ev gmsl.PDU) stateRef {
 	byTuple := map[gmsl.StateKeyTuple]gmsl.PDU{}
-	for _, p := range state {
+	for _, p := range before {
 		if p != nil && p.StateKey() != nil && p.RoomID().String() == roomID {
 			byTuple[tupleOf(p)] = p
 		}
@@ -208,8 +255,7 @@ func (in *Inputer) fetchStateAfter(ctx context.Context, scope rsapi.FetchScope, 
 	for _, p := range byTuple {
 		st.adds = append(st.adds, p)
 	}
-	all := append(append(append([]gmsl.PDU(nil), chain...), state...), ev)
-	return st, all, nil
+	return st
 }
 
 // outliersAmong lists the prev events of evs stored only as outliers

@@ -117,6 +117,9 @@ func (in *Inputer) inputPDUs(ctx context.Context, a *actor, reqID string, req *r
 		pdus[i] = pdu
 	}
 
+	if req.Historical {
+		return refused(in.inputHistorical(ctx, a, reqID, req, room, verImpl, pdus, waiting, down, out))
+	}
 	// Step 1: fetch what the events need and this server lacks; for a
 	// join through another server, take in the room state it sent.
 	var outliers, fetched []gmsl.PDU
@@ -174,6 +177,12 @@ func (in *Inputer) inputPDUs(ctx context.Context, a *actor, reqID string, req *r
 // logged under reqID/eventID in that transaction, so a redelivered request
 // publishes it again.
 func (in *Inputer) inputPDU(ctx context.Context, reqID string, verImpl gmsl.IRoomVersion, pdu gmsl.PDU, prevStates map[string]stateRef, down *outage) (*rsapi.OutputEvent, error) {
+	return in.inputPDUAs(ctx, reqID, verImpl, pdu, prevStates, down, false)
+}
+
+// inputPDUAs is inputPDU; a historical (backfilled) event is prepared
+// and stored as history (historical.go).
+func (in *Inputer) inputPDUAs(ctx context.Context, reqID string, verImpl gmsl.IRoomVersion, pdu gmsl.PDU, prevStates map[string]stateRef, down *outage, historical bool) (*rsapi.OutputEvent, error) {
 	logKey := ""
 	if reqID != "" {
 		logKey = reqID + "/" + pdu.EventID()
@@ -189,14 +198,19 @@ func (in *Inputer) inputPDU(ctx context.Context, reqID string, verImpl gmsl.IRoo
 		}
 	}
 	for attempt := 0; ; attempt++ {
-		p, err := in.prepare(ctx, verImpl, pdu, prevStates)
+		p, err := in.prepareAs(ctx, verImpl, pdu, prevStates, historical)
 		if err != nil || p.known {
 			return nil, err
 		}
 		var o *rsapi.OutputEvent
 		err = in.write(ctx, func(w *storage.Writer) error {
 			var err error
-			if o, err = in.storePrepared(ctx, w, p); err != nil {
+			if historical {
+				o, err = storeHistorical(ctx, w, p)
+			} else {
+				o, err = in.storePrepared(ctx, w, p)
+			}
+			if err != nil {
 				return err
 			}
 			if logKey == "" {
@@ -338,6 +352,13 @@ type prepared struct {
 // prevStates holds the states after prev events fetched across a gap
 // (stored as outliers), by ID.
 func (in *Inputer) prepare(ctx context.Context, verImpl gmsl.IRoomVersion, pdu gmsl.PDU, prevStates map[string]stateRef) (*prepared, error) {
+	return in.prepareAs(ctx, verImpl, pdu, prevStates, false)
+}
+
+// prepareAs is prepare; for a historical (backfilled) event it stops at
+// the state before the event and the auth checks against it: history is
+// not soft-failed against the current state, nor resolved into it.
+func (in *Inputer) prepareAs(ctx context.Context, verImpl gmsl.IRoomVersion, pdu gmsl.PDU, prevStates map[string]stateRef, historical bool) (*prepared, error) {
 	s := in.store
 	p := &prepared{pdu: pdu, verImpl: verImpl}
 	known, err := s.EventNIDs(ctx, []string{pdu.EventID()})
@@ -368,11 +389,21 @@ func (in *Inputer) prepare(ctx context.Context, verImpl gmsl.IRoomVersion, pdu g
 	default:
 		p.room = room
 	}
+	if historical && p.room == nil {
+		return nil, refuse(0, "M_NOT_FOUND", "unknown room %s", pdu.RoomID().String())
+	}
 
 	// The state before the event: the state after its prev events.
 	states := make([]stateRef, 0, len(pdu.PrevEventIDs()))
 	lookup := make([]string, 0, len(pdu.PrevEventIDs()))
+	seen := make(map[string]bool, len(pdu.PrevEventIDs()))
 	for _, id := range pdu.PrevEventIDs() {
+		// An event may name a prev event twice (sytest's do): once is
+		// enough, and the count below compares distinct IDs.
+		if seen[id] {
+			continue
+		}
+		seen[id] = true
 		if st, ok := prevStates[id]; ok {
 			states = append(states, st)
 		} else {
@@ -413,7 +444,7 @@ func (in *Inputer) prepare(ctx context.Context, verImpl gmsl.IRoomVersion, pdu g
 		}
 	}
 	p.rejected = reason != nil
-	if !p.rejected && room != nil && !sameNIDs(room.Latest, p.prevs) {
+	if !p.rejected && !historical && room != nil && !sameNIDs(room.Latest, p.prevs) {
 		// Soft fail: allowed by its own history, not by the room's now.
 		if reason, err = allowedAt(ctx, &view{w: s, snapshot: room.Snapshot}, pdu); err != nil {
 			return nil, err
@@ -426,7 +457,7 @@ func (in *Inputer) prepare(ctx context.Context, verImpl gmsl.IRoomVersion, pdu g
 	if p.histVis, err = v.historyVisibility(ctx); err != nil {
 		return nil, err
 	}
-	if room == nil {
+	if room == nil || historical {
 		return p, nil
 	}
 	for _, l := range room.Latest {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 
 	gmsl "github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -92,7 +93,11 @@ func noServers(roomID string) error {
 // joinRemote joins a room this server is not in through the first of its
 // servers that answers (spec: server-server API, "Joining Rooms").
 func (p *Performer) joinRemote(ctx context.Context, req *rsapi.JoinRequest) (*rsapi.JoinResponse, error) {
-	servers := p.servers(req.RoomID, req.ServerNames)
+	inviter, err := p.inviterServer(ctx, req.RoomID, req.UserID)
+	if err != nil {
+		return nil, fmt.Errorf("join %s: %w", req.RoomID, err)
+	}
+	servers := p.servers(req.RoomID, slices.Concat(req.ServerNames, inviter))
 	if p.fed == nil || len(servers) == 0 {
 		return nil, noServers(req.RoomID)
 	}

@@ -38,7 +38,11 @@ func (p *Performer) PerformLeave(ctx context.Context, req *rsapi.LeaveRequest) e
 // leaveRemote leaves a room this server is not in through its server
 // (spec: server-server API, "Leaving Rooms (Rejecting Invites)").
 func (p *Performer) leaveRemote(ctx context.Context, req *rsapi.LeaveRequest, content json.RawMessage) error {
-	servers := p.servers(req.RoomID, nil)
+	inviter, err := p.inviterServer(ctx, req.RoomID, req.UserID)
+	if err != nil {
+		return fmt.Errorf("leave %s: %w", req.RoomID, err)
+	}
+	servers := p.servers(req.RoomID, inviter)
 	if p.fed == nil || len(servers) == 0 {
 		return forbidden("You are not in this room")
 	}

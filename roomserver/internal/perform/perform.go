@@ -1,5 +1,6 @@
 // Package perform is the roomserver's membership and room operations:
-// join, leave, invite, knock, kick, ban, unban and upgrade. It decides what
+// join, leave, invite, knock, kick, ban, unban and upgrade, and the
+// backfill of a room's history from other servers. It decides what
 // each does (is the room known here, may the user, which events to make)
 // and submits the events through the roomserver's input, so clientapi and
 // federationapi only check their own input and call rsapi.Performer.
@@ -42,12 +43,18 @@ type Rooms interface {
 	LatestEvents(ctx context.Context, roomID string) (eventIDs []string, depth int64, err error)
 	CurrentState(ctx context.Context, roomID string, tuples ...gmsl.StateKeyTuple) ([]gmsl.PDU, error)
 	Membership(ctx context.Context, roomID, userID string) (*rsapi.Membership, error)
+	Events(ctx context.Context, eventIDs []string) ([]gmsl.PDU, error)
 	RoomAliases(ctx context.Context, roomID string) ([]string, error)
 	AliasCreator(ctx context.Context, alias string) (string, error)
 	RemoveAlias(ctx context.Context, alias string) error
 	SetAlias(ctx context.Context, alias, roomID, creator string) error
 	IsPublished(ctx context.Context, roomID string) (bool, error)
 	SetPublished(ctx context.Context, roomID string, published bool) error
+	StateBefore(ctx context.Context, eventID string, tuples ...gmsl.StateKeyTuple) ([]gmsl.PDU, error)
+	// BackfillPoint returns the room's backward extremities (the prev
+	// events of its oldest events here that it lacks), those oldest
+	// events, and whether its history is complete here.
+	BackfillPoint(ctx context.Context, roomID string) (from, earliest []string, complete bool, err error)
 }
 
 // Federation is what perform asks of other servers for rooms this server
@@ -78,18 +85,20 @@ type Performer struct {
 	rooms   Rooms
 	key     *signing.Key
 	fed     Federation
+	fetcher rsapi.Fetcher
 	profile ProfileFunc
 	log     *logrus.Entry
 	now     func() time.Time
+	bf      *backfills
 }
 
 var _ rsapi.Performer = (*Performer)(nil)
 
-// New makes a Performer submitting to rooms and signing as key. fed and
-// profile may be nil: then only rooms known here can be joined, and
-// member events carry no profile.
-func New(rooms Rooms, key *signing.Key, fed Federation, profile ProfileFunc, log *logrus.Entry) *Performer {
-	return &Performer{rooms: rooms, key: key, fed: fed, profile: profile, log: log, now: time.Now}
+// New makes a Performer submitting to rooms and signing as key. fed,
+// fetcher and profile may be nil: then only rooms known here can be
+// joined, no history is backfilled, and member events carry no profile.
+func New(rooms Rooms, key *signing.Key, fed Federation, fetcher rsapi.Fetcher, profile ProfileFunc, log *logrus.Entry) *Performer {
+	return &Performer{rooms: rooms, key: key, fed: fed, fetcher: fetcher, profile: profile, log: log, now: time.Now, bf: newBackfills()}
 }
 
 func refuse(code, format string, args ...any) error {
@@ -217,6 +226,35 @@ func (p *Performer) servers(roomID string, given []string) []spec.ServerName {
 		}
 	}
 	return out
+}
+
+// inviterServer is the server of whoever invited userID to roomID, when
+// this server holds that invite and the room is not known here: the
+// inviter's server is in the room, and a room version 12 room ID names no
+// server to ask instead (spec: server-server API, "Joining Rooms").
+func (p *Performer) inviterServer(ctx context.Context, roomID, userID string) ([]string, error) {
+	m, err := p.rooms.Membership(ctx, roomID, userID)
+	if errors.Is(err, rsapi.ErrRoomNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("membership of %s in %s: %w", userID, roomID, err)
+	}
+	if m.Membership != spec.Invite || m.EventID == "" {
+		return nil, nil
+	}
+	evs, err := p.rooms.Events(ctx, []string{m.EventID})
+	if err != nil {
+		return nil, fmt.Errorf("invite %s: %w", m.EventID, err)
+	}
+	if len(evs) != 1 {
+		return nil, nil
+	}
+	sender, err := spec.NewUserID(string(evs[0].SenderID()), true)
+	if err != nil {
+		return nil, nil // a pseudo-ID sender names no server
+	}
+	return []string{string(sender.Domain())}, nil
 }
 
 // maxEventBytes is the spec's limit on a whole event (client-server API,
