@@ -633,14 +633,15 @@ func TestProfileAccountDataDeactivate(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			info, err := stream.Info(ctx)
+			// Device list changes go on OutputUserData.device_lists.
+			info, err := stream.Info(ctx, jetstream.WithSubjectFilter(bus.OutputUserData))
 			if err != nil {
 				t.Fatal(err)
 			}
-			if info.State.Msgs != 3 {
-				t.Fatalf("%d messages published, want 3 (one per change)", info.State.Msgs)
+			if n := info.State.Subjects[bus.OutputUserData]; n != 3 {
+				t.Fatalf("%d messages published, want 3 (one per change)", n)
 			}
-			cons, err := s.bus.JetStream().OrderedConsumer(ctx, bus.OutputUserData, jetstream.OrderedConsumerConfig{})
+			cons, err := s.bus.JetStream().OrderedConsumer(ctx, bus.OutputUserData, jetstream.OrderedConsumerConfig{FilterSubjects: []string{bus.OutputUserData}})
 			if err != nil {
 				t.Fatal(err)
 			}

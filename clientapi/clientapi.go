@@ -90,6 +90,9 @@ func (c *ClientAPI) Routes(root *mux.Router) {
 	root.Handle("/_matrix/client/versions", mxhttp.Handler(c.versions)).Methods(http.MethodGet)
 	root.Handle("/_synapse/admin/v1/register", mxhttp.Handler(c.sharedSecretNonce)).Methods(http.MethodGet)
 	root.Handle("/_synapse/admin/v1/register", mxhttp.Handler(c.sharedSecretRegister)).Methods(http.MethodPost)
+	// Clients (and sytest) still upload cross-signing keys on the unstable
+	// prefix of MSC1756.
+	root.Handle("/_matrix/client/unstable/keys/device_signing/upload", c.authed(c.uploadCrossSigningKeys)).Methods(http.MethodPost)
 	for _, p := range ClientPrefixes {
 		r := root.PathPrefix(p).Subrouter()
 		c.accountRoutes(r)
@@ -97,6 +100,7 @@ func (c *ClientAPI) Routes(root *mux.Router) {
 		c.directoryRoutes(r)
 		c.tagRoutes(r)
 		c.pushRoutes(r)
+		c.keyRoutes(r)
 	}
 	c.v1Routes(root.PathPrefix("/_matrix/client/v1").Subrouter())
 }

@@ -15,7 +15,14 @@ type eduHandler func(ctx context.Context, origin spec.ServerName, content json.R
 // edu_type this server takes in (m.typing, m.receipt, m.presence,
 // m.direct_to_device, m.device_list_update, m.signing_key_update). New
 // calls it once; the table is only read after that.
-func (f *FederationAPI) registerEDUs() {}
+func (f *FederationAPI) registerEDUs() {
+	f.handleEDU(eduTyping, f.onTypingEDU)
+	f.handleEDU(eduReceipt, f.onReceiptEDU)
+	f.handleEDU(eduPresence, f.onPresenceEDU)
+	f.handleEDU(eduDeviceListUpd, f.onDeviceListUpdateEDU)
+	f.handleEDU(eduDirectToDevice, f.onDirectToDeviceEDU)
+	f.handleEDU(eduSigningKeyUpd, f.onSigningKeyUpdateEDU)
+}
 
 // handleEDU makes h the handler of the EDUs of type eduType.
 func (f *FederationAPI) handleEDU(eduType string, h eduHandler) {

@@ -21,6 +21,7 @@ import (
 
 	"myelin/federationapi/internal/queue"
 	"myelin/federationapi/storage"
+	"myelin/internal/bus"
 	"myelin/internal/fedhttp"
 	"myelin/internal/fedpolicy"
 	"myelin/internal/ratelimit"
@@ -53,6 +54,10 @@ type Options struct {
 	// without authentication); nil allows everything.
 	Limit    *ratelimit.Limiter
 	Profiles Profiles
+	// UserKeys serves local users' devices and keys to other servers.
+	UserKeys UserKeys
+	// Bus takes the EDUs of other servers to the local streams.
+	Bus *bus.Bus
 	// OpenID resolves the OpenID tokens of this server's users.
 	OpenID OpenIDTokens
 	// Rooms serves events and state to other servers.
@@ -76,6 +81,8 @@ type FederationAPI struct {
 	keys      *keyRing
 	limit     *ratelimit.Limiter
 	profiles  Profiles
+	userKeys  UserKeys
+	bus       *bus.Bus
 	openID    OpenIDTokens
 	rooms     Rooms
 	// rs serves the membership dances (ServeRooms); nil until then.
@@ -113,6 +120,8 @@ func New(ctx context.Context, db *sqldb.DB, opts Options) (*FederationAPI, error
 		),
 		limit:    opts.Limit,
 		profiles: opts.Profiles,
+		userKeys: opts.UserKeys,
+		bus:      opts.Bus,
 		openID:   opts.OpenID,
 		rooms:    opts.Rooms,
 		log:      opts.Log,
@@ -172,6 +181,7 @@ func (f *FederationAPI) Routes(root *mux.Router) {
 	v1.Handle("/get_missing_events/{roomId}", f.authed(f.roomACL(f.getMissingEvents))).Methods(http.MethodPost)
 	v1.Handle("/backfill/{roomId}", f.authed(f.roomACL(f.backfill))).Methods(http.MethodGet)
 	v1.Handle("/send/{txnId}", f.authed(f.send)).Methods(http.MethodPut)
+	f.userKeyRoutes(v1)
 	f.membershipRoutes(v1, root.PathPrefix("/_matrix/federation/v2").Subrouter())
 }
 

@@ -26,6 +26,9 @@ type MemberRooms interface {
 	Membership(ctx context.Context, roomID, userID string) (*rsapi.Membership, error)
 	BuildEventTemplate(ctx context.Context, proto *gmsl.ProtoEvent) (gmsl.PDU, []gmsl.PDU, error)
 	ResolveAlias(ctx context.Context, alias string) (string, error)
+	// UserRooms finds the rooms of a local user, whose servers hear of its
+	// presence and device list changes.
+	UserRooms(ctx context.Context, userID string, memberships ...string) ([]string, error)
 	PublicRooms(ctx context.Context, q rsapi.PublicRoomsQuery) (*rsapi.PublicRoomsPage, error)
 	RoomSummary(ctx context.Context, roomID string) (*rsapi.RoomSummary, error)
 	EventNearTime(ctx context.Context, roomID string, ts int64, backward bool) (*rsapi.TimeEvent, error)

@@ -40,7 +40,7 @@ func (f *FederationAPI) StartOutbound(ctx context.Context, b *bus.Bus) error {
 		defer f.out.wg.Done()
 		cons.Consume(ctx, f.log.WithField("stream", bus.OutputRoomEvent), f.onRoomEvent)
 	}()
-	return nil
+	return f.startEDUs(ctx, b)
 }
 
 // Wait waits for what StartOutbound started to stop after its context

@@ -179,6 +179,8 @@ func New(ctx context.Context, cfg *config.Config, log *logrus.Logger, opts ...Op
 		KeyServers: keyServers,
 		Limit:      fedLimit,
 		Profiles:   s.users,
+		UserKeys:   s.users,
+		Bus:        s.bus,
 		OpenID:     s.users,
 		Log:        entry("federationapi"),
 		Policy:     fedPolicy,
@@ -186,6 +188,9 @@ func New(ctx context.Context, cfg *config.Config, log *logrus.Logger, opts ...Op
 	if err != nil {
 		return nil, err
 	}
+	// The userapi asks other servers for their users' keys through the
+	// federationapi, made after it.
+	s.users.SetRemoteKeys(s.fed.RemoteKeys())
 	if s.rooms, err = roomserver.New(ctx, s.db, s.bus, s.key, entry("roomserver"), profiles,
 		roomserver.WithFederation(s.fed.Remote()),
 		roomserver.WithInput(roomserver.InputConfig{Fetcher: s.fed.Fetcher(), KeyRing: s.fed.KeyRing()})); err != nil {

@@ -245,6 +245,33 @@ func (n *Notifier) OnPresence(userID string, rooms []string, pos int64) {
 	n.presenceLog = slices.Insert(n.presenceLog, i, c)
 }
 
+// OnToDevice records a send-to-device message for a device of userID at
+// to-device position pos.
+func (n *Notifier) OnToDevice(userID string, pos int64) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	moved := Token{ToDevice: pos}
+	n.advance(moved)
+	n.bumpUser(userID, moved)
+}
+
+// OnDeviceList records a change of userID's device list at device-list
+// position pos and wakes userID and the local users joined to rooms, the
+// rooms userID is joined to.
+func (n *Notifier) OnDeviceList(userID string, rooms []string, pos int64) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	moved := Token{DeviceLists: pos}
+	n.advance(moved)
+	if u, ok := n.users[userID]; ok {
+		u.pos = u.pos.Max(moved)
+		u.wakeUp()
+	}
+	for _, r := range rooms {
+		n.bumpRoom(r, moved)
+	}
+}
+
 // PresenceChanges returns the users whose presence changed in (from, to]
 // and who are userID or share a room with it. It reports false when the
 // changes of that range are no longer (or not yet) all in memory.

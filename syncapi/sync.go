@@ -25,8 +25,10 @@ type syncResponse struct {
 	Presence    eventList   `json:"presence"`
 	ToDevice    eventList   `json:"to_device"`
 	DeviceLists deviceLists `json:"device_lists"`
-	OTKCounts   struct{}    `json:"device_one_time_keys_count"`
-	Rooms       syncRooms   `json:"rooms"`
+	// OTKCounts is left out of an unchanged answer: clients keep their
+	// count.
+	OTKCounts map[string]int `json:"device_one_time_keys_count,omitempty"`
+	Rooms     syncRooms      `json:"rooms"`
 	// unchanged marks the answer to a long-poll that nothing concerned:
 	// empty but for next_batch.
 	unchanged bool
@@ -121,7 +123,8 @@ func newSyncResponse() *syncResponse {
 }
 
 func (r *syncResponse) empty() bool {
-	return len(r.AccountData.Events) == 0 && len(r.Presence.Events) == 0 &&
+	return len(r.AccountData.Events) == 0 && len(r.Presence.Events) == 0 && len(r.DeviceLists.Changed) == 0 &&
+		len(r.DeviceLists.Left) == 0 && len(r.ToDevice.Events) == 0 &&
 		len(r.Rooms.Join) == 0 && len(r.Rooms.Invite) == 0 && len(r.Rooms.Leave) == 0 && len(r.Rooms.Knock) == 0
 }
 
@@ -134,6 +137,11 @@ type syncRequest struct {
 	to        Token
 	fmt       formatter
 	joinedAt  map[string]int64 // position of the user's join, by joined room
+	// members is who joined and left the user's rooms since the token,
+	// read once for presence and device lists (membersChanged).
+	members *membersChange
+	// ownChanges is the user's own membership changes in the range.
+	ownChanges []storage.MembershipChange
 	// withRoomID puts room_id into events (the flat /events stream).
 	withRoomID bool
 	// concern, when the notifier knows it, is the latest positions that
@@ -153,6 +161,7 @@ func typingPos(t Token) int64      { return t.Typing }
 func receiptPos(t Token) int64     { return t.Receipt }
 func presencePos(t Token) int64    { return t.Presence }
 func accountDataPos(t Token) int64 { return t.AccountData }
+func deviceListsPos(t Token) int64 { return t.DeviceLists }
 
 func (s *SyncAPI) sync(r *http.Request, dev *uapi.Device) (any, error) {
 	// The frames of a waiting /sync stay on its goroutine's stack for the
@@ -365,6 +374,7 @@ func (s *SyncAPI) build(ctx context.Context, req *syncRequest) (*syncResponse, e
 		if err != nil {
 			return nil, err
 		}
+		req.ownChanges = append([]storage.MembershipChange{}, changes...) // non-nil: read
 		for _, c := range changes {
 			if _, ok := firstChange[c.RoomID]; !ok {
 				firstChange[c.RoomID] = c
@@ -491,6 +501,24 @@ func (s *SyncAPI) build(ctx context.Context, req *syncRequest) (*syncResponse, e
 	if err := s.addPresence(ctx, req, since, newRooms, resp); err != nil {
 		return nil, err
 	}
+	if err := s.addDeviceLists(ctx, req, since, resp); err != nil {
+		return nil, err
+	}
+	if err := s.addToDevice(ctx, req, since, resp); err != nil {
+		return nil, err
+	}
+	// One-time keys are counted when they may have been claimed: a claim
+	// comes before the to-device message that uses the key. Not counting
+	// them in every sync spares a woken long-poll a query; an absent count
+	// is an unchanged one to clients.
+	if req.since == nil || len(resp.ToDevice.Events) > 0 {
+		if resp.OTKCounts, err = s.users.OneTimeKeyCounts(ctx, user, req.dev.DeviceID); err != nil {
+			return nil, err
+		}
+		if _, ok := resp.OTKCounts["signed_curve25519"]; !ok {
+			resp.OTKCounts["signed_curve25519"] = 0
+		}
+	}
 	return resp, nil
 }
 
@@ -577,11 +605,11 @@ func (s *SyncAPI) addPresence(ctx context.Context, req *syncRequest, since Token
 	if req.since != nil {
 		extra := map[string]bool{}
 		if req.to.PDU > since.PDU && !req.quiet(pduPos) {
-			joined, err := s.store.NewlyJoined(ctx, user, since.PDU, req.to.PDU)
+			mc, err := s.membersChanged(ctx, req, since)
 			if err != nil {
 				return err
 			}
-			for _, u := range joined {
+			for _, u := range mc.joined {
 				extra[u] = true
 			}
 		}

@@ -81,12 +81,20 @@ func New(ctx context.Context, cfg *config.Config, db *sqldb.DB, b *bus.Bus, user
 	if err != nil {
 		return nil, fmt.Errorf("presence position: %w", err)
 	}
+	dlPos, err := users.DeviceListsPos(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("device list position: %w", err)
+	}
+	tdPos, err := store.MaxToDevicePos(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("to-device position: %w", err)
+	}
 	joined, err := store.JoinedUsers(ctx, ":"+cfg.ServerName)
 	if err != nil {
 		return nil, fmt.Errorf("load joined users: %w", err)
 	}
 	typing := newTypingRooms(time.Now)
-	current := Token{PDU: pos, AccountData: adPos, Typing: typing.Pos(), Receipt: receiptPos, Presence: presencePos}
+	current := Token{PDU: pos, AccountData: adPos, Typing: typing.Pos(), Receipt: receiptPos, Presence: presencePos, DeviceLists: dlPos, ToDevice: tdPos}
 	return &SyncAPI{
 		cfg:       cfg,
 		store:     store,
@@ -125,6 +133,7 @@ func (s *SyncAPI) streams() []consumedStream {
 		{bus.OutputTyping, s.onTyping},
 		{bus.OutputReceipt, s.onReceipt},
 		{bus.OutputPresence, s.onPresence},
+		{bus.OutputSendToDevice, s.onSendToDevice},
 	}
 }
 
@@ -252,6 +261,8 @@ func (s *SyncAPI) Routes(root *mux.Router) {
 		r.Handle("/rooms/{roomId}/joined_members", s.authed(s.joinedMembers)).Methods(http.MethodGet)
 		r.Handle("/rooms/{roomId}/forget", s.authed(s.forget)).Methods(http.MethodPost)
 		r.Handle("/rooms/{roomId}/typing/{userId}", s.authed(s.putTyping)).Methods(http.MethodPut)
+		r.Handle("/sendToDevice/{eventType}/{txnId}", s.authed(s.sendToDevice)).Methods(http.MethodPut)
+		r.Handle("/keys/changes", s.authed(s.keysChanges)).Methods(http.MethodGet)
 		r.Handle("/rooms/{roomId}/receipt/{receiptType}/{eventId}", s.authed(s.postReceipt)).Methods(http.MethodPost)
 		r.Handle("/rooms/{roomId}/read_markers", s.authed(s.postReadMarkers)).Methods(http.MethodPost)
 		r.Handle("/presence/{userId}/status", s.authed(s.getPresence)).Methods(http.MethodGet)
@@ -263,15 +274,30 @@ func (s *SyncAPI) authed(h func(r *http.Request, dev *uapi.Device) (any, error))
 	return mxhttp.Authenticated(s.users.DeviceByToken, h)
 }
 
-// onUserData wakes the user whose data changed.
-func (s *SyncAPI) onUserData(_ context.Context, m jetstream.Msg) error {
+// onUserData wakes the user whose data changed; for a device list, the
+// users sharing a room with its owner.
+func (s *SyncAPI) onUserData(ctx context.Context, m jetstream.Msg) error {
 	var u uapi.UserDataUpdate
 	if err := json.Unmarshal(m.Data(), &u); err != nil {
 		s.log.WithError(err).Warn("dropping malformed user data update")
 		return nil
 	}
-	if u.Stream == "account_data" {
+	switch u.Stream {
+	case "account_data":
 		s.notifier.OnAccountData(u.UserID, u.Pos)
+	case "device_lists":
+		// Everyone sharing a room with the user hears of it.
+		memberships, err := s.store.UserMemberships(ctx, u.UserID)
+		if err != nil {
+			return err
+		}
+		rooms := make([]string, 0, len(memberships))
+		for roomID, m := range memberships {
+			if m == "join" {
+				rooms = append(rooms, roomID)
+			}
+		}
+		s.notifier.OnDeviceList(u.UserID, rooms, u.Pos)
 	}
 	return nil
 }

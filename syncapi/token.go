@@ -7,7 +7,7 @@ import (
 )
 
 // Token is a /sync position: one position per stream. Its text form is
-// "s<pdu>_<account data>_<typing>_<receipt>_<presence>"; streams added
+// "s<pdu>_<account data>_<typing>_<receipt>_<presence>_<device lists>_<to-device>"; streams added
 // later append fields, and missing fields parse as 0 so old tokens stay
 // valid (a 0 means "everything", as for an initial sync of that stream).
 type Token struct {
@@ -19,16 +19,20 @@ type Token struct {
 	Typing   int64
 	Receipt  int64
 	Presence int64
+	// DeviceLists is the userapi's device-list stream.
+	DeviceLists int64
+	ToDevice    int64
 }
 
 func (t Token) String() string {
-	return fmt.Sprintf("s%d_%d_%d_%d_%d", t.PDU, t.AccountData, t.Typing, t.Receipt, t.Presence)
+	return fmt.Sprintf("s%d_%d_%d_%d_%d_%d_%d", t.PDU, t.AccountData, t.Typing, t.Receipt, t.Presence, t.DeviceLists, t.ToDevice)
 }
 
 // After reports whether t is ahead of o in any stream.
 func (t Token) After(o Token) bool {
 	return t.PDU > o.PDU || t.AccountData > o.AccountData || t.Typing > o.Typing ||
-		t.Receipt > o.Receipt || t.Presence > o.Presence
+		t.Receipt > o.Receipt || t.Presence > o.Presence || t.DeviceLists > o.DeviceLists ||
+		t.ToDevice > o.ToDevice
 }
 
 // Max returns the later position of t and o in each stream.
@@ -39,6 +43,8 @@ func (t Token) Max(o Token) Token {
 		Typing:      max(t.Typing, o.Typing),
 		Receipt:     max(t.Receipt, o.Receipt),
 		Presence:    max(t.Presence, o.Presence),
+		DeviceLists: max(t.DeviceLists, o.DeviceLists),
+		ToDevice:    max(t.ToDevice, o.ToDevice),
 	}
 }
 
@@ -48,7 +54,7 @@ func ParseToken(s string) (Token, error) {
 	if !strings.HasPrefix(s, "s") {
 		return Token{}, fmt.Errorf("sync token %q does not start with 's'", s)
 	}
-	var vals [5]int64
+	var vals [7]int64
 	for i, f := range strings.Split(s[1:], "_") {
 		n, err := strconv.ParseInt(f, 10, 64)
 		if err != nil || n < 0 {
@@ -58,7 +64,7 @@ func ParseToken(s string) (Token, error) {
 			vals[i] = n
 		}
 	}
-	return Token{PDU: vals[0], AccountData: vals[1], Typing: vals[2], Receipt: vals[3], Presence: vals[4]}, nil
+	return Token{PDU: vals[0], AccountData: vals[1], Typing: vals[2], Receipt: vals[3], Presence: vals[4], DeviceLists: vals[5], ToDevice: vals[6]}, nil
 }
 
 // TopoToken is a /messages position: just before or after (depth, pos).

@@ -9,10 +9,12 @@ func TestParseToken(t *testing.T) {
 		want    Token
 		wantErr bool
 	}{
-		{"current", "s1_2_3_4_5", Token{PDU: 1, AccountData: 2, Typing: 3, Receipt: 4, Presence: 5}, false},
+		{"current", "s1_2_3_4_5_6_7", Token{PDU: 1, AccountData: 2, Typing: 3, Receipt: 4, Presence: 5, DeviceLists: 6, ToDevice: 7}, false},
+		{"before to-device", "s1_2_3_4_5_6", Token{PDU: 1, AccountData: 2, Typing: 3, Receipt: 4, Presence: 5, DeviceLists: 6}, false},
+		{"before device lists", "s1_2_3_4_5", Token{PDU: 1, AccountData: 2, Typing: 3, Receipt: 4, Presence: 5}, false},
 		{"before typing, receipts and presence", "s1_2", Token{PDU: 1, AccountData: 2}, false},
 		{"before account data", "s7", Token{PDU: 7}, false},
-		{"from a later version", "s1_2_3_4_5_6_7", Token{PDU: 1, AccountData: 2, Typing: 3, Receipt: 4, Presence: 5}, false},
+		{"from a later version", "s1_2_3_4_5_6_7_8", Token{PDU: 1, AccountData: 2, Typing: 3, Receipt: 4, Presence: 5, DeviceLists: 6, ToDevice: 7}, false},
 		{"typing from the clock", "s10_0_1767225600000_0_0", Token{PDU: 10, Typing: 1767225600000}, false},
 		{"pagination token", "t1_2", Token{}, true},
 		{"negative", "s-1_0", Token{}, true},

@@ -65,6 +65,9 @@ type UserAPI struct {
 
 	push *pushState
 
+	// remote asks other servers for their users' keys (SetRemoteKeys).
+	remote uapi.RemoteKeys
+
 	lastSeen lastSeenBatch
 }
 
@@ -207,13 +210,25 @@ func (u *UserAPI) SetPassword(ctx context.Context, userID, password string, logo
 	if err != nil {
 		return fmt.Errorf("hash password: %w", err)
 	}
+	var others []string
+	if logoutOthers {
+		all, err := u.devicesOf(ctx, userID, nil)
+		if err != nil {
+			return err
+		}
+		for _, d := range all {
+			if d != keepDeviceID {
+				others = append(others, d)
+			}
+		}
+	}
 	if err := u.store.SetPasswordHash(ctx, userID, string(h), logoutOthers, keepDeviceID); err != nil {
 		return err
 	}
 	if logoutOthers {
 		u.tokens.invalidateUser(userID)
 	}
-	return nil
+	return u.deleteDeviceKeys(ctx, userID, others)
 }
 
 // UpgradeGuest implements uapi.API.
@@ -233,11 +248,15 @@ func (u *UserAPI) UpgradeGuest(ctx context.Context, userID, password string) err
 // Deactivate disables an account for good: its devices are deleted, its
 // profile cleared, and it can no longer log in.
 func (u *UserAPI) Deactivate(ctx context.Context, userID string) error {
+	gone, err := u.devicesOf(ctx, userID, nil)
+	if err != nil {
+		return err
+	}
 	if err := u.store.Deactivate(ctx, userID); err != nil {
 		return err
 	}
 	u.tokens.invalidateUser(userID)
-	return nil
+	return u.deleteDeviceKeys(ctx, userID, gone)
 }
 
 // CreateDevice logs a user in: a new device with a fresh access token, or
@@ -288,6 +307,9 @@ func (u *UserAPI) CreateDevice(ctx context.Context, req uapi.CreateDeviceRequest
 		}
 	}
 	dev.IsAdmin = a.IsAdmin
+	if err := u.deviceAdded(ctx, dev); err != nil {
+		return nil, "", err
+	}
 	return dev, token, nil
 }
 
@@ -356,12 +378,24 @@ func (u *UserAPI) SetDeviceName(ctx context.Context, userID, deviceID, name stri
 		return err
 	}
 	u.tokens.invalidateDevices(userID, deviceID)
-	return nil
+	change, keys, err := u.store.DeviceRenamed(ctx, userID, deviceID)
+	if err != nil || change == nil {
+		return err
+	}
+	upd := uapi.DeviceListUpdate{DisplayName: name}
+	if keys != "" {
+		upd.Keys = json.RawMessage(keys)
+	}
+	return u.deviceListChanged(ctx, *change, upd)
 }
 
 // DeleteDevices deletes devices (all of the user's if deviceIDs is nil) and
 // revokes their tokens.
 func (u *UserAPI) DeleteDevices(ctx context.Context, userID string, deviceIDs []string) error {
+	gone, err := u.devicesOf(ctx, userID, deviceIDs)
+	if err != nil {
+		return err
+	}
 	if err := u.store.DeleteDevices(ctx, userID, deviceIDs); err != nil {
 		return err
 	}
@@ -370,7 +404,7 @@ func (u *UserAPI) DeleteDevices(ctx context.Context, userID string, deviceIDs []
 	} else {
 		u.tokens.invalidateDevices(userID, deviceIDs...)
 	}
-	return nil
+	return u.deleteDeviceKeys(ctx, userID, gone)
 }
 
 // Profile returns a local user's profile (uapi.ErrNotFound if there is no
@@ -419,7 +453,14 @@ func (u *UserAPI) announce(ctx context.Context, userID, stream string, pos int64
 		return fmt.Errorf("encode user data update: %w", err)
 	}
 	msgID := stream + ":" + strconv.FormatInt(pos, 10)
-	if err := u.bus.Publish(ctx, bus.NewMsg(bus.OutputUserData, data, msgID)); err != nil {
+	// Account data keeps the stream's plain subject; other streams take a
+	// subject of their own (OutputUserData.<stream>), which syncapi's
+	// consumer of the whole stream reads alike.
+	subject := bus.OutputUserData
+	if stream != "account_data" {
+		subject += "." + stream
+	}
+	if err := u.bus.Publish(ctx, bus.NewMsg(subject, data, msgID)); err != nil {
 		return fmt.Errorf("publish %s position %d of %s: %w", stream, pos, userID, err)
 	}
 	return nil

@@ -85,6 +85,15 @@ const (
 	OutputReceipt = "OutputReceipt"
 	// OutputPresence carries presence changes (sapi.PresenceUpdate).
 	OutputPresence = "OutputPresence"
+	// OutputDeviceListUpdate carries the device list changes of local
+	// users (uapi.DeviceListUpdate), for the federationapi to send.
+	OutputDeviceListUpdate = "OutputDeviceListUpdate"
+	// OutputSigningKeyUpdate carries the cross-signing key changes of
+	// local users (uapi.SigningKeyUpdate), for the federationapi to send.
+	OutputSigningKeyUpdate = "OutputSigningKeyUpdate"
+	// OutputSendToDevice carries send-to-device messages
+	// (sapi.SendToDevice), local and from other servers.
+	OutputSendToDevice = "OutputSendToDevice"
 )
 
 // Header keys used on messages.
@@ -253,6 +262,32 @@ func streams() []jetstream.StreamConfig {
 			Retention: jetstream.LimitsPolicy,
 			Storage:   jetstream.FileStorage,
 			MaxAge:    24 * time.Hour,
+		},
+		{
+			// A remote server that missed an update resyncs the whole
+			// list when the next one shows the gap.
+			Name:      OutputDeviceListUpdate,
+			Subjects:  []string{OutputDeviceListUpdate},
+			Retention: jetstream.LimitsPolicy,
+			Storage:   jetstream.FileStorage,
+			MaxAge:    24 * time.Hour,
+		},
+		{
+			Name:      OutputSigningKeyUpdate,
+			Subjects:  []string{OutputSigningKeyUpdate},
+			Retention: jetstream.LimitsPolicy,
+			Storage:   jetstream.FileStorage,
+			MaxAge:    24 * time.Hour,
+		},
+		{
+			Name:      OutputSendToDevice,
+			Subjects:  []string{OutputSendToDevice},
+			Retention: jetstream.LimitsPolicy,
+			Storage:   jetstream.FileStorage,
+			MaxAge:    24 * time.Hour,
+			// A client retrying PUT /sendToDevice with its transaction ID
+			// publishes with the same message ID, dropped in this window.
+			Duplicates: 2 * time.Minute,
 		},
 	}
 }

@@ -1,10 +1,12 @@
 // Package sapi holds the messages of the per-user streams syncapi owns:
-// typing, receipts and presence. Whoever produces them (syncapi's own
+// typing, receipts, presence and send-to-device. Whoever produces them (syncapi's own
 // HTTP handlers, later federationapi for remote users) publishes them on
 // the bus stream named beside each type; syncapi consumes them, gives
 // each change its stream position and wakes /sync. Other components
 // import only this package of syncapi.
 package sapi
+
+import "encoding/json"
 
 // Presence states (spec: "Presence").
 const (
@@ -50,4 +52,17 @@ type PresenceUpdate struct {
 	KeepStatus      bool    `json:"keep_status,omitempty"`
 	LastActiveTS    int64   `json:"last_active_ts"`
 	CurrentlyActive bool    `json:"currently_active"`
+}
+
+// SendToDevice is a message on bus.OutputSendToDevice: Sender's
+// send-to-device messages of type Type, by recipient user ID and device
+// ID ("*": all the user's devices). syncapi delivers those for local
+// users, the federationapi sends the others to their servers (when Sender
+// is local) as m.direct_to_device. MessageID is unique per sender, for
+// the EDU.
+type SendToDevice struct {
+	Sender    string                                `json:"sender"`
+	Type      string                                `json:"type"`
+	MessageID string                                `json:"message_id"`
+	Messages  map[string]map[string]json.RawMessage `json:"messages"`
 }

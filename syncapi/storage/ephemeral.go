@@ -244,17 +244,41 @@ func (s *Storage) SharesRoom(ctx context.Context, a, b string) (bool, error) {
 	return true, nil
 }
 
-// NewlyJoined returns the users who joined, with positions in (from, to],
-// a room userID is now joined to, and were not joined to it just before.
-func (s *Storage) NewlyJoined(ctx context.Context, userID string, from, to int64) ([]string, error) {
-	rows, err := s.db.Query(ctx, `SELECT DISTINCT l.user_id FROM syncapi_membership_log l
+// MembersChanged returns the users who joined, with positions in
+// (from, to], a room userID is now joined to and were not joined to it
+// just before, and those who left (or were kicked or banned from) one.
+// One query serves presence and device lists alike.
+func (s *Storage) MembersChanged(ctx context.Context, userID string, from, to int64) (joined, left []string, err error) {
+	rows, err := s.db.Query(ctx, `SELECT DISTINCT l.user_id, l.membership FROM syncapi_membership_log l
 		JOIN syncapi_current_state m ON m.room_id = l.room_id AND m.event_type = 'm.room.member' AND m.state_key = $1 AND m.membership = 'join'
-		WHERE l.pos > $2 AND l.pos <= $3 AND l.membership = 'join'
+		WHERE l.pos > $2 AND l.pos <= $3 AND (l.membership IN ('leave', 'ban') OR l.membership = 'join'
 		AND COALESCE((SELECT p.membership FROM syncapi_membership_log p
-			WHERE p.room_id = l.room_id AND p.user_id = l.user_id AND p.pos < l.pos ORDER BY p.pos DESC LIMIT 1), '') <> 'join'`,
+			WHERE p.room_id = l.room_id AND p.user_id = l.user_id AND p.pos < l.pos ORDER BY p.pos DESC LIMIT 1), '') <> 'join')`,
 		userID, from, to)
 	if err != nil {
-		return nil, fmt.Errorf("users newly joined to rooms of %s: %w", userID, err)
+		return nil, nil, fmt.Errorf("members who joined or left rooms of %s: %w", userID, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var u, m string
+		if err := rows.Scan(&u, &m); err != nil {
+			return nil, nil, err
+		}
+		if m == "join" {
+			joined = append(joined, u)
+		} else {
+			left = append(left, u)
+		}
+	}
+	return joined, left, rows.Err()
+}
+
+// JoinedMembers lists the users joined to roomID now.
+func (s *Storage) JoinedMembers(ctx context.Context, roomID string) ([]string, error) {
+	rows, err := s.db.Query(ctx, `SELECT state_key FROM syncapi_current_state
+		WHERE room_id = $1 AND event_type = 'm.room.member' AND membership = 'join'`, roomID)
+	if err != nil {
+		return nil, fmt.Errorf("joined members of %s: %w", roomID, err)
 	}
 	defer rows.Close()
 	var out []string

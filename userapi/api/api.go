@@ -148,6 +148,9 @@ type API interface {
 
 	// Push rules, pushers and notifications.
 	Push
+
+	// End-to-end encryption keys and device lists.
+	Keys
 }
 
 // ValidLocalpart checks the localpart of a new account on serverName: only

@@ -1,0 +1,154 @@
+package syncapi
+
+import (
+	"context"
+	"net/http"
+	"slices"
+
+	"myelin/internal/mxhttp"
+	uapi "myelin/userapi/api"
+)
+
+// addDeviceLists fills device_lists of an incremental sync (spec,
+// "Tracking the device list for a user"): changed holds the users sharing
+// a room with the syncing user (and the user itself) whose device lists
+// changed, local or remote, and those who joined one of its rooms since
+// (their devices are new to it); left holds those who left one of its
+// rooms, or were in a room it left, and share none with it any more.
+func (s *SyncAPI) addDeviceLists(ctx context.Context, req *syncRequest, since Token, resp *syncResponse) error {
+	if req.since == nil {
+		return nil
+	}
+	user := req.dev.UserID
+	changed := map[string]bool{}
+	if req.to.DeviceLists > since.DeviceLists && !req.quiet(deviceListsPos) {
+		ids, err := s.users.DeviceListChanges(ctx, since.DeviceLists, req.to.DeviceLists)
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
+			ok := id == user
+			if !ok {
+				if ok, err = s.store.SharesRoom(ctx, user, id); err != nil {
+					return err
+				}
+			}
+			if ok {
+				changed[id] = true
+			}
+		}
+	}
+	if req.to.PDU > since.PDU && !req.quiet(pduPos) {
+		mc, err := s.membersChanged(ctx, req, since)
+		if err != nil {
+			return err
+		}
+		for _, id := range mc.joined {
+			if id == user || changed[id] {
+				continue
+			}
+			// One who joined and left again since is only left.
+			shares, err := s.store.SharesRoom(ctx, user, id)
+			if err != nil {
+				return err
+			}
+			changed[id] = shares
+		}
+		left := slices.Clone(mc.left)
+		// The members of the rooms the user itself joined or left count
+		// too: their devices are new to it, or none of its business.
+		own := req.ownChanges
+		if req.ownChanges == nil {
+			if own, err = s.store.MembershipChanges(ctx, user, since.PDU, req.to.PDU); err != nil {
+				return err
+			}
+		}
+		for _, c := range own {
+			joined := c.Membership == "join"
+			if !joined && c.Membership != "leave" && c.Membership != "ban" {
+				continue
+			}
+			members, err := s.store.JoinedMembers(ctx, c.RoomID)
+			if err != nil {
+				return err
+			}
+			if !joined {
+				left = append(left, members...)
+				continue
+			}
+			for _, id := range members {
+				if id != user && !changed[id] {
+					// Still joined here, so sharing a room (unless the
+					// user left again since, which the loop below sees).
+					shares, err := s.store.SharesRoom(ctx, user, id)
+					if err != nil {
+						return err
+					}
+					changed[id] = shares
+				}
+			}
+		}
+		seen := map[string]bool{}
+		for _, id := range left {
+			if seen[id] {
+				continue
+			}
+			seen[id] = true
+			if id == user || changed[id] {
+				continue
+			}
+			shares, err := s.store.SharesRoom(ctx, user, id)
+			if err != nil {
+				return err
+			}
+			if !shares {
+				resp.DeviceLists.Left = append(resp.DeviceLists.Left, id)
+			}
+		}
+	}
+	for id, ok := range changed {
+		if ok {
+			resp.DeviceLists.Changed = append(resp.DeviceLists.Changed, id)
+		}
+	}
+	return nil
+}
+
+// keysChanges is GET /keys/changes: the users whose device lists changed,
+// or who left, between two sync tokens, as /sync would list them.
+func (s *SyncAPI) keysChanges(r *http.Request, dev *uapi.Device) (any, error) {
+	q := r.URL.Query()
+	from, err := ParseToken(q.Get("from"))
+	if err != nil {
+		return nil, mxhttp.InvalidParam("from is not a sync token")
+	}
+	to, err := ParseToken(q.Get("to"))
+	if err != nil {
+		return nil, mxhttp.InvalidParam("to is not a sync token")
+	}
+	req := &syncRequest{dev: dev, since: &from, to: to}
+	resp := newSyncResponse()
+	if err := s.addDeviceLists(r.Context(), req, from, resp); err != nil {
+		return nil, err
+	}
+	return resp.DeviceLists, nil
+}
+
+// membersChange is who joined and left the user's rooms in a sync's range.
+type membersChange struct {
+	joined, left []string
+}
+
+// membersChanged reads, once per sync, who joined and left the user's
+// rooms between since and req.to.
+func (s *SyncAPI) membersChanged(ctx context.Context, req *syncRequest, since Token) (*membersChange, error) {
+	if req.members != nil {
+		return req.members, nil
+	}
+	joined, left, err := s.store.MembersChanged(ctx, req.dev.UserID, since.PDU, req.to.PDU)
+	if err != nil {
+		return nil, err
+	}
+	req.members = &membersChange{joined: joined, left: left}
+	return req.members, nil
+}

@@ -1,0 +1,101 @@
+package syncapi_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"slices"
+	"testing"
+	"time"
+
+	"myelin/internal/poll"
+	"myelin/internal/sqldb/sqldbtest"
+	"myelin/internal/testserver"
+)
+
+type deviceLists struct {
+	Changed []string `json:"changed"`
+	Left    []string `json:"left"`
+}
+
+// TestDeviceLists: an incremental /sync lists in device_lists.changed the
+// users sharing a room whose keys changed and those who newly joined one
+// of the user's rooms, and in left those with whom the user shares no
+// room any more, whoever left; users sharing no room are not listed.
+func TestDeviceLists(t *testing.T) {
+	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
+		srv := testserver.Start(t, testserver.Config(t.TempDir(), dbURL))
+		alice, bob, carol, dan := srv.Register(t, "alice"), srv.Register(t, "bob"), srv.Register(t, "carol"), srv.Register(t, "dan")
+		id := func(c *testserver.Client) (string, string) {
+			r := c.Do(t, "GET", v3+"/account/whoami", nil).MustOK(t)
+			return r.String("user_id"), r.String("device_id")
+		}
+		carolID, carolDev := id(carol)
+		danID, danDev := id(dan)
+		room := alice.Do(t, "POST", v3+"/createRoom", map[string]any{"preset": "public_chat"}).MustOK(t).String("room_id")
+		join := func(t *testing.T, c *testserver.Client) {
+			c.Do(t, "POST", v3+"/rooms/"+url.PathEscape(room)+"/join", map[string]any{}).MustOK(t)
+		}
+		leave := func(t *testing.T, c *testserver.Client) {
+			c.Do(t, "POST", v3+"/rooms/"+url.PathEscape(room)+"/leave", map[string]any{}).MustOK(t)
+		}
+		upload := func(t *testing.T, c *testserver.Client, userID, dev, key string) {
+			c.Do(t, "POST", v3+"/keys/upload", map[string]any{"device_keys": map[string]any{
+				"user_id": userID, "device_id": dev, "algorithms": []string{"a"}, "keys": map[string]string{"k:" + dev: key},
+			}}).MustOK(t)
+		}
+		join(t, bob)
+		// expect syncs alice from since until her device lists match.
+		since := syncFrom(t, alice, "", 0).String("next_batch")
+		expect := func(t *testing.T, step func(), changed, left []string) {
+			t.Helper()
+			step()
+			poll.Until(t, 10*time.Second, func() error {
+				r := syncFrom(t, alice, since, 0)
+				var body struct {
+					DeviceLists deviceLists `json:"device_lists"`
+				}
+				_ = json.Unmarshal(r.Raw, &body)
+				slices.Sort(body.DeviceLists.Changed)
+				if fmt.Sprint(body.DeviceLists.Changed) != fmt.Sprint(changed) || fmt.Sprint(body.DeviceLists.Left) != fmt.Sprint(left) {
+					return fmt.Errorf("device lists %+v, want changed %v left %v", body.DeviceLists, changed, left)
+				}
+				since = r.String("next_batch")
+				return nil
+			})
+		}
+		bobID, _ := id(bob)
+		first := since
+		t.Run("a user joins", func(t *testing.T) {
+			expect(t, func() { join(t, carol) }, []string{carolID}, nil)
+		})
+		t.Run("keys of a user sharing a room", func(t *testing.T) {
+			expect(t, func() { upload(t, carol, carolID, carolDev, "1") }, []string{carolID}, nil)
+		})
+		// dan shares no room with alice: his keys are none of her business;
+		// carol's change comes after, to show dan's was left out.
+		t.Run("keys of a user sharing no room", func(t *testing.T) {
+			expect(t, func() { upload(t, dan, danID, danDev, "1"); upload(t, carol, carolID, carolDev, "2") }, []string{carolID}, nil)
+		})
+		t.Run("a user leaves", func(t *testing.T) {
+			expect(t, func() { leave(t, carol) }, nil, []string{carolID})
+		})
+		// /keys/changes answers the same for a range of tokens.
+		t.Run("keys changes", func(t *testing.T) {
+			r := alice.Do(t, "GET", v3+"/keys/changes?from="+url.QueryEscape(first)+"&to="+url.QueryEscape(since), nil).MustOK(t)
+			var dl deviceLists
+			_ = json.Unmarshal(r.Raw, &dl)
+			if fmt.Sprint(dl.Changed) != "[]" || fmt.Sprint(dl.Left) != fmt.Sprint([]string{carolID}) {
+				t.Fatalf("keys changes over the whole range: %s", r.Raw)
+			}
+			for _, q := range []string{"from=x&to=" + url.QueryEscape(since), "from=" + url.QueryEscape(first), ""} {
+				if r := alice.Do(t, "GET", v3+"/keys/changes?"+q, nil); r.Status != 400 || r.String("errcode") != "M_INVALID_PARAM" {
+					t.Errorf("keys changes ?%s: %d %s", q, r.Status, r.Raw)
+				}
+			}
+		})
+		t.Run("the user itself leaves", func(t *testing.T) {
+			expect(t, func() { leave(t, alice) }, nil, []string{bobID})
+		})
+	})
+}

@@ -1,0 +1,163 @@
+package syncapi
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"strconv"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/tidwall/gjson"
+
+	"myelin/internal/bus"
+	"myelin/internal/mxhttp"
+	"myelin/internal/mxid"
+	sapi "myelin/syncapi/api"
+	"myelin/syncapi/storage"
+	uapi "myelin/userapi/api"
+)
+
+const (
+	// maxToDevicePerSync bounds the to-device messages of one /sync; the
+	// rest come with the next (Synapse sends 100 too).
+	maxToDevicePerSync = 100
+	// maxToDeviceRecipients bounds the devices one PUT /sendToDevice
+	// names (a room key shared with a room of thousands of devices fits).
+	maxToDeviceRecipients = 10_000
+)
+
+type sendToDeviceRequest struct {
+	Messages map[string]map[string]json.RawMessage `json:"messages"`
+}
+
+func (q *sendToDeviceRequest) Validate() error {
+	if q.Messages == nil {
+		return mxhttp.MissingParam("messages is required")
+	}
+	n := 0
+	for userID, devs := range q.Messages {
+		if err := mxhttp.CheckParam("messages", userID, mxid.UserID); err != nil {
+			return err
+		}
+		for dev, content := range devs {
+			if dev != "*" {
+				if err := mxhttp.CheckParam("messages", dev, func(s string) error { return mxid.Opaque(s, mxid.MaxLen) }); err != nil {
+					return err
+				}
+			}
+			if !gjson.ParseBytes(content).IsObject() {
+				return mxhttp.BadJSON("the message for %s %s must be an object", userID, dev)
+			}
+			n++
+		}
+	}
+	if n > maxToDeviceRecipients {
+		return mxhttp.InvalidParam("at most %d devices may be sent to at once", maxToDeviceRecipients)
+	}
+	return nil
+}
+
+// sendToDevice is PUT /sendToDevice/{eventType}/{txnId}: the messages go
+// on the bus, for syncapi (local devices) and the federationapi (devices
+// of other servers). A retry with the same transaction ID is published
+// with the same message ID, which the stream drops (within its window),
+// and stored once in any case (message_id).
+func (s *SyncAPI) sendToDevice(r *http.Request, dev *uapi.Device) (any, error) {
+	var req sendToDeviceRequest
+	if err := mxhttp.ReadJSON(r, &req); err != nil {
+		return nil, err
+	}
+	msg := sapi.SendToDevice{
+		Sender: dev.UserID, Type: mxhttp.Var(r, "eventType"),
+		MessageID: strconv.FormatInt(dev.SessionID, 10) + "-" + mxhttp.Var(r, "txnId"),
+		Messages:  req.Messages,
+	}
+	data, err := json.Marshal(msg)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.bus.Publish(r.Context(), bus.NewMsg(bus.OutputSendToDevice, data, "td:"+msg.MessageID)); err != nil {
+		return nil, err
+	}
+	return struct{}{}, nil
+}
+
+// onSendToDevice stores the messages for local devices ("*": every device
+// of the user) and wakes their users.
+func (s *SyncAPI) onSendToDevice(ctx context.Context, m jetstream.Msg) error {
+	var u sapi.SendToDevice
+	if err := json.Unmarshal(m.Data(), &u); err != nil {
+		s.log.WithError(err).Warn("dropping malformed send-to-device message")
+		return nil
+	}
+	var msgs []storage.ToDevice
+	for userID, devs := range u.Messages {
+		if srv, ok := mxid.Server(userID); !ok || srv != s.cfg.ServerName {
+			continue
+		}
+		known, err := s.users.Devices(ctx, userID)
+		if err != nil {
+			return err
+		}
+		for _, d := range known {
+			content, ok := devs[d.DeviceID]
+			if !ok {
+				content, ok = devs["*"]
+			}
+			if ok && gjson.ParseBytes(content).IsObject() {
+				msgs = append(msgs, storage.ToDevice{
+					UserID: userID, DeviceID: d.DeviceID, Sender: u.Sender, MessageID: u.MessageID,
+					Type: u.Type, Content: string(content),
+				})
+			}
+		}
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	pos, err := s.store.PutToDevice(ctx, msgs)
+	if err != nil || pos == 0 {
+		return err
+	}
+	woken := map[string]bool{}
+	for _, msg := range msgs {
+		if !woken[msg.UserID] {
+			woken[msg.UserID] = true
+			s.notifier.OnToDevice(msg.UserID, pos)
+		}
+	}
+	return nil
+}
+
+// addToDevice adds the device's send-to-device messages after since, at
+// most maxToDevicePerSync (next_batch then stops after the last one
+// given). Syncing from a token acknowledges the messages before it: they
+// are deleted then (spec), when the stream moved for the user, so a sync
+// with nothing new writes nothing.
+func (s *SyncAPI) addToDevice(ctx context.Context, req *syncRequest, since Token, resp *syncResponse) error {
+	user, dev := req.dev.UserID, req.dev.DeviceID
+	if req.since != nil && (req.to.ToDevice <= since.ToDevice || req.quiet(toDevicePos)) {
+		return nil
+	}
+	if req.since != nil && since.ToDevice > 0 {
+		if err := s.store.DeleteToDevice(ctx, user, dev, since.ToDevice); err != nil {
+			return err
+		}
+	}
+	msgs, err := s.store.ToDeviceFor(ctx, user, dev, since.ToDevice, req.to.ToDevice, maxToDevicePerSync)
+	if err != nil {
+		return err
+	}
+	for _, m := range msgs {
+		resp.ToDevice.Events = append(resp.ToDevice.Events, map[string]any{
+			"sender": m.Sender, "type": m.Type, "content": json.RawMessage(m.Content),
+		})
+	}
+	if len(msgs) == maxToDevicePerSync {
+		req.to.ToDevice = msgs[len(msgs)-1].Pos
+		resp.NextBatch = req.to.String()
+	}
+	return nil
+}
+
+func toDevicePos(t Token) int64 { return t.ToDevice }

@@ -1,0 +1,111 @@
+package syncapi_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"myelin/internal/poll"
+	"myelin/internal/sqldb/sqldbtest"
+	"myelin/internal/testserver"
+)
+
+// toDevice lists the to-device messages of a sync: sender, type and the
+// content's "n".
+func toDevice(t *testing.T, r *testserver.Response) []string {
+	t.Helper()
+	var body struct {
+		ToDevice struct {
+			Events []struct {
+				Sender  string `json:"sender"`
+				Type    string `json:"type"`
+				Content struct {
+					N int `json:"n"`
+				} `json:"content"`
+			} `json:"events"`
+		} `json:"to_device"`
+	}
+	if err := json.Unmarshal(r.Raw, &body); err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range body.ToDevice.Events {
+		out = append(out, fmt.Sprintf("%s %s %d", e.Sender, e.Type, e.Content.N))
+	}
+	return out
+}
+
+// TestSendToDevice: messages reach the device named (or every device of
+// the user, "*"), in order, a long-poll wakes for them, a retry of a
+// transaction is delivered once, and a message comes until the device
+// syncs past it, never after. Bad requests get the right errors.
+func TestSendToDevice(t *testing.T) {
+	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
+		srv := testserver.Start(t, testserver.Config(t.TempDir(), dbURL))
+		alice := srv.Register(t, "alice")
+		bob := srv.Register(t, "bob")
+		bobID := bob.Do(t, "GET", v3+"/account/whoami", nil).MustOK(t).String("user_id")
+		bobDev := bob.Do(t, "GET", v3+"/account/whoami", nil).MustOK(t).String("device_id")
+		bob2 := &testserver.Client{Base: srv.URL}
+		bob2.Token = bob2.Do(t, "POST", v3+"/login", map[string]any{
+			"type": "m.login.password", "identifier": map[string]string{"type": "m.id.user", "user": "bob"}, "password": "password-bob",
+		}).MustOK(t).String("access_token")
+		aliceID := alice.Do(t, "GET", v3+"/account/whoami", nil).MustOK(t).String("user_id")
+
+		since1 := syncFrom(t, bob, "", 0).String("next_batch")
+		since2 := syncFrom(t, bob2, "", 0).String("next_batch")
+		send := func(txn string, dev string, n int) {
+			t.Helper()
+			alice.Do(t, "PUT", v3+"/sendToDevice/m.test/"+txn, map[string]any{
+				"messages": map[string]any{bobID: map[string]any{dev: map[string]int{"n": n}}},
+			}).MustOK(t)
+		}
+		send("t1", bobDev, 1)
+		send("t1", bobDev, 1) // a retry: stored once
+		send("t2", "*", 2)
+
+		want := fmt.Sprint([]string{aliceID + " m.test 1", aliceID + " m.test 2"})
+		var r *testserver.Response
+		poll.Until(t, 10*time.Second, func() error {
+			r = syncFrom(t, bob, since1, 1000)
+			if got := toDevice(t, r); fmt.Sprint(got) != want {
+				return fmt.Errorf("bob's device got %v, want %v", got, want)
+			}
+			return nil
+		})
+		// Not acknowledged yet: the same sync again gives them again.
+		if again := toDevice(t, syncFrom(t, bob, since1, 0)); fmt.Sprint(again) != want {
+			t.Fatalf("before the acknowledgement: %v", again)
+		}
+		next := r.String("next_batch")
+		send("t3", bobDev, 3)
+		r = syncFrom(t, bob, next, 5000)
+		if got := toDevice(t, r); fmt.Sprint(got) != fmt.Sprint([]string{aliceID + " m.test 3"}) {
+			t.Fatalf("after the acknowledgement: %v", got)
+		}
+		// The second device got only the message to every device.
+		if got := toDevice(t, syncFrom(t, bob2, since2, 5000)); fmt.Sprint(got) != fmt.Sprint([]string{aliceID + " m.test 2"}) {
+			t.Fatalf("bob's second device got %v", got)
+		}
+
+		for _, tc := range []struct {
+			name   string
+			body   any
+			status int
+			code   string
+		}{
+			{"no messages", map[string]any{}, 400, "M_MISSING_PARAM"},
+			{"a bad user ID", map[string]any{"messages": map[string]any{"bob": map[string]any{"D": map[string]any{}}}}, 400, "M_INVALID_PARAM"},
+			{"content not an object", map[string]any{"messages": map[string]any{bobID: map[string]any{"D": 5}}}, 400, "M_BAD_JSON"},
+			{"devices not an object", map[string]any{"messages": map[string]any{bobID: []string{}}}, 400, "M_BAD_JSON"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				r := alice.Do(t, "PUT", v3+"/sendToDevice/m.test/bad", tc.body)
+				if r.Status != tc.status || r.String("errcode") != tc.code {
+					t.Fatalf("got %d %s, want %d %s", r.Status, r.Raw, tc.status, tc.code)
+				}
+			})
+		}
+	})
+}

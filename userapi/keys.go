@@ -1,0 +1,644 @@
+package userapi
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/tidwall/gjson"
+	"github.com/tidwall/sjson"
+
+	"myelin/internal/bus"
+	"myelin/internal/mxid"
+	uapi "myelin/userapi/api"
+	"myelin/userapi/storage"
+)
+
+const (
+	// defaultKeysTimeout bounds the federation requests of a /keys/query
+	// or /keys/claim that gives no timeout (the spec's default, 10 s).
+	defaultKeysTimeout = 10 * time.Second
+	// maxKeysTimeout caps what a client may ask for.
+	maxKeysTimeout = 30 * time.Second
+	// keysFanOut bounds the servers asked at once for one request.
+	keysFanOut = 8
+	// resyncTimeout bounds the fetch of a device list that an update
+	// showed missing or stale, made while the origin's transaction waits.
+	resyncTimeout = 10 * time.Second
+)
+
+// SetRemoteKeys gives the userapi its way to other servers' keys (the
+// federationapi, made after the userapi). Without it, users of other
+// servers are listed in failures.
+func (u *UserAPI) SetRemoteKeys(r uapi.RemoteKeys) { u.remote = r }
+
+// UploadKeys stores a device's keys; a change of its device keys moves the
+// user's device list on, which is announced.
+func (u *UserAPI) UploadKeys(ctx context.Context, req uapi.UploadKeysRequest) (map[string]int, error) {
+	var keys []storage.OneTimeKey
+	add := func(m map[string]json.RawMessage, fallback bool) {
+		for id, k := range m {
+			alg, _, _ := strings.Cut(id, ":")
+			keys = append(keys, storage.OneTimeKey{KeyID: id, Algorithm: alg, JSON: string(k), Fallback: fallback})
+		}
+	}
+	add(req.OneTimeKeys, false)
+	add(req.FallbackKeys, true)
+	change, err := u.store.UploadKeys(ctx, req.UserID, req.DeviceID, string(req.DeviceKeys), keys)
+	if err != nil {
+		return nil, err
+	}
+	if change != nil {
+		upd := uapi.DeviceListUpdate{Keys: req.DeviceKeys}
+		if d, err := u.store.Device(ctx, req.UserID, req.DeviceID); err == nil {
+			upd.DisplayName = d.DisplayName
+		}
+		if err := u.deviceListChanged(ctx, *change, upd); err != nil {
+			return nil, err
+		}
+	}
+	return u.store.OneTimeKeyCounts(ctx, req.UserID, req.DeviceID)
+}
+
+// OneTimeKeyCounts counts a device's unclaimed one-time keys.
+func (u *UserAPI) OneTimeKeyCounts(ctx context.Context, userID, deviceID string) (map[string]int, error) {
+	return u.store.OneTimeKeyCounts(ctx, userID, deviceID)
+}
+
+// devicesOf lists the IDs of userID's devices among deviceIDs (all when
+// nil), to know which a deletion removes.
+func (u *UserAPI) devicesOf(ctx context.Context, userID string, deviceIDs []string) ([]string, error) {
+	devs, err := u.store.Devices(ctx, userID)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, d := range devs {
+		if deviceIDs == nil || contains(deviceIDs, d.DeviceID) {
+			out = append(out, d.DeviceID)
+		}
+	}
+	return out, nil
+}
+
+// deleteDeviceKeys deletes the keys of deleted devices; each deletion is
+// a device list change.
+func (u *UserAPI) deleteDeviceKeys(ctx context.Context, userID string, deviceIDs []string) error {
+	changes, err := u.store.DeleteDeviceKeys(ctx, userID, deviceIDs)
+	if err != nil {
+		return err
+	}
+	for _, c := range changes {
+		if err := u.deviceListChanged(ctx, c, uapi.DeviceListUpdate{Deleted: true}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// deviceAdded makes a new device a device list change (it has no keys
+// yet, but it is listed: spec, "Tracking the device list for a user").
+func (u *UserAPI) deviceAdded(ctx context.Context, dev *uapi.Device) error {
+	c, err := u.store.DeviceAdded(ctx, dev.UserID, dev.DeviceID)
+	if err != nil {
+		return err
+	}
+	return u.deviceListChanged(ctx, c, uapi.DeviceListUpdate{DisplayName: dev.DisplayName})
+}
+
+// deviceListChanged tells /sync (and, through it, the users sharing a
+// room) that a local user's device list moved, and the federationapi,
+// which sends upd (completed here) to the servers sharing a room.
+func (u *UserAPI) deviceListChanged(ctx context.Context, c storage.DeviceListChange, upd uapi.DeviceListUpdate) error {
+	if err := u.announce(ctx, c.UserID, "device_lists", c.Pos); err != nil {
+		return err
+	}
+	if u.bus == nil {
+		return nil
+	}
+	upd.UserID, upd.DeviceID, upd.StreamID = c.UserID, c.DeviceID, c.Pos
+	upd.PrevID = []int64{} // the first update has none, but the field is there
+	if c.Prev > 0 {
+		upd.PrevID = []int64{c.Prev}
+	}
+	data, err := json.Marshal(upd)
+	if err != nil {
+		return fmt.Errorf("encode device list update: %w", err)
+	}
+	msgID := "dl:" + strconv.FormatInt(c.Pos, 10)
+	if err := u.bus.Publish(ctx, bus.NewMsg(bus.OutputDeviceListUpdate, data, msgID)); err != nil {
+		return fmt.Errorf("publish device list update %d of %s: %w", c.Pos, c.UserID, err)
+	}
+	return nil
+}
+
+// withDisplayName adds unsigned.device_display_name to a device keys
+// object, as /keys/query shows it (not covered by the signatures).
+func withDisplayName(keys, name string) json.RawMessage {
+	if name == "" {
+		// Clients (and sytest) expect an unsigned object in any case.
+		if gjson.Get(keys, "unsigned").Exists() {
+			return json.RawMessage(keys)
+		}
+		out, err := sjson.SetRaw(keys, "unsigned", "{}")
+		if err != nil {
+			return json.RawMessage(keys)
+		}
+		return json.RawMessage(out)
+	}
+	out, err := sjson.Set(keys, "unsigned.device_display_name", name)
+	if err != nil {
+		return json.RawMessage(keys)
+	}
+	return json.RawMessage(out)
+}
+
+// keysOf fills resp with the keys of devs, keeping only the devices named
+// in want (all when want is empty).
+func keysOf(resp *uapi.QueryKeysResponse, userID string, devs []storage.DeviceKeys, want []string) {
+	m := resp.DeviceKeys[userID]
+	if m == nil {
+		m = map[string]json.RawMessage{}
+		resp.DeviceKeys[userID] = m
+	}
+	for _, d := range devs {
+		if d.KeyJSON == "" || len(want) > 0 && !contains(want, d.DeviceID) {
+			continue
+		}
+		m[d.DeviceID] = withDisplayName(d.KeyJSON, d.DisplayName)
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func keysTimeout(t time.Duration) time.Duration {
+	if t <= 0 {
+		return defaultKeysTimeout
+	}
+	return min(t, maxKeysTimeout)
+}
+
+// byServer groups user IDs of other servers by server; local ones (and
+// IDs without a server) are returned apart.
+func (u *UserAPI) byServer(users []string) (local []string, remote map[string][]string) {
+	remote = map[string][]string{}
+	for _, id := range users {
+		srv, ok := mxid.Server(id)
+		if !ok || srv == u.serverName {
+			local = append(local, id)
+			continue
+		}
+		remote[srv] = append(remote[srv], id)
+	}
+	return local, remote
+}
+
+// failure is how a server that did not answer shows in failures.
+func failure(err error) map[string]any {
+	return map[string]any{"status": 503, "message": err.Error()}
+}
+
+// fanOut runs f for each server on at most keysFanOut workers, and waits
+// for them. Once ctx ends, what is left fails at once (and is listed).
+func fanOut(ctx context.Context, servers []string, f func(ctx context.Context, server string)) {
+	work := make(chan string)
+	var wg sync.WaitGroup
+	for range min(keysFanOut, len(servers)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for srv := range work {
+				f(ctx, srv)
+			}
+		}()
+	}
+	for _, srv := range servers {
+		work <- srv
+	}
+	close(work)
+	wg.Wait()
+}
+
+func keysOfMap(m map[string][]string) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+// QueryKeys answers /keys/query.
+func (u *UserAPI) QueryKeys(ctx context.Context, req uapi.QueryKeysRequest) (*uapi.QueryKeysResponse, error) {
+	resp := &uapi.QueryKeysResponse{DeviceKeys: map[string]map[string]json.RawMessage{}, Failures: map[string]any{}}
+	local, remote := u.byServer(keysOfMap(req.DeviceKeys))
+	for _, id := range local {
+		devs, err := u.store.LocalDeviceKeys(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		keysOf(resp, id, devs, req.DeviceKeys[id])
+		if err := u.crossSigningOf(ctx, resp, id, id == req.Requester); err != nil {
+			return nil, err
+		}
+	}
+	if req.LocalOnly || len(remote) == 0 {
+		return resp, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, keysTimeout(req.Timeout))
+	defer cancel()
+	var mu sync.Mutex
+	fanOut(ctx, keysOfMap(remote), func(ctx context.Context, srv string) {
+		part, err := u.queryServer(ctx, srv, remote[srv], req.DeviceKeys)
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			u.log.WithError(err).WithField("server", srv).Debug("keys query failed")
+			resp.Failures[srv] = failure(err)
+			return
+		}
+		for uid, devs := range part.DeviceKeys {
+			resp.DeviceKeys[uid] = devs
+		}
+		for uid, k := range part.MasterKeys {
+			if resp.MasterKeys == nil {
+				resp.MasterKeys = map[string]json.RawMessage{}
+			}
+			resp.MasterKeys[uid] = k
+		}
+		for uid, k := range part.SelfSigningKeys {
+			if resp.SelfSigningKeys == nil {
+				resp.SelfSigningKeys = map[string]json.RawMessage{}
+			}
+			resp.SelfSigningKeys[uid] = k
+		}
+	})
+	return resp, nil
+}
+
+// queryServer answers for the users of one other server: from the cached
+// device list of a user sharing a room with a local user (fetched with
+// /user/devices when not cached, or stale after a missed update), else
+// with /user/keys/query.
+func (u *UserAPI) queryServer(ctx context.Context, srv string, users []string, want map[string][]string) (*uapi.QueryKeysResponse, error) {
+	resp := &uapi.QueryKeysResponse{DeviceKeys: map[string]map[string]json.RawMessage{}}
+	ask := map[string][]string{}
+	for _, id := range users {
+		devs, ok, err := u.cachedDevices(ctx, srv, id)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			ask[id] = want[id]
+			if ask[id] == nil {
+				ask[id] = []string{}
+			}
+			continue
+		}
+		keysOf(resp, id, devs, want[id])
+		if err := u.crossSigningOf(ctx, resp, id, false); err != nil {
+			return nil, err
+		}
+	}
+	if len(ask) == 0 {
+		return resp, nil
+	}
+	if u.remote == nil {
+		return nil, fmt.Errorf("no federation")
+	}
+	got, err := u.remote.QueryKeys(ctx, srv, ask)
+	if err != nil {
+		return nil, err
+	}
+	// Only what was asked of this server, for its own users, is kept.
+	for id := range ask {
+		if devs, ok := got.DeviceKeys[id]; ok {
+			resp.DeviceKeys[id] = devs
+		}
+		if k, ok := got.MasterKeys[id]; ok {
+			if resp.MasterKeys == nil {
+				resp.MasterKeys = map[string]json.RawMessage{}
+			}
+			resp.MasterKeys[id] = k
+		}
+		if k, ok := got.SelfSigningKeys[id]; ok {
+			if resp.SelfSigningKeys == nil {
+				resp.SelfSigningKeys = map[string]json.RawMessage{}
+			}
+			resp.SelfSigningKeys[id] = k
+		}
+	}
+	return resp, nil
+}
+
+// cachedDevices returns the device list of a remote user who shares a
+// room with a local user from the cache, fetching it first when it is
+// missing or stale. ok is false for a user who shares no room: its server
+// no longer tells us of changes, so a copy kept is marked stale, to be
+// fetched again should a room be shared again.
+func (u *UserAPI) cachedDevices(ctx context.Context, srv, userID string) ([]storage.DeviceKeys, bool, error) {
+	shares, err := u.store.SharesRoomWithLocal(ctx, userID)
+	if err != nil {
+		return nil, false, err
+	}
+	_, stale, found, devs, err := u.store.RemoteDeviceList(ctx, userID)
+	if err != nil {
+		return nil, false, err
+	}
+	if !shares {
+		if found && !stale {
+			err = u.store.MarkDeviceListStale(ctx, userID)
+		}
+		return nil, false, err
+	}
+	if found && !stale {
+		return devs, true, nil
+	}
+	if u.remote == nil {
+		return nil, false, nil
+	}
+	devs, err = u.resync(ctx, srv, userID)
+	if err != nil {
+		return nil, false, err
+	}
+	return devs, true, nil
+}
+
+// resync fetches a remote user's whole device list from its server and
+// stores it.
+func (u *UserAPI) resync(ctx context.Context, srv, userID string) ([]storage.DeviceKeys, error) {
+	ud, err := u.remote.UserDevices(ctx, srv, userID)
+	if err != nil {
+		return nil, fmt.Errorf("fetch devices of %s: %w", userID, err)
+	}
+	if ud.UserID != userID {
+		return nil, fmt.Errorf("%s answered the devices of %q for %s", srv, ud.UserID, userID)
+	}
+	devs := make([]storage.DeviceKeys, 0, len(ud.Devices))
+	for _, d := range ud.Devices {
+		if d.DeviceID == "" {
+			continue
+		}
+		k := ""
+		if len(d.Keys) > 0 && string(d.Keys) != "null" {
+			k = string(d.Keys)
+		}
+		devs = append(devs, storage.DeviceKeys{UserID: userID, DeviceID: d.DeviceID, DisplayName: d.DisplayName, KeyJSON: k})
+	}
+	cross := map[string]string{}
+	for typ, k := range map[string]json.RawMessage{"master": ud.MasterKey, "self_signing": ud.SelfSigningKey} {
+		if len(k) > 0 && string(k) != "null" {
+			cross[typ] = string(k)
+		}
+	}
+	pos, err := u.store.ReplaceRemoteDeviceList(ctx, userID, ud.StreamID, devs, cross)
+	if err != nil {
+		return nil, err
+	}
+	if err := u.announce(ctx, userID, "device_lists", pos); err != nil {
+		return nil, err
+	}
+	return devs, nil
+}
+
+// ClaimKeys answers /keys/claim.
+func (u *UserAPI) ClaimKeys(ctx context.Context, req uapi.ClaimKeysRequest) (*uapi.ClaimKeysResponse, error) {
+	resp := &uapi.ClaimKeysResponse{OneTimeKeys: map[string]map[string]map[string]json.RawMessage{}, Failures: map[string]any{}}
+	users := make([]string, 0, len(req.OneTimeKeys))
+	for id := range req.OneTimeKeys {
+		users = append(users, id)
+	}
+	local, remote := u.byServer(users)
+	for _, id := range local {
+		for dev, alg := range req.OneTimeKeys[id] {
+			keyID, key, ok, err := u.store.ClaimKey(ctx, id, dev, alg)
+			if err != nil {
+				return nil, err
+			}
+			if !ok {
+				continue
+			}
+			if resp.OneTimeKeys[id] == nil {
+				resp.OneTimeKeys[id] = map[string]map[string]json.RawMessage{}
+			}
+			resp.OneTimeKeys[id][dev] = map[string]json.RawMessage{keyID: json.RawMessage(key)}
+		}
+	}
+	if req.LocalOnly || len(remote) == 0 {
+		return resp, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, keysTimeout(req.Timeout))
+	defer cancel()
+	var mu sync.Mutex
+	fanOut(ctx, keysOfMap(remote), func(ctx context.Context, srv string) {
+		ask := map[string]map[string]string{}
+		for _, id := range remote[srv] {
+			ask[id] = req.OneTimeKeys[id]
+		}
+		var got *uapi.ClaimKeysResponse
+		err := fmt.Errorf("no federation")
+		if u.remote != nil {
+			got, err = u.remote.ClaimKeys(ctx, srv, ask)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			resp.Failures[srv] = failure(err)
+			return
+		}
+		for id := range ask {
+			if keys, ok := got.OneTimeKeys[id]; ok {
+				resp.OneTimeKeys[id] = keys
+			}
+		}
+	})
+	return resp, nil
+}
+
+// UserDevices is a local user's device list for /user/devices.
+func (u *UserAPI) UserDevices(ctx context.Context, userID string) (*uapi.UserDevices, error) {
+	if srv, ok := mxid.Server(userID); !ok || srv != u.serverName {
+		return nil, uapi.ErrNotFound
+	}
+	devs, err := u.store.LocalDeviceKeys(ctx, userID)
+	if err != nil {
+		return nil, err
+	}
+	pos, err := u.store.DeviceListPos(ctx, userID)
+	if err != nil {
+		return nil, err
+	}
+	out := &uapi.UserDevices{UserID: userID, StreamID: pos, Devices: make([]uapi.UserDevice, 0, len(devs))}
+	cross, err := u.store.CrossSigningKeys(ctx, userID)
+	if err != nil {
+		return nil, err
+	}
+	if k, ok := cross["master"]; ok {
+		out.MasterKey = json.RawMessage(k)
+	}
+	if k, ok := cross["self_signing"]; ok {
+		out.SelfSigningKey = json.RawMessage(k)
+	}
+	for _, d := range devs {
+		ud := uapi.UserDevice{DeviceID: d.DeviceID, DisplayName: d.DisplayName}
+		if d.KeyJSON != "" {
+			ud.Keys = json.RawMessage(d.KeyJSON)
+		}
+		out.Devices = append(out.Devices, ud)
+	}
+	return out, nil
+}
+
+// DeviceListUpdate applies an m.device_list_update EDU. An update of a
+// user of another server than its origin is ignored, as is one of a user
+// whose list is not tracked (it is fetched whole when needed). One that
+// does not follow the last update applied marks the list stale: the next
+// query fetches it again (spec, "Device management").
+func (u *UserAPI) DeviceListUpdate(ctx context.Context, origin string, upd uapi.DeviceListUpdate) error {
+	if srv, ok := mxid.Server(upd.UserID); !ok || srv != origin || srv == u.serverName || upd.DeviceID == "" {
+		return nil
+	}
+	keys := ""
+	if len(upd.Keys) > 0 && string(upd.Keys) != "null" {
+		keys = string(upd.Keys)
+	}
+	outcome, pos, err := u.store.ApplyRemoteDeviceUpdate(ctx, storage.DeviceUpdate{
+		UserID: upd.UserID, DeviceID: upd.DeviceID, DisplayName: upd.DisplayName,
+		StreamID: upd.StreamID, PrevIDs: upd.PrevID, Deleted: upd.Deleted, KeyJSON: keys,
+	})
+	if err != nil {
+		return err
+	}
+	switch outcome {
+	case storage.UpdateApplied:
+		return u.announce(ctx, upd.UserID, "device_lists", pos)
+	case storage.UpdateGap:
+		if err := u.announce(ctx, upd.UserID, "device_lists", pos); err != nil {
+			return err
+		}
+	case storage.UpdateNotTracked:
+		// Not tracked: only a user sharing a room with a local user is
+		// worth fetching.
+		shares, err := u.store.SharesRoomWithLocal(ctx, upd.UserID)
+		if err != nil || !shares {
+			return err
+		}
+	default:
+		return nil
+	}
+	// Fetch the whole list now, from the origin, which just spoke, so
+	// that local users asking next find it current; if that fails, the
+	// list stays stale (or untracked) and the next query fetches it.
+	if u.remote == nil {
+		return nil
+	}
+	rctx, cancel := context.WithTimeout(ctx, resyncTimeout)
+	defer cancel()
+	if _, err := u.resync(rctx, origin, upd.UserID); err != nil {
+		u.log.WithError(err).WithField("user_id", upd.UserID).Debug("device list resync failed")
+	}
+	return nil
+}
+
+// DeviceListChanges lists the users whose device lists changed in
+// (from, to].
+func (u *UserAPI) DeviceListChanges(ctx context.Context, from, to int64) ([]string, error) {
+	return u.store.DeviceListChanges(ctx, from, to)
+}
+
+// DeviceListsPos is the head of the device-list stream.
+func (u *UserAPI) DeviceListsPos(ctx context.Context) (int64, error) {
+	return u.store.DeviceListsPos(ctx)
+}
+
+// crossSigningOf adds userID's stored cross-signing keys to resp: the
+// user-signing key only when withUserSigning (the user asking for its own).
+func (u *UserAPI) crossSigningOf(ctx context.Context, resp *uapi.QueryKeysResponse, userID string, withUserSigning bool) error {
+	cross, err := u.store.CrossSigningKeys(ctx, userID)
+	if err != nil {
+		return err
+	}
+	add := func(m *map[string]json.RawMessage, typ string) {
+		k, ok := cross[typ]
+		if !ok {
+			return
+		}
+		if *m == nil {
+			*m = map[string]json.RawMessage{}
+		}
+		(*m)[userID] = json.RawMessage(k)
+	}
+	add(&resp.MasterKeys, "master")
+	add(&resp.SelfSigningKeys, "self_signing")
+	if withUserSigning {
+		add(&resp.UserSigningKeys, "user_signing")
+	}
+	return nil
+}
+
+// UploadCrossSigningKeys stores a local user's cross-signing keys; users
+// sharing a room hear of it through the device-list stream, and other
+// servers through an m.signing_key_update (for the master and
+// self-signing keys: the user-signing key is the user's own business).
+func (u *UserAPI) UploadCrossSigningKeys(ctx context.Context, userID string, keys map[string]json.RawMessage) error {
+	stored := make(map[string]string, len(keys))
+	for typ, k := range keys {
+		stored[typ] = string(k)
+	}
+	c, err := u.store.StoreCrossSigningKeys(ctx, userID, stored)
+	if err != nil {
+		return err
+	}
+	if err := u.announce(ctx, userID, "device_lists", c.Pos); err != nil {
+		return err
+	}
+	upd := uapi.SigningKeyUpdate{UserID: userID, MasterKey: keys["master"], SelfSigningKey: keys["self_signing"]}
+	if u.bus == nil || (upd.MasterKey == nil && upd.SelfSigningKey == nil) {
+		return nil
+	}
+	data, err := json.Marshal(upd)
+	if err != nil {
+		return fmt.Errorf("encode signing key update: %w", err)
+	}
+	if err := u.bus.Publish(ctx, bus.NewMsg(bus.OutputSigningKeyUpdate, data, "sk:"+strconv.FormatInt(c.Pos, 10))); err != nil {
+		return fmt.Errorf("publish signing key update of %s: %w", userID, err)
+	}
+	return nil
+}
+
+// SigningKeyUpdate applies an m.signing_key_update EDU to the copy of a
+// tracked remote user's keys; one of a user not tracked, or of another
+// server than origin, is dropped.
+func (u *UserAPI) SigningKeyUpdate(ctx context.Context, origin string, upd uapi.SigningKeyUpdate) error {
+	if srv, ok := mxid.Server(upd.UserID); !ok || srv != origin || srv == u.serverName {
+		return nil
+	}
+	tracked, err := u.store.IsTracked(ctx, upd.UserID)
+	if err != nil || !tracked {
+		return err
+	}
+	keys := map[string]string{}
+	for typ, k := range map[string]json.RawMessage{"master": upd.MasterKey, "self_signing": upd.SelfSigningKey} {
+		if len(k) > 0 && string(k) != "null" {
+			keys[typ] = string(k)
+		}
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	c, err := u.store.StoreCrossSigningKeys(ctx, upd.UserID, keys)
+	if err != nil {
+		return err
+	}
+	return u.announce(ctx, upd.UserID, "device_lists", c.Pos)
+}

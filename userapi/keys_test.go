@@ -1,0 +1,169 @@
+package userapi
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"testing"
+
+	"myelin/internal/sqldb/sqldbtest"
+	uapi "myelin/userapi/api"
+	"myelin/userapi/storage"
+)
+
+// TestRemoteDeviceListUpdates: m.device_list_update EDUs apply to a
+// tracked remote user's list only in order (prev_id the last stream_id
+// applied), only from the user's own server; older ones and replays are
+// dropped; a gap marks the list stale, and it stays stale (no update is
+// applied on top) until fetched again. Each change that counts moves the
+// device-list stream.
+func TestRemoteDeviceListUpdates(t *testing.T) {
+	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
+		ctx := context.Background()
+		u := newTestAPI(t, dbURL, nil)
+		const alice = "@alice:remote.test"
+		if _, err := u.store.ReplaceRemoteDeviceList(ctx, alice, 10, []storage.DeviceKeys{{UserID: alice, DeviceID: "A", KeyJSON: `{"k":"A"}`}}, nil); err != nil {
+			t.Fatal(err)
+		}
+		upd := func(dev string, stream int64, prev []int64, deleted bool) uapi.DeviceListUpdate {
+			return uapi.DeviceListUpdate{UserID: alice, DeviceID: dev, StreamID: stream, PrevID: prev, Deleted: deleted,
+				Keys: json.RawMessage(`{"k":"` + dev + `"}`)}
+		}
+		for _, tc := range []struct {
+			name      string
+			origin    string
+			update    uapi.DeviceListUpdate
+			wantDevs  []string
+			wantStale bool
+			moves     bool // the device-list stream moves
+		}{
+			{"next update", "remote.test", upd("B", 11, []int64{10}, false), []string{"A", "B"}, false, true},
+			{"replayed", "remote.test", upd("B", 11, []int64{10}, false), []string{"A", "B"}, false, false},
+			{"older", "remote.test", upd("C", 5, nil, false), []string{"A", "B"}, false, false},
+			{"deletion", "remote.test", upd("A", 12, []int64{11}, true), []string{"B"}, false, true},
+			{"no prev_id", "remote.test", upd("C", 13, nil, false), []string{"B", "C"}, false, true},
+			{"from another server", "evil.test", upd("D", 14, []int64{13}, false), []string{"B", "C"}, false, false},
+			{"gap", "remote.test", upd("E", 20, []int64{15}, false), []string{"B", "C"}, true, true},
+			{"after the gap", "remote.test", upd("F", 21, []int64{20}, false), []string{"B", "C"}, true, true},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				before, err := u.DeviceListsPos(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := u.DeviceListUpdate(ctx, tc.origin, tc.update); err != nil {
+					t.Fatal(err)
+				}
+				_, stale, found, devs, err := u.store.RemoteDeviceList(ctx, alice)
+				if err != nil || !found {
+					t.Fatalf("list: found %v, %v", found, err)
+				}
+				var ids []string
+				for _, d := range devs {
+					ids = append(ids, d.DeviceID)
+				}
+				if fmt.Sprint(ids) != fmt.Sprint(tc.wantDevs) || stale != tc.wantStale {
+					t.Fatalf("devices %v stale %v, want %v stale %v", ids, stale, tc.wantDevs, tc.wantStale)
+				}
+				after, err := u.DeviceListsPos(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if (after > before) != tc.moves {
+					t.Fatalf("device-list stream from %d to %d, want moved %v", before, after, tc.moves)
+				}
+				if tc.moves {
+					changed, err := u.DeviceListChanges(ctx, before, after)
+					if err != nil || !slices.Equal(changed, []string{alice}) {
+						t.Fatalf("changes: %v, %v", changed, err)
+					}
+				}
+			})
+		}
+		// A user whose list is not tracked is fetched whole when needed:
+		// its updates are dropped.
+		if err := u.DeviceListUpdate(ctx, "other.test", uapi.DeviceListUpdate{UserID: "@bob:other.test", DeviceID: "X", StreamID: 1}); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, found, _, err := u.store.RemoteDeviceList(ctx, "@bob:other.test"); found || err != nil {
+			t.Fatalf("an untracked user's update was stored: %v %v", found, err)
+		}
+	})
+}
+
+// TestLocalKeys: uploading the same device keys again changes nothing,
+// new ones move the user's device list; one-time keys are claimed once
+// each, then the fallback key, which stays; deleting the device deletes
+// its keys and moves the list.
+func TestLocalKeys(t *testing.T) {
+	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
+		ctx := context.Background()
+		u := newTestAPI(t, dbURL, nil)
+		a := mustCreate(t, u, "alice", "")
+		dev, _, err := u.CreateDevice(ctx, uapi.CreateDeviceRequest{UserID: a.UserID, DeviceID: "D"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pos := func() int64 {
+			p, err := u.store.DeviceListPos(ctx, a.UserID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return p
+		}
+		upload := func(keys string, otks, fallback map[string]json.RawMessage) map[string]int {
+			t.Helper()
+			var dk json.RawMessage
+			if keys != "" {
+				dk = json.RawMessage(keys)
+			}
+			counts, err := u.UploadKeys(ctx, uapi.UploadKeysRequest{UserID: a.UserID, DeviceID: dev.DeviceID,
+				DeviceKeys: dk, OneTimeKeys: otks, FallbackKeys: fallback})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return counts
+		}
+		upload(`{"v":1}`, nil, nil)
+		p1 := pos()
+		upload(`{"v":1}`, nil, nil)
+		if pos() != p1 || p1 == 0 {
+			t.Fatalf("same keys again moved the list: %d -> %d", p1, pos())
+		}
+		upload(`{"v":2}`, nil, nil)
+		if pos() <= p1 {
+			t.Fatalf("new keys did not move the list")
+		}
+		counts := upload("", map[string]json.RawMessage{"alg:1": json.RawMessage(`"k1"`), "alg:2": json.RawMessage(`"k2"`)},
+			map[string]json.RawMessage{"alg:F": json.RawMessage(`"f"`)})
+		if counts["alg"] != 2 {
+			t.Fatalf("counts %v", counts)
+		}
+		var got []string
+		for range 4 {
+			id, _, ok, err := u.store.ClaimKey(ctx, a.UserID, dev.DeviceID, "alg")
+			if err != nil || !ok {
+				t.Fatalf("claim: %v %v", ok, err)
+			}
+			got = append(got, id)
+		}
+		if fmt.Sprint(got) != fmt.Sprint([]string{"alg:1", "alg:2", "alg:F", "alg:F"}) {
+			t.Fatalf("claimed %v", got)
+		}
+		if _, _, ok, err := u.store.ClaimKey(ctx, a.UserID, dev.DeviceID, "other"); ok || err != nil {
+			t.Fatalf("claimed a key of an algorithm never uploaded: %v %v", ok, err)
+		}
+		p2 := pos()
+		if err := u.DeleteDevices(ctx, a.UserID, []string{dev.DeviceID}); err != nil {
+			t.Fatal(err)
+		}
+		ud, err := u.UserDevices(ctx, a.UserID)
+		if err != nil || len(ud.Devices) != 0 || ud.StreamID <= p2 {
+			t.Fatalf("after deleting the device: %+v, %v", ud, err)
+		}
+		if _, _, ok, _ := u.store.ClaimKey(ctx, a.UserID, dev.DeviceID, "alg"); ok {
+			t.Fatalf("the deleted device's fallback key is still there")
+		}
+	})
+}

@@ -1,0 +1,516 @@
+package storage
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+
+	"myelin/internal/sqldb"
+)
+
+// OneTimeKey is an uploaded one-time or fallback key; KeyID is
+// "<algorithm>:<id>" and JSON the key (an object or a string) as uploaded.
+type OneTimeKey struct {
+	KeyID     string
+	Algorithm string
+	JSON      string
+	Fallback  bool
+}
+
+// DeviceKeys is one device of a user with its keys (KeyJSON is empty for a
+// device that uploaded none).
+type DeviceKeys struct {
+	UserID      string
+	DeviceID    string
+	DisplayName string
+	KeyJSON     string
+}
+
+// UploadKeys stores a device's keys: its device keys unless deviceKeys is
+// empty, and its one-time and fallback keys. A one-time key ID already
+// stored keeps its first key (the spec forbids changing one); a fallback
+// key replaces the device's fallback key of its algorithm. When the device
+// keys changed, the user's device list moves to the next position of the
+// device-list stream, which UploadKeys returns (nil when they did not).
+func (s *Storage) UploadKeys(ctx context.Context, userID, deviceID, deviceKeys string, keys []OneTimeKey) (*DeviceListChange, error) {
+	var change *DeviceListChange
+	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		change = nil
+		if deviceKeys != "" {
+			var old string
+			err := tx.QueryRow(ctx, `SELECT key_json FROM userapi_device_keys WHERE user_id = $1 AND device_id = $2`,
+				userID, deviceID).Scan(&old)
+			if err != nil && !errors.Is(err, sql.ErrNoRows) {
+				return fmt.Errorf("select device keys of %s %s: %w", userID, deviceID, err)
+			}
+			if old != deviceKeys {
+				if _, err := tx.Exec(ctx, `INSERT INTO userapi_device_keys (user_id, device_id, key_json) VALUES ($1, $2, $3)
+					ON CONFLICT (user_id, device_id) DO UPDATE SET key_json = excluded.key_json`,
+					userID, deviceID, deviceKeys); err != nil {
+					return fmt.Errorf("upsert device keys of %s %s: %w", userID, deviceID, err)
+				}
+				c, err := bumpDeviceList(ctx, tx, userID)
+				if err != nil {
+					return err
+				}
+				c.DeviceID = deviceID
+				change = &c
+			}
+		}
+		for _, k := range keys {
+			if k.Fallback {
+				if _, err := tx.Exec(ctx, `DELETE FROM userapi_one_time_keys
+					WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 AND fallback`,
+					userID, deviceID, k.Algorithm); err != nil {
+					return fmt.Errorf("delete fallback keys of %s %s: %w", userID, deviceID, err)
+				}
+			}
+			if _, err := tx.Exec(ctx, `INSERT INTO userapi_one_time_keys
+				(user_id, device_id, key_id, algorithm, key_json, fallback) VALUES ($1, $2, $3, $4, $5, $6)
+				ON CONFLICT (user_id, device_id, fallback, key_id) DO NOTHING`,
+				userID, deviceID, k.KeyID, k.Algorithm, k.JSON, k.Fallback); err != nil {
+				return fmt.Errorf("insert one-time key of %s %s: %w", userID, deviceID, err)
+			}
+		}
+		return nil
+	})
+	return change, err
+}
+
+// bumpDeviceList moves userID's device list to the next position of the
+// device-list stream. The counter row is locked until commit (PostgreSQL)
+// or written by the one writer (SQLite), so positions commit in order.
+func bumpDeviceList(ctx context.Context, tx *sqldb.Tx, userID string) (DeviceListChange, error) {
+	c := DeviceListChange{UserID: userID}
+	err := tx.QueryRow(ctx, `SELECT pos FROM userapi_device_list_changes WHERE user_id = $1`, userID).Scan(&c.Prev)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return c, fmt.Errorf("select device list position of %s: %w", userID, err)
+	}
+	var pos int64
+	if err := tx.QueryRow(ctx, `UPDATE userapi_stream_positions SET pos = pos + 1
+		WHERE stream = 'device_lists' RETURNING pos`).Scan(&pos); err != nil {
+		return c, fmt.Errorf("next device list position: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO userapi_device_list_changes (user_id, pos) VALUES ($1, $2)
+		ON CONFLICT (user_id) DO UPDATE SET pos = excluded.pos`, userID, pos); err != nil {
+		return c, fmt.Errorf("record device list change of %s: %w", userID, err)
+	}
+	c.Pos = pos
+	return c, nil
+}
+
+// DeviceListChange is one move of a user's device list: from position
+// Prev (0: none before) to Pos, for device DeviceID.
+type DeviceListChange struct {
+	UserID   string
+	DeviceID string
+	Prev     int64
+	Pos      int64
+}
+
+// OneTimeKeyCounts counts a device's unclaimed one-time keys by algorithm.
+func (s *Storage) OneTimeKeyCounts(ctx context.Context, userID, deviceID string) (map[string]int, error) {
+	rows, err := s.db.Query(ctx, `SELECT algorithm, COUNT(*) FROM userapi_one_time_keys
+		WHERE user_id = $1 AND device_id = $2 AND NOT fallback GROUP BY algorithm`, userID, deviceID)
+	if err != nil {
+		return nil, fmt.Errorf("count one-time keys of %s %s: %w", userID, deviceID, err)
+	}
+	defer rows.Close()
+	out := map[string]int{}
+	for rows.Next() {
+		var alg string
+		var n int
+		if err := rows.Scan(&alg, &n); err != nil {
+			return nil, fmt.Errorf("scan one-time key count: %w", err)
+		}
+		out[alg] = n
+	}
+	return out, rows.Err()
+}
+
+// LocalDeviceKeys lists the devices of a local user with their keys.
+func (s *Storage) LocalDeviceKeys(ctx context.Context, userID string) ([]DeviceKeys, error) {
+	rows, err := s.db.Query(ctx, `SELECT d.device_id, d.display_name, COALESCE(k.key_json, '')
+		FROM userapi_devices d LEFT JOIN userapi_device_keys k ON k.user_id = d.user_id AND k.device_id = d.device_id
+		WHERE d.user_id = $1 ORDER BY d.device_id`, userID)
+	if err != nil {
+		return nil, fmt.Errorf("select device keys of %s: %w", userID, err)
+	}
+	return scanDeviceKeys(rows, userID)
+}
+
+func scanDeviceKeys(rows *sql.Rows, userID string) ([]DeviceKeys, error) {
+	defer rows.Close()
+	var out []DeviceKeys
+	for rows.Next() {
+		d := DeviceKeys{UserID: userID}
+		if err := rows.Scan(&d.DeviceID, &d.DisplayName, &d.KeyJSON); err != nil {
+			return nil, fmt.Errorf("scan device keys of %s: %w", userID, err)
+		}
+		out = append(out, d)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("select device keys of %s: %w", userID, err)
+	}
+	return out, nil
+}
+
+// ClaimKey takes one of a local device's one-time keys of algorithm,
+// deleting it, or else its fallback key of that algorithm, which stays.
+// ok is false when the device has neither.
+func (s *Storage) ClaimKey(ctx context.Context, userID, deviceID, algorithm string) (keyID, keyJSON string, ok bool, err error) {
+	err = s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		ok = false
+		// One-time keys first: a fallback key is the last resort.
+		err := tx.QueryRow(ctx, `SELECT key_id, key_json, fallback FROM userapi_one_time_keys
+			WHERE user_id = $1 AND device_id = $2 AND algorithm = $3
+			ORDER BY fallback, key_id LIMIT 1`, userID, deviceID, algorithm).Scan(&keyID, &keyJSON, new(bool))
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("select one-time key of %s %s: %w", userID, deviceID, err)
+		}
+		ok = true
+		if _, err := tx.Exec(ctx, `DELETE FROM userapi_one_time_keys
+			WHERE user_id = $1 AND device_id = $2 AND key_id = $3 AND NOT fallback`, userID, deviceID, keyID); err != nil {
+			return fmt.Errorf("delete claimed key of %s %s: %w", userID, deviceID, err)
+		}
+		return nil
+	})
+	return keyID, keyJSON, ok, err
+}
+
+// DeleteDeviceKeys deletes the keys of deleted devices of a local user
+// and moves the user's device list on once for each, in the
+// DeviceListChanges returned.
+func (s *Storage) DeleteDeviceKeys(ctx context.Context, userID string, deviceIDs []string) ([]DeviceListChange, error) {
+	var changes []DeviceListChange
+	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		changes = nil
+		for _, d := range deviceIDs {
+			if _, err := tx.Exec(ctx, `DELETE FROM userapi_one_time_keys WHERE user_id = $1 AND device_id = $2`, userID, d); err != nil {
+				return fmt.Errorf("delete one-time keys of %s %s: %w", userID, d, err)
+			}
+			if _, err := tx.Exec(ctx, `DELETE FROM userapi_device_keys WHERE user_id = $1 AND device_id = $2`, userID, d); err != nil {
+				return fmt.Errorf("delete device keys of %s %s: %w", userID, d, err)
+			}
+			c, err := bumpDeviceList(ctx, tx, userID)
+			if err != nil {
+				return err
+			}
+			c.DeviceID = d
+			changes = append(changes, c)
+		}
+		return nil
+	})
+	return changes, err
+}
+
+// DeviceAdded moves a local user's device list on for a new device.
+func (s *Storage) DeviceAdded(ctx context.Context, userID, deviceID string) (DeviceListChange, error) {
+	var c DeviceListChange
+	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		var err error
+		c, err = bumpDeviceList(ctx, tx, userID)
+		c.DeviceID = deviceID
+		return err
+	})
+	return c, err
+}
+
+// DeviceRenamed moves a local user's device list on for a renamed device
+// (its name is part of what others see of it); it returns the change and
+// the device's keys ("" when it has none).
+func (s *Storage) DeviceRenamed(ctx context.Context, userID, deviceID string) (*DeviceListChange, string, error) {
+	var change *DeviceListChange
+	var keys string
+	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		change = nil
+		keys = ""
+		err := tx.QueryRow(ctx, `SELECT key_json FROM userapi_device_keys WHERE user_id = $1 AND device_id = $2`,
+			userID, deviceID).Scan(&keys)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("select device keys of %s %s: %w", userID, deviceID, err)
+		}
+		c, err := bumpDeviceList(ctx, tx, userID)
+		if err != nil {
+			return err
+		}
+		c.DeviceID = deviceID
+		change = &c
+		return nil
+	})
+	return change, keys, err
+}
+
+// DeviceListPos is the position of userID's last device list change (0:
+// none).
+func (s *Storage) DeviceListPos(ctx context.Context, userID string) (int64, error) {
+	var pos int64
+	err := s.db.QueryRow(ctx, `SELECT pos FROM userapi_device_list_changes WHERE user_id = $1`, userID).Scan(&pos)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("select device list position of %s: %w", userID, err)
+	}
+	return pos, nil
+}
+
+// DeviceListsPos is the head of the device-list stream.
+func (s *Storage) DeviceListsPos(ctx context.Context) (int64, error) {
+	var pos int64
+	if err := s.db.QueryRow(ctx, `SELECT pos FROM userapi_stream_positions WHERE stream = 'device_lists'`).Scan(&pos); err != nil {
+		return 0, fmt.Errorf("select device list position: %w", err)
+	}
+	return pos, nil
+}
+
+// DeviceListChanges lists the users whose device lists last changed in
+// (from, to].
+func (s *Storage) DeviceListChanges(ctx context.Context, from, to int64) ([]string, error) {
+	rows, err := s.db.Query(ctx, `SELECT user_id FROM userapi_device_list_changes
+		WHERE pos > $1 AND pos <= $2 ORDER BY pos`, from, to)
+	if err != nil {
+		return nil, fmt.Errorf("select device list changes in (%d, %d]: %w", from, to, err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var u string
+		if err := rows.Scan(&u); err != nil {
+			return nil, fmt.Errorf("scan device list change: %w", err)
+		}
+		out = append(out, u)
+	}
+	return out, rows.Err()
+}
+
+// SharesRoomWithLocal reports whether userID is joined to a room a local
+// user is joined to.
+func (s *Storage) SharesRoomWithLocal(ctx context.Context, userID string) (bool, error) {
+	var one int
+	err := s.db.QueryRow(ctx, `SELECT 1 FROM userapi_room_members a
+		JOIN userapi_room_members b ON b.room_id = a.room_id
+		WHERE a.user_id = $1 AND a.membership = 'join' AND b.is_local AND b.membership = 'join' LIMIT 1`, userID).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("select shared rooms of %s: %w", userID, err)
+	}
+	return true, nil
+}
+
+// RemoteMembersSharing lists the remote users joined to a room userID is
+// joined to: their servers are the ones to tell of userID's changes.
+func (s *Storage) RemoteMembersSharing(ctx context.Context, userID string) ([]string, error) {
+	rows, err := s.db.Query(ctx, `SELECT DISTINCT b.user_id FROM userapi_room_members a
+		JOIN userapi_room_members b ON b.room_id = a.room_id
+		WHERE a.user_id = $1 AND a.membership = 'join' AND NOT b.is_local AND b.membership = 'join'`, userID)
+	if err != nil {
+		return nil, fmt.Errorf("select remote members sharing a room with %s: %w", userID, err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var u string
+		if err := rows.Scan(&u); err != nil {
+			return nil, fmt.Errorf("scan remote member: %w", err)
+		}
+		out = append(out, u)
+	}
+	return out, rows.Err()
+}
+
+// RemoteDeviceList is the cached device list of a remote user: found is
+// false when the user is not tracked.
+func (s *Storage) RemoteDeviceList(ctx context.Context, userID string) (streamID int64, stale, found bool, devs []DeviceKeys, err error) {
+	err = s.db.QueryRow(ctx, `SELECT stream_id, stale FROM userapi_remote_device_lists WHERE user_id = $1`, userID).
+		Scan(&streamID, &stale)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, false, false, nil, nil
+	}
+	if err != nil {
+		return 0, false, false, nil, fmt.Errorf("select device list of %s: %w", userID, err)
+	}
+	rows, err := s.db.Query(ctx, `SELECT device_id, display_name, key_json FROM userapi_remote_devices
+		WHERE user_id = $1 ORDER BY device_id`, userID)
+	if err != nil {
+		return 0, false, false, nil, fmt.Errorf("select devices of %s: %w", userID, err)
+	}
+	devs, err = scanDeviceKeys(rows, userID)
+	return streamID, stale, true, devs, err
+}
+
+// ReplaceRemoteDeviceList stores a remote user's whole device list and
+// cross-signing keys by type, as /user/devices answered them, and marks
+// the list fresh. It returns the device-list
+// position the change took.
+func (s *Storage) ReplaceRemoteDeviceList(ctx context.Context, userID string, streamID int64, devs []DeviceKeys, cross map[string]string) (int64, error) {
+	var pos int64
+	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		for typ, k := range cross {
+			if _, err := tx.Exec(ctx, `INSERT INTO userapi_cross_signing_keys (user_id, key_type, key_json) VALUES ($1, $2, $3)
+				ON CONFLICT (user_id, key_type) DO UPDATE SET key_json = excluded.key_json`, userID, typ, k); err != nil {
+				return fmt.Errorf("store %s key of %s: %w", typ, userID, err)
+			}
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM userapi_remote_devices WHERE user_id = $1`, userID); err != nil {
+			return fmt.Errorf("delete devices of %s: %w", userID, err)
+		}
+		for _, d := range devs {
+			if _, err := tx.Exec(ctx, `INSERT INTO userapi_remote_devices (user_id, device_id, display_name, key_json)
+				VALUES ($1, $2, $3, $4) ON CONFLICT (user_id, device_id) DO NOTHING`,
+				userID, d.DeviceID, d.DisplayName, d.KeyJSON); err != nil {
+				return fmt.Errorf("insert device of %s: %w", userID, err)
+			}
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO userapi_remote_device_lists (user_id, stream_id, stale) VALUES ($1, $2, FALSE)
+			ON CONFLICT (user_id) DO UPDATE SET stream_id = excluded.stream_id, stale = FALSE`, userID, streamID); err != nil {
+			return fmt.Errorf("upsert device list of %s: %w", userID, err)
+		}
+		c, err := bumpDeviceList(ctx, tx, userID)
+		pos = c.Pos
+		return err
+	})
+	return pos, err
+}
+
+// MarkDeviceListStale marks a remote user's cached device list stale: it
+// is fetched again before it is used.
+func (s *Storage) MarkDeviceListStale(ctx context.Context, userID string) error {
+	if _, err := s.db.Exec(ctx, `UPDATE userapi_remote_device_lists SET stale = TRUE WHERE user_id = $1`, userID); err != nil {
+		return fmt.Errorf("mark device list of %s stale: %w", userID, err)
+	}
+	return nil
+}
+
+// DeviceUpdate is one m.device_list_update of a remote user.
+type DeviceUpdate struct {
+	UserID      string
+	DeviceID    string
+	DisplayName string
+	StreamID    int64
+	PrevIDs     []int64
+	Deleted     bool
+	KeyJSON     string
+}
+
+// Update outcomes of ApplyRemoteDeviceUpdate.
+const (
+	UpdateIgnored    = iota // not newer than what is stored
+	UpdateApplied           // stored
+	UpdateGap               // a previous update was missed: the list is now stale
+	UpdateNotTracked        // the user's list is not cached
+)
+
+// ApplyRemoteDeviceUpdate applies an update to a tracked remote user's
+// device list when it follows the last one stored (its prev_id names that
+// stream_id, or it has none); when it does not, the list is marked stale
+// for a resync. Either way the user's device list moves on (pos), so
+// clients ask for the keys again.
+func (s *Storage) ApplyRemoteDeviceUpdate(ctx context.Context, u DeviceUpdate) (outcome int, pos int64, err error) {
+	err = s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		outcome, pos = UpdateIgnored, 0
+		var last int64
+		var stale bool
+		err := tx.QueryRow(ctx, `SELECT stream_id, stale FROM userapi_remote_device_lists WHERE user_id = $1`, u.UserID).
+			Scan(&last, &stale)
+		if errors.Is(err, sql.ErrNoRows) {
+			outcome = UpdateNotTracked // fetched whole when needed
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("select device list of %s: %w", u.UserID, err)
+		}
+		if u.StreamID <= last {
+			return nil
+		}
+		follows := !stale
+		for _, p := range u.PrevIDs {
+			if p != last {
+				follows = false
+			}
+		}
+		if !follows {
+			if _, err := tx.Exec(ctx, `UPDATE userapi_remote_device_lists SET stale = TRUE WHERE user_id = $1`, u.UserID); err != nil {
+				return fmt.Errorf("mark device list of %s stale: %w", u.UserID, err)
+			}
+			outcome = UpdateGap
+		} else {
+			if u.Deleted {
+				_, err = tx.Exec(ctx, `DELETE FROM userapi_remote_devices WHERE user_id = $1 AND device_id = $2`, u.UserID, u.DeviceID)
+			} else {
+				_, err = tx.Exec(ctx, `INSERT INTO userapi_remote_devices (user_id, device_id, display_name, key_json)
+					VALUES ($1, $2, $3, $4) ON CONFLICT (user_id, device_id)
+					DO UPDATE SET display_name = excluded.display_name, key_json = excluded.key_json`,
+					u.UserID, u.DeviceID, u.DisplayName, u.KeyJSON)
+			}
+			if err != nil {
+				return fmt.Errorf("apply device update of %s %s: %w", u.UserID, u.DeviceID, err)
+			}
+			if _, err := tx.Exec(ctx, `UPDATE userapi_remote_device_lists SET stream_id = $2 WHERE user_id = $1`,
+				u.UserID, u.StreamID); err != nil {
+				return fmt.Errorf("update device list of %s: %w", u.UserID, err)
+			}
+			outcome = UpdateApplied
+		}
+		c, err := bumpDeviceList(ctx, tx, u.UserID)
+		pos = c.Pos
+		return err
+	})
+	return outcome, pos, err
+}
+
+// StoreCrossSigningKeys stores a user's cross-signing keys by type
+// (master, self_signing, user_signing), replacing those of the same type,
+// and moves the user's device list on (others re-read the user's keys).
+func (s *Storage) StoreCrossSigningKeys(ctx context.Context, userID string, keys map[string]string) (DeviceListChange, error) {
+	var c DeviceListChange
+	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		for typ, k := range keys {
+			if _, err := tx.Exec(ctx, `INSERT INTO userapi_cross_signing_keys (user_id, key_type, key_json) VALUES ($1, $2, $3)
+				ON CONFLICT (user_id, key_type) DO UPDATE SET key_json = excluded.key_json`, userID, typ, k); err != nil {
+				return fmt.Errorf("store %s key of %s: %w", typ, userID, err)
+			}
+		}
+		var err error
+		c, err = bumpDeviceList(ctx, tx, userID)
+		return err
+	})
+	return c, err
+}
+
+// CrossSigningKeys returns a user's cross-signing keys by type.
+func (s *Storage) CrossSigningKeys(ctx context.Context, userID string) (map[string]string, error) {
+	rows, err := s.db.Query(ctx, `SELECT key_type, key_json FROM userapi_cross_signing_keys WHERE user_id = $1`, userID)
+	if err != nil {
+		return nil, fmt.Errorf("select cross-signing keys of %s: %w", userID, err)
+	}
+	defer rows.Close()
+	out := map[string]string{}
+	for rows.Next() {
+		var typ, k string
+		if err := rows.Scan(&typ, &k); err != nil {
+			return nil, fmt.Errorf("scan cross-signing key of %s: %w", userID, err)
+		}
+		out[typ] = k
+	}
+	return out, rows.Err()
+}
+
+// IsTracked reports whether a remote user's device list is cached.
+func (s *Storage) IsTracked(ctx context.Context, userID string) (bool, error) {
+	var one int
+	err := s.db.QueryRow(ctx, `SELECT 1 FROM userapi_remote_device_lists WHERE user_id = $1`, userID).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("select device list of %s: %w", userID, err)
+	}
+	return true, nil
+}
