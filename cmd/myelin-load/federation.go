@@ -25,6 +25,10 @@ type federationParams struct {
 	fanoutParams
 	remotes    []string
 	remotePIDs []int
+	// bigRoom, when set, is the size of a room filled on the server under
+	// test that a user of the first other server then joins: the time of
+	// a remote join of a large room and its memory on the joining server.
+	bigRoom int
 }
 
 func federationFlags(fs *flag.FlagSet) func(context.Context, *env, *Report) error {
@@ -33,11 +37,15 @@ func federationFlags(fs *flag.FlagSet) func(context.Context, *env, *Report) erro
 	var remotes, pids string
 	fs.StringVar(&remotes, "remote", "", "client API base URLs of the receivers' servers, comma-separated (required; loopback)")
 	fs.StringVar(&pids, "remote-pids", "", "process IDs of the -remote servers, comma-separated, to sample their CPU and memory")
+	fs.IntVar(&p.bigRoom, "big-room", 0, "first fill a room of this many members here and time a user of the first -remote server joining it (0: skip)")
 	return func(ctx context.Context, e *env, rep *Report) error {
 		if err := p.parse(remotes, pids); err != nil {
 			return err
 		}
 		if err := p.validate(); err != nil {
+			return err
+		}
+		if err := checkRange("-big-room", p.bigRoom, 0, 100000); err != nil {
 			return err
 		}
 		return runFederation(ctx, e, rep, p)
@@ -79,6 +87,19 @@ type FederationDetails struct {
 	RSSSumMB  float64 `json:"rss_sum_peak_mb,omitempty"` // every sampled server's peak RSS, summed
 	CoresSum  float64 `json:"cores_sum_avg,omitempty"`
 	FirstJoin Summary `json:"first_join"` // the joins that went over federation
+	// BigRoom is the remote join of a -big-room room.
+	BigRoom *BigRoomJoin `json:"big_room,omitempty"`
+}
+
+// BigRoomJoin is a user of another server joining a large room.
+type BigRoomJoin struct {
+	Members int     `json:"members"`
+	Seconds float64 `json:"join_s"`
+	// The joining server's RSS just before the join and at its peak
+	// during it (with -remote-pids).
+	RSSBeforeMB float64 `json:"rss_before_mb,omitempty"`
+	RSSPeakMB   float64 `json:"rss_peak_mb,omitempty"`
+	Error       string  `json:"error,omitempty"`
 }
 
 func runFederation(ctx context.Context, e *env, rep *Report, p *federationParams) error {
@@ -103,6 +124,22 @@ func runFederation(ctx context.Context, e *env, rep *Report, p *federationParams
 		go samplers[i].Run(ctx, e.opts.sample)
 	}
 
+	if p.bigRoom > 0 {
+		var joiner *Sampler
+		if len(samplers) > 0 {
+			joiner = samplers[0]
+		}
+		b, err := e.bigRoomJoin(ctx, p.bigRoom, remotes[0], joiner)
+		d.BigRoom = b
+		if err != nil {
+			return err
+		}
+		rep.add(fmt.Sprintf("remote join of a %d-member room", b.Members), b.Seconds, "s", "lower")
+		if joiner != nil {
+			rep.add("joining server's RSS before that join", b.RSSBeforeMB, "MB", "")
+			rep.add("joining server's RSS peak during it", b.RSSPeakMB, "MB", "lower")
+		}
+	}
 	s, err := e.setUpFederation(ctx, p, d, remotes)
 	if err != nil {
 		return err
@@ -250,4 +287,50 @@ func serverOf(userID string) string {
 func (c *Client) JoinVia(ctx context.Context, roomID, via string) error {
 	q := url.Values{"via": {via}, "server_name": {via}}
 	return c.doJSON(ctx, http.MethodPost, clientPrefix+"/join/"+url.PathEscape(roomID), q, struct{}{}, nil, reqTimeout)
+}
+
+// bigRoomJoin fills a room here with n members, then has a new user of
+// remote join it over federation, timing the join and sampling the
+// joining server's memory around it.
+func (e *env) bigRoomJoin(ctx context.Context, n int, remote *registrar, joiner *Sampler) (*BigRoomJoin, error) {
+	b := &BigRoomJoin{Members: n}
+	members, _, err := e.registerUsers(ctx, "bigmember", n)
+	if err != nil {
+		return b, err
+	}
+	rooms, err := e.createRooms(ctx, members[:1])
+	if err != nil {
+		return b, err
+	}
+	if _, err := e.joinAll(ctx, "fill the big room", members[1:], rooms, func(int) int { return 0 }, e.opts.concurrency); err != nil {
+		return b, err
+	}
+	var c *Client
+	if err := e.retry(ctx, "setup register", func() (err error) {
+		c, err = remote.Register(ctx, "load_"+e.runID+"_bigjoiner", "load-"+e.runID)
+		return err
+	}); err != nil {
+		return b, fmt.Errorf("register the joiner: %w", err)
+	}
+	var start time.Time
+	if joiner != nil {
+		sleepCtx(ctx, 2*time.Second) // a baseline sample or more
+		start = joiner.Mark()
+		b.RSSBeforeMB = joiner.Window(start, start).RSSPeakMB
+	} else {
+		start = time.Now()
+	}
+	e.logf("joining the %d-member room from %s", n, remote.base)
+	err = c.JoinVia(ctx, rooms[0], serverOf(members[0].UserID))
+	b.Seconds = time.Since(start).Seconds()
+	if joiner != nil {
+		end := joiner.Mark()
+		b.RSSPeakMB = joiner.Window(start, end).RSSPeakMB
+	}
+	if err != nil {
+		b.Error = err.Error()
+		return b, fmt.Errorf("remote join of the %d-member room: %w", n, err)
+	}
+	e.logf("joined in %.2fs", b.Seconds)
+	return b, nil
 }
