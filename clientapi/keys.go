@@ -149,14 +149,7 @@ func (q *claimKeysRequest) Validate() error {
 	if q.OneTimeKeys == nil {
 		return mxhttp.MissingParam("one_time_keys is required")
 	}
-	err := uapi.CheckKeysQuery(q.OneTimeKeys, func(m map[string]string) []string {
-		out := make([]string, 0, len(m))
-		for d := range m {
-			out = append(out, d)
-		}
-		return out
-	})
-	if err != nil {
+	if err := uapi.CheckKeysQuery(q.OneTimeKeys, uapi.ClaimDevices); err != nil {
 		return mxhttp.InvalidParam("one_time_keys: %v", err)
 	}
 	return nil

@@ -121,16 +121,11 @@ func (s *fanoutSetup) roomOf(i int) int { return i % len(s.rooms) }
 // setUpFanout registers the senders and receivers, creates the rooms and joins
 // the receivers to them, recording each step in d.
 func (e *env) setUpFanout(ctx context.Context, p *fanoutParams, d *FanoutDetails) (*fanoutSetup, error) {
-	nRooms := (p.users + p.roomSize - 1) / p.roomSize
-	d.Rooms, d.Receivers = nRooms, p.users
-	s := &fanoutSetup{}
-	var ph Phase
-	var err error
-	s.senders, ph, err = e.registerUsers(ctx, "fsender", nRooms)
-	d.Setup = append(d.Setup, ph)
+	s, err := e.registerSenders(ctx, p, d)
 	if err != nil {
 		return nil, err
 	}
+	var ph Phase
 	s.receivers, ph, err = e.registerUsers(ctx, "recv", p.users)
 	d.Setup = append(d.Setup, ph)
 	if err != nil {
@@ -140,6 +135,22 @@ func (e *env) setUpFanout(ctx context.Context, p *fanoutParams, d *FanoutDetails
 		return nil, err
 	}
 	ph, err = e.joinAll(ctx, "join receivers", s.receivers, s.rooms, s.roomOf, e.opts.concurrency)
+	d.Setup = append(d.Setup, ph)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// registerSenders sizes the run's rooms (p.users receivers in rooms of
+// p.roomSize) and registers a sender for each, here.
+func (e *env) registerSenders(ctx context.Context, p *fanoutParams, d *FanoutDetails) (*fanoutSetup, error) {
+	nRooms := (p.users + p.roomSize - 1) / p.roomSize
+	d.Rooms, d.Receivers = nRooms, p.users
+	s := &fanoutSetup{}
+	var ph Phase
+	var err error
+	s.senders, ph, err = e.registerUsers(ctx, "fsender", nRooms)
 	d.Setup = append(d.Setup, ph)
 	if err != nil {
 		return nil, err

@@ -186,16 +186,11 @@ func runFederation(ctx context.Context, e *env, rep *Report, p *federationParams
 // receivers through the rooms' server: first one receiver per room and
 // server (the join that goes over federation, timed), then the rest.
 func (e *env) setUpFederation(ctx context.Context, p *federationParams, d *FederationDetails, remotes []*registrar) (*fanoutSetup, error) {
-	nRooms := (p.users + p.roomSize - 1) / p.roomSize
-	d.Rooms, d.Receivers = nRooms, p.users
-	s := &fanoutSetup{}
-	var ph Phase
-	var err error
-	s.senders, ph, err = e.registerUsers(ctx, "fsender", nRooms)
-	d.Setup = append(d.Setup, ph)
+	s, err := e.registerSenders(ctx, &p.fanoutParams, &d.FanoutDetails)
 	if err != nil {
 		return nil, err
 	}
+	nRooms := len(s.senders)
 	via := serverOf(s.senders[0].UserID)
 	if via == "" {
 		return nil, fmt.Errorf("cannot tell the server name from user ID %q", s.senders[0].UserID)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"myelin/internal/mxid"
@@ -175,3 +177,7 @@ type SigningKeyUpdate struct {
 	MasterKey      json.RawMessage `json:"master_key,omitempty"`
 	SelfSigningKey json.RawMessage `json:"self_signing_key,omitempty"`
 }
+
+// ClaimDevices lists the devices of one user's part of a /keys/claim
+// request (device ID -> algorithm), for CheckKeysQuery.
+func ClaimDevices(m map[string]string) []string { return slices.Collect(maps.Keys(m)) }
