@@ -226,13 +226,7 @@ func streams() []jetstream.StreamConfig {
 			// ack was lost carries the same ID.
 			Duplicates: 2 * time.Minute,
 		},
-		{
-			Name:      OutputRoomEvent,
-			Subjects:  []string{OutputRoomEvent},
-			Retention: jetstream.LimitsPolicy,
-			Storage:   jetstream.FileStorage,
-			MaxAge:    7 * 24 * time.Hour,
-		},
+		limitsStream(OutputRoomEvent, 7*24*time.Hour),
 		{
 			Name:      OutputUserData,
 			Subjects:  []string{OutputUserData, OutputUserData + ".>"},
@@ -240,45 +234,15 @@ func streams() []jetstream.StreamConfig {
 			Storage:   jetstream.FileStorage,
 			MaxAge:    24 * time.Hour,
 		},
-		{
-			// Typing is only ever current state: an hour-old
-			// notification has long expired.
-			Name:      OutputTyping,
-			Subjects:  []string{OutputTyping},
-			Retention: jetstream.LimitsPolicy,
-			Storage:   jetstream.FileStorage,
-			MaxAge:    time.Hour,
-		},
-		{
-			Name:      OutputReceipt,
-			Subjects:  []string{OutputReceipt},
-			Retention: jetstream.LimitsPolicy,
-			Storage:   jetstream.FileStorage,
-			MaxAge:    24 * time.Hour,
-		},
-		{
-			Name:      OutputPresence,
-			Subjects:  []string{OutputPresence},
-			Retention: jetstream.LimitsPolicy,
-			Storage:   jetstream.FileStorage,
-			MaxAge:    24 * time.Hour,
-		},
-		{
-			// A remote server that missed an update resyncs the whole
-			// list when the next one shows the gap.
-			Name:      OutputDeviceListUpdate,
-			Subjects:  []string{OutputDeviceListUpdate},
-			Retention: jetstream.LimitsPolicy,
-			Storage:   jetstream.FileStorage,
-			MaxAge:    24 * time.Hour,
-		},
-		{
-			Name:      OutputSigningKeyUpdate,
-			Subjects:  []string{OutputSigningKeyUpdate},
-			Retention: jetstream.LimitsPolicy,
-			Storage:   jetstream.FileStorage,
-			MaxAge:    24 * time.Hour,
-		},
+		// Typing is only ever current state: an hour-old
+		// notification has long expired.
+		limitsStream(OutputTyping, time.Hour),
+		limitsStream(OutputReceipt, 24*time.Hour),
+		limitsStream(OutputPresence, 24*time.Hour),
+		// A remote server that missed an update resyncs the whole
+		// list when the next one shows the gap.
+		limitsStream(OutputDeviceListUpdate, 24*time.Hour),
+		limitsStream(OutputSigningKeyUpdate, 24*time.Hour),
 		{
 			Name:      OutputSendToDevice,
 			Subjects:  []string{OutputSendToDevice},
@@ -325,4 +289,16 @@ func NewMsg(subject string, data []byte, msgID string) *nats.Msg {
 		m.Header = nats.Header{jetstream.MsgIDHeader: []string{MsgID(msgID)}}
 	}
 	return m
+}
+
+// limitsStream is a stream of one subject whose messages are kept for
+// maxAge, on file.
+func limitsStream(name string, maxAge time.Duration) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:      name,
+		Subjects:  []string{name},
+		Retention: jetstream.LimitsPolicy,
+		Storage:   jetstream.FileStorage,
+		MaxAge:    maxAge,
+	}
 }
