@@ -256,7 +256,9 @@ func (f *FederationAPI) sendToDevice(ctx context.Context, m jetstream.Msg) error
 // than origin, or of a room origin is not in is dropped (an EDU has no
 // answer), and only a failure to pass it on is an error.
 
-// originJoined reports whether origin has a member joined to roomID.
+// originJoined reports whether origin has a member joined to roomID and
+// the room's server ACL lets it in: a room EDU (typing, receipts) of a
+// server the ACL denies is dropped, as its PDUs are.
 func (f *FederationAPI) originJoined(ctx context.Context, roomID string, origin spec.ServerName) (bool, error) {
 	if f.rs == nil || mxid.RoomID(roomID) != nil {
 		return false, nil
@@ -267,7 +269,10 @@ func (f *FederationAPI) originJoined(ctx context.Context, roomID string, origin 
 		f.log.WithError(err).WithField("room_id", roomID).Debug("EDU for a room not known here")
 		return false, nil
 	}
-	return ok, nil
+	if !ok {
+		return false, nil
+	}
+	return f.aclAllows(ctx, roomID, origin)
 }
 
 // ofOrigin reports whether userID is a user of origin.

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -175,6 +176,29 @@ func TestFederationPolicy(t *testing.T) {
 			denied := fx.msg(t, "while denied", "", nil)
 			if !result("acl-denied", denied) || fx.stored(t, denied.EventID()) != nil {
 				t.Errorf("a PDU of a server the ACL denies was taken in")
+			}
+			// Its room EDUs are dropped too: bob's typing in the room
+			// must not show, while his presence (no room, no ACL), sent
+			// after it in the same transaction, does.
+			const bobID = "@bob:hsb.test"
+			code, raw := fx.send(t, "acl-edus", nil, []any{
+				map[string]any{"edu_type": "m.typing", "content": map[string]any{"room_id": room.id, "user_id": bobID, "typing": true}},
+				map[string]any{"edu_type": "m.presence", "content": map[string]any{"push": []any{
+					map[string]any{"user_id": bobID, "presence": "online", "status_msg": "acl sentinel", "last_active_ago": 0},
+				}}},
+			})
+			if code != 200 {
+				t.Fatalf("send EDUs: %d %s", code, raw)
+			}
+			poll.Until(t, 10*time.Second, func() error {
+				r := alice.Do(t, "GET", "/_matrix/client/v3/presence/"+esc(bobID)+"/status", nil)
+				if r.String("status_msg") != "acl sentinel" {
+					return fmt.Errorf("bob's presence: %s", r.Raw)
+				}
+				return nil
+			})
+			if got := stringsOf(ephemeralOf(fullSync(t, alice), room.id, "m.typing").Get("content.user_ids")); slices.Contains(got, bobID) {
+				t.Errorf("typing of a server the ACL denies was taken: %v", got)
 			}
 			setACL(map[string]any{"allow": []string{"*"}})
 			waitFor(200)
