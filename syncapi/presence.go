@@ -295,9 +295,20 @@ func (s *SyncAPI) onPresence(ctx context.Context, m jetstream.Msg) error {
 		return err
 	}
 	s.presence.put(next)
-	memberships, err := s.store.UserMemberships(ctx, u.UserID)
+	rooms, err := s.joinedRooms(ctx, u.UserID)
 	if err != nil {
 		return err
+	}
+	s.notifier.OnPresence(u.UserID, rooms, next.Pos)
+	return nil
+}
+
+// joinedRooms lists the rooms userID is joined to: those whose members
+// hear of its presence and device list changes.
+func (s *SyncAPI) joinedRooms(ctx context.Context, userID string) ([]string, error) {
+	memberships, err := s.store.UserMemberships(ctx, userID)
+	if err != nil {
+		return nil, err
 	}
 	rooms := make([]string, 0, len(memberships))
 	for roomID, m := range memberships {
@@ -305,8 +316,7 @@ func (s *SyncAPI) onPresence(ctx context.Context, m jetstream.Msg) error {
 			rooms = append(rooms, roomID)
 		}
 	}
-	s.notifier.OnPresence(u.UserID, rooms, next.Pos)
-	return nil
+	return rooms, nil
 }
 
 func sameString(a, b *string) bool {

@@ -287,15 +287,9 @@ func (s *SyncAPI) onUserData(ctx context.Context, m jetstream.Msg) error {
 		s.notifier.OnAccountData(u.UserID, u.Pos)
 	case "device_lists":
 		// Everyone sharing a room with the user hears of it.
-		memberships, err := s.store.UserMemberships(ctx, u.UserID)
+		rooms, err := s.joinedRooms(ctx, u.UserID)
 		if err != nil {
 			return err
-		}
-		rooms := make([]string, 0, len(memberships))
-		for roomID, m := range memberships {
-			if m == "join" {
-				rooms = append(rooms, roomID)
-			}
 		}
 		s.notifier.OnDeviceList(u.UserID, rooms, u.Pos)
 	}
