@@ -101,6 +101,7 @@ func (c *ClientAPI) Routes(root *mux.Router) {
 		c.tagRoutes(r)
 		c.pushRoutes(r)
 		c.keyRoutes(r)
+		c.roomKeyRoutes(r)
 	}
 	c.v1Routes(root.PathPrefix("/_matrix/client/v1").Subrouter())
 }

@@ -50,6 +50,7 @@ var statusByCode = map[string]int{
 	"M_UNABLE_TO_GRANT_JOIN":            502,
 	"M_NOT_YET_UPLOADED":                504,
 	"M_CANNOT_OVERWRITE_MEDIA":          409,
+	"M_WRONG_ROOM_KEYS_VERSION":         403,
 }
 
 // StatusFor returns the HTTP status for a Matrix error code (400 if unknown).

@@ -54,6 +54,11 @@ var pathVars = map[string]pathVar{
 	"type":          {check: opaque}, // account data type
 	"deviceId":      {check: opaque},
 	"keyId":         {check: opaque},
+	// Key backup: the room ID only names where the client's keys belong
+	// (Synapse and sytest store keys under any string), the rest are ours.
+	"backupRoomId": {check: opaque},
+	"sessionId":    {check: opaque},
+	"version":      {check: opaque},
 	// Server-Server API: roomId, eventId, userId, serverName, txnId and
 	// keyId above, and these.
 	"mediaId":   {check: opaque},

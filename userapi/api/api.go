@@ -151,6 +151,8 @@ type API interface {
 
 	// End-to-end encryption keys and device lists.
 	Keys
+	// Server-side key backup.
+	KeyBackup
 }
 
 // ValidLocalpart checks the localpart of a new account on serverName: only
