@@ -162,6 +162,9 @@ func TestFederationKeys(t *testing.T) {
 		if n := r.Body["one_time_key_counts"].(map[string]any)["signed_curve25519"]; n != 2.0 {
 			t.Fatalf("one-time key counts: %s", r.Raw)
 		}
+		if s := alice.Do(t, "GET", "/_matrix/client/v3/sync?timeout=0", nil).MustOK(t); fmt.Sprint(s.Body["device_unused_fallback_key_types"]) != "[signed_curve25519]" {
+			t.Fatalf("unused fallback key types in an initial sync: %s", s.Raw)
+		}
 
 		t.Run("query", func(t *testing.T) {
 			for _, tc := range []struct {
@@ -246,6 +249,12 @@ func TestFederationKeys(t *testing.T) {
 			r := alice.Do(t, "POST", "/_matrix/client/v3/keys/upload", map[string]any{}).MustOK(t)
 			if n := r.Body["one_time_key_counts"].(map[string]any)["signed_curve25519"]; n != 0.0 {
 				t.Fatalf("counts after claims: %s", r.Raw)
+			}
+			// The claimed fallback key is no longer unused: the client is
+			// to upload another.
+			s := alice.Do(t, "GET", "/_matrix/client/v3/sync?timeout=0", nil).MustOK(t)
+			if got, ok := s.Body["device_unused_fallback_key_types"].([]any); !ok || len(got) != 0 {
+				t.Fatalf("unused fallback key types after the claim: %s", s.Raw)
 			}
 		})
 

@@ -25,10 +25,12 @@ type syncResponse struct {
 	Presence    eventList   `json:"presence"`
 	ToDevice    eventList   `json:"to_device"`
 	DeviceLists deviceLists `json:"device_lists"`
-	// OTKCounts is left out of an unchanged answer: clients keep their
-	// count.
-	OTKCounts map[string]int `json:"device_one_time_keys_count,omitempty"`
-	Rooms     syncRooms      `json:"rooms"`
+	// OTKCounts and UnusedFallback are left out of an unchanged answer:
+	// clients keep what they had. An empty UnusedFallback is sent (the
+	// client is to upload a fallback key), hence the pointer.
+	OTKCounts      map[string]int `json:"device_one_time_keys_count,omitempty"`
+	UnusedFallback *[]string      `json:"device_unused_fallback_key_types,omitempty"`
+	Rooms          syncRooms      `json:"rooms"`
 	// unchanged marks the answer to a long-poll that nothing concerned:
 	// empty but for next_batch.
 	unchanged bool
@@ -507,14 +509,16 @@ func (s *SyncAPI) build(ctx context.Context, req *syncRequest) (*syncResponse, e
 	if err := s.addToDevice(ctx, req, since, resp); err != nil {
 		return nil, err
 	}
-	// One-time keys are counted when they may have been claimed: a claim
-	// comes before the to-device message that uses the key. Not counting
-	// them in every sync spares a woken long-poll a query; an absent count
-	// is an unchanged one to clients.
+	// One-time and fallback keys are counted when they may have been
+	// claimed: a claim comes before the to-device message that uses the
+	// key. Not counting them in every sync spares a woken long-poll a
+	// query; an absent count is an unchanged one to clients.
 	if req.since == nil || len(resp.ToDevice.Events) > 0 {
-		if resp.OTKCounts, err = s.users.OneTimeKeyCounts(ctx, user, req.dev.DeviceID); err != nil {
+		counts, err := s.users.KeyCounts(ctx, user, req.dev.DeviceID)
+		if err != nil {
 			return nil, err
 		}
+		resp.OTKCounts, resp.UnusedFallback = counts.OneTime, &counts.UnusedFallback
 		if _, ok := resp.OTKCounts["signed_curve25519"]; !ok {
 			resp.OTKCounts["signed_curve25519"] = 0
 		}

@@ -61,12 +61,16 @@ func (u *UserAPI) UploadKeys(ctx context.Context, req uapi.UploadKeysRequest) (m
 			return nil, err
 		}
 	}
-	return u.store.OneTimeKeyCounts(ctx, req.UserID, req.DeviceID)
+	counts, err := u.store.KeyCounts(ctx, req.UserID, req.DeviceID)
+	if err != nil {
+		return nil, err
+	}
+	return counts.OneTime, nil
 }
 
-// OneTimeKeyCounts counts a device's unclaimed one-time keys.
-func (u *UserAPI) OneTimeKeyCounts(ctx context.Context, userID, deviceID string) (map[string]int, error) {
-	return u.store.OneTimeKeyCounts(ctx, userID, deviceID)
+// KeyCounts implements uapi.Keys.
+func (u *UserAPI) KeyCounts(ctx context.Context, userID, deviceID string) (*uapi.KeyCounts, error) {
+	return u.store.KeyCounts(ctx, userID, deviceID)
 }
 
 // devicesOf lists the IDs of userID's devices among deviceIDs (all when

@@ -94,7 +94,8 @@ func TestRemoteDeviceListUpdates(t *testing.T) {
 
 // TestLocalKeys: uploading the same device keys again changes nothing,
 // new ones move the user's device list; one-time keys are claimed once
-// each, then the fallback key, which stays; deleting the device deletes
+// each, then the fallback key, which stays but is no longer listed as
+// unused until another is uploaded; deleting the device deletes
 // its keys and moves the list.
 func TestLocalKeys(t *testing.T) {
 	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
@@ -140,6 +141,17 @@ func TestLocalKeys(t *testing.T) {
 		if counts["alg"] != 2 {
 			t.Fatalf("counts %v", counts)
 		}
+		kc := func() string {
+			t.Helper()
+			c, err := u.KeyCounts(ctx, a.UserID, dev.DeviceID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return fmt.Sprint(c.OneTime, c.UnusedFallback)
+		}
+		if got := kc(); got != "map[alg:2] [alg]" {
+			t.Fatalf("key counts before claims: %s", got)
+		}
 		var got []string
 		for range 4 {
 			id, _, ok, err := u.store.ClaimKey(ctx, a.UserID, dev.DeviceID, "alg")
@@ -150,6 +162,13 @@ func TestLocalKeys(t *testing.T) {
 		}
 		if fmt.Sprint(got) != fmt.Sprint([]string{"alg:1", "alg:2", "alg:F", "alg:F"}) {
 			t.Fatalf("claimed %v", got)
+		}
+		if got := kc(); got != "map[] []" {
+			t.Fatalf("key counts after the fallback key was claimed: %s", got)
+		}
+		upload("", nil, map[string]json.RawMessage{"alg:G": json.RawMessage(`"g"`)})
+		if got := kc(); got != "map[] [alg]" {
+			t.Fatalf("key counts after a new fallback key: %s", got)
 		}
 		if _, _, ok, err := u.store.ClaimKey(ctx, a.UserID, dev.DeviceID, "other"); ok || err != nil {
 			t.Fatalf("claimed a key of an algorithm never uploaded: %v %v", ok, err)

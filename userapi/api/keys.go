@@ -20,8 +20,9 @@ type Keys interface {
 	// fallback keys; each may be empty) and returns its count of unclaimed
 	// one-time keys by algorithm.
 	UploadKeys(ctx context.Context, req UploadKeysRequest) (map[string]int, error)
-	// OneTimeKeyCounts counts a device's unclaimed one-time keys.
-	OneTimeKeyCounts(ctx context.Context, userID, deviceID string) (map[string]int, error)
+	// KeyCounts is what /sync tells a device of its one-time and
+	// fallback keys.
+	KeyCounts(ctx context.Context, userID, deviceID string) (*KeyCounts, error)
 	// QueryKeys answers /keys/query: for each user, the keys of the devices
 	// named (all when none are). Users of other servers are asked of their
 	// servers in parallel, within timeout, unless LocalOnly; a server that
@@ -44,6 +45,14 @@ type Keys interface {
 	// (from, to]; DeviceListsPos is the head of that stream.
 	DeviceListChanges(ctx context.Context, from, to int64) ([]string, error)
 	DeviceListsPos(ctx context.Context) (int64, error)
+}
+
+// KeyCounts is a device's unclaimed one-time keys by algorithm, and the
+// algorithms of its fallback keys that were not claimed yet (a claimed one
+// stays, as the last resort, until the device uploads another).
+type KeyCounts struct {
+	OneTime        map[string]int
+	UnusedFallback []string
 }
 
 // RemoteKeys asks other servers for their users' keys; the federationapi

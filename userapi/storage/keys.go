@@ -5,8 +5,10 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"sort"
 
 	"myelin/internal/sqldb"
+	uapi "myelin/userapi/api"
 )
 
 // OneTimeKey is an uploaded one-time or fallback key; KeyID is
@@ -109,24 +111,35 @@ type DeviceListChange struct {
 	Pos      int64
 }
 
-// OneTimeKeyCounts counts a device's unclaimed one-time keys by algorithm.
-func (s *Storage) OneTimeKeyCounts(ctx context.Context, userID, deviceID string) (map[string]int, error) {
-	rows, err := s.db.Query(ctx, `SELECT algorithm, COUNT(*) FROM userapi_one_time_keys
-		WHERE user_id = $1 AND device_id = $2 AND NOT fallback GROUP BY algorithm`, userID, deviceID)
+// KeyCounts counts a device's unclaimed one-time keys by algorithm and
+// lists the algorithms of its fallback keys not claimed yet.
+func (s *Storage) KeyCounts(ctx context.Context, userID, deviceID string) (*uapi.KeyCounts, error) {
+	rows, err := s.db.Query(ctx, `SELECT algorithm, fallback, used, COUNT(*) FROM userapi_one_time_keys
+		WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm, fallback, used`, userID, deviceID)
 	if err != nil {
 		return nil, fmt.Errorf("count one-time keys of %s %s: %w", userID, deviceID, err)
 	}
 	defer rows.Close()
-	out := map[string]int{}
+	out := &uapi.KeyCounts{OneTime: map[string]int{}, UnusedFallback: []string{}}
 	for rows.Next() {
 		var alg string
+		var fallback, used bool
 		var n int
-		if err := rows.Scan(&alg, &n); err != nil {
+		if err := rows.Scan(&alg, &fallback, &used, &n); err != nil {
 			return nil, fmt.Errorf("scan one-time key count: %w", err)
 		}
-		out[alg] = n
+		switch {
+		case !fallback:
+			out.OneTime[alg] = n
+		case !used:
+			out.UnusedFallback = append(out.UnusedFallback, alg)
+		}
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("count one-time keys of %s %s: %w", userID, deviceID, err)
+	}
+	sort.Strings(out.UnusedFallback)
+	return out, nil
 }
 
 // LocalDeviceKeys lists the devices of a local user with their keys.
@@ -163,9 +176,10 @@ func (s *Storage) ClaimKey(ctx context.Context, userID, deviceID, algorithm stri
 	err = s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
 		ok = false
 		// One-time keys first: a fallback key is the last resort.
+		var fallback bool
 		err := tx.QueryRow(ctx, `SELECT key_id, key_json, fallback FROM userapi_one_time_keys
 			WHERE user_id = $1 AND device_id = $2 AND algorithm = $3
-			ORDER BY fallback, key_id LIMIT 1`, userID, deviceID, algorithm).Scan(&keyID, &keyJSON, new(bool))
+			ORDER BY fallback, key_id LIMIT 1`, userID, deviceID, algorithm).Scan(&keyID, &keyJSON, &fallback)
 		if errors.Is(err, sql.ErrNoRows) {
 			return nil
 		}
@@ -173,9 +187,12 @@ func (s *Storage) ClaimKey(ctx context.Context, userID, deviceID, algorithm stri
 			return fmt.Errorf("select one-time key of %s %s: %w", userID, deviceID, err)
 		}
 		ok = true
-		if _, err := tx.Exec(ctx, `DELETE FROM userapi_one_time_keys
-			WHERE user_id = $1 AND device_id = $2 AND key_id = $3 AND NOT fallback`, userID, deviceID, keyID); err != nil {
-			return fmt.Errorf("delete claimed key of %s %s: %w", userID, deviceID, err)
+		q := `DELETE FROM userapi_one_time_keys WHERE user_id = $1 AND device_id = $2 AND key_id = $3 AND NOT fallback`
+		if fallback {
+			q = `UPDATE userapi_one_time_keys SET used = TRUE WHERE user_id = $1 AND device_id = $2 AND key_id = $3 AND fallback`
+		}
+		if _, err := tx.Exec(ctx, q, userID, deviceID, keyID); err != nil {
+			return fmt.Errorf("take claimed key of %s %s: %w", userID, deviceID, err)
 		}
 		return nil
 	})
