@@ -24,9 +24,19 @@ func (c *ClientAPI) listDevices(r *http.Request, dev *uapi.Device) (any, error) 
 	if err != nil {
 		return nil, err
 	}
+	// A dehydrated device is no session the user signed in: it is left
+	// out, as Synapse does.
+	hidden := ""
+	if d, err := c.users.DehydratedDevice(r.Context(), dev.UserID); err == nil {
+		hidden = d.DeviceID
+	} else if !uapi.IsNotFound(err) {
+		return nil, err
+	}
 	out := make([]deviceJSON, 0, len(devs))
 	for i := range devs {
-		out = append(out, toDeviceJSON(&devs[i]))
+		if devs[i].DeviceID != hidden {
+			out = append(out, toDeviceJSON(&devs[i]))
+		}
 	}
 	return map[string]any{"devices": out}, nil
 }

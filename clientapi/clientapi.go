@@ -104,6 +104,7 @@ func (c *ClientAPI) Routes(root *mux.Router) {
 		c.roomKeyRoutes(r)
 	}
 	c.v1Routes(root.PathPrefix("/_matrix/client/v1").Subrouter())
+	c.dehydratedRoutes(root)
 }
 
 // authed wraps a handler that needs a logged-in device. The client's IP

@@ -57,24 +57,9 @@ func (c *ClientAPI) uploadKeys(r *http.Request, dev *uapi.Device) (any, error) {
 	if err := mxhttp.ReadJSON(r, &req); err != nil {
 		return nil, err
 	}
-	if t := mxhttp.TrimJSONSpace(req.DeviceKeys); len(t) == 0 || string(t) == "null" {
-		req.DeviceKeys = nil
-	} else {
-		g := gjson.ParseBytes(t)
-		if !g.IsObject() {
-			return nil, mxhttp.BadJSON("device_keys must be an object")
-		}
-		if g.Get("user_id").String() != dev.UserID || g.Get("device_id").String() != dev.DeviceID {
-			return nil, mxhttp.InvalidParam("device_keys must be of the calling user and device")
-		}
-		if !g.Get("keys").IsObject() || !g.Get("algorithms").IsArray() {
-			return nil, mxhttp.BadJSON("device_keys needs keys and algorithms")
-		}
-		var compact bytes.Buffer
-		if err := json.Compact(&compact, t); err != nil {
-			return nil, mxhttp.BadJSON("device_keys: %v", err)
-		}
-		req.DeviceKeys = compact.Bytes()
+	var err error
+	if req.DeviceKeys, err = checkDeviceKeys(req.DeviceKeys, dev.UserID, dev.DeviceID); err != nil {
+		return nil, err
 	}
 	counts, err := c.users.UploadKeys(r.Context(), uapi.UploadKeysRequest{
 		UserID: dev.UserID, DeviceID: dev.DeviceID,
@@ -88,6 +73,30 @@ func (c *ClientAPI) uploadKeys(r *http.Request, dev *uapi.Device) (any, error) {
 		counts["signed_curve25519"] = 0
 	}
 	return map[string]any{"one_time_key_counts": counts}, nil
+}
+
+// checkDeviceKeys checks uploaded device keys, which must be of userID's
+// device deviceID, and returns them compacted (nil if none were sent).
+func checkDeviceKeys(raw json.RawMessage, userID, deviceID string) (json.RawMessage, error) {
+	t := mxhttp.TrimJSONSpace(raw)
+	if len(t) == 0 || string(t) == "null" {
+		return nil, nil
+	}
+	g := gjson.ParseBytes(t)
+	if !g.IsObject() {
+		return nil, mxhttp.BadJSON("device_keys must be an object")
+	}
+	if g.Get("user_id").String() != userID || g.Get("device_id").String() != deviceID {
+		return nil, mxhttp.InvalidParam("device_keys must be of the calling user and device")
+	}
+	if !g.Get("keys").IsObject() || !g.Get("algorithms").IsArray() {
+		return nil, mxhttp.BadJSON("device_keys needs keys and algorithms")
+	}
+	var compact bytes.Buffer
+	if err := json.Compact(&compact, t); err != nil {
+		return nil, mxhttp.BadJSON("device_keys: %v", err)
+	}
+	return compact.Bytes(), nil
 }
 
 type queryKeysRequest struct {

@@ -13,7 +13,10 @@ func (c *ClientAPI) versions(r *http.Request) (any, error) {
 			"r0.0.1", "r0.1.0", "r0.2.0", "r0.3.0", "r0.4.0", "r0.5.0", "r0.6.0", "r0.6.1",
 			"v1.1", "v1.2", "v1.3", "v1.4", "v1.5",
 		},
-		"unstable_features": map[string]bool{},
+		"unstable_features": map[string]bool{
+			// Dehydrated devices.
+			"org.matrix.msc3814": true,
+		},
 	}, nil
 }
 

@@ -268,6 +268,8 @@ func (s *SyncAPI) Routes(root *mux.Router) {
 		r.Handle("/presence/{userId}/status", s.authed(s.getPresence)).Methods(http.MethodGet)
 		r.Handle("/presence/{userId}/status", s.authed(s.putPresence)).Methods(http.MethodPut)
 	}
+	root.Handle("/_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device/{deviceId}/events",
+		s.authed(s.dehydratedEvents)).Methods(http.MethodPost)
 }
 
 func (s *SyncAPI) authed(h func(r *http.Request, dev *uapi.Device) (any, error)) mxhttp.Handler {

@@ -3,6 +3,7 @@ package syncapi
 import (
 	"context"
 	"encoding/json"
+	"math"
 	"net/http"
 	"strconv"
 
@@ -161,3 +162,46 @@ func (s *SyncAPI) addToDevice(ctx context.Context, req *syncRequest, since Token
 }
 
 func toDevicePos(t Token) int64 { return t.ToDevice }
+
+// dehydratedEventsRequest is the body of POST .../dehydrated_device/{deviceId}/events.
+type dehydratedEventsRequest struct {
+	NextBatch string `json:"next_batch"`
+}
+
+// dehydratedEvents is MSC3814's POST /dehydrated_device/{deviceId}/events:
+// the to-device messages of the user's dehydrated device, a batch at a
+// time. Unlike /sync it deletes nothing, so that a rehydration that breaks
+// off can be started again from another device; a batch past the last
+// message is empty, which tells the client it has them all.
+func (s *SyncAPI) dehydratedEvents(r *http.Request, dev *uapi.Device) (any, error) {
+	var req dehydratedEventsRequest
+	if r.ContentLength != 0 {
+		if err := mxhttp.ReadJSON(r, &req); err != nil {
+			return nil, err
+		}
+	}
+	deviceID := mxhttp.Var(r, "deviceId")
+	d, err := s.users.DehydratedDevice(r.Context(), dev.UserID)
+	if uapi.IsNotFound(err) || (err == nil && d.DeviceID != deviceID) {
+		return nil, mxhttp.Forbidden("%s is not your dehydrated device", deviceID)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var from int64
+	if req.NextBatch != "" {
+		if from, err = strconv.ParseInt(req.NextBatch, 10, 64); err != nil || from < 0 {
+			return nil, mxhttp.InvalidParam("next_batch is not a token of this endpoint")
+		}
+	}
+	msgs, err := s.store.ToDeviceFor(r.Context(), dev.UserID, deviceID, from, math.MaxInt64, maxToDevicePerSync)
+	if err != nil {
+		return nil, err
+	}
+	events := make([]any, 0, len(msgs))
+	for _, m := range msgs {
+		events = append(events, map[string]any{"sender": m.Sender, "type": m.Type, "content": json.RawMessage(m.Content)})
+		from = m.Pos
+	}
+	return map[string]any{"events": events, "next_batch": strconv.FormatInt(from, 10)}, nil
+}

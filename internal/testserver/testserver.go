@@ -182,6 +182,23 @@ func (s *Server) Register(t testing.TB, localpart string) *Client {
 	return c
 }
 
+// Login signs in a user made by Register again: a client for a new
+// device of the same user.
+func (s *Server) Login(t testing.TB, localpart string) *Client {
+	t.Helper()
+	c := &Client{Base: s.URL}
+	r := c.Do(t, "POST", "/_matrix/client/v3/login", map[string]any{
+		"type":       "m.login.password",
+		"identifier": map[string]string{"type": "m.id.user", "user": localpart},
+		"password":   "password-" + localpart,
+	})
+	if r.Status != 200 {
+		t.Fatalf("log in %s: %d %s", localpart, r.Status, r.Raw)
+	}
+	c.Token, _ = r.Body["access_token"].(string)
+	return c
+}
+
 // MustOK fails the test unless the response status is 200.
 func (r *Response) MustOK(t testing.TB) *Response {
 	t.Helper()

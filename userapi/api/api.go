@@ -153,6 +153,8 @@ type API interface {
 	Keys
 	// Server-side key backup.
 	KeyBackup
+	// Dehydrated devices (MSC3814).
+	DehydratedDevices
 }
 
 // ValidLocalpart checks the localpart of a new account on serverName: only
