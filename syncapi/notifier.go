@@ -56,6 +56,31 @@ type userStream struct {
 	// waits, so that moving positions of users not waiting allocates
 	// nothing.
 	wake chan struct{}
+	// devices are the user's devices that waited or were sent to-device
+	// messages: those concern one device, so that a room key shared with
+	// one device does not answer the long-polls of all the others.
+	devices map[string]*deviceStream
+}
+
+// deviceStream is one device of a local user.
+type deviceStream struct {
+	toDevice int64 // latest to-device position that concerned it
+	// wake is closed by a to-device message for the device, as the user's
+	// wake is by anything else; it is kept across the user's wakes.
+	wake chan struct{}
+}
+
+// device returns u's device deviceID, made on first use.
+func (u *userStream) device(deviceID string) *deviceStream {
+	d, ok := u.devices[deviceID]
+	if !ok {
+		if u.devices == nil {
+			u.devices = map[string]*deviceStream{}
+		}
+		d = &deviceStream{}
+		u.devices[deviceID] = d
+	}
+	return d
 }
 
 // NewNotifier starts tracking at current with the given joined users.
@@ -119,12 +144,14 @@ func (n *Notifier) leave(roomID string, u *userStream) {
 	}
 }
 
-// pos is everything that concerned u: its own positions and its rooms'.
-func (u *userStream) position() Token {
+// position is everything that concerned u's device d: the user's own
+// positions, its rooms', and d's to-device messages.
+func (u *userStream) position(d *deviceStream) Token {
 	p := u.pos
 	for r := range u.rooms {
 		p = p.Max(r.pos)
 	}
+	p.ToDevice = d.toDevice
 	return p
 }
 
@@ -245,14 +272,18 @@ func (n *Notifier) OnPresence(userID string, rooms []string, pos int64) {
 	n.presenceLog = slices.Insert(n.presenceLog, i, c)
 }
 
-// OnToDevice records a send-to-device message for a device of userID at
-// to-device position pos.
-func (n *Notifier) OnToDevice(userID string, pos int64) {
+// OnToDevice records a send-to-device message for userID's device
+// deviceID at to-device position pos, and wakes that device only.
+func (n *Notifier) OnToDevice(userID, deviceID string, pos int64) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	moved := Token{ToDevice: pos}
-	n.advance(moved)
-	n.bumpUser(userID, moved)
+	n.advance(Token{ToDevice: pos})
+	d := n.user(userID).device(deviceID)
+	d.toDevice = max(d.toDevice, pos)
+	if d.wake != nil {
+		close(d.wake)
+		d.wake = nil
+	}
 }
 
 // OnDeviceList records a change of userID's device list at device-list
@@ -311,17 +342,17 @@ func (u *userStream) sharesRoom(n *Notifier, roomIDs []string) bool {
 }
 
 // Unchanged reports whether the notifier knows that nothing concerning
-// userID happened after since. It cannot know about positions from before
-// it started.
-func (n *Notifier) Unchanged(userID string, since Token) bool {
-	c, known := n.Concerning(userID, since)
+// userID's device deviceID happened after since. It cannot know about
+// positions from before it started.
+func (n *Notifier) Unchanged(userID, deviceID string, since Token) bool {
+	c, known := n.Concerning(userID, deviceID, since)
 	return known && !c.After(since)
 }
 
-// Concerning returns the latest positions that concerned userID. It
-// reports false when since is from before the notifier started, whose
-// positions it cannot know.
-func (n *Notifier) Concerning(userID string, since Token) (Token, bool) {
+// Concerning returns the latest positions that concerned userID's device
+// deviceID. It reports false when since is from before the notifier
+// started, whose positions it cannot know.
+func (n *Notifier) Concerning(userID, deviceID string, since Token) (Token, bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.start.Max(since) != since {
@@ -331,16 +362,21 @@ func (n *Notifier) Concerning(userID string, since Token) (Token, bool) {
 	if !ok {
 		return Token{}, true
 	}
-	return u.position(), true
+	d, ok := u.devices[deviceID]
+	if !ok {
+		d = &deviceStream{}
+	}
+	return u.position(d), true
 }
 
-// Wait blocks until something concerning userID happens after since, or
-// ctx ends; it reports whether something happened.
-func (n *Notifier) Wait(ctx context.Context, userID string, since Token) bool {
+// Wait blocks until something concerning userID's device deviceID happens
+// after since, or ctx ends; it reports whether something happened.
+func (n *Notifier) Wait(ctx context.Context, userID, deviceID string, since Token) bool {
 	for {
 		n.mu.Lock()
 		u := n.user(userID)
-		if u.position().After(since) {
+		d := u.device(deviceID)
+		if u.position(d).After(since) {
 			n.mu.Unlock()
 			return true
 		}
@@ -350,11 +386,16 @@ func (n *Notifier) Wait(ctx context.Context, userID string, since Token) bool {
 				r.waiting[u] = struct{}{}
 			}
 		}
-		ch := u.wake
+		if d.wake == nil {
+			d.wake = make(chan struct{})
+		}
+		ch, dch := u.wake, d.wake
 		n.mu.Unlock()
 		n.waiters.Add(1)
 		select {
 		case <-ch:
+			n.waiters.Add(-1)
+		case <-dch:
 			n.waiters.Add(-1)
 		case <-ctx.Done():
 			n.waiters.Add(-1)

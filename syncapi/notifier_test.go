@@ -3,6 +3,7 @@ package syncapi
 import (
 	"context"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -30,31 +31,44 @@ func TestNotifier(t *testing.T) {
 			map[string]bool{"@a:x": false, "@b:x": true}},
 		{"presence wakes who shares a room", func(n *Notifier) { n.OnPresence("@c:x", []string{other}, 2) },
 			map[string]bool{"@a:x": false, "@b:x": true, "@c:x": true}},
+		{"to-device wakes its device only", func(n *Notifier) { n.OnToDevice("@a:x", "D2", 6) },
+			map[string]bool{"@a:x": false, "@a:x/D2": true, "@b:x": false}},
+		{"a user's wake reaches all its devices", func(n *Notifier) { n.OnAccountData("@a:x", 7) },
+			map[string]bool{"@a:x": true, "@a:x/D2": true, "@b:x": false}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			n := NewNotifier(Token{PDU: 5}, map[string][]string{room: {"@a:x", "@b:x"}, other: {"@b:x", "@c:x"}})
 			since := n.Current()
 			results := map[string]chan bool{}
-			for u := range tc.woken {
+			// A key is a user, waiting on device D, or user/device.
+			device := func(key string) (string, string) {
+				u, d, ok := strings.Cut(key, "/")
+				if !ok {
+					d = "D"
+				}
+				return u, d
+			}
+			for key := range tc.woken {
 				ch := make(chan bool, 1)
-				results[u] = ch
-				go func(u string) {
+				results[key] = ch
+				go func(u, d string) {
 					ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 					defer cancel()
-					ch <- n.Wait(ctx, u, since)
-				}(u)
+					ch <- n.Wait(ctx, u, d, since)
+				}(device(key))
 			}
 			for n.Waiters() < len(tc.woken) {
 				time.Sleep(time.Millisecond)
 			}
 			tc.event(n)
-			for u, want := range tc.woken {
-				if got := <-results[u]; got != want {
-					t.Errorf("%s woken = %v, want %v", u, got, want)
+			for key, want := range tc.woken {
+				if got := <-results[key]; got != want {
+					t.Errorf("%s woken = %v, want %v", key, got, want)
 				}
-				if got := !n.Unchanged(u, since); got != want {
-					t.Errorf("%s changed = %v, want %v", u, got, want)
+				u, d := device(key)
+				if got := !n.Unchanged(u, d, since); got != want {
+					t.Errorf("%s changed = %v, want %v", key, got, want)
 				}
 			}
 		})
@@ -69,21 +83,21 @@ func TestNotifierMembership(t *testing.T) {
 	n.OnRoomEvent(room, 1, "@b:x", "join", true)
 	at := n.Current()
 	n.OnRoomEvent(room, 2, "", "", false)
-	if n.Unchanged("@b:x", at) {
+	if n.Unchanged("@b:x", "D", at) {
 		t.Fatal("joined user not told of a later message")
 	}
 	n.OnRoomEvent(room, 3, "@b:x", "leave", true)
 	at = n.Current()
 	n.OnRoomEvent(room, 4, "", "", false)
-	if !n.Unchanged("@b:x", at) {
+	if !n.Unchanged("@b:x", "D", at) {
 		t.Fatal("user who left told of a later message")
 	}
-	if n.Unchanged("@a:x", at) {
+	if n.Unchanged("@a:x", "D", at) {
 		t.Fatal("member not told")
 	}
 	// Positions from before the notifier started are unknown to it.
 	n2 := NewNotifier(Token{PDU: 10}, nil)
-	if n2.Unchanged("@a:x", Token{PDU: 3}) {
+	if n2.Unchanged("@a:x", "D", Token{PDU: 3}) {
 		t.Fatal("a since before the start counted as unchanged")
 	}
 }

@@ -238,13 +238,13 @@ func (s *SyncAPI) longPoll(ctx context.Context, req *syncRequest, timeout time.D
 	// the database at all, and if still nothing came when it times out,
 	// answers without touching it either: an idle connection costs no
 	// query, however many there are.
-	userID := req.dev.UserID
-	if s.notifier.Unchanged(userID, *req.since) {
-		s.notifier.Wait(wctx, userID, *req.since)
+	userID, deviceID := req.dev.UserID, req.dev.DeviceID
+	if s.notifier.Unchanged(userID, deviceID, *req.since) {
+		s.notifier.Wait(wctx, userID, deviceID, *req.since)
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		if s.notifier.Unchanged(userID, *req.since) {
+		if s.notifier.Unchanged(userID, deviceID, *req.since) {
 			return s.unchanged(req), nil
 		}
 	}
@@ -267,7 +267,7 @@ func (s *SyncAPI) buildUntil(ctx, wctx context.Context, req *syncRequest, empty 
 		if err != nil {
 			return nil, err
 		}
-		if !empty(resp) || wctx.Err() != nil || !s.notifier.Wait(wctx, req.dev.UserID, req.to) {
+		if !empty(resp) || wctx.Err() != nil || !s.notifier.Wait(wctx, req.dev.UserID, req.dev.DeviceID, req.to) {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
@@ -350,7 +350,7 @@ func (s *SyncAPI) build(ctx context.Context, req *syncRequest) (*syncResponse, e
 	resp.NextBatch = req.to.String()
 	if req.since != nil {
 		// Read after req.to, so that it covers everything up to req.to.
-		if c, ok := s.notifier.Concerning(user, *req.since); ok {
+		if c, ok := s.notifier.Concerning(user, req.dev.DeviceID, *req.since); ok {
 			req.concern = &c
 		}
 	}

@@ -120,12 +120,10 @@ func (s *SyncAPI) onSendToDevice(ctx context.Context, m jetstream.Msg) error {
 	if err != nil || pos == 0 {
 		return err
 	}
-	woken := map[string]bool{}
+	// Each device is woken at the batch's last position, which covers its
+	// messages; a (user, device) appears once per message in msgs.
 	for _, msg := range msgs {
-		if !woken[msg.UserID] {
-			woken[msg.UserID] = true
-			s.notifier.OnToDevice(msg.UserID, pos)
-		}
+		s.notifier.OnToDevice(msg.UserID, msg.DeviceID, pos)
 	}
 	return nil
 }
