@@ -3,7 +3,6 @@ package syncapi
 import (
 	"context"
 	"net/http"
-	"slices"
 
 	"myelin/internal/mxhttp"
 	uapi "myelin/userapi/api"
@@ -20,41 +19,24 @@ func (s *SyncAPI) addDeviceLists(ctx context.Context, req *syncRequest, since To
 		return nil
 	}
 	user := req.dev.UserID
-	changed := map[string]bool{}
+	// Candidates first, then one batched question of which of them share
+	// a room with the user now: a user who joins a room of 10,000 costs a
+	// few queries, not 10,000.
+	var keysMoved, joined, left []string
 	if req.to.DeviceLists > since.DeviceLists && !req.quiet(deviceListsPos) {
 		ids, err := s.users.DeviceListChanges(ctx, since.DeviceLists, req.to.DeviceLists)
 		if err != nil {
 			return err
 		}
-		for _, id := range ids {
-			ok := id == user
-			if !ok {
-				if ok, err = s.store.SharesRoom(ctx, user, id); err != nil {
-					return err
-				}
-			}
-			if ok {
-				changed[id] = true
-			}
-		}
+		keysMoved = ids
 	}
 	if req.to.PDU > since.PDU && !req.quiet(pduPos) {
 		mc, err := s.membersChanged(ctx, req, since)
 		if err != nil {
 			return err
 		}
-		for _, id := range mc.joined {
-			if id == user || changed[id] {
-				continue
-			}
-			// One who joined and left again since is only left.
-			shares, err := s.store.SharesRoom(ctx, user, id)
-			if err != nil {
-				return err
-			}
-			changed[id] = shares
-		}
-		left := slices.Clone(mc.left)
+		joined = append(joined, mc.joined...)
+		left = append(left, mc.left...)
 		// The members of the rooms the user itself joined or left count
 		// too: their devices are new to it, or none of its business.
 		own := req.ownChanges
@@ -64,52 +46,60 @@ func (s *SyncAPI) addDeviceLists(ctx context.Context, req *syncRequest, since To
 			}
 		}
 		for _, c := range own {
-			joined := c.Membership == "join"
-			if !joined && c.Membership != "leave" && c.Membership != "ban" {
+			isJoin := c.Membership == "join"
+			if !isJoin && c.Membership != "leave" && c.Membership != "ban" {
 				continue
 			}
 			members, err := s.store.JoinedMembers(ctx, c.RoomID)
 			if err != nil {
 				return err
 			}
-			if !joined {
+			if isJoin {
+				joined = append(joined, members...)
+			} else {
 				left = append(left, members...)
-				continue
-			}
-			for _, id := range members {
-				if id != user && !changed[id] {
-					// Still joined here, so sharing a room (unless the
-					// user left again since, which the loop below sees).
-					shares, err := s.store.SharesRoom(ctx, user, id)
-					if err != nil {
-						return err
-					}
-					changed[id] = shares
-				}
-			}
-		}
-		seen := map[string]bool{}
-		for _, id := range left {
-			if seen[id] {
-				continue
-			}
-			seen[id] = true
-			if id == user || changed[id] {
-				continue
-			}
-			shares, err := s.store.SharesRoom(ctx, user, id)
-			if err != nil {
-				return err
-			}
-			if !shares {
-				resp.DeviceLists.Left = append(resp.DeviceLists.Left, id)
 			}
 		}
 	}
-	for id, ok := range changed {
-		if ok {
-			resp.DeviceLists.Changed = append(resp.DeviceLists.Changed, id)
+	if len(keysMoved)+len(joined)+len(left) == 0 {
+		return nil
+	}
+	candidates := make([]string, 0, len(keysMoved)+len(joined)+len(left))
+	seen := map[string]bool{user: true}
+	for _, list := range [][]string{keysMoved, joined, left} {
+		for _, id := range list {
+			if !seen[id] {
+				seen[id] = true
+				candidates = append(candidates, id)
+			}
 		}
+	}
+	shares, err := s.store.SharingUsers(ctx, user, candidates)
+	if err != nil {
+		return err
+	}
+	changed := map[string]bool{}
+	for _, id := range keysMoved {
+		if id == user || shares[id] {
+			changed[id] = true
+		}
+	}
+	// One who joined and left again since is only left.
+	for _, id := range joined {
+		if id != user && shares[id] {
+			changed[id] = true
+		}
+	}
+	listed := map[string]bool{}
+	for _, id := range left {
+		if id == user || changed[id] || shares[id] || listed[id] {
+			continue
+		}
+		listed[id] = true
+		resp.DeviceLists.Left = append(resp.DeviceLists.Left, id)
+	}
+	for id := range changed {
+		resp.DeviceLists.Changed = append(resp.DeviceLists.Changed, id)
 	}
 	return nil
 }
