@@ -46,7 +46,7 @@ func quietLog() *logrus.Entry {
 }
 
 // newTestAPI opens a userapi on a fresh database at dbURL.
-func newTestAPI(t *testing.T, dbURL string, b *bus.Bus) *UserAPI {
+func newTestAPI(t testing.TB, dbURL string, b *bus.Bus) *UserAPI {
 	t.Helper()
 	ctx := context.Background()
 	db, err := sqldb.Open(ctx, dbURL, sqldb.Options{})
@@ -64,7 +64,7 @@ func newTestAPI(t *testing.T, dbURL string, b *bus.Bus) *UserAPI {
 	return u
 }
 
-func mustCreate(t *testing.T, u *UserAPI, localpart, password string) *uapi.Account {
+func mustCreate(t testing.TB, u *UserAPI, localpart, password string) *uapi.Account {
 	t.Helper()
 	a, err := u.CreateAccount(context.Background(), uapi.CreateAccountRequest{Localpart: localpart, Password: password})
 	if err != nil {
@@ -73,7 +73,7 @@ func mustCreate(t *testing.T, u *UserAPI, localpart, password string) *uapi.Acco
 	return a
 }
 
-func mustLogin(t *testing.T, u *UserAPI, userID, deviceID string) (*uapi.Device, string) {
+func mustLogin(t testing.TB, u *UserAPI, userID, deviceID string) (*uapi.Device, string) {
 	t.Helper()
 	dev, tok, err := u.CreateDevice(context.Background(), uapi.CreateDeviceRequest{UserID: userID, DeviceID: deviceID, IP: "10.0.0.1"})
 	if err != nil {
