@@ -48,6 +48,7 @@ func (c *ClientAPI) accountRoutes(r *mux.Router) {
 	r.Handle("/account/deactivate", c.authed(c.deactivate)).Methods(post)
 
 	r.Handle("/devices", c.authed(c.listDevices)).Methods(get)
+	r.Handle("/admin/whois/{userId}", c.authed(c.whois)).Methods(get)
 	r.Handle("/devices/{deviceId}", c.authed(c.getDevice)).Methods(get)
 	r.Handle("/devices/{deviceId}", c.authed(c.updateDevice)).Methods(put)
 	r.Handle("/devices/{deviceId}", c.authed(c.deleteDevice)).Methods(del)

@@ -4,6 +4,7 @@ import (
 	"net/http"
 
 	"myelin/internal/mxhttp"
+	"myelin/internal/mxid"
 	uapi "myelin/userapi/api"
 )
 
@@ -143,4 +144,42 @@ func (c *ClientAPI) deleteDevices(r *http.Request, dev *uapi.Device) (any, error
 		return nil, err
 	}
 	return struct{}{}, nil
+}
+
+// whois is GET /admin/whois/{userId}: a user's devices with where and when
+// each was last seen. Only the user itself and server admins may ask.
+// Myelin keeps one connection per device (the last seen), so each device
+// has one session of one connection.
+func (c *ClientAPI) whois(r *http.Request, dev *uapi.Device) (any, error) {
+	userID := mxhttp.Var(r, "userId")
+	if userID != dev.UserID && !dev.IsAdmin {
+		return nil, mxhttp.Forbidden("Only server admins may look up other users")
+	}
+	if srv, _ := mxid.Server(userID); srv != c.cfg.ServerName {
+		return nil, mxhttp.InvalidParam("Only users of this server can be looked up")
+	}
+	devs, err := c.users.Devices(r.Context(), userID)
+	if err != nil {
+		return nil, err
+	}
+	type connection struct {
+		IP        string `json:"ip"`
+		LastSeen  int64  `json:"last_seen"`
+		UserAgent string `json:"user_agent"`
+	}
+	type session struct {
+		Connections []connection `json:"connections"`
+	}
+	type deviceInfo struct {
+		Sessions []session `json:"sessions"`
+	}
+	out := make(map[string]deviceInfo, len(devs))
+	for _, d := range devs {
+		conns := []connection{}
+		if d.LastSeenTS > 0 {
+			conns = append(conns, connection{IP: d.LastSeenIP, LastSeen: d.LastSeenTS, UserAgent: d.UserAgent})
+		}
+		out[d.DeviceID] = deviceInfo{Sessions: []session{{Connections: conns}}}
+	}
+	return map[string]any{"user_id": userID, "devices": out}, nil
 }

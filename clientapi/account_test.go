@@ -498,6 +498,16 @@ func TestDevicesAndPassword(t *testing.T) {
 					}
 				}
 			}},
+			{name: "whois self", method: "GET", path: "/admin/whois/@alice:test.local", token: &tok, status: 200, check: func(t *testing.T, got map[string]any, _ http.Header) {
+				devs, _ := got["devices"].(map[string]any)
+				phone, _ := devs["PHONE"].(map[string]any)
+				conns := phone["sessions"].([]any)[0].(map[string]any)["connections"].([]any)
+				c := conns[0].(map[string]any)
+				if got["user_id"] != "@alice:test.local" || len(devs) != 5 || c["ip"] != "127.0.0.1" || c["last_seen"] == nil || c["user_agent"] != "Go-http-client/1.1" {
+					t.Fatalf("whois %v", got)
+				}
+			}},
+			{name: "whois of another user", method: "GET", path: "/admin/whois/@bob:test.local", token: &tok, status: 403, errcode: "M_FORBIDDEN"},
 			{name: "get", method: "GET", path: "/devices/PHONE", token: &tok, status: 200, check: want(map[string]any{"device_id": "PHONE", "display_name": "My PHONE"})},
 			{name: "get unknown", method: "GET", path: "/devices/NOPE", token: &tok, status: 404, errcode: "M_NOT_FOUND"},
 			{name: "rename", method: "PUT", path: "/devices/PHONE", token: &tok, body: `{"display_name":"Pocket"}`, status: 200},

@@ -51,8 +51,10 @@ type Device struct {
 	DisplayName string `json:"display_name,omitempty"`
 	LastSeenTS  int64  `json:"last_seen_ts,omitempty"`
 	LastSeenIP  string `json:"last_seen_ip,omitempty"`
-	IsAdmin     bool   `json:"is_admin,omitempty"`
-	IsGuest     bool   `json:"is_guest,omitempty"`
+	// UserAgent is the client's User-Agent when it signed in.
+	UserAgent string `json:"user_agent,omitempty"`
+	IsAdmin   bool   `json:"is_admin,omitempty"`
+	IsGuest   bool   `json:"is_guest,omitempty"`
 }
 
 // Profile is a user's global profile.

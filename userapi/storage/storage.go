@@ -209,7 +209,7 @@ func (s *Storage) InsertDevice(ctx context.Context, d NewDevice) (*uapi.Device, 
 			user_agent = excluded.user_agent
 		RETURNING session_id, display_name`
 	}
-	dev := uapi.Device{UserID: d.UserID, DeviceID: d.DeviceID, LastSeenTS: d.TS, LastSeenIP: d.IP}
+	dev := uapi.Device{UserID: d.UserID, DeviceID: d.DeviceID, LastSeenTS: d.TS, LastSeenIP: d.IP, UserAgent: d.UserAgent}
 	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
 		return tx.QueryRow(ctx, q, d.UserID, d.DeviceID, d.TokenHash, d.DisplayName, d.TS, d.IP, d.UserAgent).
 			Scan(&dev.SessionID, &dev.DisplayName)
@@ -223,11 +223,11 @@ func (s *Storage) InsertDevice(ctx context.Context, d NewDevice) (*uapi.Device, 
 	return &dev, nil
 }
 
-const deviceColumns = `d.user_id, d.device_id, d.session_id, d.display_name, d.last_seen_ts, d.last_seen_ip, a.is_admin, a.is_guest`
+const deviceColumns = `d.user_id, d.device_id, d.session_id, d.display_name, d.last_seen_ts, d.last_seen_ip, d.user_agent, a.is_admin, a.is_guest`
 
 func scanDevice(sc interface{ Scan(...any) error }) (*uapi.Device, error) {
 	var d uapi.Device
-	err := sc.Scan(&d.UserID, &d.DeviceID, &d.SessionID, &d.DisplayName, &d.LastSeenTS, &d.LastSeenIP, &d.IsAdmin, &d.IsGuest)
+	err := sc.Scan(&d.UserID, &d.DeviceID, &d.SessionID, &d.DisplayName, &d.LastSeenTS, &d.LastSeenIP, &d.UserAgent, &d.IsAdmin, &d.IsGuest)
 	return &d, err
 }
 
