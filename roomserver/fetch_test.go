@@ -802,3 +802,71 @@ func (f *testFetcher) Backfill(ctx context.Context, scope rsapi.FetchScope, from
 	}
 	return out, remoteName, nil
 }
+
+// TestInputGapChecks: at a gap the walk back cannot close, the state is
+// asked for by IDs first (GET /state_ids, only the events missing here
+// fetched), and only at the far end of what the walk brought: an event
+// whose own prev events the origin will not give is refused without
+// asking for a state. A gap event rejected (an auth event of another
+// room) is no part of the state after it.
+func TestInputGapChecks(t *testing.T) {
+	for _, d := range sqldbtest.Dialects {
+		t.Run(d+"/prev events not given", func(t *testing.T) {
+			ctx := context.Background()
+			r := newRemote(t, 0)
+			f := &testFetcher{remotes: map[string]*remote{r.roomID: r}}
+			rs, _ := startRoomserverWith(t, d, roomserver.InputConfig{Fetcher: f})
+			if err := r.input(ctx, rs, r.base...); err != nil {
+				t.Fatalf("room from the remote: %v", err)
+			}
+			hidden := r.message("never given", r.base[len(r.base)-1])
+			delete(r.events, hidden.EventID())
+			sent := r.message("sent", hidden)
+			var bad *rsapi.BadEventError
+			if err := r.input(ctx, rs, sent); !errors.As(err, &bad) {
+				t.Fatalf("event after prev events never given: %v, want refused", err)
+			}
+			if n, m := f.stateIDs.Load(), f.states.Load(); n != 0 || m != 0 {
+				t.Fatalf("asked for the state at a prev event of the event sent (%d state_ids, %d state)", n, m)
+			}
+		})
+		t.Run(d+"/gap event rejected", func(t *testing.T) {
+			ctx := context.Background()
+			r := newRemote(t, 0)
+			other := newRemote(t, 1)
+			f := &testFetcher{remotes: map[string]*remote{r.roomID: r, other.roomID: other}}
+			rs, _ := startRoomserverWith(t, d, roomserver.InputConfig{Fetcher: f, MaxMissing: 1})
+			for _, rm := range []*remote{r, other} {
+				if err := rm.input(ctx, rs, rm.base...); err != nil {
+					t.Fatalf("room from the remote: %v", err)
+				}
+			}
+			// Q names the member event of the other room as its auth event.
+			crossed := map[gmsl.StateKeyTuple]gmsl.PDU{}
+			for k, v := range r.state {
+				crossed[k] = v
+			}
+			crossed[gmsl.StateKeyTuple{EventType: spec.MRoomMember, StateKey: other.user}] = other.base[1]
+			q := r.build(spec.MRoomMember, &r.user, map[string]any{"membership": "join", "displayname": "Q"}, crossed, r.base[len(r.base)-1])
+			r.before[q.EventID()] = r.base
+			rEv := r.message("R", q)
+			s := r.message("S", rEv)
+			if err := r.input(ctx, rs, s); err != nil {
+				t.Fatalf("event beyond the gap: %v", err)
+			}
+			if n, m := f.stateIDs.Load(), f.states.Load(); n != 1 || m != 0 {
+				t.Fatalf("state at the gap: %d state_ids and %d state requests, want 1 and 0", n, m)
+			}
+			if evs, _ := rs.Events(ctx, []string{rEv.EventID(), s.EventID()}); len(evs) != 2 {
+				t.Fatalf("%d of the 2 events after the gap stored", len(evs))
+			}
+			got, err := rs.StateEvent(ctx, r.roomID, spec.MRoomMember, r.user)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.EventID() != r.base[1].EventID() {
+				t.Fatalf("member event now %s, want the join %s: the rejected gap event entered the state", got.EventID(), r.base[1].EventID())
+			}
+		})
+	}
+}
