@@ -279,22 +279,42 @@ func (in *Inputer) inputOutliers(ctx context.Context, pdus []gmsl.PDU, down *out
 }
 
 // addGapEvents turns the states before the gap events fetched into the
-// states after them, for prepare: a gap event stored rejected (say, with
-// an auth event of another room) leaves the state as it was before it.
+// states after them, for prepare. What the remote sent is checked as it
+// was stored: an event of that state stored rejected (failing its own
+// auth events, as a power levels event forged on an empty set of them)
+// is left out, and a gap event stored rejected (say, with an auth event
+// of another room) leaves the state as it was before it.
 func (in *Inputer) addGapEvents(ctx context.Context, prevStates map[string]stateRef, gapEvents map[string]gmsl.PDU) error {
 	for id, ev := range gapEvents {
 		st, ok := prevStates[id]
 		if !ok {
 			continue
 		}
-		evs, err := in.store.EventsByID(ctx, []string{id})
+		ids := make([]string, 0, len(st.adds)+1)
+		for _, p := range st.adds {
+			ids = append(ids, p.EventID())
+		}
+		evs, err := in.store.EventsByID(ctx, append(ids, id))
 		if err != nil {
 			return err
 		}
-		if len(evs) == 1 && evs[0].Rejected {
-			continue
+		rejected := map[string]bool{}
+		for _, e := range evs {
+			if e.Rejected {
+				rejected[e.ID] = true
+			}
 		}
-		prevStates[id] = st.with(ev)
+		adds := make([]gmsl.PDU, 0, len(st.adds)+1)
+		for _, p := range st.adds {
+			if !rejected[p.EventID()] {
+				adds = append(adds, p)
+			}
+		}
+		after := stateRef{base: st.base, adds: adds}
+		if !rejected[id] {
+			after = after.with(ev)
+		}
+		prevStates[id] = after
 	}
 	return nil
 }
