@@ -253,9 +253,16 @@ func (c *ClientAPI) createRoom(r *http.Request, dev *uapi.Device) (any, error) {
 		events = append(events, state(spec.MRoomTopic, "", map[string]string{"topic": *req.Topic}))
 	}
 
-	// 8. Invites.
+	// 8. Invites. An invitee of another server is invited once the room
+	// exists: its server must sign the invite (spec: server-server API,
+	// "Inviting to a room"), which a batch built here cannot wait for.
+	var remoteInvites []string
 	for _, u := range req.Invite {
 		if u == sender {
+			continue
+		}
+		if uid, err := spec.NewUserID(u, true); err == nil && string(uid.Domain()) != c.cfg.ServerName {
+			remoteInvites = append(remoteInvites, u)
 			continue
 		}
 		extra := map[string]any{}
@@ -298,6 +305,13 @@ func (c *ClientAPI) createRoom(r *http.Request, dev *uapi.Device) (any, error) {
 			return nil, mxhttp.BadJSON("cannot create room: %v", err)
 		}
 		return nil, err
+	}
+	for _, u := range remoteInvites {
+		// The room stands without them, as in Synapse and Dendrite: an
+		// invitee's server that fails costs only that invite.
+		if err := c.rooms.PerformInvite(ctx, &rsapi.InviteRequest{RoomID: resp.RoomID, Sender: sender, Invitee: u, IsDirect: req.IsDirect}); err != nil {
+			c.log.WithError(err).WithField("room_id", resp.RoomID).WithField("invitee", u).Warn("createRoom: invite of a remote user failed")
+		}
 	}
 	out := map[string]string{"room_id": resp.RoomID}
 	if req.Visibility == "public" {

@@ -30,6 +30,7 @@ func (c *ClientAPI) roomRoutes(r *mux.Router) {
 	r.Handle("/rooms/{roomId}/state/{eventType}", c.authedGuest(c.getState)).Methods(http.MethodGet)
 	r.Handle("/rooms/{roomId}/state", c.authedGuest(c.getAllState)).Methods(http.MethodGet)
 	r.Handle("/rooms/{roomId}/redact/{eventId}/{txnId}", c.authed(c.redact)).Methods(http.MethodPut)
+	r.Handle("/rooms/{roomId}/redact/{eventId}", c.authed(c.redact)).Methods(http.MethodPost)
 	r.Handle("/rooms/{roomId}/join", c.authedGuest(c.joinRoomByID)).Methods(http.MethodPost)
 	r.Handle("/join/{roomIdOrAlias}", c.authedGuest(c.joinRoomByAlias)).Methods(http.MethodPost)
 	r.Handle("/rooms/{roomId}/leave", c.authedGuest(c.leaveRoom)).Methods(http.MethodPost)
@@ -349,9 +350,21 @@ func (c *ClientAPI) redact(r *http.Request, dev *uapi.Device) (any, error) {
 		content["reason"] = *req.Reason
 	}
 	raw, _ := json.Marshal(content)
-	return c.sendWithTxn(ctx, dev, roomID, "redact/"+target, mxhttp.Var(r, "txnId"), rsapi.InputEvent{
-		Proto: &rsapi.ProtoEvent{Sender: dev.UserID, Type: spec.MRoomRedaction, Content: raw, Redacts: target},
-	})
+	ev := rsapi.InputEvent{Proto: &rsapi.ProtoEvent{Sender: dev.UserID, Type: spec.MRoomRedaction, Content: raw, Redacts: target}}
+	txnID := mxhttp.Var(r, "txnId")
+	if txnID != "" {
+		return c.sendWithTxn(ctx, dev, roomID, "redact/"+target, txnID, ev)
+	}
+	// The transaction-less POST form early clients used (r0, and sytest
+	// still does): every request makes a new redaction.
+	if err := allow(c.limits.send, dev.UserID); err != nil {
+		return nil, err
+	}
+	id, err := c.send(ctx, roomID, ev)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]string{"event_id": id}, nil
 }
 
 func (c *ClientAPI) joinedRooms(r *http.Request, dev *uapi.Device) (any, error) {

@@ -285,6 +285,12 @@ func (f *FederationAPI) stateAt(r *http.Request) (state, chain []gmsl.PDU, err e
 	if err != nil {
 		return nil, nil, err
 	}
+	// Only the create event has no state before it; any other event
+	// without one is an outlier, whose state this server does not know
+	// (Synapse answers the same).
+	if len(state) == 0 && !(ev.Type() == spec.MRoomCreate && ev.StateKeyEquals("")) {
+		return nil, nil, mxhttp.NotFound("No state known at event %s", eventID)
+	}
 	// What our own Fetcher would refuse we do not send either.
 	if len(state) > maxFetchedState {
 		return nil, nil, mxhttp.New("M_TOO_LARGE", "State of more than %d events", maxFetchedState)

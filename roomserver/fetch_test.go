@@ -43,12 +43,18 @@ type remote struct {
 
 func newRemote(t testing.TB, n int) *remote {
 	t.Helper()
+	return newRemoteIn(t, n, gmsl.RoomVersionV10)
+}
+
+// newRemoteIn is newRemote for a room of the version given.
+func newRemoteIn(t testing.TB, n int, version gmsl.RoomVersion) *remote {
+	t.Helper()
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
 	r := &remote{
-		t: t, ver: gmsl.MustGetRoomVersion(gmsl.RoomVersionV10), priv: priv,
+		t: t, ver: gmsl.MustGetRoomVersion(version), priv: priv,
 		roomID: fmt.Sprintf("!fed%d:%s", n, remoteName), user: "@alice:" + remoteName,
 		events: map[string]gmsl.PDU{}, before: map[string][]gmsl.PDU{}, state: map[gmsl.StateKeyTuple]gmsl.PDU{},
 	}
@@ -59,7 +65,7 @@ func newRemote(t testing.TB, n int) *remote {
 		sk      *string
 		content any
 	}{
-		{spec.MRoomCreate, &empty, map[string]any{"creator": r.user, "room_version": "10"}},
+		{spec.MRoomCreate, &empty, map[string]any{"creator": r.user, "room_version": string(version)}},
 		{spec.MRoomMember, &r.user, map[string]any{"membership": "join"}},
 		{spec.MRoomPowerLevels, &empty, map[string]any{"users": map[string]int{r.user: 100}}},
 		{spec.MRoomJoinRules, &empty, map[string]any{"join_rule": "public"}},
@@ -801,4 +807,119 @@ func (f *testFetcher) Backfill(ctx context.Context, scope rsapi.FetchScope, from
 		todo = append(todo, r.events[id].PrevEventIDs()...)
 	}
 	return out, remoteName, nil
+}
+
+// TestInputGapChecks: at a gap the walk back cannot close, the state is
+// asked for by IDs first (GET /state_ids, only the events missing here
+// fetched), and only at the far end of what the walk brought: an event
+// whose own prev events the origin will not give is refused without
+// asking for a state. A gap event rejected (an auth event of another
+// room) is no part of the state after it.
+func TestInputGapChecks(t *testing.T) {
+	for _, d := range sqldbtest.Dialects {
+		t.Run(d+"/prev events not given", func(t *testing.T) {
+			ctx := context.Background()
+			r := newRemote(t, 0)
+			f := &testFetcher{remotes: map[string]*remote{r.roomID: r}}
+			rs, _ := startRoomserverWith(t, d, roomserver.InputConfig{Fetcher: f})
+			if err := r.input(ctx, rs, r.base...); err != nil {
+				t.Fatalf("room from the remote: %v", err)
+			}
+			hidden := r.message("never given", r.base[len(r.base)-1])
+			delete(r.events, hidden.EventID())
+			sent := r.message("sent", hidden)
+			var bad *rsapi.BadEventError
+			if err := r.input(ctx, rs, sent); !errors.As(err, &bad) {
+				t.Fatalf("event after prev events never given: %v, want refused", err)
+			}
+			if n, m := f.stateIDs.Load(), f.states.Load(); n != 0 || m != 0 {
+				t.Fatalf("asked for the state at a prev event of the event sent (%d state_ids, %d state)", n, m)
+			}
+		})
+		t.Run(d+"/forged power levels in the state at a gap", func(t *testing.T) {
+			ctx := context.Background()
+			// Room version 1: its state resolution tries the conflicted
+			// power levels from the lowest depth up, so a forged event in
+			// a state would win.
+			r := newRemoteIn(t, 0, gmsl.RoomVersionV1)
+			f := &testFetcher{remotes: map[string]*remote{r.roomID: r}}
+			rs, _ := startRoomserverWith(t, d, roomserver.InputConfig{Fetcher: f, MaxMissing: 1})
+			if err := r.input(ctx, rs, r.base...); err != nil {
+				t.Fatalf("room from the remote: %v", err)
+			}
+			mallory, empty := "@mallory:"+remoteName, ""
+			join := r.buildAs(mallory, spec.MRoomMember, &mallory, map[string]any{"membership": "join"}, r.state, r.base[len(r.base)-1])
+			r.state[gmsl.StateKeyTuple{EventType: spec.MRoomMember, StateKey: mallory}] = join
+			if err := r.input(ctx, rs, join); err != nil {
+				t.Fatalf("mallory's join: %v", err)
+			}
+			// A power levels event authorised by no power levels event at
+			// all (mallory would need state_default, 50), claimed to be the
+			// room's state at the gap.
+			noPL := map[gmsl.StateKeyTuple]gmsl.PDU{
+				{EventType: spec.MRoomCreate}:                    r.base[0],
+				{EventType: spec.MRoomMember, StateKey: mallory}: join,
+			}
+			// With no prev events its depth is 1, below the real one's.
+			forged := r.buildAs(mallory, spec.MRoomPowerLevels, &empty, map[string]any{"users": map[string]int{mallory: 100, r.user: 0}}, noPL)
+			q := r.buildAs(mallory, "m.room.message", nil, map[string]any{"body": "Q"}, r.state, forged)
+			claimed := []gmsl.PDU{forged}
+			for _, p := range r.base {
+				if p.Type() != spec.MRoomPowerLevels {
+					claimed = append(claimed, p)
+				}
+			}
+			r.before[q.EventID()] = append(claimed, join)
+			rEv := r.buildAs(mallory, "m.room.message", nil, map[string]any{"body": "R"}, r.state, q)
+			s := r.buildAs(mallory, "m.room.message", nil, map[string]any{"body": "S"}, r.state, rEv)
+			if err := r.input(ctx, rs, s); err != nil {
+				t.Fatalf("event beyond the gap: %v", err)
+			}
+			got, err := rs.StateEvent(ctx, r.roomID, spec.MRoomPowerLevels, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.EventID() != r.base[2].EventID() {
+				t.Fatalf("power levels now %s, want %s: the forged event took over the room", got.EventID(), r.base[2].EventID())
+			}
+		})
+		t.Run(d+"/gap event rejected", func(t *testing.T) {
+			ctx := context.Background()
+			r := newRemote(t, 0)
+			other := newRemote(t, 1)
+			f := &testFetcher{remotes: map[string]*remote{r.roomID: r, other.roomID: other}}
+			rs, _ := startRoomserverWith(t, d, roomserver.InputConfig{Fetcher: f, MaxMissing: 1})
+			for _, rm := range []*remote{r, other} {
+				if err := rm.input(ctx, rs, rm.base...); err != nil {
+					t.Fatalf("room from the remote: %v", err)
+				}
+			}
+			// Q names the member event of the other room as its auth event.
+			crossed := map[gmsl.StateKeyTuple]gmsl.PDU{}
+			for k, v := range r.state {
+				crossed[k] = v
+			}
+			crossed[gmsl.StateKeyTuple{EventType: spec.MRoomMember, StateKey: other.user}] = other.base[1]
+			q := r.build(spec.MRoomMember, &r.user, map[string]any{"membership": "join", "displayname": "Q"}, crossed, r.base[len(r.base)-1])
+			r.before[q.EventID()] = r.base
+			rEv := r.message("R", q)
+			s := r.message("S", rEv)
+			if err := r.input(ctx, rs, s); err != nil {
+				t.Fatalf("event beyond the gap: %v", err)
+			}
+			if n, m := f.stateIDs.Load(), f.states.Load(); n != 1 || m != 0 {
+				t.Fatalf("state at the gap: %d state_ids and %d state requests, want 1 and 0", n, m)
+			}
+			if evs, _ := rs.Events(ctx, []string{rEv.EventID(), s.EventID()}); len(evs) != 2 {
+				t.Fatalf("%d of the 2 events after the gap stored", len(evs))
+			}
+			got, err := rs.StateEvent(ctx, r.roomID, spec.MRoomMember, r.user)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.EventID() != r.base[1].EventID() {
+				t.Fatalf("member event now %s, want the join %s: the rejected gap event entered the state", got.EventID(), r.base[1].EventID())
+			}
+		})
+	}
 }

@@ -48,6 +48,7 @@ func (f formatter) event(e *storage.Event) ClientEvent {
 	}
 	if e.RedactedBecause != "" {
 		u.RedactedBecause = json.RawMessage(e.RedactedBecause)
+		u.RedactedBy = gjson.Get(e.RedactedBecause, "event_id").String()
 	}
 	return ce
 }

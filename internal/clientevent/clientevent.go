@@ -29,6 +29,9 @@ type Unsigned struct {
 	PrevSender      string          `json:"prev_sender,omitempty"`
 	ReplacesState   string          `json:"replaces_state,omitempty"`
 	RedactedBecause json.RawMessage `json:"redacted_because,omitempty"`
+	// RedactedBy is the ID of the redaction, as Synapse gives it beside
+	// redacted_because (clients and sytest read it).
+	RedactedBy string `json:"redacted_by,omitempty"`
 }
 
 // FromJSON formats event JSON (a PDU) whose ID is eventID. roomID is set

@@ -29,9 +29,10 @@ const (
 // and gets them through the Fetcher, bounded in count (MaxMissing,
 // maxAuthFetched) and time (FetchTimeout). It returns the auth events to
 // store as outliers, and the missing prev events in an order where each
-// comes after its own prev events. A prev event the walk back cannot reach
-// is fetched with the state before it (both stored as outliers); the
-// state after it is returned in prevStates, by its ID, for prepare. It
+// comes after its own prev events. A prev event of the events the walk
+// brought that it cannot reach is fetched with the state before it (both
+// stored as outliers); that state is returned in prevStates and the event
+// in gapEvents, by its ID (addGapEvents makes the state after it). It
 // refuses the request, storing nothing, when a prev event is still
 // missing, as it does with no Fetcher.
 //
@@ -39,10 +40,10 @@ const (
 // slots other rooms need, keeps the messages waiting on it from being
 // redelivered (InProgress), and is marked fetching, so that dispatch
 // bounds what queues behind it.
-func (in *Inputer) fetch(ctx context.Context, a *actor, req *rsapi.InputRequest, room *storage.Room, pdus []gmsl.PDU, waiting []jetstream.Msg) (outliers, fetched []gmsl.PDU, prevStates map[string]stateRef, err error) {
+func (in *Inputer) fetch(ctx context.Context, a *actor, req *rsapi.InputRequest, room *storage.Room, pdus []gmsl.PDU, waiting []jetstream.Msg) (outliers, fetched []gmsl.PDU, prevStates map[string]stateRef, gapEvents map[string]gmsl.PDU, err error) {
 	stored, err := in.store.EventNIDs(ctx, refsOf(pdus))
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	idx := missingPrev(pdus, stored)
 	needAuth, needState := false, false
@@ -50,25 +51,25 @@ func (in *Inputer) fetch(ctx context.Context, a *actor, req *rsapi.InputRequest,
 		needAuth = len(missingAuth(pdus, stored)) > 0
 		outlierPrevs, err := in.outliersAmong(ctx, pdus, stored)
 		if err != nil {
-			return nil, nil, nil, err
+			return nil, nil, nil, nil, err
 		}
 		needState = len(outlierPrevs) > 0
 	}
 	if idx < 0 && !needAuth && !needState {
-		return nil, nil, nil, nil
+		return nil, nil, nil, nil, nil
 	}
 	if room == nil {
 		// Only a create event starts a room, and it has no prev events;
 		// taking in a room from a join's answer is the fetch step's to do.
-		return nil, nil, nil, refuse(idx, "M_NOT_FOUND", "unknown room %s", pdus[idx].RoomID().String())
+		return nil, nil, nil, nil, refuse(idx, "M_NOT_FOUND", "unknown room %s", pdus[idx].RoomID().String())
 	}
 	if in.cfg.Fetcher == nil {
-		return nil, nil, nil, refuse(idx, "M_UNKNOWN", "event %s has prev events this server does not have", pdus[idx].EventID())
+		return nil, nil, nil, nil, refuse(idx, "M_UNKNOWN", "event %s has prev events this server does not have", pdus[idx].EventID())
 	}
 
 	fctx, done, err := in.startFetch(ctx, a, waiting, max(idx, 0))
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	defer done()
 	scope := rsapi.FetchScope{RoomID: room.ID, RoomVersion: room.Version, Servers: serversOf(req.Origin, pdus)}
@@ -77,7 +78,7 @@ func (in *Inputer) fetch(ctx context.Context, a *actor, req *rsapi.InputRequest,
 	if idx >= 0 && fctx.Err() == nil {
 		latestEvs, err := in.store.EventsByNID(ctx, room.Latest)
 		if err != nil {
-			return nil, nil, nil, err
+			return nil, nil, nil, nil, err
 		}
 		earliest := make([]string, len(latestEvs))
 		for i, e := range latestEvs {
@@ -95,52 +96,55 @@ func (in *Inputer) fetch(ctx context.Context, a *actor, req *rsapi.InputRequest,
 		fetched = ordered(fetched, gmsl.PDU.PrevEventIDs)
 	}
 	if ctx.Err() != nil {
-		return nil, nil, nil, ctx.Err() // shutting down: the message is redelivered
+		return nil, nil, nil, nil, ctx.Err() // shutting down: the message is redelivered
 	}
 	// What the fetched events refer to.
 	more, err := in.store.EventNIDs(ctx, refsOf(fetched))
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	for id, nid := range more {
 		stored[id] = nid
 	}
 	all := append(append([]gmsl.PDU(nil), fetched...), pdus...)
 	// Gaps the walk could not close: the state before each missing prev
-	// event (or one known only as an outlier), and the event itself.
-	gaps := missingPrevIDs(all, stored)
+	// event (or one known only as an outlier), and the event itself. Only
+	// at the far end of what the walk brought, as Synapse does: an event
+	// sent whose own prev events the origin would not give is refused,
+	// not taken in on a state that origin alone vouches for.
+	gaps := missingPrevIDs(fetched, all, stored)
 	outlierPrevs, err := in.outliersAmong(ctx, all, stored)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	gaps = append(gaps, outlierPrevs...)
 	if len(gaps) > 0 && len(gaps) <= maxGaps && fctx.Err() == nil {
-		prevStates = map[string]stateRef{}
+		prevStates, gapEvents = map[string]stateRef{}, map[string]gmsl.PDU{}
 		for _, id := range gaps {
-			st, evs, err := in.fetchStateAfter(fctx, scope, room.ID, id)
+			st, evs, err := in.stateBeforeByIDs(fctx, scope, room.ID, id)
 			if err != nil {
 				log.WithError(err).WithField("event_id", id).Debug("fetching state at a gap")
 				continue
 			}
 			outliers = addFetched(outliers, evs, room.ID, stored, all, maxStateFetched-len(outliers))
-			prevStates[id] = st
+			prevStates[id], gapEvents[id] = st, evs[len(evs)-1]
 		}
 		if ctx.Err() != nil {
-			return nil, nil, nil, ctx.Err()
+			return nil, nil, nil, nil, ctx.Err()
 		}
 	}
 	if i := missingPrevFilled(all, stored, prevStates); i >= 0 {
 		i = max(0, i-len(fetched))
-		return nil, nil, nil, refuse(i, "M_UNKNOWN", "prev events of event %s are missing and could not be fetched", pdus[i].EventID())
+		return nil, nil, nil, nil, refuse(i, "M_UNKNOWN", "prev events of event %s are missing and could not be fetched", pdus[i].EventID())
 	}
 
 	// Auth events: fetched whole chains, stored as outliers first.
 	outliers = in.fetchAuthChains(fctx, scope, all, stored, outliers, maxAuthFetched-len(outliers))
 	if ctx.Err() != nil {
-		return nil, nil, nil, ctx.Err()
+		return nil, nil, nil, nil, ctx.Err()
 	}
 	// Events still lacking auth events are stored rejected, as before.
-	return ordered(outliers, gmsl.PDU.AuthEventIDs), fetched, prevStates, nil
+	return ordered(outliers, gmsl.PDU.AuthEventIDs), fetched, prevStates, gapEvents, nil
 }
 
 // startFetch begins the fetch step of the request at the head of a's
@@ -207,10 +211,11 @@ func addFetched(outliers, got []gmsl.PDU, roomID string, stored map[string]int64
 	return append(outliers, got...)
 }
 
-// fetchStateAfter fetches a prev event this server cannot reach by walking
-// back, and the state before it; it returns the state after it and every
-// event to store as an outlier (the event, the state, their auth chain).
-func (in *Inputer) fetchStateAfter(ctx context.Context, scope rsapi.FetchScope, roomID, eventID string) (stateRef, []gmsl.PDU, error) {
+// fetchStateBefore fetches a prev event this server cannot reach by
+// walking back, and the state before it; it returns that state and every
+// event to store as an outlier (the state, their auth chain, and last the
+// event).
+func (in *Inputer) fetchStateBefore(ctx context.Context, scope rsapi.FetchScope, roomID, eventID string) (stateRef, []gmsl.PDU, error) {
 	ev, err := in.fetchEvent(ctx, scope, roomID, eventID)
 	if err != nil {
 		return stateRef{}, nil, err
@@ -223,7 +228,7 @@ func (in *Inputer) fetchStateAfter(ctx context.Context, scope rsapi.FetchScope, 
 		return stateRef{}, nil, fmt.Errorf("state at %s has more than %d events", eventID, maxStateFetched)
 	}
 	all := append(append(append([]gmsl.PDU(nil), chain...), state...), ev)
-	return stateAfterOf(roomID, state, ev), all, nil
+	return stateOf(roomID, state), all, nil
 }
 
 // fetchEvent fetches one event of roomID.
@@ -238,18 +243,14 @@ func (in *Inputer) fetchEvent(ctx context.Context, scope rsapi.FetchScope, roomI
 	return ev, nil
 }
 
-// stateAfterOf is the state after ev given the state before it, as a
-// remote sent it: one event per tuple, of this room (a remote may send
-// anything).
-func stateAfterOf(roomID string, before []gmsl.PDU, ev gmsl.PDU) stateRef {
+// stateOf is a state as a remote sent it: one event per tuple, of this
+// room (a remote may send anything).
+func stateOf(roomID string, before []gmsl.PDU) stateRef {
 	byTuple := map[gmsl.StateKeyTuple]gmsl.PDU{}
 	for _, p := range before {
 		if p != nil && p.StateKey() != nil && p.RoomID().String() == roomID {
 			byTuple[tupleOf(p)] = p
 		}
-	}
-	if ev.StateKey() != nil {
-		byTuple[tupleOf(ev)] = ev
 	}
 	st := stateRef{adds: make([]gmsl.PDU, 0, len(byTuple))}
 	for _, p := range byTuple {
@@ -284,10 +285,10 @@ func (in *Inputer) outliersAmong(ctx context.Context, evs []gmsl.PDU, stored map
 	return out, nil
 }
 
-// missingPrevIDs lists the prev events of evs neither stored nor in evs.
-func missingPrevIDs(evs []gmsl.PDU, stored map[string]int64) []string {
-	among := make(map[string]bool, len(evs))
-	for _, e := range evs {
+// missingPrevIDs lists the prev events of evs neither stored nor in all.
+func missingPrevIDs(evs, all []gmsl.PDU, stored map[string]int64) []string {
+	among := make(map[string]bool, len(all))
+	for _, e := range all {
 		among[e.EventID()] = true
 	}
 	var out []string

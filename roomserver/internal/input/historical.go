@@ -37,7 +37,7 @@ func (in *Inputer) inputHistorical(ctx context.Context, a *actor, reqID string, 
 		return refuse(0, "M_NOT_FOUND", "unknown room %s", req.RoomID)
 	}
 	pdus = ordered(pdus, gmsl.PDU.PrevEventIDs)
-	outliers, prevStates, placed, err := in.fetchHistorical(ctx, a, req, room, pdus, waiting)
+	outliers, prevStates, gapEvents, placed, err := in.fetchHistorical(ctx, a, req, room, pdus, waiting)
 	if err != nil {
 		return err
 	}
@@ -45,6 +45,9 @@ func (in *Inputer) inputHistorical(ctx context.Context, a *actor, reqID string, 
 		if err := in.inputOutliers(ctx, outliers, down); err != nil {
 			return err
 		}
+	}
+	if err := in.addGapEvents(ctx, prevStates, gapEvents); err != nil {
+		return err
 	}
 	log := in.log.WithField("room_id", room.ID)
 	for _, pdu := range pdus {
@@ -84,14 +87,14 @@ func (in *Inputer) inputHistorical(ctx context.Context, a *actor, reqID string, 
 // and the auth chains of events whose auth events it lacks. It returns the
 // events to store as outliers, the states after the gaps by prev event ID,
 // and the events already placed here (stored with their state).
-func (in *Inputer) fetchHistorical(ctx context.Context, a *actor, req *rsapi.InputRequest, room *storage.Room, pdus []gmsl.PDU, waiting []jetstream.Msg) (outliers []gmsl.PDU, prevStates map[string]stateRef, placed map[string]bool, err error) {
+func (in *Inputer) fetchHistorical(ctx context.Context, a *actor, req *rsapi.InputRequest, room *storage.Room, pdus []gmsl.PDU, waiting []jetstream.Msg) (outliers []gmsl.PDU, prevStates map[string]stateRef, gapEvents map[string]gmsl.PDU, placed map[string]bool, err error) {
 	stored, err := in.store.EventNIDs(ctx, refsOf(pdus))
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	loaded, err := in.store.EventsByNID(ctx, nidList(stored))
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	placed = map[string]bool{}
 	for _, e := range loaded {
@@ -114,54 +117,55 @@ func (in *Inputer) fetchHistorical(ctx context.Context, a *actor, req *rsapi.Inp
 		}
 	}
 	if (len(gaps) == 0 && len(missingAuth(pdus, stored)) == 0) || in.cfg.Fetcher == nil {
-		return nil, nil, placed, nil
+		return nil, nil, nil, placed, nil
 	}
 
 	fctx, done, err := in.startFetch(ctx, a, waiting, 0)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	defer done()
 	scope := rsapi.FetchScope{RoomID: room.ID, RoomVersion: room.Version, Servers: serversOf(req.Origin, pdus)}
 	log := in.log.WithField("room_id", room.ID)
 
-	prevStates = map[string]stateRef{}
+	prevStates, gapEvents = map[string]stateRef{}, map[string]gmsl.PDU{}
 	for i, id := range gaps {
 		if i >= maxHistoricalGaps || fctx.Err() != nil {
 			break
 		}
-		st, evs, err := in.historicalStateAfter(fctx, scope, room.ID, id)
+		st, evs, err := in.stateBeforeByIDs(fctx, scope, room.ID, id)
 		if err != nil {
 			log.WithError(err).WithField("event_id", id).Debug("fetching the state at a backfilled gap")
 			continue
 		}
 		outliers = addFetched(outliers, evs, room.ID, stored, pdus, maxStateFetched-len(outliers))
-		prevStates[id] = st
+		prevStates[id], gapEvents[id] = st, evs[len(evs)-1]
 	}
 	outliers = in.fetchAuthChains(fctx, scope, pdus, stored, outliers, maxAuthFetched)
 	if ctx.Err() != nil {
-		return nil, nil, nil, ctx.Err() // shutting down: the message is redelivered
+		return nil, nil, nil, nil, ctx.Err() // shutting down: the message is redelivered
 	}
-	return ordered(outliers, gmsl.PDU.AuthEventIDs), prevStates, placed, nil
+	return ordered(outliers, gmsl.PDU.AuthEventIDs), prevStates, gapEvents, placed, nil
 }
 
 // maxStateByID is the most events of a state fetched one by one (GET
-// /event) at a backfilled gap; with more missing, the whole state is
+// /event) at a gap; with more missing, the whole state is
 // fetched (GET /state).
 const maxStateByID = 50
 
-// historicalStateAfter is fetchStateAfter for a gap of backfilled events.
-// Going back through a room's history this server has most of the state
-// at each gap already (the state at its join, the batches before), so it
-// asks for the state's IDs (GET /state_ids) and fetches only the events it
-// lacks, one by one, as Synapse does; with many missing, or one whose
-// auth events it lacks, it fetches the whole state (GET /state) instead,
-// as at a live gap. A room of 10,000 members thus costs a list of IDs per
-// batch, not 10,000 events to check again.
-func (in *Inputer) historicalStateAfter(ctx context.Context, scope rsapi.FetchScope, roomID, eventID string) (stateRef, []gmsl.PDU, error) {
+// stateBeforeByIDs is fetchStateBefore done cheaply, for a gap of live or
+// backfilled events. This server mostly has most of the state at a gap
+// already (the current state, or going back through history the state at
+// its join and the batches before), so it asks for the state's IDs (GET
+// /state_ids, as Synapse and Dendrite do first) and fetches only the
+// events it lacks, one by one; with many missing, or one whose auth
+// events it lacks, it fetches the whole state (GET /state) instead. A
+// room of 10,000 members thus costs a list of IDs, not 10,000 events to
+// check again.
+func (in *Inputer) stateBeforeByIDs(ctx context.Context, scope rsapi.FetchScope, roomID, eventID string) (stateRef, []gmsl.PDU, error) {
 	ids, err := in.cfg.Fetcher.StateIDsBefore(ctx, scope, eventID)
 	if err != nil {
-		return in.fetchStateAfter(ctx, scope, roomID, eventID)
+		return in.fetchStateBefore(ctx, scope, roomID, eventID)
 	}
 	ev, err := in.fetchEvent(ctx, scope, roomID, eventID)
 	if err != nil {
@@ -182,13 +186,13 @@ func (in *Inputer) historicalStateAfter(ctx context.Context, scope rsapi.FetchSc
 		}
 	}
 	if len(missing) > maxStateByID {
-		return in.fetchStateAfter(ctx, scope, roomID, eventID)
+		return in.fetchStateBefore(ctx, scope, roomID, eventID)
 	}
 	fetched := make([]gmsl.PDU, 0, len(missing)+1)
 	for _, id := range missing {
 		p, err := in.cfg.Fetcher.Event(ctx, scope, id)
 		if err != nil || p.EventID() != id {
-			return in.fetchStateAfter(ctx, scope, roomID, eventID)
+			return in.fetchStateBefore(ctx, scope, roomID, eventID)
 		}
 		fetched = append(fetched, p)
 		have[id] = p
@@ -209,14 +213,14 @@ func (in *Inputer) historicalStateAfter(ctx context.Context, scope rsapi.FetchSc
 			return stateRef{}, nil, err
 		}
 		if len(stored) < len(dedup(auth)) {
-			return in.fetchStateAfter(ctx, scope, roomID, eventID)
+			return in.fetchStateBefore(ctx, scope, roomID, eventID)
 		}
 	}
 	before := make([]gmsl.PDU, 0, len(ids))
 	for _, id := range ids {
 		before = append(before, have[id])
 	}
-	return stateAfterOf(roomID, before, ev), append(fetched, ev), nil
+	return stateOf(roomID, before), append(fetched, ev), nil
 }
 
 func dedup(ids []string) map[string]bool {

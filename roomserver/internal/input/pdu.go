@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 
 	gmsl "github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -124,6 +125,7 @@ func (in *Inputer) inputPDUs(ctx context.Context, a *actor, reqID string, req *r
 	// join through another server, take in the room state it sent.
 	var outliers, fetched []gmsl.PDU
 	var prevStates map[string]stateRef
+	var gapEvents map[string]gmsl.PDU
 	stateless := room == nil || len(room.Latest) == 0
 	if stateless && len(req.State) == 0 && isOutOfRoomMember(pdus) {
 		o, err := in.takeInOutOfRoomMember(ctx, verImpl, req, pdus[0], down)
@@ -139,7 +141,7 @@ func (in *Inputer) inputPDUs(ctx context.Context, a *actor, reqID string, req *r
 	if stateless && len(req.State) > 0 {
 		prevStates, err = in.takeInJoin(ctx, verImpl, req, pdus, down)
 	} else {
-		outliers, fetched, prevStates, err = in.fetch(ctx, a, req, room, pdus, waiting)
+		outliers, fetched, prevStates, gapEvents, err = in.fetch(ctx, a, req, room, pdus, waiting)
 	}
 	if err != nil {
 		return refused(err)
@@ -148,6 +150,9 @@ func (in *Inputer) inputPDUs(ctx context.Context, a *actor, reqID string, req *r
 		if err := in.inputOutliers(ctx, outliers, down); err != nil {
 			return err
 		}
+	}
+	if err := in.addGapEvents(ctx, prevStates, gapEvents); err != nil {
+		return err
 	}
 	// Step 2, event by event: prepare, then store.
 	all := append(fetched, pdus...)
@@ -273,6 +278,47 @@ func (in *Inputer) inputOutliers(ctx context.Context, pdus []gmsl.PDU, down *out
 	return err
 }
 
+// addGapEvents turns the states before the gap events fetched into the
+// states after them, for prepare. What the remote sent is checked as it
+// was stored: an event of that state stored rejected (failing its own
+// auth events, as a power levels event forged on an empty set of them)
+// is left out, and a gap event stored rejected (say, with an auth event
+// of another room) leaves the state as it was before it.
+func (in *Inputer) addGapEvents(ctx context.Context, prevStates map[string]stateRef, gapEvents map[string]gmsl.PDU) error {
+	for id, ev := range gapEvents {
+		st, ok := prevStates[id]
+		if !ok {
+			continue
+		}
+		ids := make([]string, 0, len(st.adds)+1)
+		for _, p := range st.adds {
+			ids = append(ids, p.EventID())
+		}
+		evs, err := in.store.EventsByID(ctx, append(ids, id))
+		if err != nil {
+			return err
+		}
+		rejected := map[string]bool{}
+		for _, e := range evs {
+			if e.Rejected {
+				rejected[e.ID] = true
+			}
+		}
+		adds := make([]gmsl.PDU, 0, len(st.adds)+1)
+		for _, p := range st.adds {
+			if !rejected[p.EventID()] {
+				adds = append(adds, p)
+			}
+		}
+		after := stateRef{base: st.base, adds: adds}
+		if !rejected[id] {
+			after = after.with(ev)
+		}
+		prevStates[id] = after
+	}
+	return nil
+}
+
 // stateRef is a room state that prepare names without writing it: a stored
 // snapshot with state events layered on it in order (for the result of a
 // state resolution, no snapshot and the whole state). The store step
@@ -341,6 +387,10 @@ type prepared struct {
 	// were resolved; nil when it is the state after the event.
 	current *stateRef
 	histVis string
+	// redacts is the NID of the event this redaction applies to (0: none)
+	// and redactsID its ID.
+	redacts   int64
+	redactsID string
 }
 
 // prepare is the read-only step of a complete event: the state before it
@@ -443,6 +493,11 @@ func (in *Inputer) prepareAs(ctx context.Context, verImpl gmsl.IRoomVersion, pdu
 			return nil, err
 		}
 	}
+	if reason == nil && pdu.Type() == spec.MRoomRedaction {
+		if reason, err = planPDURedaction(ctx, v, pdu, p); err != nil {
+			return nil, err
+		}
+	}
 	p.rejected = reason != nil
 	if !p.rejected && !historical && room != nil && !sameNIDs(room.Latest, p.prevs) {
 		// Soft fail: allowed by its own history, not by the room's now.
@@ -452,7 +507,13 @@ func (in *Inputer) prepareAs(ctx context.Context, verImpl gmsl.IRoomVersion, pdu
 		p.softFailed = reason != nil
 	}
 	if p.rejected || p.softFailed {
+		p.redacts, p.redactsID = 0, ""
 		return p, nil
+	}
+	if historical {
+		// A backfilled redaction is history: the syncapi's copy of its
+		// target is not touched from here.
+		p.redacts, p.redactsID = 0, ""
 	}
 	if p.histVis, err = v.historyVisibility(ctx); err != nil {
 		return nil, err
@@ -552,6 +613,12 @@ func (in *Inputer) storePrepared(ctx context.Context, w *storage.Writer, p *prep
 	}
 	if err := in.applyStateChange(ctx, w, room, newCurrent, ev, out); err != nil {
 		return nil, err
+	}
+	if p.redacts != 0 {
+		if err := w.Redact(ctx, p.redacts, ev.ID); err != nil {
+			return nil, err
+		}
+		out.Redacts = p.redactsID
 	}
 	room.Latest = append([]int64{ev.NID}, p.keep...)
 	room.MaxDepth = max(room.MaxDepth, depth)
@@ -664,6 +731,9 @@ func checkAuthEvents(ctx context.Context, rd reader, pdu gmsl.PDU) (reason, err 
 		sk := e.PDU.StateKey()
 		if e.Rejected || sk == nil {
 			return fmt.Errorf("bad auth event %s", e.ID), nil
+		}
+		if e.PDU.RoomID().String() != pdu.RoomID().String() {
+			return fmt.Errorf("auth event %s is of another room", e.ID), nil
 		}
 		t := gmsl.StateKeyTuple{EventType: e.PDU.Type(), StateKey: *sk}
 		if seen[t] || !want[t] {
@@ -893,4 +963,56 @@ func (in *Inputer) loadAuthEvents(rejected map[string]bool) stateres.EventLoader
 		}
 		return pdus, nil
 	}
+}
+
+// planPDURedaction decides what a federated redaction does (spec: client-
+// server API, "Redactions", and the room versions' notes on them): the
+// auth rules of v3 and later accept it whatever it names, so whether it
+// applies is checked here, against the state before it. It applies to a
+// stored, accepted event of its room not yet redacted (a redaction too,
+// as a local one does), when its sender is of the target sender's server
+// or has the power to redact. One naming an event of another room is
+// rejected (as Synapse does); one naming itself, an unknown event or an
+// event it may not redact is kept and applies nothing. A target arriving
+// after its redaction is not redacted.
+func planPDURedaction(ctx context.Context, v *view, pdu gmsl.PDU, p *prepared) (reason, err error) {
+	target := pdu.Redacts()
+	if target == "" || target == pdu.EventID() {
+		return nil, nil
+	}
+	nids, err := v.w.EventNIDs(ctx, []string{target})
+	if err != nil {
+		return nil, err
+	}
+	nid, ok := nids[target]
+	if !ok {
+		return nil, nil
+	}
+	evs, err := v.w.EventsByNID(ctx, []int64{nid})
+	if err != nil {
+		return nil, err
+	}
+	t := evs[0]
+	if t.PDU.RoomID().String() != pdu.RoomID().String() {
+		return fmt.Errorf("redaction %s names event %s of another room", pdu.EventID(), target), nil
+	}
+	if t.Rejected || t.RedactedBy != "" {
+		return nil, nil
+	}
+	if serverOf(string(t.PDU.SenderID())) != serverOf(string(pdu.SenderID())) {
+		ok, err := v.mayRedactOthers(ctx, pdu.SenderID())
+		if err != nil || !ok {
+			return nil, err
+		}
+	}
+	p.redacts, p.redactsID = nid, target
+	return nil, nil
+}
+
+// serverOf is the server name of a user ID ("" when it has none).
+func serverOf(userID string) string {
+	if _, server, ok := strings.Cut(userID, ":"); ok {
+		return server
+	}
+	return ""
 }
