@@ -253,9 +253,16 @@ func (c *ClientAPI) createRoom(r *http.Request, dev *uapi.Device) (any, error) {
 		events = append(events, state(spec.MRoomTopic, "", map[string]string{"topic": *req.Topic}))
 	}
 
-	// 8. Invites.
+	// 8. Invites. An invitee of another server is invited once the room
+	// exists, through the federation invite (its server must sign the
+	// event and hear of it); local ones go in the batch.
+	var remoteInvites []string
 	for _, u := range req.Invite {
 		if u == sender {
+			continue
+		}
+		if srv, ok := mxid.Server(u); ok && srv != c.cfg.ServerName {
+			remoteInvites = append(remoteInvites, u)
 			continue
 		}
 		extra := map[string]any{}
@@ -300,6 +307,15 @@ func (c *ClientAPI) createRoom(r *http.Request, dev *uapi.Device) (any, error) {
 		return nil, err
 	}
 	out := map[string]string{"room_id": resp.RoomID}
+	for _, u := range remoteInvites {
+		// The room exists whatever a remote server answers: a failed
+		// invite is logged, as the client could not learn the room's ID
+		// from an error.
+		err := c.rooms.PerformInvite(ctx, &rsapi.InviteRequest{RoomID: resp.RoomID, Sender: sender, Invitee: u, IsDirect: req.IsDirect})
+		if err != nil {
+			c.log.WithError(err).WithField("room_id", resp.RoomID).WithField("invitee", u).Warn("createRoom: remote invite failed")
+		}
+	}
 	if req.Visibility == "public" {
 		if err := c.rooms.SetPublished(ctx, resp.RoomID, true); err != nil {
 			return nil, err
