@@ -253,7 +253,7 @@ func (u *UserAPI) QueryKeys(ctx context.Context, req uapi.QueryKeysRequest) (*ua
 		}
 	}
 	if req.LocalOnly || len(remote) == 0 {
-		return resp, nil
+		return resp, u.withUserSignatures(ctx, resp, req.Requester)
 	}
 	ctx, cancel := context.WithTimeout(ctx, keysTimeout(req.Timeout))
 	defer cancel()
@@ -283,7 +283,7 @@ func (u *UserAPI) QueryKeys(ctx context.Context, req uapi.QueryKeysRequest) (*ua
 			resp.SelfSigningKeys[uid] = k
 		}
 	})
-	return resp, nil
+	return resp, u.withUserSignatures(ctx, resp, req.Requester)
 }
 
 // queryServer answers for the users of one other server: from the cached

@@ -514,3 +514,47 @@ func (s *Storage) IsTracked(ctx context.Context, userID string) (bool, error) {
 	}
 	return true, nil
 }
+
+// UserSignature is a signature a local user made of another user's master
+// key with its user-signing key.
+type UserSignature struct {
+	Signer, Target, TargetKeyID, SignerKeyID, Signature string
+}
+
+// StoreUserSignature stores sig, replacing one by the same key of the same
+// target, and moves the target's device list on, so the signer's clients
+// re-read the target's keys.
+func (s *Storage) StoreUserSignature(ctx context.Context, sig UserSignature) (DeviceListChange, error) {
+	var c DeviceListChange
+	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO userapi_key_signatures
+			(signer_user_id, target_user_id, target_key_id, signer_key_id, signature) VALUES ($1, $2, $3, $4, $5)
+			ON CONFLICT (signer_user_id, target_user_id, target_key_id, signer_key_id) DO UPDATE SET signature = excluded.signature`,
+			sig.Signer, sig.Target, sig.TargetKeyID, sig.SignerKeyID, sig.Signature); err != nil {
+			return fmt.Errorf("store signature of %s by %s: %w", sig.Target, sig.Signer, err)
+		}
+		var err error
+		c, err = bumpDeviceList(ctx, tx, sig.Target)
+		return err
+	})
+	return c, err
+}
+
+// UserSignatures lists the signatures signer made of other users' keys.
+func (s *Storage) UserSignatures(ctx context.Context, signer string) ([]UserSignature, error) {
+	rows, err := s.db.Query(ctx, `SELECT target_user_id, target_key_id, signer_key_id, signature
+		FROM userapi_key_signatures WHERE signer_user_id = $1`, signer)
+	if err != nil {
+		return nil, fmt.Errorf("select signatures by %s: %w", signer, err)
+	}
+	defer rows.Close()
+	var out []UserSignature
+	for rows.Next() {
+		sig := UserSignature{Signer: signer}
+		if err := rows.Scan(&sig.Target, &sig.TargetKeyID, &sig.SignerKeyID, &sig.Signature); err != nil {
+			return nil, fmt.Errorf("scan signature by %s: %w", signer, err)
+		}
+		out = append(out, sig)
+	}
+	return out, rows.Err()
+}
