@@ -12,8 +12,8 @@ import (
 // addDeviceLists fills device_lists of an incremental sync (spec,
 // "Tracking the device list for a user"): changed holds the users sharing
 // a room with the syncing user (and the user itself) whose device lists
-// changed, local or remote, and those who joined one of its rooms since
-// (their devices are new to it); left holds those who left one of its
+// changed, local or remote, and those who joined one of its rooms since,
+// or were invited to one (their devices are new to it); left holds those who left one of its
 // rooms, or were in a room it left, and share none with it any more.
 func (s *SyncAPI) addDeviceLists(ctx context.Context, req *syncRequest, since Token, resp *syncResponse) error {
 	if req.since == nil {
@@ -53,6 +53,19 @@ func (s *SyncAPI) addDeviceLists(ctx context.Context, req *syncRequest, since To
 				return err
 			}
 			changed[id] = shares
+		}
+		// A newly invited user counts as one who joined, as in Synapse:
+		// clients encrypt for invited members too (history visibility
+		// "invited"), so they need its devices before it joins.
+		for _, id := range mc.invited {
+			if id == user || changed[id] {
+				continue
+			}
+			invited, err := s.store.SharesRoomInvited(ctx, user, id)
+			if err != nil {
+				return err
+			}
+			changed[id] = invited
 		}
 		left := slices.Clone(mc.left)
 		// The members of the rooms the user itself joined or left count
@@ -136,7 +149,7 @@ func (s *SyncAPI) keysChanges(r *http.Request, dev *uapi.Device) (any, error) {
 
 // membersChange is who joined and left the user's rooms in a sync's range.
 type membersChange struct {
-	joined, left []string
+	joined, invited, left []string
 }
 
 // membersChanged reads, once per sync, who joined and left the user's
@@ -145,10 +158,10 @@ func (s *SyncAPI) membersChanged(ctx context.Context, req *syncRequest, since To
 	if req.members != nil {
 		return req.members, nil
 	}
-	joined, left, err := s.store.MembersChanged(ctx, req.dev.UserID, since.PDU, req.to.PDU)
+	joined, invited, left, err := s.store.MembersChanged(ctx, req.dev.UserID, since.PDU, req.to.PDU)
 	if err != nil {
 		return nil, err
 	}
-	req.members = &membersChange{joined: joined, left: left}
+	req.members = &membersChange{joined: joined, invited: invited, left: left}
 	return req.members, nil
 }
