@@ -558,3 +558,39 @@ func (s *Storage) UserSignatures(ctx context.Context, signer string) ([]UserSign
 	}
 	return out, rows.Err()
 }
+
+// UnsharedTracked lists the remote users among candidates (all the
+// remote members of roomID when candidates is nil) whose device lists are
+// cached and fresh but who share no room with a local user any more.
+func (s *Storage) UnsharedTracked(ctx context.Context, roomID string, candidates []string) ([]string, error) {
+	if candidates == nil {
+		rows, err := s.db.Query(ctx, `SELECT m.user_id FROM userapi_room_members m
+			JOIN userapi_remote_device_lists d ON d.user_id = m.user_id
+			WHERE m.room_id = $1 AND NOT m.is_local AND NOT d.stale`, roomID)
+		if err != nil {
+			return nil, fmt.Errorf("select tracked members of %s: %w", roomID, err)
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var u string
+			if err := rows.Scan(&u); err != nil {
+				return nil, fmt.Errorf("scan tracked member of %s: %w", roomID, err)
+			}
+			candidates = append(candidates, u)
+		}
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+	}
+	var out []string
+	for _, u := range candidates {
+		shares, err := s.SharesRoomWithLocal(ctx, u)
+		if err != nil {
+			return nil, err
+		}
+		if !shares {
+			out = append(out, u)
+		}
+	}
+	return out, nil
+}
