@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/url"
+	"slices"
 	"testing"
 	"time"
 
@@ -96,8 +97,17 @@ func TestKeySignatures(t *testing.T) {
 			"self_signing_key": master.sign(t, carolID, master.pub, crossKey(carolID, "self_signing", self)),
 			"user_signing_key": master.sign(t, carolID, master.pub, crossKey(carolID, "user_signing", user)),
 		}).MustOK(t)
+		// sa.test has not fetched dan's keys yet: his m.signing_key_update
+		// makes it fetch them, and its users hear that they changed.
+		since, _ := syncDeviceLists(t, carol, "")
 		danMaster := newEdKey(t)
 		dan.Do(t, "POST", "/_matrix/client/v3/keys/device_signing/upload", map[string]any{"master_key": crossKey(danID, "master", danMaster)}).MustOK(t)
+		poll.Until(t, 10*time.Second, func() error {
+			if _, dl := syncDeviceLists(t, carol, since); !slices.Contains(dl.Changed, danID) {
+				return fmt.Errorf("carol's device lists after dan's new master key: %+v", dl)
+			}
+			return nil
+		})
 
 		upload := func(body map[string]any) gjson.Result {
 			t.Helper()
@@ -178,6 +188,34 @@ func TestKeySignatures(t *testing.T) {
 				q := query(dan, carolID)
 				if !q.Get("master_keys." + esc(carolID) + ".signatures." + esc(carolID) + "." + esc("ed25519:"+carolDev)).Exists() {
 					return fmt.Errorf("carol's master key on sb.test: %s", q.Get("master_keys").Raw)
+				}
+				return nil
+			})
+		})
+
+		// A new user-signing key is its owner's business: the others
+		// sharing a room are not told its keys changed.
+		t.Run("a new user-signing key alone", func(t *testing.T) {
+			since, _ := syncDeviceLists(t, erin, "")
+			user = newEdKey(t)
+			carol.Do(t, "POST", "/_matrix/client/v3/keys/device_signing/upload", map[string]any{
+				"user_signing_key": master.sign(t, carolID, master.pub, crossKey(carolID, "user_signing", user)),
+				"auth":             map[string]any{"type": "m.login.password", "identifier": map[string]string{"type": "m.id.user", "user": "carol"}, "password": "password-carol"},
+			}).MustOK(t)
+			if got := query(carol, carolID).Get("user_signing_keys." + esc(carolID) + ".keys." + esc("ed25519:"+user.pub)); !got.Exists() {
+				t.Fatalf("carol's new user-signing key not stored")
+			}
+			// A message after it: once erin sees it, she would have seen
+			// the device list move too.
+			carol.Do(t, "PUT", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/send/m.room.message/usk", map[string]string{"msgtype": "m.text", "body": "x"}).MustOK(t)
+			poll.Until(t, 10*time.Second, func() error {
+				r := erin.Do(t, "GET", "/_matrix/client/v3/sync?timeout=0&since="+url.QueryEscape(since), nil).MustOK(t)
+				g := gjson.ParseBytes(r.Raw)
+				if !g.Get("rooms.join." + esc(room) + ".timeline.events.#(content.body==\"x\")").Exists() {
+					return fmt.Errorf("erin has not seen the message yet")
+				}
+				if slices.ContainsFunc(g.Get("device_lists.changed").Array(), func(r gjson.Result) bool { return r.String() == carolID }) {
+					t.Fatalf("erin told carol's keys changed: %s", g.Get("device_lists").Raw)
 				}
 				return nil
 			})

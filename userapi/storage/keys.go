@@ -467,8 +467,9 @@ func (s *Storage) ApplyRemoteDeviceUpdate(ctx context.Context, u DeviceUpdate) (
 
 // StoreCrossSigningKeys stores a user's cross-signing keys by type
 // (master, self_signing, user_signing), replacing those of the same type,
-// and moves the user's device list on (others re-read the user's keys).
-func (s *Storage) StoreCrossSigningKeys(ctx context.Context, userID string, keys map[string]string) (DeviceListChange, error) {
+// and, when bump, moves the user's device list on (others re-read the
+// user's keys); the change is zero otherwise.
+func (s *Storage) StoreCrossSigningKeys(ctx context.Context, userID string, keys map[string]string, bump bool) (DeviceListChange, error) {
 	var c DeviceListChange
 	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
 		for typ, k := range keys {
@@ -476,6 +477,9 @@ func (s *Storage) StoreCrossSigningKeys(ctx context.Context, userID string, keys
 				ON CONFLICT (user_id, key_type) DO UPDATE SET key_json = excluded.key_json`, userID, typ, k); err != nil {
 				return fmt.Errorf("store %s key of %s: %w", typ, userID, err)
 			}
+		}
+		if !bump {
+			return nil
 		}
 		var err error
 		c, err = bumpDeviceList(ctx, tx, userID)
