@@ -265,14 +265,14 @@ func (s *Storage) SharesRoomInvited(ctx context.Context, a, b string) (bool, err
 // just before), and those who left (or were kicked or banned from) one.
 // One query serves presence and device lists alike.
 func (s *Storage) MembersChanged(ctx context.Context, userID string, from, to int64) (joined, invited, left []string, err error) {
-	rows, err := s.db.Query(ctx, `SELECT DISTINCT user_id, membership FROM (
-		SELECT l.user_id, l.membership, COALESCE((SELECT p.membership FROM syncapi_membership_log p
-			WHERE p.room_id = l.room_id AND p.user_id = l.user_id AND p.pos < l.pos ORDER BY p.pos DESC LIMIT 1), '') AS prev
-		FROM syncapi_membership_log l
+	// The previous membership is looked up only for joins and invites.
+	const prev = `COALESCE((SELECT p.membership FROM syncapi_membership_log p
+			WHERE p.room_id = l.room_id AND p.user_id = l.user_id AND p.pos < l.pos ORDER BY p.pos DESC LIMIT 1), '')`
+	rows, err := s.db.Query(ctx, `SELECT DISTINCT l.user_id, l.membership FROM syncapi_membership_log l
 		JOIN syncapi_current_state m ON m.room_id = l.room_id AND m.event_type = 'm.room.member' AND m.state_key = $1 AND m.membership = 'join'
-		WHERE l.pos > $2 AND l.pos <= $3 AND l.membership IN ('leave', 'ban', 'join', 'invite')) c
-		WHERE membership IN ('leave', 'ban') OR membership = 'join' AND prev <> 'join'
-		OR membership = 'invite' AND prev NOT IN ('invite', 'join')`,
+		WHERE l.pos > $2 AND l.pos <= $3 AND (l.membership IN ('leave', 'ban')
+		OR l.membership = 'join' AND `+prev+` <> 'join'
+		OR l.membership = 'invite' AND `+prev+` NOT IN ('invite', 'join'))`,
 		userID, from, to)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("members who joined or left rooms of %s: %w", userID, err)
