@@ -61,11 +61,16 @@ func (s *SyncAPI) addDeviceLists(ctx context.Context, req *syncRequest, since To
 			if id == user || changed[id] {
 				continue
 			}
-			invited, err := s.store.SharesRoomInvited(ctx, user, id)
+			// Still invited, or joined since (its join may be past this
+			// sync's end, so in no list here).
+			ok, err := s.store.SharesRoomInvited(ctx, user, id)
+			if err == nil && !ok {
+				ok, err = s.store.SharesRoom(ctx, user, id)
+			}
 			if err != nil {
 				return err
 			}
-			changed[id] = invited
+			changed[id] = ok
 		}
 		left := slices.Clone(mc.left)
 		// The members of the rooms the user itself joined or left count

@@ -101,6 +101,19 @@ func TestDeviceLists(t *testing.T) {
 				alice.Do(t, "POST", v3+"/rooms/"+url.PathEscape(room)+"/invite", map[string]string{"user_id": danID}).MustOK(t)
 			}, []string{danID}, nil)
 		})
+		// One who left and is invited back counts as new too.
+		t.Run("a user who left is invited back", func(t *testing.T) {
+			expect(t, func() {
+				alice.Do(t, "POST", v3+"/rooms/"+url.PathEscape(room)+"/invite", map[string]string{"user_id": carolID}).MustOK(t)
+			}, []string{carolID}, nil)
+		})
+		t.Run("a user leaves and is invited back between two syncs", func(t *testing.T) {
+			expect(t, func() { join(t, carol) }, []string{carolID}, nil)
+			expect(t, func() {
+				leave(t, carol)
+				alice.Do(t, "POST", v3+"/rooms/"+url.PathEscape(room)+"/invite", map[string]string{"user_id": carolID}).MustOK(t)
+			}, []string{carolID}, nil)
+		})
 		t.Run("the user itself leaves", func(t *testing.T) {
 			expect(t, func() { leave(t, alice) }, nil, []string{bobID})
 		})
