@@ -93,6 +93,7 @@ func (c *ClientAPI) Routes(root *mux.Router) {
 	// Clients (and sytest) still upload cross-signing keys on the unstable
 	// prefix of MSC1756.
 	root.Handle("/_matrix/client/unstable/keys/device_signing/upload", c.authed(c.uploadCrossSigningKeys)).Methods(http.MethodPost)
+	root.Handle("/_matrix/client/unstable/keys/signatures/upload", c.authed(c.uploadSignatures)).Methods(http.MethodPost)
 	for _, p := range ClientPrefixes {
 		r := root.PathPrefix(p).Subrouter()
 		c.accountRoutes(r)

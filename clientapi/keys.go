@@ -20,6 +20,7 @@ func (c *ClientAPI) keyRoutes(r *mux.Router) {
 	r.Handle("/keys/query", c.authedGuest(c.queryKeys)).Methods(http.MethodPost)
 	r.Handle("/keys/claim", c.authedGuest(c.claimKeys)).Methods(http.MethodPost)
 	r.Handle("/keys/device_signing/upload", c.authed(c.uploadCrossSigningKeys)).Methods(http.MethodPost)
+	r.Handle("/keys/signatures/upload", c.authed(c.uploadSignatures)).Methods(http.MethodPost)
 }
 
 type uploadKeysRequest struct {
@@ -259,4 +260,48 @@ func (c *ClientAPI) uploadCrossSigningKeys(r *http.Request, dev *uapi.Device) (a
 		return nil, err
 	}
 	return struct{}{}, nil
+}
+
+// signaturesRequest is the body of POST /keys/signatures/upload: by user
+// ID, by key ID (a device ID or a cross-signing public key), a signed key.
+type signaturesRequest map[string]map[string]json.RawMessage
+
+func (q signaturesRequest) Validate() error {
+	n := 0
+	for userID, keys := range q {
+		if err := mxhttp.CheckParam("user ID", userID, mxid.UserID); err != nil {
+			return err
+		}
+		for keyID, obj := range keys {
+			if err := mxid.Opaque(keyID, mxid.MaxLen); err != nil {
+				return mxhttp.InvalidParam("key ID of %s: %v", userID, err)
+			}
+			if !gjson.ParseBytes(obj).IsObject() {
+				return mxhttp.BadJSON("the signed key %s of %s must be an object", keyID, userID)
+			}
+			n++
+		}
+	}
+	if n > maxSignedKeys {
+		return mxhttp.InvalidParam("at most %d keys may be signed at once", maxSignedKeys)
+	}
+	return nil
+}
+
+// maxSignedKeys bounds one signature upload (each key is verified).
+const maxSignedKeys = 1000
+
+// uploadSignatures is POST /keys/signatures/upload: the caller's
+// signatures of its own devices and master key, and of other users'
+// master keys; each refused one is listed in failures.
+func (c *ClientAPI) uploadSignatures(r *http.Request, dev *uapi.Device) (any, error) {
+	var req signaturesRequest
+	if err := mxhttp.ReadJSON(r, &req); err != nil {
+		return nil, err
+	}
+	failures, err := c.users.UploadSignatures(r.Context(), dev.UserID, req)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"failures": failures}, nil
 }

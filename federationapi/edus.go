@@ -177,9 +177,20 @@ func (f *FederationAPI) sendPresence(ctx context.Context, m jetstream.Msg) error
 	if err := json.Unmarshal(m.Data(), &u); err != nil || !f.isLocal(u.UserID) {
 		return nil
 	}
-	dests, err := f.hostsOfUser(ctx, u.UserID)
-	if err != nil {
-		return err
+	var dests []spec.ServerName
+	if len(u.Destinations) > 0 {
+		// An unchanged presence for servers that just came to share a
+		// room with the user.
+		for _, d := range u.Destinations {
+			if mxid.ServerName(d) == nil {
+				dests = append(dests, spec.ServerName(d))
+			}
+		}
+	} else {
+		var err error
+		if dests, err = f.hostsOfUser(ctx, u.UserID); err != nil {
+			return err
+		}
 	}
 	item := presenceItem{
 		UserID: u.UserID, Presence: u.Presence, LastActiveAgo: max(0, f.now().UnixMilli()-u.LastActiveTS),

@@ -171,7 +171,7 @@ func (f *FederationAPI) Routes(root *mux.Router) {
 	v1 := root.PathPrefix("/_matrix/federation/v1").Subrouter()
 	v1.Handle("/version", f.open(f.serverVersion)).Methods(http.MethodGet)
 	v1.Handle("/query/profile", f.authed(f.queryProfile)).Methods(http.MethodGet)
-	v1.Handle("/openid/userinfo", f.open(f.openIDUserInfo)).Methods(http.MethodGet)
+	f.OpenIDRoutes(root)
 	v1.Handle("/event/{eventId}", f.authed(f.getEvent)).Methods(http.MethodGet)
 	// Endpoints of one room answer only servers its ACL allows; /event
 	// checks the ACL of its event's room.
@@ -183,6 +183,15 @@ func (f *FederationAPI) Routes(root *mux.Router) {
 	v1.Handle("/send/{txnId}", f.authed(f.send)).Methods(http.MethodPut)
 	f.userKeyRoutes(v1)
 	f.membershipRoutes(v1, root.PathPrefix("/_matrix/federation/v2").Subrouter())
+}
+
+// OpenIDRoutes registers GET /_matrix/federation/v1/openid/userinfo alone.
+// Setup serves it on the client listener too, as Synapse's "openid"
+// resource does: the services that exchange a token (integration managers,
+// widgets) know a homeserver by its client URL, and the endpoint needs no
+// server signature.
+func (f *FederationAPI) OpenIDRoutes(root *mux.Router) {
+	root.Handle("/_matrix/federation/v1/openid/userinfo", f.open(f.openIDUserInfo)).Methods(http.MethodGet)
 }
 
 func (f *FederationAPI) serverVersion(r *http.Request) (any, error) {

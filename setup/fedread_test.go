@@ -132,27 +132,35 @@ func TestFederationReadEndpoints(t *testing.T) {
 			token := r.String("access_token")
 			// A third party (here: hsc's side of the test, unsigned, as an
 			// integration manager asks) checks it with bob's server.
-			userinfo := func(tok string) (int, []byte) {
-				resp, err := fed.httpClient("hsd.test").Get(hsD.FederationURL() + v1 + "/openid/userinfo?access_token=" + url.QueryEscape(tok))
-				if err != nil {
-					t.Fatal(err)
+			// Both listeners answer it: services that know the server by
+			// its client URL ask there (as sytest does).
+			for _, base := range []string{hsD.FederationURL(), hsD.ClientURL()} {
+				userinfo := func(query string) (int, []byte) {
+					resp, err := fed.httpClient("hsd.test").Get(base + v1 + "/openid/userinfo" + query)
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer resp.Body.Close()
+					raw, _ := io.ReadAll(resp.Body)
+					return resp.StatusCode, raw
 				}
-				defer resp.Body.Close()
-				raw, _ := io.ReadAll(resp.Body)
-				return resp.StatusCode, raw
-			}
-			code, raw := userinfo(token)
-			if err := fedShapes.check(t, "GET", v1+"/openid/userinfo", "", code, raw); code != 200 || err != nil || !json.Valid(raw) {
-				t.Fatalf("userinfo: %d %v %s", code, err, raw)
-			}
-			var info struct{ Sub string }
-			_ = json.Unmarshal(raw, &info)
-			if info.Sub != "@bob:hsd.test" {
-				t.Fatalf("userinfo: %s", raw)
-			}
-			for _, tok := range []string{token + "x", "nope"} {
-				if code, raw := userinfo(tok); code != 401 || errcodeOf(raw) != "M_UNKNOWN_TOKEN" {
-					t.Errorf("userinfo of a bad token: %d %s", code, raw)
+				code, raw := userinfo("?access_token=" + url.QueryEscape(token))
+				if err := fedShapes.check(t, "GET", v1+"/openid/userinfo", "", code, raw); code != 200 || err != nil || !json.Valid(raw) {
+					t.Fatalf("userinfo at %s: %d %v %s", base, code, err, raw)
+				}
+				var info struct{ Sub string }
+				_ = json.Unmarshal(raw, &info)
+				if info.Sub != "@bob:hsd.test" {
+					t.Fatalf("userinfo at %s: %s", base, raw)
+				}
+				for _, tt := range []struct{ query, errcode string }{
+					{"?access_token=" + url.QueryEscape(token+"x"), "M_UNKNOWN_TOKEN"},
+					{"?access_token=an%2Finvalid%2Ftoken", "M_UNKNOWN_TOKEN"},
+					{"", "M_MISSING_TOKEN"},
+				} {
+					if code, raw := userinfo(tt.query); code != 401 || errcodeOf(raw) != tt.errcode {
+						t.Errorf("userinfo at %s%s: %d %s, want 401 %s", base, tt.query, code, raw, tt.errcode)
+					}
 				}
 			}
 			if r := bob.Do(t, "POST", "/_matrix/client/v3/user/"+esc("@alice:hsc.test")+"/openid/request_token", map[string]any{}); r.Status != 403 {

@@ -178,6 +178,33 @@ func TestFederationJoins(t *testing.T) {
 			inviteAcceptReject(t, alice, private, erin, "@erin:hsb.test", frank, "@frank:hsb.test")
 		})
 
+		t.Run("createRoom invites of another server", func(t *testing.T) {
+			// The invites of /createRoom reach the invitee's server as
+			// /invite does: it signs them, and its users see them and
+			// can join (sytest's "If remote user leaves room..." rooms).
+			room := alice.Do(t, "POST", "/_matrix/client/v3/createRoom", map[string]any{
+				"preset": "private_chat", "invite": []string{"@erin:hsb.test", "@frank:hsb.test"},
+			}).MustOK(t).String("room_id")
+			for _, c := range []*testserver.Client{erin, frank} {
+				poll.Until(t, 10*time.Second, func() error {
+					if _, ok := fullSyncRooms(t, c)["invite"][room]; !ok {
+						return fmt.Errorf("no invite in /sync")
+					}
+					return nil
+				})
+			}
+			erin.Do(t, "POST", "/_matrix/client/v3/join/"+url.PathEscape(room), map[string]any{}).MustOK(t)
+			poll.Until(t, 10*time.Second, func() error {
+				if _, ok := fullSyncRooms(t, erin)["join"][room]; !ok {
+					return fmt.Errorf("erin's sync does not list the room as joined")
+				}
+				if !joinedMembers(t, alice, room)["@erin:hsb.test"] {
+					return fmt.Errorf("alice does not see erin joined")
+				}
+				return nil
+			})
+		})
+
 		t.Run("invite, accept and reject in a room version 12 room", func(t *testing.T) {
 			// The room ID names no server: hsb must reach the room through
 			// the inviter's server.

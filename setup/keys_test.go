@@ -330,6 +330,58 @@ func TestFederationKeys(t *testing.T) {
 			})
 		})
 
+		// While no room is shared, alice's server sends kb.test no
+		// updates: the copy kb.test kept must be fetched again once one
+		// is (sytest: "Server correctly resyncs when server leaves and
+		// rejoins a room", "If remote user leaves room, changes device
+		// and rejoins...").
+		t.Run("fetched again after sharing no room", func(t *testing.T) {
+			room := alice.Do(t, "POST", "/_matrix/client/v3/createRoom", map[string]any{"preset": "public_chat"}).MustOK(t).String("room_id")
+			join := func() {
+				bob.Do(t, "POST", "/_matrix/client/v3/join/"+url.PathEscape(room)+"?server_name=ka.test", map[string]any{}).MustOK(t)
+				poll.Until(t, 10*time.Second, func() error {
+					if !joinedMembers(t, bob, room)[aliceID] || !joinedMembers(t, alice, room)[bobID] {
+						return fmt.Errorf("bob and alice do not see each other in the room")
+					}
+					return nil
+				})
+			}
+			join()
+			poll.Until(t, 10*time.Second, func() error {
+				if keys, _ := queryKeys(t, bob, aliceID); curveKey(t, keys[aliceID][aliceDev], aliceDev) != "curve-1" {
+					return fmt.Errorf("alice's keys not found")
+				}
+				return nil
+			})
+			bob.Do(t, "POST", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/leave", map[string]any{}).MustOK(t)
+			poll.Until(t, 10*time.Second, func() error {
+				if joinedMembers(t, alice, room)[bobID] {
+					return fmt.Errorf("alice still sees bob in the room")
+				}
+				return nil
+			})
+			// No room is shared now (the subtests before share none):
+			// kb.test hears nothing of alice's new device.
+			alice2 := login(t, hsA, "alice")
+			_, dev2 := whoami(t, alice2)
+			alice2.Do(t, "POST", "/_matrix/client/v3/keys/upload", map[string]any{"device_keys": deviceKeys(aliceID, dev2, "new")}).MustOK(t)
+			join()
+			poll.Until(t, 10*time.Second, func() error {
+				if keys, _ := queryKeys(t, bob, aliceID); curveKey(t, keys[aliceID][dev2], dev2) != "curve-new" {
+					return fmt.Errorf("alice's new device not seen by bob: %s", jsonOf(keys[aliceID]))
+				}
+				return nil
+			})
+			// The next subtest starts sharing no room again.
+			bob.Do(t, "POST", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/leave", map[string]any{}).MustOK(t)
+			poll.Until(t, 10*time.Second, func() error {
+				if joinedMembers(t, alice, room)[bobID] {
+					return fmt.Errorf("alice still sees bob in the room")
+				}
+				return nil
+			})
+		})
+
 		t.Run("cached while a room is shared", func(t *testing.T) {
 			room := alice.Do(t, "POST", "/_matrix/client/v3/createRoom", map[string]any{"preset": "public_chat"}).MustOK(t).String("room_id")
 			bob.Do(t, "POST", "/_matrix/client/v3/join/"+url.PathEscape(room)+"?server_name=ka.test", map[string]any{}).MustOK(t)

@@ -216,6 +216,7 @@ func (s *Server) ClientHandler() (http.Handler, error) {
 	// /sync in flight: the sync routes go first.
 	s.sync.Routes(r)
 	s.client.Routes(r)
+	s.fed.OpenIDRoutes(r)
 	s.commonRoutes(r)
 	if err := mxhttp.CheckRouteVars(r); err != nil {
 		return nil, err

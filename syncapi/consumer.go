@@ -85,7 +85,30 @@ func (s *SyncAPI) onRoomEvent(ctx context.Context, m jetstream.Msg) error {
 		}
 	}
 	s.notifier.OnRoomEvent(out.RoomID, ev.Pos, "", "", false)
+	for _, a := range adds {
+		if a.Type != "m.room.member" || a.Membership != "join" {
+			continue
+		}
+		// Best effort: a presence not shared now is shared at its next
+		// change, so a failure does not hold the room's stream up.
+		if err := s.presenceOnJoin(ctx, out.RoomID, a.StateKey); err != nil {
+			s.log.WithError(err).WithField("room_id", out.RoomID).Warn("could not share presence with a new member's server")
+		}
+	}
 	return nil
+}
+
+// presenceOnJoin shares presence across servers when userID newly joined
+// roomID (a display name change is a join too, and shares nothing).
+func (s *SyncAPI) presenceOnJoin(ctx context.Context, roomID, userID string) error {
+	log, err := s.store.MembershipLog(ctx, roomID, userID)
+	if err != nil {
+		return err
+	}
+	if n := len(log); n >= 2 && log[n-2].Membership == "join" {
+		return nil
+	}
+	return s.sharePresenceOnJoin(ctx, roomID, userID)
 }
 
 func (s *SyncAPI) isLocal(userID string) bool {

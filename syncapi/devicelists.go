@@ -11,8 +11,8 @@ import (
 // addDeviceLists fills device_lists of an incremental sync (spec,
 // "Tracking the device list for a user"): changed holds the users sharing
 // a room with the syncing user (and the user itself) whose device lists
-// changed, local or remote, and those who joined one of its rooms since
-// (their devices are new to it); left holds those who left one of its
+// changed, local or remote, and those who joined one of its rooms since,
+// or were invited to one (their devices are new to it); left holds those who left one of its
 // rooms, or were in a room it left, and share none with it any more.
 func (s *SyncAPI) addDeviceLists(ctx context.Context, req *syncRequest, since Token, resp *syncResponse) error {
 	if req.since == nil {
@@ -22,7 +22,7 @@ func (s *SyncAPI) addDeviceLists(ctx context.Context, req *syncRequest, since To
 	// Candidates first, then one batched question of which of them share
 	// a room with the user now: a user who joins a room of 10,000 costs a
 	// few queries, not 10,000.
-	var keysMoved, joined, left []string
+	var keysMoved, joined, invited, left []string
 	if req.to.DeviceLists > since.DeviceLists && !req.quiet(deviceListsPos) {
 		ids, err := s.users.DeviceListChanges(ctx, since.DeviceLists, req.to.DeviceLists)
 		if err != nil {
@@ -36,6 +36,7 @@ func (s *SyncAPI) addDeviceLists(ctx context.Context, req *syncRequest, since To
 			return err
 		}
 		joined = append(joined, mc.joined...)
+		invited = append(invited, mc.invited...)
 		left = append(left, mc.left...)
 		// The members of the rooms the user itself joined or left count
 		// too: their devices are new to it, or none of its business.
@@ -61,12 +62,12 @@ func (s *SyncAPI) addDeviceLists(ctx context.Context, req *syncRequest, since To
 			}
 		}
 	}
-	if len(keysMoved)+len(joined)+len(left) == 0 {
+	if len(keysMoved)+len(joined)+len(invited)+len(left) == 0 {
 		return nil
 	}
-	candidates := make([]string, 0, len(keysMoved)+len(joined)+len(left))
+	candidates := make([]string, 0, len(keysMoved)+len(joined)+len(invited)+len(left))
 	seen := map[string]bool{user: true}
-	for _, list := range [][]string{keysMoved, joined, left} {
+	for _, list := range [][]string{keysMoved, joined, invited, left} {
 		for _, id := range list {
 			if !seen[id] {
 				seen[id] = true
@@ -87,6 +88,25 @@ func (s *SyncAPI) addDeviceLists(ctx context.Context, req *syncRequest, since To
 	// One who joined and left again since is only left.
 	for _, id := range joined {
 		if id != user && shares[id] {
+			changed[id] = true
+		}
+	}
+	// A newly invited user counts as one who joined, as in Synapse:
+	// clients encrypt for invited members too (history visibility
+	// "invited"), so they need its devices before it joins. It is still
+	// invited, or joined since (its join may be past this sync's end, so
+	// in no list here). Invites are few: one query each.
+	for _, id := range invited {
+		if id == user || changed[id] {
+			continue
+		}
+		ok := shares[id]
+		if !ok {
+			if ok, err = s.store.SharesRoomInvited(ctx, user, id); err != nil {
+				return err
+			}
+		}
+		if ok {
 			changed[id] = true
 		}
 	}
@@ -126,7 +146,7 @@ func (s *SyncAPI) keysChanges(r *http.Request, dev *uapi.Device) (any, error) {
 
 // membersChange is who joined and left the user's rooms in a sync's range.
 type membersChange struct {
-	joined, left []string
+	joined, invited, left []string
 }
 
 // membersChanged reads, once per sync, who joined and left the user's
@@ -135,10 +155,10 @@ func (s *SyncAPI) membersChanged(ctx context.Context, req *syncRequest, since To
 	if req.members != nil {
 		return req.members, nil
 	}
-	joined, left, err := s.store.MembersChanged(ctx, req.dev.UserID, since.PDU, req.to.PDU)
+	joined, invited, left, err := s.store.MembersChanged(ctx, req.dev.UserID, since.PDU, req.to.PDU)
 	if err != nil {
 		return nil, err
 	}
-	req.members = &membersChange{joined: joined, left: left}
+	req.members = &membersChange{joined: joined, invited: invited, left: left}
 	return req.members, nil
 }

@@ -20,7 +20,7 @@ type deviceLists struct {
 
 // TestDeviceLists: an incremental /sync lists in device_lists.changed the
 // users sharing a room whose keys changed and those who newly joined one
-// of the user's rooms, and in left those with whom the user shares no
+// of the user's rooms or were invited to one, and in left those with whom the user shares no
 // room any more, whoever left; users sharing no room are not listed.
 func TestDeviceLists(t *testing.T) {
 	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
@@ -93,6 +93,26 @@ func TestDeviceLists(t *testing.T) {
 					t.Errorf("keys changes ?%s: %d %s", q, r.Status, r.Raw)
 				}
 			}
+		})
+		// An invited user's devices matter before it joins (clients
+		// encrypt for invited members): it counts as one who joined.
+		t.Run("a user is invited", func(t *testing.T) {
+			expect(t, func() {
+				alice.Do(t, "POST", v3+"/rooms/"+url.PathEscape(room)+"/invite", map[string]string{"user_id": danID}).MustOK(t)
+			}, []string{danID}, nil)
+		})
+		// One who left and is invited back counts as new too.
+		t.Run("a user who left is invited back", func(t *testing.T) {
+			expect(t, func() {
+				alice.Do(t, "POST", v3+"/rooms/"+url.PathEscape(room)+"/invite", map[string]string{"user_id": carolID}).MustOK(t)
+			}, []string{carolID}, nil)
+		})
+		t.Run("a user leaves and is invited back between two syncs", func(t *testing.T) {
+			expect(t, func() { join(t, carol) }, []string{carolID}, nil)
+			expect(t, func() {
+				leave(t, carol)
+				alice.Do(t, "POST", v3+"/rooms/"+url.PathEscape(room)+"/invite", map[string]string{"user_id": carolID}).MustOK(t)
+			}, []string{carolID}, nil)
 		})
 		t.Run("the user itself leaves", func(t *testing.T) {
 			expect(t, func() { leave(t, alice) }, nil, []string{bobID})

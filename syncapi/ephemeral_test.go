@@ -158,6 +158,12 @@ func TestTyping(t *testing.T) {
 			t.Fatalf("after stopping: %v (sent: %v), want an empty list", users, ok)
 		}
 		since = resp.String("next_batch")
+		// So does an initial sync, for a room anyone ever typed in: a
+		// client that started syncing after the stop must not keep the
+		// typing it saw before (sytest: "Typing can be explicitly stopped").
+		if users, ok := typingUsers(t, syncFrom(t, r.bob, "", 0), r.id); !ok || len(users) != 0 {
+			t.Fatalf("initial sync after stopping: %v (sent: %v), want an empty list", users, ok)
+		}
 
 		// A notification ends by itself when its timeout passes.
 		r.bob.Do(t, "PUT", r.path("/typing/%s", "@bob:localhost"), map[string]any{"typing": true, "timeout": 300}).MustOK(t)

@@ -11,6 +11,7 @@ import (
 
 	"myelin/internal/mxhttp"
 	"myelin/internal/mxid"
+	sapi "myelin/syncapi/api"
 	"myelin/syncapi/storage"
 	uapi "myelin/userapi/api"
 )
@@ -34,6 +35,11 @@ func (s *SyncAPI) eventStream(r *http.Request, dev *uapi.Device) (any, error) {
 	q := r.URL.Query()
 	timeout, err := s.timeoutParam(q, 30*time.Second)
 	if err != nil {
+		return nil, err
+	}
+	// Polling the stream marks the user online, as /sync does without
+	// set_presence (and as Synapse's /events does).
+	if err := s.syncPresence(ctx, dev.UserID, sapi.Online); err != nil {
 		return nil, err
 	}
 	limit := eventStreamTimeline

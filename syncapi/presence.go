@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"sort"
 	"sync"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"myelin/internal/bus"
 	"myelin/internal/cache"
 	"myelin/internal/mxhttp"
+	"myelin/internal/mxid"
 	sapi "myelin/syncapi/api"
 	"myelin/syncapi/storage"
 	uapi "myelin/userapi/api"
@@ -269,6 +271,9 @@ func (s *SyncAPI) onPresence(ctx context.Context, m jetstream.Msg) error {
 		s.log.WithError(err).Warn("dropping malformed presence update")
 		return nil
 	}
+	if len(u.Destinations) > 0 {
+		return nil // a resend for other servers: nothing changed
+	}
 	cur, err := s.store.Presence(ctx, u.UserID)
 	if errors.Is(err, storage.ErrNotFound) {
 		cur, err = &storage.Presence{UserID: u.UserID, Presence: sapi.Offline}, nil
@@ -357,4 +362,62 @@ func (s *SyncAPI) expirePresence(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// sharePresenceOnJoin sends the presence of the local users of a room to
+// the server of a remote user who newly joined it, and the presence of a
+// local user who newly joined to the room's other servers, so that users
+// newly sharing a room see each other's presence at once rather than at
+// their next change (sytest: "New federated private chats get full
+// presence information (SYN-115)"). Users offline or never seen are left
+// out: offline is what a server assumes of those it has not heard of.
+func (s *SyncAPI) sharePresenceOnJoin(ctx context.Context, roomID, userID string) error {
+	members, err := s.store.JoinedMembers(ctx, roomID)
+	if err != nil {
+		return err
+	}
+	var local []string
+	servers := map[string]bool{}
+	for _, m := range members {
+		if s.isLocal(m) {
+			local = append(local, m)
+		} else if srv, ok := mxid.Server(m); ok {
+			servers[srv] = true
+		}
+	}
+	var whose []string
+	var dests []string
+	if s.isLocal(userID) {
+		whose = []string{userID}
+		for srv := range servers {
+			dests = append(dests, srv)
+		}
+		sort.Strings(dests)
+	} else {
+		srv, ok := mxid.Server(userID)
+		if !ok {
+			return nil
+		}
+		whose, dests = local, []string{srv}
+	}
+	if len(whose) == 0 || len(dests) == 0 {
+		return nil
+	}
+	known, err := s.store.PresenceOf(ctx, whose)
+	if err != nil {
+		return err
+	}
+	for _, p := range known {
+		if p.Presence == sapi.Offline {
+			continue
+		}
+		if err := s.publish(ctx, bus.OutputPresence, sapi.PresenceUpdate{
+			UserID: p.UserID, Presence: p.Presence, StatusMsg: p.StatusMsg,
+			LastActiveTS: s.presence.lastActive(p), CurrentlyActive: p.CurrentlyActive,
+			Destinations: dests,
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
 }

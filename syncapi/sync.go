@@ -527,8 +527,10 @@ func (s *SyncAPI) build(ctx context.Context, req *syncRequest) (*syncResponse, e
 }
 
 // ephemeral returns a joined room's ephemeral events: who is typing, if
-// that changed after typingSince (or, in a full sync, if anyone is), and
-// the room's new receipts.
+// that changed after typingSince (or, in a full sync, if anyone ever typed
+// there: an empty list tells a client that synced before that whoever it
+// saw typing stopped, as Synapse's initial sync does), and the room's new
+// receipts.
 func (s *SyncAPI) ephemeral(req *syncRequest, roomID string, receipts any, full bool, typingSince int64) []any {
 	f := &req.filter.Room.Ephemeral
 	if !req.filter.Room.AllowsRoom(roomID, f) || (f.Limit != nil && *f.Limit == 0) {
@@ -537,7 +539,7 @@ func (s *SyncAPI) ephemeral(req *syncRequest, roomID string, receipts any, full 
 	var out []any
 	if f.AllowsType("m.typing") {
 		users, pos := s.typing.room(roomID)
-		if (req.since != nil && pos > typingSince) || (full && len(users) > 0) {
+		if (req.since != nil && pos > typingSince) || (full && pos > 0) {
 			out = append(out, map[string]any{"type": "m.typing", "content": map[string]any{"user_ids": users}})
 		}
 	}

@@ -257,7 +257,7 @@ func (u *UserAPI) QueryKeys(ctx context.Context, req uapi.QueryKeysRequest) (*ua
 		}
 	}
 	if req.LocalOnly || len(remote) == 0 {
-		return resp, nil
+		return resp, u.withUserSignatures(ctx, resp, req.Requester)
 	}
 	ctx, cancel := context.WithTimeout(ctx, keysTimeout(req.Timeout))
 	defer cancel()
@@ -287,7 +287,7 @@ func (u *UserAPI) QueryKeys(ctx context.Context, req uapi.QueryKeysRequest) (*ua
 			resp.SelfSigningKeys[uid] = k
 		}
 	})
-	return resp, nil
+	return resp, u.withUserSignatures(ctx, resp, req.Requester)
 }
 
 // queryServer answers for the users of one other server: from the cached
@@ -599,9 +599,17 @@ func (u *UserAPI) UploadCrossSigningKeys(ctx context.Context, userID string, key
 	for typ, k := range keys {
 		stored[typ] = string(k)
 	}
-	c, err := u.store.StoreCrossSigningKeys(ctx, userID, stored)
+	// The user-signing key is its owner's business alone: a change of it
+	// alone moves nothing others see (sytest: "Changing user-signing key
+	// notifies local users" wants the other user not told).
+	_, master := keys["master"]
+	_, self := keys["self_signing"]
+	c, err := u.store.StoreCrossSigningKeys(ctx, userID, stored, master || self)
 	if err != nil {
 		return err
+	}
+	if !master && !self {
+		return nil
 	}
 	if err := u.announce(ctx, userID, "device_lists", c.Pos); err != nil {
 		return err
@@ -621,15 +629,31 @@ func (u *UserAPI) UploadCrossSigningKeys(ctx context.Context, userID string, key
 }
 
 // SigningKeyUpdate applies an m.signing_key_update EDU to the copy of a
-// tracked remote user's keys; one of a user not tracked, or of another
-// server than origin, is dropped.
+// tracked remote user's keys; for a user not tracked who shares a room
+// with a local user, the whole list is fetched; any other, or one of a
+// user of another server than origin, is dropped.
 func (u *UserAPI) SigningKeyUpdate(ctx context.Context, origin string, upd uapi.SigningKeyUpdate) error {
 	if srv, ok := mxid.Server(upd.UserID); !ok || srv != origin || srv == u.serverName {
 		return nil
 	}
 	tracked, err := u.store.IsTracked(ctx, upd.UserID)
-	if err != nil || !tracked {
+	if err != nil {
 		return err
+	}
+	if !tracked {
+		// A user sharing a room with a local user is fetched whole now
+		// (its keys included), as for a device list update, so local
+		// users hear that its keys changed; any other is none of ours.
+		shares, err := u.store.SharesRoomWithLocal(ctx, upd.UserID)
+		if err != nil || !shares || u.remote == nil {
+			return err
+		}
+		rctx, cancel := context.WithTimeout(ctx, resyncTimeout)
+		defer cancel()
+		if _, err := u.resync(rctx, origin, upd.UserID); err != nil {
+			u.log.WithError(err).WithField("user_id", upd.UserID).Debug("device list resync failed")
+		}
+		return nil
 	}
 	keys := map[string]string{}
 	for typ, k := range map[string]json.RawMessage{"master": upd.MasterKey, "self_signing": upd.SelfSigningKey} {
@@ -640,7 +664,7 @@ func (u *UserAPI) SigningKeyUpdate(ctx context.Context, origin string, upd uapi.
 	if len(keys) == 0 {
 		return nil
 	}
-	c, err := u.store.StoreCrossSigningKeys(ctx, upd.UserID, keys)
+	c, err := u.store.StoreCrossSigningKeys(ctx, upd.UserID, keys, true)
 	if err != nil {
 		return err
 	}

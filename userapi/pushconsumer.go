@@ -244,7 +244,55 @@ func (u *UserAPI) trackMembers(ctx context.Context, out *rsapi.OutputEvent) erro
 			addMember(id, raw)
 		}
 	}
-	return u.store.ApplyMembers(ctx, out.RoomID, out.RemovesState, added)
+	if err := u.store.ApplyMembers(ctx, out.RoomID, out.RemovesState, added); err != nil {
+		return err
+	}
+	return u.staleUnshared(ctx, out.RoomID, added)
+}
+
+// staleUnshared marks stale the cached device lists of the remote users
+// who, after these membership changes, share no room with a local user:
+// their servers stop telling us of their changes, so the copy must be
+// fetched again should a room be shared again (a remote user who left,
+// changed devices and rejoined; this server leaving and rejoining).
+func (u *UserAPI) staleUnshared(ctx context.Context, roomID string, added []storage.Member) error {
+	var remote []string
+	serverLeft := false
+	for _, m := range added {
+		if m.Membership == "join" {
+			continue
+		}
+		if m.IsLocal {
+			serverLeft = true
+		} else {
+			remote = append(remote, m.UserID)
+		}
+	}
+	if serverLeft {
+		// While a local user is still joined, every remote member still
+		// shares this room with one.
+		joined, err := u.store.LocalJoined(ctx, roomID)
+		if err != nil {
+			return err
+		}
+		if len(joined) == 0 {
+			remote = nil // all tracked members of the room
+		} else if len(remote) == 0 {
+			return nil
+		}
+	} else if len(remote) == 0 {
+		return nil
+	}
+	gone, err := u.store.UnsharedTracked(ctx, roomID, remote)
+	if err != nil {
+		return err
+	}
+	for _, id := range gone {
+		if err := u.store.MarkDeviceListStale(ctx, id); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // pushEvent is an event being evaluated, with what its pushes need,

@@ -52,6 +52,11 @@ type PresenceUpdate struct {
 	KeepStatus      bool    `json:"keep_status,omitempty"`
 	LastActiveTS    int64   `json:"last_active_ts"`
 	CurrentlyActive bool    `json:"currently_active"`
+	// Destinations, when set, makes this the user's unchanged presence
+	// sent again to these servers alone (they just came to share a room
+	// with the user, spec: "Presence" over federation); syncapi ignores
+	// such an update, it changes nothing here.
+	Destinations []string `json:"destinations,omitempty"`
 }
 
 // SendToDevice is a message on bus.OutputSendToDevice: Sender's

@@ -294,33 +294,55 @@ func (s *Storage) SharingUsers(ctx context.Context, userID string, candidates []
 	return out, nil
 }
 
+// SharesRoomInvited reports whether b is invited to a room a is joined to.
+func (s *Storage) SharesRoomInvited(ctx context.Context, a, b string) (bool, error) {
+	var one int
+	err := s.db.QueryRow(ctx, `SELECT 1 FROM syncapi_current_state x
+		JOIN syncapi_current_state y ON y.room_id = x.room_id AND y.event_type = 'm.room.member' AND y.state_key = $2 AND y.membership = 'invite'
+		WHERE x.event_type = 'm.room.member' AND x.state_key = $1 AND x.membership = 'join' LIMIT 1`, a, b).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("is %s invited to a room of %s: %w", b, a, err)
+	}
+	return true, nil
+}
+
 // MembersChanged returns the users who joined, with positions in
 // (from, to], a room userID is now joined to and were not joined to it
-// just before, and those who left (or were kicked or banned from) one.
+// just before, those newly invited to one (neither invited nor joined
+// just before), and those who left (or were kicked or banned from) one.
 // One query serves presence and device lists alike.
-func (s *Storage) MembersChanged(ctx context.Context, userID string, from, to int64) (joined, left []string, err error) {
+func (s *Storage) MembersChanged(ctx context.Context, userID string, from, to int64) (joined, invited, left []string, err error) {
+	// The previous membership is looked up only for joins and invites.
+	const prev = `COALESCE((SELECT p.membership FROM syncapi_membership_log p
+			WHERE p.room_id = l.room_id AND p.user_id = l.user_id AND p.pos < l.pos ORDER BY p.pos DESC LIMIT 1), '')`
 	rows, err := s.db.Query(ctx, `SELECT DISTINCT l.user_id, l.membership FROM syncapi_membership_log l
 		JOIN syncapi_current_state m ON m.room_id = l.room_id AND m.event_type = 'm.room.member' AND m.state_key = $1 AND m.membership = 'join'
-		WHERE l.pos > $2 AND l.pos <= $3 AND (l.membership IN ('leave', 'ban') OR l.membership = 'join'
-		AND COALESCE((SELECT p.membership FROM syncapi_membership_log p
-			WHERE p.room_id = l.room_id AND p.user_id = l.user_id AND p.pos < l.pos ORDER BY p.pos DESC LIMIT 1), '') <> 'join')`,
+		WHERE l.pos > $2 AND l.pos <= $3 AND (l.membership IN ('leave', 'ban')
+		OR l.membership = 'join' AND `+prev+` <> 'join'
+		OR l.membership = 'invite' AND `+prev+` NOT IN ('invite', 'join'))`,
 		userID, from, to)
 	if err != nil {
-		return nil, nil, fmt.Errorf("members who joined or left rooms of %s: %w", userID, err)
+		return nil, nil, nil, fmt.Errorf("members who joined or left rooms of %s: %w", userID, err)
 	}
 	defer rows.Close()
 	for rows.Next() {
 		var u, m string
 		if err := rows.Scan(&u, &m); err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
-		if m == "join" {
+		switch m {
+		case "join":
 			joined = append(joined, u)
-		} else {
+		case "invite":
+			invited = append(invited, u)
+		default:
 			left = append(left, u)
 		}
 	}
-	return joined, left, rows.Err()
+	return joined, invited, left, rows.Err()
 }
 
 // JoinedMembers lists the users joined to roomID now.

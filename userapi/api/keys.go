@@ -39,6 +39,10 @@ type Keys interface {
 	// UploadCrossSigningKeys stores a local user's cross-signing keys by
 	// type (master, self_signing, user_signing), checked by the caller.
 	UploadCrossSigningKeys(ctx context.Context, userID string, keys map[string]json.RawMessage) error
+	// UploadSignatures stores the signatures a local user made of keys
+	// (POST /keys/signatures/upload); those refused are returned by user
+	// and key ID.
+	UploadSignatures(ctx context.Context, signer string, signed map[string]map[string]json.RawMessage) (map[string]map[string]SignatureFailure, error)
 	// SigningKeyUpdate applies an m.signing_key_update EDU from origin.
 	SigningKeyUpdate(ctx context.Context, origin string, update SigningKeyUpdate) error
 	// DeviceListChanges lists the users whose device lists changed in
@@ -190,3 +194,11 @@ type SigningKeyUpdate struct {
 // ClaimDevices lists the devices of one user's part of a /keys/claim
 // request (device ID -> algorithm), for CheckKeysQuery.
 func ClaimDevices(m map[string]string) []string { return slices.Collect(maps.Keys(m)) }
+
+// SignatureFailure is why one signed key of a signature upload was
+// refused: a Matrix error code and a message (spec: the failures of POST
+// /keys/signatures/upload).
+type SignatureFailure struct {
+	ErrCode string `json:"errcode"`
+	Error   string `json:"error"`
+}

@@ -484,8 +484,9 @@ func (s *Storage) ApplyRemoteDeviceUpdate(ctx context.Context, u DeviceUpdate) (
 
 // StoreCrossSigningKeys stores a user's cross-signing keys by type
 // (master, self_signing, user_signing), replacing those of the same type,
-// and moves the user's device list on (others re-read the user's keys).
-func (s *Storage) StoreCrossSigningKeys(ctx context.Context, userID string, keys map[string]string) (DeviceListChange, error) {
+// and, when bump, moves the user's device list on (others re-read the
+// user's keys); the change is zero otherwise.
+func (s *Storage) StoreCrossSigningKeys(ctx context.Context, userID string, keys map[string]string, bump bool) (DeviceListChange, error) {
 	var c DeviceListChange
 	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
 		for typ, k := range keys {
@@ -493,6 +494,9 @@ func (s *Storage) StoreCrossSigningKeys(ctx context.Context, userID string, keys
 				ON CONFLICT (user_id, key_type) DO UPDATE SET key_json = excluded.key_json`, userID, typ, k); err != nil {
 				return fmt.Errorf("store %s key of %s: %w", typ, userID, err)
 			}
+		}
+		if !bump {
+			return nil
 		}
 		var err error
 		c, err = bumpDeviceList(ctx, tx, userID)
@@ -530,4 +534,84 @@ func (s *Storage) IsTracked(ctx context.Context, userID string) (bool, error) {
 		return false, fmt.Errorf("select device list of %s: %w", userID, err)
 	}
 	return true, nil
+}
+
+// UserSignature is a signature a local user made of another user's master
+// key with its user-signing key.
+type UserSignature struct {
+	Signer, Target, TargetKeyID, SignerKeyID, Signature string
+}
+
+// StoreUserSignature stores sig, replacing one by the same key of the same
+// target, and moves the target's device list on, so the signer's clients
+// re-read the target's keys.
+func (s *Storage) StoreUserSignature(ctx context.Context, sig UserSignature) (DeviceListChange, error) {
+	var c DeviceListChange
+	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO userapi_key_signatures
+			(signer_user_id, target_user_id, target_key_id, signer_key_id, signature) VALUES ($1, $2, $3, $4, $5)
+			ON CONFLICT (signer_user_id, target_user_id, target_key_id, signer_key_id) DO UPDATE SET signature = excluded.signature`,
+			sig.Signer, sig.Target, sig.TargetKeyID, sig.SignerKeyID, sig.Signature); err != nil {
+			return fmt.Errorf("store signature of %s by %s: %w", sig.Target, sig.Signer, err)
+		}
+		var err error
+		c, err = bumpDeviceList(ctx, tx, sig.Target)
+		return err
+	})
+	return c, err
+}
+
+// UserSignatures lists the signatures signer made of other users' keys.
+func (s *Storage) UserSignatures(ctx context.Context, signer string) ([]UserSignature, error) {
+	rows, err := s.db.Query(ctx, `SELECT target_user_id, target_key_id, signer_key_id, signature
+		FROM userapi_key_signatures WHERE signer_user_id = $1`, signer)
+	if err != nil {
+		return nil, fmt.Errorf("select signatures by %s: %w", signer, err)
+	}
+	defer rows.Close()
+	var out []UserSignature
+	for rows.Next() {
+		sig := UserSignature{Signer: signer}
+		if err := rows.Scan(&sig.Target, &sig.TargetKeyID, &sig.SignerKeyID, &sig.Signature); err != nil {
+			return nil, fmt.Errorf("scan signature by %s: %w", signer, err)
+		}
+		out = append(out, sig)
+	}
+	return out, rows.Err()
+}
+
+// UnsharedTracked lists the remote users among candidates (all the
+// remote members of roomID when candidates is nil) whose device lists are
+// cached and fresh but who share no room with a local user any more.
+func (s *Storage) UnsharedTracked(ctx context.Context, roomID string, candidates []string) ([]string, error) {
+	if candidates == nil {
+		rows, err := s.db.Query(ctx, `SELECT m.user_id FROM userapi_room_members m
+			JOIN userapi_remote_device_lists d ON d.user_id = m.user_id
+			WHERE m.room_id = $1 AND NOT m.is_local AND NOT d.stale`, roomID)
+		if err != nil {
+			return nil, fmt.Errorf("select tracked members of %s: %w", roomID, err)
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var u string
+			if err := rows.Scan(&u); err != nil {
+				return nil, fmt.Errorf("scan tracked member of %s: %w", roomID, err)
+			}
+			candidates = append(candidates, u)
+		}
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+	}
+	var out []string
+	for _, u := range candidates {
+		shares, err := s.SharesRoomWithLocal(ctx, u)
+		if err != nil {
+			return nil, err
+		}
+		if !shares {
+			out = append(out, u)
+		}
+	}
+	return out, nil
 }
