@@ -330,28 +330,48 @@ func (f *FederationAPI) pduPolicy(ctx context.Context, origin spec.ServerName, e
 	return nil, nil
 }
 
-// inputRoomPDUs inputs one room's checked PDUs, in order. They go in one
-// request; if the roomserver refuses one, each is input on its own so
-// that the refusal is that PDU's alone (those already stored are no-ops).
-// The roomserver being unable to store anything now fails the
-// transaction, to be retried.
+// inputRoomPDUs inputs one room's checked PDUs, in order, in as few
+// requests as it can: the roomserver stores the events of a request up to
+// one it refuses, and says which (InputResponse.ErrIndex); that one gets
+// the refusal, and the rest go in a new request, less those built on a
+// refused event, which are answered at once (they would be refused too,
+// after their own fetch of what they lack, up to the roomserver's fetch
+// timeout). When the response does not name the refused event among the
+// stored ones, each of the rest is input on its own so that a refusal is
+// its PDU's alone (those already stored are no-ops). The roomserver being
+// unable to store anything now fails the transaction, to be retried.
 func (f *FederationAPI) inputRoomPDUs(ctx context.Context, origin spec.ServerName, roomID string, evs []gmsl.PDU, put func(string, error)) error {
-	input := func(evs []gmsl.PDU) (refused, err error) {
+	input := func(evs []gmsl.PDU) (resp *rsapi.InputResponse, refused, err error) {
 		req := &rsapi.InputRequest{RoomID: roomID, Origin: origin, Events: make([]rsapi.InputEvent, len(evs))}
 		for i, ev := range evs {
 			req.Events[i] = rsapi.InputEvent{PDU: json.RawMessage(ev.JSON())}
 		}
-		resp, err := f.rs.Input(ctx, req)
+		resp, err = f.rs.Input(ctx, req)
 		if err != nil && resp != nil && !resp.Unavailable {
-			return err, nil
+			return resp, err, nil
 		}
-		return nil, err
+		return resp, nil, err
 	}
-	if len(evs) == 0 {
-		return nil
+	refusedIDs := map[string]bool{}
+	refuse := func(ev gmsl.PDU, why error) {
+		refusedIDs[ev.EventID()] = true
+		f.log.WithError(why).WithField("origin", origin).WithField("event_id", ev.EventID()).Debug("PDU refused")
+		put(ev.EventID(), why)
 	}
-	if len(evs) > 1 {
-		refused, err := input(evs)
+	// pending drops the events built on a refused one, answering them.
+	pending := func(evs []gmsl.PDU) []gmsl.PDU {
+		out := evs[:0:0]
+		for _, ev := range evs {
+			if prev := refusedPrev(ev, refusedIDs); prev != "" {
+				refuse(ev, fmt.Errorf("its prev event %s was refused", prev))
+				continue
+			}
+			out = append(out, ev)
+		}
+		return out
+	}
+	for evs = pending(evs); len(evs) > 0; evs = pending(evs) {
+		resp, refused, err := input(evs)
 		if err != nil {
 			return fmt.Errorf("input %d events of %s: %w", len(evs), roomID, err)
 		}
@@ -361,28 +381,45 @@ func (f *FederationAPI) inputRoomPDUs(ctx context.Context, origin spec.ServerNam
 			}
 			return nil
 		}
-	}
-	// An event built on a refused one of the same transaction would be
-	// refused too, after its own fetch of what it lacks (up to the
-	// roomserver's fetch timeout): it is answered at once instead.
-	refusedIDs := map[string]bool{}
-	for _, ev := range evs {
-		if prev := refusedPrev(ev, refusedIDs); prev != "" {
-			refusedIDs[ev.EventID()] = true
-			put(ev.EventID(), fmt.Errorf("its prev event %s was refused", prev))
-			continue
+		k := resp.ErrIndex
+		if k < 0 || k >= len(evs) || k != len(resp.EventIDs) || !storedPrefix(evs, resp.EventIDs) {
+			if len(evs) == 1 {
+				refuse(evs[0], refused)
+				return nil
+			}
+			break
 		}
-		refused, err := input([]gmsl.PDU{ev})
+		for _, ev := range evs[:k] {
+			put(ev.EventID(), nil)
+		}
+		refuse(evs[k], refused)
+		evs = evs[k+1:]
+	}
+	for _, ev := range pending(evs) {
+		_, refused, err := input([]gmsl.PDU{ev})
 		if err != nil {
 			return fmt.Errorf("input %s: %w", ev.EventID(), err)
 		}
 		if refused != nil {
-			refusedIDs[ev.EventID()] = true
-			f.log.WithError(refused).WithField("origin", origin).WithField("event_id", ev.EventID()).Debug("PDU refused by the roomserver")
+			refuse(ev, refused)
+			continue
 		}
-		put(ev.EventID(), refused)
+		put(ev.EventID(), nil)
 	}
 	return nil
+}
+
+// storedPrefix reports whether ids are the IDs of the first events of evs.
+func storedPrefix(evs []gmsl.PDU, ids []string) bool {
+	if len(ids) > len(evs) {
+		return false
+	}
+	for i, id := range ids {
+		if evs[i].EventID() != id {
+			return false
+		}
+	}
+	return true
 }
 
 // refusedPrev is a prev event of ev among refused, "" if none is.

@@ -5,9 +5,9 @@
 #   scripts/fed-servers.sh start N DIR   start servers 1..N, state under DIR
 #   scripts/fed-servers.sh stop DIR      stop them (DIR is kept)
 #
-# Server i listens on 127.0.0.(10+i): the Client-Server API on port 8008
+# Server i listens on 127.0.0.(FED_IP_BASE+i), FED_IP_BASE 10 by default: the Client-Server API on port 8008
 # (plain HTTP) and the federation API on port 8448 (TLS), and is named
-# 127.0.0.(10+i):8448, so no discovery is needed. A throwaway CA made with
+# 127.0.0.(FED_IP_BASE+i):8448, so no discovery is needed. A throwaway CA made with
 # openssl under DIR signs every server's certificate and every server trusts
 # it. Registration is open, with the cheapest bcrypt cost, and rate limits
 # are off (load runs create thousands of users). SQLite and the embedded NATS, each under DIR/sI.
@@ -59,6 +59,9 @@ start)
 *) usage ;;
 esac
 [[ $n =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 40 ] || { echo "fed-servers: N must be 1..40" >&2; exit 2; }
+# Another run on the same machine takes another FED_IP_BASE.
+base=${FED_IP_BASE:-10}
+[[ $base =~ ^[0-9]+$ ]] && [ $((base + n)) -le 254 ] || { echo "fed-servers: FED_IP_BASE + N must be at most 254" >&2; exit 2; }
 stop "$dir"
 
 # start_dendrite I IP: starts Dendrite server I, configured by tests/interop's
@@ -109,7 +112,7 @@ dendrite)
   (cd "$repo" && go build -o "$dir/bin/interop" ./tests/interop)
   : > "$dir/cas.pem"
   for i in $(seq 1 "$n"); do
-    ip=127.0.0.$((10 + i))
+    ip=127.0.0.$((base + i))
     rm -rf "$dir/s$i" && mkdir -p "$dir/s$i"
     "$dir/bin/interop" setup -dir "$dir/s$i" -myelin-ip 127.0.0.1 -dendrite-ip "$ip" \
       -dendrite-name "$ip:8448" -dendrite-log-level warn >/dev/null
@@ -133,7 +136,7 @@ esac
 
 : > "$dir/servers.tsv.new"
 for i in $(seq 1 "$n"); do
-  ip=127.0.0.$((10 + i))
+  ip=127.0.0.$((base + i))
   mkdir -p "$dir/s$i"
   "start_$server" "$i" "$ip"
   printf '%s\thttp://%s:8008\t%s\n' "$ip:8448" "$ip" "$(cat "$dir/s$i/pid")" >> "$dir/servers.tsv.new"

@@ -355,6 +355,10 @@ func (u *UserAPI) notifyMembers(ctx context.Context, out *rsapi.OutputEvent) err
 	if err != nil {
 		return err
 	}
+	// The notifications of all members go in one write transaction: a
+	// room of N local members would otherwise take N writes per event.
+	var ns []storage.NewNotification
+	var nacts []pushrules.Actions
 	for _, m := range candidates {
 		rs, err := u.rulesFor(ctx, m.UserID)
 		if err != nil {
@@ -374,15 +378,22 @@ func (u *UserAPI) notifyMembers(ctx context.Context, out *rsapi.OutputEvent) err
 		if err != nil {
 			return err
 		}
-		inserted, err := u.store.InsertNotification(ctx, storage.NewNotification{
+		ns = append(ns, storage.NewNotification{
 			UserID: m.UserID, RoomID: out.RoomID, EventID: out.EventID, ThreadID: pe.threadID,
 			Depth: pe.depth, TS: u.now().UnixMilli(), Actions: actions, Highlight: acts.Highlight,
 		})
-		if err != nil {
-			return err
-		}
-		if inserted {
-			u.pushNotification(ctx, m.UserID, pe, acts)
+		nacts = append(nacts, acts)
+	}
+	if len(ns) == 0 {
+		return nil
+	}
+	inserted, err := u.store.InsertNotifications(ctx, ns)
+	if err != nil {
+		return err
+	}
+	for i, n := range ns {
+		if inserted[i] {
+			u.pushNotification(ctx, n.UserID, pe, nacts[i])
 		}
 	}
 	return nil

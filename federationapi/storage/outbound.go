@@ -185,8 +185,20 @@ type Transaction struct {
 // remote dedups by ID), else the oldest maxPDUs PDUs and maxEDUs EDUs
 // under a new ID from newID. It returns nil when the queue is empty.
 func (s *Storage) NextTransaction(ctx context.Context, dest string, maxPDUs, maxEDUs int, newID func() string) (txn *Transaction, err error) {
+	return s.SentAndNext(ctx, dest, "", maxPDUs, maxEDUs, newID)
+}
+
+// SentAndNext is TransactionSent of sent (unless "") and NextTransaction in
+// one write: between two transactions to a destination, the queue takes
+// one write transaction, not two.
+func (s *Storage) SentAndNext(ctx context.Context, dest, sent string, maxPDUs, maxEDUs int, newID func() string) (txn *Transaction, err error) {
 	err = s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
 		txn = nil
+		if sent != "" {
+			if err := markSent(ctx, tx, dest, sent); err != nil {
+				return fmt.Errorf("transaction %s sent: %w", sent, err)
+			}
+		}
 		var id string
 		err := tx.QueryRow(ctx, `SELECT txn_id FROM federationapi_destinations WHERE server_name = $1`, dest).Scan(&id)
 		if err != nil && !errors.Is(err, sql.ErrNoRows) {
@@ -256,19 +268,24 @@ func loadTxn(ctx context.Context, tx *sqldb.Tx, dest, id string) (*Transaction, 
 // records dest as reachable.
 func (s *Storage) TransactionSent(ctx context.Context, dest, id string) error {
 	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
-		sent, err := deleteReturning(ctx, tx, `DELETE FROM federationapi_queue WHERE destination = $1 AND txn_id = $2 RETURNING json_nid`, dest, id)
-		if err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, `DELETE FROM federationapi_destinations WHERE server_name = $1`, dest); err != nil {
-			return err
-		}
-		return collectJSON(ctx, tx, sent)
+		return markSent(ctx, tx, dest, id)
 	})
 	if err != nil {
 		return fmt.Errorf("transaction %s sent to %s: %w", id, dest, err)
 	}
 	return nil
+}
+
+// markSent is TransactionSent inside tx.
+func markSent(ctx context.Context, tx *sqldb.Tx, dest, id string) error {
+	sent, err := deleteReturning(ctx, tx, `DELETE FROM federationapi_queue WHERE destination = $1 AND txn_id = $2 RETURNING json_nid`, dest, id)
+	if err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, `DELETE FROM federationapi_destinations WHERE server_name = $1`, dest); err != nil {
+		return err
+	}
+	return collectJSON(ctx, tx, sent)
 }
 
 // collectJSON deletes the JSON among nids that no queue refers to any

@@ -141,8 +141,11 @@ type InputRequest struct {
 type InputResponse struct {
 	RoomID   string   `json:"room_id"`
 	EventIDs []string `json:"event_ids"`
-	// Error, when set, says why nothing was stored; ErrCode is its Matrix
-	// code (M_FORBIDDEN for auth failures).
+	// Error, when set, says why the request's event at ErrIndex was
+	// refused; ErrCode is its Matrix code (M_FORBIDDEN for auth failures).
+	// Nothing of a request of proto-events was stored then; of a request
+	// of PDUs, the events before ErrIndex may have been (EventIDs names
+	// those that were), none after it.
 	Error   string `json:"error,omitempty"`
 	ErrCode string `json:"errcode,omitempty"`
 	// ErrIndex is the event that failed.

@@ -93,18 +93,36 @@ type NewNotification struct {
 // InsertNotification records a notification; inserted is false when it
 // was there already (a redelivered event).
 func (s *Storage) InsertNotification(ctx context.Context, n NewNotification) (inserted bool, err error) {
-	res, err := s.db.Exec(ctx, `INSERT INTO userapi_notifications
-		(user_id, room_id, event_id, thread_id, depth, ts, actions, highlight)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (user_id, event_id) DO NOTHING`,
-		n.UserID, n.RoomID, n.EventID, n.ThreadID, n.Depth, n.TS, string(n.Actions), n.Highlight)
+	ins, err := s.InsertNotifications(ctx, []NewNotification{n})
 	if err != nil {
-		return false, fmt.Errorf("insert notification of %s for %s: %w", n.EventID, n.UserID, err)
+		return false, err
 	}
-	c, err := res.RowsAffected()
-	if err != nil {
-		return false, fmt.Errorf("insert notification of %s for %s: %w", n.EventID, n.UserID, err)
-	}
-	return c > 0, nil
+	return ins[0], nil
+}
+
+// InsertNotifications records notifications in one transaction (one
+// event's, for each member it notifies); inserted[i] is false when ns[i]
+// was there already (a redelivered event).
+func (s *Storage) InsertNotifications(ctx context.Context, ns []NewNotification) (inserted []bool, err error) {
+	err = s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		inserted = make([]bool, len(ns))
+		for i, n := range ns {
+			res, err := tx.Exec(ctx, `INSERT INTO userapi_notifications
+				(user_id, room_id, event_id, thread_id, depth, ts, actions, highlight)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (user_id, event_id) DO NOTHING`,
+				n.UserID, n.RoomID, n.EventID, n.ThreadID, n.Depth, n.TS, string(n.Actions), n.Highlight)
+			if err != nil {
+				return fmt.Errorf("insert notification of %s for %s: %w", n.EventID, n.UserID, err)
+			}
+			c, err := res.RowsAffected()
+			if err != nil {
+				return fmt.Errorf("insert notification of %s for %s: %w", n.EventID, n.UserID, err)
+			}
+			inserted[i] = c > 0
+		}
+		return nil
+	})
+	return inserted, err
 }
 
 // Notification is a stored notification.

@@ -80,6 +80,9 @@ type worker struct {
 	// wake is signalled when something is queued or the destination
 	// came back; buffered, so a signal is never lost nor blocks.
 	wake chan struct{}
+	// next is the transaction taken in the same write that marked the
+	// one before sent: the next step sends it without reading the queue.
+	next *storage.Transaction
 }
 
 // New makes the queues; nothing is sent until Start.
@@ -282,16 +285,23 @@ func (q *Queues) step(ctx context.Context, w *worker, log *logrus.Entry) (more b
 			return true, 0, err
 		}
 	}
-	txn, err := st.NextTransaction(ctx, string(w.name), MaxPDUs, MaxEDUs, newTxnID)
-	if err != nil || txn == nil {
-		return err != nil, 0, err
+	txn := w.next
+	w.next = nil
+	if txn == nil {
+		if txn, err = st.NextTransaction(ctx, string(w.name), MaxPDUs, MaxEDUs, newTxnID); err != nil || txn == nil {
+			return err != nil, 0, err
+		}
 	}
 	sendErr := q.send(ctx, w.name, txn)
 	if ctx.Err() != nil {
 		return false, 0, ctx.Err()
 	}
 	if sendErr == nil {
-		if err := st.TransactionSent(ctx, string(w.name), txn.ID); err != nil {
+		// Marked sent in the same write that takes the next one: the
+		// spec allows one transaction in flight, so what lies between
+		// two of them bounds the throughput to a server.
+		next, err := st.SentAndNext(ctx, string(w.name), txn.ID, MaxPDUs, MaxEDUs, newTxnID)
+		if err != nil {
 			return true, 0, err
 		}
 		if d.Failures > 0 {
@@ -300,6 +310,7 @@ func (q *Queues) step(ctx context.Context, w *worker, log *logrus.Entry) (more b
 			delete(q.failing, w.name)
 			q.mu.Unlock()
 		}
+		w.next = next
 		return true, 0, nil
 	}
 	return q.failed(ctx, d, now, sendErr, log)

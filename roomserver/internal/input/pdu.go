@@ -64,12 +64,14 @@ func (in *Inputer) processPDURequest(ctx context.Context, a *actor, m jetstream.
 
 // inputPDUs runs the checks on receipt of a PDU for each event of req,
 // reporting in out (refusals too; an error is a failure to retry). It
-// fetches what they need first (fetch.go), then takes each event through
-// prepare (reads, outside any transaction) and store (one short
-// transaction). Unlike proto-events, PDUs are stored one by one: each
-// stands alone, as each PDU of a federation transaction does; a refusal
+// fetches what they need first (fetch.go), then takes the events through
+// prepare (reads) and store (writes): a run of events that needs no state
+// resolution in one write transaction (storeRun), an event that needs one
+// prepared outside any transaction and stored alone. Each event keeps its
+// own result, as each PDU of a federation transaction does; a refusal
 // found before anything is stored (bad JSON, missing prev events) stores
-// nothing. An event that fails the auth rules against its auth events or
+// nothing, and one found later stores the events before the refused one.
+// An event that fails the auth rules against its auth events or
 // the state before it is stored as rejected; one that fails against the
 // current state is soft-failed: stored, but neither current nor sent to
 // clients.
@@ -154,10 +156,27 @@ func (in *Inputer) inputPDUs(ctx context.Context, a *actor, reqID string, req *r
 	if err := in.addGapEvents(ctx, prevStates, gapEvents); err != nil {
 		return err
 	}
-	// Step 2, event by event: prepare, then store.
+	// Step 2: prepare and store. A run of events whose states need no
+	// resolution is prepared and stored in one write transaction, each
+	// reading what the ones before it wrote; an event that needs a state
+	// resolution ends the run and is prepared alone, outside any
+	// transaction, then stored.
 	all := append(fetched, pdus...)
-	for i, pdu := range all {
-		o, err := in.inputPDU(ctx, reqID, verImpl, pdu, prevStates, down)
+	took := func(i int, o *rsapi.OutputEvent) {
+		if i >= len(fetched) {
+			out.Response.RoomID = all[i].RoomID().String()
+			out.Response.EventIDs = append(out.Response.EventIDs, all[i].EventID())
+		}
+		if o != nil {
+			out.Outputs = append(out.Outputs, *o)
+		}
+	}
+	for i := 0; i < len(all); {
+		outs, err := in.storeRun(ctx, reqID, verImpl, all[i:], prevStates, down)
+		for _, o := range outs {
+			took(i, o)
+			i++
+		}
 		if err != nil {
 			var ref *refusal
 			if errors.As(err, &ref) {
@@ -165,15 +184,95 @@ func (in *Inputer) inputPDUs(ctx context.Context, a *actor, reqID string, req *r
 			}
 			return refused(err)
 		}
-		if i >= len(fetched) {
-			out.Response.RoomID = pdu.RoomID().String()
-			out.Response.EventIDs = append(out.Response.EventIDs, pdu.EventID())
+		if i == len(all) {
+			break
 		}
-		if o != nil {
-			out.Outputs = append(out.Outputs, *o)
+		o, err := in.inputPDU(ctx, reqID, verImpl, all[i], prevStates, down)
+		if err != nil {
+			var ref *refusal
+			if errors.As(err, &ref) {
+				ref.index = max(0, i-len(fetched))
+			}
+			return refused(err)
 		}
+		took(i, o)
+		i++
 	}
 	return nil
+}
+
+// errResolve ends a run of events stored in one transaction at an event
+// whose state needs a resolution, which runs outside any transaction.
+var errResolve = errors.New("state resolution needed")
+
+// storeRun prepares and stores events from the start of pdus in one write
+// transaction, as inputPDU does each alone, until one needs a state
+// resolution or is refused. It returns the outputs of those it took in,
+// in order (nil for an event that brings none); the refusal of the event
+// after them, if that is what ended the run; or an error, with nothing
+// taken in. Each event keeps its own result: one stored as rejected or
+// soft-failed does not end the run.
+func (in *Inputer) storeRun(ctx context.Context, reqID string, verImpl gmsl.IRoomVersion, pdus []gmsl.PDU, prevStates map[string]stateRef, down *outage) ([]*rsapi.OutputEvent, error) {
+	var outs []*rsapi.OutputEvent
+	var refused error
+	err := in.write(ctx, func(w *storage.Writer) error {
+		outs, refused = outs[:0], nil
+		for _, pdu := range pdus {
+			o, err := in.storeInRun(ctx, w, reqID, verImpl, pdu, prevStates)
+			var ref *refusal
+			switch {
+			case errors.Is(err, errResolve):
+				return nil
+			case errors.As(err, &ref):
+				refused = err
+				return nil
+			case err != nil:
+				return err
+			}
+			outs = append(outs, o)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if len(outs) > 0 {
+		down.mayBeStored = true
+	}
+	return outs, refused
+}
+
+// storeInRun is one event of storeRun, in its transaction: answered from
+// the input log when a redelivered request stored it already, else
+// prepared reading through w and stored, its output logged.
+func (in *Inputer) storeInRun(ctx context.Context, w *storage.Writer, reqID string, verImpl gmsl.IRoomVersion, pdu gmsl.PDU, prevStates map[string]stateRef) (*rsapi.OutputEvent, error) {
+	logKey := ""
+	if reqID != "" {
+		logKey = reqID + "/" + pdu.EventID()
+		logged, err := w.InputLogged(ctx, logKey)
+		if err != nil {
+			return nil, err
+		}
+		if logged != "" {
+			var o *rsapi.OutputEvent
+			if err := json.Unmarshal([]byte(logged), &o); err == nil {
+				return o, nil
+			}
+		}
+	}
+	p, err := in.prepareWith(ctx, w, true, verImpl, pdu, prevStates, false)
+	if err != nil || p.known {
+		return nil, err
+	}
+	o, err := in.storePrepared(ctx, w, p)
+	if err != nil || logKey == "" {
+		return o, err
+	}
+	enc, err := json.Marshal(o)
+	if err != nil {
+		return nil, fmt.Errorf("encode output of %s: %w", pdu.EventID(), err)
+	}
+	return o, w.LogInput(ctx, logKey, string(enc))
 }
 
 // inputPDU takes one complete event through prepare (reads, outside any
@@ -203,7 +302,7 @@ func (in *Inputer) inputPDUAs(ctx context.Context, reqID string, verImpl gmsl.IR
 		}
 	}
 	for attempt := 0; ; attempt++ {
-		p, err := in.prepareAs(ctx, verImpl, pdu, prevStates, historical)
+		p, err := in.prepareWith(ctx, in.store, false, verImpl, pdu, prevStates, historical)
 		if err != nil || p.known {
 			return nil, err
 		}
@@ -393,23 +492,27 @@ type prepared struct {
 	redactsID string
 }
 
-// prepare is the read-only step of a complete event: the state before it
-// (resolving its prev events' states when they differ), the auth checks
-// against its auth events, that state and the current state, and the
-// room's new current state (resolving forward extremities when the event
-// does not replace them all). It writes nothing and holds no transaction,
-// so on SQLite the process's one writer is free while it resolves state.
-// prevStates holds the states after prev events fetched across a gap
-// (stored as outliers), by ID.
-func (in *Inputer) prepare(ctx context.Context, verImpl gmsl.IRoomVersion, pdu gmsl.PDU, prevStates map[string]stateRef) (*prepared, error) {
-	return in.prepareAs(ctx, verImpl, pdu, prevStates, false)
+// prepareReader is what prepare reads: the store, or the write
+// transaction of a run of events (storeRun), which sees what the events
+// before in the run wrote.
+type prepareReader interface {
+	reader
+	Room(ctx context.Context, roomID string) (*storage.Room, error)
 }
 
-// prepareAs is prepare; for a historical (backfilled) event it stops at
-// the state before the event and the auth checks against it: history is
-// not soft-failed against the current state, nor resolved into it.
-func (in *Inputer) prepareAs(ctx context.Context, verImpl gmsl.IRoomVersion, pdu gmsl.PDU, prevStates map[string]stateRef, historical bool) (*prepared, error) {
-	s := in.store
+// prepareWith is the read-only step of a complete event: the state before
+// it (resolving its prev events' states when they differ), the auth checks
+// against its auth events, that state and the current state, and the
+// room's new current state (resolving forward extremities when the event
+// does not replace them all). It writes nothing. Reading the store (s), it
+// holds no transaction, so on SQLite the process's one writer is free
+// while it resolves state; inRun, s is a write transaction and a needed
+// resolution is errResolve instead, to be done outside it.
+// prevStates holds the states after prev events fetched across a gap
+// (stored as outliers), by ID. A historical (backfilled) event stops at
+// the state before it and the auth checks against it: history is not
+// soft-failed against the current state, nor resolved into it.
+func (in *Inputer) prepareWith(ctx context.Context, s prepareReader, inRun bool, verImpl gmsl.IRoomVersion, pdu gmsl.PDU, prevStates map[string]stateRef, historical bool) (*prepared, error) {
 	p := &prepared{pdu: pdu, verImpl: verImpl}
 	known, err := s.EventNIDs(ctx, []string{pdu.EventID()})
 	if err != nil {
@@ -479,7 +582,7 @@ func (in *Inputer) prepareAs(ctx context.Context, verImpl gmsl.IRoomVersion, pdu
 		p.prevs[e.NID] = true
 		states = append(states, after(e))
 	}
-	if p.before, err = in.resolveStates(ctx, verImpl, pdu.RoomID().String(), states); err != nil {
+	if p.before, err = in.resolveStates(ctx, s, inRun, verImpl, pdu.RoomID().String(), states); err != nil {
 		return nil, err
 	}
 
@@ -535,7 +638,7 @@ func (in *Inputer) prepareAs(ctx context.Context, verImpl gmsl.IRoomVersion, pdu
 		for _, e := range kept {
 			states = append(states, after(e))
 		}
-		cur, err := in.resolveStates(ctx, verImpl, room.ID, states)
+		cur, err := in.resolveStates(ctx, s, inRun, verImpl, room.ID, states)
 		if err != nil {
 			return nil, err
 		}
@@ -843,7 +946,7 @@ func (in *Inputer) applyStateChange(ctx context.Context, w *storage.Writer, room
 // resolveStates returns the resolution of the given states: the state
 // itself when they agree, else the room version's state resolution. It
 // only reads (through the storage, never a transaction).
-func (in *Inputer) resolveStates(ctx context.Context, verImpl gmsl.IRoomVersion, roomID string, states []stateRef) (stateRef, error) {
+func (in *Inputer) resolveStates(ctx context.Context, rd reader, inRun bool, verImpl gmsl.IRoomVersion, roomID string, states []stateRef) (stateRef, error) {
 	if len(states) == 0 {
 		return stateRef{}, nil
 	}
@@ -858,12 +961,15 @@ func (in *Inputer) resolveStates(ctx context.Context, verImpl gmsl.IRoomVersion,
 	full := make([]map[gmsl.StateKeyTuple]gmsl.PDU, len(states))
 	for i, st := range states {
 		var err error
-		if full[i], err = in.materialize(ctx, st, rejected); err != nil {
+		if full[i], err = materialize(ctx, rd, st, rejected); err != nil {
 			return stateRef{}, err
 		}
 	}
 	if sameStates(full) {
 		return states[0], nil
+	}
+	if inRun {
+		return stateRef{}, errResolve
 	}
 	if in.cfg.OnResolve != nil {
 		in.cfg.OnResolve()
@@ -875,7 +981,7 @@ func (in *Inputer) resolveStates(ctx context.Context, verImpl gmsl.IRoomVersion,
 	resolved, err := stateres.Resolve(ctx, stateres.Params{
 		Version:    verImpl.Version(),
 		StateSets:  sets,
-		Load:       in.loadAuthEvents(rejected),
+		Load:       loadAuthEvents(rd, rejected),
 		IsRejected: func(id string) bool { return rejected[id] },
 	})
 	switch {
@@ -896,10 +1002,10 @@ func (in *Inputer) resolveStates(ctx context.Context, verImpl gmsl.IRoomVersion,
 }
 
 // materialize loads a whole state, noting its rejected events.
-func (in *Inputer) materialize(ctx context.Context, st stateRef, rejected map[string]bool) (map[gmsl.StateKeyTuple]gmsl.PDU, error) {
+func materialize(ctx context.Context, rd reader, st stateRef, rejected map[string]bool) (map[gmsl.StateKeyTuple]gmsl.PDU, error) {
 	m := map[gmsl.StateKeyTuple]gmsl.PDU{}
 	if st.base != 0 {
-		entries, err := in.store.StateEntries(ctx, st.base)
+		entries, err := rd.StateEntries(ctx, st.base)
 		if err != nil {
 			return nil, err
 		}
@@ -907,7 +1013,7 @@ func (in *Inputer) materialize(ctx context.Context, st stateRef, rejected map[st
 		for i, e := range entries {
 			nids[i] = e.Event
 		}
-		evs, err := in.store.EventsByNID(ctx, nids)
+		evs, err := rd.EventsByNID(ctx, nids)
 		if err != nil {
 			return nil, err
 		}
@@ -944,13 +1050,13 @@ func sameStates(states []map[gmsl.StateKeyTuple]gmsl.PDU) bool {
 // loadAuthEvents loads the events of an auth chain for state resolution
 // from the store, noting the rejected ones. An event the store lacks is
 // left out: stateres then refuses with ErrMissingAuthEvent.
-func (in *Inputer) loadAuthEvents(rejected map[string]bool) stateres.EventLoader {
+func loadAuthEvents(rd reader, rejected map[string]bool) stateres.EventLoader {
 	return func(ctx context.Context, ids []string) ([]gmsl.PDU, error) {
-		nids, err := in.store.EventNIDs(ctx, ids)
+		nids, err := rd.EventNIDs(ctx, ids)
 		if err != nil {
 			return nil, err
 		}
-		loaded, err := in.store.EventsByNID(ctx, nidList(nids))
+		loaded, err := rd.EventsByNID(ctx, nidList(nids))
 		if err != nil {
 			return nil, err
 		}
