@@ -51,7 +51,10 @@ type collector struct {
 func newCollector(t *testing.T, cli *mautrix.Client, room id.RoomID) *collector {
 	t.Helper()
 	ctx := context.Background()
-	f, err := cli.CreateFilter(ctx, &mautrix.Filter{Room: &mautrix.RoomFilter{Timeline: &mautrix.FilterPart{Limit: 50}}})
+	// The limit is above the messages a test sends, so that a sync that
+	// falls behind on a loaded machine is not limited (a limited timeline
+	// is right then, but would hide events from the count).
+	f, err := cli.CreateFilter(ctx, &mautrix.Filter{Room: &mautrix.RoomFilter{Timeline: &mautrix.FilterPart{Limit: 500}}})
 	if err != nil {
 		t.Fatalf("create filter: %v", err)
 	}
