@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -104,7 +105,7 @@ func Open(ctx context.Context, url string, opts Options) (*DB, error) {
 	// since every reader would otherwise hold its own copy of the hot
 	// pages (16 readers at 16 MB made a small server's RSS mostly cache),
 	// and the OS keeps the file's pages for them anyway.
-	writer, err := sql.Open("sqlite", "file:"+path+"?"+pragmas+"&_pragma=cache_size(-16000)&_txlock=immediate")
+	writer, err := sql.Open("sqlite", "file:"+path+"?"+pragmas+fmt.Sprintf("&_pragma=cache_size(-%d)", writerCacheKiB)+"&_txlock=immediate")
 	if err != nil {
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
@@ -115,17 +116,37 @@ func Open(ctx context.Context, url string, opts Options) (*DB, error) {
 		writer.Close()
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
-	reader, err := sql.Open("sqlite", "file:"+path+"?"+pragmas+"&_pragma=cache_size(-2000)&_pragma=query_only(1)")
+	reader, err := sql.Open("sqlite", "file:"+path+"?"+pragmas+fmt.Sprintf("&_pragma=cache_size(-%d)", readerCacheKiB)+"&_pragma=query_only(1)")
 	if err != nil {
 		writer.Close()
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
-	reader.SetMaxOpenConns(opts.MaxOpenConns)
-	reader.SetMaxIdleConns(opts.MaxOpenConns)
+	readers := SQLiteReaders(opts.MaxOpenConns, runtime.GOMAXPROCS(0))
+	reader.SetMaxOpenConns(readers)
+	reader.SetMaxIdleConns(readers)
 	// A reader idle this long goes, and its cache with it: a burst's
 	// extra readers do not stay for good.
 	reader.SetConnMaxIdleTime(5 * time.Minute)
 	return &DB{Dialect: SQLite, writer: writer, reader: reader, writeLock: make(chan struct{}, 1)}, nil
+}
+
+// Page cache sizes in KiB (SQLite's negative cache_size). The readers'
+// small caches hold the hot interior pages of the indexes; the rest comes
+// from the OS's cache of the file at the cost of a read system call, not
+// from disk. Measured on the ten-server federation run (docs/performance.md):
+// 16 readers at 2 MB and a writer at 16 MB were 45 MB of each server's RSS.
+const (
+	writerCacheKiB = 8000
+	readerCacheKiB = 1000
+)
+
+// SQLiteReaders is the size of SQLite's reader pool: maxOpen, but no more
+// than two connections a core. SQLite's reads run on the calling goroutine
+// (the driver is Go), so readers past the cores only queue for the CPU,
+// while each open one keeps its own page cache, schema and prepared
+// statements outside Go's heap (about 3 MB each under load).
+func SQLiteReaders(maxOpen, cores int) int {
+	return max(1, min(maxOpen, 2*max(cores, 1)))
 }
 
 // Close closes the pools.

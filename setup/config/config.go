@@ -95,8 +95,10 @@ type FederationAPI struct {
 type Database struct {
 	// URL is a file path for SQLite (default <data_dir>/myelin.db) or a
 	// postgres:// DSN.
-	URL          string `yaml:"url"`
-	MaxOpenConns int    `yaml:"max_open_conns"`
+	URL string `yaml:"url"`
+	// MaxOpenConns is PostgreSQL's pool size, and SQLite's reader pool
+	// size up to two connections a core (sqldb.SQLiteReaders).
+	MaxOpenConns int `yaml:"max_open_conns"`
 }
 
 // NATS configures the message bus between components.
