@@ -246,14 +246,19 @@ func keysOfMap(m map[string][]string) []string {
 func (u *UserAPI) QueryKeys(ctx context.Context, req uapi.QueryKeysRequest) (*uapi.QueryKeysResponse, error) {
 	resp := &uapi.QueryKeysResponse{DeviceKeys: map[string]map[string]json.RawMessage{}, Failures: map[string]any{}}
 	local, remote := u.byServer(keysOfMap(req.DeviceKeys))
-	for _, id := range local {
-		devs, err := u.store.LocalDeviceKeys(ctx, id)
+	if len(local) > 0 {
+		// Two queries for any number of local users.
+		devs, err := u.store.LocalDeviceKeysOf(ctx, local)
 		if err != nil {
 			return nil, err
 		}
-		keysOf(resp, id, devs, req.DeviceKeys[id])
-		if err := u.crossSigningOf(ctx, resp, id, id == req.Requester); err != nil {
+		cross, err := u.store.CrossSigningKeysOf(ctx, local)
+		if err != nil {
 			return nil, err
+		}
+		for _, id := range local {
+			keysOf(resp, id, devs[id], req.DeviceKeys[id])
+			addCrossSigning(resp, id, cross[id], id == req.Requester)
 		}
 	}
 	if req.LocalOnly || len(remote) == 0 {
@@ -572,6 +577,13 @@ func (u *UserAPI) crossSigningOf(ctx context.Context, resp *uapi.QueryKeysRespon
 	if err != nil {
 		return err
 	}
+	addCrossSigning(resp, userID, cross, withUserSigning)
+	return nil
+}
+
+// addCrossSigning adds a user's cross-signing keys by type to resp; the
+// user-signing key only when withUserSigning (its owner asks).
+func addCrossSigning(resp *uapi.QueryKeysResponse, userID string, cross map[string]string, withUserSigning bool) {
 	add := func(m *map[string]json.RawMessage, typ string) {
 		k, ok := cross[typ]
 		if !ok {
@@ -587,7 +599,6 @@ func (u *UserAPI) crossSigningOf(ctx context.Context, resp *uapi.QueryKeysRespon
 	if withUserSigning {
 		add(&resp.UserSigningKeys, "user_signing")
 	}
-	return nil
 }
 
 // UploadCrossSigningKeys stores a local user's cross-signing keys; users

@@ -356,6 +356,37 @@ func InList(from, n int) string {
 	return b.String()
 }
 
+// inChunkSizes are the IN list lengths InChunks sends: a chunk is padded
+// to the next of them, so that a few prepared statements (one per size,
+// cached on every connection) serve any number of values.
+var inChunkSizes = []int{8, 64, 512}
+
+// InChunks calls f for vals in chunks of at most 512, each with an IN
+// list of placeholders from $from on, padded to 8, 64 or 512 by repeating
+// the chunk's last value (which IN ignores), and the chunk's arguments.
+func InChunks(from int, vals []string, f func(in string, args []any) error) error {
+	largest := inChunkSizes[len(inChunkSizes)-1]
+	for len(vals) > 0 {
+		chunk := vals[:min(len(vals), largest)]
+		vals = vals[len(chunk):]
+		size := largest
+		for _, n := range inChunkSizes {
+			if n >= len(chunk) {
+				size = n
+				break
+			}
+		}
+		args := make([]any, size)
+		for i := range args {
+			args[i] = chunk[min(i, len(chunk)-1)]
+		}
+		if err := f(InList(from, size), args); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func firstLine(q string) string {
 	q = strings.TrimSpace(q)
 	if i := strings.IndexByte(q, '\n'); i >= 0 {

@@ -244,52 +244,31 @@ func (s *Storage) SharesRoom(ctx context.Context, a, b string) (bool, error) {
 	return true, nil
 }
 
-// sharingChunks are the sizes of the IN lists SharingUsers sends: a chunk
-// is padded to the next of them, so that a few prepared statements serve
-// every count.
-var sharingChunks = []int{8, 64, 512}
-
 // SharingUsers returns which of candidates are joined to a room userID is
 // joined to, a few hundred per query (a user who joins a room of 10,000
 // needs them all checked).
 func (s *Storage) SharingUsers(ctx context.Context, userID string, candidates []string) (map[string]bool, error) {
 	out := map[string]bool{}
-	for len(candidates) > 0 {
-		max := sharingChunks[len(sharingChunks)-1]
-		chunk := candidates[:min(len(candidates), max)]
-		candidates = candidates[len(chunk):]
-		size := max
-		for _, n := range sharingChunks {
-			if n >= len(chunk) {
-				size = n
-				break
-			}
-		}
-		args := make([]any, 0, size+1)
-		args = append(args, userID)
-		for i := range size {
-			args = append(args, chunk[min(i, len(chunk)-1)])
-		}
+	err := sqldb.InChunks(2, candidates, func(in string, args []any) error {
 		rows, err := s.db.Query(ctx, `SELECT DISTINCT y.state_key FROM syncapi_current_state x
 			JOIN syncapi_current_state y ON y.room_id = x.room_id AND y.event_type = 'm.room.member' AND y.membership = 'join'
 			WHERE x.event_type = 'm.room.member' AND x.state_key = $1 AND x.membership = 'join'
-			AND y.state_key IN (`+sqldb.InList(2, size)+`)`, args...)
+			AND y.state_key IN (`+in+`)`, append([]any{userID}, args...)...)
 		if err != nil {
-			return nil, fmt.Errorf("who shares a room with %s: %w", userID, err)
+			return err
 		}
+		defer rows.Close()
 		for rows.Next() {
 			var u string
 			if err := rows.Scan(&u); err != nil {
-				rows.Close()
-				return nil, fmt.Errorf("who shares a room with %s: %w", userID, err)
+				return err
 			}
 			out[u] = true
 		}
-		err = rows.Err()
-		rows.Close()
-		if err != nil {
-			return nil, fmt.Errorf("who shares a room with %s: %w", userID, err)
-		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("who shares a room with %s: %w", userID, err)
 	}
 	return out, nil
 }

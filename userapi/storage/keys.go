@@ -153,6 +153,62 @@ func (s *Storage) LocalDeviceKeys(ctx context.Context, userID string) ([]DeviceK
 	return scanDeviceKeys(rows, userID)
 }
 
+// LocalDeviceKeysOf is LocalDeviceKeys for many local users at once, a
+// few hundred a query (a client joining a large encrypted room asks for
+// all its members).
+func (s *Storage) LocalDeviceKeysOf(ctx context.Context, userIDs []string) (map[string][]DeviceKeys, error) {
+	out := make(map[string][]DeviceKeys, len(userIDs))
+	err := sqldb.InChunks(1, userIDs, func(in string, args []any) error {
+		rows, err := s.db.Query(ctx, `SELECT d.user_id, d.device_id, d.display_name, COALESCE(k.key_json, '')
+			FROM userapi_devices d LEFT JOIN userapi_device_keys k ON k.user_id = d.user_id AND k.device_id = d.device_id
+			WHERE d.user_id IN (`+in+`) ORDER BY d.user_id, d.device_id`, args...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var d DeviceKeys
+			if err := rows.Scan(&d.UserID, &d.DeviceID, &d.DisplayName, &d.KeyJSON); err != nil {
+				return err
+			}
+			out[d.UserID] = append(out[d.UserID], d)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("select device keys of %d users: %w", len(userIDs), err)
+	}
+	return out, nil
+}
+
+// CrossSigningKeysOf is CrossSigningKeys for many users at once.
+func (s *Storage) CrossSigningKeysOf(ctx context.Context, userIDs []string) (map[string]map[string]string, error) {
+	out := map[string]map[string]string{}
+	err := sqldb.InChunks(1, userIDs, func(in string, args []any) error {
+		rows, err := s.db.Query(ctx, `SELECT user_id, key_type, key_json FROM userapi_cross_signing_keys
+			WHERE user_id IN (`+in+`)`, args...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var u, typ, k string
+			if err := rows.Scan(&u, &typ, &k); err != nil {
+				return err
+			}
+			if out[u] == nil {
+				out[u] = map[string]string{}
+			}
+			out[u][typ] = k
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("select cross-signing keys of %d users: %w", len(userIDs), err)
+	}
+	return out, nil
+}
+
 func scanDeviceKeys(rows *sql.Rows, userID string) ([]DeviceKeys, error) {
 	defer rows.Close()
 	var out []DeviceKeys
