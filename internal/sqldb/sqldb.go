@@ -364,7 +364,7 @@ var inChunkSizes = []int{8, 64, 512}
 // InChunks calls f for vals in chunks of at most 512, each with an IN
 // list of placeholders from $from on, padded to 8, 64 or 512 by repeating
 // the chunk's last value (which IN ignores), and the chunk's arguments.
-func InChunks(from int, vals []string, f func(in string, args []any) error) error {
+func InChunks[T any](from int, vals []T, f func(in string, args []any) error) error {
 	largest := inChunkSizes[len(inChunkSizes)-1]
 	for len(vals) > 0 {
 		chunk := vals[:min(len(vals), largest)]

@@ -391,29 +391,23 @@ func (s *Storage) eventsByNID(ctx context.Context, q querier, nids []int64) ([]*
 	// version, another query, and PostgreSQL cannot interleave queries on
 	// one transaction's connection.
 	var raws []rawEvent
-	for start := 0; start < len(missing); start += 500 {
-		chunk := missing[start:min(start+500, len(missing))]
-		args := make([]any, len(chunk))
-		for i, n := range chunk {
-			args[i] = n
-		}
-		rows, err := q.Query(ctx, `SELECT `+eventColumns+` FROM roomserver_events WHERE event_nid IN (`+sqldb.InList(1, len(chunk))+`)`, args...)
+	err := sqldb.InChunks(1, missing, func(in string, args []any) error {
+		rows, err := q.Query(ctx, `SELECT `+eventColumns+` FROM roomserver_events WHERE event_nid IN (`+in+`)`, args...)
 		if err != nil {
-			return nil, fmt.Errorf("load events: %w", err)
+			return err
 		}
+		defer rows.Close()
 		for rows.Next() {
 			r, err := scanEvent(rows)
 			if err != nil {
-				rows.Close()
-				return nil, err
+				return err
 			}
 			raws = append(raws, r)
 		}
-		err = rows.Err()
-		rows.Close()
-		if err != nil {
-			return nil, fmt.Errorf("load events: %w", err)
-		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load events: %w", err)
 	}
 	ver := s.roomVersionByNID(ctx, q)
 	loaded := make(map[int64]*Event, len(raws))
@@ -451,7 +445,7 @@ func (s *Storage) EventNIDs(ctx context.Context, ids []string) (map[string]int64
 
 func (s *Storage) eventNIDsOf(ctx context.Context, q querier, ids []string) (map[string]int64, error) {
 	out := make(map[string]int64, len(ids))
-	var missing []any
+	var missing []string
 	for _, id := range ids {
 		if nid, ok := s.eventNIDs.Get(id); ok {
 			out[id] = nid
@@ -459,29 +453,27 @@ func (s *Storage) eventNIDsOf(ctx context.Context, q querier, ids []string) (map
 			missing = append(missing, id)
 		}
 	}
-	for start := 0; start < len(missing); start += 500 {
-		chunk := missing[start:min(start+500, len(missing))]
-		rows, err := q.Query(ctx, `SELECT event_id, event_nid FROM roomserver_events WHERE event_id IN (`+sqldb.InList(1, len(chunk))+`)`, chunk...)
+	err := sqldb.InChunks(1, missing, func(in string, args []any) error {
+		rows, err := q.Query(ctx, `SELECT event_id, event_nid FROM roomserver_events WHERE event_id IN (`+in+`)`, args...)
 		if err != nil {
-			return nil, fmt.Errorf("look up event IDs: %w", err)
+			return err
 		}
+		defer rows.Close()
 		for rows.Next() {
 			var id string
 			var nid int64
 			if err := rows.Scan(&id, &nid); err != nil {
-				rows.Close()
-				return nil, err
+				return err
 			}
 			out[id] = nid
 			if q == querier(s.db) {
 				s.eventNIDs.Put(id, nid)
 			}
 		}
-		err = rows.Err()
-		rows.Close()
-		if err != nil {
-			return nil, err
-		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("look up event IDs: %w", err)
 	}
 	return out, nil
 }
@@ -710,29 +702,23 @@ func (s *Storage) AllRooms(ctx context.Context) (map[int64]int64, error) {
 // the rooms given.
 func (s *Storage) JoinedMemberEvents(ctx context.Context, roomNIDs []int64) ([]int64, error) {
 	var out []int64
-	for start := 0; start < len(roomNIDs); start += 500 {
-		chunk := roomNIDs[start:min(start+500, len(roomNIDs))]
-		args := make([]any, len(chunk))
-		for i, n := range chunk {
-			args[i] = n
-		}
-		rows, err := s.db.Query(ctx, `SELECT event_nid FROM roomserver_memberships WHERE membership = 'join' AND room_nid IN (`+sqldb.InList(1, len(chunk))+`)`, args...)
+	err := sqldb.InChunks(1, roomNIDs, func(in string, args []any) error {
+		rows, err := s.db.Query(ctx, `SELECT event_nid FROM roomserver_memberships WHERE membership = 'join' AND room_nid IN (`+in+`)`, args...)
 		if err != nil {
-			return nil, err
+			return err
 		}
+		defer rows.Close()
 		for rows.Next() {
 			var n int64
 			if err := rows.Scan(&n); err != nil {
-				rows.Close()
-				return nil, err
+				return err
 			}
 			out = append(out, n)
 		}
-		err = rows.Err()
-		rows.Close()
-		if err != nil {
-			return nil, err
-		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("joined member events: %w", err)
 	}
 	return out, nil
 }

@@ -191,14 +191,13 @@ const presenceRangeByRow = 2000
 
 // PresenceOf returns the known presence of the given users.
 func (s *Storage) PresenceOf(ctx context.Context, userIDs []string) ([]*Presence, error) {
-	if len(userIDs) == 0 {
-		return nil, nil
-	}
-	args := make([]any, len(userIDs))
-	for i, u := range userIDs {
-		args[i] = u
-	}
-	return collectPresence(s.db.Query(ctx, `SELECT `+presenceCols+` FROM syncapi_presence WHERE user_id IN (`+sqldb.InList(1, len(userIDs))+`)`, args...))
+	var out []*Presence
+	err := sqldb.InChunks(1, userIDs, func(in string, args []any) error {
+		ps, err := collectPresence(s.db.Query(ctx, `SELECT `+presenceCols+` FROM syncapi_presence WHERE user_id IN (`+in+`)`, args...))
+		out = append(out, ps...)
+		return err
+	})
+	return out, err
 }
 
 // MaxPresencePos is the head of the presence stream.

@@ -156,14 +156,11 @@ func (s *Storage) Append(ctx context.Context, ev *Event, adds []NewState, remove
 			return fmt.Errorf("append event %s: %w", ev.EventID, err)
 		}
 		inserted = true
-		if len(removes) > 0 {
-			args := []any{ev.RoomID}
-			for _, r := range removes {
-				args = append(args, r)
-			}
-			if _, err := tx.Exec(ctx, `DELETE FROM syncapi_current_state WHERE room_id = $1 AND event_id IN (`+sqldb.InList(2, len(removes))+`)`, args...); err != nil {
-				return fmt.Errorf("remove state: %w", err)
-			}
+		if err := sqldb.InChunks(2, removes, func(in string, args []any) error {
+			_, err := tx.Exec(ctx, `DELETE FROM syncapi_current_state WHERE room_id = $1 AND event_id IN (`+in+`)`, append([]any{ev.RoomID}, args...)...)
+			return err
+		}); err != nil {
+			return fmt.Errorf("remove state: %w", err)
 		}
 		for _, a := range adds {
 			if _, err := tx.Exec(ctx, `INSERT INTO syncapi_current_state (room_id, event_type, state_key, event_id, membership, sender, pos, event_json)
@@ -268,14 +265,13 @@ func (s *Storage) Event(ctx context.Context, eventID string) (*Event, error) {
 
 // EventsByID loads the known events among ids.
 func (s *Storage) EventsByID(ctx context.Context, ids []string) ([]*Event, error) {
-	if len(ids) == 0 {
-		return nil, nil
-	}
-	args := make([]any, len(ids))
-	for i, id := range ids {
-		args[i] = id
-	}
-	return collectEvents(s.db.Query(ctx, `SELECT `+eventCols+` FROM syncapi_events WHERE event_id IN (`+sqldb.InList(1, len(ids))+`)`, args...))
+	var out []*Event
+	err := sqldb.InChunks(1, ids, func(in string, args []any) error {
+		evs, err := collectEvents(s.db.Query(ctx, `SELECT `+eventCols+` FROM syncapi_events WHERE event_id IN (`+in+`)`, args...))
+		out = append(out, evs...)
+		return err
+	})
+	return out, err
 }
 
 // Timeline returns up to limit of the latest events of a room with
@@ -582,18 +578,11 @@ func (s *Storage) CurrentStateWithoutMembers(ctx context.Context, roomID string)
 // MemberEvents returns the current member events of the given users in a room.
 func (s *Storage) MemberEvents(ctx context.Context, roomID string, userIDs []string) ([]*StateEvent, error) {
 	var out []*StateEvent
-	for start := 0; start < len(userIDs); start += 500 {
-		chunk := userIDs[start:min(start+500, len(userIDs))]
-		args := []any{roomID}
-		for _, u := range chunk {
-			args = append(args, u)
-		}
+	err := sqldb.InChunks(2, userIDs, func(in string, args []any) error {
 		evs, err := collectState(s.db.Query(ctx, `SELECT `+stateCols+` FROM syncapi_current_state
-			WHERE room_id = $1 AND event_type = 'm.room.member' AND state_key IN (`+sqldb.InList(2, len(chunk))+`)`, args...))
-		if err != nil {
-			return nil, err
-		}
+			WHERE room_id = $1 AND event_type = 'm.room.member' AND state_key IN (`+in+`)`, append([]any{roomID}, args...)...))
 		out = append(out, evs...)
-	}
-	return out, nil
+		return err
+	})
+	return out, err
 }
