@@ -2,6 +2,7 @@ package perform
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 
 	gmsl "github.com/matrix-org/gomatrixserverlib"
@@ -56,6 +57,19 @@ func (p *Performer) BuildEventTemplate(ctx context.Context, proto *gmsl.ProtoEve
 	ev, err := b.Build(p.now(), p.key.ServerName, p.key.KeyID, p.key.Private)
 	if err != nil {
 		return nil, nil, refuse("M_BAD_JSON", "%v", err)
+	}
+	if verImpl.EventFormat() == gmsl.EventFormatV1 {
+		// Room versions 1 and 2 reference events as [id, hashes] pairs
+		// (spec: room version 1, event format): the template shows them
+		// as the built event has them, not as bare IDs.
+		var refs struct {
+			Prev json.RawMessage `json:"prev_events"`
+			Auth json.RawMessage `json:"auth_events"`
+		}
+		if err := json.Unmarshal(ev.JSON(), &refs); err != nil {
+			return nil, nil, fmt.Errorf("template in %s: %w", proto.RoomID, err)
+		}
+		proto.PrevEvents, proto.AuthEvents = refs.Prev, refs.Auth
 	}
 	return ev, state, nil
 }
