@@ -253,9 +253,17 @@ func (c *ClientAPI) createRoom(r *http.Request, dev *uapi.Device) (any, error) {
 		events = append(events, state(spec.MRoomTopic, "", map[string]string{"topic": *req.Topic}))
 	}
 
-	// 8. Invites.
+	// 8. Invites. A user of another server is invited once the room
+	// exists, through the invite dance: that server must sign the invite
+	// (server-server API, "Inviting to a room"), which the room's first
+	// batch cannot wait for.
+	var remoteInvitees []string
 	for _, u := range req.Invite {
 		if u == sender {
+			continue
+		}
+		if uid, err := spec.NewUserID(u, true); err == nil && uid.Domain() != spec.ServerName(c.cfg.ServerName) {
+			remoteInvitees = append(remoteInvitees, u)
 			continue
 		}
 		extra := map[string]any{}
@@ -298,6 +306,13 @@ func (c *ClientAPI) createRoom(r *http.Request, dev *uapi.Device) (any, error) {
 			return nil, mxhttp.BadJSON("cannot create room: %v", err)
 		}
 		return nil, err
+	}
+	for _, u := range remoteInvitees {
+		// The room exists whatever another server answers: a failed
+		// invite is logged, as Dendrite does, and may be sent again.
+		if err := c.rooms.PerformInvite(ctx, &rsapi.InviteRequest{RoomID: resp.RoomID, Sender: sender, Invitee: u, IsDirect: req.IsDirect}); err != nil {
+			c.log.WithError(err).WithField("room_id", resp.RoomID).WithField("invitee", u).Warn("createRoom: the invite of a user of another server failed")
+		}
 	}
 	out := map[string]string{"room_id": resp.RoomID}
 	if req.Visibility == "public" {

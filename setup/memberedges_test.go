@@ -179,9 +179,18 @@ func TestFederationMembershipEdges(t *testing.T) {
 		// rejectShowsLeave has hank reject an invite to a room of hsa and
 		// checks that his next /sync lists the room under leave, its
 		// timeline starting with his leave.
+		// The first invites him through createRoom's invite list, the
+		// second through /invite.
 		rejectShowsLeave := func(t *testing.T, stopA bool) {
-			private := alice.Do(t, "POST", "/_matrix/client/v3/createRoom", map[string]any{"preset": "private_chat"}).MustOK(t).String("room_id")
-			alice.Do(t, "POST", "/_matrix/client/v3/rooms/"+url.PathEscape(private)+"/invite", map[string]string{"user_id": "@hank:hsb.test"}).MustOK(t)
+			var private string
+			if stopA {
+				private = alice.Do(t, "POST", "/_matrix/client/v3/createRoom", map[string]any{"preset": "private_chat"}).MustOK(t).String("room_id")
+				alice.Do(t, "POST", "/_matrix/client/v3/rooms/"+url.PathEscape(private)+"/invite", map[string]string{"user_id": "@hank:hsb.test"}).MustOK(t)
+			} else {
+				private = alice.Do(t, "POST", "/_matrix/client/v3/createRoom", map[string]any{
+					"preset": "private_chat", "invite": []string{"@hank:hsb.test"},
+				}).MustOK(t).String("room_id")
+			}
 			var since string
 			poll.Until(t, 10*time.Second, func() error {
 				r := hank.Do(t, "GET", "/_matrix/client/v3/sync?timeout=0", nil).MustOK(t)
