@@ -246,8 +246,11 @@ func (c *ClientAPI) stateAccess(ctx context.Context, roomID, userID string) (*rs
 			return m, nil
 		}
 	}
-	if (m.Membership == spec.Leave || m.Membership == spec.Ban) && m.EventID != "" {
-		return m, nil // sees the state as it was when it left
+	// A user who left sees the state as it was when it left; a banned
+	// one sees nothing, as in Synapse (sytest: "Remote banned user is
+	// kicked and may not rejoin until unbanned").
+	if m.Membership == spec.Leave && m.EventID != "" {
+		return m, nil
 	}
 	return nil, mxhttp.Forbidden("You are not in this room")
 }
