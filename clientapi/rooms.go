@@ -181,14 +181,9 @@ func (c *ClientAPI) putState(r *http.Request, dev *uapi.Device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	if evType == spec.MRoomGuestAccess && stateKey == "" {
-		var ga struct {
-			GuestAccess string `json:"guest_access"`
-		}
-		if json.Unmarshal(content, &ga) == nil && ga.GuestAccess != "can_join" {
-			c.kickGuests(ctx, roomID)
-		}
-	}
+	// A room closed to guests loses its local guests: the userapi, which
+	// knows who is a guest, sees the change on the output stream, from
+	// this server or another.
 	return map[string]string{"event_id": id}, nil
 }
 

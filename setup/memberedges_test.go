@@ -16,6 +16,8 @@ import (
 	"myelin/internal/poll"
 	"myelin/internal/signing"
 	"myelin/internal/sqldb/sqldbtest"
+	"myelin/internal/testserver"
+	"myelin/setup/config"
 )
 
 // TestFederationMembershipEdges covers what sytest found the other tests
@@ -248,4 +250,42 @@ func TestFederationMembershipEdges(t *testing.T) {
 func jsonHas(raw json.RawMessage, field, want string) bool {
 	var body map[string]any
 	return json.Unmarshal(raw, &body) == nil && body[field] == want
+}
+
+// TestFederationGuestsRemoved: a user of another server closes a room to
+// guests, and the guests of this server leave it, as when a local user
+// does (spec: "Guest Access").
+func TestFederationGuestsRemoved(t *testing.T) {
+	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
+		fed := newFedNet(t)
+		hsA := fed.start(t, "hsa.test", "127.0.0.32", dbURL, func(c *config.Config) { c.Registration.AllowGuests = true })
+		hsB := fed.start(t, "hsb.test", "127.0.0.33", sqldbtest.URL(t, dialectOf(dbURL)))
+		alice := hsA.Register(t, "alice")
+		bob := hsB.Register(t, "bob")
+		room := alice.Do(t, "POST", "/_matrix/client/v3/createRoom", map[string]any{
+			"preset": "public_chat",
+			"power_level_content_override": map[string]any{"users": map[string]int{"@alice:hsa.test": 100, "@bob:hsb.test": 50}},
+		}).MustOK(t).String("room_id")
+		alice.Do(t, "PUT", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/state/m.room.guest_access/", map[string]any{"guest_access": "can_join"}).MustOK(t)
+		bob.Do(t, "POST", "/_matrix/client/v3/join/"+url.PathEscape(room)+"?server_name=hsa.test", map[string]any{}).MustOK(t)
+		g := (&testserver.Client{Base: hsA.URL}).Do(t, "POST", "/_matrix/client/v3/register?kind=guest", map[string]any{}).MustOK(t)
+		guest := &testserver.Client{Base: hsA.URL, Token: g.String("access_token")}
+		guestID := g.String("user_id")
+		guest.Do(t, "POST", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/join", map[string]any{}).MustOK(t)
+		// bob's server must have seen the guest join and alice's power
+		// levels before bob may close the room.
+		poll.Until(t, 10*time.Second, func() error {
+			if !joinedMembers(t, bob, room)[guestID] {
+				return fmt.Errorf("hsb does not see the guest joined")
+			}
+			return nil
+		})
+		bob.Do(t, "PUT", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/state/m.room.guest_access/", map[string]any{"guest_access": "forbidden"}).MustOK(t)
+		poll.Until(t, 10*time.Second, func() error {
+			if joinedMembers(t, alice, room)[guestID] {
+				return fmt.Errorf("the guest is still in the room")
+			}
+			return nil
+		})
+	})
 }
