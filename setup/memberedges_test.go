@@ -263,7 +263,7 @@ func TestFederationGuestsRemoved(t *testing.T) {
 		alice := hsA.Register(t, "alice")
 		bob := hsB.Register(t, "bob")
 		room := alice.Do(t, "POST", "/_matrix/client/v3/createRoom", map[string]any{
-			"preset": "public_chat",
+			"preset":                       "public_chat",
 			"power_level_content_override": map[string]any{"users": map[string]int{"@alice:hsa.test": 100, "@bob:hsb.test": 50}},
 		}).MustOK(t).String("room_id")
 		alice.Do(t, "PUT", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/state/m.room.guest_access/", map[string]any{"guest_access": "can_join"}).MustOK(t)
