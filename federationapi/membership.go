@@ -178,6 +178,11 @@ func (f *FederationAPI) makeMember(r *http.Request, membership, field string) (a
 	if errors.Is(err, rsapi.ErrRoomNotFound) {
 		return nil, mxhttp.NotFound("Unknown room %s", roomID)
 	}
+	if coded := mxhttp.ToError(err); err != nil && coded.Code == "M_UNABLE_TO_GRANT_JOIN" {
+		// 400 here (spec: make_join), though a client joining through
+		// this server is told 502.
+		return nil, coded.WithStatus(http.StatusBadRequest)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -206,13 +211,16 @@ func (f *FederationAPI) sendJoin(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	_ = verImpl
-	return map[string]any{
+	res := map[string]any{
 		"origin":          f.key.ServerName,
 		"state":           rawJSONs(state),
 		"auth_chain":      rawJSONs(chain),
 		"members_omitted": false,
-	}, nil
+	}
+	if via, err := verImpl.RestrictedJoinServername(ev.Content()); err == nil && via == f.key.ServerName {
+		res["event"] = json.RawMessage(ev.JSON()) // the join with our signature
+	}
+	return res, nil
 }
 
 // v1Answer wraps a v2 handler's answer in the [200, body] array of the v1
@@ -288,6 +296,17 @@ func (f *FederationAPI) receiveMember(r *http.Request, membership string) (gmsl.
 	}
 	if domainOf(string(ev.SenderID())) != Origin(ctx) {
 		return nil, nil, mxhttp.Forbidden("The event's sender is not of the requesting server")
+	}
+	if membership == spec.Join {
+		// A restricted join one of our users vouches for must carry our
+		// signature too (spec: send_join, "Restricted rooms"); the auth
+		// rules below check that the user may vouch.
+		if via, err := verImpl.RestrictedJoinServername(ev.Content()); err == nil && via == f.key.ServerName {
+			signed := ev.Sign(string(f.key.ServerName), f.key.KeyID, f.key.Private)
+			if ev, err = verImpl.NewEventFromTrustedJSON(signed.JSON(), false); err != nil {
+				return nil, nil, fmt.Errorf("re-parse the signed join: %w", err)
+			}
+		}
 	}
 	if err := gmsl.VerifyEventSignatures(ctx, ev, f.keys.ring, userIDForSender); err != nil {
 		return nil, nil, mxhttp.Forbidden("The event's signatures are not valid: %v", err)

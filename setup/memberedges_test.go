@@ -289,3 +289,64 @@ func TestFederationGuestsRemoved(t *testing.T) {
 		})
 	})
 }
+
+// TestFederationRestrictedJoin: a room whose join rule is restricted to
+// the members of a space lets in, from either server, a user joined to
+// the space, once a member of the resident server vouches for the join
+// (join_authorised_via_users_server, signed by that server), and refuses
+// the others (spec: "Restricted rooms", room versions 8 and later).
+func TestFederationRestrictedJoin(t *testing.T) {
+	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
+		fed := newFedNet(t)
+		hsA := fed.start(t, "hsa.test", "127.0.0.34", dbURL)
+		hsB := fed.start(t, "hsb.test", "127.0.0.35", sqldbtest.URL(t, dialectOf(dbURL)))
+		alice := hsA.Register(t, "alice")
+		dave := hsA.Register(t, "dave")
+		erin := hsA.Register(t, "erin")
+		bob := hsB.Register(t, "bob")
+		carol := hsB.Register(t, "carol")
+		space := alice.Do(t, "POST", "/_matrix/client/v3/createRoom", map[string]any{
+			"preset": "public_chat", "creation_content": map[string]any{"type": "m.space"},
+		}).MustOK(t).String("room_id")
+		room := alice.Do(t, "POST", "/_matrix/client/v3/createRoom", map[string]any{
+			"preset": "private_chat", "room_version": "10",
+			"initial_state": []map[string]any{{
+				"type": "m.room.join_rules", "state_key": "",
+				"content": map[string]any{"join_rule": "restricted", "allow": []map[string]string{{"type": "m.room_membership", "room_id": space}}},
+			}},
+		}).MustOK(t).String("room_id")
+		dave.Do(t, "POST", "/_matrix/client/v3/join/"+url.PathEscape(space), map[string]any{}).MustOK(t)
+		bob.Do(t, "POST", "/_matrix/client/v3/join/"+url.PathEscape(space)+"?server_name=hsa.test", map[string]any{}).MustOK(t)
+
+		joins := []struct {
+			name   string
+			who    *testserver.Client
+			userID string
+			via    string
+			status int
+		}{
+			{"a local member of the space", dave, "@dave:hsa.test", "", 200},
+			{"a local user outside the space", erin, "@erin:hsa.test", "", 403},
+			{"a remote member of the space", bob, "@bob:hsb.test", "?server_name=hsa.test", 200},
+			{"a remote user outside the space", carol, "@carol:hsb.test", "?server_name=hsa.test", 403},
+		}
+		for _, j := range joins {
+			t.Run(j.name, func(t *testing.T) {
+				r := j.who.Do(t, "POST", "/_matrix/client/v3/join/"+url.PathEscape(room)+j.via, map[string]any{})
+				if r.Status != j.status {
+					t.Fatalf("join: %d %s, want %d", r.Status, r.Raw, j.status)
+				}
+				if j.status != 200 {
+					return
+				}
+				poll.Until(t, 10*time.Second, func() error {
+					m := alice.Do(t, "GET", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/state/m.room.member/"+j.userID, nil)
+					if m.String("membership") != "join" || m.String("join_authorised_via_users_server") != "@alice:hsa.test" {
+						return fmt.Errorf("%s's join as alice sees it: %s", j.userID, m.Raw)
+					}
+					return nil
+				})
+			})
+		}
+	})
+}

@@ -9,6 +9,7 @@ import (
 
 	gmsl "github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/tidwall/gjson"
 
 	rsapi "myelin/roomserver/api"
 	"myelin/setup/config"
@@ -33,6 +34,15 @@ func (p *Performer) PerformJoin(ctx context.Context, req *rsapi.JoinRequest) (*r
 	content, err := p.memberContent(ctx, spec.Join, req.UserID, req.Reason, req.Content)
 	if err != nil {
 		return nil, err
+	}
+	via, err := p.joinAuthoriser(ctx, req.RoomID, req.UserID)
+	if err != nil {
+		return nil, err
+	}
+	if via != "" {
+		if content, err = withAuthoriser(content, via); err != nil {
+			return nil, err
+		}
 	}
 	// A repeated join with the same profile answers with the current
 	// event rather than making another.
@@ -279,6 +289,14 @@ func (p *Performer) fromTemplate(proto gmsl.ProtoEvent, version gmsl.RoomVersion
 		proto.SenderID != userID,
 		proto.RoomID != roomID:
 		return nil, nil, fmt.Errorf("the %s template is not a member event of %s in %s", membership, userID, roomID)
+	}
+	// The resident server's voucher for a restricted join stays: the
+	// auth rules need it, and that server signs the join for it.
+	if via := gjson.GetBytes(proto.Content, "join_authorised_via_users_server"); via.Type == gjson.String && membership == spec.Join {
+		var err error
+		if content, err = withAuthoriser(content, via.String()); err != nil {
+			return nil, nil, err
+		}
 	}
 	proto.Content = spec.RawJSON(content)
 	b := verImpl.NewEventBuilderFromProtoEvent(&proto)

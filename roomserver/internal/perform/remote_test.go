@@ -216,6 +216,22 @@ func TestPerformRemote(t *testing.T) {
 			wantVersion: gmsl.RoomVersionV4,
 		},
 		{
+			// A restricted room: a server with no member who may invite
+			// cannot vouch for the join; another may (spec: "Restricted
+			// rooms").
+			name: "join: a server that cannot grant a restricted join, then one that can",
+			servers: map[spec.ServerName]remoteServer{
+				"nogrant.test": {refuse: "M_UNABLE_TO_GRANT_JOIN"}, "resident.test": {version: "10"},
+			},
+			do: func(ctx context.Context, rs rsapi.API) error {
+				_, err := rs.PerformJoin(ctx, &rsapi.JoinRequest{RoomID: roomID, UserID: user("bob"), ServerNames: []string{"nogrant.test"}})
+				return err
+			},
+			wantCode: "M_NOT_FOUND", wantErr: true, // the input's "unknown room", after send_join
+			wantCalls: []string{"make_join nogrant.test", "make_join resident.test", "send_join resident.test"},
+			wantSent:  spec.Join,
+		},
+		{
 			name:    "join: every server down",
 			servers: map[spec.ServerName]remoteServer{"resident.test": {down: true}},
 			do: func(ctx context.Context, rs rsapi.API) error {
