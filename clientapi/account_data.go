@@ -36,11 +36,19 @@ func looksLikeID(s string, sigil byte) bool {
 	return i > 1 && i < len(s)-1
 }
 
-// profileOf returns userID's profile, or M_NOT_FOUND. Profiles of other
-// servers would need a federation query, which Myelin does not make yet.
-func (c *ClientAPI) profileOf(r *http.Request, userID string) (*uapi.Profile, error) {
+// profileOf returns userID's profile, or M_NOT_FOUND; field ("" for
+// both) is what the client asked for. A user of another server is asked
+// of that server (spec: federation "Query" of profile).
+func (c *ClientAPI) profileOf(r *http.Request, userID, field string) (*uapi.Profile, error) {
 	if !looksLikeID(userID, '@') {
 		return nil, mxhttp.InvalidParam("%q is not a user ID", userID)
+	}
+	if u, err := spec.NewUserID(userID, true); err == nil && u.Domain() != spec.ServerName(c.cfg.ServerName) && c.fed != nil {
+		p, err := c.fed.Profile(r.Context(), userID, field)
+		if err != nil {
+			return nil, remoteFailed(u.Domain(), err)
+		}
+		return p, nil
 	}
 	p, err := c.users.Profile(r.Context(), userID)
 	if uapi.IsNotFound(err) {
@@ -52,7 +60,7 @@ func (c *ClientAPI) profileOf(r *http.Request, userID string) (*uapi.Profile, er
 // getProfile is GET /profile/{userId}. A profile with no field set (as
 // after deactivation) is "no profile information", a 404, as in Synapse.
 func (c *ClientAPI) getProfile(r *http.Request) (any, error) {
-	p, err := c.profileOf(r, mxhttp.Var(r, "userId"))
+	p, err := c.profileOf(r, mxhttp.Var(r, "userId"), "")
 	if err != nil {
 		return nil, err
 	}
@@ -65,7 +73,7 @@ func (c *ClientAPI) getProfile(r *http.Request) (any, error) {
 // getProfileField is GET /profile/{userId}/{field}; an unset field is {}.
 func (c *ClientAPI) getProfileField(field string) mxhttp.Handler {
 	return func(r *http.Request) (any, error) {
-		p, err := c.profileOf(r, mxhttp.Var(r, "userId"))
+		p, err := c.profileOf(r, mxhttp.Var(r, "userId"), field)
 		if err != nil {
 			return nil, err
 		}

@@ -48,6 +48,9 @@ type Federation interface {
 	PublicRooms(ctx context.Context, server spec.ServerName, q rsapi.PublicRoomsQuery) (*rsapi.PublicRoomsPage, error)
 	TimestampToEvent(ctx context.Context, roomID string, ts int64, backward bool) (*rsapi.TimeEvent, error)
 	Hierarchy(ctx context.Context, server spec.ServerName, roomID string, suggestedOnly bool) (*rsapi.Hierarchy, error)
+	// Profile asks a user's server for its public profile (one field, or
+	// both when field is "").
+	Profile(ctx context.Context, userID, field string) (*uapi.Profile, error)
 }
 
 // Option configures a ClientAPI.

@@ -1,13 +1,9 @@
 package clientapi
 
 import (
-	"context"
 	"net/http"
 
-	"github.com/matrix-org/gomatrixserverlib/spec"
-
 	"myelin/internal/mxhttp"
-	rsapi "myelin/roomserver/api"
 	uapi "myelin/userapi/api"
 )
 
@@ -70,26 +66,4 @@ func (c *ClientAPI) upgradeGuest(r *http.Request, att *uiaAttempt, localpart str
 // authedGuest wraps a handler guests may use too; c.authed refuses them.
 func (c *ClientAPI) authedGuest(h func(r *http.Request, dev *uapi.Device) (any, error)) mxhttp.Handler {
 	return mxhttp.Authenticated(c.users.DeviceByToken, h)
-}
-
-// kickGuests makes every local guest leave roomID once the room stops
-// allowing guests (Synapse does the same).
-func (c *ClientAPI) kickGuests(ctx context.Context, roomID string) {
-	members, err := c.rooms.CurrentState(ctx, roomID)
-	if err != nil {
-		return
-	}
-	for _, ev := range members {
-		if ev.Type() != spec.MRoomMember || ev.StateKey() == nil || membershipOf(ev) != spec.Join {
-			continue
-		}
-		userID := *ev.StateKey()
-		acct, err := c.users.Account(ctx, userID)
-		if err != nil || !acct.IsGuest {
-			continue
-		}
-		if err := c.rooms.PerformLeave(ctx, &rsapi.LeaveRequest{RoomID: roomID, UserID: userID}); err != nil {
-			mxhttp.Logger(ctx).WithError(err).WithField("user_id", userID).Warn("could not remove a guest from a room closed to guests")
-		}
-	}
 }

@@ -182,14 +182,9 @@ func (c *ClientAPI) putState(r *http.Request, dev *uapi.Device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	if evType == spec.MRoomGuestAccess && stateKey == "" {
-		var ga struct {
-			GuestAccess string `json:"guest_access"`
-		}
-		if json.Unmarshal(content, &ga) == nil && ga.GuestAccess != "can_join" {
-			c.kickGuests(ctx, roomID)
-		}
-	}
+	// A room closed to guests loses its local guests: the userapi, which
+	// knows who is a guest, sees the change on the output stream, from
+	// this server or another.
 	return map[string]string{"event_id": id}, nil
 }
 
@@ -247,8 +242,11 @@ func (c *ClientAPI) stateAccess(ctx context.Context, roomID, userID string) (*rs
 			return m, nil
 		}
 	}
-	if (m.Membership == spec.Leave || m.Membership == spec.Ban) && m.EventID != "" {
-		return m, nil // sees the state as it was when it left
+	// A user who left sees the state as it was when it left; a banned
+	// one sees nothing, as in Synapse (sytest: "Remote banned user is
+	// kicked and may not rejoin until unbanned").
+	if m.Membership == spec.Leave && m.EventID != "" {
+		return m, nil
 	}
 	return nil, mxhttp.Forbidden("You are not in this room")
 }

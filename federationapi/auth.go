@@ -106,7 +106,9 @@ func (f *FederationAPI) verify(r *http.Request) (spec.ServerName, error) {
 			return "", unauthorized("X-Matrix authorization needs origin, key and sig")
 		}
 		if _, _, ok := spec.ParseAndValidateServerName(o); !ok {
-			return "", unauthorized("X-Matrix origin is not a server name")
+			// A malformed header is a bad request, as Synapse answers it
+			// (sytest: "Non-numeric ports in server names are rejected").
+			return "", unauthorized("X-Matrix origin is not a server name").WithStatus(http.StatusBadRequest)
 		}
 		if origin != "" && o != origin {
 			return "", unauthorized("X-Matrix authorizations name different origins")

@@ -171,7 +171,10 @@ func TestXMatrixAuth(t *testing.T) {
 			{"origin claims another server", func() signedReq { s := echo(); s.origin = "other.test"; return s }, nil, 401, "M_UNAUTHORIZED"},
 			{"origin is not a server name", echo, func(r *http.Request) {
 				r.Header.Set("Authorization", strings.Replace(r.Header.Get("Authorization"), string(p.originName), "bad name!", 1))
-			}, 401, "M_UNAUTHORIZED"},
+			}, 400, "M_UNAUTHORIZED"},
+			{"origin with a non-numeric port", echo, func(r *http.Request) {
+				r.Header.Set("Authorization", strings.Replace(r.Header.Get("Authorization"), string(p.originName), "localhost:http", 1))
+			}, 400, "M_UNAUTHORIZED"},
 			{"origin is this server", func() signedReq { s := echo(); s.origin = "recv.test"; return s }, nil, 401, "M_UNAUTHORIZED"},
 			{"two origins", echo, func(r *http.Request) {
 				r.Header.Add("Authorization", `X-Matrix origin="other.test",destination="recv.test",key="ed25519:a",sig="abc"`)

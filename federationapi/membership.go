@@ -39,12 +39,18 @@ type MemberRooms interface {
 // "Inviting to a room").
 func (f *FederationAPI) membershipRoutes(v1, v2 *mux.Router) {
 	v1.Handle("/make_join/{roomId}/{userId}", f.authed(f.roomACL(f.makeJoin))).Methods(http.MethodGet)
-	v2.Handle("/send_join/{roomId}/{eventId}", f.authed(f.roomACL(f.sendJoin))).Methods(http.MethodPut)
+	v2.Handle("/send_join/{roomId}/{pduEventId}", f.authed(f.roomACL(f.sendJoin))).Methods(http.MethodPut)
+	// The v1 send_join, send_leave and invite are deprecated but still
+	// in the spec and still used by older servers: the same handlers,
+	// with v1's [200, body] answer (MSC1802) and v1's invite body.
+	v1.Handle("/send_join/{roomId}/{pduEventId}", f.authed(f.roomACL(v1Answer(f.sendJoin)))).Methods(http.MethodPut)
+	v1.Handle("/send_leave/{roomId}/{pduEventId}", f.authed(f.roomACL(v1Answer(f.sendLeave)))).Methods(http.MethodPut)
+	v1.Handle("/invite/{roomId}/{pduEventId}", f.authed(f.roomACL(v1Answer(f.inviteV1)))).Methods(http.MethodPut)
 	v1.Handle("/make_leave/{roomId}/{userId}", f.authed(f.roomACL(f.makeLeave))).Methods(http.MethodGet)
-	v2.Handle("/send_leave/{roomId}/{eventId}", f.authed(f.roomACL(f.sendLeave))).Methods(http.MethodPut)
+	v2.Handle("/send_leave/{roomId}/{pduEventId}", f.authed(f.roomACL(f.sendLeave))).Methods(http.MethodPut)
 	v1.Handle("/make_knock/{roomId}/{userId}", f.authed(f.roomACL(f.makeKnock))).Methods(http.MethodGet)
-	v1.Handle("/send_knock/{roomId}/{eventId}", f.authed(f.roomACL(f.sendKnock))).Methods(http.MethodPut)
-	v2.Handle("/invite/{roomId}/{eventId}", f.authed(f.roomACL(f.invite))).Methods(http.MethodPut)
+	v1.Handle("/send_knock/{roomId}/{pduEventId}", f.authed(f.roomACL(f.sendKnock))).Methods(http.MethodPut)
+	v2.Handle("/invite/{roomId}/{pduEventId}", f.authed(f.roomACL(f.invite))).Methods(http.MethodPut)
 	v1.Handle("/query/directory", f.authed(f.queryDirectory)).Methods(http.MethodGet)
 	v1.Handle("/publicRooms", f.authed(f.publicRoomsGet)).Methods(http.MethodGet)
 	v1.Handle("/publicRooms", f.authed(f.publicRoomsPost)).Methods(http.MethodPost)
@@ -141,6 +147,16 @@ func (f *FederationAPI) makeMember(r *http.Request, membership, field string) (a
 		return nil, err
 	}
 	if membership != spec.Leave {
+		// Only a server with a member in the room can vouch for its
+		// state: a room all our users left is not ours to join through
+		// (spec: make_join, 404 when the room is unknown here).
+		joined, err := f.rs.ServerJoined(ctx, roomID, f.key.ServerName)
+		if err != nil {
+			return nil, err
+		}
+		if !joined {
+			return nil, mxhttp.NotFound("This server has no users in room %s", roomID)
+		}
 		// The joining (knocking) server must support the room's version
 		// (spec: ver, the versions it supports; v1 when none is given).
 		vers := r.URL.Query()["ver"]
@@ -161,6 +177,11 @@ func (f *FederationAPI) makeMember(r *http.Request, membership, field string) (a
 	ev, state, err := f.rs.BuildEventTemplate(ctx, proto)
 	if errors.Is(err, rsapi.ErrRoomNotFound) {
 		return nil, mxhttp.NotFound("Unknown room %s", roomID)
+	}
+	if coded := mxhttp.ToError(err); err != nil && coded.Code == "M_UNABLE_TO_GRANT_JOIN" {
+		// 400 here (spec: make_join), though a client joining through
+		// this server is told 502.
+		return nil, coded.WithStatus(http.StatusBadRequest)
 	}
 	if err != nil {
 		return nil, err
@@ -190,13 +211,28 @@ func (f *FederationAPI) sendJoin(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	_ = verImpl
-	return map[string]any{
+	res := map[string]any{
 		"origin":          f.key.ServerName,
 		"state":           rawJSONs(state),
 		"auth_chain":      rawJSONs(chain),
 		"members_omitted": false,
-	}, nil
+	}
+	if via, err := verImpl.RestrictedJoinServername(ev.Content()); err == nil && via == f.key.ServerName {
+		res["event"] = json.RawMessage(ev.JSON()) // the join with our signature
+	}
+	return res, nil
+}
+
+// v1Answer wraps a v2 handler's answer in the [200, body] array of the v1
+// endpoints.
+func v1Answer(h mxhttp.Handler) mxhttp.Handler {
+	return func(r *http.Request) (any, error) {
+		res, err := h(r)
+		if err != nil {
+			return nil, err
+		}
+		return []any{http.StatusOK, res}, nil
+	}
 }
 
 func (f *FederationAPI) sendLeave(r *http.Request) (any, error) {
@@ -225,13 +261,16 @@ func (f *FederationAPI) sendKnock(r *http.Request) (any, error) {
 // is no such helper for leave and knock: all three are checked here alike.
 func (f *FederationAPI) receiveMember(r *http.Request, membership string) (gmsl.PDU, gmsl.IRoomVersion, error) {
 	ctx := r.Context()
-	roomID, eventID := mxhttp.Var(r, "roomId"), mxhttp.Var(r, "eventId")
+	roomID, eventID := mxhttp.Var(r, "roomId"), mxhttp.Var(r, "pduEventId")
 	verImpl, err := f.memberRoomVersion(ctx, roomID)
 	if err != nil {
 		return nil, nil, err
 	}
 	body, err := mxhttp.ReadBody(r)
 	if err != nil {
+		return nil, nil, err
+	}
+	if err := signedByOrigin(body, Origin(ctx)); err != nil {
 		return nil, nil, err
 	}
 	ev, err := verImpl.NewEventFromUntrustedJSON(body)
@@ -257,6 +296,17 @@ func (f *FederationAPI) receiveMember(r *http.Request, membership string) (gmsl.
 	}
 	if domainOf(string(ev.SenderID())) != Origin(ctx) {
 		return nil, nil, mxhttp.Forbidden("The event's sender is not of the requesting server")
+	}
+	if membership == spec.Join {
+		// A restricted join one of our users vouches for must carry our
+		// signature too (spec: send_join, "Restricted rooms"); the auth
+		// rules below check that the user may vouch.
+		if via, err := verImpl.RestrictedJoinServername(ev.Content()); err == nil && via == f.key.ServerName {
+			signed := ev.Sign(string(f.key.ServerName), f.key.KeyID, f.key.Private)
+			if ev, err = verImpl.NewEventFromTrustedJSON(signed.JSON(), false); err != nil {
+				return nil, nil, fmt.Errorf("re-parse the signed join: %w", err)
+			}
+		}
 	}
 	if err := gmsl.VerifyEventSignatures(ctx, ev, f.keys.ring, userIDForSender); err != nil {
 		return nil, nil, mxhttp.Forbidden("The event's signatures are not valid: %v", err)
@@ -287,6 +337,25 @@ func (f *FederationAPI) receiveMember(r *http.Request, membership string) (gmsl.
 		return nil, nil, mxhttp.Forbidden("The event was not accepted into the room")
 	}
 	return ev, verImpl, nil
+}
+
+// signedByOrigin refuses an event that does not even claim a signature of
+// the origin and a content hash, which gomatrixserverlib would refuse as
+// malformed: an unsigned event is a forbidden one (403), as Synapse
+// answers it, whatever else is wrong with it. Claimed signatures are
+// verified later, once the event is parsed.
+func signedByOrigin(raw []byte, origin spec.ServerName) error {
+	var ev struct {
+		Hashes     map[string]json.RawMessage            `json:"hashes"`
+		Signatures map[string]map[string]json.RawMessage `json:"signatures"`
+	}
+	if err := json.Unmarshal(raw, &ev); err != nil {
+		return mxhttp.BadJSON("Bad event: %v", err)
+	}
+	if len(ev.Signatures[string(origin)]) == 0 || len(ev.Hashes) == 0 {
+		return mxhttp.Forbidden("The event is not signed by %s", origin)
+	}
+	return nil
 }
 
 // stateAndChain is the room state before eventID and the auth chain of
@@ -342,12 +411,37 @@ type inviteRequest struct {
 // the invitee is ours nor the event's shape, so this does, signs the
 // event, and inputs it with its stripped state so the invitee sees it.
 func (f *FederationAPI) invite(r *http.Request) (any, error) {
-	ctx := r.Context()
-	roomID, eventID := mxhttp.Var(r, "roomId"), mxhttp.Var(r, "eventId")
 	var req inviteRequest
 	if err := mxhttp.ReadJSON(r, &req); err != nil {
 		return nil, err
 	}
+	return f.takeInvite(r, req)
+}
+
+// inviteV1 is PUT /_matrix/federation/v1/invite: the body is the event
+// itself, of room version 1 or 2 (the spec tells the receiver to assume
+// either; both share an event format), its stripped state in the
+// event's unsigned invite_room_state.
+func (f *FederationAPI) inviteV1(r *http.Request) (any, error) {
+	var ev struct {
+		Unsigned struct {
+			InviteRoomState []json.RawMessage `json:"invite_room_state"`
+		} `json:"unsigned"`
+	}
+	body, err := mxhttp.ReadBody(r)
+	if err != nil {
+		return nil, err
+	}
+	if err := mxhttp.DecodeJSON(body, &ev); err != nil {
+		return nil, err
+	}
+	return f.takeInvite(r, inviteRequest{Event: body, RoomVersion: "1", InviteRoomState: ev.Unsigned.InviteRoomState})
+}
+
+// takeInvite is the invite of either version.
+func (f *FederationAPI) takeInvite(r *http.Request, req inviteRequest) (any, error) {
+	ctx := r.Context()
+	roomID, eventID := mxhttp.Var(r, "roomId"), mxhttp.Var(r, "pduEventId")
 	if len(req.Event) == 0 {
 		return nil, mxhttp.BadJSON("event is required")
 	}

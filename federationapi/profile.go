@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"net/url"
 	"strings"
 
 	"myelin/internal/mxhttp"
@@ -79,4 +80,34 @@ func (f *FederationAPI) openIDUserInfo(r *http.Request) (any, error) {
 		return nil, err
 	}
 	return map[string]string{"sub": userID}, nil
+}
+
+// Profile asks the user's server for its public profile (GET
+// /_matrix/federation/v1/query/profile), for a client's GET /profile of a
+// user of another server. field is "displayname", "avatar_url" or "" for
+// both.
+func (r *Remote) Profile(ctx context.Context, userID, field string) (*uapi.Profile, error) {
+	server := domainOf(userID)
+	if server == "" {
+		return nil, mxhttp.InvalidParam("%q is not a user ID", userID)
+	}
+	q := url.Values{"user_id": {userID}}
+	if field != "" {
+		q.Set("field", field)
+	}
+	var res struct {
+		DisplayName *string `json:"displayname"`
+		AvatarURL   *string `json:"avatar_url"`
+	}
+	if err := r.f.signed(ctx, http.MethodGet, server, "/_matrix/federation/v1/query/profile?"+q.Encode(), nil, &res); err != nil {
+		return nil, err
+	}
+	p := &uapi.Profile{}
+	if res.DisplayName != nil {
+		p.DisplayName = *res.DisplayName
+	}
+	if res.AvatarURL != nil {
+		p.AvatarURL = *res.AvatarURL
+	}
+	return p, nil
 }

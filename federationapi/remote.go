@@ -28,6 +28,7 @@ type remoteError struct {
 	server spec.ServerName
 	code   string
 	msg    string
+	extra  map[string]any
 	cause  error
 }
 
@@ -44,6 +45,10 @@ type coded struct{ *remoteError }
 
 func (e coded) MatrixErrCode() string { return e.code }
 
+// MatrixErrExtra passes on the fields the spec adds to a code (the room
+// version of M_INCOMPATIBLE_ROOM_VERSION), so the client learns it.
+func (e coded) MatrixErrExtra() map[string]any { return e.extra }
+
 func wrapRemote(server spec.ServerName, err error) error {
 	if err == nil {
 		return nil
@@ -51,12 +56,17 @@ func wrapRemote(server spec.ServerName, err error) error {
 	var he gomatrix.HTTPError
 	if errors.As(err, &he) {
 		var body struct {
-			Code string `json:"errcode"`
-			Msg  string `json:"error"`
+			Code        string `json:"errcode"`
+			Msg         string `json:"error"`
+			RoomVersion string `json:"room_version"`
 		}
 		// 5xx and unparsable answers stay uncoded: another server may do.
 		if json.Unmarshal(he.Contents, &body) == nil && body.Code != "" && he.Code < 500 {
-			return coded{&remoteError{server: server, code: body.Code, msg: body.Msg, cause: err}}
+			re := &remoteError{server: server, code: body.Code, msg: body.Msg, cause: err}
+			if body.Code == "M_INCOMPATIBLE_ROOM_VERSION" && body.RoomVersion != "" {
+				re.extra = map[string]any{"room_version": body.RoomVersion}
+			}
+			return coded{re}
 		}
 	}
 	return &remoteError{server: server, cause: err}
@@ -117,7 +127,10 @@ func (r *Remote) Invite(ctx context.Context, server spec.ServerName, ev gmsl.PDU
 	}
 	signed, err := verImpl.NewEventFromUntrustedJSON(res.Event)
 	if err != nil {
-		return nil, fmt.Errorf("invite signed by %s: %w", server, err)
+		// The invitee's server answered an event that is not valid in the
+		// room's version (a float, in version 6 and later): a bad answer,
+		// told to the client as such rather than as an outage.
+		return nil, coded{&remoteError{server: server, code: "M_BAD_JSON", msg: fmt.Sprintf("the signed invite is not a valid event: %v", err), cause: err}}
 	}
 	if signed.EventID() != ev.EventID() {
 		return nil, fmt.Errorf("%s signed another event than the invite", server)

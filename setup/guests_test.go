@@ -1,8 +1,11 @@
 package setup_test
 
 import (
+	"fmt"
 	"testing"
+	"time"
 
+	"myelin/internal/poll"
 	"myelin/internal/sqldb/sqldbtest"
 	"myelin/internal/testserver"
 	"myelin/setup/config"
@@ -47,10 +50,13 @@ func TestGuests(t *testing.T) {
 
 		// Closing the room to guests removes them.
 		alice.Do(t, "PUT", "/_matrix/client/v3/rooms/"+room+"/state/m.room.guest_access/", map[string]any{"guest_access": "forbidden"}).MustOK(t)
-		m := alice.Do(t, "GET", "/_matrix/client/v3/rooms/"+room+"/state/m.room.member/"+guestID, nil).MustOK(t)
-		if m.String("membership") != "leave" {
-			t.Fatalf("guest still in the room: %s", m.Raw)
-		}
+		poll.Until(t, 10*time.Second, func() error {
+			m := alice.Do(t, "GET", "/_matrix/client/v3/rooms/"+room+"/state/m.room.member/"+guestID, nil).MustOK(t)
+			if m.String("membership") != "leave" {
+				return fmt.Errorf("guest still in the room: %s", m.Raw)
+			}
+			return nil
+		})
 
 		// Upgrade: the same user ID, now a full account.
 		other := anon.Do(t, "POST", "/_matrix/client/v3/register?kind=guest", map[string]any{}).MustOK(t)

@@ -371,6 +371,7 @@ func (s *SyncAPI) build(ctx context.Context, req *syncRequest) (*syncResponse, e
 	// are new to it, which it left, and which it is invited to.
 	lastChange := map[string]storage.MembershipChange{}
 	firstChange := map[string]storage.MembershipChange{}
+	joinedInBatch := map[string]bool{}
 	if req.since != nil && req.to.PDU > since.PDU && !req.quiet(pduPos) {
 		changes, err := s.store.MembershipChanges(ctx, user, since.PDU, req.to.PDU)
 		if err != nil {
@@ -382,6 +383,7 @@ func (s *SyncAPI) build(ctx context.Context, req *syncRequest) (*syncResponse, e
 				firstChange[c.RoomID] = c
 			}
 			lastChange[c.RoomID] = c
+			joinedInBatch[c.RoomID] = joinedInBatch[c.RoomID] || c.Membership == "join"
 		}
 	}
 	var active map[string]bool
@@ -484,9 +486,13 @@ func (s *SyncAPI) build(ctx context.Context, req *syncRequest) (*syncResponse, e
 				if before == "leave" || before == "ban" {
 					continue // e.g. an invite rejected and re-sent: nothing to show
 				}
-				if before != "join" {
-					full = true // joined (or was invited) and left within the batch
+				if before != "join" && joinedInBatch[roomID] {
+					full = true // joined and left within the batch
 				}
+				// An invite (or knock) the user saw before and now
+				// rejected shows what came since, as any left room: the
+				// rejection, and no state of a room never joined (which
+				// for a room on another server this server has not got).
 			}
 			lr, err := s.leftRoom(ctx, req, roomID, since.PDU, full)
 			if err != nil {

@@ -12,6 +12,7 @@ import (
 	gmsl "github.com/matrix-org/gomatrixserverlib"
 
 	"myelin/internal/clientevent"
+	rsapi "myelin/roomserver/api"
 	uapi "myelin/userapi/api"
 	"myelin/userapi/internal/pushgw"
 	"myelin/userapi/internal/pushrules"
@@ -39,6 +40,9 @@ type Rooms interface {
 	StateEvent(ctx context.Context, roomID, evType, stateKey string) (gmsl.PDU, error)
 	// Events returns the known events among eventIDs.
 	Events(ctx context.Context, eventIDs []string) ([]gmsl.PDU, error)
+	// PerformLeave makes a user leave a room (the guests of a room
+	// closed to them).
+	PerformLeave(ctx context.Context, req *rsapi.LeaveRequest) error
 }
 
 // pushState is the userapi's push machinery.

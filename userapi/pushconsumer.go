@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	gmsl "github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/tidwall/gjson"
 
@@ -213,7 +215,39 @@ func (u *UserAPI) onRoomEvent(ctx context.Context, m jetstream.Msg) error {
 	if err := u.trackMembers(ctx, &out); err != nil {
 		return err
 	}
+	if err := u.removeGuests(ctx, &out); err != nil {
+		return err
+	}
 	return u.notifyMembers(ctx, &out)
+}
+
+// removeGuests makes the local guests of a room leave once its
+// m.room.guest_access stops being can_join (spec: "Guest Access"; Synapse
+// does the same), whichever server changed it: the userapi is where
+// accounts and the room's local members meet. A redelivery finds them
+// gone already.
+func (u *UserAPI) removeGuests(ctx context.Context, out *rsapi.OutputEvent) error {
+	g := gjson.GetManyBytes(out.Event, "type", "state_key", "content.guest_access")
+	if g[0].String() != spec.MRoomGuestAccess || !g[1].Exists() || g[1].String() != "" || g[2].String() == "can_join" {
+		return nil
+	}
+	if !slices.Contains(out.AddsState, out.EventID) || u.push.rooms == nil {
+		return nil // not the room's guest access now
+	}
+	members, err := u.store.LocalJoined(ctx, out.RoomID)
+	if err != nil {
+		return err
+	}
+	for _, m := range members {
+		acct, err := u.Account(ctx, m.UserID)
+		if err != nil || !acct.IsGuest {
+			continue
+		}
+		if err := u.push.rooms.PerformLeave(ctx, &rsapi.LeaveRequest{RoomID: out.RoomID, UserID: m.UserID}); err != nil {
+			u.log.WithError(err).WithField("room_id", out.RoomID).WithField("user_id", m.UserID).Warn("could not remove a guest from a room closed to guests")
+		}
+	}
+	return nil
 }
 
 // trackMembers applies the event's state delta to the membership table.

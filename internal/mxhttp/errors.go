@@ -68,6 +68,13 @@ type Coded interface {
 	MatrixErrCode() string
 }
 
+// Extended is implemented by coded errors that carry the extra response
+// fields the spec defines for their code (room_version with
+// M_INCOMPATIBLE_ROOM_VERSION).
+type Extended interface {
+	MatrixErrExtra() map[string]any
+}
+
 // Error is a Matrix error response: status, errcode, message and any extra
 // fields the spec defines for that code. Cause is logged, never sent.
 type Error struct {
@@ -169,7 +176,12 @@ func ToError(err error) *Error {
 	}
 	var coded Coded
 	if errors.As(err, &coded) {
-		return &Error{Status: StatusFor(coded.MatrixErrCode()), Code: coded.MatrixErrCode(), Message: coded.Error(), Cause: err}
+		e := &Error{Status: StatusFor(coded.MatrixErrCode()), Code: coded.MatrixErrCode(), Message: coded.Error(), Cause: err}
+		var ext Extended
+		if errors.As(err, &ext) {
+			e.Extra = ext.MatrixErrExtra()
+		}
+		return e
 	}
 	var un Unavailable
 	if errors.As(err, &un) && un.Unavailable() {

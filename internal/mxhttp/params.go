@@ -63,6 +63,11 @@ var pathVars = map[string]pathVar{
 	// keyId above, and these.
 	"mediaId":   {check: opaque},
 	"queryType": {check: opaque},
+	// The event ID of the PDU a request carries (send_join, send_leave,
+	// send_knock, invite): the handler compares it with the event's own
+	// ID once the body is parsed, so a fault of the body answers first
+	// (M_BAD_JSON), as Synapse answers it.
+	"pduEventId": {check: opaque},
 }
 
 // decodeVars URL-decodes path variables in place, once, so that handlers

@@ -43,10 +43,14 @@ type Performer interface {
 type PerformError struct {
 	Code   string
 	Reason string
+	// Extra holds the response fields the spec adds for Code
+	// (room_version with M_INCOMPATIBLE_ROOM_VERSION).
+	Extra map[string]any
 }
 
-func (e *PerformError) Error() string         { return e.Reason }
-func (e *PerformError) MatrixErrCode() string { return e.Code }
+func (e *PerformError) Error() string                  { return e.Reason }
+func (e *PerformError) MatrixErrCode() string          { return e.Code }
+func (e *PerformError) MatrixErrExtra() map[string]any { return e.Extra }
 
 // JoinRequest asks for UserID to join RoomID.
 type JoinRequest struct {

@@ -9,6 +9,7 @@ import (
 
 	gmsl "github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/tidwall/gjson"
 
 	rsapi "myelin/roomserver/api"
 	"myelin/setup/config"
@@ -33,6 +34,15 @@ func (p *Performer) PerformJoin(ctx context.Context, req *rsapi.JoinRequest) (*r
 	content, err := p.memberContent(ctx, spec.Join, req.UserID, req.Reason, req.Content)
 	if err != nil {
 		return nil, err
+	}
+	via, err := p.joinAuthoriser(ctx, req.RoomID, req.UserID)
+	if err != nil {
+		return nil, err
+	}
+	if via != "" {
+		if content, err = withAuthoriser(content, via); err != nil {
+			return nil, err
+		}
 	}
 	// A repeated join with the same profile answers with the current
 	// event rather than making another.
@@ -262,12 +272,16 @@ func (e *unreachableError) Unavailable() bool { return true }
 // template is the one asked for: a member event of userID about itself in
 // roomID, in a room version this server supports.
 func (p *Performer) fromTemplate(proto gmsl.ProtoEvent, version gmsl.RoomVersion, roomID, userID, membership string, content json.RawMessage) (gmsl.PDU, gmsl.IRoomVersion, error) {
-	if !config.SupportedRoomVersion(string(version)) {
-		return nil, nil, refuse("M_INCOMPATIBLE_ROOM_VERSION", "room version %q is not supported", version)
+	if version == "" {
+		version = impliedVersion(proto)
 	}
 	verImpl, err := gmsl.GetRoomVersion(version)
-	if err != nil {
-		return nil, nil, refuse("M_INCOMPATIBLE_ROOM_VERSION", "room version %q is not supported", version)
+	if err != nil || !config.SupportedRoomVersion(string(version)) {
+		return nil, nil, &rsapi.PerformError{
+			Code:   "M_INCOMPATIBLE_ROOM_VERSION",
+			Reason: fmt.Sprintf("room version %q is not supported", version),
+			Extra:  map[string]any{"room_version": string(version)},
+		}
 	}
 	switch {
 	case proto.Type != spec.MRoomMember,
@@ -276,6 +290,14 @@ func (p *Performer) fromTemplate(proto gmsl.ProtoEvent, version gmsl.RoomVersion
 		proto.RoomID != roomID:
 		return nil, nil, fmt.Errorf("the %s template is not a member event of %s in %s", membership, userID, roomID)
 	}
+	// The resident server's voucher for a restricted join stays: the
+	// auth rules need it, and that server signs the join for it.
+	if via := gjson.GetBytes(proto.Content, "join_authorised_via_users_server"); via.Type == gjson.String && membership == spec.Join {
+		var err error
+		if content, err = withAuthoriser(content, via.String()); err != nil {
+			return nil, nil, err
+		}
+	}
 	proto.Content = spec.RawJSON(content)
 	b := verImpl.NewEventBuilderFromProtoEvent(&proto)
 	ev, err := b.Build(p.now(), p.key.ServerName, p.key.KeyID, p.key.Private)
@@ -283,6 +305,31 @@ func (p *Performer) fromTemplate(proto gmsl.ProtoEvent, version gmsl.RoomVersion
 		return nil, nil, fmt.Errorf("build the %s event: %w", membership, err)
 	}
 	return ev, verImpl, nil
+}
+
+// impliedVersion is the room version of a template that names none. The
+// spec's default is "1", whose events reference others as [id, hashes]
+// pairs; a template referencing them by bare ID cannot be of version 1 or
+// 2, so it is taken as the first version with URL-safe event IDs (4).
+// Either way the create event of send_join's answer must then name the
+// same version, or the join is refused.
+func impliedVersion(proto gmsl.ProtoEvent) gmsl.RoomVersion {
+	for _, refs := range []any{proto.AuthEvents, proto.PrevEvents} {
+		switch refs := refs.(type) {
+		case []string: // as built in Go
+			if len(refs) > 0 {
+				return gmsl.RoomVersionV4
+			}
+		case []any: // as decoded from JSON
+			if len(refs) > 0 {
+				if _, bare := refs[0].(string); bare {
+					return gmsl.RoomVersionV4
+				}
+				return gmsl.RoomVersionV1
+			}
+		}
+	}
+	return gmsl.RoomVersionV1
 }
 
 func rawEvents(evs gmsl.EventJSONs) []json.RawMessage {

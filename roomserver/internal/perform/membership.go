@@ -42,19 +42,80 @@ func (p *Performer) leaveRemote(ctx context.Context, req *rsapi.LeaveRequest, co
 	if err != nil {
 		return fmt.Errorf("leave %s: %w", req.RoomID, err)
 	}
+	m, err := p.rooms.Membership(ctx, req.RoomID, req.UserID)
+	if errors.Is(err, rsapi.ErrRoomNotFound) {
+		m, err = &rsapi.Membership{}, nil
+	}
+	if err != nil {
+		return fmt.Errorf("leave %s: %w", req.RoomID, err)
+	}
+	pending := (m.Membership == spec.Invite || m.Membership == spec.Knock) && m.EventID != ""
 	servers := p.servers(req.RoomID, inviter)
-	if p.fed == nil || len(servers) == 0 {
+	if !pending && (p.fed == nil || len(servers) == 0) {
 		return forbidden("You are not in this room")
 	}
 	var errs []error
 	for _, s := range servers {
+		if p.fed == nil {
+			break
+		}
 		err := p.leaveVia(ctx, s, req, content)
 		if err == nil {
 			return nil
 		}
 		errs = append(errs, err)
 	}
+	if pending {
+		// No server in the room took the rejection (it refused, failed
+		// or is gone): the user must still be able to be rid of the
+		// invite, so reject it here alone, as Synapse does.
+		p.log.WithError(errors.Join(errs...)).WithField("room_id", req.RoomID).Info("rejecting an invite or knock locally: no server in the room took it")
+		return p.leaveLocally(ctx, req, m.EventID, content)
+	}
 	return remoteError("leave", req.RoomID, errs)
+}
+
+// leaveLocally ends an invite or knock to a room this server is not in
+// without telling the room: a leave event of the user, signed here, whose
+// only prev and auth event is the invite (or knock), stored as an outlier
+// like the invite itself so that the user's /sync moves the room to
+// "leave". The room never sees it; its servers will when the user next
+// joins.
+func (p *Performer) leaveLocally(ctx context.Context, req *rsapi.LeaveRequest, pendingID string, content json.RawMessage) error {
+	evs, err := p.rooms.Events(ctx, []string{pendingID})
+	if err != nil {
+		return fmt.Errorf("leave %s: the invite %s: %w", req.RoomID, pendingID, err)
+	}
+	if len(evs) != 1 {
+		return fmt.Errorf("leave %s: the invite %s is not stored", req.RoomID, pendingID)
+	}
+	pending := evs[0]
+	verImpl, err := gmsl.GetRoomVersion(pending.Version())
+	if err != nil {
+		return fmt.Errorf("leave %s: %w", req.RoomID, err)
+	}
+	userID := req.UserID
+	proto := &gmsl.ProtoEvent{
+		SenderID:   userID,
+		RoomID:     req.RoomID,
+		Type:       spec.MRoomMember,
+		StateKey:   &userID,
+		Content:    spec.RawJSON(content),
+		PrevEvents: []string{pendingID},
+		AuthEvents: []string{pendingID},
+		Depth:      min(pending.Depth(), 1<<63-2) + 1,
+	}
+	ev, err := verImpl.NewEventBuilderFromProtoEvent(proto).Build(p.now(), p.key.ServerName, p.key.KeyID, p.key.Private)
+	if err != nil {
+		return fmt.Errorf("build the local leave of %s: %w", req.RoomID, err)
+	}
+	if _, err := p.rooms.Input(ctx, &rsapi.InputRequest{
+		RoomID: req.RoomID, RoomVersion: string(verImpl.Version()),
+		Events: []rsapi.InputEvent{{PDU: json.RawMessage(ev.JSON())}},
+	}); err != nil {
+		return inputError(err)
+	}
+	return nil
 }
 
 func (p *Performer) leaveVia(ctx context.Context, server spec.ServerName, req *rsapi.LeaveRequest, content json.RawMessage) error {

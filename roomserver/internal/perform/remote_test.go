@@ -144,6 +144,9 @@ func TestPerformRemote(t *testing.T) {
 		wantErr   bool
 		wantCalls []string
 		wantSent  string // membership of the events sent
+		// wantVersion is the room version of the events sent, or the
+		// room_version of an M_INCOMPATIBLE_ROOM_VERSION refusal.
+		wantVersion gmsl.RoomVersion
 	}{
 		{
 			name:   "no federation: a join is refused as before",
@@ -195,7 +198,38 @@ func TestPerformRemote(t *testing.T) {
 				return err
 			},
 			wantCode: "M_INCOMPATIBLE_ROOM_VERSION", wantErr: true,
-			wantCalls: []string{"make_join resident.test"},
+			wantCalls:   []string{"make_join resident.test"},
+			wantVersion: "org.matrix.msc4242.12",
+		},
+		{
+			// The spec's default is "1", but a template referencing
+			// events by bare ID cannot be of version 1 or 2.
+			name:    "join: a template naming no room version, with bare event IDs",
+			servers: map[spec.ServerName]remoteServer{"resident.test": {}},
+			do: func(ctx context.Context, rs rsapi.API) error {
+				_, err := rs.PerformJoin(ctx, &rsapi.JoinRequest{RoomID: roomID, UserID: user("bob")})
+				return err
+			},
+			wantCode: "M_NOT_FOUND", wantErr: true, // the input's "unknown room", after send_join
+			wantCalls:   []string{"make_join resident.test", "send_join resident.test"},
+			wantSent:    spec.Join,
+			wantVersion: gmsl.RoomVersionV4,
+		},
+		{
+			// A restricted room: a server with no member who may invite
+			// cannot vouch for the join; another may (spec: "Restricted
+			// rooms").
+			name: "join: a server that cannot grant a restricted join, then one that can",
+			servers: map[spec.ServerName]remoteServer{
+				"nogrant.test": {refuse: "M_UNABLE_TO_GRANT_JOIN"}, "resident.test": {version: "10"},
+			},
+			do: func(ctx context.Context, rs rsapi.API) error {
+				_, err := rs.PerformJoin(ctx, &rsapi.JoinRequest{RoomID: roomID, UserID: user("bob"), ServerNames: []string{"nogrant.test"}})
+				return err
+			},
+			wantCode: "M_NOT_FOUND", wantErr: true, // the input's "unknown room", after send_join
+			wantCalls: []string{"make_join nogrant.test", "make_join resident.test", "send_join resident.test"},
+			wantSent:  spec.Join,
 		},
 		{
 			name:    "join: every server down",
@@ -272,6 +306,13 @@ func TestPerformRemote(t *testing.T) {
 					}
 					for _, ev := range fed.sent {
 						checkSent(t, ev, roomID, c.wantSent)
+						if c.wantVersion != "" && ev.Version() != c.wantVersion {
+							t.Errorf("sent an event of room version %s, want %s", ev.Version(), c.wantVersion)
+						}
+					}
+					var pe *rsapi.PerformError
+					if c.wantCode == "M_INCOMPATIBLE_ROOM_VERSION" && (!errors.As(err, &pe) || pe.Extra["room_version"] != string(c.wantVersion)) {
+						t.Errorf("refusal %#v does not name room version %s", err, c.wantVersion)
 					}
 				})
 			}

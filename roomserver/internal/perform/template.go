@@ -6,6 +6,8 @@ import (
 	"fmt"
 
 	gmsl "github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/tidwall/gjson"
 )
 
 // BuildEventTemplate completes proto, an event another server's user asks
@@ -24,6 +26,22 @@ func (p *Performer) BuildEventTemplate(ctx context.Context, proto *gmsl.ProtoEve
 	verImpl, err := gmsl.GetRoomVersion(version)
 	if err != nil {
 		return nil, nil, refuse("M_UNSUPPORTED_ROOM_VERSION", "room version %q is not supported", version)
+	}
+	if proto.Type == spec.MRoomMember && proto.StateKey != nil && *proto.StateKey == proto.SenderID &&
+		gjson.GetBytes(proto.Content, "membership").String() == spec.Join {
+		// A join of a restricted room names the member of this server
+		// who vouches for it (make_join; spec: "Restricted rooms").
+		via, err := p.joinAuthoriser(ctx, proto.RoomID, proto.SenderID)
+		if err != nil {
+			return nil, nil, err
+		}
+		if via != "" {
+			content, err := withAuthoriser(json.RawMessage(proto.Content), via)
+			if err != nil {
+				return nil, nil, err
+			}
+			proto.Content = spec.RawJSON(content)
+		}
 	}
 	prev, depth, err := p.rooms.LatestEvents(ctx, proto.RoomID)
 	if err != nil {
