@@ -26,6 +26,9 @@ const (
 	maxKeysTimeout = 30 * time.Second
 	// keysFanOut bounds the servers asked at once for one request.
 	keysFanOut = 8
+	// keysCatchUp bounds how long a /keys/query for remote users waits
+	// for the membership events before it.
+	keysCatchUp = 2 * time.Second
 	// resyncTimeout bounds the fetch of a device list that an update
 	// showed missing or stale, made while the origin's transaction waits.
 	resyncTimeout = 10 * time.Second
@@ -263,6 +266,13 @@ func (u *UserAPI) QueryKeys(ctx context.Context, req uapi.QueryKeysRequest) (*ua
 	}
 	if req.LocalOnly || len(remote) == 0 {
 		return resp, u.withUserSignatures(ctx, resp, req.Requester)
+	}
+	// Whether a remote user shares a room with a local one (so its list is
+	// cached, or fetched whole) is this component's view of membership:
+	// let it catch up with the events that came before the query, such as
+	// the join that made the room shared (bounded).
+	if u.bus != nil && u.push.rooms != nil {
+		u.catchUpEvents(ctx, keysCatchUp)
 	}
 	ctx, cancel := context.WithTimeout(ctx, keysTimeout(req.Timeout))
 	defer cancel()
