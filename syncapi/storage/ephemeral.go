@@ -230,15 +230,25 @@ func (s *Storage) PresentUsers(ctx context.Context, suffix string) ([]string, er
 
 // SharesRoom reports whether users a and b are both joined to some room.
 func (s *Storage) SharesRoom(ctx context.Context, a, b string) (bool, error) {
+	return s.inRoomOf(ctx, a, b, "join")
+}
+
+// SharesRoomInvited reports whether b is invited to a room a is joined to.
+func (s *Storage) SharesRoomInvited(ctx context.Context, a, b string) (bool, error) {
+	return s.inRoomOf(ctx, a, b, "invite")
+}
+
+// inRoomOf reports whether b has membership in a room a is joined to.
+func (s *Storage) inRoomOf(ctx context.Context, a, b, membership string) (bool, error) {
 	var one int
 	err := s.db.QueryRow(ctx, `SELECT 1 FROM syncapi_current_state x
-		JOIN syncapi_current_state y ON y.room_id = x.room_id AND y.event_type = 'm.room.member' AND y.state_key = $2 AND y.membership = 'join'
-		WHERE x.event_type = 'm.room.member' AND x.state_key = $1 AND x.membership = 'join' LIMIT 1`, a, b).Scan(&one)
+		JOIN syncapi_current_state y ON y.room_id = x.room_id AND y.event_type = 'm.room.member' AND y.state_key = $2 AND y.membership = $3
+		WHERE x.event_type = 'm.room.member' AND x.state_key = $1 AND x.membership = 'join' LIMIT 1`, a, b, membership).Scan(&one)
 	if errors.Is(err, sql.ErrNoRows) {
 		return false, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("does %s share a room with %s: %w", a, b, err)
+		return false, fmt.Errorf("is %s %s in a room of %s: %w", b, membership, a, err)
 	}
 	return true, nil
 }
@@ -270,21 +280,6 @@ func (s *Storage) SharingUsers(ctx context.Context, userID string, candidates []
 		return nil, fmt.Errorf("who shares a room with %s: %w", userID, err)
 	}
 	return out, nil
-}
-
-// SharesRoomInvited reports whether b is invited to a room a is joined to.
-func (s *Storage) SharesRoomInvited(ctx context.Context, a, b string) (bool, error) {
-	var one int
-	err := s.db.QueryRow(ctx, `SELECT 1 FROM syncapi_current_state x
-		JOIN syncapi_current_state y ON y.room_id = x.room_id AND y.event_type = 'm.room.member' AND y.state_key = $2 AND y.membership = 'invite'
-		WHERE x.event_type = 'm.room.member' AND x.state_key = $1 AND x.membership = 'join' LIMIT 1`, a, b).Scan(&one)
-	if errors.Is(err, sql.ErrNoRows) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("is %s invited to a room of %s: %w", b, a, err)
-	}
-	return true, nil
 }
 
 // MembersChanged returns the users who joined, with positions in
