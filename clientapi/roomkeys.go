@@ -6,6 +6,7 @@ import (
 	"net/http"
 
 	"github.com/gorilla/mux"
+	"github.com/tidwall/gjson"
 
 	"myelin/internal/mxhttp"
 	uapi "myelin/userapi/api"
@@ -34,14 +35,17 @@ type keyBackupVersionRequest struct {
 }
 
 // Validate asks for an algorithm and auth data. Both are opaque to the
-// server: clients (and sytest) store strings as well as objects in
-// auth_data, so any JSON value but null is kept.
+// server: the spec's auth_data is an object, but Synapse keeps a string
+// too (sytest sends one), so an object or a string is kept.
 func (q *keyBackupVersionRequest) Validate() error {
 	if q.Algorithm == "" {
 		return mxhttp.MissingParam("algorithm is required")
 	}
 	if t := mxhttp.TrimJSONSpace(q.AuthData); len(t) == 0 || string(t) == "null" {
 		return mxhttp.MissingParam("auth_data is required")
+	}
+	if g := gjson.ParseBytes(q.AuthData); !g.IsObject() && g.Type != gjson.String {
+		return mxhttp.BadJSON("auth_data must be an object")
 	}
 	return nil
 }
@@ -116,6 +120,10 @@ func (d *backupKeyData) Validate() error {
 	}
 	if t := mxhttp.TrimJSONSpace(d.SessionData); len(t) == 0 || string(t) == "null" {
 		return mxhttp.MissingParam("session_data is required")
+	}
+	// An object, or a string as Synapse takes (auth_data above).
+	if g := gjson.ParseBytes(d.SessionData); !g.IsObject() && g.Type != gjson.String {
+		return mxhttp.BadJSON("session_data must be an object")
 	}
 	return nil
 }

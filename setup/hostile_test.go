@@ -59,7 +59,7 @@ func TestHostileInput(t *testing.T) {
 				requests++
 				classes[m.class]++
 				status, body, err := req.send(hc, srv.URL, fx.aliceToken)
-				if problem := m.judge(status, body, err); problem != "" {
+				if problem := m.judge(status, body, err); problem != "" && !lenientOn(op, m) {
 					failures = append(failures, fmt.Sprintf("%s %s [%s %s]: %s", op.method, op.path, m.class, m.what, problem))
 				}
 				if !isUnrecognized(status, body) {
@@ -78,6 +78,21 @@ func TestHostileInput(t *testing.T) {
 			t.Errorf("%d of %d hostile requests were answered wrongly:\n%s", len(failures), requests, strings.Join(capLines(failures, 300), "\n"))
 		}
 	})
+}
+
+// lenient lists the fields where Myelin knowingly takes more than the
+// spec's type, with why: "METHOD path field" of a field:wrong-type
+// mutation.
+var lenient = map[string]string{
+	// Opaque to the server; Synapse keeps any value and sytest's key
+	// backup tests send a string. Numbers, arrays and booleans are refused.
+	"POST /_matrix/client/v3/room_keys/version auth_data":          "a string, as Synapse takes",
+	"PUT /_matrix/client/v3/room_keys/version/{version} auth_data": "a string, as Synapse takes",
+}
+
+func lenientOn(op hostileOp, m hostileMutation) bool {
+	_, ok := lenient[op.method+" "+op.path+" "+m.what]
+	return ok && m.class == "field:wrong-type"
 }
 
 func capLines(lines []string, n int) []string {
