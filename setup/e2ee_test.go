@@ -170,7 +170,8 @@ func (d *cryptoDevice) decrypts(t *testing.T, room id.RoomID, evID id.EventID, b
 // TestEncryptedRoom drives the server with a real crypto client (mautrix's
 // Olm machine): Alice and Bob on two devices each, an encrypted room whose
 // messages every other device decrypts; a device Bob adds later gets the
-// room key of Alice's next message; and a room key Alice backs up is
+// room key of Alice's next message; Alice cross-signs her second device,
+// which Bob then sees as cross-signed; and a room key Alice backs up is
 // restored on a fresh device of hers, which then decrypts history.
 func TestEncryptedRoom(t *testing.T) {
 	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
@@ -215,6 +216,50 @@ func TestEncryptedRoom(t *testing.T) {
 		bob3.inRoom(t, room, members...)
 		second, _ := alice1.sendEncrypted(t, room, members, "second secret")
 		bob3.decrypts(t, room, second, "second secret")
+
+		// Cross-signing: Alice publishes her keys (behind the password) and
+		// signs her second device; Bob, fetching her keys, finds that device
+		// cross-signed by the master key he trusts on first use, and her
+		// third device (below) not.
+		xkeys, err := alice1.mach.GenerateCrossSigningKeys()
+		if err != nil {
+			t.Fatal(err)
+		}
+		uia := func(r *mautrix.RespUserInteractive) any {
+			return &mautrix.ReqUIAuthLogin{BaseAuthData: mautrix.BaseAuthData{Type: mautrix.AuthTypePassword, Session: r.Session},
+				User: alice.String(), Password: "password-alice"}
+		}
+		if err := alice1.mach.PublishCrossSigningKeys(ctx, xkeys, uia); err != nil {
+			t.Fatalf("publish cross-signing keys: %v", err)
+		}
+		dev2, err := alice1.mach.GetOrFetchDevice(ctx, alice, alice2.cli.DeviceID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := alice1.mach.SignOwnDevice(ctx, dev2); err != nil {
+			t.Fatalf("sign alice2 (/keys/signatures/upload): %v", err)
+		}
+		trust := func(d *cryptoDevice) id.TrustState {
+			t.Helper()
+			if _, err := bob1.mach.FetchKeys(ctx, []id.UserID{alice}, true); err != nil {
+				t.Fatal(err)
+			}
+			dev, err := bob1.mach.GetOrFetchDevice(ctx, alice, d.cli.DeviceID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ts, err := bob1.mach.ResolveTrustContext(ctx, dev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return ts
+		}
+		if ts := trust(alice2); ts < id.TrustStateCrossSignedTOFU {
+			t.Fatalf("bob sees alice2 as %s, want cross-signed", ts)
+		}
+		if ts := trust(alice1); ts >= id.TrustStateCrossSignedUntrusted {
+			t.Fatalf("bob sees alice1, which nothing signed, as %s", ts)
+		}
 
 		// Key backup: Alice backs up the first message's room key; a fresh
 		// device of hers restores it with the backup key alone.
