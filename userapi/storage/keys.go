@@ -144,17 +144,12 @@ func (s *Storage) KeyCounts(ctx context.Context, userID, deviceID string) (*uapi
 
 // LocalDeviceKeys lists the devices of a local user with their keys.
 func (s *Storage) LocalDeviceKeys(ctx context.Context, userID string) ([]DeviceKeys, error) {
-	rows, err := s.db.Query(ctx, `SELECT d.device_id, d.display_name, COALESCE(k.key_json, '')
-		FROM userapi_devices d LEFT JOIN userapi_device_keys k ON k.user_id = d.user_id AND k.device_id = d.device_id
-		WHERE d.user_id = $1 ORDER BY d.device_id`, userID)
-	if err != nil {
-		return nil, fmt.Errorf("select device keys of %s: %w", userID, err)
-	}
-	return scanDeviceKeys(rows, userID)
+	all, err := s.LocalDeviceKeysOf(ctx, []string{userID})
+	return all[userID], err
 }
 
-// LocalDeviceKeysOf is LocalDeviceKeys for many local users at once, a
-// few hundred a query (a client joining a large encrypted room asks for
+// LocalDeviceKeysOf lists the devices of local users with their keys, by
+// user, a few hundred users a query (a client joining a large encrypted room asks for
 // all its members).
 func (s *Storage) LocalDeviceKeysOf(ctx context.Context, userIDs []string) (map[string][]DeviceKeys, error) {
 	out := make(map[string][]DeviceKeys, len(userIDs))
@@ -181,7 +176,7 @@ func (s *Storage) LocalDeviceKeysOf(ctx context.Context, userIDs []string) (map[
 	return out, nil
 }
 
-// CrossSigningKeysOf is CrossSigningKeys for many users at once.
+// CrossSigningKeysOf returns users' cross-signing keys by user and type.
 func (s *Storage) CrossSigningKeysOf(ctx context.Context, userIDs []string) (map[string]map[string]string, error) {
 	out := map[string]map[string]string{}
 	err := sqldb.InChunks(1, userIDs, func(in string, args []any) error {
@@ -563,20 +558,14 @@ func (s *Storage) StoreCrossSigningKeys(ctx context.Context, userID string, keys
 
 // CrossSigningKeys returns a user's cross-signing keys by type.
 func (s *Storage) CrossSigningKeys(ctx context.Context, userID string) (map[string]string, error) {
-	rows, err := s.db.Query(ctx, `SELECT key_type, key_json FROM userapi_cross_signing_keys WHERE user_id = $1`, userID)
+	all, err := s.CrossSigningKeysOf(ctx, []string{userID})
 	if err != nil {
-		return nil, fmt.Errorf("select cross-signing keys of %s: %w", userID, err)
+		return nil, err
 	}
-	defer rows.Close()
-	out := map[string]string{}
-	for rows.Next() {
-		var typ, k string
-		if err := rows.Scan(&typ, &k); err != nil {
-			return nil, fmt.Errorf("scan cross-signing key of %s: %w", userID, err)
-		}
-		out[typ] = k
+	if all[userID] == nil {
+		return map[string]string{}, nil
 	}
-	return out, rows.Err()
+	return all[userID], nil
 }
 
 // IsTracked reports whether a remote user's device list is cached.
