@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"strings"
 
 	gmsl "github.com/matrix-org/gomatrixserverlib"
@@ -171,19 +172,10 @@ func verifyAndMerge(signer, stored string, obj json.RawMessage, keyFor func(sigK
 	if len(sigs) == 0 {
 		return nil, refuseSig("M_MISSING_PARAM", "no signature of %s", signer)
 	}
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal([]byte(stored), &fields); err != nil {
-		return nil, refuseSig("M_INVALID_PARAM", "the stored key is not an object")
-	}
-	all := map[string]map[string]string{}
-	if raw, ok := fields["signatures"]; ok {
-		_ = json.Unmarshal(raw, &all)
-	}
-	if all[signer] == nil {
-		all[signer] = map[string]string{}
-	}
+	known := gjson.Get(stored, "signatures").Map()[signer].Map()
+	verified := map[string]string{}
 	for sigKeyID, sig := range sigs {
-		if old, ok := all[signer][sigKeyID]; ok && old == sig.String() {
+		if old, ok := known[sigKeyID]; ok && old.String() == sig.String() {
 			continue
 		}
 		pub := keyFor(sigKeyID)
@@ -193,16 +185,38 @@ func verifyAndMerge(signer, stored string, obj json.RawMessage, keyFor func(sigK
 		if err := gmsl.VerifyJSON(signer, gmsl.KeyID(sigKeyID), pub, obj); err != nil {
 			return nil, refuseSig("M_INVALID_SIGNATURE", "the signature by %s does not verify", sigKeyID)
 		}
-		all[signer][sigKeyID] = sig.String()
+		verified[sigKeyID] = sig.String()
 	}
-	raw, err := json.Marshal(all)
+	out, err := addSignatures([]byte(stored), signer, verified)
 	if err != nil {
-		return nil, refuseSig("M_INVALID_PARAM", "signatures: %v", err)
+		return nil, refuseSig("M_INVALID_PARAM", "%v", err)
 	}
-	fields["signatures"] = raw
+	return out, nil
+}
+
+// addSignatures returns the key object raw with sigs (signing key ID ->
+// signature) added to signer's signatures of it.
+func addSignatures(raw []byte, signer string, sigs map[string]string) (json.RawMessage, error) {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &fields); err != nil {
+		return nil, fmt.Errorf("the key is not an object: %w", err)
+	}
+	all := map[string]map[string]string{}
+	if r, ok := fields["signatures"]; ok {
+		_ = json.Unmarshal(r, &all)
+	}
+	if all[signer] == nil {
+		all[signer] = map[string]string{}
+	}
+	maps.Copy(all[signer], sigs)
+	r, err := json.Marshal(all)
+	if err != nil {
+		return nil, fmt.Errorf("encode signatures: %w", err)
+	}
+	fields["signatures"] = r
 	out, err := json.Marshal(fields)
 	if err != nil {
-		return nil, refuseSig("M_INVALID_PARAM", "signed key: %v", err)
+		return nil, fmt.Errorf("encode the key: %w", err)
 	}
 	return out, nil
 }
@@ -270,26 +284,9 @@ func (u *UserAPI) withUserSignatures(ctx context.Context, resp *uapi.QueryKeysRe
 		if !ok || s.Target == requester || publicKeyOf(string(master)) != s.TargetKeyID {
 			continue
 		}
-		var fields map[string]json.RawMessage
-		if err := json.Unmarshal(master, &fields); err != nil {
+		out, err := addSignatures(master, requester, map[string]string{s.SignerKeyID: s.Signature})
+		if err != nil {
 			continue
-		}
-		all := map[string]map[string]string{}
-		if raw, ok := fields["signatures"]; ok {
-			_ = json.Unmarshal(raw, &all)
-		}
-		if all[requester] == nil {
-			all[requester] = map[string]string{}
-		}
-		all[requester][s.SignerKeyID] = s.Signature
-		raw, err := json.Marshal(all)
-		if err != nil {
-			return fmt.Errorf("encode signatures: %w", err)
-		}
-		fields["signatures"] = raw
-		out, err := json.Marshal(fields)
-		if err != nil {
-			return fmt.Errorf("encode master key: %w", err)
 		}
 		resp.MasterKeys[s.Target] = out
 	}
