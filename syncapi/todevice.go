@@ -148,9 +148,7 @@ func (s *SyncAPI) addToDevice(ctx context.Context, req *syncRequest, since Token
 		return err
 	}
 	for _, m := range msgs {
-		resp.ToDevice.Events = append(resp.ToDevice.Events, map[string]any{
-			"sender": m.Sender, "type": m.Type, "content": json.RawMessage(m.Content),
-		})
+		resp.ToDevice.Events = append(resp.ToDevice.Events, toDeviceEvent(m))
 	}
 	if len(msgs) == maxToDevicePerSync {
 		req.to.ToDevice = msgs[len(msgs)-1].Pos
@@ -160,6 +158,11 @@ func (s *SyncAPI) addToDevice(ctx context.Context, req *syncRequest, since Token
 }
 
 func toDevicePos(t Token) int64 { return t.ToDevice }
+
+// toDeviceEvent is a stored to-device message as clients get it.
+func toDeviceEvent(m storage.ToDevice) any {
+	return map[string]any{"sender": m.Sender, "type": m.Type, "content": json.RawMessage(m.Content)}
+}
 
 // dehydratedEventsRequest is the body of POST .../dehydrated_device/{deviceId}/events.
 type dehydratedEventsRequest struct {
@@ -198,7 +201,7 @@ func (s *SyncAPI) dehydratedEvents(r *http.Request, dev *uapi.Device) (any, erro
 	}
 	events := make([]any, 0, len(msgs))
 	for _, m := range msgs {
-		events = append(events, map[string]any{"sender": m.Sender, "type": m.Type, "content": json.RawMessage(m.Content)})
+		events = append(events, toDeviceEvent(m))
 		from = m.Pos
 	}
 	return map[string]any{"events": events, "next_batch": strconv.FormatInt(from, 10)}, nil
