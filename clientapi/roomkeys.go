@@ -66,10 +66,10 @@ func (c *ClientAPI) createKeyBackup(r *http.Request, dev *uapi.Device) (any, err
 // /room_keys/version/{version}.
 func (c *ClientAPI) keyBackupInfo(r *http.Request, dev *uapi.Device) (any, error) {
 	info, err := c.users.KeyBackupInfo(r.Context(), dev.UserID, mxhttp.Var(r, "version"))
-	if uapi.IsNotFound(err) {
-		return nil, mxhttp.NotFound("Unknown backup version")
+	if err != nil {
+		return nil, backupKeysError(err)
 	}
-	return info, err
+	return info, nil
 }
 
 func (c *ClientAPI) updateKeyBackup(r *http.Request, dev *uapi.Device) (any, error) {
@@ -81,23 +81,15 @@ func (c *ClientAPI) updateKeyBackup(r *http.Request, dev *uapi.Device) (any, err
 	if req.Version != nil && *req.Version != version {
 		return nil, mxhttp.InvalidParam("the version in the body must be the one in the path")
 	}
-	err := c.users.UpdateKeyBackup(r.Context(), dev.UserID, version, req.Algorithm, req.AuthData)
-	if uapi.IsNotFound(err) {
-		return nil, mxhttp.NotFound("Unknown backup version")
-	}
-	if err != nil {
-		return nil, err
+	if err := c.users.UpdateKeyBackup(r.Context(), dev.UserID, version, req.Algorithm, req.AuthData); err != nil {
+		return nil, backupKeysError(err)
 	}
 	return struct{}{}, nil
 }
 
 func (c *ClientAPI) deleteKeyBackup(r *http.Request, dev *uapi.Device) (any, error) {
-	err := c.users.DeleteKeyBackup(r.Context(), dev.UserID, mxhttp.Var(r, "version"))
-	if uapi.IsNotFound(err) {
-		return nil, mxhttp.NotFound("Unknown backup version")
-	}
-	if err != nil {
-		return nil, err
+	if err := c.users.DeleteKeyBackup(r.Context(), dev.UserID, mxhttp.Var(r, "version")); err != nil {
+		return nil, backupKeysError(err)
 	}
 	return struct{}{}, nil
 }
@@ -182,7 +174,8 @@ func backupVersionParam(r *http.Request) (string, error) {
 	return v, nil
 }
 
-// backupKeysError maps the userapi's refusals to the spec's answers.
+// backupKeysError maps the userapi's refusals of the key backup calls to
+// the spec's answers.
 func backupKeysError(err error) error {
 	if uapi.IsNotFound(err) {
 		return mxhttp.NotFound("Unknown backup version")
