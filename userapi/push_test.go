@@ -87,5 +87,14 @@ func TestNotificationStore(t *testing.T) {
 		if len(left) != 2 || left[0].EventID != "$5" || left[1].EventID != "$4" {
 			t.Fatalf("after pruning: %+v", left)
 		}
+		counts(uapi.NotificationCounts{Notifications: 1})
+		// Pruning an unread notification takes it off the counts too.
+		if err := s.PruneNotifications(ctx, 3500, 2000); err != nil {
+			t.Fatal(err)
+		}
+		counts(uapi.NotificationCounts{})
+		if n, err := s.UnreadRooms(ctx, alice); err != nil || n != 0 {
+			t.Fatalf("unread rooms after pruning %d, %v", n, err)
+		}
 	})
 }

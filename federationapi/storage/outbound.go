@@ -94,13 +94,21 @@ func (s *Storage) RecordEvent(ctx context.Context, ev RoomEvent) (dests []string
 			// A dead server gets only the latest event of each room: it
 			// fetches the rest with /get_missing_events when it is back,
 			// and its queue stays one entry per room however long it is
-			// away.
-			nids, err := deleteReturning(ctx, tx, `DELETE FROM federationapi_queue WHERE destination = $1 AND room_id = $2 AND kind = $3
-				AND EXISTS (SELECT 1 FROM federationapi_destinations WHERE server_name = $1 AND blacklisted) RETURNING json_nid`, d, ev.RoomID, KindPDU)
-			if err != nil {
-				return fmt.Errorf("compact queue of %s: %w", d, err)
+			// away. The lookup comes first so that a live server's
+			// queue is not scanned for every event.
+			var dead bool
+			err := tx.QueryRow(ctx, `SELECT blacklisted FROM federationapi_destinations WHERE server_name = $1`, d).Scan(&dead)
+			if err != nil && !errors.Is(err, sql.ErrNoRows) {
+				return fmt.Errorf("look up destination %s: %w", d, err)
 			}
-			dropped = append(dropped, nids...)
+			if dead {
+				nids, err := deleteReturning(ctx, tx, `DELETE FROM federationapi_queue WHERE destination = $1 AND room_id = $2 AND kind = $3
+					RETURNING json_nid`, d, ev.RoomID, KindPDU)
+				if err != nil {
+					return fmt.Errorf("compact queue of %s: %w", d, err)
+				}
+				dropped = append(dropped, nids...)
+			}
 			if _, err := tx.Exec(ctx, `INSERT INTO federationapi_queue (destination, json_nid, kind, room_id) VALUES ($1, $2, $3, $4)`,
 				d, nid, KindPDU, ev.RoomID); err != nil {
 				return fmt.Errorf("queue event for %s: %w", d, err)
@@ -288,25 +296,30 @@ func markSent(ctx context.Context, tx *sqldb.Tx, dest, id string) error {
 	return collectJSON(ctx, tx, sent)
 }
 
+// unusedJSON selects queued JSON that no queue entry refers to.
+const unusedJSON = `NOT EXISTS (SELECT 1 FROM federationapi_queue q WHERE q.json_nid = federationapi_queue_json.json_nid)`
+
 // collectJSON deletes the JSON among nids that no queue refers to any
-// more; all such JSON when nids is nil (a rare, whole-table pass).
+// more.
 func collectJSON(ctx context.Context, tx *sqldb.Tx, nids []int64) error {
-	const unused = `NOT EXISTS (SELECT 1 FROM federationapi_queue q WHERE q.json_nid = federationapi_queue_json.json_nid)`
-	if nids == nil {
-		if _, err := tx.Exec(ctx, `DELETE FROM federationapi_queue_json WHERE `+unused); err != nil {
-			return fmt.Errorf("collect queued JSON: %w", err)
-		}
-		return nil
-	}
 	seen := map[int64]bool{}
 	for _, nid := range nids {
 		if seen[nid] {
 			continue
 		}
 		seen[nid] = true
-		if _, err := tx.Exec(ctx, `DELETE FROM federationapi_queue_json WHERE json_nid = $1 AND `+unused, nid); err != nil {
+		if _, err := tx.Exec(ctx, `DELETE FROM federationapi_queue_json WHERE json_nid = $1 AND `+unusedJSON, nid); err != nil {
 			return fmt.Errorf("collect queued JSON: %w", err)
 		}
+	}
+	return nil
+}
+
+// collectAllJSON deletes all JSON that no queue refers to any more: a
+// whole-table pass, for the rare compaction of a dead server's queue.
+func collectAllJSON(ctx context.Context, tx *sqldb.Tx) error {
+	if _, err := tx.Exec(ctx, `DELETE FROM federationapi_queue_json WHERE `+unusedJSON); err != nil {
+		return fmt.Errorf("collect queued JSON: %w", err)
 	}
 	return nil
 }
@@ -385,7 +398,7 @@ func (s *Storage) CatchUp(ctx context.Context, dest string, dropEDUs bool) error
 				return err
 			}
 		}
-		return collectJSON(ctx, tx, nil)
+		return collectAllJSON(ctx, tx)
 	})
 	if err != nil {
 		return fmt.Errorf("catch up %s: %w", dest, err)

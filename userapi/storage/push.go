@@ -119,10 +119,42 @@ func (s *Storage) InsertNotifications(ctx context.Context, ns []NewNotification)
 				return fmt.Errorf("insert notification of %s for %s: %w", n.EventID, n.UserID, err)
 			}
 			inserted[i] = c > 0
+			if !inserted[i] {
+				continue
+			}
+			hl := 0
+			if n.Highlight {
+				hl = 1
+			}
+			if _, err := tx.Exec(ctx, `INSERT INTO userapi_unread_counts (user_id, room_id, notifications, highlights)
+				VALUES ($1, $2, 1, $3) ON CONFLICT (user_id, room_id) DO UPDATE SET
+				notifications = userapi_unread_counts.notifications + 1,
+				highlights = userapi_unread_counts.highlights + excluded.highlights`,
+				n.UserID, n.RoomID, hl); err != nil {
+				return fmt.Errorf("count notification of %s for %s: %w", n.EventID, n.UserID, err)
+			}
 		}
 		return nil
 	})
 	return inserted, err
+}
+
+// recount sets the unread counts of userID in roomID from the unread
+// notifications themselves, after some of them were read or pruned.
+func recount(ctx context.Context, tx *sqldb.Tx, userID, roomID string) error {
+	if _, err := tx.Exec(ctx, `UPDATE userapi_unread_counts SET
+		notifications = (SELECT COUNT(*) FROM userapi_notifications
+			WHERE user_id = $1 AND room_id = $2 AND NOT is_read),
+		highlights = (SELECT COUNT(*) FROM userapi_notifications
+			WHERE user_id = $1 AND room_id = $2 AND NOT is_read AND highlight)
+		WHERE user_id = $1 AND room_id = $2`, userID, roomID); err != nil {
+		return fmt.Errorf("recount notifications of %s in %s: %w", userID, roomID, err)
+	}
+	if _, err := tx.Exec(ctx, `DELETE FROM userapi_unread_counts
+		WHERE user_id = $1 AND room_id = $2 AND notifications = 0`, userID, roomID); err != nil {
+		return fmt.Errorf("recount notifications of %s in %s: %w", userID, roomID, err)
+	}
+	return nil
 }
 
 // Notification is a stored notification.
@@ -166,9 +198,12 @@ func (s *Storage) Notifications(ctx context.Context, userID string, before int64
 // NotificationCounts counts the user's unread notifications in a room.
 func (s *Storage) NotificationCounts(ctx context.Context, userID, roomID string) (uapi.NotificationCounts, error) {
 	var c uapi.NotificationCounts
-	err := s.db.QueryRow(ctx, `SELECT COUNT(*), COALESCE(SUM(CASE WHEN highlight THEN 1 ELSE 0 END), 0)
-		FROM userapi_notifications WHERE user_id = $1 AND room_id = $2 AND NOT is_read`, userID, roomID).
+	err := s.db.QueryRow(ctx, `SELECT notifications, highlights FROM userapi_unread_counts
+		WHERE user_id = $1 AND room_id = $2`, userID, roomID).
 		Scan(&c.Notifications, &c.Highlights)
+	if errors.Is(err, sql.ErrNoRows) {
+		return c, nil
+	}
 	if err != nil {
 		return c, fmt.Errorf("count notifications of %s in %s: %w", userID, roomID, err)
 	}
@@ -179,8 +214,8 @@ func (s *Storage) NotificationCounts(ctx context.Context, userID, roomID string)
 // the badge a push gateway shows.
 func (s *Storage) UnreadRooms(ctx context.Context, userID string) (int64, error) {
 	var n int64
-	err := s.db.QueryRow(ctx, `SELECT COUNT(DISTINCT room_id) FROM userapi_notifications
-		WHERE user_id = $1 AND NOT is_read`, userID).Scan(&n)
+	err := s.db.QueryRow(ctx, `SELECT COUNT(*) FROM userapi_unread_counts
+		WHERE user_id = $1 AND notifications > 0`, userID).Scan(&n)
 	if err != nil {
 		return 0, fmt.Errorf("count rooms with notifications of %s: %w", userID, err)
 	}
@@ -196,14 +231,19 @@ const (
 // MarkRead marks the user's unread notifications in a room up to depth
 // read, in thread (a thread root, MainThread or AllThreads), and returns
 // how many it marked.
-func (s *Storage) MarkRead(ctx context.Context, userID, roomID, thread string, depth int64) (int64, error) {
-	res, err := s.db.Exec(ctx, `UPDATE userapi_notifications SET is_read = TRUE
-		WHERE user_id = $1 AND room_id = $2 AND NOT is_read AND depth <= $3 AND ($4 OR thread_id = $5)`,
-		userID, roomID, depth, thread == AllThreads, thread)
-	if err != nil {
-		return 0, fmt.Errorf("mark notifications of %s in %s read: %w", userID, roomID, err)
-	}
-	n, err := res.RowsAffected()
+func (s *Storage) MarkRead(ctx context.Context, userID, roomID, thread string, depth int64) (n int64, err error) {
+	err = s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		res, err := tx.Exec(ctx, `UPDATE userapi_notifications SET is_read = TRUE
+			WHERE user_id = $1 AND room_id = $2 AND NOT is_read AND depth <= $3 AND ($4 OR thread_id = $5)`,
+			userID, roomID, depth, thread == AllThreads, thread)
+		if err != nil {
+			return err
+		}
+		if n, err = res.RowsAffected(); err != nil || n == 0 {
+			return err
+		}
+		return recount(ctx, tx, userID, roomID)
+	})
 	if err != nil {
 		return 0, fmt.Errorf("mark notifications of %s in %s read: %w", userID, roomID, err)
 	}
@@ -213,8 +253,38 @@ func (s *Storage) MarkRead(ctx context.Context, userID, roomID, thread string, d
 // PruneNotifications deletes read notifications older than readBefore and
 // unread ones older than unreadBefore.
 func (s *Storage) PruneNotifications(ctx context.Context, readBefore, unreadBefore int64) error {
-	if _, err := s.db.Exec(ctx, `DELETE FROM userapi_notifications WHERE ts < $1 AND (is_read OR ts < $2)`,
-		readBefore, unreadBefore); err != nil {
+	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		type pair struct{ user, room string }
+		var pairs []pair
+		rows, err := tx.Query(ctx, `SELECT DISTINCT user_id, room_id FROM userapi_notifications
+			WHERE ts < $1 AND NOT is_read`, unreadBefore)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var p pair
+			if err := rows.Scan(&p.user, &p.room); err != nil {
+				rows.Close()
+				return err
+			}
+			pairs = append(pairs, p)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM userapi_notifications WHERE ts < $1 AND (is_read OR ts < $2)`,
+			readBefore, unreadBefore); err != nil {
+			return err
+		}
+		for _, p := range pairs {
+			if err := recount(ctx, tx, p.user, p.room); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
 		return fmt.Errorf("prune notifications: %w", err)
 	}
 	return nil
