@@ -15,8 +15,8 @@
 # DIR/servers.tsv lists each server: server name, client URL, PID.
 #
 # FED_SERVER=dendrite starts Dendrite servers instead, for comparison, from
-# DENDRITE_BIN (a directory holding a dendrite binary; tests/interop/README.md
-# says how to build one), configured by tests/interop's setup (SQLite, open
+# DENDRITE_BIN (a directory holding a dendrite binary you built; this repo
+# does not build Dendrite), configured by tests/interop's setup (SQLite, open
 # registration, no rate limits) and trusting every server's test CA through
 # SSL_CERT_FILE.
 #

@@ -3,15 +3,15 @@
 # over TLS from a throwaway CA, and drives tests/interop's scenario against
 # both. See tests/interop/README.md.
 #
-#   tests/interop/run.sh [DENDRITE_SRC]
+#   DENDRITE_BIN=DIR tests/interop/run.sh
 #
-# Exit status: 0 when every step passed, 1 when one failed, 2 when the
-# servers could not be built or started.
+# DIR holds a Dendrite binary named dendrite; this script does not build
+# Dendrite. Exit status: 0 when every step passed, 1 when one failed, 2 when
+# the servers could not be built or started.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 work=${INTEROP_WORK:-/tmp/myelin-interop}
-src=${1:-${DENDRITE_SRC:-}}
 # DENDRITE_BIN is a directory holding the dendrite binary, as for
 # scripts/perf-compare.sh.
 dendrite_bin=${DENDRITE_BIN:-$work/bin}/dendrite
@@ -27,16 +27,8 @@ dendrite_url=http://$dendrite_ip:$client_port
 say() { echo "interop: $*" >&2; }
 die() { say "$*"; exit 2; }
 
-mkdir -p "$work/bin" "$(dirname "$dendrite_bin")"
-
-# Dendrite is built once and reused: its build takes minutes on a small
-# machine. INTEROP_REBUILD_DENDRITE=1 builds it again.
-if [[ ! -x $dendrite_bin || ${INTEROP_REBUILD_DENDRITE:-0} == 1 ]]; then
-	[[ -n $src ]] || die "no Dendrite binary at $dendrite_bin and no source: pass DENDRITE_SRC (see README.md)"
-	[[ -f $src/cmd/dendrite/main.go ]] || die "$src is not a Dendrite source tree (no cmd/dendrite)"
-	say "building Dendrite from $src (a few minutes)"
-	(cd "$src" && nice -n 10 go build -o "$dendrite_bin" ./cmd/dendrite) || die "Dendrite did not build"
-fi
+mkdir -p "$work/bin"
+[[ -x $dendrite_bin ]] || die "no Dendrite binary at $dendrite_bin: set DENDRITE_BIN (see README.md)"
 say "building Myelin and the scenario"
 (cd "$repo" && go build -o "$work/bin/myelin" ./cmd/myelin && go build -tags goolm -o "$work/bin/interop" ./tests/interop) ||
 	die "Myelin did not build"
