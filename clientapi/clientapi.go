@@ -14,6 +14,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/sirupsen/logrus"
 
+	"myelin/internal/identity"
 	"myelin/internal/mxhttp"
 	"myelin/internal/ratelimit"
 	rsapi "myelin/roomserver/api"
@@ -29,6 +30,9 @@ type ClientAPI struct {
 	// fed asks other servers what a client asks of them; nil when the
 	// server does not federate.
 	fed Federation
+	// ids asks identity servers about invited email addresses; nil
+	// refuses third-party invites.
+	ids *identity.Client
 	log *logrus.Entry
 	now func() time.Time
 
@@ -58,6 +62,10 @@ type Option func(*ClientAPI)
 
 // WithFederation lets the client API ask other servers.
 func WithFederation(fed Federation) Option { return func(c *ClientAPI) { c.fed = fed } }
+
+// WithIdentity lets users invite email addresses through identity
+// servers (third-party invites).
+func WithIdentity(ids *identity.Client) Option { return func(c *ClientAPI) { c.ids = ids } }
 
 // New makes the client API. rooms may be nil in tests that only exercise
 // accounts.

@@ -22,8 +22,8 @@ type createRoomRequest struct {
 	Name          *string  `json:"name"`
 	Topic         *string  `json:"topic"`
 	Invite        []string `json:"invite"`
-	// Invite3PID is checked for shape only: Myelin has no identity
-	// server to invite through, and ignores it.
+	// Invite3PID are addresses invited through identity servers once the
+	// room exists.
 	Invite3PID                []thirdPartyInvite `json:"invite_3pid"`
 	RoomVersion               string             `json:"room_version"`
 	CreationContent           json.RawMessage    `json:"creation_content"`
@@ -311,6 +311,12 @@ func (c *ClientAPI) createRoom(r *http.Request, dev *uapi.Device) (any, error) {
 		// invitee's server that fails costs only that invite.
 		if err := c.rooms.PerformInvite(ctx, &rsapi.InviteRequest{RoomID: resp.RoomID, Sender: sender, Invitee: u, IsDirect: req.IsDirect}); err != nil {
 			c.log.WithError(err).WithField("room_id", resp.RoomID).WithField("invitee", u).Warn("createRoom: invite of a remote user failed")
+		}
+	}
+	for _, inv := range req.Invite3PID {
+		// Likewise: an identity server that fails costs only its invite.
+		if err := c.inviteThirdParty(ctx, dev, resp.RoomID, inv); err != nil {
+			c.log.WithError(err).WithField("room_id", resp.RoomID).Warn("createRoom: third-party invite failed")
 		}
 	}
 	out := map[string]string{"room_id": resp.RoomID}

@@ -401,9 +401,8 @@ func (c *ClientAPI) memberContent(ctx context.Context, membership, userID, reaso
 
 type joinRequest struct {
 	Reason string `json:"reason"`
-	// ThirdPartySigned is only checked for shape: Myelin does not
-	// implement third-party invites, so a join carrying one succeeds or
-	// fails on the room's own rules.
+	// ThirdPartySigned proves a third-party invite of the joining user:
+	// it becomes an invite before the join.
 	ThirdPartySigned *thirdPartySigned `json:"third_party_signed"`
 }
 
@@ -485,6 +484,15 @@ func (c *ClientAPI) join(r *http.Request, dev *uapi.Device, roomID string, serve
 	if err := mxhttp.DecodeJSON(body, &req); err != nil {
 		return nil, err
 	}
+	if req.ThirdPartySigned != nil {
+		var raw struct {
+			Signed json.RawMessage `json:"third_party_signed"`
+		}
+		_ = json.Unmarshal(body, &raw)
+		if err := c.joinThirdParty(ctx, dev, roomID, req.ThirdPartySigned, raw.Signed); err != nil {
+			return nil, err
+		}
+	}
 	// Other fields of the body become fields of the member event's content,
 	// as Synapse does; third_party_signed is a request parameter.
 	var extra map[string]any
@@ -559,10 +567,31 @@ func (t *targetRequest) Validate() error {
 	return mxhttp.CheckParam("user_id", t.UserID, mxid.UserID)
 }
 
+// inviteRequest is POST /invite's body: a user ID, or an address to
+// invite through an identity server (a third-party invite).
+type inviteRequest struct {
+	targetRequest
+	thirdPartyInvite
+}
+
+// Validate implements mxhttp.Validator.
+func (i *inviteRequest) Validate() error {
+	if i.UserID == "" && (i.IDServer != "" || i.Medium != "" || i.Address != "") {
+		return i.thirdPartyInvite.validate()
+	}
+	return i.targetRequest.Validate()
+}
+
 func (c *ClientAPI) invite(r *http.Request, dev *uapi.Device) (any, error) {
-	var req targetRequest
+	var req inviteRequest
 	if err := mxhttp.ReadJSON(r, &req); err != nil {
 		return nil, err
+	}
+	if req.UserID == "" {
+		if err := c.inviteThirdParty(r.Context(), dev, mxhttp.Var(r, "roomId"), req.thirdPartyInvite); err != nil {
+			return nil, err
+		}
+		return struct{}{}, nil
 	}
 	if err := c.rooms.PerformInvite(r.Context(), &rsapi.InviteRequest{
 		RoomID: mxhttp.Var(r, "roomId"), Sender: dev.UserID, Invitee: req.UserID, Reason: req.Reason,

@@ -172,6 +172,7 @@ func (f *FederationAPI) Routes(root *mux.Router) {
 	v1.Handle("/version", f.open(f.serverVersion)).Methods(http.MethodGet)
 	v1.Handle("/query/profile", f.authed(f.queryProfile)).Methods(http.MethodGet)
 	f.OpenIDRoutes(root)
+	f.ThirdPartyRoutes(root)
 	v1.Handle("/event/{eventId}", f.authed(f.getEvent)).Methods(http.MethodGet)
 	// Endpoints of one room answer only servers its ACL allows; /event
 	// checks the ACL of its event's room.

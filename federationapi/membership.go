@@ -32,6 +32,7 @@ type MemberRooms interface {
 	PublicRooms(ctx context.Context, q rsapi.PublicRoomsQuery) (*rsapi.PublicRoomsPage, error)
 	RoomSummary(ctx context.Context, roomID string) (*rsapi.RoomSummary, error)
 	EventNearTime(ctx context.Context, roomID string, ts int64, backward bool) (*rsapi.TimeEvent, error)
+	PerformThirdPartyInvite(ctx context.Context, req *rsapi.ThirdPartyInviteRequest) error
 }
 
 // membershipRoutes registers the membership dances a resident server
@@ -51,6 +52,7 @@ func (f *FederationAPI) membershipRoutes(v1, v2 *mux.Router) {
 	v1.Handle("/make_knock/{roomId}/{userId}", f.authed(f.roomACL(f.makeKnock))).Methods(http.MethodGet)
 	v1.Handle("/send_knock/{roomId}/{pduEventId}", f.authed(f.roomACL(f.sendKnock))).Methods(http.MethodPut)
 	v2.Handle("/invite/{roomId}/{pduEventId}", f.authed(f.roomACL(f.invite))).Methods(http.MethodPut)
+	v1.Handle("/exchange_third_party_invite/{roomId}", f.authed(f.roomACL(f.exchangeThirdPartyInvite))).Methods(http.MethodPut)
 	v1.Handle("/query/directory", f.authed(f.queryDirectory)).Methods(http.MethodGet)
 	v1.Handle("/publicRooms", f.authed(f.publicRoomsGet)).Methods(http.MethodGet)
 	v1.Handle("/publicRooms", f.authed(f.publicRoomsPost)).Methods(http.MethodPost)

@@ -141,6 +141,11 @@ func (r *Remote) Invite(ctx context.Context, server spec.ServerName, ev gmsl.PDU
 	return signed, nil
 }
 
+// ExchangeThirdPartyInvite implements perform.ThirdPartyExchanger.
+func (r *Remote) ExchangeThirdPartyInvite(ctx context.Context, server spec.ServerName, proto gmsl.ProtoEvent) error {
+	return wrapRemote(server, r.f.client.ExchangeThirdPartyInvite(ctx, r.origin(), server, proto))
+}
+
 // QueryRoomAlias asks server which room its alias names (GET
 // /_matrix/federation/v1/query/directory).
 func (r *Remote) QueryRoomAlias(ctx context.Context, server spec.ServerName, alias string) (string, error) {

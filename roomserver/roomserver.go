@@ -61,9 +61,10 @@ type AliasResolver interface {
 type Option func(*options)
 
 type options struct {
-	fed     Federation
-	profile perform.ProfileFunc
-	input   InputConfig
+	fed      Federation
+	profile  perform.ProfileFunc
+	input    InputConfig
+	keyValid perform.KeyValidityFunc
 }
 
 // InputConfig tunes event input (see input.Config), named here for the
@@ -84,6 +85,12 @@ func WithFederation(f Federation) Option { return func(o *options) { o.fed = f }
 // a user's joins and invites carry.
 func WithProfiles(f func(ctx context.Context, userID string) (displayName, avatarURL string, err error)) Option {
 	return func(o *options) { o.profile = f }
+}
+
+// WithKeyValidity sets how an identity server's key is confirmed before a
+// third-party invite signed with it becomes an invite.
+func WithKeyValidity(f func(ctx context.Context, validityURL, publicKey string) (bool, error)) Option {
+	return func(o *options) { o.keyValid = f }
 }
 
 // New opens the roomserver's storage (running migrations).
@@ -108,7 +115,9 @@ func New(ctx context.Context, db *sqldb.DB, b *bus.Bus, key *signing.Key, log *l
 		serverName:  key.ServerName,
 	}
 	r.aliases, _ = o.fed.(AliasResolver)
-	r.Performer = perform.New(r, key, o.fed, o.input.Fetcher, o.profile, log)
+	perf := perform.New(r, key, o.fed, o.input.Fetcher, o.profile, log)
+	perf.SetKeyValidity(o.keyValid)
+	r.Performer = perf
 	return r, nil
 }
 

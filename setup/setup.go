@@ -29,6 +29,7 @@ import (
 	"myelin/internal/bus"
 	"myelin/internal/fedhttp"
 	"myelin/internal/fedpolicy"
+	"myelin/internal/identity"
 	"myelin/internal/mxhttp"
 	"myelin/internal/ratelimit"
 	"myelin/internal/signing"
@@ -191,8 +192,12 @@ func New(ctx context.Context, cfg *config.Config, log *logrus.Logger, opts ...Op
 	// The userapi asks other servers for their users' keys through the
 	// federationapi, made after it.
 	s.users.SetRemoteKeys(s.fed.RemoteKeys())
+	// Identity servers are named by clients: their requests go through
+	// the same address guard as federation's.
+	ids := identity.New(fedTransport.GuardedClient(cfg.FederationAPI.InsecureIdentityServers))
 	if s.rooms, err = roomserver.New(ctx, s.db, s.bus, s.key, entry("roomserver"), profiles,
 		roomserver.WithFederation(s.fed.Remote()),
+		roomserver.WithKeyValidity(ids.KeyValid),
 		roomserver.WithInput(roomserver.InputConfig{Fetcher: s.fed.Fetcher(), KeyRing: s.fed.KeyRing()})); err != nil {
 		return nil, err
 	}
@@ -203,7 +208,8 @@ func New(ctx context.Context, cfg *config.Config, log *logrus.Logger, opts ...Op
 	if s.sync, err = syncapi.New(ctx, cfg, s.db, s.bus, s.users, s.rooms, entry("syncapi")); err != nil {
 		return nil, err
 	}
-	s.client = clientapi.New(cfg, s.users, s.rooms, entry("clientapi"), clientapi.WithFederation(s.fed.Remote()))
+	s.client = clientapi.New(cfg, s.users, s.rooms, entry("clientapi"), clientapi.WithFederation(s.fed.Remote()),
+		clientapi.WithIdentity(ids))
 	return s, nil
 }
 
@@ -217,6 +223,7 @@ func (s *Server) ClientHandler() (http.Handler, error) {
 	s.sync.Routes(r)
 	s.client.Routes(r)
 	s.fed.OpenIDRoutes(r)
+	s.fed.ThirdPartyRoutes(r)
 	s.commonRoutes(r)
 	if err := mxhttp.CheckRouteVars(r); err != nil {
 		return nil, err

@@ -6,7 +6,8 @@
 // against the system roots plus any CA certificates the operator
 // configured. Plain https:// requests (push gateways, application
 // services) use the same TLS settings but neither the resolution nor the
-// address guard. Only setup and the federationapi import it.
+// address guard; GuardedClient's requests (identity servers) have the
+// guard without the resolution. Only setup and the federationapi import it.
 package fedhttp
 
 import (
@@ -175,6 +176,22 @@ func (t *Transport) newTransport(tlsServerName string, dial func(context.Context
 // settings.
 func (t *Transport) HTTPClient() *http.Client {
 	return &http.Client{Transport: t.plain, Timeout: 2 * t.timeout}
+}
+
+// GuardedClient is a client for https:// URLs of hosts that users name
+// (identity servers): it refuses private addresses unless they are
+// allowed, as federation requests do. insecureTLS skips verifying the
+// hosts' certificates, for test networks whose identity servers present
+// self-signed ones (sytest's).
+func (t *Transport) GuardedClient(insecureTLS bool) *http.Client {
+	tr := t.newTransport("", t.dialGuarded)
+	tr.TLSClientConfig.InsecureSkipVerify = insecureTLS
+	return &http.Client{
+		Transport: tr,
+		Timeout:   2 * t.timeout,
+		// The identity service API never redirects.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
 }
 
 func (t *Transport) tlsTransport(serverName string) *http.Transport {

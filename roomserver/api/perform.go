@@ -2,6 +2,7 @@ package rsapi
 
 import (
 	"context"
+	"encoding/json"
 
 	gmsl "github.com/matrix-org/gomatrixserverlib"
 )
@@ -19,6 +20,12 @@ type Performer interface {
 	PerformLeave(ctx context.Context, req *LeaveRequest) error
 	// PerformInvite invites a user to a room.
 	PerformInvite(ctx context.Context, req *InviteRequest) error
+	// PerformThirdPartyInvite turns a third-party invite (an
+	// m.room.third_party_invite event) into an invite of the Matrix user
+	// the identity server bound its address to, here when the inviter is
+	// a user of this server, else through the inviter's server (spec:
+	// PUT /_matrix/federation/v1/exchange_third_party_invite).
+	PerformThirdPartyInvite(ctx context.Context, req *ThirdPartyInviteRequest) error
 	// PerformKnock asks to join a room whose join rule is knock.
 	PerformKnock(ctx context.Context, req *KnockRequest) (*JoinResponse, error)
 	// PerformMembership changes another user's membership: kick, ban or unban.
@@ -89,6 +96,17 @@ type InviteRequest struct {
 	Reason  string `json:"reason,omitempty"`
 	// IsDirect marks the invite as a direct chat's.
 	IsDirect bool `json:"is_direct,omitempty"`
+}
+
+// ThirdPartyInviteRequest asks for Invitee to be invited to RoomID on the
+// strength of Sender's third-party invite.
+type ThirdPartyInviteRequest struct {
+	RoomID  string `json:"room_id"`
+	Sender  string `json:"sender"`
+	Invitee string `json:"invitee"`
+	// Signed is the identity server's signed proof that the invite's
+	// address is bound to Invitee: mxid, token and signatures.
+	Signed json.RawMessage `json:"signed"`
 }
 
 // KnockRequest asks for UserID to knock on RoomID.

@@ -89,6 +89,10 @@ type FederationAPI struct {
 	// and sent nothing; its events in other servers' state are kept.
 	AllowedServers []string `yaml:"allowed_servers"`
 	DeniedServers  []string `yaml:"denied_servers"`
+	// InsecureIdentityServers skips verifying the TLS certificates of
+	// identity servers (third-party invites). Test networks only: sytest's
+	// identity server presents a self-signed certificate.
+	InsecureIdentityServers bool `yaml:"insecure_identity_servers"`
 }
 
 // Database names the SQL database all components store their tables in.

@@ -119,7 +119,7 @@ func (in *Inputer) takeInJoin(ctx context.Context, verImpl gmsl.IRoomVersion, re
 	if err != nil {
 		return nil, refuse(0, "M_FORBIDDEN", "the room's state does not allow the join: %v", err)
 	}
-	if err := gmsl.Allowed(join, auth, UserIDForSender); err != nil {
+	if err := Allowed(join, auth); err != nil {
 		return nil, refuse(0, "M_FORBIDDEN", "the room's state does not allow the join: %v", err)
 	}
 
@@ -193,7 +193,7 @@ func authAgainstOwn(ev gmsl.PDU, byID map[string]gmsl.PDU, rejected map[string]b
 	if err != nil {
 		return err
 	}
-	return gmsl.Allowed(ev, auth, UserIDForSender)
+	return Allowed(ev, auth)
 }
 
 // isOutOfRoomMember reports whether pdus is one member event this server

@@ -849,7 +849,7 @@ func checkAuthEvents(ctx context.Context, rd reader, pdu gmsl.PDU) (reason, err 
 	if err != nil {
 		return err, nil
 	}
-	return gmsl.Allowed(pdu, auth, UserIDForSender), nil
+	return Allowed(pdu, auth), nil
 }
 
 // allowedAt checks an event against the state v; like checkAuthEvents it
@@ -867,7 +867,7 @@ func allowedAt(ctx context.Context, v *view, pdu gmsl.PDU) (reason, err error) {
 	if err != nil {
 		return err, nil
 	}
-	return gmsl.Allowed(pdu, auth, UserIDForSender), nil
+	return Allowed(pdu, auth), nil
 }
 
 // applyStateChange makes newCurrent the room's current state, recording the

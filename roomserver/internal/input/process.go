@@ -323,7 +323,7 @@ func (in *Inputer) plan(ctx context.Context, v *view, verImpl gmsl.IRoomVersion,
 		}
 		return nil, refuse(0, "M_BAD_JSON", "%v", err)
 	}
-	if err := gmsl.Allowed(pdu, auth, UserIDForSender); err != nil {
+	if err := Allowed(pdu, auth); err != nil {
 		return nil, notAllowed(err)
 	}
 	if err := checkSelfLeave(pdu, auth); err != nil {

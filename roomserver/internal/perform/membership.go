@@ -159,10 +159,16 @@ func (p *Performer) PerformInvite(ctx context.Context, req *rsapi.InviteRequest)
 	if err != nil {
 		return err
 	}
+	return p.invite(ctx, req, content)
+}
+
+// invite submits an invite of content: a local invitee's at once, another
+// server's once that server signed it.
+func (p *Performer) invite(ctx context.Context, req *rsapi.InviteRequest, content json.RawMessage) error {
 	if invitee, err := spec.NewUserID(req.Invitee, true); err == nil && p.fed != nil && invitee.Domain() != p.key.ServerName {
 		return p.inviteRemote(ctx, req, invitee.Domain(), content)
 	}
-	_, err = p.sendMember(ctx, req.RoomID, req.Sender, req.Invitee, content, false)
+	_, err := p.sendMember(ctx, req.RoomID, req.Sender, req.Invitee, content, false)
 	return err
 }
 
@@ -191,7 +197,7 @@ func (p *Performer) inviteRemote(ctx context.Context, req *rsapi.InviteRequest, 
 	if err != nil {
 		return fmt.Errorf("auth state of %s: %w", req.RoomID, err)
 	}
-	if err := gmsl.Allowed(ev, auth, input.UserIDForSender); err != nil {
+	if err := input.Allowed(ev, auth); err != nil {
 		var na *gmsl.NotAllowed
 		if errors.As(err, &na) {
 			return forbidden("%s", na.Message)

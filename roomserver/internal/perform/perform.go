@@ -90,6 +90,8 @@ type Performer struct {
 	log     *logrus.Entry
 	now     func() time.Time
 	bf      *backfills
+	// keyValid confirms an identity server's key (third-party invites).
+	keyValid KeyValidityFunc
 }
 
 var _ rsapi.Performer = (*Performer)(nil)

@@ -95,6 +95,8 @@ sub start
          trusted_ca_files => [ Cwd::abs_path( "keys/ca.crt" ) ],
          # sytest's fake servers listen on loopback.
          allow_private_addresses => JSON::true,
+         # sytest's identity server presents a self-signed certificate.
+         insecure_identity_servers => JSON::true,
       },
       registration => {
          open          => JSON::true,

@@ -1,0 +1,219 @@
+package setup_test
+
+import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	gmsl "github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"myelin/internal/poll"
+	"myelin/internal/sqldb/sqldbtest"
+	"myelin/internal/testserver"
+	"myelin/setup/config"
+)
+
+// fakeIdentity is an identity server over TLS on loopback: nothing is
+// bound, every invite is stored, and its key is valid while valid is set.
+type fakeIdentity struct {
+	srv   *httptest.Server
+	name  string // host:port, as clients name it in id_server
+	pub   ed25519.PublicKey
+	priv  ed25519.PrivateKey
+	valid atomic.Bool
+
+	mu     sync.Mutex
+	tokens []string
+}
+
+func newFakeIdentity(t *testing.T) *fakeIdentity {
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeIdentity{pub: pub, priv: priv}
+	f.valid.Store(true)
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /_matrix/identity/v2/hash_details", func(w http.ResponseWriter, r *http.Request) {
+		_ = json.NewEncoder(w).Encode(map[string]any{"lookup_pepper": "pepper", "algorithms": []string{"sha256"}})
+	})
+	mux.HandleFunc("POST /_matrix/identity/v2/lookup", func(w http.ResponseWriter, r *http.Request) {
+		_ = json.NewEncoder(w).Encode(map[string]any{"mappings": map[string]string{}})
+	})
+	mux.HandleFunc("POST /_matrix/identity/v2/store-invite", func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		token := fmt.Sprintf("tok%d", len(f.tokens))
+		f.tokens = append(f.tokens, token)
+		f.mu.Unlock()
+		key := base64.RawStdEncoding.EncodeToString(f.pub)
+		_ = json.NewEncoder(w).Encode(map[string]any{
+			"token": token, "display_name": "c...@example.org",
+			"public_keys": []map[string]string{{"public_key": key, "key_validity_url": "https://" + f.name + "/_matrix/identity/v2/pubkey/isvalid"}},
+		})
+	})
+	mux.HandleFunc("GET /_matrix/identity/v2/pubkey/isvalid", func(w http.ResponseWriter, r *http.Request) {
+		ok := f.valid.Load() && r.URL.Query().Get("public_key") == base64.RawStdEncoding.EncodeToString(f.pub)
+		_ = json.NewEncoder(w).Encode(map[string]bool{"valid": ok})
+	})
+	f.srv = httptest.NewTLSServer(mux)
+	t.Cleanup(f.srv.Close)
+	f.name = f.srv.Listener.Addr().(*net.TCPAddr).String()
+	return f
+}
+
+// proof is the identity server's signed proof that token's address is
+// bound to mxid, signed with key.
+func (f *fakeIdentity) proof(t *testing.T, mxid, token string, key ed25519.PrivateKey) json.RawMessage {
+	raw, err := json.Marshal(map[string]string{"mxid": mxid, "token": token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	signed, err := gmsl.SignJSON(f.name, "ed25519:0", key, raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return signed
+}
+
+func (f *fakeIdentity) lastToken(t *testing.T) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.tokens) == 0 {
+		t.Fatal("no invite stored at the identity server")
+	}
+	return f.tokens[len(f.tokens)-1]
+}
+
+// TestThirdPartyInvites: alice of hsa invites an email address through an
+// identity server into a room bob of hsb is in; the address is bound to
+// carol of hsb, whose server hears of it (onbind, on its client listener
+// as identity servers reach it) and has hsa make the invite (hsa's user
+// sent it, so only hsa can sign it: exchange_third_party_invite). A proof
+// signed by another key, or by a key its identity server no longer
+// vouches for, makes no invite. A /join carrying the proof (with the
+// inviter named in it, as third_party_signed has) invites and joins.
+func TestThirdPartyInvites(t *testing.T) {
+	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
+		fed := newFedNet(t)
+		insecure := func(c *config.Config) { c.FederationAPI.InsecureIdentityServers = true }
+		hsA := fed.start(t, "hsa.test", "127.0.0.4", dbURL, insecure)
+		hsB := fed.start(t, "hsb.test", "127.0.0.5", sqldbtest.URL(t, dialectOf(dbURL)), insecure)
+		ids := newFakeIdentity(t)
+		alice := hsA.Register(t, "alice")
+		bob := hsB.Register(t, "bob")
+		carol := hsB.Register(t, "carol")
+		dan := hsA.Register(t, "dan")
+
+		room := alice.Do(t, "POST", "/_matrix/client/v3/createRoom", map[string]any{"preset": "private_chat"}).MustOK(t).String("room_id")
+		alice.Do(t, "POST", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/invite", map[string]string{"user_id": "@bob:hsb.test"}).MustOK(t)
+		bob.Do(t, "POST", "/_matrix/client/v3/join/"+url.PathEscape(room)+"?server_name=hsa.test", map[string]any{}).MustOK(t)
+
+		invite3PID := func(t *testing.T) string {
+			t.Helper()
+			alice.Do(t, "POST", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/invite", map[string]string{
+				"id_server": ids.name, "id_access_token": "secret", "medium": "email", "address": "carol@example.org",
+			}).MustOK(t)
+			token := ids.lastToken(t)
+			poll.Until(t, 10*time.Second, func() error {
+				r := bob.Do(t, "GET", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/state/m.room.third_party_invite/"+token, nil)
+				if r.Status != http.StatusOK {
+					return fmt.Errorf("bob does not see the third-party invite: %d %s", r.Status, r.Raw)
+				}
+				return nil
+			})
+			return token
+		}
+		onbind := func(t *testing.T, srv *testserver.Server, mxid string, signed json.RawMessage) *testserver.Response {
+			t.Helper()
+			c := &testserver.Client{Base: srv.URL}
+			return c.Do(t, "POST", "/_matrix/federation/v1/3pid/onbind", map[string]any{
+				"medium": "email", "address": "carol@example.org", "mxid": mxid,
+				"invites": []map[string]any{{"medium": "email", "address": "carol@example.org", "mxid": mxid,
+					"room_id": room, "sender": "@alice:hsa.test", "signed": signed}},
+			})
+		}
+		membership := func(c *testserver.Client, user string) string {
+			r := c.Do(t, "GET", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/state/m.room.member/"+user, nil)
+			if r.Status != http.StatusOK {
+				return ""
+			}
+			return r.String("membership")
+		}
+
+		t.Run("a proof signed by another key makes no invite", func(t *testing.T) {
+			token := invite3PID(t)
+			_, other, _ := ed25519.GenerateKey(rand.Reader)
+			r := onbind(t, hsB, "@carol:hsb.test", ids.proof(t, "@carol:hsb.test", token, other))
+			if r.Status != http.StatusForbidden {
+				t.Fatalf("onbind with a forged proof: %d %s", r.Status, r.Raw)
+			}
+			if m := membership(alice, "@carol:hsb.test"); m != "" {
+				t.Fatalf("carol is %q after a forged proof", m)
+			}
+		})
+
+		t.Run("a key the identity server revoked makes no invite", func(t *testing.T) {
+			token := invite3PID(t)
+			ids.valid.Store(false)
+			defer ids.valid.Store(true)
+			r := onbind(t, hsB, "@carol:hsb.test", ids.proof(t, "@carol:hsb.test", token, ids.priv))
+			if r.Status != http.StatusForbidden {
+				t.Fatalf("onbind with a revoked key: %d %s", r.Status, r.Raw)
+			}
+			if m := membership(alice, "@carol:hsb.test"); m != "" {
+				t.Fatalf("carol is %q after a revoked key", m)
+			}
+		})
+
+		t.Run("bound on another server than the inviter's", func(t *testing.T) {
+			token := invite3PID(t)
+			onbind(t, hsB, "@carol:hsb.test", ids.proof(t, "@carol:hsb.test", token, ids.priv)).MustOK(t)
+			poll.Until(t, 10*time.Second, func() error {
+				if m := membership(alice, "@carol:hsb.test"); m != spec.Invite {
+					return fmt.Errorf("alice sees carol as %q", m)
+				}
+				return nil
+			})
+			r := alice.Do(t, "GET", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/state/m.room.member/@carol:hsb.test", nil).MustOK(t)
+			var content struct {
+				ThirdPartyInvite struct {
+					DisplayName string `json:"display_name"`
+				} `json:"third_party_invite"`
+			}
+			if err := json.Unmarshal(r.Raw, &content); err != nil || content.ThirdPartyInvite.DisplayName != "c...@example.org" {
+				t.Fatalf("carol's invite: %s", r.Raw)
+			}
+			carol.Do(t, "POST", "/_matrix/client/v3/join/"+url.PathEscape(room), map[string]any{}).MustOK(t)
+			poll.Until(t, 10*time.Second, func() error {
+				if m := membership(alice, "@carol:hsb.test"); m != spec.Join {
+					return fmt.Errorf("alice sees carol as %q", m)
+				}
+				return nil
+			})
+		})
+
+		t.Run("join with third_party_signed", func(t *testing.T) {
+			token := invite3PID(t)
+			raw, _ := json.Marshal(map[string]string{"mxid": "@dan:hsa.test", "token": token, "sender": "@alice:hsa.test"})
+			signed, err := gmsl.SignJSON(ids.name, "ed25519:0", ids.priv, raw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dan.Do(t, "POST", "/_matrix/client/v3/join/"+url.PathEscape(room), map[string]any{"third_party_signed": json.RawMessage(signed)}).MustOK(t)
+			if m := membership(alice, "@dan:hsa.test"); m != spec.Join {
+				t.Fatalf("dan is %q", m)
+			}
+		})
+	})
+}
