@@ -219,7 +219,8 @@ func TestFederationServeEvents(t *testing.T) {
 				{"backfill without limit", "GET", v1 + "/backfill/" + esc(open.id) + "?v=" + esc(c), nil, 400, "M_MISSING_PARAM"},
 				{"backfill bad limit", "GET", v1 + "/backfill/" + esc(open.id) + "?limit=x&v=" + esc(c), nil, 400, "M_INVALID_PARAM"},
 				{"backfill bad v", "GET", v1 + "/backfill/" + esc(open.id) + "?limit=1&v=nope", nil, 400, "M_INVALID_PARAM"},
-				{"get_missing_events without latest", "POST", v1 + "/get_missing_events/" + esc(open.id), map[string]any{"earliest_events": []string{}}, 400, "M_BAD_JSON"},
+				{"get_missing_events without latest", "POST", v1 + "/get_missing_events/" + esc(open.id), map[string]any{"earliest_events": []string{}}, 200, ""},
+				{"get_missing_events latest not a list", "POST", v1 + "/get_missing_events/" + esc(open.id), map[string]any{"latest_events": "$x"}, 400, "M_BAD_JSON"},
 				{"get_missing_events too many", "POST", v1 + "/get_missing_events/" + esc(open.id), gme(nil, slices.Repeat([]string{c}, 51), 10), 400, "M_INVALID_PARAM"},
 			}
 			for _, tt := range tests {

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -178,6 +179,7 @@ func TestThirdPartyInvites(t *testing.T) {
 
 		t.Run("bound on another server than the inviter's", func(t *testing.T) {
 			token := invite3PID(t)
+			from := alice.Do(t, "GET", "/_matrix/client/v3/events?timeout=0", nil).MustOK(t).String("end")
 			onbind(t, hsB, "@carol:hsb.test", ids.proof(t, "@carol:hsb.test", token, ids.priv)).MustOK(t)
 			poll.Until(t, 10*time.Second, func() error {
 				if m := membership(alice, "@carol:hsb.test"); m != spec.Invite {
@@ -185,7 +187,13 @@ func TestThirdPartyInvites(t *testing.T) {
 				}
 				return nil
 			})
-			r := alice.Do(t, "GET", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/state/m.room.member/@carol:hsb.test", nil).MustOK(t)
+			// The invite is in alice's event stream too, not only in the
+			// room's state.
+			r := alice.Do(t, "GET", "/_matrix/client/v3/events?timeout=0&from="+url.QueryEscape(from), nil).MustOK(t)
+			if !strings.Contains(string(r.Raw), `"state_key":"@carol:hsb.test"`) {
+				t.Fatalf("alice's event stream lacks carol's invite: %s", r.Raw)
+			}
+			r = alice.Do(t, "GET", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/state/m.room.member/@carol:hsb.test", nil).MustOK(t)
 			var content struct {
 				ThirdPartyInvite struct {
 					DisplayName string `json:"display_name"`
