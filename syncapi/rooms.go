@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -150,7 +151,24 @@ func (s *SyncAPI) messages(r *http.Request, dev *uapi.Device) (any, error) {
 	more := true     // whether events may remain past cur
 	stopped := false // whether paging reached 'to' or the create event
 	var last *storage.Event
-	for round, backfills := 0, 0; round < 20 && len(resp.Chunk) < limit; round++ {
+	backfills := 0
+	if backwards {
+		// The event the page starts under (the oldest one the client
+		// has) may be the one with the gap below it.
+		anchor, err := s.store.Messages(ctx, roomID, cur.Depth, cur.Pos, false, maxPos, 1)
+		if err != nil {
+			return nil, err
+		}
+		gaps, err := s.gapsIn(ctx, roomID, anchor)
+		if err != nil {
+			return nil, err
+		}
+		for id, missing := range gaps {
+			backfills++
+			s.backfillGap(ctx, roomID, id, missing, limit)
+		}
+	}
+	for round := 0; round < 20 && len(resp.Chunk) < limit; round++ {
 		if !more {
 			// The start of the room's timeline here: older history may
 			// be on the room's other servers.
@@ -164,7 +182,18 @@ func (s *SyncAPI) messages(r *http.Request, dev *uapi.Device) (any, error) {
 		if err != nil {
 			return nil, err
 		}
+		// A gap in the middle of the history here (events a server sent
+		// while this one was away, whose predecessors it never got) is
+		// filled like the start of the history: from the room's other
+		// servers, before paging past it.
+		var gaps map[string][]string
+		if backwards && !stopped && backfills < maxBackfills {
+			if gaps, err = s.gapsIn(ctx, roomID, batch); err != nil {
+				return nil, err
+			}
+		}
 		consumed := 0
+		refilled := false
 		for _, e := range batch {
 			if stop != nil && passed(e, *stop, backwards) {
 				more, stopped = false, true
@@ -190,6 +219,17 @@ func (s *SyncAPI) messages(r *http.Request, dev *uapi.Device) (any, error) {
 					break
 				}
 			}
+			if missing := gaps[e.EventID]; len(missing) > 0 && backfills < maxBackfills {
+				backfills++
+				if s.backfillGap(ctx, roomID, e.EventID, missing, limit) {
+					// Page on from e: what came is older than it.
+					refilled = true
+					break
+				}
+			}
+		}
+		if refilled {
+			continue
 		}
 		if len(batch) < limit && consumed == len(batch) {
 			more = false
@@ -233,6 +273,102 @@ func (s *SyncAPI) backfill(ctx context.Context, roomID string, limit int) bool {
 	res, err := s.rooms.PerformBackfill(ctx, &rsapi.BackfillRequest{RoomID: roomID, Limit: min(max(2*limit, 50), 100)})
 	if err != nil {
 		s.log.WithError(err).WithField("room_id", roomID).Warn("backfill failed")
+		return false
+	}
+	if res.Stored == 0 {
+		return false
+	}
+	s.catchUp(ctx)
+	return true
+}
+
+// gapsIn finds the events of batch (a page of history, newest first)
+// whose prev events this server does not have: for each such event, the
+// missing prev events. Those of the batch itself are known; a prev event
+// of another room is no gap to fill (a forged reference, never followed).
+func (s *SyncAPI) gapsIn(ctx context.Context, roomID string, batch []*storage.Event) (map[string][]string, error) {
+	inBatch := make(map[string]bool, len(batch))
+	for _, e := range batch {
+		inBatch[e.EventID] = true
+	}
+	prevs := map[string][]string{}
+	var ask []string
+	for _, e := range batch {
+		for _, id := range prevEventIDs(e.JSON) {
+			if !inBatch[id] {
+				prevs[e.EventID] = append(prevs[e.EventID], id)
+				ask = append(ask, id)
+			}
+		}
+	}
+	if len(ask) == 0 {
+		return nil, nil
+	}
+	known, err := s.store.EventsByID(ctx, ask)
+	if err != nil {
+		return nil, err
+	}
+	have := make(map[string]bool, len(known))
+	for _, k := range known {
+		have[k.EventID] = true // in this room or another: not to be fetched
+	}
+	gaps := map[string][]string{}
+	for _, e := range batch {
+		for _, p := range prevs[e.EventID] {
+			if !have[p] {
+				gaps[e.EventID] = append(gaps[e.EventID], p)
+			}
+		}
+		if len(gaps[e.EventID]) == 0 {
+			continue
+		}
+		// Missing prev events of the oldest event here are the start of
+		// the history here, which paging past the end backfills; only a
+		// gap with history here on both sides is filled from here.
+		older, err := s.store.Messages(ctx, roomID, e.Depth, e.Pos, true, math.MaxInt64, 1)
+		if err != nil {
+			return nil, err
+		}
+		if len(older) == 0 {
+			delete(gaps, e.EventID)
+		}
+	}
+	return gaps, nil
+}
+
+// prevEventIDs reads an event's prev_events: IDs, or [ID, hashes] pairs
+// in room versions 1 and 2.
+func prevEventIDs(js string) []string {
+	var ev struct {
+		Prev []json.RawMessage `json:"prev_events"`
+	}
+	if json.Unmarshal([]byte(js), &ev) != nil {
+		return nil
+	}
+	out := make([]string, 0, len(ev.Prev))
+	for _, raw := range ev.Prev {
+		var id string
+		if json.Unmarshal(raw, &id) == nil {
+			out = append(out, id)
+			continue
+		}
+		var pair []json.RawMessage
+		if json.Unmarshal(raw, &pair) == nil && len(pair) > 0 && json.Unmarshal(pair[0], &id) == nil {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// backfillGap asks the roomserver for the history before after, whose
+// prev events missing this server lacks, and waits until this syncapi
+// has it; it reports whether any came.
+func (s *SyncAPI) backfillGap(ctx context.Context, roomID, after string, missing []string, limit int) bool {
+	res, err := s.rooms.PerformBackfill(ctx, &rsapi.BackfillRequest{
+		RoomID: roomID, Limit: min(max(2*limit, 50), 100), From: missing, After: after,
+	})
+	if err != nil {
+		s.log.WithError(err).WithField("room_id", roomID).Warn("backfill of a gap failed")
 		return false
 	}
 	if res.Stored == 0 {

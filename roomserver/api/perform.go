@@ -155,6 +155,11 @@ type UpgradeResponse struct {
 type BackfillRequest struct {
 	RoomID string `json:"room_id"`
 	Limit  int    `json:"limit"`
+	// From, when set, asks for the history before these missing events
+	// (a gap in the middle of the history here) rather than before the
+	// oldest events here; After is the event here that refers to them.
+	From  []string `json:"from,omitempty"`
+	After string   `json:"after,omitempty"`
 }
 
 // BackfillResponse says what a backfill stored.

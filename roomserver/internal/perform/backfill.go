@@ -64,11 +64,15 @@ func newBackfills() *backfills {
 // stored as historical events through the input. Only one runs per room:
 // a second caller waits for the first and gets its answer.
 func (p *Performer) PerformBackfill(ctx context.Context, req *rsapi.BackfillRequest) (*rsapi.BackfillResponse, error) {
-	if done, _ := p.bf.complete.Get(req.RoomID); done {
+	// A gap in the middle (From) is its own run, beside the room's start.
+	key := req.RoomID
+	if len(req.From) > 0 {
+		key = req.RoomID + "|" + req.After
+	} else if done, _ := p.bf.complete.Get(req.RoomID); done {
 		return &rsapi.BackfillResponse{Complete: true}, nil
 	}
 	p.bf.mu.Lock()
-	if run, ok := p.bf.running[req.RoomID]; ok {
+	if run, ok := p.bf.running[key]; ok {
 		p.bf.mu.Unlock()
 		select {
 		case <-run.done:
@@ -78,11 +82,11 @@ func (p *Performer) PerformBackfill(ctx context.Context, req *rsapi.BackfillRequ
 		}
 	}
 	run := &backfillRun{done: make(chan struct{})}
-	p.bf.running[req.RoomID] = run
+	p.bf.running[key] = run
 	p.bf.mu.Unlock()
 	defer func() {
 		p.bf.mu.Lock()
-		delete(p.bf.running, req.RoomID)
+		delete(p.bf.running, key)
 		p.bf.mu.Unlock()
 		close(run.done)
 	}()
@@ -90,26 +94,31 @@ func (p *Performer) PerformBackfill(ctx context.Context, req *rsapi.BackfillRequ
 	// client closing its /messages) must not cut it short for them.
 	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*backfillTimeout)
 	defer cancel()
-	run.res, run.err = p.backfill(bctx, req)
-	if run.err == nil && run.res.Complete {
+	run.res, run.err = p.backfill(bctx, req, key)
+	if run.err == nil && run.res.Complete && len(req.From) == 0 {
 		p.bf.complete.Put(req.RoomID, true)
 	}
 	if run.err != nil || (run.res.Stored == 0 && !run.res.Complete) {
-		p.bf.quiet.Put(req.RoomID, p.now().Add(backfillQuiet))
+		p.bf.quiet.Put(key, p.now().Add(backfillQuiet))
 	}
 	return run.res, run.err
 }
 
-func (p *Performer) backfill(ctx context.Context, req *rsapi.BackfillRequest) (*rsapi.BackfillResponse, error) {
-	if until, ok := p.bf.quiet.Get(req.RoomID); ok && p.now().Before(until) {
+func (p *Performer) backfill(ctx context.Context, req *rsapi.BackfillRequest, key string) (*rsapi.BackfillResponse, error) {
+	if until, ok := p.bf.quiet.Get(key); ok && p.now().Before(until) {
 		return &rsapi.BackfillResponse{}, nil
 	}
-	from, earliest, complete, err := p.rooms.BackfillPoint(ctx, req.RoomID)
-	if err != nil {
-		return nil, fmt.Errorf("where to backfill %s from: %w", req.RoomID, err)
-	}
-	if complete {
-		return &rsapi.BackfillResponse{Complete: true}, nil
+	from, earliest := req.From, []string{req.After}
+	if len(req.From) == 0 {
+		var complete bool
+		var err error
+		from, earliest, complete, err = p.rooms.BackfillPoint(ctx, req.RoomID)
+		if err != nil {
+			return nil, fmt.Errorf("where to backfill %s from: %w", req.RoomID, err)
+		}
+		if complete {
+			return &rsapi.BackfillResponse{Complete: true}, nil
+		}
 	}
 	if len(from) == 0 || p.fetcher == nil {
 		return &rsapi.BackfillResponse{}, nil
