@@ -331,29 +331,34 @@ func (c *ClientAPI) getNotifications(r *http.Request, dev *uapi.Device) (any, er
 // are the user's way of muting or favouring a room, which lives on in its
 // replacement).
 func (c *ClientAPI) copyRoomPushRules(ctx context.Context, oldID, newID string, state map[gmsl.StateKeyTuple]gmsl.PDU) {
-	log := mxhttp.Logger(ctx)
 	for key, ev := range state {
 		if key.EventType != spec.MRoomMember || !strings.HasSuffix(key.StateKey, ":"+c.cfg.ServerName) || membershipOf(ev) != spec.Join {
 			continue
 		}
-		userID := key.StateKey
-		rs, err := c.users.PushRules(ctx, userID)
-		if err != nil {
-			log.WithError(err).WithField("user_id", userID).Warn("room upgrade: could not read push rules")
-			continue
-		}
-		old := rs.Find(uapi.PushRoom, oldID)
-		if old == nil || old.Default || rs.Find(uapi.PushRoom, newID) != nil {
-			continue
-		}
-		rule := *old
-		rule.RuleID = newID
-		err = c.users.PutPushRule(ctx, userID, uapi.PushRoom, rule, oldID, "")
-		if err == nil && !old.Enabled {
-			err = c.users.SetPushRuleEnabled(ctx, userID, uapi.PushRoom, newID, false)
-		}
-		if err != nil {
-			log.WithError(err).WithField("user_id", userID).Warn("room upgrade: could not copy push rules")
-		}
+		c.copyUserPushRules(ctx, key.StateKey, oldID, newID)
+	}
+}
+
+// copyUserPushRules gives userID's room push rule for oldID to newID,
+// unless newID has one already.
+func (c *ClientAPI) copyUserPushRules(ctx context.Context, userID, oldID, newID string) {
+	log := mxhttp.Logger(ctx).WithField("user_id", userID)
+	rs, err := c.users.PushRules(ctx, userID)
+	if err != nil {
+		log.WithError(err).Warn("room upgrade: could not read push rules")
+		return
+	}
+	old := rs.Find(uapi.PushRoom, oldID)
+	if old == nil || old.Default || rs.Find(uapi.PushRoom, newID) != nil {
+		return
+	}
+	rule := *old
+	rule.RuleID = newID
+	err = c.users.PutPushRule(ctx, userID, uapi.PushRoom, rule, oldID, "")
+	if err == nil && !old.Enabled {
+		err = c.users.SetPushRuleEnabled(ctx, userID, uapi.PushRoom, newID, false)
+	}
+	if err != nil {
+		log.WithError(err).Warn("room upgrade: could not copy push rules")
 	}
 }

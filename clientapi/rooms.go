@@ -506,6 +506,7 @@ func (c *ClientAPI) join(r *http.Request, dev *uapi.Device, roomID string, serve
 	if err != nil {
 		return nil, err
 	}
+	c.followUpgrade(ctx, dev.UserID, resp.RoomID)
 	return map[string]string{"room_id": resp.RoomID}, nil
 }
 

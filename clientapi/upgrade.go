@@ -3,9 +3,11 @@ package clientapi
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 
 	gmsl "github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"myelin/internal/mxhttp"
 	"myelin/internal/mxid"
@@ -103,3 +105,35 @@ func (c *ClientAPI) moveAccountData(ctx context.Context, dev *uapi.Device, oldID
 		}
 	}
 }
+
+// followUpgrade gives a user joining an upgraded room's replacement the
+// tags and push rules they had for the old room, as Synapse does when a
+// user joins a room with a predecessor: members of other servers and
+// local members who join later get them this way (the upgrade itself
+// copies those of the upgrader and of local members). Data already set
+// for the new room is left alone; a failure does not undo the join.
+func (c *ClientAPI) followUpgrade(ctx context.Context, userID, roomID string) {
+	create, err := c.rooms.CurrentState(ctx, roomID, gmsl.StateKeyTuple{EventType: spec.MRoomCreate})
+	if err != nil || len(create) == 0 {
+		return
+	}
+	var content struct {
+		Predecessor *struct {
+			RoomID string `json:"room_id"`
+		} `json:"predecessor"`
+	}
+	if json.Unmarshal(create[0].Content(), &content) != nil || content.Predecessor == nil || content.Predecessor.RoomID == "" {
+		return
+	}
+	oldID := content.Predecessor.RoomID
+	log := mxhttp.Logger(ctx).WithField("user_id", userID).WithField("room_id", roomID)
+	if _, err := c.users.AccountData(ctx, userID, roomID, "m.tag"); errors.Is(err, uapi.ErrNotFound) {
+		if raw, err := c.users.AccountData(ctx, userID, oldID, "m.tag"); err == nil {
+			if _, err := c.users.SetAccountData(ctx, userID, roomID, "m.tag", raw); err != nil {
+				log.WithError(err).Warn("join of an upgraded room: could not copy tags")
+			}
+		}
+	}
+	c.copyUserPushRules(ctx, userID, oldID, roomID)
+}
+

@@ -90,3 +90,49 @@ func TestRoomUpgrade(t *testing.T) {
 		bob.Do(t, "PUT", "/_matrix/client/v3/rooms/"+url.PathEscape(v12)+"/state/m.room.name/", map[string]any{"name": "by bob"}).MustOK(t)
 	})
 }
+
+// TestRoomUpgradeFederated: a room of hsa with a member of hsb is upgraded
+// on hsa. When hsb's user joins the replacement, hsb moves what it keeps
+// of the old room itself, as the upgrading server moved its own: hsb's
+// alias and hsb's directory entry follow the room, and the joining user's
+// tags for the old room are theirs in the new one.
+func TestRoomUpgradeFederated(t *testing.T) {
+	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
+		fed := newFedNet(t)
+		hsA := fed.start(t, "hsa.test", "127.0.0.4", dbURL)
+		hsB := fed.start(t, "hsb.test", "127.0.0.5", sqldbtest.URL(t, dialectOf(dbURL)))
+		alice := hsA.Register(t, "alice")
+		bob := hsB.Register(t, "bob")
+		// bob moderates the room: hsb lets him publish it in its directory.
+		old := alice.Do(t, "POST", "/_matrix/client/v3/createRoom", map[string]any{
+			"preset":                       "public_chat",
+			"power_level_content_override": map[string]any{"users": map[string]int{"@alice:hsa.test": 100, "@bob:hsb.test": 50}},
+		}).MustOK(t).String("room_id")
+		bob.Do(t, "POST", "/_matrix/client/v3/join/"+url.PathEscape(old)+"?server_name=hsa.test", map[string]any{}).MustOK(t)
+		const alias = "#bobs:hsb.test"
+		bob.Do(t, "PUT", "/_matrix/client/v3/directory/room/"+url.PathEscape(alias), map[string]string{"room_id": old}).MustOK(t)
+		bob.Do(t, "PUT", "/_matrix/client/v3/directory/list/room/"+url.PathEscape(old), map[string]string{"visibility": "public"}).MustOK(t)
+		bob.Do(t, "PUT", "/_matrix/client/v3/user/@bob:hsb.test/rooms/"+url.PathEscape(old)+"/tags/u.work", map[string]any{"order": 0.5}).MustOK(t)
+
+		newRoom := alice.Do(t, "POST", "/_matrix/client/v3/rooms/"+url.PathEscape(old)+"/upgrade", map[string]any{"new_version": "10"}).MustOK(t).String("replacement_room")
+		// Before hsb is in the new room, its alias and entry stay.
+		if got := bob.Do(t, "GET", "/_matrix/client/v3/directory/room/"+url.PathEscape(alias), nil).MustOK(t).String("room_id"); got != old {
+			t.Fatalf("alias before the join: %s", got)
+		}
+		bob.Do(t, "POST", "/_matrix/client/v3/join/"+url.PathEscape(newRoom)+"?server_name=hsa.test", map[string]any{}).MustOK(t)
+
+		if got := bob.Do(t, "GET", "/_matrix/client/v3/directory/room/"+url.PathEscape(alias), nil).MustOK(t).String("room_id"); got != newRoom {
+			t.Fatalf("hsb's alias points to %s, want the new room %s", got, newRoom)
+		}
+		if v := bob.Do(t, "GET", "/_matrix/client/v3/directory/list/room/"+url.PathEscape(newRoom), nil).MustOK(t).String("visibility"); v != "public" {
+			t.Fatalf("hsb's directory entry of the new room: %s", v)
+		}
+		if v := bob.Do(t, "GET", "/_matrix/client/v3/directory/list/room/"+url.PathEscape(old), nil).MustOK(t).String("visibility"); v != "private" {
+			t.Fatalf("hsb's directory entry of the old room: %s", v)
+		}
+		tags := bob.Do(t, "GET", "/_matrix/client/v3/user/@bob:hsb.test/rooms/"+url.PathEscape(newRoom)+"/tags", nil).MustOK(t)
+		if _, ok := tags.Body["tags"].(map[string]any)["u.work"]; !ok {
+			t.Fatalf("bob's tags in the new room: %s", tags.Raw)
+		}
+	})
+}

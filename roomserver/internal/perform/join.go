@@ -124,6 +124,7 @@ func (p *Performer) joinRemote(ctx context.Context, req *rsapi.JoinRequest) (*rs
 	for _, s := range servers {
 		id, err := p.joinVia(ctx, s, req, content)
 		if err == nil {
+			p.followPredecessor(ctx, req.RoomID, req.UserID)
 			return &rsapi.JoinResponse{RoomID: req.RoomID, EventID: id}, nil
 		}
 		var stored *storeError

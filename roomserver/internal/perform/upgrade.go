@@ -269,24 +269,50 @@ func (p *Performer) moveRoom(ctx context.Context, sender, oldID, newID string, s
 			}
 		}
 	}
-	// Local aliases point at the new room; the canonical alias moves.
+	p.moveDirectory(ctx, oldID, newID, sender)
+	if ev := state[gmsl.StateKeyTuple{EventType: spec.MRoomCanonicalAlias}]; ev != nil && len(ev.Content()) > 2 {
+		send(newID, spec.MRoomCanonicalAlias, json.RawMessage(ev.Content()))
+		send(oldID, spec.MRoomCanonicalAlias, map[string]any{})
+	}
+}
+
+// moveDirectory points this server's aliases of oldID at newID and moves
+// its entry in this server's room directory; an alias with no recorded
+// creator is recorded as by, who caused the move.
+func (p *Performer) moveDirectory(ctx context.Context, oldID, newID, by string) {
 	if aliases, err := p.rooms.RoomAliases(ctx, oldID); err == nil {
 		for _, a := range aliases {
 			creator, _ := p.rooms.AliasCreator(ctx, a)
 			if creator == "" {
-				creator = sender
+				creator = by
 			}
 			if err := p.rooms.RemoveAlias(ctx, a); err == nil {
 				_ = p.rooms.SetAlias(ctx, a, newID, creator)
 			}
 		}
 	}
-	if ev := state[gmsl.StateKeyTuple{EventType: spec.MRoomCanonicalAlias}]; ev != nil && len(ev.Content()) > 2 {
-		send(newID, spec.MRoomCanonicalAlias, json.RawMessage(ev.Content()))
-		send(oldID, spec.MRoomCanonicalAlias, map[string]any{})
-	}
 	if published, err := p.rooms.IsPublished(ctx, oldID); err == nil && published {
 		_ = p.rooms.SetPublished(ctx, newID, true)
 		_ = p.rooms.SetPublished(ctx, oldID, false)
 	}
+}
+
+// followPredecessor is what this server does when it first joins a room
+// that replaces another (its create event names a predecessor), as
+// Synapse does: the upgrade happened on another server, which moved only
+// its own aliases and directory entry; this server's follow the room now.
+func (p *Performer) followPredecessor(ctx context.Context, roomID, joiner string) {
+	create, err := p.rooms.CurrentState(ctx, roomID, gmsl.StateKeyTuple{EventType: spec.MRoomCreate})
+	if err != nil || len(create) == 0 {
+		return
+	}
+	var c struct {
+		Predecessor *struct {
+			RoomID string `json:"room_id"`
+		} `json:"predecessor"`
+	}
+	if json.Unmarshal(create[0].Content(), &c) != nil || c.Predecessor == nil || c.Predecessor.RoomID == "" {
+		return
+	}
+	p.moveDirectory(ctx, c.Predecessor.RoomID, roomID, joiner)
 }
