@@ -136,4 +136,3 @@ func (c *ClientAPI) followUpgrade(ctx context.Context, userID, roomID string) {
 	}
 	c.copyUserPushRules(ctx, userID, oldID, roomID)
 }
-
