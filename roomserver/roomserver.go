@@ -558,6 +558,12 @@ func (r *Roomserver) publishedRooms(ctx context.Context) ([]rsapi.PublicRoom, er
 	return out, nil
 }
 
+// joinedHere reports whether a user of this server is joined to the room.
+func (r *Roomserver) joinedHere(ctx context.Context, roomNID int64) bool {
+	here, err := r.store.ServerJoined(ctx, roomNID, string(r.serverName))
+	return err == nil && here
+}
+
 // SearchUsers implements rsapi.API. It reads memberships and join rules
 // straight from the rooms' state; a dedicated index can replace it when
 // directories grow large.
@@ -584,8 +590,9 @@ func (r *Roomserver) SearchUsers(ctx context.Context, searcher, term string, lim
 	for _, t := range tuples {
 		lookups = append(lookups, t)
 	}
+	publicRooms := map[int64]bool{}
 	for roomNID, snap := range all {
-		if rooms[roomNID] || snap == 0 || len(lookups) == 0 {
+		if snap == 0 || len(lookups) == 0 {
 			continue
 		}
 		found, err := r.store.StateLookup(ctx, snap, lookups)
@@ -600,13 +607,19 @@ func (r *Roomserver) SearchUsers(ctx context.Context, searcher, term string, lim
 		if err != nil {
 			continue
 		}
+		public := false
 		for _, ev := range evs {
 			rule, _ := ev.PDU.JoinRule()
 			hv, _ := ev.PDU.HistoryVisibility()
 			if (ev.PDU.Type() == spec.MRoomJoinRules && rule == spec.Public) ||
 				(ev.PDU.Type() == spec.MRoomHistoryVisibility && hv == gmsl.HistoryVisibilityWorldReadable) {
-				rooms[roomNID] = true
+				public = true
 			}
+		}
+		// A room this server has left is no longer followed here: its
+		// members as last seen are not the room's members now.
+		if public && (rooms[roomNID] || r.joinedHere(ctx, roomNID)) {
+			rooms[roomNID], publicRooms[roomNID] = true, true
 		}
 	}
 	nids := make([]int64, 0, len(rooms))
@@ -626,7 +639,10 @@ func (r *Roomserver) SearchUsers(ctx context.Context, searcher, term string, lim
 	var out []rsapi.DirectoryUser
 	for _, ev := range members {
 		userID := *ev.PDU.StateKey()
-		if seen[userID] {
+		// Searchers find themselves only as others do, through a room
+		// anyone can see into (as Synapse: sharing a private room with
+		// oneself does not count).
+		if seen[userID] || (userID == searcher && !publicRooms[ev.RoomNID]) {
 			continue
 		}
 		c := gjson.ParseBytes(ev.PDU.Content())
