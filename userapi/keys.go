@@ -549,6 +549,13 @@ func (u *UserAPI) DeviceListUpdate(ctx context.Context, origin string, upd uapi.
 		// Not tracked: only a user sharing a room with a local user is
 		// worth fetching.
 		shares, err := u.store.SharesRoomWithLocal(ctx, upd.UserID)
+		if err == nil && !shares && u.bus != nil && u.push.rooms != nil {
+			// The update may come right after the join that made the room
+			// shared, before this component's view of membership has it:
+			// let that view catch up first (bounded).
+			u.catchUpEvents(ctx, keysCatchUp)
+			shares, err = u.store.SharesRoomWithLocal(ctx, upd.UserID)
+		}
 		if err != nil || !shares {
 			return err
 		}
