@@ -33,6 +33,7 @@ import (
 	"myelin/internal/ratelimit"
 	"myelin/internal/signing"
 	"myelin/internal/sqldb"
+	"myelin/mediaapi"
 	"myelin/roomserver"
 	rsapi "myelin/roomserver/api"
 	"myelin/setup/config"
@@ -61,6 +62,7 @@ type Server struct {
 	rooms  *roomserver.Roomserver
 	sync   *syncapi.SyncAPI
 	client *clientapi.ClientAPI
+	media  *mediaapi.MediaAPI
 
 	// resolver, when set, replaces DNS for outbound federation (tests).
 	resolver *fedhttp.Resolver
@@ -204,24 +206,54 @@ func New(ctx context.Context, cfg *config.Config, log *logrus.Logger, opts ...Op
 		return nil, err
 	}
 	s.client = clientapi.New(cfg, s.users, s.rooms, entry("clientapi"), clientapi.WithFederation(s.fed.Remote()))
+	var uploadLimit *ratelimit.Limiter
+	if rl := cfg.RateLimits; rl.Enabled {
+		uploadLimit = ratelimit.New(rl.MediaUpload.PerSecond, rl.MediaUpload.Burst, nil)
+	}
+	if s.media, err = mediaapi.New(ctx, s.db, mediaapi.Options{
+		Config:      cfg.MediaAPI,
+		ServerName:  cfg.ServerName,
+		Devices:     s.users,
+		UploadLimit: uploadLimit,
+		Log:         entry("mediaapi"),
+	}); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
 // ClientHandler serves the client listener: the Client-Server API,
-// /.well-known/matrix/client, /health. It fails if a route has a path
-// variable the HTTP edge does not know how to check.
+// /.well-known/matrix/client, /health, and the media API. It fails if a
+// route has a path variable the HTTP edge does not know how to check.
 func (s *Server) ClientHandler() (http.Handler, error) {
 	r := mxhttp.NewRouter()
 	// The router tries routes in order, and every client always has a
 	// /sync in flight: the sync routes go first.
 	s.sync.Routes(r)
 	s.client.Routes(r)
+	s.media.AdminRoutes(r)
 	s.fed.OpenIDRoutes(r)
 	s.commonRoutes(r)
 	if err := mxhttp.CheckRouteVars(r); err != nil {
 		return nil, err
 	}
-	return mxhttp.Serve(s.log.WithField("component", "http").WithField("listener", "client"), s.cfg.ClientAPI.MaxRequestBytes, withClientIP, r), nil
+	// Media has a router of its own, with the upload size as its body
+	// limit instead of the client API's.
+	mr := mxhttp.NewRouter()
+	s.media.Routes(mr)
+	if err := mxhttp.CheckRouteVars(mr); err != nil {
+		return nil, err
+	}
+	log := s.log.WithField("component", "http").WithField("listener", "client")
+	api := mxhttp.Serve(log, s.cfg.ClientAPI.MaxRequestBytes, withClientIP, r)
+	media := mxhttp.Serve(log, s.cfg.MediaAPI.MaxUploadBytes, withClientIP, mr)
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if mediaapi.IsMediaPath(req.URL.Path) {
+			media.ServeHTTP(w, req)
+			return
+		}
+		api.ServeHTTP(w, req)
+	}), nil
 }
 
 // FederationHandler serves the federation listener: the Server-Server
@@ -280,6 +312,7 @@ func (s *Server) Start() error {
 	if err := s.sync.Start(s.ctx); err != nil {
 		return err
 	}
+	s.media.Start(s.ctx)
 	if s.cfg.FederationAPI.Listen != "" {
 		// Only a server others can reach sends to them: without the
 		// federation listener no remote server can be in a room.
@@ -417,6 +450,7 @@ func (s *Server) Stop(ctx context.Context) error {
 		s.users.Wait()
 		s.sync.Wait()
 		s.fed.Wait()
+		s.media.Wait()
 	}
 	s.close()
 	return firstErr
