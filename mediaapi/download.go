@@ -27,7 +27,7 @@ func (m *MediaAPI) legacyDownload(r *http.Request) (any, error) {
 }
 
 func (m *MediaAPI) serveDownload(r *http.Request, legacy bool) (any, error) {
-	md, err := m.lookup(r, legacy)
+	md, err := m.lookup(r, mxhttp.Var(r, "serverName"), legacy, r.URL.Query().Get("allow_remote") != "false")
 	if err != nil {
 		return nil, err
 	}
@@ -35,15 +35,25 @@ func (m *MediaAPI) serveDownload(r *http.Request, legacy bool) (any, error) {
 	if n := mxhttp.Var(r, "fileName"); n != "" {
 		name = n
 	}
-	return m.serveBlob(md.Hash, md.ContentType, name, md.CreatedTS), nil
+	return m.serveBlob(blobOf(md, name)), nil
+}
+
+// blob is stored content as it is served.
+type blob struct {
+	hash, contentType, name string
+	createdTS               int64
+}
+
+func blobOf(md *storage.Media, name string) blob {
+	return blob{md.Hash, md.ContentType, name, md.CreatedTS}
 }
 
 // lookup finds the media a download or thumbnail names: local (waiting
 // for the content of an ID made by /create, up to timeout_ms), or remote
 // (cached, else fetched from its server when allow_remote is not false).
-func (m *MediaAPI) lookup(r *http.Request, legacy bool) (*storage.Media, error) {
+func (m *MediaAPI) lookup(r *http.Request, server string, legacy, allowRemote bool) (*storage.Media, error) {
 	ctx := r.Context()
-	server, id := mxhttp.Var(r, "serverName"), mxhttp.Var(r, "mediaId")
+	id := mxhttp.Var(r, "mediaId")
 	if err := checkMediaID(id); err != nil {
 		return nil, err
 	}
@@ -53,7 +63,7 @@ func (m *MediaAPI) lookup(r *http.Request, legacy bool) (*storage.Media, error) 
 	}
 	md, err := m.store.Media(ctx, server, id)
 	if errors.Is(err, storage.ErrNotFound) && server != m.serverName {
-		if r.URL.Query().Get("allow_remote") == "false" {
+		if !allowRemote {
 			return nil, mxhttp.NotFound("Media not found")
 		}
 		md, err = m.fetchRemote(ctx, server, id)
@@ -184,9 +194,9 @@ func rfc5987(s string) string {
 
 // serveBlob streams stored content from disk with the safe headers;
 // http.ServeContent answers Range and conditional requests.
-func (m *MediaAPI) serveBlob(hash, contentType, name string, createdTS int64) http.Handler {
+func (m *MediaAPI) serveBlob(b blob) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		f, err := m.blobs.open(hash)
+		f, err := m.blobs.open(b.hash)
 		if err != nil {
 			mxhttp.WriteError(w, r, fmt.Errorf("open media content: %w", err))
 			return
@@ -196,12 +206,13 @@ func (m *MediaAPI) serveBlob(hash, contentType, name string, createdTS int64) ht
 		for k, v := range safeHeaders {
 			h[k] = v
 		}
+		contentType := b.contentType
 		if contentType == "" {
 			contentType = "application/octet-stream"
 		}
 		h.Set("Content-Type", contentType)
-		h.Set("Content-Disposition", contentDisposition(contentType, name))
-		http.ServeContent(w, r, "", time.UnixMilli(createdTS), f)
+		h.Set("Content-Disposition", contentDisposition(contentType, b.name))
+		http.ServeContent(w, r, "", time.UnixMilli(b.createdTS), f)
 	})
 }
 

@@ -93,22 +93,31 @@ func parseThumbnailQuery(r *http.Request) (thumbnailQuery, error) {
 }
 
 func (m *MediaAPI) serveThumbnail(r *http.Request, legacy bool) (any, error) {
-	tq, err := parseThumbnailQuery(r)
+	b, err := m.thumbnailOf(r, mxhttp.Var(r, "serverName"), legacy, r.URL.Query().Get("allow_remote") != "false")
 	if err != nil {
 		return nil, err
 	}
-	md, err := m.lookup(r, legacy)
+	return m.serveBlob(b), nil
+}
+
+// thumbnailOf finds (or makes) the thumbnail a request asks for.
+func (m *MediaAPI) thumbnailOf(r *http.Request, server string, legacy, allowRemote bool) (blob, error) {
+	tq, err := parseThumbnailQuery(r)
 	if err != nil {
-		return nil, err
+		return blob{}, err
+	}
+	md, err := m.lookup(r, server, legacy, allowRemote)
+	if err != nil {
+		return blob{}, err
 	}
 	mt, _, _ := mime.ParseMediaType(md.ContentType)
 	if _, ok := decoders[mt]; !ok {
-		return nil, mxhttp.Unknown("Cannot make a thumbnail of %s content", mt)
+		return blob{}, mxhttp.Unknown("Cannot make a thumbnail of %s content", mt)
 	}
 	if tq.animated && (mt == "image/gif" || mt == "image/webp") && md.Size <= m.cfg.AnimatedMaxBytes {
 		// MSC2705: the original keeps its animation; it is small enough
 		// to serve as the thumbnail.
-		return m.serveBlob(md.Hash, md.ContentType, md.UploadName, md.CreatedTS), nil
+		return blobOf(md, md.UploadName), nil
 	}
 	size := chooseSize(m.sizes, tq)
 	th, err := m.store.Thumbnail(r.Context(), md.ServerName, md.MediaID, size.Width, size.Height, size.Method)
@@ -116,9 +125,9 @@ func (m *MediaAPI) serveThumbnail(r *http.Request, legacy bool) (any, error) {
 		th, err = m.makeThumbnail(r.Context(), md, mt, size)
 	}
 	if err != nil {
-		return nil, err
+		return blob{}, err
 	}
-	return m.serveBlob(th.Hash, th.ContentType, "thumbnail"+extension(th.ContentType), th.CreatedTS), nil
+	return blob{th.Hash, th.ContentType, "thumbnail" + extension(th.ContentType), th.CreatedTS}, nil
 }
 
 func extension(contentType string) string {

@@ -219,8 +219,21 @@ func New(ctx context.Context, cfg *config.Config, log *logrus.Logger, opts ...Op
 	}); err != nil {
 		return nil, err
 	}
+	// Remote media comes through clients of their own: signed with this
+	// server's key over the federation transport (its address guard and
+	// server policy), with a timeout a large file fits in.
+	ua := fclient.WithUserAgent("Myelin/" + Version)
+	s.media.SetRemote(&mediaapi.FederationRemote{
+		Origin: s.key.ServerName,
+		Signed: fclient.NewFederationClient([]*fclient.SigningIdentity{{ServerName: s.key.ServerName, KeyID: s.key.KeyID, PrivateKey: s.key.Private}},
+			fclient.WithTransport(fedTransport), fclient.WithTimeout(mediaFetchTimeout), ua),
+		Plain: fclient.NewClient(fclient.WithTransport(fedTransport), fclient.WithTimeout(mediaFetchTimeout), ua),
+	})
 	return s, nil
 }
+
+// mediaFetchTimeout bounds one download of remote media, body included.
+const mediaFetchTimeout = 5 * time.Minute
 
 // ClientHandler serves the client listener: the Client-Server API,
 // /.well-known/matrix/client, /health, and the media API. It fails if a
@@ -262,6 +275,7 @@ func (s *Server) ClientHandler() (http.Handler, error) {
 func (s *Server) FederationHandler() (http.Handler, error) {
 	r := mxhttp.NewRouter()
 	s.fed.Routes(r)
+	s.media.FederationRoutes(r, s.fed.Authed)
 	s.commonRoutes(r)
 	if err := mxhttp.CheckRouteVars(r); err != nil {
 		return nil, err
