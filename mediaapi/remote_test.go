@@ -53,7 +53,7 @@ func (r *slowRemote) Download(ctx context.Context, server, id string) (io.ReadCl
 
 // newTestAPI serves a MediaAPI alone on loopback, with remote as its
 // federation.
-func newTestAPI(t *testing.T, dbURL string, remote Remote) (*MediaAPI, string) {
+func newTestAPI(t testing.TB, dbURL string, remote Remote, adjust ...func(*config.MediaAPI)) (*MediaAPI, string) {
 	ctx := context.Background()
 	db, err := sqldb.Open(ctx, dbURL, sqldb.Options{MaxOpenConns: 4})
 	if err != nil {
@@ -62,6 +62,9 @@ func newTestAPI(t *testing.T, dbURL string, remote Remote) (*MediaAPI, string) {
 	t.Cleanup(func() { db.Close() })
 	cfg := config.Defaults().MediaAPI
 	cfg.BasePath = t.TempDir()
+	for _, a := range adjust {
+		a(&cfg)
+	}
 	log := logrus.New()
 	log.SetOutput(io.Discard)
 	m, err := New(ctx, db, Options{Config: cfg, ServerName: "local.test", Devices: oneDevice{}, Log: logrus.NewEntry(log)})

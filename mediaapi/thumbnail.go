@@ -260,7 +260,7 @@ func resize(img image.Image, size config.ThumbnailSize) image.Image {
 		f := min(fw, fh, 1)
 		w, h := max(1, int(float64(sw)*f+0.5)), max(1, int(float64(sh)*f+0.5))
 		dst := image.NewRGBA(image.Rect(0, 0, w, h))
-		draw.CatmullRom.Scale(dst, dst.Bounds(), img, sb, draw.Src, nil)
+		draw.BiLinear.Scale(dst, dst.Bounds(), img, sb, draw.Src, nil)
 		return dst
 	}
 	f := min(max(fw, fh), 1)
@@ -270,6 +270,6 @@ func resize(img image.Image, size config.ThumbnailSize) image.Image {
 	src.Max = src.Min.Add(image.Pt(cw, ch))
 	w, h := max(1, int(float64(cw)*f+0.5)), max(1, int(float64(ch)*f+0.5))
 	dst := image.NewRGBA(image.Rect(0, 0, w, h))
-	draw.CatmullRom.Scale(dst, dst.Bounds(), img, src, draw.Src, nil)
+	draw.BiLinear.Scale(dst, dst.Bounds(), img, src, draw.Src, nil)
 	return dst
 }
