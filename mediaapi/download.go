@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"mime"
 	"net/http"
-	"net/url"
+	"net/netip"
 	"strings"
 	"time"
+
+	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"myelin/internal/mxhttp"
 	"myelin/mediaapi/storage"
@@ -66,6 +68,9 @@ func (m *MediaAPI) lookup(r *http.Request, server string, legacy, allowRemote bo
 		if !allowRemote {
 			return nil, mxhttp.NotFound("Media not found")
 		}
+		if !reachableName(server) {
+			return nil, mxhttp.InvalidParam("serverName is not the name of a server")
+		}
 		md, err = m.fetchRemote(ctx, server, id)
 	}
 	if errors.Is(err, storage.ErrNotFound) {
@@ -89,6 +94,25 @@ func (m *MediaAPI) lookup(r *http.Request, server string, legacy, allowRemote bo
 		return nil, mxhttp.NotFound("Media not found (unauthenticated media access is frozen: use /_matrix/client/v1/media)")
 	}
 	return md, nil
+}
+
+// reachableName reports whether a server name the grammar admits (".."
+// is a dns-name to it) could name a host: an IP literal, or DNS labels
+// that are not empty.
+func reachableName(server string) bool {
+	host, _, ok := spec.ParseAndValidateServerName(spec.ServerName(server))
+	if !ok {
+		return false
+	}
+	if _, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
+		return true
+	}
+	for _, label := range strings.Split(host, ".") {
+		if label == "" {
+			return false
+		}
+	}
+	return true
 }
 
 // waitForContent waits up to timeout for the content of an ID made by
@@ -215,6 +239,3 @@ func (m *MediaAPI) serveBlob(b blob) http.Handler {
 		http.ServeContent(w, r, "", time.UnixMilli(b.createdTS), f)
 	})
 }
-
-// mxcPath is the path of an item in URLs, its parts escaped.
-func mxcPath(server, id string) string { return url.PathEscape(server) + "/" + url.PathEscape(id) }

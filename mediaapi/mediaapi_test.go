@@ -530,6 +530,7 @@ func testBadInput(t *testing.T, s *testserver.Server) {
 		{"traversal in a PUT", "PUT", "/_matrix/media/v3/upload/localhost/..%2F..%2Fx", nil, 400},
 		{"traversal in a thumbnail", "GET", "/_matrix/client/v1/media/thumbnail/localhost/..%2Fx?width=1&height=1", nil, 400},
 		{"bad server name", "GET", "/_matrix/client/v1/media/download/bad%20server/abc", nil, 400},
+		{"dots as a server name", "GET", "/_matrix/client/v1/media/download/../abc", nil, 400},
 		{"traversal in an upload name", "POST", "/_matrix/media/v3/upload?filename=..%2F..%2F..%2Fescaped", nil, 200},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
