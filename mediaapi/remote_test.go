@@ -54,6 +54,12 @@ func (r *slowRemote) Download(ctx context.Context, server, id string) (io.ReadCl
 // newTestAPI serves a MediaAPI alone on loopback, with remote as its
 // federation.
 func newTestAPI(t testing.TB, dbURL string, remote Remote, adjust ...func(*config.MediaAPI)) (*MediaAPI, string) {
+	return newTestAPIClock(t, dbURL, remote, time.Now, adjust...)
+}
+
+// newTestAPIClock is newTestAPI with the mediaapi's clock, set before it
+// serves anything.
+func newTestAPIClock(t testing.TB, dbURL string, remote Remote, now func() time.Time, adjust ...func(*config.MediaAPI)) (*MediaAPI, string) {
 	ctx := context.Background()
 	db, err := sqldb.Open(ctx, dbURL, sqldb.Options{MaxOpenConns: 4})
 	if err != nil {
@@ -72,6 +78,7 @@ func newTestAPI(t testing.TB, dbURL string, remote Remote, adjust ...func(*confi
 		t.Fatal(err)
 	}
 	m.SetRemote(remote)
+	m.now = now
 	r := mxhttp.NewRouter()
 	m.Routes(r)
 	srv := httptest.NewServer(mxhttp.Serve(logrus.NewEntry(log), cfg.MaxUploadBytes, nil, r))
@@ -128,6 +135,47 @@ func TestRemoteFetchedOnce(t *testing.T) {
 		}
 		if status, _ := get("/_matrix/client/v1/media/download/remote.test/missing"); status != 404 {
 			t.Errorf("missing: %d", status)
+		}
+	})
+}
+
+// TestUnusedIDsExpire: an ID made by /create and not used within
+// unused_expiry cannot be uploaded to, and the expiry sweep forgets it.
+func TestUnusedIDsExpire(t *testing.T) {
+	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
+		var offset atomic.Int64 // how far the clock is ahead
+		clock := func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
+		m, base := newTestAPIClock(t, dbURL, nil, clock)
+		do := func(method, path string) (int, string) {
+			req, _ := http.NewRequest(method, base+path, bytes.NewReader([]byte("content")))
+			req.Header.Set("Authorization", "Bearer tok")
+			res, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer res.Body.Close()
+			b, _ := io.ReadAll(res.Body)
+			return res.StatusCode, string(b)
+		}
+		status, body := do("POST", "/_matrix/media/v1/create")
+		if status != 200 {
+			t.Fatalf("create: %d %s", status, body)
+		}
+		_, after, _ := bytes.Cut([]byte(body), []byte("mxc://local.test/"))
+		id, _, _ := bytes.Cut(after, []byte(`"`))
+		offset.Store(int64(25 * time.Hour))
+		if status, body := do("PUT", "/_matrix/media/v3/upload/local.test/"+string(id)); status != 404 {
+			t.Errorf("upload to an expired ID: %d %s", status, body)
+		}
+		if err := m.store.DeleteExpiredPending(context.Background(), clock().UnixMilli()); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := m.store.Media(context.Background(), "local.test", string(id)); err != storage.ErrNotFound {
+			t.Errorf("expired ID still stored: %v", err)
+		}
+		// The expired one no longer counts against the pending bound.
+		if n, _ := m.store.PendingCount(context.Background(), "@u:local.test", clock().UnixMilli()); n != 0 {
+			t.Errorf("%d pending", n)
 		}
 	})
 }
