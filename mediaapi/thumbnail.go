@@ -124,6 +124,11 @@ func (m *MediaAPI) thumbnailOf(r *http.Request, server string, legacy, allowRemo
 	if errors.Is(err, storage.ErrNotFound) {
 		th, err = m.makeThumbnail(r.Context(), md, mt, size)
 	}
+	var me *mxhttp.Error
+	if errors.As(err, &me) && me.Code == "M_TOO_LARGE" && md.ServerName != m.serverName {
+		// The spec's status for remote content too large to thumbnail.
+		return blob{}, me.WithStatus(http.StatusBadGateway)
+	}
 	if err != nil {
 		return blob{}, err
 	}

@@ -13,12 +13,16 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/matrix-org/gomatrixserverlib/fclient"
+
+	"myelin/internal/signing"
 	"myelin/internal/sqldb/sqldbtest"
 	"myelin/internal/testserver"
 )
@@ -148,6 +152,47 @@ func TestFederatedMedia(t *testing.T) {
 			r2.Body.Close()
 			if r2.StatusCode != 401 {
 				t.Errorf("unsigned: %d", r2.StatusCode)
+			}
+		})
+		t.Run("federation thumbnail", func(t *testing.T) {
+			img := image.NewRGBA(image.Rect(0, 0, 300, 200))
+			var buf bytes.Buffer
+			_ = png.Encode(&buf, img)
+			pid := strings.TrimPrefix(mediaUpload(t, alice, buf.Bytes(), "image/png"), "hs2.test/")
+			key1, err := signing.LoadOrGenerate(hs1.Config.Keys.SigningKeyPath, "hs1.test")
+			if err != nil {
+				t.Fatal(err)
+			}
+			uri := "/_matrix/federation/v1/media/thumbnail/" + pid + "?width=32&height=32&method=crop"
+			fr := fclient.NewFederationRequest("GET", "hs1.test", "hs2.test", uri)
+			if err := fr.Sign("hs1.test", key1.KeyID, key1.Private); err != nil {
+				t.Fatal(err)
+			}
+			req, err := fr.HTTPRequest()
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.URL, _ = url.Parse(hs2.FederationURL() + uri)
+			res, err := fed.httpClient("hs2.test").Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer res.Body.Close()
+			mt, params, _ := mime.ParseMediaType(res.Header.Get("Content-Type"))
+			if res.StatusCode != 200 || mt != "multipart/mixed" {
+				t.Fatalf("%d %s", res.StatusCode, res.Header.Get("Content-Type"))
+			}
+			mr := multipart.NewReader(res.Body, params["boundary"])
+			if _, err := mr.NextPart(); err != nil {
+				t.Fatal(err)
+			}
+			part, err := mr.NextPart()
+			if err != nil {
+				t.Fatal(err)
+			}
+			th, err := png.Decode(part)
+			if err != nil || th.Bounds().Dx() != 32 || th.Bounds().Dy() != 32 {
+				t.Fatalf("thumbnail part: %v %v", th, err)
 			}
 		})
 		t.Run("legacy fallback", func(t *testing.T) {
