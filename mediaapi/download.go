@@ -170,7 +170,9 @@ var safeHeaders = map[string][]string{
 	"Content-Security-Policy":      {"sandbox; default-src 'none'; script-src 'none'; plugin-types application/pdf; style-src 'unsafe-inline'; media-src 'self'; object-src 'self';"},
 	"X-Content-Type-Options":       {"nosniff"},
 	"Cross-Origin-Resource-Policy": {"cross-origin"},
-	"Cache-Control":                {"public, max-age=86400, s-maxage=86400"},
+	// private: an answer to an authenticated request must not be kept
+	// by a shared cache for others.
+	"Cache-Control": {"private, max-age=86400"},
 }
 
 // contentDisposition is inline for the safe types, attachment for the

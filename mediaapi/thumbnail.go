@@ -15,6 +15,7 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"time"
 
 	"golang.org/x/image/draw"
 	"golang.org/x/image/webp"
@@ -24,6 +25,10 @@ import (
 	"myelin/setup/config"
 	uapi "myelin/userapi/api"
 )
+
+// thumbnailTimeout bounds the wait for a worker and the making of one
+// thumbnail.
+const thumbnailTimeout = time.Minute
 
 // thumbnailWorkers is how many thumbnails are made at once: one a core.
 func thumbnailWorkers() int { return max(1, runtime.GOMAXPROCS(0)) }
@@ -176,13 +181,17 @@ func chooseSize(sizes []config.ThumbnailSize, tq thumbnailQuery) config.Thumbnai
 func (m *MediaAPI) makeThumbnail(ctx context.Context, md *storage.Media, mt string, size config.ThumbnailSize) (*storage.Thumbnail, error) {
 	key := fmt.Sprintf("thumb %s %dx%d %s", mediaKey(md.ServerName, md.MediaID), size.Width, size.Height, size.Method)
 	err := m.flights.do(ctx, key, func() error {
+		// The thumbnail serves every waiter: it outlives the first one's
+		// request, within its own bound.
+		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), thumbnailTimeout)
+		defer cancel()
 		select {
 		case m.thumbSlots <- struct{}{}:
-		case <-ctx.Done():
-			return ctx.Err()
+		case <-tctx.Done():
+			return mxhttp.ServiceUnavailable(fmt.Errorf("no thumbnail worker free: %w", tctx.Err()))
 		}
 		defer func() { <-m.thumbSlots }()
-		return m.makeThumbnailOnce(ctx, md, mt, size)
+		return m.makeThumbnailOnce(tctx, md, mt, size)
 	})
 	if err != nil {
 		return nil, err
