@@ -59,6 +59,11 @@ func (f *FederationAPI) authed(h mxhttp.Handler) mxhttp.Handler {
 	}
 }
 
+// Authed is authed for the routes of other components on the federation
+// listener (the mediaapi's): the same X-Matrix check, rate limit and
+// origin in the context.
+func (f *FederationAPI) Authed(h mxhttp.Handler) mxhttp.Handler { return f.authed(h) }
+
 // open wraps a handler that needs no authentication (keys, version),
 // rate-limited by the caller's IP.
 func (f *FederationAPI) open(h mxhttp.Handler) mxhttp.Handler {

@@ -34,6 +34,7 @@ import (
 	"myelin/internal/ratelimit"
 	"myelin/internal/signing"
 	"myelin/internal/sqldb"
+	"myelin/mediaapi"
 	"myelin/roomserver"
 	rsapi "myelin/roomserver/api"
 	"myelin/setup/config"
@@ -62,6 +63,7 @@ type Server struct {
 	rooms  *roomserver.Roomserver
 	sync   *syncapi.SyncAPI
 	client *clientapi.ClientAPI
+	media  *mediaapi.MediaAPI
 
 	// resolver, when set, replaces DNS for outbound federation (tests).
 	resolver *fedhttp.Resolver
@@ -210,25 +212,68 @@ func New(ctx context.Context, cfg *config.Config, log *logrus.Logger, opts ...Op
 	}
 	s.client = clientapi.New(cfg, s.users, s.rooms, entry("clientapi"), clientapi.WithFederation(s.fed.Remote()),
 		clientapi.WithIdentity(ids))
+	var uploadLimit *ratelimit.Limiter
+	if rl := cfg.RateLimits; rl.Enabled {
+		uploadLimit = ratelimit.New(rl.MediaUpload.PerSecond, rl.MediaUpload.Burst, nil)
+	}
+	if s.media, err = mediaapi.New(ctx, s.db, mediaapi.Options{
+		Config:      cfg.MediaAPI,
+		ServerName:  cfg.ServerName,
+		Devices:     s.users,
+		UploadLimit: uploadLimit,
+		Log:         entry("mediaapi"),
+	}); err != nil {
+		return nil, err
+	}
+	// Remote media comes through clients of their own: signed with this
+	// server's key over the federation transport (its address guard and
+	// server policy), with a timeout a large file fits in.
+	ua := fclient.WithUserAgent("Myelin/" + Version)
+	s.media.SetRemote(&mediaapi.FederationRemote{
+		Origin: s.key.ServerName,
+		Signed: fclient.NewFederationClient([]*fclient.SigningIdentity{{ServerName: s.key.ServerName, KeyID: s.key.KeyID, PrivateKey: s.key.Private}},
+			fclient.WithTransport(fedTransport), fclient.WithTimeout(mediaFetchTimeout), ua),
+		Plain: fclient.NewClient(fclient.WithTransport(fedTransport), fclient.WithTimeout(mediaFetchTimeout), ua),
+	})
 	return s, nil
 }
 
+// mediaFetchTimeout bounds one download of remote media, body included.
+const mediaFetchTimeout = 5 * time.Minute
+
 // ClientHandler serves the client listener: the Client-Server API,
-// /.well-known/matrix/client, /health. It fails if a route has a path
-// variable the HTTP edge does not know how to check.
+// /.well-known/matrix/client, /health, and the media API. It fails if a
+// route has a path variable the HTTP edge does not know how to check.
 func (s *Server) ClientHandler() (http.Handler, error) {
 	r := mxhttp.NewRouter()
 	// The router tries routes in order, and every client always has a
 	// /sync in flight: the sync routes go first.
 	s.sync.Routes(r)
 	s.client.Routes(r)
+	s.media.AdminRoutes(r)
 	s.fed.OpenIDRoutes(r)
 	s.fed.ThirdPartyRoutes(r)
 	s.commonRoutes(r)
 	if err := mxhttp.CheckRouteVars(r); err != nil {
 		return nil, err
 	}
-	return mxhttp.Serve(s.log.WithField("component", "http").WithField("listener", "client"), s.cfg.ClientAPI.MaxRequestBytes, withClientIP, r), nil
+	// Media has a router of its own, with the upload size as its body
+	// limit instead of the client API's.
+	mr := mxhttp.NewRouter()
+	s.media.Routes(mr)
+	if err := mxhttp.CheckRouteVars(mr); err != nil {
+		return nil, err
+	}
+	log := s.log.WithField("component", "http").WithField("listener", "client")
+	api := mxhttp.Serve(log, s.cfg.ClientAPI.MaxRequestBytes, withClientIP, r)
+	media := mxhttp.Serve(log, s.cfg.MediaAPI.MaxUploadBytes, withClientIP, mr)
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if mediaapi.IsMediaPath(req.URL.Path) {
+			media.ServeHTTP(w, req)
+			return
+		}
+		api.ServeHTTP(w, req)
+	}), nil
 }
 
 // FederationHandler serves the federation listener: the Server-Server
@@ -237,6 +282,7 @@ func (s *Server) ClientHandler() (http.Handler, error) {
 func (s *Server) FederationHandler() (http.Handler, error) {
 	r := mxhttp.NewRouter()
 	s.fed.Routes(r)
+	s.media.FederationRoutes(r, s.fed.Authed)
 	s.commonRoutes(r)
 	if err := mxhttp.CheckRouteVars(r); err != nil {
 		return nil, err
@@ -287,6 +333,7 @@ func (s *Server) Start() error {
 	if err := s.sync.Start(s.ctx); err != nil {
 		return err
 	}
+	s.media.Start(s.ctx)
 	if s.cfg.FederationAPI.Listen != "" {
 		// Only a server others can reach sends to them: without the
 		// federation listener no remote server can be in a room.
@@ -424,6 +471,7 @@ func (s *Server) Stop(ctx context.Context) error {
 		s.users.Wait()
 		s.sync.Wait()
 		s.fed.Wait()
+		s.media.Wait()
 	}
 	s.close()
 	return firstErr

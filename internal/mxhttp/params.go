@@ -63,6 +63,9 @@ var pathVars = map[string]pathVar{
 	// keyId above, and these.
 	"mediaId":   {check: opaque},
 	"queryType": {check: opaque},
+	// Media: the file name a client puts after a download's media ID,
+	// only ever echoed in Content-Disposition.
+	"fileName": {check: opaque},
 	// The event ID of the PDU a request carries (send_join, send_leave,
 	// send_knock, invite): the handler compares it with the event's own
 	// ID once the body is parsed, so a fault of the body answers first

@@ -69,6 +69,9 @@ func Start(t testing.TB, cfg *config.Config, opts ...setup.Option) *Server {
 	}
 	cfg.NATS.StoreDir = filled.NATS.StoreDir
 	cfg.Keys.SigningKeyPath = filled.Keys.SigningKeyPath
+	if cfg.MediaAPI.BasePath == "" {
+		cfg.MediaAPI.BasePath = filled.MediaAPI.BasePath
+	}
 	log := logrus.New()
 	lvl, _ := logrus.ParseLevel(cfg.Logging.Level)
 	log.SetLevel(lvl)

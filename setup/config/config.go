@@ -32,6 +32,7 @@ type Config struct {
 
 	ClientAPI     ClientAPI     `yaml:"client_api"`
 	FederationAPI FederationAPI `yaml:"federation_api"`
+	MediaAPI      MediaAPI      `yaml:"media_api"`
 	Database      Database      `yaml:"database"`
 	NATS          NATS          `yaml:"nats"`
 	Registration  Registration  `yaml:"registration"`
@@ -95,6 +96,39 @@ type FederationAPI struct {
 	InsecureIdentityServers bool `yaml:"insecure_identity_servers"`
 }
 
+// MediaAPI configures the content repository: uploads, downloads and
+// thumbnails.
+type MediaAPI struct {
+	// BasePath is the directory blobs are stored under, one file per
+	// content hash (default <data_dir>/media).
+	BasePath string `yaml:"base_path"`
+	// MaxUploadBytes caps one upload; larger ones are cut off while they
+	// stream in with M_TOO_LARGE.
+	MaxUploadBytes int64 `yaml:"max_upload_bytes"`
+	// UserQuotaBytes caps what one user's uploads may take in total; 0
+	// sets no quota.
+	UserQuotaBytes int64 `yaml:"user_quota_bytes"`
+	// LegacyFreezeDate (YYYY-MM-DD, UTC) is when unauthenticated media
+	// access froze (spec v1.11): the legacy /_matrix/media/v3 download and
+	// thumbnail endpoints serve only media stored before it. Empty: they
+	// serve everything.
+	LegacyFreezeDate string `yaml:"legacy_freeze_date"`
+	// ThumbnailSizes are the thumbnails made on request, each
+	// "<width>x<height> <crop|scale>".
+	ThumbnailSizes []string `yaml:"thumbnail_sizes"`
+	// MaxThumbnailSourcePixels is the largest image (width x height, read
+	// from its header before decoding) that is thumbnailed.
+	MaxThumbnailSourcePixels int64 `yaml:"max_thumbnail_source_pixels"`
+	// AnimatedMaxBytes is the largest GIF or WebP returned as is for a
+	// thumbnail asked with animated=true.
+	AnimatedMaxBytes int64 `yaml:"animated_max_bytes"`
+	// UnusedExpiry is how long an ID made by /create waits for its upload.
+	UnusedExpiry time.Duration `yaml:"unused_expiry"`
+	// MaxPendingUploads is how many IDs made by /create a user may hold
+	// unused at once.
+	MaxPendingUploads int `yaml:"max_pending_uploads"`
+}
+
 // Database names the SQL database all components store their tables in.
 type Database struct {
 	// URL is a file path for SQLite (default <data_dir>/myelin.db) or a
@@ -141,6 +175,8 @@ type RateLimits struct {
 	// authenticated name; by IP for the key and version endpoints) on the
 	// federation listener.
 	Federation Bucket `yaml:"federation"`
+	// MediaUpload limits each user's uploads and /create calls.
+	MediaUpload Bucket `yaml:"media_upload"`
 }
 
 // Bucket is one token-bucket limit.
@@ -209,15 +245,24 @@ func Defaults() *Config {
 			MaxRequestBytes: 10 << 20,
 		},
 		FederationAPI: FederationAPI{Listen: "", MaxRequestBytes: 16 << 20},
-		Database:      Database{MaxOpenConns: 16},
-		NATS:          NATS{PublishRetry: 10 * time.Second},
-		Registration:  Registration{BcryptCost: 10},
+		MediaAPI: MediaAPI{
+			MaxUploadBytes:           50 << 20,
+			ThumbnailSizes:           []string{"32x32 crop", "96x96 crop", "320x240 scale", "640x480 scale", "800x600 scale"},
+			MaxThumbnailSourcePixels: 32_000_000,
+			AnimatedMaxBytes:         4 << 20,
+			UnusedExpiry:             24 * time.Hour,
+			MaxPendingUploads:        10,
+		},
+		Database:     Database{MaxOpenConns: 16},
+		NATS:         NATS{PublishRetry: 10 * time.Second},
+		Registration: Registration{BcryptCost: 10},
 		RateLimits: RateLimits{
-			Enabled:    true,
-			Login:      Bucket{PerSecond: 0.2, Burst: 5},
-			Register:   Bucket{PerSecond: 0.1, Burst: 5},
-			Send:       Bucket{PerSecond: 5, Burst: 20},
-			Federation: Bucket{PerSecond: 50, Burst: 200},
+			Enabled:     true,
+			Login:       Bucket{PerSecond: 0.2, Burst: 5},
+			Register:    Bucket{PerSecond: 0.1, Burst: 5},
+			Send:        Bucket{PerSecond: 5, Burst: 20},
+			Federation:  Bucket{PerSecond: 50, Burst: 200},
+			MediaUpload: Bucket{PerSecond: 1, Burst: 10},
 		},
 		Logging: Logging{Level: "info", Format: "text"},
 		Rooms:   Rooms{DefaultVersion: "10"},
@@ -269,6 +314,9 @@ func (c *Config) fillDerived() {
 	}
 	if c.NATS.StoreDir == "" {
 		c.NATS.StoreDir = filepath.Join(c.DataDir, "nats")
+	}
+	if c.MediaAPI.BasePath == "" {
+		c.MediaAPI.BasePath = filepath.Join(c.DataDir, "media")
 	}
 	if c.Keys.SigningKeyPath == "" {
 		c.Keys.SigningKeyPath = filepath.Join(c.DataDir, "signing.key")
@@ -355,6 +403,7 @@ func (c *Config) Validate() error {
 			bad("federation_api.trusted_ca_files", f, "cannot be read")
 		}
 	}
+	c.validateMedia(bad)
 	if c.Database.MaxOpenConns < 1 {
 		bad("database.max_open_conns", c.Database.MaxOpenConns, "must be at least 1")
 	}
@@ -370,7 +419,7 @@ func (c *Config) Validate() error {
 	if c.Registration.BcryptCost < 4 || c.Registration.BcryptCost > 31 {
 		bad("registration.bcrypt_cost", c.Registration.BcryptCost, "must be from 4 to 31")
 	}
-	for name, b := range map[string]Bucket{"login": c.RateLimits.Login, "register": c.RateLimits.Register, "send": c.RateLimits.Send, "federation": c.RateLimits.Federation} {
+	for name, b := range map[string]Bucket{"login": c.RateLimits.Login, "register": c.RateLimits.Register, "send": c.RateLimits.Send, "federation": c.RateLimits.Federation, "media_upload": c.RateLimits.MediaUpload} {
 		if b.PerSecond <= 0 {
 			bad("rate_limits."+name+".per_second", b.PerSecond, "must be positive")
 		}
@@ -408,6 +457,69 @@ func (c *Config) Validate() error {
 		return errs
 	}
 	return nil
+}
+
+func (c *Config) validateMedia(bad func(field string, value any, problem string)) {
+	m := c.MediaAPI
+	if m.MaxUploadBytes < 1024 {
+		bad("media_api.max_upload_bytes", m.MaxUploadBytes, "must be at least 1024")
+	}
+	if m.UserQuotaBytes < 0 {
+		bad("media_api.user_quota_bytes", m.UserQuotaBytes, "must not be negative (0: no quota)")
+	}
+	if m.LegacyFreezeDate != "" {
+		if _, err := time.Parse(time.DateOnly, m.LegacyFreezeDate); err != nil {
+			bad("media_api.legacy_freeze_date", m.LegacyFreezeDate, "must be a date YYYY-MM-DD or empty")
+		}
+	}
+	if len(m.ThumbnailSizes) == 0 {
+		bad("media_api.thumbnail_sizes", "[]", "must list at least one size")
+	}
+	for _, t := range m.ThumbnailSizes {
+		if _, err := ParseThumbnailSize(t); err != nil {
+			bad("media_api.thumbnail_sizes", fmt.Sprintf("%q", t), err.Error())
+		}
+	}
+	if m.MaxThumbnailSourcePixels < 1 {
+		bad("media_api.max_thumbnail_source_pixels", m.MaxThumbnailSourcePixels, "must be positive")
+	}
+	if m.AnimatedMaxBytes < 0 {
+		bad("media_api.animated_max_bytes", m.AnimatedMaxBytes, "must not be negative")
+	}
+	if m.UnusedExpiry < time.Minute {
+		bad("media_api.unused_expiry", m.UnusedExpiry, "must be at least 1m")
+	}
+	if m.MaxPendingUploads < 1 {
+		bad("media_api.max_pending_uploads", m.MaxPendingUploads, "must be at least 1")
+	}
+}
+
+// ThumbnailSize is one configured thumbnail: a bounding box and how the
+// image is fitted to it.
+type ThumbnailSize struct {
+	Width, Height int
+	// Method is "crop" (fill the box, cut what overflows) or "scale" (fit
+	// inside the box, keeping the aspect ratio).
+	Method string
+}
+
+// ParseThumbnailSize reads "<width>x<height> <crop|scale>".
+func ParseThumbnailSize(s string) (ThumbnailSize, error) {
+	dims, method, ok := strings.Cut(strings.TrimSpace(s), " ")
+	w, h, ok2 := strings.Cut(dims, "x")
+	if !ok || !ok2 {
+		return ThumbnailSize{}, errors.New(`must be "<width>x<height> <crop|scale>"`)
+	}
+	wi, err1 := strconv.Atoi(w)
+	hi, err2 := strconv.Atoi(h)
+	if err1 != nil || err2 != nil || wi < 1 || hi < 1 || wi > 4096 || hi > 4096 {
+		return ThumbnailSize{}, errors.New("width and height must be from 1 to 4096")
+	}
+	method = strings.TrimSpace(method)
+	if method != "crop" && method != "scale" {
+		return ThumbnailSize{}, errors.New("method must be crop or scale")
+	}
+	return ThumbnailSize{Width: wi, Height: hi, Method: method}, nil
 }
 
 // SupportedRoomVersion reports whether v is one of the room versions Myelin

@@ -66,6 +66,10 @@ func TestEnvOverrides(t *testing.T) {
 		"MYELIN_FEDERATION_API_ALLOWED_SERVERS=*.example.org, matrix.org",
 		"MYELIN_FEDERATION_API_DENIED_SERVERS=evil.example.org",
 		"MYELIN_RATE_LIMITS_FEDERATION_BURST=7",
+		"MYELIN_MEDIA_API_MAX_UPLOAD_BYTES=2048",
+		"MYELIN_MEDIA_API_LEGACY_FREEZE_DATE=2024-09-01",
+		"MYELIN_MEDIA_API_THUMBNAIL_SIZES=32x32 crop, 640x480 scale",
+		"MYELIN_MEDIA_API_UNUSED_EXPIRY=1h",
 		"UNRELATED=1",
 	})
 	if err != nil {
@@ -93,6 +97,11 @@ func TestEnvOverrides(t *testing.T) {
 		{"federation_api.denied_servers", c.FederationAPI.DeniedServers, []string{"evil.example.org"}},
 		{"rate_limits.federation.burst", c.RateLimits.Federation.Burst, 7},
 		{"derived store dir", c.NATS.StoreDir, filepath.Join("/tmp/x", "nats")},
+		{"media_api.max_upload_bytes", c.MediaAPI.MaxUploadBytes, int64(2048)},
+		{"media_api.legacy_freeze_date", c.MediaAPI.LegacyFreezeDate, "2024-09-01"},
+		{"media_api.thumbnail_sizes", c.MediaAPI.ThumbnailSizes, []string{"32x32 crop", "640x480 scale"}},
+		{"media_api.unused_expiry", c.MediaAPI.UnusedExpiry, time.Hour},
+		{"derived media path", c.MediaAPI.BasePath, filepath.Join("/tmp/x", "media")},
 	}
 	for _, ch := range checks {
 		if !reflect.DeepEqual(ch.got, ch.want) {
@@ -124,6 +133,9 @@ func TestValidationNamesFields(t *testing.T) {
 		{"bad well-known server", "federation_api:\n  well_known_server: 'https://x'\n", nil, []string{"federation_api.well_known_server"}},
 		{"denied server with a port", "federation_api:\n  denied_servers: ['evil.example:8448']\n", nil, []string{"federation_api.denied_servers", "evil.example:8448"}},
 		{"allowed server with a space", "", []string{"MYELIN_FEDERATION_API_ALLOWED_SERVERS=a.example,b example"}, []string{"federation_api.allowed_servers", "b example"}},
+		{"bad freeze date", "media_api:\n  legacy_freeze_date: 1/2/2024\n", nil, []string{"media_api.legacy_freeze_date", "1/2/2024"}},
+		{"bad thumbnail size", "", []string{"MYELIN_MEDIA_API_THUMBNAIL_SIZES=32x32 crop,0x10 scale,9x9 stretch"}, []string{"media_api.thumbnail_sizes", "0x10 scale", "9x9 stretch"}},
+		{"tiny upload limit", "", []string{"MYELIN_MEDIA_API_MAX_UPLOAD_BYTES=10"}, []string{"media_api.max_upload_bytes", "10"}},
 		{"no federation rate", "rate_limits:\n  federation:\n    per_second: 0\n", nil, []string{"rate_limits.federation.per_second"}},
 	}
 	for _, tt := range tests {
