@@ -195,6 +195,17 @@ async function step(name, needs, fn) {
     rec.message = e.message.split('\n')[0];
   }
   rec.ms = Date.now() - t0;
+  // With Myelin's pprof listener on, a failed step keeps the server's
+  // goroutines: a request that never answers shows where it waits.
+  const pprof = process.env.MYELIN_DEBUG_PPROF_LISTEN;
+  if (rec.status === 'FAIL' && pprof) {
+    try {
+      const r = await fetch(`http://${pprof}/debug/pprof/goroutine?debug=2`);
+      fs.writeFileSync(path.join(work, `goroutines-${n}-${name}.txt`), await r.text());
+    } catch (e) {
+      console.log(`       (no goroutine dump: ${e.message})`);
+    }
+  }
   for (const p of pages) {
     await p.page.screenshot({ path: path.join(shots, `${n}-${name}-${p.who}.png`) }).catch(() => {});
   }
@@ -211,13 +222,17 @@ const requestLog = fs.createWriteStream(path.join(work, 'requests.log'));
 // the running step, and the page's console into browser-console.log.
 function watch(page, who) {
   pages.push({ page, who });
+  page.on('request', (req) => {
+    const u = new URL(req.url());
+    if (process.env.TRACE_E2EE && u.pathname.startsWith('/_matrix/')) requestLog.write(`${new Date().toISOString()} ${who} sent ${req.method()} ${u.pathname}${u.search}\n`);
+  });
   page.on('response', async (resp) => {
     const u = new URL(resp.url());
     if (!u.pathname.startsWith('/_matrix/')) return;
     requestLog.write(`${new Date().toISOString()} ${who} ${resp.request().method()} ${u.pathname} ${resp.status()}\n`);
     if (process.env.TRACE_E2EE && /keys\/(claim|upload|query)|sendToDevice|\/sync/.test(u.pathname)) {
       const body = await resp.text().catch(() => '');
-      if (!u.pathname.endsWith('/sync') || body.includes('"to_device":{"events":[{')) {
+      if (!u.pathname.endsWith('/sync') || body.length > 400) {
         requestLog.write(`  request: ${resp.request().postData() ?? ''}\n  answer: ${body}\n`);
       }
     }
