@@ -214,6 +214,23 @@ async function step(name, needs, fn) {
   for (const r of rec.refused) console.log(`       server refused: ${r}`);
 }
 
+// endpoint names a request's path with its IDs replaced by their kind.
+function endpoint(p) {
+  return p
+    .split('/')
+    .map((seg) => {
+      let d = seg;
+      try {
+        d = decodeURIComponent(seg);
+      } catch {
+        // left as sent
+      }
+      return { '!': '{roomId}', $: '{eventId}', '@': '{userId}', '#': '{roomAlias}' }[d[0]] ?? seg;
+    })
+    .join('/');
+}
+
+const refusedAll = new Map();
 const pages = [];
 const consoleLog = fs.createWriteStream(path.join(work, 'browser-console.log'));
 const requestLog = fs.createWriteStream(path.join(work, 'requests.log'));
@@ -229,6 +246,8 @@ function watch(page, who) {
   page.on('response', async (resp) => {
     const u = new URL(resp.url());
     if (!u.pathname.startsWith('/_matrix/')) return;
+    // The step running when the answer came, not when its body is read.
+    const owner = current;
     requestLog.write(`${new Date().toISOString()} ${who} ${resp.request().method()} ${u.pathname} ${resp.status()}\n`);
     if (process.env.TRACE_E2EE && /keys\/(claim|upload|query)|sendToDevice|\/sync/.test(u.pathname)) {
       const body = await resp.text().catch(() => '');
@@ -251,8 +270,10 @@ function watch(page, who) {
     }
     const line = `${who}: ${resp.request().method()} ${u.pathname} -> ${resp.status()} ${body}`;
     consoleLog.write(`[refused] ${line}\n`);
-    if (typeof current === 'object') current.refused.push(line);
-    else console.log(`       server refused (${current}): ${line}`);
+    const shape = `${resp.request().method()} ${endpoint(u.pathname)} -> ${resp.status()} ${/"errcode":"(\w+)"/.exec(body)?.[1] ?? ''}`;
+    refusedAll.set(shape, (refusedAll.get(shape) ?? 0) + 1);
+    if (typeof owner === 'object') owner.refused.push(line);
+    else console.log(`       server refused (${owner}): ${line}`);
   });
   page.on('console', (m) => consoleLog.write(`${who} ${m.type()}: ${m.text()}\n`));
   page.on('pageerror', (e) => consoleLog.write(`${who} pageerror: ${e.message}\n`));
@@ -360,6 +381,10 @@ try {
 
 console.log('\nbrowser-test summary:');
 for (const r of results) console.log(`  ${r.status.padEnd(4)} ${r.n} ${r.name}${r.message ? `: ${r.message}` : ''}`);
+if (refusedAll.size) {
+  console.log('requests the server refused (all steps):');
+  for (const [shape, count] of [...refusedAll].sort()) console.log(`  ${String(count).padStart(3)} x ${shape}`);
+}
 console.log(`screenshots: ${shots}\nlogs: ${work}/myelin.log, ${work}/browser-console.log, ${work}/requests.log`);
 const bad = results.filter((r) => r.status !== 'PASS');
 process.exit(bad.length ? 1 : 0);
