@@ -254,5 +254,17 @@ export async function run(t) {
     await sendMessage(t, b, t.dmB);
     await visible(text(b, t.dmB, { exact: true }), 'B\'s message on B\'s side');
     await visible(text(a, t.dmB, { exact: true }), 'B\'s message decrypted on A\'s side');
+    // And the server only ever held ciphertext.
+    const { joined_rooms: rooms } = await t.api(t.myelin.url, st.a.accessToken, 'GET', '/_matrix/client/v3/joined_rooms');
+    let encrypted = 0;
+    for (const id of rooms) {
+      const { chunk } = await t.api(t.myelin.url, st.a.accessToken, 'GET', `/_matrix/client/v3/rooms/${encodeURIComponent(id)}/messages?dir=b&limit=50`);
+      for (const e of chunk) {
+        const c = JSON.stringify(e.content ?? {});
+        if (c.includes(t.dmA) || c.includes(t.dmB)) throw new Error(`the server holds a direct chat message in clear: ${e.type} ${e.event_id}`);
+        if (e.type === 'm.room.encrypted' && e.content?.algorithm === 'm.megolm.v1.aes-sha2') encrypted++;
+      }
+    }
+    if (encrypted < 2) throw new Error(`${encrypted} megolm events on the server, want at least 2`);
   });
 }
