@@ -66,9 +66,9 @@ func (req *createRoomRequest) Validate() error {
 			return err
 		}
 	}
-	for _, inv := range req.Invite3PID {
-		if inv.IDServer == "" || inv.Medium == "" || inv.Address == "" {
-			return mxhttp.BadJSON("invite_3pid entries need id_server, medium and address")
+	for i := range req.Invite3PID {
+		if err := req.Invite3PID[i].validate(); err != nil {
+			return err
 		}
 	}
 	for _, obj := range []json.RawMessage{req.CreationContent, req.PowerLevelContentOverride} {

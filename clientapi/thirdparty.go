@@ -23,13 +23,24 @@ import (
 // holding the keys that will sign the proof once the address is bound
 // (then the roomserver's PerformThirdPartyInvite makes the invite).
 
-// validate checks a third-party invite's fields.
+// maxThirdPartyField bounds the address and token of a third-party
+// invite: an email address is at most 254 bytes, a phone number far less.
+const maxThirdPartyField = 512
+
+// validate checks a third-party invite's fields, before any identity
+// server is asked anything.
 func (t *thirdPartyInvite) validate() error {
-	if t.IDServer == "" || t.Medium == "" || t.Address == "" {
-		return mxhttp.MissingParam("a third-party invite needs id_server, medium and address")
+	if t.IDServer == "" || t.Medium == "" || t.Address == "" || t.IDAccessToken == "" {
+		return mxhttp.MissingParam("a third-party invite needs id_server, id_access_token, medium and address")
 	}
 	if err := identity.CheckServer(t.IDServer); err != nil {
 		return mxhttp.InvalidParam("%v", err)
+	}
+	if t.Medium != "email" && t.Medium != "msisdn" {
+		return mxhttp.InvalidParam("medium must be email or msisdn")
+	}
+	if len(t.Address) > maxThirdPartyField || len(t.IDAccessToken) > maxThirdPartyField {
+		return mxhttp.InvalidParam("address and id_access_token must be at most %d bytes", maxThirdPartyField)
 	}
 	return nil
 }
