@@ -231,7 +231,8 @@ func (c *ClientAPI) capabilities(r *http.Request, dev *uapi.Device) (any, error)
 		"m.set_displayname": map[string]bool{"enabled": true},
 		"m.set_avatar_url":  map[string]bool{"enabled": true},
 		"m.3pid_changes":    map[string]bool{"enabled": false},
-		"m.get_login_token": map[string]bool{"enabled": false},
+		// Guests cannot call /login/get_token (it needs a password).
+		"m.get_login_token": map[string]bool{"enabled": c.loginTokensEnabled() && !dev.IsGuest},
 	}
 	raw, _ := json.Marshal(map[string]any{"capabilities": caps})
 	return json.RawMessage(raw), nil

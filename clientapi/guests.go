@@ -54,7 +54,11 @@ func (c *ClientAPI) upgradeGuest(r *http.Request, att *uiaAttempt, localpart str
 	if challenge, err := att.run(); challenge != nil || err != nil {
 		return challenge, err
 	}
-	if err := c.users.UpgradeGuest(r.Context(), guest.UserID, req.Password); err != nil && !uapi.IsNotFound(err) {
+	if err := c.users.UpgradeGuest(r.Context(), guest.UserID, req.Password); err != nil {
+		if !uapi.IsNotFound(err) {
+			return nil, err
+		}
+	} else if err := c.registered(r, att); err != nil {
 		return nil, err
 	}
 	if req.InhibitLogin {
