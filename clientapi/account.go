@@ -41,8 +41,9 @@ func (c *ClientAPI) accountRoutes(r *mux.Router) {
 	r.Handle("/register/available", mxhttp.Handler(c.registerAvailable)).Methods(get)
 	r.Handle("/login", mxhttp.Handler(c.loginFlows)).Methods(get)
 	r.Handle("/login", mxhttp.Handler(c.login)).Methods(post)
-	r.Handle("/logout", c.authedGuest(c.logout)).Methods(post)
-	r.Handle("/logout/all", c.authedGuest(c.logoutAll)).Methods(post)
+	// An expired access token may still log out.
+	r.Handle("/logout", mxhttp.Authenticated(c.users.DeviceByTokenForLogout, c.logout)).Methods(post)
+	r.Handle("/logout/all", mxhttp.Authenticated(c.users.DeviceByTokenForLogout, c.logoutAll)).Methods(post)
 	r.Handle("/account/whoami", c.authedGuest(c.whoami)).Methods(get)
 	r.Handle("/account/password", c.authed(c.changePassword)).Methods(post)
 	r.Handle("/account/deactivate", c.authed(c.deactivate)).Methods(post)

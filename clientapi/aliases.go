@@ -223,7 +223,8 @@ func (c *ClientAPI) capabilities(r *http.Request, dev *uapi.Device) (any, error)
 		available[strconv.Itoa(v)] = "stable"
 	}
 	caps := map[string]any{
-		"m.change_password": map[string]bool{"enabled": true},
+		// Guests have no password (POST /account/password refuses them).
+		"m.change_password": map[string]bool{"enabled": !dev.IsGuest},
 		"m.room_versions": map[string]any{
 			"default":   c.cfg.Rooms.DefaultVersion,
 			"available": available,

@@ -131,8 +131,26 @@ func TestAccessTokenExpiry(t *testing.T) {
 		if status != 200 {
 			t.Fatalf("refresh of an expired token: %d %v", status, got)
 		}
-		if status, got, _ := s.do(t, "GET", "/account/whoami", str(got, "access_token"), nil); status != 200 {
+		fresh := str(got, "access_token")
+		if status, got, _ := s.do(t, "GET", "/account/whoami", fresh, nil); status != 200 {
 			t.Fatalf("whoami with the refreshed token: %d %v", status, got)
+		}
+		// An expired token may still log out (its device goes).
+		poll.Until(t, 10*time.Second, func() error {
+			if status, _, _ := s.do(t, "GET", "/account/whoami", fresh, nil); status != 401 {
+				return fmt.Errorf("not expired yet")
+			}
+			return nil
+		})
+		if status, got, _ := s.do(t, "POST", "/logout", fresh, `{}`); status != 200 {
+			t.Fatalf("logout with an expired token: %d %v", status, got)
+		}
+		if status, got, _ := s.do(t, "POST", "/logout", fresh, `{}`); status != 401 || got["soft_logout"] != nil {
+			t.Fatalf("logout with a logged-out token: %d %v", status, got)
+		}
+		devs, err := s.users.Devices(context.Background(), "@alice:test.local")
+		if err != nil || len(devs) != 1 {
+			t.Fatalf("devices after the logout: %v %v, want only the shared-secret one", devs, err)
 		}
 	})
 }
@@ -152,6 +170,12 @@ func TestLoginToken(t *testing.T) {
 				caps := got["capabilities"].(map[string]any)
 				if fmt.Sprint(caps["m.get_login_token"]) != "map[enabled:true]" {
 					t.Fatalf("m.get_login_token %v", caps["m.get_login_token"])
+				}
+			}},
+			{name: "a guest's capabilities", method: "GET", path: "/capabilities", token: &guestTok, status: 200, check: func(t *testing.T, got map[string]any, _ http.Header) {
+				caps := got["capabilities"].(map[string]any)
+				if fmt.Sprint(caps["m.get_login_token"], caps["m.change_password"]) != "map[enabled:false] map[enabled:false]" {
+					t.Fatalf("guest capabilities %v", caps)
 				}
 			}},
 			{name: "without a token", method: "POST", path: getToken, body: `{}`, status: 401, errcode: "M_MISSING_TOKEN"},

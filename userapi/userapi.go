@@ -404,6 +404,15 @@ func randomDeviceID() (string, error) {
 // when it can. It also records, about once a minute per device, when and
 // from where (uapi.ClientIP(ctx)) the device was last used.
 func (u *UserAPI) DeviceByToken(ctx context.Context, token string) (*uapi.Device, error) {
+	return u.deviceByToken(ctx, token, false)
+}
+
+// DeviceByTokenForLogout implements uapi.API.
+func (u *UserAPI) DeviceByTokenForLogout(ctx context.Context, token string) (*uapi.Device, error) {
+	return u.deviceByToken(ctx, token, true)
+}
+
+func (u *UserAPI) deviceByToken(ctx context.Context, token string, allowExpired bool) (*uapi.Device, error) {
 	if token == "" || len(token) > maxTokenLen {
 		return nil, uapi.ErrUnknownToken
 	}
@@ -421,7 +430,7 @@ func (u *UserAPI) DeviceByToken(ctx context.Context, token string) (*uapi.Device
 	}
 	// Checked here, not only when loading: a cached device outlives its
 	// token's expiry.
-	if dev.ExpiresTS != 0 && now.UnixMilli() >= dev.ExpiresTS {
+	if !allowExpired && dev.ExpiresTS != 0 && now.UnixMilli() >= dev.ExpiresTS {
 		return nil, uapi.ErrTokenExpired
 	}
 	if seen {

@@ -157,6 +157,10 @@ type API interface {
 	// DeviceByToken resolves an access token (ErrUnknownToken if invalid,
 	// ErrTokenExpired if expired).
 	DeviceByToken(ctx context.Context, token string) (*Device, error)
+	// DeviceByTokenForLogout is DeviceByToken that also accepts an
+	// expired access token: a client may log out with one (as in
+	// Synapse), and nothing else.
+	DeviceByTokenForLogout(ctx context.Context, token string) (*Device, error)
 	// Refresh gives the device of a refresh token a new access token (of
 	// lifetime, 0 for never expiring) and a new refresh token
 	// (ErrUnknownToken if invalid). The old refresh token keeps working
