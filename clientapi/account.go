@@ -207,14 +207,16 @@ func (c *ClientAPI) register(r *http.Request) (any, error) {
 		if err := allow(c.limits.register, mxhttp.ClientIP(r)); err != nil {
 			return nil, err
 		}
-		acct, err := c.users.CreateAccount(r.Context(), uapi.CreateAccountRequest{Localpart: localpart, Password: req.Password})
+		var acct *uapi.Account
+		err := c.withRegistrationToken(r, att, func() (bool, error) {
+			var err error
+			acct, err = c.users.CreateAccount(r.Context(), uapi.CreateAccountRequest{Localpart: localpart, Password: req.Password})
+			return err == nil, err
+		})
 		if err != nil {
 			return nil, usernameError(err)
 		}
 		userID = acct.UserID
-		if err := c.registered(r, att); err != nil {
-			return nil, err
-		}
 		if err := att.succeed(userID); err != nil {
 			return nil, err
 		}

@@ -54,11 +54,15 @@ func (c *ClientAPI) upgradeGuest(r *http.Request, att *uiaAttempt, localpart str
 	if challenge, err := att.run(); challenge != nil || err != nil {
 		return challenge, err
 	}
-	if err := c.users.UpgradeGuest(r.Context(), guest.UserID, req.Password); err != nil {
-		if !uapi.IsNotFound(err) {
-			return nil, err
+	err = c.withRegistrationToken(r, att, func() (bool, error) {
+		err := c.users.UpgradeGuest(r.Context(), guest.UserID, req.Password)
+		if uapi.IsNotFound(err) {
+			// Upgraded already, by a request this one repeats.
+			return false, nil
 		}
-	} else if err := c.registered(r, att); err != nil {
+		return err == nil, err
+	})
+	if err != nil {
 		return nil, err
 	}
 	if req.InhibitLogin {

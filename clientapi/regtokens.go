@@ -1,6 +1,7 @@
 package clientapi
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/json"
 	"errors"
@@ -23,7 +24,9 @@ const (
 	regTokenAlphabet      = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._~-"
 )
 
-// registerOp is the UIA operation of POST /register.
+// registerOp is the UIA operation of POST /register. The
+// m.login.registration_token stage checks that the token is valid; its use
+// is counted when the account is made (withRegistrationToken).
 func (c *ClientAPI) registerOp(r *http.Request) uiaOp {
 	op := uiaOp{scope: "register", flows: [][]string{{stageDummy}}, idempotent: true}
 	if c.cfg.Registration.RequiresToken {
@@ -35,7 +38,7 @@ func (c *ClientAPI) registerOp(r *http.Request) uiaOp {
 			if err := allow(c.limits.register, "token:"+mxhttp.ClientIP(r)); err != nil {
 				return err
 			}
-			ok, err := c.users.UseRegistrationToken(r.Context(), d.Token)
+			ok, err := c.users.RegistrationTokenValid(r.Context(), d.Token)
 			if err != nil {
 				return err
 			}
@@ -48,16 +51,37 @@ func (c *ClientAPI) registerOp(r *http.Request) uiaOp {
 	return op
 }
 
-// registered counts the registration token of a registration that made
-// its account as completed.
-func (c *ClientAPI) registered(r *http.Request, att *uiaAttempt) error {
+// withRegistrationToken runs makeAccount with a use of the session's
+// registration token reserved: pending while it runs, completed if it
+// made the account, given back if not. Counting at the end rather than
+// at the stage means an abandoned session holds no use; a token used up
+// since the session passed its stage refuses the registration.
+func (c *ClientAPI) withRegistrationToken(r *http.Request, att *uiaAttempt, makeAccount func() (made bool, err error)) error {
 	if !c.cfg.Registration.RequiresToken {
-		return nil
+		_, err := makeAccount()
+		return err
 	}
-	if tok := att.registrationToken(); tok != "" {
-		return c.users.CompleteRegistrationToken(r.Context(), tok)
+	// The counts are settled even if the client goes away meanwhile.
+	ctx := context.WithoutCancel(r.Context())
+	tok := att.registrationToken()
+	ok, err := c.users.UseRegistrationToken(ctx, tok)
+	if err != nil {
+		return err
 	}
-	return nil
+	if !ok {
+		return mxhttp.Forbidden("The registration token is no longer valid")
+	}
+	made, err := makeAccount()
+	if made {
+		if cerr := c.users.CompleteRegistrationToken(ctx, tok); cerr != nil && err == nil {
+			err = cerr
+		}
+		return err
+	}
+	if rerr := c.users.ReleaseRegistrationToken(ctx, tok); rerr != nil {
+		mxhttp.Logger(ctx).WithError(rerr).Warn("giving back a registration token's pending use")
+	}
+	return err
 }
 
 func (c *ClientAPI) regTokenRoutes(root *mux.Router, v1 *mux.Router) {

@@ -339,6 +339,23 @@ func TestRegistrationTokens(t *testing.T) {
 			{name: "delete", method: "DELETE", path: admin1 + "/abc", token: &admin, status: 200, check: exactly(`{}`)},
 			{name: "delete again", method: "DELETE", path: admin1 + "/abc", token: &admin, status: 404, errcode: "M_NOT_FOUND"},
 			{name: "deleted is invalid", method: "GET", path: validity + "abc", status: 200, check: exactly(`{"valid":false}`)},
+
+			// A session that passed the stage but made no account holds no
+			// use of the token; if the token is used up meanwhile, its
+			// registration is refused.
+			{name: "a one-use token", method: "POST", path: admin1 + "/new", token: &admin, body: `{"token":"solo","uses_allowed":1}`, status: 200},
+			{name: "dan: challenge", method: "POST", path: "/register", body: `{"username":"dan"}`, status: 401, check: keep("session", &session)},
+			{name: "dan: the stage, but no password", method: "POST", path: "/register", status: 400, errcode: "M_MISSING_PARAM", body: func() any {
+				return map[string]any{"auth": map[string]any{"type": "m.login.registration_token", "token": "solo", "session": session}}
+			}},
+			{name: "no use held", method: "GET", path: admin1 + "/solo", token: &admin, status: 200, check: want(map[string]any{"pending": float64(0), "completed": float64(0)})},
+			{name: "erin uses it up", method: "POST", path: "/register", status: 200,
+				body: `{"username":"erin","password":"pw","auth":{"type":"m.login.registration_token","token":"solo"}}`},
+			{name: "dan: used up meanwhile", method: "POST", path: "/register", status: 403, errcode: "M_FORBIDDEN", body: func() any {
+				return map[string]any{"username": "dan", "password": "pw", "auth": map[string]any{"session": session}}
+			}},
+			{name: "counted once", method: "GET", path: admin1 + "/solo", token: &admin, status: 200, check: want(map[string]any{"pending": float64(0), "completed": float64(1)})},
+			{name: "dan was not made", method: "GET", path: "/register/available?username=dan", status: 200, check: exactly(`{"available":true}`)},
 		})
 	})
 	t.Run("not required", func(t *testing.T) {

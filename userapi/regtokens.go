@@ -45,3 +45,8 @@ func (u *UserAPI) UseRegistrationToken(ctx context.Context, token string) (bool,
 func (u *UserAPI) CompleteRegistrationToken(ctx context.Context, token string) error {
 	return u.store.CompleteRegistrationToken(ctx, token)
 }
+
+// ReleaseRegistrationToken implements uapi.API.
+func (u *UserAPI) ReleaseRegistrationToken(ctx context.Context, token string) error {
+	return u.store.ReleaseRegistrationToken(ctx, token)
+}

@@ -33,6 +33,9 @@ type RegistrationTokens interface {
 	// CompleteRegistrationToken moves a pending registration of token to
 	// the completed ones.
 	CompleteRegistrationToken(ctx context.Context, token string) error
+	// ReleaseRegistrationToken gives back a pending registration of
+	// token that made no account.
+	ReleaseRegistrationToken(ctx context.Context, token string) error
 }
 
 // RegistrationToken is a token and its counts, in the shape of Synapse's

@@ -159,3 +159,12 @@ func (s *Storage) CompleteRegistrationToken(ctx context.Context, token string) e
 	}
 	return nil
 }
+
+// ReleaseRegistrationToken gives back one pending use of token.
+func (s *Storage) ReleaseRegistrationToken(ctx context.Context, token string) error {
+	if _, err := s.db.Exec(ctx, `UPDATE userapi_registration_tokens
+		SET pending = CASE WHEN pending > 0 THEN pending - 1 ELSE 0 END WHERE token = $1`, token); err != nil {
+		return fmt.Errorf("release registration token: %w", err)
+	}
+	return nil
+}
