@@ -117,7 +117,7 @@ func (c *ClientAPI) Routes(root *mux.Router) {
 	}
 	v1 := root.PathPrefix("/_matrix/client/v1").Subrouter()
 	c.v1Routes(v1)
-	c.accountV1Routes(v1)
+	c.accountV1Routes(root, v1)
 	c.regTokenRoutes(root, v1)
 	c.dehydratedRoutes(root)
 }

@@ -111,7 +111,10 @@ func (c *ClientAPI) loginWithToken(r *http.Request, req *loginRequest) (any, err
 	return c.logIn(r, userID, req.deviceFields)
 }
 
-// accountV1Routes registers the account endpoints under /_matrix/client/v1.
-func (c *ClientAPI) accountV1Routes(r *mux.Router) {
-	c.tokenV1Routes(r)
+// accountV1Routes registers the account endpoints under /_matrix/client/v1,
+// and get_token on MSC3882's unstable prefix too, which the
+// org.matrix.msc3882 flag of /versions promises.
+func (c *ClientAPI) accountV1Routes(root, v1 *mux.Router) {
+	c.tokenV1Routes(v1)
+	root.Handle("/_matrix/client/unstable/org.matrix.msc3882/login/get_token", c.authed(c.getLoginToken)).Methods(http.MethodPost)
 }

@@ -172,6 +172,11 @@ func TestLoginToken(t *testing.T) {
 					t.Fatalf("m.get_login_token %v", caps["m.get_login_token"])
 				}
 			}},
+			{name: "versions", method: "GET", path: "/_matrix/client/versions", status: 200, check: func(t *testing.T, got map[string]any, _ http.Header) {
+				if f := got["unstable_features"].(map[string]any); f["org.matrix.msc3882"] != true {
+					t.Fatalf("unstable_features %v", f)
+				}
+			}},
 			{name: "a guest's capabilities", method: "GET", path: "/capabilities", token: &guestTok, status: 200, check: func(t *testing.T, got map[string]any, _ http.Header) {
 				caps := got["capabilities"].(map[string]any)
 				if fmt.Sprint(caps["m.get_login_token"], caps["m.change_password"]) != "map[enabled:false] map[enabled:false]" {
@@ -196,6 +201,8 @@ func TestLoginToken(t *testing.T) {
 			{name: "log in with it", method: "POST", path: "/login", status: 200, body: func() any {
 				return map[string]any{"type": "m.login.token", "token": loginToken, "initial_device_display_name": "second"}
 			}, check: want(map[string]any{"user_id": "@alice:test.local"})},
+			{name: "the unstable path", method: "POST", path: "/_matrix/client/unstable/org.matrix.msc3882/login/get_token", token: &tok, status: 401, body: `{}`,
+				check: want(map[string]any{"flows": []any{map[string]any{"stages": []any{"m.login.password"}}}})},
 			{name: "only once", method: "POST", path: "/login", status: 403, errcode: "M_FORBIDDEN", body: func() any {
 				return map[string]any{"type": "m.login.token", "token": loginToken}
 			}},
