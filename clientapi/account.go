@@ -41,11 +41,15 @@ func (c *ClientAPI) accountRoutes(r *mux.Router) {
 	r.Handle("/register/available", mxhttp.Handler(c.registerAvailable)).Methods(get)
 	r.Handle("/login", mxhttp.Handler(c.loginFlows)).Methods(get)
 	r.Handle("/login", mxhttp.Handler(c.login)).Methods(post)
-	r.Handle("/logout", c.authedGuest(c.logout)).Methods(post)
-	r.Handle("/logout/all", c.authedGuest(c.logoutAll)).Methods(post)
+	// An expired access token may still log out.
+	r.Handle("/logout", mxhttp.Authenticated(c.users.DeviceByTokenForLogout, c.logout)).Methods(post)
+	r.Handle("/logout/all", mxhttp.Authenticated(c.users.DeviceByTokenForLogout, c.logoutAll)).Methods(post)
 	r.Handle("/account/whoami", c.authedGuest(c.whoami)).Methods(get)
 	r.Handle("/account/password", c.authed(c.changePassword)).Methods(post)
 	r.Handle("/account/deactivate", c.authed(c.deactivate)).Methods(post)
+	r.Handle("/voip/turnServer", c.authedGuest(c.turnServer)).Methods(get)
+	c.threepidRoutes(r)
+	c.tokenRoutes(r)
 
 	r.Handle("/devices", c.authed(c.listDevices)).Methods(get)
 	r.Handle("/admin/whois/{userId}", c.authed(c.whois)).Methods(get)
@@ -72,12 +76,18 @@ type loginResponse struct {
 	AccessToken string `json:"access_token,omitempty"`
 	DeviceID    string `json:"device_id,omitempty"`
 	HomeServer  string `json:"home_server"`
+	// RefreshToken and ExpiresInMS are there when the client asked for a
+	// refresh token and the server gives them.
+	RefreshToken string `json:"refresh_token,omitempty"`
+	ExpiresInMS  int64  `json:"expires_in_ms,omitempty"`
 }
 
 // deviceFields are the device fields of /login and /register.
 type deviceFields struct {
 	DeviceID                 string `json:"device_id"`
 	InitialDeviceDisplayName string `json:"initial_device_display_name"`
+	// RefreshToken asks for an expiring access token and a refresh token.
+	RefreshToken bool `json:"refresh_token"`
 }
 
 func (d deviceFields) validate() error {
@@ -96,17 +106,23 @@ func checkDeviceName(field, name string) error {
 
 // logIn makes a device for userID and the response that hands it out.
 func (c *ClientAPI) logIn(r *http.Request, userID string, d deviceFields) (*loginResponse, error) {
-	dev, token, err := c.users.CreateDevice(r.Context(), uapi.CreateDeviceRequest{
+	req := uapi.CreateDeviceRequest{
 		UserID:      userID,
 		DeviceID:    d.DeviceID,
 		DisplayName: d.InitialDeviceDisplayName,
 		IP:          mxhttp.ClientIP(r),
 		UserAgent:   r.UserAgent(),
-	})
+	}
+	if d.RefreshToken {
+		req.RefreshLifetime = c.cfg.ClientAPI.AccessTokenLifetime
+	}
+	dev, tokens, err := c.users.CreateDevice(r.Context(), req)
 	if err != nil {
 		return nil, err
 	}
-	return &loginResponse{UserID: userID, AccessToken: token, DeviceID: dev.DeviceID, HomeServer: c.cfg.ServerName}, nil
+	resp := &loginResponse{UserID: userID, AccessToken: tokens.Access, DeviceID: dev.DeviceID, HomeServer: c.cfg.ServerName}
+	c.setExpiry(resp, tokens)
+	return resp, nil
 }
 
 // usernameError gives an invalid-username error its detailed message.
@@ -157,7 +173,7 @@ func (c *ClientAPI) register(r *http.Request) (any, error) {
 		return nil, err
 	}
 	var req registerRequest
-	att, err := c.uia.open(uiaOp{scope: "register", flows: [][]string{{stageDummy}}, idempotent: true}, body, &req)
+	att, err := c.uia.open(c.registerOp(r), body, &req)
 	if err != nil {
 		return nil, err
 	}
@@ -191,7 +207,12 @@ func (c *ClientAPI) register(r *http.Request) (any, error) {
 		if err := allow(c.limits.register, mxhttp.ClientIP(r)); err != nil {
 			return nil, err
 		}
-		acct, err := c.users.CreateAccount(r.Context(), uapi.CreateAccountRequest{Localpart: localpart, Password: req.Password})
+		var acct *uapi.Account
+		err := c.withRegistrationToken(r, att, func() (bool, error) {
+			var err error
+			acct, err = c.users.CreateAccount(r.Context(), uapi.CreateAccountRequest{Localpart: localpart, Password: req.Password})
+			return err == nil, err
+		})
 		if err != nil {
 			return nil, usernameError(err)
 		}
@@ -256,8 +277,14 @@ func (c *ClientAPI) registerAvailable(r *http.Request) (any, error) {
 	return map[string]bool{"available": true}, nil
 }
 
+// loginFlows is GET /login: passwords, and login tokens when
+// /login/get_token hands them out (get_login_token says it does).
 func (c *ClientAPI) loginFlows(r *http.Request) (any, error) {
-	return map[string]any{"flows": []map[string]string{{"type": stagePassword}}}, nil
+	flows := []map[string]any{{"type": stagePassword}}
+	if c.loginTokensEnabled() {
+		flows = append(flows, map[string]any{"type": loginTypeToken, "get_login_token": true})
+	}
+	return map[string]any{"flows": flows}, nil
 }
 
 type loginRequest struct {
@@ -266,10 +293,11 @@ type loginRequest struct {
 	Identifier *userIdentifier `json:"identifier"`
 	User       string          `json:"user"` // deprecated form of identifier
 	Password   string          `json:"password"`
+	Token      string          `json:"token"`
 }
 
 func (q *loginRequest) Validate() error {
-	if q.Type != stagePassword {
+	if q.Type != stagePassword && q.Type != loginTypeToken {
 		return mxhttp.Unknown("Unknown login type %q", q.Type)
 	}
 	return q.deviceFields.validate()
@@ -283,6 +311,9 @@ func (c *ClientAPI) login(r *http.Request) (any, error) {
 	var req loginRequest
 	if err := mxhttp.ReadJSON(r, &req); err != nil {
 		return nil, err
+	}
+	if req.Type == loginTypeToken {
+		return c.loginWithToken(r, &req)
 	}
 	name := req.User
 	if req.Identifier != nil {
@@ -431,16 +462,29 @@ func (c *ClientAPI) deactivate(r *http.Request, dev *uapi.Device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Only auth is read: erase is not supported, and no third-party IDs
-	// are bound for id_server to name.
-	var req struct{}
+	// No third-party IDs are bound for id_server to name.
+	var req struct {
+		Erase bool `json:"erase"`
+	}
 	if challenge, err := c.passwordAuth(r, dev, "deactivate", body, &req); challenge != nil || err != nil {
 		return challenge, err
+	}
+	if req.Erase {
+		// As Synapse: the profile is cleared while the user is still in
+		// their rooms, so their member events lose name and avatar too.
+		empty := ""
+		if err := c.users.SetProfile(r.Context(), dev.UserID, &empty, &empty); err != nil {
+			return nil, err
+		}
+		if err := c.propagateProfile(r.Context(), dev.UserID); err != nil {
+			// The leaves below carry no profile either.
+			mxhttp.Logger(r.Context()).WithError(err).WithField("user_id", dev.UserID).Warn("clearing an erased user's room profiles")
+		}
 	}
 	if err := c.leaveAllRooms(r.Context(), dev.UserID); err != nil {
 		return nil, err
 	}
-	if err := c.users.Deactivate(r.Context(), dev.UserID); err != nil {
+	if err := c.users.Deactivate(r.Context(), dev.UserID, req.Erase); err != nil {
 		return nil, err
 	}
 	// Myelin binds no third-party IDs, so there is nothing to unbind.

@@ -223,7 +223,8 @@ func (c *ClientAPI) capabilities(r *http.Request, dev *uapi.Device) (any, error)
 		available[strconv.Itoa(v)] = "stable"
 	}
 	caps := map[string]any{
-		"m.change_password": map[string]bool{"enabled": true},
+		// Guests have no password (POST /account/password refuses them).
+		"m.change_password": map[string]bool{"enabled": !dev.IsGuest},
 		"m.room_versions": map[string]any{
 			"default":   c.cfg.Rooms.DefaultVersion,
 			"available": available,
@@ -231,7 +232,8 @@ func (c *ClientAPI) capabilities(r *http.Request, dev *uapi.Device) (any, error)
 		"m.set_displayname": map[string]bool{"enabled": true},
 		"m.set_avatar_url":  map[string]bool{"enabled": true},
 		"m.3pid_changes":    map[string]bool{"enabled": false},
-		"m.get_login_token": map[string]bool{"enabled": false},
+		// Guests cannot call /login/get_token (it needs a password).
+		"m.get_login_token": map[string]bool{"enabled": c.loginTokensEnabled() && !dev.IsGuest},
 	}
 	raw, _ := json.Marshal(map[string]any{"capabilities": caps})
 	return json.RawMessage(raw), nil

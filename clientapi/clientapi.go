@@ -115,7 +115,10 @@ func (c *ClientAPI) Routes(root *mux.Router) {
 		c.keyRoutes(r)
 		c.roomKeyRoutes(r)
 	}
-	c.v1Routes(root.PathPrefix("/_matrix/client/v1").Subrouter())
+	v1 := root.PathPrefix("/_matrix/client/v1").Subrouter()
+	c.v1Routes(v1)
+	c.accountV1Routes(root, v1)
+	c.regTokenRoutes(root, v1)
 	c.dehydratedRoutes(root)
 }
 

@@ -54,7 +54,15 @@ func (c *ClientAPI) upgradeGuest(r *http.Request, att *uiaAttempt, localpart str
 	if challenge, err := att.run(); challenge != nil || err != nil {
 		return challenge, err
 	}
-	if err := c.users.UpgradeGuest(r.Context(), guest.UserID, req.Password); err != nil && !uapi.IsNotFound(err) {
+	err = c.withRegistrationToken(r, att, func() (bool, error) {
+		err := c.users.UpgradeGuest(r.Context(), guest.UserID, req.Password)
+		if uapi.IsNotFound(err) {
+			// Upgraded already, by a request this one repeats.
+			return false, nil
+		}
+		return err == nil, err
+	})
+	if err != nil {
 		return nil, err
 	}
 	if req.InhibitLogin {

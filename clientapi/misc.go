@@ -6,7 +6,14 @@ import (
 	"myelin/internal/mxhttp"
 )
 
-// versions lists the spec versions whose endpoints Myelin serves in full.
+// versions lists the spec versions Myelin serves and the unstable
+// features clients look for.
+//
+// v1.6 is not listed while /relations (v1.3's, with v1.6's dir) is
+// missing; the versions up to v1.5 stay listed because clients refuse a
+// server without them, though /relations and the media endpoints are not
+// all served yet. Features of later versions that work are announced by
+// their unstable flags, which clients check when the version is absent.
 func (c *ClientAPI) versions(r *http.Request) (any, error) {
 	return map[string]any{
 		"versions": []string{
@@ -16,6 +23,11 @@ func (c *ClientAPI) versions(r *http.Request) (any, error) {
 		"unstable_features": map[string]bool{
 			// Dehydrated devices.
 			"org.matrix.msc3814": true,
+			// POST /login/get_token (v1.7), which matrix-js-sdk looks for
+			// by this flag on servers without v1.7.
+			"org.matrix.msc3882": c.loginTokensEnabled(),
+			// Private read receipts (m.read.private, v1.4).
+			"org.matrix.msc2285.stable": true,
 		},
 	}, nil
 }

@@ -29,8 +29,9 @@ const (
 	// them with each request, as the spec has it do anyway.
 	maxUIAParams = 8 << 10
 
-	stageDummy    = "m.login.dummy"
-	stagePassword = "m.login.password"
+	stageDummy             = "m.login.dummy"
+	stagePassword          = "m.login.password"
+	stageRegistrationToken = "m.login.registration_token"
 )
 
 // uiaSessions tracks user-interactive authentication sessions.
@@ -59,6 +60,9 @@ type uiaSession struct {
 	// with.
 	lock    chan struct{}
 	outcome string
+	// regToken is the registration token of a passed
+	// m.login.registration_token stage.
+	regToken string
 }
 
 // authDict is the "auth" object of a request. Only the fields of the stages
@@ -70,6 +74,8 @@ type authDict struct {
 	Identifier userIdentifier `json:"identifier"`
 	// User is the deprecated form of Identifier.
 	User string `json:"user"`
+	// Token is m.login.registration_token's.
+	Token string `json:"token"`
 }
 
 // userIdentifier names the user logging in (spec: "Identifier types").
@@ -111,6 +117,9 @@ type uiaOp struct {
 	// password checks an m.login.password stage; it returns *stageFailed
 	// for wrong credentials, any other error to fail the request.
 	password func(d *authDict) error
+	// registrationToken checks an m.login.registration_token stage, as
+	// password does its stage.
+	registrationToken func(d *authDict) error
 	// idempotent keeps the session once a flow is complete, so that a
 	// client that lost the response can repeat the request and get the same
 	// result (registration; see uiaAttempt.lock). Other sessions authorise
@@ -193,6 +202,19 @@ func (a *uiaAttempt) outcome() string {
 	return sess.outcome
 }
 
+// registrationToken is the token of the session's (or this request's)
+// m.login.registration_token stage, "" if none passed.
+func (a *uiaAttempt) registrationToken() string {
+	if a.auth.Type == stageRegistrationToken {
+		return a.auth.Token
+	}
+	if a.id == "" {
+		return ""
+	}
+	sess, _ := a.s.store.get(a.id)
+	return sess.regToken
+}
+
 // run advances the session by the stage in the request's auth dict. It
 // returns (nil, nil) once a flow is complete; otherwise the challenge to
 // answer with, or an error.
@@ -223,6 +245,9 @@ func (a *uiaAttempt) run() (*mxhttp.Response, error) {
 	case a.op.idempotent:
 		if err := a.s.store.update(a.id, func(sess *uiaSession) {
 			sess.completed = addStage(sess.completed, a.auth.Type)
+			if a.auth.Type == stageRegistrationToken {
+				sess.regToken = a.auth.Token
+			}
 		}); err != nil {
 			return nil, a.expired()
 		}
@@ -253,6 +278,16 @@ func (a *uiaAttempt) check() error {
 			return fmt.Errorf("uia scope %s offers %s without a checker", a.op.scope, stagePassword)
 		}
 		return a.op.password(&a.auth)
+	case stageRegistrationToken:
+		if a.op.registrationToken == nil {
+			return fmt.Errorf("uia scope %s offers %s without a checker", a.op.scope, stageRegistrationToken)
+		}
+		// A session that passed it already used its token: a repeated
+		// request does not count it twice.
+		if slices.Contains(a.sess.completed, stageRegistrationToken) && a.sess.regToken == a.auth.Token {
+			return nil
+		}
+		return a.op.registrationToken(&a.auth)
 	default:
 		return fmt.Errorf("uia scope %s offers %s, which has no checker", a.op.scope, a.auth.Type)
 	}
@@ -297,6 +332,9 @@ func (a *uiaAttempt) challenge(failure *stageFailed) (*mxhttp.Response, error) {
 	}
 	record := func(sess *uiaSession) {
 		sess.completed = addStage(sess.completed, passed)
+		if passed == stageRegistrationToken {
+			sess.regToken = a.auth.Token
+		}
 		if a.params != nil && len(a.params) <= maxUIAParams {
 			sess.params = a.params
 		}

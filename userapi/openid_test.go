@@ -51,7 +51,7 @@ func TestOpenIDTokens(t *testing.T) {
 		check("an access token", access, "")
 		check("empty", "", "")
 		check("unknown", tokA.Token+"x", "")
-		if err := u.Deactivate(ctx, bob); err != nil {
+		if err := u.Deactivate(ctx, bob, false); err != nil {
 			t.Fatal(err)
 		}
 		check("deactivated bob's token", tokB.Token, "")

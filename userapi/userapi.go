@@ -247,12 +247,12 @@ func (u *UserAPI) UpgradeGuest(ctx context.Context, userID, password string) err
 
 // Deactivate disables an account for good: its devices are deleted, its
 // profile cleared, and it can no longer log in.
-func (u *UserAPI) Deactivate(ctx context.Context, userID string) error {
+func (u *UserAPI) Deactivate(ctx context.Context, userID string, erase bool) error {
 	gone, err := u.devicesOf(ctx, userID, nil)
 	if err != nil {
 		return err
 	}
-	if err := u.store.Deactivate(ctx, userID); err != nil {
+	if err := u.store.Deactivate(ctx, userID, erase); err != nil {
 		return err
 	}
 	u.tokens.invalidateUser(userID)
@@ -260,34 +260,39 @@ func (u *UserAPI) Deactivate(ctx context.Context, userID string) error {
 }
 
 // CreateDevice logs a user in: a new device with a fresh access token, or
-// an existing device (named by req.DeviceID) whose old token is revoked.
-func (u *UserAPI) CreateDevice(ctx context.Context, req uapi.CreateDeviceRequest) (*uapi.Device, string, error) {
+// an existing device (named by req.DeviceID) whose old tokens are revoked.
+func (u *UserAPI) CreateDevice(ctx context.Context, req uapi.CreateDeviceRequest) (*uapi.Device, uapi.Tokens, error) {
+	var none uapi.Tokens
 	a, _, err := u.store.Account(ctx, req.UserID)
 	if err != nil {
-		return nil, "", err
+		return nil, none, err
 	}
 	if a.Deactivated {
-		return nil, "", uapi.ErrUserDeactivated
+		return nil, none, uapi.ErrUserDeactivated
 	}
-	token, err := randomString(32)
+	tokens, err := u.newTokens(req.RefreshLifetime)
 	if err != nil {
-		return nil, "", err
+		return nil, none, err
 	}
 	nd := storage.NewDevice{
-		UserID:      req.UserID,
-		DeviceID:    req.DeviceID,
-		DisplayName: req.DisplayName,
-		TokenHash:   hashToken(token),
-		IP:          req.IP,
-		UserAgent:   req.UserAgent,
-		TS:          u.now().UnixMilli(),
-		Replace:     req.DeviceID != "",
+		UserID:         req.UserID,
+		DeviceID:       req.DeviceID,
+		DisplayName:    req.DisplayName,
+		TokenHash:      hashToken(tokens.Access),
+		IP:             req.IP,
+		UserAgent:      req.UserAgent,
+		TS:             u.now().UnixMilli(),
+		TokenExpiresTS: tokens.ExpiresTS,
+		Replace:        req.DeviceID != "",
+	}
+	if tokens.Refresh != "" {
+		nd.RefreshHash = hashToken(tokens.Refresh)
 	}
 	var dev *uapi.Device
 	if nd.Replace {
 		dev, err = u.store.InsertDevice(ctx, nd)
 		if err != nil {
-			return nil, "", err
+			return nil, none, err
 		}
 		u.tokens.invalidateDevices(req.UserID, req.DeviceID)
 	} else {
@@ -295,7 +300,7 @@ func (u *UserAPI) CreateDevice(ctx context.Context, req uapi.CreateDeviceRequest
 		// taking that device over.
 		for i := 0; i < 5; i++ {
 			if nd.DeviceID, err = randomDeviceID(); err != nil {
-				return nil, "", err
+				return nil, none, err
 			}
 			dev, err = u.store.InsertDevice(ctx, nd)
 			if !errors.Is(err, uapi.ErrUserInUse) {
@@ -303,14 +308,74 @@ func (u *UserAPI) CreateDevice(ctx context.Context, req uapi.CreateDeviceRequest
 			}
 		}
 		if err != nil {
-			return nil, "", err
+			return nil, none, err
 		}
 	}
 	dev.IsAdmin = a.IsAdmin
 	if err := u.deviceAdded(ctx, dev); err != nil {
-		return nil, "", err
+		return nil, none, err
 	}
-	return dev, token, nil
+	return dev, tokens, nil
+}
+
+// newTokens makes an access token, and when lifetime is positive a
+// refresh token and the access token's expiry.
+func (u *UserAPI) newTokens(lifetime time.Duration) (uapi.Tokens, error) {
+	var t uapi.Tokens
+	var err error
+	if t.Access, err = randomString(32); err != nil {
+		return t, err
+	}
+	if lifetime > 0 {
+		if t.Refresh, err = randomString(32); err != nil {
+			return t, err
+		}
+		t.ExpiresTS = u.now().Add(lifetime).UnixMilli()
+	}
+	return t, nil
+}
+
+// Refresh implements uapi.API.
+func (u *UserAPI) Refresh(ctx context.Context, refreshToken string, lifetime time.Duration) (uapi.Tokens, error) {
+	if refreshToken == "" || len(refreshToken) > maxTokenLen {
+		return uapi.Tokens{}, uapi.ErrUnknownToken
+	}
+	tokens, err := u.newTokens(lifetime)
+	if err != nil {
+		return uapi.Tokens{}, err
+	}
+	newRefresh := ""
+	if tokens.Refresh != "" {
+		newRefresh = hashToken(tokens.Refresh)
+	}
+	dev, err := u.store.Refresh(ctx, hashToken(refreshToken), hashToken(tokens.Access), newRefresh, tokens.ExpiresTS)
+	if err != nil {
+		return uapi.Tokens{}, err
+	}
+	// The old access token is gone; so must its cache entry be.
+	u.tokens.invalidateDevices(dev.UserID, dev.DeviceID)
+	return tokens, nil
+}
+
+// CreateLoginToken implements uapi.API.
+func (u *UserAPI) CreateLoginToken(ctx context.Context, userID string, lifetime time.Duration) (string, error) {
+	token, err := randomString(32)
+	if err != nil {
+		return "", err
+	}
+	now := u.now()
+	if err := u.store.InsertLoginToken(ctx, hashToken(token), userID, now.Add(lifetime).UnixMilli(), now.UnixMilli()); err != nil {
+		return "", err
+	}
+	return token, nil
+}
+
+// TakeLoginToken implements uapi.API.
+func (u *UserAPI) TakeLoginToken(ctx context.Context, token string) (string, error) {
+	if token == "" || len(token) > maxTokenLen {
+		return "", uapi.ErrUnknownToken
+	}
+	return u.store.TakeLoginToken(ctx, hashToken(token), u.now().UnixMilli())
 }
 
 // randomString returns n random bytes, URL-safe base64-encoded.
@@ -339,6 +404,15 @@ func randomDeviceID() (string, error) {
 // when it can. It also records, about once a minute per device, when and
 // from where (uapi.ClientIP(ctx)) the device was last used.
 func (u *UserAPI) DeviceByToken(ctx context.Context, token string) (*uapi.Device, error) {
+	return u.deviceByToken(ctx, token, false)
+}
+
+// DeviceByTokenForLogout implements uapi.API.
+func (u *UserAPI) DeviceByTokenForLogout(ctx context.Context, token string) (*uapi.Device, error) {
+	return u.deviceByToken(ctx, token, true)
+}
+
+func (u *UserAPI) deviceByToken(ctx context.Context, token string, allowExpired bool) (*uapi.Device, error) {
 	if token == "" || len(token) > maxTokenLen {
 		return nil, uapi.ErrUnknownToken
 	}
@@ -353,6 +427,11 @@ func (u *UserAPI) DeviceByToken(ctx context.Context, token string) (*uapi.Device
 			return nil, err
 		}
 		dev, seen = u.tokens.put(hash, *loaded, gen, now, ip)
+	}
+	// Checked here, not only when loading: a cached device outlives its
+	// token's expiry.
+	if !allowExpired && dev.ExpiresTS != 0 && now.UnixMilli() >= dev.ExpiresTS {
+		return nil, uapi.ErrTokenExpired
 	}
 	if seen {
 		u.lastSeen.add(dev.SessionID, dev.LastSeenTS, ip)

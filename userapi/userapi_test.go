@@ -79,7 +79,7 @@ func mustLogin(t testing.TB, u *UserAPI, userID, deviceID string) (*uapi.Device,
 	if err != nil {
 		t.Fatalf("create device for %s: %v", userID, err)
 	}
-	return dev, tok
+	return dev, tok.Access
 }
 
 func TestAccounts(t *testing.T) {
@@ -211,7 +211,7 @@ func TestAccounts(t *testing.T) {
 			if _, err := u.DeviceByToken(ctx, tok); err != nil {
 				t.Fatal(err)
 			}
-			if err := u.Deactivate(ctx, "@dave:test.local"); err != nil {
+			if err := u.Deactivate(ctx, "@dave:test.local", false); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := u.DeviceByToken(ctx, tok); !errors.Is(err, uapi.ErrUnknownToken) {
@@ -227,7 +227,7 @@ func TestAccounts(t *testing.T) {
 			if err != nil || !a.Deactivated {
 				t.Fatalf("account = %+v, %v", a, err)
 			}
-			if err := u.Deactivate(ctx, "@nobody:test.local"); !uapi.IsNotFound(err) {
+			if err := u.Deactivate(ctx, "@nobody:test.local", false); !uapi.IsNotFound(err) {
 				t.Fatalf("deactivate unknown: err = %v", err)
 			}
 		})

@@ -2,6 +2,7 @@
 //
 //	myelin [--config FILE]                          run the server
 //	myelin [--config FILE] create-account USER [--admin] [--password P]
+//	myelin [--config FILE] registration-token create|list|delete ...
 //
 // Without --config it reads ./config.yaml when present, else runs on the
 // built-in defaults. Every setting can be overridden by an environment
@@ -42,6 +43,9 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: myelin [--config FILE]                 run the homeserver")
 		fmt.Fprintln(stderr, "       myelin [--config FILE] create-account USER [--admin] [--password P]")
+		fmt.Fprintln(stderr, "       myelin [--config FILE] registration-token create [--token T] [--uses N] [--expires D]")
+		fmt.Fprintln(stderr, "       myelin [--config FILE] registration-token list [--valid|--invalid]")
+		fmt.Fprintln(stderr, "       myelin [--config FILE] registration-token delete TOKEN")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -63,6 +67,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		switch rest[0] {
 		case "create-account":
 			return createAccount(cfg, rest[1:], stdin, stdout, stderr)
+		case "registration-token":
+			return registrationToken(cfg, rest[1:], stdout, stderr)
 		default:
 			fmt.Fprintf(stderr, "myelin: unknown command %q\n", rest[0])
 			fs.Usage()
@@ -156,24 +162,12 @@ func createAccount(cfg *config.Config, args []string, stdin io.Reader, stdout, s
 		}
 	}
 	ctx := context.Background()
-	log := logrus.New()
-	log.SetOutput(stderr)
-	log.SetLevel(logrus.WarnLevel)
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		fmt.Fprintln(stderr, "myelin:", err)
-		return 1
-	}
-	db, err := sqldb.Open(ctx, cfg.Database.URL, sqldb.Options{MaxOpenConns: 2})
-	if err != nil {
-		fmt.Fprintln(stderr, "myelin: database:", err)
-		return 1
-	}
-	defer db.Close()
-	users, err := userapi.New(ctx, db, nil, cfg, log.WithField("component", "userapi"))
+	users, closeDB, err := openUsers(ctx, cfg, stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "myelin:", err)
 		return 1
 	}
+	defer closeDB()
 	acc, err := users.CreateAccount(ctx, uapi.CreateAccountRequest{Localpart: localpart, Password: *password, IsAdmin: *admin})
 	if err != nil {
 		fmt.Fprintln(stderr, "myelin: create account:", err)
@@ -185,6 +179,27 @@ func createAccount(cfg *config.Config, args []string, stdin io.Reader, stdout, s
 	}
 	fmt.Fprintf(stdout, "created %s %s\n", kind, acc.UserID)
 	return 0
+}
+
+// openUsers opens the database and the userapi on it, without a bus, for
+// the commands that change accounts whether or not the server runs.
+func openUsers(ctx context.Context, cfg *config.Config, stderr io.Writer) (*userapi.UserAPI, func(), error) {
+	log := logrus.New()
+	log.SetOutput(stderr)
+	log.SetLevel(logrus.WarnLevel)
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, nil, err
+	}
+	db, err := sqldb.Open(ctx, cfg.Database.URL, sqldb.Options{MaxOpenConns: 2})
+	if err != nil {
+		return nil, nil, fmt.Errorf("database: %w", err)
+	}
+	users, err := userapi.New(ctx, db, nil, cfg, log.WithField("component", "userapi"))
+	if err != nil {
+		db.Close()
+		return nil, nil, err
+	}
+	return users, func() { db.Close() }, nil
 }
 
 // tuneGC applies the memory settings, except those the GOGC and

@@ -71,6 +71,8 @@ var pathVars = map[string]pathVar{
 	// ID once the body is parsed, so a fault of the body answers first
 	// (M_BAD_JSON), as Synapse answers it.
 	"pduEventId": {check: opaque},
+	// A registration token in Synapse's admin API.
+	"regToken": {check: opaque},
 }
 
 // decodeVars URL-decodes path variables in place, once, so that handlers

@@ -55,6 +55,32 @@ type ClientAPI struct {
 	// TLSCert and TLSKey, when both set, make the listener serve HTTPS.
 	TLSCert string `yaml:"tls_cert"`
 	TLSKey  string `yaml:"tls_key"`
+	// AccessTokenLifetime is how long an access token lasts when its
+	// client asked for a refresh token (refresh_token on /login and
+	// /register); 0 hands out no refresh tokens. Clients that do not ask
+	// get tokens that last until logout.
+	AccessTokenLifetime time.Duration `yaml:"access_token_lifetime"`
+	// LoginTokenLifetime is how long a token from /login/get_token may be
+	// used (once) to sign in another device; 0 turns the endpoint off.
+	LoginTokenLifetime time.Duration `yaml:"login_token_lifetime"`
+	// TURN is what /voip/turnServer hands out.
+	TURN TURN `yaml:"turn"`
+}
+
+// TURN configures the TURN servers clients use for VoIP calls.
+type TURN struct {
+	// URIs are the turn:/turns:/stun: URIs; empty answers {}.
+	URIs []string `yaml:"uris"`
+	// SharedSecret makes time-limited credentials (the TURN REST API
+	// scheme coturn's use-auth-secret reads); else Username and Password
+	// are handed out as they are.
+	SharedSecret string `yaml:"shared_secret"`
+	Username     string `yaml:"username"`
+	Password     string `yaml:"password"`
+	// UserLifetime is how long shared-secret credentials last.
+	UserLifetime time.Duration `yaml:"user_lifetime"`
+	// AllowGuests lets guest accounts have credentials too.
+	AllowGuests bool `yaml:"allow_guests"`
 }
 
 // FederationAPI configures the Server-Server API listener and this
@@ -162,6 +188,10 @@ type Registration struct {
 	// AllowGuests lets clients register guest accounts (kind=guest), which
 	// may join rooms that allow guests and do little else.
 	AllowGuests bool `yaml:"allow_guests"`
+	// RequiresToken makes open registration ask for a registration token
+	// (the m.login.registration_token stage); admins make tokens with
+	// `myelin registration-token` or the admin API.
+	RequiresToken bool `yaml:"requires_token"`
 }
 
 // RateLimits configures per-user and per-IP token buckets.
@@ -241,8 +271,11 @@ func Defaults() *Config {
 		ServerName: "localhost",
 		DataDir:    "./data",
 		ClientAPI: ClientAPI{
-			Listen:          "127.0.0.1:8008",
-			MaxRequestBytes: 10 << 20,
+			Listen:              "127.0.0.1:8008",
+			MaxRequestBytes:     10 << 20,
+			AccessTokenLifetime: 5 * time.Minute,
+			LoginTokenLifetime:  2 * time.Minute,
+			TURN:                TURN{UserLifetime: time.Hour, AllowGuests: true},
 		},
 		FederationAPI: FederationAPI{Listen: "", MaxRequestBytes: 16 << 20},
 		MediaAPI: MediaAPI{
@@ -297,6 +330,9 @@ func Load(path string, env []string) (*Config, error) {
 }
 
 func (c *Config) fillDerived() {
+	if len(c.ClientAPI.TURN.URIs) == 0 {
+		c.ClientAPI.TURN.URIs = nil
+	}
 	if len(c.FederationAPI.TrustedCAFiles) == 0 {
 		c.FederationAPI.TrustedCAFiles = nil // "[]" in the file is the default
 	}
@@ -375,6 +411,24 @@ func (c *Config) Validate() error {
 	}
 	if (c.FederationAPI.TLSCert == "") != (c.FederationAPI.TLSKey == "") {
 		bad("federation_api.tls_cert", c.FederationAPI.TLSCert, "tls_cert and tls_key must be set together")
+	}
+	if c.ClientAPI.AccessTokenLifetime < 0 {
+		bad("client_api.access_token_lifetime", c.ClientAPI.AccessTokenLifetime, "must not be negative")
+	}
+	if c.ClientAPI.LoginTokenLifetime < 0 || c.ClientAPI.LoginTokenLifetime > time.Hour {
+		bad("client_api.login_token_lifetime", c.ClientAPI.LoginTokenLifetime, "must be from 0 to 1h")
+	}
+	turn := c.ClientAPI.TURN
+	for _, u := range turn.URIs {
+		if !strings.HasPrefix(u, "turn:") && !strings.HasPrefix(u, "turns:") && !strings.HasPrefix(u, "stun:") {
+			bad("client_api.turn.uris", u, "must be a turn:, turns: or stun: URI")
+		}
+	}
+	if turn.SharedSecret != "" && (turn.Username != "" || turn.Password != "") {
+		bad("client_api.turn.shared_secret", "(set)", "shared_secret and username/password are alternatives: set one")
+	}
+	if turn.UserLifetime < time.Minute {
+		bad("client_api.turn.user_lifetime", turn.UserLifetime, "must be at least 1m")
 	}
 	if c.FederationAPI.MaxRequestBytes < 65536 {
 		bad("federation_api.max_request_bytes", c.FederationAPI.MaxRequestBytes, "must be at least 65536 (one PDU)")

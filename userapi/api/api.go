@@ -23,10 +23,26 @@ var (
 	ErrNotFound        = codedError{"M_NOT_FOUND", "Not found"}
 )
 
+// ErrTokenExpired is an access token past its expiry: M_UNKNOWN_TOKEN
+// with soft_logout, so the client refreshes it (or signs in again)
+// without losing its device. errors.Is(ErrTokenExpired, ErrUnknownToken).
+var ErrTokenExpired error = expiredToken{}
+
+type expiredToken struct{}
+
+func (expiredToken) Error() string                  { return "Access token has expired" }
+func (expiredToken) MatrixErrCode() string          { return "M_UNKNOWN_TOKEN" }
+func (expiredToken) MatrixErrExtra() map[string]any { return map[string]any{"soft_logout": true} }
+func (expiredToken) Is(target error) bool           { return target == error(ErrUnknownToken) }
+
 type codedError struct{ code, msg string }
 
 func (e codedError) Error() string         { return e.msg }
 func (e codedError) MatrixErrCode() string { return e.code }
+
+// IsUnknownToken reports whether err means a token is not (or no longer)
+// valid.
+func IsUnknownToken(err error) bool { return errors.Is(err, ErrUnknownToken) }
 
 // IsNotFound reports whether err means the thing asked for does not exist.
 func IsNotFound(err error) bool { return errors.Is(err, ErrNotFound) }
@@ -38,7 +54,10 @@ type Account struct {
 	IsAdmin     bool
 	IsGuest     bool
 	Deactivated bool
-	CreatedTS   int64
+	// Erased: deactivated with erase, asking that what the user sent be
+	// forgotten.
+	Erased    bool
+	CreatedTS int64
 }
 
 // Device is one logged-in session of a user, as resolved from an access
@@ -55,6 +74,18 @@ type Device struct {
 	UserAgent string `json:"user_agent,omitempty"`
 	IsAdmin   bool   `json:"is_admin,omitempty"`
 	IsGuest   bool   `json:"is_guest,omitempty"`
+	// ExpiresTS is when the device's access token expires (Unix ms); 0
+	// for never.
+	ExpiresTS int64 `json:"expires_ts,omitempty"`
+}
+
+// Tokens are the credentials a login (or a refresh) hands out.
+type Tokens struct {
+	Access string
+	// Refresh is "" unless the client asked for one and the server gives
+	// them; ExpiresTS is when Access expires (Unix ms, 0 for never).
+	Refresh   string
+	ExpiresTS int64
 }
 
 // Profile is a user's global profile.
@@ -89,6 +120,9 @@ type CreateDeviceRequest struct {
 	DisplayName string
 	IP          string
 	UserAgent   string
+	// RefreshLifetime, when positive, makes the access token expire after
+	// it and hands out a refresh token with it.
+	RefreshLifetime time.Duration
 }
 
 // UserDataUpdate is published on the OutputUserData stream when a user's
@@ -114,13 +148,30 @@ type API interface {
 	// UpgradeGuest turns a guest account into a full one with a password
 	// (ErrNotFound if it is not a guest).
 	UpgradeGuest(ctx context.Context, userID, password string) error
-	// Deactivate disables the account and deletes its devices.
-	Deactivate(ctx context.Context, userID string) error
+	// Deactivate disables the account and deletes its devices; erase
+	// also marks it erased and deletes its account data.
+	Deactivate(ctx context.Context, userID string, erase bool) error
 
 	// Devices and access tokens.
-	CreateDevice(ctx context.Context, req CreateDeviceRequest) (dev *Device, accessToken string, err error)
-	// DeviceByToken resolves an access token (ErrUnknownToken if invalid).
+	CreateDevice(ctx context.Context, req CreateDeviceRequest) (*Device, Tokens, error)
+	// DeviceByToken resolves an access token (ErrUnknownToken if invalid,
+	// ErrTokenExpired if expired).
 	DeviceByToken(ctx context.Context, token string) (*Device, error)
+	// DeviceByTokenForLogout is DeviceByToken that also accepts an
+	// expired access token: a client may log out with one (as in
+	// Synapse), and nothing else.
+	DeviceByTokenForLogout(ctx context.Context, token string) (*Device, error)
+	// Refresh gives the device of a refresh token a new access token (of
+	// lifetime, 0 for never expiring) and a new refresh token
+	// (ErrUnknownToken if invalid). The old refresh token keeps working
+	// until the new access token is first used.
+	Refresh(ctx context.Context, refreshToken string, lifetime time.Duration) (Tokens, error)
+	// CreateLoginToken gives userID a token that logs in once
+	// (m.login.token) within lifetime.
+	CreateLoginToken(ctx context.Context, userID string, lifetime time.Duration) (string, error)
+	// TakeLoginToken uses up a login token and returns its user
+	// (ErrUnknownToken if invalid, used or expired).
+	TakeLoginToken(ctx context.Context, token string) (string, error)
 	Devices(ctx context.Context, userID string) ([]Device, error)
 	Device(ctx context.Context, userID, deviceID string) (*Device, error)
 	SetDeviceName(ctx context.Context, userID, deviceID, name string) error
@@ -157,6 +208,8 @@ type API interface {
 	KeyBackup
 	// Dehydrated devices (MSC3814).
 	DehydratedDevices
+	// Registration tokens.
+	RegistrationTokens
 }
 
 // ValidLocalpart checks the localpart of a new account on serverName: only

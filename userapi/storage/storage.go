@@ -78,9 +78,9 @@ func (s *Storage) CountAccounts(ctx context.Context) (int64, error) {
 func (s *Storage) Account(ctx context.Context, userID string) (*uapi.Account, string, error) {
 	a := uapi.Account{UserID: userID}
 	var hash string
-	err := s.db.QueryRow(ctx, `SELECT localpart, password_hash, is_admin, deactivated, created_ts, is_guest
+	err := s.db.QueryRow(ctx, `SELECT localpart, password_hash, is_admin, deactivated, created_ts, is_guest, erased
 		FROM userapi_accounts WHERE user_id = $1`, userID).
-		Scan(&a.Localpart, &hash, &a.IsAdmin, &a.Deactivated, &a.CreatedTS, &a.IsGuest)
+		Scan(&a.Localpart, &hash, &a.IsAdmin, &a.Deactivated, &a.CreatedTS, &a.IsGuest, &a.Erased)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, "", uapi.ErrNotFound
 	}
@@ -112,11 +112,11 @@ func (s *Storage) SetPasswordHash(ctx context.Context, userID, hash string, logo
 }
 
 // Deactivate marks an account deactivated, clears its profile and deletes
-// its devices.
-func (s *Storage) Deactivate(ctx context.Context, userID string) error {
+// its devices; erase also marks it erased and deletes its account data.
+func (s *Storage) Deactivate(ctx context.Context, userID string, erase bool) error {
 	return s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
 		res, err := tx.Exec(ctx, `UPDATE userapi_accounts
-			SET deactivated = TRUE, display_name = '', avatar_url = '' WHERE user_id = $1`, userID)
+			SET deactivated = TRUE, erased = erased OR $2, display_name = '', avatar_url = '' WHERE user_id = $1`, userID, erase)
 		if err != nil {
 			return fmt.Errorf("deactivate %s: %w", userID, err)
 		}
@@ -125,6 +125,11 @@ func (s *Storage) Deactivate(ctx context.Context, userID string) error {
 		}
 		if _, err := tx.Exec(ctx, `DELETE FROM userapi_devices WHERE user_id = $1`, userID); err != nil {
 			return fmt.Errorf("delete devices of %s: %w", userID, err)
+		}
+		if erase {
+			if _, err := tx.Exec(ctx, `DELETE FROM userapi_account_data WHERE user_id = $1`, userID); err != nil {
+				return fmt.Errorf("delete account data of %s: %w", userID, err)
+			}
 		}
 		return deleteOrphanPushers(ctx, tx, userID)
 	})
@@ -185,6 +190,10 @@ type NewDevice struct {
 	IP          string
 	UserAgent   string
 	TS          int64
+	// TokenExpiresTS is when the access token expires (0: never);
+	// RefreshHash the hash of its refresh token ("" for none).
+	TokenExpiresTS int64
+	RefreshHash    string
 	// Replace gives an existing device of that ID the new token (a login
 	// naming its device_id); otherwise an existing ID is uapi.ErrUserInUse,
 	// so that a generated ID never takes over another device.
@@ -197,21 +206,23 @@ func (s *Storage) InsertDevice(ctx context.Context, d NewDevice) (*uapi.Device, 
 	// A replaced device keeps its display name, session ID and creation
 	// time: it is the same device, logged in again.
 	q := `INSERT INTO userapi_devices
-		(user_id, device_id, token_hash, display_name, created_ts, last_seen_ts, last_seen_ip, user_agent)
-		VALUES ($1, $2, $3, $4, $5, $5, $6, $7)
+		(user_id, device_id, token_hash, display_name, created_ts, last_seen_ts, last_seen_ip, user_agent, token_expires_ts, refresh_hash)
+		VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9)
 		RETURNING session_id, display_name`
 	if d.Replace {
 		q = `INSERT INTO userapi_devices
-		(user_id, device_id, token_hash, display_name, created_ts, last_seen_ts, last_seen_ip, user_agent)
-		VALUES ($1, $2, $3, $4, $5, $5, $6, $7)
+		(user_id, device_id, token_hash, display_name, created_ts, last_seen_ts, last_seen_ip, user_agent, token_expires_ts, refresh_hash)
+		VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9)
 		ON CONFLICT (user_id, device_id) DO UPDATE SET token_hash = excluded.token_hash,
 			last_seen_ts = excluded.last_seen_ts, last_seen_ip = excluded.last_seen_ip,
-			user_agent = excluded.user_agent
+			user_agent = excluded.user_agent, token_expires_ts = excluded.token_expires_ts,
+			refresh_hash = excluded.refresh_hash, prev_refresh_hash = NULL
 		RETURNING session_id, display_name`
 	}
-	dev := uapi.Device{UserID: d.UserID, DeviceID: d.DeviceID, LastSeenTS: d.TS, LastSeenIP: d.IP, UserAgent: d.UserAgent}
+	dev := uapi.Device{UserID: d.UserID, DeviceID: d.DeviceID, LastSeenTS: d.TS, LastSeenIP: d.IP, UserAgent: d.UserAgent, ExpiresTS: d.TokenExpiresTS}
+	refresh := sql.NullString{String: d.RefreshHash, Valid: d.RefreshHash != ""}
 	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
-		return tx.QueryRow(ctx, q, d.UserID, d.DeviceID, d.TokenHash, d.DisplayName, d.TS, d.IP, d.UserAgent).
+		return tx.QueryRow(ctx, q, d.UserID, d.DeviceID, d.TokenHash, d.DisplayName, d.TS, d.IP, d.UserAgent, d.TokenExpiresTS, refresh).
 			Scan(&dev.SessionID, &dev.DisplayName)
 	})
 	if sqldb.IsUniqueViolation(err) {
@@ -223,11 +234,11 @@ func (s *Storage) InsertDevice(ctx context.Context, d NewDevice) (*uapi.Device, 
 	return &dev, nil
 }
 
-const deviceColumns = `d.user_id, d.device_id, d.session_id, d.display_name, d.last_seen_ts, d.last_seen_ip, d.user_agent, a.is_admin, a.is_guest`
+const deviceColumns = `d.user_id, d.device_id, d.session_id, d.display_name, d.last_seen_ts, d.last_seen_ip, d.user_agent, a.is_admin, a.is_guest, d.token_expires_ts`
 
 func scanDevice(sc interface{ Scan(...any) error }) (*uapi.Device, error) {
 	var d uapi.Device
-	err := sc.Scan(&d.UserID, &d.DeviceID, &d.SessionID, &d.DisplayName, &d.LastSeenTS, &d.LastSeenIP, &d.UserAgent, &d.IsAdmin, &d.IsGuest)
+	err := sc.Scan(&d.UserID, &d.DeviceID, &d.SessionID, &d.DisplayName, &d.LastSeenTS, &d.LastSeenIP, &d.UserAgent, &d.IsAdmin, &d.IsGuest, &d.ExpiresTS)
 	return &d, err
 }
 
@@ -241,18 +252,111 @@ func (s *Storage) UpgradeGuest(ctx context.Context, userID, hash string) error {
 }
 
 // DeviceByTokenHash returns the device whose token hashes to hash, if its
-// account is active (uapi.ErrUnknownToken otherwise).
+// account is active (uapi.ErrUnknownToken otherwise). The first use of
+// an access token made by a refresh revokes the refresh token before it.
 func (s *Storage) DeviceByTokenHash(ctx context.Context, hash string) (*uapi.Device, error) {
-	d, err := scanDevice(s.db.QueryRow(ctx, `SELECT `+deviceColumns+`
+	var prev sql.NullString
+	d, err := scanDevice(rowWith(s.db.QueryRow(ctx, `SELECT `+deviceColumns+`, d.prev_refresh_hash
 		FROM userapi_devices d JOIN userapi_accounts a ON a.user_id = d.user_id
-		WHERE d.token_hash = $1 AND NOT a.deactivated`, hash))
+		WHERE d.token_hash = $1 AND NOT a.deactivated`, hash), &prev))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, uapi.ErrUnknownToken
 	}
 	if err != nil {
 		return nil, fmt.Errorf("select device by token: %w", err)
 	}
+	if prev.Valid {
+		if _, err := s.db.Exec(ctx, `UPDATE userapi_devices SET prev_refresh_hash = NULL
+			WHERE session_id = $1 AND token_hash = $2`, d.SessionID, hash); err != nil {
+			return nil, fmt.Errorf("revoke previous refresh token of %s: %w", d.DeviceID, err)
+		}
+	}
 	return d, nil
+}
+
+// rowWith scans a row's leading columns as sc would and the rest into
+// extra.
+func rowWith(sc interface{ Scan(...any) error }, extra ...any) interface{ Scan(...any) error } {
+	return scanFunc(func(dest ...any) error { return sc.Scan(append(dest, extra...)...) })
+}
+
+type scanFunc func(dest ...any) error
+
+func (f scanFunc) Scan(dest ...any) error { return f(dest...) }
+
+// RefreshedDevice is the device a refresh gave new tokens.
+type RefreshedDevice struct {
+	UserID, DeviceID string
+}
+
+// Refresh gives the device whose current or previous refresh token hashes
+// to refreshHash a new access token and refresh token (refresh "" for
+// none). A refresh with the current token keeps it as the previous one,
+// until the new access token is used; one with the previous token keeps
+// the previous as it is. uapi.ErrUnknownToken for no such device.
+func (s *Storage) Refresh(ctx context.Context, refreshHash, accessHash, newRefreshHash string, expiresTS int64) (*RefreshedDevice, error) {
+	var out RefreshedDevice
+	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		var session int64
+		var current sql.NullString
+		err := tx.QueryRow(ctx, `SELECT d.session_id, d.user_id, d.device_id, d.refresh_hash
+			FROM userapi_devices d JOIN userapi_accounts a ON a.user_id = d.user_id
+			WHERE (d.refresh_hash = $1 OR d.prev_refresh_hash = $1) AND NOT a.deactivated`, refreshHash).
+			Scan(&session, &out.UserID, &out.DeviceID, &current)
+		if errors.Is(err, sql.ErrNoRows) {
+			return uapi.ErrUnknownToken
+		}
+		if err != nil {
+			return fmt.Errorf("select device by refresh token: %w", err)
+		}
+		prev := "prev_refresh_hash"
+		if current.Valid && current.String == refreshHash {
+			prev = "refresh_hash"
+		}
+		newRefresh := sql.NullString{String: newRefreshHash, Valid: newRefreshHash != ""}
+		if _, err := tx.Exec(ctx, `UPDATE userapi_devices SET prev_refresh_hash = `+prev+`,
+			refresh_hash = $2, token_hash = $3, token_expires_ts = $4 WHERE session_id = $1`,
+			session, newRefresh, accessHash, expiresTS); err != nil {
+			return fmt.Errorf("refresh tokens of %s: %w", out.DeviceID, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// InsertLoginToken stores a login token's hash for userID until expiresTS,
+// dropping those expired by now.
+func (s *Storage) InsertLoginToken(ctx context.Context, hash, userID string, expiresTS, now int64) error {
+	return s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		if _, err := tx.Exec(ctx, `DELETE FROM userapi_login_tokens WHERE expires_ts <= $1`, now); err != nil {
+			return fmt.Errorf("drop expired login tokens: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO userapi_login_tokens (token_hash, user_id, expires_ts) VALUES ($1, $2, $3)`, hash, userID, expiresTS); err != nil {
+			return fmt.Errorf("store login token: %w", err)
+		}
+		return nil
+	})
+}
+
+// TakeLoginToken deletes the login token hashing to hash and returns its
+// user, if it had not expired by now (uapi.ErrUnknownToken otherwise). Of
+// two concurrent takes, one gets it.
+func (s *Storage) TakeLoginToken(ctx context.Context, hash string, now int64) (string, error) {
+	var userID string
+	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		return tx.QueryRow(ctx, `DELETE FROM userapi_login_tokens WHERE token_hash = $1 AND expires_ts > $2
+			RETURNING user_id`, hash, now).Scan(&userID)
+	})
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", uapi.ErrUnknownToken
+	}
+	if err != nil {
+		return "", fmt.Errorf("take login token: %w", err)
+	}
+	return userID, nil
 }
 
 // Devices lists a user's devices, ordered by device ID.
