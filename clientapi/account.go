@@ -484,11 +484,17 @@ func (c *ClientAPI) deactivate(r *http.Request, dev *uapi.Device) (any, error) {
 	if err := c.leaveAllRooms(r.Context(), dev.UserID); err != nil {
 		return nil, err
 	}
+	// The 3PIDs bound through this server are unbound first (spec: they
+	// are removed from the identity servers on deactivation).
+	bindings, err := c.users.ThreepidBindings(r.Context(), dev.UserID, "", "")
+	if err != nil {
+		return nil, err
+	}
+	result := c.unbind(r.Context(), dev.UserID, bindings)
 	if err := c.users.Deactivate(r.Context(), dev.UserID, req.Erase); err != nil {
 		return nil, err
 	}
-	// Myelin binds no third-party IDs, so there is nothing to unbind.
-	return map[string]string{"id_server_unbind_result": "no-support"}, nil
+	return map[string]string{"id_server_unbind_result": result}, nil
 }
 
 // sharedSecretNonce is GET /_synapse/admin/v1/register.

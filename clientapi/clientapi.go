@@ -105,6 +105,9 @@ func (c *ClientAPI) Routes(root *mux.Router) {
 	// prefix of MSC1756.
 	root.Handle("/_matrix/client/unstable/keys/device_signing/upload", c.authed(c.uploadCrossSigningKeys)).Methods(http.MethodPost)
 	root.Handle("/_matrix/client/unstable/keys/signatures/upload", c.authed(c.uploadSignatures)).Methods(http.MethodPost)
+	// MSC2290's bind and unbind, from before they were in the spec.
+	root.Handle("/_matrix/client/unstable/account/3pid/bind", c.authed(c.bindThreepid)).Methods(http.MethodPost)
+	root.Handle("/_matrix/client/unstable/account/3pid/unbind", c.authed(c.forgetThreepid)).Methods(http.MethodPost)
 	for _, p := range ClientPrefixes {
 		r := root.PathPrefix(p).Subrouter()
 		c.accountRoutes(r)

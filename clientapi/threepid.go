@@ -1,11 +1,13 @@
 package clientapi
 
 import (
+	"context"
 	"net/http"
 	"regexp"
 
 	"github.com/gorilla/mux"
 
+	"myelin/internal/identity"
 	"myelin/internal/mxhttp"
 	uapi "myelin/userapi/api"
 )
@@ -141,8 +143,9 @@ func (c *ClientAPI) addThreepidOld(r *http.Request, dev *uapi.Device) (any, erro
 	return nil, mxhttp.New("M_THREEPID_AUTH_FAILED", "No validated third-party identifier for this session").WithStatus(http.StatusForbidden)
 }
 
-// bindThreepid is POST /account/3pid/bind, which asks an identity server
-// to bind a 3PID it validated: this server talks to none.
+// bindThreepid is POST /account/3pid/bind: the identity server named
+// binds the 3PID it validated in the session to the user, and this server
+// records where, to unbind it later.
 func (c *ClientAPI) bindThreepid(r *http.Request, dev *uapi.Device) (any, error) {
 	var req struct {
 		ClientSecret  string `json:"client_secret"`
@@ -159,11 +162,29 @@ func (c *ClientAPI) bindThreepid(r *http.Request, dev *uapi.Device) (any, error)
 	if req.IDServer == "" || req.IDAccessToken == "" || req.SID == "" {
 		return nil, mxhttp.MissingParam("id_server, id_access_token and sid are required")
 	}
-	return nil, mxhttp.New("M_THREEPID_DENIED", "This server does not bind third-party identifiers with identity servers")
+	if err := identity.CheckServer(req.IDServer); err != nil {
+		return nil, mxhttp.InvalidParam("%v", err)
+	}
+	if len(req.SID) > maxThirdPartyField || len(req.IDAccessToken) > maxThirdPartyField {
+		return nil, mxhttp.InvalidParam("sid and id_access_token must be at most %d bytes", maxThirdPartyField)
+	}
+	if c.ids == nil {
+		return nil, mxhttp.New("M_THREEPID_DENIED", "This server does not bind third-party identifiers with identity servers")
+	}
+	medium, address, err := c.ids.Bind(r.Context(), req.IDServer, req.IDAccessToken, req.SID, req.ClientSecret, dev.UserID)
+	if err != nil {
+		return nil, identityError(err)
+	}
+	if err := c.users.AddThreepidBinding(r.Context(), dev.UserID, uapi.ThreepidBinding{Medium: medium, Address: address, IDServer: req.IDServer}); err != nil {
+		return nil, err
+	}
+	return struct{}{}, nil
 }
 
-// forgetThreepid is POST /account/3pid/delete and /unbind: the user has
-// no 3PID, so there is nothing to delete nor to unbind.
+// forgetThreepid is POST /account/3pid/delete and /unbind. The user has
+// no 3PID on the account here (no mail or SMS service validates one), so
+// deleting is unbinding: from the identity server named, or else from
+// each one it was bound on through this server.
 func (c *ClientAPI) forgetThreepid(r *http.Request, dev *uapi.Device) (any, error) {
 	var req struct {
 		Medium   string `json:"medium"`
@@ -176,5 +197,39 @@ func (c *ClientAPI) forgetThreepid(r *http.Request, dev *uapi.Device) (any, erro
 	if req.Medium == "" || req.Address == "" {
 		return nil, mxhttp.MissingParam("medium and address are required")
 	}
-	return map[string]string{"id_server_unbind_result": "no-support"}, nil
+	if req.IDServer != "" {
+		if err := identity.CheckServer(req.IDServer); err != nil {
+			return nil, mxhttp.InvalidParam("%v", err)
+		}
+	}
+	var bindings []uapi.ThreepidBinding
+	if req.IDServer != "" {
+		bindings = []uapi.ThreepidBinding{{Medium: req.Medium, Address: req.Address, IDServer: req.IDServer}}
+	} else {
+		var err error
+		if bindings, err = c.users.ThreepidBindings(r.Context(), dev.UserID, req.Medium, req.Address); err != nil {
+			return nil, err
+		}
+	}
+	return map[string]string{"id_server_unbind_result": c.unbind(r.Context(), dev.UserID, bindings)}, nil
+}
+
+// unbind removes bindings at their identity servers: "success" when each
+// one did, "no-support" when there were none or one could not.
+func (c *ClientAPI) unbind(ctx context.Context, userID string, bindings []uapi.ThreepidBinding) string {
+	if c.ids == nil || len(bindings) == 0 {
+		return "no-support"
+	}
+	result := "success"
+	for _, b := range bindings {
+		if err := c.ids.Unbind(ctx, b.IDServer, userID, b.Medium, b.Address); err != nil {
+			mxhttp.Logger(ctx).WithError(err).WithField("id_server", b.IDServer).Warn("3PID unbind failed")
+			result = "no-support"
+			continue
+		}
+		if err := c.users.RemoveThreepidBinding(ctx, userID, b); err != nil {
+			result = "no-support"
+		}
+	}
+	return result
 }

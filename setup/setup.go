@@ -196,7 +196,7 @@ func New(ctx context.Context, cfg *config.Config, log *logrus.Logger, opts ...Op
 	s.users.SetRemoteKeys(s.fed.RemoteKeys())
 	// Identity servers are named by clients: their requests go through
 	// the same address guard as federation's.
-	ids := identity.New(fedTransport.GuardedClient(cfg.FederationAPI.InsecureIdentityServers))
+	ids := identity.New(fedTransport.GuardedClient(cfg.FederationAPI.InsecureIdentityServers), s.key)
 	if s.rooms, err = roomserver.New(ctx, s.db, s.bus, s.key, entry("roomserver"), profiles,
 		roomserver.WithFederation(s.fed.Remote()),
 		roomserver.WithKeyValidity(ids.KeyValid),

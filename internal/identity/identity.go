@@ -21,7 +21,11 @@ import (
 	"slices"
 	"time"
 
+	"github.com/matrix-org/gomatrixserverlib/fclient"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
 	"myelin/internal/mxid"
+	"myelin/internal/signing"
 )
 
 // maxAnswerBytes bounds what is read of an identity server's answer.
@@ -33,10 +37,13 @@ const timeout = 15 * time.Second
 // Client talks to identity servers.
 type Client struct {
 	http *http.Client
+	key  *signing.Key
 }
 
-// New makes a Client sending through hc.
-func New(hc *http.Client) *Client { return &Client{http: hc} }
+// New makes a Client sending through hc; key signs the requests the
+// identity service API has a homeserver sign (unbind), nil sends them
+// unsigned.
+func New(hc *http.Client, key *signing.Key) *Client { return &Client{http: hc, key: key} }
 
 // Error is an identity server's refusal or a failure to reach it.
 type Error struct {
@@ -80,6 +87,16 @@ func (c *Client) do(ctx context.Context, method, server, token, path string, bod
 }
 
 func (c *Client) send(ctx context.Context, method, u, server, token string, body io.Reader, out any) error {
+	auth := ""
+	if token != "" {
+		auth = "Bearer " + token
+	}
+	return c.sendAuth(ctx, method, u, server, auth, body, out)
+}
+
+// sendAuth sends a request with auth as its Authorization header (none
+// when empty) and decodes the JSON answer into out.
+func (c *Client) sendAuth(ctx context.Context, method, u, server, auth string, body io.Reader, out any) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, method, u, body)
@@ -89,8 +106,8 @@ func (c *Client) send(ctx context.Context, method, u, server, token string, body
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
+	if auth != "" {
+		req.Header.Set("Authorization", auth)
 	}
 	res, err := c.http.Do(req)
 	if err != nil {
@@ -217,4 +234,59 @@ func (c *Client) KeyValid(ctx context.Context, validityURL, publicKey string) (b
 		return false, err
 	}
 	return res.Valid, nil
+}
+
+// Bind asks server to bind the third-party identifier it validated in
+// session sid to userID (spec: POST /_matrix/identity/v2/3pid/bind), and
+// returns the identifier.
+func (c *Client) Bind(ctx context.Context, server, token, sid, clientSecret, userID string) (medium, address string, err error) {
+	var res struct {
+		Medium  string `json:"medium"`
+		Address string `json:"address"`
+		MXID    string `json:"mxid"`
+	}
+	if err := c.do(ctx, http.MethodPost, server, token, "/_matrix/identity/v2/3pid/bind",
+		map[string]string{"sid": sid, "client_secret": clientSecret, "mxid": userID}, &res); err != nil {
+		return "", "", err
+	}
+	if res.MXID != userID || res.Medium == "" || res.Address == "" {
+		return "", "", &Error{Server: server, Status: http.StatusOK, Msg: "bind answered another binding than asked"}
+	}
+	return res.Medium, res.Address, nil
+}
+
+// Unbind asks server to remove the binding of medium/address to userID
+// (spec: POST /_matrix/identity/v2/3pid/unbind, signed by this server).
+// A binding the identity server does not have counts as removed.
+func (c *Client) Unbind(ctx context.Context, server, userID, medium, address string) error {
+	if err := CheckServer(server); err != nil {
+		return err
+	}
+	const path = "/_matrix/identity/v2/3pid/unbind"
+	body := map[string]any{"mxid": userID, "threepid": map[string]string{"medium": medium, "address": address}}
+	var auth string
+	if c.key != nil {
+		req := fclient.NewFederationRequest(http.MethodPost, c.key.ServerName, spec.ServerName(server), path)
+		if err := req.SetContent(body); err != nil {
+			return err
+		}
+		if err := req.Sign(c.key.ServerName, c.key.KeyID, c.key.Private); err != nil {
+			return fmt.Errorf("sign unbind: %w", err)
+		}
+		hr, err := req.HTTPRequest()
+		if err != nil {
+			return err
+		}
+		auth = hr.Header.Get("Authorization")
+	}
+	raw, err := json.Marshal(body)
+	if err != nil {
+		return err
+	}
+	err = c.sendAuth(ctx, http.MethodPost, "https://"+server+path, server, auth, bytes.NewReader(raw), &struct{}{})
+	var ie *Error
+	if errors.As(err, &ie) && ie.Status == http.StatusNotFound {
+		return nil
+	}
+	return err
 }

@@ -135,6 +135,11 @@ type UserDataUpdate struct {
 }
 
 // API is the userapi component.
+// ThreepidBinding is a third-party identifier bound on an identity server.
+type ThreepidBinding struct {
+	Medium, Address, IDServer string
+}
+
 type API interface {
 	// Accounts.
 	CreateAccount(ctx context.Context, req CreateAccountRequest) (*Account, error)
@@ -151,6 +156,12 @@ type API interface {
 	// Deactivate disables the account and deletes its devices; erase
 	// also marks it erased and deletes its account data.
 	Deactivate(ctx context.Context, userID string, erase bool) error
+	// AddThreepidBinding, RemoveThreepidBinding and ThreepidBindings keep
+	// the identity servers a user bound third-party identifiers on
+	// through this server (all of the user's when medium is empty).
+	AddThreepidBinding(ctx context.Context, userID string, b ThreepidBinding) error
+	RemoveThreepidBinding(ctx context.Context, userID string, b ThreepidBinding) error
+	ThreepidBindings(ctx context.Context, userID, medium, address string) ([]ThreepidBinding, error)
 
 	// Devices and access tokens.
 	CreateDevice(ctx context.Context, req CreateDeviceRequest) (*Device, Tokens, error)
