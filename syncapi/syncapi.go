@@ -65,46 +65,19 @@ func New(ctx context.Context, cfg *config.Config, db *sqldb.DB, b *bus.Bus, user
 	if err != nil {
 		return nil, fmt.Errorf("syncapi storage: %w", err)
 	}
-	pos, err := store.MaxPos(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("sync position: %w", err)
-	}
-	adPos, err := users.AccountDataPos(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("account data position: %w", err)
-	}
-	receiptPos, err := store.MaxReceiptPos(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("receipt position: %w", err)
-	}
-	presencePos, err := store.MaxPresencePos(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("presence position: %w", err)
-	}
-	dlPos, err := users.DeviceListsPos(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("device list position: %w", err)
-	}
-	tdPos, err := store.MaxToDevicePos(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("to-device position: %w", err)
-	}
 	joined, err := store.JoinedUsers(ctx, ":"+cfg.ServerName)
 	if err != nil {
 		return nil, fmt.Errorf("load joined users: %w", err)
 	}
-	typing := newTypingRooms(time.Now)
-	current := Token{PDU: pos, AccountData: adPos, Typing: typing.Pos(), Receipt: receiptPos, Presence: presencePos, DeviceLists: dlPos, ToDevice: tdPos}
-	return &SyncAPI{
+	s := &SyncAPI{
 		cfg:       cfg,
 		store:     store,
 		bus:       b,
 		users:     users,
 		rooms:     rooms,
-		notifier:  NewNotifier(current, joined),
 		lazy:      newLazyMembers(100000),
 		filters:   cache.New[string, *Filter](100000),
-		typing:    typing,
+		typing:    newTypingRooms(time.Now),
 		presence:  newPresenceCache(100000),
 		timeouts:  newDeadlines(timeoutTick),
 		log:       log,
@@ -112,7 +85,14 @@ func New(ctx context.Context, cfg *config.Config, db *sqldb.DB, b *bus.Bus, user
 		processed: map[string]uint64{},
 		stalled:   map[string]bool{},
 		progress:  make(chan struct{}),
-	}, nil
+	}
+	// Each stream's position, from the component that keeps it.
+	current, err := latestPositions(ctx, s.syncStreams())
+	if err != nil {
+		return nil, fmt.Errorf("sync positions: %w", err)
+	}
+	s.notifier = NewNotifier(current, joined)
+	return s, nil
 }
 
 // timeoutTick is what long-poll timeouts are rounded down to (deadlines).
@@ -286,14 +266,14 @@ func (s *SyncAPI) onUserData(ctx context.Context, m jetstream.Msg) error {
 	}
 	switch u.Stream {
 	case "account_data":
-		s.notifier.OnAccountData(u.UserID, u.Pos)
+		s.notifier.OnUser(accountDataStream, u.UserID, u.Pos)
 	case "device_lists":
 		// Everyone sharing a room with the user hears of it.
 		rooms, err := s.joinedRooms(ctx, u.UserID)
 		if err != nil {
 			return err
 		}
-		s.notifier.OnDeviceList(u.UserID, rooms, u.Pos)
+		s.notifier.OnShared(deviceListStream, u.UserID, rooms, u.Pos)
 	}
 	return nil
 }
