@@ -274,6 +274,9 @@ func (s *SyncAPI) onUserData(ctx context.Context, m jetstream.Msg) error {
 			return err
 		}
 		s.notifier.OnShared(deviceListStream, u.UserID, rooms, u.Pos)
+		if s.isLocal(u.UserID) {
+			return s.dropGoneDevices(ctx, u.UserID)
+		}
 	}
 	return nil
 }

@@ -129,6 +129,33 @@ func (s *SyncAPI) onSendToDevice(ctx context.Context, m jetstream.Msg) error {
 	return nil
 }
 
+// dropGoneDevices deletes the to-device messages waiting for devices of
+// userID that no longer exist (its device list changed): a deleted device
+// never syncs them away, and a new device given the same ID must not get
+// them.
+func (s *SyncAPI) dropGoneDevices(ctx context.Context, userID string) error {
+	waiting, err := s.store.ToDeviceDevices(ctx, userID)
+	if err != nil || len(waiting) == 0 {
+		return err
+	}
+	devs, err := s.users.Devices(ctx, userID)
+	if err != nil {
+		return fmt.Errorf("devices of %s: %w", userID, err)
+	}
+	known := make(map[string]bool, len(devs))
+	for _, d := range devs {
+		known[d.DeviceID] = true
+	}
+	for _, d := range waiting {
+		if !known[d] {
+			if err := s.store.DeleteDeviceToDevice(ctx, userID, d); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // toDeviceProvider is the to-device stream: the device's send-to-device
 // messages after the token, at most maxToDevicePerSync (next_batch then
 // stops after the last one given). Syncing from a token acknowledges the
