@@ -175,6 +175,10 @@ func (s *SyncAPI) membersChanged(ctx context.Context, req *syncRequest) (*member
 	if req.b.members != nil {
 		return req.b.members, nil
 	}
+	if req.b.moves != nil && !req.b.moves.members {
+		req.b.members = &membersChange{}
+		return req.b.members, nil
+	}
 	joined, invited, left, err := s.store.MembersChanged(ctx, req.dev.UserID, req.from(pduStream), req.to[pduStream])
 	if err != nil {
 		return nil, fmt.Errorf("members changed: %w", err)

@@ -43,9 +43,12 @@ const defaultPresenceLog = 65536
 
 // roomStream is one room with local members.
 type roomStream struct {
-	pos     Token // latest positions of what happened in the room
-	members map[*userStream]struct{}
-	waiting map[*userStream]struct{} // members with a request in Wait
+	id  string
+	pos Token // latest positions of what happened in the room
+	// memberPos is the position of the room's latest membership event.
+	memberPos int64
+	members   map[*userStream]struct{}
+	waiting   map[*userStream]struct{} // members with a request in Wait
 }
 
 // userStream is one local user.
@@ -121,7 +124,7 @@ func (n *Notifier) user(userID string) *userStream {
 func (n *Notifier) join(roomID string, u *userStream) {
 	r, ok := n.rooms[roomID]
 	if !ok {
-		r = &roomStream{members: map[*userStream]struct{}{}, waiting: map[*userStream]struct{}{}}
+		r = &roomStream{id: roomID, members: map[*userStream]struct{}{}, waiting: map[*userStream]struct{}{}}
 		n.rooms[roomID] = r
 	}
 	r.members[u] = struct{}{}
@@ -200,15 +203,52 @@ func (n *Notifier) OnRoomEvent(roomID string, pos int64, member, membership stri
 	moved := Token{pduStream: pos}
 	n.advance(moved)
 	n.bumpRoom(roomID, moved)
-	if member == "" || !local {
+	if member == "" {
 		return
 	}
-	n.bumpUser(member, moved)
-	if membership == "join" {
-		n.join(roomID, n.user(member))
-	} else {
-		n.leave(roomID, n.user(member))
+	if local {
+		n.bumpUser(member, moved)
+		if membership == "join" {
+			n.join(roomID, n.user(member))
+		} else {
+			n.leave(roomID, n.user(member))
+		}
 	}
+	if r, ok := n.rooms[roomID]; ok {
+		r.memberPos = max(r.memberPos, pos)
+	}
+}
+
+// roomMoves is what of the rooms stream concerned a user after a
+// position, as the notifier knows it.
+type roomMoves struct {
+	rooms   []string // the joined rooms whose timeline moved
+	own     bool     // the user's own memberships changed
+	members bool     // a membership changed in one of its rooms
+}
+
+// RoomMoves tells from memory what of the rooms stream concerned userID
+// after position since, so that an incremental sync for one new event
+// reads that room and nothing else. It reports false when since is from
+// before the notifier started.
+func (n *Notifier) RoomMoves(userID string, since int64) (roomMoves, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if since < n.start[pduStream] {
+		return roomMoves{}, false
+	}
+	u, ok := n.users[userID]
+	if !ok {
+		return roomMoves{}, true
+	}
+	m := roomMoves{own: u.pos[pduStream] > since}
+	for r := range u.rooms {
+		if r.pos[pduStream] > since {
+			m.rooms = append(m.rooms, r.id)
+		}
+		m.members = m.members || r.memberPos > since
+	}
+	return m, true
 }
 
 // OnUser records a change at pos in stream id that concerns userID

@@ -137,3 +137,54 @@ func TestNotifierPresenceChanges(t *testing.T) {
 		t.Errorf("after trimming: %v %v", got, ok)
 	}
 }
+
+// TestRoomMoves: what the notifier tells a sync of the rooms stream since
+// a position, which decides whether it reads memberships at all.
+func TestRoomMoves(t *testing.T) {
+	const room, other = "!r:x", "!o:x"
+	tests := []struct {
+		name   string
+		events func(n *Notifier)
+		user   string
+		since  int64
+		want   roomMoves
+		known  bool
+	}{
+		{"nothing", func(n *Notifier) {}, "@a:x", 5, roomMoves{}, true},
+		{"a message in one room", func(n *Notifier) { n.OnRoomEvent(room, 6, "", "", false) },
+			"@b:x", 5, roomMoves{rooms: []string{room}}, true},
+		{"not after since", func(n *Notifier) { n.OnRoomEvent(room, 6, "", "", false) },
+			"@a:x", 6, roomMoves{}, true},
+		{"a remote member joins", func(n *Notifier) {
+			n.OnRoomEvent(other, 6, "@z:y", "join", false)
+			n.OnRoomEvent(other, 6, "", "", false)
+		}, "@b:x", 5, roomMoves{rooms: []string{other}, members: true}, true},
+		{"a member joins a room of others", func(n *Notifier) {
+			n.OnRoomEvent(other, 6, "@z:y", "join", false)
+			n.OnRoomEvent(other, 6, "", "", false)
+		}, "@a:x", 5, roomMoves{}, true},
+		{"the user leaves", func(n *Notifier) {
+			n.OnRoomEvent(room, 6, "@a:x", "leave", true)
+			n.OnRoomEvent(room, 6, "", "", false)
+		}, "@a:x", 5, roomMoves{own: true}, true},
+		{"the user is invited", func(n *Notifier) {
+			n.OnRoomEvent(other, 6, "@a:x", "invite", true)
+			n.OnRoomEvent(other, 6, "", "", false)
+		}, "@a:x", 5, roomMoves{own: true}, true},
+		{"typing is not the timeline", func(n *Notifier) { n.OnRoom(typingStream, room, 9) },
+			"@a:x", 5, roomMoves{}, true},
+		{"from before the notifier started", func(n *Notifier) {}, "@a:x", 4, roomMoves{}, false},
+		{"a user in no room", func(n *Notifier) {}, "@nobody:x", 5, roomMoves{}, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			n := NewNotifier(Token{pduStream: 5}, map[string][]string{room: {"@a:x", "@b:x"}, other: {"@b:x", "@c:x"}})
+			tc.events(n)
+			got, known := n.RoomMoves(tc.user, tc.since)
+			slices.Sort(got.rooms)
+			if known != tc.known || !slices.Equal(got.rooms, tc.want.rooms) || got.own != tc.want.own || got.members != tc.want.members {
+				t.Fatalf("got %+v (known %v), want %+v (known %v)", got, known, tc.want, tc.known)
+			}
+		})
+	}
+}

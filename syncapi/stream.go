@@ -114,6 +114,11 @@ type buildState struct {
 	// newRooms are the rooms the user joined since the token (the rooms
 	// stream), whose typing and members' presence are all new to it.
 	newRooms map[string]bool
+	// moves, when the notifier knows them, is what of the rooms stream
+	// concerned the user since the token: an incremental sync whose user
+	// neither changed membership nor shares a room where someone did
+	// reads only the rooms that moved.
+	moves *roomMoves
 	// toDeviceGiven is how many to-device messages this answer gives.
 	toDeviceGiven int
 	// quietRooms are joined rooms in the answer for their ephemeral
@@ -169,6 +174,10 @@ func (s *SyncAPI) ownChanges(ctx context.Context, req *syncRequest) ([]storage.M
 	if req.b.ownChanges != nil {
 		return req.b.ownChanges, nil
 	}
+	if req.b.moves != nil && !req.b.moves.own {
+		req.b.ownChanges = []storage.MembershipChange{}
+		return req.b.ownChanges, nil
+	}
 	changes, err := s.store.MembershipChanges(ctx, req.dev.UserID, req.from(pduStream), req.to[pduStream])
 	if err != nil {
 		return nil, fmt.Errorf("membership changes of %s: %w", req.dev.UserID, err)
@@ -191,6 +200,11 @@ func (s *SyncAPI) build(ctx context.Context, req *syncRequest) (*syncResponse, e
 	}
 	req.b = &buildState{}
 	defer func() { req.b = nil }()
+	if req.since != nil && !req.fullState {
+		if m, ok := s.notifier.RoomMoves(req.dev.UserID, req.since[pduStream]); ok {
+			req.b.moves = &m
+		}
+	}
 	resp := newSyncResponse()
 	for _, st := range s.syncStreams() {
 		p, err := st.load(ctx, req, req.from(st.id()))

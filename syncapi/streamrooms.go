@@ -38,6 +38,9 @@ func (p roomsProvider) load(ctx context.Context, req *syncRequest, from int64) (
 	if !req.full() && !req.moved(pduStream) {
 		return nil, nil
 	}
+	if m := req.b.moves; m != nil && !m.own {
+		return p.loadMoved(ctx, req, from, m.rooms)
+	}
 	s := p.s
 	user := req.dev.UserID
 	memberships, err := s.memberships(ctx, req)
@@ -171,6 +174,37 @@ func (p roomsProvider) load(ctx context.Context, req *syncRequest, from int64) (
 			if lr != nil {
 				out.leave[roomID] = lr
 			}
+		}
+	}
+	return out, nil
+}
+
+// loadMoved is load for a user whose memberships did not change since
+// the token (as the notifier knows): only the joined rooms whose timeline
+// moved have anything, and the user, joined since before the token, may
+// see all of it. It reads no membership.
+func (p roomsProvider) loadMoved(ctx context.Context, req *syncRequest, from int64, moved []string) (part, error) {
+	out := &roomsPart{
+		join:   map[string]*joinedRoom{},
+		invite: map[string]*invitedRoom{},
+		leave:  map[string]*leftRoom{},
+		knock:  map[string]any{},
+	}
+	sort.Strings(moved)
+	for _, roomID := range moved {
+		if !req.filter.Room.AllowsRoom(roomID, nil) {
+			continue
+		}
+		if req.b.joinedAt == nil {
+			req.b.joinedAt = map[string]int64{}
+		}
+		req.b.joinedAt[roomID] = from
+		jr, err := p.s.joinedRoom(ctx, req, roomID, from, false, false)
+		if err != nil {
+			return nil, err
+		}
+		if !jr.empty() {
+			out.join[roomID] = jr
 		}
 	}
 	return out, nil
