@@ -206,7 +206,7 @@ func (s *SyncAPI) build(ctx context.Context, req *syncRequest) (*syncResponse, e
 		}
 	}
 	resp := newSyncResponse()
-	for _, st := range s.syncStreams() {
+	for _, st := range s.streamList {
 		p, err := st.load(ctx, req, req.from(st.id()))
 		if err != nil {
 			return nil, err

@@ -37,13 +37,15 @@ type SyncAPI struct {
 	users    uapi.API
 	rooms    rsapi.API
 	notifier *Notifier
-	lazy     *lazyMembers
-	filters  *cache.LRU[string, *Filter] // stored filters by user and ID; inline ones by their JSON
-	typing   *typingRooms
-	presence *presenceCache
-	timeouts *deadlines
-	log      *logrus.Entry
-	now      func() time.Time
+	// streamList is syncStreams, made once.
+	streamList []stream
+	lazy       *lazyMembers
+	filters    *cache.LRU[string, *Filter] // stored filters by user and ID; inline ones by their JSON
+	typing     *typingRooms
+	presence   *presenceCache
+	timeouts   *deadlines
+	log        *logrus.Entry
+	now        func() time.Time
 
 	// processed holds the last stream sequence consumed from each stream,
 	// so a request can wait until syncapi has seen everything committed
@@ -87,7 +89,8 @@ func New(ctx context.Context, cfg *config.Config, db *sqldb.DB, b *bus.Bus, user
 		progress:  make(chan struct{}),
 	}
 	// Each stream's position, from the component that keeps it.
-	current, err := latestPositions(ctx, s.syncStreams())
+	s.streamList = s.syncStreams()
+	current, err := latestPositions(ctx, s.streamList)
 	if err != nil {
 		return nil, fmt.Errorf("sync positions: %w", err)
 	}
