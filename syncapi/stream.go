@@ -18,7 +18,7 @@ import (
 // the same parts into its extensions (to_device, e2ee, account_data,
 // receipts, typing) without building a /sync answer; a stream that reads
 // no rooms of its own (typing, receipts, account data) takes the rooms
-// from req (joinedRooms), which sliding sync limits to its window.
+// from req (memberships), which sliding sync limits to its window.
 type stream interface {
 	// id is the stream's position in a Token. A stream derived from
 	// another, without a position of its own (one-time key counts), has
@@ -102,7 +102,7 @@ type syncRequest struct {
 // buildState is what the streams of one build read once and share.
 type buildState struct {
 	// memberships and joinedAt are the user's membership of each room
-	// and the position of its join, by room (joinedRooms).
+	// and the position of its join, by room (memberships).
 	memberships map[string]string
 	joinedAt    map[string]int64
 	// ownChanges is the user's own membership changes in the range;
@@ -151,7 +151,7 @@ func (req *syncRequest) moved(id streamID) bool {
 	return req.since == nil || (req.to[id] > req.since[id] && !req.quiet(id))
 }
 
-// joinedRooms returns the user's membership of each room it has one in,
+// memberships returns the user's membership of each room it has one in,
 // read once per build.
 func (s *SyncAPI) memberships(ctx context.Context, req *syncRequest) (map[string]string, error) {
 	if req.b.memberships != nil {
