@@ -2,49 +2,73 @@ package syncapi
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 
 	"myelin/internal/mxhttp"
 	uapi "myelin/userapi/api"
 )
 
-// addDeviceLists fills device_lists of an incremental sync (spec,
+// deviceListsProvider is the device list stream, kept by the userapi:
+// device_lists of an incremental sync (spec,
 // "Tracking the device list for a user"): changed holds the users sharing
 // a room with the syncing user (and the user itself) whose device lists
 // changed, local or remote, and those who joined one of its rooms since,
 // or were invited to one (their devices are new to it); left holds those who left one of its
 // rooms, or were in a room it left, and share none with it any more.
-func (s *SyncAPI) addDeviceLists(ctx context.Context, req *syncRequest, since Token, resp *syncResponse) error {
+type deviceListsProvider struct{ s *SyncAPI }
+
+func (deviceListsProvider) id() streamID { return deviceListStream }
+
+func (p deviceListsProvider) latest(ctx context.Context) (int64, error) {
+	return p.s.users.DeviceListsPos(ctx)
+}
+
+func (dl *deviceLists) addTo(_ *syncRequest, resp *syncResponse) {
+	resp.DeviceLists.Changed = append(resp.DeviceLists.Changed, dl.Changed...)
+	resp.DeviceLists.Left = append(resp.DeviceLists.Left, dl.Left...)
+}
+
+func (p deviceListsProvider) load(ctx context.Context, req *syncRequest, from int64) (part, error) {
 	if req.since == nil {
-		return nil
+		return nil, nil
 	}
+	dl, err := p.s.deviceListChanges(ctx, req)
+	if err != nil || len(dl.Changed)+len(dl.Left) == 0 {
+		return nil, err
+	}
+	return dl, nil
+}
+
+// deviceListChanges computes device_lists for req's range.
+func (s *SyncAPI) deviceListChanges(ctx context.Context, req *syncRequest) (*deviceLists, error) {
 	user := req.dev.UserID
+	since := *req.since
+	out := &deviceLists{Changed: []string{}, Left: []string{}}
 	// Candidates first, then one batched question of which of them share
 	// a room with the user now: a user who joins a room of 10,000 costs a
 	// few queries, not 10,000.
 	var keysMoved, joined, invited, left []string
-	if req.to.DeviceLists > since.DeviceLists && !req.quiet(deviceListsPos) {
-		ids, err := s.users.DeviceListChanges(ctx, since.DeviceLists, req.to.DeviceLists)
+	if req.to[deviceListStream] > since[deviceListStream] && !req.quiet(deviceListStream) {
+		ids, err := s.users.DeviceListChanges(ctx, since[deviceListStream], req.to[deviceListStream])
 		if err != nil {
-			return err
+			return nil, fmt.Errorf("device list changes: %w", err)
 		}
 		keysMoved = ids
 	}
-	if req.to.PDU > since.PDU && !req.quiet(pduPos) {
-		mc, err := s.membersChanged(ctx, req, since)
+	if req.to[pduStream] > since[pduStream] && !req.quiet(pduStream) {
+		mc, err := s.membersChanged(ctx, req)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		joined = append(joined, mc.joined...)
 		invited = append(invited, mc.invited...)
 		left = append(left, mc.left...)
 		// The members of the rooms the user itself joined or left count
 		// too: their devices are new to it, or none of its business.
-		own := req.ownChanges
-		if req.ownChanges == nil {
-			if own, err = s.store.MembershipChanges(ctx, user, since.PDU, req.to.PDU); err != nil {
-				return err
-			}
+		own, err := s.ownChanges(ctx, req)
+		if err != nil {
+			return nil, err
 		}
 		for _, c := range own {
 			isJoin := c.Membership == "join"
@@ -53,7 +77,7 @@ func (s *SyncAPI) addDeviceLists(ctx context.Context, req *syncRequest, since To
 			}
 			members, err := s.store.JoinedMembers(ctx, c.RoomID)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			if isJoin {
 				joined = append(joined, members...)
@@ -63,7 +87,7 @@ func (s *SyncAPI) addDeviceLists(ctx context.Context, req *syncRequest, since To
 		}
 	}
 	if len(keysMoved)+len(joined)+len(invited)+len(left) == 0 {
-		return nil
+		return out, nil
 	}
 	candidates := make([]string, 0, len(keysMoved)+len(joined)+len(invited)+len(left))
 	seen := map[string]bool{user: true}
@@ -77,7 +101,7 @@ func (s *SyncAPI) addDeviceLists(ctx context.Context, req *syncRequest, since To
 	}
 	shares, err := s.store.SharingUsers(ctx, user, candidates)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	changed := map[string]bool{}
 	for _, id := range keysMoved {
@@ -103,7 +127,7 @@ func (s *SyncAPI) addDeviceLists(ctx context.Context, req *syncRequest, since To
 		ok := shares[id]
 		if !ok {
 			if ok, err = s.store.SharesRoomInvited(ctx, user, id); err != nil {
-				return err
+				return nil, err
 			}
 		}
 		if ok {
@@ -116,12 +140,12 @@ func (s *SyncAPI) addDeviceLists(ctx context.Context, req *syncRequest, since To
 			continue
 		}
 		listed[id] = true
-		resp.DeviceLists.Left = append(resp.DeviceLists.Left, id)
+		out.Left = append(out.Left, id)
 	}
 	for id := range changed {
-		resp.DeviceLists.Changed = append(resp.DeviceLists.Changed, id)
+		out.Changed = append(out.Changed, id)
 	}
-	return nil
+	return out, nil
 }
 
 // keysChanges is GET /keys/changes: the users whose device lists changed,
@@ -136,12 +160,8 @@ func (s *SyncAPI) keysChanges(r *http.Request, dev *uapi.Device) (any, error) {
 	if err != nil {
 		return nil, mxhttp.InvalidParam("to is not a sync token")
 	}
-	req := &syncRequest{dev: dev, since: &from, to: to}
-	resp := newSyncResponse()
-	if err := s.addDeviceLists(r.Context(), req, from, resp); err != nil {
-		return nil, err
-	}
-	return resp.DeviceLists, nil
+	req := &syncRequest{dev: dev, since: &from, to: to, b: &buildState{}}
+	return s.deviceListChanges(r.Context(), req)
 }
 
 // membersChange is who joined and left the user's rooms in a sync's range.
@@ -149,16 +169,20 @@ type membersChange struct {
 	joined, invited, left []string
 }
 
-// membersChanged reads, once per sync, who joined and left the user's
+// membersChanged reads, once per build, who joined and left the user's
 // rooms between since and req.to.
-func (s *SyncAPI) membersChanged(ctx context.Context, req *syncRequest, since Token) (*membersChange, error) {
-	if req.members != nil {
-		return req.members, nil
+func (s *SyncAPI) membersChanged(ctx context.Context, req *syncRequest) (*membersChange, error) {
+	if req.b.members != nil {
+		return req.b.members, nil
 	}
-	joined, invited, left, err := s.store.MembersChanged(ctx, req.dev.UserID, since.PDU, req.to.PDU)
+	if req.b.moves != nil && !req.b.moves.members {
+		req.b.members = &membersChange{}
+		return req.b.members, nil
+	}
+	joined, invited, left, err := s.store.MembersChanged(ctx, req.dev.UserID, req.from(pduStream), req.to[pduStream])
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("members changed: %w", err)
 	}
-	req.members = &membersChange{joined: joined, invited: invited, left: left}
-	return req.members, nil
+	req.b.members = &membersChange{joined: joined, invited: invited, left: left}
+	return req.b.members, nil
 }

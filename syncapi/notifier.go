@@ -43,9 +43,12 @@ const defaultPresenceLog = 65536
 
 // roomStream is one room with local members.
 type roomStream struct {
-	pos     Token // latest positions of what happened in the room
-	members map[*userStream]struct{}
-	waiting map[*userStream]struct{} // members with a request in Wait
+	id  string
+	pos Token // latest positions of what happened in the room
+	// memberPos is the position of the room's latest membership event.
+	memberPos int64
+	members   map[*userStream]struct{}
+	waiting   map[*userStream]struct{} // members with a request in Wait
 }
 
 // userStream is one local user.
@@ -64,7 +67,7 @@ type userStream struct {
 
 // deviceStream is one device of a local user.
 type deviceStream struct {
-	toDevice int64 // latest to-device position that concerned it
+	pos Token // latest positions that concerned it alone (to-device)
 	// wake is closed by a to-device message for the device, as the user's
 	// wake is by anything else; it is kept across the user's wakes.
 	wake chan struct{}
@@ -91,7 +94,7 @@ func NewNotifier(current Token, joined map[string][]string) *Notifier {
 		rooms:   make(map[string]*roomStream, len(joined)),
 		users:   map[string]*userStream{},
 
-		presenceFloor: current.Presence,
+		presenceFloor: current[presenceStream],
 		presenceCap:   defaultPresenceLog,
 	}
 	for roomID, users := range joined {
@@ -121,7 +124,7 @@ func (n *Notifier) user(userID string) *userStream {
 func (n *Notifier) join(roomID string, u *userStream) {
 	r, ok := n.rooms[roomID]
 	if !ok {
-		r = &roomStream{members: map[*userStream]struct{}{}, waiting: map[*userStream]struct{}{}}
+		r = &roomStream{id: roomID, members: map[*userStream]struct{}{}, waiting: map[*userStream]struct{}{}}
 		n.rooms[roomID] = r
 	}
 	r.members[u] = struct{}{}
@@ -145,13 +148,12 @@ func (n *Notifier) leave(roomID string, u *userStream) {
 }
 
 // position is everything that concerned u's device d: the user's own
-// positions, its rooms', and d's to-device messages.
+// positions, its rooms', and d's own (to-device messages).
 func (u *userStream) position(d *deviceStream) Token {
-	p := u.pos
+	p := u.pos.Max(d.pos)
 	for r := range u.rooms {
 		p = p.Max(r.pos)
 	}
-	p.ToDevice = d.toDevice
 	return p
 }
 
@@ -198,51 +200,76 @@ func (n *Notifier) advance(moved Token) {
 func (n *Notifier) OnRoomEvent(roomID string, pos int64, member, membership string, local bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	moved := Token{PDU: pos}
+	moved := Token{pduStream: pos}
 	n.advance(moved)
 	n.bumpRoom(roomID, moved)
-	if member == "" || !local {
+	if member == "" {
 		return
 	}
-	n.bumpUser(member, moved)
-	if membership == "join" {
-		n.join(roomID, n.user(member))
-	} else {
-		n.leave(roomID, n.user(member))
+	if local {
+		n.bumpUser(member, moved)
+		if membership == "join" {
+			n.join(roomID, n.user(member))
+		} else {
+			n.leave(roomID, n.user(member))
+		}
+	}
+	if r, ok := n.rooms[roomID]; ok {
+		r.memberPos = max(r.memberPos, pos)
 	}
 }
 
-// OnAccountData records an account-data change of userID at pos.
-func (n *Notifier) OnAccountData(userID string, pos int64) {
+// roomMoves is what of the rooms stream concerned a user after a
+// position, as the notifier knows it.
+type roomMoves struct {
+	rooms   []string // the joined rooms whose timeline moved
+	own     bool     // the user's own memberships changed
+	members bool     // a membership changed in one of its rooms
+}
+
+// RoomMoves tells from memory what of the rooms stream concerned userID
+// after position since, so that an incremental sync for one new event
+// reads that room and nothing else. It reports false when since is from
+// before the notifier started.
+func (n *Notifier) RoomMoves(userID string, since int64) (roomMoves, bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	moved := Token{AccountData: pos}
+	if since < n.start[pduStream] {
+		return roomMoves{}, false
+	}
+	u, ok := n.users[userID]
+	if !ok {
+		return roomMoves{}, true
+	}
+	m := roomMoves{own: u.pos[pduStream] > since}
+	for r := range u.rooms {
+		if r.pos[pduStream] > since {
+			m.rooms = append(m.rooms, r.id)
+		}
+		m.members = m.members || r.memberPos > since
+	}
+	return m, true
+}
+
+// OnUser records a change at pos in stream id that concerns userID
+// alone (account data, a private receipt) and wakes it.
+func (n *Notifier) OnUser(id streamID, userID string, pos int64) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var moved Token
+	moved[id] = pos
 	n.advance(moved)
 	n.bumpUser(userID, moved)
 }
 
-// OnTyping records a change of who is typing in roomID at typing position
-// pos, and wakes the local users joined to it.
-func (n *Notifier) OnTyping(roomID string, pos int64) {
+// OnRoom records a change at pos in stream id that concerns roomID (who
+// is typing, a receipt) and wakes the local users joined to it.
+func (n *Notifier) OnRoom(id streamID, roomID string, pos int64) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	moved := Token{Typing: pos}
+	var moved Token
+	moved[id] = pos
 	n.advance(moved)
-	n.bumpRoom(roomID, moved)
-}
-
-// OnReceipt records a receipt of userID in roomID at receipt position pos.
-// A private receipt wakes only its owner; others wake the local users
-// joined to the room.
-func (n *Notifier) OnReceipt(roomID, userID string, private bool, pos int64) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	moved := Token{Receipt: pos}
-	n.advance(moved)
-	if private {
-		n.bumpUser(userID, moved)
-		return
-	}
 	n.bumpRoom(roomID, moved)
 }
 
@@ -252,7 +279,7 @@ func (n *Notifier) OnReceipt(roomID, userID string, private bool, pos int64) {
 func (n *Notifier) OnPresence(userID string, rooms []string, pos int64) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	moved := Token{Presence: pos}
+	moved := Token{presenceStream: pos}
 	n.advance(moved)
 	n.bumpUser(userID, moved)
 	for _, r := range rooms {
@@ -272,27 +299,30 @@ func (n *Notifier) OnPresence(userID string, rooms []string, pos int64) {
 	n.presenceLog = slices.Insert(n.presenceLog, i, c)
 }
 
-// OnToDevice records a send-to-device message for userID's device
-// deviceID at to-device position pos, and wakes that device only.
-func (n *Notifier) OnToDevice(userID, deviceID string, pos int64) {
+// OnDevice records a change at pos in stream id for userID's device
+// deviceID alone (a to-device message), and wakes that device only.
+func (n *Notifier) OnDevice(id streamID, userID, deviceID string, pos int64) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	n.advance(Token{ToDevice: pos})
+	var moved Token
+	moved[id] = pos
+	n.advance(moved)
 	d := n.user(userID).device(deviceID)
-	d.toDevice = max(d.toDevice, pos)
+	d.pos = d.pos.Max(moved)
 	if d.wake != nil {
 		close(d.wake)
 		d.wake = nil
 	}
 }
 
-// OnDeviceList records a change of userID's device list at device-list
-// position pos and wakes userID and the local users joined to rooms, the
-// rooms userID is joined to.
-func (n *Notifier) OnDeviceList(userID string, rooms []string, pos int64) {
+// OnShared records a change of userID at pos in stream id that concerns
+// everyone sharing a room with it (its device list), and wakes userID and
+// the local users joined to rooms, the rooms userID is joined to.
+func (n *Notifier) OnShared(id streamID, userID string, rooms []string, pos int64) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	moved := Token{DeviceLists: pos}
+	var moved Token
+	moved[id] = pos
 	n.advance(moved)
 	if u, ok := n.users[userID]; ok {
 		u.pos = u.pos.Max(moved)

@@ -25,7 +25,7 @@ func BenchmarkNotifierWake(b *testing.B) {
 				start[i] = make(chan int64)
 				go func(i int) {
 					for since := range start[i] {
-						n.Wait(ctx, users[i], "D", Token{PDU: since})
+						n.Wait(ctx, users[i], "D", Token{pduStream: since})
 						woken.Done()
 					}
 				}(i)

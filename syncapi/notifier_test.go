@@ -21,24 +21,24 @@ func TestNotifier(t *testing.T) {
 			map[string]bool{"@a:x": false, "@b:x": true, "@c:x": true}},
 		{"invite wakes the invitee", func(n *Notifier) { n.OnRoomEvent(room, 10, "@c:x", "invite", true) },
 			map[string]bool{"@a:x": true, "@c:x": true}},
-		{"typing", func(n *Notifier) { n.OnTyping(room, 3) },
+		{"typing", func(n *Notifier) { n.OnRoom(typingStream, room, 3) },
 			map[string]bool{"@a:x": true, "@c:x": false}},
-		{"private receipt wakes its owner only", func(n *Notifier) { n.OnReceipt(room, "@a:x", true, 4) },
+		{"private receipt wakes its owner only", func(n *Notifier) { n.OnUser(receiptStream, "@a:x", 4) },
 			map[string]bool{"@a:x": true, "@b:x": false}},
-		{"public receipt", func(n *Notifier) { n.OnReceipt(room, "@a:x", false, 4) },
+		{"public receipt", func(n *Notifier) { n.OnRoom(receiptStream, room, 4) },
 			map[string]bool{"@a:x": true, "@b:x": true, "@c:x": false}},
-		{"account data", func(n *Notifier) { n.OnAccountData("@b:x", 7) },
+		{"account data", func(n *Notifier) { n.OnUser(accountDataStream, "@b:x", 7) },
 			map[string]bool{"@a:x": false, "@b:x": true}},
 		{"presence wakes who shares a room", func(n *Notifier) { n.OnPresence("@c:x", []string{other}, 2) },
 			map[string]bool{"@a:x": false, "@b:x": true, "@c:x": true}},
-		{"to-device wakes its device only", func(n *Notifier) { n.OnToDevice("@a:x", "D2", 6) },
+		{"to-device wakes its device only", func(n *Notifier) { n.OnDevice(toDeviceStream, "@a:x", "D2", 6) },
 			map[string]bool{"@a:x": false, "@a:x/D2": true, "@b:x": false}},
-		{"a user's wake reaches all its devices", func(n *Notifier) { n.OnAccountData("@a:x", 7) },
+		{"a user's wake reaches all its devices", func(n *Notifier) { n.OnUser(accountDataStream, "@a:x", 7) },
 			map[string]bool{"@a:x": true, "@a:x/D2": true, "@b:x": false}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			n := NewNotifier(Token{PDU: 5}, map[string][]string{room: {"@a:x", "@b:x"}, other: {"@b:x", "@c:x"}})
+			n := NewNotifier(Token{pduStream: 5}, map[string][]string{room: {"@a:x", "@b:x"}, other: {"@b:x", "@c:x"}})
 			since := n.Current()
 			results := map[string]chan bool{}
 			// A key is a user, waiting on device D, or user/device.
@@ -96,8 +96,8 @@ func TestNotifierMembership(t *testing.T) {
 		t.Fatal("member not told")
 	}
 	// Positions from before the notifier started are unknown to it.
-	n2 := NewNotifier(Token{PDU: 10}, nil)
-	if n2.Unchanged("@a:x", "D", Token{PDU: 3}) {
+	n2 := NewNotifier(Token{pduStream: 10}, nil)
+	if n2.Unchanged("@a:x", "D", Token{pduStream: 3}) {
 		t.Fatal("a since before the start counted as unchanged")
 	}
 }
@@ -106,7 +106,7 @@ func TestNotifierMembership(t *testing.T) {
 // from memory while the log holds the range, and only those of users it
 // shares a room with.
 func TestNotifierPresenceChanges(t *testing.T) {
-	n := NewNotifier(Token{Presence: 10}, map[string][]string{"!r:x": {"@a:x", "@b:x"}, "!o:x": {"@c:x"}})
+	n := NewNotifier(Token{presenceStream: 10}, map[string][]string{"!r:x": {"@a:x", "@b:x"}, "!o:x": {"@c:x"}})
 	n.presenceCap = 4
 	n.OnPresence("@b:x", []string{"!r:x"}, 11)
 	n.OnPresence("@c:x", []string{"!o:x"}, 12)
@@ -135,5 +135,56 @@ func TestNotifierPresenceChanges(t *testing.T) {
 	}
 	if got, ok := n.PresenceChanges("@a:x", 12, 15); !ok || !slices.Equal(got, []string{"@remote:y", "@a:x", "@b:x"}) {
 		t.Errorf("after trimming: %v %v", got, ok)
+	}
+}
+
+// TestRoomMoves: what the notifier tells a sync of the rooms stream since
+// a position, which decides whether it reads memberships at all.
+func TestRoomMoves(t *testing.T) {
+	const room, other = "!r:x", "!o:x"
+	tests := []struct {
+		name   string
+		events func(n *Notifier)
+		user   string
+		since  int64
+		want   roomMoves
+		known  bool
+	}{
+		{"nothing", func(n *Notifier) {}, "@a:x", 5, roomMoves{}, true},
+		{"a message in one room", func(n *Notifier) { n.OnRoomEvent(room, 6, "", "", false) },
+			"@b:x", 5, roomMoves{rooms: []string{room}}, true},
+		{"not after since", func(n *Notifier) { n.OnRoomEvent(room, 6, "", "", false) },
+			"@a:x", 6, roomMoves{}, true},
+		{"a remote member joins", func(n *Notifier) {
+			n.OnRoomEvent(other, 6, "@z:y", "join", false)
+			n.OnRoomEvent(other, 6, "", "", false)
+		}, "@b:x", 5, roomMoves{rooms: []string{other}, members: true}, true},
+		{"a member joins a room of others", func(n *Notifier) {
+			n.OnRoomEvent(other, 6, "@z:y", "join", false)
+			n.OnRoomEvent(other, 6, "", "", false)
+		}, "@a:x", 5, roomMoves{}, true},
+		{"the user leaves", func(n *Notifier) {
+			n.OnRoomEvent(room, 6, "@a:x", "leave", true)
+			n.OnRoomEvent(room, 6, "", "", false)
+		}, "@a:x", 5, roomMoves{own: true}, true},
+		{"the user is invited", func(n *Notifier) {
+			n.OnRoomEvent(other, 6, "@a:x", "invite", true)
+			n.OnRoomEvent(other, 6, "", "", false)
+		}, "@a:x", 5, roomMoves{own: true}, true},
+		{"typing is not the timeline", func(n *Notifier) { n.OnRoom(typingStream, room, 9) },
+			"@a:x", 5, roomMoves{}, true},
+		{"from before the notifier started", func(n *Notifier) {}, "@a:x", 4, roomMoves{}, false},
+		{"a user in no room", func(n *Notifier) {}, "@nobody:x", 5, roomMoves{}, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			n := NewNotifier(Token{pduStream: 5}, map[string][]string{room: {"@a:x", "@b:x"}, other: {"@b:x", "@c:x"}})
+			tc.events(n)
+			got, known := n.RoomMoves(tc.user, tc.since)
+			slices.Sort(got.rooms)
+			if known != tc.known || !slices.Equal(got.rooms, tc.want.rooms) || got.own != tc.want.own || got.members != tc.want.members {
+				t.Fatalf("got %+v (known %v), want %+v (known %v)", got, known, tc.want, tc.known)
+			}
+		})
 	}
 }

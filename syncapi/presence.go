@@ -421,3 +421,136 @@ func (s *SyncAPI) sharePresenceOnJoin(ctx context.Context, roomID, userID string
 	}
 	return nil
 }
+
+// presenceChanges returns the presence changes in (from, req.to] of the
+// user and of users sharing a room with it: from the notifier's memory
+// when it still holds them (the presence itself mostly from the cache),
+// else from the database.
+func (s *SyncAPI) presenceChanges(ctx context.Context, req *syncRequest, from int64) ([]*storage.Presence, error) {
+	user := req.dev.UserID
+	if req.since == nil {
+		return s.store.PresenceFor(ctx, user, from, req.to[presenceStream])
+	}
+	users, ok := s.notifier.PresenceChanges(user, from, req.to[presenceStream])
+	if !ok {
+		return s.store.PresenceFor(ctx, user, from, req.to[presenceStream])
+	}
+	out := make([]*storage.Presence, 0, len(users))
+	for _, u := range users {
+		p, err := s.presenceOf(ctx, u)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, &p)
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Pos < out[j].Pos })
+	return out, nil
+}
+
+// presenceProvider is the presence stream: the presence changes since the
+// last sync of the user and of users sharing a room with it (an initial
+// sync leaves out who is offline), and, as Synapse does, the presence of
+// users new to the user's rooms and of the members of rooms new to the
+// user, changed or not.
+type presenceProvider struct{ s *SyncAPI }
+
+func (presenceProvider) id() streamID { return presenceStream }
+
+func (p presenceProvider) latest(ctx context.Context) (int64, error) {
+	return p.s.store.MaxPresencePos(ctx)
+}
+
+// presencePart is the presence events of one answer, oldest change first.
+type presencePart []any
+
+func (pp presencePart) addTo(_ *syncRequest, resp *syncResponse) {
+	resp.Presence.Events = append(resp.Presence.Events, pp...)
+}
+
+func (p presenceProvider) load(ctx context.Context, req *syncRequest, from int64) (part, error) {
+	s := p.s
+	f := &req.filter.Presence
+	if !f.AllowsType("m.presence") || (f.Limit != nil && *f.Limit == 0) {
+		return nil, nil
+	}
+	user := req.dev.UserID
+	byUser := map[string]*storage.Presence{}
+	var order []string
+	add := func(p *storage.Presence) {
+		if _, ok := byUser[p.UserID]; !ok {
+			order = append(order, p.UserID)
+		}
+		byUser[p.UserID] = p
+	}
+	if req.moved(presenceStream) {
+		changed, err := s.presenceChanges(ctx, req, from)
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range changed {
+			if req.since == nil && p.Presence == sapi.Offline {
+				continue
+			}
+			add(p)
+		}
+	}
+	if req.since != nil {
+		extra := map[string]bool{}
+		if req.to[pduStream] > req.since[pduStream] && !req.quiet(pduStream) {
+			mc, err := s.membersChanged(ctx, req)
+			if err != nil {
+				return nil, err
+			}
+			for _, u := range mc.joined {
+				extra[u] = true
+			}
+		}
+		for roomID := range req.b.newRooms {
+			members, err := s.store.CurrentState(ctx, roomID, "m.room.member")
+			if err != nil {
+				return nil, err
+			}
+			for _, m := range members {
+				if m.Membership == "join" {
+					extra[m.StateKey] = true
+				}
+			}
+		}
+		delete(extra, user)
+		var missing []string
+		for u := range extra {
+			if _, ok := byUser[u]; !ok {
+				missing = append(missing, u)
+			}
+		}
+		sort.Strings(missing)
+		known, err := s.store.PresenceOf(ctx, missing)
+		if err != nil {
+			return nil, err
+		}
+		found := make(map[string]*storage.Presence, len(known))
+		for _, p := range known {
+			found[p.UserID] = p
+		}
+		for _, u := range missing {
+			p := found[u]
+			if p == nil {
+				p = &storage.Presence{UserID: u, Presence: sapi.Offline}
+			}
+			add(p)
+		}
+	}
+	var out presencePart
+	for _, u := range order {
+		if f.Allows("m.presence", u) {
+			out = append(out, s.presenceEvent(byUser[u]))
+		}
+	}
+	if f.Limit != nil && len(out) > *f.Limit {
+		out = out[len(out)-*f.Limit:]
+	}
+	if len(out) == 0 {
+		return nil, nil
+	}
+	return out, nil
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -185,7 +186,12 @@ func (s *SyncAPI) onReceipt(ctx context.Context, m jetstream.Msg) error {
 		return err
 	}
 	if stored {
-		s.notifier.OnReceipt(r.RoomID, r.UserID, r.Type == receiptReadPrivate, r.Pos)
+		// A private receipt concerns its owner only.
+		if r.Type == receiptReadPrivate {
+			s.notifier.OnUser(receiptStream, r.UserID, r.Pos)
+		} else {
+			s.notifier.OnRoom(receiptStream, r.RoomID, r.Pos)
+		}
 	}
 	return nil
 }
@@ -222,4 +228,46 @@ func receiptEvents(receipts []storage.Receipt) map[string]any {
 		out[roomID] = map[string]any{"type": "m.receipt", "content": c}
 	}
 	return out
+}
+
+// receiptsProvider is the receipts stream: the receipts in the user's
+// joined rooms changed since the token (its own private ones included),
+// one m.receipt event a room.
+type receiptsProvider struct{ s *SyncAPI }
+
+func (receiptsProvider) id() streamID { return receiptStream }
+
+func (p receiptsProvider) latest(ctx context.Context) (int64, error) {
+	return p.s.store.MaxReceiptPos(ctx)
+}
+
+func (p receiptsProvider) load(ctx context.Context, req *syncRequest, from int64) (part, error) {
+	if !req.moved(receiptStream) {
+		return nil, nil
+	}
+	f := &req.filter.Room.Ephemeral
+	if (f.Limit != nil && *f.Limit == 0) || !f.AllowsType("m.receipt") {
+		return nil, nil
+	}
+	rs, err := p.s.store.ReceiptsFor(ctx, req.dev.UserID, receiptReadPrivate, from, req.to[receiptStream])
+	if err != nil {
+		return nil, fmt.Errorf("receipts for %s: %w", req.dev.UserID, err)
+	}
+	if len(rs) == 0 {
+		return nil, nil
+	}
+	memberships, err := p.s.memberships(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	out := roomEvents{}
+	for roomID, ev := range receiptEvents(rs) {
+		if memberships[roomID] == "join" && req.filter.Room.AllowsRoom(roomID, nil) && req.filter.Room.AllowsRoom(roomID, f) {
+			out[roomID] = ev
+		}
+	}
+	if len(out) == 0 {
+		return nil, nil
+	}
+	return out, nil
 }

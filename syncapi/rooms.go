@@ -117,7 +117,7 @@ func (s *SyncAPI) messages(r *http.Request, dev *uapi.Device) (any, error) {
 		return nil, err
 	}
 	current := s.notifier.Current()
-	maxPos := current.PDU
+	maxPos := current[pduStream]
 	from := q.Get("from")
 	point, startTok, err := s.pagePoint(ctx, roomID, from, backwards, current)
 	if err != nil {
@@ -125,9 +125,9 @@ func (s *SyncAPI) messages(r *http.Request, dev *uapi.Device) (any, error) {
 	}
 	if strings.HasPrefix(from, "s") {
 		if t, err := ParseToken(from); err == nil {
-			maxPos = min(maxPos, t.PDU)
+			maxPos = min(maxPos, t[pduStream])
 			if !backwards {
-				maxPos = current.PDU
+				maxPos = current[pduStream]
 			}
 		}
 	}
@@ -136,7 +136,7 @@ func (s *SyncAPI) messages(r *http.Request, dev *uapi.Device) (any, error) {
 		if t, err := ParseTopoToken(to); err == nil {
 			stop = &t
 		} else if st, err := ParseToken(to); err == nil {
-			d, p, err := s.store.TopoPosition(ctx, roomID, st.PDU)
+			d, p, err := s.store.TopoPosition(ctx, roomID, st[pduStream])
 			if err != nil {
 				return nil, err
 			}
@@ -393,7 +393,7 @@ func (s *SyncAPI) pagePoint(ctx context.Context, roomID, from string, backwards 
 		if err != nil {
 			return TopoToken{}, "", mxhttp.InvalidParam("%v", err)
 		}
-		d, p, err := s.store.TopoPosition(ctx, roomID, st.PDU)
+		d, p, err := s.store.TopoPosition(ctx, roomID, st[pduStream])
 		if err != nil {
 			return TopoToken{}, "", err
 		}
@@ -402,7 +402,7 @@ func (s *SyncAPI) pagePoint(ctx context.Context, roomID, from string, backwards 
 		if !backwards {
 			return TopoToken{}, TopoToken{}.String(), nil
 		}
-		d, p, err := s.store.TopoPosition(ctx, roomID, current.PDU)
+		d, p, err := s.store.TopoPosition(ctx, roomID, current[pduStream])
 		if err != nil {
 			return TopoToken{}, "", err
 		}
@@ -479,7 +479,7 @@ func (s *SyncAPI) context(r *http.Request, dev *uapi.Device) (any, error) {
 		return nil, mxhttp.NotFound("Event not found")
 	}
 	f := formatter{sessionID: dev.SessionID, now: s.now(), withRoomID: true}
-	maxPos := s.notifier.Current().PDU
+	maxPos := s.notifier.Current()[pduStream]
 	pick := func(evs []*storage.Event, n int) ([]ClientEvent, error) {
 		out := []ClientEvent{}
 		for _, x := range evs {

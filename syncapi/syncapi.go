@@ -37,13 +37,15 @@ type SyncAPI struct {
 	users    uapi.API
 	rooms    rsapi.API
 	notifier *Notifier
-	lazy     *lazyMembers
-	filters  *cache.LRU[string, *Filter] // stored filters by user and ID; inline ones by their JSON
-	typing   *typingRooms
-	presence *presenceCache
-	timeouts *deadlines
-	log      *logrus.Entry
-	now      func() time.Time
+	// streamList is syncStreams, made once.
+	streamList []stream
+	lazy       *lazyMembers
+	filters    *cache.LRU[string, *Filter] // stored filters by user and ID; inline ones by their JSON
+	typing     *typingRooms
+	presence   *presenceCache
+	timeouts   *deadlines
+	log        *logrus.Entry
+	now        func() time.Time
 
 	// processed holds the last stream sequence consumed from each stream,
 	// so a request can wait until syncapi has seen everything committed
@@ -65,46 +67,19 @@ func New(ctx context.Context, cfg *config.Config, db *sqldb.DB, b *bus.Bus, user
 	if err != nil {
 		return nil, fmt.Errorf("syncapi storage: %w", err)
 	}
-	pos, err := store.MaxPos(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("sync position: %w", err)
-	}
-	adPos, err := users.AccountDataPos(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("account data position: %w", err)
-	}
-	receiptPos, err := store.MaxReceiptPos(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("receipt position: %w", err)
-	}
-	presencePos, err := store.MaxPresencePos(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("presence position: %w", err)
-	}
-	dlPos, err := users.DeviceListsPos(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("device list position: %w", err)
-	}
-	tdPos, err := store.MaxToDevicePos(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("to-device position: %w", err)
-	}
 	joined, err := store.JoinedUsers(ctx, ":"+cfg.ServerName)
 	if err != nil {
 		return nil, fmt.Errorf("load joined users: %w", err)
 	}
-	typing := newTypingRooms(time.Now)
-	current := Token{PDU: pos, AccountData: adPos, Typing: typing.Pos(), Receipt: receiptPos, Presence: presencePos, DeviceLists: dlPos, ToDevice: tdPos}
-	return &SyncAPI{
+	s := &SyncAPI{
 		cfg:       cfg,
 		store:     store,
 		bus:       b,
 		users:     users,
 		rooms:     rooms,
-		notifier:  NewNotifier(current, joined),
 		lazy:      newLazyMembers(100000),
 		filters:   cache.New[string, *Filter](100000),
-		typing:    typing,
+		typing:    newTypingRooms(time.Now),
 		presence:  newPresenceCache(100000),
 		timeouts:  newDeadlines(timeoutTick),
 		log:       log,
@@ -112,7 +87,15 @@ func New(ctx context.Context, cfg *config.Config, db *sqldb.DB, b *bus.Bus, user
 		processed: map[string]uint64{},
 		stalled:   map[string]bool{},
 		progress:  make(chan struct{}),
-	}, nil
+	}
+	// Each stream's position, from the component that keeps it.
+	s.streamList = s.syncStreams()
+	current, err := latestPositions(ctx, s.streamList)
+	if err != nil {
+		return nil, fmt.Errorf("sync positions: %w", err)
+	}
+	s.notifier = NewNotifier(current, joined)
+	return s, nil
 }
 
 // timeoutTick is what long-poll timeouts are rounded down to (deadlines).
@@ -286,14 +269,17 @@ func (s *SyncAPI) onUserData(ctx context.Context, m jetstream.Msg) error {
 	}
 	switch u.Stream {
 	case "account_data":
-		s.notifier.OnAccountData(u.UserID, u.Pos)
+		s.notifier.OnUser(accountDataStream, u.UserID, u.Pos)
 	case "device_lists":
 		// Everyone sharing a room with the user hears of it.
 		rooms, err := s.joinedRooms(ctx, u.UserID)
 		if err != nil {
 			return err
 		}
-		s.notifier.OnDeviceList(u.UserID, rooms, u.Pos)
+		s.notifier.OnShared(deviceListStream, u.UserID, rooms, u.Pos)
+		if s.isLocal(u.UserID) {
+			return s.dropGoneDevices(ctx, u.UserID)
+		}
 	}
 	return nil
 }

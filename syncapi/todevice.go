@@ -3,6 +3,7 @@ package syncapi
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"math"
 	"net/http"
 	"strconv"
@@ -123,41 +124,119 @@ func (s *SyncAPI) onSendToDevice(ctx context.Context, m jetstream.Msg) error {
 	// Each device is woken at the batch's last position, which covers its
 	// messages; a (user, device) appears once per message in msgs.
 	for _, msg := range msgs {
-		s.notifier.OnToDevice(msg.UserID, msg.DeviceID, pos)
+		s.notifier.OnDevice(toDeviceStream, msg.UserID, msg.DeviceID, pos)
 	}
 	return nil
 }
 
-// addToDevice adds the device's send-to-device messages after since, at
-// most maxToDevicePerSync (next_batch then stops after the last one
-// given). Syncing from a token acknowledges the messages before it: they
-// are deleted then (spec), when the stream moved for the user, so a sync
-// with nothing new writes nothing.
-func (s *SyncAPI) addToDevice(ctx context.Context, req *syncRequest, since Token, resp *syncResponse) error {
-	user, dev := req.dev.UserID, req.dev.DeviceID
-	if req.since != nil && (req.to.ToDevice <= since.ToDevice || req.quiet(toDevicePos)) {
-		return nil
-	}
-	if req.since != nil && since.ToDevice > 0 {
-		if err := s.store.DeleteToDevice(ctx, user, dev, since.ToDevice); err != nil {
-			return err
-		}
-	}
-	msgs, err := s.store.ToDeviceFor(ctx, user, dev, since.ToDevice, req.to.ToDevice, maxToDevicePerSync)
-	if err != nil {
+// dropGoneDevices deletes the to-device messages waiting for devices of
+// userID that no longer exist (its device list changed): a deleted device
+// never syncs them away, and a new device given the same ID must not get
+// them.
+func (s *SyncAPI) dropGoneDevices(ctx context.Context, userID string) error {
+	waiting, err := s.store.ToDeviceDevices(ctx, userID)
+	if err != nil || len(waiting) == 0 {
 		return err
 	}
-	for _, m := range msgs {
-		resp.ToDevice.Events = append(resp.ToDevice.Events, toDeviceEvent(m))
+	devs, err := s.users.Devices(ctx, userID)
+	if err != nil {
+		return fmt.Errorf("devices of %s: %w", userID, err)
 	}
-	if len(msgs) == maxToDevicePerSync {
-		req.to.ToDevice = msgs[len(msgs)-1].Pos
-		resp.NextBatch = req.to.String()
+	known := make(map[string]bool, len(devs))
+	for _, d := range devs {
+		known[d.DeviceID] = true
+	}
+	for _, d := range waiting {
+		if !known[d] {
+			if err := s.store.DeleteDeviceToDevice(ctx, userID, d); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }
 
-func toDevicePos(t Token) int64 { return t.ToDevice }
+// toDeviceProvider is the to-device stream: the device's send-to-device
+// messages after the token, at most maxToDevicePerSync (next_batch then
+// stops after the last one given). Syncing from a token acknowledges the
+// messages before it: they are deleted then (spec), when the stream moved
+// for the device, so a sync with nothing new writes nothing.
+type toDeviceProvider struct{ s *SyncAPI }
+
+func (toDeviceProvider) id() streamID { return toDeviceStream }
+
+func (p toDeviceProvider) latest(ctx context.Context) (int64, error) {
+	return p.s.store.MaxToDevicePos(ctx)
+}
+
+// toDevicePart is the to-device messages of one answer.
+type toDevicePart []any
+
+func (t toDevicePart) addTo(_ *syncRequest, resp *syncResponse) {
+	resp.ToDevice.Events = append(resp.ToDevice.Events, t...)
+}
+
+func (p toDeviceProvider) load(ctx context.Context, req *syncRequest, from int64) (part, error) {
+	if !req.moved(toDeviceStream) {
+		return nil, nil
+	}
+	user, dev := req.dev.UserID, req.dev.DeviceID
+	if req.since != nil && from > 0 {
+		if err := p.s.store.DeleteToDevice(ctx, user, dev, from); err != nil {
+			return nil, fmt.Errorf("delete to-device messages of %s %s: %w", user, dev, err)
+		}
+	}
+	msgs, err := p.s.store.ToDeviceFor(ctx, user, dev, from, req.to[toDeviceStream], maxToDevicePerSync)
+	if err != nil {
+		return nil, fmt.Errorf("to-device messages of %s %s: %w", user, dev, err)
+	}
+	if len(msgs) == 0 {
+		return nil, nil
+	}
+	if len(msgs) == maxToDevicePerSync {
+		req.to[toDeviceStream] = msgs[len(msgs)-1].Pos
+	}
+	req.b.toDeviceGiven = len(msgs)
+	out := make(toDevicePart, 0, len(msgs))
+	for _, m := range msgs {
+		out = append(out, toDeviceEvent(m))
+	}
+	return out, nil
+}
+
+// keyCountsProvider gives the device's one-time key counts and unused
+// fallback key types. They have no position of their own: they are
+// counted when they may have been claimed, in an initial sync and in one
+// that gives to-device messages (a claim comes before the to-device
+// message that uses the key). Not counting them in every sync spares a
+// woken long-poll a query; an absent count is an unchanged one to clients.
+type keyCountsProvider struct{ s *SyncAPI }
+
+func (keyCountsProvider) id() streamID { return toDeviceStream }
+
+// keyCountsPart is the device's key counts.
+type keyCountsPart uapi.KeyCounts
+
+func (k *keyCountsPart) addTo(_ *syncRequest, resp *syncResponse) {
+	resp.OTKCounts, resp.UnusedFallback = k.OneTime, &k.UnusedFallback
+}
+
+func (p keyCountsProvider) load(ctx context.Context, req *syncRequest, _ int64) (part, error) {
+	if req.since != nil && req.b.toDeviceGiven == 0 {
+		return nil, nil
+	}
+	counts, err := p.s.users.KeyCounts(ctx, req.dev.UserID, req.dev.DeviceID)
+	if err != nil {
+		return nil, fmt.Errorf("key counts of %s %s: %w", req.dev.UserID, req.dev.DeviceID, err)
+	}
+	if counts.OneTime == nil {
+		counts.OneTime = map[string]int{}
+	}
+	if _, ok := counts.OneTime["signed_curve25519"]; !ok {
+		counts.OneTime["signed_curve25519"] = 0
+	}
+	return (*keyCountsPart)(counts), nil
+}
 
 // toDeviceEvent is a stored to-device message as clients get it.
 func toDeviceEvent(m storage.ToDevice) any {

@@ -3,6 +3,8 @@ package syncapi_test
 import (
 	"encoding/json"
 	"fmt"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -106,6 +108,88 @@ func TestSendToDevice(t *testing.T) {
 					t.Fatalf("got %d %s, want %d %s", r.Status, r.Raw, tc.status, tc.code)
 				}
 			})
+		}
+	})
+}
+
+// toDevicePos is the to-device field of a sync token (the seventh).
+func toDevicePos(t *testing.T, token string) int64 {
+	t.Helper()
+	fields := strings.Split(strings.TrimPrefix(token, "s"), "_")
+	if len(fields) < 7 {
+		t.Fatalf("token %q has no to-device position", token)
+	}
+	n, err := strconv.ParseInt(fields[6], 10, 64)
+	if err != nil {
+		t.Fatalf("token %q: %v", token, err)
+	}
+	return n
+}
+
+// TestToDeviceGoneDevice: the messages waiting for a deleted device are
+// deleted with it (a device logging in later under its ID gets none of
+// them), and the to-device position survives a restart after every
+// message was acknowledged, so tokens never go back.
+func TestToDeviceGoneDevice(t *testing.T) {
+	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
+		cfg := testserver.Config(t.TempDir(), dbURL)
+		srv := testserver.Start(t, cfg)
+		alice := srv.Register(t, "alice")
+		bob := srv.Register(t, "bob")
+		bobID := bob.Do(t, "GET", v3+"/account/whoami", nil).MustOK(t).String("user_id")
+		bobDev := bob.Do(t, "GET", v3+"/account/whoami", nil).MustOK(t).String("device_id")
+		login := func() *testserver.Client {
+			c := &testserver.Client{Base: srv.URL}
+			c.Token = c.Do(t, "POST", v3+"/login", map[string]any{
+				"type": "m.login.password", "identifier": map[string]string{"type": "m.id.user", "user": "bob"},
+				"password": "password-bob", "device_id": "GONE",
+			}).MustOK(t).String("access_token")
+			return c
+		}
+		login()
+		send := func(txn, dev string, n int) {
+			t.Helper()
+			alice.Do(t, "PUT", v3+"/sendToDevice/m.test/"+txn, map[string]any{
+				"messages": map[string]any{bobID: map[string]any{dev: map[string]int{"n": n}}},
+			}).MustOK(t)
+		}
+		send("t1", "GONE", 1)
+		// Bob's own device gets nothing, but a token past the message.
+		acked := syncFrom(t, bob, "", 0).String("next_batch")
+
+		// The device GONE is deleted before it synced, then a device is
+		// logged in under its ID: the old message is not for it.
+		path := v3 + "/devices/GONE"
+		session := bob.Do(t, "DELETE", path, map[string]any{}).String("session")
+		bob.Do(t, "DELETE", path, map[string]any{"auth": map[string]any{
+			"type": "m.login.password", "identifier": map[string]any{"type": "m.id.user", "user": "bob"},
+			"password": "password-bob", "session": session,
+		}}).MustOK(t)
+		// A sync waits until syncapi has consumed the deletion: a device
+		// made under the same ID before then would keep the messages
+		// (syncapi sees which devices exist, not which were deleted).
+		syncFrom(t, bob, "", 0)
+		again := login()
+		if got := toDevice(t, syncFrom(t, again, "", 0)); len(got) != 0 {
+			t.Fatalf("a new device under a deleted device's ID got its messages: %v", got)
+		}
+
+		// No message is stored any more: after a restart the position is
+		// where it was, not back at the last stored row.
+		before := toDevicePos(t, acked)
+		if before == 0 {
+			t.Fatalf("no to-device position in %q", acked)
+		}
+		srv.Stop()
+		srv = testserver.Start(t, cfg)
+		alice.Base, bob.Base = srv.URL, srv.URL
+		next := syncFrom(t, bob, acked, 0).String("next_batch")
+		if after := toDevicePos(t, next); after < before {
+			t.Fatalf("the to-device position went back across a restart: %d, then %d", before, after)
+		}
+		send("t2", bobDev, 2)
+		if got := toDevice(t, syncFrom(t, bob, next, 5000)); len(got) != 1 || !strings.HasSuffix(got[0], " 2") {
+			t.Fatalf("after the restart bob's device got %v, want only message 2", got)
 		}
 	})
 }

@@ -6,46 +6,60 @@ import (
 	"strings"
 )
 
-// Token is a /sync position: one position per stream. Its text form is
-// "s<pdu>_<account data>_<typing>_<receipt>_<presence>_<device lists>_<to-device>"; streams added
-// later append fields, and missing fields parse as 0 so old tokens stay
-// valid (a 0 means "everything", as for an initial sync of that stream).
-type Token struct {
-	PDU         int64
-	AccountData int64
-	// Typing is the position of the in-memory typing stream. It is not
-	// stored; it starts from the clock (see newTypingRooms), so it never
-	// goes back across a restart.
-	Typing   int64
-	Receipt  int64
-	Presence int64
-	// DeviceLists is the userapi's device-list stream.
-	DeviceLists int64
-	ToDevice    int64
-}
+// streamID is a stream's place in a Token. The order is the text form's
+// and never changes: a new stream is appended before numStreams.
+type streamID int
+
+const (
+	pduStream         streamID = iota // room timelines and memberships
+	accountDataStream                 // the userapi's account data
+	// typingStream is the in-memory typing stream. It is not stored; it
+	// starts from the clock (see newTypingRooms), so it never goes back
+	// across a restart.
+	typingStream
+	receiptStream
+	presenceStream
+	deviceListStream // the userapi's device-list stream
+	toDeviceStream
+	numStreams
+)
+
+// Token is a /sync position: one position per stream, indexed by
+// streamID. Its text form is "s<pdu>_<account data>_<typing>_<receipt>_
+// <presence>_<device lists>_<to-device>"; streams added later append
+// fields, and missing fields parse as 0 so old tokens stay valid (a 0
+// means "everything", as for an initial sync of that stream).
+type Token [numStreams]int64
 
 func (t Token) String() string {
-	return fmt.Sprintf("s%d_%d_%d_%d_%d_%d_%d", t.PDU, t.AccountData, t.Typing, t.Receipt, t.Presence, t.DeviceLists, t.ToDevice)
+	b := make([]byte, 0, 16*numStreams)
+	for i, p := range t {
+		if i == 0 {
+			b = append(b, 's')
+		} else {
+			b = append(b, '_')
+		}
+		b = strconv.AppendInt(b, p, 10)
+	}
+	return string(b)
 }
 
 // After reports whether t is ahead of o in any stream.
 func (t Token) After(o Token) bool {
-	return t.PDU > o.PDU || t.AccountData > o.AccountData || t.Typing > o.Typing ||
-		t.Receipt > o.Receipt || t.Presence > o.Presence || t.DeviceLists > o.DeviceLists ||
-		t.ToDevice > o.ToDevice
+	for i := range t {
+		if t[i] > o[i] {
+			return true
+		}
+	}
+	return false
 }
 
 // Max returns the later position of t and o in each stream.
 func (t Token) Max(o Token) Token {
-	return Token{
-		PDU:         max(t.PDU, o.PDU),
-		AccountData: max(t.AccountData, o.AccountData),
-		Typing:      max(t.Typing, o.Typing),
-		Receipt:     max(t.Receipt, o.Receipt),
-		Presence:    max(t.Presence, o.Presence),
-		DeviceLists: max(t.DeviceLists, o.DeviceLists),
-		ToDevice:    max(t.ToDevice, o.ToDevice),
+	for i := range t {
+		t[i] = max(t[i], o[i])
 	}
+	return t
 }
 
 // ParseToken reads a sync token. Fields of streams this version does not
@@ -54,17 +68,17 @@ func ParseToken(s string) (Token, error) {
 	if !strings.HasPrefix(s, "s") {
 		return Token{}, fmt.Errorf("sync token %q does not start with 's'", s)
 	}
-	var vals [7]int64
+	var t Token
 	for i, f := range strings.Split(s[1:], "_") {
 		n, err := strconv.ParseInt(f, 10, 64)
 		if err != nil || n < 0 {
 			return Token{}, fmt.Errorf("bad sync token %q", s)
 		}
-		if i < len(vals) {
-			vals[i] = n
+		if i < len(t) {
+			t[i] = n
 		}
 	}
-	return Token{PDU: vals[0], AccountData: vals[1], Typing: vals[2], Receipt: vals[3], Presence: vals[4], DeviceLists: vals[5], ToDevice: vals[6]}, nil
+	return t, nil
 }
 
 // TopoToken is a /messages position: just before or after (depth, pos).

@@ -9,13 +9,13 @@ func TestParseToken(t *testing.T) {
 		want    Token
 		wantErr bool
 	}{
-		{"current", "s1_2_3_4_5_6_7", Token{PDU: 1, AccountData: 2, Typing: 3, Receipt: 4, Presence: 5, DeviceLists: 6, ToDevice: 7}, false},
-		{"before to-device", "s1_2_3_4_5_6", Token{PDU: 1, AccountData: 2, Typing: 3, Receipt: 4, Presence: 5, DeviceLists: 6}, false},
-		{"before device lists", "s1_2_3_4_5", Token{PDU: 1, AccountData: 2, Typing: 3, Receipt: 4, Presence: 5}, false},
-		{"before typing, receipts and presence", "s1_2", Token{PDU: 1, AccountData: 2}, false},
-		{"before account data", "s7", Token{PDU: 7}, false},
-		{"from a later version", "s1_2_3_4_5_6_7_8", Token{PDU: 1, AccountData: 2, Typing: 3, Receipt: 4, Presence: 5, DeviceLists: 6, ToDevice: 7}, false},
-		{"typing from the clock", "s10_0_1767225600000_0_0", Token{PDU: 10, Typing: 1767225600000}, false},
+		{"current", "s1_2_3_4_5_6_7", Token{pduStream: 1, accountDataStream: 2, typingStream: 3, receiptStream: 4, presenceStream: 5, deviceListStream: 6, toDeviceStream: 7}, false},
+		{"before to-device", "s1_2_3_4_5_6", Token{pduStream: 1, accountDataStream: 2, typingStream: 3, receiptStream: 4, presenceStream: 5, deviceListStream: 6}, false},
+		{"before device lists", "s1_2_3_4_5", Token{pduStream: 1, accountDataStream: 2, typingStream: 3, receiptStream: 4, presenceStream: 5}, false},
+		{"before typing, receipts and presence", "s1_2", Token{pduStream: 1, accountDataStream: 2}, false},
+		{"before account data", "s7", Token{pduStream: 7}, false},
+		{"from a later version", "s1_2_3_4_5_6_7_8", Token{pduStream: 1, accountDataStream: 2, typingStream: 3, receiptStream: 4, presenceStream: 5, deviceListStream: 6, toDeviceStream: 7}, false},
+		{"typing from the clock", "s10_0_1767225600000_0_0", Token{pduStream: 10, typingStream: 1767225600000}, false},
 		{"pagination token", "t1_2", Token{}, true},
 		{"negative", "s-1_0", Token{}, true},
 		{"negative later field", "s1_0_0_-4", Token{}, true},
@@ -48,12 +48,12 @@ func TestParseToken(t *testing.T) {
 }
 
 func TestTokenOrder(t *testing.T) {
-	a := Token{PDU: 5, AccountData: 1, Typing: 100, Receipt: 2, Presence: 3}
+	a := Token{pduStream: 5, accountDataStream: 1, typingStream: 100, receiptStream: 2, presenceStream: 3}
 	for _, b := range []Token{
-		{PDU: 6, AccountData: 1, Typing: 100, Receipt: 2, Presence: 3},
-		{PDU: 5, AccountData: 1, Typing: 101, Receipt: 2, Presence: 3},
-		{PDU: 5, AccountData: 1, Typing: 100, Receipt: 3, Presence: 3},
-		{PDU: 5, AccountData: 1, Typing: 100, Receipt: 2, Presence: 4},
+		{pduStream: 6, accountDataStream: 1, typingStream: 100, receiptStream: 2, presenceStream: 3},
+		{pduStream: 5, accountDataStream: 1, typingStream: 101, receiptStream: 2, presenceStream: 3},
+		{pduStream: 5, accountDataStream: 1, typingStream: 100, receiptStream: 3, presenceStream: 3},
+		{pduStream: 5, accountDataStream: 1, typingStream: 100, receiptStream: 2, presenceStream: 4},
 	} {
 		if !b.After(a) || a.After(b) {
 			t.Errorf("%v should be after %v and not the reverse", b, a)

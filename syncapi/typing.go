@@ -153,7 +153,7 @@ func (s *SyncAPI) expireTyping(ctx context.Context) {
 	for {
 		changed, next := s.typing.expire()
 		for roomID, pos := range changed {
-			s.notifier.OnTyping(roomID, pos)
+			s.notifier.OnRoom(typingStream, roomID, pos)
 		}
 		wait := time.Hour
 		if !next.IsZero() {
@@ -219,7 +219,67 @@ func (s *SyncAPI) onTyping(_ context.Context, m jetstream.Msg) error {
 		return nil // expired on the way (or redelivered after a restart)
 	}
 	if pos := s.typing.set(u.RoomID, u.UserID, u.Typing, expires); pos != 0 {
-		s.notifier.OnTyping(u.RoomID, pos)
+		s.notifier.OnRoom(typingStream, u.RoomID, pos)
 	}
 	return nil
+}
+
+// typingProvider is the typing stream: who is typing in the user's joined
+// rooms, for the rooms where that changed since the token (or, in a full
+// sync of a room, if anyone ever typed there: an empty list tells a client
+// that synced before that whoever it saw typing stopped, as Synapse's
+// initial sync does). It is held in memory; its position starts from the
+// clock.
+type typingProvider struct{ s *SyncAPI }
+
+func (typingProvider) id() streamID { return typingStream }
+
+func (p typingProvider) latest(context.Context) (int64, error) { return p.s.typing.Pos(), nil }
+
+// roomEvents is one ephemeral event by room: a typing or receipts part.
+type roomEvents map[string]any
+
+func (p typingProvider) load(ctx context.Context, req *syncRequest, from int64) (part, error) {
+	if !req.full() && !req.moved(typingStream) && len(req.b.newRooms) == 0 {
+		return nil, nil
+	}
+	f := &req.filter.Room.Ephemeral
+	if (f.Limit != nil && *f.Limit == 0) || !f.AllowsType("m.typing") {
+		return nil, nil
+	}
+	memberships, err := p.s.memberships(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	var out roomEvents
+	for roomID, m := range memberships {
+		if m != "join" || !req.filter.Room.AllowsRoom(roomID, nil) || !req.filter.Room.AllowsRoom(roomID, f) {
+			continue
+		}
+		users, pos := p.s.typing.room(roomID)
+		full := req.full() || req.b.newRooms[roomID]
+		if (req.since != nil && pos > from) || (full && pos > 0) {
+			if out == nil {
+				out = roomEvents{}
+			}
+			out[roomID] = map[string]any{"type": "m.typing", "content": map[string]any{"user_ids": users}}
+		}
+	}
+	if out == nil {
+		return nil, nil
+	}
+	return out, nil
+}
+
+// addTo adds each room's event to its ephemeral events, within the
+// filter's limit.
+func (r roomEvents) addTo(req *syncRequest, resp *syncResponse) {
+	limit := req.filter.Room.Ephemeral.Limit
+	for roomID, ev := range r {
+		jr := resp.room(req, roomID)
+		if limit != nil && len(jr.Ephemeral.Events) >= *limit {
+			continue
+		}
+		jr.Ephemeral.Events = append(jr.Ephemeral.Events, ev)
+	}
 }

@@ -72,9 +72,48 @@ func (s *Storage) DeleteToDevice(ctx context.Context, userID, deviceID string, u
 	return nil
 }
 
-// MaxToDevicePos is the latest to-device position stored.
+// MaxToDevicePos is the latest to-device position given out. Messages are
+// deleted once acknowledged, so the table may hold none: the position is
+// the counter's, which survives restarts, not the highest row's.
 func (s *Storage) MaxToDevicePos(ctx context.Context) (int64, error) {
-	var p sql.NullInt64
-	err := s.db.QueryRow(ctx, `SELECT MAX(pos) FROM syncapi_to_device`).Scan(&p)
-	return p.Int64, err
+	q := `SELECT seq FROM sqlite_sequence WHERE name = 'syncapi_to_device'`
+	if s.db.Dialect == sqldb.Postgres {
+		q = `SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM syncapi_to_device_pos_seq`
+	}
+	var p int64
+	err := s.db.QueryRow(ctx, q).Scan(&p)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil // SQLite: nothing ever stored
+	}
+	if err != nil {
+		return 0, fmt.Errorf("to-device position: %w", err)
+	}
+	return p, nil
+}
+
+// ToDeviceDevices lists the devices of userID that have messages waiting.
+func (s *Storage) ToDeviceDevices(ctx context.Context, userID string) ([]string, error) {
+	rows, err := s.db.Query(ctx, `SELECT DISTINCT device_id FROM syncapi_to_device WHERE user_id = $1`, userID)
+	if err != nil {
+		return nil, fmt.Errorf("devices with to-device messages of %s: %w", userID, err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var d string
+		if err := rows.Scan(&d); err != nil {
+			return nil, fmt.Errorf("scan device: %w", err)
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
+// DeleteDeviceToDevice deletes every message waiting for a device of
+// userID, which is gone.
+func (s *Storage) DeleteDeviceToDevice(ctx context.Context, userID, deviceID string) error {
+	if _, err := s.db.Exec(ctx, `DELETE FROM syncapi_to_device WHERE user_id = $1 AND device_id = $2`, userID, deviceID); err != nil {
+		return fmt.Errorf("delete to-device messages of gone device %s %s: %w", userID, deviceID, err)
+	}
+	return nil
 }
