@@ -34,8 +34,10 @@ type fakeIdentity struct {
 	priv  ed25519.PrivateKey
 	valid atomic.Bool
 
-	mu     sync.Mutex
-	tokens []string
+	mu       sync.Mutex
+	tokens   []string
+	bindings map[string]string // address -> mxid
+	unbindBy []string          // the X-Matrix origin of each unbind
 }
 
 func newFakeIdentity(t *testing.T) *fakeIdentity {
@@ -43,7 +45,7 @@ func newFakeIdentity(t *testing.T) *fakeIdentity {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fakeIdentity{pub: pub, priv: priv}
+	f := &fakeIdentity{pub: pub, priv: priv, bindings: map[string]string{}}
 	f.valid.Store(true)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /_matrix/identity/v2/hash_details", func(w http.ResponseWriter, r *http.Request) {
@@ -66,6 +68,32 @@ func newFakeIdentity(t *testing.T) *fakeIdentity {
 	mux.HandleFunc("GET /_matrix/identity/v2/pubkey/isvalid", func(w http.ResponseWriter, r *http.Request) {
 		ok := f.valid.Load() && r.URL.Query().Get("public_key") == base64.RawStdEncoding.EncodeToString(f.pub)
 		_ = json.NewEncoder(w).Encode(map[string]bool{"valid": ok})
+	})
+	mux.HandleFunc("POST /_matrix/identity/v2/3pid/bind", func(w http.ResponseWriter, r *http.Request) {
+		var req struct{ SID, MXID string }
+		_ = json.NewDecoder(r.Body).Decode(&req)
+		address := req.SID + "@example.org" // each session validated one address
+		f.mu.Lock()
+		f.bindings[address] = req.MXID
+		f.mu.Unlock()
+		_ = json.NewEncoder(w).Encode(map[string]any{"medium": "email", "address": address, "mxid": req.MXID})
+	})
+	mux.HandleFunc("POST /_matrix/identity/v2/3pid/unbind", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			MXID     string                   `json:"mxid"`
+			Threepid struct{ Address string } `json:"threepid"`
+		}
+		_ = json.NewDecoder(r.Body).Decode(&req)
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		origin, _, _ := strings.Cut(strings.TrimPrefix(r.Header.Get("Authorization"), `X-Matrix origin="`), `"`)
+		f.unbindBy = append(f.unbindBy, origin)
+		if f.bindings[req.Threepid.Address] != req.MXID {
+			http.NotFound(w, r)
+			return
+		}
+		delete(f.bindings, req.Threepid.Address)
+		_ = json.NewEncoder(w).Encode(map[string]any{})
 	})
 	f.srv = httptest.NewTLSServer(mux)
 	t.Cleanup(f.srv.Close)
@@ -223,5 +251,59 @@ func TestThirdPartyInvites(t *testing.T) {
 				t.Fatalf("dan is %q", m)
 			}
 		})
+	})
+}
+
+// TestThreepidBindings: a user binds an email address on an identity
+// server through this server, which remembers where; an unbind naming no
+// identity server unbinds it there (signed by this server), and
+// deactivation unbinds what is left.
+func TestThreepidBindings(t *testing.T) {
+	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
+		srv := testserver.Start(t, testserver.Config(t.TempDir(), dbURL, func(c *config.Config) {
+			c.FederationAPI.InsecureIdentityServers = true
+			c.FederationAPI.AllowPrivateAddresses = true
+		}))
+		ids := newFakeIdentity(t)
+		alice := srv.Register(t, "alice")
+		bind := func(sid string) {
+			alice.Do(t, "POST", "/_matrix/client/v3/account/3pid/bind", map[string]string{
+				"id_server": ids.name, "id_access_token": "secret", "sid": sid, "client_secret": "s3cret",
+			}).MustOK(t)
+		}
+		bound := func(address string) string {
+			ids.mu.Lock()
+			defer ids.mu.Unlock()
+			return ids.bindings[address]
+		}
+		bind("one")
+		bind("two")
+		if bound("one@example.org") != "@alice:localhost" || bound("two@example.org") != "@alice:localhost" {
+			t.Fatalf("bindings at the identity server: %v", ids.bindings)
+		}
+		r := alice.Do(t, "POST", "/_matrix/client/v3/account/3pid/unbind", map[string]string{"medium": "email", "address": "one@example.org"}).MustOK(t)
+		if r.String("id_server_unbind_result") != "success" || bound("one@example.org") != "" {
+			t.Fatalf("unbind: %s; bindings %v", r.Raw, ids.bindings)
+		}
+		if got := ids.unbindBy; len(got) != 1 || got[0] != "localhost" {
+			t.Fatalf("unbind signed by %q, want this server", got)
+		}
+		// Nothing recorded for this address: nothing to unbind.
+		r = alice.Do(t, "POST", "/_matrix/client/v3/account/3pid/delete", map[string]string{"medium": "email", "address": "none@example.org"}).MustOK(t)
+		if r.String("id_server_unbind_result") != "no-support" {
+			t.Fatalf("delete of an unbound address: %s", r.Raw)
+		}
+		bad := alice.Do(t, "POST", "/_matrix/client/v3/account/3pid/bind", map[string]string{
+			"id_server": "not a host", "id_access_token": "secret", "sid": "x", "client_secret": "s3cret",
+		})
+		if bad.Status != http.StatusBadRequest || bad.String("errcode") != "M_INVALID_PARAM" {
+			t.Fatalf("bind with a bad id_server: %d %s", bad.Status, bad.Raw)
+		}
+		r = alice.Do(t, "POST", "/_matrix/client/v3/account/deactivate", map[string]any{
+			"auth": map[string]any{"type": "m.login.password", "identifier": map[string]any{"type": "m.id.user", "user": "alice"}, "password": "password-alice"},
+		}).MustOK(t)
+		if r.String("id_server_unbind_result") != "success" || bound("two@example.org") != "" {
+			t.Fatalf("deactivate: %s; bindings %v", r.Raw, ids.bindings)
+		}
 	})
 }
