@@ -38,6 +38,13 @@ func (p profiles) Profile(_ context.Context, userID string) (*uapi.Profile, erro
 	return nil, uapi.ErrNotFound
 }
 
+func (p profiles) Account(_ context.Context, userID string) (*uapi.Account, error) {
+	if _, ok := p[userID]; ok {
+		return &uapi.Account{UserID: userID}, nil
+	}
+	return nil, uapi.ErrNotFound
+}
+
 // originEcho is a test-only authenticated endpoint answering what the
 // authentication found: the origin, and the body the handler reads.
 func originEcho(r *http.Request) (any, error) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"sort"
 	"strconv"
 
@@ -236,8 +237,49 @@ type transaction struct {
 	PDUs           []json.RawMessage `json:"pdus"`
 }
 
-func (f *FederationAPI) transaction(evs []gmsl.PDU) *transaction {
-	return &transaction{Origin: f.key.ServerName, OriginServerTS: f.now().UnixMilli(), PDUs: pdusJSON(evs)}
+func (f *FederationAPI) transaction(ctx context.Context, evs []gmsl.PDU) *transaction {
+	return &transaction{Origin: f.key.ServerName, OriginServerTS: f.now().UnixMilli(), PDUs: pdusJSON(f.forErased(ctx, evs))}
+}
+
+// forErased redacts the events of this server's erased users (spec:
+// "Account deactivation" with erase: what they sent is served to others
+// as if redacted, which leaves the events' hashes and signatures valid).
+// Other servers' users are theirs to erase.
+func (f *FederationAPI) forErased(ctx context.Context, evs []gmsl.PDU) []gmsl.PDU {
+	if f.profiles == nil {
+		return evs
+	}
+	erased := map[string]bool{}
+	out, cloned := evs, false
+	for i, ev := range evs {
+		sender := string(ev.SenderID())
+		if serverOf(sender) != f.key.ServerName {
+			continue
+		}
+		e, seen := erased[sender]
+		if !seen {
+			a, err := f.profiles.Account(ctx, sender)
+			e = err == nil && a != nil && a.Erased
+			erased[sender] = e
+		}
+		if !e {
+			continue
+		}
+		verImpl, err := gmsl.GetRoomVersion(ev.Version())
+		if err != nil {
+			continue
+		}
+		redacted, err := verImpl.NewEventFromTrustedJSON(ev.JSON(), false)
+		if err != nil {
+			continue
+		}
+		redacted.Redact()
+		if !cloned {
+			out, cloned = slices.Clone(evs), true // the caller's slice is left as it was
+		}
+		out[i] = redacted
+	}
+	return out
 }
 
 // getEvent is GET /_matrix/federation/v1/event/{eventId}.
@@ -253,7 +295,7 @@ func (f *FederationAPI) getEvent(r *http.Request) (any, error) {
 	if err := f.mayRead(ctx, Origin(ctx), ev); err != nil {
 		return nil, err
 	}
-	return f.transaction([]gmsl.PDU{ev}), nil
+	return f.transaction(ctx, []gmsl.PDU{ev}), nil
 }
 
 // stateAt reads the event_id query parameter of /state and /state_ids,
@@ -410,7 +452,7 @@ func (f *FederationAPI) getMissingEvents(r *http.Request) (any, error) {
 		return nil, err
 	}
 	sort.SliceStable(found, func(i, j int) bool { return found[i].Depth() < found[j].Depth() })
-	return map[string]any{"events": pdusJSON(found)}, nil
+	return map[string]any{"events": pdusJSON(f.forErased(ctx, found))}, nil
 }
 
 // inRoom loads the events among ids that are of roomID.
@@ -514,5 +556,5 @@ func (f *FederationAPI) backfill(r *http.Request) (any, error) {
 		return nil, err
 	}
 	sort.SliceStable(evs, func(i, j int) bool { return evs[i].Depth() > evs[j].Depth() })
-	return f.transaction(evs), nil
+	return f.transaction(ctx, evs), nil
 }

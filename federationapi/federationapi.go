@@ -40,6 +40,9 @@ const requestTimeout = 30 * time.Second
 // Profiles is what the federation API reads of the userapi.
 type Profiles interface {
 	Profile(ctx context.Context, userID string) (*uapi.Profile, error)
+	// Account tells whether a local user was erased (deactivated asking
+	// that what they sent be forgotten).
+	Account(ctx context.Context, userID string) (*uapi.Account, error)
 }
 
 // Options are what the federation API needs besides its database.

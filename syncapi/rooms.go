@@ -214,7 +214,11 @@ func (s *SyncAPI) messages(r *http.Request, dev *uapi.Device) (any, error) {
 				return nil, err
 			}
 			if ok && filter.AllowsEvent(e.Type, e.Sender, contentRaw(e.JSON)) {
-				resp.Chunk = append(resp.Chunk, f.event(e))
+				shown, err := vis.forErased(ctx, e)
+				if err != nil {
+					return nil, err
+				}
+				resp.Chunk = append(resp.Chunk, f.event(shown))
 				if len(resp.Chunk) == limit {
 					break
 				}
@@ -433,6 +437,9 @@ func (s *SyncAPI) event(r *http.Request, dev *uapi.Device) (any, error) {
 	} else if !ok {
 		return nil, mxhttp.NotFound("Event not found")
 	}
+	if e, err = vis.forErased(ctx, e); err != nil {
+		return nil, err
+	}
 	return formatter{sessionID: dev.SessionID, now: s.now(), withRoomID: true}.event(e), nil
 }
 
@@ -478,6 +485,9 @@ func (s *SyncAPI) context(r *http.Request, dev *uapi.Device) (any, error) {
 	if ok, err := vis.canSee(ctx, e); err != nil || !ok {
 		return nil, mxhttp.NotFound("Event not found")
 	}
+	if e, err = vis.forErased(ctx, e); err != nil {
+		return nil, err
+	}
 	f := formatter{sessionID: dev.SessionID, now: s.now(), withRoomID: true}
 	maxPos := s.notifier.Current()[pduStream]
 	pick := func(evs []*storage.Event, n int) ([]ClientEvent, error) {
@@ -491,6 +501,9 @@ func (s *SyncAPI) context(r *http.Request, dev *uapi.Device) (any, error) {
 				return nil, err
 			}
 			if ok && filter.AllowsEvent(x.Type, x.Sender, contentRaw(x.JSON)) {
+				if x, err = vis.forErased(ctx, x); err != nil {
+					return nil, err
+				}
 				out = append(out, f.event(x))
 			}
 		}

@@ -430,6 +430,9 @@ func (s *SyncAPI) timelineEvents(ctx context.Context, req *syncRequest, roomID s
 				return nil, false, err
 			}
 			if ok && tf.AllowsEvent(e.Type, e.Sender, contentRaw(e.JSON)) {
+				if e, err = vis.forErased(ctx, e); err != nil {
+					return nil, false, err
+				}
 				kept = append(kept, e)
 			}
 		}

@@ -3,6 +3,7 @@ package syncapi
 import (
 	"context"
 	"errors"
+	gmsl "github.com/matrix-org/gomatrixserverlib"
 
 	"github.com/tidwall/gjson"
 
@@ -30,6 +31,11 @@ type visibility struct {
 
 	loaded bool
 	log    []storage.MembershipChange
+
+	// erased caches whether senders are erased users; version is the
+	// room's, for redacting their events (forErased).
+	erased  map[string]bool
+	version gmsl.IRoomVersion
 }
 
 func (v *visibility) load(ctx context.Context) error {
@@ -86,4 +92,59 @@ func (v *visibility) canSee(ctx context.Context, e *storage.Event) (bool, error)
 		return st.EventID == e.EventID, nil
 	}
 	return false, nil
+}
+
+// forErased returns e as the user may see it: redacted when its sender is
+// an erased user of this server and the user was not joined to the room
+// when it was sent (spec: "Account deactivation", erase; Synapse shows
+// such events in full only to those who were there). A joined user's live
+// timeline (past joinedAt) never needs the look-up.
+func (v *visibility) forErased(ctx context.Context, e *storage.Event) (*storage.Event, error) {
+	if v.joinedAt > 0 && e.Pos > v.joinedAt || e.Sender == v.userID || !v.s.isLocal(e.Sender) {
+		return e, nil
+	}
+	if err := v.load(ctx); err != nil {
+		return nil, err
+	}
+	at := "leave"
+	for _, c := range v.log {
+		if c.Pos < e.Pos {
+			at = c.Membership
+		}
+	}
+	if at == "join" {
+		return e, nil
+	}
+	if v.erased == nil {
+		v.erased = map[string]bool{}
+	}
+	erased, seen := v.erased[e.Sender]
+	if !seen {
+		a, err := v.s.users.Account(ctx, e.Sender)
+		erased = err == nil && a != nil && a.Erased
+		v.erased[e.Sender] = erased
+	}
+	if !erased {
+		return e, nil
+	}
+	if v.version == nil {
+		ver := gmsl.RoomVersionV1
+		if c, err := v.s.store.StateEvent(ctx, v.roomID, "m.room.create", ""); err == nil {
+			if rv := gjsonString(c.JSON, "content.room_version"); rv != "" {
+				ver = gmsl.RoomVersion(rv)
+			}
+		}
+		impl, err := gmsl.GetRoomVersion(ver)
+		if err != nil {
+			return e, nil
+		}
+		v.version = impl
+	}
+	redacted, err := v.version.RedactEventJSON([]byte(e.JSON))
+	if err != nil {
+		return e, nil
+	}
+	c := *e
+	c.JSON = string(redacted)
+	return &c, nil
 }
