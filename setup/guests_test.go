@@ -2,6 +2,7 @@ package setup_test
 
 import (
 	"fmt"
+	"net/url"
 	"testing"
 	"time"
 
@@ -72,5 +73,42 @@ func TestGuests(t *testing.T) {
 		}
 		full := &testserver.Client{Base: srv.URL, Token: up.String("access_token")}
 		full.Do(t, "POST", "/_matrix/client/v3/createRoom", map[string]any{}).MustOK(t)
+	})
+}
+
+// TestGuestsFederated: a guest of hsb invited to a room of hsa joins it
+// when the invite's stripped state shows guest access can_join, and is
+// refused otherwise (hsb cannot read the room's state before joining, and
+// hsa cannot tell a guest from another user); perform's tests refuse a
+// guest with no invite.
+func TestGuestsFederated(t *testing.T) {
+	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
+		fed := newFedNet(t)
+		guests := func(c *config.Config) { c.Registration.AllowGuests = true }
+		hsA := fed.start(t, "hsa.test", "127.0.0.4", dbURL)
+		hsB := fed.start(t, "hsb.test", "127.0.0.5", sqldbtest.URL(t, dialectOf(dbURL)), guests)
+		alice := hsA.Register(t, "alice")
+		anon := &testserver.Client{Base: hsB.URL}
+		g := anon.Do(t, "POST", "/_matrix/client/v3/register?kind=guest", map[string]any{}).MustOK(t)
+		guest := &testserver.Client{Base: hsB.URL, Token: g.String("access_token")}
+		guestID := g.String("user_id")
+		for _, tc := range []struct {
+			access string
+			status int
+		}{{"can_join", 200}, {"forbidden", 403}} {
+			t.Run("guest access "+tc.access, func(t *testing.T) {
+				req := map[string]any{"preset": "private_chat", "initial_state": []any{map[string]any{
+					"type": "m.room.guest_access", "state_key": "", "content": map[string]string{"guest_access": tc.access}}}}
+				room := alice.Do(t, "POST", "/_matrix/client/v3/createRoom", req).MustOK(t).String("room_id")
+				alice.Do(t, "POST", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/invite", map[string]string{"user_id": guestID}).MustOK(t)
+				r := guest.Do(t, "POST", "/_matrix/client/v3/join/"+url.PathEscape(room), map[string]any{})
+				if r.Status != tc.status {
+					t.Fatalf("guest's join: %d %s, want %d", r.Status, r.Raw, tc.status)
+				}
+				if tc.status != 200 && r.String("errcode") != "M_GUEST_ACCESS_FORBIDDEN" {
+					t.Fatalf("guest's refused join: %s", r.Raw)
+				}
+			})
+		}
 	})
 }

@@ -233,6 +233,14 @@ func (in *Inputer) takeInOutOfRoomMember(ctx context.Context, verImpl gmsl.IRoom
 	if membership != spec.Leave {
 		out.InviteRoomState = req.StrippedState
 	}
+	// The invite keeps what the room showed of itself, as Synapse keeps it
+	// in unsigned: what this server knows of a room it is not in (whether
+	// a guest may join, perform.guestMayJoinRemote).
+	if membership == spec.Invite && len(req.StrippedState) > 0 {
+		if err := pdu.SetUnsignedField("invite_room_state", req.StrippedState); err != nil {
+			return nil, refuse(0, "M_BAD_JSON", "invite_room_state: %v", err)
+		}
+	}
 	stored := false
 	err := in.write(ctx, func(w *storage.Writer) error {
 		room, err := w.Room(ctx, roomID)

@@ -71,6 +71,41 @@ func (p *Performer) guestMayJoin(ctx context.Context, roomID string) error {
 	return refuse("M_GUEST_ACCESS_FORBIDDEN", "Guest access is not allowed in this room")
 }
 
+// guestMayJoinRemote lets a guest join a room of another server only
+// when invited to it with stripped state that shows the room's guest
+// access as can_join: this server cannot read the room's state before it
+// joins, and a guest's join of a room that does not allow guests would
+// be accepted by the resident server, which cannot tell guests apart.
+func (p *Performer) guestMayJoinRemote(ctx context.Context, roomID, userID string) error {
+	refused := refuse("M_GUEST_ACCESS_FORBIDDEN", "Guests may join rooms of other servers only when invited to rooms that allow guests")
+	m, err := p.rooms.Membership(ctx, roomID, userID)
+	if err != nil || m == nil || m.Membership != spec.Invite || m.EventID == "" {
+		return refused
+	}
+	evs, err := p.rooms.Events(ctx, []string{m.EventID})
+	if err != nil || len(evs) != 1 {
+		return refused
+	}
+	var unsigned struct {
+		State []struct {
+			Type     string `json:"type"`
+			StateKey string `json:"state_key"`
+			Content  struct {
+				GuestAccess string `json:"guest_access"`
+			} `json:"content"`
+		} `json:"invite_room_state"`
+	}
+	if json.Unmarshal(evs[0].Unsigned(), &unsigned) != nil {
+		return refused
+	}
+	for _, st := range unsigned.State {
+		if st.Type == spec.MRoomGuestAccess && st.StateKey == "" && st.Content.GuestAccess == "can_join" {
+			return nil
+		}
+	}
+	return refused
+}
+
 // PerformKnock implements rsapi.Performer (spec: client-server API,
 // "Knocking on rooms"; room versions 7 and later). Whether the room lets
 // the user knock (its join rule, the user's membership, the room version)
@@ -111,10 +146,10 @@ func (p *Performer) joinRemote(ctx context.Context, req *rsapi.JoinRequest) (*rs
 	if p.fed == nil || len(servers) == 0 {
 		return nil, noServers(req.RoomID)
 	}
-	// Whether the room lets guests in is only known once joined; Synapse
-	// and Dendrite do not let guests join over federation either.
 	if req.IsGuest {
-		return nil, refuse("M_GUEST_ACCESS_FORBIDDEN", "Guests may not join rooms on other servers")
+		if err := p.guestMayJoinRemote(ctx, req.RoomID, req.UserID); err != nil {
+			return nil, err
+		}
 	}
 	content, err := p.memberContent(ctx, spec.Join, req.UserID, req.Reason, req.Content)
 	if err != nil {

@@ -172,12 +172,6 @@ func (p *Performer) invite(ctx context.Context, req *rsapi.InviteRequest, conten
 	return err
 }
 
-// inviteStrippedTypes are the state events an invite shows the invitee
-// (spec: "stripped state"), as the input adds them to local invites.
-var inviteStrippedTypes = []string{
-	spec.MRoomCreate, spec.MRoomJoinRules, spec.MRoomCanonicalAlias, "m.room.avatar",
-	spec.MRoomName, spec.MRoomEncryption, spec.MRoomTopic,
-}
 
 // inviteRemote builds the invite on the room's current state, checks it
 // against the auth rules, has the invitee's server sign it, and inputs
@@ -204,8 +198,9 @@ func (p *Performer) inviteRemote(ctx context.Context, req *rsapi.InviteRequest, 
 		}
 		return forbidden("%v", err)
 	}
-	tuples := make([]gmsl.StateKeyTuple, 0, len(inviteStrippedTypes)+1)
-	for _, t := range inviteStrippedTypes {
+	types := input.StrippedStateTypes()
+	tuples := make([]gmsl.StateKeyTuple, 0, len(types)+1)
+	for _, t := range types {
 		tuples = append(tuples, gmsl.StateKeyTuple{EventType: t})
 	}
 	tuples = append(tuples, gmsl.StateKeyTuple{EventType: spec.MRoomMember, StateKey: req.Sender})

@@ -242,7 +242,7 @@ func TestPerformRemote(t *testing.T) {
 			wantCalls: []string{"make_join resident.test"},
 		},
 		{
-			name:    "join: guests stay on this server",
+			name:    "join: a guest with no invite showing guest access stays on this server",
 			servers: map[spec.ServerName]remoteServer{"resident.test": {version: "10"}},
 			do: func(ctx context.Context, rs rsapi.API) error {
 				_, err := rs.PerformJoin(ctx, &rsapi.JoinRequest{RoomID: roomID, UserID: user("guest"), IsGuest: true})
