@@ -48,7 +48,7 @@ func (s *Storage) RecordEvent(ctx context.Context, ev RoomEvent) (dests []string
 	err = s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
 		dests = nil
 		for _, id := range ev.Removed {
-			if _, err := tx.Exec(ctx, `DELETE FROM federationapi_joined_hosts WHERE event_id = $1`, id); err != nil {
+			if _, err := tx.Exec(ctx, `DELETE FROM federationapi_joined_hosts WHERE event_id = $1 AND event_id <> ''`, id); err != nil {
 				return fmt.Errorf("remove joined host: %w", err)
 			}
 		}
@@ -62,7 +62,7 @@ func (s *Storage) RecordEvent(ctx context.Context, ev RoomEvent) (dests []string
 			return nil
 		}
 		var nid int64
-		err := tx.QueryRow(ctx, `SELECT json_nid FROM federationapi_queue_json WHERE event_id = $1`, ev.EventID).Scan(&nid)
+		err := tx.QueryRow(ctx, queuedEventSQL, ev.EventID).Scan(&nid)
 		if err == nil {
 			return nil // queued already
 		}
@@ -121,6 +121,12 @@ func (s *Storage) RecordEvent(ctx context.Context, ev RoomEvent) (dests []string
 	}
 	return dests, nil
 }
+
+// queuedEventSQL finds a queued PDU. The index on event_id leaves EDUs
+// (no event ID) out, and a planner uses such a partial index only for a
+// WHERE that implies its condition: without the second test each event
+// recorded scanned the whole queue (a third of a busy sender's CPU).
+const queuedEventSQL = `SELECT json_nid FROM federationapi_queue_json WHERE event_id = $1 AND event_id <> ''`
 
 // QueueEDU queues an EDU for destinations, except those given up on (an
 // EDU is ephemeral: one that waited for a dead server is stale). It
