@@ -202,7 +202,7 @@ func (s *Storage) InsertNotifications(ctx context.Context, ns []NewNotification)
 		for rest := ns; len(rest) > 0; {
 			chunk := rest[:min(len(rest), most)]
 			rest = rest[len(chunk):]
-			rows, err := tx.Query(ctx, insertNotificationsSQL[paddedRows(len(chunk))], notificationArgs(chunk)...)
+			rows, err := tx.Query(ctx, insertNotificationsSQL[tx.Dialect()][paddedRows(len(chunk))], notificationArgs(chunk)...)
 			if err != nil {
 				return fmt.Errorf("insert %d notifications: %w", len(chunk), err)
 			}
@@ -248,18 +248,28 @@ const sqliteNotificationRows = 16
 
 const notificationColumns = 8
 
-// insertNotificationsSQL is the multi-row INSERT for each row count.
-var insertNotificationsSQL = func() map[int]string {
-	m := map[int]string{}
+// insertNotificationsSQL is the multi-row INSERT for each dialect and row
+// count.
+var insertNotificationsSQL = func() map[sqldb.Dialect]map[int]string {
+	m := map[sqldb.Dialect]map[int]string{sqldb.SQLite: {}, sqldb.Postgres: {}}
 	for _, n := range notificationRows {
-		m[n] = insertRowsSQL(n)
+		m[sqldb.SQLite][n] = insertRowsSQL(sqldb.SQLite, n)
+		m[sqldb.Postgres][n] = insertRowsSQL(sqldb.Postgres, n)
 	}
 	return m
 }()
 
-func insertRowsSQL(size int) string {
+func insertRowsSQL(d sqldb.Dialect, size int) string {
 	var b strings.Builder
-	b.WriteString(`INSERT INTO userapi_notifications
+	// SQLite journals the pages a statement changes when the statement may
+	// fail halfway, which DO NOTHING on one index leaves possible and OR
+	// IGNORE does not: a tenth of a batch's CPU.
+	if d == sqldb.SQLite {
+		b.WriteString(`INSERT OR IGNORE`)
+	} else {
+		b.WriteString(`INSERT`)
+	}
+	b.WriteString(` INTO userapi_notifications
 		(user_id, room_id, event_id, thread_id, depth, ts, actions, highlight) VALUES `)
 	for r := 0; r < size; r++ {
 		if r > 0 {
@@ -269,7 +279,10 @@ func insertRowsSQL(size int) string {
 		b.WriteString(sqldb.InList(r*notificationColumns+1, notificationColumns))
 		b.WriteByte(')')
 	}
-	b.WriteString(` ON CONFLICT (user_id, event_id) DO NOTHING RETURNING notification_id, user_id, event_id`)
+	if d != sqldb.SQLite {
+		b.WriteString(` ON CONFLICT (user_id, event_id) DO NOTHING`)
+	}
+	b.WriteString(` RETURNING notification_id, user_id, event_id`)
 	return b.String()
 }
 
