@@ -38,7 +38,9 @@ func (f *FederationAPI) StartOutbound(ctx context.Context, b *bus.Bus) error {
 	f.out.wg.Add(1)
 	go func() {
 		defer f.out.wg.Done()
-		cons.ConsumeBatch(ctx, f.log.WithField("stream", bus.OutputRoomEvent), eventBatch, f.onRoomEvents)
+		// No lingering: an event waiting for others would reach the
+		// other servers that much later.
+		cons.ConsumeBatch(ctx, f.log.WithField("stream", bus.OutputRoomEvent), eventBatch, 0, f.onRoomEvents)
 	}()
 	return f.startEDUs(ctx, b)
 }

@@ -66,7 +66,7 @@ func (u *UserAPI) Start(ctx context.Context, rooms Rooms, gateways http.RoundTri
 	p.wg.Add(3)
 	go func() {
 		defer p.wg.Done()
-		events.ConsumeBatch(ctx, u.log.WithField("stream", bus.OutputRoomEvent), eventBatch, func(ctx context.Context, ms []jetstream.Msg) error {
+		events.ConsumeBatch(ctx, u.log.WithField("stream", bus.OutputRoomEvent), eventBatch, eventLinger, func(ctx context.Context, ms []jetstream.Msg) error {
 			if err := u.onRoomEvents(ctx, ms); err != nil {
 				return err
 			}
@@ -195,8 +195,14 @@ func (p *progress) wait(ctx context.Context, seq uint64) {
 
 func (u *UserAPI) isLocal(userID string) bool { return strings.HasSuffix(userID, ":"+u.serverName) }
 
-// eventBatch bounds how many events one write of notifications covers.
-const eventBatch = 64
+// eventBatch bounds how many events one write of notifications covers;
+// eventLinger is how long a batch waits for more: a steady stream of
+// events otherwise came one a batch, each paying a commit, and a push or
+// an unread count may well be that late.
+const (
+	eventBatch  = 64
+	eventLinger = 20 * time.Millisecond
+)
 
 // onRoomEvents handles accepted events, in order. A redelivered event
 // changes nothing: membership is set, not counted, and a notification

@@ -256,11 +256,12 @@ type BatchHandler func(ctx context.Context, msgs []jetstream.Msg) error
 
 // ConsumeBatch is Consume for a handler that does better with several
 // messages at once (one write transaction for all of them): each batch is
-// what arrived while the previous one was handled, up to max, so a quiet
-// stream still hands over each message as it comes. A batch whose handler
-// panics is handled again one message at a time, so that only the message
-// at fault is skipped.
-func (c *Consumer) ConsumeBatch(ctx context.Context, log *logrus.Entry, max int, handle BatchHandler) {
+// what arrived while the previous one was handled, up to max, and what
+// arrives within linger of its first message (0: nothing more; a handler
+// whose work may wait a little gets fuller batches from a steady stream).
+// A batch whose handler panics is handled again one message at a time, so
+// that only the message at fault is skipped.
+func (c *Consumer) ConsumeBatch(ctx context.Context, log *logrus.Entry, max int, linger time.Duration, handle BatchHandler) {
 	max = cmp.Or(max, 1)
 	queued := make(chan jetstream.Msg, max)
 	done := make(chan struct{})
@@ -282,6 +283,21 @@ func (c *Consumer) ConsumeBatch(ctx context.Context, log *logrus.Entry, max int,
 				default:
 					break fill
 				}
+			}
+			if len(batch) < max && linger > 0 {
+				t := time.NewTimer(linger)
+			wait:
+				for len(batch) < max {
+					select {
+					case m := <-queued:
+						batch = append(batch, m)
+					case <-t.C:
+						break wait
+					case <-ctx.Done():
+						break wait
+					}
+				}
+				t.Stop()
 			}
 			ok := retryBatch(ctx, log, batch, handle)
 			for _, m := range batch {

@@ -44,7 +44,7 @@ func TestConsumeBatch(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		cons.ConsumeBatch(cctx, b.log, 16, func(_ context.Context, ms []jetstream.Msg) error {
+		cons.ConsumeBatch(cctx, b.log, 16, 0, func(_ context.Context, ms []jetstream.Msg) error {
 			var got []int
 			for _, m := range ms {
 				n, _ := strconv.Atoi(string(m.Data()))
@@ -103,4 +103,61 @@ func TestConsumeBatch(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestConsumeBatchLinger: a batch waits up to its linger for more
+// messages, and no longer.
+func TestConsumeBatchLinger(t *testing.T) {
+	ctx := context.Background()
+	b, err := Open(ctx, Options{StoreDir: t.TempDir(), Log: testLog(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	cons, err := b.OpenConsumer(ctx, OutputTyping, OutputConsumer("linger", jetstream.DeliverAllPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const linger = 500 * time.Millisecond
+	batches := make(chan int, 10)
+	cctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		cons.ConsumeBatch(cctx, b.log, 16, linger, func(_ context.Context, ms []jetstream.Msg) error {
+			batches <- len(ms)
+			return nil
+		})
+	}()
+	defer func() { stop(); <-done }()
+	publish := func(n int) {
+		for i := range n {
+			id := fmt.Sprintf("%d-%d", n, i)
+			if err := b.Publish(ctx, NewMsg(OutputTyping, []byte(id), id)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// Three messages published one after the other (well within the
+	// linger of the first) make one batch.
+	publish(3)
+	select {
+	case n := <-batches:
+		if n != 3 {
+			t.Errorf("first batch of %d, want 3", n)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no batch")
+	}
+	// One alone is handed over once its linger is past.
+	start := time.Now()
+	publish(1)
+	select {
+	case n := <-batches:
+		if took := time.Since(start); n != 1 || took < linger || took > linger+5*time.Second {
+			t.Errorf("batch of %d after %v, want 1 after about %v", n, took, linger)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no second batch")
+	}
 }
