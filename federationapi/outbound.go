@@ -38,7 +38,9 @@ func (f *FederationAPI) StartOutbound(ctx context.Context, b *bus.Bus) error {
 	f.out.wg.Add(1)
 	go func() {
 		defer f.out.wg.Done()
-		cons.Consume(ctx, f.log.WithField("stream", bus.OutputRoomEvent), f.onRoomEvent)
+		// No lingering: an event waiting for others would reach the
+		// other servers that much later.
+		cons.ConsumeBatch(ctx, f.log.WithField("stream", bus.OutputRoomEvent), eventBatch, 0, f.onRoomEvents)
 	}()
 	return f.startEDUs(ctx, b)
 }
@@ -91,18 +93,44 @@ func (f *FederationAPI) JoinedHosts(ctx context.Context, roomID string) ([]spec.
 	return out, nil
 }
 
-// onRoomEvent applies an accepted event's membership changes to the
-// room's joined hosts and, when the event was made here, queues it for
-// the servers in the room after it. Events from other servers are not
-// sent on: their origin sends them.
-func (f *FederationAPI) onRoomEvent(ctx context.Context, m jetstream.Msg) error {
+// eventBatch bounds how many events one write of the queue covers.
+const eventBatch = 64
+
+// onRoomEvents applies accepted events' membership changes to their
+// rooms' joined hosts and, for the events made here, queues each for the
+// servers in its room after it, all in one write transaction (one per
+// event cost a busy sender a transaction per event). Events from other
+// servers are not sent on: their origin sends them.
+func (f *FederationAPI) onRoomEvents(ctx context.Context, ms []jetstream.Msg) error {
+	evs := make([]storage.RoomEvent, 0, len(ms))
+	for _, m := range ms {
+		if ev, ok := f.roomEvent(m); ok {
+			evs = append(evs, ev)
+		}
+	}
+	if len(evs) == 0 {
+		return nil
+	}
+	dests, err := f.store.RecordEvents(ctx, evs)
+	if err != nil {
+		return err
+	}
+	for _, d := range dests {
+		f.out.queues.Queued(d)
+	}
+	return nil
+}
+
+// roomEvent is what RecordEvents needs of an output event; false for one
+// that changes and sends nothing.
+func (f *FederationAPI) roomEvent(m jetstream.Msg) (storage.RoomEvent, bool) {
 	var out rsapi.OutputEvent
 	if err := json.Unmarshal(m.Data(), &out); err != nil {
 		f.log.WithError(err).Warn("dropping malformed output event")
-		return nil
+		return storage.RoomEvent{}, false
 	}
 	if out.Historical {
-		return nil // backfilled history: no state change, nothing to send
+		return storage.RoomEvent{}, false // backfilled history: no state change, nothing to send
 	}
 	self := string(f.key.ServerName)
 	js := string(out.Event)
@@ -135,10 +163,5 @@ func (f *FederationAPI) onRoomEvent(ctx context.Context, m jetstream.Msg) error 
 			ev.Extra = []string{host}
 		}
 	}
-	dests, err := f.store.RecordEvent(ctx, ev)
-	if err != nil {
-		return err
-	}
-	f.out.queues.Queued(dests)
-	return nil
+	return ev, true
 }

@@ -3,6 +3,8 @@ package userapi
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"slices"
 	"testing"
 
 	"myelin/internal/sqldb/sqldbtest"
@@ -95,6 +97,117 @@ func TestNotificationStore(t *testing.T) {
 		counts(uapi.NotificationCounts{})
 		if n, err := s.UnreadRooms(ctx, alice); err != nil || n != 0 {
 			t.Fatalf("unread rooms after pruning %d, %v", n, err)
+		}
+	})
+}
+
+// TestInsertNotificationsBatch: one call stores the notifications of
+// several events for many members, in chunks of any size, reports which
+// were new (not those stored before, nor a repeat within the call) and
+// raises each member's counters by exactly those.
+func TestInsertNotificationsBatch(t *testing.T) {
+	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
+		ctx := context.Background()
+		s := newTestAPI(t, dbURL, nil).store
+		const room = "!r:test.local"
+		user := func(i int) string { return fmt.Sprintf("@u%d:test.local", i) }
+		batch := func(events, members int, highlight bool) []storage.NewNotification {
+			var ns []storage.NewNotification
+			for e := range events {
+				for m := range members {
+					ns = append(ns, storage.NewNotification{
+						UserID: user(m), RoomID: room, EventID: fmt.Sprintf("$e%d", e),
+						Depth: int64(e), TS: 1, Actions: json.RawMessage(`["notify"]`), Highlight: highlight && m == 0,
+					})
+				}
+			}
+			return ns
+		}
+		for _, tc := range []struct {
+			name string
+			ns   []storage.NewNotification
+			// want: how many are new; then user 0's and user 1's counts.
+			want   int
+			u0, u1 uapi.NotificationCounts
+		}{
+			{"one", batch(1, 1, false), 1, uapi.NotificationCounts{Notifications: 1}, uapi.NotificationCounts{}},
+			{"again", batch(1, 1, false), 0, uapi.NotificationCounts{Notifications: 1}, uapi.NotificationCounts{}},
+			{"nine, one stored", batch(1, 9, false), 8, uapi.NotificationCounts{Notifications: 1}, uapi.NotificationCounts{Notifications: 1}},
+			{"several chunks", batch(10, 20, true), 200 - 9, uapi.NotificationCounts{Notifications: 10, Highlights: 9}, uapi.NotificationCounts{Notifications: 10}},
+			{"repeats within", append(batch(11, 2, false), batch(11, 2, false)...), 2, uapi.NotificationCounts{Notifications: 11, Highlights: 9}, uapi.NotificationCounts{Notifications: 11}},
+		} {
+			inserted, err := s.InsertNotifications(ctx, tc.ns)
+			if err != nil {
+				t.Fatalf("%s: %v", tc.name, err)
+			}
+			n := 0
+			for _, in := range inserted {
+				if in {
+					n++
+				}
+			}
+			if n != tc.want {
+				t.Errorf("%s: %d new, want %d", tc.name, n, tc.want)
+			}
+			for i, want := range []uapi.NotificationCounts{tc.u0, tc.u1} {
+				if got, err := s.NotificationCounts(ctx, user(i), room); err != nil || got != want {
+					t.Errorf("%s: counts of %s %+v, %v; want %+v", tc.name, user(i), got, err, want)
+				}
+			}
+		}
+	})
+}
+
+// TestPushersCache: pushers read once are served from the cache, and every
+// change (set, delete, another user taking the pushkey, a device logged
+// out) is seen at once.
+func TestPushersCache(t *testing.T) {
+	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
+		ctx := context.Background()
+		u := newTestAPI(t, dbURL, nil)
+		s := u.store
+		alice := mustCreate(t, u, "alice", "pw")
+		bob := mustCreate(t, u, "bob", "pw")
+		aliceDev, _ := mustLogin(t, u, alice.UserID, "A")
+		bobDev, _ := mustLogin(t, u, bob.UserID, "B")
+		p := uapi.Pusher{PushKey: "k", Kind: "http", AppID: "app", Data: json.RawMessage(`{"url":"http://gw"}`)}
+		keys := func(userID string) []string {
+			t.Helper()
+			ps, err := s.Pushers(ctx, userID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out []string
+			for _, p := range ps {
+				out = append(out, p.AppID+"/"+p.PushKey)
+			}
+			return out
+		}
+		steps := []struct {
+			name       string
+			change     func() error
+			alice, bob []string
+		}{
+			{"none", func() error { return nil }, nil, nil},
+			{"alice sets", func() error { return s.UpsertPusher(ctx, alice.UserID, aliceDev.SessionID, p, false) }, []string{"app/k"}, nil},
+			{"bob takes the pushkey", func() error { return s.UpsertPusher(ctx, bob.UserID, bobDev.SessionID, p, false) }, nil, []string{"app/k"}},
+			{"bob deletes", func() error { return s.DeletePusher(ctx, bob.UserID, "app", "k") }, nil, nil},
+			{"alice sets again", func() error { return s.UpsertPusher(ctx, alice.UserID, aliceDev.SessionID, p, true) }, []string{"app/k"}, nil},
+			{"alice logs out", func() error { return s.DeleteDevices(ctx, alice.UserID, []string{"A"}) }, nil, nil},
+		}
+		for _, st := range steps {
+			// Read before the change too: the cache must not keep it.
+			keys(alice.UserID)
+			keys(bob.UserID)
+			if err := st.change(); err != nil {
+				t.Fatalf("%s: %v", st.name, err)
+			}
+			if got := keys(alice.UserID); !slices.Equal(got, st.alice) {
+				t.Errorf("%s: alice's pushers %v, want %v", st.name, got, st.alice)
+			}
+			if got := keys(bob.UserID); !slices.Equal(got, st.bob) {
+				t.Errorf("%s: bob's pushers %v, want %v", st.name, got, st.bob)
+			}
 		}
 	})
 }

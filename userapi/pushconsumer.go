@@ -64,27 +64,22 @@ func (u *UserAPI) Start(ctx context.Context, rooms Rooms, gateways http.RoundTri
 	p.sender = pushgw.New(pushgw.Options{OnRejected: u.onRejected, Transport: gateways}, u.log.WithField("part", "push"))
 	p.sender.Start(ctx)
 	p.wg.Add(3)
-	for _, c := range []struct {
-		stream string
-		cons   *bus.Consumer
-		handle bus.Handler
-	}{
-		{bus.OutputRoomEvent, events, func(ctx context.Context, m jetstream.Msg) error {
-			if err := u.onRoomEvent(ctx, m); err != nil {
+	go func() {
+		defer p.wg.Done()
+		events.ConsumeBatch(ctx, u.log.WithField("stream", bus.OutputRoomEvent), eventBatch, eventLinger, func(ctx context.Context, ms []jetstream.Msg) error {
+			if err := u.onRoomEvents(ctx, ms); err != nil {
 				return err
 			}
-			if md, err := m.Metadata(); err == nil {
+			if md, err := ms[len(ms)-1].Metadata(); err == nil {
 				p.events.mark(md.Sequence.Stream)
 			}
 			return nil
-		}},
-		{bus.OutputReceipt, receipts, u.onReceipt},
-	} {
-		go func() {
-			defer p.wg.Done()
-			c.cons.Consume(ctx, u.log.WithField("stream", c.stream), c.handle)
-		}()
-	}
+		})
+	}()
+	go func() {
+		defer p.wg.Done()
+		receipts.Consume(ctx, u.log.WithField("stream", bus.OutputReceipt), u.onReceipt)
+	}()
 	go func() {
 		defer p.wg.Done()
 		u.pruneNotifications(ctx)
@@ -200,25 +195,85 @@ func (p *progress) wait(ctx context.Context, seq uint64) {
 
 func (u *UserAPI) isLocal(userID string) bool { return strings.HasSuffix(userID, ":"+u.serverName) }
 
-// onRoomEvent handles one accepted event. A redelivered event changes
-// nothing: membership is set, not counted, and a notification already
-// recorded is neither recorded nor pushed again.
-func (u *UserAPI) onRoomEvent(ctx context.Context, m jetstream.Msg) error {
-	var out rsapi.OutputEvent
-	if err := json.Unmarshal(m.Data(), &out); err != nil {
-		u.log.WithError(err).Warn("dropping malformed output event")
+// eventBatch bounds how many events one write of notifications covers;
+// eventLinger is how long a batch waits for more: a steady stream of
+// events otherwise came one a batch, each paying a commit, and a push or
+// an unread count may well be that late.
+const (
+	eventBatch  = 64
+	eventLinger = 20 * time.Millisecond
+)
+
+// onRoomEvents handles accepted events, in order. A redelivered event
+// changes nothing: membership is set, not counted, and a notification
+// already recorded is neither recorded nor pushed again. The
+// notifications of all the events are stored in one write transaction
+// (a room of N local members took a transaction per event, with N
+// statements in it), and only then acked (by ConsumeBatch) and pushed.
+func (u *UserAPI) onRoomEvents(ctx context.Context, ms []jetstream.Msg) error {
+	b := notifyBatch{members: map[string]roomMembers{}}
+	for _, m := range ms {
+		var out rsapi.OutputEvent
+		if err := json.Unmarshal(m.Data(), &out); err != nil {
+			u.log.WithError(err).Warn("dropping malformed output event")
+			continue
+		}
+		if out.Historical {
+			continue // backfilled history: no member changes, nothing to notify
+		}
+		if len(out.AddsState) > 0 || len(out.RemovesState) > 0 {
+			// The notifications so far were evaluated against the
+			// membership before this event: store them before it changes,
+			// so that a retry cannot evaluate them against a later one.
+			if err := u.flush(ctx, &b); err != nil {
+				return err
+			}
+			delete(b.members, out.RoomID)
+		}
+		if err := u.trackMembers(ctx, &out); err != nil {
+			return err
+		}
+		if err := u.removeGuests(ctx, &out); err != nil {
+			return err
+		}
+		if err := u.notifyMembers(ctx, &out, &b); err != nil {
+			return err
+		}
+	}
+	return u.flush(ctx, &b)
+}
+
+// notifyBatch is the notifications of a batch of events, not yet stored.
+type notifyBatch struct {
+	ns   []storage.NewNotification
+	acts []pushrules.Actions
+	evs  []*pushEvent
+	// members caches each room's local members and member count for the
+	// batch, until an event of the batch changes them.
+	members map[string]roomMembers
+}
+
+type roomMembers struct {
+	local []storage.Member
+	count int
+}
+
+// flush stores the batch's notifications and pushes the new ones.
+func (u *UserAPI) flush(ctx context.Context, b *notifyBatch) error {
+	if len(b.ns) == 0 {
 		return nil
 	}
-	if out.Historical {
-		return nil // backfilled history: no member changes, nothing to notify
-	}
-	if err := u.trackMembers(ctx, &out); err != nil {
+	inserted, err := u.store.InsertNotifications(ctx, b.ns)
+	if err != nil {
 		return err
 	}
-	if err := u.removeGuests(ctx, &out); err != nil {
-		return err
+	for i, n := range b.ns {
+		if inserted[i] {
+			u.pushNotification(ctx, n.UserID, b.evs[i], b.acts[i])
+		}
 	}
-	return u.notifyMembers(ctx, &out)
+	b.ns, b.acts, b.evs = b.ns[:0], b.acts[:0], b.evs[:0]
+	return nil
 }
 
 // removeGuests makes the local guests of a room leave once its
@@ -347,8 +402,9 @@ type pushEvent struct {
 }
 
 // notifyMembers evaluates the event for every local user who may be
-// notified of it: the joined members but the sender, and an invited user.
-func (u *UserAPI) notifyMembers(ctx context.Context, out *rsapi.OutputEvent) error {
+// notified of it (the joined members but the sender, and an invited
+// user), adding their notifications to b.
+func (u *UserAPI) notifyMembers(ctx context.Context, out *rsapi.OutputEvent, b *notifyBatch) error {
 	g := gjson.GetManyBytes(out.Event, "type", "sender", "state_key", "depth", "content",
 		"content.membership", `content.m\.relates_to.rel_type`, `content.m\.relates_to.event_id`)
 	pe := &pushEvent{
@@ -358,12 +414,19 @@ func (u *UserAPI) notifyMembers(ctx context.Context, out *rsapi.OutputEvent) err
 	if g[6].String() == "m.thread" {
 		pe.threadID = g[7].String()
 	}
-	members, err := u.store.LocalJoined(ctx, out.RoomID)
-	if err != nil {
-		return err
+	rm, ok := b.members[out.RoomID]
+	if !ok {
+		var err error
+		if rm.local, err = u.store.LocalJoined(ctx, out.RoomID); err != nil {
+			return err
+		}
+		if rm.count, err = u.store.JoinedCount(ctx, out.RoomID); err != nil {
+			return err
+		}
+		b.members[out.RoomID] = rm
 	}
-	candidates := members[:0]
-	for _, m := range members {
+	candidates := make([]storage.Member, 0, len(rm.local)+1)
+	for _, m := range rm.local {
 		if m.UserID != pe.sender {
 			candidates = append(candidates, m)
 		}
@@ -381,18 +444,12 @@ func (u *UserAPI) notifyMembers(ctx context.Context, out *rsapi.OutputEvent) err
 	if len(candidates) == 0 {
 		return nil
 	}
+	var err error
 	if pe.ev, err = pushrules.NewEvent(out.RoomID, out.Event); err != nil {
 		u.log.WithError(err).WithField("event_id", out.EventID).Warn("cannot evaluate event for push")
 		return nil
 	}
-	count, err := u.store.JoinedCount(ctx, out.RoomID)
-	if err != nil {
-		return err
-	}
-	// The notifications of all members go in one write transaction: a
-	// room of N local members would otherwise take N writes per event.
-	var ns []storage.NewNotification
-	var nacts []pushrules.Actions
+	ts := u.now().UnixMilli()
 	for _, m := range candidates {
 		rs, err := u.rulesFor(ctx, m.UserID)
 		if err != nil {
@@ -400,7 +457,7 @@ func (u *UserAPI) notifyMembers(ctx context.Context, out *rsapi.OutputEvent) err
 		}
 		rc := pushrules.Context{
 			DisplayName:     m.DisplayName,
-			MemberCount:     count,
+			MemberCount:     rm.count,
 			SenderMayNotify: func(key string) bool { return u.senderMayNotify(ctx, pe, key) },
 		}
 		rule := u.push.eval.Evaluate(rs, pe.ev, &rc)
@@ -412,23 +469,12 @@ func (u *UserAPI) notifyMembers(ctx context.Context, out *rsapi.OutputEvent) err
 		if err != nil {
 			return err
 		}
-		ns = append(ns, storage.NewNotification{
+		b.ns = append(b.ns, storage.NewNotification{
 			UserID: m.UserID, RoomID: out.RoomID, EventID: out.EventID, ThreadID: pe.threadID,
-			Depth: pe.depth, TS: u.now().UnixMilli(), Actions: actions, Highlight: acts.Highlight,
+			Depth: pe.depth, TS: ts, Actions: actions, Highlight: acts.Highlight,
 		})
-		nacts = append(nacts, acts)
-	}
-	if len(ns) == 0 {
-		return nil
-	}
-	inserted, err := u.store.InsertNotifications(ctx, ns)
-	if err != nil {
-		return err
-	}
-	for i, n := range ns {
-		if inserted[i] {
-			u.pushNotification(ctx, n.UserID, pe, nacts[i])
-		}
+		b.acts = append(b.acts, acts)
+		b.evs = append(b.evs, pe)
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -246,4 +247,138 @@ func safely(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, handle Ha
 		}
 	}()
 	return handle(ctx, msg)
+}
+
+// BatchHandler processes messages in stream order. Returning nil acks them
+// all; an error retries them all in place, so the handler must be
+// idempotent over a whole batch.
+type BatchHandler func(ctx context.Context, msgs []jetstream.Msg) error
+
+// ConsumeBatch is Consume for a handler that does better with several
+// messages at once (one write transaction for all of them): each batch is
+// what arrived while the previous one was handled, up to max, and what
+// arrives within linger of its first message (0: nothing more; a handler
+// whose work may wait a little gets fuller batches from a steady stream).
+// A batch whose handler panics is handled again one message at a time, so
+// that only the message at fault is skipped.
+func (c *Consumer) ConsumeBatch(ctx context.Context, log *logrus.Entry, max int, linger time.Duration, handle BatchHandler) {
+	max = cmp.Or(max, 1)
+	queued := make(chan jetstream.Msg, max)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		batch := make([]jetstream.Msg, 0, max)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case m := <-queued:
+				batch = append(batch[:0], m)
+			}
+		fill:
+			for len(batch) < max {
+				select {
+				case m := <-queued:
+					batch = append(batch, m)
+				default:
+					break fill
+				}
+			}
+			if len(batch) < max && linger > 0 {
+				t := time.NewTimer(linger)
+			wait:
+				for len(batch) < max {
+					select {
+					case m := <-queued:
+						batch = append(batch, m)
+					case <-t.C:
+						break wait
+					case <-ctx.Done():
+						break wait
+					}
+				}
+				t.Stop()
+			}
+			ok := retryBatch(ctx, log, batch, handle)
+			for _, m := range batch {
+				if !ok {
+					_ = m.Nak()
+				} else if err := m.Ack(); err != nil && ctx.Err() == nil {
+					log.WithError(err).Debug("ack failed")
+				}
+			}
+		}
+	}()
+	c.Messages(ctx, max, func(m jetstream.Msg) {
+		select {
+		case queued <- m:
+		case <-ctx.Done():
+			_ = m.Nak()
+		}
+	})
+	<-done
+	// What was queued and not handled goes back, for the next process.
+	for {
+		select {
+		case m := <-queued:
+			_ = m.Nak()
+		default:
+			return
+		}
+	}
+}
+
+// errPanicked is what safelyBatch returns for a handler that panicked.
+var errPanicked = errors.New("handler panicked")
+
+// retryBatch is retry for a batch.
+func retryBatch(ctx context.Context, log *logrus.Entry, msgs []jetstream.Msg, handle BatchHandler) bool {
+	delay := 100 * time.Millisecond
+	for {
+		err := safelyBatch(ctx, log, msgs, handle)
+		if errors.Is(err, errPanicked) {
+			if len(msgs) == 1 {
+				return true // skipped, as safely does
+			}
+			for _, m := range msgs {
+				one := func(ctx context.Context, m jetstream.Msg) error { return handle(ctx, []jetstream.Msg{m}) }
+				if !retry(ctx, log, m, one) {
+					return false
+				}
+			}
+			return true
+		}
+		if err == nil {
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		log.WithError(err).WithField("messages", len(msgs)).Warn("message processing failed; retrying")
+		for _, m := range msgs {
+			_ = m.InProgress()
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false
+		case <-t.C:
+		}
+		if delay *= 2; delay > 5*time.Second {
+			delay = 5 * time.Second
+		}
+	}
+}
+
+func safelyBatch(ctx context.Context, log *logrus.Entry, msgs []jetstream.Msg, handle BatchHandler) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			if len(msgs) == 1 {
+				log.WithField("subject", msgs[0].Subject()).WithField("panic", p).WithField("stack", string(debug.Stack())).Error("message handler panicked; skipping the message")
+			}
+			err = errPanicked
+		}
+	}()
+	return handle(ctx, msgs)
 }

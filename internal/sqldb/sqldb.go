@@ -104,8 +104,12 @@ func Open(ctx context.Context, url string, opts Options) (*DB, error) {
 	// writer's is large (it reads what it changes), the readers' small,
 	// since every reader would otherwise hold its own copy of the hot
 	// pages (16 readers at 16 MB made a small server's RSS mostly cache),
-	// and the OS keeps the file's pages for them anyway.
-	writer, err := sql.Open("sqlite", "file:"+path+"?"+pragmas+fmt.Sprintf("&_pragma=cache_size(-%d)", writerCacheKiB)+"&_txlock=immediate")
+	// and the OS keeps the file's pages for them anyway. The writer keeps
+	// its statement journals in memory: a statement that may fail halfway
+	// (a multi-row INSERT ... ON CONFLICT) journals the pages it changes,
+	// and past 64 KiB SQLite spilled them to a temporary file, a write
+	// system call per page.
+	writer, err := sql.Open("sqlite", "file:"+path+"?"+pragmas+fmt.Sprintf("&_pragma=cache_size(-%d)", writerCacheKiB)+"&_pragma=temp_store(MEMORY)&_txlock=immediate")
 	if err != nil {
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}

@@ -23,7 +23,8 @@ var migrations embed.FS
 
 // Storage is the userapi's view of the shared database.
 type Storage struct {
-	db *sqldb.DB
+	db      *sqldb.DB
+	pushers *pusherCache
 }
 
 // Open applies the userapi's migrations to db.
@@ -35,7 +36,7 @@ func Open(ctx context.Context, db *sqldb.DB) (*Storage, error) {
 	if err := sqldb.Migrate(ctx, db, "userapi", sub); err != nil {
 		return nil, err
 	}
-	return &Storage{db: db}, nil
+	return &Storage{db: db, pushers: newPusherCache()}, nil
 }
 
 // NewAccount is a row to insert into the accounts table.
@@ -93,7 +94,7 @@ func (s *Storage) Account(ctx context.Context, userID string) (*uapi.Account, st
 // SetPasswordHash replaces an account's password hash and, when
 // logoutOthers is set, deletes every device of the user but keepDeviceID.
 func (s *Storage) SetPasswordHash(ctx context.Context, userID, hash string, logoutOthers bool, keepDeviceID string) error {
-	return s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+	return s.withPusherTx(ctx, func(tx *sqldb.Tx) error {
 		res, err := tx.Exec(ctx, `UPDATE userapi_accounts SET password_hash = $2 WHERE user_id = $1`, userID, hash)
 		if err != nil {
 			return fmt.Errorf("update password of %s: %w", userID, err)
@@ -114,7 +115,7 @@ func (s *Storage) SetPasswordHash(ctx context.Context, userID, hash string, logo
 // Deactivate marks an account deactivated, clears its profile and deletes
 // its devices; erase also marks it erased and deletes its account data.
 func (s *Storage) Deactivate(ctx context.Context, userID string, erase bool) error {
-	return s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+	return s.withPusherTx(ctx, func(tx *sqldb.Tx) error {
 		res, err := tx.Exec(ctx, `UPDATE userapi_accounts
 			SET deactivated = TRUE, erased = erased OR $2, display_name = '', avatar_url = '' WHERE user_id = $1`, userID, erase)
 		if err != nil {
@@ -411,7 +412,7 @@ func (s *Storage) SetDeviceName(ctx context.Context, userID, deviceID, name stri
 func (s *Storage) DeleteDevices(ctx context.Context, userID string, deviceIDs []string) error {
 	// Pushers go with the device that set them (spec: a pusher is deleted
 	// when its access token is logged out).
-	return s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+	return s.withPusherTx(ctx, func(tx *sqldb.Tx) error {
 		if deviceIDs == nil {
 			if _, err := tx.Exec(ctx, `DELETE FROM userapi_devices WHERE user_id = $1`, userID); err != nil {
 				return fmt.Errorf("delete devices of %s: %w", userID, err)
