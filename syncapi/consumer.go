@@ -14,6 +14,43 @@ import (
 	"myelin/syncapi/storage"
 )
 
+// roomEventBatch bounds the output events appended in one transaction.
+const roomEventBatch = 64
+
+// onRoomEvents appends a batch of accepted events to the sync stream in
+// one write transaction (one commit per batch, not per event: on SQLite's
+// one writer a commit per event capped a busy server's events per
+// second), then wakes the users each concerns, in order. A batch with
+// history, a redaction or an unreadable message goes one by one.
+func (s *SyncAPI) onRoomEvents(ctx context.Context, ms []jetstream.Msg) error {
+	outs := make([]*rsapi.OutputEvent, len(ms))
+	batch := make([]storage.Appended, 0, len(ms))
+	for i, m := range ms {
+		var out rsapi.OutputEvent
+		if err := json.Unmarshal(m.Data(), &out); err != nil || out.Historical || out.Redacts != "" {
+			for _, m := range ms {
+				if err := s.onRoomEvent(ctx, m); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		outs[i] = &out
+		ev, adds := s.prepareRoomEvent(&out)
+		batch = append(batch, storage.Appended{Event: ev, Adds: adds, Removes: out.RemovesState})
+	}
+	inserted, err := s.store.AppendBatch(ctx, batch)
+	if err != nil {
+		return err
+	}
+	for i, a := range batch {
+		if inserted[i] {
+			s.announceRoomEvent(ctx, outs[i], a.Event, a.Adds)
+		}
+	}
+	return nil
+}
+
 // onRoomEvent appends an accepted event to the sync stream, applies its
 // state delta, and wakes the users it concerns.
 func (s *SyncAPI) onRoomEvent(ctx context.Context, m jetstream.Msg) error {
@@ -22,6 +59,33 @@ func (s *SyncAPI) onRoomEvent(ctx context.Context, m jetstream.Msg) error {
 		s.log.WithError(err).Warn("dropping malformed output event")
 		return nil
 	}
+	if out.Historical {
+		// Backfilled history: before the room's timeline here, so nothing
+		// to wake anyone for; /messages finds it.
+		ev, _ := s.prepareRoomEvent(&out)
+		_, err := s.store.AppendHistorical(ctx, ev)
+		return err
+	}
+	ev, adds := s.prepareRoomEvent(&out)
+	inserted, err := s.store.Append(ctx, ev, adds, out.RemovesState)
+	if err != nil {
+		return err
+	}
+	if !inserted {
+		return nil // redelivered: already applied and announced
+	}
+	if out.Redacts != "" {
+		if err := s.applyRedaction(ctx, out.RoomVersion, out.Redacts, ev); err != nil {
+			return err
+		}
+	}
+	s.announceRoomEvent(ctx, &out, ev, adds)
+	return nil
+}
+
+// prepareRoomEvent is what syncapi stores of an output event: the event
+// and the state it adds.
+func (s *SyncAPI) prepareRoomEvent(out *rsapi.OutputEvent) (*storage.Event, []storage.NewState) {
 	js := string(out.Event)
 	f := gjson.GetMany(js, "type", "sender", "state_key", "depth", "content.membership")
 	ev := &storage.Event{
@@ -44,10 +108,7 @@ func (s *SyncAPI) onRoomEvent(ctx context.Context, m jetstream.Msg) error {
 		ev.SessionID, ev.TxnID = out.Txn.SessionID, out.Txn.TxnID
 	}
 	if out.Historical {
-		// Backfilled history: before the room's timeline here, so nothing
-		// to wake anyone for; /messages finds it.
-		_, err := s.store.AppendHistorical(ctx, ev)
-		return err
+		return ev, nil
 	}
 	if len(out.InviteRoomState) > 0 {
 		b, _ := json.Marshal(out.InviteRoomState)
@@ -67,18 +128,12 @@ func (s *SyncAPI) onRoomEvent(ctx context.Context, m jetstream.Msg) error {
 		}
 		adds = append(adds, ns)
 	}
-	inserted, err := s.store.Append(ctx, ev, adds, out.RemovesState)
-	if err != nil {
-		return err
-	}
-	if !inserted {
-		return nil // redelivered: already applied and announced
-	}
-	if out.Redacts != "" {
-		if err := s.applyRedaction(ctx, out.RoomVersion, out.Redacts, ev); err != nil {
-			return err
-		}
-	}
+	return ev, adds
+}
+
+// announceRoomEvent wakes the users a stored event concerns and shares
+// presence with the servers of new members.
+func (s *SyncAPI) announceRoomEvent(ctx context.Context, out *rsapi.OutputEvent, ev *storage.Event, adds []storage.NewState) {
 	for _, a := range adds {
 		if a.Type == "m.room.member" {
 			s.notifier.OnRoomEvent(out.RoomID, ev.Pos, a.StateKey, a.Membership, s.isLocal(a.StateKey))
@@ -95,7 +150,6 @@ func (s *SyncAPI) onRoomEvent(ctx context.Context, m jetstream.Msg) error {
 			s.log.WithError(err).WithField("room_id", out.RoomID).Warn("could not share presence with a new member's server")
 		}
 	}
-	return nil
 }
 
 // presenceOnJoin shares presence across servers when userID newly joined

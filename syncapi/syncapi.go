@@ -105,18 +105,20 @@ const timeoutTick = 250 * time.Millisecond
 type consumedStream struct {
 	name   string
 	handle bus.Handler
+	// batch, when set, takes the stream's messages a batch at a time.
+	batch bus.BatchHandler
 }
 
 // streams are the streams syncapi consumes. A request that reads its own
 // writes waits for all of them (catchUp).
 func (s *SyncAPI) streams() []consumedStream {
 	return []consumedStream{
-		{bus.OutputRoomEvent, s.onRoomEvent},
-		{bus.OutputUserData, s.onUserData},
-		{bus.OutputTyping, s.onTyping},
-		{bus.OutputReceipt, s.onReceipt},
-		{bus.OutputPresence, s.onPresence},
-		{bus.OutputSendToDevice, s.onSendToDevice},
+		{name: bus.OutputRoomEvent, handle: s.onRoomEvent, batch: s.onRoomEvents},
+		{name: bus.OutputUserData, handle: s.onUserData},
+		{name: bus.OutputTyping, handle: s.onTyping},
+		{name: bus.OutputReceipt, handle: s.onReceipt},
+		{name: bus.OutputPresence, handle: s.onPresence},
+		{name: bus.OutputSendToDevice, handle: s.onSendToDevice},
 	}
 }
 
@@ -135,6 +137,20 @@ func (s *SyncAPI) Start(ctx context.Context) error {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
+			if c.batch != nil {
+				cons.ConsumeBatch(ctx, s.log.WithField("stream", c.name), roomEventBatch, 0, func(ctx context.Context, ms []jetstream.Msg) error {
+					if err := c.batch(ctx, ms); err != nil {
+						s.setStalled(c.name, true)
+						return err
+					}
+					s.setStalled(c.name, false)
+					if md, err := ms[len(ms)-1].Metadata(); err == nil {
+						s.markProcessed(c.name, md.Sequence.Stream)
+					}
+					return nil
+				})
+				return
+			}
 			cons.Consume(ctx, s.log.WithField("stream", c.name), func(ctx context.Context, m jetstream.Msg) error {
 				if err := c.handle(ctx, m); err != nil {
 					s.setStalled(c.name, true)

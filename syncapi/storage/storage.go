@@ -128,63 +128,93 @@ type NewState struct {
 // change that came with it. An event already stored is left alone
 // (redelivery) and reported with inserted false.
 func (s *Storage) Append(ctx context.Context, ev *Event, adds []NewState, removes []string) (inserted bool, err error) {
+	ins, err := s.AppendBatch(ctx, []Appended{{Event: ev, Adds: adds, Removes: removes}})
+	if err != nil {
+		return false, err
+	}
+	return ins[0], nil
+}
+
+// Appended is one event of AppendBatch with its state delta.
+type Appended struct {
+	Event   *Event
+	Adds    []NewState
+	Removes []string
+}
+
+// AppendBatch is Append for several events, in order, in one write
+// transaction: a run of events costs one commit, not one each.
+// inserted[i] is false for an event stored before.
+func (s *Storage) AppendBatch(ctx context.Context, batch []Appended) (inserted []bool, err error) {
 	err = s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
-		if stored, err := storedPos(ctx, tx, ev); err != nil || stored {
-			return err
-		}
-		if ev.StateKey != nil {
-			var prevJSON string
-			err := tx.QueryRow(ctx, `SELECT event_id, sender, event_json FROM syncapi_current_state WHERE room_id = $1 AND event_type = $2 AND state_key = $3`,
-				ev.RoomID, ev.Type, *ev.StateKey).Scan(&ev.PrevEventID, &ev.PrevSender, &prevJSON)
-			if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		inserted = make([]bool, len(batch))
+		for i, a := range batch {
+			ok, err := appendTx(ctx, tx, a.Event, a.Adds, a.Removes)
+			if err != nil {
 				return err
 			}
-			if prevJSON != "" {
-				ev.PrevContent = contentOf(prevJSON)
-			}
-		}
-		var sk any
-		if ev.StateKey != nil {
-			sk = *ev.StateKey
-		}
-		err = tx.QueryRow(ctx, `INSERT INTO syncapi_events (room_id, event_id, event_type, sender, state_key, depth, history_visibility,
-			session_id, txn_id, prev_event_id, prev_content, prev_sender, invite_state, event_json)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING pos`,
-			ev.RoomID, ev.EventID, ev.Type, ev.Sender, sk, ev.Depth, ev.HistVis, ev.SessionID, ev.TxnID,
-			ev.PrevEventID, ev.PrevContent, ev.PrevSender, ev.InviteState, ev.JSON).Scan(&ev.Pos)
-		if err != nil {
-			return fmt.Errorf("append event %s: %w", ev.EventID, err)
-		}
-		inserted = true
-		if err := sqldb.InChunks(2, removes, func(in string, args []any) error {
-			_, err := tx.Exec(ctx, `DELETE FROM syncapi_current_state WHERE room_id = $1 AND event_id IN (`+in+`)`, append([]any{ev.RoomID}, args...)...)
-			return err
-		}); err != nil {
-			return fmt.Errorf("remove state: %w", err)
-		}
-		for _, a := range adds {
-			if _, err := tx.Exec(ctx, `INSERT INTO syncapi_current_state (room_id, event_type, state_key, event_id, membership, sender, pos, event_json)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-				ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET event_id = excluded.event_id,
-					membership = excluded.membership, sender = excluded.sender, pos = excluded.pos, event_json = excluded.event_json`,
-				ev.RoomID, a.Type, a.StateKey, a.EventID, a.Membership, a.Sender, ev.Pos, a.JSON); err != nil {
-				return fmt.Errorf("set state: %w", err)
-			}
-			if a.Type == "m.room.member" {
-				if _, err := tx.Exec(ctx, `INSERT INTO syncapi_membership_log (room_id, user_id, membership, pos) VALUES ($1, $2, $3, $4)`,
-					ev.RoomID, a.StateKey, a.Membership, ev.Pos); err != nil {
-					return fmt.Errorf("log membership: %w", err)
-				}
-				if a.Membership == "join" || a.Membership == "invite" {
-					if _, err := tx.Exec(ctx, `DELETE FROM syncapi_forgotten WHERE user_id = $1 AND room_id = $2`, a.StateKey, ev.RoomID); err != nil {
-						return err
-					}
-				}
-			}
+			inserted[i] = ok
 		}
 		return nil
 	})
 	return inserted, err
+}
+
+// appendTx is Append inside tx.
+func appendTx(ctx context.Context, tx *sqldb.Tx, ev *Event, adds []NewState, removes []string) (bool, error) {
+	if stored, err := storedPos(ctx, tx, ev); err != nil || stored {
+		return false, err
+	}
+	if ev.StateKey != nil {
+		var prevJSON string
+		err := tx.QueryRow(ctx, `SELECT event_id, sender, event_json FROM syncapi_current_state WHERE room_id = $1 AND event_type = $2 AND state_key = $3`,
+			ev.RoomID, ev.Type, *ev.StateKey).Scan(&ev.PrevEventID, &ev.PrevSender, &prevJSON)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return false, err
+		}
+		if prevJSON != "" {
+			ev.PrevContent = contentOf(prevJSON)
+		}
+	}
+	var sk any
+	if ev.StateKey != nil {
+		sk = *ev.StateKey
+	}
+	err := tx.QueryRow(ctx, `INSERT INTO syncapi_events (room_id, event_id, event_type, sender, state_key, depth, history_visibility,
+			session_id, txn_id, prev_event_id, prev_content, prev_sender, invite_state, event_json)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING pos`,
+		ev.RoomID, ev.EventID, ev.Type, ev.Sender, sk, ev.Depth, ev.HistVis, ev.SessionID, ev.TxnID,
+		ev.PrevEventID, ev.PrevContent, ev.PrevSender, ev.InviteState, ev.JSON).Scan(&ev.Pos)
+	if err != nil {
+		return false, fmt.Errorf("append event %s: %w", ev.EventID, err)
+	}
+	if err := sqldb.InChunks(2, removes, func(in string, args []any) error {
+		_, err := tx.Exec(ctx, `DELETE FROM syncapi_current_state WHERE room_id = $1 AND event_id IN (`+in+`)`, append([]any{ev.RoomID}, args...)...)
+		return err
+	}); err != nil {
+		return false, fmt.Errorf("remove state: %w", err)
+	}
+	for _, a := range adds {
+		if _, err := tx.Exec(ctx, `INSERT INTO syncapi_current_state (room_id, event_type, state_key, event_id, membership, sender, pos, event_json)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+				ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET event_id = excluded.event_id,
+					membership = excluded.membership, sender = excluded.sender, pos = excluded.pos, event_json = excluded.event_json`,
+			ev.RoomID, a.Type, a.StateKey, a.EventID, a.Membership, a.Sender, ev.Pos, a.JSON); err != nil {
+			return false, fmt.Errorf("set state: %w", err)
+		}
+		if a.Type == "m.room.member" {
+			if _, err := tx.Exec(ctx, `INSERT INTO syncapi_membership_log (room_id, user_id, membership, pos) VALUES ($1, $2, $3, $4)`,
+				ev.RoomID, a.StateKey, a.Membership, ev.Pos); err != nil {
+				return false, fmt.Errorf("log membership: %w", err)
+			}
+			if a.Membership == "join" || a.Membership == "invite" {
+				if _, err := tx.Exec(ctx, `DELETE FROM syncapi_forgotten WHERE user_id = $1 AND room_id = $2`, a.StateKey, ev.RoomID); err != nil {
+					return false, err
+				}
+			}
+		}
+	}
+	return true, nil
 }
 
 // storedPos sets ev.Pos to the position of the event already stored
