@@ -172,7 +172,6 @@ func (p *Performer) invite(ctx context.Context, req *rsapi.InviteRequest, conten
 	return err
 }
 
-
 // inviteRemote builds the invite on the room's current state, checks it
 // against the auth rules, has the invitee's server sign it, and inputs
 // the signed event. Should the room move on meanwhile, the invite is a
