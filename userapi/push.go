@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"time"
 
 	gmsl "github.com/matrix-org/gomatrixserverlib"
 
@@ -270,6 +271,11 @@ func (u *UserAPI) SetPusher(ctx context.Context, userID string, sessionID int64,
 // Notifications pages through the user's notifications, newest first.
 // Events the roomserver no longer has are left out.
 func (u *UserAPI) Notifications(ctx context.Context, userID string, from int64, limit int, onlyHighlight bool) ([]uapi.Notification, int64, error) {
+	// The events sent before the request are evaluated first (bounded):
+	// the push consumer takes events in batches, a little behind them.
+	if u.bus != nil && u.push.rooms != nil {
+		u.catchUpEvents(ctx, notificationsCatchUp)
+	}
 	rows, err := u.store.Notifications(ctx, userID, from, limit, onlyHighlight)
 	if err != nil {
 		return nil, 0, err
@@ -318,6 +324,10 @@ func (u *UserAPI) Notifications(ctx context.Context, userID string, from int64, 
 func (u *UserAPI) NotificationCounts(ctx context.Context, userID, roomID string) (uapi.NotificationCounts, error) {
 	return u.store.NotificationCounts(ctx, userID, roomID)
 }
+
+// notificationsCatchUp bounds how long GET /notifications waits for the
+// events sent before it to be evaluated.
+const notificationsCatchUp = 2 * time.Second
 
 // ClearNotifications marks the user's notifications in a room read up to
 // eventID (by depth, the room's order) and, when that changed anything,
