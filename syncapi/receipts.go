@@ -130,10 +130,19 @@ func (s *SyncAPI) postReadMarkers(r *http.Request, dev *uapi.Device) (any, error
 
 // sendReceipt publishes a receipt; syncapi's consumer stores it.
 func (s *SyncAPI) sendReceipt(ctx context.Context, userID, roomID, typ, eventID, threadID string) error {
-	return s.publish(ctx, bus.OutputReceipt, sapi.ReceiptUpdate{
+	if err := s.publish(ctx, bus.OutputReceipt, sapi.ReceiptUpdate{
 		RoomID: roomID, UserID: userID, Type: typ, EventID: eventID, ThreadID: threadID,
 		TS: s.now().UnixMilli(),
-	})
+	}); err != nil {
+		return err
+	}
+	// The read notifications are cleared before the answer too, so that the
+	// user's next /sync counts them read (the userapi's consumer of the
+	// receipt clears them again, which changes nothing).
+	if err := s.users.ClearNotifications(ctx, userID, roomID, threadID, eventID); err != nil {
+		s.log.WithError(err).WithField("room_id", roomID).Warn("clearing notifications for a receipt")
+	}
+	return nil
 }
 
 // setReadMarker stores the user's m.fully_read marker of a room as room

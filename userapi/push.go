@@ -337,6 +337,13 @@ func (u *UserAPI) ClearNotifications(ctx context.Context, userID, roomID, thread
 	if rooms == nil {
 		return errors.New("clear notifications: the userapi is not started")
 	}
+	// The event read was accepted before the receipt was sent, but this
+	// component may not have evaluated it yet: its notification would be
+	// recorded after the receipt and stay unread. So first catch up with
+	// the events (bounded: a stuck consumer must not stop receipts).
+	if u.bus != nil {
+		u.catchUpEvents(ctx, receiptCatchUp)
+	}
 	pdus, err := rooms.Events(ctx, []string{eventID})
 	if err != nil {
 		return fmt.Errorf("clear notifications of %s up to %s: %w", userID, eventID, err)

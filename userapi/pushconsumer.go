@@ -134,11 +134,6 @@ func (u *UserAPI) onReceipt(ctx context.Context, m jetstream.Msg) error {
 	if !u.isLocal(r.UserID) || (r.Type != "m.read" && r.Type != "m.read.private") {
 		return nil
 	}
-	// The event read was accepted before the receipt was sent, but this
-	// component may not have evaluated it yet: its notification would be
-	// recorded after the receipt and stay unread. So first catch up with
-	// the events (bounded: a stuck consumer must not stop receipts).
-	u.catchUpEvents(ctx, receiptCatchUp)
 	return u.ClearNotifications(ctx, r.UserID, r.RoomID, r.ThreadID, r.EventID)
 }
 
