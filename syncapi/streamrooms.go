@@ -327,18 +327,11 @@ func (s *SyncAPI) joinedRoom(ctx context.Context, req *syncRequest, roomID strin
 	case jr.Timeline.Limited && len(events) > 0:
 		// A gap: every state change in it, member events included even
 		// when lazy-loading (the client cannot know them otherwise).
-		changes, err := s.store.StateEventsBetween(ctx, roomID, from, events[0].Pos)
+		changes, err := s.gapState(ctx, roomID, from, events[0].Pos, inTimeline)
 		if err != nil {
 			return nil, err
 		}
-		latest := map[[2]string]*storage.Event{}
 		for _, c := range changes {
-			latest[[2]string{c.Type, *c.StateKey}] = c
-		}
-		for _, c := range changes {
-			if latest[[2]string{c.Type, *c.StateKey}] != c || inTimeline[c.EventID] {
-				continue
-			}
 			ce := req.fmt.event(c)
 			if c.Type == "m.room.member" {
 				membersChanged = true
@@ -521,18 +514,11 @@ func (s *SyncAPI) leftRoom(ctx context.Context, req *syncRequest, roomID string,
 			}
 		}
 	case limited && len(events) > 0:
-		changes, err := s.store.StateEventsBetween(ctx, roomID, from, events[0].Pos)
+		changes, err := s.gapState(ctx, roomID, from, events[0].Pos, inTimeline)
 		if err != nil {
 			return nil, err
 		}
-		latest := map[[2]string]*storage.Event{}
 		for _, c := range changes {
-			latest[[2]string{c.Type, *c.StateKey}] = c
-		}
-		for _, c := range changes {
-			if latest[[2]string{c.Type, *c.StateKey}] != c || inTimeline[c.EventID] {
-				continue
-			}
 			ce := req.fmt.event(c)
 			if stateFilter.AllowsEvent(c.Type, c.Sender, ce.Content) {
 				lr.State.Events = append(lr.State.Events, ce)
@@ -556,4 +542,25 @@ func (s *SyncAPI) summarise(ctx context.Context, roomID, userID string, sum *roo
 func contentRaw(js string) json.RawMessage {
 	c := json.RawMessage(gjsonGet(js, "content"))
 	return c
+}
+
+// gapState returns the state events of roomID that changed in a gap of
+// its timeline, between positions from and to: the latest of each type
+// and state key, in order, leaving out those in the timeline.
+func (s *SyncAPI) gapState(ctx context.Context, roomID string, from, to int64, inTimeline map[string]bool) ([]*storage.Event, error) {
+	changes, err := s.store.StateEventsBetween(ctx, roomID, from, to)
+	if err != nil {
+		return nil, err
+	}
+	latest := map[[2]string]*storage.Event{}
+	for _, c := range changes {
+		latest[[2]string{c.Type, *c.StateKey}] = c
+	}
+	out := changes[:0:0]
+	for _, c := range changes {
+		if latest[[2]string{c.Type, *c.StateKey}] == c && !inTimeline[c.EventID] {
+			out = append(out, c)
+		}
+	}
+	return out, nil
 }
