@@ -221,20 +221,28 @@ func retry(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, handle Han
 		}
 		log.WithError(err).WithField("subject", msg.Subject()).Warn("message processing failed; retrying")
 		_ = msg.InProgress()
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !backOff(ctx, &delay) {
 			return false
-		case <-t.C:
-		}
-		// A failing message holds its whole stream, so the delay is also
-		// how late the stream resumes once the cause (a database restart,
-		// a full disk) is gone: keep it short.
-		if delay *= 2; delay > 5*time.Second {
-			delay = 5 * time.Second
 		}
 	}
+}
+
+// backOff waits delay, or until ctx ends (reporting false), and doubles
+// delay up to 5 s for the next failure. A failing message holds its
+// whole stream, so the delay is also how late the stream resumes once the
+// cause (a database restart, a full disk) is gone: it stays short.
+func backOff(ctx context.Context, delay *time.Duration) bool {
+	t := time.NewTimer(*delay)
+	select {
+	case <-ctx.Done():
+		t.Stop()
+		return false
+	case <-t.C:
+	}
+	if *delay *= 2; *delay > 5*time.Second {
+		*delay = 5 * time.Second
+	}
+	return true
 }
 
 // safely runs handle, turning a panic into a skipped message: a message
@@ -358,15 +366,8 @@ func retryBatch(ctx context.Context, log *logrus.Entry, msgs []jetstream.Msg, ha
 		for _, m := range msgs {
 			_ = m.InProgress()
 		}
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !backOff(ctx, &delay) {
 			return false
-		case <-t.C:
-		}
-		if delay *= 2; delay > 5*time.Second {
-			delay = 5 * time.Second
 		}
 	}
 }
