@@ -398,3 +398,17 @@ func firstLine(q string) string {
 	}
 	return q
 }
+
+// Column reads the one column of rows, and closes them.
+func Column[T any](rows *sql.Rows) ([]T, error) {
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		var v T
+		if err := rows.Scan(&v); err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}

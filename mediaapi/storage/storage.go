@@ -236,17 +236,11 @@ func (s *Storage) DeleteMedia(ctx context.Context, serverName string, mediaIDs [
 			if err != nil {
 				return err
 			}
-			for rows.Next() {
-				if err := rows.Scan(&h); err != nil {
-					rows.Close()
-					return err
-				}
-				hashes = append(hashes, h)
-			}
-			rows.Close()
-			if err := rows.Err(); err != nil {
+			thumbs, err := sqldb.Column[string](rows)
+			if err != nil {
 				return err
 			}
+			hashes = append(hashes, thumbs...)
 			if _, err := tx.Exec(ctx, `DELETE FROM mediaapi_thumbnails WHERE server_name = $1 AND media_id = $2`, serverName, id); err != nil {
 				return err
 			}
@@ -287,16 +281,7 @@ func (s *Storage) MediaBefore(ctx context.Context, serverName string, ts, minSiz
 	if err != nil {
 		return nil, fmt.Errorf("list media of %s before %d: %w", serverName, ts, err)
 	}
-	defer rows.Close()
-	var ids []string
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		ids = append(ids, id)
-	}
-	return ids, rows.Err()
+	return sqldb.Column[string](rows)
 }
 
 // Quarantine marks an item quarantined by admin (empty: served again);

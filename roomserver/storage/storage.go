@@ -281,21 +281,7 @@ func (s *Storage) TupleNIDsOfType(ctx context.Context, eventType string) ([]int6
 	if err != nil {
 		return nil, fmt.Errorf("state keys of %s: %w", eventType, err)
 	}
-	return column[int64](rows)
-}
-
-// column reads the one column of rows, and closes them.
-func column[T any](rows *sql.Rows) ([]T, error) {
-	defer rows.Close()
-	var out []T
-	for rows.Next() {
-		var v T
-		if err := rows.Scan(&v); err != nil {
-			return nil, err
-		}
-		out = append(out, v)
-	}
-	return out, rows.Err()
+	return sqldb.Column[int64](rows)
 }
 
 // Tuples returns the (type, state key) of tuple NIDs.
@@ -677,7 +663,7 @@ func (s *Storage) SharedRoomNIDs(ctx context.Context, userID string) ([]int64, e
 	if err != nil {
 		return nil, err
 	}
-	return column[int64](rows)
+	return sqldb.Column[int64](rows)
 }
 
 // AllRooms lists every room's NID and current state snapshot.
