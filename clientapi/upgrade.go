@@ -7,7 +7,6 @@ import (
 	"net/http"
 
 	gmsl "github.com/matrix-org/gomatrixserverlib"
-	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"myelin/internal/mxhttp"
 	"myelin/internal/mxid"
@@ -113,19 +112,10 @@ func (c *ClientAPI) moveAccountData(ctx context.Context, dev *uapi.Device, oldID
 // copies those of the upgrader and of local members). Data already set
 // for the new room is left alone; a failure does not undo the join.
 func (c *ClientAPI) followUpgrade(ctx context.Context, userID, roomID string) {
-	create, err := c.rooms.CurrentState(ctx, roomID, gmsl.StateKeyTuple{EventType: spec.MRoomCreate})
-	if err != nil || len(create) == 0 {
+	oldID := rsapi.Predecessor(ctx, c.rooms, roomID)
+	if oldID == "" {
 		return
 	}
-	var content struct {
-		Predecessor *struct {
-			RoomID string `json:"room_id"`
-		} `json:"predecessor"`
-	}
-	if json.Unmarshal(create[0].Content(), &content) != nil || content.Predecessor == nil || content.Predecessor.RoomID == "" {
-		return
-	}
-	oldID := content.Predecessor.RoomID
 	log := mxhttp.Logger(ctx).WithField("user_id", userID).WithField("room_id", roomID)
 	if _, err := c.users.AccountData(ctx, userID, roomID, "m.tag"); errors.Is(err, uapi.ErrNotFound) {
 		if raw, err := c.users.AccountData(ctx, userID, oldID, "m.tag"); err == nil {

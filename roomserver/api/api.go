@@ -445,3 +445,26 @@ func (o *OutputEvent) StateEventID(raw json.RawMessage) string {
 	}
 	return pdu.EventID()
 }
+
+// CurrentStater reads a room's current state (the roomserver does).
+type CurrentStater interface {
+	CurrentState(ctx context.Context, roomID string, tuples ...gmsl.StateKeyTuple) ([]gmsl.PDU, error)
+}
+
+// Predecessor returns the room that roomID replaced (its create event's
+// predecessor), "" when it replaced none or its state cannot be read.
+func Predecessor(ctx context.Context, rooms CurrentStater, roomID string) string {
+	create, err := rooms.CurrentState(ctx, roomID, gmsl.StateKeyTuple{EventType: spec.MRoomCreate})
+	if err != nil || len(create) == 0 {
+		return ""
+	}
+	var c struct {
+		Predecessor *struct {
+			RoomID string `json:"room_id"`
+		} `json:"predecessor"`
+	}
+	if json.Unmarshal(create[0].Content(), &c) != nil || c.Predecessor == nil {
+		return ""
+	}
+	return c.Predecessor.RoomID
+}

@@ -302,17 +302,7 @@ func (p *Performer) moveDirectory(ctx context.Context, oldID, newID, by string) 
 // Synapse does: the upgrade happened on another server, which moved only
 // its own aliases and directory entry; this server's follow the room now.
 func (p *Performer) followPredecessor(ctx context.Context, roomID, joiner string) {
-	create, err := p.rooms.CurrentState(ctx, roomID, gmsl.StateKeyTuple{EventType: spec.MRoomCreate})
-	if err != nil || len(create) == 0 {
-		return
+	if oldID := rsapi.Predecessor(ctx, p.rooms, roomID); oldID != "" {
+		p.moveDirectory(ctx, oldID, roomID, joiner)
 	}
-	var c struct {
-		Predecessor *struct {
-			RoomID string `json:"room_id"`
-		} `json:"predecessor"`
-	}
-	if json.Unmarshal(create[0].Content(), &c) != nil || c.Predecessor == nil || c.Predecessor.RoomID == "" {
-		return
-	}
-	p.moveDirectory(ctx, c.Predecessor.RoomID, roomID, joiner)
 }
