@@ -37,8 +37,13 @@ type deadlines struct {
 	// jitter returns a uniform random number in [0, n).
 	jitter func(n int64) int64
 	mu     sync.Mutex
-	due    map[int64][]context.CancelFunc // by tick number
+	due    map[int64][]*dueCtx // by tick number
 }
+
+// dueCtx is one rounded timeout. Its cancel is cleared when the poll ends
+// first: a poll answered early (most are, on a busy server) must not keep
+// its request's context chain alive until its tick, up to a timeout later.
+type dueCtx struct{ cancel context.CancelFunc }
 
 // minTicks is the shortest timeout, in ticks, that is rounded: a short
 // timeout keeps its own timer, so that rounding never cuts it by more
@@ -51,7 +56,7 @@ const minTicks = 4
 const spreadDiv = 10
 
 func newDeadlines(tick time.Duration) *deadlines {
-	return &deadlines{tick: tick, now: time.Now, jitter: rand.Int64N, due: map[int64][]context.CancelFunc{}}
+	return &deadlines{tick: tick, now: time.Now, jitter: rand.Int64N, due: map[int64][]*dueCtx{}}
 }
 
 // withTimeout returns a context that ends when ctx does or when the
@@ -63,14 +68,20 @@ func (d *deadlines) withTimeout(ctx context.Context, timeout time.Duration) (con
 	c, cancel := context.WithCancel(ctx)
 	now := d.now()
 	k := d.dueTick(now, timeout)
+	e := &dueCtx{cancel: cancel}
 	d.mu.Lock()
 	waiting, ok := d.due[k]
-	d.due[k] = append(waiting, cancel)
+	d.due[k] = append(waiting, e)
 	d.mu.Unlock()
 	if !ok {
 		time.AfterFunc(time.Unix(0, k*int64(d.tick)).Sub(now), func() { d.expire(k) })
 	}
-	return c, cancel
+	return c, func() {
+		d.mu.Lock()
+		e.cancel = nil
+		d.mu.Unlock()
+		cancel()
+	}
 }
 
 // dueTick is the tick at which a timeout starting at now ends: in
@@ -83,14 +94,19 @@ func (d *deadlines) dueTick(now time.Time, timeout time.Duration) int64 {
 	return now.Add(timeout-spread).UnixNano() / int64(d.tick)
 }
 
-// expire ends the contexts due at tick k. Those whose request already
-// finished are cancelled a second time, which does nothing.
+// expire ends the contexts due at tick k whose polls are still waiting.
 func (d *deadlines) expire(k int64) {
 	d.mu.Lock()
 	due := d.due[k]
 	delete(d.due, k)
+	cancels := make([]context.CancelFunc, 0, len(due))
+	for _, e := range due {
+		if e.cancel != nil {
+			cancels = append(cancels, e.cancel)
+		}
+	}
 	d.mu.Unlock()
-	for _, cancel := range due {
+	for _, cancel := range cancels {
 		cancel()
 	}
 }

@@ -200,3 +200,35 @@ func TestDeadlinesSpreadAcrossRange(t *testing.T) {
 		}
 	}
 }
+
+// TestDeadlinesReleaseEndedPolls: a poll that ends before its tick (the
+// usual case on a busy server) leaves nothing of its context behind.
+func TestDeadlinesReleaseEndedPolls(t *testing.T) {
+	d := newDeadlines(250 * time.Millisecond)
+	_, cancelEnded := d.withTimeout(context.Background(), 30*time.Second)
+	waitingCtx, cancelWaiting := d.withTimeout(context.Background(), 30*time.Second)
+	defer cancelWaiting()
+	cancelEnded()
+	d.mu.Lock()
+	held, entries := 0, 0
+	var ticks []int64
+	for k, due := range d.due {
+		ticks = append(ticks, k)
+		for _, e := range due {
+			entries++
+			if e.cancel != nil {
+				held++
+			}
+		}
+	}
+	d.mu.Unlock()
+	if entries != 2 || held != 1 {
+		t.Fatalf("%d entries holding %d contexts, want 2 holding 1 (the ended poll's released)", entries, held)
+	}
+	for _, k := range ticks {
+		d.expire(k)
+	}
+	if waitingCtx.Err() == nil {
+		t.Fatal("the waiting poll did not end at its tick")
+	}
+}
