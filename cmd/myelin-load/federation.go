@@ -82,9 +82,12 @@ func (p *federationParams) parse(remotes, pids string) error {
 // the other servers' part.
 type FederationDetails struct {
 	FanoutDetails
-	Servers   int     `json:"servers"` // the server under test and the others
-	Remote    []Usage `json:"remote_servers,omitempty"`
-	RSSSumMB  float64 `json:"rss_sum_peak_mb,omitempty"` // every sampled server's peak RSS, summed
+	Servers  int     `json:"servers"` // the server under test and the others
+	Remote   []Usage `json:"remote_servers,omitempty"`
+	RSSSumMB float64 `json:"rss_sum_peak_mb,omitempty"` // every sampled server's peak RSS, summed
+	// Every sampled server's peak PSS, summed: the memory the servers take
+	// together, their shared binary pages counted once.
+	PSSSumMB  float64 `json:"pss_sum_peak_mb,omitempty"`
 	CoresSum  float64 `json:"cores_sum_avg,omitempty"`
 	FirstJoin Summary `json:"first_join"` // the joins that went over federation
 	// BigRoom is the remote join of a -big-room room.
@@ -163,18 +166,20 @@ func runFederation(ctx context.Context, e *env, rep *Report, p *federationParams
 	d.Latency = summarize(latencies)
 
 	if rep.Server != nil {
-		d.RSSSumMB, d.CoresSum = rep.Server.RSSPeakMB, rep.Server.AvgCores
+		d.RSSSumMB, d.PSSSumMB, d.CoresSum = rep.Server.RSSPeakMB, rep.Server.PSSPeakMB, rep.Server.AvgCores
 	}
 	for _, smp := range samplers {
 		u := smp.Window(run.start, run.end)
 		d.Remote = append(d.Remote, u)
 		d.RSSSumMB += u.RSSPeakMB
+		d.PSSSumMB += u.PSSPeakMB
 		d.CoresSum += u.AvgCores
 	}
 	rep.addLatency("delivery latency", d.Latency)
 	rep.addLatency("remote join", d.FirstJoin)
 	if len(samplers) > 0 {
 		rep.add("RSS of all servers (sum of peaks)", d.RSSSumMB, "MB", "lower")
+		rep.add("PSS of all servers (sum of peaks)", d.PSSSumMB, "MB", "lower")
 		rep.add("CPU of all servers", d.CoresSum, "cores", "lower")
 	}
 	d.report(rep)

@@ -64,24 +64,34 @@ func parseStat(b []byte) (procStat, error) {
 }
 
 // parseVmRSS returns VmRSS from the contents of /proc/PID/status, in bytes.
-func parseVmRSS(b []byte) (int64, error) {
+// Kernel threads and zombies have no VmRSS line: an error.
+func parseVmRSS(b []byte) (int64, error) { return kbField(b, "status", "VmRSS") }
+
+// parsePss returns Pss from the contents of /proc/PID/smaps_rollup, in
+// bytes: the process's resident memory with each page shared by N
+// processes counted 1/N (the binary's pages, shared by servers started
+// from one file, count once in a sum over them; RSS counts them in each).
+func parsePss(b []byte) (int64, error) { return kbField(b, "smaps_rollup", "Pss") }
+
+// kbField reads the "key:  N kB" line of a /proc file (named src in
+// errors), in bytes.
+func kbField(b []byte, src, key string) (int64, error) {
 	for line := range strings.SplitSeq(string(b), "\n") {
-		rest, ok := strings.CutPrefix(line, "VmRSS:")
+		rest, ok := strings.CutPrefix(line, key+":")
 		if !ok {
 			continue
 		}
 		f := strings.Fields(rest)
 		if len(f) != 2 || f[1] != "kB" {
-			return 0, fmt.Errorf("status: VmRSS line %q", line)
+			return 0, fmt.Errorf("%s: %s line %q", src, key, line)
 		}
 		kb, err := strconv.ParseInt(f[0], 10, 64)
 		if err != nil {
-			return 0, fmt.Errorf("status: VmRSS: %w", err)
+			return 0, fmt.Errorf("%s: %s: %w", src, key, err)
 		}
 		return kb * 1024, nil
 	}
-	// Kernel threads and zombies have no VmRSS line.
-	return 0, fmt.Errorf("status: no VmRSS line")
+	return 0, fmt.Errorf("%s: no %s line", src, key)
 }
 
 // atClkTck is the auxiliary vector entry carrying sysconf(_SC_CLK_TCK).
@@ -124,6 +134,7 @@ type sample struct {
 	T   time.Time
 	CPU float64 // seconds of user+system time so far
 	RSS int64   // bytes; 0 when not measured
+	PSS int64   // bytes; 0 when not measured (no smaps_rollup)
 }
 
 // Sampler reads the CPU time and RSS of a process at a fixed interval.
@@ -183,7 +194,7 @@ func (s *Sampler) read() (sample, error) {
 		return sample{}, err
 	}
 	ticks := st.UTime + st.STime
-	var rss int64
+	var rss, pss int64
 	if s.tree {
 		// Children that exited were reaped by the root, which added their
 		// time to its cutime/cstime; live descendants are summed directly.
@@ -201,8 +212,12 @@ func (s *Sampler) read() (sample, error) {
 		if rss, err = parseVmRSS(b); err != nil {
 			return sample{}, err
 		}
+		// Optional: kernels before 4.14 have no smaps_rollup.
+		if b, err := os.ReadFile(filepath.Join(s.proc, strconv.Itoa(s.pid), "smaps_rollup")); err == nil {
+			pss, _ = parsePss(b)
+		}
 	}
-	return sample{CPU: float64(ticks) / s.hz, RSS: rss}, nil
+	return sample{CPU: float64(ticks) / s.hz, RSS: rss, PSS: pss}, nil
 }
 
 func (s *Sampler) stat(pid int) (procStat, error) {
@@ -258,6 +273,7 @@ type Usage struct {
 	AvgCores  float64 `json:"avg_cores"`
 	RSSPeakMB float64 `json:"rss_peak_mb,omitempty"`
 	RSSAvgMB  float64 `json:"rss_avg_mb,omitempty"`
+	PSSPeakMB float64 `json:"pss_peak_mb,omitempty"`
 	Samples   int     `json:"samples"`
 	Gone      string  `json:"gone,omitempty"`
 }
@@ -283,12 +299,14 @@ func (s *Sampler) Window(from, to time.Time) Usage {
 	if u.WindowS > 0 {
 		u.AvgCores = u.CPUS / u.WindowS
 	}
-	var sum, peak int64
+	var sum, peak, pssPeak int64
 	for _, smp := range in {
 		sum += smp.RSS
 		peak = max(peak, smp.RSS)
+		pssPeak = max(pssPeak, smp.PSS)
 	}
 	u.RSSPeakMB = float64(peak) / (1 << 20)
+	u.PSSPeakMB = float64(pssPeak) / (1 << 20)
 	u.RSSAvgMB = float64(sum) / float64(len(in)) / (1 << 20)
 	return u
 }

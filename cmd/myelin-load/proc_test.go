@@ -56,6 +56,17 @@ func TestParseVmRSS(t *testing.T) {
 	}
 }
 
+func TestParsePss(t *testing.T) {
+	rollup := "55d0c0a4e000-7ffd5b7f2000 ---p 00000000 00:00 0 [rollup]\nRss:  96924 kB\nPss:   71234 kB\nPss_Anon:  70656 kB\n"
+	got, err := parsePss([]byte(rollup))
+	if err != nil || got != 71234*1024 {
+		t.Errorf("parsePss = %d, %v; want %d", got, err, 71234*1024)
+	}
+	if _, err := parsePss([]byte("Rss:  1 kB\n")); err == nil {
+		t.Error("no Pss line: no error")
+	}
+}
+
 func TestParseClkTck(t *testing.T) {
 	pairs := func(order binary.AppendByteOrder, kv ...uint64) []byte {
 		var b []byte
