@@ -13,6 +13,7 @@ import (
 
 	gmsl "github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/sirupsen/logrus"
 	"github.com/tidwall/gjson"
 
 	"myelin/internal/mxhttp"
@@ -57,6 +58,13 @@ type pduResult struct {
 // sendResponse is the answer to a transaction.
 type sendResponse struct {
 	PDUs map[string]pduResult `json:"pdus"`
+}
+
+// txnTiming adds up where an inbound transaction's time went, for the
+// debug log line each transaction gets (rooms run in parallel, so the
+// parts can sum to more than the whole).
+type txnTiming struct {
+	verify, input atomic.Int64 // nanoseconds
 }
 
 // inbound is the state of the /send endpoint: one transaction at a time
@@ -132,20 +140,24 @@ func (f *FederationAPI) send(r *http.Request) (any, error) {
 	case len(req.EDUs) > maxTxnEDUs:
 		return nil, mxhttp.BadJSON("A transaction holds at most %d EDUs", maxTxnEDUs)
 	}
+	start := time.Now()
 	done, err := f.in.turn(ctx, origin)
 	if err != nil {
 		return nil, mxhttp.ServiceUnavailable(fmt.Errorf("wait for the previous transaction of %s: %w", origin, err))
 	}
 	defer done()
+	turned := time.Now()
 	if resp, err := f.store.InboundTxn(ctx, string(origin), txnID); err != nil {
 		return nil, err
 	} else if resp != "" {
 		return json.RawMessage(resp), nil
 	}
-	res, err := f.processTxn(ctx, origin, &req)
+	var timing txnTiming
+	res, err := f.processTxn(ctx, origin, &req, &timing)
 	if err != nil {
 		return nil, err
 	}
+	processed := time.Now()
 	enc, err := json.Marshal(res)
 	if err != nil {
 		return nil, fmt.Errorf("encode response to transaction %s: %w", txnID, err)
@@ -157,6 +169,17 @@ func (f *FederationAPI) send(r *http.Request) (any, error) {
 		return nil, err
 	}
 	f.pruneTxns(ctx, now)
+	if f.log.Logger.IsLevelEnabled(logrus.DebugLevel) {
+		ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+		f.log.WithFields(logrus.Fields{
+			"origin": origin, "txn_id": txnID, "pdus": len(req.PDUs), "edus": len(req.EDUs),
+			"wait_ms":    ms(turned.Sub(start)),
+			"verify_ms":  ms(time.Duration(timing.verify.Load())),
+			"input_ms":   ms(time.Duration(timing.input.Load())),
+			"process_ms": ms(processed.Sub(turned)),
+			"record_ms":  ms(time.Since(processed)),
+		}).Debug("transaction received")
+	}
 	return json.RawMessage(enc), nil
 }
 
@@ -174,7 +197,7 @@ func (f *FederationAPI) pruneTxns(ctx context.Context, now time.Time) {
 
 // processTxn takes in a transaction's PDUs, room by room, then its EDUs.
 // Its error means the transaction is to be retried whole (503).
-func (f *FederationAPI) processTxn(ctx context.Context, origin spec.ServerName, req *txnRequest) (*sendResponse, error) {
+func (f *FederationAPI) processTxn(ctx context.Context, origin spec.ServerName, req *txnRequest, timing *txnTiming) (*sendResponse, error) {
 	res := &sendResponse{PDUs: make(map[string]pduResult, len(req.PDUs))}
 	var order []string
 	byRoom := map[string][]json.RawMessage{}
@@ -212,7 +235,7 @@ func (f *FederationAPI) processTxn(ctx context.Context, origin spec.ServerName, 
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			if err := f.receiveRoomPDUs(ctx, origin, roomID, byRoom[roomID], put); err != nil {
+			if err := f.receiveRoomPDUs(ctx, origin, roomID, byRoom[roomID], put, timing); err != nil {
 				mu.Lock()
 				failed = cmpErr(failed, err)
 				mu.Unlock()
@@ -254,7 +277,7 @@ func cmpErr(have, err error) error {
 // redacted); the roomserver's input runs the auth checks (auth events,
 // state before the event, soft fail against the current state). put
 // records each PDU's result; an error fails the whole transaction.
-func (f *FederationAPI) receiveRoomPDUs(ctx context.Context, origin spec.ServerName, roomID string, raws []json.RawMessage, put func(string, error)) error {
+func (f *FederationAPI) receiveRoomPDUs(ctx context.Context, origin spec.ServerName, roomID string, raws []json.RawMessage, put func(string, error), timing *txnTiming) error {
 	unknown := func() error {
 		for _, raw := range raws {
 			put(guessEventID(raw, roomID), fmt.Errorf("unknown room %s", roomID))
@@ -299,7 +322,10 @@ func (f *FederationAPI) receiveRoomPDUs(ctx context.Context, origin spec.ServerN
 		evs = append(evs, ev)
 	}
 	ok := evs[:0]
-	for i, err := range gmsl.VerifyAllEventSignatures(ctx, evs, f.keys.ring, userIDForSender) {
+	verifyStart := time.Now()
+	verified := gmsl.VerifyAllEventSignatures(ctx, evs, f.keys.ring, userIDForSender)
+	timing.verify.Add(int64(time.Since(verifyStart)))
+	for i, err := range verified {
 		if err != nil {
 			put(evs[i].EventID(), fmt.Errorf("bad signatures: %w", err))
 			continue
@@ -312,6 +338,8 @@ func (f *FederationAPI) receiveRoomPDUs(ctx context.Context, origin spec.ServerN
 		}
 		ok = append(ok, evs[i])
 	}
+	inputStart := time.Now()
+	defer func() { timing.input.Add(int64(time.Since(inputStart))) }()
 	return f.inputRoomPDUs(ctx, origin, roomID, ok, put)
 }
 

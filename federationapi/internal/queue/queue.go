@@ -292,6 +292,7 @@ func (q *Queues) step(ctx context.Context, w *worker, log *logrus.Entry) (more b
 			return err != nil, 0, err
 		}
 	}
+	sendStart := time.Now()
 	sendErr := q.send(ctx, w.name, txn)
 	if ctx.Err() != nil {
 		return false, 0, ctx.Err()
@@ -300,9 +301,17 @@ func (q *Queues) step(ctx context.Context, w *worker, log *logrus.Entry) (more b
 		// Marked sent in the same write that takes the next one: the
 		// spec allows one transaction in flight, so what lies between
 		// two of them bounds the throughput to a server.
+		sent := time.Now()
 		next, err := st.SentAndNext(ctx, string(w.name), txn.ID, MaxPDUs, MaxEDUs, newTxnID)
 		if err != nil {
 			return true, 0, err
+		}
+		if log.Logger.IsLevelEnabled(logrus.DebugLevel) {
+			log.WithFields(logrus.Fields{
+				"txn_id": txn.ID, "pdus": len(txn.PDUs), "edus": len(txn.EDUs),
+				"send_ms":  float64(sent.Sub(sendStart).Microseconds()) / 1000,
+				"queue_ms": float64(time.Since(sent).Microseconds()) / 1000,
+			}).Debug("transaction sent")
 		}
 		if d.Failures > 0 {
 			log.Info("destination reachable again")
