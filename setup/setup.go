@@ -72,7 +72,9 @@ type Server struct {
 	cancel  context.CancelFunc
 	servers []*http.Server
 	addrs   map[string]net.Addr
-	wg      sync.WaitGroup
+	// logFor is the log of a component (logging.components).
+	logFor func(component string) *logrus.Entry
+	wg     sync.WaitGroup
 }
 
 // NewLogger makes the process logger from the logging section.
@@ -98,6 +100,35 @@ func NewLogger(c config.Logging) (*logrus.Logger, io.Closer, error) {
 		closer = f
 	}
 	return l, closer, nil
+}
+
+// componentLoggers returns the entry each component logs to: the process
+// logger, or for a component given a level of its own in
+// logging.components, a logger at that level writing to the same place.
+func componentLoggers(log *logrus.Logger, c config.Logging) (func(component string) *logrus.Entry, error) {
+	levels, err := c.ComponentLevels()
+	if err != nil {
+		return nil, fmt.Errorf("logging.components: %w", err)
+	}
+	own := map[string]*logrus.Logger{}
+	for name, level := range levels {
+		lvl, err := logrus.ParseLevel(level)
+		if err != nil {
+			return nil, fmt.Errorf("logging.components: %s: %w", name, err)
+		}
+		l := logrus.New()
+		l.SetOutput(log.Out)
+		l.SetFormatter(log.Formatter)
+		l.ReplaceHooks(log.Hooks)
+		l.SetLevel(lvl)
+		own[name] = l
+	}
+	return func(component string) *logrus.Entry {
+		if l, ok := own[component]; ok {
+			return l.WithField("component", component)
+		}
+		return log.WithField("component", component)
+	}, nil
 }
 
 // Option adjusts what New builds beyond the configuration.
@@ -127,13 +158,18 @@ func New(ctx context.Context, cfg *config.Config, log *logrus.Logger, opts ...Op
 	if s.key, err = signing.LoadOrGenerate(cfg.Keys.SigningKeyPath, cfg.ServerName); err != nil {
 		return nil, err
 	}
+	entry, err := componentLoggers(log, cfg.Logging)
+	if err != nil {
+		return nil, err
+	}
+	s.logFor = entry
 	s.bus, err = bus.Open(ctx, bus.Options{
 		URL:          cfg.NATS.URL,
 		StoreDir:     cfg.NATS.StoreDir,
 		Name:         "myelin",
 		Replicas:     1,
 		PublishRetry: cfg.NATS.PublishRetry,
-		Log:          log.WithField("component", "bus"),
+		Log:          entry("bus"),
 	})
 	if err != nil {
 		return nil, err
@@ -141,7 +177,6 @@ func New(ctx context.Context, cfg *config.Config, log *logrus.Logger, opts ...Op
 	if s.db, err = sqldb.Open(ctx, cfg.Database.URL, sqldb.Options{MaxOpenConns: cfg.Database.MaxOpenConns}); err != nil {
 		return nil, fmt.Errorf("database: %w", err)
 	}
-	entry := func(component string) *logrus.Entry { return log.WithField("component", component) }
 	if s.users, err = userapi.New(ctx, s.db, s.bus, cfg, entry("userapi")); err != nil {
 		return nil, err
 	}
@@ -264,7 +299,7 @@ func (s *Server) ClientHandler() (http.Handler, error) {
 	if err := mxhttp.CheckRouteVars(mr); err != nil {
 		return nil, err
 	}
-	log := s.log.WithField("component", "http").WithField("listener", "client")
+	log := s.logFor("http").WithField("listener", "client")
 	api := mxhttp.Serve(log, s.cfg.ClientAPI.MaxRequestBytes, withClientIP, r)
 	media := mxhttp.Serve(log, s.cfg.MediaAPI.MaxUploadBytes, withClientIP, mr)
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
@@ -287,7 +322,7 @@ func (s *Server) FederationHandler() (http.Handler, error) {
 	if err := mxhttp.CheckRouteVars(r); err != nil {
 		return nil, err
 	}
-	return mxhttp.Serve(s.log.WithField("component", "http").WithField("listener", "federation"), s.cfg.FederationAPI.MaxRequestBytes, nil, r), nil
+	return mxhttp.Serve(s.logFor("http").WithField("listener", "federation"), s.cfg.FederationAPI.MaxRequestBytes, nil, r), nil
 }
 
 // commonRoutes are served on both listeners: /health, and the

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -221,6 +222,43 @@ type Logging struct {
 	Format string `yaml:"format"` // text or json
 	// File, when set, receives the log instead of stderr.
 	File string `yaml:"file"`
+	// Components gives some components a level of their own, as
+	// "component=level,...", e.g. "federationapi=debug".
+	Components string `yaml:"components"`
+}
+
+// LogComponents are the names logging.components accepts.
+var LogComponents = []string{"bus", "userapi", "roomserver", "syncapi", "clientapi", "federationapi", "mediaapi", "http"}
+
+// ComponentLevels parses Components into level names by component.
+func (l Logging) ComponentLevels() (map[string]string, error) {
+	out := map[string]string{}
+	for part := range strings.SplitSeq(l.Components, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		name, level, ok := strings.Cut(part, "=")
+		name, level = strings.TrimSpace(name), strings.TrimSpace(level)
+		switch {
+		case !ok:
+			return nil, fmt.Errorf("%q is not component=level", part)
+		case !slices.Contains(LogComponents, name):
+			return nil, fmt.Errorf("unknown component %q (one of %s)", name, strings.Join(LogComponents, ", "))
+		case !validLogLevel(level):
+			return nil, fmt.Errorf("%s: level %q must be one of trace, debug, info, warn, error", name, level)
+		}
+		out[name] = level
+	}
+	return out, nil
+}
+
+func validLogLevel(l string) bool {
+	switch l {
+	case "trace", "debug", "info", "warn", "error":
+		return true
+	}
+	return false
 }
 
 // Keys locates the server's signing key.
@@ -481,10 +519,11 @@ func (c *Config) Validate() error {
 			bad("rate_limits."+name+".burst", b.Burst, "must be at least 1")
 		}
 	}
-	switch c.Logging.Level {
-	case "trace", "debug", "info", "warn", "error":
-	default:
+	if !validLogLevel(c.Logging.Level) {
 		bad("logging.level", c.Logging.Level, "must be one of trace, debug, info, warn, error")
+	}
+	if _, err := c.Logging.ComponentLevels(); err != nil {
+		bad("logging.components", c.Logging.Components, err.Error())
 	}
 	switch c.Logging.Format {
 	case "text", "json":

@@ -136,6 +136,9 @@ func TestValidationNamesFields(t *testing.T) {
 		{"bad freeze date", "media_api:\n  legacy_freeze_date: 1/2/2024\n", nil, []string{"media_api.legacy_freeze_date", "1/2/2024"}},
 		{"bad thumbnail size", "", []string{"MYELIN_MEDIA_API_THUMBNAIL_SIZES=32x32 crop,0x10 scale,9x9 stretch"}, []string{"media_api.thumbnail_sizes", "0x10 scale", "9x9 stretch"}},
 		{"tiny upload limit", "", []string{"MYELIN_MEDIA_API_MAX_UPLOAD_BYTES=10"}, []string{"media_api.max_upload_bytes", "10"}},
+		{"unknown log component", "", []string{"MYELIN_LOGGING_COMPONENTS=federationapi=debug,keyserver=debug"}, []string{"logging.components", "keyserver"}},
+		{"bad component level", "logging:\n  components: 'syncapi=chatty'\n", nil, []string{"logging.components", "chatty"}},
+		{"component without level", "logging:\n  components: 'syncapi'\n", nil, []string{"logging.components", "syncapi"}},
 		{"no federation rate", "rate_limits:\n  federation:\n    per_second: 0\n", nil, []string{"rate_limits.federation.per_second"}},
 	}
 	for _, tt := range tests {
@@ -154,6 +157,16 @@ func TestValidationNamesFields(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestComponentLevels(t *testing.T) {
+	got, err := Logging{Components: " federationapi=debug, syncapi = trace ,"}.ComponentLevels()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got["federationapi"] != "debug" || got["syncapi"] != "trace" {
+		t.Fatalf("ComponentLevels = %v", got)
 	}
 }
 
