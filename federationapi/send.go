@@ -145,7 +145,14 @@ func (f *FederationAPI) send(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, mxhttp.ServiceUnavailable(fmt.Errorf("wait for the previous transaction of %s: %w", origin, err))
 	}
-	defer done()
+	// The turn passes to the answer, which ends it once the response is
+	// recorded; until then, every return ends it here.
+	release := done
+	defer func() {
+		if release != nil {
+			release()
+		}
+	}()
 	turned := time.Now()
 	if resp, err := f.store.InboundTxn(ctx, string(origin), txnID); err != nil {
 		return nil, err
@@ -162,25 +169,32 @@ func (f *FederationAPI) send(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode response to transaction %s: %w", txnID, err)
 	}
-	now := f.now()
-	// Not recorded (the database failing): the origin retries, and the
-	// roomserver takes in a PDU it has as a no-op.
-	if err := f.store.RecordInboundTxn(ctx, string(origin), txnID, string(enc), now.UnixMilli()); err != nil {
-		return nil, err
-	}
-	f.pruneTxns(ctx, now)
-	if f.log.Logger.IsLevelEnabled(logrus.DebugLevel) {
-		ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-		f.log.WithFields(logrus.Fields{
-			"origin": origin, "txn_id": txnID, "pdus": len(req.PDUs), "edus": len(req.EDUs),
-			"wait_ms":    ms(turned.Sub(start)),
-			"verify_ms":  ms(time.Duration(timing.verify.Load())),
-			"input_ms":   ms(time.Duration(timing.input.Load())),
-			"process_ms": ms(processed.Sub(turned)),
-			"record_ms":  ms(time.Since(processed)),
-		}).Debug("transaction received")
-	}
-	return json.RawMessage(enc), nil
+	// The origin has its answer while the response is recorded: with one
+	// transaction in flight per destination, the write would otherwise
+	// lie between every two of them. The turn is held until it is
+	// recorded, so that a retry of this transaction finds it; a retry
+	// that finds nothing (the write failed) is processed again, and the
+	// roomserver takes in PDUs it has as no-ops.
+	release = nil
+	return &mxhttp.Then{Body: enc, After: func(ctx context.Context) {
+		defer done()
+		now := f.now()
+		if err := f.store.RecordInboundTxn(ctx, string(origin), txnID, string(enc), now.UnixMilli()); err != nil {
+			f.log.WithError(err).WithField("origin", origin).WithField("txn_id", txnID).Warn("cannot record the response to a transaction")
+		}
+		f.pruneTxns(ctx, now)
+		if f.log.Logger.IsLevelEnabled(logrus.DebugLevel) {
+			ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+			f.log.WithFields(logrus.Fields{
+				"origin": origin, "txn_id": txnID, "pdus": len(req.PDUs), "edus": len(req.EDUs),
+				"wait_ms":    ms(turned.Sub(start)),
+				"verify_ms":  ms(time.Duration(timing.verify.Load())),
+				"input_ms":   ms(time.Duration(timing.input.Load())),
+				"process_ms": ms(processed.Sub(turned)),
+				"record_ms":  ms(time.Since(processed)),
+			}).Debug("transaction received")
+		}
+	}}, nil
 }
 
 // pruneTxns forgets the responses older than txnRetention, at most once

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -25,6 +26,14 @@ type Handler func(r *http.Request) (any, error)
 
 // RawJSON is a 200 response body already encoded.
 type RawJSON []byte
+
+// Then is a 200 answer with work to do once it is sent: the client reads
+// its answer while After runs, in the request's goroutine, with the
+// request's context values but not its cancellation.
+type Then struct {
+	Body  RawJSON
+	After func(ctx context.Context)
+}
 
 // Response is a JSON body with a status other than 200.
 type Response struct {
@@ -59,6 +68,22 @@ func (h Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case RawJSON:
 		w.Header()["Content-Type"] = jsonContentType
 		_, _ = w.Write(v)
+	case *Then:
+		// With its length declared, the body is whole to an HTTP/1.1
+		// client before the handler returns; an HTTP/2 client that
+		// decodes one JSON value (as Go's do) has it too.
+		// A newline ends it, as every other JSON answer (WriteJSON).
+		body := v.Body
+		if len(body) == 0 || body[len(body)-1] != '\n' {
+			body = append(body[:len(body):len(body)], '\n')
+		}
+		w.Header()["Content-Type"] = jsonContentType
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		_, _ = w.Write(body)
+		if f, ok := w.(http.Flusher); ok {
+			f.Flush()
+		}
+		v.After(context.WithoutCancel(r.Context()))
 	case *Response:
 		WriteJSON(w, v.Status, v.Body)
 	default:
