@@ -50,7 +50,7 @@ type DB struct {
 	// writeLock (SQLite only) admits one writer at a time. The writer pool
 	// has a second connection so that statements can be prepared while a
 	// transaction holds the first.
-	writeLock chan struct{}
+	writeLock *writeGate
 
 	stmts sync.Map // rewritten query -> *sql.Stmt on the matching pool
 }
@@ -131,7 +131,7 @@ func Open(ctx context.Context, url string, opts Options) (*DB, error) {
 	// A reader idle this long goes, and its cache with it: a burst's
 	// extra readers do not stay for good.
 	reader.SetConnMaxIdleTime(5 * time.Minute)
-	return &DB{Dialect: SQLite, writer: writer, reader: reader, writeLock: make(chan struct{}, 1)}, nil
+	return &DB{Dialect: SQLite, writer: writer, reader: reader, writeLock: newWriteGate()}, nil
 }
 
 // Page cache sizes in KiB (SQLite's negative cache_size). The readers'
@@ -240,12 +240,7 @@ func (db *DB) lockWrite(ctx context.Context) (func(), error) {
 	if db.writeLock == nil {
 		return func() {}, nil
 	}
-	select {
-	case db.writeLock <- struct{}{}:
-		return func() { <-db.writeLock }, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
+	return db.writeLock.lock(ctx)
 }
 
 // Exec runs one write statement outside a transaction.
