@@ -103,7 +103,8 @@ func TestNotificationStore(t *testing.T) {
 
 // TestInsertNotificationsBatch: one call stores the notifications of
 // several events for many members, in chunks of any size, reports which
-// were new (not those stored before, nor a repeat within the call) and
+// were new (not those of an event stored before, nor a repeat within the
+// call) and
 // raises each member's counters by exactly those.
 func TestInsertNotificationsBatch(t *testing.T) {
 	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
@@ -132,9 +133,11 @@ func TestInsertNotificationsBatch(t *testing.T) {
 		}{
 			{"one", batch(1, 1, false), 1, uapi.NotificationCounts{Notifications: 1}, uapi.NotificationCounts{}},
 			{"again", batch(1, 1, false), 0, uapi.NotificationCounts{Notifications: 1}, uapi.NotificationCounts{}},
-			{"nine, one stored", batch(1, 9, false), 8, uapi.NotificationCounts{Notifications: 1}, uapi.NotificationCounts{Notifications: 1}},
-			{"several chunks", batch(10, 20, true), 200 - 9, uapi.NotificationCounts{Notifications: 10, Highlights: 9}, uapi.NotificationCounts{Notifications: 10}},
-			{"repeats within", append(batch(11, 2, false), batch(11, 2, false)...), 2, uapi.NotificationCounts{Notifications: 11, Highlights: 9}, uapi.NotificationCounts{Notifications: 11}},
+			// The event is stored: its notifications are, whoever they are for.
+			{"the stored event for nine", batch(1, 9, false), 0, uapi.NotificationCounts{Notifications: 1}, uapi.NotificationCounts{}},
+			{"several chunks", batch(10, 20, true), 9 * 20, uapi.NotificationCounts{Notifications: 10, Highlights: 9}, uapi.NotificationCounts{Notifications: 9}},
+			{"odd sizes", batch(13, 23, false), 3 * 23, uapi.NotificationCounts{Notifications: 13, Highlights: 9}, uapi.NotificationCounts{Notifications: 12}},
+			{"repeats within", append(batch(14, 2, false), batch(14, 2, false)...), 2, uapi.NotificationCounts{Notifications: 14, Highlights: 9}, uapi.NotificationCounts{Notifications: 13}},
 		} {
 			inserted, err := s.InsertNotifications(ctx, tc.ns)
 			if err != nil {

@@ -176,50 +176,57 @@ func (s *Storage) InsertNotification(ctx context.Context, n NewNotification) (in
 	return ins[0], nil
 }
 
-// InsertNotifications records notifications in one transaction (one or
-// more events', for each member they notify); inserted[i] is false when
-// ns[i] was there already (a redelivered event) or earlier in ns.
+// InsertNotifications records notifications in one transaction, for one
+// or more events and the members each notifies. An event's notifications
+// are stored once: a later call with an event stored before (a redelivered
+// batch) stores none of its rows, and inserted[i] is false for them, as
+// for a repeat of (user, event) within ns.
 func (s *Storage) InsertNotifications(ctx context.Context, ns []NewNotification) (inserted []bool, err error) {
-	type key struct{ user, event string }
-	first := make(map[key]int, len(ns))
-	for i, n := range ns {
-		if _, ok := first[key{n.UserID, n.EventID}]; !ok {
-			first[key{n.UserID, n.EventID}] = i
-		}
-	}
 	err = s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
 		inserted = make([]bool, len(ns))
-		var ids []int64
-		// One statement per chunk of rows, RETURNING what was new: the
-		// rows already there (a redelivery) must not be counted or
-		// pushed again.
-		most := notificationRows[len(notificationRows)-1]
-		if tx.Dialect() == sqldb.SQLite {
-			// The SQLite driver looks each parameter's name up in a list of
-			// them all: a statement's binding costs the square of its size.
-			most = sqliteNotificationRows
+		// The events new to the table: a redelivery's are not.
+		var events []any
+		seen := map[string]bool{}
+		for _, n := range ns {
+			if !seen[n.EventID] {
+				seen[n.EventID] = true
+				events = append(events, n.EventID, n.TS)
+			}
 		}
-		for rest := ns; len(rest) > 0; {
-			chunk := rest[:min(len(rest), most)]
-			rest = rest[len(chunk):]
-			rows, err := tx.Query(ctx, insertNotificationsSQL[tx.Dialect()][paddedRows(len(chunk))], notificationArgs(chunk)...)
-			if err != nil {
-				return fmt.Errorf("insert %d notifications: %w", len(chunk), err)
+		fresh := make(map[string]bool, len(seen))
+		err := insertChunks(ctx, tx, notifiedEventsSQL, 2, events, func(rows *sql.Rows) error {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				return err
 			}
-			for rows.Next() {
-				var id int64
-				var k key
-				if err := rows.Scan(&id, &k.user, &k.event); err != nil {
-					rows.Close()
-					return fmt.Errorf("insert %d notifications: %w", len(chunk), err)
-				}
-				inserted[first[k]] = true
-				ids = append(ids, id)
+			fresh[id] = true
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("mark %d events notified: %w", len(seen), err)
+		}
+		type key struct{ user, event string }
+		stored := make(map[key]bool, len(ns))
+		args := make([]any, 0, len(ns)*notificationColumns)
+		for i, n := range ns {
+			k := key{n.UserID, n.EventID}
+			if !fresh[n.EventID] || stored[k] {
+				continue
 			}
-			rows.Close()
-			if err := rows.Err(); err != nil {
-				return fmt.Errorf("insert %d notifications: %w", len(chunk), err)
+			stored[k], inserted[i] = true, true
+			args = append(args, n.UserID, n.RoomID, n.EventID, n.ThreadID, n.Depth, n.TS, string(n.Actions), n.Highlight)
+		}
+		var ids []int64
+		err = insertChunks(ctx, tx, notificationsSQL, notificationColumns, args, func(rows *sql.Rows) error {
+			var id int64
+			if err := rows.Scan(&id); err != nil {
+				return err
 			}
+			ids = append(ids, id)
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("insert %d notifications: %w", len(args)/notificationColumns, err)
 		}
 		// The counters of the new rows, summed per (user, room) in SQL:
 		// one statement however many events and members.
@@ -238,71 +245,92 @@ func (s *Storage) InsertNotifications(ctx context.Context, ns []NewNotification)
 	return inserted, err
 }
 
-// notificationRows are the row counts of the multi-row INSERT: a chunk is
-// padded to the next by repeating its last row (which ON CONFLICT DO
-// NOTHING drops), so that three prepared statements serve any number.
-var notificationRows = []int{4, 16, 128}
+// insertChunks runs a multi-row INSERT ... RETURNING (sqlFor: by dialect,
+// then by row count) over args, cols values a row, handing each returned
+// row to scan. Rows go in chunks of the largest size and then of the
+// powers of two that make up the rest, so that a few prepared statements
+// serve any number of rows (none is padded: a padding row would be
+// inserted).
+func insertChunks(ctx context.Context, tx *sqldb.Tx, sqlFor map[sqldb.Dialect]map[int]string, cols int, args []any, scan func(*sql.Rows) error) error {
+	most := maxInsertRows
+	if tx.Dialect() == sqldb.SQLite {
+		// The SQLite driver looks each parameter's name up in a list of
+		// them all: a statement's binding costs the square of its size.
+		most = sqliteInsertRows
+	}
+	for rest := args; len(rest) > 0; {
+		n := min(len(rest)/cols, most)
+		for n&(n-1) != 0 {
+			n &= n - 1 // the largest power of two in it
+		}
+		chunk := rest[:n*cols]
+		rest = rest[len(chunk):]
+		rows, err := tx.Query(ctx, sqlFor[tx.Dialect()][n], chunk...)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			if err := scan(rows); err != nil {
+				rows.Close()
+				return err
+			}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
-// sqliteNotificationRows is the most rows SQLite's INSERT takes.
-const sqliteNotificationRows = 16
+// The most rows of one multi-row INSERT (powers of two), on PostgreSQL and
+// on SQLite.
+const (
+	maxInsertRows    = 128
+	sqliteInsertRows = 16
+)
 
 const notificationColumns = 8
 
-// insertNotificationsSQL is the multi-row INSERT for each dialect and row
-// count.
-var insertNotificationsSQL = func() map[sqldb.Dialect]map[int]string {
-	m := map[sqldb.Dialect]map[int]string{sqldb.SQLite: {}, sqldb.Postgres: {}}
-	for _, n := range notificationRows {
-		m[sqldb.SQLite][n] = insertRowsSQL(sqldb.SQLite, n)
-		m[sqldb.Postgres][n] = insertRowsSQL(sqldb.Postgres, n)
+// notificationsSQL and notifiedEventsSQL are the multi-row INSERTs, by
+// dialect and by row count (the powers of two up to maxInsertRows).
+var (
+	notificationsSQL = insertSQLs(func(sqldb.Dialect) (string, string) {
+		return `INSERT INTO userapi_notifications
+		(user_id, room_id, event_id, thread_id, depth, ts, actions, highlight) VALUES `, ` RETURNING notification_id`
+	}, notificationColumns)
+	notifiedEventsSQL = insertSQLs(func(d sqldb.Dialect) (string, string) {
+		// SQLite journals the pages a statement changes when the statement
+		// may fail halfway, which DO NOTHING leaves possible and OR IGNORE
+		// does not.
+		if d == sqldb.SQLite {
+			return `INSERT OR IGNORE INTO userapi_notified_events (event_id, ts) VALUES `, ` RETURNING event_id`
+		}
+		return `INSERT INTO userapi_notified_events (event_id, ts) VALUES `, ` ON CONFLICT (event_id) DO NOTHING RETURNING event_id`
+	}, 2)
+)
+
+func insertSQLs(parts func(sqldb.Dialect) (head, tail string), cols int) map[sqldb.Dialect]map[int]string {
+	m := map[sqldb.Dialect]map[int]string{}
+	for _, d := range []sqldb.Dialect{sqldb.SQLite, sqldb.Postgres} {
+		m[d] = map[int]string{}
+		head, tail := parts(d)
+		for n := 1; n <= maxInsertRows; n *= 2 {
+			var b strings.Builder
+			b.WriteString(head)
+			for r := 0; r < n; r++ {
+				if r > 0 {
+					b.WriteString(", ")
+				}
+				b.WriteByte('(')
+				b.WriteString(sqldb.InList(r*cols+1, cols))
+				b.WriteByte(')')
+			}
+			b.WriteString(tail)
+			m[d][n] = b.String()
+		}
 	}
 	return m
-}()
-
-func insertRowsSQL(d sqldb.Dialect, size int) string {
-	var b strings.Builder
-	// SQLite journals the pages a statement changes when the statement may
-	// fail halfway, which DO NOTHING on one index leaves possible and OR
-	// IGNORE does not: a tenth of a batch's CPU.
-	if d == sqldb.SQLite {
-		b.WriteString(`INSERT OR IGNORE`)
-	} else {
-		b.WriteString(`INSERT`)
-	}
-	b.WriteString(` INTO userapi_notifications
-		(user_id, room_id, event_id, thread_id, depth, ts, actions, highlight) VALUES `)
-	for r := 0; r < size; r++ {
-		if r > 0 {
-			b.WriteString(", ")
-		}
-		b.WriteByte('(')
-		b.WriteString(sqldb.InList(r*notificationColumns+1, notificationColumns))
-		b.WriteByte(')')
-	}
-	if d != sqldb.SQLite {
-		b.WriteString(` ON CONFLICT (user_id, event_id) DO NOTHING`)
-	}
-	b.WriteString(` RETURNING notification_id, user_id, event_id`)
-	return b.String()
-}
-
-func notificationArgs(ns []NewNotification) []any {
-	size := paddedRows(len(ns))
-	args := make([]any, 0, size*notificationColumns)
-	for r := 0; r < size; r++ {
-		n := ns[min(r, len(ns)-1)]
-		args = append(args, n.UserID, n.RoomID, n.EventID, n.ThreadID, n.Depth, n.TS, string(n.Actions), n.Highlight)
-	}
-	return args
-}
-
-func paddedRows(n int) int {
-	for _, size := range notificationRows {
-		if n <= size {
-			return size
-		}
-	}
-	return notificationRows[len(notificationRows)-1]
 }
 
 // recount sets the unread counts of userID in roomID from the unread
@@ -441,6 +469,11 @@ func (s *Storage) PruneNotifications(ctx context.Context, readBefore, unreadBefo
 		}
 		if _, err := tx.Exec(ctx, `DELETE FROM userapi_notifications WHERE ts < $1 AND (is_read OR ts < $2)`,
 			readBefore, unreadBefore); err != nil {
+			return err
+		}
+		// An event is redelivered within minutes, never after the longest
+		// a notification is kept.
+		if _, err := tx.Exec(ctx, `DELETE FROM userapi_notified_events WHERE ts < $1`, min(readBefore, unreadBefore)); err != nil {
 			return err
 		}
 		for _, p := range pairs {
