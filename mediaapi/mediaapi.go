@@ -9,6 +9,7 @@ package mediaapi
 import (
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"mime"
@@ -42,7 +43,10 @@ type Options struct {
 	Devices    Devices
 	// UploadLimit limits each user's uploads; nil allows all.
 	UploadLimit *ratelimit.Limiter
-	Log         *logrus.Entry
+	// TLSRoots verify the pages URL previews fetch over HTTPS; nil: the
+	// system's.
+	TLSRoots *x509.CertPool
+	Log      *logrus.Entry
 }
 
 // MediaAPI is the media component.
@@ -63,6 +67,8 @@ type MediaAPI struct {
 	thumbSlots chan struct{}
 	flights    flightGroup
 	remote     Remote
+	// preview fetches URL previews; nil when they are off.
+	preview *previewer
 
 	// uploaded wakes the downloads waiting on an ID made by /create.
 	mu       sync.Mutex
@@ -98,6 +104,11 @@ func New(ctx context.Context, db *sqldb.DB, opts Options) (*MediaAPI, error) {
 			return nil, fmt.Errorf("media_api.legacy_freeze_date: %w", err)
 		}
 	}
+	if opts.Config.URLPreview.Enabled {
+		if m.preview, err = newPreviewer(opts.Config.URLPreview, opts.TLSRoots); err != nil {
+			return nil, err
+		}
+	}
 	for _, s := range opts.Config.ThumbnailSizes {
 		ts, err := config.ParseThumbnailSize(s)
 		if err != nil {
@@ -108,8 +119,9 @@ func New(ctx context.Context, db *sqldb.DB, opts Options) (*MediaAPI, error) {
 	return m, nil
 }
 
-// Start runs the expiry of unused media IDs until ctx ends.
-func (m *MediaAPI) Start(ctx context.Context) {
+// Start runs the expiry of unused media IDs and old URL previews until
+// ctx ends.
+func (m *MediaAPI) Start(ctx context.Context) error {
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
@@ -123,9 +135,15 @@ func (m *MediaAPI) Start(ctx context.Context) {
 				if err := m.store.DeleteExpiredPending(ctx, m.now().UnixMilli()); err != nil && ctx.Err() == nil {
 					m.log.WithError(err).Warn("cannot expire unused media IDs")
 				}
+				if m.preview != nil {
+					if err := m.store.DeletePreviewsBefore(ctx, m.now().Add(-m.cfg.URLPreview.CacheDuration).UnixMilli()); err != nil && ctx.Err() == nil {
+						m.log.WithError(err).Warn("cannot forget old URL previews")
+					}
+				}
 			}
 		}
 	}()
+	return nil
 }
 
 // Wait waits for what Start started, once its context ended.
@@ -180,13 +198,6 @@ func (m *MediaAPI) authed(h func(r *http.Request, dev *uapi.Device) (any, error)
 // config is GET /config.
 func (m *MediaAPI) config(*http.Request, *uapi.Device) (any, error) {
 	return map[string]any{"m.upload.size": m.cfg.MaxUploadBytes}, nil
-}
-
-// previewURL is GET /preview_url. URL previews are not built yet; they
-// need an SSRF guard of their own (issue 14). Until then the endpoint
-// answers as Synapse does with previews disabled.
-func (m *MediaAPI) previewURL(*http.Request, *uapi.Device) (any, error) {
-	return nil, mxhttp.Unrecognized(http.StatusNotFound)
 }
 
 // mediaIDChars is what the spec allows in a media ID ("Matrix Content

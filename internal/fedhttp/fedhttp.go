@@ -173,6 +173,10 @@ func (t *Transport) newTransport(tlsServerName string, dial func(context.Context
 	}
 }
 
+// Roots are the certificate authorities the transport trusts: the
+// system's and the operator's. URL previews verify pages against them.
+func (t *Transport) Roots() *x509.CertPool { return t.roots }
+
 // HTTPClient is a client for plain https:// URLs with the transport's TLS
 // settings.
 func (t *Transport) HTTPClient() *http.Client {

@@ -309,3 +309,35 @@ func collect(rows *sql.Rows) ([]*Media, error) {
 	}
 	return out, rows.Err()
 }
+
+// Preview returns the cached preview of url in bucket made at or after
+// since, ErrNotFound if there is none.
+func (s *Storage) Preview(ctx context.Context, url string, bucket, since int64) (string, error) {
+	var p string
+	err := s.db.QueryRow(ctx, `SELECT preview FROM mediaapi_url_previews WHERE url = $1 AND bucket = $2 AND created_ts >= $3`, url, bucket, since).Scan(&p)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", ErrNotFound
+	}
+	if err != nil {
+		return "", fmt.Errorf("load preview of %s: %w", url, err)
+	}
+	return p, nil
+}
+
+// StorePreview caches the preview of url in bucket, replacing an older one.
+func (s *Storage) StorePreview(ctx context.Context, url string, bucket int64, preview string, createdTS int64) error {
+	_, err := s.db.Exec(ctx, `INSERT INTO mediaapi_url_previews (url, bucket, preview, created_ts) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (url, bucket) DO UPDATE SET preview = excluded.preview, created_ts = excluded.created_ts`, url, bucket, preview, createdTS)
+	if err != nil {
+		return fmt.Errorf("store preview of %s: %w", url, err)
+	}
+	return nil
+}
+
+// DeletePreviewsBefore forgets the previews made before ts.
+func (s *Storage) DeletePreviewsBefore(ctx context.Context, ts int64) error {
+	if _, err := s.db.Exec(ctx, `DELETE FROM mediaapi_url_previews WHERE created_ts < $1`, ts); err != nil {
+		return fmt.Errorf("delete old previews: %w", err)
+	}
+	return nil
+}
