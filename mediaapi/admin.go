@@ -24,6 +24,9 @@ func (m *MediaAPI) AdminRoutes(root *mux.Router) {
 	root.Handle(a+"/users/{userId}/media", m.admin(m.adminDeleteUserMedia)).Methods(http.MethodDelete)
 	root.Handle(a+"/media/quarantine/{serverName}/{mediaId}", m.admin(m.adminQuarantine(true))).Methods(http.MethodPost)
 	root.Handle(a+"/media/unquarantine/{serverName}/{mediaId}", m.admin(m.adminQuarantine(false))).Methods(http.MethodPost)
+	root.Handle(a+"/room/{roomId}/media", m.admin(m.adminRoomMedia)).Methods(http.MethodGet)
+	root.Handle(a+"/room/{roomId}/media/quarantine", m.admin(m.adminQuarantineRoom)).Methods(http.MethodPost)
+	root.Handle(a+"/quarantine_media/{roomId}", m.admin(m.adminQuarantineRoom)).Methods(http.MethodPost)
 }
 
 func (m *MediaAPI) admin(h func(r *http.Request, dev *uapi.Device) (any, error)) mxhttp.Handler {

@@ -22,6 +22,7 @@ import (
 	"github.com/gorilla/mux"
 	"github.com/sirupsen/logrus"
 
+	"myelin/internal/bus"
 	"myelin/internal/mxhttp"
 	"myelin/internal/ratelimit"
 	"myelin/internal/sqldb"
@@ -41,6 +42,9 @@ type Options struct {
 	Config     config.MediaAPI
 	ServerName string
 	Devices    Devices
+	// Bus carries the roomserver's output, whose media references the
+	// room-wide quarantine needs; nil records none (tests of media alone).
+	Bus *bus.Bus
 	// UploadLimit limits each user's uploads; nil allows all.
 	UploadLimit *ratelimit.Limiter
 	// TLSRoots verify the pages URL previews fetch over HTTPS; nil: the
@@ -67,6 +71,7 @@ type MediaAPI struct {
 	thumbSlots chan struct{}
 	flights    flightGroup
 	remote     Remote
+	bus        *bus.Bus
 	// preview fetches URL previews; nil when they are off.
 	preview *previewer
 
@@ -93,6 +98,7 @@ func New(ctx context.Context, db *sqldb.DB, opts Options) (*MediaAPI, error) {
 		store:      store,
 		blobs:      blobs,
 		devices:    opts.Devices,
+		bus:        opts.Bus,
 		limit:      opts.UploadLimit,
 		log:        opts.Log,
 		now:        time.Now,
@@ -119,9 +125,14 @@ func New(ctx context.Context, db *sqldb.DB, opts Options) (*MediaAPI, error) {
 	return m, nil
 }
 
-// Start runs the expiry of unused media IDs and old URL previews until
-// ctx ends.
+// Start runs the expiry of unused media IDs and old URL previews, and
+// the recording of the media rooms' events refer to, until ctx ends.
 func (m *MediaAPI) Start(ctx context.Context) error {
+	if m.bus != nil {
+		if err := m.startRoomMedia(ctx); err != nil {
+			return err
+		}
+	}
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()

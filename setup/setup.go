@@ -222,6 +222,7 @@ func New(ctx context.Context, cfg *config.Config, log *logrus.Logger, opts ...Op
 		Devices:     s.users,
 		UploadLimit: uploadLimit,
 		TLSRoots:    fedTransport.Roots(),
+		Bus:         s.bus,
 		Log:         entry("mediaapi"),
 	}); err != nil {
 		return nil, err
