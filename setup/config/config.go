@@ -148,7 +148,8 @@ type MediaAPI struct {
 	// from its header before decoding) that is thumbnailed.
 	MaxThumbnailSourcePixels int64 `yaml:"max_thumbnail_source_pixels"`
 	// AnimatedMaxBytes is the largest GIF or WebP returned as is for a
-	// thumbnail asked with animated=true.
+	// thumbnail asked with animated=true; a larger animated GIF gets an
+	// animated thumbnail, a larger WebP a still one.
 	AnimatedMaxBytes int64 `yaml:"animated_max_bytes"`
 	// UnusedExpiry is how long an ID made by /create waits for its upload.
 	UnusedExpiry time.Duration `yaml:"unused_expiry"`
