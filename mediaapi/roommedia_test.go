@@ -107,5 +107,16 @@ func TestRoomQuarantine(t *testing.T) {
 		if r := admin.do(t, "POST", "/_synapse/admin/v1/media/unquarantine/remote.test/RemoteMedia1", nil, nil); r.status != 200 {
 			t.Errorf("unquarantine remote: %d %s", r.status, r.body)
 		}
+		// One item of another server, by ID, before it was ever fetched;
+		// unknown local media is not found.
+		if r := admin.do(t, "POST", "/_synapse/admin/v1/media/quarantine/remote.test/RemoteMedia2", nil, nil); r.status != 200 {
+			t.Errorf("quarantine uncached remote: %d %s", r.status, r.body)
+		}
+		if r := alice.do(t, "GET", "/_matrix/client/v1/media/download/remote.test/RemoteMedia2", nil, nil); r.status != 404 || r.errcode() != "M_NOT_FOUND" {
+			t.Errorf("quarantined uncached remote: %d %s", r.status, r.body)
+		}
+		if r := admin.do(t, "POST", "/_synapse/admin/v1/media/quarantine/localhost/NoSuchMedia", nil, nil); r.status != 404 {
+			t.Errorf("quarantine unknown local: %d %s", r.status, r.body)
+		}
 	})
 }

@@ -354,6 +354,23 @@ func (s *Storage) DeletePreviewsBefore(ctx context.Context, ts int64) error {
 	return nil
 }
 
+// insertQuarantined makes the row, without content, of remote media
+// quarantined before it was fetched.
+const insertQuarantined = `INSERT INTO mediaapi_media (server_name, media_id, created_ts, quarantined_by) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`
+
+// QuarantineUncached quarantines remote media not cached here: a row
+// without content, so that it is never fetched. It reports whether the
+// row was made (false: the item has a row already).
+func (s *Storage) QuarantineUncached(ctx context.Context, serverName, mediaID, admin string, now int64) (bool, error) {
+	res, err := s.db.Exec(ctx, insertQuarantined,
+		serverName, mediaID, now, admin)
+	if err != nil {
+		return false, fmt.Errorf("quarantine %s/%s: %w", serverName, mediaID, err)
+	}
+	n, _ := res.RowsAffected()
+	return n > 0, nil
+}
+
 // RoomMedia is one item of media an event of a room refers to.
 type RoomMedia struct {
 	RoomID, ServerName, MediaID string
@@ -433,7 +450,7 @@ func (s *Storage) QuarantineRoom(ctx context.Context, roomID, localServer, admin
 			if r.ServerName == localServer {
 				continue
 			}
-			res, err = tx.Exec(ctx, `INSERT INTO mediaapi_media (server_name, media_id, created_ts, quarantined_by) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`,
+			res, err = tx.Exec(ctx, insertQuarantined,
 				r.ServerName, r.MediaID, now, admin)
 			if err != nil {
 				return err
