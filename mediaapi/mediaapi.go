@@ -141,6 +141,9 @@ func (m *MediaAPI) Start(ctx context.Context) error {
 		for {
 			select {
 			case <-ctx.Done():
+				if m.preview != nil {
+					m.preview.client.CloseIdleConnections()
+				}
 				return
 			case <-t.C:
 				if err := m.store.DeleteExpiredPending(ctx, m.now().UnixMilli()); err != nil && ctx.Err() == nil {
