@@ -24,6 +24,9 @@ func (m *MediaAPI) AdminRoutes(root *mux.Router) {
 	root.Handle(a+"/users/{userId}/media", m.admin(m.adminDeleteUserMedia)).Methods(http.MethodDelete)
 	root.Handle(a+"/media/quarantine/{serverName}/{mediaId}", m.admin(m.adminQuarantine(true))).Methods(http.MethodPost)
 	root.Handle(a+"/media/unquarantine/{serverName}/{mediaId}", m.admin(m.adminQuarantine(false))).Methods(http.MethodPost)
+	root.Handle(a+"/room/{roomId}/media", m.admin(m.adminRoomMedia)).Methods(http.MethodGet)
+	root.Handle(a+"/room/{roomId}/media/quarantine", m.admin(m.adminQuarantineRoom)).Methods(http.MethodPost)
+	root.Handle(a+"/quarantine_media/{roomId}", m.admin(m.adminQuarantineRoom)).Methods(http.MethodPost)
 }
 
 func (m *MediaAPI) admin(h func(r *http.Request, dev *uapi.Device) (any, error)) mxhttp.Handler {
@@ -158,7 +161,8 @@ func (m *MediaAPI) adminDeleteUserMedia(r *http.Request, _ *uapi.Device) (any, e
 }
 
 // adminQuarantine is POST /_synapse/admin/v1/media/(un)quarantine/...:
-// quarantined media is answered as not found (and not fetched again).
+// quarantined media is answered as not found (and not fetched again);
+// remote media may be quarantined before it is ever fetched.
 func (m *MediaAPI) adminQuarantine(on bool) func(r *http.Request, dev *uapi.Device) (any, error) {
 	return func(r *http.Request, dev *uapi.Device) (any, error) {
 		server, id := mxhttp.Var(r, "serverName"), mxhttp.Var(r, "mediaId")
@@ -170,6 +174,10 @@ func (m *MediaAPI) adminQuarantine(on bool) func(r *http.Request, dev *uapi.Devi
 			by = dev.UserID
 		}
 		err := m.store.Quarantine(r.Context(), server, id, by)
+		if errors.Is(err, storage.ErrNotFound) && on && server != m.serverName {
+			// Remote media not fetched yet: quarantined before it comes.
+			_, err = m.store.QuarantineUncached(r.Context(), server, id, by, m.now().UnixMilli())
+		}
 		if errors.Is(err, storage.ErrNotFound) {
 			return nil, mxhttp.NotFound("Media not found")
 		}

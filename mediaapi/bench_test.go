@@ -1,6 +1,7 @@
 package mediaapi
 
 import (
+	"bytes"
 	"image"
 	"image/jpeg"
 	"io"
@@ -9,9 +10,11 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -196,6 +199,100 @@ func BenchmarkThumbnail(b *testing.B) {
 		}
 		if out := resize(src, config.ThumbnailSize{Width: 96, Height: 96, Method: "crop"}); out.Bounds().Dx() != 96 || out.Bounds().Dy() != 96 {
 			b.Fatalf("cropped to %v", out.Bounds())
+		}
+	}
+}
+
+// BenchmarkThumbnailBurst asks, all at once, for the first thumbnail of
+// sixteen 3000x2000 JPEGs (sixteen media IDs, so sixteen decodes), and
+// samples how many thumbnail workers are busy every millisecond: never
+// more than the pool's one a core, the rest wait their turn. It reports
+// the pool's size, the most seen busy, the burst's wall time, each
+// request's latency (median and slowest) and the peak heap and RSS.
+func BenchmarkThumbnailBurst(b *testing.B) {
+	const burst = 16
+	m, base := newTestAPI(b, sqldbtest.URL(b, "sqlite"), nil)
+	img := image.NewRGBA(image.Rect(0, 0, 3000, 2000))
+	for i := range img.Pix {
+		img.Pix[i] = uint8(i * 7)
+	}
+	var photo bytes.Buffer
+	if err := jpeg.Encode(&photo, img, nil); err != nil {
+		b.Fatal(err)
+	}
+	do := func(method, path string, body io.Reader) (int, []byte) {
+		req, _ := http.NewRequest(method, base+path, body)
+		req.Header.Set("Authorization", "Bearer tok")
+		req.Header.Set("Content-Type", "image/jpeg")
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer res.Body.Close()
+		raw, _ := io.ReadAll(res.Body)
+		return res.StatusCode, raw
+	}
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		ids := make([]string, burst)
+		for j := range ids {
+			status, raw := do("POST", "/_matrix/media/v3/upload", bytes.NewReader(photo.Bytes()))
+			if status != 200 {
+				b.Fatalf("upload: %d %s", status, raw)
+			}
+			_, after, _ := strings.Cut(string(raw), "mxc://")
+			ids[j], _, _ = strings.Cut(after, `"`)
+		}
+		peak := startMemPeak()
+		var busy atomic.Int32
+		stop := make(chan struct{})
+		var sampler sync.WaitGroup
+		sampler.Add(1)
+		go func() {
+			defer sampler.Done()
+			t := time.NewTicker(time.Millisecond)
+			defer t.Stop()
+			for {
+				if n := int32(len(m.thumbSlots)); n > busy.Load() {
+					busy.Store(n)
+				}
+				select {
+				case <-stop:
+					return
+				case <-t.C:
+				}
+			}
+		}()
+		b.StartTimer()
+		start := time.Now()
+		lat := make([]time.Duration, burst)
+		var wg sync.WaitGroup
+		for j, id := range ids {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				t0 := time.Now()
+				status, raw := do("GET", "/_matrix/client/v1/media/thumbnail/"+id+"?width=640&height=480&method=scale", nil)
+				lat[j] = time.Since(t0)
+				if status != 200 {
+					b.Errorf("thumbnail: %d %s", status, raw)
+				}
+			}()
+		}
+		wg.Wait()
+		wall := time.Since(start)
+		b.StopTimer()
+		close(stop)
+		sampler.Wait()
+		peak.report(b)
+		slices.Sort(lat)
+		b.ReportMetric(float64(cap(m.thumbSlots)), "workers")
+		b.ReportMetric(float64(busy.Load()), "peak-busy")
+		b.ReportMetric(wall.Seconds(), "burst-s")
+		b.ReportMetric(lat[burst/2].Seconds(), "p50-s")
+		b.ReportMetric(lat[burst-1].Seconds(), "max-s")
+		if int(busy.Load()) > cap(m.thumbSlots) {
+			b.Errorf("%d thumbnails decoded at once, pool of %d", busy.Load(), cap(m.thumbSlots))
 		}
 	}
 }

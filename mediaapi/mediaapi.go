@@ -9,6 +9,7 @@ package mediaapi
 import (
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"mime"
@@ -21,6 +22,7 @@ import (
 	"github.com/gorilla/mux"
 	"github.com/sirupsen/logrus"
 
+	"myelin/internal/bus"
 	"myelin/internal/mxhttp"
 	"myelin/internal/ratelimit"
 	"myelin/internal/sqldb"
@@ -40,9 +42,15 @@ type Options struct {
 	Config     config.MediaAPI
 	ServerName string
 	Devices    Devices
+	// Bus carries the roomserver's output, whose media references the
+	// room-wide quarantine needs; nil records none (tests of media alone).
+	Bus *bus.Bus
 	// UploadLimit limits each user's uploads; nil allows all.
 	UploadLimit *ratelimit.Limiter
-	Log         *logrus.Entry
+	// TLSRoots verify the pages URL previews fetch over HTTPS; nil: the
+	// system's.
+	TLSRoots *x509.CertPool
+	Log      *logrus.Entry
 }
 
 // MediaAPI is the media component.
@@ -63,6 +71,9 @@ type MediaAPI struct {
 	thumbSlots chan struct{}
 	flights    flightGroup
 	remote     Remote
+	bus        *bus.Bus
+	// preview fetches URL previews; nil when they are off.
+	preview *previewer
 
 	// uploaded wakes the downloads waiting on an ID made by /create.
 	mu       sync.Mutex
@@ -87,6 +98,7 @@ func New(ctx context.Context, db *sqldb.DB, opts Options) (*MediaAPI, error) {
 		store:      store,
 		blobs:      blobs,
 		devices:    opts.Devices,
+		bus:        opts.Bus,
 		limit:      opts.UploadLimit,
 		log:        opts.Log,
 		now:        time.Now,
@@ -96,6 +108,11 @@ func New(ctx context.Context, db *sqldb.DB, opts Options) (*MediaAPI, error) {
 	if d := opts.Config.LegacyFreezeDate; d != "" {
 		if m.freeze, err = time.Parse(time.DateOnly, d); err != nil {
 			return nil, fmt.Errorf("media_api.legacy_freeze_date: %w", err)
+		}
+	}
+	if opts.Config.URLPreview.Enabled {
+		if m.preview, err = newPreviewer(opts.Config.URLPreview, opts.TLSRoots); err != nil {
+			return nil, err
 		}
 	}
 	for _, s := range opts.Config.ThumbnailSizes {
@@ -108,8 +125,14 @@ func New(ctx context.Context, db *sqldb.DB, opts Options) (*MediaAPI, error) {
 	return m, nil
 }
 
-// Start runs the expiry of unused media IDs until ctx ends.
-func (m *MediaAPI) Start(ctx context.Context) {
+// Start runs the expiry of unused media IDs and old URL previews, and
+// the recording of the media rooms' events refer to, until ctx ends.
+func (m *MediaAPI) Start(ctx context.Context) error {
+	if m.bus != nil {
+		if err := m.startRoomMedia(ctx); err != nil {
+			return err
+		}
+	}
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
@@ -118,14 +141,23 @@ func (m *MediaAPI) Start(ctx context.Context) {
 		for {
 			select {
 			case <-ctx.Done():
+				if m.preview != nil {
+					m.preview.client.CloseIdleConnections()
+				}
 				return
 			case <-t.C:
 				if err := m.store.DeleteExpiredPending(ctx, m.now().UnixMilli()); err != nil && ctx.Err() == nil {
 					m.log.WithError(err).Warn("cannot expire unused media IDs")
 				}
+				if m.preview != nil {
+					if err := m.store.DeletePreviewsBefore(ctx, m.now().Add(-m.cfg.URLPreview.CacheDuration).UnixMilli()); err != nil && ctx.Err() == nil {
+						m.log.WithError(err).Warn("cannot forget old URL previews")
+					}
+				}
 			}
 		}
 	}()
+	return nil
 }
 
 // Wait waits for what Start started, once its context ended.
@@ -180,13 +212,6 @@ func (m *MediaAPI) authed(h func(r *http.Request, dev *uapi.Device) (any, error)
 // config is GET /config.
 func (m *MediaAPI) config(*http.Request, *uapi.Device) (any, error) {
 	return map[string]any{"m.upload.size": m.cfg.MaxUploadBytes}, nil
-}
-
-// previewURL is GET /preview_url. URL previews are not built yet; they
-// need an SSRF guard of their own (issue 14). Until then the endpoint
-// answers as Synapse does with previews disabled.
-func (m *MediaAPI) previewURL(*http.Request, *uapi.Device) (any, error) {
-	return nil, mxhttp.Unrecognized(http.StatusNotFound)
 }
 
 // mediaIDChars is what the spec allows in a media ID ("Matrix Content

@@ -220,7 +220,7 @@ func testRoundTrip(t *testing.T, s *testserver.Server) {
 	if r.status != 200 || r.json(t)["m.upload.size"] != float64(512<<10) {
 		t.Errorf("config: %d %s", r.status, r.body)
 	}
-	// URL previews are not there yet: the disabled answer.
+	// URL previews are off by default: the disabled answer.
 	if r := alice.do(t, "GET", "/_matrix/client/v1/media/preview_url?url=https://example.org", nil, nil); r.status != 404 || r.errcode() != "M_UNRECOGNIZED" {
 		t.Errorf("preview_url: %d %s", r.status, r.body)
 	}

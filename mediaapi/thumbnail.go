@@ -125,9 +125,16 @@ func (m *MediaAPI) thumbnailOf(r *http.Request, server string, legacy, allowRemo
 		return blobOf(md, md.UploadName), nil
 	}
 	size := chooseSize(m.sizes, tq)
-	th, err := m.store.Thumbnail(r.Context(), md.ServerName, md.MediaID, size.Width, size.Height, size.Method)
+	// An animated GIF's animated thumbnail is stored apart from its still
+	// one, under the method with " animated" added.
+	method := size.Method
+	animated := tq.animated && mt == "image/gif"
+	if animated {
+		method += animatedSuffix
+	}
+	th, err := m.store.Thumbnail(r.Context(), md.ServerName, md.MediaID, size.Width, size.Height, method)
 	if errors.Is(err, storage.ErrNotFound) {
-		th, err = m.makeThumbnail(r.Context(), md, mt, size)
+		th, err = m.makeThumbnail(r.Context(), md, mt, size, animated)
 	}
 	var me *mxhttp.Error
 	if errors.As(err, &me) && me.Code == "M_TOO_LARGE" && md.ServerName != m.serverName {
@@ -140,9 +147,15 @@ func (m *MediaAPI) thumbnailOf(r *http.Request, server string, legacy, allowRemo
 	return blob{th.Hash, th.ContentType, "thumbnail" + extension(th.ContentType), th.CreatedTS}, nil
 }
 
+// animatedSuffix marks the stored thumbnails made for animated=true.
+const animatedSuffix = " animated"
+
 func extension(contentType string) string {
-	if contentType == "image/jpeg" {
+	switch contentType {
+	case "image/jpeg":
 		return ".jpg"
+	case "image/gif":
+		return ".gif"
 	}
 	return ".png"
 }
@@ -178,8 +191,12 @@ func chooseSize(sizes []config.ThumbnailSize, tq thumbnailQuery) config.Thumbnai
 
 // makeThumbnail makes and stores a thumbnail of md at size, once however
 // many ask at the same time, on the bounded pool.
-func (m *MediaAPI) makeThumbnail(ctx context.Context, md *storage.Media, mt string, size config.ThumbnailSize) (*storage.Thumbnail, error) {
-	key := fmt.Sprintf("thumb %s %dx%d %s", mediaKey(md.ServerName, md.MediaID), size.Width, size.Height, size.Method)
+func (m *MediaAPI) makeThumbnail(ctx context.Context, md *storage.Media, mt string, size config.ThumbnailSize, animated bool) (*storage.Thumbnail, error) {
+	method := size.Method
+	if animated {
+		method += animatedSuffix
+	}
+	key := fmt.Sprintf("thumb %s %dx%d %s", mediaKey(md.ServerName, md.MediaID), size.Width, size.Height, method)
 	err := m.flights.do(ctx, key, func() error {
 		// The thumbnail serves every waiter: it outlives the first one's
 		// request, within its own bound.
@@ -191,16 +208,19 @@ func (m *MediaAPI) makeThumbnail(ctx context.Context, md *storage.Media, mt stri
 			return mxhttp.ServiceUnavailable(fmt.Errorf("no thumbnail worker free: %w", tctx.Err()))
 		}
 		defer func() { <-m.thumbSlots }()
-		return m.makeThumbnailOnce(tctx, md, mt, size)
+		return m.makeThumbnailOnce(tctx, md, mt, size, method)
 	})
 	if err != nil {
 		return nil, err
 	}
-	return m.store.Thumbnail(ctx, md.ServerName, md.MediaID, size.Width, size.Height, size.Method)
+	return m.store.Thumbnail(ctx, md.ServerName, md.MediaID, size.Width, size.Height, method)
 }
 
-func (m *MediaAPI) makeThumbnailOnce(ctx context.Context, md *storage.Media, mt string, size config.ThumbnailSize) error {
-	if _, err := m.store.Thumbnail(ctx, md.ServerName, md.MediaID, size.Width, size.Height, size.Method); err == nil {
+// makeThumbnailOnce makes the thumbnail of md at size and stores it under
+// method: an animated one when method asks and the GIF is animated (and
+// not too large), else a still one.
+func (m *MediaAPI) makeThumbnailOnce(ctx context.Context, md *storage.Media, mt string, size config.ThumbnailSize, method string) error {
+	if _, err := m.store.Thumbnail(ctx, md.ServerName, md.MediaID, size.Width, size.Height, method); err == nil {
 		return nil
 	}
 	f, err := m.blobs.open(md.Hash)
@@ -212,28 +232,46 @@ func (m *MediaAPI) makeThumbnailOnce(ctx context.Context, md *storage.Media, mt 
 	if err != nil {
 		return err
 	}
-	out := resize(img, size)
 	var buf bytes.Buffer
 	contentType := "image/png"
-	if mt == "image/jpeg" {
-		contentType = "image/jpeg"
-		err = jpeg.Encode(&buf, out, &jpeg.Options{Quality: 80})
-	} else {
-		err = (&png.Encoder{CompressionLevel: png.BestSpeed}).Encode(&buf, out)
+	var out image.Image
+	if method != size.Method {
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return fmt.Errorf("rewind media content: %w", err)
+		}
+		anim, err := animatedGIFThumbnail(f, size, m.cfg.MaxThumbnailSourcePixels)
+		switch {
+		case err == nil:
+			contentType = "image/gif"
+			buf.Write(anim)
+		case errors.Is(err, errNotAnimated), errors.Is(err, errTooManyPixels):
+			// A still thumbnail serves; it is kept under this method too,
+			// so the GIF is not read again.
+		default:
+			return mxhttp.Unknown("Cannot decode the image: %v", err)
+		}
 	}
-	if err != nil {
-		return fmt.Errorf("encode thumbnail: %w", err)
+	if buf.Len() == 0 {
+		out = resize(img, size)
+		if mt == "image/jpeg" {
+			contentType = "image/jpeg"
+			err = jpeg.Encode(&buf, out, &jpeg.Options{Quality: 80})
+		} else {
+			err = (&png.Encoder{CompressionLevel: png.BestSpeed}).Encode(&buf, out)
+		}
+		if err != nil {
+			return fmt.Errorf("encode thumbnail: %w", err)
+		}
 	}
 	rc, err := m.blobs.receive(&buf, int64(buf.Len()))
 	if err != nil {
 		return err
 	}
-	b := out.Bounds()
 	th := &storage.Thumbnail{
-		ServerName: md.ServerName, MediaID: md.MediaID, Width: size.Width, Height: size.Height, Method: size.Method,
+		ServerName: md.ServerName, MediaID: md.MediaID, Width: size.Width, Height: size.Height, Method: method,
 		ContentType: contentType, Size: rc.size, Hash: rc.hash, CreatedTS: m.now().UnixMilli(),
 	}
-	m.log.WithField("media_id", md.MediaID).WithField("size", fmt.Sprintf("%dx%d", b.Dx(), b.Dy())).Debug("thumbnail made")
+	m.log.WithField("media_id", md.MediaID).WithField("size", fmt.Sprintf("%dx%d %s", size.Width, size.Height, method)).Debug("thumbnail made")
 	return m.store1(ctx, rc, func() error { return m.store.InsertThumbnail(ctx, th) })
 }
 
@@ -256,7 +294,17 @@ func decodeBounded(f *os.File, mt string, maxPixels int64) (image.Image, error) 
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return nil, fmt.Errorf("rewind media content: %w", err)
 	}
-	img, err := d.decode(f)
+	var src io.Reader = f
+	if mt == "image/webp" {
+		// x/image/webp decodes no animation: an animated WebP is
+		// thumbnailed from its first frame.
+		if still, ok, err := webpFirstFrame(f); err == nil && ok {
+			src = bytes.NewReader(still)
+		} else if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return nil, fmt.Errorf("rewind media content: %w", err)
+		}
+	}
+	img, err := d.decode(src)
 	if err != nil {
 		// Truncated or corrupt: the client's content, not our fault.
 		return nil, mxhttp.Unknown("Cannot decode the image: %v", err)

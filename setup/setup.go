@@ -256,6 +256,8 @@ func New(ctx context.Context, cfg *config.Config, log *logrus.Logger, opts ...Op
 		ServerName:  cfg.ServerName,
 		Devices:     s.users,
 		UploadLimit: uploadLimit,
+		TLSRoots:    fedTransport.Roots(),
+		Bus:         s.bus,
 		Log:         entry("mediaapi"),
 	}); err != nil {
 		return nil, err
@@ -368,7 +370,9 @@ func (s *Server) Start() error {
 	if err := s.sync.Start(s.ctx); err != nil {
 		return err
 	}
-	s.media.Start(s.ctx)
+	if err := s.media.Start(s.ctx); err != nil {
+		return err
+	}
 	if s.cfg.FederationAPI.Listen != "" {
 		// Only a server others can reach sends to them: without the
 		// federation listener no remote server can be in a room.

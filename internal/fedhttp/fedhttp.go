@@ -26,6 +26,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"myelin/internal/fedpolicy"
+	"myelin/internal/netguard"
 )
 
 // Options configure a Transport.
@@ -172,6 +173,10 @@ func (t *Transport) newTransport(tlsServerName string, dial func(context.Context
 	}
 }
 
+// Roots are the certificate authorities the transport trusts: the
+// system's and the operator's. URL previews verify pages against them.
+func (t *Transport) Roots() *x509.CertPool { return t.roots }
+
 // HTTPClient is a client for plain https:// URLs with the transport's TLS
 // settings.
 func (t *Transport) HTTPClient() *http.Client {
@@ -227,7 +232,7 @@ func (t *Transport) dialGuarded(ctx context.Context, network, addr string) (net.
 	d := &net.Dialer{Timeout: t.timeout, KeepAlive: 30 * time.Second}
 	var lastErr error
 	for _, a := range addrs {
-		if !t.allowPrivate && !isPublic(a) {
+		if !t.allowPrivate && !netguard.Public(a) {
 			lastErr = fmt.Errorf("%s (%s): %w", host, a, ErrPrivateAddress)
 			continue
 		}
@@ -241,40 +246,6 @@ func (t *Transport) dialGuarded(ctx context.Context, network, addr string) (net.
 		lastErr = fmt.Errorf("%s has no address", host)
 	}
 	return nil, lastErr
-}
-
-// notPublic are the ranges, beyond those netip classifies, that no server
-// on the public internet has: "this network", carrier-grade NAT, IETF
-// protocol assignments, benchmarking, reserved (RFC 6890), NAT64 and
-// documentation prefixes.
-var notPublic = []netip.Prefix{
-	netip.MustParsePrefix("0.0.0.0/8"),
-	netip.MustParsePrefix("100.64.0.0/10"),
-	netip.MustParsePrefix("192.0.0.0/24"),
-	netip.MustParsePrefix("192.0.2.0/24"),
-	netip.MustParsePrefix("198.18.0.0/15"),
-	netip.MustParsePrefix("198.51.100.0/24"),
-	netip.MustParsePrefix("203.0.113.0/24"),
-	netip.MustParsePrefix("240.0.0.0/4"),
-	netip.MustParsePrefix("64:ff9b::/96"),
-	netip.MustParsePrefix("64:ff9b:1::/48"),
-	netip.MustParsePrefix("2001:db8::/32"),
-}
-
-// isPublic reports whether a is an address a server on the internet may
-// have.
-func isPublic(a netip.Addr) bool {
-	a = a.Unmap()
-	if !a.IsValid() || a.IsLoopback() || a.IsPrivate() || a.IsUnspecified() || a.IsLinkLocalUnicast() ||
-		a.IsLinkLocalMulticast() || a.IsInterfaceLocalMulticast() || a.IsMulticast() {
-		return false
-	}
-	for _, p := range notPublic {
-		if p.Contains(a) {
-			return false
-		}
-	}
-	return true
 }
 
 // RoundTrip sends matrix:// requests to the resolved server and anything

@@ -287,6 +287,18 @@ func (s *Storage) MediaBefore(ctx context.Context, serverName string, ts, minSiz
 // Quarantine marks an item quarantined by admin (empty: served again);
 // ErrNotFound when there is no such item.
 func (s *Storage) Quarantine(ctx context.Context, serverName, mediaID, admin string) error {
+	if admin == "" {
+		// A row without content (remote media quarantined before it was
+		// ever fetched, by QuarantineRoom) goes: the media is fetched
+		// again when asked for.
+		res, err := s.db.Exec(ctx, `DELETE FROM mediaapi_media WHERE server_name = $1 AND media_id = $2 AND content_hash = '' AND pending_until = 0`, serverName, mediaID)
+		if err != nil {
+			return fmt.Errorf("unquarantine %s/%s: %w", serverName, mediaID, err)
+		}
+		if n, _ := res.RowsAffected(); n > 0 {
+			return nil
+		}
+	}
 	res, err := s.db.Exec(ctx, `UPDATE mediaapi_media SET quarantined_by = $3 WHERE server_name = $1 AND media_id = $2`, serverName, mediaID, admin)
 	if err != nil {
 		return fmt.Errorf("quarantine %s/%s: %w", serverName, mediaID, err)
@@ -308,4 +320,149 @@ func collect(rows *sql.Rows) ([]*Media, error) {
 		out = append(out, m)
 	}
 	return out, rows.Err()
+}
+
+// Preview returns the cached preview of url in bucket made at or after
+// since, ErrNotFound if there is none.
+func (s *Storage) Preview(ctx context.Context, url string, bucket, since int64) (string, error) {
+	var p string
+	err := s.db.QueryRow(ctx, `SELECT preview FROM mediaapi_url_previews WHERE url = $1 AND bucket = $2 AND created_ts >= $3`, url, bucket, since).Scan(&p)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", ErrNotFound
+	}
+	if err != nil {
+		return "", fmt.Errorf("load preview of %s: %w", url, err)
+	}
+	return p, nil
+}
+
+// StorePreview caches the preview of url in bucket, replacing an older one.
+func (s *Storage) StorePreview(ctx context.Context, url string, bucket int64, preview string, createdTS int64) error {
+	_, err := s.db.Exec(ctx, `INSERT INTO mediaapi_url_previews (url, bucket, preview, created_ts) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (url, bucket) DO UPDATE SET preview = excluded.preview, created_ts = excluded.created_ts`, url, bucket, preview, createdTS)
+	if err != nil {
+		return fmt.Errorf("store preview of %s: %w", url, err)
+	}
+	return nil
+}
+
+// DeletePreviewsBefore forgets the previews made before ts.
+func (s *Storage) DeletePreviewsBefore(ctx context.Context, ts int64) error {
+	if _, err := s.db.Exec(ctx, `DELETE FROM mediaapi_url_previews WHERE created_ts < $1`, ts); err != nil {
+		return fmt.Errorf("delete old previews: %w", err)
+	}
+	return nil
+}
+
+// insertQuarantined makes the row, without content, of remote media
+// quarantined before it was fetched.
+const insertQuarantined = `INSERT INTO mediaapi_media (server_name, media_id, created_ts, quarantined_by) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`
+
+// QuarantineUncached quarantines remote media not cached here: a row
+// without content, so that it is never fetched. It reports whether the
+// row was made (false: the item has a row already).
+func (s *Storage) QuarantineUncached(ctx context.Context, serverName, mediaID, admin string, now int64) (bool, error) {
+	res, err := s.db.Exec(ctx, insertQuarantined,
+		serverName, mediaID, now, admin)
+	if err != nil {
+		return false, fmt.Errorf("quarantine %s/%s: %w", serverName, mediaID, err)
+	}
+	n, _ := res.RowsAffected()
+	return n > 0, nil
+}
+
+// RoomMedia is one item of media an event of a room refers to.
+type RoomMedia struct {
+	RoomID, ServerName, MediaID string
+}
+
+// RecordRoomMedia records that rooms' events refer to media; what is
+// recorded already is left as it is.
+func (s *Storage) RecordRoomMedia(ctx context.Context, refs []RoomMedia) error {
+	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		for _, r := range refs {
+			if _, err := tx.Exec(ctx, `INSERT INTO mediaapi_room_media (room_id, server_name, media_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`,
+				r.RoomID, r.ServerName, r.MediaID); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("record media of rooms: %w", err)
+	}
+	return nil
+}
+
+// MediaOfRoom lists the media roomID's events refer to.
+func (s *Storage) MediaOfRoom(ctx context.Context, roomID string) ([]RoomMedia, error) {
+	rows, err := s.db.Query(ctx, `SELECT server_name, media_id FROM mediaapi_room_media WHERE room_id = $1 ORDER BY server_name, media_id`, roomID)
+	if err != nil {
+		return nil, fmt.Errorf("list media of %s: %w", roomID, err)
+	}
+	defer rows.Close()
+	var out []RoomMedia
+	for rows.Next() {
+		r := RoomMedia{RoomID: roomID}
+		if err := rows.Scan(&r.ServerName, &r.MediaID); err != nil {
+			return nil, fmt.Errorf("list media of %s: %w", roomID, err)
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// QuarantineRoom quarantines, by admin, every item roomID's events refer
+// to that is not quarantined yet, and returns how many it quarantined.
+// Remote media not cached here gets a row of its own, without content, so
+// that it is never fetched; local media that does not exist is skipped.
+func (s *Storage) QuarantineRoom(ctx context.Context, roomID, localServer, admin string, now int64) (int, error) {
+	n := 0
+	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		n = 0
+		rows, err := tx.Query(ctx, `SELECT server_name, media_id FROM mediaapi_room_media WHERE room_id = $1`, roomID)
+		if err != nil {
+			return err
+		}
+		var refs []RoomMedia
+		for rows.Next() {
+			var r RoomMedia
+			if err := rows.Scan(&r.ServerName, &r.MediaID); err != nil {
+				rows.Close()
+				return err
+			}
+			refs = append(refs, r)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for _, r := range refs {
+			res, err := tx.Exec(ctx, `UPDATE mediaapi_media SET quarantined_by = $3 WHERE server_name = $1 AND media_id = $2 AND quarantined_by = ''`,
+				r.ServerName, r.MediaID, admin)
+			if err != nil {
+				return err
+			}
+			if k, _ := res.RowsAffected(); k > 0 {
+				n++
+				continue
+			}
+			if r.ServerName == localServer {
+				continue
+			}
+			res, err = tx.Exec(ctx, insertQuarantined,
+				r.ServerName, r.MediaID, now, admin)
+			if err != nil {
+				return err
+			}
+			if k, _ := res.RowsAffected(); k > 0 {
+				n++
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("quarantine media of %s: %w", roomID, err)
+	}
+	return n, nil
 }

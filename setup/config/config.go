@@ -21,6 +21,8 @@ import (
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"gopkg.in/yaml.v3"
+
+	"myelin/internal/netguard"
 )
 
 // Config is the whole of a Myelin configuration.
@@ -147,13 +149,39 @@ type MediaAPI struct {
 	// from its header before decoding) that is thumbnailed.
 	MaxThumbnailSourcePixels int64 `yaml:"max_thumbnail_source_pixels"`
 	// AnimatedMaxBytes is the largest GIF or WebP returned as is for a
-	// thumbnail asked with animated=true.
+	// thumbnail asked with animated=true; a larger animated GIF gets an
+	// animated thumbnail, a larger WebP a still one.
 	AnimatedMaxBytes int64 `yaml:"animated_max_bytes"`
 	// UnusedExpiry is how long an ID made by /create waits for its upload.
 	UnusedExpiry time.Duration `yaml:"unused_expiry"`
 	// MaxPendingUploads is how many IDs made by /create a user may hold
 	// unused at once.
 	MaxPendingUploads int `yaml:"max_pending_uploads"`
+	// URLPreview configures GET /preview_url.
+	URLPreview URLPreview `yaml:"url_preview"`
+}
+
+// URLPreview configures URL previews: the server fetches pages users name
+// and reads their OpenGraph metadata. Loopback, private, link-local, CGNAT,
+// multicast and other non-public addresses are always refused (checked on
+// the address dialled, after DNS), as is IPRangeBlacklist; IPRangeWhitelist
+// lets chosen ranges through anyway.
+type URLPreview struct {
+	// Enabled turns previews on; off, /preview_url answers M_UNRECOGNIZED.
+	Enabled bool `yaml:"enabled"`
+	// IPRangeBlacklist are more ranges (CIDR) never fetched from.
+	IPRangeBlacklist []string `yaml:"ip_range_blacklist"`
+	// IPRangeWhitelist are ranges (CIDR) fetched from even when private
+	// or blacklisted.
+	IPRangeWhitelist []string `yaml:"ip_range_whitelist"`
+	// MaxPageBytes is how much of a page is read (the rest is cut off)
+	// and the largest image fetched for a preview.
+	MaxPageBytes int64 `yaml:"max_page_bytes"`
+	// Timeout bounds the fetch of a page, redirects and body included,
+	// and again that of its image.
+	Timeout time.Duration `yaml:"timeout"`
+	// CacheDuration is how long a preview is reused for the same URL.
+	CacheDuration time.Duration `yaml:"cache_duration"`
 }
 
 // Database names the SQL database all components store their tables in.
@@ -323,6 +351,11 @@ func Defaults() *Config {
 			AnimatedMaxBytes:         4 << 20,
 			UnusedExpiry:             24 * time.Hour,
 			MaxPendingUploads:        10,
+			URLPreview: URLPreview{
+				MaxPageBytes:  10 << 20,
+				Timeout:       10 * time.Second,
+				CacheDuration: time.Hour,
+			},
 		},
 		Database:     Database{MaxOpenConns: 16},
 		NATS:         NATS{PublishRetry: 10 * time.Second},
@@ -382,6 +415,12 @@ func (c *Config) fillDerived() {
 	}
 	if len(c.FederationAPI.DeniedServers) == 0 {
 		c.FederationAPI.DeniedServers = nil
+	}
+	if len(c.MediaAPI.URLPreview.IPRangeBlacklist) == 0 {
+		c.MediaAPI.URLPreview.IPRangeBlacklist = nil
+	}
+	if len(c.MediaAPI.URLPreview.IPRangeWhitelist) == 0 {
+		c.MediaAPI.URLPreview.IPRangeWhitelist = nil
 	}
 	if c.Database.URL == "" {
 		c.Database.URL = filepath.Join(c.DataDir, "myelin.db")
@@ -584,6 +623,21 @@ func (c *Config) validateMedia(bad func(field string, value any, problem string)
 	}
 	if m.MaxPendingUploads < 1 {
 		bad("media_api.max_pending_uploads", m.MaxPendingUploads, "must be at least 1")
+	}
+	p := m.URLPreview
+	for name, ranges := range map[string][]string{"ip_range_blacklist": p.IPRangeBlacklist, "ip_range_whitelist": p.IPRangeWhitelist} {
+		if _, err := netguard.ParsePrefixes(ranges); err != nil {
+			bad("media_api.url_preview."+name, fmt.Sprintf("%q", ranges), err.Error())
+		}
+	}
+	if p.MaxPageBytes < 1024 {
+		bad("media_api.url_preview.max_page_bytes", p.MaxPageBytes, "must be at least 1024")
+	}
+	if p.Timeout < 100*time.Millisecond {
+		bad("media_api.url_preview.timeout", p.Timeout, "must be at least 100ms")
+	}
+	if p.CacheDuration < time.Second {
+		bad("media_api.url_preview.cache_duration", p.CacheDuration, "must be at least 1s")
 	}
 }
 

@@ -70,6 +70,9 @@ func TestEnvOverrides(t *testing.T) {
 		"MYELIN_MEDIA_API_LEGACY_FREEZE_DATE=2024-09-01",
 		"MYELIN_MEDIA_API_THUMBNAIL_SIZES=32x32 crop, 640x480 scale",
 		"MYELIN_MEDIA_API_UNUSED_EXPIRY=1h",
+		"MYELIN_MEDIA_API_URL_PREVIEW_ENABLED=true",
+		"MYELIN_MEDIA_API_URL_PREVIEW_IP_RANGE_WHITELIST=127.0.0.1/32, ::1",
+		"MYELIN_MEDIA_API_URL_PREVIEW_TIMEOUT=3s",
 		"UNRELATED=1",
 	})
 	if err != nil {
@@ -102,6 +105,9 @@ func TestEnvOverrides(t *testing.T) {
 		{"media_api.thumbnail_sizes", c.MediaAPI.ThumbnailSizes, []string{"32x32 crop", "640x480 scale"}},
 		{"media_api.unused_expiry", c.MediaAPI.UnusedExpiry, time.Hour},
 		{"derived media path", c.MediaAPI.BasePath, filepath.Join("/tmp/x", "media")},
+		{"media_api.url_preview.enabled", c.MediaAPI.URLPreview.Enabled, true},
+		{"media_api.url_preview.ip_range_whitelist", c.MediaAPI.URLPreview.IPRangeWhitelist, []string{"127.0.0.1/32", "::1"}},
+		{"media_api.url_preview.timeout", c.MediaAPI.URLPreview.Timeout, 3 * time.Second},
 	}
 	for _, ch := range checks {
 		if !reflect.DeepEqual(ch.got, ch.want) {
@@ -135,6 +141,8 @@ func TestValidationNamesFields(t *testing.T) {
 		{"allowed server with a space", "", []string{"MYELIN_FEDERATION_API_ALLOWED_SERVERS=a.example,b example"}, []string{"federation_api.allowed_servers", "b example"}},
 		{"bad freeze date", "media_api:\n  legacy_freeze_date: 1/2/2024\n", nil, []string{"media_api.legacy_freeze_date", "1/2/2024"}},
 		{"bad thumbnail size", "", []string{"MYELIN_MEDIA_API_THUMBNAIL_SIZES=32x32 crop,0x10 scale,9x9 stretch"}, []string{"media_api.thumbnail_sizes", "0x10 scale", "9x9 stretch"}},
+		{"bad preview range", "media_api:\n  url_preview:\n    ip_range_blacklist: ['10.0.0.0/40']\n", nil, []string{"media_api.url_preview.ip_range_blacklist", "10.0.0.0/40"}},
+		{"bad preview allow env", "", []string{"MYELIN_MEDIA_API_URL_PREVIEW_IP_RANGE_WHITELIST=127.0.0.1/8,nope"}, []string{"media_api.url_preview.ip_range_whitelist", "nope"}},
 		{"tiny upload limit", "", []string{"MYELIN_MEDIA_API_MAX_UPLOAD_BYTES=10"}, []string{"media_api.max_upload_bytes", "10"}},
 		{"unknown log component", "", []string{"MYELIN_LOGGING_COMPONENTS=federationapi=debug,keyserver=debug"}, []string{"logging.components", "keyserver"}},
 		{"bad component level", "logging:\n  components: 'syncapi=chatty'\n", nil, []string{"logging.components", "chatty"}},

@@ -98,6 +98,14 @@ sub start
          # sytest's identity server presents a self-signed certificate.
          insecure_identity_servers => JSON::true,
       },
+      media_api => {
+         # URL previews fetch from sytest's test server, on loopback: allowed
+         # by the preview guard's allow list (the guard itself stays on).
+         url_preview => {
+            enabled            => JSON::true,
+            ip_range_whitelist => [ "127.0.0.0/8", "::1/128" ],
+         },
+      },
       registration => {
          open          => JSON::true,
          shared_secret => "reg_secret",
