@@ -9,6 +9,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/fclient"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
+	"myelin/internal/eventsig"
 	"myelin/internal/fedpolicy"
 	rsapi "myelin/roomserver/api"
 )
@@ -86,25 +87,12 @@ func (x *Fetcher) check(ctx context.Context, scope rsapi.FetchScope, raws []spec
 		}
 		evs = append(evs, ev)
 	}
-	for i, err := range gmsl.VerifyAllEventSignatures(ctx, evs, x.keys, userIDForSender) {
+	for i, err := range eventsig.VerifyAll(ctx, evs, x.keys) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: event %s: signatures: %v", errRefused, evs[i].EventID(), err)
 		}
 	}
 	return evs, nil
-}
-
-// userIDForSender maps a sender to a user ID; never (nil, nil), on which
-// gomatrixserverlib skips the sender's signature (guide, pitfall 1).
-func userIDForSender(_ spec.RoomID, s spec.SenderID) (*spec.UserID, error) {
-	if s == "" {
-		return nil, errors.New("empty sender")
-	}
-	u, err := spec.NewUserID(string(s), true)
-	if err != nil {
-		return nil, fmt.Errorf("sender %q: %w", s, err)
-	}
-	return u, nil
 }
 
 // MissingEvents implements rsapi.Fetcher (POST /get_missing_events).

@@ -12,6 +12,7 @@ import (
 	gmsl "github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
+	"myelin/internal/eventsig"
 	"myelin/internal/mxhttp"
 	"myelin/internal/mxid"
 	rsapi "myelin/roomserver/api"
@@ -200,7 +201,7 @@ func allowed(ev gmsl.PDU, state []gmsl.PDU) error {
 	if err != nil {
 		return err
 	}
-	return gmsl.Allowed(ev, auth, userIDForSender)
+	return gmsl.Allowed(ev, auth, eventsig.UserIDForSender)
 }
 
 func (f *FederationAPI) sendJoin(r *http.Request) (any, error) {
@@ -310,7 +311,7 @@ func (f *FederationAPI) receiveMember(r *http.Request, membership string) (gmsl.
 			}
 		}
 	}
-	if err := gmsl.VerifyEventSignatures(ctx, ev, f.keys.ring, userIDForSender); err != nil {
+	if err := eventsig.Verify(ctx, ev, f.keys.ring); err != nil {
 		return nil, nil, mxhttp.Forbidden("The event's signatures are not valid: %v", err)
 	}
 	// Already the user's membership: answer as if it were new (a retry).
@@ -499,7 +500,7 @@ func (f *FederationAPI) takeInvite(r *http.Request, req inviteRequest) (any, err
 	}
 	// Checked once signed: an invite must carry the invitee's server's
 	// signature as well as the sender's.
-	if err := gmsl.VerifyEventSignatures(ctx, ev, f.keys.ring, userIDForSender); err != nil {
+	if err := eventsig.Verify(ctx, ev, f.keys.ring); err != nil {
 		return nil, mxhttp.Forbidden("The event's signatures are not valid: %v", err)
 	}
 	if _, err := rs.Input(ctx, &rsapi.InputRequest{

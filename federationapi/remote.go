@@ -10,6 +10,8 @@ import (
 	gmsl "github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/fclient"
 	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"myelin/internal/eventsig"
 )
 
 // Remote asks other servers for the membership dances of rooms this server
@@ -135,7 +137,7 @@ func (r *Remote) Invite(ctx context.Context, server spec.ServerName, ev gmsl.PDU
 	if signed.EventID() != ev.EventID() {
 		return nil, fmt.Errorf("%s signed another event than the invite", server)
 	}
-	if err := gmsl.VerifyEventSignatures(ctx, signed, r.f.keys.ring, userIDForSender); err != nil {
+	if err := eventsig.Verify(ctx, signed, r.f.keys.ring); err != nil {
 		return nil, fmt.Errorf("invite signed by %s: %w", server, err)
 	}
 	return signed, nil

@@ -16,6 +16,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/tidwall/gjson"
 
+	"myelin/internal/eventsig"
 	"myelin/internal/mxhttp"
 	rsapi "myelin/roomserver/api"
 )
@@ -337,7 +338,7 @@ func (f *FederationAPI) receiveRoomPDUs(ctx context.Context, origin spec.ServerN
 	}
 	ok := evs[:0]
 	verifyStart := time.Now()
-	verified := gmsl.VerifyAllEventSignatures(ctx, evs, f.keys.ring, userIDForSender)
+	verified := eventsig.VerifyAll(ctx, evs, f.keys.ring)
 	timing.verify.Add(int64(time.Since(verifyStart)))
 	for i, err := range verified {
 		if err != nil {

@@ -9,6 +9,8 @@ import (
 
 	gmsl "github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"myelin/internal/eventsig"
 )
 
 // Allowed checks pdu against the auth rules with auth as its auth events.
@@ -21,7 +23,7 @@ import (
 // (a proof that also names its sender, as a /join's third_party_signed
 // does, never verifies). Such an invite is checked here in full.
 func Allowed(pdu gmsl.PDU, auth gmsl.AuthEventProvider) error {
-	err := gmsl.Allowed(pdu, auth, UserIDForSender)
+	err := gmsl.Allowed(pdu, auth, eventsig.UserIDForSender)
 	if pdu.Type() != spec.MRoomMember || pdu.StateKey() == nil {
 		return err
 	}

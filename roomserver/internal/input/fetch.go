@@ -10,6 +10,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"myelin/internal/eventsig"
 	rsapi "myelin/roomserver/api"
 	"myelin/roomserver/storage"
 )
@@ -481,7 +482,7 @@ func serversOf(origin spec.ServerName, evs []gmsl.PDU) []spec.ServerName {
 	}
 	add(origin)
 	for _, e := range evs {
-		if u, err := UserIDForSender(e.RoomID(), e.SenderID()); err == nil {
+		if u, err := eventsig.UserIDForSender(e.RoomID(), e.SenderID()); err == nil {
 			add(u.Domain())
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	gmsl "github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
+	"myelin/internal/eventsig"
 	rsapi "myelin/roomserver/api"
 	"myelin/roomserver/storage"
 )
@@ -59,7 +60,7 @@ func (in *Inputer) takeInJoin(ctx context.Context, verImpl gmsl.IRoomVersion, re
 			if byID[ev.EventID()] != nil {
 				continue
 			}
-			if err := gmsl.VerifyEventSignatures(ctx, ev, in.cfg.KeyRing, UserIDForSender); err != nil {
+			if err := eventsig.Verify(ctx, ev, in.cfg.KeyRing); err != nil {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
@@ -218,7 +219,7 @@ func (in *Inputer) takeInOutOfRoomMember(ctx context.Context, verImpl gmsl.IRoom
 	if in.cfg.KeyRing == nil {
 		return nil, refuse(0, "M_NOT_FOUND", "unknown room %s", pdu.RoomID().String())
 	}
-	if err := gmsl.VerifyEventSignatures(ctx, pdu, in.cfg.KeyRing, UserIDForSender); err != nil {
+	if err := eventsig.Verify(ctx, pdu, in.cfg.KeyRing); err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}

@@ -32,19 +32,6 @@ func refuse(index int, code, format string, args ...any) *refusal {
 	return &refusal{code: code, msg: fmt.Sprintf(format, args...), index: index}
 }
 
-// UserIDForSender maps a sender to a user ID. It never returns (nil, nil):
-// gomatrixserverlib skips signature checks or panics on that.
-func UserIDForSender(_ spec.RoomID, s spec.SenderID) (*spec.UserID, error) {
-	if s == "" {
-		return nil, errors.New("empty sender")
-	}
-	u, err := spec.NewUserID(string(s), true)
-	if err != nil {
-		return nil, fmt.Errorf("sender %q is not a user ID: %w", s, err)
-	}
-	return u, nil
-}
-
 // reader is what views and the checks of events read: the storage itself
 // (the prepare step, outside any transaction) or a write transaction.
 type reader interface {

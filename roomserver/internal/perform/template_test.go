@@ -10,9 +10,9 @@ import (
 	gmsl "github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
+	"myelin/internal/eventsig"
 	"myelin/internal/sqldb/sqldbtest"
 	rsapi "myelin/roomserver/api"
-	"myelin/roomserver/internal/input"
 )
 
 // TestBuildEventTemplate prepares member events for a user of another
@@ -73,7 +73,7 @@ func TestBuildEventTemplate(t *testing.T) {
 					if err != nil {
 						t.Fatal(err)
 					}
-					allowed := gmsl.Allowed(ev, auth, input.UserIDForSender) == nil
+					allowed := gmsl.Allowed(ev, auth, eventsig.UserIDForSender) == nil
 					if allowed != c.wantAllowed {
 						t.Fatalf("allowed %v, want %v", allowed, c.wantAllowed)
 					}
