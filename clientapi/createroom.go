@@ -228,6 +228,11 @@ func (c *ClientAPI) createRoom(r *http.Request, dev *uapi.Device) (any, error) {
 		{spec.MRoomHistoryVisibility, map[string]string{"history_visibility": preset.historyVis}},
 		{spec.MRoomGuestAccess, map[string]string{"guest_access": preset.guestAccess}},
 	} {
+		// A room without m.room.guest_access is closed to guests: public_chat's
+		// "forbidden" needs no event (Synapse writes none either).
+		if p.evType == spec.MRoomGuestAccess && preset.guestAccess == "forbidden" {
+			continue
+		}
 		if !initial[[2]string{p.evType, ""}] {
 			events = append(events, state(p.evType, "", p.body))
 		}
