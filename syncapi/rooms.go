@@ -58,6 +58,11 @@ func (s *SyncAPI) roomAccess(ctx context.Context, roomID, userID string) (*visib
 	if err := vis.load(ctx); err != nil {
 		return nil, err
 	}
+	ignored, err := s.ignoredBy(ctx, userID)
+	if err != nil {
+		return nil, err
+	}
+	vis.ignored = ignored
 	if len(vis.log) > 0 {
 		return vis, nil
 	}
@@ -547,8 +552,16 @@ func (s *SyncAPI) context(r *http.Request, dev *uapi.Device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Lazy-loading: the member events of the senders of the events
+	// returned, and no other (spec: lazy_load_members).
+	senders := map[string]bool{resp.Event.Sender: true}
+	for _, evs := range [][]ClientEvent{resp.EventsBefore, resp.EventsAfter} {
+		for _, x := range evs {
+			senders[x.Sender] = true
+		}
+	}
 	for _, st := range state {
-		if filter.LazyLoadMembers && st.Type == "m.room.member" {
+		if filter.LazyLoadMembers && st.Type == "m.room.member" && !senders[st.StateKey] {
 			continue
 		}
 		resp.State = append(resp.State, f.state(st))

@@ -124,12 +124,19 @@ func (p roomsProvider) load(ctx context.Context, req *syncRequest, from int64) (
 			if req.since != nil && !changed {
 				continue
 			}
-			ir, err := s.invitedRoom(ctx, roomID, user)
+			ir, inviter, err := s.invitedRoom(ctx, roomID, user)
+			if err != nil {
+				return nil, err
+			}
+			ignored, err := s.ignored(ctx, req)
 			if err != nil {
 				return nil, err
 			}
 			switch {
 			case ir == nil:
+			case ignored[inviter]:
+				// Invites from ignored users are dropped (spec:
+				// "Ignoring Users").
 			case m == "invite":
 				out.invite[roomID] = ir
 			default:
@@ -405,7 +412,11 @@ func (s *SyncAPI) timelineEvents(ctx context.Context, req *syncRequest, roomID s
 	if !req.filter.Room.AllowsRoom(roomID, tf) {
 		return nil, false, nil
 	}
-	vis := &visibility{s: s, roomID: roomID, userID: req.dev.UserID, currentStateVisible: true, joinedAt: req.b.joinedAt[roomID]}
+	ignored, err := s.ignored(ctx, req)
+	if err != nil {
+		return nil, false, err
+	}
+	vis := &visibility{s: s, roomID: roomID, userID: req.dev.UserID, currentStateVisible: true, joinedAt: req.b.joinedAt[roomID], ignored: ignored}
 	var out []*storage.Event
 	upper := to
 	// Pages are larger than the limit so that a filter that drops most
@@ -441,25 +452,26 @@ func (s *SyncAPI) timelineEvents(ctx context.Context, req *syncRequest, roomID s
 	return out, true, nil
 }
 
-// invitedRoom builds one room of rooms.invite from the invite event.
-func (s *SyncAPI) invitedRoom(ctx context.Context, roomID, userID string) (*invitedRoom, error) {
+// invitedRoom builds one room of rooms.invite from the invite event, and
+// returns its sender.
+func (s *SyncAPI) invitedRoom(ctx context.Context, roomID, userID string) (*invitedRoom, string, error) {
 	st, err := s.store.StateEvent(ctx, roomID, "m.room.member", userID)
 	if err != nil {
 		if errors.Is(err, storage.ErrNotFound) {
-			return nil, nil
+			return nil, "", nil
 		}
-		return nil, err
+		return nil, "", err
 	}
 	ev, err := s.store.Event(ctx, st.EventID)
 	if err != nil {
 		if errors.Is(err, storage.ErrNotFound) {
-			return nil, nil
+			return nil, "", nil
 		}
-		return nil, err
+		return nil, "", err
 	}
 	ir := &invitedRoom{}
 	ir.InviteState.Events = inviteState(ev)
-	return ir, nil
+	return ir, ev.Sender, nil
 }
 
 // leftRoom builds one room of rooms.leave: the events up to the user's
@@ -535,8 +547,32 @@ func (s *SyncAPI) summarise(ctx context.Context, roomID, userID string, sum *roo
 	if err != nil {
 		return err
 	}
-	sum.Joined, sum.Invited, sum.Heroes = &joined, &invited, heroes
+	sum.Joined, sum.Invited = &joined, &invited
+	// Heroes are for clients to name a room that has no name of its own
+	// (spec: RoomSummary, m.heroes); a named room needs none.
+	named, err := s.hasName(ctx, roomID)
+	if err != nil {
+		return err
+	}
+	if !named {
+		sum.Heroes = heroes
+	}
 	return nil
+}
+
+// hasName reports whether a room has a non-empty m.room.name or
+// m.room.canonical_alias.
+func (s *SyncAPI) hasName(ctx context.Context, roomID string) (bool, error) {
+	state, err := s.store.CurrentState(ctx, roomID, "m.room.name", "m.room.canonical_alias")
+	if err != nil {
+		return false, err
+	}
+	for _, st := range state {
+		if st.StateKey == "" && (gjsonString(st.JSON, "content.name") != "" || gjsonString(st.JSON, "content.alias") != "") {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 func contentRaw(js string) json.RawMessage {
