@@ -24,17 +24,52 @@ type roomsPart struct {
 	invite map[string]*invitedRoom
 	leave  map[string]*leftRoom
 	knock  map[string]any
+	peek   map[string]*joinedRoom
+}
+
+func newRoomsPart() *roomsPart {
+	return &roomsPart{
+		join:   map[string]*joinedRoom{},
+		invite: map[string]*invitedRoom{},
+		leave:  map[string]*leftRoom{},
+		knock:  map[string]any{},
+		peek:   map[string]*joinedRoom{},
+	}
 }
 
 func (r *roomsPart) addTo(_ *syncRequest, resp *syncResponse) {
 	resp.Rooms.Join, resp.Rooms.Invite, resp.Rooms.Leave, resp.Rooms.Knock = r.join, r.invite, r.leave, r.knock
+	resp.Rooms.Peek = r.peek
+}
+
+// load reads the rooms of the answer: those the user is in (loadRooms),
+// then those the device peeks into.
+func (p roomsProvider) load(ctx context.Context, req *syncRequest, from int64) (part, error) {
+	peeks := p.s.notifier.Peeks(req.dev.UserID, req.dev.DeviceID)
+	out, err := p.loadRooms(ctx, req, from)
+	if err != nil {
+		return nil, err
+	}
+	if len(peeks) == 0 {
+		if out == nil {
+			return nil, nil // no typed nil in the interface
+		}
+		return out, nil
+	}
+	if out == nil {
+		out = newRoomsPart()
+	}
+	if err := p.addPeeks(ctx, req, from, peeks, out); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // load reads the rooms with new events or a membership change of the
 // user's since the token (every room in an initial or full-state sync).
 // A room with only new ephemeral events or account data is added by those
 // streams.
-func (p roomsProvider) load(ctx context.Context, req *syncRequest, from int64) (part, error) {
+func (p roomsProvider) loadRooms(ctx context.Context, req *syncRequest, from int64) (*roomsPart, error) {
 	if !req.full() && !req.moved(pduStream) {
 		return nil, nil
 	}
@@ -69,12 +104,7 @@ func (p roomsProvider) load(ctx context.Context, req *syncRequest, from int64) (
 			return nil, err
 		}
 	}
-	out := &roomsPart{
-		join:   map[string]*joinedRoom{},
-		invite: map[string]*invitedRoom{},
-		leave:  map[string]*leftRoom{},
-		knock:  map[string]any{},
-	}
+	out := newRoomsPart()
 	var forgotten map[string]bool
 	roomIDs := make([]string, 0, len(memberships))
 	for id := range memberships {
@@ -190,13 +220,8 @@ func (p roomsProvider) load(ctx context.Context, req *syncRequest, from int64) (
 // the token (as the notifier knows): only the joined rooms whose timeline
 // moved have anything, and the user, joined since before the token, may
 // see all of it. It reads no membership.
-func (p roomsProvider) loadMoved(ctx context.Context, req *syncRequest, from int64, moved []string) (part, error) {
-	out := &roomsPart{
-		join:   map[string]*joinedRoom{},
-		invite: map[string]*invitedRoom{},
-		leave:  map[string]*leftRoom{},
-		knock:  map[string]any{},
-	}
+func (p roomsProvider) loadMoved(ctx context.Context, req *syncRequest, from int64, moved []string) (*roomsPart, error) {
+	out := newRoomsPart()
 	sort.Strings(moved)
 	for _, roomID := range moved {
 		if !req.filter.Room.AllowsRoom(roomID, nil) {

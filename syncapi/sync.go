@@ -64,6 +64,9 @@ type syncRooms struct {
 	Invite map[string]*invitedRoom `json:"invite"`
 	Leave  map[string]*leftRoom    `json:"leave"`
 	Knock  map[string]any          `json:"knock"`
+	// Peek is the rooms the device peeks into (MSC2753), left out when
+	// there are none.
+	Peek map[string]*joinedRoom `json:"peek,omitempty"`
 }
 
 type timeline struct {
@@ -126,7 +129,8 @@ func newSyncResponse() *syncResponse {
 func (r *syncResponse) empty() bool {
 	return len(r.AccountData.Events) == 0 && len(r.Presence.Events) == 0 && len(r.DeviceLists.Changed) == 0 &&
 		len(r.DeviceLists.Left) == 0 && len(r.ToDevice.Events) == 0 &&
-		len(r.Rooms.Join) == 0 && len(r.Rooms.Invite) == 0 && len(r.Rooms.Leave) == 0 && len(r.Rooms.Knock) == 0
+		len(r.Rooms.Join) == 0 && len(r.Rooms.Invite) == 0 && len(r.Rooms.Leave) == 0 && len(r.Rooms.Knock) == 0 &&
+		len(r.Rooms.Peek) == 0
 }
 
 func (s *SyncAPI) sync(r *http.Request, dev *uapi.Device) (any, error) {
