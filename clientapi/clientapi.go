@@ -123,6 +123,7 @@ func (c *ClientAPI) Routes(root *mux.Router) {
 	c.accountV1Routes(root, v1)
 	c.regTokenRoutes(root, v1)
 	c.dehydratedRoutes(root)
+	c.roomSummaryRoutes(root, v1)
 }
 
 // authed wraps a handler that needs a logged-in device. The client's IP
