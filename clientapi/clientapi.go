@@ -117,6 +117,7 @@ func (c *ClientAPI) Routes(root *mux.Router) {
 		c.pushRoutes(r)
 		c.keyRoutes(r)
 		c.roomKeyRoutes(r)
+		c.reportRoutes(r)
 	}
 	v1 := root.PathPrefix("/_matrix/client/v1").Subrouter()
 	c.v1Routes(v1)
@@ -124,6 +125,7 @@ func (c *ClientAPI) Routes(root *mux.Router) {
 	c.regTokenRoutes(root, v1)
 	c.dehydratedRoutes(root)
 	c.roomSummaryRoutes(root, v1)
+	c.reportAdminRoutes(root)
 }
 
 // authed wraps a handler that needs a logged-in device. The client's IP

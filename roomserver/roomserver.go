@@ -342,6 +342,27 @@ func (r *Roomserver) RemoveAlias(ctx context.Context, alias string) error {
 	return mapNotFound(r.store.RemoveAlias(ctx, alias), rsapi.ErrAliasNotFound)
 }
 
+// AddReport implements rsapi.API.
+func (r *Roomserver) AddReport(ctx context.Context, rep rsapi.Report) (int64, error) {
+	return r.store.AddReport(ctx, rep)
+}
+
+// Reports implements rsapi.API.
+func (r *Roomserver) Reports(ctx context.Context, q rsapi.ReportsQuery) ([]rsapi.Report, int, error) {
+	return r.store.Reports(ctx, q)
+}
+
+// Report implements rsapi.API.
+func (r *Roomserver) Report(ctx context.Context, id int64) (*rsapi.Report, error) {
+	rep, err := r.store.Report(ctx, id)
+	return rep, mapNotFound(err, rsapi.ErrReportNotFound)
+}
+
+// DeleteReport implements rsapi.API.
+func (r *Roomserver) DeleteReport(ctx context.Context, id int64) error {
+	return mapNotFound(r.store.DeleteReport(ctx, id), rsapi.ErrReportNotFound)
+}
+
 // RoomAliases implements rsapi.API.
 func (r *Roomserver) RoomAliases(ctx context.Context, roomID string) ([]string, error) {
 	return r.store.RoomAliases(ctx, roomID)
