@@ -126,6 +126,7 @@ func (c *ClientAPI) Routes(root *mux.Router) {
 	c.dehydratedRoutes(root)
 	c.roomSummaryRoutes(root, v1)
 	c.reportAdminRoutes(root)
+	c.delayedRoutes(root)
 }
 
 // authed wraps a handler that needs a logged-in device. The client's IP

@@ -37,6 +37,7 @@ type Roomserver struct {
 	*perform.Performer
 	store   *storage.Storage
 	inputer *input.Inputer
+	delayed *delayed
 	log     *logrus.Entry
 	// aliases asks an alias's own server about it (nil: local only).
 	aliases    AliasResolver
@@ -113,6 +114,7 @@ func New(ctx context.Context, db *sqldb.DB, b *bus.Bus, key *signing.Key, log *l
 		inputer:     input.New(store, b, key, log, o.input),
 		log:         log,
 		serverName:  key.ServerName,
+		delayed:     newDelayed(),
 	}
 	r.aliases, _ = o.fed.(AliasResolver)
 	perf := perform.New(r, key, o.fed, o.input.Fetcher, o.profile, log)
@@ -123,11 +125,20 @@ func New(ctx context.Context, db *sqldb.DB, b *bus.Bus, key *signing.Key, log *l
 
 // Start consumes the input stream until ctx ends.
 func (r *Roomserver) Start(ctx context.Context) error {
-	return r.inputer.Start(ctx)
+	if err := r.inputer.Start(ctx); err != nil {
+		return err
+	}
+	r.delayed.started.Store(true)
+	go r.runDelayed(ctx)
+	return nil
 }
 
-// Wait waits for input processing to stop after ctx ended.
+// Wait waits for input processing and the delayed events' timer to stop
+// after ctx ended.
 func (r *Roomserver) Wait() {
+	if r.delayed.started.Load() {
+		<-r.delayed.done
+	}
 	r.inputer.Wait()
 	_ = r.InputClient.Close()
 }

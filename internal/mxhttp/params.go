@@ -73,6 +73,9 @@ var pathVars = map[string]pathVar{
 	"pduEventId": {check: opaque},
 	// A registration token in Synapse's admin API.
 	"regToken": {check: opaque},
+	// A delayed event's ID and an action on it (MSC4140).
+	"delayId":     {check: opaque},
+	"delayAction": {check: opaque},
 	// A report's ID in Synapse's admin API.
 	"reportId": {check: positiveInt},
 }

@@ -23,14 +23,15 @@ import (
 // Errors the roomserver returns. NotAllowedError carries the auth rule that
 // refused an event.
 var (
-	ErrRoomNotFound   = codedError{"M_NOT_FOUND", "Room not found"}
-	ErrEventNotFound  = codedError{"M_NOT_FOUND", "Event not found"}
-	ErrStateNotFound  = codedError{"M_NOT_FOUND", "State event not found"}
-	ErrAliasNotFound  = codedError{"M_NOT_FOUND", "Room alias not found"}
-	ErrReportNotFound = codedError{"M_NOT_FOUND", "Report not found"}
-	ErrAliasInUse     = codedError{"M_UNKNOWN", "Room alias already exists"}
-	ErrRoomInUse      = codedError{"M_ROOM_IN_USE", "Room alias already taken"}
-	ErrBadSince       = codedError{"M_INVALID_PARAM", "Bad pagination token"}
+	ErrRoomNotFound         = codedError{"M_NOT_FOUND", "Room not found"}
+	ErrEventNotFound        = codedError{"M_NOT_FOUND", "Event not found"}
+	ErrStateNotFound        = codedError{"M_NOT_FOUND", "State event not found"}
+	ErrAliasNotFound        = codedError{"M_NOT_FOUND", "Room alias not found"}
+	ErrReportNotFound       = codedError{"M_NOT_FOUND", "Report not found"}
+	ErrDelayedEventNotFound = codedError{"M_NOT_FOUND", "Delayed event not found"}
+	ErrAliasInUse           = codedError{"M_UNKNOWN", "Room alias already exists"}
+	ErrRoomInUse            = codedError{"M_ROOM_IN_USE", "Room alias already taken"}
+	ErrBadSince             = codedError{"M_INVALID_PARAM", "Bad pagination token"}
 )
 
 type codedError struct{ code, msg string }
@@ -309,6 +310,29 @@ type Hierarchy struct {
 	Inaccessible []string      `json:"inaccessible_children"`
 }
 
+// DelayedEvent is an event a user asked to be sent after Delay
+// milliseconds, counted from RunningSince (MSC4140).
+type DelayedEvent struct {
+	DelayID      string          `json:"delay_id"`
+	Sender       string          `json:"sender"`
+	RoomID       string          `json:"room_id"`
+	Type         string          `json:"type"`
+	StateKey     *string         `json:"state_key,omitempty"`
+	Content      json.RawMessage `json:"content"`
+	Delay        int64           `json:"delay"`
+	RunningSince int64           `json:"running_since"`
+	// Created is when it was scheduled: a state event of another user
+	// with the same key set since cancels a delayed state event.
+	Created int64 `json:"created_ts"`
+}
+
+// Actions on a delayed event.
+const (
+	DelayedCancel  = "cancel"
+	DelayedRestart = "restart"
+	DelayedSend    = "send"
+)
+
 // Report kinds.
 const (
 	ReportEvent = "event"
@@ -416,6 +440,16 @@ type API interface {
 	Report(ctx context.Context, id int64) (*Report, error)
 	// DeleteReport deletes one (ErrReportNotFound).
 	DeleteReport(ctx context.Context, id int64) error
+
+	// Delayed events (MSC4140), sent by the roomserver when due.
+	// ScheduleDelayedEvent stores d (its Sender, RoomID, Type, StateKey,
+	// Content and Delay) and returns its delay ID.
+	ScheduleDelayedEvent(ctx context.Context, d DelayedEvent) (string, error)
+	// DelayedEvents lists a user's delayed events.
+	DelayedEvents(ctx context.Context, userID string) ([]DelayedEvent, error)
+	// UpdateDelayedEvent cancels, restarts or sends at once one of a
+	// user's delayed events (ErrDelayedEventNotFound).
+	UpdateDelayedEvent(ctx context.Context, userID, delayID, action string) error
 
 	// Room aliases.
 	SetAlias(ctx context.Context, alias, roomID, creator string) error
