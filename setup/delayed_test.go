@@ -58,6 +58,11 @@ func TestDelayedEvents(t *testing.T) {
 			return out
 		}
 
+		flags := (&testserver.Client{Base: srv.URL}).Do(t, "GET", "/_matrix/client/versions", nil).MustOK(t).Body["unstable_features"].(map[string]any)
+		if flags["org.matrix.msc4140"] != true || flags["org.matrix.msc3266"] != true {
+			t.Fatalf("unstable_features %v", flags)
+		}
+
 		t.Run("refusals", func(t *testing.T) {
 			for _, tc := range []struct {
 				name, param string
@@ -128,6 +133,23 @@ func TestDelayedEvents(t *testing.T) {
 			alice.Do(t, "GET", "/_matrix/client/v3/rooms/"+esc(room)+"/state/m.call.member/"+esc(key), nil).MustOK(t)
 			if len(pending(alice)) != 0 {
 				t.Fatalf("still pending after send: %v", pending(alice))
+			}
+		})
+
+		t.Run("turned off", func(t *testing.T) {
+			off := testserver.Start(t, testserver.Config(t.TempDir(), sqldbtest.URL(t, dialectOf(dbURL)), func(c *config.Config) {
+				c.ClientAPI.MaxDelayedEventDelay = 0
+			}))
+			defer off.Stop()
+			flags := (&testserver.Client{Base: off.URL}).Do(t, "GET", "/_matrix/client/versions", nil).MustOK(t).Body["unstable_features"].(map[string]any)
+			if flags["org.matrix.msc4140"] != false {
+				t.Fatalf("unstable_features %v", flags)
+			}
+			carol := off.Register(t, "carol")
+			r := carol.Do(t, "POST", "/_matrix/client/v3/createRoom", map[string]any{}).MustOK(t)
+			if r := carol.Do(t, "PUT", "/_matrix/client/v3/rooms/"+esc(r.String("room_id"))+"/send/m.room.message/x?delay=10",
+				map[string]any{"body": "x"}); r.Status != 400 {
+				t.Fatalf("a delayed event with delayed events off: %d %s", r.Status, r.Raw)
 			}
 		})
 
