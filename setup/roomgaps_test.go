@@ -68,6 +68,29 @@ func TestRoomGaps(t *testing.T) {
 			}
 		})
 
+		t.Run("forgotten room's leave", func(t *testing.T) {
+			room := alice.Do(t, "POST", "/_matrix/client/v3/createRoom", map[string]any{"preset": "public_chat"}).MustOK(t).String("room_id")
+			carol.Do(t, "POST", "/_matrix/client/v3/join/"+url.PathEscape(room), map[string]any{}).MustOK(t)
+			since := carol.Do(t, "GET", "/_matrix/client/v3/sync?timeout=0", nil).MustOK(t).String("next_batch")
+			carol.Do(t, "POST", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/leave", map[string]any{}).MustOK(t)
+			carol.Do(t, "POST", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/forget", map[string]any{}).MustOK(t)
+			r := carol.Do(t, "GET", "/_matrix/client/v3/sync?timeout=0&since="+url.QueryEscape(since), nil).MustOK(t)
+			if _, ok := syncRooms(r, "leave")[room]; !ok {
+				t.Fatalf("the leave of a room forgotten since the token is missing: %s", r.Raw)
+			}
+			next := r.String("next_batch")
+			for name, q := range map[string]string{
+				"next incremental":       "&since=" + url.QueryEscape(next),
+				"initial with leaves":    "&filter=" + url.QueryEscape(`{"room":{"include_leave":true}}`),
+				"full state with leaves": "&full_state=true&since=" + url.QueryEscape(since) + "&filter=" + url.QueryEscape(`{"room":{"include_leave":true}}`),
+			} {
+				r := carol.Do(t, "GET", "/_matrix/client/v3/sync?timeout=0"+q, nil).MustOK(t)
+				if _, ok := syncRooms(r, "leave")[room]; ok {
+					t.Fatalf("%s: a forgotten room shown: %s", name, r.Raw)
+				}
+			}
+		})
+
 		t.Run("members at", func(t *testing.T) {
 			room := alice.Do(t, "POST", "/_matrix/client/v3/createRoom", map[string]any{"preset": "public_chat"}).MustOK(t).String("room_id")
 			bob.Do(t, "POST", "/_matrix/client/v3/join/"+url.PathEscape(room), map[string]any{}).MustOK(t)

@@ -184,7 +184,9 @@ func (p roomsProvider) loadRooms(ctx context.Context, req *syncRequest, from int
 					return nil, err
 				}
 			}
-			if forgotten[roomID] {
+			// A forgotten room is left out, but for a leave the client
+			// has not seen yet: it must learn that it left.
+			if forgotten[roomID] && (req.since == nil || !changed || req.fullState) {
 				continue
 			}
 			full := req.full()
