@@ -91,6 +91,24 @@ func TestRoomGaps(t *testing.T) {
 			}
 		})
 
+		t.Run("redaction of an unknown event", func(t *testing.T) {
+			room := alice.Do(t, "POST", "/_matrix/client/v3/createRoom", map[string]any{"preset": "public_chat"}).MustOK(t).String("room_id")
+			since := alice.Do(t, "GET", "/_matrix/client/v3/sync?timeout=0", nil).MustOK(t).String("next_batch")
+			red := alice.Do(t, "PUT", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/redact/"+url.PathEscape("$unknown:localhost")+"/red1",
+				map[string]any{"reason": "gone"}).MustOK(t).String("event_id")
+			r := alice.Do(t, "GET", "/_matrix/client/v3/sync?timeout=0&since="+url.QueryEscape(since), nil).MustOK(t)
+			tl := timelineOf(t, r, room)
+			if !slices.Contains(tl.types, "m.room.redaction") {
+				t.Fatalf("redaction not in the timeline: %s", r.Raw)
+			}
+			after := r.String("next_batch")
+			alice.Do(t, "GET", "/_matrix/client/v3/sync?timeout=0&since="+url.QueryEscape(after), nil).MustOK(t)
+			for _, q := range []string{"?dir=b&from=" + url.QueryEscape(after), "?dir=f&from=" + url.QueryEscape(since)} {
+				alice.Do(t, "GET", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/messages"+q, nil).MustOK(t)
+			}
+			alice.Do(t, "GET", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/context/"+url.PathEscape(red), nil).MustOK(t)
+		})
+
 		t.Run("members at", func(t *testing.T) {
 			room := alice.Do(t, "POST", "/_matrix/client/v3/createRoom", map[string]any{"preset": "public_chat"}).MustOK(t).String("room_id")
 			bob.Do(t, "POST", "/_matrix/client/v3/join/"+url.PathEscape(room), map[string]any{}).MustOK(t)

@@ -3,6 +3,7 @@ package setup_test
 import (
 	"fmt"
 	"net/url"
+	"slices"
 	"testing"
 
 	"myelin/internal/sqldb/sqldbtest"
@@ -74,6 +75,42 @@ func TestSyncShapes(t *testing.T) {
 			}
 			if r := alice.Do(t, "GET", "/_matrix/client/v3/sync?timeout=0&filter="+url.QueryEscape(`{"event_format":"pdu"}`), nil); r.Status != 400 {
 				t.Fatalf("unknown event_format: %d %s", r.Status, r.Raw)
+			}
+		})
+
+		t.Run("use_state_after", func(t *testing.T) {
+			stateOf := func(r *testserver.Response, key string) ([]string, bool) {
+				jr, _ := syncRooms(r, "join")[room].(map[string]any)
+				st, ok := jr[key].(map[string]any)
+				if !ok {
+					return nil, false
+				}
+				var types []string
+				for _, e := range st["events"].([]any) {
+					types = append(types, e.(map[string]any)["type"].(string))
+				}
+				return types, true
+			}
+			r := alice.Do(t, "GET", "/_matrix/client/v3/sync?timeout=0&use_state_after=true", nil).MustOK(t)
+			after, ok := stateOf(r, "state_after")
+			if _, has := stateOf(r, "state"); has || !ok || !slices.Contains(after, "m.room.create") || !slices.Contains(after, "m.room.member") {
+				t.Fatalf("initial state_after %v (present %v): %s", after, ok, r.Raw)
+			}
+			since := r.String("next_batch")
+			alice.Do(t, "PUT", "/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/state/m.room.topic/", map[string]any{"topic": "after"}).MustOK(t)
+			for _, tc := range []struct {
+				q, key    string
+				wantTopic bool
+			}{
+				{"&use_state_after=true", "state_after", true},
+				{"&org.matrix.msc4222.use_state_after=true", "state_after", true},
+				{"", "state", false}, // the topic is in the timeline, not before it
+			} {
+				r := alice.Do(t, "GET", "/_matrix/client/v3/sync?timeout=0&since="+url.QueryEscape(since)+tc.q, nil).MustOK(t)
+				types, ok := stateOf(r, tc.key)
+				if !ok || slices.Contains(types, "m.room.topic") != tc.wantTopic || slices.Contains(types, "m.room.create") {
+					t.Fatalf("%q: %s %v (present %v): %s", tc.q, tc.key, types, ok, r.Raw)
+				}
 			}
 		})
 

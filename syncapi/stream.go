@@ -85,8 +85,11 @@ type syncRequest struct {
 	filter    *Filter
 	since     *Token
 	fullState bool
-	to        Token
-	fmt       formatter
+	// useStateAfter asks for the state at the end of each joined room's
+	// timeline (state_after) rather than at its start (use_state_after).
+	useStateAfter bool
+	to            Token
+	fmt           formatter
 	// withRoomID puts room_id into events (the flat /events stream).
 	withRoomID bool
 	// concern, when the notifier knows it, is the latest positions that

@@ -261,12 +261,13 @@ func (s *SyncAPI) membershipBefore(ctx context.Context, roomID, userID string, p
 }
 
 func (jr *joinedRoom) empty() bool {
-	return len(jr.Timeline.Events) == 0 && len(jr.State.Events) == 0 && len(jr.Ephemeral.Events) == 0 && len(jr.AccountData.Events) == 0
+	return len(jr.Timeline.Events) == 0 && (jr.State == nil || len(jr.State.Events) == 0) &&
+		(jr.StateAfter == nil || len(jr.StateAfter.Events) == 0) && len(jr.Ephemeral.Events) == 0 && len(jr.AccountData.Events) == 0
 }
 
 func newJoinedRoom() *joinedRoom {
 	return &joinedRoom{
-		State:       stateList{Events: []ClientEvent{}},
+		State:       &stateList{Events: []ClientEvent{}},
 		Timeline:    timeline{Events: []ClientEvent{}},
 		Ephemeral:   eventList{Events: []any{}},
 		AccountData: eventList{Events: []any{}},
@@ -400,6 +401,13 @@ func (s *SyncAPI) joinedRoom(ctx context.Context, req *syncRequest, roomID strin
 			membersChanged = true
 		}
 	}
+	if req.useStateAfter {
+		after, err := s.stateAfter(ctx, req, roomID, from, full, wantMember, jr.State.Events)
+		if err != nil {
+			return nil, err
+		}
+		jr.State, jr.StateAfter = nil, &stateList{Events: after}
+	}
 	if membersChanged {
 		if err := s.summarise(ctx, roomID, req.dev.UserID, &jr.Summary); err != nil {
 			return nil, err
@@ -413,6 +421,68 @@ func (s *SyncAPI) joinedRoom(ctx context.Context, req *syncRequest, roomID strin
 	}
 	jr.Unread = unreadCounts{Highlight: int(counts.Highlights), Notification: int(counts.Notifications)}
 	return jr, nil
+}
+
+// stateAfter is a joined room's state_after (use_state_after): the state
+// at the end of its timeline, all of it when full, else what changed
+// since from, timeline events included. A lazy-loading client gets the
+// member events of wantMember alone, and those lazily added to its
+// state (lazyAdded).
+func (s *SyncAPI) stateAfter(ctx context.Context, req *syncRequest, roomID string, from int64, full bool, wantMember map[string]bool, lazyAdded []ClientEvent) ([]ClientEvent, error) {
+	stateFilter := &req.filter.Room.State
+	lazy := stateFilter.LazyLoadMembers
+	out := []ClientEvent{}
+	have := map[[2]string]bool{}
+	add := func(ce ClientEvent) {
+		if ce.StateKey == nil || have[[2]string{ce.Type, *ce.StateKey}] {
+			return
+		}
+		if ce.Type == "m.room.member" && lazy && !wantMember[*ce.StateKey] {
+			return
+		}
+		if stateFilter.AllowsEvent(ce.Type, ce.Sender, ce.Content) {
+			have[[2]string{ce.Type, *ce.StateKey}] = true
+			out = append(out, ce)
+		}
+	}
+	if full {
+		var state []*storage.StateEvent
+		var err error
+		if lazy {
+			// Only the members needed, as for state.
+			if state, err = s.store.CurrentStateWithoutMembers(ctx, roomID); err != nil {
+				return nil, err
+			}
+			users := make([]string, 0, len(wantMember))
+			for u := range wantMember {
+				users = append(users, u)
+			}
+			members, err := s.store.MemberEvents(ctx, roomID, users)
+			if err != nil {
+				return nil, err
+			}
+			state = append(state, members...)
+		} else if state, err = s.store.CurrentState(ctx, roomID); err != nil {
+			return nil, err
+		}
+		for _, st := range state {
+			add(req.fmt.state(st))
+		}
+		return out, nil
+	}
+	changes, err := s.gapState(ctx, roomID, from, req.to[pduStream]+1, nil)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range changes {
+		add(req.fmt.event(c))
+	}
+	for _, ce := range lazyAdded {
+		if ce.Type == "m.room.member" {
+			add(ce)
+		}
+	}
+	return out, nil
 }
 
 // prevBatch is the token to page back from a timeline. A timeline that

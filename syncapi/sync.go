@@ -91,8 +91,11 @@ type unreadCounts struct {
 }
 
 type joinedRoom struct {
-	Summary     roomSummary  `json:"summary"`
-	State       stateList    `json:"state"`
+	Summary roomSummary `json:"summary"`
+	// State is the state at the start of the timeline; with
+	// use_state_after StateAfter, the state at its end, replaces it.
+	State       *stateList   `json:"state,omitempty"`
+	StateAfter  *stateList   `json:"state_after,omitempty"`
 	Timeline    timeline     `json:"timeline"`
 	Ephemeral   eventList    `json:"ephemeral"`
 	AccountData eventList    `json:"account_data"`
@@ -169,7 +172,8 @@ func (s *SyncAPI) syncParams(r *http.Request, dev *uapi.Device) (*syncRequest, t
 	if err != nil {
 		return nil, 0, false, err
 	}
-	req := &syncRequest{dev: dev, filter: filter, fullState: q.Get("full_state") == "true"}
+	req := &syncRequest{dev: dev, filter: filter, fullState: q.Get("full_state") == "true",
+		useStateAfter: q.Get("use_state_after") == "true" || q.Get("org.matrix.msc4222.use_state_after") == "true"}
 	if sinceStr := q.Get("since"); sinceStr != "" {
 		t, err := ParseToken(sinceStr)
 		if err != nil {
