@@ -117,12 +117,16 @@ func (c *ClientAPI) Routes(root *mux.Router) {
 		c.pushRoutes(r)
 		c.keyRoutes(r)
 		c.roomKeyRoutes(r)
+		c.reportRoutes(r)
 	}
 	v1 := root.PathPrefix("/_matrix/client/v1").Subrouter()
 	c.v1Routes(v1)
 	c.accountV1Routes(root, v1)
 	c.regTokenRoutes(root, v1)
 	c.dehydratedRoutes(root)
+	c.roomSummaryRoutes(root, v1)
+	c.reportAdminRoutes(root)
+	c.delayedRoutes(root)
 }
 
 // authed wraps a handler that needs a logged-in device. The client's IP

@@ -89,6 +89,26 @@ func isObject(b json.RawMessage) bool {
 	return strings.HasPrefix(s, "{") && json.Valid(b)
 }
 
+// checkNoCreators refuses power levels whose users name a room creator
+// (room version 12: creators are not listed).
+func checkNoCreators(users any, sender string, additional any) error {
+	listed, _ := users.(map[string]any)
+	creators := []string{sender}
+	if extra, ok := additional.([]any); ok {
+		for _, c := range extra {
+			if s, ok := c.(string); ok {
+				creators = append(creators, s)
+			}
+		}
+	}
+	for _, c := range creators {
+		if _, ok := listed[c]; ok {
+			return mxhttp.BadJSON("the room's creator %s may not be given a power level in room version 12", c)
+		}
+	}
+	return nil
+}
+
 // presetConfig is what a room preset sets (spec: POST /createRoom, preset).
 type presetConfig struct {
 	joinRules     string
@@ -198,6 +218,11 @@ func (c *ClientAPI) createRoom(r *http.Request, dev *uapi.Device) (any, error) {
 		"invite":         preset.inviteLevel,
 		"historical":     100,
 	}
+	if verImpl.PrivilegedCreators() {
+		// From room version 12 upgrading a room needs more than any
+		// administrator has (spec: room version 12, default power levels).
+		pl["events"].(map[string]any)["m.room.tombstone"] = 150
+	}
 	if len(req.PowerLevelContentOverride) > 0 && string(req.PowerLevelContentOverride) != "null" {
 		var override map[string]any
 		if err := json.Unmarshal(req.PowerLevelContentOverride, &override); err != nil {
@@ -205,6 +230,13 @@ func (c *ClientAPI) createRoom(r *http.Request, dev *uapi.Device) (any, error) {
 		}
 		for k, v := range override {
 			pl[k] = v
+		}
+	}
+	if verImpl.PrivilegedCreators() {
+		// The creators have infinite power: naming one in users is a
+		// request the room version cannot honour (400, as Synapse).
+		if err := checkNoCreators(pl["users"], sender, create["additional_creators"]); err != nil {
+			return nil, err
 		}
 	}
 	plIndex := len(events)
@@ -228,6 +260,11 @@ func (c *ClientAPI) createRoom(r *http.Request, dev *uapi.Device) (any, error) {
 		{spec.MRoomHistoryVisibility, map[string]string{"history_visibility": preset.historyVis}},
 		{spec.MRoomGuestAccess, map[string]string{"guest_access": preset.guestAccess}},
 	} {
+		// A room without m.room.guest_access is closed to guests: public_chat's
+		// "forbidden" needs no event (Synapse writes none either).
+		if p.evType == spec.MRoomGuestAccess && preset.guestAccess == "forbidden" {
+			continue
+		}
 		if !initial[[2]string{p.evType, ""}] {
 			events = append(events, state(p.evType, "", p.body))
 		}
@@ -250,7 +287,12 @@ func (c *ClientAPI) createRoom(r *http.Request, dev *uapi.Device) (any, error) {
 		events = append(events, state(spec.MRoomName, "", map[string]string{"name": *req.Name}))
 	}
 	if req.Topic != nil {
-		events = append(events, state(spec.MRoomTopic, "", map[string]string{"topic": *req.Topic}))
+		// The plain topic and its rich representation (spec v1.15:
+		// m.topic, the text/plain body).
+		events = append(events, state(spec.MRoomTopic, "", map[string]any{
+			"topic":   *req.Topic,
+			"m.topic": map[string]any{"m.text": []map[string]string{{"mimetype": "text/plain", "body": *req.Topic}}},
+		}))
 	}
 
 	// 8. Invites. An invitee of another server is invited once the room

@@ -28,6 +28,14 @@ func (c *ClientAPI) versions(r *http.Request) (any, error) {
 			"org.matrix.msc3882": c.loginTokensEnabled(),
 			// Private read receipts (m.read.private, v1.4).
 			"org.matrix.msc2285.stable": true,
+			// Room summary (v1.15's /room_summary, also on MSC3266's
+			// unstable paths), which Element looks for by this flag.
+			"org.matrix.msc3266": true,
+			// Delayed events, when the configuration allows them:
+			// Element Call checks this flag.
+			"org.matrix.msc4140": c.cfg.ClientAPI.MaxDelayedEventDelay > 0,
+			// Peeking through /sync (POST /peek).
+			"org.matrix.msc2753": true,
 		},
 	}, nil
 }

@@ -130,6 +130,12 @@ func (c *ClientAPI) sendMessage(r *http.Request, dev *uapi.Device) (any, error) 
 	if err := checkContent(mxhttp.Var(r, "roomId"), evType, content); err != nil {
 		return nil, err
 	}
+	if delay, ok, err := c.delayParam(r); err != nil || ok {
+		if err != nil {
+			return nil, err
+		}
+		return c.scheduleDelayed(r.Context(), dev, mxhttp.Var(r, "roomId"), &rsapi.ProtoEvent{Sender: dev.UserID, Type: evType, Content: content}, delay)
+	}
 	return c.sendWithTxn(r.Context(), dev, mxhttp.Var(r, "roomId"), "send/"+evType, mxhttp.Var(r, "txnId"), rsapi.InputEvent{
 		Proto: &rsapi.ProtoEvent{Sender: dev.UserID, Type: evType, Content: content},
 	})
@@ -171,6 +177,12 @@ func (c *ClientAPI) putState(r *http.Request, dev *uapi.Device) (any, error) {
 	}
 	if err := checkContent(roomID, evType, content); err != nil {
 		return nil, err
+	}
+	if delay, ok, err := c.delayParam(r); err != nil || ok {
+		if err != nil {
+			return nil, err
+		}
+		return c.scheduleDelayed(ctx, dev, roomID, &rsapi.ProtoEvent{Sender: dev.UserID, Type: evType, StateKey: &stateKey, Content: content}, delay)
 	}
 	if err := allow(c.limits.send, dev.UserID); err != nil {
 		return nil, err

@@ -37,6 +37,7 @@ type Roomserver struct {
 	*perform.Performer
 	store   *storage.Storage
 	inputer *input.Inputer
+	delayed *delayed
 	log     *logrus.Entry
 	// aliases asks an alias's own server about it (nil: local only).
 	aliases    AliasResolver
@@ -113,6 +114,7 @@ func New(ctx context.Context, db *sqldb.DB, b *bus.Bus, key *signing.Key, log *l
 		inputer:     input.New(store, b, key, log, o.input),
 		log:         log,
 		serverName:  key.ServerName,
+		delayed:     newDelayed(),
 	}
 	r.aliases, _ = o.fed.(AliasResolver)
 	perf := perform.New(r, key, o.fed, o.input.Fetcher, o.profile, log)
@@ -123,11 +125,20 @@ func New(ctx context.Context, db *sqldb.DB, b *bus.Bus, key *signing.Key, log *l
 
 // Start consumes the input stream until ctx ends.
 func (r *Roomserver) Start(ctx context.Context) error {
-	return r.inputer.Start(ctx)
+	if err := r.inputer.Start(ctx); err != nil {
+		return err
+	}
+	r.delayed.started.Store(true)
+	go r.runDelayed(ctx)
+	return nil
 }
 
-// Wait waits for input processing to stop after ctx ended.
+// Wait waits for input processing and the delayed events' timer to stop
+// after ctx ended.
 func (r *Roomserver) Wait() {
+	if r.delayed.started.Load() {
+		<-r.delayed.done
+	}
 	r.inputer.Wait()
 	_ = r.InputClient.Close()
 }
@@ -340,6 +351,27 @@ func (r *Roomserver) AliasCreator(ctx context.Context, alias string) (string, er
 // RemoveAlias implements rsapi.API.
 func (r *Roomserver) RemoveAlias(ctx context.Context, alias string) error {
 	return mapNotFound(r.store.RemoveAlias(ctx, alias), rsapi.ErrAliasNotFound)
+}
+
+// AddReport implements rsapi.API.
+func (r *Roomserver) AddReport(ctx context.Context, rep rsapi.Report) (int64, error) {
+	return r.store.AddReport(ctx, rep)
+}
+
+// Reports implements rsapi.API.
+func (r *Roomserver) Reports(ctx context.Context, q rsapi.ReportsQuery) ([]rsapi.Report, int, error) {
+	return r.store.Reports(ctx, q)
+}
+
+// Report implements rsapi.API.
+func (r *Roomserver) Report(ctx context.Context, id int64) (*rsapi.Report, error) {
+	rep, err := r.store.Report(ctx, id)
+	return rep, mapNotFound(err, rsapi.ErrReportNotFound)
+}
+
+// DeleteReport implements rsapi.API.
+func (r *Roomserver) DeleteReport(ctx context.Context, id int64) error {
+	return mapNotFound(r.store.DeleteReport(ctx, id), rsapi.ErrReportNotFound)
 }
 
 // RoomAliases implements rsapi.API.

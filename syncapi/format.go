@@ -21,13 +21,20 @@ type formatter struct {
 	sessionID  int64
 	now        time.Time
 	withRoomID bool
+	// federation gives events in federation format (a filter's
+	// event_format), room_id and the PDU's fields included.
+	federation bool
 }
 
 func (f formatter) base(js, eventID, roomID string) ClientEvent {
-	if !f.withRoomID {
+	if !f.withRoomID && !f.federation {
 		roomID = ""
 	}
-	return clientevent.FromJSON(js, eventID, roomID)
+	ce := clientevent.FromJSON(js, eventID, roomID)
+	if f.federation {
+		ce.WithPDUFields(js)
+	}
+	return ce
 }
 
 // event formats a timeline row.

@@ -49,6 +49,8 @@ type roomStream struct {
 	memberPos int64
 	members   map[*userStream]struct{}
 	waiting   map[*userStream]struct{} // members with a request in Wait
+	// peekers are the devices peeking into the room (MSC2753).
+	peekers map[*deviceStream]struct{}
 }
 
 // userStream is one local user.
@@ -71,6 +73,23 @@ type deviceStream struct {
 	// wake is closed by a to-device message for the device, as the user's
 	// wake is by anything else; it is kept across the user's wakes.
 	wake chan struct{}
+	// peeks are the rooms the device peeks into, each true once a sync
+	// gave it whole.
+	peeks map[*roomStream]bool
+}
+
+// changed reports whether something concerned u's device d after since:
+// a position, or a peek no sync gave yet.
+func (u *userStream) changed(d *deviceStream, since Token) bool {
+	if u.position(d).After(since) {
+		return true
+	}
+	for _, served := range d.peeks {
+		if !served {
+			return true
+		}
+	}
+	return false
 }
 
 // device returns u's device deviceID, made on first use.
@@ -121,12 +140,17 @@ func (n *Notifier) user(userID string) *userStream {
 	return u
 }
 
-func (n *Notifier) join(roomID string, u *userStream) {
+func (n *Notifier) room(roomID string) *roomStream {
 	r, ok := n.rooms[roomID]
 	if !ok {
 		r = &roomStream{id: roomID, members: map[*userStream]struct{}{}, waiting: map[*userStream]struct{}{}}
 		n.rooms[roomID] = r
 	}
+	return r
+}
+
+func (n *Notifier) join(roomID string, u *userStream) {
+	r := n.room(roomID)
 	r.members[u] = struct{}{}
 	u.rooms[r] = struct{}{}
 	if u.wake != nil {
@@ -142,16 +166,100 @@ func (n *Notifier) leave(roomID string, u *userStream) {
 	delete(r.members, u)
 	delete(r.waiting, u)
 	delete(u.rooms, r)
-	if len(r.members) == 0 {
+	if len(r.members) == 0 && len(r.peekers) == 0 {
 		delete(n.rooms, roomID)
 	}
 }
 
+// Peek records that userID's device deviceID peeks into roomID, and wakes
+// it: its next sync gives the room whole.
+func (n *Notifier) Peek(userID, deviceID, roomID string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	r, d := n.room(roomID), n.user(userID).device(deviceID)
+	if r.peekers == nil {
+		r.peekers = map[*deviceStream]struct{}{}
+	}
+	r.peekers[d] = struct{}{}
+	if d.peeks == nil {
+		d.peeks = map[*roomStream]bool{}
+	}
+	d.peeks[r] = false
+	d.wakeUp()
+}
+
+// Unpeek ends a device's peek into roomID.
+func (n *Notifier) Unpeek(userID, deviceID, roomID string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	u, ok := n.users[userID]
+	if !ok {
+		return
+	}
+	d, ok := u.devices[deviceID]
+	r, rok := n.rooms[roomID]
+	if !ok || !rok {
+		return
+	}
+	delete(d.peeks, r)
+	delete(r.peekers, d)
+	if len(r.members) == 0 && len(r.peekers) == 0 {
+		delete(n.rooms, roomID)
+	}
+}
+
+// Peeks returns the rooms a device peeks into, each true once a sync gave
+// it whole.
+func (n *Notifier) Peeks(userID, deviceID string) map[string]bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	u, ok := n.users[userID]
+	if !ok {
+		return nil
+	}
+	d, ok := u.devices[deviceID]
+	if !ok || len(d.peeks) == 0 {
+		return nil
+	}
+	out := make(map[string]bool, len(d.peeks))
+	for r, served := range d.peeks {
+		out[r.id] = served
+	}
+	return out
+}
+
+// PeekServed records that a sync gave a device's peeked room whole.
+func (n *Notifier) PeekServed(userID, deviceID, roomID string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if u, ok := n.users[userID]; ok {
+		if d, ok := u.devices[deviceID]; ok {
+			if r, ok := n.rooms[roomID]; ok {
+				if _, peeking := d.peeks[r]; peeking {
+					d.peeks[r] = true
+				}
+			}
+		}
+	}
+}
+
+// wakeUp releases the device's waiters.
+func (d *deviceStream) wakeUp() {
+	if d.wake != nil {
+		close(d.wake)
+		d.wake = nil
+	}
+}
+
 // position is everything that concerned u's device d: the user's own
-// positions, its rooms', and d's own (to-device messages).
+// positions, its rooms', d's own (to-device messages) and those of the
+// rooms d peeks into.
 func (u *userStream) position(d *deviceStream) Token {
 	p := u.pos.Max(d.pos)
 	for r := range u.rooms {
+		p = p.Max(r.pos)
+	}
+	for r := range d.peeks {
 		p = p.Max(r.pos)
 	}
 	return p
@@ -186,6 +294,9 @@ func (n *Notifier) bumpRoom(roomID string, moved Token) {
 	r.pos = r.pos.Max(moved)
 	for u := range r.waiting {
 		u.wakeUp() // removes u from r.waiting, which range allows
+	}
+	for d := range r.peekers {
+		d.wakeUp()
 	}
 }
 
@@ -309,10 +420,7 @@ func (n *Notifier) OnDevice(id streamID, userID, deviceID string, pos int64) {
 	n.advance(moved)
 	d := n.user(userID).device(deviceID)
 	d.pos = d.pos.Max(moved)
-	if d.wake != nil {
-		close(d.wake)
-		d.wake = nil
-	}
+	d.wakeUp()
 }
 
 // OnShared records a change of userID at pos in stream id that concerns
@@ -375,8 +483,20 @@ func (u *userStream) sharesRoom(n *Notifier, roomIDs []string) bool {
 // userID's device deviceID happened after since. It cannot know about
 // positions from before it started.
 func (n *Notifier) Unchanged(userID, deviceID string, since Token) bool {
-	c, known := n.Concerning(userID, deviceID, since)
-	return known && !c.After(since)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.start.Max(since) != since {
+		return false
+	}
+	u, ok := n.users[userID]
+	if !ok {
+		return true
+	}
+	d, ok := u.devices[deviceID]
+	if !ok {
+		d = &deviceStream{}
+	}
+	return !u.changed(d, since)
 }
 
 // Concerning returns the latest positions that concerned userID's device
@@ -406,7 +526,7 @@ func (n *Notifier) Wait(ctx context.Context, userID, deviceID string, since Toke
 		n.mu.Lock()
 		u := n.user(userID)
 		d := u.device(deviceID)
-		if u.position(d).After(since) {
+		if u.changed(d, since) {
 			n.mu.Unlock()
 			return true
 		}

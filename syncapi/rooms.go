@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/tidwall/gjson"
+
 	"myelin/internal/mxhttp"
 	rsapi "myelin/roomserver/api"
 	"myelin/syncapi/storage"
@@ -58,6 +60,11 @@ func (s *SyncAPI) roomAccess(ctx context.Context, roomID, userID string) (*visib
 	if err := vis.load(ctx); err != nil {
 		return nil, err
 	}
+	ignored, err := s.ignoredBy(ctx, userID)
+	if err != nil {
+		return nil, err
+	}
+	vis.ignored = ignored
 	if len(vis.log) > 0 {
 		return vis, nil
 	}
@@ -547,8 +554,16 @@ func (s *SyncAPI) context(r *http.Request, dev *uapi.Device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Lazy-loading: the member events of the senders of the events
+	// returned, and no other (spec: lazy_load_members).
+	senders := map[string]bool{resp.Event.Sender: true}
+	for _, evs := range [][]ClientEvent{resp.EventsBefore, resp.EventsAfter} {
+		for _, x := range evs {
+			senders[x.Sender] = true
+		}
+	}
 	for _, st := range state {
-		if filter.LazyLoadMembers && st.Type == "m.room.member" {
+		if filter.LazyLoadMembers && st.Type == "m.room.member" && !senders[st.StateKey] {
 			continue
 		}
 		resp.State = append(resp.State, f.state(st))
@@ -574,6 +589,9 @@ func (s *SyncAPI) members(r *http.Request, dev *uapi.Device) (any, error) {
 	chunk := []ClientEvent{}
 	keep := func(m string) bool {
 		return (want == "" || m == want) && (notWant == "" || m != notWant)
+	}
+	if at := q.Get("at"); at != "" {
+		return s.membersAt(ctx, dev, roomID, at, own, f, keep)
 	}
 	if own.Membership == "join" || own.Membership == "invite" {
 		state, err := s.store.CurrentState(ctx, roomID, "m.room.member")
@@ -603,6 +621,50 @@ func (s *SyncAPI) members(r *http.Request, dev *uapi.Device) (any, error) {
 	}
 	if keep(own.Membership) {
 		chunk = append(chunk, f.state(own))
+	}
+	return map[string]any{"chunk": chunk}, nil
+}
+
+// membersAt answers /members?at=: the member events as they were at a
+// pagination token (a prev_batch, a /messages end, a sync token), that
+// is after the last event before it; for a user who left, no later than
+// its leave.
+func (s *SyncAPI) membersAt(ctx context.Context, dev *uapi.Device, roomID, at string, own *storage.StateEvent, f formatter, keep func(string) bool) (any, error) {
+	point, _, err := s.pagePoint(ctx, roomID, at, true, s.notifier.Current())
+	if err != nil {
+		return nil, err
+	}
+	before, err := s.store.Messages(ctx, roomID, point.Depth, point.Pos, true, s.notifier.Current()[pduStream], 1)
+	if err != nil {
+		return nil, err
+	}
+	chunk := []ClientEvent{}
+	if len(before) == 0 {
+		return map[string]any{"chunk": chunk}, nil // before the room began
+	}
+	last := before[0]
+	if own.Membership != "join" && own.Membership != "invite" && last.Pos > own.Pos {
+		if last, err = s.store.Event(ctx, own.EventID); err != nil {
+			return nil, err
+		}
+	}
+	state, err := s.rooms.StateBefore(ctx, last.EventID)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range state {
+		if p.Type() != "m.room.member" || p.StateKey() == nil {
+			continue
+		}
+		if last.Type == "m.room.member" && last.StateKey != nil && *last.StateKey == *p.StateKey() {
+			continue // replaced by last itself
+		}
+		if m, _ := p.Membership(); keep(m) {
+			chunk = append(chunk, f.base(string(p.JSON()), p.EventID(), roomID))
+		}
+	}
+	if last.Type == "m.room.member" && last.StateKey != nil && keep(gjson.Get(last.JSON, "content.membership").String()) {
+		chunk = append(chunk, f.event(last))
 	}
 	return map[string]any{"chunk": chunk}, nil
 }

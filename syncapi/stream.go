@@ -85,8 +85,11 @@ type syncRequest struct {
 	filter    *Filter
 	since     *Token
 	fullState bool
-	to        Token
-	fmt       formatter
+	// useStateAfter asks for the state at the end of each joined room's
+	// timeline (state_after) rather than at its start (use_state_after).
+	useStateAfter bool
+	to            Token
+	fmt           formatter
 	// withRoomID puts room_id into events (the flat /events stream).
 	withRoomID bool
 	// concern, when the notifier knows it, is the latest positions that
@@ -119,6 +122,9 @@ type buildState struct {
 	// neither changed membership nor shares a room where someone did
 	// reads only the rooms that moved.
 	moves *roomMoves
+	// ignored is the users the user ignores; ignoredRead once read.
+	ignored     map[string]bool
+	ignoredRead bool
 	// toDeviceGiven is how many to-device messages this answer gives.
 	toDeviceGiven int
 	// quietRooms are joined rooms in the answer for their ephemeral
@@ -168,6 +174,18 @@ func (s *SyncAPI) memberships(ctx context.Context, req *syncRequest) (map[string
 	return m, nil
 }
 
+// ignored returns the users the user ignores, read once per build.
+func (s *SyncAPI) ignored(ctx context.Context, req *syncRequest) (map[string]bool, error) {
+	if !req.b.ignoredRead {
+		set, err := s.ignoredBy(ctx, req.dev.UserID)
+		if err != nil {
+			return nil, err
+		}
+		req.b.ignored, req.b.ignoredRead = set, true
+	}
+	return req.b.ignored, nil
+}
+
 // ownChanges returns the user's membership changes in (since, to], read
 // once per build.
 func (s *SyncAPI) ownChanges(ctx context.Context, req *syncRequest) ([]storage.MembershipChange, error) {
@@ -190,7 +208,8 @@ func (s *SyncAPI) ownChanges(ctx context.Context, req *syncRequest) ([]storage.M
 // current position: each stream's part, in order.
 func (s *SyncAPI) build(ctx context.Context, req *syncRequest) (*syncResponse, error) {
 	req.to = s.notifier.Current()
-	req.fmt = formatter{sessionID: req.dev.SessionID, now: s.now(), withRoomID: req.withRoomID}
+	req.fmt = formatter{sessionID: req.dev.SessionID, now: s.now(), withRoomID: req.withRoomID,
+		federation: req.filter.EventFormat == "federation"}
 	req.concern = nil
 	if req.since != nil {
 		// Read after req.to, so that it covers everything up to req.to.

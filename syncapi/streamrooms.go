@@ -24,17 +24,52 @@ type roomsPart struct {
 	invite map[string]*invitedRoom
 	leave  map[string]*leftRoom
 	knock  map[string]any
+	peek   map[string]*joinedRoom
+}
+
+func newRoomsPart() *roomsPart {
+	return &roomsPart{
+		join:   map[string]*joinedRoom{},
+		invite: map[string]*invitedRoom{},
+		leave:  map[string]*leftRoom{},
+		knock:  map[string]any{},
+		peek:   map[string]*joinedRoom{},
+	}
 }
 
 func (r *roomsPart) addTo(_ *syncRequest, resp *syncResponse) {
 	resp.Rooms.Join, resp.Rooms.Invite, resp.Rooms.Leave, resp.Rooms.Knock = r.join, r.invite, r.leave, r.knock
+	resp.Rooms.Peek = r.peek
+}
+
+// load reads the rooms of the answer: those the user is in (loadRooms),
+// then those the device peeks into.
+func (p roomsProvider) load(ctx context.Context, req *syncRequest, from int64) (part, error) {
+	peeks := p.s.notifier.Peeks(req.dev.UserID, req.dev.DeviceID)
+	out, err := p.loadRooms(ctx, req, from)
+	if err != nil {
+		return nil, err
+	}
+	if len(peeks) == 0 {
+		if out == nil {
+			return nil, nil // no typed nil in the interface
+		}
+		return out, nil
+	}
+	if out == nil {
+		out = newRoomsPart()
+	}
+	if err := p.addPeeks(ctx, req, from, peeks, out); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // load reads the rooms with new events or a membership change of the
 // user's since the token (every room in an initial or full-state sync).
 // A room with only new ephemeral events or account data is added by those
 // streams.
-func (p roomsProvider) load(ctx context.Context, req *syncRequest, from int64) (part, error) {
+func (p roomsProvider) loadRooms(ctx context.Context, req *syncRequest, from int64) (*roomsPart, error) {
 	if !req.full() && !req.moved(pduStream) {
 		return nil, nil
 	}
@@ -69,12 +104,7 @@ func (p roomsProvider) load(ctx context.Context, req *syncRequest, from int64) (
 			return nil, err
 		}
 	}
-	out := &roomsPart{
-		join:   map[string]*joinedRoom{},
-		invite: map[string]*invitedRoom{},
-		leave:  map[string]*leftRoom{},
-		knock:  map[string]any{},
-	}
+	out := newRoomsPart()
 	var forgotten map[string]bool
 	roomIDs := make([]string, 0, len(memberships))
 	for id := range memberships {
@@ -124,12 +154,19 @@ func (p roomsProvider) load(ctx context.Context, req *syncRequest, from int64) (
 			if req.since != nil && !changed {
 				continue
 			}
-			ir, err := s.invitedRoom(ctx, roomID, user)
+			ir, inviter, err := s.invitedRoom(ctx, roomID, user)
+			if err != nil {
+				return nil, err
+			}
+			ignored, err := s.ignored(ctx, req)
 			if err != nil {
 				return nil, err
 			}
 			switch {
 			case ir == nil:
+			case ignored[inviter]:
+				// Invites from ignored users are dropped (spec:
+				// "Ignoring Users").
 			case m == "invite":
 				out.invite[roomID] = ir
 			default:
@@ -147,7 +184,9 @@ func (p roomsProvider) load(ctx context.Context, req *syncRequest, from int64) (
 					return nil, err
 				}
 			}
-			if forgotten[roomID] {
+			// A forgotten room is left out, but for a leave the client
+			// has not seen yet: it must learn that it left.
+			if forgotten[roomID] && (req.since == nil || !changed || req.fullState) {
 				continue
 			}
 			full := req.full()
@@ -183,13 +222,8 @@ func (p roomsProvider) load(ctx context.Context, req *syncRequest, from int64) (
 // the token (as the notifier knows): only the joined rooms whose timeline
 // moved have anything, and the user, joined since before the token, may
 // see all of it. It reads no membership.
-func (p roomsProvider) loadMoved(ctx context.Context, req *syncRequest, from int64, moved []string) (part, error) {
-	out := &roomsPart{
-		join:   map[string]*joinedRoom{},
-		invite: map[string]*invitedRoom{},
-		leave:  map[string]*leftRoom{},
-		knock:  map[string]any{},
-	}
+func (p roomsProvider) loadMoved(ctx context.Context, req *syncRequest, from int64, moved []string) (*roomsPart, error) {
+	out := newRoomsPart()
 	sort.Strings(moved)
 	for _, roomID := range moved {
 		if !req.filter.Room.AllowsRoom(roomID, nil) {
@@ -227,12 +261,13 @@ func (s *SyncAPI) membershipBefore(ctx context.Context, roomID, userID string, p
 }
 
 func (jr *joinedRoom) empty() bool {
-	return len(jr.Timeline.Events) == 0 && len(jr.State.Events) == 0 && len(jr.Ephemeral.Events) == 0 && len(jr.AccountData.Events) == 0
+	return len(jr.Timeline.Events) == 0 && (jr.State == nil || len(jr.State.Events) == 0) &&
+		(jr.StateAfter == nil || len(jr.StateAfter.Events) == 0) && len(jr.Ephemeral.Events) == 0 && len(jr.AccountData.Events) == 0
 }
 
 func newJoinedRoom() *joinedRoom {
 	return &joinedRoom{
-		State:       stateList{Events: []ClientEvent{}},
+		State:       &stateList{Events: []ClientEvent{}},
 		Timeline:    timeline{Events: []ClientEvent{}},
 		Ephemeral:   eventList{Events: []any{}},
 		AccountData: eventList{Events: []any{}},
@@ -366,6 +401,13 @@ func (s *SyncAPI) joinedRoom(ctx context.Context, req *syncRequest, roomID strin
 			membersChanged = true
 		}
 	}
+	if req.useStateAfter {
+		after, err := s.stateAfter(ctx, req, roomID, from, full, wantMember, jr.State.Events)
+		if err != nil {
+			return nil, err
+		}
+		jr.State, jr.StateAfter = nil, &stateList{Events: after}
+	}
 	if membersChanged {
 		if err := s.summarise(ctx, roomID, req.dev.UserID, &jr.Summary); err != nil {
 			return nil, err
@@ -379,6 +421,68 @@ func (s *SyncAPI) joinedRoom(ctx context.Context, req *syncRequest, roomID strin
 	}
 	jr.Unread = unreadCounts{Highlight: int(counts.Highlights), Notification: int(counts.Notifications)}
 	return jr, nil
+}
+
+// stateAfter is a joined room's state_after (use_state_after): the state
+// at the end of its timeline, all of it when full, else what changed
+// since from, timeline events included. A lazy-loading client gets the
+// member events of wantMember alone, and those lazily added to its
+// state (lazyAdded).
+func (s *SyncAPI) stateAfter(ctx context.Context, req *syncRequest, roomID string, from int64, full bool, wantMember map[string]bool, lazyAdded []ClientEvent) ([]ClientEvent, error) {
+	stateFilter := &req.filter.Room.State
+	lazy := stateFilter.LazyLoadMembers
+	out := []ClientEvent{}
+	have := map[[2]string]bool{}
+	add := func(ce ClientEvent) {
+		if ce.StateKey == nil || have[[2]string{ce.Type, *ce.StateKey}] {
+			return
+		}
+		if ce.Type == "m.room.member" && lazy && !wantMember[*ce.StateKey] {
+			return
+		}
+		if stateFilter.AllowsEvent(ce.Type, ce.Sender, ce.Content) {
+			have[[2]string{ce.Type, *ce.StateKey}] = true
+			out = append(out, ce)
+		}
+	}
+	if full {
+		var state []*storage.StateEvent
+		var err error
+		if lazy {
+			// Only the members needed, as for state.
+			if state, err = s.store.CurrentStateWithoutMembers(ctx, roomID); err != nil {
+				return nil, err
+			}
+			users := make([]string, 0, len(wantMember))
+			for u := range wantMember {
+				users = append(users, u)
+			}
+			members, err := s.store.MemberEvents(ctx, roomID, users)
+			if err != nil {
+				return nil, err
+			}
+			state = append(state, members...)
+		} else if state, err = s.store.CurrentState(ctx, roomID); err != nil {
+			return nil, err
+		}
+		for _, st := range state {
+			add(req.fmt.state(st))
+		}
+		return out, nil
+	}
+	changes, err := s.gapState(ctx, roomID, from, req.to[pduStream]+1, nil)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range changes {
+		add(req.fmt.event(c))
+	}
+	for _, ce := range lazyAdded {
+		if ce.Type == "m.room.member" {
+			add(ce)
+		}
+	}
+	return out, nil
 }
 
 // prevBatch is the token to page back from a timeline. A timeline that
@@ -405,7 +509,11 @@ func (s *SyncAPI) timelineEvents(ctx context.Context, req *syncRequest, roomID s
 	if !req.filter.Room.AllowsRoom(roomID, tf) {
 		return nil, false, nil
 	}
-	vis := &visibility{s: s, roomID: roomID, userID: req.dev.UserID, currentStateVisible: true, joinedAt: req.b.joinedAt[roomID]}
+	ignored, err := s.ignored(ctx, req)
+	if err != nil {
+		return nil, false, err
+	}
+	vis := &visibility{s: s, roomID: roomID, userID: req.dev.UserID, currentStateVisible: true, joinedAt: req.b.joinedAt[roomID], ignored: ignored}
 	var out []*storage.Event
 	upper := to
 	// Pages are larger than the limit so that a filter that drops most
@@ -441,25 +549,26 @@ func (s *SyncAPI) timelineEvents(ctx context.Context, req *syncRequest, roomID s
 	return out, true, nil
 }
 
-// invitedRoom builds one room of rooms.invite from the invite event.
-func (s *SyncAPI) invitedRoom(ctx context.Context, roomID, userID string) (*invitedRoom, error) {
+// invitedRoom builds one room of rooms.invite from the invite event, and
+// returns its sender.
+func (s *SyncAPI) invitedRoom(ctx context.Context, roomID, userID string) (*invitedRoom, string, error) {
 	st, err := s.store.StateEvent(ctx, roomID, "m.room.member", userID)
 	if err != nil {
 		if errors.Is(err, storage.ErrNotFound) {
-			return nil, nil
+			return nil, "", nil
 		}
-		return nil, err
+		return nil, "", err
 	}
 	ev, err := s.store.Event(ctx, st.EventID)
 	if err != nil {
 		if errors.Is(err, storage.ErrNotFound) {
-			return nil, nil
+			return nil, "", nil
 		}
-		return nil, err
+		return nil, "", err
 	}
 	ir := &invitedRoom{}
 	ir.InviteState.Events = inviteState(ev)
-	return ir, nil
+	return ir, ev.Sender, nil
 }
 
 // leftRoom builds one room of rooms.leave: the events up to the user's
@@ -535,8 +644,32 @@ func (s *SyncAPI) summarise(ctx context.Context, roomID, userID string, sum *roo
 	if err != nil {
 		return err
 	}
-	sum.Joined, sum.Invited, sum.Heroes = &joined, &invited, heroes
+	sum.Joined, sum.Invited = &joined, &invited
+	// Heroes are for clients to name a room that has no name of its own
+	// (spec: RoomSummary, m.heroes); a named room needs none.
+	named, err := s.hasName(ctx, roomID)
+	if err != nil {
+		return err
+	}
+	if !named {
+		sum.Heroes = heroes
+	}
 	return nil
+}
+
+// hasName reports whether a room has a non-empty m.room.name or
+// m.room.canonical_alias.
+func (s *SyncAPI) hasName(ctx context.Context, roomID string) (bool, error) {
+	state, err := s.store.CurrentState(ctx, roomID, "m.room.name", "m.room.canonical_alias")
+	if err != nil {
+		return false, err
+	}
+	for _, st := range state {
+		if st.StateKey == "" && (gjsonString(st.JSON, "content.name") != "" || gjsonString(st.JSON, "content.alias") != "") {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 func contentRaw(js string) json.RawMessage {

@@ -64,6 +64,9 @@ type syncRooms struct {
 	Invite map[string]*invitedRoom `json:"invite"`
 	Leave  map[string]*leftRoom    `json:"leave"`
 	Knock  map[string]any          `json:"knock"`
+	// Peek is the rooms the device peeks into (MSC2753), left out when
+	// there are none.
+	Peek map[string]*joinedRoom `json:"peek,omitempty"`
 }
 
 type timeline struct {
@@ -88,8 +91,11 @@ type unreadCounts struct {
 }
 
 type joinedRoom struct {
-	Summary     roomSummary  `json:"summary"`
-	State       stateList    `json:"state"`
+	Summary roomSummary `json:"summary"`
+	// State is the state at the start of the timeline; with
+	// use_state_after StateAfter, the state at its end, replaces it.
+	State       *stateList   `json:"state,omitempty"`
+	StateAfter  *stateList   `json:"state_after,omitempty"`
 	Timeline    timeline     `json:"timeline"`
 	Ephemeral   eventList    `json:"ephemeral"`
 	AccountData eventList    `json:"account_data"`
@@ -126,7 +132,8 @@ func newSyncResponse() *syncResponse {
 func (r *syncResponse) empty() bool {
 	return len(r.AccountData.Events) == 0 && len(r.Presence.Events) == 0 && len(r.DeviceLists.Changed) == 0 &&
 		len(r.DeviceLists.Left) == 0 && len(r.ToDevice.Events) == 0 &&
-		len(r.Rooms.Join) == 0 && len(r.Rooms.Invite) == 0 && len(r.Rooms.Leave) == 0 && len(r.Rooms.Knock) == 0
+		len(r.Rooms.Join) == 0 && len(r.Rooms.Invite) == 0 && len(r.Rooms.Leave) == 0 && len(r.Rooms.Knock) == 0 &&
+		len(r.Rooms.Peek) == 0
 }
 
 func (s *SyncAPI) sync(r *http.Request, dev *uapi.Device) (any, error) {
@@ -165,7 +172,8 @@ func (s *SyncAPI) syncParams(r *http.Request, dev *uapi.Device) (*syncRequest, t
 	if err != nil {
 		return nil, 0, false, err
 	}
-	req := &syncRequest{dev: dev, filter: filter, fullState: q.Get("full_state") == "true"}
+	req := &syncRequest{dev: dev, filter: filter, fullState: q.Get("full_state") == "true",
+		useStateAfter: q.Get("use_state_after") == "true" || q.Get("org.matrix.msc4222.use_state_after") == "true"}
 	if sinceStr := q.Get("since"); sinceStr != "" {
 		t, err := ParseToken(sinceStr)
 		if err != nil {

@@ -95,6 +95,9 @@ func New(ctx context.Context, cfg *config.Config, db *sqldb.DB, b *bus.Bus, user
 		return nil, fmt.Errorf("sync positions: %w", err)
 	}
 	s.notifier = NewNotifier(current, joined)
+	if err := s.loadPeeks(ctx); err != nil {
+		return nil, fmt.Errorf("load peeks: %w", err)
+	}
 	return s, nil
 }
 
@@ -259,6 +262,8 @@ func (s *SyncAPI) Routes(root *mux.Router) {
 		r.Handle("/rooms/{roomId}/members", s.authed(s.members)).Methods(http.MethodGet)
 		r.Handle("/rooms/{roomId}/joined_members", s.authed(s.joinedMembers)).Methods(http.MethodGet)
 		r.Handle("/rooms/{roomId}/forget", s.authed(s.forget)).Methods(http.MethodPost)
+		r.Handle("/peek/{roomIdOrAlias}", s.authed(s.postPeek)).Methods(http.MethodPost)
+		r.Handle("/unpeek/{roomId}", s.authed(s.postUnpeek)).Methods(http.MethodPost)
 		r.Handle("/rooms/{roomId}/typing/{userId}", s.authed(s.putTyping)).Methods(http.MethodPut)
 		r.Handle("/sendToDevice/{eventType}/{txnId}", s.authed(s.sendToDevice)).Methods(http.MethodPut)
 		r.Handle("/keys/changes", s.authed(s.keysChanges)).Methods(http.MethodGet)

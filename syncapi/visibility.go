@@ -3,11 +3,14 @@ package syncapi
 import (
 	"context"
 	"errors"
+	"fmt"
+
 	gmsl "github.com/matrix-org/gomatrixserverlib"
 
 	"github.com/tidwall/gjson"
 
 	"myelin/syncapi/storage"
+	uapi "myelin/userapi/api"
 )
 
 func gjsonGet(js, path string) string { return gjson.Get(js, path).Raw }
@@ -36,6 +39,19 @@ type visibility struct {
 	// room's, for redacting their events (forErased).
 	erased  map[string]bool
 	version gmsl.IRoomVersion
+
+	// ignored are the users the user ignores: their events, state events
+	// aside, are hidden (spec: "Ignoring Users").
+	ignored map[string]bool
+}
+
+// ignoredBy returns the users userID ignores (nil: none).
+func (s *SyncAPI) ignoredBy(ctx context.Context, userID string) (map[string]bool, error) {
+	raw, err := s.users.AccountData(ctx, userID, "", uapi.IgnoredUserListType)
+	if err != nil && !uapi.IsNotFound(err) {
+		return nil, fmt.Errorf("ignored users of %s: %w", userID, err)
+	}
+	return uapi.IgnoredUsers(raw), nil
 }
 
 func (v *visibility) load(ctx context.Context) error {
@@ -52,6 +68,9 @@ func (v *visibility) load(ctx context.Context) error {
 
 // canSee reports whether the user may see e.
 func (v *visibility) canSee(ctx context.Context, e *storage.Event) (bool, error) {
+	if e.StateKey == nil && v.ignored[e.Sender] {
+		return false, nil
+	}
 	if e.HistVis == "world_readable" {
 		return true, nil
 	}

@@ -57,6 +57,9 @@ type pushState struct {
 	// every event. Entries are never changed, only replaced or dropped.
 	cacheMu sync.Mutex
 	cache   map[string]*uapi.PushRuleset
+	// ignored caches users' ignore lists alike (nil: ignores nobody), so
+	// that an ignored sender's events notify nobody who ignores it.
+	ignored map[string]map[string]bool
 
 	// events is how far the OutputRoomEvent consumer got.
 	events *progress
@@ -71,13 +74,42 @@ type pushState struct {
 const maxCachedRulesets = 10_000
 
 func newPushState() *pushState {
-	return &pushState{eval: pushrules.NewEvaluator(), cache: map[string]*uapi.PushRuleset{}, events: newProgress()}
+	return &pushState{eval: pushrules.NewEvaluator(), cache: map[string]*uapi.PushRuleset{},
+		ignored: map[string]map[string]bool{}, events: newProgress()}
 }
 
 func (p *pushState) forget(userID string) {
 	p.cacheMu.Lock()
 	delete(p.cache, userID)
 	p.cacheMu.Unlock()
+}
+
+func (p *pushState) forgetIgnored(userID string) {
+	p.cacheMu.Lock()
+	delete(p.ignored, userID)
+	p.cacheMu.Unlock()
+}
+
+// ignores reports whether userID ignores sender (its m.ignored_user_list).
+func (u *UserAPI) ignores(ctx context.Context, userID, sender string) (bool, error) {
+	p := u.push
+	p.cacheMu.Lock()
+	set, ok := p.ignored[userID]
+	p.cacheMu.Unlock()
+	if !ok {
+		raw, err := u.store.AccountData(ctx, userID, "", uapi.IgnoredUserListType)
+		if err != nil && !uapi.IsNotFound(err) {
+			return false, err
+		}
+		set = uapi.IgnoredUsers(raw)
+		p.cacheMu.Lock()
+		if len(p.ignored) >= maxCachedRulesets {
+			clear(p.ignored)
+		}
+		p.ignored[userID] = set
+		p.cacheMu.Unlock()
+	}
+	return set[sender], nil
 }
 
 // PushRules returns the user's effective push rules.

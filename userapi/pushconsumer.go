@@ -428,14 +428,34 @@ func (u *UserAPI) notifyMembers(ctx context.Context, out *rsapi.OutputEvent, b *
 	}
 	candidates := make([]storage.Member, 0, len(rm.local)+1)
 	for _, m := range rm.local {
-		if m.UserID != pe.sender {
-			candidates = append(candidates, m)
+		if m.UserID == pe.sender {
+			continue
 		}
+		// An ignored user's events notify nobody who ignores it, its
+		// state events aside (spec: "Ignoring Users").
+		if !g[2].Exists() {
+			ignored, err := u.ignores(ctx, m.UserID, pe.sender)
+			if err != nil {
+				return err
+			}
+			if ignored {
+				continue
+			}
+		}
+		candidates = append(candidates, m)
 	}
 	if pe.typ == "m.room.member" && g[2].Exists() && pe.membership == "invite" && u.isLocal(pe.stateKey) && pe.stateKey != pe.sender {
 		invited := true
 		for _, m := range candidates {
 			invited = invited && m.UserID != pe.stateKey
+		}
+		if invited {
+			// Invites from ignored users are dropped, so notify nobody.
+			ignored, err := u.ignores(ctx, pe.stateKey, pe.sender)
+			if err != nil {
+				return err
+			}
+			invited = !ignored
 		}
 		if invited {
 			name := gjson.Get(pe.content, "displayname").String()

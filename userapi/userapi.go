@@ -515,6 +515,9 @@ func (u *UserAPI) SetAccountData(ctx context.Context, userID, roomID, dataType s
 	if roomID == "" && dataType == pushRulesType {
 		u.push.forget(userID)
 	}
+	if roomID == "" && dataType == uapi.IgnoredUserListType {
+		u.push.forgetIgnored(userID)
+	}
 	if err := u.announce(ctx, userID, "account_data", pos); err != nil {
 		return pos, err
 	}

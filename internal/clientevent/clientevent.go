@@ -19,6 +19,41 @@ type Event struct {
 	Type           string          `json:"type"`
 	Redacts        string          `json:"redacts,omitempty"`
 	Unsigned       *Unsigned       `json:"unsigned,omitempty"`
+
+	// The PDU's own fields, set only in the federation format a /sync
+	// filter may ask for (event_format: federation; see WithPDUFields).
+	AuthEvents json.RawMessage `json:"auth_events,omitempty"`
+	PrevEvents json.RawMessage `json:"prev_events,omitempty"`
+	Depth      *int64          `json:"depth,omitempty"`
+	Hashes     json.RawMessage `json:"hashes,omitempty"`
+	Signatures json.RawMessage `json:"signatures,omitempty"`
+	Origin     string          `json:"origin,omitempty"`
+}
+
+// WithPDUFields adds to e the fields of its PDU js that the client format
+// leaves out, making it the event in federation format (with event_id and
+// unsigned, as Synapse gives it).
+func (e *Event) WithPDUFields(js string) {
+	r := gjson.GetMany(js, "auth_events", "prev_events", "depth", "hashes", "signatures", "origin", "room_id")
+	e.AuthEvents = rawOrNil(r[0])
+	e.PrevEvents = rawOrNil(r[1])
+	if r[2].Exists() {
+		d := r[2].Int()
+		e.Depth = &d
+	}
+	e.Hashes = rawOrNil(r[3])
+	e.Signatures = rawOrNil(r[4])
+	e.Origin = r[5].String()
+	if r[6].Exists() {
+		e.RoomID = r[6].String()
+	}
+}
+
+func rawOrNil(r gjson.Result) json.RawMessage {
+	if !r.Exists() {
+		return nil
+	}
+	return json.RawMessage(r.Raw)
 }
 
 // Unsigned is the unsigned data the server adds to an event.

@@ -73,6 +73,19 @@ var pathVars = map[string]pathVar{
 	"pduEventId": {check: opaque},
 	// A registration token in Synapse's admin API.
 	"regToken": {check: opaque},
+	// A delayed event's ID and an action on it (MSC4140).
+	"delayId":     {check: opaque},
+	"delayAction": {check: opaque},
+	// A report's ID in Synapse's admin API.
+	"reportId": {check: positiveInt},
+}
+
+// positiveInt checks a numeric ID of ours.
+func positiveInt(s string) error {
+	if n, err := strconv.ParseInt(s, 10, 64); err != nil || n <= 0 {
+		return errors.New("not a positive integer")
+	}
+	return nil
 }
 
 // decodeVars URL-decodes path variables in place, once, so that handlers

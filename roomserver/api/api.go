@@ -23,13 +23,15 @@ import (
 // Errors the roomserver returns. NotAllowedError carries the auth rule that
 // refused an event.
 var (
-	ErrRoomNotFound  = codedError{"M_NOT_FOUND", "Room not found"}
-	ErrEventNotFound = codedError{"M_NOT_FOUND", "Event not found"}
-	ErrStateNotFound = codedError{"M_NOT_FOUND", "State event not found"}
-	ErrAliasNotFound = codedError{"M_NOT_FOUND", "Room alias not found"}
-	ErrAliasInUse    = codedError{"M_UNKNOWN", "Room alias already exists"}
-	ErrRoomInUse     = codedError{"M_ROOM_IN_USE", "Room alias already taken"}
-	ErrBadSince      = codedError{"M_INVALID_PARAM", "Bad pagination token"}
+	ErrRoomNotFound         = codedError{"M_NOT_FOUND", "Room not found"}
+	ErrEventNotFound        = codedError{"M_NOT_FOUND", "Event not found"}
+	ErrStateNotFound        = codedError{"M_NOT_FOUND", "State event not found"}
+	ErrAliasNotFound        = codedError{"M_NOT_FOUND", "Room alias not found"}
+	ErrReportNotFound       = codedError{"M_NOT_FOUND", "Report not found"}
+	ErrDelayedEventNotFound = codedError{"M_NOT_FOUND", "Delayed event not found"}
+	ErrAliasInUse           = codedError{"M_UNKNOWN", "Room alias already exists"}
+	ErrRoomInUse            = codedError{"M_ROOM_IN_USE", "Room alias already taken"}
+	ErrBadSince             = codedError{"M_INVALID_PARAM", "Bad pagination token"}
 )
 
 type codedError struct{ code, msg string }
@@ -308,6 +310,62 @@ type Hierarchy struct {
 	Inaccessible []string      `json:"inaccessible_children"`
 }
 
+// DelayedEvent is an event a user asked to be sent after Delay
+// milliseconds, counted from RunningSince (MSC4140).
+type DelayedEvent struct {
+	DelayID      string          `json:"delay_id"`
+	Sender       string          `json:"sender"`
+	RoomID       string          `json:"room_id"`
+	Type         string          `json:"type"`
+	StateKey     *string         `json:"state_key,omitempty"`
+	Content      json.RawMessage `json:"content"`
+	Delay        int64           `json:"delay"`
+	RunningSince int64           `json:"running_since"`
+	// Created is when it was scheduled: a state event of another user
+	// with the same key set since cancels a delayed state event.
+	Created int64 `json:"created_ts"`
+}
+
+// Actions on a delayed event.
+const (
+	DelayedCancel  = "cancel"
+	DelayedRestart = "restart"
+	DelayedSend    = "send"
+)
+
+// Report kinds.
+const (
+	ReportEvent = "event"
+	ReportRoom  = "room"
+	ReportUser  = "user"
+)
+
+// Report is a report a local user made of an event, a room or a user
+// (spec: "Reporting content"). RoomID and EventID are empty where they do
+// not apply; TargetUserID is the reported user, or the reported event's
+// sender.
+type Report struct {
+	ID           int64  `json:"id"`
+	Kind         string `json:"kind"`
+	RoomID       string `json:"room_id,omitempty"`
+	EventID      string `json:"event_id,omitempty"`
+	TargetUserID string `json:"target_user_id,omitempty"`
+	Reporter     string `json:"user_id"`
+	Reason       string `json:"reason"`
+	// Score is the deprecated score of an event report (-100 to 0).
+	Score      *int64 `json:"score,omitempty"`
+	ReceivedTS int64  `json:"received_ts"`
+}
+
+// ReportsQuery asks for a page of reports of one kind, newest first unless
+// Forwards, optionally of one room, reporter or reported user.
+type ReportsQuery struct {
+	Kind                           string
+	From, Limit                    int
+	Forwards                       bool
+	RoomID, Reporter, TargetUserID string
+}
+
 // TimeEvent is an event found by its time (spec: the answer of
 // /timestamp_to_event, client and federation alike).
 type TimeEvent struct {
@@ -373,6 +431,25 @@ type API interface {
 	// (those sharing a room with it or in a room anyone may join) whose ID
 	// or display name contains term, case-insensitively.
 	SearchUsers(ctx context.Context, searcher, term string, limit int) (results []DirectoryUser, limited bool, err error)
+
+	// Reports of events, rooms and users, for the server's admins.
+	AddReport(ctx context.Context, r Report) (int64, error)
+	// Reports returns a page of the reports of q.Kind and how many match.
+	Reports(ctx context.Context, q ReportsQuery) ([]Report, int, error)
+	// Report returns one (ErrReportNotFound).
+	Report(ctx context.Context, id int64) (*Report, error)
+	// DeleteReport deletes one (ErrReportNotFound).
+	DeleteReport(ctx context.Context, id int64) error
+
+	// Delayed events (MSC4140), sent by the roomserver when due.
+	// ScheduleDelayedEvent stores d (its Sender, RoomID, Type, StateKey,
+	// Content and Delay) and returns its delay ID.
+	ScheduleDelayedEvent(ctx context.Context, d DelayedEvent) (string, error)
+	// DelayedEvents lists a user's delayed events.
+	DelayedEvents(ctx context.Context, userID string) ([]DelayedEvent, error)
+	// UpdateDelayedEvent cancels, restarts or sends at once one of a
+	// user's delayed events (ErrDelayedEventNotFound).
+	UpdateDelayedEvent(ctx context.Context, userID, delayID, action string) error
 
 	// Room aliases.
 	SetAlias(ctx context.Context, alias, roomID, creator string) error

@@ -66,6 +66,10 @@ type ClientAPI struct {
 	// LoginTokenLifetime is how long a token from /login/get_token may be
 	// used (once) to sign in another device; 0 turns the endpoint off.
 	LoginTokenLifetime time.Duration `yaml:"login_token_lifetime"`
+	// MaxDelayedEventDelay is the longest delay a delayed event (MSC4140,
+	// the delay parameter of send and state requests) may have; 0 turns
+	// delayed events off.
+	MaxDelayedEventDelay time.Duration `yaml:"max_delayed_event_delay"`
 	// TURN is what /voip/turnServer hands out.
 	TURN TURN `yaml:"turn"`
 }
@@ -337,11 +341,12 @@ func Defaults() *Config {
 		ServerName: "localhost",
 		DataDir:    "./data",
 		ClientAPI: ClientAPI{
-			Listen:              "127.0.0.1:8008",
-			MaxRequestBytes:     10 << 20,
-			AccessTokenLifetime: 5 * time.Minute,
-			LoginTokenLifetime:  2 * time.Minute,
-			TURN:                TURN{UserLifetime: time.Hour, AllowGuests: true},
+			Listen:               "127.0.0.1:8008",
+			MaxRequestBytes:      10 << 20,
+			AccessTokenLifetime:  5 * time.Minute,
+			LoginTokenLifetime:   2 * time.Minute,
+			MaxDelayedEventDelay: 24 * time.Hour,
+			TURN:                 TURN{UserLifetime: time.Hour, AllowGuests: true},
 		},
 		FederationAPI: FederationAPI{Listen: "", MaxRequestBytes: 16 << 20},
 		MediaAPI: MediaAPI{
@@ -494,6 +499,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ClientAPI.LoginTokenLifetime < 0 || c.ClientAPI.LoginTokenLifetime > time.Hour {
 		bad("client_api.login_token_lifetime", c.ClientAPI.LoginTokenLifetime, "must be from 0 to 1h")
+	}
+	if c.ClientAPI.MaxDelayedEventDelay < 0 || c.ClientAPI.MaxDelayedEventDelay > 30*24*time.Hour {
+		bad("client_api.max_delayed_event_delay", c.ClientAPI.MaxDelayedEventDelay, "must be from 0 to 720h")
 	}
 	turn := c.ClientAPI.TURN
 	for _, u := range turn.URIs {

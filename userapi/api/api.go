@@ -103,6 +103,26 @@ type AccountData struct {
 	Pos     int64           `json:"pos"`
 }
 
+// IgnoredUserListType is the global account data listing the users a user
+// ignores (spec: "Ignoring Users").
+const IgnoredUserListType = "m.ignored_user_list"
+
+// IgnoredUsers reads the users of m.ignored_user_list content; nil when
+// there are none or the content is not the spec's shape.
+func IgnoredUsers(content json.RawMessage) map[string]bool {
+	var c struct {
+		IgnoredUsers map[string]json.RawMessage `json:"ignored_users"`
+	}
+	if len(content) == 0 || json.Unmarshal(content, &c) != nil || len(c.IgnoredUsers) == 0 {
+		return nil
+	}
+	out := make(map[string]bool, len(c.IgnoredUsers))
+	for u := range c.IgnoredUsers {
+		out[u] = true
+	}
+	return out
+}
+
 // CreateAccountRequest makes a local account.
 type CreateAccountRequest struct {
 	Localpart string

@@ -202,6 +202,12 @@ func (p *Performer) createReplacement(ctx context.Context, sender, oldID, newID,
 	for _, t := range copiedState {
 		if ev := state[gmsl.StateKeyTuple{EventType: t}]; ev != nil {
 			events = append(events, stateEv(t, "", json.RawMessage(ev.Content())))
+		} else if t == spec.MRoomGuestAccess {
+			// No m.room.guest_access means forbidden (public_chat writes
+			// none): the new room says so, as clients expect every
+			// upgraded room to state its guest access (Synapse's upgrade
+			// writes one too).
+			events = append(events, stateEv(t, "", map[string]string{"guest_access": "forbidden"}))
 		}
 	}
 	for tuple, ev := range state {
