@@ -264,6 +264,11 @@ func (s *SyncAPI) joinedRoom(ctx context.Context, req *syncRequest, roomID strin
 		inTimeline[e.EventID] = true
 		jr.Timeline.Events = append(jr.Timeline.Events, req.fmt.event(e))
 	}
+	if jr.Timeline.Limited {
+		if err := s.bundleTimeline(ctx, req, roomID, events, jr.Timeline.Events); err != nil {
+			return nil, err
+		}
+	}
 	stateFilter := &req.filter.Room.State
 	lazy := stateFilter.LazyLoadMembers
 	var sent *memberSet
@@ -491,6 +496,11 @@ func (s *SyncAPI) leftRoom(ctx context.Context, req *syncRequest, roomID string,
 	for _, e := range events {
 		inTimeline[e.EventID] = true
 		lr.Timeline.Events = append(lr.Timeline.Events, req.fmt.event(e))
+	}
+	if limited {
+		if err := s.bundleTimeline(ctx, req, roomID, events, lr.Timeline.Events); err != nil {
+			return nil, err
+		}
 	}
 	stateFilter := &req.filter.Room.State
 	switch {

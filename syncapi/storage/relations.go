@@ -1,0 +1,218 @@
+package storage
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"slices"
+
+	"myelin/internal/sqldb"
+)
+
+// Relation is one row of the relations index: a child event and the
+// parent its m.relates_to names.
+type Relation struct {
+	EventID   string
+	RoomID    string
+	RelatesTo string
+	RelType   string
+	EventType string
+	Sender    string
+	Depth     int64
+	Pos       int64
+}
+
+// insertRelation indexes ev's relation, if it has one, inside tx.
+func insertRelation(ctx context.Context, tx *sqldb.Tx, ev *Event) error {
+	if ev.RelatesTo == "" || ev.RelType == "" {
+		return nil
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO syncapi_relations (event_id, room_id, relates_to, rel_type, event_type, sender, depth, pos)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (event_id) DO NOTHING`,
+		ev.EventID, ev.RoomID, ev.RelatesTo, ev.RelType, ev.Type, ev.Sender, ev.Depth, ev.Pos)
+	if err != nil {
+		return fmt.Errorf("index relation of %s: %w", ev.EventID, err)
+	}
+	return nil
+}
+
+const relationCols = `event_id, room_id, relates_to, rel_type, event_type, sender, depth, pos`
+
+func collectRelations(rows *sql.Rows, err error) ([]Relation, error) {
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Relation
+	for rows.Next() {
+		var r Relation
+		if err := rows.Scan(&r.EventID, &r.RoomID, &r.RelatesTo, &r.RelType, &r.EventType, &r.Sender, &r.Depth, &r.Pos); err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// RelationQuery selects children of a room's events for /relations.
+type RelationQuery struct {
+	RoomID  string
+	Parents []string
+	// RelType and EventType filter the children when set.
+	RelType, EventType string
+	// From is the topological point paging starts at: backwards, the
+	// children before (Depth, Pos); forwards, those from it on. Ignored
+	// when Unbounded.
+	Depth, Pos int64
+	Backwards  bool
+	Unbounded  bool
+	// Limit bounds the rows returned.
+	Limit int
+}
+
+// Relations returns the children the query selects, in the order of
+// paging (topological: depth, then stream position).
+func (s *Storage) Relations(ctx context.Context, q RelationQuery) ([]Relation, error) {
+	// Only the conditions the query needs, numbered from $2; the
+	// parents' IN list follows them.
+	where := `room_id = $1`
+	args := []any{q.RoomID}
+	arg := func(v any) string {
+		args = append(args, v)
+		return fmt.Sprintf("$%d", len(args))
+	}
+	if q.RelType != "" {
+		where += ` AND rel_type = ` + arg(q.RelType)
+	}
+	if q.EventType != "" {
+		where += ` AND event_type = ` + arg(q.EventType)
+	}
+	order := `ORDER BY depth ASC, pos ASC`
+	if q.Backwards {
+		order = `ORDER BY depth DESC, pos DESC`
+	}
+	if !q.Unbounded {
+		d, p1, p2 := arg(q.Depth), arg(q.Depth), arg(q.Pos)
+		if q.Backwards {
+			where += ` AND (depth < ` + d + ` OR (depth = ` + p1 + ` AND pos < ` + p2 + `))`
+		} else {
+			where += ` AND (depth > ` + d + ` OR (depth = ` + p1 + ` AND pos >= ` + p2 + `))`
+		}
+	}
+	var out []Relation
+	err := sqldb.InChunks(len(args)+1, q.Parents, func(in string, inArgs []any) error {
+		rows, err := collectRelations(s.db.Query(ctx, `SELECT `+relationCols+` FROM syncapi_relations
+			WHERE `+where+` AND relates_to IN (`+in+`) `+order+fmt.Sprintf(` LIMIT %d`, q.Limit),
+			append(slices.Clone(args), inArgs...)...))
+		out = append(out, rows...)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("relations in %s: %w", q.RoomID, err)
+	}
+	return out, nil
+}
+
+// Aggregation is what bundled aggregations need of the children of a
+// page of events: every edit and reference, and a summary of each thread.
+type Aggregation struct {
+	// Edits and References are the m.replace and m.reference children.
+	Edits, References []Relation
+	Threads           map[string]*ThreadSummary
+}
+
+// ThreadSummary is the m.thread children of one root.
+type ThreadSummary struct {
+	Count int
+	// Latest is the ID of the thread's latest child (by stream position).
+	Latest string
+	// Participated is whether the asking user sent a child.
+	Participated bool
+}
+
+// Aggregate reads the children of parents that bundled aggregations
+// show, in two queries whatever the number of parents (up to 512; more
+// take a pair of queries per 512): the edits and references, and the
+// thread summaries with each thread's latest child.
+func (s *Storage) Aggregate(ctx context.Context, roomID string, parents []string, userID string) (*Aggregation, error) {
+	agg := &Aggregation{Threads: map[string]*ThreadSummary{}}
+	if len(parents) == 0 {
+		return agg, nil
+	}
+	// Children of another room are no relations (spec: "Forming
+	// relationships between events").
+	err := sqldb.InChunks(2, parents, func(in string, args []any) error {
+		args = append([]any{roomID}, args...)
+		rels, err := collectRelations(s.db.Query(ctx, `SELECT `+relationCols+` FROM syncapi_relations
+			WHERE room_id = $1 AND relates_to IN (`+in+`) AND rel_type IN ('m.replace', 'm.reference') ORDER BY pos`, args...))
+		if err != nil {
+			return err
+		}
+		for _, r := range rels {
+			if r.RelType == "m.replace" {
+				agg.Edits = append(agg.Edits, r)
+			} else {
+				agg.References = append(agg.References, r)
+			}
+		}
+		// The latest child of each thread is the one at its highest
+		// position, found by joining the group's maximum back.
+		n := len(args)
+		rows, err := s.db.Query(ctx, `SELECT t.relates_to, t.n, t.mine, r.event_id FROM (
+				SELECT relates_to, COUNT(*) AS n, MAX(pos) AS latest,
+					SUM(CASE WHEN sender = $`+fmt.Sprint(n+1)+` THEN 1 ELSE 0 END) AS mine
+				FROM syncapi_relations WHERE room_id = $1 AND relates_to IN (`+in+`) AND rel_type = 'm.thread' GROUP BY relates_to
+			) t JOIN syncapi_relations r ON r.pos = t.latest AND r.relates_to = t.relates_to`, append(args, userID)...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var root string
+			var ts ThreadSummary
+			var mine int64
+			if err := rows.Scan(&root, &ts.Count, &mine, &ts.Latest); err != nil {
+				return err
+			}
+			ts.Participated = mine > 0
+			agg.Threads[root] = &ts
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("aggregate relations: %w", err)
+	}
+	return agg, nil
+}
+
+// ThreadRoot is a thread of /threads: its root and the position of its
+// latest child.
+type ThreadRoot struct {
+	EventID string
+	Latest  int64
+}
+
+// Threads returns up to limit thread roots of a room whose latest child
+// is before position before, latest activity first; with participant
+// set, only the threads it started or sent a child to.
+func (s *Storage) Threads(ctx context.Context, roomID, participant string, before int64, limit int) ([]ThreadRoot, error) {
+	rows, err := s.db.Query(ctx, `SELECT r.relates_to, MAX(r.pos) AS latest
+		FROM syncapi_relations r JOIN syncapi_events e ON e.event_id = r.relates_to
+		WHERE r.room_id = $1 AND r.rel_type = 'm.thread' AND e.room_id = $2
+		GROUP BY r.relates_to, e.sender
+		HAVING MAX(r.pos) < $3 AND ($4 = '' OR e.sender = $5 OR SUM(CASE WHEN r.sender = $6 THEN 1 ELSE 0 END) > 0)
+		ORDER BY latest DESC LIMIT $7`, roomID, roomID, before, participant, participant, participant, limit)
+	if err != nil {
+		return nil, fmt.Errorf("threads of %s: %w", roomID, err)
+	}
+	defer rows.Close()
+	var out []ThreadRoot
+	for rows.Next() {
+		var t ThreadRoot
+		if err := rows.Scan(&t.EventID, &t.Latest); err != nil {
+			return nil, err
+		}
+		out = append(out, t)
+	}
+	return out, rows.Err()
+}
