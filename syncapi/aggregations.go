@@ -9,13 +9,32 @@ import (
 	"myelin/syncapi/storage"
 )
 
-// bundle adds the bundled aggregations (unsigned.m.relations; spec:
+// bundle adds the requesting user's membership at each event
+// (unsigned.membership) and the bundled aggregations (unsigned.m.relations; spec:
 // "Aggregations of child events") to a page of events: out[i] is evs[i]
 // formatted. It reads the children of the whole page at once (storage's
 // Aggregate, then one load of the edits and latest thread events), never
 // a query per event. State events get none, as the spec says.
 func (s *SyncAPI) bundle(ctx context.Context, vis *visibility, f formatter, evs []*storage.Event, out []ClientEvent) error {
+	if err := memberships(ctx, vis, evs, out); err != nil {
+		return err
+	}
 	return s.bundleDepth(ctx, vis, f, evs, out, 0)
+}
+
+// memberships sets unsigned.membership of out[i], the formatted evs[i].
+func memberships(ctx context.Context, vis *visibility, evs []*storage.Event, out []ClientEvent) error {
+	for i, e := range evs {
+		m, err := vis.membershipAt(ctx, e)
+		if err != nil {
+			return err
+		}
+		if out[i].Unsigned == nil {
+			out[i].Unsigned = &Unsigned{}
+		}
+		out[i].Unsigned.Membership = m
+	}
+	return nil
 }
 
 // bundleDepth is bundle for the events of a thread summary (depth 1),
@@ -106,8 +125,11 @@ func (s *SyncAPI) bundleDepth(ctx context.Context, vis *visibility, f formatter,
 		}
 	}
 	for parent, e := range latestEdit {
-		ce := f.event(e)
-		rel(byID[parent]).Replace = &ce
+		ce := []ClientEvent{f.event(e)}
+		if err := memberships(ctx, vis, []*storage.Event{e}, ce); err != nil {
+			return err
+		}
+		rel(byID[parent]).Replace = &ce[0]
 	}
 	for _, r := range agg.References {
 		rl := rel(byID[r.RelatesTo])
@@ -131,6 +153,9 @@ func (s *SyncAPI) bundleDepth(ctx context.Context, vis *visibility, f formatter,
 		}
 		// The latest events carry their own edits (spec: "child events
 		// of the latest_event should themselves be aggregated").
+		if err := memberships(ctx, vis, latest, latestOut); err != nil {
+			return err
+		}
 		if err := s.bundleDepth(ctx, vis, f, latest, latestOut, depth+1); err != nil {
 			return err
 		}
@@ -168,12 +193,16 @@ func newerEdit(a, b *storage.Event) bool {
 	return a.EventID > b.EventID
 }
 
-// bundleTimeline is bundle for a /sync timeline, which the spec asks
-// for only when it is limited: otherwise the client has every child the
-// aggregation would sum up, and an unlimited incremental sync (the
-// common long-poll) costs no query.
-func (s *SyncAPI) bundleTimeline(ctx context.Context, req *syncRequest, roomID string, evs []*storage.Event, out []ClientEvent) error {
+// bundleTimeline is bundle for a /sync timeline, whose aggregations the
+// spec asks for only when it is limited: otherwise the client has every
+// child the aggregation would sum up, and an unlimited incremental sync
+// (the common long-poll) costs no query (its events all follow the
+// user's join, so their membership needs no membership log either).
+func (s *SyncAPI) bundleTimeline(ctx context.Context, req *syncRequest, roomID string, evs []*storage.Event, out []ClientEvent, limited bool) error {
 	vis := &visibility{s: s, roomID: roomID, userID: req.dev.UserID, joinedAt: req.b.joinedAt[roomID]}
+	if !limited {
+		return memberships(ctx, vis, evs, out)
+	}
 	return s.bundle(ctx, vis, req.fmt, evs, out)
 }
 

@@ -341,3 +341,60 @@ func TestRelations(t *testing.T) {
 		})
 	})
 }
+
+// TestUnsignedMembership: every event served carries the requesting
+// user's membership at it, the event's own change included (MSC4115):
+// leave before the user joined, join while joined, leave at its leave.
+func TestUnsignedMembership(t *testing.T) {
+	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
+		srv := testserver.Start(t, testserver.Config(t.TempDir(), dbURL))
+		alice := srv.Register(t, "alice")
+		bob := srv.Register(t, "bob")
+		room := alice.Do(t, "POST", v3+"/createRoom", map[string]any{"preset": "public_chat"}).MustOK(t).String("room_id")
+		er := url.PathEscape(room)
+		n := 0
+		a := roomClient{t, alice, room, &n}
+		before := a.text("before bob")
+		bob.Do(t, "POST", v3+"/join/"+er, map[string]any{}).MustOK(t)
+		during := roomClient{t, bob, room, &n}.text("bob was here")
+		thread := a.rel("m.thread", before, "thread reply")
+		bob.Do(t, "POST", v3+"/rooms/"+er+"/leave", map[string]any{}).MustOK(t)
+
+		want := map[string]string{before: "leave", during: "join", thread: "join"}
+		msgs := get(t, bob, v3+"/rooms/"+er+"/messages?dir=b&limit=50").Get("chunk").Array()
+		seen := 0
+		for _, e := range msgs {
+			id, m := e.Get("event_id").String(), e.Get("unsigned.membership").String()
+			if w, ok := want[id]; ok {
+				seen++
+				if m != w {
+					t.Errorf("membership at %s = %q, want %q", id, m, w)
+				}
+			}
+			if e.Get("type").String() == "m.room.member" && e.Get("state_key").String() == "@bob:localhost" {
+				if w := e.Get("content.membership").String(); m != w {
+					t.Errorf("membership at bob's own %s = %q, want %q (the event's change included)", w, m, w)
+				}
+			}
+			if m == "" {
+				t.Errorf("event without unsigned.membership: %s", e.Raw)
+			}
+		}
+		if seen != len(want) {
+			t.Fatalf("bob's /messages lacks events: %d of %d", seen, len(want))
+		}
+		ev := get(t, bob, v3+"/rooms/"+er+"/event/"+url.PathEscape(before))
+		if ev.Get("unsigned.membership").String() != "leave" {
+			t.Fatalf("/event: %s", ev.Raw)
+		}
+		if got := ev.Get(`unsigned.m\.relations.m\.thread.latest_event.unsigned.membership`).String(); got != "join" {
+			t.Fatalf("the thread's latest event: membership %q: %s", got, ev.Raw)
+		}
+		s := get(t, alice, v3+"/sync?timeout=0")
+		for _, e := range s.Get("rooms.join." + gjson.Escape(room) + ".timeline.events").Array() {
+			if e.Get("unsigned.membership").String() != "join" && e.Get("type").String() != "m.room.create" {
+				t.Fatalf("alice's sync timeline: %s", e.Raw)
+			}
+		}
+	})
+}

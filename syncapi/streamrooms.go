@@ -264,10 +264,8 @@ func (s *SyncAPI) joinedRoom(ctx context.Context, req *syncRequest, roomID strin
 		inTimeline[e.EventID] = true
 		jr.Timeline.Events = append(jr.Timeline.Events, req.fmt.event(e))
 	}
-	if jr.Timeline.Limited {
-		if err := s.bundleTimeline(ctx, req, roomID, events, jr.Timeline.Events); err != nil {
-			return nil, err
-		}
+	if err := s.bundleTimeline(ctx, req, roomID, events, jr.Timeline.Events, jr.Timeline.Limited); err != nil {
+		return nil, err
 	}
 	stateFilter := &req.filter.Room.State
 	lazy := stateFilter.LazyLoadMembers
@@ -497,10 +495,8 @@ func (s *SyncAPI) leftRoom(ctx context.Context, req *syncRequest, roomID string,
 		inTimeline[e.EventID] = true
 		lr.Timeline.Events = append(lr.Timeline.Events, req.fmt.event(e))
 	}
-	if limited {
-		if err := s.bundleTimeline(ctx, req, roomID, events, lr.Timeline.Events); err != nil {
-			return nil, err
-		}
+	if err := s.bundleTimeline(ctx, req, roomID, events, lr.Timeline.Events, limited); err != nil {
+		return nil, err
 	}
 	stateFilter := &req.filter.Room.State
 	switch {

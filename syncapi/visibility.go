@@ -94,6 +94,25 @@ func (v *visibility) canSee(ctx context.Context, e *storage.Event) (bool, error)
 	return false, nil
 }
 
+// membershipAt is the user's membership at e, e's own change included
+// (unsigned.membership, MSC4115): "leave" before any.
+func (v *visibility) membershipAt(ctx context.Context, e *storage.Event) (string, error) {
+	if v.joinedAt > 0 && e.Pos >= v.joinedAt {
+		return "join", nil // joined since, and still joined
+	}
+	if err := v.load(ctx); err != nil {
+		return "", err
+	}
+	at := "leave"
+	for _, c := range v.log {
+		if c.Pos > e.Pos {
+			break
+		}
+		at = c.Membership
+	}
+	return at, nil
+}
+
 // forErased returns e as the user may see it: redacted when its sender is
 // an erased user of this server and the user was not joined to the room
 // when it was sent (spec: "Account deactivation", erase; Synapse shows

@@ -32,6 +32,9 @@ type Unsigned struct {
 	// RedactedBy is the ID of the redaction, as Synapse gives it beside
 	// redacted_because (clients and sytest read it).
 	RedactedBy string `json:"redacted_by,omitempty"`
+	// Membership is the requesting user's membership at the event, the
+	// event's own change included (spec v1.11, MSC4115).
+	Membership string `json:"membership,omitempty"`
 	// Relations is the event's bundled aggregations (spec:
 	// "Aggregations of child events").
 	Relations *Relations `json:"m.relations,omitempty"`
