@@ -130,6 +130,9 @@ func (c *ClientAPI) sendMessage(r *http.Request, dev *uapi.Device) (any, error) 
 	if err := checkContent(mxhttp.Var(r, "roomId"), evType, content); err != nil {
 		return nil, err
 	}
+	if err := c.checkRelation(r.Context(), mxhttp.Var(r, "roomId"), content); err != nil {
+		return nil, err
+	}
 	return c.sendWithTxn(r.Context(), dev, mxhttp.Var(r, "roomId"), "send/"+evType, mxhttp.Var(r, "txnId"), rsapi.InputEvent{
 		Proto: &rsapi.ProtoEvent{Sender: dev.UserID, Type: evType, Content: content},
 	})
@@ -143,6 +146,9 @@ func (c *ClientAPI) sendMessageNoTxn(r *http.Request, dev *uapi.Device) (any, er
 		return nil, err
 	}
 	if err := checkContent(mxhttp.Var(r, "roomId"), mxhttp.Var(r, "eventType"), content); err != nil {
+		return nil, err
+	}
+	if err := c.checkRelation(r.Context(), mxhttp.Var(r, "roomId"), content); err != nil {
 		return nil, err
 	}
 	if err := allow(c.limits.send, dev.UserID); err != nil {
