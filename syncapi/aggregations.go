@@ -19,7 +19,7 @@ func (s *SyncAPI) bundle(ctx context.Context, vis *visibility, f formatter, evs 
 	if err := memberships(ctx, vis, evs, out); err != nil {
 		return err
 	}
-	return s.bundleDepth(ctx, vis, f, evs, out, 0)
+	return s.aggregations(ctx, vis, f, evs, out)
 }
 
 // memberships sets unsigned.membership of out[i], the formatted evs[i].
@@ -37,10 +37,10 @@ func memberships(ctx context.Context, vis *visibility, evs []*storage.Event, out
 	return nil
 }
 
-// bundleDepth is bundle for the events of a thread summary (depth 1),
-// whose latest events get their own aggregations but go no deeper: threads
-// cannot nest, and the bound keeps a forged loop from recursing.
-func (s *SyncAPI) bundleDepth(ctx context.Context, vis *visibility, f formatter, evs []*storage.Event, out []ClientEvent, depth int) error {
+// aggregations adds the aggregations of evs, formatted as out. The
+// thread summaries' latest events get their edits, read by the same
+// query, and no more: threads cannot nest.
+func (s *SyncAPI) aggregations(ctx context.Context, vis *visibility, f formatter, evs []*storage.Event, out []ClientEvent) error {
 	if len(evs) == 0 {
 		return nil
 	}
@@ -60,24 +60,20 @@ func (s *SyncAPI) bundleDepth(ctx context.Context, vis *visibility, f formatter,
 	if err != nil {
 		return err
 	}
-	// The edits that may replace their parent (spec: "Validity of
-	// replacement events"): same sender, same type, parent not itself
-	// an edit and not redacted; m.new_content is checked once loaded.
+	// One load for the edits, the latest thread events and their edits.
+	// Edits of a page event are checked against it first (spec:
+	// "Validity of replacement events": same sender and type, the
+	// original not an edit itself nor redacted); those of a latest
+	// thread event once it is loaded.
 	var load []string
 	for _, r := range agg.Edits {
-		p := evs[byID[r.RelatesTo]]
-		if r.Sender != p.Sender || r.EventType != p.Type || p.RedactedBecause != "" {
-			continue
-		}
-		if rt, _ := relatesTo(p.JSON); rt == "m.replace" {
+		if i, ok := byID[r.RelatesTo]; ok && !validEditOf(r, evs[i]) {
 			continue
 		}
 		load = append(load, r.EventID)
 	}
-	if depth == 0 {
-		for _, t := range agg.Threads {
-			load = append(load, t.Latest)
-		}
+	for _, t := range agg.Threads {
+		load = append(load, t.Latest)
 	}
 	loaded := map[string]*storage.Event{}
 	if len(load) > 0 {
@@ -102,6 +98,38 @@ func (s *SyncAPI) bundleDepth(ctx context.Context, vis *visibility, f formatter,
 			loaded[e.EventID] = e
 		}
 	}
+	// parentOf is the original an edit names: a page event or a
+	// latest thread event.
+	parentOf := func(id string) *storage.Event {
+		if i, ok := byID[id]; ok {
+			return evs[i]
+		}
+		return loaded[id]
+	}
+	// The latest valid edit of each original: by origin_server_ts, then
+	// the larger event ID (spec: "Server-side aggregation of m.replace").
+	latestEdit := map[string]*storage.Event{}
+	for _, r := range agg.Edits {
+		e, p := loaded[r.EventID], parentOf(r.RelatesTo)
+		if e == nil || p == nil || !validEditOf(r, p) || !isReplacement(e) {
+			continue
+		}
+		if cur := latestEdit[r.RelatesTo]; cur == nil || newerEdit(e, cur) {
+			latestEdit[r.RelatesTo] = e
+		}
+	}
+	// replacement formats the latest edit of an original, if any.
+	replacement := func(id string) (*ClientEvent, error) {
+		e := latestEdit[id]
+		if e == nil {
+			return nil, nil
+		}
+		ce := []ClientEvent{f.event(e)}
+		if err := memberships(ctx, vis, []*storage.Event{e}, ce); err != nil {
+			return nil, err
+		}
+		return &ce[0], nil
+	}
 	rel := func(i int) *clientevent.Relations {
 		ce := &out[i]
 		if ce.Unsigned == nil {
@@ -112,24 +140,14 @@ func (s *SyncAPI) bundleDepth(ctx context.Context, vis *visibility, f formatter,
 		}
 		return ce.Unsigned.Relations
 	}
-	// The latest valid edit of each parent: by origin_server_ts, then
-	// the larger event ID (spec: "Server-side aggregation of m.replace").
-	latestEdit := map[string]*storage.Event{}
-	for _, r := range agg.Edits {
-		e := loaded[r.EventID]
-		if e == nil || e.Type != evs[byID[r.RelatesTo]].Type || !isReplacement(e) {
-			continue
-		}
-		if cur := latestEdit[r.RelatesTo]; cur == nil || newerEdit(e, cur) {
-			latestEdit[r.RelatesTo] = e
-		}
-	}
-	for parent, e := range latestEdit {
-		ce := []ClientEvent{f.event(e)}
-		if err := memberships(ctx, vis, []*storage.Event{e}, ce); err != nil {
+	for id, i := range byID {
+		ce, err := replacement(id)
+		if err != nil {
 			return err
 		}
-		rel(byID[parent]).Replace = &ce[0]
+		if ce != nil {
+			rel(i).Replace = ce
+		}
 	}
 	for _, r := range agg.References {
 		rl := rel(byID[r.RelatesTo])
@@ -138,35 +156,30 @@ func (s *SyncAPI) bundleDepth(ctx context.Context, vis *visibility, f formatter,
 		}
 		rl.Reference.Chunk = append(rl.Reference.Chunk, clientevent.EventRef{EventID: r.EventID})
 	}
-	if depth == 0 {
-		var latest []*storage.Event
-		var latestOut []ClientEvent
-		var roots []string
-		for root, t := range agg.Threads {
-			e := loaded[t.Latest]
-			if e == nil {
-				continue // not visible to this user: no summary to show
-			}
-			latest = append(latest, e)
-			latestOut = append(latestOut, f.event(e))
-			roots = append(roots, root)
+	for root, t := range agg.Threads {
+		e := loaded[t.Latest]
+		if e == nil {
+			continue // not visible to this user: no summary to show
 		}
-		// The latest events carry their own edits (spec: "child events
-		// of the latest_event should themselves be aggregated").
-		if err := memberships(ctx, vis, latest, latestOut); err != nil {
+		// The latest event is served as the event itself would be, with
+		// its own edit (spec: "child events of the latest_event should
+		// themselves be aggregated").
+		latest := []ClientEvent{f.event(e)}
+		if err := memberships(ctx, vis, []*storage.Event{e}, latest); err != nil {
 			return err
 		}
-		if err := s.bundleDepth(ctx, vis, f, latest, latestOut, depth+1); err != nil {
+		ce, err := replacement(e.EventID)
+		if err != nil {
 			return err
 		}
-		for i, root := range roots {
-			t := agg.Threads[root]
-			p := evs[byID[root]]
-			rel(byID[root]).Thread = &clientevent.ThreadSummary{
-				LatestEvent:             &latestOut[i],
-				Count:                   t.Count,
-				CurrentUserParticipated: t.Participated || p.Sender == vis.userID,
-			}
+		if ce != nil {
+			latest[0].Unsigned.Relations = &clientevent.Relations{Replace: ce}
+		}
+		i := byID[root]
+		rel(i).Thread = &clientevent.ThreadSummary{
+			LatestEvent:             &latest[0],
+			Count:                   t.Count,
+			CurrentUserParticipated: t.Participated || evs[i].Sender == vis.userID,
 		}
 	}
 	// Events without children keep no empty m.relations.
@@ -176,6 +189,17 @@ func (s *SyncAPI) bundleDepth(ctx context.Context, vis *visibility, f formatter,
 		}
 	}
 	return nil
+}
+
+// validEditOf reports whether the edit r may replace original p, as far
+// as the index tells: same sender and type, p not a redacted event nor
+// an edit itself.
+func validEditOf(r storage.Relation, p *storage.Event) bool {
+	if r.Sender != p.Sender || r.EventType != p.Type || p.RedactedBecause != "" || p.StateKey != nil {
+		return false
+	}
+	rt, _ := relatesTo(p.JSON)
+	return rt != "m.replace"
 }
 
 // isReplacement reports whether e is a valid replacement event once
@@ -198,8 +222,7 @@ func newerEdit(a, b *storage.Event) bool {
 // child the aggregation would sum up, and an unlimited incremental sync
 // (the common long-poll) costs no query (its events all follow the
 // user's join, so their membership needs no membership log either).
-func (s *SyncAPI) bundleTimeline(ctx context.Context, req *syncRequest, roomID string, evs []*storage.Event, out []ClientEvent, limited bool) error {
-	vis := &visibility{s: s, roomID: roomID, userID: req.dev.UserID, joinedAt: req.b.joinedAt[roomID]}
+func (s *SyncAPI) bundleTimeline(ctx context.Context, req *syncRequest, vis *visibility, evs []*storage.Event, out []ClientEvent, limited bool) error {
 	if !limited {
 		return memberships(ctx, vis, evs, out)
 	}

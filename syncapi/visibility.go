@@ -38,6 +38,13 @@ type visibility struct {
 	version gmsl.IRoomVersion
 }
 
+// syncVisibility is the visibility helper of one room of a /sync, shared
+// by its timeline and the timeline's unsigned data, so that the
+// membership log is read once.
+func (s *SyncAPI) syncVisibility(req *syncRequest, roomID string) *visibility {
+	return &visibility{s: s, roomID: roomID, userID: req.dev.UserID, currentStateVisible: true, joinedAt: req.b.joinedAt[roomID]}
+}
+
 func (v *visibility) load(ctx context.Context) error {
 	if v.loaded {
 		return nil

@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"fmt"
@@ -117,6 +118,7 @@ func (s *Storage) Relations(ctx context.Context, q RelationQuery) ([]Relation, e
 // page of events: every edit and reference, and a summary of each thread.
 type Aggregation struct {
 	// Edits and References are the m.replace and m.reference children.
+	// Edits also holds the edits of each thread's latest child.
 	Edits, References []Relation
 	Threads           map[string]*ThreadSummary
 }
@@ -131,9 +133,10 @@ type ThreadSummary struct {
 }
 
 // Aggregate reads the children of parents that bundled aggregations
-// show, in two queries whatever the number of parents (up to 512; more
-// take a pair of queries per 512): the edits and references, and the
-// thread summaries with each thread's latest child.
+// show, in one query whatever the number of parents (up to 512; more
+// take a query per 512): the edits and references, and the thread
+// summaries with each thread's latest child and the edits of that child
+// (in Edits too, under its own ID).
 func (s *Storage) Aggregate(ctx context.Context, roomID string, parents []string, userID string) (*Aggregation, error) {
 	agg := &Aggregation{Threads: map[string]*ThreadSummary{}}
 	if len(parents) == 0 {
@@ -143,45 +146,56 @@ func (s *Storage) Aggregate(ctx context.Context, roomID string, parents []string
 	// relationships between events").
 	err := sqldb.InChunks(2, parents, func(in string, args []any) error {
 		args = append([]any{roomID}, args...)
-		rels, err := collectRelations(s.db.Query(ctx, `SELECT `+relationCols+` FROM syncapi_relations
-			WHERE room_id = $1 AND relates_to IN (`+in+`) AND rel_type IN ('m.replace', 'm.reference') ORDER BY pos`, args...))
-		if err != nil {
-			return err
-		}
-		for _, r := range rels {
-			if r.RelType == "m.replace" {
-				agg.Edits = append(agg.Edits, r)
-			} else {
-				agg.References = append(agg.References, r)
-			}
-		}
-		// The latest child of each thread is the one at its highest
-		// position, found by joining the group's maximum back.
-		n := len(args)
-		rows, err := s.db.Query(ctx, `SELECT t.relates_to, t.n, t.mine, r.event_id FROM (
-				SELECT relates_to, COUNT(*) AS n, MAX(pos) AS latest,
-					SUM(CASE WHEN sender = $`+fmt.Sprint(n+1)+` THEN 1 ELSE 0 END) AS mine
-				FROM syncapi_relations WHERE room_id = $1 AND relates_to IN (`+in+`) AND rel_type = 'm.thread' GROUP BY relates_to
-			) t JOIN syncapi_relations r ON r.pos = t.latest AND r.relates_to = t.relates_to`, append(args, userID)...)
+		// The edits and references; then t: each thread's size, latest
+		// position and whether the user wrote in it; l: its latest child,
+		// found by joining the maximum back; then the edits of those
+		// latest children, which their summaries show. The IN list's
+		// placeholders are used twice.
+		q := `WITH t AS (
+					SELECT relates_to, COUNT(*) AS n, MAX(pos) AS latest,
+						SUM(CASE WHEN sender = $` + fmt.Sprint(len(args)+1) + ` THEN 1 ELSE 0 END) AS mine
+					FROM syncapi_relations WHERE room_id = $1 AND relates_to IN (` + in + `) AND rel_type = 'm.thread' GROUP BY relates_to
+				), l AS (
+					SELECT t.relates_to, t.n, t.mine, r.event_id, r.sender, r.event_type, r.pos
+					FROM t JOIN syncapi_relations r ON r.pos = t.latest AND r.relates_to = t.relates_to
+				)
+				SELECT relates_to, rel_type, event_id, sender, event_type, pos, 0, 0 FROM syncapi_relations
+					WHERE room_id = $1 AND relates_to IN (` + in + `) AND rel_type IN ('m.replace', 'm.reference')
+				UNION ALL SELECT relates_to, 'm.thread', event_id, sender, event_type, pos, n, mine FROM l
+				UNION ALL SELECT x.relates_to, x.rel_type, x.event_id, x.sender, x.event_type, x.pos, 0, 0
+					FROM syncapi_relations x JOIN l ON x.relates_to = l.event_id
+					WHERE x.room_id = $1 AND x.rel_type = 'm.replace'`
+		args = append(args, userID)
+		rows, err := s.db.Query(ctx, q, args...)
 		if err != nil {
 			return err
 		}
 		defer rows.Close()
 		for rows.Next() {
-			var root string
-			var ts ThreadSummary
-			var mine int64
-			if err := rows.Scan(&root, &ts.Count, &mine, &ts.Latest); err != nil {
+			var r Relation
+			var n, mine int64
+			if err := rows.Scan(&r.RelatesTo, &r.RelType, &r.EventID, &r.Sender, &r.EventType, &r.Pos, &n, &mine); err != nil {
 				return err
 			}
-			ts.Participated = mine > 0
-			agg.Threads[root] = &ts
+			r.RoomID = roomID
+			switch r.RelType {
+			case "m.replace":
+				agg.Edits = append(agg.Edits, r)
+			case "m.reference":
+				agg.References = append(agg.References, r)
+			case "m.thread":
+				agg.Threads[r.RelatesTo] = &ThreadSummary{Count: int(n), Latest: r.EventID, Participated: mine > 0}
+			}
 		}
 		return rows.Err()
 	})
 	if err != nil {
 		return nil, fmt.Errorf("aggregate relations: %w", err)
 	}
+	// References are listed in the order they came.
+	byPos := func(a, b Relation) int { return cmp.Compare(a.Pos, b.Pos) }
+	slices.SortFunc(agg.Edits, byPos)
+	slices.SortFunc(agg.References, byPos)
 	return agg, nil
 }
 
