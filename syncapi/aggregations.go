@@ -19,7 +19,7 @@ func (s *SyncAPI) bundle(ctx context.Context, vis *visibility, f formatter, evs 
 	if err := memberships(ctx, vis, evs, out); err != nil {
 		return err
 	}
-	return s.aggregations(ctx, vis, f, evs, out)
+	return s.aggregations(ctx, f, []pagePart{{vis: vis, evs: evs, out: out}})
 }
 
 // memberships sets unsigned.membership of out[i], the formatted evs[i].
@@ -37,43 +37,63 @@ func memberships(ctx context.Context, vis *visibility, evs []*storage.Event, out
 	return nil
 }
 
-// aggregations adds the aggregations of evs, formatted as out. The
-// thread summaries' latest events get their edits, read by the same
-// query, and no more: threads cannot nest.
-func (s *SyncAPI) aggregations(ctx context.Context, vis *visibility, f formatter, evs []*storage.Event, out []ClientEvent) error {
-	if len(evs) == 0 {
-		return nil
-	}
-	byID := make(map[string]int, len(evs))
-	parents := make([]string, 0, len(evs))
-	for i, e := range evs {
-		if e.StateKey != nil {
-			continue
+// pagePart is the events of one room in a page, formatted as out, and
+// the user's visibility helper for the room.
+type pagePart struct {
+	vis *visibility
+	evs []*storage.Event
+	out []ClientEvent
+}
+
+// aggregations adds the aggregations of the events of parts, of one
+// room or several (a /sync's rooms at once), in two queries. The thread
+// summaries' latest events get their edits, read by the same query, and
+// no more: threads cannot nest.
+func (s *SyncAPI) aggregations(ctx context.Context, f formatter, parts []pagePart) error {
+	type at struct{ part, i int }
+	byID := map[string]at{}
+	var parents []string
+	visOf := map[string]*visibility{}
+	for pi, p := range parts {
+		visOf[p.vis.roomID] = p.vis
+		for i, e := range p.evs {
+			if e.StateKey != nil {
+				continue
+			}
+			byID[e.EventID] = at{pi, i}
+			parents = append(parents, e.EventID)
 		}
-		byID[e.EventID] = i
-		parents = append(parents, e.EventID)
 	}
 	if len(parents) == 0 {
 		return nil
 	}
-	agg, err := s.store.Aggregate(ctx, vis.roomID, parents, vis.userID)
+	agg, err := s.store.Aggregate(ctx, parents, parts[0].vis.userID)
 	if err != nil {
 		return err
 	}
+	pageEvent := func(id string) (*storage.Event, bool) {
+		a, ok := byID[id]
+		if !ok {
+			return nil, false
+		}
+		return parts[a.part].evs[a.i], true
+	}
 	// One load for the edits, the latest thread events and their edits.
 	// Edits of a page event are checked against it first (spec:
-	// "Validity of replacement events": same sender and type, the
+	// "Validity of replacement events": same room, sender and type, the
 	// original not an edit itself nor redacted); those of a latest
 	// thread event once it is loaded.
 	var load []string
 	for _, r := range agg.Edits {
-		if i, ok := byID[r.RelatesTo]; ok && !validEditOf(r, evs[i]) {
+		if p, ok := pageEvent(r.RelatesTo); ok && !validEditOf(r, p) {
 			continue
 		}
 		load = append(load, r.EventID)
 	}
 	for _, t := range agg.Threads {
-		load = append(load, t.Latest)
+		if p, ok := pageEvent(t.Root); ok && p.RoomID == t.RoomID {
+			load = append(load, t.Latest)
+		}
 	}
 	loaded := map[string]*storage.Event{}
 	if len(load) > 0 {
@@ -82,7 +102,8 @@ func (s *SyncAPI) aggregations(ctx context.Context, vis *visibility, f formatter
 			return err
 		}
 		for _, e := range rows {
-			if e.RoomID != vis.roomID {
+			vis := visOf[e.RoomID]
+			if vis == nil {
 				continue
 			}
 			ok, err := vis.canSee(ctx, e)
@@ -101,8 +122,8 @@ func (s *SyncAPI) aggregations(ctx context.Context, vis *visibility, f formatter
 	// parentOf is the original an edit names: a page event or a
 	// latest thread event.
 	parentOf := func(id string) *storage.Event {
-		if i, ok := byID[id]; ok {
-			return evs[i]
+		if p, ok := pageEvent(id); ok {
+			return p
 		}
 		return loaded[id]
 	}
@@ -118,20 +139,17 @@ func (s *SyncAPI) aggregations(ctx context.Context, vis *visibility, f formatter
 			latestEdit[r.RelatesTo] = e
 		}
 	}
-	// replacement formats the latest edit of an original, if any.
-	replacement := func(id string) (*ClientEvent, error) {
-		e := latestEdit[id]
-		if e == nil {
-			return nil, nil
-		}
+	// served formats a bundled event as the event itself would be.
+	served := func(e *storage.Event) (*ClientEvent, error) {
 		ce := []ClientEvent{f.event(e)}
-		if err := memberships(ctx, vis, []*storage.Event{e}, ce); err != nil {
+		if err := memberships(ctx, visOf[e.RoomID], []*storage.Event{e}, ce); err != nil {
 			return nil, err
 		}
 		return &ce[0], nil
 	}
-	rel := func(i int) *clientevent.Relations {
-		ce := &out[i]
+	rel := func(id string) *clientevent.Relations {
+		a := byID[id]
+		ce := &parts[a.part].out[a.i]
 		if ce.Unsigned == nil {
 			ce.Unsigned = &Unsigned{}
 		}
@@ -140,51 +158,53 @@ func (s *SyncAPI) aggregations(ctx context.Context, vis *visibility, f formatter
 		}
 		return ce.Unsigned.Relations
 	}
-	for id, i := range byID {
-		ce, err := replacement(id)
+	for id, e := range latestEdit {
+		if _, ok := byID[id]; !ok {
+			continue // an edit of a latest thread event: below
+		}
+		ce, err := served(e)
 		if err != nil {
 			return err
 		}
-		if ce != nil {
-			rel(i).Replace = ce
-		}
+		rel(id).Replace = ce
 	}
 	for _, r := range agg.References {
-		rl := rel(byID[r.RelatesTo])
-		if rl.Reference == nil {
-			rl.Reference = &clientevent.ReferenceChunks{}
+		if p, ok := pageEvent(r.RelatesTo); ok && p.RoomID == r.RoomID {
+			rl := rel(r.RelatesTo)
+			if rl.Reference == nil {
+				rl.Reference = &clientevent.ReferenceChunks{}
+			}
+			rl.Reference.Chunk = append(rl.Reference.Chunk, clientevent.EventRef{EventID: r.EventID})
 		}
-		rl.Reference.Chunk = append(rl.Reference.Chunk, clientevent.EventRef{EventID: r.EventID})
 	}
-	for root, t := range agg.Threads {
+	for _, t := range agg.Threads {
+		root, ok := pageEvent(t.Root)
 		e := loaded[t.Latest]
-		if e == nil {
-			continue // not visible to this user: no summary to show
+		if !ok || root.RoomID != t.RoomID || e == nil {
+			continue // of another room, or not visible to this user
 		}
-		// The latest event is served as the event itself would be, with
-		// its own edit (spec: "child events of the latest_event should
-		// themselves be aggregated").
-		latest := []ClientEvent{f.event(e)}
-		if err := memberships(ctx, vis, []*storage.Event{e}, latest); err != nil {
-			return err
-		}
-		ce, err := replacement(e.EventID)
+		// The latest event carries its own edit (spec: "child events of
+		// the latest_event should themselves be aggregated").
+		latest, err := served(e)
 		if err != nil {
 			return err
 		}
-		if ce != nil {
-			latest[0].Unsigned.Relations = &clientevent.Relations{Replace: ce}
+		if edit := latestEdit[e.EventID]; edit != nil {
+			ce, err := served(edit)
+			if err != nil {
+				return err
+			}
+			latest.Unsigned.Relations = &clientevent.Relations{Replace: ce}
 		}
-		i := byID[root]
-		rel(i).Thread = &clientevent.ThreadSummary{
-			LatestEvent:             &latest[0],
+		rel(t.Root).Thread = &clientevent.ThreadSummary{
+			LatestEvent:             latest,
 			Count:                   t.Count,
-			CurrentUserParticipated: t.Participated || evs[i].Sender == vis.userID,
+			CurrentUserParticipated: t.Participated || root.Sender == visOf[root.RoomID].userID,
 		}
 	}
 	// Events without children keep no empty m.relations.
-	for _, i := range byID {
-		if u := out[i].Unsigned; u != nil && u.Relations != nil && *u.Relations == (clientevent.Relations{}) {
+	for _, a := range byID {
+		if u := parts[a.part].out[a.i].Unsigned; u != nil && u.Relations != nil && *u.Relations == (clientevent.Relations{}) {
 			u.Relations = nil
 		}
 	}
@@ -192,10 +212,10 @@ func (s *SyncAPI) aggregations(ctx context.Context, vis *visibility, f formatter
 }
 
 // validEditOf reports whether the edit r may replace original p, as far
-// as the index tells: same sender and type, p not a redacted event nor
+// as the index tells: same room, sender and type, p not a redacted event nor
 // an edit itself.
 func validEditOf(r storage.Relation, p *storage.Event) bool {
-	if r.Sender != p.Sender || r.EventType != p.Type || p.RedactedBecause != "" || p.StateKey != nil {
+	if r.RoomID != p.RoomID || r.Sender != p.Sender || r.EventType != p.Type || p.RedactedBecause != "" || p.StateKey != nil {
 		return false
 	}
 	rt, _ := relatesTo(p.JSON)
@@ -221,12 +241,28 @@ func newerEdit(a, b *storage.Event) bool {
 // spec asks for only when it is limited: otherwise the client has every
 // child the aggregation would sum up, and an unlimited incremental sync
 // (the common long-poll) costs no query (its events all follow the
-// user's join, so their membership needs no membership log either).
+// user's join, so their membership needs no membership log either). The
+// aggregations of a limited timeline wait for those of the sync's other
+// rooms (flushBundles), to be read at once.
 func (s *SyncAPI) bundleTimeline(ctx context.Context, req *syncRequest, vis *visibility, evs []*storage.Event, out []ClientEvent, limited bool) error {
-	if !limited {
-		return memberships(ctx, vis, evs, out)
+	if err := memberships(ctx, vis, evs, out); err != nil {
+		return err
 	}
-	return s.bundle(ctx, vis, req.fmt, evs, out)
+	if limited && len(evs) > 0 {
+		req.b.bundles = append(req.b.bundles, pagePart{vis: vis, evs: evs, out: out})
+	}
+	return nil
+}
+
+// flushBundles adds the aggregations of the limited timelines the rooms
+// stream collected.
+func (s *SyncAPI) flushBundles(ctx context.Context, req *syncRequest) error {
+	parts := req.b.bundles
+	req.b.bundles = nil
+	if len(parts) == 0 {
+		return nil
+	}
+	return s.aggregations(ctx, req.fmt, parts)
 }
 
 // bundlePtrs is bundle for events formatted in several places: out[i]

@@ -119,6 +119,9 @@ type buildState struct {
 	// neither changed membership nor shares a room where someone did
 	// reads only the rooms that moved.
 	moves *roomMoves
+	// bundles are the limited timelines of the rooms stream, whose
+	// aggregations are read for all rooms at once when it ends.
+	bundles []pagePart
 	// toDeviceGiven is how many to-device messages this answer gives.
 	toDeviceGiven int
 	// quietRooms are joined rooms in the answer for their ephemeral

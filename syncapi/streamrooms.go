@@ -176,6 +176,9 @@ func (p roomsProvider) load(ctx context.Context, req *syncRequest, from int64) (
 			}
 		}
 	}
+	if err := s.flushBundles(ctx, req); err != nil {
+		return nil, err
+	}
 	return out, nil
 }
 
@@ -206,6 +209,9 @@ func (p roomsProvider) loadMoved(ctx context.Context, req *syncRequest, from int
 		if !jr.empty() {
 			out.join[roomID] = jr
 		}
+	}
+	if err := p.s.flushBundles(ctx, req); err != nil {
+		return nil, err
 	}
 	return out, nil
 }

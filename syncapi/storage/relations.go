@@ -116,57 +116,53 @@ func (s *Storage) Relations(ctx context.Context, q RelationQuery) ([]Relation, e
 
 // Aggregation is what bundled aggregations need of the children of a
 // page of events: every edit and reference, and a summary of each thread.
+// Each child is of the room named by its RoomID, which the caller
+// compares with its parent's (a child of another room is no relation).
 type Aggregation struct {
 	// Edits and References are the m.replace and m.reference children.
 	// Edits also holds the edits of each thread's latest child.
 	Edits, References []Relation
-	Threads           map[string]*ThreadSummary
+	Threads           []ThreadSummary
 }
 
-// ThreadSummary is the m.thread children of one root.
+// ThreadSummary is the m.thread children of one root in one room.
 type ThreadSummary struct {
-	Count int
+	Root, RoomID string
+	Count        int
 	// Latest is the ID of the thread's latest child (by stream position).
 	Latest string
 	// Participated is whether the asking user sent a child.
 	Participated bool
 }
 
-// Aggregate reads the children of parents that bundled aggregations
-// show, in one query whatever the number of parents (up to 512; more
-// take a query per 512): the edits and references, and the thread
-// summaries with each thread's latest child and the edits of that child
-// (in Edits too, under its own ID).
-func (s *Storage) Aggregate(ctx context.Context, roomID string, parents []string, userID string) (*Aggregation, error) {
-	agg := &Aggregation{Threads: map[string]*ThreadSummary{}}
-	if len(parents) == 0 {
-		return agg, nil
-	}
-	// Children of another room are no relations (spec: "Forming
-	// relationships between events").
-	err := sqldb.InChunks(2, parents, func(in string, args []any) error {
-		args = append([]any{roomID}, args...)
+// Aggregate reads the children of parents (of any rooms) that bundled
+// aggregations show, in one query whatever the number of parents (up
+// to 512; more take a query per 512): the edits and references, and the
+// thread summaries with each thread's latest child and the edits of that
+// child (in Edits too, under its own ID).
+func (s *Storage) Aggregate(ctx context.Context, parents []string, userID string) (*Aggregation, error) {
+	agg := &Aggregation{}
+	err := sqldb.InChunks(1, parents, func(in string, args []any) error {
 		// The edits and references; then t: each thread's size, latest
 		// position and whether the user wrote in it; l: its latest child,
 		// found by joining the maximum back; then the edits of those
 		// latest children, which their summaries show. The IN list's
 		// placeholders are used twice.
 		q := `WITH t AS (
-					SELECT relates_to, COUNT(*) AS n, MAX(pos) AS latest,
-						SUM(CASE WHEN sender = $` + fmt.Sprint(len(args)+1) + ` THEN 1 ELSE 0 END) AS mine
-					FROM syncapi_relations WHERE room_id = $1 AND relates_to IN (` + in + `) AND rel_type = 'm.thread' GROUP BY relates_to
-				), l AS (
-					SELECT t.relates_to, t.n, t.mine, r.event_id, r.sender, r.event_type, r.pos
-					FROM t JOIN syncapi_relations r ON r.pos = t.latest AND r.relates_to = t.relates_to
-				)
-				SELECT relates_to, rel_type, event_id, sender, event_type, pos, 0, 0 FROM syncapi_relations
-					WHERE room_id = $1 AND relates_to IN (` + in + `) AND rel_type IN ('m.replace', 'm.reference')
-				UNION ALL SELECT relates_to, 'm.thread', event_id, sender, event_type, pos, n, mine FROM l
-				UNION ALL SELECT x.relates_to, x.rel_type, x.event_id, x.sender, x.event_type, x.pos, 0, 0
-					FROM syncapi_relations x JOIN l ON x.relates_to = l.event_id
-					WHERE x.room_id = $1 AND x.rel_type = 'm.replace'`
-		args = append(args, userID)
-		rows, err := s.db.Query(ctx, q, args...)
+				SELECT relates_to, room_id, COUNT(*) AS n, MAX(pos) AS latest,
+					SUM(CASE WHEN sender = $` + fmt.Sprint(len(args)+1) + ` THEN 1 ELSE 0 END) AS mine
+				FROM syncapi_relations WHERE relates_to IN (` + in + `) AND rel_type = 'm.thread' GROUP BY relates_to, room_id
+			), l AS (
+				SELECT t.relates_to, t.room_id, t.n, t.mine, r.event_id, r.sender, r.event_type, r.pos
+				FROM t JOIN syncapi_relations r ON r.relates_to = t.relates_to AND r.rel_type = 'm.thread' AND r.pos = t.latest
+			)
+			SELECT relates_to, room_id, rel_type, event_id, sender, event_type, pos, 0, 0 FROM syncapi_relations
+				WHERE relates_to IN (` + in + `) AND rel_type IN ('m.replace', 'm.reference')
+			UNION ALL SELECT relates_to, room_id, 'm.thread', event_id, sender, event_type, pos, n, mine FROM l
+			UNION ALL SELECT x.relates_to, x.room_id, x.rel_type, x.event_id, x.sender, x.event_type, x.pos, 0, 0
+				FROM syncapi_relations x JOIN l ON x.relates_to = l.event_id
+				WHERE x.rel_type = 'm.replace'`
+		rows, err := s.db.Query(ctx, q, append(args, userID)...)
 		if err != nil {
 			return err
 		}
@@ -174,17 +170,16 @@ func (s *Storage) Aggregate(ctx context.Context, roomID string, parents []string
 		for rows.Next() {
 			var r Relation
 			var n, mine int64
-			if err := rows.Scan(&r.RelatesTo, &r.RelType, &r.EventID, &r.Sender, &r.EventType, &r.Pos, &n, &mine); err != nil {
+			if err := rows.Scan(&r.RelatesTo, &r.RoomID, &r.RelType, &r.EventID, &r.Sender, &r.EventType, &r.Pos, &n, &mine); err != nil {
 				return err
 			}
-			r.RoomID = roomID
 			switch r.RelType {
 			case "m.replace":
 				agg.Edits = append(agg.Edits, r)
 			case "m.reference":
 				agg.References = append(agg.References, r)
 			case "m.thread":
-				agg.Threads[r.RelatesTo] = &ThreadSummary{Count: int(n), Latest: r.EventID, Participated: mine > 0}
+				agg.Threads = append(agg.Threads, ThreadSummary{Root: r.RelatesTo, RoomID: r.RoomID, Count: int(n), Latest: r.EventID, Participated: mine > 0})
 			}
 		}
 		return rows.Err()
