@@ -233,6 +233,21 @@ func TestRelations(t *testing.T) {
 			if tl.Get(`events.#(event_id=="`+root+`").unsigned.m\.relations.m\.replace.event_id`).String() != wantEdit {
 				t.Fatalf("sync timeline root lacks its edit: %s", tl.Raw)
 			}
+			// Several rooms' limited timelines are aggregated together.
+			room2 := alice.Do(t, "POST", v3+"/createRoom", map[string]any{"preset": "public_chat"}).MustOK(t).String("room_id")
+			r2 := roomClient{t, alice, room2, &n}
+			root2 := r2.text("root 2")
+			edit21 := r2.edit(root2, "root 2, edited")
+			r2.text("after")
+			filter = url.QueryEscape(fmt.Sprintf(`{"room":{"rooms":[%q, %q],"timeline":{"limit":3}}}`, room, room2))
+			s = get(t, alice, v3+"/sync?timeout=0&filter="+filter)
+			tl2 := s.Get("rooms.join." + gjson.Escape(room2) + ".timeline")
+			if !tl2.Get("limited").Bool() || tl2.Get(`events.#(event_id=="`+root2+`").unsigned.m\.relations.m\.replace.event_id`).String() != edit21 {
+				t.Fatalf("second room's limited timeline lacks its edit: %s", tl2.Raw)
+			}
+			if !s.Get("rooms.join." + gjson.Escape(room) + ".timeline.limited").Bool() {
+				t.Fatalf("first room's timeline not limited: %s", s.Raw)
+			}
 		})
 		t.Run("threads", func(t *testing.T) {
 			root2 := a.text("second root")
