@@ -218,7 +218,7 @@ func validEditOf(r storage.Relation, p *storage.Event) bool {
 	if r.RoomID != p.RoomID || r.Sender != p.Sender || r.EventType != p.Type || p.RedactedBecause != "" || p.StateKey != nil {
 		return false
 	}
-	rt, _ := relatesTo(p.JSON)
+	rt, _ := storage.RelatesTo(p.JSON)
 	return rt != "m.replace"
 }
 

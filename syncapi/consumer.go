@@ -104,7 +104,7 @@ func (s *SyncAPI) prepareRoomEvent(out *rsapi.OutputEvent) (*storage.Event, []st
 		sk := f[2].String()
 		ev.StateKey = &sk
 	}
-	ev.RelType, ev.RelatesTo = relatesTo(js)
+	ev.RelType, ev.RelatesTo = storage.RelatesTo(js)
 	if out.Txn != nil {
 		ev.SessionID, ev.TxnID = out.Txn.SessionID, out.Txn.TxnID
 	}
@@ -130,22 +130,6 @@ func (s *SyncAPI) prepareRoomEvent(out *rsapi.OutputEvent) (*storage.Event, []st
 		adds = append(adds, ns)
 	}
 	return ev, adds
-}
-
-// relatesTo reads the rel_type and parent of an event's m.relates_to:
-// both must be strings, the parent an event ID, else the event has no
-// relation to index (spec: relationships that do not match the schema are
-// ignored). Replies (m.in_reply_to without rel_type) are not relations.
-func relatesTo(eventJSON string) (relType, parent string) {
-	r := gjson.GetMany(eventJSON, `content.m\.relates_to.rel_type`, `content.m\.relates_to.event_id`)
-	if r[0].Type != gjson.String || r[1].Type != gjson.String {
-		return "", ""
-	}
-	relType, parent = r[0].String(), r[1].String()
-	if relType == "" || len(relType) > 255 || len(parent) < 2 || len(parent) > 255 || parent[0] != '$' {
-		return "", ""
-	}
-	return relType, parent
 }
 
 // announceRoomEvent wakes the users a stored event concerns and shares

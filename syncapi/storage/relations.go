@@ -5,7 +5,10 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"math"
 	"slices"
+
+	"github.com/tidwall/gjson"
 
 	"myelin/internal/sqldb"
 )
@@ -21,6 +24,61 @@ type Relation struct {
 	Sender    string
 	Depth     int64
 	Pos       int64
+}
+
+// RelatesTo reads the rel_type and parent of an event's m.relates_to:
+// both must be strings, the parent an event ID, else the event has no
+// relation to index (spec: relationships that do not match the schema are
+// ignored). Replies (m.in_reply_to without rel_type) are not relations.
+func RelatesTo(eventJSON string) (relType, parent string) {
+	r := gjson.GetMany(eventJSON, `content.m\.relates_to.rel_type`, `content.m\.relates_to.event_id`)
+	if r[0].Type != gjson.String || r[1].Type != gjson.String {
+		return "", ""
+	}
+	relType, parent = r[0].String(), r[1].String()
+	if relType == "" || len(relType) > 255 || len(parent) < 2 || len(parent) > 255 || parent[0] != '$' {
+		return "", ""
+	}
+	return relType, parent
+}
+
+// indexOldRelations indexes the relations of the events stored before
+// the relations index existed, once (migration 0005 leaves a pending
+// row), a batch of events at a time in position order.
+func (s *Storage) indexOldRelations(ctx context.Context) error {
+	var pending int
+	if err := s.db.QueryRow(ctx, `SELECT COUNT(*) FROM syncapi_relations_pending`).Scan(&pending); err != nil || pending == 0 {
+		return err
+	}
+	after := int64(math.MinInt64)
+	for {
+		evs, err := collectEvents(s.db.Query(ctx, `SELECT `+eventCols+` FROM syncapi_events
+			WHERE pos > $1 AND event_json LIKE '%m.relates_to%' ORDER BY pos LIMIT 500`, after))
+		if err != nil {
+			return fmt.Errorf("read events to index: %w", err)
+		}
+		if len(evs) == 0 {
+			break
+		}
+		err = s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+			for _, e := range evs {
+				if e.RedactedBecause != "" {
+					continue // a redacted child has no relation
+				}
+				e.RelType, e.RelatesTo = RelatesTo(e.JSON)
+				if err := insertRelation(ctx, tx, e); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		after = evs[len(evs)-1].Pos
+	}
+	_, err := s.db.Exec(ctx, `DELETE FROM syncapi_relations_pending`)
+	return err
 }
 
 // insertRelation indexes ev's relation, if it has one, inside tx.

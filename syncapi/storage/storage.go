@@ -39,7 +39,11 @@ func Open(ctx context.Context, db *sqldb.DB) (*Storage, error) {
 	if err := sqldb.Migrate(ctx, db, "syncapi", sub); err != nil {
 		return nil, err
 	}
-	return &Storage{db: db}, nil
+	st := &Storage{db: db}
+	if err := st.indexOldRelations(ctx); err != nil {
+		return nil, fmt.Errorf("index the relations of stored events: %w", err)
+	}
+	return st, nil
 }
 
 // Event is one row of the sync stream.

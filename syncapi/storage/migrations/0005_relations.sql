@@ -16,3 +16,8 @@ CREATE TABLE syncapi_relations (
 CREATE INDEX syncapi_relations_parent ON syncapi_relations (relates_to, rel_type, depth, pos);
 -- /threads: a room's thread roots by latest activity.
 CREATE INDEX syncapi_relations_room ON syncapi_relations (room_id, rel_type, pos);
+
+-- Events stored before this migration are indexed once at the next start
+-- (Storage.indexOldRelations), which then deletes this row.
+CREATE TABLE syncapi_relations_pending (pending INTEGER NOT NULL);
+INSERT INTO syncapi_relations_pending (pending) VALUES (1);
