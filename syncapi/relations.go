@@ -1,6 +1,7 @@
 package syncapi
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"net/http"
@@ -221,32 +222,13 @@ func (s *SyncAPI) relationTree(ctx context.Context, q storage.RelationQuery) ([]
 		}
 	}
 	slices.SortFunc(all, func(a, b storage.Relation) int {
-		c := cmpTopo(a, b)
+		c := cmp.Or(cmp.Compare(a.Depth, b.Depth), cmp.Compare(a.Pos, b.Pos))
 		if q.Backwards {
 			return -c
 		}
 		return c
 	})
 	return all, nil
-}
-
-func cmpTopo(a, b storage.Relation) int {
-	switch {
-	case a.Depth != b.Depth:
-		return cmpInt(a.Depth, b.Depth)
-	default:
-		return cmpInt(a.Pos, b.Pos)
-	}
-}
-
-func cmpInt(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // visibleEvent returns the user's visibility helper in a room and one of
