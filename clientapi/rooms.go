@@ -130,6 +130,9 @@ func (c *ClientAPI) sendMessage(r *http.Request, dev *uapi.Device) (any, error) 
 	if err := checkContent(mxhttp.Var(r, "roomId"), evType, content); err != nil {
 		return nil, err
 	}
+	if err := c.checkRelation(r.Context(), mxhttp.Var(r, "roomId"), content); err != nil {
+		return nil, err
+	}
 	if delay, ok, err := c.delayParam(r); err != nil || ok {
 		if err != nil {
 			return nil, err
@@ -149,6 +152,9 @@ func (c *ClientAPI) sendMessageNoTxn(r *http.Request, dev *uapi.Device) (any, er
 		return nil, err
 	}
 	if err := checkContent(mxhttp.Var(r, "roomId"), mxhttp.Var(r, "eventType"), content); err != nil {
+		return nil, err
+	}
+	if err := c.checkRelation(r.Context(), mxhttp.Var(r, "roomId"), content); err != nil {
 		return nil, err
 	}
 	if err := allow(c.limits.send, dev.UserID); err != nil {

@@ -504,6 +504,29 @@ func specSession(t *testing.T, spec *clientSpec, dbURL, roomVersion string) {
 	f.call(bob, "GET", clientV3+"/rooms/{roomId}/messages?dir=b&filter="+lazy, nil, 200, "roomId", room)
 	f.call(bob, "GET", clientV3+"/rooms/{roomId}/context/{eventId}?filter="+lazy, nil, 200, "roomId", room, "eventId", hello)
 
+	// Relations: an edit, a thread and a reference of hello, read back
+	// with their bundled aggregations.
+	f.call(alice, "PUT", clientV3+"/rooms/{roomId}/send/{eventType}/{txnId}", map[string]any{"msgtype": "m.text", "body": "* hello!",
+		"m.new_content": map[string]any{"msgtype": "m.text", "body": "hello!"},
+		"m.relates_to":  map[string]any{"rel_type": "m.replace", "event_id": hello}}, 200,
+		"roomId", room, "eventType", "m.room.message", "txnId", "edit1")
+	f.call(bob, "PUT", clientV3+"/rooms/{roomId}/send/{eventType}/{txnId}", map[string]any{"msgtype": "m.text", "body": "threaded",
+		"m.relates_to": map[string]any{"rel_type": "m.thread", "event_id": hello}}, 200,
+		"roomId", room, "eventType", "m.room.message", "txnId", "thread1")
+	f.call(bob, "PUT", clientV3+"/rooms/{roomId}/send/{eventType}/{txnId}", map[string]any{"msgtype": "m.text", "body": "see",
+		"m.relates_to": map[string]any{"rel_type": "m.reference", "event_id": hello}}, 200,
+		"roomId", room, "eventType", "m.room.message", "txnId", "ref1")
+	f.call(bob, "GET", clientV3+"/rooms/{roomId}/event/{eventId}", nil, 200, "roomId", room, "eventId", hello)
+	rel := f.call(bob, "GET", "/_matrix/client/v1/rooms/{roomId}/relations/{eventId}?limit=1", nil, 200, "roomId", room, "eventId", hello)
+	f.call(bob, "GET", "/_matrix/client/v1/rooms/{roomId}/relations/{eventId}?recurse=true&from="+url.QueryEscape(rel.String("next_batch")), nil, 200,
+		"roomId", room, "eventId", hello)
+	f.call(bob, "GET", "/_matrix/client/v1/rooms/{roomId}/relations/{eventId}/{relType}?dir=f", nil, 200, "roomId", room, "eventId", hello, "relType", "m.thread")
+	f.call(bob, "GET", "/_matrix/client/v1/rooms/{roomId}/relations/{eventId}/{relType}/{eventType}", nil, 200,
+		"roomId", room, "eventId", hello, "relType", "m.replace", "eventType", "m.room.message")
+	f.call(bob, "GET", "/_matrix/client/v1/rooms/{roomId}/threads?include=participated", nil, 200, "roomId", room)
+	f.call(bob, "GET", "/_matrix/client/v1/rooms/{roomId}/threads?from=bad", nil, 400, "roomId", room)
+	f.call(bob, "GET", clientV3+"/rooms/{roomId}/context/{eventId}", nil, 200, "roomId", room, "eventId", hello)
+
 	// A gappy incremental sync: more events than the timeline limit,
 	// with a state change before the gap.
 	bobSince := f.call(bob, "GET", clientV3+"/sync", nil, 200).String("next_batch")

@@ -104,6 +104,7 @@ func (s *SyncAPI) prepareRoomEvent(out *rsapi.OutputEvent) (*storage.Event, []st
 		sk := f[2].String()
 		ev.StateKey = &sk
 	}
+	ev.RelType, ev.RelatesTo = storage.RelatesTo(js)
 	if out.Txn != nil {
 		ev.SessionID, ev.TxnID = out.Txn.SessionID, out.Txn.TxnID
 	}

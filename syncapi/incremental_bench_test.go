@@ -73,3 +73,40 @@ func processCPU(b *testing.B) time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// BenchmarkInitialSync measures an initial /sync of a user in 20 rooms
+// whose timelines are limited (10 events of about 15), each room with an
+// edited message and a thread: what bundled aggregations and
+// unsigned.membership cost where they are computed.
+func BenchmarkInitialSync(b *testing.B) {
+	for _, dialect := range sqldbtest.Dialects {
+		b.Run(dialect, func(b *testing.B) {
+			srv := testserver.Start(b, testserver.Config(b.TempDir(), sqldbtest.URL(b, dialect)))
+			alice := srv.Register(b, "alice")
+			bob := srv.Register(b, "bob")
+			for i := 0; i < 20; i++ {
+				id := alice.Do(b, "POST", v3+"/createRoom", map[string]any{"preset": "public_chat"}).MustOK(b).String("room_id")
+				bob.Do(b, "POST", v3+"/join/"+url.PathEscape(id), map[string]any{}).MustOK(b)
+				send := func(txn string, content map[string]any) string {
+					return alice.Do(b, "PUT", fmt.Sprintf("%s/rooms/%s/send/m.room.message/%s", v3, url.PathEscape(id), txn), content).MustOK(b).String("event_id")
+				}
+				root := send("root", map[string]any{"msgtype": "m.text", "body": "root"})
+				send("edit", map[string]any{"msgtype": "m.text", "body": "* root!", "m.new_content": map[string]any{"msgtype": "m.text", "body": "root!"},
+					"m.relates_to": map[string]any{"rel_type": "m.replace", "event_id": root}})
+				for j := 0; j < 3; j++ {
+					send(fmt.Sprint("t", j), map[string]any{"msgtype": "m.text", "body": "in thread",
+						"m.relates_to": map[string]any{"rel_type": "m.thread", "event_id": root}})
+				}
+			}
+			path := v3 + "/sync?filter=" + url.QueryEscape(`{"room":{"state":{"lazy_load_members":true},"timeline":{"limit":10}}}`)
+			bob.Do(b, "GET", path, nil).MustOK(b)
+			b.ReportAllocs()
+			b.ResetTimer()
+			start := processCPU(b)
+			for i := 0; i < b.N; i++ {
+				bob.Do(b, "GET", path, nil).MustOK(b)
+			}
+			b.ReportMetric(float64((processCPU(b)-start).Microseconds())/float64(b.N), "cpu-us/op")
+		})
+	}
+}

@@ -138,19 +138,9 @@ func (s *SyncAPI) messages(r *http.Request, dev *uapi.Device) (any, error) {
 			}
 		}
 	}
-	var stop *TopoToken
-	if to := q.Get("to"); to != "" {
-		if t, err := ParseTopoToken(to); err == nil {
-			stop = &t
-		} else if st, err := ParseToken(to); err == nil {
-			d, p, err := s.store.TopoPosition(ctx, roomID, st[pduStream])
-			if err != nil {
-				return nil, err
-			}
-			stop = &TopoToken{Depth: d, Pos: p + 1}
-		} else {
-			return nil, mxhttp.InvalidParam("bad 'to' token")
-		}
+	stop, err := s.stopPoint(ctx, roomID, q.Get("to"))
+	if err != nil {
+		return nil, err
 	}
 	f := formatter{sessionID: dev.SessionID, now: s.now(), withRoomID: true}
 	resp := &messagesResponse{Start: startTok, Chunk: []ClientEvent{}}
@@ -158,6 +148,7 @@ func (s *SyncAPI) messages(r *http.Request, dev *uapi.Device) (any, error) {
 	more := true     // whether events may remain past cur
 	stopped := false // whether paging reached 'to' or the create event
 	var last *storage.Event
+	var shown []*storage.Event // the events of the chunk, for their aggregations
 	backfills := 0
 	if backwards {
 		// The event the page starts under (the oldest one the client
@@ -221,11 +212,12 @@ func (s *SyncAPI) messages(r *http.Request, dev *uapi.Device) (any, error) {
 				return nil, err
 			}
 			if ok && filter.AllowsEvent(e.Type, e.Sender, contentRaw(e.JSON)) {
-				shown, err := vis.forErased(ctx, e)
+				e, err := vis.forErased(ctx, e)
 				if err != nil {
 					return nil, err
 				}
-				resp.Chunk = append(resp.Chunk, f.event(shown))
+				resp.Chunk = append(resp.Chunk, f.event(e))
+				shown = append(shown, e)
 				if len(resp.Chunk) == limit {
 					break
 				}
@@ -250,6 +242,9 @@ func (s *SyncAPI) messages(r *http.Request, dev *uapi.Device) (any, error) {
 	// the chunk is empty (nothing further).
 	if len(resp.Chunk) > 0 && last != nil {
 		resp.End = cur.String()
+	}
+	if err := s.bundle(ctx, vis, f, shown, resp.Chunk); err != nil {
+		return nil, err
 	}
 	if filter.LazyLoadMembers {
 		seen := map[string]bool{}
@@ -447,7 +442,12 @@ func (s *SyncAPI) event(r *http.Request, dev *uapi.Device) (any, error) {
 	if e, err = vis.forErased(ctx, e); err != nil {
 		return nil, err
 	}
-	return formatter{sessionID: dev.SessionID, now: s.now(), withRoomID: true}.event(e), nil
+	f := formatter{sessionID: dev.SessionID, now: s.now(), withRoomID: true}
+	ce := f.event(e)
+	if err := s.bundleOne(ctx, vis, f, e, &ce); err != nil {
+		return nil, err
+	}
+	return ce, nil
 }
 
 type contextResponse struct {
@@ -497,6 +497,10 @@ func (s *SyncAPI) context(r *http.Request, dev *uapi.Device) (any, error) {
 	}
 	f := formatter{sessionID: dev.SessionID, now: s.now(), withRoomID: true}
 	maxPos := s.notifier.Current()[pduStream]
+	// shown and shownOut are every event of the answer, for their
+	// aggregations, read at once.
+	var shown []*storage.Event
+	var shownOut []*ClientEvent
 	pick := func(evs []*storage.Event, n int) ([]ClientEvent, error) {
 		out := []ClientEvent{}
 		for _, x := range evs {
@@ -512,6 +516,7 @@ func (s *SyncAPI) context(r *http.Request, dev *uapi.Device) (any, error) {
 					return nil, err
 				}
 				out = append(out, f.event(x))
+				shown = append(shown, x)
 			}
 		}
 		return out, nil
@@ -531,6 +536,17 @@ func (s *SyncAPI) context(r *http.Request, dev *uapi.Device) (any, error) {
 		return nil, err
 	}
 	if resp.EventsAfter, err = pick(afterRows, nAfter); err != nil {
+		return nil, err
+	}
+	shown = append(shown, e)
+	for i := range resp.EventsBefore {
+		shownOut = append(shownOut, &resp.EventsBefore[i])
+	}
+	for i := range resp.EventsAfter {
+		shownOut = append(shownOut, &resp.EventsAfter[i])
+	}
+	shownOut = append(shownOut, &resp.Event)
+	if err := s.bundlePtrs(ctx, vis, f, shown, shownOut); err != nil {
 		return nil, err
 	}
 	resp.Start = TopoToken{Depth: e.Depth, Pos: e.Pos}.String()

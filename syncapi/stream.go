@@ -125,6 +125,9 @@ type buildState struct {
 	// ignored is the users the user ignores; ignoredRead once read.
 	ignored     map[string]bool
 	ignoredRead bool
+	// bundles are the limited timelines of the rooms stream, whose
+	// aggregations are read for all rooms at once when it ends.
+	bundles []pagePart
 	// toDeviceGiven is how many to-device messages this answer gives.
 	toDeviceGiven int
 	// quietRooms are joined rooms in the answer for their ephemeral

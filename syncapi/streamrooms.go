@@ -215,6 +215,9 @@ func (p roomsProvider) loadRooms(ctx context.Context, req *syncRequest, from int
 			}
 		}
 	}
+	if err := s.flushBundles(ctx, req); err != nil {
+		return nil, err
+	}
 	return out, nil
 }
 
@@ -240,6 +243,9 @@ func (p roomsProvider) loadMoved(ctx context.Context, req *syncRequest, from int
 		if !jr.empty() {
 			out.join[roomID] = jr
 		}
+	}
+	if err := p.s.flushBundles(ctx, req); err != nil {
+		return nil, err
 	}
 	return out, nil
 }
@@ -286,7 +292,8 @@ func (s *SyncAPI) joinedRoom(ctx context.Context, req *syncRequest, roomID strin
 		// is the room's latest events, limited if there are older ones.
 		tlFrom = 0
 	}
-	events, limited, err := s.timelineEvents(ctx, req, roomID, tlFrom, req.to[pduStream], req.filter.timelineLimit())
+	vis := s.syncVisibility(req, roomID)
+	events, limited, err := s.timelineEvents(ctx, req, vis, tlFrom, req.to[pduStream], req.filter.timelineLimit())
 	if err != nil {
 		return nil, err
 	}
@@ -298,6 +305,9 @@ func (s *SyncAPI) joinedRoom(ctx context.Context, req *syncRequest, roomID strin
 	for _, e := range events {
 		inTimeline[e.EventID] = true
 		jr.Timeline.Events = append(jr.Timeline.Events, req.fmt.event(e))
+	}
+	if err := s.bundleTimeline(ctx, req, vis, events, jr.Timeline.Events, jr.Timeline.Limited); err != nil {
+		return nil, err
 	}
 	stateFilter := &req.filter.Room.State
 	lazy := stateFilter.LazyLoadMembers
@@ -504,16 +514,18 @@ func prevBatch(events []*storage.Event, to Token) string {
 // timelineEvents returns up to limit events of roomID in (from, to] that
 // pass the timeline filter and that the user may see, oldest first, and
 // whether older ones were left out.
-func (s *SyncAPI) timelineEvents(ctx context.Context, req *syncRequest, roomID string, from, to int64, limit int) ([]*storage.Event, bool, error) {
+func (s *SyncAPI) timelineEvents(ctx context.Context, req *syncRequest, vis *visibility, from, to int64, limit int) ([]*storage.Event, bool, error) {
+	roomID := vis.roomID
 	tf := &req.filter.Room.Timeline
 	if !req.filter.Room.AllowsRoom(roomID, tf) {
 		return nil, false, nil
 	}
+	// The user's ignored users' events are left out (read once a build).
 	ignored, err := s.ignored(ctx, req)
 	if err != nil {
 		return nil, false, err
 	}
-	vis := &visibility{s: s, roomID: roomID, userID: req.dev.UserID, currentStateVisible: true, joinedAt: req.b.joinedAt[roomID], ignored: ignored}
+	vis.ignored = ignored
 	var out []*storage.Event
 	upper := to
 	// Pages are larger than the limit so that a filter that drops most
@@ -590,7 +602,8 @@ func (s *SyncAPI) leftRoom(ctx context.Context, req *syncRequest, roomID string,
 	if full {
 		from = 0
 	}
-	events, limited, err := s.timelineEvents(ctx, req, roomID, from, st.Pos, req.filter.timelineLimit())
+	vis := s.syncVisibility(req, roomID)
+	events, limited, err := s.timelineEvents(ctx, req, vis, from, st.Pos, req.filter.timelineLimit())
 	if err != nil {
 		return nil, err
 	}
@@ -600,6 +613,9 @@ func (s *SyncAPI) leftRoom(ctx context.Context, req *syncRequest, roomID string,
 	for _, e := range events {
 		inTimeline[e.EventID] = true
 		lr.Timeline.Events = append(lr.Timeline.Events, req.fmt.event(e))
+	}
+	if err := s.bundleTimeline(ctx, req, vis, events, lr.Timeline.Events, limited); err != nil {
+		return nil, err
 	}
 	stateFilter := &req.filter.Room.State
 	switch {

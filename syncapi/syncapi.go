@@ -272,6 +272,11 @@ func (s *SyncAPI) Routes(root *mux.Router) {
 		r.Handle("/presence/{userId}/status", s.authed(s.getPresence)).Methods(http.MethodGet)
 		r.Handle("/presence/{userId}/status", s.authed(s.putPresence)).Methods(http.MethodPut)
 	}
+	v1 := root.PathPrefix("/_matrix/client/v1").Subrouter()
+	for _, p := range []string{"", "/{relType}", "/{relType}/{eventType}"} {
+		v1.Handle("/rooms/{roomId}/relations/{eventId}"+p, s.authed(s.relations)).Methods(http.MethodGet)
+	}
+	v1.Handle("/rooms/{roomId}/threads", s.authed(s.threads)).Methods(http.MethodGet)
 	root.Handle("/_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device/{deviceId}/events",
 		s.authed(s.dehydratedEvents)).Methods(http.MethodPost)
 }

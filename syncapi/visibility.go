@@ -54,6 +54,13 @@ func (s *SyncAPI) ignoredBy(ctx context.Context, userID string) (map[string]bool
 	return uapi.IgnoredUsers(raw), nil
 }
 
+// syncVisibility is the visibility helper of one room of a /sync, shared
+// by its timeline and the timeline's unsigned data, so that the
+// membership log is read once.
+func (s *SyncAPI) syncVisibility(req *syncRequest, roomID string) *visibility {
+	return &visibility{s: s, roomID: roomID, userID: req.dev.UserID, currentStateVisible: true, joinedAt: req.b.joinedAt[roomID]}
+}
+
 func (v *visibility) load(ctx context.Context) error {
 	if v.loaded {
 		return nil
@@ -111,6 +118,25 @@ func (v *visibility) canSee(ctx context.Context, e *storage.Event) (bool, error)
 		return st.EventID == e.EventID, nil
 	}
 	return false, nil
+}
+
+// membershipAt is the user's membership at e, e's own change included
+// (unsigned.membership, MSC4115): "leave" before any.
+func (v *visibility) membershipAt(ctx context.Context, e *storage.Event) (string, error) {
+	if v.joinedAt > 0 && e.Pos >= v.joinedAt {
+		return "join", nil // joined since, and still joined
+	}
+	if err := v.load(ctx); err != nil {
+		return "", err
+	}
+	at := "leave"
+	for _, c := range v.log {
+		if c.Pos > e.Pos {
+			break
+		}
+		at = c.Membership
+	}
+	return at, nil
 }
 
 // forErased returns e as the user may see it: redacted when its sender is

@@ -67,6 +67,37 @@ type Unsigned struct {
 	// RedactedBy is the ID of the redaction, as Synapse gives it beside
 	// redacted_because (clients and sytest read it).
 	RedactedBy string `json:"redacted_by,omitempty"`
+	// Membership is the requesting user's membership at the event, the
+	// event's own change included (spec v1.11, MSC4115).
+	Membership string `json:"membership,omitempty"`
+	// Relations is the event's bundled aggregations (spec:
+	// "Aggregations of child events").
+	Relations *Relations `json:"m.relations,omitempty"`
+}
+
+// Relations is unsigned.m.relations: the aggregations of an event's
+// children, by rel_type.
+type Relations struct {
+	Replace   *Event           `json:"m.replace,omitempty"`
+	Thread    *ThreadSummary   `json:"m.thread,omitempty"`
+	Reference *ReferenceChunks `json:"m.reference,omitempty"`
+}
+
+// ThreadSummary is the m.thread aggregation of a thread root.
+type ThreadSummary struct {
+	LatestEvent             *Event `json:"latest_event"`
+	Count                   int    `json:"count"`
+	CurrentUserParticipated bool   `json:"current_user_participated"`
+}
+
+// ReferenceChunks is the m.reference aggregation: the referencing events.
+type ReferenceChunks struct {
+	Chunk []EventRef `json:"chunk"`
+}
+
+// EventRef names an event in an m.reference aggregation.
+type EventRef struct {
+	EventID string `json:"event_id"`
 }
 
 // FromJSON formats event JSON (a PDU) whose ID is eventID. roomID is set

@@ -46,6 +46,7 @@ var pathVars = map[string]pathVar{
 	"roomIdOrAlias": {check: mxid.RoomIDOrAlias},
 	"serverName":    {check: mxid.ServerName},
 	"eventType":     {check: opaque, tooLarge: true},
+	"relType":       {check: opaque}, // /relations: a rel_type, 255 bytes as event types
 	"stateKey":      {check: opaque, tooLarge: true},
 	"txnId":         {check: opaque},
 	"filterId":      {check: opaque},

@@ -39,7 +39,11 @@ func Open(ctx context.Context, db *sqldb.DB) (*Storage, error) {
 	if err := sqldb.Migrate(ctx, db, "syncapi", sub); err != nil {
 		return nil, err
 	}
-	return &Storage{db: db}, nil
+	st := &Storage{db: db}
+	if err := st.indexOldRelations(ctx); err != nil {
+		return nil, fmt.Errorf("index the relations of stored events: %w", err)
+	}
+	return st, nil
 }
 
 // Event is one row of the sync stream.
@@ -60,6 +64,9 @@ type Event struct {
 	InviteState     string
 	RedactedBecause string
 	JSON            string
+	// RelType and RelatesTo are the event's m.relates_to, indexed when
+	// it is appended (not columns of the stream).
+	RelType, RelatesTo string
 }
 
 // StateEvent is a current-state row.
@@ -188,6 +195,9 @@ func appendTx(ctx context.Context, tx *sqldb.Tx, ev *Event, adds []NewState, rem
 	if err != nil {
 		return false, fmt.Errorf("append event %s: %w", ev.EventID, err)
 	}
+	if err := insertRelation(ctx, tx, ev); err != nil {
+		return false, err
+	}
 	if err := sqldb.InChunks(2, removes, func(in string, args []any) error {
 		_, err := tx.Exec(ctx, `DELETE FROM syncapi_current_state WHERE room_id = $1 AND event_id IN (`+in+`)`, append([]any{ev.RoomID}, args...)...)
 		return err
@@ -255,6 +265,9 @@ func (s *Storage) AppendHistorical(ctx context.Context, ev *Event) (inserted boo
 		if err != nil {
 			return fmt.Errorf("append historical event %s: %w", ev.EventID, err)
 		}
+		if err := insertRelation(ctx, tx, ev); err != nil {
+			return err
+		}
 		inserted = true
 		return nil
 	})
@@ -266,11 +279,16 @@ func contentOf(eventJSON string) string {
 	return gjson.Get(eventJSON, "content").Raw
 }
 
-// Redact replaces a stored event's JSON with its redacted form.
+// Redact replaces a stored event's JSON with its redacted form and
+// drops its relation (redacting a child breaks it; spec: "Aggregations
+// of child events").
 func (s *Storage) Redact(ctx context.Context, eventID, redactedJSON, because string) error {
 	return s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
 		if _, err := tx.Exec(ctx, `UPDATE syncapi_events SET event_json = $1, redacted_because = $2 WHERE event_id = $3`, redactedJSON, because, eventID); err != nil {
 			return fmt.Errorf("redact %s: %w", eventID, err)
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM syncapi_relations WHERE event_id = $1`, eventID); err != nil {
+			return fmt.Errorf("drop relation of redacted %s: %w", eventID, err)
 		}
 		_, err := tx.Exec(ctx, `UPDATE syncapi_current_state SET event_json = $1 WHERE event_id = $2`, redactedJSON, eventID)
 		return err
