@@ -259,6 +259,7 @@ func (s *SyncAPI) Routes(root *mux.Router) {
 		r.Handle("/rooms/{roomId}/members", s.authed(s.members)).Methods(http.MethodGet)
 		r.Handle("/rooms/{roomId}/joined_members", s.authed(s.joinedMembers)).Methods(http.MethodGet)
 		r.Handle("/rooms/{roomId}/forget", s.authed(s.forget)).Methods(http.MethodPost)
+		r.Handle("/search", s.authed(s.search)).Methods(http.MethodPost)
 		r.Handle("/rooms/{roomId}/typing/{userId}", s.authed(s.putTyping)).Methods(http.MethodPut)
 		r.Handle("/sendToDevice/{eventType}/{txnId}", s.authed(s.sendToDevice)).Methods(http.MethodPut)
 		r.Handle("/keys/changes", s.authed(s.keysChanges)).Methods(http.MethodGet)

@@ -1,0 +1,221 @@
+package storage
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	"github.com/tidwall/gjson"
+
+	"myelin/internal/sqldb"
+)
+
+// SearchKeys maps the event types /search indexes to the content key of
+// each one's text (spec: "Server Side Search", keys).
+var SearchKeys = map[string]string{
+	"m.room.message": "content.body",
+	"m.room.name":    "content.name",
+	"m.room.topic":   "content.topic",
+}
+
+// searchText is the text of ev the search index holds, "" for none: the
+// body of a message, the name or topic of a room's state. A NUL or a
+// broken surrogate, which another server's event may carry escaped in its
+// JSON, is dropped: no TEXT column of PostgreSQL takes them, and one
+// event must not stop the stream.
+func searchText(ev *Event) string {
+	key, ok := SearchKeys[ev.Type]
+	if !ok || (ev.Type == "m.room.message") != (ev.StateKey == nil) || (ev.StateKey != nil && *ev.StateKey != "") {
+		return ""
+	}
+	v := gjson.Get(ev.JSON, key)
+	if v.Type != gjson.String {
+		return ""
+	}
+	return strings.ReplaceAll(strings.ToValidUTF8(v.String(), ""), "\x00", "")
+}
+
+// searchRowSizes are the row counts of the index's insert statements: a
+// batch is sent in statements of these sizes, the last one padded by
+// repeating its last row (which ON CONFLICT drops), so that a few
+// prepared statements serve any batch.
+var searchRowSizes = []int{1, 8, 64}
+
+// searchInsert is the insert statement of n rows into the index.
+func searchInsert(n int) string {
+	var q strings.Builder
+	q.WriteString(`INSERT INTO syncapi_search (pos, room_id, event_type, text) VALUES `)
+	for i := range n {
+		if i > 0 {
+			q.WriteString(", ")
+		}
+		fmt.Fprintf(&q, "($%d, $%d, $%d, $%d)", i*4+1, i*4+2, i*4+3, i*4+4)
+	}
+	q.WriteString(` ON CONFLICT DO NOTHING`)
+	return q.String()
+}
+
+// indexForSearch adds the events just stored (their Pos set) to the search
+// index, those with text: a short row each, written for the whole batch in
+// one statement (SQLite's trigger adds the words to FTS5), so the cost of
+// a send does not grow with the room, nor by a round trip per event.
+func indexForSearch(ctx context.Context, tx *sqldb.Tx, evs []*Event) error {
+	var rows []any
+	for _, ev := range evs {
+		if text := searchText(ev); text != "" {
+			rows = append(rows, ev.Pos, ev.RoomID, ev.Type, text)
+		}
+	}
+	const cols = 4
+	largest := searchRowSizes[len(searchRowSizes)-1]
+	for len(rows) > 0 {
+		chunk := rows[:min(len(rows), largest*cols)]
+		rows = rows[len(chunk):]
+		n := len(chunk) / cols
+		size := largest
+		for _, sz := range searchRowSizes {
+			if sz >= n {
+				size = sz
+				break
+			}
+		}
+		args := make([]any, 0, size*cols)
+		args = append(args, chunk...)
+		for len(args) < size*cols {
+			args = append(args, chunk[len(chunk)-cols:]...)
+		}
+		if _, err := tx.Exec(ctx, searchInsert(size), args...); err != nil {
+			return fmt.Errorf("index %d events for search: %w", n, err)
+		}
+	}
+	return nil
+}
+
+// SearchQuery is one page of a search of room events.
+type SearchQuery struct {
+	// Match is the term in the dialect's syntax (sqldb.FullTextQuery).
+	Match string
+	// Rooms are the rooms searched, Types the event types (of SearchKeys).
+	Rooms, Types []string
+	// MaxPos bounds the stream positions searched, so that the pages of
+	// one search see the same events whatever arrives meanwhile.
+	MaxPos int64
+	// ByRank orders by relevance, then recency; else by recency alone.
+	ByRank bool
+	// After, when set, is the key of the last row of the previous page.
+	After *SearchKey
+	Limit int
+}
+
+// SearchKey is a row's place in the order of a search.
+type SearchKey struct {
+	Rank float64 `json:"r"`
+	Pos  int64   `json:"p"`
+}
+
+// SearchHit is a row found, with its key.
+type SearchHit struct {
+	Event *Event
+	Key   SearchKey
+}
+
+// searchFrom is the part of a search both the page and the count read:
+// the rows matching, in the rooms and of the types asked, up to MaxPos.
+func (s *Storage) searchFrom(q *SearchQuery) (string, []any, error) {
+	rooms, err := json.Marshal(q.Rooms)
+	if err != nil {
+		return "", nil, err
+	}
+	types, err := json.Marshal(q.Types)
+	if err != nil {
+		return "", nil, err
+	}
+	ft := s.db.FullText("syncapi_search", "s")
+	where := ` FROM ` + ft.From("pos") + ` WHERE ` + ft.Match(1) +
+		` AND s.room_id IN (` + s.db.JSONList(2) + `) AND s.event_type IN (` + s.db.JSONList(3) + `) AND s.pos <= $4`
+	return where, []any{q.Match, string(rooms), string(types), q.MaxPos}, nil
+}
+
+// Search returns up to q.Limit rows matching q after q.After, in order.
+func (s *Storage) Search(ctx context.Context, q *SearchQuery) ([]SearchHit, error) {
+	from, args, err := s.searchFrom(q)
+	if err != nil {
+		return nil, err
+	}
+	ft := s.db.FullText("syncapi_search", "s")
+	order, after := ` ORDER BY m.pos DESC`, ``
+	if q.ByRank {
+		order = ` ORDER BY m.rank DESC, m.pos DESC`
+	}
+	if q.After != nil {
+		args = append(args, q.After.Pos)
+		after = ` WHERE m.pos < $5`
+		if q.ByRank {
+			args = append(args, q.After.Rank)
+			after = ` WHERE (m.rank < $6 OR (m.rank = $6 AND m.pos < $5))`
+		}
+	}
+	args = append(args, q.Limit)
+	query := `SELECT ` + qualified("e", eventCols) + `, m.rank FROM (SELECT s.pos, ` + ft.Rank(1) + ` AS rank` + from + `) m
+		JOIN syncapi_events e ON e.pos = m.pos` + after + order + fmt.Sprintf(` LIMIT $%d`, len(args))
+	rows, err := s.db.Query(ctx, query, args...)
+	if err != nil {
+		return nil, fmt.Errorf("search: %w", err)
+	}
+	defer rows.Close()
+	var out []SearchHit
+	for rows.Next() {
+		var h SearchHit
+		e, err := scanEvent(scanWithRank{rows, &h.Key.Rank})
+		if err != nil {
+			return nil, err
+		}
+		h.Event, h.Key.Pos = e, e.Pos
+		out = append(out, h)
+	}
+	return out, rows.Err()
+}
+
+// SearchCount counts the rows matching q, whatever the page.
+func (s *Storage) SearchCount(ctx context.Context, q *SearchQuery) (int64, error) {
+	from, args, err := s.searchFrom(q)
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	if err := s.db.QueryRow(ctx, `SELECT COUNT(*)`+from, args...).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count search results: %w", err)
+	}
+	return n, nil
+}
+
+// scanWithRank scans an event row followed by its rank.
+type scanWithRank struct {
+	sc   interface{ Scan(...any) error }
+	rank *float64
+}
+
+func (s scanWithRank) Scan(dest ...any) error { return s.sc.Scan(append(dest, s.rank)...) }
+
+// qualified prefixes each column of a column list with a table alias.
+func qualified(alias, cols string) string {
+	parts := strings.Split(cols, ",")
+	for i, p := range parts {
+		parts[i] = alias + "." + strings.TrimSpace(p)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// RoomsEverJoined returns the rooms userID has been joined to at some
+// time: the rooms whose history it may search.
+func (s *Storage) RoomsEverJoined(ctx context.Context, userID string) ([]string, error) {
+	rows, err := s.db.Query(ctx, `SELECT DISTINCT room_id FROM syncapi_membership_log WHERE user_id = $1 AND membership = 'join'`, userID)
+	if err != nil {
+		return nil, fmt.Errorf("rooms joined by %s: %w", userID, err)
+	}
+	return sqldb.Column[string](rows)
+}
+
+// Dialect is the database's dialect (for sqldb.FullTextQuery).
+func (s *Storage) Dialect() sqldb.Dialect { return s.db.Dialect }
