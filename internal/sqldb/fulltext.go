@@ -6,55 +6,66 @@ import (
 	"unicode"
 )
 
-// FullText names the full-text index of a table, for queries written once
-// for both dialects. A migration makes it (see Migrate's dialect blocks):
-// on SQLite an FTS5 table <table>_fts over the table's text column (an
-// external-content table whose rowid is the table's integer key, kept in
-// step by triggers); on PostgreSQL a tsvector column tsv of the table,
-// generated from the text with the 'simple' configuration and indexed with
-// GIN. Both split words on Unicode letters and digits and fold case, with
-// no stemming (the same for any language). They differ at the edges:
-// FTS5 also folds diacritics ("cafe" finds "café"), and PostgreSQL folds
-// the case of non-ASCII letters only under a database locale that knows
-// them (not under C).
+// FullText is a full-text index of short texts keyed by an integer (its
+// rowid), for queries written once for both dialects. A migration makes
+// it (see Migrate's dialect blocks): on SQLite a contentless FTS5 table
+// (content='', contentless_delete=1) with one column, text; on PostgreSQL
+// a table of rowid BIGINT PRIMARY KEY and tsv TSVECTOR with a GIN index.
+// Neither keeps the text, only its words: the caller has it elsewhere.
+// Both split words on Unicode letters and digits and fold case, with no
+// stemming (the same for any language), through the 'simple'
+// configuration on PostgreSQL. They differ at the edges: FTS5 also folds
+// diacritics ("cafe" finds "café"), and PostgreSQL folds the case of
+// non-ASCII letters only under a database locale that knows them.
 type FullText struct {
 	dialect Dialect
 	table   string
-	alias   string
 }
 
-// FullText returns the full-text index of table, which queries name alias.
-func (db *DB) FullText(table, alias string) FullText {
-	return FullText{dialect: db.Dialect, table: table, alias: alias}
+// FullText returns the full-text index table.
+func (db *DB) FullText(table string) FullText {
+	return FullText{dialect: db.Dialect, table: table}
 }
 
-// From is the FROM item of a query matching the index: the table under its
-// alias (and, on SQLite, the FTS5 table joined on the key).
-func (f FullText) From(key string) string {
+// Insert is the statement adding n rows: parameters $1, $2 are the first
+// row's key and text, $3, $4 the second's, and so on. (FTS5 tables take
+// no ON CONFLICT: a key must be new.)
+func (f FullText) Insert(n int) string {
+	var q strings.Builder
+	col, val := "text", "$%d"
 	if f.dialect == Postgres {
-		return f.table + " " + f.alias
+		col, val = "tsv", "to_tsvector('simple', $%d)"
 	}
-	return fmt.Sprintf("%s %s JOIN %s_fts ON %s_fts.rowid = %s.%s", f.table, f.alias, f.table, f.table, f.alias, key)
+	fmt.Fprintf(&q, "INSERT INTO %s (rowid, %s) VALUES ", f.table, col)
+	for i := range n {
+		if i > 0 {
+			q.WriteString(", ")
+		}
+		fmt.Fprintf(&q, "($%d, "+val+")", 2*i+1, 2*i+2)
+	}
+	return q.String()
 }
 
-// Match is the condition that a row matches the query in parameter n (made
-// by FullTextQuery).
+// Match is the condition that a row of the table (named by its table
+// name, not an alias) matches the query in parameter n, made by
+// FullTextQuery.
 func (f FullText) Match(n int) string {
 	if f.dialect == Postgres {
-		return fmt.Sprintf("%s.tsv @@ to_tsquery('simple', $%d)", f.alias, n)
+		return fmt.Sprintf("%s.tsv @@ to_tsquery('simple', $%d)", f.table, n)
 	}
-	return fmt.Sprintf("%s_fts MATCH $%d", f.table, n)
+	return fmt.Sprintf("%s MATCH $%d", f.table, n)
 }
 
-// Rank is a row's relevance to the query in parameter n, a float8 where
-// more is better: ts_rank on PostgreSQL (the row's own term frequencies),
-// BM25 on SQLite (which weighs terms by their rarity in the whole index).
-// The value is exact across queries, so it may be compared in a keyset.
+// Rank is a matching row's relevance to the query in parameter n, a
+// double where more is better: ts_rank on PostgreSQL (from the row's own
+// words), BM25 on SQLite (which also weighs words by their rarity in the
+// whole index). The same row gets the same value in every query over the
+// same index, so it may be compared in a keyset.
 func (f FullText) Rank(n int) string {
 	if f.dialect == Postgres {
-		return fmt.Sprintf("CAST(ts_rank(%s.tsv, to_tsquery('simple', $%d)) AS DOUBLE PRECISION)", f.alias, n)
+		return fmt.Sprintf("CAST(ts_rank(%s.tsv, to_tsquery('simple', $%d)) AS DOUBLE PRECISION)", f.table, n)
 	}
-	return fmt.Sprintf("(0.0 - bm25(%s_fts))", f.table)
+	return fmt.Sprintf("(0.0 - bm25(%s))", f.table)
 }
 
 // FullTextQuery turns a user's search term into the dialect's query

@@ -36,57 +36,25 @@ func searchText(ev *Event) string {
 	return strings.ReplaceAll(strings.ToValidUTF8(v.String(), ""), "\x00", "")
 }
 
-// searchRowSizes are the row counts of the index's insert statements: a
-// batch is sent in statements of these sizes, the last one padded by
-// repeating its last row (which ON CONFLICT drops), so that a few
-// prepared statements serve any batch.
-var searchRowSizes = []int{1, 8, 64}
-
-// searchInsert is the insert statement of n rows into the index.
-func searchInsert(n int) string {
-	var q strings.Builder
-	q.WriteString(`INSERT INTO syncapi_search (pos, room_id, event_type, text) VALUES `)
-	for i := range n {
-		if i > 0 {
-			q.WriteString(", ")
-		}
-		fmt.Fprintf(&q, "($%d, $%d, $%d, $%d)", i*4+1, i*4+2, i*4+3, i*4+4)
-	}
-	q.WriteString(` ON CONFLICT DO NOTHING`)
-	return q.String()
-}
-
 // indexForSearch adds the events just stored (their Pos set) to the search
-// index, those with text: a short row each, written for the whole batch in
-// one statement (SQLite's trigger adds the words to FTS5), so the cost of
-// a send does not grow with the room, nor by a round trip per event.
+// index, those with text, in as few statements as the batch's binary
+// digits (64 = one of 64 rows; 7 = 4 + 2 + 1): few round trips, and few
+// statement texts to prepare. Only the words are written, so the cost of
+// a send does not grow with the room.
 func indexForSearch(ctx context.Context, tx *sqldb.Tx, evs []*Event) error {
 	var rows []any
 	for _, ev := range evs {
 		if text := searchText(ev); text != "" {
-			rows = append(rows, ev.Pos, ev.RoomID, ev.Type, text)
+			rows = append(rows, ev.Pos, text)
 		}
 	}
-	const cols = 4
-	largest := searchRowSizes[len(searchRowSizes)-1]
-	for len(rows) > 0 {
-		chunk := rows[:min(len(rows), largest*cols)]
-		rows = rows[len(chunk):]
-		n := len(chunk) / cols
-		size := largest
-		for _, sz := range searchRowSizes {
-			if sz >= n {
-				size = sz
-				break
+	ft := tx.FullText("syncapi_search")
+	for size := 64; len(rows) > 0; size /= 2 {
+		for len(rows) >= 2*size {
+			if _, err := tx.Exec(ctx, ft.Insert(size), rows[:2*size]...); err != nil {
+				return fmt.Errorf("index %d events for search: %w", size, err)
 			}
-		}
-		args := make([]any, 0, size*cols)
-		args = append(args, chunk...)
-		for len(args) < size*cols {
-			args = append(args, chunk[len(chunk)-cols:]...)
-		}
-		if _, err := tx.Exec(ctx, searchInsert(size), args...); err != nil {
-			return fmt.Errorf("index %d events for search: %w", n, err)
+			rows = rows[2*size:]
 		}
 	}
 	return nil
@@ -131,9 +99,9 @@ func (s *Storage) searchFrom(q *SearchQuery) (string, []any, error) {
 	if err != nil {
 		return "", nil, err
 	}
-	ft := s.db.FullText("syncapi_search", "s")
-	where := ` FROM ` + ft.From("pos") + ` WHERE ` + ft.Match(1) +
-		` AND s.room_id IN (` + s.db.JSONList(2) + `) AND s.event_type IN (` + s.db.JSONList(3) + `) AND s.pos <= $4`
+	ft := s.db.FullText("syncapi_search")
+	where := ` FROM syncapi_search JOIN syncapi_events x ON x.pos = syncapi_search.rowid WHERE ` + ft.Match(1) +
+		` AND x.room_id IN (` + s.db.JSONList(2) + `) AND x.event_type IN (` + s.db.JSONList(3) + `) AND x.pos <= $4`
 	return where, []any{q.Match, string(rooms), string(types), q.MaxPos}, nil
 }
 
@@ -143,7 +111,7 @@ func (s *Storage) Search(ctx context.Context, q *SearchQuery) ([]SearchHit, erro
 	if err != nil {
 		return nil, err
 	}
-	ft := s.db.FullText("syncapi_search", "s")
+	ft := s.db.FullText("syncapi_search")
 	order, after := ` ORDER BY m.pos DESC`, ``
 	if q.ByRank {
 		order = ` ORDER BY m.rank DESC, m.pos DESC`
@@ -157,7 +125,7 @@ func (s *Storage) Search(ctx context.Context, q *SearchQuery) ([]SearchHit, erro
 		}
 	}
 	args = append(args, q.Limit)
-	query := `SELECT ` + qualified("e", eventCols) + `, m.rank FROM (SELECT s.pos, ` + ft.Rank(1) + ` AS rank` + from + `) m
+	query := `SELECT ` + qualified("e", eventCols) + `, m.rank FROM (SELECT x.pos, ` + ft.Rank(1) + ` AS rank` + from + `) m
 		JOIN syncapi_events e ON e.pos = m.pos` + after + order + fmt.Sprintf(` LIMIT $%d`, len(args))
 	rows, err := s.db.Query(ctx, query, args...)
 	if err != nil {

@@ -280,7 +280,7 @@ func (s *Storage) Redact(ctx context.Context, eventID, redactedJSON, because str
 		if _, err := tx.Exec(ctx, `UPDATE syncapi_events SET event_json = $1, redacted_because = $2 WHERE event_id = $3`, redactedJSON, because, eventID); err != nil {
 			return fmt.Errorf("redact %s: %w", eventID, err)
 		}
-		if _, err := tx.Exec(ctx, `DELETE FROM syncapi_search WHERE pos IN (SELECT pos FROM syncapi_events WHERE event_id = $1)`, eventID); err != nil {
+		if _, err := tx.Exec(ctx, `DELETE FROM syncapi_search WHERE rowid IN (SELECT pos FROM syncapi_events WHERE event_id = $1)`, eventID); err != nil {
 			return fmt.Errorf("unindex %s: %w", eventID, err)
 		}
 		_, err := tx.Exec(ctx, `UPDATE syncapi_current_state SET event_json = $1 WHERE event_id = $2`, redactedJSON, eventID)

@@ -1,36 +1,26 @@
--- The full-text index of /search (spec: "Server Side Search"): one row per
--- room event with a searchable key, filled as events are appended and
--- deleted when an event is redacted. Keyed by the event's stream
--- position. The text is the key's value: content.body of m.room.message,
--- content.name of m.room.name, content.topic of m.room.topic.
-CREATE TABLE syncapi_search (
-    pos {{sqlite}}INTEGER{{end}}{{postgres}}BIGINT{{end}} PRIMARY KEY,
-    room_id TEXT NOT NULL,
-    event_type TEXT NOT NULL,
-    text TEXT NOT NULL
-    {{postgres}}, tsv TSVECTOR GENERATED ALWAYS AS (to_tsvector('simple', text)) STORED{{end}}
-);
-CREATE INDEX syncapi_search_room ON syncapi_search (room_id, pos);
-{{postgres}}
-CREATE INDEX syncapi_search_tsv ON syncapi_search USING GIN (tsv);
-{{end}}
+-- The full-text index of /search (spec: "Server Side Search"), one row per
+-- room event with a searchable text, keyed by the event's stream position
+-- (rowid = syncapi_events.pos), filled as events are appended and deleted
+-- when an event is redacted: content.body of m.room.message, content.name
+-- of m.room.name, content.topic of m.room.topic. Only the index is kept
+-- (the text is in the event): on SQLite a contentless FTS5 table, on
+-- PostgreSQL a tsvector with a GIN index (sqldb.FullText).
 {{sqlite}}
--- FTS5 over syncapi_search (external content: the text is stored once),
--- kept in step by triggers (sqldb.FullText).
-CREATE VIRTUAL TABLE syncapi_search_fts USING fts5(text, content='syncapi_search', content_rowid='pos',
+CREATE VIRTUAL TABLE syncapi_search USING fts5(text, content='', contentless_delete=1,
     tokenize='unicode61 remove_diacritics 2');
-CREATE TRIGGER syncapi_search_ai AFTER INSERT ON syncapi_search BEGIN
-    INSERT INTO syncapi_search_fts (rowid, text) VALUES (new.pos, new.text);
-END;
-CREATE TRIGGER syncapi_search_ad AFTER DELETE ON syncapi_search BEGIN
-    INSERT INTO syncapi_search_fts (syncapi_search_fts, rowid, text) VALUES ('delete', old.pos, old.text);
-END;
+{{end}}
+{{postgres}}
+CREATE TABLE syncapi_search (
+    rowid BIGINT PRIMARY KEY,
+    tsv TSVECTOR NOT NULL
+);
+CREATE INDEX syncapi_search_tsv ON syncapi_search USING GIN (tsv);
 {{end}}
 -- Events appended before this index existed: index them once.
 {{sqlite}}
-INSERT INTO syncapi_search (pos, room_id, event_type, text)
-    SELECT pos, room_id, event_type, json_extract(event_json, path) FROM (
-        SELECT pos, room_id, event_type, event_json,
+INSERT INTO syncapi_search (rowid, text)
+    SELECT pos, json_extract(event_json, path) FROM (
+        SELECT pos, event_json,
             '$.content.' || CASE event_type WHEN 'm.room.message' THEN 'body' WHEN 'm.room.name' THEN 'name' ELSE 'topic' END AS path
         FROM syncapi_events
         WHERE redacted_because = '' AND json_valid(event_json)
@@ -39,10 +29,10 @@ INSERT INTO syncapi_search (pos, room_id, event_type, text)
     WHERE json_type(event_json, path) = 'text';
 {{end}}
 {{postgres}}
-INSERT INTO syncapi_search (pos, room_id, event_type, text)
-    SELECT pos, room_id, event_type, v #>> '{}' FROM (
+INSERT INTO syncapi_search (rowid, tsv)
+    SELECT pos, to_tsvector('simple', v #>> '{}') FROM (
         -- JSONB refuses an escaped NUL: such an event stays out of the index.
-        SELECT pos, room_id, event_type,
+        SELECT pos,
             (CASE WHEN strpos(event_json, '\u0000') = 0 THEN CAST(event_json AS JSONB) END) -> 'content'
                 -> (CASE event_type WHEN 'm.room.message' THEN 'body' WHEN 'm.room.name' THEN 'name' ELSE 'topic' END) AS v
         FROM syncapi_events
