@@ -9,7 +9,7 @@ import (
 // FullText is a full-text index of short texts keyed by an integer (its
 // rowid), for queries written once for both dialects. A migration makes
 // it (see Migrate's dialect blocks): on SQLite a contentless FTS5 table
-// (content=”, contentless_delete=1) with one column, text; on PostgreSQL
+// (no content table, contentless_delete=1) with one column, text; on PostgreSQL
 // a table of rowid BIGINT PRIMARY KEY and tsv TSVECTOR with a GIN index.
 // Neither keeps the text, only its words: the caller has it elsewhere.
 // Both split words on Unicode letters and digits and fold case, with no
