@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/url"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/tidwall/gjson"
@@ -119,6 +120,11 @@ func TestSearch(t *testing.T) {
 				if id := gjson.GetBytes(resp.Raw, "search_categories.room_events.results.0.result.event_id").String(); id != unicode {
 					t.Errorf("%q: %s", term, resp.Raw)
 				}
+			}
+			// Odd words are no error: marks alone, letters outside the BMP,
+			// a word of 300 letters, keywords of the engines' syntax.
+			for _, term := range []string{"\u0301", "a\u0301\u0301", "𝔘𝔫𝔦", "😀 fox", strings.Repeat("x", 300), "NEAR OR AND NOT", "fox*"} {
+				search(t, r.bob, map[string]any{"search_term": term}, "").MustOK(t)
 			}
 			// A term of no words matches nothing, and is no error.
 			resp := search(t, r.bob, map[string]any{"search_term": `"*:&|!() '`}, "").MustOK(t)
