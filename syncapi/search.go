@@ -33,10 +33,10 @@ type searchRequest struct {
 }
 
 type roomEventsCriteria struct {
-	SearchTerm   *string          `json:"search_term"`
-	Keys         *[]string        `json:"keys"`
-	Filter       *RoomEventFilter `json:"filter"`
-	OrderBy      string           `json:"order_by"`
+	SearchTerm   *string       `json:"search_term"`
+	Keys         *[]string     `json:"keys"`
+	Filter       *searchFilter `json:"filter"`
+	OrderBy      string        `json:"order_by"`
 	EventContext *struct {
 		BeforeLimit    *int `json:"before_limit"`
 		AfterLimit     *int `json:"after_limit"`
@@ -48,6 +48,15 @@ type roomEventsCriteria struct {
 			Key string `json:"key"`
 		} `json:"group_by"`
 	} `json:"groupings"`
+}
+
+// searchFilter is the filter of a search: a RoomEventFilter, whose
+// unread_thread_notifications (spec: RoomEventFilter) is read here only
+// so that a value of the wrong type is refused; it counts nothing in a
+// search.
+type searchFilter struct {
+	RoomEventFilter
+	UnreadThreadNotifications *bool `json:"unread_thread_notifications,omitempty"`
 }
 
 // Validate implements mxhttp.Validator.
@@ -199,9 +208,9 @@ func (s *SyncAPI) search(r *http.Request, dev *uapi.Device) (any, error) {
 }
 
 func (s *SyncAPI) searchRoomEvents(ctx context.Context, dev *uapi.Device, c *roomEventsCriteria, tok *searchToken) (*roomEventsResults, error) {
-	filter := c.Filter
-	if filter == nil {
-		filter = &RoomEventFilter{}
+	filter := &RoomEventFilter{}
+	if c.Filter != nil {
+		filter = &c.Filter.RoomEventFilter
 	}
 	order := c.OrderBy
 	if order == "" {

@@ -274,6 +274,7 @@ func TestSearch(t *testing.T) {
 				{"bad order", `{"search_categories":{"room_events":{"search_term":"x","order_by":"best"}}}`, "", 400, "M_BAD_JSON"},
 				{"bad key", `{"search_categories":{"room_events":{"search_term":"x","keys":["content.url"]}}}`, "", 400, "M_BAD_JSON"},
 				{"bad group", `{"search_categories":{"room_events":{"search_term":"x","groupings":{"group_by":[{"key":"type"}]}}}}`, "", 400, "M_BAD_JSON"},
+				{"bad thread flag", `{"search_categories":{"room_events":{"search_term":"x","filter":{"unread_thread_notifications":"yes"}}}}`, "", 400, "M_BAD_JSON"},
 				{"bad filter room", `{"search_categories":{"room_events":{"search_term":"x","filter":{"rooms":["nope"]}}}}`, "", 400, "M_INVALID_PARAM"},
 				{"bad next_batch", `{"search_categories":{"room_events":{"search_term":"x"}}}`, "!!notatoken", 400, "M_INVALID_PARAM"},
 				{"next_batch of another order", `{"search_categories":{"room_events":{"search_term":"x","order_by":"recent"}}}`, "eyJvIjoicmFuayIsIm0iOjEsImEiOnsiciI6MSwicCI6MX19", 400, "M_INVALID_PARAM"},

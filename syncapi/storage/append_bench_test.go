@@ -82,3 +82,53 @@ func processCPU(b *testing.B) time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// BenchmarkSearch measures one page (10 results) of a search in a room of
+// 20,000 messages: a word in every message (the worst case: every match is
+// ranked before the first ten are known) and a word in one of 97, in rank
+// and in recent order, with the count each page also runs.
+func BenchmarkSearch(b *testing.B) {
+	for _, dialect := range sqldbtest.Dialects {
+		b.Run(dialect, func(b *testing.B) {
+			ctx := context.Background()
+			db, err := sqldb.Open(ctx, sqldbtest.URL(b, dialect), sqldb.Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer db.Close()
+			s, err := Open(ctx, db)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for n := 0; n < 20000; n += 64 {
+				batch := make([]Appended, 64)
+				for i := range batch {
+					id := fmt.Sprintf("$ev%d", n+i)
+					batch[i] = Appended{Event: &Event{RoomID: "!big:x", EventID: id, Type: "m.room.message", Sender: "@u:x", Depth: int64(n + i), HistVis: "shared",
+						JSON: fmt.Sprintf(`{"type":"m.room.message","content":{"body":"message number %d about the weather and other things w%d"}}`, n+i, (n+i)%97)}}
+				}
+				if _, err := s.AppendBatch(ctx, batch); err != nil {
+					b.Fatal(err)
+				}
+			}
+			for _, tc := range []struct{ name, term string }{{"common", "weather"}, {"rare", "w42"}} {
+				for _, byRank := range []bool{true, false} {
+					b.Run(fmt.Sprintf("%s/rank=%v", tc.name, byRank), func(b *testing.B) {
+						match, _ := sqldb.FullTextQuery(db.Dialect, tc.term)
+						q := &SearchQuery{Match: match, Rooms: []string{"!big:x"}, Types: []string{"m.room.message"}, MaxPos: 1 << 40, ByRank: byRank, Limit: 11}
+						b.ReportAllocs()
+						for i := 0; i < b.N; i++ {
+							hits, err := s.Search(ctx, q)
+							if err != nil || len(hits) != 11 {
+								b.Fatalf("%d hits, %v", len(hits), err)
+							}
+							if _, err := s.SearchCount(ctx, q); err != nil {
+								b.Fatal(err)
+							}
+						}
+					})
+				}
+			}
+		})
+	}
+}
