@@ -68,13 +68,17 @@ func (f FullText) Rank(n int) string {
 	return fmt.Sprintf("(0.0 - bm25(%s))", f.table)
 }
 
+// MaxQueryWords bounds the words of a full-text query.
+const MaxQueryWords = 32
+
 // FullTextQuery turns a user's search term into the dialect's query
 // syntax: every word (a run of letters, digits and marks) must appear,
 // each as a prefix, so that "meet" finds "meeting" as clients expect. It
 // also returns the words, and "" when the term has none: such a term
 // matches nothing. No character of the term reaches the query syntax but
 // those of words, so no input can be an operator. Case is left to the
-// engine, which folds the query as it folded the text.
+// engine, which folds the query as it folded the text. Words past the
+// first MaxQueryWords are left out: each is one more scan of the index.
 func FullTextQuery(d Dialect, term string) (string, []string) {
 	words := strings.FieldsFunc(term, func(r rune) bool {
 		return !unicode.IsLetter(r) && !unicode.IsDigit(r) && !unicode.IsMark(r)
@@ -82,6 +86,7 @@ func FullTextQuery(d Dialect, term string) (string, []string) {
 	if len(words) == 0 {
 		return "", nil
 	}
+	words = words[:min(len(words), MaxQueryWords)]
 	parts := make([]string, len(words))
 	for i, w := range words {
 		if d == Postgres {

@@ -1,6 +1,9 @@
 package sqldb
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 func TestFullTextQuery(t *testing.T) {
 	for _, tc := range []struct {
@@ -12,6 +15,7 @@ func TestFullTextQuery(t *testing.T) {
 		{"operators dropped", `fox" OR NOT (x) & !y:* '`, `"fox"* AND "OR"* AND "NOT"* AND "x"* AND "y"*`, `'fox':* & 'OR':* & 'NOT':* & 'x':* & 'y':*`, 5},
 		{"unicode", "café 日本語", `"café"* AND "日本語"*`, `'café':* & '日本語':*`, 2},
 		{"no words", `"*:&|!() '`, "", "", 0},
+		{"too many words", strings.Repeat("a ", 100), strings.TrimSuffix(strings.Repeat(`"a"* AND `, MaxQueryWords), " AND "), strings.TrimSuffix(strings.Repeat(`'a':* & `, MaxQueryWords), " & "), MaxQueryWords},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			q, words := FullTextQuery(SQLite, tc.term)
