@@ -296,6 +296,9 @@ func (t *Tx) QueryRow(ctx context.Context, q string, args ...any) *Row {
 // Dialect returns the dialect of the transaction's database.
 func (t *Tx) Dialect() Dialect { return t.db.Dialect }
 
+// FullText is DB.FullText, inside the transaction.
+func (t *Tx) FullText(table string) FullText { return t.db.FullText(table) }
+
 // WithTx runs f in a write transaction, committing if f returns nil. For
 // SQLite the single writer connection serialises transactions in-process.
 // An error means nothing was stored, unless it wraps ErrOutcomeUnknown.
