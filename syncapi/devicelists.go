@@ -50,9 +50,18 @@ func (s *SyncAPI) deviceListChanges(ctx context.Context, req *syncRequest) (*dev
 	// few queries, not 10,000.
 	var keysMoved, joined, invited, left []string
 	if req.to[deviceListStream] > since[deviceListStream] && !req.quiet(deviceListStream) {
-		ids, err := s.users.DeviceListChanges(ctx, since[deviceListStream], req.to[deviceListStream])
+		ids, all, err := s.users.DeviceListChanges(ctx, since[deviceListStream], req.to[deviceListStream])
 		if err != nil {
 			return nil, fmt.Errorf("device list changes: %w", err)
+		}
+		if all {
+			// The token is older than the stream keeps: anyone sharing a
+			// room may have changed, so all of them did, as far as the
+			// client knows (it fetches their keys again).
+			if ids, err = s.store.UsersSharing(ctx, user); err != nil {
+				return nil, err
+			}
+			ids = append(ids, user)
 		}
 		keysMoved = ids
 	}

@@ -577,9 +577,24 @@ func (u *UserAPI) DeviceListUpdate(ctx context.Context, origin string, upd uapi.
 }
 
 // DeviceListChanges lists the users whose device lists changed in
-// (from, to].
-func (u *UserAPI) DeviceListChanges(ctx context.Context, from, to int64) ([]string, error) {
+// (from, to], or says all when from is below the pruned stream's floor.
+func (u *UserAPI) DeviceListChanges(ctx context.Context, from, to int64) ([]string, bool, error) {
 	return u.store.DeviceListChanges(ctx, from, to)
+}
+
+// DeviceListRetention is how long the device-list stream keeps the
+// changes of remote users' lists. A sync token older than that (in fact up
+// to one prune interval more) is answered with every user sharing a room
+// with the syncing user in device_lists.changed, which a client takes as
+// "fetch their keys again": correct, only dearer, and rare.
+const DeviceListRetention = 7 * 24 * time.Hour
+
+// PruneDeviceLists marks the device-list stream's head at now and drops
+// the changes older than DeviceListRetention (see
+// storage.PruneDeviceListChanges); the userapi calls it hourly.
+func (u *UserAPI) PruneDeviceLists(ctx context.Context, now time.Time) error {
+	_, err := u.store.PruneDeviceListChanges(ctx, u.serverName, now.UnixMilli(), now.Add(-DeviceListRetention).UnixMilli())
+	return err
 }
 
 // DeviceListsPos is the head of the device-list stream.

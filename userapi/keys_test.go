@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+	"time"
 
 	"myelin/internal/sqldb/sqldbtest"
 	uapi "myelin/userapi/api"
@@ -74,9 +75,9 @@ func TestRemoteDeviceListUpdates(t *testing.T) {
 					t.Fatalf("device-list stream from %d to %d, want moved %v", before, after, tc.moves)
 				}
 				if tc.moves {
-					changed, err := u.DeviceListChanges(ctx, before, after)
-					if err != nil || !slices.Equal(changed, []string{alice}) {
-						t.Fatalf("changes: %v, %v", changed, err)
+					changed, all, err := u.DeviceListChanges(ctx, before, after)
+					if err != nil || all || !slices.Equal(changed, []string{alice}) {
+						t.Fatalf("changes: %v (all %v), %v", changed, all, err)
 					}
 				}
 			})
@@ -88,6 +89,81 @@ func TestRemoteDeviceListUpdates(t *testing.T) {
 		}
 		if _, _, found, _, err := u.store.RemoteDeviceList(ctx, "@bob:other.test"); found || err != nil {
 			t.Fatalf("an untracked user's update was stored: %v %v", found, err)
+		}
+	})
+}
+
+// TestPruneDeviceLists: a prune marks the stream's head; once a mark is
+// older than the retention, the rows of remote users at or below it go and
+// it becomes the floor, below which DeviceListChanges answers "all";
+// local users' rows stay (their stream_id for other servers), and so does
+// every change above the floor.
+func TestPruneDeviceLists(t *testing.T) {
+	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
+		ctx := context.Background()
+		u := newTestAPI(t, dbURL, nil)
+		local := mustCreate(t, u, "alice", "").UserID
+		const old, recent = "@old:remote.test", "@recent:remote.test"
+		move := func(userID string) int64 {
+			t.Helper()
+			var pos int64
+			var err error
+			if userID == local {
+				var c storage.DeviceListChange
+				c, err = u.store.DeviceAdded(ctx, local, "D")
+				pos = c.Pos
+			} else {
+				pos, err = u.store.ReplaceRemoteDeviceList(ctx, userID, 1, nil, nil)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			return pos
+		}
+		start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+		base, err := u.DeviceListsPos(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		move(old)
+		localPos := move(local)
+		// The first prune only marks: nothing is older than the retention.
+		if err := u.PruneDeviceLists(ctx, start); err != nil {
+			t.Fatal(err)
+		}
+		recentPos := move(recent)
+		if err := u.PruneDeviceLists(ctx, start.Add(DeviceListRetention/2)); err != nil {
+			t.Fatal(err)
+		}
+		if got, all, err := u.DeviceListChanges(ctx, base, recentPos); err != nil || all || len(got) != 3 {
+			t.Fatalf("before the retention passed: %v (all %v), %v", got, all, err)
+		}
+		// A week after the first mark: its position is the floor.
+		if err := u.PruneDeviceLists(ctx, start.Add(DeviceListRetention+time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		for _, tc := range []struct {
+			name     string
+			from, to int64
+			want     []string
+			all      bool
+		}{
+			{"token below the floor", base, recentPos, nil, true},
+			{"token just below the floor", localPos - 1, recentPos, nil, true},
+			{"token at the floor", localPos, recentPos, []string{recent}, false},
+			{"empty range at the floor", localPos, localPos, nil, false},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				got, all, err := u.DeviceListChanges(ctx, tc.from, tc.to)
+				if err != nil || all != tc.all || !slices.Equal(got, tc.want) {
+					t.Fatalf("changes in (%d, %d]: %v (all %v), %v; want %v (all %v)", tc.from, tc.to, got, all, err, tc.want, tc.all)
+				}
+			})
+		}
+		for user, want := range map[string]int64{old: 0, local: localPos, recent: recentPos} {
+			if got, err := u.store.DeviceListPos(ctx, user); err != nil || got != want {
+				t.Errorf("row of %s: %d, %v; want %d", user, got, err, want)
+			}
 		}
 	})
 }

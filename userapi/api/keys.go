@@ -46,8 +46,10 @@ type Keys interface {
 	// SigningKeyUpdate applies an m.signing_key_update EDU from origin.
 	SigningKeyUpdate(ctx context.Context, origin string, update SigningKeyUpdate) error
 	// DeviceListChanges lists the users whose device lists changed in
-	// (from, to]; DeviceListsPos is the head of that stream.
-	DeviceListChanges(ctx context.Context, from, to int64) ([]string, error)
+	// (from, to]; DeviceListsPos is the head of that stream. all is true
+	// when from is older than what the stream keeps (userapi.DeviceListRetention):
+	// any user may have changed.
+	DeviceListChanges(ctx context.Context, from, to int64) (users []string, all bool, err error)
 	DeviceListsPos(ctx context.Context) (int64, error)
 }
 

@@ -337,23 +337,77 @@ func (s *Storage) DeviceListsPos(ctx context.Context) (int64, error) {
 }
 
 // DeviceListChanges lists the users whose device lists last changed in
-// (from, to].
-func (s *Storage) DeviceListChanges(ctx context.Context, from, to int64) ([]string, error) {
+// (from, to]. all is true when from is below the stream's floor (rows that
+// old were pruned): every user may have changed, and users is nil.
+func (s *Storage) DeviceListChanges(ctx context.Context, from, to int64) (users []string, all bool, err error) {
 	rows, err := s.db.Query(ctx, `SELECT user_id FROM userapi_device_list_changes
 		WHERE pos > $1 AND pos <= $2 ORDER BY pos`, from, to)
 	if err != nil {
-		return nil, fmt.Errorf("select device list changes in (%d, %d]: %w", from, to, err)
+		return nil, false, fmt.Errorf("select device list changes in (%d, %d]: %w", from, to, err)
 	}
 	defer rows.Close()
-	var out []string
 	for rows.Next() {
 		var u string
 		if err := rows.Scan(&u); err != nil {
-			return nil, fmt.Errorf("scan device list change: %w", err)
+			return nil, false, fmt.Errorf("scan device list change: %w", err)
 		}
-		out = append(out, u)
+		users = append(users, u)
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, false, fmt.Errorf("select device list changes in (%d, %d]: %w", from, to, err)
+	}
+	// The floor is read after the rows: a prune between the two then
+	// answers all rather than a list missing what it deleted.
+	var floor int64
+	if err := s.db.QueryRow(ctx, `SELECT pos FROM userapi_stream_positions WHERE stream = 'device_lists_floor'`).Scan(&floor); err != nil {
+		return nil, false, fmt.Errorf("select device list floor: %w", err)
+	}
+	if from < floor {
+		return nil, true, nil
+	}
+	return users, false, nil
+}
+
+// PruneDeviceListChanges records the device-list stream's head at now (a
+// mark, in milliseconds) and, taking the newest mark at or before before
+// as the new floor, deletes the rows of remote users (those not of
+// serverName) at or below it, and the marks older than it. It returns the
+// floor. Rows of local users are kept: their position is the stream_id and
+// prev_id other servers know them by.
+func (s *Storage) PruneDeviceListChanges(ctx context.Context, serverName string, now, before int64) (int64, error) {
+	var floor int64
+	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO userapi_device_list_marks (pos, ts)
+			SELECT pos, $1 FROM userapi_stream_positions WHERE stream = 'device_lists'`, now); err != nil {
+			return fmt.Errorf("mark device list position: %w", err)
+		}
+		var mark, markTS sql.NullInt64
+		if err := tx.QueryRow(ctx, `SELECT pos, ts FROM userapi_device_list_marks WHERE ts <= $1
+			ORDER BY ts DESC, pos DESC LIMIT 1`, before).Scan(&mark, &markTS); err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("select device list mark: %w", err)
+		}
+		if err := tx.QueryRow(ctx, `SELECT pos FROM userapi_stream_positions WHERE stream = 'device_lists_floor'`).Scan(&floor); err != nil {
+			return fmt.Errorf("select device list floor: %w", err)
+		}
+		if !mark.Valid || mark.Int64 <= floor {
+			return nil
+		}
+		floor = mark.Int64
+		// The floor moves first, in the same transaction, so no reader
+		// sees the rows gone with the old floor.
+		if _, err := tx.Exec(ctx, `UPDATE userapi_stream_positions SET pos = $1 WHERE stream = 'device_lists_floor'`, floor); err != nil {
+			return fmt.Errorf("move device list floor: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM userapi_device_list_changes WHERE pos <= $1 AND user_id NOT LIKE $2`,
+			floor, "%:"+serverName); err != nil {
+			return fmt.Errorf("prune device list changes: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM userapi_device_list_marks WHERE ts < $1`, markTS.Int64); err != nil {
+			return fmt.Errorf("prune device list marks: %w", err)
+		}
+		return nil
+	})
+	return floor, err
 }
 
 // SharesRoomWithLocal reports whether userID is joined to a room a local
