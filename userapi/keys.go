@@ -3,6 +3,7 @@ package userapi
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -52,6 +53,11 @@ func (u *UserAPI) UploadKeys(ctx context.Context, req uapi.UploadKeysRequest) (m
 	add(req.OneTimeKeys, false)
 	add(req.FallbackKeys, true)
 	change, err := u.store.UploadKeys(ctx, req.UserID, req.DeviceID, string(req.DeviceKeys), keys)
+	if errors.Is(err, storage.ErrNoDevice) {
+		// Deleted since its token was checked: as if the token had been
+		// checked a moment later.
+		return nil, uapi.ErrUnknownToken
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -3,6 +3,7 @@ package userapi
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -260,5 +261,97 @@ func TestLocalKeys(t *testing.T) {
 		if _, _, ok, _ := u.store.ClaimKey(ctx, a.UserID, dev.DeviceID, "alg"); ok {
 			t.Fatalf("the deleted device's fallback key is still there")
 		}
+	})
+}
+
+// TestUploadKeysDeletedDevice: keys uploaded for a device that is deleted
+// meanwhile (the request was authenticated before the deletion) are
+// refused as from an unknown token and not stored, so a device logged in
+// later under the same ID starts with no keys; whether the upload comes
+// after the deletion or runs alongside it.
+func TestUploadKeysDeletedDevice(t *testing.T) {
+	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
+		ctx := context.Background()
+		u := newTestAPI(t, dbURL, nil)
+		a := mustCreate(t, u, "alice", "")
+		upload := func(dev string, i int) error {
+			_, err := u.UploadKeys(ctx, uapi.UploadKeysRequest{UserID: a.UserID, DeviceID: dev,
+				DeviceKeys:  json.RawMessage(fmt.Sprintf(`{"user_id":%q,"device_id":%q,"keys":{"ed25519:%s":"k%d"}}`, a.UserID, dev, dev, i)),
+				OneTimeKeys: map[string]json.RawMessage{fmt.Sprintf("alg:%d", i): json.RawMessage(`"otk"`)}})
+			return err
+		}
+		// fresh logs in under dev again and checks it inherited nothing.
+		fresh := func(t *testing.T, dev string) {
+			t.Helper()
+			if _, _, err := u.CreateDevice(ctx, uapi.CreateDeviceRequest{UserID: a.UserID, DeviceID: dev}); err != nil {
+				t.Fatal(err)
+			}
+			devs, err := u.store.LocalDeviceKeys(ctx, a.UserID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range devs {
+				if d.DeviceID == dev && d.KeyJSON != "" {
+					t.Fatalf("the new %s has the deleted one's keys: %s", dev, d.KeyJSON)
+				}
+			}
+			counts, err := u.KeyCounts(ctx, a.UserID, dev)
+			if err != nil || len(counts.OneTime) != 0 {
+				t.Fatalf("the new %s has the deleted one's one-time keys: %v, %v", dev, counts.OneTime, err)
+			}
+		}
+		t.Run("after the deletion", func(t *testing.T) {
+			if _, _, err := u.CreateDevice(ctx, uapi.CreateDeviceRequest{UserID: a.UserID, DeviceID: "LATE"}); err != nil {
+				t.Fatal(err)
+			}
+			if err := u.DeleteDevices(ctx, a.UserID, []string{"LATE"}); err != nil {
+				t.Fatal(err)
+			}
+			if err := upload("LATE", 0); !errors.Is(err, uapi.ErrUnknownToken) {
+				t.Fatalf("upload for a deleted device: %v, want ErrUnknownToken", err)
+			}
+			fresh(t, "LATE")
+		})
+		t.Run("alongside the deletion", func(t *testing.T) {
+			for round := range 10 {
+				dev := fmt.Sprintf("RACE%d", round)
+				if _, _, err := u.CreateDevice(ctx, uapi.CreateDeviceRequest{UserID: a.UserID, DeviceID: dev}); err != nil {
+					t.Fatal(err)
+				}
+				// Uploads run until one is refused, or until the deletion
+				// has returned: the one after that must be refused.
+				deleted, done := make(chan struct{}), make(chan error, 1)
+				go func() {
+					for i := 1; ; i++ {
+						select {
+						case <-deleted:
+							if err := upload(dev, i); !errors.Is(err, uapi.ErrUnknownToken) {
+								done <- fmt.Errorf("upload after the deletion: %v, want ErrUnknownToken", err)
+								return
+							}
+							done <- nil
+							return
+						default:
+						}
+						if err := upload(dev, i); err != nil {
+							if errors.Is(err, uapi.ErrUnknownToken) {
+								err = nil
+							}
+							done <- err
+							return
+						}
+					}
+				}()
+				err := u.DeleteDevices(ctx, a.UserID, []string{dev})
+				close(deleted)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := <-done; err != nil {
+					t.Fatal(err)
+				}
+				fresh(t, dev)
+			}
+		})
 	})
 }

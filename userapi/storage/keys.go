@@ -29,6 +29,10 @@ type DeviceKeys struct {
 	KeyJSON     string
 }
 
+// ErrNoDevice is UploadKeys' answer for a device that does not exist (it
+// was deleted while its keys were being uploaded).
+var ErrNoDevice = errors.New("no such device")
+
 // UploadKeys stores a device's keys: its device keys unless deviceKeys is
 // empty, and its one-time and fallback keys. A one-time key ID already
 // stored keeps its first key (the spec forbids changing one); a fallback
@@ -39,6 +43,24 @@ func (s *Storage) UploadKeys(ctx context.Context, userID, deviceID, deviceKeys s
 	var change *DeviceListChange
 	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
 		change = nil
+		// The device must still exist, and keep existing until this
+		// commits: a request authenticated just before its device was
+		// deleted would otherwise store keys after the deletion removed
+		// them, and a device later logged in under the same ID would
+		// inherit them. The no-op update locks the device's row on
+		// PostgreSQL (a deletion waits for this upload, then deletes its
+		// keys, or has committed and the row is gone); SQLite's one writer
+		// orders the two anyway.
+		res, err := tx.Exec(ctx, `UPDATE userapi_devices SET device_id = device_id WHERE user_id = $1 AND device_id = $2`,
+			userID, deviceID)
+		if err != nil {
+			return fmt.Errorf("lock device %s %s: %w", userID, deviceID, err)
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return fmt.Errorf("lock device %s %s: %w", userID, deviceID, err)
+		} else if n == 0 {
+			return ErrNoDevice
+		}
 		if deviceKeys != "" {
 			var old string
 			err := tx.QueryRow(ctx, `SELECT key_json FROM userapi_device_keys WHERE user_id = $1 AND device_id = $2`,
