@@ -318,8 +318,23 @@ func (u *UserAPI) QueryKeys(ctx context.Context, req uapi.QueryKeysRequest) (*ua
 func (u *UserAPI) queryServer(ctx context.Context, srv string, users []string, want map[string][]string) (*uapi.QueryKeysResponse, error) {
 	resp := &uapi.QueryKeysResponse{DeviceKeys: map[string]map[string]json.RawMessage{}}
 	ask := map[string][]string{}
+	// Three batched reads for all the users (a client joining a room of
+	// thousands asks for them at once), then one fetch per user whose
+	// list is missing or stale.
+	shares, err := u.store.SharingLocalOf(ctx, users)
+	if err != nil {
+		return nil, err
+	}
+	lists, err := u.store.RemoteDeviceListsOf(ctx, users)
+	if err != nil {
+		return nil, err
+	}
+	cross, err := u.store.CrossSigningKeysOf(ctx, users)
+	if err != nil {
+		return nil, err
+	}
 	for _, id := range users {
-		devs, ok, err := u.cachedDevices(ctx, srv, id)
+		devs, ok, err := u.cachedDevices(ctx, srv, id, shares[id], lists[id])
 		if err != nil {
 			return nil, err
 		}
@@ -331,7 +346,9 @@ func (u *UserAPI) queryServer(ctx context.Context, srv string, users []string, w
 			continue
 		}
 		keysOf(resp, id, devs, want[id])
-		if err := u.crossSigningOf(ctx, resp, id, false); err != nil {
+		if l := lists[id]; l != nil && !l.Stale {
+			addCrossSigning(resp, id, cross[id], false)
+		} else if err := u.crossSigningOf(ctx, resp, id, false); err != nil { // fetched just now
 			return nil, err
 		}
 	}
@@ -367,32 +384,25 @@ func (u *UserAPI) queryServer(ctx context.Context, srv string, users []string, w
 }
 
 // cachedDevices returns the device list of a remote user who shares a
-// room with a local user from the cache, fetching it first when it is
-// missing or stale. ok is false for a user who shares no room: its server
-// no longer tells us of changes, so a copy kept is marked stale, to be
-// fetched again should a room be shared again.
-func (u *UserAPI) cachedDevices(ctx context.Context, srv, userID string) ([]storage.DeviceKeys, bool, error) {
-	shares, err := u.store.SharesRoomWithLocal(ctx, userID)
-	if err != nil {
-		return nil, false, err
-	}
-	_, stale, found, devs, err := u.store.RemoteDeviceList(ctx, userID)
-	if err != nil {
-		return nil, false, err
-	}
+// room with a local user (shares) from its cached list (nil: none),
+// fetching it first when it is missing or stale. ok is false for a user
+// who shares no room: its server no longer tells us of changes, so a copy
+// kept is marked stale, to be fetched again should a room be shared again.
+func (u *UserAPI) cachedDevices(ctx context.Context, srv, userID string, shares bool, list *storage.RemoteList) ([]storage.DeviceKeys, bool, error) {
 	if !shares {
-		if found && !stale {
+		var err error
+		if list != nil && !list.Stale {
 			err = u.store.MarkDeviceListStale(ctx, userID)
 		}
 		return nil, false, err
 	}
-	if found && !stale {
-		return devs, true, nil
+	if list != nil && !list.Stale {
+		return list.Devs, true, nil
 	}
 	if u.remote == nil {
 		return nil, false, nil
 	}
-	devs, err = u.resync(ctx, srv, userID)
+	devs, err := u.resync(ctx, srv, userID)
 	if err != nil {
 		return nil, false, err
 	}

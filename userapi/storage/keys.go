@@ -448,6 +448,86 @@ func (s *Storage) SharesRoomWithLocal(ctx context.Context, userID string) (bool,
 	return true, nil
 }
 
+// SharingLocalOf returns which of userIDs are joined to a room a local
+// user is joined to, a few hundred users a query.
+func (s *Storage) SharingLocalOf(ctx context.Context, userIDs []string) (map[string]bool, error) {
+	out := make(map[string]bool, len(userIDs))
+	err := sqldb.InChunks(1, userIDs, func(in string, args []any) error {
+		rows, err := s.db.Query(ctx, `SELECT DISTINCT a.user_id FROM userapi_room_members a
+			WHERE a.user_id IN (`+in+`) AND a.membership = 'join' AND EXISTS (SELECT 1 FROM userapi_room_members b
+			WHERE b.room_id = a.room_id AND b.is_local = TRUE AND b.membership = 'join')`, args...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var u string
+			if err := rows.Scan(&u); err != nil {
+				return err
+			}
+			out[u] = true
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("which of %d users share a room with a local user: %w", len(userIDs), err)
+	}
+	return out, nil
+}
+
+// RemoteList is a cached device list of a remote user.
+type RemoteList struct {
+	Stale bool
+	Devs  []DeviceKeys
+}
+
+// RemoteDeviceListsOf returns the cached device lists of those of
+// userIDs who are tracked, two queries a few hundred users.
+func (s *Storage) RemoteDeviceListsOf(ctx context.Context, userIDs []string) (map[string]*RemoteList, error) {
+	out := make(map[string]*RemoteList, len(userIDs))
+	err := sqldb.InChunks(1, userIDs, func(in string, args []any) error {
+		rows, err := s.db.Query(ctx, `SELECT user_id, stale FROM userapi_remote_device_lists WHERE user_id IN (`+in+`)`, args...)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var u string
+			var stale bool
+			if err := rows.Scan(&u, &stale); err != nil {
+				rows.Close()
+				return err
+			}
+			out[u] = &RemoteList{Stale: stale}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		rows, err = s.db.Query(ctx, `SELECT user_id, device_id, display_name, key_json FROM userapi_remote_devices
+			WHERE user_id IN (`+in+`) ORDER BY user_id, device_id`, args...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var d DeviceKeys
+			if err := rows.Scan(&d.UserID, &d.DeviceID, &d.DisplayName, &d.KeyJSON); err != nil {
+				return err
+			}
+			// A device row without its list row (written in one
+			// transaction with it) is not expected; it is skipped.
+			if l := out[d.UserID]; l != nil {
+				l.Devs = append(l.Devs, d)
+			}
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("select device lists of %d users: %w", len(userIDs), err)
+	}
+	return out, nil
+}
+
 // RemoteMembersSharing lists the remote users joined to a room userID is
 // joined to: their servers are the ones to tell of userID's changes.
 func (s *Storage) RemoteMembersSharing(ctx context.Context, userID string) ([]string, error) {
