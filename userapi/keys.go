@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	gmsl "github.com/matrix-org/gomatrixserverlib"
 	"github.com/tidwall/gjson"
 	"github.com/tidwall/sjson"
 
@@ -654,6 +655,30 @@ func addCrossSigning(resp *uapi.QueryKeysResponse, userID string, cross map[stri
 // servers through an m.signing_key_update (for the master and
 // self-signing keys: the user-signing key is the user's own business).
 func (u *UserAPI) UploadCrossSigningKeys(ctx context.Context, userID string, keys map[string]json.RawMessage) error {
+	// The self-signing and user-signing keys must be signed by the master
+	// key given with them, else by the user's current one (spec,
+	// POST /keys/device_signing/upload).
+	if keys["self_signing"] != nil || keys["user_signing"] != nil {
+		master := string(keys["master"])
+		if master == "" {
+			cur, err := u.store.CrossSigningKeys(ctx, userID)
+			if err != nil {
+				return err
+			}
+			master = cur["master"]
+		}
+		pub := publicKeyOf(master)
+		key := decodeKey(pub) // nil without a (valid) master key
+		for _, typ := range []string{"self_signing", "user_signing"} {
+			k := keys[typ]
+			if k == nil {
+				continue
+			}
+			if key == nil || gmsl.VerifyJSON(userID, gmsl.KeyID("ed25519:"+pub), key, k) != nil {
+				return uapi.ErrInvalidSignature
+			}
+		}
+	}
 	stored := make(map[string]string, len(keys))
 	for typ, k := range keys {
 		stored[typ] = string(k)

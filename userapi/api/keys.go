@@ -2,6 +2,8 @@ package uapi
 
 import (
 	"context"
+	"crypto/ed25519"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -158,6 +160,13 @@ const (
 	maxKeysQueryUsers   = 10_000
 	maxKeysQueryDevices = 50_000
 )
+
+// IsEd25519Key reports whether s is an ed25519 public key in unpadded
+// base64, as cross-signing keys are given.
+func IsEd25519Key(s string) bool {
+	b, err := base64.RawStdEncoding.DecodeString(s)
+	return err == nil && len(b) == ed25519.PublicKeySize
+}
 
 // CheckKeysQuery checks the user IDs and device IDs of a /keys/query or
 // /keys/claim body (on either API); the error says which is wrong, for an
