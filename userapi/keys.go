@@ -562,6 +562,16 @@ func (u *UserAPI) DeviceListUpdate(ctx context.Context, origin string, upd uapi.
 		if err := u.announce(ctx, upd.UserID, "device_lists", pos); err != nil {
 			return err
 		}
+		// A list stale because its user shares no room any more (it was
+		// marked so when the user left) is fetched once a room is shared
+		// again, not now: fetching it here held up the origin's
+		// transaction, and so its next EDUs, by a round trip for a user
+		// no local user needs (sytest "If remote user leaves room we no
+		// longer receive device updates" waited on it).
+		shares, err := u.store.SharesRoomWithLocal(ctx, upd.UserID)
+		if err != nil || !shares {
+			return err
+		}
 	case storage.UpdateNotTracked:
 		// Not tracked: only a user sharing a room with a local user is
 		// worth fetching.
