@@ -739,6 +739,13 @@ func (u *UserAPI) SigningKeyUpdate(ctx context.Context, origin string, upd uapi.
 		// (its keys included), as for a device list update, so local
 		// users hear that its keys changed; any other is none of ours.
 		shares, err := u.store.SharesRoomWithLocal(ctx, upd.UserID)
+		if err == nil && !shares && u.bus != nil && u.push.rooms != nil {
+			// As for a device list update: the join that made the room
+			// shared may not be in this component's view of membership
+			// yet (bounded wait).
+			u.catchUpEvents(ctx, keysCatchUp)
+			shares, err = u.store.SharesRoomWithLocal(ctx, upd.UserID)
+		}
 		if err != nil || !shares || u.remote == nil {
 			return err
 		}
