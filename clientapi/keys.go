@@ -93,6 +93,17 @@ func checkDeviceKeys(raw json.RawMessage, userID, deviceID string) (json.RawMess
 	if !g.Get("keys").IsObject() || !g.Get("algorithms").IsArray() {
 		return nil, mxhttp.BadJSON("device_keys needs keys and algorithms")
 	}
+	for id, k := range g.Get("keys").Map() {
+		if alg, rest, ok := strings.Cut(id, ":"); !ok || alg == "" || rest == "" {
+			return nil, mxhttp.InvalidParam("device_keys: key ID %q is not <algorithm>:<device id>", id)
+		}
+		if k.Type != gjson.String {
+			return nil, mxhttp.BadJSON("device_keys: key %q must be a string", id)
+		}
+	}
+	if sigs := g.Get("signatures"); sigs.Exists() && !sigs.IsObject() {
+		return nil, mxhttp.BadJSON("device_keys: signatures must be an object")
+	}
 	var compact bytes.Buffer
 	if err := json.Compact(&compact, t); err != nil {
 		return nil, mxhttp.BadJSON("device_keys: %v", err)
@@ -209,8 +220,19 @@ func crossSigningKeys(q *crossSigningRequest, userID string) (map[string]json.Ra
 		if !usage {
 			return nil, mxhttp.InvalidParam("the %s key must have usage %q", typ, typ)
 		}
-		if keys := g.Get("keys"); !keys.IsObject() || len(keys.Map()) != 1 {
+		keys := g.Get("keys")
+		if !keys.IsObject() || len(keys.Map()) != 1 {
 			return nil, mxhttp.InvalidParam("the %s key must hold exactly one key", typ)
+		}
+		// Its one key is named by itself (spec: "ed25519:<unpadded
+		// base64 public key>"): other keys are signed under that ID.
+		for id, v := range keys.Map() {
+			if v.Type != gjson.String || id != "ed25519:"+v.String() || !uapi.IsEd25519Key(v.String()) {
+				return nil, mxhttp.InvalidParam("the %s key must be an ed25519 key named ed25519:<the key>", typ)
+			}
+		}
+		if sigs := g.Get("signatures"); sigs.Exists() && !sigs.IsObject() {
+			return nil, mxhttp.BadJSON("the %s key: signatures must be an object", typ)
 		}
 		var compact bytes.Buffer
 		if err := json.Compact(&compact, t); err != nil {

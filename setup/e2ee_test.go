@@ -82,6 +82,17 @@ func startCrypto(t *testing.T, cli *mautrix.Client, name string) *cryptoDevice {
 	return d
 }
 
+// restart starts d's Olm machine again on its store, as a client
+// restarting would.
+func (d *cryptoDevice) restart(t *testing.T) {
+	t.Helper()
+	cs, _ := d.state.(crypto.StateStore)
+	d.mach = crypto.NewOlmMachine(d.cli, cryptoLog(t, d.name), d.mach.CryptoStore, cs)
+	if err := d.mach.Load(context.Background()); err != nil {
+		t.Fatalf("olm account of %s: %v", d.name, err)
+	}
+}
+
 // sync hands one /sync (no waiting) to the Olm machine, as a client would.
 func (d *cryptoDevice) sync(ctx context.Context) error {
 	resp, err := d.cli.SyncRequest(ctx, 0, d.since, "", false, "")
@@ -170,9 +181,10 @@ func (d *cryptoDevice) decrypts(t *testing.T, room id.RoomID, evID id.EventID, b
 // TestEncryptedRoom drives the server with a real crypto client (mautrix's
 // Olm machine): Alice and Bob on two devices each, an encrypted room whose
 // messages every other device decrypts; a device Bob adds later gets the
-// room key of Alice's next message; Alice cross-signs her second device,
-// which Bob then sees as cross-signed; and a room key Alice backs up is
-// restored on a fresh device of hers, which then decrypts history.
+// room key of Alice's next message; both set up cross-signing, Alice signs
+// her devices and Bob verifies her (signs her master key), after which
+// another device of Bob's sees hers as verified; and a room key Alice backs
+// up is restored on a fresh device of hers, which then decrypts history.
 func TestEncryptedRoom(t *testing.T) {
 	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
 		ctx := context.Background()
@@ -217,48 +229,89 @@ func TestEncryptedRoom(t *testing.T) {
 		second, _ := alice1.sendEncrypted(t, room, members, "second secret")
 		bob3.decrypts(t, room, second, "second secret")
 
-		// Cross-signing: Alice publishes her keys (behind the password) and
-		// signs her second device; Bob, fetching her keys, finds that device
-		// cross-signed by the master key he trusts on first use, and her
-		// third device (below) not.
-		xkeys, err := alice1.mach.GenerateCrossSigningKeys()
-		if err != nil {
-			t.Fatal(err)
-		}
-		uia := func(r *mautrix.RespUserInteractive) any {
-			return &mautrix.ReqUIAuthLogin{BaseAuthData: mautrix.BaseAuthData{Type: mautrix.AuthTypePassword, Session: r.Session},
-				User: alice.String(), Password: "password-alice"}
-		}
-		if err := alice1.mach.PublishCrossSigningKeys(ctx, xkeys, uia); err != nil {
-			t.Fatalf("publish cross-signing keys: %v", err)
-		}
-		dev2, err := alice1.mach.GetOrFetchDevice(ctx, alice, alice2.cli.DeviceID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := alice1.mach.SignOwnDevice(ctx, dev2); err != nil {
-			t.Fatalf("sign alice2 (/keys/signatures/upload): %v", err)
-		}
-		trust := func(d *cryptoDevice) id.TrustState {
+		// Cross-signing: Alice and Bob publish their keys (behind the
+		// password). Alice signs both her devices with her self-signing key;
+		// Bob, fetching her keys, finds them cross-signed by the master key
+		// he trusts on first use, and her third device (below) not.
+		publishCrossSigning := func(d *cryptoDevice, password string) {
 			t.Helper()
-			if _, err := bob1.mach.FetchKeys(ctx, []id.UserID{alice}, true); err != nil {
-				t.Fatal(err)
-			}
-			dev, err := bob1.mach.GetOrFetchDevice(ctx, alice, d.cli.DeviceID)
+			xkeys, err := d.mach.GenerateCrossSigningKeys()
 			if err != nil {
 				t.Fatal(err)
 			}
-			ts, err := bob1.mach.ResolveTrustContext(ctx, dev)
+			uia := func(r *mautrix.RespUserInteractive) any {
+				return &mautrix.ReqUIAuthLogin{BaseAuthData: mautrix.BaseAuthData{Type: mautrix.AuthTypePassword, Session: r.Session},
+					User: d.cli.UserID.String(), Password: password}
+			}
+			if err := d.mach.PublishCrossSigningKeys(ctx, xkeys, uia); err != nil {
+				t.Fatalf("publish cross-signing keys of %s: %v", d.name, err)
+			}
+		}
+		publishCrossSigning(alice1, "password-alice")
+		publishCrossSigning(bob1, "password-bob")
+		for _, d := range []*cryptoDevice{alice1, alice2} {
+			dev, err := alice1.mach.GetOrFetchDevice(ctx, alice, d.cli.DeviceID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := alice1.mach.SignOwnDevice(ctx, dev); err != nil {
+				t.Fatalf("sign %s (/keys/signatures/upload): %v", d.name, err)
+			}
+		}
+		// trust is how viewer (a device of Bob's) sees d, from a fresh
+		// /keys/query: what the server holds, not what viewer signed itself.
+		trust := func(viewer, d *cryptoDevice) id.TrustState {
+			t.Helper()
+			if _, err := viewer.mach.FetchKeys(ctx, []id.UserID{alice}, true); err != nil {
+				t.Fatal(err)
+			}
+			dev, err := viewer.mach.GetOrFetchDevice(ctx, alice, d.cli.DeviceID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ts, err := viewer.mach.ResolveTrustContext(ctx, dev)
 			if err != nil {
 				t.Fatal(err)
 			}
 			return ts
 		}
-		if ts := trust(alice2); ts < id.TrustStateCrossSignedTOFU {
-			t.Fatalf("bob sees alice2 as %s, want cross-signed", ts)
+		for _, d := range []*cryptoDevice{alice1, alice2} {
+			if ts := trust(bob1, d); ts != id.TrustStateCrossSignedTOFU {
+				t.Fatalf("before verifying, bob sees %s as %s, want cross-signed (TOFU)", d.name, ts)
+			}
 		}
-		if ts := trust(alice1); ts >= id.TrustStateCrossSignedUntrusted {
-			t.Fatalf("bob sees alice1, which nothing signed, as %s", ts)
+
+		// Bob verifies Alice: bob1 signs her master key with his
+		// user-signing key (/keys/signatures/upload). bob2, which holds no
+		// private cross-signing key, signs Bob's master key with its device
+		// key (so it trusts Bob's keys) and then learns of the signature of
+		// Alice's only from /keys/query: her devices are verified to it.
+		aliceKeys, err := bob1.mach.GetCrossSigningPublicKeys(ctx, alice)
+		if err != nil || aliceKeys == nil {
+			t.Fatalf("alice's cross-signing keys for bob: %v", err)
+		}
+		if err := bob1.mach.SignUser(ctx, alice, aliceKeys.MasterKey); err != nil {
+			t.Fatalf("bob signs alice's master key: %v", err)
+		}
+		bob2.restart(t) // mautrix remembers that bob2 found no keys of Bob's at its start
+		if _, err := bob2.mach.FetchKeys(ctx, []id.UserID{bob}, true); err != nil {
+			t.Fatal(err)
+		}
+		if err := bob2.mach.SignOwnMasterKey(ctx); err != nil {
+			t.Fatalf("bob2 signs bob's master key: %v", err)
+		}
+		for _, d := range []*cryptoDevice{alice1, alice2} {
+			if ts := trust(bob2, d); ts != id.TrustStateCrossSignedVerified {
+				t.Fatalf("after bob verified alice, bob2 sees %s as %s, want cross-signed verified", d.name, ts)
+			}
+		}
+		// Alice's keys show her no signature of Bob's: it is Bob's alone.
+		q, err := alice1.cli.QueryKeys(ctx, &mautrix.ReqQueryKeys{DeviceKeys: mautrix.DeviceKeysRequest{alice: {}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := q.MasterKeys[alice].Signatures[bob]; ok {
+			t.Fatalf("alice sees bob's signature of her master key: %v", q.MasterKeys[alice].Signatures)
 		}
 
 		// Key backup: Alice backs up the first message's room key; a fresh
@@ -310,6 +363,9 @@ func TestEncryptedRoom(t *testing.T) {
 			t.Fatalf("restored version %q, want %q", restored, version.Version)
 		}
 		alice3.decrypts(t, room, first, "first secret")
+		if ts := trust(bob2, alice3); ts >= id.TrustStateCrossSignedUntrusted {
+			t.Fatalf("bob2 sees alice3, which nothing signed, as %s", ts)
+		}
 	})
 }
 

@@ -175,13 +175,17 @@ func TestFederationEDUs(t *testing.T) {
 		})
 
 		t.Run("cross-signing keys", func(t *testing.T) {
-			csKey := func(usage, name string) map[string]any {
-				return map[string]any{"user_id": aliceID, "usage": []string{usage}, "keys": map[string]string{"ed25519:" + name: name}}
+			// Real ed25519 keys: each is named by itself, and the
+			// self-signing and user-signing keys carry the master key's
+			// signature.
+			master, selfKey, userKey, firstKey := newEdKey(t), newEdKey(t), newEdKey(t), newEdKey(t)
+			csKey := func(usage string, k edKey) map[string]any {
+				return map[string]any{"user_id": aliceID, "usage": []string{usage}, "keys": map[string]string{"ed25519:" + k.pub: k.pub}}
 			}
 			body := map[string]any{
-				"master_key":       csKey("master", "MASTER"),
-				"self_signing_key": csKey("self_signing", "SELF"),
-				"user_signing_key": csKey("user_signing", "USER"),
+				"master_key":       csKey("master", master),
+				"self_signing_key": master.sign(t, aliceID, master.pub, csKey("self_signing", selfKey)),
+				"user_signing_key": master.sign(t, aliceID, master.pub, csKey("user_signing", userKey)),
 			}
 			// Bad keys are refused before the password is asked for.
 			for _, tc := range []struct {
@@ -189,20 +193,20 @@ func TestFederationEDUs(t *testing.T) {
 				key  map[string]any
 				code string
 			}{
-				{"of another user", map[string]any{"user_id": bobID, "usage": []string{"master"}, "keys": map[string]string{"ed25519:X": "X"}}, "M_INVALID_PARAM"},
-				{"of another usage", csKey("self_signing", "X"), "M_INVALID_PARAM"},
-				{"with two keys", map[string]any{"user_id": aliceID, "usage": []string{"master"}, "keys": map[string]string{"ed25519:X": "X", "ed25519:Y": "Y"}}, "M_INVALID_PARAM"},
+				{"of another user", map[string]any{"user_id": bobID, "usage": []string{"master"}, "keys": map[string]string{"ed25519:" + master.pub: master.pub}}, "M_INVALID_PARAM"},
+				{"of another usage", csKey("self_signing", master), "M_INVALID_PARAM"},
+				{"with two keys", map[string]any{"user_id": aliceID, "usage": []string{"master"}, "keys": map[string]string{"ed25519:" + master.pub: master.pub, "ed25519:" + selfKey.pub: selfKey.pub}}, "M_INVALID_PARAM"},
 			} {
 				r := alice.Do(t, "POST", "/_matrix/client/v3/keys/device_signing/upload", map[string]any{"master_key": tc.key})
 				if r.Status != 400 || r.String("errcode") != tc.code {
 					t.Errorf("a master key %s: %d %s", tc.name, r.Status, r.Raw)
 				}
 			}
-			if r := alice.Do(t, "POST", "/_matrix/client/v3/keys/device_signing/upload", map[string]any{"self_signing_key": csKey("self_signing", "X")}); r.Status != 400 || r.String("errcode") != "M_MISSING_PARAM" {
+			if r := alice.Do(t, "POST", "/_matrix/client/v3/keys/device_signing/upload", map[string]any{"self_signing_key": master.sign(t, aliceID, master.pub, csKey("self_signing", selfKey))}); r.Status != 400 || r.String("errcode") != "M_MISSING_PARAM" {
 				t.Errorf("a self-signing key without a master key: %d %s", r.Status, r.Raw)
 			}
 			// The first keys need no password; replacing them does.
-			first := map[string]any{"master_key": csKey("master", "FIRST")}
+			first := map[string]any{"master_key": csKey("master", firstKey)}
 			alice.Do(t, "POST", "/_matrix/client/v3/keys/device_signing/upload", first).MustOK(t)
 			challenge := alice.Do(t, "POST", "/_matrix/client/v3/keys/device_signing/upload", body)
 			if challenge.Status != 401 || challenge.String("session") == "" {
@@ -218,7 +222,7 @@ func TestFederationEDUs(t *testing.T) {
 				return gjson.ParseBytes(r.Raw)
 			}
 			own := query(alice)
-			if !own.Get("master_keys."+gjson.Escape(aliceID)+".keys.ed25519:MASTER").Exists() ||
+			if !own.Get("master_keys."+gjson.Escape(aliceID)+".keys.ed25519:"+gjson.Escape(master.pub)).Exists() ||
 				!own.Get("user_signing_keys."+gjson.Escape(aliceID)).Exists() {
 				t.Fatalf("alice's own keys: %s", own.Raw)
 			}
@@ -226,8 +230,8 @@ func TestFederationEDUs(t *testing.T) {
 			// from its copy; alice's user-signing key is hers alone.
 			poll.Until(t, 10*time.Second, func() error {
 				q := query(bob)
-				if !q.Get("master_keys."+gjson.Escape(aliceID)+".keys.ed25519:MASTER").Exists() ||
-					!q.Get("self_signing_keys."+gjson.Escape(aliceID)+".keys.ed25519:SELF").Exists() {
+				if !q.Get("master_keys."+gjson.Escape(aliceID)+".keys.ed25519:"+gjson.Escape(master.pub)).Exists() ||
+					!q.Get("self_signing_keys."+gjson.Escape(aliceID)+".keys.ed25519:"+gjson.Escape(selfKey.pub)).Exists() {
 					return fmt.Errorf("alice's keys on eb.test: %s", q.Raw)
 				}
 				if q.Get("user_signing_keys").Exists() {

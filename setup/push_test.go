@@ -539,19 +539,49 @@ func TestThreadedReceipts(t *testing.T) {
 			}
 			return nil
 		})
+		// /sync with unread_thread_notifications: the main timeline's
+		// counts, and each thread's apart; without it, all in one.
+		threadFilter := url.QueryEscape(`{"room":{"timeline":{"unread_thread_notifications":true}}}`)
+		syncCounts := func(filter string) (main, threads string) {
+			path := "/_matrix/client/v3/sync"
+			if filter != "" {
+				path += "?filter=" + filter
+			}
+			r := alice.Do(t, "GET", path, nil).MustOK(t)
+			rooms, _ := r.Body["rooms"].(map[string]any)
+			join, _ := rooms["join"].(map[string]any)
+			jr, _ := join[room].(map[string]any)
+			m, _ := json.Marshal(jr["unread_notifications"])
+			th, _ := json.Marshal(jr["unread_thread_notifications"])
+			return string(m), string(th)
+		}
+		thread := func(n int) string {
+			return fmt.Sprintf(`{%q:{"highlight_count":0,"notification_count":%d}}`, root, n)
+		}
 		steps := []struct {
-			thread, upTo string
-			want         int64
+			thread, upTo     string
+			want             int64
+			main, threads    string
+			unthreadedCounts string
 		}{
-			{"main", main, 1}, // the thread reply stays unread
-			{root, reply, 0},
+			{"", "", 3, `{"highlight_count":0,"notification_count":2}`, thread(1), `{"highlight_count":0,"notification_count":3}`},
+			{"main", main, 1, `{"highlight_count":0,"notification_count":0}`, thread(1), `{"highlight_count":0,"notification_count":1}`}, // the thread reply stays unread
+			{root, reply, 0, `{"highlight_count":0,"notification_count":0}`, "null", `{"highlight_count":0,"notification_count":0}`},
 		}
 		for _, s := range steps {
-			if err := users.ClearNotifications(ctx, "@alice:localhost", room, s.thread, s.upTo); err != nil {
-				t.Fatal(err)
+			if s.upTo != "" {
+				if err := users.ClearNotifications(ctx, "@alice:localhost", room, s.thread, s.upTo); err != nil {
+					t.Fatal(err)
+				}
 			}
 			if c := count(); c != s.want {
 				t.Fatalf("after a receipt in thread %q: %d notifications, want %d", s.thread, c, s.want)
+			}
+			if m, th := syncCounts(threadFilter); m != s.main || th != s.threads {
+				t.Fatalf("after a receipt in thread %q: /sync with thread counts: main %s, threads %s; want %s, %s", s.thread, m, th, s.main, s.threads)
+			}
+			if m, th := syncCounts(""); m != s.unthreadedCounts || th != "null" {
+				t.Fatalf("after a receipt in thread %q: /sync: %s, threads %s; want %s and none", s.thread, m, th, s.unthreadedCounts)
 			}
 		}
 	})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
 
 	"myelin/internal/mxhttp"
 	uapi "myelin/userapi/api"
@@ -49,10 +50,26 @@ func (s *SyncAPI) deviceListChanges(ctx context.Context, req *syncRequest) (*dev
 	// a room with the user now: a user who joins a room of 10,000 costs a
 	// few queries, not 10,000.
 	var keysMoved, joined, invited, left []string
+	// sure holds candidates known to share a room with the user now, so
+	// the batched question leaves them out: the members of a room it is
+	// joined to, everyone for a token below the stream's floor.
+	sure := map[string]bool{}
 	if req.to[deviceListStream] > since[deviceListStream] && !req.quiet(deviceListStream) {
-		ids, err := s.users.DeviceListChanges(ctx, since[deviceListStream], req.to[deviceListStream])
+		ids, all, err := s.users.DeviceListChanges(ctx, since[deviceListStream], req.to[deviceListStream])
 		if err != nil {
 			return nil, fmt.Errorf("device list changes: %w", err)
+		}
+		if all {
+			// The token is older than the stream keeps: anyone sharing a
+			// room may have changed, so all of them did, as far as the
+			// client knows (it fetches their keys again).
+			if ids, err = s.store.UsersSharing(ctx, user); err != nil {
+				return nil, err
+			}
+			for _, id := range ids {
+				sure[id] = true
+			}
+			ids = append(ids, user)
 		}
 		keysMoved = ids
 	}
@@ -81,6 +98,11 @@ func (s *SyncAPI) deviceListChanges(ctx context.Context, req *syncRequest) (*dev
 			}
 			if isJoin {
 				joined = append(joined, members...)
+				if slices.Contains(members, user) { // still joined: they all share it
+					for _, id := range members {
+						sure[id] = true
+					}
+				}
 			} else {
 				left = append(left, members...)
 			}
@@ -93,15 +115,21 @@ func (s *SyncAPI) deviceListChanges(ctx context.Context, req *syncRequest) (*dev
 	seen := map[string]bool{user: true}
 	for _, list := range [][]string{keysMoved, joined, invited, left} {
 		for _, id := range list {
-			if !seen[id] {
+			if !seen[id] && !sure[id] {
 				seen[id] = true
 				candidates = append(candidates, id)
 			}
 		}
 	}
-	shares, err := s.store.SharingUsers(ctx, user, candidates)
-	if err != nil {
-		return nil, err
+	shares := sure
+	if len(candidates) > 0 {
+		asked, err := s.store.SharingUsers(ctx, user, candidates)
+		if err != nil {
+			return nil, err
+		}
+		for id := range asked {
+			shares[id] = true
+		}
 	}
 	changed := map[string]bool{}
 	for _, id := range keysMoved {
@@ -126,6 +154,7 @@ func (s *SyncAPI) deviceListChanges(ctx context.Context, req *syncRequest) (*dev
 		}
 		ok := shares[id]
 		if !ok {
+			var err error
 			if ok, err = s.store.SharesRoomInvited(ctx, user, id); err != nil {
 				return nil, err
 			}

@@ -1,6 +1,7 @@
 package syncapi_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/url"
@@ -113,6 +114,37 @@ func TestDeviceLists(t *testing.T) {
 				leave(t, carol)
 				alice.Do(t, "POST", v3+"/rooms/"+url.PathEscape(room)+"/invite", map[string]string{"user_id": carolID}).MustOK(t)
 			}, []string{carolID}, nil)
+		})
+		// Once the userapi pruned the stream past a token, that token gets
+		// every user sharing a room (bob, whose keys never changed,
+		// included), and a token at the head gets the usual nothing.
+		t.Run("a token older than the stream keeps", func(t *testing.T) {
+			users, ok := srv.Users().(interface {
+				PruneDeviceLists(context.Context, time.Time) error
+			})
+			if !ok {
+				t.Fatal("the userapi cannot prune its device-list stream")
+			}
+			now := time.Now()
+			for _, at := range []time.Time{now, now.Add(8 * 24 * time.Hour)} {
+				if err := users.PruneDeviceLists(context.Background(), at); err != nil {
+					t.Fatal(err)
+				}
+			}
+			changes := func(from string) deviceLists {
+				r := alice.Do(t, "GET", v3+"/keys/changes?from="+url.QueryEscape(from)+"&to="+url.QueryEscape(since), nil).MustOK(t)
+				var dl deviceLists
+				_ = json.Unmarshal(r.Raw, &dl)
+				slices.Sort(dl.Changed)
+				return dl
+			}
+			aliceID, _ := id(alice)
+			if dl := changes(first); !slices.Contains(dl.Changed, aliceID) || !slices.Contains(dl.Changed, bobID) {
+				t.Errorf("changes since a pruned token: %+v, want everyone sharing a room", dl)
+			}
+			if dl := changes(since); len(dl.Changed)+len(dl.Left) != 0 {
+				t.Errorf("changes since the head: %+v, want none", dl)
+			}
 		})
 		t.Run("the user itself leaves", func(t *testing.T) {
 			expect(t, func() { leave(t, alice) }, nil, []string{bobID})

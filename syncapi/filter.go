@@ -45,6 +45,9 @@ type RoomEventFilter struct {
 	LazyLoadMembers         bool      `json:"lazy_load_members,omitempty"`
 	IncludeRedundantMembers bool      `json:"include_redundant_members,omitempty"`
 	ContainsURL             *bool     `json:"contains_url,omitempty"`
+	// UnreadThreadNotifications (on the timeline filter) asks for each
+	// thread's unread counts apart from the main timeline's.
+	UnreadThreadNotifications bool `json:"unread_thread_notifications,omitempty"`
 }
 
 // defaultTimelineLimit is the timeline length without a filter (as Synapse).

@@ -262,11 +262,9 @@ func (resp *syncResponse) room(req *syncRequest, roomID string) *joinedRoom {
 // that clears them, say).
 func (s *SyncAPI) quietRoomCounts(ctx context.Context, req *syncRequest, resp *syncResponse) error {
 	for _, roomID := range req.b.quietRooms {
-		counts, err := s.users.NotificationCounts(ctx, req.dev.UserID, roomID)
-		if err != nil {
-			return fmt.Errorf("unread counts of %s in %s: %w", req.dev.UserID, roomID, err)
+		if err := s.unread(ctx, req, roomID, resp.Rooms.Join[roomID]); err != nil {
+			return err
 		}
-		resp.Rooms.Join[roomID].Unread = unreadCounts{Highlight: int(counts.Highlights), Notification: int(counts.Notifications)}
 	}
 	return nil
 }

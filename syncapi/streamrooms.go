@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"sort"
 
 	"myelin/syncapi/storage"
@@ -425,12 +426,38 @@ func (s *SyncAPI) joinedRoom(ctx context.Context, req *syncRequest, roomID strin
 	}
 	// The userapi counts the notifications (its push rules decide what
 	// notifies) and clears them on read receipts.
-	counts, err := s.users.NotificationCounts(ctx, req.dev.UserID, roomID)
-	if err != nil {
+	if err := s.unread(ctx, req, roomID, jr); err != nil {
 		return nil, err
 	}
-	jr.Unread = unreadCounts{Highlight: int(counts.Highlights), Notification: int(counts.Notifications)}
 	return jr, nil
+}
+
+// unread sets a joined room's unread counts. With
+// unread_thread_notifications asked, unread_notifications counts the main
+// timeline alone and each thread has its own (spec: threaded read
+// receipts).
+func (s *SyncAPI) unread(ctx context.Context, req *syncRequest, roomID string, jr *joinedRoom) error {
+	counts, err := s.users.NotificationCounts(ctx, req.dev.UserID, roomID)
+	if err != nil {
+		return fmt.Errorf("unread counts of %s in %s: %w", req.dev.UserID, roomID, err)
+	}
+	jr.Unread = unreadCounts{Highlight: int(counts.Highlights), Notification: int(counts.Notifications)}
+	if !req.filter.Room.Timeline.UnreadThreadNotifications {
+		return nil
+	}
+	threads, err := s.users.ThreadNotificationCounts(ctx, req.dev.UserID, roomID)
+	if err != nil {
+		return fmt.Errorf("unread counts of %s in the threads of %s: %w", req.dev.UserID, roomID, err)
+	}
+	for id, c := range threads {
+		if jr.UnreadThread == nil {
+			jr.UnreadThread = map[string]unreadCounts{}
+		}
+		jr.UnreadThread[id] = unreadCounts{Highlight: int(c.Highlights), Notification: int(c.Notifications)}
+		jr.Unread.Highlight = max(0, jr.Unread.Highlight-int(c.Highlights))
+		jr.Unread.Notification = max(0, jr.Unread.Notification-int(c.Notifications))
+	}
+	return nil
 }
 
 // stateAfter is a joined room's state_after (use_state_after): the state

@@ -100,6 +100,9 @@ type joinedRoom struct {
 	Ephemeral   eventList    `json:"ephemeral"`
 	AccountData eventList    `json:"account_data"`
 	Unread      unreadCounts `json:"unread_notifications"`
+	// UnreadThread are the unread counts of each thread, by root, when the
+	// timeline filter asks (unread_thread_notifications).
+	UnreadThread map[string]unreadCounts `json:"unread_thread_notifications,omitempty"`
 }
 
 type invitedRoom struct {

@@ -264,6 +264,7 @@ func (s *SyncAPI) Routes(root *mux.Router) {
 		r.Handle("/rooms/{roomId}/forget", s.authed(s.forget)).Methods(http.MethodPost)
 		r.Handle("/peek/{roomIdOrAlias}", s.authed(s.postPeek)).Methods(http.MethodPost)
 		r.Handle("/unpeek/{roomId}", s.authed(s.postUnpeek)).Methods(http.MethodPost)
+		r.Handle("/search", s.authed(s.search)).Methods(http.MethodPost)
 		r.Handle("/rooms/{roomId}/typing/{userId}", s.authed(s.putTyping)).Methods(http.MethodPut)
 		r.Handle("/sendToDevice/{eventType}/{txnId}", s.authed(s.sendToDevice)).Methods(http.MethodPut)
 		r.Handle("/keys/changes", s.authed(s.keysChanges)).Methods(http.MethodGet)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"slices"
 	"strconv"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -108,7 +109,7 @@ func (s *SyncAPI) onSendToDevice(ctx context.Context, m jetstream.Msg) error {
 			}
 			if ok && gjson.ParseBytes(content).IsObject() {
 				msgs = append(msgs, storage.ToDevice{
-					UserID: userID, DeviceID: d.DeviceID, Sender: u.Sender, MessageID: u.MessageID,
+					UserID: userID, DeviceID: d.DeviceID, SessionID: d.SessionID, Sender: u.Sender, MessageID: u.MessageID,
 					Type: u.Type, Content: string(content),
 				})
 			}
@@ -130,9 +131,10 @@ func (s *SyncAPI) onSendToDevice(ctx context.Context, m jetstream.Msg) error {
 }
 
 // dropGoneDevices deletes the to-device messages waiting for devices of
-// userID that no longer exist (its device list changed): a deleted device
-// never syncs them away, and a new device given the same ID must not get
-// them.
+// userID that no longer exist (its device list changed), and those stored
+// for an earlier device of an ID a new device has now: a deleted device
+// never syncs them away. (A new device under the ID never gets them
+// either way: /sync reads only its own session's; this frees the rows.)
 func (s *SyncAPI) dropGoneDevices(ctx context.Context, userID string) error {
 	waiting, err := s.store.ToDeviceDevices(ctx, userID)
 	if err != nil || len(waiting) == 0 {
@@ -142,15 +144,19 @@ func (s *SyncAPI) dropGoneDevices(ctx context.Context, userID string) error {
 	if err != nil {
 		return fmt.Errorf("devices of %s: %w", userID, err)
 	}
-	known := make(map[string]bool, len(devs))
+	session := make(map[string]int64, len(devs))
 	for _, d := range devs {
-		known[d.DeviceID] = true
+		session[d.DeviceID] = d.SessionID
 	}
-	for _, d := range waiting {
-		if !known[d] {
-			if err := s.store.DeleteDeviceToDevice(ctx, userID, d); err != nil {
-				return err
-			}
+	for d, stored := range waiting {
+		keep, ok := session[d]
+		if !ok {
+			keep = -1
+		} else if !slices.ContainsFunc(stored, func(s int64) bool { return s != 0 && s != keep }) {
+			continue // all for the device that has the ID now
+		}
+		if err := s.store.DeleteDeviceToDevice(ctx, userID, d, keep); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -186,7 +192,7 @@ func (p toDeviceProvider) load(ctx context.Context, req *syncRequest, from int64
 			return nil, fmt.Errorf("delete to-device messages of %s %s: %w", user, dev, err)
 		}
 	}
-	msgs, err := p.s.store.ToDeviceFor(ctx, user, dev, from, req.to[toDeviceStream], maxToDevicePerSync)
+	msgs, err := p.s.store.ToDeviceFor(ctx, user, dev, req.dev.SessionID, from, req.to[toDeviceStream], maxToDevicePerSync)
 	if err != nil {
 		return nil, fmt.Errorf("to-device messages of %s %s: %w", user, dev, err)
 	}
@@ -274,7 +280,8 @@ func (s *SyncAPI) dehydratedEvents(r *http.Request, dev *uapi.Device) (any, erro
 			return nil, mxhttp.InvalidParam("next_batch is not a token of this endpoint")
 		}
 	}
-	msgs, err := s.store.ToDeviceFor(r.Context(), dev.UserID, deviceID, from, math.MaxInt64, maxToDevicePerSync)
+	// Any session: the dehydrated device is the user's one by that ID.
+	msgs, err := s.store.ToDeviceFor(r.Context(), dev.UserID, deviceID, 0, from, math.MaxInt64, maxToDevicePerSync)
 	if err != nil {
 		return nil, err
 	}

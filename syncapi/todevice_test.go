@@ -1,6 +1,7 @@
 package syncapi_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"myelin/internal/poll"
+	"myelin/internal/sqldb"
 	"myelin/internal/sqldb/sqldbtest"
 	"myelin/internal/testserver"
 )
@@ -173,6 +175,46 @@ func TestToDeviceGoneDevice(t *testing.T) {
 		if got := toDevice(t, syncFrom(t, again, "", 0)); len(got) != 0 {
 			t.Fatalf("a new device under a deleted device's ID got its messages: %v", got)
 		}
+
+		// The race: syncapi reads which devices bob has (GONE, the device
+		// `again`), GONE is deleted and syncapi drops its messages, a device
+		// is logged in under the ID again, and only then does syncapi write
+		// the message it was storing for the old GONE. The test writes that
+		// late row itself, with the session syncapi would have read: the
+		// new device under the ID must not get it.
+		db, err := sqldb.Open(context.Background(), dbURL, sqldb.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var oldSession int64
+		if err := db.QueryRow(context.Background(), `SELECT session_id FROM userapi_devices WHERE user_id = $1 AND device_id = 'GONE'`,
+			bobID).Scan(&oldSession); err != nil {
+			t.Fatal(err)
+		}
+		session = bob.Do(t, "DELETE", path, map[string]any{}).String("session")
+		bob.Do(t, "DELETE", path, map[string]any{"auth": map[string]any{
+			"type": "m.login.password", "identifier": map[string]any{"type": "m.id.user", "user": "bob"},
+			"password": "password-bob", "session": session,
+		}}).MustOK(t)
+		syncFrom(t, bob, "", 0) // the deletion consumed
+		again = login()
+		if _, err := db.Exec(context.Background(), `INSERT INTO syncapi_to_device (user_id, device_id, session_id, sender, message_id, event_type, content)
+			VALUES ($1, 'GONE', $2, '@alice:localhost', 'late', 'm.test', '{"n":10}')`, bobID, oldSession); err != nil {
+			t.Fatal(err)
+		}
+		db.Close()               // before the restart below, which checks for leaked goroutines
+		send("wake", bobDev, 11) // moves the to-device stream past the late row
+		if got := toDevice(t, syncFrom(t, again, "", 0)); len(got) != 0 {
+			t.Fatalf("a device logged in under a deleted device's ID got a message stored for the old one: %v", got)
+		}
+		// What the new device is sent is its own.
+		send("mine", "GONE", 20)
+		poll.Until(t, 10*time.Second, func() error {
+			if got := toDevice(t, syncFrom(t, again, "", 0)); len(got) != 1 || !strings.HasSuffix(got[0], " 20") {
+				return fmt.Errorf("the new device got %v, want message 20", got)
+			}
+			return nil
+		})
 
 		// No message is stored any more: after a restart the position is
 		// where it was, not back at the last stored row.

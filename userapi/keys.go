@@ -3,12 +3,14 @@ package userapi
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	gmsl "github.com/matrix-org/gomatrixserverlib"
 	"github.com/tidwall/gjson"
 	"github.com/tidwall/sjson"
 
@@ -52,6 +54,11 @@ func (u *UserAPI) UploadKeys(ctx context.Context, req uapi.UploadKeysRequest) (m
 	add(req.OneTimeKeys, false)
 	add(req.FallbackKeys, true)
 	change, err := u.store.UploadKeys(ctx, req.UserID, req.DeviceID, string(req.DeviceKeys), keys)
+	if errors.Is(err, storage.ErrNoDevice) {
+		// Deleted since its token was checked: as if the token had been
+		// checked a moment later.
+		return nil, uapi.ErrUnknownToken
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -312,8 +319,23 @@ func (u *UserAPI) QueryKeys(ctx context.Context, req uapi.QueryKeysRequest) (*ua
 func (u *UserAPI) queryServer(ctx context.Context, srv string, users []string, want map[string][]string) (*uapi.QueryKeysResponse, error) {
 	resp := &uapi.QueryKeysResponse{DeviceKeys: map[string]map[string]json.RawMessage{}}
 	ask := map[string][]string{}
+	// Three batched reads for all the users (a client joining a room of
+	// thousands asks for them at once), then one fetch per user whose
+	// list is missing or stale.
+	shares, err := u.store.SharingLocalOf(ctx, users)
+	if err != nil {
+		return nil, err
+	}
+	lists, err := u.store.RemoteDeviceListsOf(ctx, users)
+	if err != nil {
+		return nil, err
+	}
+	cross, err := u.store.CrossSigningKeysOf(ctx, users)
+	if err != nil {
+		return nil, err
+	}
 	for _, id := range users {
-		devs, ok, err := u.cachedDevices(ctx, srv, id)
+		devs, ok, err := u.cachedDevices(ctx, srv, id, shares[id], lists[id])
 		if err != nil {
 			return nil, err
 		}
@@ -325,7 +347,9 @@ func (u *UserAPI) queryServer(ctx context.Context, srv string, users []string, w
 			continue
 		}
 		keysOf(resp, id, devs, want[id])
-		if err := u.crossSigningOf(ctx, resp, id, false); err != nil {
+		if l := lists[id]; l != nil && !l.Stale {
+			addCrossSigning(resp, id, cross[id], false)
+		} else if err := u.crossSigningOf(ctx, resp, id, false); err != nil { // fetched just now
 			return nil, err
 		}
 	}
@@ -361,32 +385,25 @@ func (u *UserAPI) queryServer(ctx context.Context, srv string, users []string, w
 }
 
 // cachedDevices returns the device list of a remote user who shares a
-// room with a local user from the cache, fetching it first when it is
-// missing or stale. ok is false for a user who shares no room: its server
-// no longer tells us of changes, so a copy kept is marked stale, to be
-// fetched again should a room be shared again.
-func (u *UserAPI) cachedDevices(ctx context.Context, srv, userID string) ([]storage.DeviceKeys, bool, error) {
-	shares, err := u.store.SharesRoomWithLocal(ctx, userID)
-	if err != nil {
-		return nil, false, err
-	}
-	_, stale, found, devs, err := u.store.RemoteDeviceList(ctx, userID)
-	if err != nil {
-		return nil, false, err
-	}
+// room with a local user (shares) from its cached list (nil: none),
+// fetching it first when it is missing or stale. ok is false for a user
+// who shares no room: its server no longer tells us of changes, so a copy
+// kept is marked stale, to be fetched again should a room be shared again.
+func (u *UserAPI) cachedDevices(ctx context.Context, srv, userID string, shares bool, list *storage.RemoteList) ([]storage.DeviceKeys, bool, error) {
 	if !shares {
-		if found && !stale {
+		var err error
+		if list != nil && !list.Stale {
 			err = u.store.MarkDeviceListStale(ctx, userID)
 		}
 		return nil, false, err
 	}
-	if found && !stale {
-		return devs, true, nil
+	if list != nil && !list.Stale {
+		return list.Devs, true, nil
 	}
 	if u.remote == nil {
 		return nil, false, nil
 	}
-	devs, err = u.resync(ctx, srv, userID)
+	devs, err := u.resync(ctx, srv, userID)
 	if err != nil {
 		return nil, false, err
 	}
@@ -545,6 +562,16 @@ func (u *UserAPI) DeviceListUpdate(ctx context.Context, origin string, upd uapi.
 		if err := u.announce(ctx, upd.UserID, "device_lists", pos); err != nil {
 			return err
 		}
+		// A list stale because its user shares no room any more (it was
+		// marked so when the user left) is fetched once a room is shared
+		// again, not now: fetching it here held up the origin's
+		// transaction, and so its next EDUs, by a round trip for a user
+		// no local user needs (sytest "If remote user leaves room we no
+		// longer receive device updates" waited on it).
+		shares, err := u.store.SharesRoomWithLocal(ctx, upd.UserID)
+		if err != nil || !shares {
+			return err
+		}
 	case storage.UpdateNotTracked:
 		// Not tracked: only a user sharing a room with a local user is
 		// worth fetching.
@@ -577,9 +604,24 @@ func (u *UserAPI) DeviceListUpdate(ctx context.Context, origin string, upd uapi.
 }
 
 // DeviceListChanges lists the users whose device lists changed in
-// (from, to].
-func (u *UserAPI) DeviceListChanges(ctx context.Context, from, to int64) ([]string, error) {
+// (from, to], or says all when from is below the pruned stream's floor.
+func (u *UserAPI) DeviceListChanges(ctx context.Context, from, to int64) ([]string, bool, error) {
 	return u.store.DeviceListChanges(ctx, from, to)
+}
+
+// DeviceListRetention is how long the device-list stream keeps the
+// changes of remote users' lists. A sync token older than that (in fact up
+// to one prune interval more) is answered with every user sharing a room
+// with the syncing user in device_lists.changed, which a client takes as
+// "fetch their keys again": correct, only dearer, and rare.
+const DeviceListRetention = 7 * 24 * time.Hour
+
+// PruneDeviceLists marks the device-list stream's head at now and drops
+// the changes older than DeviceListRetention (see
+// storage.PruneDeviceListChanges); the userapi calls it hourly.
+func (u *UserAPI) PruneDeviceLists(ctx context.Context, now time.Time) error {
+	_, err := u.store.PruneDeviceListChanges(ctx, u.serverName, now.UnixMilli(), now.Add(-DeviceListRetention).UnixMilli())
+	return err
 }
 
 // DeviceListsPos is the head of the device-list stream.
@@ -623,6 +665,30 @@ func addCrossSigning(resp *uapi.QueryKeysResponse, userID string, cross map[stri
 // servers through an m.signing_key_update (for the master and
 // self-signing keys: the user-signing key is the user's own business).
 func (u *UserAPI) UploadCrossSigningKeys(ctx context.Context, userID string, keys map[string]json.RawMessage) error {
+	// The self-signing and user-signing keys must be signed by the master
+	// key given with them, else by the user's current one (spec,
+	// POST /keys/device_signing/upload).
+	if keys["self_signing"] != nil || keys["user_signing"] != nil {
+		master := string(keys["master"])
+		if master == "" {
+			cur, err := u.store.CrossSigningKeys(ctx, userID)
+			if err != nil {
+				return err
+			}
+			master = cur["master"]
+		}
+		pub := publicKeyOf(master)
+		key := decodeKey(pub) // nil without a (valid) master key
+		for _, typ := range []string{"self_signing", "user_signing"} {
+			k := keys[typ]
+			if k == nil {
+				continue
+			}
+			if key == nil || gmsl.VerifyJSON(userID, gmsl.KeyID("ed25519:"+pub), key, k) != nil {
+				return uapi.ErrInvalidSignature
+			}
+		}
+	}
 	stored := make(map[string]string, len(keys))
 	for typ, k := range keys {
 		stored[typ] = string(k)
@@ -673,6 +739,13 @@ func (u *UserAPI) SigningKeyUpdate(ctx context.Context, origin string, upd uapi.
 		// (its keys included), as for a device list update, so local
 		// users hear that its keys changed; any other is none of ours.
 		shares, err := u.store.SharesRoomWithLocal(ctx, upd.UserID)
+		if err == nil && !shares && u.bus != nil && u.push.rooms != nil {
+			// As for a device list update: the join that made the room
+			// shared may not be in this component's view of membership
+			// yet (bounded wait).
+			u.catchUpEvents(ctx, keysCatchUp)
+			shares, err = u.store.SharesRoomWithLocal(ctx, upd.UserID)
+		}
 		if err != nil || !shares || u.remote == nil {
 			return err
 		}

@@ -3,9 +3,11 @@ package userapi
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
+	"time"
 
 	"myelin/internal/sqldb/sqldbtest"
 	uapi "myelin/userapi/api"
@@ -74,9 +76,9 @@ func TestRemoteDeviceListUpdates(t *testing.T) {
 					t.Fatalf("device-list stream from %d to %d, want moved %v", before, after, tc.moves)
 				}
 				if tc.moves {
-					changed, err := u.DeviceListChanges(ctx, before, after)
-					if err != nil || !slices.Equal(changed, []string{alice}) {
-						t.Fatalf("changes: %v, %v", changed, err)
+					changed, all, err := u.DeviceListChanges(ctx, before, after)
+					if err != nil || all || !slices.Equal(changed, []string{alice}) {
+						t.Fatalf("changes: %v (all %v), %v", changed, all, err)
 					}
 				}
 			})
@@ -88,6 +90,81 @@ func TestRemoteDeviceListUpdates(t *testing.T) {
 		}
 		if _, _, found, _, err := u.store.RemoteDeviceList(ctx, "@bob:other.test"); found || err != nil {
 			t.Fatalf("an untracked user's update was stored: %v %v", found, err)
+		}
+	})
+}
+
+// TestPruneDeviceLists: a prune marks the stream's head; once a mark is
+// older than the retention, the rows of remote users at or below it go and
+// it becomes the floor, below which DeviceListChanges answers "all";
+// local users' rows stay (their stream_id for other servers), and so does
+// every change above the floor.
+func TestPruneDeviceLists(t *testing.T) {
+	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
+		ctx := context.Background()
+		u := newTestAPI(t, dbURL, nil)
+		local := mustCreate(t, u, "alice", "").UserID
+		const old, recent = "@old:remote.test", "@recent:remote.test"
+		move := func(userID string) int64 {
+			t.Helper()
+			var pos int64
+			var err error
+			if userID == local {
+				var c storage.DeviceListChange
+				c, err = u.store.DeviceAdded(ctx, local, "D")
+				pos = c.Pos
+			} else {
+				pos, err = u.store.ReplaceRemoteDeviceList(ctx, userID, 1, nil, nil)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			return pos
+		}
+		start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+		base, err := u.DeviceListsPos(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		move(old)
+		localPos := move(local)
+		// The first prune only marks: nothing is older than the retention.
+		if err := u.PruneDeviceLists(ctx, start); err != nil {
+			t.Fatal(err)
+		}
+		recentPos := move(recent)
+		if err := u.PruneDeviceLists(ctx, start.Add(DeviceListRetention/2)); err != nil {
+			t.Fatal(err)
+		}
+		if got, all, err := u.DeviceListChanges(ctx, base, recentPos); err != nil || all || len(got) != 3 {
+			t.Fatalf("before the retention passed: %v (all %v), %v", got, all, err)
+		}
+		// A week after the first mark: its position is the floor.
+		if err := u.PruneDeviceLists(ctx, start.Add(DeviceListRetention+time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		for _, tc := range []struct {
+			name     string
+			from, to int64
+			want     []string
+			all      bool
+		}{
+			{"token below the floor", base, recentPos, nil, true},
+			{"token just below the floor", localPos - 1, recentPos, nil, true},
+			{"token at the floor", localPos, recentPos, []string{recent}, false},
+			{"empty range at the floor", localPos, localPos, nil, false},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				got, all, err := u.DeviceListChanges(ctx, tc.from, tc.to)
+				if err != nil || all != tc.all || !slices.Equal(got, tc.want) {
+					t.Fatalf("changes in (%d, %d]: %v (all %v), %v; want %v (all %v)", tc.from, tc.to, got, all, err, tc.want, tc.all)
+				}
+			})
+		}
+		for user, want := range map[string]int64{old: 0, local: localPos, recent: recentPos} {
+			if got, err := u.store.DeviceListPos(ctx, user); err != nil || got != want {
+				t.Errorf("row of %s: %d, %v; want %d", user, got, err, want)
+			}
 		}
 	})
 }
@@ -184,5 +261,97 @@ func TestLocalKeys(t *testing.T) {
 		if _, _, ok, _ := u.store.ClaimKey(ctx, a.UserID, dev.DeviceID, "alg"); ok {
 			t.Fatalf("the deleted device's fallback key is still there")
 		}
+	})
+}
+
+// TestUploadKeysDeletedDevice: keys uploaded for a device that is deleted
+// meanwhile (the request was authenticated before the deletion) are
+// refused as from an unknown token and not stored, so a device logged in
+// later under the same ID starts with no keys; whether the upload comes
+// after the deletion or runs alongside it.
+func TestUploadKeysDeletedDevice(t *testing.T) {
+	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
+		ctx := context.Background()
+		u := newTestAPI(t, dbURL, nil)
+		a := mustCreate(t, u, "alice", "")
+		upload := func(dev string, i int) error {
+			_, err := u.UploadKeys(ctx, uapi.UploadKeysRequest{UserID: a.UserID, DeviceID: dev,
+				DeviceKeys:  json.RawMessage(fmt.Sprintf(`{"user_id":%q,"device_id":%q,"keys":{"ed25519:%s":"k%d"}}`, a.UserID, dev, dev, i)),
+				OneTimeKeys: map[string]json.RawMessage{fmt.Sprintf("alg:%d", i): json.RawMessage(`"otk"`)}})
+			return err
+		}
+		// fresh logs in under dev again and checks it inherited nothing.
+		fresh := func(t *testing.T, dev string) {
+			t.Helper()
+			if _, _, err := u.CreateDevice(ctx, uapi.CreateDeviceRequest{UserID: a.UserID, DeviceID: dev}); err != nil {
+				t.Fatal(err)
+			}
+			devs, err := u.store.LocalDeviceKeys(ctx, a.UserID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range devs {
+				if d.DeviceID == dev && d.KeyJSON != "" {
+					t.Fatalf("the new %s has the deleted one's keys: %s", dev, d.KeyJSON)
+				}
+			}
+			counts, err := u.KeyCounts(ctx, a.UserID, dev)
+			if err != nil || len(counts.OneTime) != 0 {
+				t.Fatalf("the new %s has the deleted one's one-time keys: %v, %v", dev, counts.OneTime, err)
+			}
+		}
+		t.Run("after the deletion", func(t *testing.T) {
+			if _, _, err := u.CreateDevice(ctx, uapi.CreateDeviceRequest{UserID: a.UserID, DeviceID: "LATE"}); err != nil {
+				t.Fatal(err)
+			}
+			if err := u.DeleteDevices(ctx, a.UserID, []string{"LATE"}); err != nil {
+				t.Fatal(err)
+			}
+			if err := upload("LATE", 0); !errors.Is(err, uapi.ErrUnknownToken) {
+				t.Fatalf("upload for a deleted device: %v, want ErrUnknownToken", err)
+			}
+			fresh(t, "LATE")
+		})
+		t.Run("alongside the deletion", func(t *testing.T) {
+			for round := range 10 {
+				dev := fmt.Sprintf("RACE%d", round)
+				if _, _, err := u.CreateDevice(ctx, uapi.CreateDeviceRequest{UserID: a.UserID, DeviceID: dev}); err != nil {
+					t.Fatal(err)
+				}
+				// Uploads run until one is refused, or until the deletion
+				// has returned: the one after that must be refused.
+				deleted, done := make(chan struct{}), make(chan error, 1)
+				go func() {
+					for i := 1; ; i++ {
+						select {
+						case <-deleted:
+							if err := upload(dev, i); !errors.Is(err, uapi.ErrUnknownToken) {
+								done <- fmt.Errorf("upload after the deletion: %v, want ErrUnknownToken", err)
+								return
+							}
+							done <- nil
+							return
+						default:
+						}
+						if err := upload(dev, i); err != nil {
+							if errors.Is(err, uapi.ErrUnknownToken) {
+								err = nil
+							}
+							done <- err
+							return
+						}
+					}
+				}()
+				err := u.DeleteDevices(ctx, a.UserID, []string{dev})
+				close(deleted)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := <-done; err != nil {
+					t.Fatal(err)
+				}
+				fresh(t, dev)
+			}
+		})
 	})
 }

@@ -357,6 +357,11 @@ func (u *UserAPI) NotificationCounts(ctx context.Context, userID, roomID string)
 	return u.store.NotificationCounts(ctx, userID, roomID)
 }
 
+// ThreadNotificationCounts implements uapi.UserAPI.
+func (u *UserAPI) ThreadNotificationCounts(ctx context.Context, userID, roomID string) (map[string]uapi.NotificationCounts, error) {
+	return u.store.ThreadNotificationCounts(ctx, userID, roomID)
+}
+
 // notificationsCatchUp bounds how long GET /notifications waits for the
 // events sent before it to be evaluated.
 const notificationsCatchUp = 2 * time.Second

@@ -114,6 +114,9 @@ func (u *UserAPI) pruneNotifications(ctx context.Context) {
 			if err != nil && ctx.Err() == nil {
 				u.log.WithError(err).Warn("pruning old notifications")
 			}
+			if err := u.PruneDeviceLists(ctx, now); err != nil && ctx.Err() == nil {
+				u.log.WithError(err).Warn("pruning the device-list stream")
+			}
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"strings"
@@ -113,6 +114,9 @@ func (u *UserAPI) signOwn(ctx context.Context, signer string, cross map[string]s
 		return refusal, nil
 	}
 	_, err = u.UploadKeys(ctx, uapi.UploadKeysRequest{UserID: signer, DeviceID: keyID, DeviceKeys: merged})
+	if errors.Is(err, uapi.ErrUnknownToken) { // the device was deleted meanwhile
+		return refuseSig("M_NOT_FOUND", "no device or master key %s of %s", keyID, signer), nil
+	}
 	return nil, err
 }
 

@@ -20,6 +20,12 @@ import (
 //
 //	{{serial}}  an auto-incrementing BIGINT primary key
 //	{{blob}}    a binary column
+//
+// and blocks kept for one dialect only, where the engines differ in more
+// than a type (a full-text index: FTS5 against tsvector):
+//
+//	{{sqlite}} ... {{end}}
+//	{{postgres}} ... {{end}}
 func Migrate(ctx context.Context, db *DB, component string, fsys fs.FS) error {
 	names, err := fs.Glob(fsys, "*.sql")
 	if err != nil {
@@ -91,6 +97,7 @@ func Migrate(ctx context.Context, db *DB, component string, fsys fs.FS) error {
 }
 
 func expandMacros(d Dialect, s string) string {
+	s = dialectBlocks(d, s)
 	if d == Postgres {
 		return strings.NewReplacer(
 			"{{serial}}", "BIGSERIAL PRIMARY KEY",
@@ -101,4 +108,32 @@ func expandMacros(d Dialect, s string) string {
 		"{{serial}}", "INTEGER PRIMARY KEY AUTOINCREMENT",
 		"{{blob}}", "BLOB",
 	).Replace(s)
+}
+
+// dialectBlocks keeps the {{sqlite}} and {{postgres}} blocks of dialect d
+// (without their markers) and drops the others'. Blocks do not nest.
+func dialectBlocks(d Dialect, s string) string {
+	var b strings.Builder
+	for {
+		i := strings.Index(s, "{{sqlite}}")
+		j := strings.Index(s, "{{postgres}}")
+		if i < 0 || (j >= 0 && j < i) {
+			i = j
+		}
+		if i < 0 {
+			b.WriteString(s)
+			return b.String()
+		}
+		b.WriteString(s[:i])
+		s = s[i:]
+		open := "{{sqlite}}"
+		if strings.HasPrefix(s, "{{postgres}}") {
+			open = "{{postgres}}"
+		}
+		body, rest, _ := strings.Cut(s[len(open):], "{{end}}")
+		if open == "{{"+d.String()+"}}" {
+			b.WriteString(body)
+		}
+		s = rest
+	}
 }

@@ -17,6 +17,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/lib/pq"
@@ -53,7 +54,13 @@ type DB struct {
 	writeLock *writeGate
 
 	stmts sync.Map // rewritten query -> *sql.Stmt on the matching pool
+	// queries counts the statements run, for benchmarks that state how
+	// many queries an operation costs (one atomic add each).
+	queries atomic.Int64
 }
+
+// Queries is the number of statements run through db so far.
+func (db *DB) Queries() int64 { return db.queries.Load() }
 
 // Options tune a DB. Zero values mean defaults.
 type Options struct {
@@ -183,6 +190,7 @@ func (db *DB) Rebind(q string) string {
 }
 
 func (db *DB) prepared(ctx context.Context, pool *sql.DB, q string) (*sql.Stmt, error) {
+	db.queries.Add(1)
 	key := q
 	if pool == db.writer && db.writer != db.reader {
 		key = "w\x00" + q
@@ -295,6 +303,9 @@ func (t *Tx) QueryRow(ctx context.Context, q string, args ...any) *Row {
 
 // Dialect returns the dialect of the transaction's database.
 func (t *Tx) Dialect() Dialect { return t.db.Dialect }
+
+// FullText is DB.FullText, inside the transaction.
+func (t *Tx) FullText(table string) FullText { return t.db.FullText(table) }
 
 // WithTx runs f in a write transaction, committing if f returns nil. For
 // SQLite the single writer connection serialises transactions in-process.

@@ -282,6 +282,27 @@ func (s *Storage) SharingUsers(ctx context.Context, userID string, candidates []
 	return out, nil
 }
 
+// UsersSharing lists the users joined to a room userID is joined to,
+// userID included when it is joined to any.
+func (s *Storage) UsersSharing(ctx context.Context, userID string) ([]string, error) {
+	rows, err := s.db.Query(ctx, `SELECT DISTINCT y.state_key FROM syncapi_current_state x
+		JOIN syncapi_current_state y ON y.room_id = x.room_id AND y.event_type = 'm.room.member' AND y.membership = 'join'
+		WHERE x.event_type = 'm.room.member' AND x.state_key = $1 AND x.membership = 'join'`, userID)
+	if err != nil {
+		return nil, fmt.Errorf("who shares a room with %s: %w", userID, err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var u string
+		if err := rows.Scan(&u); err != nil {
+			return nil, fmt.Errorf("scan a user sharing a room with %s: %w", userID, err)
+		}
+		out = append(out, u)
+	}
+	return out, rows.Err()
+}
+
 // MembersChanged returns the users who joined, with positions in
 // (from, to], a room userID is now joined to and were not joined to it
 // just before, those newly invited to one (neither invited nor joined

@@ -155,14 +155,18 @@ type Appended struct {
 func (s *Storage) AppendBatch(ctx context.Context, batch []Appended) (inserted []bool, err error) {
 	err = s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
 		inserted = make([]bool, len(batch))
+		var added []*Event
 		for i, a := range batch {
 			ok, err := appendTx(ctx, tx, a.Event, a.Adds, a.Removes)
 			if err != nil {
 				return err
 			}
 			inserted[i] = ok
+			if ok {
+				added = append(added, a.Event)
+			}
 		}
-		return nil
+		return indexForSearch(ctx, tx, added)
 	})
 	return inserted, err
 }
@@ -268,6 +272,9 @@ func (s *Storage) AppendHistorical(ctx context.Context, ev *Event) (inserted boo
 		if err := insertRelation(ctx, tx, ev); err != nil {
 			return err
 		}
+		if err := indexForSearch(ctx, tx, []*Event{ev}); err != nil {
+			return err
+		}
 		inserted = true
 		return nil
 	})
@@ -279,9 +286,9 @@ func contentOf(eventJSON string) string {
 	return gjson.Get(eventJSON, "content").Raw
 }
 
-// Redact replaces a stored event's JSON with its redacted form and
-// drops its relation (redacting a child breaks it; spec: "Aggregations
-// of child events").
+// Redact replaces a stored event's JSON with its redacted form, drops its
+// relation (redacting a child breaks it; spec: "Aggregations of child
+// events") and takes it out of the search index.
 func (s *Storage) Redact(ctx context.Context, eventID, redactedJSON, because string) error {
 	return s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
 		if _, err := tx.Exec(ctx, `UPDATE syncapi_events SET event_json = $1, redacted_because = $2 WHERE event_id = $3`, redactedJSON, because, eventID); err != nil {
@@ -289,6 +296,9 @@ func (s *Storage) Redact(ctx context.Context, eventID, redactedJSON, because str
 		}
 		if _, err := tx.Exec(ctx, `DELETE FROM syncapi_relations WHERE event_id = $1`, eventID); err != nil {
 			return fmt.Errorf("drop relation of redacted %s: %w", eventID, err)
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM syncapi_search WHERE rowid IN (SELECT pos FROM syncapi_events WHERE event_id = $1)`, eventID); err != nil {
+			return fmt.Errorf("unindex %s: %w", eventID, err)
 		}
 		_, err := tx.Exec(ctx, `UPDATE syncapi_current_state SET event_json = $1 WHERE event_id = $2`, redactedJSON, eventID)
 		return err

@@ -14,7 +14,9 @@ type ToDevice struct {
 	Pos      int64
 	UserID   string
 	DeviceID string
-	Sender   string
+	// SessionID is the session of the device it was stored for (0: any).
+	SessionID int64
+	Sender    string
 	// MessageID is unique per sender: a copy is not stored again.
 	MessageID string
 	Type      string
@@ -29,9 +31,9 @@ func (s *Storage) PutToDevice(ctx context.Context, msgs []ToDevice) (int64, erro
 	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
 		last = 0
 		for _, m := range msgs {
-			err := tx.QueryRow(ctx, `INSERT INTO syncapi_to_device (user_id, device_id, sender, message_id, event_type, content)
-				VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (user_id, device_id, sender, message_id) DO NOTHING RETURNING pos`,
-				m.UserID, m.DeviceID, m.Sender, m.MessageID, m.Type, m.Content).Scan(&last)
+			err := tx.QueryRow(ctx, `INSERT INTO syncapi_to_device (user_id, device_id, session_id, sender, message_id, event_type, content)
+				VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (user_id, device_id, sender, message_id) DO NOTHING RETURNING pos`,
+				m.UserID, m.DeviceID, m.SessionID, m.Sender, m.MessageID, m.Type, m.Content).Scan(&last)
 			if err != nil && !errors.Is(err, sql.ErrNoRows) {
 				return fmt.Errorf("insert to-device message for %s %s: %w", m.UserID, m.DeviceID, err)
 			}
@@ -41,19 +43,22 @@ func (s *Storage) PutToDevice(ctx context.Context, msgs []ToDevice) (int64, erro
 	return last, err
 }
 
-// ToDeviceFor returns at most limit messages of a device with positions
-// in (from, to], oldest first.
-func (s *Storage) ToDeviceFor(ctx context.Context, userID, deviceID string, from, to int64, limit int) ([]ToDevice, error) {
+// ToDeviceFor returns at most limit messages of a device, the one of
+// session sessionID (0: whichever has the ID), with positions in
+// (from, to], oldest first. Messages stored for an earlier device of the
+// same ID are left out.
+func (s *Storage) ToDeviceFor(ctx context.Context, userID, deviceID string, sessionID, from, to int64, limit int) ([]ToDevice, error) {
 	rows, err := s.db.Query(ctx, `SELECT pos, sender, event_type, content FROM syncapi_to_device
-		WHERE user_id = $1 AND device_id = $2 AND pos > $3 AND pos <= $4 ORDER BY pos LIMIT $5`,
-		userID, deviceID, from, to, limit)
+		WHERE user_id = $1 AND device_id = $2 AND (session_id = 0 OR session_id = $3 OR $3 = 0)
+		AND pos > $4 AND pos <= $5 ORDER BY pos LIMIT $6`,
+		userID, deviceID, sessionID, from, to, limit)
 	if err != nil {
 		return nil, fmt.Errorf("select to-device messages of %s %s: %w", userID, deviceID, err)
 	}
 	defer rows.Close()
 	var out []ToDevice
 	for rows.Next() {
-		m := ToDevice{UserID: userID, DeviceID: deviceID}
+		m := ToDevice{UserID: userID, DeviceID: deviceID, SessionID: sessionID}
 		if err := rows.Scan(&m.Pos, &m.Sender, &m.Type, &m.Content); err != nil {
 			return nil, fmt.Errorf("scan to-device message: %w", err)
 		}
@@ -91,28 +96,36 @@ func (s *Storage) MaxToDevicePos(ctx context.Context) (int64, error) {
 	return p, nil
 }
 
-// ToDeviceDevices lists the devices of userID that have messages waiting.
-func (s *Storage) ToDeviceDevices(ctx context.Context, userID string) ([]string, error) {
-	rows, err := s.db.Query(ctx, `SELECT DISTINCT device_id FROM syncapi_to_device WHERE user_id = $1`, userID)
+// ToDeviceDevices lists the devices of userID that have messages waiting,
+// with the sessions they were stored for.
+func (s *Storage) ToDeviceDevices(ctx context.Context, userID string) (map[string][]int64, error) {
+	rows, err := s.db.Query(ctx, `SELECT DISTINCT device_id, session_id FROM syncapi_to_device WHERE user_id = $1`, userID)
 	if err != nil {
 		return nil, fmt.Errorf("devices with to-device messages of %s: %w", userID, err)
 	}
 	defer rows.Close()
-	var out []string
+	out := map[string][]int64{}
 	for rows.Next() {
 		var d string
-		if err := rows.Scan(&d); err != nil {
+		var sess int64
+		if err := rows.Scan(&d, &sess); err != nil {
 			return nil, fmt.Errorf("scan device: %w", err)
 		}
-		out = append(out, d)
+		out[d] = append(out[d], sess)
 	}
 	return out, rows.Err()
 }
 
-// DeleteDeviceToDevice deletes every message waiting for a device of
-// userID, which is gone.
-func (s *Storage) DeleteDeviceToDevice(ctx context.Context, userID, deviceID string) error {
-	if _, err := s.db.Exec(ctx, `DELETE FROM syncapi_to_device WHERE user_id = $1 AND device_id = $2`, userID, deviceID); err != nil {
+// DeleteDeviceToDevice deletes the messages waiting for a device of
+// userID that is gone: all of them when keep is negative (no device has
+// the ID), else those stored for another session than keep (an earlier
+// device of the ID) but not those of no session.
+func (s *Storage) DeleteDeviceToDevice(ctx context.Context, userID, deviceID string, keep int64) error {
+	q, args := `DELETE FROM syncapi_to_device WHERE user_id = $1 AND device_id = $2`, []any{userID, deviceID}
+	if keep >= 0 {
+		q, args = q+` AND session_id <> 0 AND session_id <> $3`, append(args, keep)
+	}
+	if _, err := s.db.Exec(ctx, q, args...); err != nil {
 		return fmt.Errorf("delete to-device messages of gone device %s %s: %w", userID, deviceID, err)
 	}
 	return nil

@@ -21,6 +21,9 @@ var (
 	ErrBadPassword     = codedError{"M_FORBIDDEN", "Invalid username or password"}
 	ErrUserDeactivated = codedError{"M_USER_DEACTIVATED", "This account has been deactivated"}
 	ErrNotFound        = codedError{"M_NOT_FOUND", "Not found"}
+	// ErrInvalidSignature: a self-signing or user-signing key that the
+	// master key did not sign.
+	ErrInvalidSignature = codedError{"M_INVALID_SIGNATURE", "The key is not signed by the master key"}
 )
 
 // ErrTokenExpired is an access token past its expiry: M_UNKNOWN_TOKEN

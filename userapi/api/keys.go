@@ -2,6 +2,8 @@ package uapi
 
 import (
 	"context"
+	"crypto/ed25519"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -46,8 +48,10 @@ type Keys interface {
 	// SigningKeyUpdate applies an m.signing_key_update EDU from origin.
 	SigningKeyUpdate(ctx context.Context, origin string, update SigningKeyUpdate) error
 	// DeviceListChanges lists the users whose device lists changed in
-	// (from, to]; DeviceListsPos is the head of that stream.
-	DeviceListChanges(ctx context.Context, from, to int64) ([]string, error)
+	// (from, to]; DeviceListsPos is the head of that stream. all is true
+	// when from is older than what the stream keeps (userapi.DeviceListRetention):
+	// any user may have changed.
+	DeviceListChanges(ctx context.Context, from, to int64) (users []string, all bool, err error)
 	DeviceListsPos(ctx context.Context) (int64, error)
 }
 
@@ -156,6 +160,13 @@ const (
 	maxKeysQueryUsers   = 10_000
 	maxKeysQueryDevices = 50_000
 )
+
+// IsEd25519Key reports whether s is an ed25519 public key in unpadded
+// base64, as cross-signing keys are given.
+func IsEd25519Key(s string) bool {
+	b, err := base64.RawStdEncoding.DecodeString(s)
+	return err == nil && len(b) == ed25519.PublicKeySize
+}
 
 // CheckKeysQuery checks the user IDs and device IDs of a /keys/query or
 // /keys/claim body (on either API); the error says which is wrong, for an

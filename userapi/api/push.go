@@ -281,6 +281,10 @@ type Push interface {
 	// NotificationCounts are the user's unread notifications in roomID, for
 	// /sync's unread_notifications.
 	NotificationCounts(ctx context.Context, userID, roomID string) (NotificationCounts, error)
+	// ThreadNotificationCounts are the user's unread notifications in each
+	// thread of roomID that has some, by thread root, for /sync's
+	// unread_thread_notifications; NotificationCounts counts them too.
+	ThreadNotificationCounts(ctx context.Context, userID, roomID string) (map[string]NotificationCounts, error)
 	// ClearNotifications marks the user's notifications in roomID as read
 	// up to and including eventID, as a read receipt (m.read or
 	// m.read.private) does. threadID is the receipt's thread: "" for an

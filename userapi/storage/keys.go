@@ -29,6 +29,10 @@ type DeviceKeys struct {
 	KeyJSON     string
 }
 
+// ErrNoDevice is UploadKeys' answer for a device that does not exist (it
+// was deleted while its keys were being uploaded).
+var ErrNoDevice = errors.New("no such device")
+
 // UploadKeys stores a device's keys: its device keys unless deviceKeys is
 // empty, and its one-time and fallback keys. A one-time key ID already
 // stored keeps its first key (the spec forbids changing one); a fallback
@@ -39,6 +43,24 @@ func (s *Storage) UploadKeys(ctx context.Context, userID, deviceID, deviceKeys s
 	var change *DeviceListChange
 	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
 		change = nil
+		// The device must still exist, and keep existing until this
+		// commits: a request authenticated just before its device was
+		// deleted would otherwise store keys after the deletion removed
+		// them, and a device later logged in under the same ID would
+		// inherit them. The no-op update locks the device's row on
+		// PostgreSQL (a deletion waits for this upload, then deletes its
+		// keys, or has committed and the row is gone); SQLite's one writer
+		// orders the two anyway.
+		res, err := tx.Exec(ctx, `UPDATE userapi_devices SET device_id = device_id WHERE user_id = $1 AND device_id = $2`,
+			userID, deviceID)
+		if err != nil {
+			return fmt.Errorf("lock device %s %s: %w", userID, deviceID, err)
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return fmt.Errorf("lock device %s %s: %w", userID, deviceID, err)
+		} else if n == 0 {
+			return ErrNoDevice
+		}
 		if deviceKeys != "" {
 			var old string
 			err := tx.QueryRow(ctx, `SELECT key_json FROM userapi_device_keys WHERE user_id = $1 AND device_id = $2`,
@@ -337,23 +359,77 @@ func (s *Storage) DeviceListsPos(ctx context.Context) (int64, error) {
 }
 
 // DeviceListChanges lists the users whose device lists last changed in
-// (from, to].
-func (s *Storage) DeviceListChanges(ctx context.Context, from, to int64) ([]string, error) {
+// (from, to]. all is true when from is below the stream's floor (rows that
+// old were pruned): every user may have changed, and users is nil.
+func (s *Storage) DeviceListChanges(ctx context.Context, from, to int64) (users []string, all bool, err error) {
 	rows, err := s.db.Query(ctx, `SELECT user_id FROM userapi_device_list_changes
 		WHERE pos > $1 AND pos <= $2 ORDER BY pos`, from, to)
 	if err != nil {
-		return nil, fmt.Errorf("select device list changes in (%d, %d]: %w", from, to, err)
+		return nil, false, fmt.Errorf("select device list changes in (%d, %d]: %w", from, to, err)
 	}
 	defer rows.Close()
-	var out []string
 	for rows.Next() {
 		var u string
 		if err := rows.Scan(&u); err != nil {
-			return nil, fmt.Errorf("scan device list change: %w", err)
+			return nil, false, fmt.Errorf("scan device list change: %w", err)
 		}
-		out = append(out, u)
+		users = append(users, u)
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, false, fmt.Errorf("select device list changes in (%d, %d]: %w", from, to, err)
+	}
+	// The floor is read after the rows: a prune between the two then
+	// answers all rather than a list missing what it deleted.
+	var floor int64
+	if err := s.db.QueryRow(ctx, `SELECT pos FROM userapi_stream_positions WHERE stream = 'device_lists_floor'`).Scan(&floor); err != nil {
+		return nil, false, fmt.Errorf("select device list floor: %w", err)
+	}
+	if from < floor {
+		return nil, true, nil
+	}
+	return users, false, nil
+}
+
+// PruneDeviceListChanges records the device-list stream's head at now (a
+// mark, in milliseconds) and, taking the newest mark at or before before
+// as the new floor, deletes the rows of remote users (those not of
+// serverName) at or below it, and the marks older than it. It returns the
+// floor. Rows of local users are kept: their position is the stream_id and
+// prev_id other servers know them by.
+func (s *Storage) PruneDeviceListChanges(ctx context.Context, serverName string, now, before int64) (int64, error) {
+	var floor int64
+	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO userapi_device_list_marks (pos, ts)
+			SELECT pos, $1 FROM userapi_stream_positions WHERE stream = 'device_lists'`, now); err != nil {
+			return fmt.Errorf("mark device list position: %w", err)
+		}
+		var mark, markTS sql.NullInt64
+		if err := tx.QueryRow(ctx, `SELECT pos, ts FROM userapi_device_list_marks WHERE ts <= $1
+			ORDER BY ts DESC, pos DESC LIMIT 1`, before).Scan(&mark, &markTS); err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("select device list mark: %w", err)
+		}
+		if err := tx.QueryRow(ctx, `SELECT pos FROM userapi_stream_positions WHERE stream = 'device_lists_floor'`).Scan(&floor); err != nil {
+			return fmt.Errorf("select device list floor: %w", err)
+		}
+		if !mark.Valid || mark.Int64 <= floor {
+			return nil
+		}
+		floor = mark.Int64
+		// The floor moves first, in the same transaction, so no reader
+		// sees the rows gone with the old floor.
+		if _, err := tx.Exec(ctx, `UPDATE userapi_stream_positions SET pos = $1 WHERE stream = 'device_lists_floor'`, floor); err != nil {
+			return fmt.Errorf("move device list floor: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM userapi_device_list_changes WHERE pos <= $1 AND user_id NOT LIKE $2`,
+			floor, "%:"+serverName); err != nil {
+			return fmt.Errorf("prune device list changes: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM userapi_device_list_marks WHERE ts < $1`, markTS.Int64); err != nil {
+			return fmt.Errorf("prune device list marks: %w", err)
+		}
+		return nil
+	})
+	return floor, err
 }
 
 // SharesRoomWithLocal reports whether userID is joined to a room a local
@@ -370,6 +446,86 @@ func (s *Storage) SharesRoomWithLocal(ctx context.Context, userID string) (bool,
 		return false, fmt.Errorf("select shared rooms of %s: %w", userID, err)
 	}
 	return true, nil
+}
+
+// SharingLocalOf returns which of userIDs are joined to a room a local
+// user is joined to, a few hundred users a query.
+func (s *Storage) SharingLocalOf(ctx context.Context, userIDs []string) (map[string]bool, error) {
+	out := make(map[string]bool, len(userIDs))
+	err := sqldb.InChunks(1, userIDs, func(in string, args []any) error {
+		rows, err := s.db.Query(ctx, `SELECT DISTINCT a.user_id FROM userapi_room_members a
+			WHERE a.user_id IN (`+in+`) AND a.membership = 'join' AND EXISTS (SELECT 1 FROM userapi_room_members b
+			WHERE b.room_id = a.room_id AND b.is_local = TRUE AND b.membership = 'join')`, args...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var u string
+			if err := rows.Scan(&u); err != nil {
+				return err
+			}
+			out[u] = true
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("which of %d users share a room with a local user: %w", len(userIDs), err)
+	}
+	return out, nil
+}
+
+// RemoteList is a cached device list of a remote user.
+type RemoteList struct {
+	Stale bool
+	Devs  []DeviceKeys
+}
+
+// RemoteDeviceListsOf returns the cached device lists of those of
+// userIDs who are tracked, two queries a few hundred users.
+func (s *Storage) RemoteDeviceListsOf(ctx context.Context, userIDs []string) (map[string]*RemoteList, error) {
+	out := make(map[string]*RemoteList, len(userIDs))
+	err := sqldb.InChunks(1, userIDs, func(in string, args []any) error {
+		rows, err := s.db.Query(ctx, `SELECT user_id, stale FROM userapi_remote_device_lists WHERE user_id IN (`+in+`)`, args...)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var u string
+			var stale bool
+			if err := rows.Scan(&u, &stale); err != nil {
+				rows.Close()
+				return err
+			}
+			out[u] = &RemoteList{Stale: stale}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		rows, err = s.db.Query(ctx, `SELECT user_id, device_id, display_name, key_json FROM userapi_remote_devices
+			WHERE user_id IN (`+in+`) ORDER BY user_id, device_id`, args...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var d DeviceKeys
+			if err := rows.Scan(&d.UserID, &d.DeviceID, &d.DisplayName, &d.KeyJSON); err != nil {
+				return err
+			}
+			// A device row without its list row (written in one
+			// transaction with it) is not expected; it is skipped.
+			if l := out[d.UserID]; l != nil {
+				l.Devs = append(l.Devs, d)
+			}
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("select device lists of %d users: %w", len(userIDs), err)
+	}
+	return out, nil
 }
 
 // RemoteMembersSharing lists the remote users joined to a room userID is

@@ -228,8 +228,8 @@ func (s *Storage) InsertNotifications(ctx context.Context, ns []NewNotification)
 		if err != nil {
 			return fmt.Errorf("insert %d notifications: %w", len(args)/notificationColumns, err)
 		}
-		// The counters of the new rows, summed per (user, room) in SQL:
-		// one statement however many events and members.
+		// The counters of the new rows, summed per (user, room) and per
+		// thread in SQL: two statements however many events and members.
 		return sqldb.InChunks(1, ids, func(in string, args []any) error {
 			if _, err := tx.Exec(ctx, `INSERT INTO userapi_unread_counts (user_id, room_id, notifications, highlights)
 				SELECT user_id, room_id, COUNT(*), SUM(CASE WHEN highlight THEN 1 ELSE 0 END)
@@ -238,6 +238,14 @@ func (s *Storage) InsertNotifications(ctx context.Context, ns []NewNotification)
 				notifications = userapi_unread_counts.notifications + excluded.notifications,
 				highlights = userapi_unread_counts.highlights + excluded.highlights`, args...); err != nil {
 				return fmt.Errorf("count %d notifications: %w", len(ids), err)
+			}
+			if _, err := tx.Exec(ctx, `INSERT INTO userapi_unread_thread_counts (user_id, room_id, thread_id, notifications, highlights)
+				SELECT user_id, room_id, thread_id, COUNT(*), SUM(CASE WHEN highlight THEN 1 ELSE 0 END)
+				FROM userapi_notifications WHERE notification_id IN (`+in+`) AND thread_id <> '' GROUP BY user_id, room_id, thread_id
+				ON CONFLICT (user_id, room_id, thread_id) DO UPDATE SET
+				notifications = userapi_unread_thread_counts.notifications + excluded.notifications,
+				highlights = userapi_unread_thread_counts.highlights + excluded.highlights`, args...); err != nil {
+				return fmt.Errorf("count %d notifications by thread: %w", len(ids), err)
 			}
 			return nil
 		})
@@ -348,6 +356,15 @@ func recount(ctx context.Context, tx *sqldb.Tx, userID, roomID string) error {
 		WHERE user_id = $1 AND room_id = $2 AND notifications = 0`, userID, roomID); err != nil {
 		return fmt.Errorf("recount notifications of %s in %s: %w", userID, roomID, err)
 	}
+	if _, err := tx.Exec(ctx, `DELETE FROM userapi_unread_thread_counts WHERE user_id = $1 AND room_id = $2`, userID, roomID); err != nil {
+		return fmt.Errorf("recount notifications of %s in %s by thread: %w", userID, roomID, err)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO userapi_unread_thread_counts (user_id, room_id, thread_id, notifications, highlights)
+		SELECT user_id, room_id, thread_id, COUNT(*), SUM(CASE WHEN highlight THEN 1 ELSE 0 END)
+		FROM userapi_notifications WHERE user_id = $1 AND room_id = $2 AND NOT is_read AND thread_id <> ''
+		GROUP BY user_id, room_id, thread_id`, userID, roomID); err != nil {
+		return fmt.Errorf("recount notifications of %s in %s by thread: %w", userID, roomID, err)
+	}
 	return nil
 }
 
@@ -402,6 +419,27 @@ func (s *Storage) NotificationCounts(ctx context.Context, userID, roomID string)
 		return c, fmt.Errorf("count notifications of %s in %s: %w", userID, roomID, err)
 	}
 	return c, nil
+}
+
+// ThreadNotificationCounts counts the user's unread notifications in each
+// thread of a room that has some, by thread root.
+func (s *Storage) ThreadNotificationCounts(ctx context.Context, userID, roomID string) (map[string]uapi.NotificationCounts, error) {
+	rows, err := s.db.Query(ctx, `SELECT thread_id, notifications, highlights FROM userapi_unread_thread_counts
+		WHERE user_id = $1 AND room_id = $2 AND notifications > 0`, userID, roomID)
+	if err != nil {
+		return nil, fmt.Errorf("count notifications of %s in the threads of %s: %w", userID, roomID, err)
+	}
+	defer rows.Close()
+	out := map[string]uapi.NotificationCounts{}
+	for rows.Next() {
+		var thread string
+		var c uapi.NotificationCounts
+		if err := rows.Scan(&thread, &c.Notifications, &c.Highlights); err != nil {
+			return nil, fmt.Errorf("count notifications of %s in the threads of %s: %w", userID, roomID, err)
+		}
+		out[thread] = c
+	}
+	return out, rows.Err()
 }
 
 // UnreadRooms counts the rooms where the user has unread notifications:
