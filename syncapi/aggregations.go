@@ -106,15 +106,12 @@ func (s *SyncAPI) aggregations(ctx context.Context, f formatter, parts []pagePar
 			if vis == nil {
 				continue
 			}
-			ok, err := vis.canSee(ctx, e)
+			e, err := vis.seen(ctx, e)
 			if err != nil {
 				return err
 			}
-			if !ok {
+			if e == nil {
 				continue
-			}
-			if e, err = vis.forErased(ctx, e); err != nil {
-				return err
 			}
 			loaded[e.EventID] = e
 		}

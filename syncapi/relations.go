@@ -163,15 +163,12 @@ func (s *SyncAPI) relations(r *http.Request, dev *uapi.Device) (any, error) {
 			if e == nil {
 				continue
 			}
-			ok, err := vis.canSee(ctx, e)
+			e, err := vis.seen(ctx, e)
 			if err != nil {
 				return nil, err
 			}
-			if !ok {
+			if e == nil {
 				continue
-			}
-			if e, err = vis.forErased(ctx, e); err != nil {
-				return nil, err
 			}
 			shown = append(shown, e)
 			resp.Chunk = append(resp.Chunk, f.event(e))
@@ -344,15 +341,12 @@ func (s *SyncAPI) threads(r *http.Request, dev *uapi.Device) (any, error) {
 			if e == nil {
 				continue
 			}
-			ok, err := vis.canSee(ctx, e)
+			e, err := vis.seen(ctx, e)
 			if err != nil {
 				return nil, err
 			}
-			if !ok {
+			if e == nil {
 				continue
-			}
-			if e, err = vis.forErased(ctx, e); err != nil {
-				return nil, err
 			}
 			shown = append(shown, e)
 			resp.Chunk = append(resp.Chunk, f.event(e))

@@ -298,16 +298,12 @@ func (s *SyncAPI) searchRoomEvents(ctx context.Context, dev *uapi.Device, c *roo
 				continue
 			}
 			v := visOf(h.Event.RoomID)
-			ok, err := v.canSee(ctx, h.Event)
+			e, err := v.seen(ctx, h.Event)
 			if err != nil {
 				return nil, err
 			}
-			if !ok {
+			if e == nil {
 				continue
-			}
-			e, err := v.forErased(ctx, h.Event)
-			if err != nil {
-				return nil, err
 			}
 			hits = append(hits, e)
 			ranks = append(ranks, h.Key.Rank)
@@ -443,15 +439,12 @@ func (s *SyncAPI) searchContext(ctx context.Context, vis *visibility, f formatte
 			if len(out) == n {
 				break
 			}
-			ok, err := vis.canSee(ctx, x)
+			x, err := vis.seen(ctx, x)
 			if err != nil {
 				return nil, "", err
 			}
-			if !ok {
+			if x == nil {
 				continue
-			}
-			if x, err = vis.forErased(ctx, x); err != nil {
-				return nil, "", err
 			}
 			out = append(out, f.event(x))
 			senders[x.Sender] = true

@@ -139,6 +139,16 @@ func (v *visibility) membershipAt(ctx context.Context, e *storage.Event) (string
 	return at, nil
 }
 
+// seen returns e as the user sees it (forErased), or nil when the user
+// may not see it (canSee).
+func (v *visibility) seen(ctx context.Context, e *storage.Event) (*storage.Event, error) {
+	ok, err := v.canSee(ctx, e)
+	if err != nil || !ok {
+		return nil, err
+	}
+	return v.forErased(ctx, e)
+}
+
 // forErased returns e as the user may see it: redacted when its sender is
 // an erased user of this server and the user was not joined to the room
 // when it was sent (spec: "Account deactivation", erase; Synapse shows
