@@ -336,23 +336,8 @@ func (s *SyncAPI) joinedRoom(ctx context.Context, req *syncRequest, roomID strin
 	membersChanged := full
 	switch {
 	case full:
-		var state []*storage.StateEvent
-		if lazy {
-			// Only the members the client needs, not every member of a
-			// room that may have thousands.
-			if state, err = s.store.CurrentStateWithoutMembers(ctx, roomID); err != nil {
-				return nil, err
-			}
-			users := make([]string, 0, len(wantMember))
-			for u := range wantMember {
-				users = append(users, u)
-			}
-			members, err := s.store.MemberEvents(ctx, roomID, users)
-			if err != nil {
-				return nil, err
-			}
-			state = append(state, members...)
-		} else if state, err = s.store.CurrentState(ctx, roomID); err != nil {
+		state, err := s.currentState(ctx, roomID, lazy, wantMember)
+		if err != nil {
 			return nil, err
 		}
 		for _, st := range state {
@@ -460,6 +445,28 @@ func (s *SyncAPI) unread(ctx context.Context, req *syncRequest, roomID string, j
 	return nil
 }
 
+// currentState is a room's current state; with lazy, only the member
+// events of wantMember among its members, not every member of a room that
+// may have thousands.
+func (s *SyncAPI) currentState(ctx context.Context, roomID string, lazy bool, wantMember map[string]bool) ([]*storage.StateEvent, error) {
+	if !lazy {
+		return s.store.CurrentState(ctx, roomID)
+	}
+	state, err := s.store.CurrentStateWithoutMembers(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	users := make([]string, 0, len(wantMember))
+	for u := range wantMember {
+		users = append(users, u)
+	}
+	members, err := s.store.MemberEvents(ctx, roomID, users)
+	if err != nil {
+		return nil, err
+	}
+	return append(state, members...), nil
+}
+
 // stateAfter is a joined room's state_after (use_state_after): the state
 // at the end of its timeline, all of it when full, else what changed
 // since from, timeline events included. A lazy-loading client gets the
@@ -483,23 +490,8 @@ func (s *SyncAPI) stateAfter(ctx context.Context, req *syncRequest, roomID strin
 		}
 	}
 	if full {
-		var state []*storage.StateEvent
-		var err error
-		if lazy {
-			// Only the members needed, as for state.
-			if state, err = s.store.CurrentStateWithoutMembers(ctx, roomID); err != nil {
-				return nil, err
-			}
-			users := make([]string, 0, len(wantMember))
-			for u := range wantMember {
-				users = append(users, u)
-			}
-			members, err := s.store.MemberEvents(ctx, roomID, users)
-			if err != nil {
-				return nil, err
-			}
-			state = append(state, members...)
-		} else if state, err = s.store.CurrentState(ctx, roomID); err != nil {
+		state, err := s.currentState(ctx, roomID, lazy, wantMember)
+		if err != nil {
 			return nil, err
 		}
 		for _, st := range state {
