@@ -129,10 +129,9 @@ func (s *SyncAPI) relations(r *http.Request, dev *uapi.Device) (any, error) {
 			return page, nil
 		}
 	}
-	f := formatter{sessionID: dev.SessionID, now: s.now(), withRoomID: true}
-	var shown []*storage.Event
+	pg := &seenPage{vis: vis, f: formatter{sessionID: dev.SessionID, now: s.now(), withRoomID: true}, chunk: resp.Chunk}
 	more := true
-	for round := 0; round < 10 && more && len(resp.Chunk) < limit; round++ {
+	for round := 0; round < 10 && more && len(pg.chunk) < limit; round++ {
 		page, err := next(limit)
 		if err != nil {
 			return nil, err
@@ -159,28 +158,19 @@ func (s *SyncAPI) relations(r *http.Request, dev *uapi.Device) (any, error) {
 			if !backwards {
 				cur.Pos++
 			}
-			e := byID[rel.EventID]
-			if e == nil {
-				continue
-			}
-			e, err := vis.seen(ctx, e)
-			if err != nil {
+			if err := pg.add(ctx, byID[rel.EventID]); err != nil {
 				return nil, err
 			}
-			if e == nil {
-				continue
-			}
-			shown = append(shown, e)
-			resp.Chunk = append(resp.Chunk, f.event(e))
-			if len(resp.Chunk) == limit {
+			if len(pg.chunk) == limit {
 				break
 			}
 		}
 	}
-	if more && len(resp.Chunk) > 0 {
+	if more && len(pg.chunk) > 0 {
 		resp.NextBatch = cur.String()
 	}
-	if err := s.bundle(ctx, vis, f, shown, resp.Chunk); err != nil {
+	resp.Chunk = pg.chunk
+	if err := s.bundle(ctx, vis, pg.f, pg.shown, resp.Chunk); err != nil {
 		return nil, err
 	}
 	return resp, nil
@@ -275,6 +265,30 @@ func (s *SyncAPI) stopPoint(ctx context.Context, roomID, to string) (*TopoToken,
 	return &TopoToken{Depth: d, Pos: p + 1}, nil
 }
 
+// seenPage collects a page of events the user may see, as it sees them
+// (visibility.seen), in the client format; shown are the events behind
+// chunk, for their bundled aggregations.
+type seenPage struct {
+	vis   *visibility
+	f     formatter
+	shown []*storage.Event
+	chunk []ClientEvent
+}
+
+// add appends e if the user may see it; a nil e (not stored) is skipped.
+func (p *seenPage) add(ctx context.Context, e *storage.Event) error {
+	if e == nil {
+		return nil
+	}
+	e, err := p.vis.seen(ctx, e)
+	if err != nil || e == nil {
+		return err
+	}
+	p.shown = append(p.shown, e)
+	p.chunk = append(p.chunk, p.f.event(e))
+	return nil
+}
+
 type threadsResponse struct {
 	Chunk     []ClientEvent `json:"chunk"`
 	NextBatch string        `json:"next_batch,omitempty"`
@@ -313,11 +327,10 @@ func (s *SyncAPI) threads(r *http.Request, dev *uapi.Device) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := formatter{sessionID: dev.SessionID, now: s.now(), withRoomID: true}
-	resp := &threadsResponse{Chunk: []ClientEvent{}}
-	var shown []*storage.Event
+	resp := &threadsResponse{}
+	pg := &seenPage{vis: vis, f: formatter{sessionID: dev.SessionID, now: s.now(), withRoomID: true}, chunk: []ClientEvent{}}
 	more := true
-	for round := 0; round < 10 && more && len(resp.Chunk) < limit; round++ {
+	for round := 0; round < 10 && more && len(pg.chunk) < limit; round++ {
 		roots, err := s.store.Threads(ctx, roomID, participant, before, limit)
 		if err != nil {
 			return nil, err
@@ -337,28 +350,19 @@ func (s *SyncAPI) threads(r *http.Request, dev *uapi.Device) (any, error) {
 		}
 		for _, t := range roots {
 			before = t.Latest
-			e := byID[t.EventID]
-			if e == nil {
-				continue
-			}
-			e, err := vis.seen(ctx, e)
-			if err != nil {
+			if err := pg.add(ctx, byID[t.EventID]); err != nil {
 				return nil, err
 			}
-			if e == nil {
-				continue
-			}
-			shown = append(shown, e)
-			resp.Chunk = append(resp.Chunk, f.event(e))
-			if len(resp.Chunk) == limit {
+			if len(pg.chunk) == limit {
 				break
 			}
 		}
 	}
-	if more && len(resp.Chunk) > 0 {
+	if more && len(pg.chunk) > 0 {
 		resp.NextBatch = "r" + strconv.FormatInt(before, 10)
 	}
-	if err := s.bundle(ctx, vis, f, shown, resp.Chunk); err != nil {
+	resp.Chunk = pg.chunk
+	if err := s.bundle(ctx, vis, pg.f, pg.shown, resp.Chunk); err != nil {
 		return nil, err
 	}
 	return resp, nil
