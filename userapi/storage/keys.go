@@ -459,15 +459,11 @@ func (s *Storage) SharingLocalOf(ctx context.Context, userIDs []string) (map[str
 		if err != nil {
 			return err
 		}
-		defer rows.Close()
-		for rows.Next() {
-			var u string
-			if err := rows.Scan(&u); err != nil {
-				return err
-			}
+		users, err := sqldb.Column[string](rows)
+		for _, u := range users {
 			out[u] = true
 		}
-		return rows.Err()
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("which of %d users share a room with a local user: %w", len(userIDs), err)
