@@ -311,7 +311,7 @@ func TestInputFetchesMissingPrevEvents(t *testing.T) {
 				if err != nil || len(evs) != 3 {
 					t.Fatalf("stored %d of the 3 events (%v)", len(evs), err)
 				}
-				st, err := storage.Open(ctx, db)
+				st, err := storage.Open(ctx, db, 0)
 				if err != nil {
 					t.Fatal(err)
 				}

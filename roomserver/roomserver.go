@@ -62,10 +62,17 @@ type AliasResolver interface {
 type Option func(*options)
 
 type options struct {
-	fed      Federation
-	profile  perform.ProfileFunc
-	input    InputConfig
-	keyValid perform.KeyValidityFunc
+	fed        Federation
+	profile    perform.ProfileFunc
+	input      InputConfig
+	keyValid   perform.KeyValidityFunc
+	cacheBytes int64
+}
+
+// WithCacheBytes bounds what the caches of events and room state hold
+// (storage.DefaultCacheBytes without it).
+func WithCacheBytes(n int64) Option {
+	return func(o *options) { o.cacheBytes = n }
 }
 
 // InputConfig tunes event input (see input.Config), named here for the
@@ -100,7 +107,7 @@ func New(ctx context.Context, db *sqldb.DB, b *bus.Bus, key *signing.Key, log *l
 	for _, opt := range opts {
 		opt(&o)
 	}
-	store, err := storage.Open(ctx, db)
+	store, err := storage.Open(ctx, db, o.cacheBytes)
 	if err != nil {
 		return nil, fmt.Errorf("roomserver storage: %w", err)
 	}

@@ -235,6 +235,7 @@ func New(ctx context.Context, cfg *config.Config, log *logrus.Logger, opts ...Op
 	if s.rooms, err = roomserver.New(ctx, s.db, s.bus, s.key, entry("roomserver"), profiles,
 		roomserver.WithFederation(s.fed.Remote()),
 		roomserver.WithKeyValidity(ids.KeyValid),
+		roomserver.WithCacheBytes(cfg.Memory.RoomCacheMB<<20),
 		roomserver.WithInput(roomserver.InputConfig{Fetcher: s.fed.Fetcher(), KeyRing: s.fed.KeyRing()})); err != nil {
 		return nil, err
 	}

@@ -18,6 +18,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"syscall"
@@ -201,6 +202,11 @@ func openUsers(ctx context.Context, cfg *config.Config, stderr io.Writer) (*user
 	}
 	return users, func() { db.Close() }, nil
 }
+
+// No heap profile is kept unless the debug listener serves one (it sets
+// its own rate): the profile's table of allocation sites costs a few MB
+// of every server otherwise.
+func init() { runtime.MemProfileRate = 0 }
 
 // tuneGC applies the memory settings, except those the GOGC and
 // GOMEMLIMIT variables already set: an admin's environment wins.

@@ -25,3 +25,40 @@ func TestLRU(t *testing.T) {
 		t.Fatalf("after remove: len %d", c.Len())
 	}
 }
+
+func TestLRUSized(t *testing.T) {
+	c := NewSized[string, []byte](10, func(v []byte) int { return len(v) })
+	steps := []struct {
+		put       string
+		size      int
+		wantKeys  []string
+		wantGone  []string
+		wantTotal int
+	}{
+		{"a", 4, []string{"a"}, nil, 4},
+		{"b", 4, []string{"a", "b"}, nil, 8},
+		{"c", 4, []string{"b", "c"}, []string{"a"}, 8},   // 12 > 10: a goes
+		{"b", 1, []string{"b", "c"}, nil, 5},             // an update changes the cost
+		{"d", 20, []string{"d"}, []string{"b", "c"}, 20}, // the newest stays even if it alone is over
+	}
+	for i, s := range steps {
+		c.Put(s.put, make([]byte, s.size))
+		for _, k := range s.wantKeys {
+			if _, ok := c.Get(k); !ok {
+				t.Errorf("step %d: %s missing", i, k)
+			}
+		}
+		for _, k := range s.wantGone {
+			if _, ok := c.Get(k); ok {
+				t.Errorf("step %d: %s still cached", i, k)
+			}
+		}
+		if got := c.Cost(); got != s.wantTotal {
+			t.Errorf("step %d: cost %d, want %d", i, got, s.wantTotal)
+		}
+	}
+	c.Remove("d")
+	if c.Cost() != 0 || c.Len() != 0 {
+		t.Errorf("after remove: cost %d len %d", c.Cost(), c.Len())
+	}
+}

@@ -66,8 +66,8 @@ func TestSQLiteReaderPool(t *testing.T) {
 	if err := db.QueryRow(ctx, `PRAGMA cache_size`).Scan(&cache); err != nil {
 		t.Fatalf("a freed reader: %v", err)
 	}
-	if cache != -1000 {
-		t.Errorf("reader cache_size = %d, want -1000 (KiB)", cache)
+	if cache != -500 {
+		t.Errorf("reader cache_size = %d, want -500 (KiB)", cache)
 	}
 	rows, err := db.Query(ctx, `SELECT 1`)
 	if err != nil {
@@ -88,7 +88,63 @@ func TestSQLiteReaderPool(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the writer is not a reader and is free: %v", err)
 	}
-	if wcache != -8000 {
-		t.Errorf("writer cache_size = %d, want -8000 (KiB)", wcache)
+	if wcache != -4000 {
+		t.Errorf("writer cache_size = %d, want -4000 (KiB)", wcache)
+	}
+}
+
+// TestSQLiteOneWriter checks SQLite's writes all go through one connection
+// (a temporary table, which only its connection sees, stays visible), also
+// when transactions meet statements not prepared before, which they
+// prepare on their own connection rather than wait for the pool's.
+func TestSQLiteOneWriter(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	db, err := sqldb.Open(ctx, filepath.Join(t.TempDir(), "writer.db"), sqldb.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec(ctx, `CREATE TEMP TABLE mine (n INTEGER)`); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 20; i++ {
+		// Each round has a statement no round ran before, used twice.
+		fresh := `INSERT INTO mine (n) VALUES ($1) -- ` + string(rune('a'+i))
+		err := db.WithTx(ctx, func(tx *sqldb.Tx) error {
+			for j := 0; j < 2; j++ {
+				if _, err := tx.Exec(ctx, fresh, i); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("round %d: %v", i, err)
+		}
+		// The same statement outside a transaction, now from the pool.
+		if _, err := db.Exec(ctx, fresh, -i); err != nil {
+			t.Fatalf("round %d again: %v", i, err)
+		}
+	}
+	var n int
+	err = db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		return tx.QueryRow(ctx, `SELECT COUNT(*) FROM mine`).Scan(&n)
+	})
+	if err != nil || n != 60 {
+		t.Fatalf("rows in the writer's temporary table: %d, %v; want 60 (one connection)", n, err)
+	}
+	// A failed transaction's fresh statements are no trouble either.
+	err = db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO mine (n) VALUES (100)`); err != nil {
+			return err
+		}
+		return errors.New("give up")
+	})
+	if err == nil || err.Error() != "give up" {
+		t.Fatalf("failed transaction: %v", err)
+	}
+	if _, err := db.Exec(ctx, `INSERT INTO mine (n) VALUES (100)`); err != nil {
+		t.Fatal(err)
 	}
 }

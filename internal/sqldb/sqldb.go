@@ -48,9 +48,8 @@ type DB struct {
 	Dialect Dialect
 	writer  *sql.DB
 	reader  *sql.DB
-	// writeLock (SQLite only) admits one writer at a time. The writer pool
-	// has a second connection so that statements can be prepared while a
-	// transaction holds the first.
+	// writeLock (SQLite only) admits one writer at a time, on the writer
+	// pool's one connection.
 	writeLock *writeGate
 
 	stmts sync.Map // rewritten query -> *sql.Stmt on the matching pool
@@ -120,8 +119,14 @@ func Open(ctx context.Context, url string, opts Options) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
-	writer.SetMaxOpenConns(2)
-	writer.SetMaxIdleConns(2)
+	// One connection: a second one (to prepare statements while a
+	// transaction holds the first) took turns with it, and each turn
+	// started with an empty page cache, since SQLite drops a connection's
+	// cache when another one wrote; it also doubled the caches' memory.
+	// A transaction prepares a new statement on its own connection
+	// instead (Tx.stmt).
+	writer.SetMaxOpenConns(1)
+	writer.SetMaxIdleConns(1)
 	writer.SetConnMaxLifetime(0)
 	if err := writer.PingContext(ctx); err != nil {
 		writer.Close()
@@ -146,9 +151,11 @@ func Open(ctx context.Context, url string, opts Options) (*DB, error) {
 // from the OS's cache of the file at the cost of a read system call, not
 // from disk. Measured on the ten-server federation run (docs/performance.md):
 // 16 readers at 2 MB and a writer at 16 MB were 45 MB of each server's RSS.
+// A reader's cache is also short-lived: SQLite empties a connection's cache
+// when another one (the writer) has written since its last read.
 const (
-	writerCacheKiB = 8000
-	readerCacheKiB = 1000
+	writerCacheKiB = 4000
+	readerCacheKiB = 500
 )
 
 // SQLiteReaders is the size of SQLite's reader pool: maxOpen, but no more
@@ -189,12 +196,21 @@ func (db *DB) Rebind(q string) string {
 	return b.String()
 }
 
+func (db *DB) stmtKey(pool *sql.DB, q string) string {
+	if pool == db.writer && db.writer != db.reader {
+		return "w\x00" + q
+	}
+	return q
+}
+
+// prepared returns q's statement on pool, counting one statement run.
 func (db *DB) prepared(ctx context.Context, pool *sql.DB, q string) (*sql.Stmt, error) {
 	db.queries.Add(1)
-	key := q
-	if pool == db.writer && db.writer != db.reader {
-		key = "w\x00" + q
-	}
+	return db.prepare(ctx, pool, q)
+}
+
+func (db *DB) prepare(ctx context.Context, pool *sql.DB, q string) (*sql.Stmt, error) {
+	key := db.stmtKey(pool, q)
 	if s, ok := db.stmts.Load(key); ok {
 		return s.(*sql.Stmt), nil
 	}
@@ -270,35 +286,81 @@ func (db *DB) Exec(ctx context.Context, q string, args ...any) (sql.Result, erro
 type Tx struct {
 	db *DB
 	tx *sql.Tx
+	// fresh (SQLite) are the statements first seen in this transaction,
+	// prepared on its connection; they are prepared on the pool once the
+	// transaction has let the connection go.
+	fresh map[string]*sql.Stmt
+}
+
+// stmt returns q's statement for use in the transaction.
+func (t *Tx) stmt(ctx context.Context, q string) (*sql.Stmt, error) {
+	db := t.db
+	if db.writer == db.reader {
+		s, err := db.prepared(ctx, db.writer, q)
+		if err != nil {
+			return nil, err
+		}
+		return t.tx.StmtContext(ctx, s), nil
+	}
+	if s, ok := db.stmts.Load(db.stmtKey(db.writer, q)); ok {
+		db.queries.Add(1)
+		return t.tx.StmtContext(ctx, s.(*sql.Stmt)), nil
+	}
+	// The pool's one connection is this transaction's: preparing on the
+	// pool would wait for it forever.
+	db.queries.Add(1)
+	if s, ok := t.fresh[q]; ok {
+		return s, nil
+	}
+	s, err := t.tx.PrepareContext(ctx, db.Rebind(q))
+	if err != nil {
+		return nil, fmt.Errorf("prepare %q: %w", firstLine(q), mark(err))
+	}
+	if t.fresh == nil {
+		t.fresh = map[string]*sql.Stmt{}
+	}
+	t.fresh[q] = s
+	return s, nil
+}
+
+// cacheFresh prepares on the writer pool the statements a finished
+// transaction saw first, while the caller still holds the write lock (so
+// the connection is free). A statement that fails here is prepared again
+// by the next transaction that needs it.
+func (db *DB) cacheFresh(ctx context.Context, fresh map[string]*sql.Stmt) {
+	ctx = context.WithoutCancel(ctx)
+	for q := range fresh {
+		_, _ = db.prepare(ctx, db.writer, q)
+	}
 }
 
 // Exec runs a statement in the transaction.
 func (t *Tx) Exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
-	s, err := t.db.prepared(ctx, t.db.writer, q)
+	s, err := t.stmt(ctx, q)
 	if err != nil {
 		return nil, err
 	}
-	res, err := t.tx.StmtContext(ctx, s).ExecContext(ctx, args...)
+	res, err := s.ExecContext(ctx, args...)
 	return res, mark(err)
 }
 
 // Query runs a query in the transaction.
 func (t *Tx) Query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
-	s, err := t.db.prepared(ctx, t.db.writer, q)
+	s, err := t.stmt(ctx, q)
 	if err != nil {
 		return nil, err
 	}
-	rows, err := t.tx.StmtContext(ctx, s).QueryContext(ctx, args...)
+	rows, err := s.QueryContext(ctx, args...)
 	return rows, mark(err)
 }
 
 // QueryRow runs a single-row query in the transaction.
 func (t *Tx) QueryRow(ctx context.Context, q string, args ...any) *Row {
-	s, err := t.db.prepared(ctx, t.db.writer, q)
+	s, err := t.stmt(ctx, q)
 	if err != nil {
 		return &Row{err: err}
 	}
-	return &Row{row: t.tx.StmtContext(ctx, s).QueryRowContext(ctx, args...)}
+	return &Row{row: s.QueryRowContext(ctx, args...)}
 }
 
 // Dialect returns the dialect of the transaction's database.
@@ -326,11 +388,15 @@ func (db *DB) WithTx(ctx context.Context, f func(tx *Tx) error) (err error) {
 			panic(p)
 		}
 	}()
-	if err := f(&Tx{db: db, tx: sqlTx}); err != nil {
+	tx := &Tx{db: db, tx: sqlTx}
+	if err := f(tx); err != nil {
 		_ = sqlTx.Rollback()
+		db.cacheFresh(ctx, tx.fresh)
 		return err
 	}
-	if err := sqlTx.Commit(); err != nil {
+	err = sqlTx.Commit()
+	db.cacheFresh(ctx, tx.fresh) // the connection is free, the lock still held
+	if err != nil {
 		if commitOutcomeUnknown(db.Dialect, err) {
 			return fmt.Errorf("commit: %w: %w", ErrOutcomeUnknown, mark(err))
 		}

@@ -21,7 +21,7 @@ func BenchmarkNewSnapshot(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer db.Close()
-			s, err := Open(ctx, db)
+			s, err := Open(ctx, db, 0)
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -40,8 +40,13 @@ type Storage struct {
 	tupleByID *cache.LRU[int64, gmsl.StateKeyTuple]
 }
 
-// Open runs the roomserver migrations on db.
-func Open(ctx context.Context, db *sqldb.DB) (*Storage, error) {
+// DefaultCacheBytes is what the caches of events and room state hold at
+// most in all unless told otherwise.
+const DefaultCacheBytes = 8 << 20
+
+// Open runs the roomserver migrations on db. Its caches of events and room
+// state hold about cacheBytes in all (0: DefaultCacheBytes).
+func Open(ctx context.Context, db *sqldb.DB, cacheBytes int64) (*Storage, error) {
 	sub, err := fs.Sub(migrations, "migrations")
 	if err != nil {
 		return nil, err
@@ -49,15 +54,35 @@ func Open(ctx context.Context, db *sqldb.DB) (*Storage, error) {
 	if err := sqldb.Migrate(ctx, db, "roomserver", sub); err != nil {
 		return nil, err
 	}
+	if cacheBytes <= 0 {
+		cacheBytes = DefaultCacheBytes
+	}
+	// Sized by bytes, not by count: a room's joins each write a new state
+	// block and supersede one, and a count-sized cache kept thousands of
+	// superseded blocks of a big room, which LRU order now lets go first.
+	// Events get half; blocks, the current state of every room, most of
+	// the rest.
 	return &Storage{
 		db:        db,
-		blocks:    cache.New[int64, []Entry](20000),
-		snapshots: cache.New[int64, *Snapshot](20000),
-		events:    cache.New[int64, *Event](50000),
+		blocks:    cache.NewSized[int64, []Entry](int(cacheBytes*3/8), blockCost),
+		snapshots: cache.NewSized[int64, *Snapshot](int(cacheBytes/8), snapshotCost),
+		events:    cache.NewSized[int64, *Event](int(cacheBytes/2), eventCost),
 		eventNIDs: cache.New[string, int64](50000),
 		tuples:    cache.New[gmsl.StateKeyTuple, int64](100000),
 		tupleByID: cache.New[int64, gmsl.StateKeyTuple](100000),
 	}, nil
+}
+
+// What a cached value costs, roughly in bytes: its arrays, plus the cache
+// entry and headers around them. A parsed event keeps its JSON and, about
+// as large again, the fields parsed from it.
+func blockCost(es []Entry) int      { return 16*cap(es) + 96 }
+func snapshotCost(sn *Snapshot) int { return 8*cap(sn.Blocks) + 128 }
+func eventCost(ev *Event) int {
+	if ev.PDU == nil {
+		return 256
+	}
+	return 2*len(ev.PDU.JSON()) + 512
 }
 
 // Room is a room's row: its current state snapshot and forward extremities.

@@ -267,7 +267,15 @@ func (w *Writer) regrow(ctx context.Context, blocks []int64, count int64) ([]int
 	for count > int64(n*targetPerBlock) {
 		n *= 2
 	}
+	// Each bucket sized exactly: the blocks stay cached as they are.
+	sizes := make([]int, n)
+	for _, e := range all {
+		sizes[bucketOf(e.Tuple, n)]++
+	}
 	buckets := make([][]Entry, n)
+	for i, k := range sizes {
+		buckets[i] = make([]Entry, 0, k)
+	}
 	for _, e := range all {
 		b := bucketOf(e.Tuple, n)
 		buckets[b] = append(buckets[b], e)

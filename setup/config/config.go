@@ -316,7 +316,7 @@ type Sync struct {
 	PresenceTimeout time.Duration `yaml:"presence_timeout"`
 }
 
-// Memory tunes the Go garbage collector.
+// Memory tunes the Go garbage collector and the caches.
 type Memory struct {
 	// GCPercent is how far the heap may grow past what is live (and the
 	// goroutine stacks) before a collection, in percent: Go's GOGC, which
@@ -327,6 +327,9 @@ type Memory struct {
 	// GOMEMLIMIT, which wins when set): the collector works harder as the
 	// process nears it. 0 sets none.
 	LimitMB int64 `yaml:"limit_mb"`
+	// RoomCacheMB bounds what the roomserver keeps of parsed events and
+	// room state in memory, in MiB.
+	RoomCacheMB int64 `yaml:"room_cache_mb"`
 }
 
 // Debug holds operator knobs for investigating the server.
@@ -376,7 +379,7 @@ func Defaults() *Config {
 		Logging: Logging{Level: "info", Format: "text"},
 		Rooms:   Rooms{DefaultVersion: "10"},
 		Sync:    Sync{MaxTimeout: 5 * time.Minute, PresenceTimeout: 30 * time.Second},
-		Memory:  Memory{GCPercent: 50},
+		Memory:  Memory{GCPercent: 50, RoomCacheMB: 8},
 	}
 }
 
@@ -591,6 +594,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Memory.LimitMB < 0 {
 		bad("memory.limit_mb", c.Memory.LimitMB, "must not be negative")
+	}
+	if c.Memory.RoomCacheMB < 1 {
+		bad("memory.room_cache_mb", c.Memory.RoomCacheMB, "must be at least 1")
 	}
 	if len(errs) > 0 {
 		sortStable(errs)
