@@ -90,11 +90,12 @@ func (u *UserAPI) Start(ctx context.Context, rooms Rooms, gateways http.RoundTri
 		defer p.wg.Done()
 		u.writeLastSeen(ctx)
 	}()
-	return nil
+	return u.resyncs.start(ctx)
 }
 
 // Wait waits for what Start started to stop after its context ended.
 func (u *UserAPI) Wait() {
+	u.resyncs.stop()
 	u.push.wg.Wait()
 	if u.push.sender != nil {
 		u.push.sender.Wait()
