@@ -563,16 +563,22 @@ func (u *UserAPI) DeviceListUpdate(ctx context.Context, origin string, upd uapi.
 // it is none of ours): the list is marked wanted, and fetched in the
 // background.
 func (u *UserAPI) track(ctx context.Context, userID string) error {
-	shares, err := u.store.SharesRoomWithLocal(ctx, userID)
-	if err == nil && !shares && u.bus != nil && u.push.rooms != nil {
-		// The update may come right after the join that made the room
-		// shared, before this component's view of membership has it: let
-		// that view catch up first (bounded).
-		u.catchUpEvents(ctx, keysCatchUp)
-		shares, err = u.store.SharesRoomWithLocal(ctx, userID)
+	if u.remote == nil {
+		return nil
 	}
-	if err != nil || !shares || u.remote == nil {
+	shares, err := u.store.SharesRoomWithLocal(ctx, userID)
+	if err != nil {
 		return err
+	}
+	if !shares {
+		// The update may come right after the join that made the room
+		// shared, before this component's view of membership has it:
+		// the resyncer lets that view catch up (bounded) before it
+		// decides, rather than the origin's transaction waiting.
+		if u.bus != nil && u.push.rooms != nil {
+			u.resyncs.kickUnsure(userID)
+		}
+		return nil
 	}
 	unlock := u.resyncs.lock(userID)
 	defer unlock()

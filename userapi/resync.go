@@ -42,6 +42,10 @@ const (
 	// expects the list to show as changed after it).
 	resyncBatch  = 64
 	resyncLinger = 50 * time.Millisecond
+	// resyncCatchUp bounds how long the fetch of a list whose user did
+	// not seem to share a room waits for the userapi's view of membership
+	// to catch up with the events before it.
+	resyncCatchUp = 10 * time.Second
 )
 
 // resyncer fetches remote users' device lists in the background. Lock
@@ -69,6 +73,7 @@ type resyncJob struct {
 	again    bool        // asked for while running: fetch once more
 	retry    *time.Timer // waiting for its next attempt
 	attempts int         // failed attempts in a row
+	unsure   bool        // whether the user shares a room is to be checked after a catch-up
 	done     chan struct{}
 	err      error // of the attempt that closed done
 }
@@ -170,6 +175,21 @@ func (r *resyncer) kick(userID string) *resyncJob {
 	return j
 }
 
+// kickUnsure asks for the list of a user not tracked whom an update
+// named but who did not seem to share a room with a local user: once the
+// view of membership has caught up, it is tracked and fetched if it does.
+// A job already asked for covers it.
+func (r *resyncer) kickUnsure(userID string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.jobs[userID] != nil {
+		return
+	}
+	j := &resyncJob{done: make(chan struct{}), unsure: true}
+	r.jobs[userID] = j
+	r.enqueue(userID, j)
+}
+
 // enqueue makes j due now; r.mu is held.
 func (r *resyncer) enqueue(userID string, j *resyncJob) {
 	j.queued = true
@@ -240,9 +260,11 @@ func (r *resyncer) work(ctx context.Context) {
 		}
 		j := r.jobs[userID]
 		j.queued, j.running, j.again = false, true, false
+		unsure := j.unsure
+		j.unsure = false
 		r.mu.Unlock()
 
-		l, err := r.attempt(ctx, userID)
+		l, err := r.attempt(ctx, userID, unsure)
 		if ctx.Err() != nil {
 			return
 		}
@@ -297,11 +319,25 @@ func (r *resyncer) write(ctx context.Context) {
 
 // attempt fetches userID's list if the user still shares a room with a
 // local user (else the list stays stale: its server tells us no more, and
-// it is fetched when needed again; l is nil).
-func (r *resyncer) attempt(ctx context.Context, userID string) (*storage.RemoteListWrite, error) {
+// it is fetched when needed again; l is nil). When unsure, the view of
+// membership catches up first, and the list is marked wanted once it is
+// known to be shared.
+func (r *resyncer) attempt(ctx context.Context, userID string, unsure bool) (*storage.RemoteListWrite, error) {
 	shares, err := r.u.store.SharesRoomWithLocal(ctx, userID)
+	if err == nil && !shares && unsure && r.u.bus != nil {
+		r.u.catchUpEvents(ctx, resyncCatchUp)
+		shares, err = r.u.store.SharesRoomWithLocal(ctx, userID)
+	}
 	if err != nil || !shares {
 		return nil, err
+	}
+	if unsure {
+		unlock := r.lock(userID)
+		err := r.u.store.MarkDeviceListWanted(ctx, userID)
+		unlock()
+		if err != nil {
+			return nil, err
+		}
 	}
 	fctx, cancel := context.WithTimeout(ctx, resyncTimeout)
 	defer cancel()

@@ -198,6 +198,30 @@ func TestDeviceListResync(t *testing.T) {
 			t.Fatal("the query did not return")
 		}
 
+		// An update of a user not tracked who did not seem to share a
+		// room is decided on by the resyncer (after the view of
+		// membership caught up): tracked and fetched if it does, else
+		// dropped.
+		const dave, erin = "@dave:remote.test", "@erin:remote.test"
+		share(dave)
+		before = remote.count()
+		u.resyncs.kickUnsure(erin)
+		u.resyncs.kickUnsure(dave)
+		remote.set(4, "G")
+		answer(nil)
+		poll.Until(t, 5*time.Second, func() error {
+			if devs, stale := devicesOf(dave); devs != "[G]" || stale {
+				return fmt.Errorf("dave's devices %s stale %v", devs, stale)
+			}
+			return nil
+		})
+		if n := remote.count() - before; n != 1 {
+			t.Fatalf("%d fetches, want dave's alone", n)
+		}
+		if tracked, err := u.store.IsTracked(ctx, erin); tracked || err != nil {
+			t.Fatalf("erin, who shares no room, is tracked: %v %v", tracked, err)
+		}
+
 		// A list left stale by a previous run is fetched at start.
 		const carol = "@carol:remote.test"
 		share(carol)
