@@ -87,6 +87,7 @@ func (f *FederationAPI) hostsOfUser(ctx context.Context, userID string) ([]spec.
 	if f.rs == nil {
 		return nil, nil
 	}
+	f.catchUpHosts(ctx)
 	rooms, err := f.rs.UserRooms(ctx, userID, spec.Join)
 	if err != nil {
 		return nil, fmt.Errorf("rooms of %s: %w", userID, err)
@@ -107,6 +108,20 @@ func (f *FederationAPI) hostsOfUser(ctx context.Context, userID string) ([]spec.
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
 	return out, nil
+}
+
+// hostsCatchUp bounds how long an update waits for the joined hosts.
+const hostsCatchUp = 5 * time.Second
+
+// catchUpHosts waits (bounded) until the joined hosts are as of every
+// event accepted before the call: a user's update made just after it
+// joined a room (its first keys, say) would otherwise miss the room's
+// servers when the OutputRoomEvent consumer is behind the update's.
+func (f *FederationAPI) catchUpHosts(ctx context.Context) {
+	if f.bus == nil || f.out.events == nil {
+		return
+	}
+	f.bus.CatchUp(ctx, bus.OutputRoomEvent, f.out.events, hostsCatchUp)
 }
 
 type typingContent struct {

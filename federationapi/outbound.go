@@ -21,6 +21,9 @@ import (
 type outbound struct {
 	queues *queue.Queues
 	wg     sync.WaitGroup
+	// events is how far the OutputRoomEvent consumer got: the joined
+	// hosts are as of there (see catchUpHosts).
+	events *bus.Progress
 }
 
 // StartOutbound consumes the OutputRoomEvent stream, keeping each room's
@@ -35,12 +38,22 @@ func (f *FederationAPI) StartOutbound(ctx context.Context, b *bus.Bus) error {
 	if err != nil {
 		return err
 	}
+	f.out.events = bus.NewProgress()
+	f.out.events.Mark(cons.AckFloor())
 	f.out.wg.Add(1)
 	go func() {
 		defer f.out.wg.Done()
 		// No lingering: an event waiting for others would reach the
 		// other servers that much later.
-		cons.ConsumeBatch(ctx, f.log.WithField("stream", bus.OutputRoomEvent), eventBatch, 0, f.onRoomEvents)
+		cons.ConsumeBatch(ctx, f.log.WithField("stream", bus.OutputRoomEvent), eventBatch, 0, func(ctx context.Context, ms []jetstream.Msg) error {
+			if err := f.onRoomEvents(ctx, ms); err != nil {
+				return err
+			}
+			if md, err := ms[len(ms)-1].Metadata(); err == nil {
+				f.out.events.Mark(md.Sequence.Stream)
+			}
+			return nil
+		})
 	}()
 	return f.startEDUs(ctx, b)
 }

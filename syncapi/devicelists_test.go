@@ -61,6 +61,15 @@ func TestDeviceLists(t *testing.T) {
 				if fmt.Sprint(body.DeviceLists.Changed) != fmt.Sprint(changed) || fmt.Sprint(body.DeviceLists.Left) != fmt.Sprint(left) {
 					return fmt.Errorf("device lists %+v, want changed %v left %v", body.DeviceLists, changed, left)
 				}
+				// An empty list is left out, so that a client waiting
+				// for a change never reads "none" in an answer that came
+				// for something else.
+				dl, _ := r.Body["device_lists"].(map[string]any)
+				for key, want := range map[string][]string{"changed": changed, "left": left} {
+					if _, ok := dl[key]; ok != (len(want) > 0) {
+						t.Fatalf("device_lists %v: %q given %v, want %v", dl, key, ok, len(want) > 0)
+					}
+				}
 				since = r.String("next_batch")
 				return nil
 			})

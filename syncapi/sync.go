@@ -19,11 +19,11 @@ import (
 // Response shapes of /sync (spec: GET /_matrix/client/v3/sync).
 
 type syncResponse struct {
-	NextBatch   string      `json:"next_batch"`
-	AccountData eventList   `json:"account_data"`
-	Presence    eventList   `json:"presence"`
-	ToDevice    eventList   `json:"to_device"`
-	DeviceLists deviceLists `json:"device_lists"`
+	NextBatch   string          `json:"next_batch"`
+	AccountData eventList       `json:"account_data"`
+	Presence    eventList       `json:"presence"`
+	ToDevice    eventList       `json:"to_device"`
+	DeviceLists syncDeviceLists `json:"device_lists"`
 	// OTKCounts and UnusedFallback are left out of an unchanged answer:
 	// clients keep what they had. An empty UnusedFallback is sent (the
 	// client is to upload a fallback key), hence the pointer.
@@ -57,6 +57,17 @@ type eventList struct {
 type deviceLists struct {
 	Changed []string `json:"changed"`
 	Left    []string `json:"left"`
+}
+
+// syncDeviceLists is device_lists in /sync, where an empty list is left
+// out (both are optional in the spec; Dendrite leaves them out too): a
+// client (sytest's "If remote user leaves room we no longer receive device
+// updates", for one) that waits for a change by syncing until changed is
+// there then never takes an answer about something else, such as a leave,
+// for one saying no list changed.
+type syncDeviceLists struct {
+	Changed []string `json:"changed,omitempty"`
+	Left    []string `json:"left,omitempty"`
 }
 
 type syncRooms struct {
@@ -122,7 +133,7 @@ func newSyncResponse() *syncResponse {
 		AccountData: eventList{Events: []any{}},
 		Presence:    eventList{Events: []any{}},
 		ToDevice:    eventList{Events: []any{}},
-		DeviceLists: deviceLists{Changed: []string{}, Left: []string{}},
+		DeviceLists: syncDeviceLists{},
 		Rooms: syncRooms{
 			Join:   map[string]*joinedRoom{},
 			Invite: map[string]*invitedRoom{},

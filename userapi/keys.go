@@ -31,8 +31,7 @@ const (
 	// keysCatchUp bounds how long a /keys/query for remote users waits
 	// for the membership events before it.
 	keysCatchUp = 2 * time.Second
-	// resyncTimeout bounds the fetch of a device list that an update
-	// showed missing or stale, made while the origin's transaction waits.
+	// resyncTimeout bounds one fetch of a device list (resync.go).
 	resyncTimeout = 10 * time.Second
 )
 
@@ -335,7 +334,7 @@ func (u *UserAPI) queryServer(ctx context.Context, srv string, users []string, w
 		return nil, err
 	}
 	for _, id := range users {
-		devs, ok, err := u.cachedDevices(ctx, srv, id, shares[id], lists[id])
+		devs, ok, err := u.cachedDevices(ctx, id, shares[id], lists[id])
 		if err != nil {
 			return nil, err
 		}
@@ -389,7 +388,7 @@ func (u *UserAPI) queryServer(ctx context.Context, srv string, users []string, w
 // fetching it first when it is missing or stale. ok is false for a user
 // who shares no room: its server no longer tells us of changes, so a copy
 // kept is marked stale, to be fetched again should a room be shared again.
-func (u *UserAPI) cachedDevices(ctx context.Context, srv, userID string, shares bool, list *storage.RemoteList) ([]storage.DeviceKeys, bool, error) {
+func (u *UserAPI) cachedDevices(ctx context.Context, userID string, shares bool, list *storage.RemoteList) ([]storage.DeviceKeys, bool, error) {
 	if !shares {
 		var err error
 		if list != nil && !list.Stale {
@@ -403,48 +402,21 @@ func (u *UserAPI) cachedDevices(ctx context.Context, srv, userID string, shares 
 	if u.remote == nil {
 		return nil, false, nil
 	}
-	devs, err := u.resync(ctx, srv, userID)
-	if err != nil {
+	// Missing or stale: wait for the fetch (the one under way, if an
+	// update asked for it), bounded by the query's timeout, as Synapse
+	// does. If it fails, a stale copy is better than none; without one,
+	// the user is asked with /user/keys/query.
+	if err := u.resyncs.wait(ctx, userID); err != nil {
+		if ctx.Err() == nil && list != nil && len(list.Devs) > 0 {
+			return list.Devs, true, nil
+		}
+		return nil, false, nil
+	}
+	_, _, found, devs, err := u.store.RemoteDeviceList(ctx, userID)
+	if err != nil || !found {
 		return nil, false, err
 	}
 	return devs, true, nil
-}
-
-// resync fetches a remote user's whole device list from its server and
-// stores it.
-func (u *UserAPI) resync(ctx context.Context, srv, userID string) ([]storage.DeviceKeys, error) {
-	ud, err := u.remote.UserDevices(ctx, srv, userID)
-	if err != nil {
-		return nil, fmt.Errorf("fetch devices of %s: %w", userID, err)
-	}
-	if ud.UserID != userID {
-		return nil, fmt.Errorf("%s answered the devices of %q for %s", srv, ud.UserID, userID)
-	}
-	devs := make([]storage.DeviceKeys, 0, len(ud.Devices))
-	for _, d := range ud.Devices {
-		if d.DeviceID == "" {
-			continue
-		}
-		k := ""
-		if len(d.Keys) > 0 && string(d.Keys) != "null" {
-			k = string(d.Keys)
-		}
-		devs = append(devs, storage.DeviceKeys{UserID: userID, DeviceID: d.DeviceID, DisplayName: d.DisplayName, KeyJSON: k})
-	}
-	cross := map[string]string{}
-	for typ, k := range map[string]json.RawMessage{"master": ud.MasterKey, "self_signing": ud.SelfSigningKey} {
-		if len(k) > 0 && string(k) != "null" {
-			cross[typ] = string(k)
-		}
-	}
-	pos, err := u.store.ReplaceRemoteDeviceList(ctx, userID, ud.StreamID, devs, cross)
-	if err != nil {
-		return nil, err
-	}
-	if err := u.announce(ctx, userID, "device_lists", pos); err != nil {
-		return nil, err
-	}
-	return devs, nil
 }
 
 // ClaimKeys answers /keys/claim.
@@ -536,10 +508,12 @@ func (u *UserAPI) UserDevices(ctx context.Context, userID string) (*uapi.UserDev
 }
 
 // DeviceListUpdate applies an m.device_list_update EDU. An update of a
-// user of another server than its origin is ignored, as is one of a user
-// whose list is not tracked (it is fetched whole when needed). One that
-// does not follow the last update applied marks the list stale: the next
-// query fetches it again (spec, "Device management").
+// user of another server than its origin is ignored. One that does not
+// follow the last update applied marks the list stale (spec, "Device
+// management"), and one of a user not tracked yet starts tracking it,
+// stale: either way, for a user sharing a room with a local user, the list
+// is fetched whole in the background (resync.go), not while the origin's
+// transaction waits.
 func (u *UserAPI) DeviceListUpdate(ctx context.Context, origin string, upd uapi.DeviceListUpdate) error {
 	if srv, ok := mxid.Server(upd.UserID); !ok || srv != origin || srv == u.serverName || upd.DeviceID == "" {
 		return nil
@@ -548,58 +522,70 @@ func (u *UserAPI) DeviceListUpdate(ctx context.Context, origin string, upd uapi.
 	if len(upd.Keys) > 0 && string(upd.Keys) != "null" {
 		keys = string(upd.Keys)
 	}
+	unlock := u.resyncs.lock(upd.UserID)
 	outcome, pos, err := u.store.ApplyRemoteDeviceUpdate(ctx, storage.DeviceUpdate{
 		UserID: upd.UserID, DeviceID: upd.DeviceID, DisplayName: upd.DisplayName,
 		StreamID: upd.StreamID, PrevIDs: upd.PrevID, Deleted: upd.Deleted, KeyJSON: keys,
 	})
 	if err != nil {
+		unlock()
 		return err
 	}
 	switch outcome {
 	case storage.UpdateApplied:
+		unlock()
 		return u.announce(ctx, upd.UserID, "device_lists", pos)
 	case storage.UpdateGap:
+		defer unlock()
 		if err := u.announce(ctx, upd.UserID, "device_lists", pos); err != nil {
 			return err
 		}
 		// A list stale because its user shares no room any more (it was
 		// marked so when the user left) is fetched once a room is shared
-		// again, not now: fetching it here held up the origin's
-		// transaction, and so its next EDUs, by a round trip for a user
-		// no local user needs (sytest "If remote user leaves room we no
-		// longer receive device updates" waited on it).
+		// again, not now: no local user needs it.
 		shares, err := u.store.SharesRoomWithLocal(ctx, upd.UserID)
-		if err != nil || !shares {
+		if err != nil || !shares || u.remote == nil {
 			return err
 		}
+		u.resyncs.kick(upd.UserID)
+		return nil
 	case storage.UpdateNotTracked:
-		// Not tracked: only a user sharing a room with a local user is
-		// worth fetching.
-		shares, err := u.store.SharesRoomWithLocal(ctx, upd.UserID)
-		if err == nil && !shares && u.bus != nil && u.push.rooms != nil {
-			// The update may come right after the join that made the room
-			// shared, before this component's view of membership has it:
-			// let that view catch up first (bounded).
-			u.catchUpEvents(ctx, keysCatchUp)
-			shares, err = u.store.SharesRoomWithLocal(ctx, upd.UserID)
-		}
-		if err != nil || !shares {
-			return err
-		}
+		unlock()
+		return u.track(ctx, upd.UserID)
 	default:
+		unlock()
 		return nil
 	}
-	// Fetch the whole list now, from the origin, which just spoke, so
-	// that local users asking next find it current; if that fails, the
-	// list stays stale (or untracked) and the next query fetches it.
+}
+
+// track starts tracking the device list of a remote user an update or a
+// signing key update named, if it shares a room with a local user (else
+// it is none of ours): the list is marked wanted, and fetched in the
+// background.
+func (u *UserAPI) track(ctx context.Context, userID string) error {
 	if u.remote == nil {
 		return nil
 	}
-	rctx, cancel := context.WithTimeout(ctx, resyncTimeout)
-	defer cancel()
-	if _, err := u.resync(rctx, origin, upd.UserID); err != nil {
-		u.log.WithError(err).WithField("user_id", upd.UserID).Debug("device list resync failed")
+	shares, err := u.store.SharesRoomWithLocal(ctx, userID)
+	if err != nil {
+		return err
 	}
+	if !shares {
+		// The update may come right after the join that made the room
+		// shared, before this component's view of membership has it:
+		// the resyncer lets that view catch up (bounded) before it
+		// decides, rather than the origin's transaction waiting.
+		if u.bus != nil && u.push.rooms != nil {
+			u.resyncs.kickUnsure(userID)
+		}
+		return nil
+	}
+	unlock := u.resyncs.lock(userID)
+	defer unlock()
+	if err := u.store.MarkDeviceListWanted(ctx, userID); err != nil {
+		return err
+	}
+	u.resyncs.kick(userID)
 	return nil
 }
 
@@ -735,26 +721,10 @@ func (u *UserAPI) SigningKeyUpdate(ctx context.Context, origin string, upd uapi.
 		return err
 	}
 	if !tracked {
-		// A user sharing a room with a local user is fetched whole now
-		// (its keys included), as for a device list update, so local
-		// users hear that its keys changed; any other is none of ours.
-		shares, err := u.store.SharesRoomWithLocal(ctx, upd.UserID)
-		if err == nil && !shares && u.bus != nil && u.push.rooms != nil {
-			// As for a device list update: the join that made the room
-			// shared may not be in this component's view of membership
-			// yet (bounded wait).
-			u.catchUpEvents(ctx, keysCatchUp)
-			shares, err = u.store.SharesRoomWithLocal(ctx, upd.UserID)
-		}
-		if err != nil || !shares || u.remote == nil {
-			return err
-		}
-		rctx, cancel := context.WithTimeout(ctx, resyncTimeout)
-		defer cancel()
-		if _, err := u.resync(rctx, origin, upd.UserID); err != nil {
-			u.log.WithError(err).WithField("user_id", upd.UserID).Debug("device list resync failed")
-		}
-		return nil
+		// A user sharing a room with a local user is fetched whole (its
+		// keys included), as for a device list update, so local users
+		// hear that its keys changed; any other is none of ours.
+		return u.track(ctx, upd.UserID)
 	}
 	keys := map[string]string{}
 	for typ, k := range map[string]json.RawMessage{"master": upd.MasterKey, "self_signing": upd.SelfSigningKey} {

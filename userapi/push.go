@@ -12,6 +12,7 @@ import (
 
 	gmsl "github.com/matrix-org/gomatrixserverlib"
 
+	"myelin/internal/bus"
 	"myelin/internal/clientevent"
 	rsapi "myelin/roomserver/api"
 	uapi "myelin/userapi/api"
@@ -62,7 +63,7 @@ type pushState struct {
 	ignored map[string]map[string]bool
 
 	// events is how far the OutputRoomEvent consumer got.
-	events *progress
+	events *bus.Progress
 
 	// Set by Start.
 	rooms  Rooms
@@ -75,7 +76,7 @@ const maxCachedRulesets = 10_000
 
 func newPushState() *pushState {
 	return &pushState{eval: pushrules.NewEvaluator(), cache: map[string]*uapi.PushRuleset{},
-		ignored: map[string]map[string]bool{}, events: newProgress()}
+		ignored: map[string]map[string]bool{}, events: bus.NewProgress()}
 }
 
 func (p *pushState) forget(userID string) {

@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	gmsl "github.com/matrix-org/gomatrixserverlib"
@@ -55,7 +54,7 @@ func (u *UserAPI) Start(ctx context.Context, rooms Rooms, gateways http.RoundTri
 	if err != nil {
 		return err
 	}
-	p.events.mark(events.AckFloor())
+	p.events.Mark(events.AckFloor())
 	// Receipts of before the consumer existed cleared nothing that was
 	// recorded since.
 	receipts, err := u.bus.OpenConsumer(ctx, bus.OutputReceipt, bus.OutputConsumer("userapi", jetstream.DeliverNewPolicy))
@@ -72,7 +71,7 @@ func (u *UserAPI) Start(ctx context.Context, rooms Rooms, gateways http.RoundTri
 				return err
 			}
 			if md, err := ms[len(ms)-1].Metadata(); err == nil {
-				p.events.mark(md.Sequence.Stream)
+				p.events.Mark(md.Sequence.Stream)
 			}
 			return nil
 		})
@@ -90,11 +89,12 @@ func (u *UserAPI) Start(ctx context.Context, rooms Rooms, gateways http.RoundTri
 		defer p.wg.Done()
 		u.writeLastSeen(ctx)
 	}()
-	return nil
+	return u.resyncs.start(ctx)
 }
 
 // Wait waits for what Start started to stop after its context ended.
 func (u *UserAPI) Wait() {
+	u.resyncs.stop()
 	u.push.wg.Wait()
 	if u.push.sender != nil {
 		u.push.sender.Wait()
@@ -147,49 +147,7 @@ const receiptCatchUp = 10 * time.Second
 // catchUpEvents waits, at most max, until every event in the
 // OutputRoomEvent stream when called has been evaluated.
 func (u *UserAPI) catchUpEvents(ctx context.Context, max time.Duration) {
-	ctx, cancel := context.WithTimeout(ctx, max)
-	defer cancel()
-	last, err := u.bus.LastSeq(ctx, bus.OutputRoomEvent)
-	if err != nil {
-		return
-	}
-	u.push.events.wait(ctx, last)
-}
-
-// progress is how far a consumer got in its stream.
-type progress struct {
-	mu    sync.Mutex
-	seq   uint64
-	moved chan struct{} // closed and replaced when seq grows
-}
-
-func newProgress() *progress { return &progress{moved: make(chan struct{})} }
-
-func (p *progress) mark(seq uint64) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if seq > p.seq {
-		p.seq = seq
-		close(p.moved)
-		p.moved = make(chan struct{})
-	}
-}
-
-// wait waits until seq is reached or ctx ends.
-func (p *progress) wait(ctx context.Context, seq uint64) {
-	for {
-		p.mu.Lock()
-		done, moved := p.seq >= seq, p.moved
-		p.mu.Unlock()
-		if done {
-			return
-		}
-		select {
-		case <-moved:
-		case <-ctx.Done():
-			return
-		}
-	}
+	u.bus.CatchUp(ctx, bus.OutputRoomEvent, u.push.events, max)
 }
 
 func (u *UserAPI) isLocal(userID string) bool { return strings.HasSuffix(userID, ":"+u.serverName) }

@@ -69,6 +69,9 @@ type UserAPI struct {
 	remote uapi.RemoteKeys
 
 	lastSeen lastSeenBatch
+
+	// resyncs fetches remote users' device lists in the background.
+	resyncs *resyncer
 }
 
 var _ uapi.API = (*UserAPI)(nil)
@@ -80,7 +83,7 @@ func New(ctx context.Context, db *sqldb.DB, b *bus.Bus, cfg *config.Config, log 
 	if err != nil {
 		return nil, fmt.Errorf("userapi storage: %w", err)
 	}
-	return &UserAPI{
+	u := &UserAPI{
 		serverName: cfg.ServerName,
 		bcryptCost: cfg.Registration.BcryptCost,
 		store:      store,
@@ -89,7 +92,9 @@ func New(ctx context.Context, db *sqldb.DB, b *bus.Bus, cfg *config.Config, log 
 		now:        time.Now,
 		tokens:     newTokenCache(tokenCacheSize, tokenCacheTTL, lastSeenEvery),
 		push:       newPushState(),
-	}, nil
+	}
+	u.resyncs = newResyncer(u)
+	return u, nil
 }
 
 func (u *UserAPI) userID(localpart string) string { return "@" + localpart + ":" + u.serverName }

@@ -570,33 +570,68 @@ func (s *Storage) RemoteDeviceList(ctx context.Context, userID string) (streamID
 // the list fresh. It returns the device-list
 // position the change took.
 func (s *Storage) ReplaceRemoteDeviceList(ctx context.Context, userID string, streamID int64, devs []DeviceKeys, cross map[string]string) (int64, error) {
-	var pos int64
+	pos, err := s.StoreRemoteDeviceLists(ctx, []RemoteListWrite{{UserID: userID, StreamID: streamID, Devs: devs, Cross: cross}})
+	if err != nil {
+		return 0, err
+	}
+	return pos[0], nil
+}
+
+// RemoteListWrite is one fetched device list to store: its devices and
+// cross-signing keys by type, as /user/devices answered them. Stale
+// leaves the list marked stale: an update came while it was being
+// fetched, so the answer may predate it and another fetch follows.
+type RemoteListWrite struct {
+	UserID   string
+	StreamID int64
+	Devs     []DeviceKeys
+	Cross    map[string]string
+	Stale    bool
+}
+
+// StoreRemoteDeviceLists stores fetched device lists in one transaction
+// (the lists of a room's members are often fetched together) and returns
+// the device-list position each change took, in order.
+func (s *Storage) StoreRemoteDeviceLists(ctx context.Context, lists []RemoteListWrite) ([]int64, error) {
+	var pos []int64
 	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
-		for typ, k := range cross {
-			if _, err := tx.Exec(ctx, `INSERT INTO userapi_cross_signing_keys (user_id, key_type, key_json) VALUES ($1, $2, $3)
-				ON CONFLICT (user_id, key_type) DO UPDATE SET key_json = excluded.key_json`, userID, typ, k); err != nil {
-				return fmt.Errorf("store %s key of %s: %w", typ, userID, err)
+		pos = pos[:0]
+		for _, l := range lists {
+			p, err := storeRemoteList(ctx, tx, l)
+			if err != nil {
+				return err
 			}
+			pos = append(pos, p)
 		}
-		if _, err := tx.Exec(ctx, `DELETE FROM userapi_remote_devices WHERE user_id = $1`, userID); err != nil {
-			return fmt.Errorf("delete devices of %s: %w", userID, err)
-		}
-		for _, d := range devs {
-			if _, err := tx.Exec(ctx, `INSERT INTO userapi_remote_devices (user_id, device_id, display_name, key_json)
-				VALUES ($1, $2, $3, $4) ON CONFLICT (user_id, device_id) DO NOTHING`,
-				userID, d.DeviceID, d.DisplayName, d.KeyJSON); err != nil {
-				return fmt.Errorf("insert device of %s: %w", userID, err)
-			}
-		}
-		if _, err := tx.Exec(ctx, `INSERT INTO userapi_remote_device_lists (user_id, stream_id, stale) VALUES ($1, $2, FALSE)
-			ON CONFLICT (user_id) DO UPDATE SET stream_id = excluded.stream_id, stale = FALSE`, userID, streamID); err != nil {
-			return fmt.Errorf("upsert device list of %s: %w", userID, err)
-		}
-		c, err := bumpDeviceList(ctx, tx, userID)
-		pos = c.Pos
-		return err
+		return nil
 	})
 	return pos, err
+}
+
+func storeRemoteList(ctx context.Context, tx *sqldb.Tx, l RemoteListWrite) (int64, error) {
+	userID := l.UserID
+	for typ, k := range l.Cross {
+		if _, err := tx.Exec(ctx, `INSERT INTO userapi_cross_signing_keys (user_id, key_type, key_json) VALUES ($1, $2, $3)
+			ON CONFLICT (user_id, key_type) DO UPDATE SET key_json = excluded.key_json`, userID, typ, k); err != nil {
+			return 0, fmt.Errorf("store %s key of %s: %w", typ, userID, err)
+		}
+	}
+	if _, err := tx.Exec(ctx, `DELETE FROM userapi_remote_devices WHERE user_id = $1`, userID); err != nil {
+		return 0, fmt.Errorf("delete devices of %s: %w", userID, err)
+	}
+	for _, d := range l.Devs {
+		if _, err := tx.Exec(ctx, `INSERT INTO userapi_remote_devices (user_id, device_id, display_name, key_json)
+			VALUES ($1, $2, $3, $4) ON CONFLICT (user_id, device_id) DO NOTHING`,
+			userID, d.DeviceID, d.DisplayName, d.KeyJSON); err != nil {
+			return 0, fmt.Errorf("insert device of %s: %w", userID, err)
+		}
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO userapi_remote_device_lists (user_id, stream_id, stale) VALUES ($1, $2, $3)
+		ON CONFLICT (user_id) DO UPDATE SET stream_id = excluded.stream_id, stale = excluded.stale`, userID, l.StreamID, l.Stale); err != nil {
+		return 0, fmt.Errorf("upsert device list of %s: %w", userID, err)
+	}
+	c, err := bumpDeviceList(ctx, tx, userID)
+	return c.Pos, err
 }
 
 // MarkDeviceListStale marks a remote user's cached device list stale: it
@@ -606,6 +641,35 @@ func (s *Storage) MarkDeviceListStale(ctx context.Context, userID string) error 
 		return fmt.Errorf("mark device list of %s stale: %w", userID, err)
 	}
 	return nil
+}
+
+// MarkDeviceListWanted records that a remote user's device list is to be
+// fetched: a list not tracked yet is tracked from now on, stale and
+// empty, so that a restart finds it among StaleListsSharing and fetches
+// it. A tracked list is marked stale.
+func (s *Storage) MarkDeviceListWanted(ctx context.Context, userID string) error {
+	if _, err := s.db.Exec(ctx, `INSERT INTO userapi_remote_device_lists (user_id, stream_id, stale) VALUES ($1, 0, TRUE)
+		ON CONFLICT (user_id) DO UPDATE SET stale = TRUE`, userID); err != nil {
+		return fmt.Errorf("mark device list of %s wanted: %w", userID, err)
+	}
+	return nil
+}
+
+// StaleListsSharing lists the remote users whose cached device lists are
+// stale and who share a room with a local user: the lists to fetch again.
+func (s *Storage) StaleListsSharing(ctx context.Context) ([]string, error) {
+	rows, err := s.db.Query(ctx, `SELECT d.user_id FROM userapi_remote_device_lists d
+		WHERE d.stale AND EXISTS (SELECT 1 FROM userapi_room_members a
+			JOIN userapi_room_members b ON b.room_id = a.room_id
+			WHERE a.user_id = d.user_id AND a.membership = 'join' AND b.is_local AND b.membership = 'join')`)
+	if err != nil {
+		return nil, fmt.Errorf("select stale device lists: %w", err)
+	}
+	users, err := sqldb.Column[string](rows)
+	if err != nil {
+		return nil, fmt.Errorf("select stale device lists: %w", err)
+	}
+	return users, nil
 }
 
 // DeviceUpdate is one m.device_list_update of a remote user.
