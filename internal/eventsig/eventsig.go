@@ -10,13 +10,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime"
-	"sync"
-	"sync/atomic"
 
 	gmsl "github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/tidwall/gjson"
+
+	"myelin/internal/fanout"
 )
 
 // UserIDForSender reads a sender as a user ID: in the room versions this
@@ -50,35 +49,9 @@ func Verify(ctx context.Context, ev gmsl.PDU, v gmsl.JSONVerifier) error {
 // origin. v must be safe for concurrent use.
 func VerifyAll(ctx context.Context, evs []gmsl.PDU, v gmsl.JSONVerifier) []error {
 	errs := make([]error, len(evs))
-	workers := min(runtime.GOMAXPROCS(0), len(evs)/minPerWorker)
-	if workers <= 1 {
-		for i, ev := range evs {
-			errs[i] = Verify(ctx, ev, v)
-		}
-		return errs
-	}
-	// Each worker takes the next event not yet taken and writes only its
-	// own slot of errs.
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= len(evs) {
-					return
-				}
-				errs[i] = Verify(ctx, evs[i], v)
-			}
-		})
-	}
-	wg.Wait()
+	fanout.Each(len(evs), func(i int) { errs[i] = Verify(ctx, evs[i], v) })
 	return errs
 }
-
-// minPerWorker is the fewest events worth a goroutine of VerifyAll: a
-// check takes about 0.2 ms, starting a goroutine a microsecond.
-const minPerWorker = 4
 
 // thirdPartyInvitee is the invited user of an m.room.member invite that
 // carries a third_party_invite, in a room version whose senders are user
