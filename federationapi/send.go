@@ -17,6 +17,7 @@ import (
 	"github.com/tidwall/gjson"
 
 	"myelin/internal/eventsig"
+	"myelin/internal/fanout"
 	"myelin/internal/mxhttp"
 	rsapi "myelin/roomserver/api"
 )
@@ -313,9 +314,14 @@ func (f *FederationAPI) receiveRoomPDUs(ctx context.Context, origin spec.ServerN
 	if err != nil {
 		return fmt.Errorf("room %s: %w", roomID, err)
 	}
+	// Parsing (checks, content hash, reference hash) is a step of each
+	// PDU alone: on all cores.
+	parsed := make([]gmsl.PDU, len(raws))
+	parseErrs := make([]error, len(raws))
+	fanout.Each(len(raws), func(i int) { parsed[i], parseErrs[i] = verImpl.NewEventFromUntrustedJSON(raws[i]) })
 	evs := make([]gmsl.PDU, 0, len(raws))
-	for _, raw := range raws {
-		ev, err := verImpl.NewEventFromUntrustedJSON(raw)
+	for i, raw := range raws {
+		ev, err := parsed[i], parseErrs[i]
 		if err != nil {
 			put(guessEventID(raw, roomID), fmt.Errorf("bad event: %w", err))
 			continue

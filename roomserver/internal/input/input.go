@@ -269,6 +269,38 @@ func (in *Inputer) processBatch(ctx context.Context, a *actor, msgs []jetstream.
 type result struct {
 	Response rsapi.InputResponse `json:"response"`
 	Outputs  []rsapi.OutputEvent `json:"outputs,omitempty"`
+	// timing is where a request of complete events spent its time, for
+	// the debug log line each gets; nil for other requests.
+	timing *pduTiming
+}
+
+// pduTiming adds up the stages of a request of complete events.
+type pduTiming struct {
+	parse, fetch time.Duration
+	// gate is the wait for a write slot and the database's writer,
+	// body the statements, commit the commit, over all the request's
+	// write transactions.
+	gate, body, commit time.Duration
+	writes             int
+}
+
+// write is in.write timed into t.
+func (t *pduTiming) write(ctx context.Context, in *Inputer, f func(w *storage.Writer) error) error {
+	start := time.Now()
+	var in0, out time.Time
+	err := in.write(ctx, func(w *storage.Writer) error {
+		in0 = time.Now()
+		defer func() { out = time.Now() }()
+		return f(w)
+	})
+	end := time.Now()
+	if !in0.IsZero() && !out.IsZero() {
+		t.gate += in0.Sub(start)
+		t.body += out.Sub(in0)
+		t.commit += end.Sub(out)
+		t.writes++
+	}
+	return err
 }
 
 // write runs f in one write transaction, holding one of the input's write
