@@ -252,8 +252,21 @@ func (in *Inputer) storeRun(ctx context.Context, reqID string, verImpl gmsl.IRoo
 	}
 	err := write(ctx, func(w *storage.Writer) error {
 		outs, refused = outs[:0], nil
+		// What a redelivered request stored already, in one look-up
+		// for the run rather than one per event.
+		var logged map[string]string
+		if reqID != "" {
+			keys := make([]string, len(pdus))
+			for i, pdu := range pdus {
+				keys[i] = reqID + "/" + pdu.EventID()
+			}
+			var err error
+			if logged, err = w.InputLoggedAll(ctx, keys); err != nil {
+				return err
+			}
+		}
 		for _, pdu := range pdus {
-			o, err := in.storeInRun(ctx, w, reqID, verImpl, pdu, prevStates)
+			o, err := in.storeInRun(ctx, w, reqID, logged, verImpl, pdu, prevStates)
 			var ref *refusal
 			switch {
 			case errors.Is(err, errResolve):
@@ -278,19 +291,16 @@ func (in *Inputer) storeRun(ctx context.Context, reqID string, verImpl gmsl.IRoo
 }
 
 // storeInRun is one event of storeRun, in its transaction: answered from
-// the input log when a redelivered request stored it already, else
-// prepared reading through w and stored, its output logged.
-func (in *Inputer) storeInRun(ctx context.Context, w *storage.Writer, reqID string, verImpl gmsl.IRoomVersion, pdu gmsl.PDU, prevStates map[string]stateRef) (*rsapi.OutputEvent, error) {
+// the input log when a redelivered request stored it already (logged,
+// by log key), else prepared reading through w and stored, its output
+// logged.
+func (in *Inputer) storeInRun(ctx context.Context, w *storage.Writer, reqID string, logged map[string]string, verImpl gmsl.IRoomVersion, pdu gmsl.PDU, prevStates map[string]stateRef) (*rsapi.OutputEvent, error) {
 	logKey := ""
 	if reqID != "" {
 		logKey = reqID + "/" + pdu.EventID()
-		logged, err := w.InputLogged(ctx, logKey)
-		if err != nil {
-			return nil, err
-		}
-		if logged != "" {
+		if l := logged[logKey]; l != "" {
 			var o *rsapi.OutputEvent
-			if err := json.Unmarshal([]byte(logged), &o); err == nil {
+			if err := json.Unmarshal([]byte(l), &o); err == nil {
 				return o, nil
 			}
 		}
