@@ -381,9 +381,12 @@ func (w *Writer) EventNIDs(ctx context.Context, ids []string) (map[string]int64,
 	for _, id := range ids {
 		if nid, ok := w.eventIDs[id]; ok {
 			out[id] = nid
-		} else {
+		} else if !w.absent[id] {
 			rest = append(rest, id)
 		}
+	}
+	if len(rest) == 0 {
+		return out, nil
 	}
 	found, err := w.s.eventNIDsOf(ctx, w.tx, rest)
 	if err != nil {

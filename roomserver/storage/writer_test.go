@@ -2,8 +2,13 @@ package storage
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"fmt"
 	"testing"
+	"time"
+
+	gmsl "github.com/matrix-org/gomatrixserverlib"
 
 	"myelin/internal/sqldb"
 	"myelin/internal/sqldb/sqldbtest"
@@ -108,6 +113,60 @@ func TestWriterRoom(t *testing.T) {
 		r, err := s.Room(ctx, "!r:test")
 		if err != nil || r.Snapshot != 3 || fmt.Sprint(r.Latest) != "[7]" {
 			t.Fatalf("room after the commit %+v (%v)", r, err)
+		}
+	})
+}
+
+// TestWriterAbsentEvents: an event looked up and not found in a write
+// transaction is stored by it all the same, and found afterwards, in the
+// transaction and after it.
+func TestWriterAbsentEvents(t *testing.T) {
+	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
+		ctx := context.Background()
+		db, err := sqldb.Open(ctx, dbURL, sqldb.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		s, err := Open(ctx, db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, priv, _ := ed25519.GenerateKey(rand.Reader)
+		ver := gmsl.MustGetRoomVersion(gmsl.RoomVersionV10)
+		b := ver.NewEventBuilderFromProtoEvent(&gmsl.ProtoEvent{
+			SenderID: "@a:test", RoomID: "!r:test", Type: "m.room.message",
+			PrevEvents: []string{}, AuthEvents: []string{}, Depth: 1, Content: []byte(`{"body":"hi"}`),
+		})
+		pdu, err := b.Build(time.Now(), "test", "ed25519:k", priv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := pdu.EventID()
+		err = s.Write(ctx, func(w *Writer) error {
+			r, err := w.CreateRoom(ctx, "!r:test", "10")
+			if err != nil {
+				return err
+			}
+			for range 2 { // the second look-up is answered from memory
+				if got, err := w.EventNIDs(ctx, []string{id}); err != nil || len(got) != 0 {
+					t.Fatalf("unstored event found: %v (%v)", got, err)
+				}
+			}
+			ev := &Event{RoomNID: r.NID, ID: id, PDU: pdu}
+			if stored, err := w.StoreEvent(ctx, ev, 1); err != nil || !stored {
+				t.Fatalf("event looked up before not stored: %v (%v)", stored, err)
+			}
+			if got, err := w.EventNIDs(ctx, []string{id}); err != nil || got[id] != ev.NID {
+				t.Fatalf("stored event looked up: %v (%v), want NID %d", got, err, ev.NID)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := s.EventNIDs(ctx, []string{id}); err != nil || len(got) != 1 {
+			t.Fatalf("after the commit: %v (%v)", got, err)
 		}
 	})
 }

@@ -265,6 +265,15 @@ func (in *Inputer) storeRun(ctx context.Context, reqID string, verImpl gmsl.IRoo
 				return err
 			}
 		}
+		// Whether each is stored already, in one look-up too: the
+		// writer remembers what it did not find.
+		ids := make([]string, len(pdus))
+		for i, pdu := range pdus {
+			ids[i] = pdu.EventID()
+		}
+		if _, err := w.EventNIDs(ctx, ids); err != nil {
+			return err
+		}
 		for _, pdu := range pdus {
 			o, err := in.storeInRun(ctx, w, reqID, logged, verImpl, pdu, prevStates)
 			var ref *refusal
