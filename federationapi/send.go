@@ -391,7 +391,9 @@ func (f *FederationAPI) pduPolicy(ctx context.Context, origin spec.ServerName, e
 // unable to store anything now fails the transaction, to be retried.
 func (f *FederationAPI) inputRoomPDUs(ctx context.Context, origin spec.ServerName, roomID string, evs []gmsl.PDU, put func(string, error)) error {
 	input := func(evs []gmsl.PDU) (resp *rsapi.InputResponse, refused, err error) {
-		req := &rsapi.InputRequest{RoomID: roomID, Origin: origin, Events: make([]rsapi.InputEvent, len(evs))}
+		// Answered once committed: no one here reads these events
+		// back through the outputs before the next transaction.
+		req := &rsapi.InputRequest{RoomID: roomID, Origin: origin, Events: make([]rsapi.InputEvent, len(evs)), AnswerOnCommit: true}
 		for i, ev := range evs {
 			req.Events[i] = rsapi.InputEvent{PDU: json.RawMessage(ev.JSON())}
 		}

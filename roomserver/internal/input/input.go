@@ -337,7 +337,7 @@ func (in *Inputer) commitProtos(ctx context.Context, msgs []jetstream.Msg) bool 
 	if !ok || answered {
 		return ok
 	}
-	return in.publishAndAnswer(ctx, msgs, results)
+	return in.publishAndAnswer(ctx, msgs, results, false)
 }
 
 // untilStored runs attempt until it succeeds, retrying transient failures
@@ -371,11 +371,16 @@ func (in *Inputer) untilStored(ctx context.Context, msgs []jetstream.Msg, down *
 }
 
 // publishAndAnswer publishes the outputs of processed messages, then
-// replies to their producers and acks them. It reports false, acking
+// replies to their producers and acks them; answerFirst (the request's
+// AnswerOnCommit), it replies before publishing. It reports false, acking
 // nothing, if the outputs could not be published.
-func (in *Inputer) publishAndAnswer(ctx context.Context, msgs []jetstream.Msg, results []*result) bool {
-	// Publish every output before answering anyone, so that a producer
-	// told "committed" can rely on the output being in the stream.
+func (in *Inputer) publishAndAnswer(ctx context.Context, msgs []jetstream.Msg, results []*result, answerFirst bool) bool {
+	// Unless asked otherwise, publish every output before answering
+	// anyone, so that a producer told "committed" can rely on the output
+	// being in the stream.
+	if answerFirst {
+		in.reply(msgs, results)
+	}
 	var outs []*nats.Msg
 	for _, r := range results {
 		for i := range r.Outputs {
@@ -399,14 +404,10 @@ func (in *Inputer) publishAndAnswer(ctx context.Context, msgs []jetstream.Msg, r
 		}
 		return false // the redelivery republishes from the input log
 	}
-	for i, m := range msgs {
-		if reply := m.Headers().Get(bus.HeaderReply); reply != "" {
-			data, _ := json.Marshal(&results[i].Response)
-			if err := in.bus.Send(reply, data); err != nil {
-				// The producer asks again when the bus is back.
-				in.log.WithError(err).Debug("replying to input producer")
-			}
-		}
+	if !answerFirst {
+		in.reply(msgs, results)
+	}
+	for _, m := range msgs {
 		if err := m.Ack(); err != nil && ctx.Err() == nil {
 			// Lost with the connection: the message comes again on the
 			// next one and is answered from the input log.
@@ -414,6 +415,19 @@ func (in *Inputer) publishAndAnswer(ctx context.Context, msgs []jetstream.Msg, r
 		}
 	}
 	return true
+}
+
+// reply sends each message's producer its result.
+func (in *Inputer) reply(msgs []jetstream.Msg, results []*result) {
+	for i, m := range msgs {
+		if to := m.Headers().Get(bus.HeaderReply); to != "" {
+			data, _ := json.Marshal(&results[i].Response)
+			if err := in.bus.Send(to, data); err != nil {
+				// The producer asks again when the bus is back.
+				in.log.WithError(err).Debug("replying to input producer")
+			}
+		}
+	}
 }
 
 // answerUnavailable acks msgs and tells their producers that nothing was

@@ -64,7 +64,7 @@ func (in *Inputer) processPDURequest(ctx context.Context, a *actor, m jetstream.
 		}
 	}
 	stored := time.Now()
-	ok := in.publishAndAnswer(ctx, []jetstream.Msg{m}, []*result{res})
+	ok := in.publishAndAnswer(ctx, []jetstream.Msg{m}, []*result{res}, req.AnswerOnCommit)
 	if t := res.timing; t != nil && in.log.Logger.IsLevelEnabled(logrus.DebugLevel) {
 		ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 		in.log.WithFields(logrus.Fields{
