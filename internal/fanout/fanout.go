@@ -14,10 +14,16 @@ import (
 // for take 0.1 to 0.3 ms, starting a goroutine about a microsecond.
 const MinPerWorker = 4
 
-// Each calls f(i) for every i in [0, n), on up to GOMAXPROCS goroutines
-// (one per MinPerWorker steps at most), and returns when all have
-// returned. f must be safe to call concurrently for different i. A panic
-// of f reaches the caller, once every goroutine has stopped.
+// Each calls f(i) for every i in [0, n), on the caller's goroutine and
+// up to GOMAXPROCS-1 more (one per MinPerWorker steps at most), and
+// returns when all have returned. f must be safe to call concurrently for
+// different i. A panic of f reaches the caller, once every goroutine has
+// stopped.
+//
+// The caller takes steps too: on a busy process a new goroutine waits in
+// the run queue behind the others, and a caller waiting for it would
+// take longer than doing the work alone. So the caller never waits for
+// more than the steps the others have started.
 func Each(n int, f func(i int)) {
 	workers := min(runtime.GOMAXPROCS(0), n/MinPerWorker)
 	if workers <= 1 {
@@ -27,10 +33,19 @@ func Each(n int, f func(i int)) {
 		return
 	}
 	var next atomic.Int64
+	take := func() {
+		for {
+			i := int(next.Add(1)) - 1
+			if i >= n {
+				return
+			}
+			f(i)
+		}
+	}
 	var wg sync.WaitGroup
 	var once sync.Once
 	var panicked any
-	for range workers {
+	for range workers - 1 {
 		wg.Go(func() {
 			// A panic is raised again in the caller's goroutine, where
 			// its recover (gomatrixserverlib panics on some odd input)
@@ -40,15 +55,17 @@ func Each(n int, f func(i int)) {
 					once.Do(func() { panicked = p })
 				}
 			}()
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= n {
-					return
-				}
-				f(i)
-			}
+			take()
 		})
 	}
+	func() {
+		defer func() {
+			if p := recover(); p != nil {
+				once.Do(func() { panicked = p })
+			}
+		}()
+		take()
+	}()
 	wg.Wait()
 	if panicked != nil {
 		panic(panicked)
