@@ -70,11 +70,46 @@ type txnTiming struct {
 }
 
 // inbound is the state of the /send endpoint: one transaction at a time
-// per origin, and when old responses were last pruned.
+// per origin, the responses answered and not yet recorded, and when old
+// responses were last pruned.
 type inbound struct {
 	mu        sync.Mutex
 	origins   map[spec.ServerName]*originTurn
+	recording map[txnKey]string
 	lastPrune atomic.Int64
+}
+
+// txnKey names an inbound transaction.
+type txnKey struct {
+	origin spec.ServerName
+	id     string
+}
+
+// answered keeps the response to a transaction until it is recorded, so
+// that a retry arriving meanwhile finds it.
+func (in *inbound) answered(k txnKey, resp string) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.recording == nil {
+		in.recording = map[txnKey]string{}
+	}
+	in.recording[k] = resp
+}
+
+// recorded forgets a response kept by answered: it is in the store now,
+// or could not be written (a retry is then processed again).
+func (in *inbound) recorded(k txnKey) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	delete(in.recording, k)
+}
+
+// pending is the response to a transaction answered and not yet
+// recorded, "" if none.
+func (in *inbound) pending(k txnKey) string {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.recording[k]
 }
 
 // originTurn is a lock of one origin that a waiter can give up on (its
@@ -147,15 +182,12 @@ func (f *FederationAPI) send(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, mxhttp.ServiceUnavailable(fmt.Errorf("wait for the previous transaction of %s: %w", origin, err))
 	}
-	// The turn passes to the answer, which ends it once the response is
-	// recorded; until then, every return ends it here.
-	release := done
-	defer func() {
-		if release != nil {
-			release()
-		}
-	}()
+	defer done()
 	turned := time.Now()
+	key := txnKey{origin, txnID}
+	if resp := f.in.pending(key); resp != "" {
+		return json.RawMessage(resp), nil
+	}
 	if resp, err := f.store.InboundTxn(ctx, string(origin), txnID); err != nil {
 		return nil, err
 	} else if resp != "" {
@@ -173,13 +205,14 @@ func (f *FederationAPI) send(r *http.Request) (any, error) {
 	}
 	// The origin has its answer while the response is recorded: with one
 	// transaction in flight per destination, the write would otherwise
-	// lie between every two of them. The turn is held until it is
-	// recorded, so that a retry of this transaction finds it; a retry
-	// that finds nothing (the write failed) is processed again, and the
-	// roomserver takes in PDUs it has as no-ops.
-	release = nil
+	// lie between every two of them. Nor does the origin's next
+	// transaction wait for it: the response is kept in memory until it
+	// is recorded, so that a retry of this transaction finds it either
+	// way. A retry that finds nothing (the write failed) is processed
+	// again, and the roomserver takes in PDUs it has as no-ops.
+	f.in.answered(key, string(enc))
 	return &mxhttp.Then{Body: enc, After: func(ctx context.Context) {
-		defer done()
+		defer f.in.recorded(key)
 		now := f.now()
 		if err := f.store.RecordInboundTxn(ctx, string(origin), txnID, string(enc), now.UnixMilli()); err != nil {
 			f.log.WithError(err).WithField("origin", origin).WithField("txn_id", txnID).Warn("cannot record the response to a transaction")
