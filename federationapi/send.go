@@ -17,6 +17,7 @@ import (
 	"github.com/tidwall/gjson"
 
 	"myelin/internal/eventsig"
+	"myelin/internal/fanout"
 	"myelin/internal/mxhttp"
 	rsapi "myelin/roomserver/api"
 )
@@ -69,11 +70,46 @@ type txnTiming struct {
 }
 
 // inbound is the state of the /send endpoint: one transaction at a time
-// per origin, and when old responses were last pruned.
+// per origin, the responses answered and not yet recorded, and when old
+// responses were last pruned.
 type inbound struct {
 	mu        sync.Mutex
 	origins   map[spec.ServerName]*originTurn
+	recording map[txnKey]string
 	lastPrune atomic.Int64
+}
+
+// txnKey names an inbound transaction.
+type txnKey struct {
+	origin spec.ServerName
+	id     string
+}
+
+// answered keeps the response to a transaction until it is recorded, so
+// that a retry arriving meanwhile finds it.
+func (in *inbound) answered(k txnKey, resp string) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.recording == nil {
+		in.recording = map[txnKey]string{}
+	}
+	in.recording[k] = resp
+}
+
+// recorded forgets a response kept by answered: it is in the store now,
+// or could not be written (a retry is then processed again).
+func (in *inbound) recorded(k txnKey) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	delete(in.recording, k)
+}
+
+// pending is the response to a transaction answered and not yet
+// recorded, "" if none.
+func (in *inbound) pending(k txnKey) string {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.recording[k]
 }
 
 // originTurn is a lock of one origin that a waiter can give up on (its
@@ -146,15 +182,12 @@ func (f *FederationAPI) send(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, mxhttp.ServiceUnavailable(fmt.Errorf("wait for the previous transaction of %s: %w", origin, err))
 	}
-	// The turn passes to the answer, which ends it once the response is
-	// recorded; until then, every return ends it here.
-	release := done
-	defer func() {
-		if release != nil {
-			release()
-		}
-	}()
+	defer done()
 	turned := time.Now()
+	key := txnKey{origin, txnID}
+	if resp := f.in.pending(key); resp != "" {
+		return json.RawMessage(resp), nil
+	}
 	if resp, err := f.store.InboundTxn(ctx, string(origin), txnID); err != nil {
 		return nil, err
 	} else if resp != "" {
@@ -172,13 +205,14 @@ func (f *FederationAPI) send(r *http.Request) (any, error) {
 	}
 	// The origin has its answer while the response is recorded: with one
 	// transaction in flight per destination, the write would otherwise
-	// lie between every two of them. The turn is held until it is
-	// recorded, so that a retry of this transaction finds it; a retry
-	// that finds nothing (the write failed) is processed again, and the
-	// roomserver takes in PDUs it has as no-ops.
-	release = nil
+	// lie between every two of them. Nor does the origin's next
+	// transaction wait for it: the response is kept in memory until it
+	// is recorded, so that a retry of this transaction finds it either
+	// way. A retry that finds nothing (the write failed) is processed
+	// again, and the roomserver takes in PDUs it has as no-ops.
+	f.in.answered(key, string(enc))
 	return &mxhttp.Then{Body: enc, After: func(ctx context.Context) {
-		defer done()
+		defer f.in.recorded(key)
 		now := f.now()
 		if err := f.store.RecordInboundTxn(ctx, string(origin), txnID, string(enc), now.UnixMilli()); err != nil {
 			f.log.WithError(err).WithField("origin", origin).WithField("txn_id", txnID).Warn("cannot record the response to a transaction")
@@ -313,9 +347,14 @@ func (f *FederationAPI) receiveRoomPDUs(ctx context.Context, origin spec.ServerN
 	if err != nil {
 		return fmt.Errorf("room %s: %w", roomID, err)
 	}
+	// Parsing (checks, content hash, reference hash) is a step of each
+	// PDU alone: on all cores.
+	parsed := make([]gmsl.PDU, len(raws))
+	parseErrs := make([]error, len(raws))
+	fanout.Each(len(raws), func(i int) { parsed[i], parseErrs[i] = verImpl.NewEventFromUntrustedJSON(raws[i]) })
 	evs := make([]gmsl.PDU, 0, len(raws))
-	for _, raw := range raws {
-		ev, err := verImpl.NewEventFromUntrustedJSON(raw)
+	for i, raw := range raws {
+		ev, err := parsed[i], parseErrs[i]
 		if err != nil {
 			put(guessEventID(raw, roomID), fmt.Errorf("bad event: %w", err))
 			continue
@@ -385,7 +424,9 @@ func (f *FederationAPI) pduPolicy(ctx context.Context, origin spec.ServerName, e
 // unable to store anything now fails the transaction, to be retried.
 func (f *FederationAPI) inputRoomPDUs(ctx context.Context, origin spec.ServerName, roomID string, evs []gmsl.PDU, put func(string, error)) error {
 	input := func(evs []gmsl.PDU) (resp *rsapi.InputResponse, refused, err error) {
-		req := &rsapi.InputRequest{RoomID: roomID, Origin: origin, Events: make([]rsapi.InputEvent, len(evs))}
+		// Answered once committed: no one here reads these events
+		// back through the outputs before the next transaction.
+		req := &rsapi.InputRequest{RoomID: roomID, Origin: origin, Events: make([]rsapi.InputEvent, len(evs)), AnswerOnCommit: true}
 		for i, ev := range evs {
 			req.Events[i] = rsapi.InputEvent{PDU: json.RawMessage(ev.JSON())}
 		}

@@ -140,6 +140,25 @@ func TestSendInput(t *testing.T) {
 				}
 			})
 
+			t.Run("a retry while the answer is being recorded: that answer", func(t *testing.T) {
+				// The origin's turn ends with its answer, before the
+				// answer is recorded: meanwhile it is kept in memory.
+				key := txnKey{p.originName, "pending"}
+				p.recv.in.answered(key, `{"pdus":{"$kept":{}}}`)
+				defer p.recv.in.recorded(key)
+				before := len(rooms.inputs())
+				code, body := send("pending", msg("pending"))
+				if r := results(body); code != 200 || len(r) != 1 || r["$kept"] != "" {
+					t.Fatalf("%d %v, want the answer kept", code, body)
+				}
+				if n := len(rooms.inputs()); n != before {
+					t.Fatalf("the retry was input again (%d requests)", n-before)
+				}
+				if _, ok := results(body)["$kept"]; !ok {
+					t.Fatalf("answer %v", body)
+				}
+			})
+
 			t.Run("one refused, the others in", func(t *testing.T) {
 				// Siblings, none built on another.
 				var evs []gmsl.PDU

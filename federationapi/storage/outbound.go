@@ -219,8 +219,9 @@ type Transaction struct {
 
 // NextTransaction returns the transaction to send to dest: the one sent
 // before and not yet acknowledged, with its ID and entries unchanged (the
-// remote dedups by ID), else the oldest maxPDUs PDUs and maxEDUs EDUs
-// under a new ID from newID. It returns nil when the queue is empty.
+// remote dedups by ID), then the one taken to follow it (SentAndFollow),
+// else the oldest maxPDUs PDUs and maxEDUs EDUs under a new ID from newID.
+// It returns nil when the queue is empty.
 func (s *Storage) NextTransaction(ctx context.Context, dest string, maxPDUs, maxEDUs int, newID func() string) (txn *Transaction, err error) {
 	return s.SentAndNext(ctx, dest, "", maxPDUs, maxEDUs, newID)
 }
@@ -236,38 +237,38 @@ func (s *Storage) SentAndNext(ctx context.Context, dest, sent string, maxPDUs, m
 				return fmt.Errorf("transaction %s sent: %w", sent, err)
 			}
 		}
-		var id string
-		err := tx.QueryRow(ctx, `SELECT txn_id FROM federationapi_destinations WHERE server_name = $1`, dest).Scan(&id)
+		var cur, next string
+		err := tx.QueryRow(ctx, `SELECT txn_id, next_txn_id FROM federationapi_destinations WHERE server_name = $1`, dest).Scan(&cur, &next)
 		if err != nil && !errors.Is(err, sql.ErrNoRows) {
 			return fmt.Errorf("destination: %w", err)
 		}
-		if id != "" {
+		for i, id := range []string{cur, next} {
+			if id == "" {
+				continue
+			}
 			t, err := loadTxn(ctx, tx, dest, id)
-			if err != nil || len(t.PDUs)+len(t.EDUs) > 0 {
-				txn = t
+			if err != nil {
 				return err
 			}
-		}
-		id = newID()
-		n := 0
-		for _, k := range []struct {
-			kind string
-			max  int
-		}{{KindPDU, maxPDUs}, {KindEDU, maxEDUs}} {
-			res, err := tx.Exec(ctx, `UPDATE federationapi_queue SET txn_id = $1 WHERE seq IN (
-				SELECT seq FROM federationapi_queue WHERE destination = $2 AND kind = $3 AND txn_id = '' ORDER BY seq LIMIT $4)`,
-				id, dest, k.kind, k.max)
-			if err != nil {
-				return fmt.Errorf("fill transaction: %w", err)
+			if len(t.PDUs)+len(t.EDUs) == 0 {
+				continue
 			}
-			c, _ := res.RowsAffected()
-			n += int(c)
-		}
-		if n == 0 {
+			if i == 1 {
+				// The current one is gone (its entries dropped): the
+				// one taken to follow it is current now.
+				if _, err := tx.Exec(ctx, `UPDATE federationapi_destinations SET txn_id = $2, next_txn_id = '' WHERE server_name = $1`, dest, id); err != nil {
+					return fmt.Errorf("record transaction: %w", err)
+				}
+			}
+			txn = t
 			return nil
 		}
+		id := newID()
+		if n, err := fillTxn(ctx, tx, dest, id, maxPDUs, maxEDUs); err != nil || n == 0 {
+			return err
+		}
 		if _, err := tx.Exec(ctx, `INSERT INTO federationapi_destinations (server_name, txn_id) VALUES ($1, $2)
-			ON CONFLICT (server_name) DO UPDATE SET txn_id = excluded.txn_id`, dest, id); err != nil {
+			ON CONFLICT (server_name) DO UPDATE SET txn_id = excluded.txn_id, next_txn_id = ''`, dest, id); err != nil {
 			return fmt.Errorf("record transaction: %w", err)
 		}
 		txn, err = loadTxn(ctx, tx, dest, id)
@@ -277,6 +278,74 @@ func (s *Storage) SentAndNext(ctx context.Context, dest, sent string, maxPDUs, m
 		return nil, fmt.Errorf("next transaction for %s: %w", dest, err)
 	}
 	return txn, nil
+}
+
+// SentAndFollow is, while transaction inFlight is on the wire to dest,
+// TransactionSent of sent (unless "": the one acknowledged before it) and
+// the taking of the transaction to send after inFlight, in one write: the
+// spec allows one transaction in flight per destination, and the queue's
+// write then overlaps the round trip instead of lying between two. The
+// transaction taken is recorded as following inFlight, so a restart sends
+// inFlight again, then it, each under its ID. It returns nil when nothing
+// is queued, or when inFlight is not the destination's current
+// transaction (nothing is then taken ahead).
+func (s *Storage) SentAndFollow(ctx context.Context, dest, sent, inFlight string, maxPDUs, maxEDUs int, newID func() string) (txn *Transaction, err error) {
+	err = s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
+		txn = nil
+		if sent != "" {
+			if err := markSent(ctx, tx, dest, sent); err != nil {
+				return fmt.Errorf("transaction %s sent: %w", sent, err)
+			}
+		}
+		var cur, next string
+		err := tx.QueryRow(ctx, `SELECT txn_id, next_txn_id FROM federationapi_destinations WHERE server_name = $1`, dest).Scan(&cur, &next)
+		if errors.Is(err, sql.ErrNoRows) || (err == nil && cur != inFlight) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("destination: %w", err)
+		}
+		if next != "" {
+			t, err := loadTxn(ctx, tx, dest, next)
+			if err != nil || len(t.PDUs)+len(t.EDUs) > 0 {
+				txn = t
+				return err
+			}
+		}
+		id := newID()
+		if n, err := fillTxn(ctx, tx, dest, id, maxPDUs, maxEDUs); err != nil || n == 0 {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `UPDATE federationapi_destinations SET next_txn_id = $2 WHERE server_name = $1`, dest, id); err != nil {
+			return fmt.Errorf("record transaction: %w", err)
+		}
+		txn, err = loadTxn(ctx, tx, dest, id)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("transaction to follow %s for %s: %w", inFlight, dest, err)
+	}
+	return txn, nil
+}
+
+// fillTxn puts the oldest maxPDUs PDUs and maxEDUs EDUs of dest's queue
+// that are in no transaction yet into transaction id, and counts them.
+func fillTxn(ctx context.Context, tx *sqldb.Tx, dest, id string, maxPDUs, maxEDUs int) (int, error) {
+	n := 0
+	for _, k := range []struct {
+		kind string
+		max  int
+	}{{KindPDU, maxPDUs}, {KindEDU, maxEDUs}} {
+		res, err := tx.Exec(ctx, `UPDATE federationapi_queue SET txn_id = $1 WHERE seq IN (
+			SELECT seq FROM federationapi_queue WHERE destination = $2 AND kind = $3 AND txn_id = '' ORDER BY seq LIMIT $4)`,
+			id, dest, k.kind, k.max)
+		if err != nil {
+			return 0, fmt.Errorf("fill transaction: %w", err)
+		}
+		c, _ := res.RowsAffected()
+		n += int(c)
+	}
+	return n, nil
 }
 
 func loadTxn(ctx context.Context, tx *sqldb.Tx, dest, id string) (*Transaction, error) {
@@ -302,7 +371,8 @@ func loadTxn(ctx context.Context, tx *sqldb.Tx, dest, id string) (*Transaction, 
 }
 
 // TransactionSent removes what transaction id held from dest's queue and
-// records dest as reachable.
+// records dest as reachable; the transaction taken to follow id, if any,
+// becomes the one to send.
 func (s *Storage) TransactionSent(ctx context.Context, dest, id string) error {
 	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
 		return markSent(ctx, tx, dest, id)
@@ -319,7 +389,17 @@ func markSent(ctx context.Context, tx *sqldb.Tx, dest, id string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := tx.Exec(ctx, `DELETE FROM federationapi_destinations WHERE server_name = $1`, dest); err != nil {
+	// Reachable: the failure state goes, and the transaction taken to
+	// follow this one becomes the current one; a row with neither
+	// goes.
+	if _, err := tx.Exec(ctx, `UPDATE federationapi_destinations SET
+			txn_id = CASE WHEN txn_id = $2 THEN next_txn_id ELSE txn_id END,
+			next_txn_id = CASE WHEN txn_id = $2 THEN '' ELSE next_txn_id END,
+			failures = 0, failing_since = 0, retry_at = 0, blacklisted = FALSE
+		WHERE server_name = $1`, dest, id); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, `DELETE FROM federationapi_destinations WHERE server_name = $1 AND txn_id = '' AND next_txn_id = ''`, dest); err != nil {
 		return err
 	}
 	return collectJSON(ctx, tx, sent)
@@ -415,7 +495,7 @@ func (s *Storage) CatchUp(ctx context.Context, dest string, dropEDUs bool) error
 		if _, err := tx.Exec(ctx, `UPDATE federationapi_queue SET txn_id = '' WHERE destination = $1`, dest); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, `UPDATE federationapi_destinations SET txn_id = '' WHERE server_name = $1`, dest); err != nil {
+		if _, err := tx.Exec(ctx, `UPDATE federationapi_destinations SET txn_id = '', next_txn_id = '' WHERE server_name = $1`, dest); err != nil {
 			return err
 		}
 		if _, err := tx.Exec(ctx, `DELETE FROM federationapi_queue WHERE destination = $1 AND kind = $2 AND seq NOT IN

@@ -14,6 +14,8 @@ import (
 	gmsl "github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/tidwall/gjson"
+
+	"myelin/internal/fanout"
 )
 
 // UserIDForSender reads a sender as a user ID: in the room versions this
@@ -40,12 +42,14 @@ func Verify(ctx context.Context, ev gmsl.PDU, v gmsl.JSONVerifier) error {
 	return gmsl.VerifyEventSignatures(ctx, ev, v, forSender)
 }
 
-// VerifyAll is Verify of each of evs, its errors in their order.
+// VerifyAll is Verify of each of evs, its errors in their order. The
+// checks (a redaction, a canonical encoding and an ed25519 verification
+// each) run on up to GOMAXPROCS goroutines: a transaction's 50 PDUs took
+// 10 ms one after the other, on the path between two transactions of an
+// origin. v must be safe for concurrent use.
 func VerifyAll(ctx context.Context, evs []gmsl.PDU, v gmsl.JSONVerifier) []error {
 	errs := make([]error, len(evs))
-	for i, ev := range evs {
-		errs[i] = Verify(ctx, ev, v)
-	}
+	fanout.Each(len(evs), func(i int) { errs[i] = Verify(ctx, evs[i], v) })
 	return errs
 }
 

@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -84,6 +85,55 @@ func TestVerifyThirdPartyInvite(t *testing.T) {
 			}
 			if all := VerifyAll(context.Background(), []gmsl.PDU{ev}, ring); (all[0] == nil) != tt.ok {
 				t.Fatalf("VerifyAll: %v, want ok %v", all[0], tt.ok)
+			}
+		})
+	}
+}
+
+// TestVerifyAllOrder: checked on several goroutines, each event's result
+// is still its own, in its place, for every count of events.
+func TestVerifyAllOrder(t *testing.T) {
+	pubGood, privGood, _ := ed25519.GenerateKey(rand.Reader)
+	_, privForger, _ := ed25519.GenerateKey(rand.Reader)
+	ring := keys{"good.test": pubGood}
+	ver := gmsl.MustGetRoomVersion(gmsl.RoomVersionV10)
+	msg := func(t *testing.T, i int, key ed25519.PrivateKey) gmsl.PDU {
+		t.Helper()
+		b := ver.NewEventBuilderFromProtoEvent(&gmsl.ProtoEvent{
+			SenderID: "@alice:good.test", RoomID: "!r:good.test", Type: "m.room.message",
+			PrevEvents: []string{}, AuthEvents: []string{}, Depth: int64(i + 1),
+		})
+		if err := b.SetContent(map[string]any{"body": i}); err != nil {
+			t.Fatal(err)
+		}
+		ev, err := b.Build(time.Now(), "good.test", keyID, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ev
+	}
+	for _, n := range []int{0, 1, 3, 8, 50} {
+		t.Run(fmt.Sprintf("%d events", n), func(t *testing.T) {
+			evs := make([]gmsl.PDU, n)
+			forged := make([]bool, n)
+			for i := range evs {
+				// A forged signature now and then, at places no split
+				// of the work lines up with.
+				forged[i] = i%3 == 1 || i%7 == 0
+				key := privGood
+				if forged[i] {
+					key = privForger
+				}
+				evs[i] = msg(t, i, key)
+			}
+			errs := VerifyAll(context.Background(), evs, ring)
+			if len(errs) != n {
+				t.Fatalf("%d results, want %d", len(errs), n)
+			}
+			for i, err := range errs {
+				if (err != nil) != forged[i] {
+					t.Errorf("event %d: %v, forged %v", i, err, forged[i])
+				}
 			}
 		})
 	}

@@ -137,6 +137,15 @@ type InputRequest struct {
 	// output is marked Historical. One that cannot be placed (a prev event
 	// this server cannot get the state after) is left out, not refused.
 	Historical bool `json:"historical,omitempty"`
+	// AnswerOnCommit asks for the answer once the events are committed,
+	// before their outputs are published (they are, before the request
+	// is acked: after a crash, again from the input log). For a producer
+	// that reads none of its own writes through the outputs (another
+	// server's transaction): the publishing then lies between no two of
+	// its requests. Others are answered once the outputs are in the
+	// stream, so a client's next read (syncapi waits for what the stream
+	// holds) sees its write.
+	AnswerOnCommit bool `json:"answer_on_commit,omitempty"`
 }
 
 // InputResponse reports the outcome of an InputRequest.

@@ -24,6 +24,12 @@ type Writer struct {
 	eventIDs  map[string]int64
 	tuples    map[gmsl.StateKeyTuple]int64
 	redacted  []int64
+	// rooms are the rooms read or written in this transaction, as they
+	// stand in it; absent the event IDs looked up and not stored. A run
+	// of a transaction's 50 PDUs read its room twice an event and
+	// looked each event up twice.
+	rooms  map[string]*Room
+	absent map[string]bool
 }
 
 // Write runs f in one transaction.
@@ -35,6 +41,8 @@ func (s *Storage) Write(ctx context.Context, f func(w *Writer) error) error {
 		events:    map[int64]*Event{},
 		eventIDs:  map[string]int64{},
 		tuples:    map[gmsl.StateKeyTuple]int64{},
+		rooms:     map[string]*Room{},
+		absent:    map[string]bool{},
 	}
 	err := s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
 		w.tx = tx
@@ -67,7 +75,15 @@ func (s *Storage) Write(ctx context.Context, f func(w *Writer) error) error {
 
 // Room loads a room inside the transaction.
 func (w *Writer) Room(ctx context.Context, roomID string) (*Room, error) {
-	return w.s.room(ctx, w.tx, roomID)
+	if r, ok := w.rooms[roomID]; ok {
+		return r.Clone(), nil
+	}
+	r, err := w.s.room(ctx, w.tx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	w.rooms[roomID] = r.Clone()
+	return r, nil
 }
 
 // CreateRoom adds a room with no state.
@@ -77,6 +93,7 @@ func (w *Writer) CreateRoom(ctx context.Context, roomID string, version gmsl.Roo
 	if err != nil {
 		return nil, fmt.Errorf("create room %s: %w", roomID, err)
 	}
+	w.rooms[roomID] = r.Clone()
 	return r, nil
 }
 
@@ -87,6 +104,7 @@ func (w *Writer) UpdateRoom(ctx context.Context, r *Room) error {
 	if err != nil {
 		return fmt.Errorf("update room %s: %w", r.ID, err)
 	}
+	w.rooms[r.ID] = r.Clone()
 	return nil
 }
 
@@ -297,15 +315,17 @@ func (w *Writer) StoreEvent(ctx context.Context, ev *Event, depth int64) (bool, 
 		ev.NID = nid
 		return false, nil
 	}
-	existing, err := w.s.eventNIDsOf(ctx, w.tx, []string{ev.ID})
-	if err != nil {
-		return false, err
+	if !w.absent[ev.ID] {
+		existing, err := w.s.eventNIDsOf(ctx, w.tx, []string{ev.ID})
+		if err != nil {
+			return false, err
+		}
+		if nid, ok := existing[ev.ID]; ok {
+			ev.NID = nid
+			return false, nil
+		}
 	}
-	if nid, ok := existing[ev.ID]; ok {
-		ev.NID = nid
-		return false, nil
-	}
-	err = w.tx.QueryRow(ctx, `INSERT INTO roomserver_events
+	err := w.tx.QueryRow(ctx, `INSERT INTO roomserver_events
 		(room_nid, event_id, event_type, tuple_nid, sender, depth, state_before_nid, rejected, outlier, received_ts, event_json, origin_server_ts)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING event_nid`,
 		ev.RoomNID, ev.ID, ev.PDU.Type(), ev.Tuple, string(ev.PDU.SenderID()), depth, ev.StateBefore,
@@ -315,6 +335,7 @@ func (w *Writer) StoreEvent(ctx context.Context, ev *Event, depth int64) (bool, 
 	}
 	w.events[ev.NID] = ev
 	w.eventIDs[ev.ID] = ev.NID
+	delete(w.absent, ev.ID)
 	return true, nil
 }
 
@@ -368,15 +389,25 @@ func (w *Writer) EventNIDs(ctx context.Context, ids []string) (map[string]int64,
 	for _, id := range ids {
 		if nid, ok := w.eventIDs[id]; ok {
 			out[id] = nid
-		} else {
+		} else if !w.absent[id] {
 			rest = append(rest, id)
 		}
 	}
-	found, err := w.s.eventNIDsOf(ctx, w.tx, rest)
-	for id, nid := range found {
-		out[id] = nid
+	if len(rest) == 0 {
+		return out, nil
 	}
-	return out, err
+	found, err := w.s.eventNIDsOf(ctx, w.tx, rest)
+	if err != nil {
+		return nil, err
+	}
+	for _, id := range rest {
+		if nid, ok := found[id]; ok {
+			out[id] = nid
+		} else {
+			w.absent[id] = true
+		}
+	}
+	return out, nil
 }
 
 // SetMembership records userID's current membership of a room.
@@ -428,6 +459,31 @@ func (w *Writer) Redact(ctx context.Context, eventNID int64, redactionID string)
 // RoomVersionOf returns the version of the room with NID nid.
 func (w *Writer) RoomVersionOf(ctx context.Context, nid int64) (gmsl.RoomVersion, error) {
 	return w.s.roomVersionByNID(ctx, w.tx)(nid)
+}
+
+// InputLoggedAll is InputLogged of each of requestIDs, in one statement
+// (a few for many): the results found, by request ID.
+func (w *Writer) InputLoggedAll(ctx context.Context, requestIDs []string) (map[string]string, error) {
+	out := map[string]string{}
+	err := sqldb.InChunks(1, requestIDs, func(in string, args []any) error {
+		rows, err := w.tx.Query(ctx, `SELECT request_id, response FROM roomserver_input_log WHERE request_id IN (`+in+`)`, args...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var id, resp string
+			if err := rows.Scan(&id, &resp); err != nil {
+				return err
+			}
+			out[id] = resp
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("look up logged input: %w", err)
+	}
+	return out, nil
 }
 
 // InputLogged returns the logged result of a processed input request, "" if

@@ -80,9 +80,12 @@ type worker struct {
 	// wake is signalled when something is queued or the destination
 	// came back; buffered, so a signal is never lost nor blocks.
 	wake chan struct{}
-	// next is the transaction taken in the same write that marked the
-	// one before sent: the next step sends it without reading the queue.
+	// next is the transaction taken while the one before was in flight
+	// (SentAndFollow): the next step sends it without reading the
+	// queue. sent is the transaction acknowledged last and not yet
+	// marked sent in the store: the next step's write marks it.
 	next *storage.Transaction
+	sent string
 }
 
 // New makes the queues; nothing is sent until Start.
@@ -285,26 +288,55 @@ func (q *Queues) step(ctx context.Context, w *worker, log *logrus.Entry) (more b
 			return true, 0, err
 		}
 	}
-	txn := w.next
-	w.next = nil
+	txn, unmarked := w.next, w.sent
+	w.next, w.sent = nil, ""
+	if d.Failures > 0 {
+		// Coming back from failures: the store's order, one write
+		// between two transactions, nothing taken ahead.
+		txn = nil
+	}
 	if txn == nil {
-		if txn, err = st.NextTransaction(ctx, string(w.name), MaxPDUs, MaxEDUs, newTxnID); err != nil || txn == nil {
+		if txn, err = st.SentAndNext(ctx, string(w.name), unmarked, MaxPDUs, MaxEDUs, newTxnID); err != nil || txn == nil {
 			return err != nil, 0, err
 		}
+		unmarked = ""
+	}
+	// While txn is on the wire, one write marks the transaction before it
+	// sent and takes the one to follow it: the spec allows one
+	// transaction in flight per destination, so what lies between two of
+	// them bounds the throughput to a server. A destination recovering
+	// from failures gets no transaction taken ahead.
+	type follow struct {
+		next *storage.Transaction
+		err  error
+	}
+	var ahead chan follow
+	if d.Failures == 0 {
+		ahead = make(chan follow, 1)
+		go func() {
+			next, err := st.SentAndFollow(ctx, string(w.name), unmarked, txn.ID, MaxPDUs, MaxEDUs, newTxnID)
+			ahead <- follow{next, err}
+		}()
 	}
 	sendStart := time.Now()
 	sendErr := q.send(ctx, w.name, txn)
+	sent := time.Now()
+	var f follow
+	if ahead != nil {
+		f = <-ahead
+	}
 	if ctx.Err() != nil {
 		return false, 0, ctx.Err()
 	}
 	if sendErr == nil {
-		// Marked sent in the same write that takes the next one: the
-		// spec allows one transaction in flight, so what lies between
-		// two of them bounds the throughput to a server.
-		sent := time.Now()
-		next, err := st.SentAndNext(ctx, string(w.name), txn.ID, MaxPDUs, MaxEDUs, newTxnID)
-		if err != nil {
-			return true, 0, err
+		if ahead == nil {
+			// Marked sent in the same write that takes the next one.
+			f.next, f.err = st.SentAndNext(ctx, string(w.name), txn.ID, MaxPDUs, MaxEDUs, newTxnID)
+		}
+		if f.err != nil {
+			// What the store holds is sent again, under the same IDs:
+			// the remote answers a transaction it has from its record.
+			return true, 0, f.err
 		}
 		if log.Logger.IsLevelEnabled(logrus.DebugLevel) {
 			log.WithFields(logrus.Fields{
@@ -319,8 +351,14 @@ func (q *Queues) step(ctx context.Context, w *worker, log *logrus.Entry) (more b
 			delete(q.failing, w.name)
 			q.mu.Unlock()
 		}
-		w.next = next
+		w.next = f.next
+		if ahead != nil {
+			w.sent = txn.ID
+		}
 		return true, 0, nil
+	}
+	if f.err != nil {
+		log.WithError(f.err).Debug("taking the next transaction while one was in flight")
 	}
 	return q.failed(ctx, d, now, sendErr, log)
 }

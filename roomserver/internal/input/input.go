@@ -269,6 +269,38 @@ func (in *Inputer) processBatch(ctx context.Context, a *actor, msgs []jetstream.
 type result struct {
 	Response rsapi.InputResponse `json:"response"`
 	Outputs  []rsapi.OutputEvent `json:"outputs,omitempty"`
+	// timing is where a request of complete events spent its time, for
+	// the debug log line each gets; nil for other requests.
+	timing *pduTiming
+}
+
+// pduTiming adds up the stages of a request of complete events.
+type pduTiming struct {
+	parse, fetch time.Duration
+	// gate is the wait for a write slot and the database's writer,
+	// body the statements, commit the commit, over all the request's
+	// write transactions.
+	gate, body, commit time.Duration
+	writes             int
+}
+
+// write is in.write timed into t.
+func (t *pduTiming) write(ctx context.Context, in *Inputer, f func(w *storage.Writer) error) error {
+	start := time.Now()
+	var in0, out time.Time
+	err := in.write(ctx, func(w *storage.Writer) error {
+		in0 = time.Now()
+		defer func() { out = time.Now() }()
+		return f(w)
+	})
+	end := time.Now()
+	if !in0.IsZero() && !out.IsZero() {
+		t.gate += in0.Sub(start)
+		t.body += out.Sub(in0)
+		t.commit += end.Sub(out)
+		t.writes++
+	}
+	return err
 }
 
 // write runs f in one write transaction, holding one of the input's write
@@ -305,7 +337,7 @@ func (in *Inputer) commitProtos(ctx context.Context, msgs []jetstream.Msg) bool 
 	if !ok || answered {
 		return ok
 	}
-	return in.publishAndAnswer(ctx, msgs, results)
+	return in.publishAndAnswer(ctx, msgs, results, false)
 }
 
 // untilStored runs attempt until it succeeds, retrying transient failures
@@ -339,11 +371,16 @@ func (in *Inputer) untilStored(ctx context.Context, msgs []jetstream.Msg, down *
 }
 
 // publishAndAnswer publishes the outputs of processed messages, then
-// replies to their producers and acks them. It reports false, acking
+// replies to their producers and acks them; answerFirst (the request's
+// AnswerOnCommit), it replies before publishing. It reports false, acking
 // nothing, if the outputs could not be published.
-func (in *Inputer) publishAndAnswer(ctx context.Context, msgs []jetstream.Msg, results []*result) bool {
-	// Publish every output before answering anyone, so that a producer
-	// told "committed" can rely on the output being in the stream.
+func (in *Inputer) publishAndAnswer(ctx context.Context, msgs []jetstream.Msg, results []*result, answerFirst bool) bool {
+	// Unless asked otherwise, publish every output before answering
+	// anyone, so that a producer told "committed" can rely on the output
+	// being in the stream.
+	if answerFirst {
+		in.reply(msgs, results)
+	}
 	var outs []*nats.Msg
 	for _, r := range results {
 		for i := range r.Outputs {
@@ -367,14 +404,10 @@ func (in *Inputer) publishAndAnswer(ctx context.Context, msgs []jetstream.Msg, r
 		}
 		return false // the redelivery republishes from the input log
 	}
-	for i, m := range msgs {
-		if reply := m.Headers().Get(bus.HeaderReply); reply != "" {
-			data, _ := json.Marshal(&results[i].Response)
-			if err := in.bus.Send(reply, data); err != nil {
-				// The producer asks again when the bus is back.
-				in.log.WithError(err).Debug("replying to input producer")
-			}
-		}
+	if !answerFirst {
+		in.reply(msgs, results)
+	}
+	for _, m := range msgs {
 		if err := m.Ack(); err != nil && ctx.Err() == nil {
 			// Lost with the connection: the message comes again on the
 			// next one and is answered from the input log.
@@ -382,6 +415,19 @@ func (in *Inputer) publishAndAnswer(ctx context.Context, msgs []jetstream.Msg, r
 		}
 	}
 	return true
+}
+
+// reply sends each message's producer its result.
+func (in *Inputer) reply(msgs []jetstream.Msg, results []*result) {
+	for i, m := range msgs {
+		if to := m.Headers().Get(bus.HeaderReply); to != "" {
+			data, _ := json.Marshal(&results[i].Response)
+			if err := in.bus.Send(to, data); err != nil {
+				// The producer asks again when the bus is back.
+				in.log.WithError(err).Debug("replying to input producer")
+			}
+		}
+	}
 }
 
 // answerUnavailable acks msgs and tells their producers that nothing was

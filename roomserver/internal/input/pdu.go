@@ -7,11 +7,14 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	gmsl "github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/sirupsen/logrus"
 
+	"myelin/internal/fanout"
 	"myelin/internal/sqldb"
 	rsapi "myelin/roomserver/api"
 	"myelin/roomserver/internal/stateres"
@@ -30,6 +33,7 @@ var errStale = errors.New("room changed since the event was prepared")
 // elsewhere), then publishes, replies and acks. It reports false if it
 // gave up (shutdown) without acking.
 func (in *Inputer) processPDURequest(ctx context.Context, a *actor, m jetstream.Msg, waiting []jetstream.Msg) bool {
+	start := time.Now()
 	key := requestKey(m)
 	var res *result
 	var req rsapi.InputRequest
@@ -41,7 +45,7 @@ func (in *Inputer) processPDURequest(ctx context.Context, a *actor, m jetstream.
 	default:
 		var down outage
 		answered, ok := in.untilStored(ctx, []jetstream.Msg{m}, &down, func() (err error) {
-			out := &result{Response: rsapi.InputResponse{RoomID: req.RoomID}}
+			out := &result{Response: rsapi.InputResponse{RoomID: req.RoomID}, timing: &pduTiming{}}
 			res = out
 			defer func() {
 				// gomatrixserverlib has known panics on odd input: refuse
@@ -59,7 +63,18 @@ func (in *Inputer) processPDURequest(ctx context.Context, a *actor, m jetstream.
 			return ok
 		}
 	}
-	return in.publishAndAnswer(ctx, []jetstream.Msg{m}, []*result{res})
+	stored := time.Now()
+	ok := in.publishAndAnswer(ctx, []jetstream.Msg{m}, []*result{res}, req.AnswerOnCommit)
+	if t := res.timing; t != nil && in.log.Logger.IsLevelEnabled(logrus.DebugLevel) {
+		ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+		in.log.WithFields(logrus.Fields{
+			"room_id": req.RoomID, "events": len(req.Events), "outputs": len(res.Outputs),
+			"parse_ms": ms(t.parse), "fetch_ms": ms(t.fetch), "writes": t.writes,
+			"gate_ms": ms(t.gate), "body_ms": ms(t.body), "commit_ms": ms(t.commit),
+			"total_ms": ms(stored.Sub(start)), "publish_ms": ms(time.Since(stored)),
+		}).Debug("PDU request stored")
+	}
+	return ok
 }
 
 // inputPDUs runs the checks on receipt of a PDU for each event of req,
@@ -76,6 +91,7 @@ func (in *Inputer) processPDURequest(ctx context.Context, a *actor, m jetstream.
 // current state is soft-failed: stored, but neither current nor sent to
 // clients.
 func (in *Inputer) inputPDUs(ctx context.Context, a *actor, reqID string, req *rsapi.InputRequest, waiting []jetstream.Msg, down *outage, out *result) error {
+	start := time.Now()
 	refused := func(err error) error {
 		var ref *refusal
 		if !errors.As(err, &ref) {
@@ -106,11 +122,19 @@ func (in *Inputer) inputPDUs(ctx context.Context, a *actor, reqID string, req *r
 		return refused(refuse(0, "M_BAD_JSON", "no events"))
 	}
 	pdus := make([]gmsl.PDU, len(req.Events))
+	// Each event is parsed alone (its checks, its reference hash): on
+	// all cores, then looked at in order.
+	parseErrs := make([]error, len(req.Events))
+	fanout.Each(len(req.Events), func(i int) {
+		if req.Events[i].PDU != nil {
+			pdus[i], parseErrs[i] = verImpl.NewEventFromUntrustedJSON(req.Events[i].PDU)
+		}
+	})
 	for i, ie := range req.Events {
 		if ie.PDU == nil {
 			return refused(refuse(i, "M_BAD_JSON", "event %d is not a PDU", i))
 		}
-		pdu, err := verImpl.NewEventFromUntrustedJSON(ie.PDU)
+		pdu, err := pdus[i], parseErrs[i]
 		if err != nil {
 			return refused(refuse(i, "M_BAD_JSON", "bad event: %v", err))
 		}
@@ -120,6 +144,10 @@ func (in *Inputer) inputPDUs(ctx context.Context, a *actor, reqID string, req *r
 		pdus[i] = pdu
 	}
 
+	parsed := time.Now()
+	if out.timing != nil {
+		out.timing.parse = parsed.Sub(start)
+	}
 	if req.Historical {
 		return refused(in.inputHistorical(ctx, a, reqID, req, room, verImpl, pdus, waiting, down, out))
 	}
@@ -156,6 +184,9 @@ func (in *Inputer) inputPDUs(ctx context.Context, a *actor, reqID string, req *r
 	if err := in.addGapEvents(ctx, prevStates, gapEvents); err != nil {
 		return err
 	}
+	if out.timing != nil {
+		out.timing.fetch = time.Since(parsed)
+	}
 	// Step 2: prepare and store. A run of events whose states need no
 	// resolution is prepared and stored in one write transaction, each
 	// reading what the ones before it wrote; an event that needs a state
@@ -172,7 +203,7 @@ func (in *Inputer) inputPDUs(ctx context.Context, a *actor, reqID string, req *r
 		}
 	}
 	for i := 0; i < len(all); {
-		outs, err := in.storeRun(ctx, reqID, verImpl, all[i:], prevStates, down)
+		outs, err := in.storeRun(ctx, reqID, verImpl, all[i:], prevStates, down, out.timing)
 		for _, o := range outs {
 			took(i, o)
 			i++
@@ -212,13 +243,39 @@ var errResolve = errors.New("state resolution needed")
 // after them, if that is what ended the run; or an error, with nothing
 // taken in. Each event keeps its own result: one stored as rejected or
 // soft-failed does not end the run.
-func (in *Inputer) storeRun(ctx context.Context, reqID string, verImpl gmsl.IRoomVersion, pdus []gmsl.PDU, prevStates map[string]stateRef, down *outage) ([]*rsapi.OutputEvent, error) {
+func (in *Inputer) storeRun(ctx context.Context, reqID string, verImpl gmsl.IRoomVersion, pdus []gmsl.PDU, prevStates map[string]stateRef, down *outage, tm *pduTiming) ([]*rsapi.OutputEvent, error) {
 	var outs []*rsapi.OutputEvent
 	var refused error
-	err := in.write(ctx, func(w *storage.Writer) error {
+	write := in.write
+	if tm != nil {
+		write = func(ctx context.Context, f func(w *storage.Writer) error) error { return tm.write(ctx, in, f) }
+	}
+	err := write(ctx, func(w *storage.Writer) error {
 		outs, refused = outs[:0], nil
+		// What a redelivered request stored already, in one look-up
+		// for the run rather than one per event.
+		var logged map[string]string
+		if reqID != "" {
+			keys := make([]string, len(pdus))
+			for i, pdu := range pdus {
+				keys[i] = reqID + "/" + pdu.EventID()
+			}
+			var err error
+			if logged, err = w.InputLoggedAll(ctx, keys); err != nil {
+				return err
+			}
+		}
+		// Whether each is stored already, in one look-up too: the
+		// writer remembers what it did not find.
+		ids := make([]string, len(pdus))
+		for i, pdu := range pdus {
+			ids[i] = pdu.EventID()
+		}
+		if _, err := w.EventNIDs(ctx, ids); err != nil {
+			return err
+		}
 		for _, pdu := range pdus {
-			o, err := in.storeInRun(ctx, w, reqID, verImpl, pdu, prevStates)
+			o, err := in.storeInRun(ctx, w, reqID, logged, verImpl, pdu, prevStates)
 			var ref *refusal
 			switch {
 			case errors.Is(err, errResolve):
@@ -243,19 +300,16 @@ func (in *Inputer) storeRun(ctx context.Context, reqID string, verImpl gmsl.IRoo
 }
 
 // storeInRun is one event of storeRun, in its transaction: answered from
-// the input log when a redelivered request stored it already, else
-// prepared reading through w and stored, its output logged.
-func (in *Inputer) storeInRun(ctx context.Context, w *storage.Writer, reqID string, verImpl gmsl.IRoomVersion, pdu gmsl.PDU, prevStates map[string]stateRef) (*rsapi.OutputEvent, error) {
+// the input log when a redelivered request stored it already (logged,
+// by log key), else prepared reading through w and stored, its output
+// logged.
+func (in *Inputer) storeInRun(ctx context.Context, w *storage.Writer, reqID string, logged map[string]string, verImpl gmsl.IRoomVersion, pdu gmsl.PDU, prevStates map[string]stateRef) (*rsapi.OutputEvent, error) {
 	logKey := ""
 	if reqID != "" {
 		logKey = reqID + "/" + pdu.EventID()
-		logged, err := w.InputLogged(ctx, logKey)
-		if err != nil {
-			return nil, err
-		}
-		if logged != "" {
+		if l := logged[logKey]; l != "" {
 			var o *rsapi.OutputEvent
-			if err := json.Unmarshal([]byte(logged), &o); err == nil {
+			if err := json.Unmarshal([]byte(l), &o); err == nil {
 				return o, nil
 			}
 		}
