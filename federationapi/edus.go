@@ -82,12 +82,18 @@ func (f *FederationAPI) sendEDU(ctx context.Context, typ string, content any, de
 }
 
 // hostsOfUser lists the servers sharing a room with a local user: those
-// with a member joined to one of the rooms the user is joined to.
-func (f *FederationAPI) hostsOfUser(ctx context.Context, userID string) ([]spec.ServerName, error) {
+// with a member joined to one of the rooms the user is joined to. With
+// catchUp, as of every event accepted before the call (catchUpHosts): an
+// update a server must not miss waits for that, at the cost of a stream
+// info request; presence need not, since a server that comes to share a
+// room is sent the user's presence then (sendPresence's Destinations).
+func (f *FederationAPI) hostsOfUser(ctx context.Context, userID string, catchUp bool) ([]spec.ServerName, error) {
 	if f.rs == nil {
 		return nil, nil
 	}
-	f.catchUpHosts(ctx)
+	if catchUp {
+		f.catchUpHosts(ctx)
+	}
 	rooms, err := f.rs.UserRooms(ctx, userID, spec.Join)
 	if err != nil {
 		return nil, fmt.Errorf("rooms of %s: %w", userID, err)
@@ -203,7 +209,7 @@ func (f *FederationAPI) sendPresence(ctx context.Context, m jetstream.Msg) error
 		}
 	} else {
 		var err error
-		if dests, err = f.hostsOfUser(ctx, u.UserID); err != nil {
+		if dests, err = f.hostsOfUser(ctx, u.UserID, false); err != nil {
 			return err
 		}
 	}
@@ -228,7 +234,7 @@ func (f *FederationAPI) sendDeviceListUpdate(ctx context.Context, m jetstream.Ms
 	if err := json.Unmarshal(m.Data(), &u); err != nil || !f.isLocal(u.UserID) {
 		return nil
 	}
-	dests, err := f.hostsOfUser(ctx, u.UserID)
+	dests, err := f.hostsOfUser(ctx, u.UserID, true)
 	if err != nil {
 		return err
 	}
@@ -242,7 +248,7 @@ func (f *FederationAPI) sendSigningKeyUpdate(ctx context.Context, m jetstream.Ms
 	if err := json.Unmarshal(m.Data(), &u); err != nil || !f.isLocal(u.UserID) {
 		return nil
 	}
-	dests, err := f.hostsOfUser(ctx, u.UserID)
+	dests, err := f.hostsOfUser(ctx, u.UserID, true)
 	if err != nil {
 		return err
 	}

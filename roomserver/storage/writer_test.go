@@ -25,7 +25,7 @@ func TestInputLoggedAll(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer db.Close()
-		s, err := Open(ctx, db)
+		s, err := Open(ctx, db, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -73,7 +73,7 @@ func TestWriterRoom(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer db.Close()
-		s, err := Open(ctx, db)
+		s, err := Open(ctx, db, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -128,7 +128,7 @@ func TestWriterAbsentEvents(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer db.Close()
-		s, err := Open(ctx, db)
+		s, err := Open(ctx, db, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
