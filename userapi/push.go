@@ -61,6 +61,10 @@ type pushState struct {
 	// ignored caches users' ignore lists alike (nil: ignores nobody), so
 	// that an ignored sender's events notify nobody who ignores it.
 	ignored map[string]map[string]bool
+	// gen counts invalidations: a reader caches what it read only if none
+	// came between its read and its store, else a read from before a
+	// change, stored after the change's invalidation, would stay.
+	gen uint64
 
 	// events is how far the OutputRoomEvent consumer got.
 	events *bus.Progress
@@ -82,12 +86,14 @@ func newPushState() *pushState {
 func (p *pushState) forget(userID string) {
 	p.cacheMu.Lock()
 	delete(p.cache, userID)
+	p.gen++
 	p.cacheMu.Unlock()
 }
 
 func (p *pushState) forgetIgnored(userID string) {
 	p.cacheMu.Lock()
 	delete(p.ignored, userID)
+	p.gen++
 	p.cacheMu.Unlock()
 }
 
@@ -96,6 +102,7 @@ func (u *UserAPI) ignores(ctx context.Context, userID, sender string) (bool, err
 	p := u.push
 	p.cacheMu.Lock()
 	set, ok := p.ignored[userID]
+	gen := p.gen
 	p.cacheMu.Unlock()
 	if !ok {
 		raw, err := u.store.AccountData(ctx, userID, "", uapi.IgnoredUserListType)
@@ -107,7 +114,9 @@ func (u *UserAPI) ignores(ctx context.Context, userID, sender string) (bool, err
 		if len(p.ignored) >= maxCachedRulesets {
 			clear(p.ignored)
 		}
-		p.ignored[userID] = set
+		if p.gen == gen {
+			p.ignored[userID] = set
+		}
 		p.cacheMu.Unlock()
 	}
 	return set[sender], nil
@@ -134,6 +143,7 @@ func (u *UserAPI) rulesFor(ctx context.Context, userID string) (*uapi.PushRulese
 	p := u.push
 	p.cacheMu.Lock()
 	rs, ok := p.cache[userID]
+	gen := p.gen
 	p.cacheMu.Unlock()
 	if ok {
 		return rs, nil
@@ -146,7 +156,9 @@ func (u *UserAPI) rulesFor(ctx context.Context, userID string) (*uapi.PushRulese
 	if len(p.cache) >= maxCachedRulesets {
 		clear(p.cache)
 	}
-	p.cache[userID] = rs
+	if p.gen == gen {
+		p.cache[userID] = rs
+	}
 	p.cacheMu.Unlock()
 	return rs, nil
 }
