@@ -295,20 +295,19 @@ type Tx struct {
 // stmt returns q's statement for use in the transaction.
 func (t *Tx) stmt(ctx context.Context, q string) (*sql.Stmt, error) {
 	db := t.db
+	db.queries.Add(1)
 	if db.writer == db.reader {
-		s, err := db.prepared(ctx, db.writer, q)
+		s, err := db.prepare(ctx, db.writer, q)
 		if err != nil {
 			return nil, err
 		}
 		return t.tx.StmtContext(ctx, s), nil
 	}
 	if s, ok := db.stmts.Load(db.stmtKey(db.writer, q)); ok {
-		db.queries.Add(1)
 		return t.tx.StmtContext(ctx, s.(*sql.Stmt)), nil
 	}
 	// The pool's one connection is this transaction's: preparing on the
 	// pool would wait for it forever.
-	db.queries.Add(1)
 	if s, ok := t.fresh[q]; ok {
 		return s, nil
 	}
