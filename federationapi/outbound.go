@@ -45,15 +45,7 @@ func (f *FederationAPI) StartOutbound(ctx context.Context, b *bus.Bus) error {
 		defer f.out.wg.Done()
 		// No lingering: an event waiting for others would reach the
 		// other servers that much later.
-		cons.ConsumeBatch(ctx, f.log.WithField("stream", bus.OutputRoomEvent), eventBatch, 0, func(ctx context.Context, ms []jetstream.Msg) error {
-			if err := f.onRoomEvents(ctx, ms); err != nil {
-				return err
-			}
-			if md, err := ms[len(ms)-1].Metadata(); err == nil {
-				f.out.events.Mark(md.Sequence.Stream)
-			}
-			return nil
-		})
+		cons.ConsumeBatch(ctx, f.log.WithField("stream", bus.OutputRoomEvent), eventBatch, 0, f.out.events.Marking(f.onRoomEvents))
 	}()
 	return f.startEDUs(ctx, b)
 }

@@ -66,15 +66,7 @@ func (u *UserAPI) Start(ctx context.Context, rooms Rooms, gateways http.RoundTri
 	p.wg.Add(3)
 	go func() {
 		defer p.wg.Done()
-		events.ConsumeBatch(ctx, u.log.WithField("stream", bus.OutputRoomEvent), eventBatch, eventLinger, func(ctx context.Context, ms []jetstream.Msg) error {
-			if err := u.onRoomEvents(ctx, ms); err != nil {
-				return err
-			}
-			if md, err := ms[len(ms)-1].Metadata(); err == nil {
-				p.events.Mark(md.Sequence.Stream)
-			}
-			return nil
-		})
+		events.ConsumeBatch(ctx, u.log.WithField("stream", bus.OutputRoomEvent), eventBatch, eventLinger, p.events.Marking(u.onRoomEvents))
 	}()
 	go func() {
 		defer p.wg.Done()

@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Progress is how far a consumer got in its stream: the stream sequence of
@@ -27,6 +29,20 @@ func (p *Progress) Mark(seq uint64) {
 		p.seq = seq
 		close(p.moved)
 		p.moved = make(chan struct{})
+	}
+}
+
+// Marking is handle, marking p up to the last message of each batch it
+// handled without error.
+func (p *Progress) Marking(handle BatchHandler) BatchHandler {
+	return func(ctx context.Context, ms []jetstream.Msg) error {
+		if err := handle(ctx, ms); err != nil {
+			return err
+		}
+		if md, err := ms[len(ms)-1].Metadata(); err == nil {
+			p.Mark(md.Sequence.Stream)
+		}
+		return nil
 	}
 }
 
