@@ -232,15 +232,9 @@ func (s *Storage) NextTransaction(ctx context.Context, dest string, maxPDUs, max
 func (s *Storage) SentAndNext(ctx context.Context, dest, sent string, maxPDUs, maxEDUs int, newID func() string) (txn *Transaction, err error) {
 	err = s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
 		txn = nil
-		if sent != "" {
-			if err := markSent(ctx, tx, dest, sent); err != nil {
-				return fmt.Errorf("transaction %s sent: %w", sent, err)
-			}
-		}
-		var cur, next string
-		err := tx.QueryRow(ctx, `SELECT txn_id, next_txn_id FROM federationapi_destinations WHERE server_name = $1`, dest).Scan(&cur, &next)
-		if err != nil && !errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("destination: %w", err)
+		cur, next, _, err := sentThenTxns(ctx, tx, dest, sent)
+		if err != nil {
+			return err
 		}
 		for i, id := range []string{cur, next} {
 			if id == "" {
@@ -263,15 +257,8 @@ func (s *Storage) SentAndNext(ctx context.Context, dest, sent string, maxPDUs, m
 			txn = t
 			return nil
 		}
-		id := newID()
-		if n, err := fillTxn(ctx, tx, dest, id, maxPDUs, maxEDUs); err != nil || n == 0 {
-			return err
-		}
-		if _, err := tx.Exec(ctx, `INSERT INTO federationapi_destinations (server_name, txn_id) VALUES ($1, $2)
-			ON CONFLICT (server_name) DO UPDATE SET txn_id = excluded.txn_id, next_txn_id = ''`, dest, id); err != nil {
-			return fmt.Errorf("record transaction: %w", err)
-		}
-		txn, err = loadTxn(ctx, tx, dest, id)
+		txn, err = takeTxn(ctx, tx, dest, newID(), maxPDUs, maxEDUs, `INSERT INTO federationapi_destinations (server_name, txn_id) VALUES ($1, $2)
+			ON CONFLICT (server_name) DO UPDATE SET txn_id = excluded.txn_id, next_txn_id = ''`)
 		return err
 	})
 	if err != nil {
@@ -292,18 +279,9 @@ func (s *Storage) SentAndNext(ctx context.Context, dest, sent string, maxPDUs, m
 func (s *Storage) SentAndFollow(ctx context.Context, dest, sent, inFlight string, maxPDUs, maxEDUs int, newID func() string) (txn *Transaction, err error) {
 	err = s.db.WithTx(ctx, func(tx *sqldb.Tx) error {
 		txn = nil
-		if sent != "" {
-			if err := markSent(ctx, tx, dest, sent); err != nil {
-				return fmt.Errorf("transaction %s sent: %w", sent, err)
-			}
-		}
-		var cur, next string
-		err := tx.QueryRow(ctx, `SELECT txn_id, next_txn_id FROM federationapi_destinations WHERE server_name = $1`, dest).Scan(&cur, &next)
-		if errors.Is(err, sql.ErrNoRows) || (err == nil && cur != inFlight) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("destination: %w", err)
+		cur, next, found, err := sentThenTxns(ctx, tx, dest, sent)
+		if err != nil || !found || cur != inFlight {
+			return err
 		}
 		if next != "" {
 			t, err := loadTxn(ctx, tx, dest, next)
@@ -312,20 +290,45 @@ func (s *Storage) SentAndFollow(ctx context.Context, dest, sent, inFlight string
 				return err
 			}
 		}
-		id := newID()
-		if n, err := fillTxn(ctx, tx, dest, id, maxPDUs, maxEDUs); err != nil || n == 0 {
-			return err
-		}
-		if _, err := tx.Exec(ctx, `UPDATE federationapi_destinations SET next_txn_id = $2 WHERE server_name = $1`, dest, id); err != nil {
-			return fmt.Errorf("record transaction: %w", err)
-		}
-		txn, err = loadTxn(ctx, tx, dest, id)
+		txn, err = takeTxn(ctx, tx, dest, newID(), maxPDUs, maxEDUs, `UPDATE federationapi_destinations SET next_txn_id = $2 WHERE server_name = $1`)
 		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("transaction to follow %s for %s: %w", inFlight, dest, err)
 	}
 	return txn, nil
+}
+
+// sentThenTxns marks transaction sent (unless "") sent, then reads dest's
+// current transaction and the one taken to follow it ("" for none);
+// found is false when dest has no row.
+func sentThenTxns(ctx context.Context, tx *sqldb.Tx, dest, sent string) (cur, next string, found bool, err error) {
+	if sent != "" {
+		if err := markSent(ctx, tx, dest, sent); err != nil {
+			return "", "", false, fmt.Errorf("transaction %s sent: %w", sent, err)
+		}
+	}
+	err = tx.QueryRow(ctx, `SELECT txn_id, next_txn_id FROM federationapi_destinations WHERE server_name = $1`, dest).Scan(&cur, &next)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", "", false, nil
+	}
+	if err != nil {
+		return "", "", false, fmt.Errorf("destination: %w", err)
+	}
+	return cur, next, true, nil
+}
+
+// takeTxn puts the oldest entries of dest's queue into a new transaction
+// id (fillTxn), records it with record (a statement of $1 dest and $2
+// id), and returns it; nil when the queue is empty.
+func takeTxn(ctx context.Context, tx *sqldb.Tx, dest, id string, maxPDUs, maxEDUs int, record string) (*Transaction, error) {
+	if n, err := fillTxn(ctx, tx, dest, id, maxPDUs, maxEDUs); err != nil || n == 0 {
+		return nil, err
+	}
+	if _, err := tx.Exec(ctx, record, dest, id); err != nil {
+		return nil, fmt.Errorf("record transaction: %w", err)
+	}
+	return loadTxn(ctx, tx, dest, id)
 }
 
 // fillTxn puts the oldest maxPDUs PDUs and maxEDUs EDUs of dest's queue
