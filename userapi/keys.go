@@ -518,10 +518,7 @@ func (u *UserAPI) DeviceListUpdate(ctx context.Context, origin string, upd uapi.
 	if srv, ok := mxid.Server(upd.UserID); !ok || srv != origin || srv == u.serverName || upd.DeviceID == "" {
 		return nil
 	}
-	keys := ""
-	if len(upd.Keys) > 0 && string(upd.Keys) != "null" {
-		keys = string(upd.Keys)
-	}
+	keys := presentJSON(upd.Keys)
 	unlock := u.resyncs.lock(upd.UserID)
 	outcome, pos, err := u.store.ApplyRemoteDeviceUpdate(ctx, storage.DeviceUpdate{
 		UserID: upd.UserID, DeviceID: upd.DeviceID, DisplayName: upd.DisplayName,
@@ -726,12 +723,7 @@ func (u *UserAPI) SigningKeyUpdate(ctx context.Context, origin string, upd uapi.
 		// hear that its keys changed; any other is none of ours.
 		return u.track(ctx, upd.UserID)
 	}
-	keys := map[string]string{}
-	for typ, k := range map[string]json.RawMessage{"master": upd.MasterKey, "self_signing": upd.SelfSigningKey} {
-		if len(k) > 0 && string(k) != "null" {
-			keys[typ] = string(k)
-		}
-	}
+	keys := crossSigningKeys(upd.MasterKey, upd.SelfSigningKey)
 	if len(keys) == 0 {
 		return nil
 	}
@@ -740,4 +732,24 @@ func (u *UserAPI) SigningKeyUpdate(ctx context.Context, origin string, upd uapi.
 		return err
 	}
 	return u.announce(ctx, upd.UserID, "device_lists", c.Pos)
+}
+
+// presentJSON is raw as a string, "" when it is absent or null.
+func presentJSON(raw json.RawMessage) string {
+	if len(raw) == 0 || string(raw) == "null" {
+		return ""
+	}
+	return string(raw)
+}
+
+// crossSigningKeys is the master and self-signing keys given, by type
+// ("master", "self_signing"), leaving out those absent or null.
+func crossSigningKeys(master, selfSigning json.RawMessage) map[string]string {
+	keys := map[string]string{}
+	for typ, k := range map[string]json.RawMessage{"master": master, "self_signing": selfSigning} {
+		if k := presentJSON(k); k != "" {
+			keys[typ] = k
+		}
+	}
+	return keys
 }

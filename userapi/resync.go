@@ -2,7 +2,6 @@ package userapi
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"hash/fnv"
 	"slices"
@@ -387,7 +386,7 @@ func (r *resyncer) finish(ctx context.Context, userID string, j *resyncJob, err 
 
 // fetch fetches userID's whole device list from its server.
 func (r *resyncer) fetch(ctx context.Context, userID string) (storage.RemoteListWrite, error) {
-	l := storage.RemoteListWrite{UserID: userID, Cross: map[string]string{}}
+	l := storage.RemoteListWrite{UserID: userID}
 	srv, ok := mxid.Server(userID)
 	if !ok {
 		return l, fmt.Errorf("no server in %q", userID)
@@ -408,17 +407,9 @@ func (r *resyncer) fetch(ctx context.Context, userID string) (storage.RemoteList
 		if d.DeviceID == "" {
 			continue
 		}
-		k := ""
-		if len(d.Keys) > 0 && string(d.Keys) != "null" {
-			k = string(d.Keys)
-		}
-		l.Devs = append(l.Devs, storage.DeviceKeys{UserID: userID, DeviceID: d.DeviceID, DisplayName: d.DisplayName, KeyJSON: k})
+		l.Devs = append(l.Devs, storage.DeviceKeys{UserID: userID, DeviceID: d.DeviceID, DisplayName: d.DisplayName, KeyJSON: presentJSON(d.Keys)})
 	}
-	for typ, k := range map[string]json.RawMessage{"master": ud.MasterKey, "self_signing": ud.SelfSigningKey} {
-		if len(k) > 0 && string(k) != "null" {
-			l.Cross[typ] = string(k)
-		}
-	}
+	l.Cross = crossSigningKeys(ud.MasterKey, ud.SelfSigningKey)
 	return l, nil
 }
 
