@@ -258,7 +258,7 @@ func (in *Inputer) storeRun(ctx context.Context, reqID string, verImpl gmsl.IRoo
 		if reqID != "" {
 			keys := make([]string, len(pdus))
 			for i, pdu := range pdus {
-				keys[i] = reqID + "/" + pdu.EventID()
+				keys[i] = pduLogKey(reqID, pdu)
 			}
 			var err error
 			if logged, err = w.InputLoggedAll(ctx, keys); err != nil {
@@ -304,9 +304,8 @@ func (in *Inputer) storeRun(ctx context.Context, reqID string, verImpl gmsl.IRoo
 // by log key), else prepared reading through w and stored, its output
 // logged.
 func (in *Inputer) storeInRun(ctx context.Context, w *storage.Writer, reqID string, logged map[string]string, verImpl gmsl.IRoomVersion, pdu gmsl.PDU, prevStates map[string]stateRef) (*rsapi.OutputEvent, error) {
-	logKey := ""
-	if reqID != "" {
-		logKey = reqID + "/" + pdu.EventID()
+	logKey := pduLogKey(reqID, pdu)
+	if logKey != "" {
 		if l := logged[logKey]; l != "" {
 			var o *rsapi.OutputEvent
 			if err := json.Unmarshal([]byte(l), &o); err == nil {
@@ -338,12 +337,20 @@ func (in *Inputer) inputPDU(ctx context.Context, reqID string, verImpl gmsl.IRoo
 	return in.inputPDUAs(ctx, reqID, verImpl, pdu, prevStates, down, false)
 }
 
+// pduLogKey is the input log's key of pdu in request reqID: reqID/eventID,
+// "" for a request that is not logged (reqID "").
+func pduLogKey(reqID string, pdu gmsl.PDU) string {
+	if reqID == "" {
+		return ""
+	}
+	return reqID + "/" + pdu.EventID()
+}
+
 // inputPDUAs is inputPDU; a historical (backfilled) event is prepared
 // and stored as history (historical.go).
 func (in *Inputer) inputPDUAs(ctx context.Context, reqID string, verImpl gmsl.IRoomVersion, pdu gmsl.PDU, prevStates map[string]stateRef, down *outage, historical bool) (*rsapi.OutputEvent, error) {
-	logKey := ""
-	if reqID != "" {
-		logKey = reqID + "/" + pdu.EventID()
+	logKey := pduLogKey(reqID, pdu)
+	if logKey != "" {
 		logged, err := in.store.InputResponse(ctx, logKey)
 		if err != nil {
 			return nil, err
