@@ -53,11 +53,7 @@ func TestQueuedEventUsesIndex(t *testing.T) {
 func TestRecordEvents(t *testing.T) {
 	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
 		ctx := context.Background()
-		db, err := sqldb.Open(ctx, dbURL, sqldb.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer db.Close()
+		db := sqldbtest.Open(t, dbURL)
 		s, err := Open(ctx, db)
 		if err != nil {
 			t.Fatal(err)
@@ -104,11 +100,7 @@ func TestRecordEvents(t *testing.T) {
 func TestSentAndFollow(t *testing.T) {
 	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
 		ctx := context.Background()
-		db, err := sqldb.Open(ctx, dbURL, sqldb.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer db.Close()
+		db := sqldbtest.Open(t, dbURL)
 		s, err := Open(ctx, db)
 		if err != nil {
 			t.Fatal(err)

@@ -10,7 +10,6 @@ import (
 
 	gmsl "github.com/matrix-org/gomatrixserverlib"
 
-	"myelin/internal/sqldb"
 	"myelin/internal/sqldb/sqldbtest"
 )
 
@@ -20,11 +19,7 @@ import (
 func TestInputLoggedAll(t *testing.T) {
 	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
 		ctx := context.Background()
-		db, err := sqldb.Open(ctx, dbURL, sqldb.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer db.Close()
+		db := sqldbtest.Open(t, dbURL)
 		s, err := Open(ctx, db, 0)
 		if err != nil {
 			t.Fatal(err)
@@ -68,11 +63,7 @@ func TestInputLoggedAll(t *testing.T) {
 func TestWriterRoom(t *testing.T) {
 	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
 		ctx := context.Background()
-		db, err := sqldb.Open(ctx, dbURL, sqldb.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer db.Close()
+		db := sqldbtest.Open(t, dbURL)
 		s, err := Open(ctx, db, 0)
 		if err != nil {
 			t.Fatal(err)
@@ -123,11 +114,7 @@ func TestWriterRoom(t *testing.T) {
 func TestWriterAbsentEvents(t *testing.T) {
 	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
 		ctx := context.Background()
-		db, err := sqldb.Open(ctx, dbURL, sqldb.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer db.Close()
+		db := sqldbtest.Open(t, dbURL)
 		s, err := Open(ctx, db, 0)
 		if err != nil {
 			t.Fatal(err)

@@ -17,11 +17,7 @@ import (
 func TestSearchIndexBackfill(t *testing.T) {
 	sqldbtest.Each(t, func(t *testing.T, dbURL string) {
 		ctx := context.Background()
-		db, err := sqldb.Open(ctx, dbURL, sqldb.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer db.Close()
+		db := sqldbtest.Open(t, dbURL)
 		s, err := Open(ctx, db)
 		if err != nil {
 			t.Fatal(err)

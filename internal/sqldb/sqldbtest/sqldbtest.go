@@ -19,6 +19,8 @@ import (
 	"testing"
 
 	_ "github.com/lib/pq" // the postgres driver, for admin connections
+
+	"myelin/internal/sqldb"
 )
 
 // Dialects lists the database names tests run on.
@@ -35,6 +37,18 @@ func URL(t testing.TB, dialect string) string {
 	}
 	t.Fatalf("unknown dialect %q", dialect)
 	return ""
+}
+
+// Open opens the database at dbURL with default options, closed when the
+// test ends.
+func Open(t testing.TB, dbURL string) *sqldb.DB {
+	t.Helper()
+	db, err := sqldb.Open(context.Background(), dbURL, sqldb.Options{})
+	if err != nil {
+		t.Fatalf("open %s: %v", dbURL, err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
 }
 
 // Each runs f as a subtest once per dialect, with a fresh database URL.
